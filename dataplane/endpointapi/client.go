@@ -1,0 +1,88 @@
+package endpointapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"time"
+)
+
+// Client calls the agent over its unix socket.
+type Client struct {
+	socket  string
+	timeout time.Duration
+	http    *http.Client
+}
+
+// NewClient returns a client for the agent socket at path; each call is
+// bounded by timeout (DefaultTimeout when zero), connection included.
+func NewClient(path string, timeout time.Duration) *Client {
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	d := net.Dialer{}
+	return &Client{
+		socket:  path,
+		timeout: timeout,
+		http: &http.Client{Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return d.DialContext(ctx, "unix", path)
+			},
+			DisableKeepAlives: true, // one call per plugin process
+		}},
+	}
+}
+
+// PutEndpoint registers ep and returns once the agent accepted it.
+func (c *Client) PutEndpoint(ctx context.Context, ep Endpoint) error {
+	body, err := json.Marshal(ep)
+	if err != nil {
+		return fmt.Errorf("encode endpoint %s: %w", ep.ContainerID, err)
+	}
+	return c.do(ctx, http.MethodPut, ep.ContainerID, body)
+}
+
+// DeleteEndpoint tells the agent the endpoint is gone.
+func (c *Client) DeleteEndpoint(ctx context.Context, containerID string) error {
+	return c.do(ctx, http.MethodDelete, containerID, nil)
+}
+
+// Healthz succeeds when the agent is up and serving.
+func (c *Client) Healthz(ctx context.Context) error {
+	return c.call(ctx, http.MethodGet, "/v1/healthz", nil)
+}
+
+func (c *Client) do(ctx context.Context, method, id string, body []byte) error {
+	return c.call(ctx, method, "/v1/endpoints/"+url.PathEscape(id), body)
+}
+
+func (c *Client) call(ctx context.Context, method, path string, body []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, "http://flatnet-agent"+path, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("build %s %s: %w", method, path, err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s on agent socket %s (is the flatnet agent running on this node?): %w", method, path, c.socket, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	if resp.StatusCode/100 == 2 {
+		return nil
+	}
+	var er ErrorResponse
+	if json.Unmarshal(raw, &er) != nil || er.Error == "" {
+		er.Error = string(bytes.TrimSpace(raw))
+	}
+	return &APIError{Status: resp.StatusCode, Message: er.Error}
+}

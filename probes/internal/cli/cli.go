@@ -1,0 +1,64 @@
+// Package cli runs a cobra command tree the way agnhost's entry point does
+// (k8s.io/component-base/cli.Run), so flag errors, exit codes and accepted logging
+// flags match agnhost byte for byte where tests can see them.
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+// ExitError ends the process with Code. The command has already printed whatever it
+// had to say, so Execute prints nothing more.
+type ExitError struct{ Code int }
+
+func (e *ExitError) Error() string { return fmt.Sprintf("exit status %d", e.Code) }
+
+// Exit returns an *ExitError with code.
+func Exit(code int) error { return &ExitError{Code: code} }
+
+// Execute runs root with args and returns the process exit code. Like agnhost: flag
+// names may use '_' for '-', the klog flags (-v, --vmodule, --log-flush-frequency) are
+// accepted, usage is not printed on errors, and any other error is printed as
+// "Error: <err>" on stderr with exit code 1.
+func Execute(root *cobra.Command, args []string, stderr io.Writer) int {
+	root.SetArgs(args)
+	root.SetErr(stderr)
+	root.SetGlobalNormalizationFunc(wordSepNormalize)
+	root.SilenceUsage = true
+	root.SilenceErrors = true
+	addLoggingFlags(root.PersistentFlags())
+
+	err := root.Execute()
+	var exit *ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &exit):
+		return exit.Code
+	}
+	fmt.Fprintf(stderr, "Error: %v\n", err)
+	return 1
+}
+
+func wordSepNormalize(_ *pflag.FlagSet, name string) pflag.NormalizedName {
+	return pflag.NormalizedName(strings.ReplaceAll(name, "_", "-"))
+}
+
+// addLoggingFlags accepts the logging flags agnhost inherits from klog, so command
+// lines written for agnhost parse. The probe logs nothing at verbosity levels, so
+// their values are ignored.
+func addLoggingFlags(fs *pflag.FlagSet) {
+	if fs.Lookup("v") != nil {
+		return
+	}
+	fs.Duration("log-flush-frequency", 5*time.Second, "Maximum number of seconds between log flushes (accepted for agnhost compatibility; unused)")
+	fs.IntP("v", "v", 0, "number for the log level verbosity (accepted for agnhost compatibility; unused)")
+	fs.String("vmodule", "", "comma-separated list of pattern=N settings (accepted for agnhost compatibility; unused)")
+}

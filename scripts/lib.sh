@@ -1,0 +1,83 @@
+# shellcheck shell=bash
+# Shared by every script in scripts/: where things live, how progress is printed,
+# and how a pinned Go program is built from the module proxy. Source it; never run it.
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=../versions.env
+source "$REPO_ROOT/versions.env"
+# shellcheck source=../kind-configs/network.env
+source "$REPO_ROOT/kind-configs/network.env"
+
+# Machine-wide cache: survives fresh clones (CI clones anew on the same machine),
+# so a second run on the same machine skips every build.
+FLATNET_CACHE=${FLATNET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/flatnet}
+OUT_DIR=${OUT_DIR:-$REPO_ROOT/_output}
+BIN_DIR=${BIN_DIR:-$REPO_ROOT/bin}
+mkdir -p "$FLATNET_CACHE" "$OUT_DIR" "$BIN_DIR"
+
+_t0=$(date +%s)
+_stamp() { local s=$(( $(date +%s) - _t0 )); printf '%02d:%02d' $((s / 60)) $((s % 60)); }
+step() { printf '\033[1m[%s] ==> %s\033[0m\n' "$(_stamp)" "$*" >&2; }
+info() { printf '[%s]     %s\n' "$(_stamp)" "$*" >&2; }
+warn() { printf '[%s] WARN %s\n' "$(_stamp)" "$*" >&2; }
+die() {
+	printf '\033[31m[%s] ERROR %s\033[0m\n' "$(_stamp)" "$1" >&2
+	shift
+	local line
+	for line in "$@"; do printf '        %s\n' "$line" >&2; done
+	exit 1
+}
+
+# run_logged LOG CMD...: run CMD with its output in LOG; on failure show the tail.
+run_logged() {
+	local log=$1
+	shift
+	mkdir -p "$(dirname "$log")"
+	if ! "$@" >"$log" 2>&1; then
+		tail -n 30 "$log" >&2 || true
+		die "failed: $*" "full log: $log"
+	fi
+}
+
+# apt_install PKG...: install the Debian packages that are missing, updating the
+# package lists once if needed. Quiet unless something is installed.
+apt_install() {
+	local missing=() p
+	for p in "$@"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+	done
+	[ ${#missing[@]} -eq 0 ] && return 0
+	[ "$(id -u)" -eq 0 ] || die "missing Debian packages: ${missing[*]}" "install them (sudo apt-get install ${missing[*]}) or run as root"
+	info "installing Debian packages: ${missing[*]}"
+	if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >"$FLATNET_CACHE/apt.log" 2>&1; then
+		run_logged "$FLATNET_CACHE/apt.log" apt-get update
+		run_logged "$FLATNET_CACHE/apt.log" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+	fi
+}
+
+# go_build_pinned NAME MODULE VERSION PKG OUT [go build args...]
+# Builds PKG of MODULE@VERSION (from the module proxy) into OUT, in a scratch module
+# under the cache so upstream's go.mod (with its own replace directives) is respected
+# the way Go resolves dependencies. Skips when OUT exists for the same inputs.
+go_build_pinned() {
+	local name=$1 module=$2 version=$3 pkg=$4 out=$5
+	shift 5
+	local key src
+	key=$(printf '%s\n' "$module" "$version" "$pkg" "$*" "${CGO_ENABLED:-}" "$(go env GOVERSION)" | sha256sum | cut -c1-16)
+	if [ -x "$out" ] && [ "$(cat "$out.inputs" 2>/dev/null)" = "$key" ]; then
+		info "$name $version: up to date"
+		return 0
+	fi
+	src="$FLATNET_CACHE/src/$name-$version"
+	mkdir -p "$src" "$(dirname "$out")"
+	if [ ! -f "$src/go.mod" ] || ! grep -q "$module $version" "$src/go.mod"; then
+		rm -f "$src/go.mod" "$src/go.sum"
+		(cd "$src" && go mod init "flatnet.local/build/$name" >/dev/null 2>&1)
+		info "$name $version: resolving modules"
+		(cd "$src" && run_logged "$src/get.log" go get "$pkg@$version")
+	fi
+	info "$name $version: building $pkg (cold: minutes; cached after)"
+	(cd "$src" && run_logged "$src/build.log" nice go build -trimpath -o "$out" "$@" "$pkg")
+	echo "$key" >"$out.inputs"
+}
