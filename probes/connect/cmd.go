@@ -31,10 +31,12 @@ func NewCommand() *cobra.Command {
 * OTHER - Other networking error (eg, "no route to host")`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			stderr := cmd.ErrOrStderr()
 			proto, err := ParseProtocol(protocol)
 			if err != nil {
-				// agnhost's exact text: two lines, the second without a newline.
-				fmt.Fprintf(cmd.ErrOrStderr(), "Unsupported protocol\n%s (--protocol must be tcp, udp or sctp)\n", protocol)
+				// agnhost prints "Unsupported protocol\n<value>" and exits 1; the
+				// flag and the allowed values follow on the same line.
+				fmt.Fprintf(stderr, "Unsupported protocol\n%s: --protocol must be tcp, udp or sctp\n", protocol)
 				return cli.Exit(1)
 			}
 			payload := udpData
@@ -45,7 +47,7 @@ func NewCommand() *cobra.Command {
 			if out.Verdict == Connected {
 				return nil
 			}
-			fmt.Fprintln(cmd.ErrOrStderr(), flagged(out, timeout))
+			fmt.Fprintln(stderr, out.Line())
 			return cli.Exit(1)
 		},
 	}
@@ -54,13 +56,4 @@ func NewCommand() *cobra.Command {
 	cmd.Flags().StringVar(&udpData, "udp-data", DefaultPayload, "The UDP payload send to the server")
 	cmd.Flags().StringVar(&sctpData, "sctp-data", DefaultPayload, "The SCTP payload send to the server")
 	return cmd
-}
-
-// flagged names the --timeout flag when a non-positive value shaped the outcome.
-func flagged(out Outcome, timeout time.Duration) string {
-	msg := out.AgnhostMessage()
-	if timeout <= 0 && out.Verdict == Timeout {
-		msg += fmt.Sprintf(" [--timeout=%v: give a positive duration such as --timeout=3s]", timeout)
-	}
-	return msg
 }

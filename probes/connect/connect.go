@@ -1,6 +1,10 @@
 // Package connect makes one connection attempt the way `agnhost connect` does and
 // classifies the outcome into agnhost's verdicts (TIMEOUT, REFUSED, DNS, OTHER,
 // UNKNOWN), so a probe can be swapped in for agnhost without changing what tests see.
+//
+// Every outcome carries two texts: Message, the exact line agnhost prints on stderr
+// (so `probe connect` is byte-compatible), and Detail, the underlying error, which
+// batch results report even where agnhost prints a bare word.
 package connect
 
 import (
@@ -8,8 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -67,8 +69,8 @@ type Request struct {
 	// Dest is host:port, exactly as given to agnhost connect.
 	Dest     string
 	Protocol Protocol
-	// Timeout bounds the whole attempt. Non-positive values keep agnhost's per-protocol
-	// meaning (see probe); batch callers always give a positive one.
+	// Timeout bounds the attempt. Non-positive values keep agnhost's per-protocol
+	// meaning (see Probe); batch callers always give a positive one.
 	Timeout time.Duration
 	// Payload is sent over UDP and SCTP, newline-terminated as agnhost does.
 	Payload string
@@ -77,216 +79,195 @@ type Request struct {
 // Outcome is the classified result of one probe.
 type Outcome struct {
 	Verdict Verdict
-	// Detail explains a failure; empty for Connected.
+	// Message is what agnhost prints on stderr for this outcome, without the final
+	// newline ("TIMEOUT", "DNS: lookup ...", ...); empty when connected.
+	Message string
+	// Detail is the underlying error text; empty when connected.
 	Detail string
+	// Hint names the flag or argument to fix when the outcome was caused by bad
+	// input (a non-positive --timeout, a target that is not host:port). Empty
+	// otherwise.
+	Hint string
 	// Reply holds what a UDP or SCTP server answered (serve-hostname: its hostname).
 	Reply   string
 	Latency time.Duration
 }
 
-// AgnhostMessage is the stderr line agnhost prints for o, without the newline: the
-// verdict word, then the detail. Empty when connected (agnhost prints nothing).
-func (o Outcome) AgnhostMessage() string {
-	if o.Verdict == Connected {
-		return ""
+// Line is the stderr line `probe connect` prints: agnhost's Message, followed by
+// the Hint when there is one.
+func (o Outcome) Line() string {
+	if o.Hint == "" {
+		return o.Message
 	}
-	if o.Detail == "" {
-		return o.Verdict.Word()
+	if o.Message == "" {
+		return o.Hint
 	}
-	return o.Verdict.Word() + ": " + o.Detail
+	return o.Message + " (" + o.Hint + ")"
 }
 
-// Probe makes one attempt described by req. It never blocks past req.Timeout (when
-// positive) or past ctx.
+// UDPNoDeadlineWait bounds a UDP probe given no positive timeout. agnhost would
+// wait forever for a reply that a drop rule swallowed; this probe gives up after
+// this long and says which flag to set.
+const UDPNoDeadlineWait = 10 * time.Second
+
+// Probe makes one attempt described by req, with agnhost's semantics for every
+// timeout value:
+//
+//	tcp:  > 0 bounds the dial; 0 sets no deadline (the kernel's SYN retries end it);
+//	      < 0 has already expired, so the result is TIMEOUT.
+//	udp:  > 0 bounds the exchange; <= 0 sets no deadline (bounded here by
+//	      UDPNoDeadlineWait).
+//	sctp: > 0 bounds the exchange; <= 0 fires at once, so TIMEOUT.
+//
+// It never blocks past a positive req.Timeout, nor past ctx.
 func Probe(ctx context.Context, req Request) Outcome {
 	start := time.Now()
-	out := probe(ctx, req)
+	var out Outcome
+	switch req.Protocol {
+	case "", TCP:
+		out = probeTCP(ctx, req)
+	case UDP:
+		out = probeUDP(ctx, req)
+	case SCTP:
+		out = probeSCTP(ctx, req)
+	default:
+		out = Outcome{Verdict: Unknown, Message: "Unsupported protocol", Detail: fmt.Sprintf("unsupported protocol %q", req.Protocol),
+			Hint: "--protocol must be tcp, udp or sctp"}
+	}
+	if out.Verdict == Timeout && req.Timeout <= 0 && out.Hint == "" {
+		out.Hint = timeoutHint(req)
+	}
 	out.Latency = time.Since(start)
 	return out
 }
 
-// udpNoDeadlineWait bounds a UDP probe given no positive timeout. agnhost would wait
-// forever for a reply that a drop rule swallowed; we give up after this long.
-const udpNoDeadlineWait = 10 * time.Second
-
-func probe(ctx context.Context, req Request) Outcome {
-	proto := req.Protocol
-	if proto == "" {
-		proto = TCP
-	}
-	// A non-positive timeout means different things per protocol in agnhost; keep
-	// each meaning so the verdicts match:
-	//   tcp:  0 = no deadline (the kernel's SYN retries end it), < 0 = already expired;
-	//   udp:  <= 0 = no read deadline (bounded here by udpNoDeadlineWait);
-	//   sctp: <= 0 = its timer fires at once, so TIMEOUT.
+func timeoutHint(req Request) string {
 	switch {
-	case req.Timeout > 0:
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, req.Timeout)
-		defer cancel()
-	case proto == UDP:
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, udpNoDeadlineWait)
-		defer cancel()
-	case proto == SCTP || req.Timeout < 0:
-		if _, err := ParseProtocol(string(proto)); err != nil {
-			break
-		}
-		return Outcome{Verdict: Timeout, Detail: fmt.Sprintf("timeout %v is not positive, so the deadline passed before dialing %s/%s", req.Timeout, req.Dest, proto)}
+	case req.Protocol == UDP && req.Timeout <= 0:
+		return fmt.Sprintf("--timeout=%v sets no deadline; this probe stopped waiting after %v: give a positive duration such as --timeout=3s", req.Timeout, UDPNoDeadlineWait)
+	case req.Timeout == 0 && req.Protocol != SCTP:
+		return "--timeout=0s sets no deadline, so the kernel's retries decided: give a positive duration such as --timeout=3s"
 	}
-	switch proto {
-	case TCP:
-		return probeTCP(ctx, req)
-	case UDP:
-		return probeUDP(ctx, req)
-	case SCTP:
-		return probeSCTP(ctx, req)
+	return fmt.Sprintf("--timeout=%v is not positive, so the deadline passed before any answer: give a positive duration such as --timeout=3s", req.Timeout)
+}
+
+func fail(v Verdict, err error) Outcome {
+	return Outcome{Verdict: v, Message: v.Word() + ": " + err.Error(), Detail: err.Error()}
+}
+
+// resolveCtx runs resolve bounded by ctx. The standard resolver functions agnhost
+// calls (net.ResolveTCPAddr and friends) take no context; calling the same ones
+// keeps their error texts identical, and the goroutine lets the probe give up on
+// a slow DNS server at the deadline.
+func resolveCtx(ctx context.Context, resolve func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- resolve() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("name resolution did not finish: %w", ctx.Err())
 	}
-	return Outcome{Verdict: Unknown, Detail: fmt.Sprintf("unsupported protocol %q: want tcp, udp or sctp", req.Protocol)}
+}
+
+func withDeadline(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
+	if timeout > 0 {
+		return context.WithTimeout(ctx, timeout)
+	}
+	return context.WithCancel(ctx)
 }
 
 func probeTCP(ctx context.Context, req Request) Outcome {
-	// Like agnhost: a target that is not host:port is UNKNOWN, one that does not
-	// resolve (bad name, bad port) is DNS, and only then do we dial.
+	// agnhost checks the shape first (UNKNOWN), then resolution (DNS), then dials.
 	if _, _, err := net.SplitHostPort(req.Dest); err != nil {
-		return Outcome{Verdict: Unknown, Detail: fmt.Sprintf("%v (the target must be host:port)", err)}
+		o := fail(Unknown, err)
+		o.Hint = "the target must be host:port, e.g. 10.224.0.57:80"
+		return o
 	}
-	addr, err := resolve(ctx, "tcp", req.Dest)
-	if err != nil {
-		return Outcome{Verdict: DNS, Detail: err.Error()}
+	rctx, cancel := withDeadline(ctx, req.Timeout)
+	defer cancel()
+	if err := resolveCtx(rctx, func() error { _, err := net.ResolveTCPAddr("tcp", req.Dest); return err }); err != nil {
+		return dnsFailure(err)
 	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", addr.String())
+	d := net.Dialer{Timeout: req.Timeout}
+	conn, err := d.DialContext(ctx, "tcp", req.Dest)
 	if err == nil {
 		conn.Close()
 		return Outcome{Verdict: Connected}
 	}
-	return classifyDial(err, req)
+	var opErr *net.OpError
+	if errors.As(err, &opErr) {
+		if opErr.Timeout() {
+			return Outcome{Verdict: Timeout, Message: "TIMEOUT", Detail: err.Error()}
+		}
+		if errors.Is(opErr.Err, syscall.ECONNREFUSED) {
+			return Outcome{Verdict: Refused, Message: "REFUSED", Detail: err.Error()}
+		}
+	}
+	return fail(Other, err)
 }
 
-func classifyDial(err error, req Request) Outcome {
+// dnsFailure is DNS, with a hint when the port rather than the name was wrong.
+func dnsFailure(err error) Outcome {
+	o := fail(DNS, err)
+	var ae *net.AddrError
 	switch {
-	case isTimeout(err):
-		return Outcome{Verdict: Timeout, Detail: timeoutDetail(req)}
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return Outcome{Verdict: Refused, Detail: fmt.Sprintf("%s/%s refused the connection", req.Dest, protoName(req.Protocol))}
+	case errors.As(err, &ae) && ae.Err == "missing port in address":
+		o.Hint = "the target must be host:port, e.g. 10.224.0.57:80"
+	case errors.As(err, &ae) && ae.Err == "invalid port":
+		o.Hint = "the port in the target must be a number from 1 to 65535"
+	case strings.Contains(err.Error(), "unknown port"):
+		o.Hint = "the port in the target must be a number from 1 to 65535 or a known service name"
 	}
-	return Outcome{Verdict: Other, Detail: err.Error()}
-}
-
-func timeoutDetail(req Request) string {
-	switch {
-	case req.Timeout <= 0 && req.Protocol == UDP:
-		return fmt.Sprintf("no answer from %s/udp within %v (timeout %v sets no deadline; this probe stops waiting after %v)", req.Dest, udpNoDeadlineWait, req.Timeout, udpNoDeadlineWait)
-	case req.Timeout == 0:
-		return fmt.Sprintf("no answer from %s/%s (timeout 0 sets no deadline; the kernel gave up)", req.Dest, protoName(req.Protocol))
-	}
-	return fmt.Sprintf("no answer from %s/%s within %v", req.Dest, protoName(req.Protocol), req.Timeout)
-}
-
-func protoName(p Protocol) string {
-	if p == "" {
-		return string(TCP)
-	}
-	return string(p)
-}
-
-func isTimeout(err error) bool {
-	if errors.Is(err, context.DeadlineExceeded) {
-		return true
-	}
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
+	return o
 }
 
 func probeUDP(ctx context.Context, req Request) Outcome {
-	addr, err := resolve(ctx, "udp", req.Dest)
-	if err != nil {
-		return Outcome{Verdict: DNS, Detail: err.Error()}
+	wait := req.Timeout
+	if wait <= 0 {
+		wait = UDPNoDeadlineWait
 	}
-	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	// agnhost does not check the shape for UDP: a malformed target is DNS.
+	if err := resolveCtx(ctx, func() error { _, err := net.ResolveUDPAddr("udp", req.Dest); return err }); err != nil {
+		return dnsFailure(err)
+	}
+	conn, err := net.Dial("udp", req.Dest)
 	if err != nil {
-		return Outcome{Verdict: Other, Detail: err.Error()}
+		return fail(Other, err)
 	}
 	defer conn.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
+	dl, _ := ctx.Deadline()
+	conn.SetDeadline(dl)
 	// Unblock the read when ctx is cancelled for another reason (batch aborted).
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
 	if _, err := conn.Write([]byte(req.Payload + "\n")); err != nil {
-		return classifyUDP(err, req)
+		return classifyUDP(err)
 	}
 	buf := make([]byte, 1024)
 	n, err := conn.Read(buf)
 	if err != nil {
-		return classifyUDP(err, req)
+		return classifyUDP(err)
 	}
 	if n == 0 {
-		return Outcome{Verdict: Other, Detail: "No data received from the server. Cannot guarantee the server received the request."}
+		const msg = "No data received from the server. Cannot guarantee the server received the request."
+		return Outcome{Verdict: Other, Message: "OTHER: " + msg, Detail: msg}
 	}
 	return Outcome{Verdict: Connected, Reply: string(buf[:n])}
 }
 
 // classifyUDP follows agnhost: a deadline is TIMEOUT, an ICMP port unreachable
-// (seen as ECONNREFUSED on the connected socket) is REFUSED, anything else UNKNOWN.
-func classifyUDP(err error, req Request) Outcome {
+// (ECONNREFUSED on the connected socket) is REFUSED, anything else UNKNOWN.
+func classifyUDP(err error) Outcome {
+	var ne net.Error
 	switch {
-	case isTimeout(err):
-		return Outcome{Verdict: Timeout, Detail: fmt.Sprintf("%s: %v", timeoutDetail(req), err)}
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return Outcome{Verdict: Refused, Detail: err.Error()}
+	case errors.As(err, &ne) && ne.Timeout():
+		return fail(Timeout, err)
+	case strings.Contains(err.Error(), "connection refused"):
+		return fail(Refused, err)
 	}
-	return Outcome{Verdict: Unknown, Detail: err.Error()}
-}
-
-// resolve turns host:port into one address the way net.ResolveTCPAddr does (IPv4
-// preferred, service names allowed), but bounded by ctx.
-func resolve(ctx context.Context, network, dest string) (netip.AddrPort, error) {
-	host, portStr, err := net.SplitHostPort(dest)
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	port, err := lookupPort(ctx, network, portStr)
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	if host == "" {
-		// As net.Dial: an empty host means this machine.
-		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), port), nil
-	}
-	if ip, err := netip.ParseAddr(host); err == nil {
-		return netip.AddrPortFrom(ip.Unmap(), port), nil
-	}
-	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	if len(ips) == 0 {
-		return netip.AddrPort{}, fmt.Errorf("lookup %s: no addresses", host)
-	}
-	pick := ips[0]
-	for _, ip := range ips {
-		if ip.Unmap().Is4() {
-			pick = ip
-			break
-		}
-	}
-	return netip.AddrPortFrom(pick.Unmap(), port), nil
-}
-
-func lookupPort(ctx context.Context, network, s string) (uint16, error) {
-	if n, err := strconv.Atoi(s); err == nil {
-		if n < 0 || n > 65535 {
-			return 0, fmt.Errorf("address %s: invalid port (want 0-65535)", s)
-		}
-		return uint16(n), nil
-	}
-	n, err := net.DefaultResolver.LookupPort(ctx, network, s)
-	if err != nil {
-		return 0, err
-	}
-	return uint16(n), nil
+	return fail(Unknown, err)
 }

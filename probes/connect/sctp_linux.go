@@ -4,44 +4,60 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"time"
 
+	"github.com/ishidawataru/sctp"
 	"golang.org/x/sys/unix"
 )
 
 // probeSCTP opens an SCTP association, sends the payload and waits for a reply, as
-// agnhost does. Any failure other than the deadline is OTHER (agnhost's mapping).
+// agnhost does: the deadline is TIMEOUT and every other failure is OTHER.
 func probeSCTP(ctx context.Context, req Request) Outcome {
-	addr, err := resolve(ctx, "tcp", req.Dest) // agnhost resolves SCTP targets as TCP ones
+	addr, err := sctp.ResolveSCTPAddr("sctp", req.Dest)
 	if err != nil {
-		return Outcome{Verdict: DNS, Detail: err.Error()}
+		return dnsFailure(err)
 	}
-	f, err := dialSCTP(ctx, addr)
+	if req.Timeout <= 0 {
+		// agnhost's timer fires at once for a non-positive timeout.
+		return Outcome{Verdict: Timeout, Message: "TIMEOUT", Detail: fmt.Sprintf("--timeout=%v expired before dialing", req.Timeout)}
+	}
+	if len(addr.IPAddrs) == 0 {
+		addr.IPAddrs = []net.IPAddr{{IP: net.IPv4(127, 0, 0, 1)}}
+	}
+	ip, ok := netip.AddrFromSlice(addr.IPAddrs[0].IP)
+	if !ok {
+		return fail(Other, fmt.Errorf("bad address %v", addr.IPAddrs[0].IP))
+	}
+	ctx, cancel := context.WithTimeout(ctx, req.Timeout)
+	defer cancel()
+	f, err := dialSCTP(ctx, netip.AddrPortFrom(ip.Unmap(), uint16(addr.Port)))
 	if err != nil {
-		if isTimeout(err) {
-			return Outcome{Verdict: Timeout, Detail: timeoutDetail(req)}
-		}
-		return Outcome{Verdict: Other, Detail: err.Error()}
+		return classifySCTP(err, "connect")
 	}
 	defer f.Close()
 	if _, err := f.Write([]byte(req.Payload + "\n")); err != nil {
-		return classifySCTPIO(err, req)
+		return classifySCTP(err, "write")
 	}
 	buf := make([]byte, 1024)
 	n, err := f.Read(buf)
 	if err != nil {
-		return classifySCTPIO(err, req)
+		return classifySCTP(err, "read")
 	}
 	return Outcome{Verdict: Connected, Reply: string(buf[:n])}
 }
 
-func classifySCTPIO(err error, req Request) Outcome {
-	if isTimeout(err) {
-		return Outcome{Verdict: Timeout, Detail: timeoutDetail(req)}
+func classifySCTP(err error, op string) Outcome {
+	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
+		return Outcome{Verdict: Timeout, Message: "TIMEOUT", Detail: fmt.Sprintf("sctp %s: %v", op, err)}
 	}
-	return Outcome{Verdict: Other, Detail: err.Error()}
+	o := Outcome{Verdict: Other, Message: "OTHER: " + err.Error(), Detail: fmt.Sprintf("sctp %s: %v", op, err)}
+	if errors.Is(err, unix.EPROTONOSUPPORT) {
+		o.Detail += " (this kernel has no SCTP support)"
+	}
+	return o
 }
 
 // dialSCTP connects a one-to-one SCTP socket to addr, bounded by ctx. The socket is
@@ -56,10 +72,7 @@ func dialSCTP(ctx context.Context, addr netip.AddrPort) (*os.File, error) {
 	}
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_SCTP)
 	if err != nil {
-		if errors.Is(err, unix.EPROTONOSUPPORT) {
-			return nil, fmt.Errorf("open sctp socket: %w (this kernel has no SCTP support)", err)
-		}
-		return nil, fmt.Errorf("open sctp socket: %w", err)
+		return nil, err
 	}
 	f := os.NewFile(uintptr(fd), "sctp:"+addr.String())
 	if dl, ok := ctx.Deadline(); ok {
@@ -71,13 +84,13 @@ func dialSCTP(ctx context.Context, addr netip.AddrPort) (*os.File, error) {
 	err = unix.Connect(fd, sa)
 	if err != nil && !errors.Is(err, unix.EINPROGRESS) {
 		f.Close()
-		return nil, fmt.Errorf("connect sctp %s: %w", addr, err)
+		return nil, err
 	}
 	if err != nil {
 		rc, rerr := f.SyscallConn()
 		if rerr != nil {
 			f.Close()
-			return nil, fmt.Errorf("connect sctp %s: %w", addr, rerr)
+			return nil, rerr
 		}
 		var connErr error
 		werr := rc.Write(func(fd uintptr) bool {
@@ -101,10 +114,7 @@ func dialSCTP(ctx context.Context, addr netip.AddrPort) (*os.File, error) {
 		}
 		if werr != nil {
 			f.Close()
-			if errors.Is(werr, os.ErrDeadlineExceeded) {
-				return nil, werr
-			}
-			return nil, fmt.Errorf("connect sctp %s: %w", addr, werr)
+			return nil, werr
 		}
 	}
 	return f, nil

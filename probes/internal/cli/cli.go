@@ -44,6 +44,9 @@ func Execute(root *cobra.Command, args []string, stderr io.Writer) int {
 		return exit.Code
 	}
 	fmt.Fprintf(stderr, "Error: %v\n", err)
+	if hint := dashHint(args); hint != "" {
+		fmt.Fprintln(stderr, hint)
+	}
 	return 1
 }
 
@@ -51,14 +54,33 @@ func wordSepNormalize(_ *pflag.FlagSet, name string) pflag.NormalizedName {
 	return pflag.NormalizedName(strings.ReplaceAll(name, "_", "-"))
 }
 
-// addLoggingFlags accepts the logging flags agnhost inherits from klog, so command
-// lines written for agnhost parse. The probe logs nothing at verbosity levels, so
-// their values are ignored.
+// addLoggingFlags accepts the logging flags agnhost inherits from component-base
+// (same names, types and help), so command lines written for agnhost parse. The
+// probe has no verbose logging, so their values are ignored.
 func addLoggingFlags(fs *pflag.FlagSet) {
 	if fs.Lookup("v") != nil {
 		return
 	}
-	fs.Duration("log-flush-frequency", 5*time.Second, "Maximum number of seconds between log flushes (accepted for agnhost compatibility; unused)")
-	fs.IntP("v", "v", 0, "number for the log level verbosity (accepted for agnhost compatibility; unused)")
-	fs.String("vmodule", "", "comma-separated list of pattern=N settings (accepted for agnhost compatibility; unused)")
+	fs.Duration("log-flush-frequency", 5*time.Second, "Maximum number of seconds between log flushes")
+	fs.VarP(&ignored{typ: "Level"}, "v", "v", "number for the log level verbosity")
+	fs.Var(&ignored{typ: "moduleSpec"}, "vmodule", "comma-separated list of pattern=N settings for file-filtered logging (only works for the default text log format)")
+}
+
+// ignored is a flag value that is parsed and dropped.
+type ignored struct{ typ, val string }
+
+func (v *ignored) String() string     { return v.val }
+func (v *ignored) Set(s string) error { v.val = s; return nil }
+func (v *ignored) Type() string       { return v.typ }
+
+// dashHint explains an argument that looks like a flag typed with a typographic
+// dash (as in "–verbose" pasted from a web page), which cobra counts as a positional
+// argument.
+func dashHint(args []string) string {
+	for _, a := range args {
+		if strings.HasPrefix(a, "\u2013") || strings.HasPrefix(a, "\u2014") {
+			return fmt.Sprintf("%q starts with a typographic dash, not \"--\", so it was read as an argument; retype it with two ASCII hyphens or drop it", a)
+		}
+	}
+	return ""
 }
