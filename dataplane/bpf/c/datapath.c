@@ -1,0 +1,451 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// flatnet policy datapath: programs on each pod's host-side veth (tcx).
+//   tcx ingress of the host veth = traffic leaving the pod  (DIR_EGRESS)
+//   tcx egress  of the host veth = traffic entering the pod (DIR_INGRESS)
+// Every lookup is a hash or LPM lookup with a bounded key: the cost per packet does
+// not depend on the number of rules.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "datapath.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+// tcx verdicts (uapi since 6.6; spelled out for older headers).
+#define TCX_NEXT -1
+#define TCX_DROP 2
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ENDPOINTS);
+	__type(key, __u32); // host veth ifindex
+	__type(value, struct endpoint_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fn_endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, IPCACHE_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fn_ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, CIDRCACHE_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fn_cidrcache SEC(".maps");
+
+struct policy_inner {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, POLICY_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct policy_key);
+	__type(value, struct policy_val);
+} fn_policy_proto SEC(".maps"); // an instance, so BTF carries the key and value in full
+
+// One policy map per endpoint, swapped whole so an endpoint never runs half a policy.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__uint(max_entries, MAX_ENDPOINTS);
+	__type(key, __u32); // host veth ifindex
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct policy_inner);
+} fn_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, CT_MAX);
+	__type(key, struct ct_key);
+	__type(value, struct ct_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fn_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, COUNTERS_MAX);
+	__type(key, struct counter_key);
+	__type(value, struct counter_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fn_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, EVENTS_RING_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fn_events SEC(".maps");
+
+// Per-CPU token bucket for flow events and the count of events it (or a full ring)
+// dropped: a flood costs the agent at most rate x CPUs events per second.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event_budget);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fn_event_budget SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dp_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fn_config SEC(".maps");
+
+// The first bytes of an ICMP echo header (linux/icmp.h drags in libc headers).
+struct icmp_echo {
+	__u8 type;
+	__u8 code;
+	__u16 checksum;
+	__u16 id;
+	__u16 seq;
+};
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO 8
+
+// Only the ring buffer carries flow_event; this makes BTF (and bpf2go) see it.
+const struct flow_event *unused_flow_event __attribute__((unused));
+
+struct pkt {
+	__u32 saddr, daddr;
+	__u16 sport, dport; // host order
+	__u8 proto;
+	__u8 tcp_flags;
+	__u16 len;
+};
+
+static __always_inline void count(__u32 ifindex, __u8 dir, __u8 code, __u32 bytes)
+{
+	struct counter_key k = {.ifindex = ifindex, .dir = dir, .code = code};
+	struct counter_val *v = bpf_map_lookup_elem(&fn_counters, &k);
+	if (v) {
+		v->packets++;
+		v->bytes += bytes;
+		return;
+	}
+	struct counter_val nv = {.packets = 1, .bytes = bytes};
+	bpf_map_update_elem(&fn_counters, &k, &nv, BPF_NOEXIST);
+}
+
+static __always_inline void emit(__u32 ifindex, __u8 dir, const struct pkt *p, __u8 verdict, __u8 code,
+				 __u32 rule_id, __u32 remote_id, __u32 local_id)
+{
+	__u32 zero = 0;
+	struct event_budget *b = bpf_map_lookup_elem(&fn_event_budget, &zero);
+	struct dp_config *cfg = bpf_map_lookup_elem(&fn_config, &zero);
+	if (!b || !cfg)
+		return;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 rate = cfg->events_per_sec ? cfg->events_per_sec : DEFAULT_EVENTS_PER_SEC;
+	__u64 burst = rate; // one second's worth
+	// Refill: rate tokens per second, capped at burst.
+	__u64 elapsed = now - b->last_ns;
+	if (elapsed > 1000000000ULL)
+		elapsed = 1000000000ULL;
+	__u64 tokens = b->tokens_milli + elapsed * rate / 1000000ULL; // milli-tokens
+	if (tokens > burst * 1000)
+		tokens = burst * 1000;
+	b->last_ns = now;
+	if (tokens < 1000) {
+		b->tokens_milli = tokens;
+		b->lost++;
+		return;
+	}
+	b->tokens_milli = tokens - 1000;
+	struct flow_event *e = bpf_ringbuf_reserve(&fn_events, sizeof(*e), 0);
+	if (!e) {
+		b->lost++;
+		return;
+	}
+	e->ts_ns = now;
+	e->ifindex = ifindex;
+	e->saddr = p->saddr;
+	e->daddr = p->daddr;
+	e->sport = p->sport;
+	e->dport = p->dport;
+	e->proto = p->proto;
+	e->tcp_flags = p->tcp_flags;
+	e->dir = dir;
+	e->verdict = verdict;
+	e->code = code;
+	e->pad = 0;
+	e->pad2 = 0;
+	e->pad3 = 0;
+	e->rule_id = rule_id;
+	e->remote_identity = remote_id;
+	e->local_identity = local_id;
+	e->lost_before = b->lost;
+	bpf_ringbuf_submit(e, 0);
+}
+
+// parse fills p from an Ethernet frame; returns 0 for IPv4, 1 to pass untouched, <0 to drop.
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return 1;
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return 1; // ARP; IPv6 is not routed for pods in this cluster
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end || ip->ihl < 5)
+		return -1;
+	p->saddr = ip->saddr;
+	p->daddr = ip->daddr;
+	p->proto = ip->protocol;
+	p->len = bpf_ntohs(ip->tot_len);
+	p->sport = p->dport = 0;
+	p->tcp_flags = 0;
+	// Non-first fragments carry no ports: they are judged as port 0.
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return 0;
+	void *l4 = (void *)ip + ip->ihl * 4;
+	switch (ip->protocol) {
+	case IPPROTO_TCP: {
+		struct tcphdr *th = l4;
+		if ((void *)(th + 1) > end)
+			return -1;
+		p->sport = bpf_ntohs(th->source);
+		p->dport = bpf_ntohs(th->dest);
+		p->tcp_flags = ((__u8 *)th)[13];
+		break;
+	}
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP: { // SCTP's common header starts with the same two ports
+		struct udphdr *uh = l4;
+		if ((void *)(uh + 1) > end)
+			return -1;
+		p->sport = bpf_ntohs(uh->source);
+		p->dport = bpf_ntohs(uh->dest);
+		break;
+	}
+	case IPPROTO_ICMP: {
+		struct icmp_echo *ih = l4;
+		if ((void *)(ih + 1) > end)
+			return -1;
+		// Echo request/reply are tracked as a flow keyed by the echo id.
+		if (ih->type == ICMP_ECHO || ih->type == ICMP_ECHOREPLY) {
+			p->sport = p->dport = bpf_ntohs(ih->id);
+		}
+		break;
+	}
+	}
+	return 0;
+}
+
+static __always_inline __u64 ct_lifetime(const struct pkt *p, __u8 flags)
+{
+	if (p->proto != IPPROTO_TCP)
+		return CT_LIFETIME_NONTCP_NS;
+	if (flags & CT_F_CLOSING)
+		return CT_LIFETIME_CLOSE_NS;
+	if (!(flags & CT_F_SEEN_REPLY))
+		return CT_LIFETIME_SYN_NS;
+	return CT_LIFETIME_TCP_NS;
+}
+
+// lookup_one returns the longest match for one remote identity, or NULL.
+static __always_inline struct policy_val *lookup_one(void *pol, __u8 dir, __u32 id, __u8 proto, __u16 port)
+{
+	struct policy_key k = {
+		.prefixlen = POLICY_FULL_PREFIX,
+		.dir = dir,
+		.identity = id,
+		.proto = proto,
+		.dport = bpf_htons(port),
+	};
+	return bpf_map_lookup_elem(pol, &k);
+}
+
+struct decision {
+	__u8 allow;
+	__u8 code;
+	__u32 rule_id;
+};
+
+// decide applies the precedence of the compiler's contract: a deny from any of the
+// three lookups wins, else an allow from any of them, else default deny.
+static __always_inline void decide(void *pol, __u8 dir, __u32 remote_id, __u32 cidr_id, const struct pkt *p,
+				   struct decision *d)
+{
+	struct policy_val *a = lookup_one(pol, dir, remote_id, p->proto, p->dport);
+	struct policy_val *b = cidr_id ? lookup_one(pol, dir, cidr_id, p->proto, p->dport) : NULL;
+	struct policy_val *c = lookup_one(pol, dir, IDENTITY_ANY, p->proto, p->dport);
+	struct policy_val *allow = NULL;
+	d->allow = 0;
+	d->code = DROP_POLICY;
+	d->rule_id = 0;
+	if (a) {
+		if (a->deny)
+			goto deny_a;
+		allow = a;
+	}
+	if (b) {
+		if (b->deny) {
+			a = b;
+			goto deny_a;
+		}
+		if (!allow)
+			allow = b;
+	}
+	if (c) {
+		if (c->deny) {
+			a = c;
+			goto deny_a;
+		}
+		if (!allow)
+			allow = c;
+	}
+	if (allow) {
+		d->allow = 1;
+		d->code = FORWARD_POLICY;
+		d->rule_id = allow->rule_id;
+	}
+	return;
+deny_a:
+	d->code = DROP_POLICY_DENY;
+	d->rule_id = a->rule_id;
+}
+
+static __always_inline __u32 lookup_ip(void *map, __u32 addr, __u32 *flags)
+{
+	struct ipcache_key k = {.prefixlen = 32, .addr = addr};
+	struct ipcache_val *v = bpf_map_lookup_elem(map, &k);
+	if (!v)
+		return 0;
+	if (flags)
+		*flags = v->flags;
+	return v->identity;
+}
+
+static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
+{
+	__u32 ifindex = skb->ifindex;
+	struct pkt p;
+	int r = parse(skb, &p);
+	if (r > 0) {
+		count(ifindex, dir, FORWARD_NOT_IPV4, skb->len);
+		return TCX_NEXT;
+	}
+	if (r < 0) {
+		count(ifindex, dir, DROP_MALFORMED, skb->len);
+		return TCX_DROP;
+	}
+	struct endpoint_info *ep = bpf_map_lookup_elem(&fn_endpoints, &ifindex);
+	if (!ep) {
+		// Attached but not (or no longer) known: fail closed.
+		count(ifindex, dir, DROP_NO_ENDPOINT, skb->len);
+		emit(ifindex, dir, &p, VERDICT_DROP, DROP_NO_ENDPOINT, 0, 0, 0);
+		return TCX_DROP;
+	}
+	if (dir == DIR_EGRESS && p.saddr != ep->addr) {
+		count(ifindex, dir, DROP_INVALID_SOURCE, skb->len);
+		emit(ifindex, dir, &p, VERDICT_DROP, DROP_INVALID_SOURCE, 0, 0, ep->identity);
+		return TCX_DROP;
+	}
+
+	// Connection tracking: one entry per connection and endpoint, keyed from the pod's
+	// side, remembering which direction opened it.
+	struct ct_key ck = {.ifindex = ifindex, .proto = p.proto};
+	if (dir == DIR_EGRESS) {
+		ck.pod_addr = p.saddr;
+		ck.peer_addr = p.daddr;
+		ck.pod_port = p.sport;
+		ck.peer_port = p.dport;
+	} else {
+		ck.pod_addr = p.daddr;
+		ck.peer_addr = p.saddr;
+		ck.pod_port = p.dport;
+		ck.peer_port = p.sport;
+	}
+	__u64 now = bpf_ktime_get_ns();
+	struct ct_val *ct = bpf_map_lookup_elem(&fn_ct, &ck);
+	if (ct && ct->expires_ns < now)
+		ct = NULL;
+	__u8 closing = (p.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) ? CT_F_CLOSING : 0;
+	if (ct && ct->origin_dir != dir) {
+		// A reply of a connection this endpoint's policy (or its peer) let through.
+		__u8 flags = ct->flags | CT_F_SEEN_REPLY | closing;
+		ct->flags = flags;
+		ct->expires_ns = now + ct_lifetime(&p, flags);
+		count(ifindex, dir, FORWARD_REPLY, skb->len);
+		return TCX_NEXT;
+	}
+
+	__u32 peer_addr = ck.peer_addr;
+	__u32 ipc_flags = 0;
+	__u32 remote_id = lookup_ip(&fn_ipcache, peer_addr, &ipc_flags);
+	if (!remote_id)
+		remote_id = IDENTITY_WORLD;
+	struct decision d = {};
+	if (remote_id == IDENTITY_HOST) {
+		// Pod <-> own node (kubelet probes, node-local agents) is always allowed.
+		d.allow = 1;
+		d.code = FORWARD_HOST;
+	} else if (dir == DIR_EGRESS && (ipc_flags & IPCACHE_F_SERVICE)) {
+		// A Service address: kube-proxy DNATs it after this hook, so the egress
+		// decision is made on the backend by the netfilter program; mark the packet
+		// for it. The connection is tracked here under the Service address, which is
+		// what its un-DNATed replies carry.
+		skb->mark |= SERVICE_MARK;
+		d.allow = 1;
+		d.code = FORWARD_SERVICE;
+	} else {
+		void *pol = bpf_map_lookup_elem(&fn_policy, &ifindex);
+		if (!pol) {
+			count(ifindex, dir, DROP_NO_POLICY, skb->len);
+			emit(ifindex, dir, &p, VERDICT_DROP, DROP_NO_POLICY, 0, remote_id, ep->identity);
+			return TCX_DROP;
+		}
+		__u32 cidr_id = lookup_ip(&fn_cidrcache, peer_addr, NULL);
+		decide(pol, dir, remote_id, cidr_id, &p, &d);
+	}
+	if (!d.allow) {
+		count(ifindex, dir, d.code, skb->len);
+		emit(ifindex, dir, &p, VERDICT_DROP, d.code, d.rule_id, remote_id, ep->identity);
+		return TCX_DROP;
+	}
+	if (ct) {
+		__u8 flags = ct->flags | closing;
+		ct->flags = flags;
+		ct->expires_ns = now + ct_lifetime(&p, flags);
+		count(ifindex, dir, FORWARD_ESTABLISHED, skb->len);
+		return TCX_NEXT;
+	}
+	struct ct_val nv = {
+		.origin_dir = dir,
+		.flags = closing,
+		.rule_id = d.rule_id,
+	};
+	nv.expires_ns = now + ct_lifetime(&p, closing);
+	bpf_map_update_elem(&fn_ct, &ck, &nv, BPF_ANY);
+	count(ifindex, dir, d.code, skb->len);
+	emit(ifindex, dir, &p, VERDICT_FORWARD, d.code, d.rule_id, remote_id, ep->identity);
+	return TCX_NEXT;
+}
+
+SEC("tcx/ingress")
+int from_pod(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_EGRESS);
+}
+
+SEC("tcx/egress")
+int to_pod(struct __sk_buff *skb)
+{
+	return handle(skb, DIR_INGRESS);
+}

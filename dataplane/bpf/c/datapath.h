@@ -1,0 +1,153 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// Map layouts of the flatnet datapath. Only dataplane/bpf reads these (through the
+// Go types bpf2go generates from them); everyone else uses its typed accessors.
+#pragma once
+
+#define MAX_ENDPOINTS 4096
+#define IPCACHE_MAX 262144
+#define CIDRCACHE_MAX 65536
+#define POLICY_MAX 131072
+#define CT_MAX 262144
+#define COUNTERS_MAX 65536
+#define EVENTS_RING_BYTES (1 << 20)
+#define DEFAULT_EVENTS_PER_SEC 2000
+
+#define DIR_INGRESS 0 // into the pod
+#define DIR_EGRESS 1  // out of the pod
+
+#define IDENTITY_ANY 0
+#define IDENTITY_HOST 1
+#define IDENTITY_WORLD 2
+
+// Set by from_pod on packets to a Service address, for the netfilter program.
+#define SERVICE_MARK 0x00100000
+
+// Verdict codes in counters and events. Drops use Cilium's drop reason numbers where
+// Cilium has one (133 policy denied, 181 deny rule, 130 invalid source IP).
+#define FORWARD_POLICY 1      // new connection allowed by policy
+#define FORWARD_ESTABLISHED 2 // packet of a tracked connection, in its opening direction
+#define FORWARD_REPLY 3       // reply of a tracked connection
+#define FORWARD_HOST 4        // to/from the pod's own node
+#define FORWARD_NOT_IPV4 5    // ARP and the like
+#define FORWARD_SERVICE 6     // to a Service address: egress judged after DNAT
+#define DROP_MALFORMED 134    // Cilium: invalid packet (short headers)
+#define DROP_INVALID_SOURCE 130
+#define DROP_POLICY 133
+#define DROP_POLICY_DENY 181
+#define DROP_NO_ENDPOINT 190 // flatnet: program attached to an unknown interface
+#define DROP_NO_POLICY 191   // flatnet: endpoint without a policy map
+
+#define VERDICT_FORWARD 1
+#define VERDICT_DROP 2
+
+#define IPCACHE_F_SERVICE 1
+
+#define CT_F_SEEN_REPLY 1
+#define CT_F_CLOSING 2
+
+#define CT_LIFETIME_SYN_NS (60ULL * 1000000000ULL)
+#define CT_LIFETIME_TCP_NS (21600ULL * 1000000000ULL)
+#define CT_LIFETIME_CLOSE_NS (10ULL * 1000000000ULL)
+#define CT_LIFETIME_NONTCP_NS (60ULL * 1000000000ULL)
+
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_RST 0x04
+
+struct endpoint_info {
+	__u32 addr; // pod IPv4, network order
+	__u32 identity;
+	__u32 flags;
+	__u32 pad;
+};
+
+struct ipcache_key {
+	__u32 prefixlen;
+	__u32 addr; // network order
+};
+
+struct ipcache_val {
+	__u32 identity;
+	__u32 flags;
+};
+
+// Policy LPM key. The prefix runs over dir+pad (32 bits), identity (64), proto+pad
+// (80) and the destination port (80..96), so a lookup with the full key returns the
+// most specific (protocol, port range) entry of that identity.
+struct policy_key {
+	__u32 prefixlen;
+	__u8 dir;
+	__u8 pad1[3];
+	__u32 identity;
+	__u8 proto;
+	__u8 pad2;
+	__u16 dport; // network order
+};
+#define POLICY_FULL_PREFIX 96
+
+struct policy_val {
+	__u32 rule_id;
+	__u8 deny;
+	__u8 pad[3];
+};
+
+struct ct_key {
+	__u32 ifindex;
+	__u32 pod_addr;
+	__u32 peer_addr;
+	__u16 pod_port;
+	__u16 peer_port;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct ct_val {
+	__u64 expires_ns; // CLOCK_MONOTONIC
+	__u32 rule_id;
+	__u8 origin_dir;
+	__u8 flags;
+	__u16 pad;
+};
+
+struct counter_key {
+	__u32 ifindex;
+	__u8 dir;
+	__u8 code;
+	__u16 pad;
+};
+
+struct counter_val {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct event_budget {
+	__u64 tokens_milli;
+	__u64 last_ns;
+	__u64 lost;
+};
+
+struct dp_config {
+	__u32 events_per_sec; // per CPU; 0 = DEFAULT_EVENTS_PER_SEC
+	__u32 pad;
+};
+
+struct flow_event {
+	__u64 ts_ns;
+	__u32 ifindex;
+	__u32 saddr; // network order
+	__u32 daddr;
+	__u16 sport; // host order
+	__u16 dport;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 dir;
+	__u8 verdict;
+	__u8 code;
+	__u8 pad;
+	__u16 pad2;
+	__u32 rule_id;
+	__u32 remote_identity;
+	__u32 local_identity;
+	__u32 pad3;
+	__u64 lost_before; // events this CPU had lost when this one was written
+};

@@ -1,0 +1,463 @@
+package bpf
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/flatnet/flatnet/dataplane/compile"
+	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/policy"
+)
+
+// DefaultPinDir is where the agent pins the datapath.
+const DefaultPinDir = "/sys/fs/bpf/flatnet"
+
+// Direction codes of the C side (DIR_INGRESS / DIR_EGRESS).
+const (
+	dirIngress = 0
+	dirEgress  = 1
+)
+
+// Datapath is the loaded datapath: maps pinned in PinDir, programs attached to
+// endpoints through tcx links pinned in PinDir/links. Methods are safe for concurrent
+// use.
+type Datapath struct {
+	pinDir string
+	objs   datapathObjects
+	inner  *ebpf.MapSpec
+
+	mu sync.Mutex
+}
+
+// Endpoint is what the datapath needs to know of a local pod's attachment.
+type Endpoint struct {
+	IfIndex  int        // host-side veth
+	IP       netip.Addr // pod IPv4
+	Identity identity.ID
+}
+
+// Load loads the programs, creating the maps in pinDir or reusing the ones a
+// previous agent pinned there, and moves every pinned endpoint link to the freshly
+// loaded programs in one atomic step per link: an agent restart or upgrade never
+// leaves an endpoint without its programs or with empty maps.
+func Load(ctx context.Context, pinDir string) (*Datapath, error) {
+	if err := checkBPFFS(filepath.Dir(pinDir)); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(pinDir, "links"), 0o700); err != nil {
+		return nil, fmt.Errorf("creating pin directory: %w", err)
+	}
+	spec, err := loadDatapath()
+	if err != nil {
+		return nil, fmt.Errorf("loading datapath spec: %w", err)
+	}
+	d := &Datapath{pinDir: pinDir, inner: spec.Maps[datapathMapFnPolicyProto].Copy()}
+	d.inner.Name = "fn_ep_policy"
+	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}})
+	if err != nil {
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("loading datapath: a map pinned in %s has another layout (older flatnet?); "+
+				"migrate or remove it: %w", pinDir, err)
+		}
+		return nil, fmt.Errorf("loading datapath into the kernel: %w", err)
+	}
+	if err := d.resumeLinks(ctx); err != nil {
+		d.objs.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func checkBPFFS(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("checking bpffs at %s: %w", dir, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		return fmt.Errorf("%s is not a bpffs mount: mount it with `mount -t bpf bpf %s`", dir, dir)
+	}
+	return nil
+}
+
+// Close releases this process's handles; pinned maps and links stay in the kernel,
+// so endpoints keep their policy while no agent runs.
+func (d *Datapath) Close() error {
+	return d.objs.Close()
+}
+
+// PinDir is where the datapath is pinned.
+func (d *Datapath) PinDir() string { return d.pinDir }
+
+func (d *Datapath) linkPin(ifindex int, dir int) string {
+	name := "ingress"
+	if dir == dirEgress {
+		name = "egress"
+	}
+	return filepath.Join(d.pinDir, "links", fmt.Sprintf("%d-%s", ifindex, name))
+}
+
+// resumeLinks points every pinned link at the programs just loaded. A link whose
+// interface is gone (pod deleted while no agent ran) is unpinned.
+func (d *Datapath) resumeLinks(ctx context.Context) error {
+	entries, err := os.ReadDir(filepath.Join(d.pinDir, "links"))
+	if err != nil {
+		return fmt.Errorf("listing pinned links: %w", err)
+	}
+	for _, e := range entries {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		path := filepath.Join(d.pinDir, "links", e.Name())
+		ifs, side, ok := strings.Cut(e.Name(), "-")
+		ifindex, convErr := strconv.Atoi(ifs)
+		if !ok || convErr != nil || (side != "ingress" && side != "egress") {
+			continue
+		}
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			return fmt.Errorf("opening pinned link %s: %w", path, err)
+		}
+		info, err := l.Info()
+		if err != nil || info.TCX() == nil || info.TCX().Ifindex != uint32(ifindex) {
+			// Detached: its interface went away.
+			_ = l.Unpin()
+			l.Close()
+			continue
+		}
+		prog := d.objs.ToPod
+		if side == "egress" {
+			prog = d.objs.FromPod
+		}
+		err = l.Update(prog)
+		l.Close()
+		if err != nil {
+			return fmt.Errorf("moving pinned link %s to the new program: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// AttachEndpoint makes an endpoint enforce pol: its identity and policy are written
+// first, then the programs are attached to its host veth in both directions, so the
+// first packet the pod sends is already under policy. Calling it again for an
+// attached endpoint updates it in place.
+func (d *Datapath) AttachEndpoint(ctx context.Context, ep Endpoint, pol *compile.EndpointPolicy) error {
+	if ep.IfIndex <= 0 || !ep.IP.Is4() {
+		return fmt.Errorf("attaching endpoint: need an interface index and an IPv4 address, got %d and %v", ep.IfIndex, ep.IP)
+	}
+	if pol == nil {
+		return fmt.Errorf("attaching endpoint %d: a policy is required (an empty one allows everything)", ep.IfIndex)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.syncPolicy(ep.IfIndex, pol); err != nil {
+		return err
+	}
+	info := datapathEndpointInfo{Addr: addrBE(ep.IP), Identity: uint32(ep.Identity)}
+	if err := d.objs.FnEndpoints.Put(uint32(ep.IfIndex), &info); err != nil {
+		return fmt.Errorf("writing endpoint %d: %w", ep.IfIndex, err)
+	}
+	for _, dir := range []int{dirIngress, dirEgress} {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := d.attach(ep.IfIndex, dir); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *Datapath) attach(ifindex, dir int) error {
+	prog, at := d.objs.ToPod, ebpf.AttachTCXEgress
+	if dir == dirEgress {
+		prog, at = d.objs.FromPod, ebpf.AttachTCXIngress
+	}
+	pin := d.linkPin(ifindex, dir)
+	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		info, ierr := l.Info()
+		if ierr == nil && info.TCX() != nil && info.TCX().Ifindex == uint32(ifindex) {
+			err = l.Update(prog)
+			l.Close()
+			if err != nil {
+				return fmt.Errorf("updating link %s: %w", pin, err)
+			}
+			return nil
+		}
+		// A stale pin of an interface that went away and whose index was reused.
+		_ = l.Unpin()
+		l.Close()
+	}
+	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: at})
+	if err != nil {
+		return fmt.Errorf("attaching %s to interface %d: %w", prog, ifindex, err)
+	}
+	defer l.Close()
+	if err := l.Pin(pin); err != nil {
+		return fmt.Errorf("pinning link of interface %d: %w", ifindex, err)
+	}
+	return nil
+}
+
+// DetachEndpoint removes the programs from an endpoint's veth and forgets it; an
+// unknown endpoint is not an error.
+func (d *Datapath) DetachEndpoint(ctx context.Context, ifindex int) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	for _, dir := range []int{dirIngress, dirEgress} {
+		pin := d.linkPin(ifindex, dir)
+		l, err := link.LoadPinnedLink(pin, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("opening link %s: %w", pin, err))
+			continue
+		}
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("unpinning %s: %w", pin, err))
+		}
+		l.Close() // the last reference: the kernel detaches the program
+	}
+	key := uint32(ifindex)
+	if err := d.objs.FnEndpoints.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("deleting endpoint %d: %w", ifindex, err))
+	}
+	if err := d.objs.FnPolicy.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("deleting policy of endpoint %d: %w", ifindex, err))
+	}
+	return errors.Join(errs...)
+}
+
+// SyncEndpointPolicy replaces an endpoint's policy atomically: a fresh map is filled
+// and then swapped in, so no packet sees a mix of old and new entries.
+func (d *Datapath) SyncEndpointPolicy(ctx context.Context, ifindex int, pol *compile.EndpointPolicy) error {
+	if pol == nil {
+		return fmt.Errorf("syncing policy of endpoint %d: nil policy", ifindex)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.syncPolicy(ifindex, pol)
+}
+
+func (d *Datapath) syncPolicy(ifindex int, pol *compile.EndpointPolicy) error {
+	m, err := ebpf.NewMap(d.inner)
+	if err != nil {
+		return fmt.Errorf("creating policy map of endpoint %d: %w", ifindex, err)
+	}
+	defer m.Close()
+	keys, vals := policyEntries(pol)
+	if len(keys) > int(d.inner.MaxEntries) {
+		return fmt.Errorf("policy of endpoint %d has %d entries, more than the map's %d", ifindex, len(keys), d.inner.MaxEntries)
+	}
+	if len(keys) > 0 {
+		if _, err := m.BatchUpdate(keys, vals, nil); err != nil {
+			// LPM tries have no batch support on every kernel: one by one.
+			for i := range keys {
+				if err := m.Put(&keys[i], &vals[i]); err != nil {
+					return fmt.Errorf("filling policy map of endpoint %d: %w", ifindex, err)
+				}
+			}
+		}
+	}
+	if err := d.objs.FnPolicy.Put(uint32(ifindex), m); err != nil {
+		return fmt.Errorf("installing policy map of endpoint %d: %w", ifindex, err)
+	}
+	return nil
+}
+
+// policyEntries lays a compiled policy out as LPM entries. A direction that is not
+// enforced gets a catch-all allow entry that matches only the direction (prefix 8):
+// every more specific entry (a deny) still wins over it.
+func policyEntries(pol *compile.EndpointPolicy) ([]datapathPolicyKey, []datapathPolicyVal) {
+	keys := make([]datapathPolicyKey, 0, len(pol.Entries)+2)
+	vals := make([]datapathPolicyVal, 0, len(pol.Entries)+2)
+	for dir, enforced := range pol.Enforce {
+		if !enforced {
+			keys = append(keys, datapathPolicyKey{Prefixlen: 8, Dir: uint8(dir)})
+			vals = append(vals, datapathPolicyVal{})
+		}
+	}
+	for k, v := range pol.Entries {
+		keys = append(keys, policyKey(k))
+		pv := datapathPolicyVal{RuleId: uint32(v.RuleID)}
+		if v.Deny {
+			pv.Deny = 1
+		}
+		vals = append(vals, pv)
+	}
+	return keys, vals
+}
+
+func policyKey(k compile.Key) datapathPolicyKey {
+	pk := datapathPolicyKey{Dir: uint8(k.Direction), Identity: uint32(k.Identity)}
+	if k.Direction == policy.Egress {
+		pk.Dir = dirEgress
+	}
+	switch {
+	case k.Protocol == policy.ProtoAny:
+		pk.Prefixlen = 64
+	default:
+		pk.Proto = uint8(k.Protocol)
+		pk.Prefixlen = 80 + uint32(k.PortPrefixLen)
+		pk.Dport = htons(k.Port)
+	}
+	return pk
+}
+
+// Apply writes a compiler update in the order compile.Update prescribes. ifindexOf
+// maps a local pod to its endpoint's interface; pods without one (not attached yet)
+// are skipped: AttachEndpoint will carry their policy.
+func (d *Datapath) Apply(ctx context.Context, up compile.Update, ifindexOf func(namespace, name string) (int, bool)) error {
+	for _, u := range up.IPCache {
+		if u.Delete {
+			if err := d.DeletePrefix(ctx, u.Prefix); err != nil {
+				return err
+			}
+		}
+	}
+	for _, u := range up.CIDRs {
+		if u.Delete {
+			if err := d.DeleteCIDR(ctx, u.Prefix); err != nil {
+				return err
+			}
+		}
+	}
+	for _, e := range up.Endpoints {
+		if e.Policy == nil {
+			continue // the endpoint goes away with DetachEndpoint
+		}
+		ifindex, ok := ifindexOf(e.Namespace, e.Name)
+		if !ok {
+			continue
+		}
+		if err := d.SyncEndpointPolicy(ctx, ifindex, e.Policy); err != nil {
+			return fmt.Errorf("pod %s/%s: %w", e.Namespace, e.Name, err)
+		}
+	}
+	for _, u := range up.IPCache {
+		if !u.Delete {
+			if err := d.UpsertPrefix(ctx, u.Prefix, u.Identity, false); err != nil {
+				return err
+			}
+		}
+	}
+	for _, u := range up.CIDRs {
+		if !u.Delete {
+			if err := d.UpsertCIDR(ctx, u.Prefix, u.Identity); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// UpsertIPIdentity maps one address to an identity in the IP cache.
+func (d *Datapath) UpsertIPIdentity(ctx context.Context, ip netip.Addr, id identity.ID) error {
+	return d.UpsertPrefix(ctx, netip.PrefixFrom(ip, 32), id, false)
+}
+
+// DeleteIP removes one address from the IP cache (it becomes world).
+func (d *Datapath) DeleteIP(ctx context.Context, ip netip.Addr) error {
+	return d.DeletePrefix(ctx, netip.PrefixFrom(ip, 32))
+}
+
+// UpsertPrefix maps a prefix to an identity in the IP cache. service marks Service
+// addresses (ClusterIPs): egress to them is judged after kube-proxy's DNAT.
+func (d *Datapath) UpsertPrefix(_ context.Context, p netip.Prefix, id identity.ID, service bool) error {
+	k, err := ipcacheKey(p)
+	if err != nil {
+		return err
+	}
+	v := datapathIpcacheVal{Identity: uint32(id)}
+	if service {
+		v.Flags = 1
+	}
+	if err := d.objs.FnIpcache.Put(&k, &v); err != nil {
+		return fmt.Errorf("writing ipcache %s -> %d: %w", p, id, err)
+	}
+	return nil
+}
+
+// UpsertService marks a Service address (ClusterIP) so that egress to it is judged on
+// the backend kube-proxy picks.
+func (d *Datapath) UpsertService(ctx context.Context, ip netip.Addr) error {
+	return d.UpsertPrefix(ctx, netip.PrefixFrom(ip, 32), identity.World, true)
+}
+
+// DeletePrefix removes a prefix from the IP cache.
+func (d *Datapath) DeletePrefix(_ context.Context, p netip.Prefix) error {
+	k, err := ipcacheKey(p)
+	if err != nil {
+		return err
+	}
+	if err := d.objs.FnIpcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("deleting ipcache %s: %w", p, err)
+	}
+	return nil
+}
+
+// UpsertCIDR maps a CIDR-rule prefix to its local identity.
+func (d *Datapath) UpsertCIDR(_ context.Context, p netip.Prefix, id identity.ID) error {
+	k, err := ipcacheKey(p)
+	if err != nil {
+		return err
+	}
+	v := datapathIpcacheVal{Identity: uint32(id)}
+	if err := d.objs.FnCidrcache.Put(&k, &v); err != nil {
+		return fmt.Errorf("writing CIDR %s -> %d: %w", p, id, err)
+	}
+	return nil
+}
+
+// DeleteCIDR removes a CIDR-rule prefix.
+func (d *Datapath) DeleteCIDR(_ context.Context, p netip.Prefix) error {
+	k, err := ipcacheKey(p)
+	if err != nil {
+		return err
+	}
+	if err := d.objs.FnCidrcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("deleting CIDR %s: %w", p, err)
+	}
+	return nil
+}
+
+func ipcacheKey(p netip.Prefix) (datapathIpcacheKey, error) {
+	if !p.Addr().Is4() {
+		return datapathIpcacheKey{}, fmt.Errorf("prefix %s: only IPv4 is supported", p)
+	}
+	return datapathIpcacheKey{Prefixlen: uint32(p.Bits()), Addr: addrBE(p.Masked().Addr())}, nil
+}
+
+// addrBE returns the address as a uint32 whose in-memory bytes are in network order.
+func addrBE(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:])
+}
+
+func htons(v uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], v)
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+func ntohs(v uint16) uint16 { return htons(v) }
+
+func addrFromBE(v uint32) netip.Addr {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
+}

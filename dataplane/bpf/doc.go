@@ -1,0 +1,12 @@
+// Package bpf is flatnet's policy datapath: the C programs in c/, their bpf2go output,
+// and the only code that knows the maps' layouts. Everyone else goes through Datapath:
+// Load pins programs and maps under a bpffs directory, AttachEndpoint fills an
+// endpoint's maps and attaches the programs to its host-side veth (tcx, both
+// directions), Apply writes compiler updates, and the flow reader drains the ring
+// buffer of flow events.
+package bpf
+
+// The generated objects are committed; scripts/check-bpf-generated.sh verifies they
+// match the sources. -ffile-prefix-map keeps the checkout path out of BTF line info so
+// the same clang gives the same bytes anywhere.
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -ffile-prefix-map=${PWD}=. -I/usr/include/x86_64-linux-gnu" -target bpfel -no-global-types -type endpoint_info -type ipcache_key -type ipcache_val -type policy_key -type policy_val -type ct_key -type ct_val -type counter_key -type counter_val -type event_budget -type dp_config -type flow_event datapath c/datapath.c

@@ -1,0 +1,283 @@
+package bpf
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+
+	networkingv1 "k8s.io/api/networking/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/flatnet/flatnet/dataplane/compile"
+	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/policy"
+)
+
+var (
+	serverIP = netip.MustParseAddr("10.224.1.10")
+	clientIP = netip.MustParseAddr("10.224.2.20")
+	otherIP  = netip.MustParseAddr("10.224.2.30")
+	nodeIP   = netip.MustParseAddr("10.224.0.2")
+)
+
+// cluster is a small cluster driven through the real compiler: a local server pod
+// (the test endpoint), a remote client pod and a remote other pod.
+type cluster struct {
+	t  testing.TB
+	d  *Datapath
+	c  *compile.Compiler
+	id identity.ID
+}
+
+func newCluster(t testing.TB, d *Datapath) *cluster {
+	c := compile.New(identity.NewAllocator())
+	cl := &cluster{t: t, d: d, c: c}
+	must(t, c.UpsertNamespace(compile.Namespace{Name: "default", Labels: map[string]string{"kubernetes.io/metadata.name": "default"}}))
+	must(t, c.UpsertNamespace(compile.Namespace{Name: "other", Labels: map[string]string{"kubernetes.io/metadata.name": "other"}}))
+	must(t, c.UpsertPod(compile.Pod{Namespace: "default", Name: "server", Labels: map[string]string{"app": "server"}, IP: serverIP, Local: true,
+		Ports: []compile.NamedPort{{Name: "http", Protocol: policy.ProtoTCP, Port: 8080}}}))
+	must(t, c.UpsertPod(compile.Pod{Namespace: "default", Name: "client", Labels: map[string]string{"app": "client"}, IP: clientIP}))
+	must(t, c.UpsertPod(compile.Pod{Namespace: "other", Name: "client", Labels: map[string]string{"app": "client"}, IP: otherIP}))
+	c.UpsertNode("self", []netip.Addr{nodeIP}, true)
+	cl.id, _ = c.IdentityOf("default", "server")
+	cl.flush()
+	return cl
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// flush applies the compiler's update; the server pod is the test endpoint.
+func (cl *cluster) flush() {
+	cl.t.Helper()
+	up := cl.c.Flush()
+	if pol := cl.c.EndpointPolicy("default", "server"); pol != nil {
+		setEndpoint(cl.t, cl.d, serverIP, uint32(cl.id), pol)
+	}
+	err := cl.d.Apply(context.Background(), up, func(ns, name string) (int, bool) {
+		return testIfindex, ns == "default" && name == "server"
+	})
+	must(cl.t, err)
+}
+
+func (cl *cluster) cnp(doc string) {
+	cl.t.Helper()
+	js, err := yaml.YAMLToJSON([]byte(doc))
+	must(cl.t, err)
+	c, err := policy.DecodeCilium(js)
+	must(cl.t, err)
+	pols, err := policy.FromCilium(c)
+	must(cl.t, err)
+	must(cl.t, cl.c.UpsertPolicy("cnp/"+c.Namespace+"/"+c.Name, pols))
+	cl.flush()
+}
+
+func (cl *cluster) np(doc string) {
+	cl.t.Helper()
+	var np networkingv1.NetworkPolicy
+	must(cl.t, yaml.UnmarshalStrict([]byte(doc), &np))
+	p, err := policy.FromNetworkPolicy(&np)
+	must(cl.t, err)
+	must(cl.t, cl.c.UpsertPolicy("np/"+np.Namespace+"/"+np.Name, []*policy.Policy{p}))
+	cl.flush()
+}
+
+func tcp(src, dst netip.Addr, sport, dport uint16, flags uint8) pkt {
+	return pkt{src: src, dst: dst, proto: 6, sport: sport, dport: dport, tcpFlags: flags}
+}
+
+func expect(t testing.TB, d *Datapath, what string, dir int, p pkt, want uint32) {
+	t.Helper()
+	if got := run(t, d, dir, p); got != want {
+		name := map[uint32]string{tcxNext: "pass", tcxDrop: "drop"}
+		t.Errorf("%s: got %s (%d), want %s", what, name[got], got, name[want])
+	}
+}
+
+func TestNoPolicyAllowsAndTracks(t *testing.T) {
+	d := loadTest(t)
+	cl := newCluster(t, d)
+	syn := tcp(clientIP, serverIP, 40000, 80, tcpSYN)
+	expect(t, d, "ingress without policy", dirIngress, syn, tcxNext)
+	expect(t, d, "egress without policy", dirEgress, tcp(serverIP, clientIP, 40001, 443, tcpSYN), tcxNext)
+	// The connection was tracked although no policy selected the pod: a default-deny
+	// policy applied now must not cut its replies.
+	cl.cnp(seedDefaultDeny)
+	expect(t, d, "reply of a connection opened before the policy", dirEgress, syn.reply(tcpSYN|tcpACK), tcxNext)
+	expect(t, d, "new connection after default deny", dirIngress, tcp(clientIP, serverIP, 40002, 80, tcpSYN), tcxDrop)
+	expect(t, d, "new egress after default deny", dirEgress, tcp(serverIP, clientIP, 40003, 443, tcpSYN), tcxDrop)
+	// Forward packets of the old connection are judged again: the new policy denies them.
+	expect(t, d, "forward packet of the old connection under the new policy", dirIngress, tcp(clientIP, serverIP, 40000, 80, tcpACK), tcxDrop)
+}
+
+const seedDefaultDeny = `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: default-deny, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - {}
+  egress:
+  - {}
+`
+
+func TestSeedDefaultDenyAndDelete(t *testing.T) {
+	d := loadTest(t)
+	cl := newCluster(t, d)
+	cl.cnp(seedDefaultDeny)
+	expect(t, d, "client -> server:80 under default deny", dirIngress, tcp(clientIP, serverIP, 41000, 80, tcpSYN), tcxDrop)
+	expect(t, d, "kubelet probe from the node", dirIngress, tcp(nodeIP, serverIP, 41001, 80, tcpSYN), tcxNext)
+	cl.c.DeletePolicy("cnp/default/default-deny")
+	cl.flush()
+	expect(t, d, "client -> server:80 after the cnp is deleted", dirIngress, tcp(clientIP, serverIP, 41002, 80, tcpSYN), tcxNext)
+}
+
+func TestAllowByIdentityAndPortWithReplies(t *testing.T) {
+	d := loadTest(t)
+	cl := newCluster(t, d)
+	cl.cnp(`
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+  egress:
+  - {}
+`)
+	syn := tcp(clientIP, serverIP, 42000, 80, tcpSYN)
+	expect(t, d, "client -> :80", dirIngress, syn, tcxAllowed())
+	expect(t, d, "reply under egress default deny", dirEgress, syn.reply(tcpSYN|tcpACK), tcxNext)
+	expect(t, d, "client -> :81", dirIngress, tcp(clientIP, serverIP, 42001, 81, tcpSYN), tcxDrop)
+	expect(t, d, "client over UDP :80", dirIngress, pkt{src: clientIP, dst: serverIP, proto: 17, sport: 5000, dport: 80}, tcxDrop)
+	expect(t, d, "same labels, other namespace -> :80", dirIngress, tcp(otherIP, serverIP, 42002, 80, tcpSYN), tcxDrop)
+	expect(t, d, "unsolicited egress", dirEgress, tcp(serverIP, clientIP, 42003, 80, tcpSYN), tcxDrop)
+	expect(t, d, "spoofed source from the pod", dirEgress, tcp(otherIP, clientIP, 42004, 80, tcpSYN), tcxDrop)
+}
+
+func tcxAllowed() uint32 { return tcxNext }
+
+func TestPortRangeAndDenyPrecedence(t *testing.T) {
+	d := loadTest(t)
+	cl := newCluster(t, d)
+	// A Kubernetes NetworkPolicy allows a range; a CNP deny inside it wins.
+	cl.np(`
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: range, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress:
+  - ports: [{protocol: TCP, port: 8000, endPort: 8100}]
+`)
+	cl.cnp(`
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: deny-8080, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`)
+	cases := []struct {
+		src  netip.Addr
+		port uint16
+		want uint32
+	}{
+		{clientIP, 7999, tcxDrop}, {clientIP, 8000, tcxNext}, {clientIP, 8079, tcxNext},
+		{clientIP, 8080, tcxDrop}, {otherIP, 8080, tcxNext}, {clientIP, 8081, tcxNext},
+		{clientIP, 8100, tcxNext}, {clientIP, 8101, tcxDrop},
+	}
+	for i, c := range cases {
+		expect(t, d, "port "+itoa(int(c.port))+" from "+c.src.String(), dirIngress, tcp(c.src, serverIP, uint16(43000+i), c.port, tcpSYN), c.want)
+	}
+	// A deny of every port of the client beats the allow of the range.
+	cl.cnp(`
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: deny-client, namespace: default}
+spec:
+  endpointSelector: {}
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+`)
+	expect(t, d, "client -> 8000 after deny-all-of-client", dirIngress, tcp(clientIP, serverIP, 43100, 8000, tcpSYN), tcxDrop)
+	expect(t, d, "other namespace client -> 8000", dirIngress, tcp(otherIP, serverIP, 43101, 8000, tcpSYN), tcxNext)
+}
+
+func TestCIDRExcept(t *testing.T) {
+	d := loadTest(t)
+	cl := newCluster(t, d)
+	cl.cnp(`
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: cidr, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  egress:
+  - toCIDRSet: [{cidr: 192.168.0.0/16, except: [192.168.7.0/24]}]
+  - toCIDR: [192.168.7.7/32]
+    toPorts: [{ports: [{port: "53", protocol: UDP}]}]
+`)
+	ext := func(s string) netip.Addr { return netip.MustParseAddr(s) }
+	expect(t, d, "inside the block", dirEgress, tcp(serverIP, ext("192.168.1.1"), 44000, 443, tcpSYN), tcxNext)
+	expect(t, d, "inside the exception", dirEgress, tcp(serverIP, ext("192.168.7.1"), 44001, 443, tcpSYN), tcxDrop)
+	expect(t, d, "the /32 inside the exception, allowed port", dirEgress, pkt{src: serverIP, dst: ext("192.168.7.7"), proto: 17, sport: 5353, dport: 53}, tcxNext)
+	expect(t, d, "the /32 inside the exception, other port", dirEgress, tcp(serverIP, ext("192.168.7.7"), 44002, 443, tcpSYN), tcxDrop)
+	expect(t, d, "outside the block", dirEgress, tcp(serverIP, ext("172.16.0.1"), 44003, 443, tcpSYN), tcxDrop)
+	// An ipBlock also matches pod addresses (Kubernetes' e2e tests rely on it).
+	cl.np(`
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: pod-cidr, namespace: default}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 10.224.0.0/16, except: [10.224.2.30/32]}}]
+`)
+	expect(t, d, "pod inside the ipBlock", dirEgress, tcp(serverIP, clientIP, 44004, 80, tcpSYN), tcxNext)
+	expect(t, d, "pod in the except", dirEgress, tcp(serverIP, otherIP, 44005, 80, tcpSYN), tcxDrop)
+}
+
+func TestEntitiesAndNamedPorts(t *testing.T) {
+	d := loadTest(t)
+	cl := newCluster(t, d)
+	cl.cnp(`
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: ent, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEntities: [world]
+    toPorts: [{ports: [{port: http}]}]
+  egress:
+  - toEntities: [cluster]
+`)
+	world := netip.MustParseAddr("203.0.113.9")
+	expect(t, d, "world -> named port http (8080)", dirIngress, tcp(world, serverIP, 45000, 8080, tcpSYN), tcxNext)
+	expect(t, d, "world -> 80", dirIngress, tcp(world, serverIP, 45001, 80, tcpSYN), tcxDrop)
+	expect(t, d, "cluster pod -> 8080 (not world)", dirIngress, tcp(clientIP, serverIP, 45002, 8080, tcpSYN), tcxDrop)
+	expect(t, d, "egress to a cluster pod", dirEgress, tcp(serverIP, otherIP, 45003, 80, tcpSYN), tcxNext)
+	expect(t, d, "egress to world", dirEgress, tcp(serverIP, world, 45004, 80, tcpSYN), tcxDrop)
+}
+
+func itoa(i int) string {
+	return string(appendInt(nil, i))
+}
+
+func appendInt(b []byte, i int) []byte {
+	if i >= 10 {
+		b = appendInt(b, i/10)
+	}
+	return append(b, byte('0'+i%10))
+}

@@ -1,0 +1,126 @@
+// Package compile turns the policy model, the cluster's pods and namespaces into what
+// the datapath needs: a security identity per label set, IP -> identity entries, CIDR
+// prefix -> identity entries, and one policy (a set of keyed verdicts) per local
+// endpoint. It is incremental: every Upsert/Delete marks what it touches, and Flush
+// recomputes only the endpoints whose policy may have changed.
+//
+// Lookup contract with the datapath (dataplane/bpf implements it): for a packet the
+// datapath looks the policy up with the remote's identity, with the identity of the
+// longest CIDR prefix holding the remote address, and with identity.Any; each lookup
+// returns the entry with the longest (protocol, port prefix) match. A deny from any of
+// the lookups wins; otherwise an allow from any of them allows; otherwise the packet is
+// dropped when the direction is enforced. The compiler folds deny entries into the
+// more specific allow entries they cover, so a longest match never hides a deny.
+package compile
+
+import (
+	"net/netip"
+
+	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/policy"
+)
+
+// Namespace is what the compiler needs of a namespace.
+type Namespace struct {
+	Name   string
+	Labels map[string]string
+}
+
+// NamedPort is one container port with a name.
+type NamedPort struct {
+	Name     string
+	Protocol policy.Protocol
+	Port     uint16
+}
+
+// Pod is what the compiler needs of a pod. Local pods are endpoints of this node and
+// get a policy; every pod with an IP feeds the IP -> identity cache.
+type Pod struct {
+	Namespace      string
+	Name           string
+	Labels         map[string]string
+	ServiceAccount string
+	IP             netip.Addr // invalid until the pod has one
+	Ports          []NamedPort
+	Local          bool
+	HostNetwork    bool // a host-network pod has the node's identity, not its own
+}
+
+// Key is one policy entry: direction, remote identity (identity.Any for every remote),
+// protocol (ProtoAny for all protocols, then Port and PortPrefixLen are 0) and a port
+// prefix: the top PortPrefixLen bits of Port (16 = exactly Port, 0 = every port).
+type Key struct {
+	Direction     policy.Direction
+	Identity      identity.ID
+	Protocol      policy.Protocol
+	Port          uint16
+	PortPrefixLen uint8
+}
+
+// Verdict of an entry, and the rule that produced it (for flows and explanations).
+type Verdict struct {
+	Deny   bool
+	RuleID RuleID
+}
+
+// RuleID names one rule of one policy; 0 is "no rule".
+type RuleID uint32
+
+// RuleInfo is what a RuleID stands for.
+type RuleInfo struct {
+	Policy policy.Ref
+	Rule   string // the rule's field path, e.g. "spec.ingressDeny[0]"
+}
+
+// EndpointPolicy is the complete policy of one endpoint. A direction that is not
+// enforced allows everything its entries do not deny.
+type EndpointPolicy struct {
+	Enforce [2]bool
+	Entries map[Key]Verdict
+}
+
+// Equal reports whether two policies are the same.
+func (p *EndpointPolicy) Equal(o *EndpointPolicy) bool {
+	if p == nil || o == nil {
+		return p == o
+	}
+	if p.Enforce != o.Enforce || len(p.Entries) != len(o.Entries) {
+		return false
+	}
+	for k, v := range p.Entries {
+		if w, ok := o.Entries[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+// EndpointUpdate carries the new policy of a local endpoint; Policy is nil when the
+// endpoint is gone.
+type EndpointUpdate struct {
+	Namespace, Name string
+	IP              netip.Addr
+	Policy          *EndpointPolicy
+}
+
+// PrefixUpdate maps a prefix to an identity, or deletes it (Delete set).
+type PrefixUpdate struct {
+	Prefix   netip.Prefix
+	Identity identity.ID
+	Delete   bool
+}
+
+// Update is everything that changed since the last Flush. Apply it in this order so
+// that no packet meets an identity its endpoint's policy does not know yet: deletes of
+// IPCache and CIDRs, then Endpoints, then upserts of IPCache and CIDRs. (Identity
+// numbers are never reused, so a policy briefly naming a gone identity is harmless.)
+type Update struct {
+	Endpoints []EndpointUpdate
+	IPCache   []PrefixUpdate // pod and node addresses (/32)
+	CIDRs     []PrefixUpdate // prefixes named by CIDR rules, with local identities
+}
+
+// Empty reports whether the update changes nothing.
+func (u Update) Empty() bool {
+	return len(u.Endpoints) == 0 && len(u.IPCache) == 0 && len(u.CIDRs) == 0
+}
