@@ -1,0 +1,383 @@
+package cni_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/flatnet/flatnet/dataplane/cni"
+	"github.com/flatnet/flatnet/dataplane/endpointapi"
+	"github.com/flatnet/flatnet/dataplane/ipam"
+	"github.com/flatnet/flatnet/dataplane/ipam/nodealloc"
+	"github.com/flatnet/flatnet/internal/testenv"
+)
+
+// pluginDir holds the flatnet and loopback binaries built once for all tests:
+// the tests run the real plugin executables through libcni, as a runtime does.
+var pluginDir string
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() == 0 {
+		dir, err := os.MkdirTemp("", "flatnet-cni-bin-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		for name, pkg := range map[string]string{
+			"flatnet":  "github.com/flatnet/flatnet/dataplane/cmd/flatnet-cni",
+			"loopback": "github.com/containernetworking/plugins/plugins/main/loopback",
+		} {
+			out, err := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg).CombinedOutput()
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, out)
+				os.Exit(1)
+			}
+		}
+		pluginDir = dir
+		code := m.Run()
+		os.RemoveAll(dir)
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
+// node is a network namespace standing in for a kind node: an uplink "eth0"
+// on the node subnet and the plugin's state directory.
+type node struct {
+	t       *testing.T
+	name    string
+	ns      ns.NetNS
+	ip      netip.Prefix
+	block   ipam.Block
+	dataDir string
+	socket  string // agent socket, "" for none
+	cache   string
+}
+
+const subnet = "10.224.0.0/16"
+
+// newNode makes a node with a dummy uplink holding ip (e.g. 10.224.0.2/16).
+func newNode(t *testing.T, name, ip string, block ipam.Block) *node {
+	t.Helper()
+	testenv.RequireRoot(t)
+	n := &node{t: t, name: name, ns: newNS(t), ip: netip.MustParsePrefix(ip), block: block, dataDir: t.TempDir(), cache: t.TempDir()}
+	n.do(func() error {
+		// A veth as the uplink (this kernel has no dummy driver); its peer
+		// stays in the node, up, standing for the docker bridge.
+		up := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "bridge0"}
+		if err := netlink.LinkAdd(up); err != nil {
+			return err
+		}
+		if p, err := netlink.LinkByName("bridge0"); err != nil || netlink.LinkSetUp(p) != nil {
+			return fmt.Errorf("bring up bridge0: %v", err)
+		}
+		return addrUp("eth0", n.ip)
+	})
+	return n
+}
+
+func addrUp(ifName string, p netip.Prefix) error {
+	l, err := netlink.LinkByName(ifName)
+	if err != nil {
+		return err
+	}
+	if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}}); err != nil {
+		return err
+	}
+	return netlink.LinkSetUp(l)
+}
+
+func newNS(t testing.TB) ns.NetNS {
+	t.Helper()
+	n, err := testutils.NewNS()
+	if err != nil {
+		t.Fatalf("create netns: %v", err)
+	}
+	t.Cleanup(func() {
+		n.Close()
+		_ = testutils.UnmountNS(n)
+	})
+	return n
+}
+
+// do runs fn in the node's netns; the plugin processes libcni starts from
+// there inherit it, exactly as containerd's do in a kind node.
+func (n *node) do(fn func() error) {
+	n.t.Helper()
+	if err := n.ns.Do(func(ns.NetNS) error { return fn() }); err != nil {
+		n.t.Fatalf("in node %s: %v", n.name, err)
+	}
+}
+
+func (n *node) netConf() map[string]any {
+	c := map[string]any{
+		"type": "flatnet", "nodeName": n.name, "uplink": "eth0",
+		"subnet": subnet, "gateway": "10.224.0.1", "dockerRange": "10.224.0.0/27",
+		"block":   map[string]any{"first": n.block.First.String(), "size": n.block.Size},
+		"dataDir": n.dataDir,
+	}
+	if n.socket != "" {
+		c["agentSocket"] = n.socket
+	}
+	return c
+}
+
+// conflist renders the node's conflist the way the agent does, with edit
+// applied to the flatnet plugin's config first.
+func (n *node) conflist(edit func(map[string]any)) *libcni.NetworkConfigList {
+	n.t.Helper()
+	c := n.netConf()
+	if edit != nil {
+		edit(c)
+	}
+	b, _ := json.Marshal(map[string]any{
+		"cniVersion": "1.1.0", "name": "flatnet",
+		"plugins": []any{c, map[string]any{"type": "loopback"}},
+	})
+	l, err := libcni.NetworkConfFromBytes(b)
+	if err != nil {
+		n.t.Fatalf("conflist: %v", err)
+	}
+	return l
+}
+
+func (n *node) cniConfig() *libcni.CNIConfig {
+	return libcni.NewCNIConfigWithCacheDir([]string{pluginDir}, n.cache, nil)
+}
+
+func rt(id string, podNS ns.NetNS) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{
+		ContainerID: id, NetNS: podNS.Path(), IfName: "eth0",
+		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", "pod-" + id}},
+	}
+}
+
+// add runs ADD of list for a new pod netns and returns the result.
+func (n *node) add(list *libcni.NetworkConfigList, id string, podNS ns.NetNS) (*current.Result, error) {
+	var res types.Result
+	var err error
+	n.do(func() error {
+		res, err = n.cniConfig().AddNetworkList(context.Background(), list, rt(id, podNS))
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	r, cerr := current.NewResultFromResult(res)
+	if cerr != nil {
+		n.t.Fatalf("convert result: %v", cerr)
+	}
+	return r, nil
+}
+
+func (n *node) mustAdd(id string, podNS ns.NetNS) netip.Addr {
+	n.t.Helper()
+	r, err := n.add(n.conflist(nil), id, podNS)
+	if err != nil {
+		n.t.Fatalf("ADD %s: %v", id, err)
+	}
+	return resultIP(n.t, r)
+}
+
+func resultIP(t testing.TB, r *current.Result) netip.Addr {
+	t.Helper()
+	if len(r.IPs) != 1 {
+		t.Fatalf("result has %d IPs, want 1: %+v", len(r.IPs), r)
+	}
+	a, _ := netip.AddrFromSlice(r.IPs[0].Address.IP.To4())
+	if ones, _ := r.IPs[0].Address.Mask.Size(); ones != 32 {
+		t.Fatalf("result address %s is not a /32", r.IPs[0].Address.String())
+	}
+	return a
+}
+
+func (n *node) del(id string, netnsPath string) error {
+	var err error
+	n.do(func() error {
+		err = n.cniConfig().DelNetworkList(context.Background(), n.conflist(nil),
+			&libcni.RuntimeConf{ContainerID: id, NetNS: netnsPath, IfName: "eth0"})
+		return nil
+	})
+	return err
+}
+
+func (n *node) check(id string, podNS ns.NetNS) error {
+	var err error
+	n.do(func() error {
+		err = n.cniConfig().CheckNetworkList(context.Background(), n.conflist(nil), rt(id, podNS))
+		return nil
+	})
+	return err
+}
+
+func (n *node) allocations() []nodealloc.Allocation {
+	n.t.Helper()
+	all, err := nodealloc.New(n.dataDir).List(context.Background())
+	if err != nil {
+		n.t.Fatalf("list allocations: %v", err)
+	}
+	return all
+}
+
+// hostState is what flatnet leaves on a node: its veths and proxy entries.
+type hostState struct {
+	veths   []string
+	proxies []netip.Addr
+	routes  []string // /32 routes on flatnet veths
+}
+
+func (n *node) state() hostState {
+	n.t.Helper()
+	var s hostState
+	n.do(func() error {
+		links, err := netlink.LinkList()
+		if err != nil {
+			return err
+		}
+		for _, l := range links {
+			if strings.HasPrefix(l.Attrs().Name, cni.HostVethPrefix) {
+				s.veths = append(s.veths, l.Attrs().Name)
+				rs, _ := netlink.RouteList(l, netlink.FAMILY_V4)
+				for _, r := range rs {
+					s.routes = append(s.routes, r.Dst.String())
+				}
+			}
+		}
+		up, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		px, err := netlink.NeighProxyList(up.Attrs().Index, unix.AF_INET)
+		if err != nil {
+			return err
+		}
+		for _, p := range px {
+			a, _ := netip.AddrFromSlice(p.IP.To4())
+			s.proxies = append(s.proxies, a)
+		}
+		return nil
+	})
+	return s
+}
+
+func (n *node) requireClean(what string) {
+	n.t.Helper()
+	if s := n.state(); len(s.veths)+len(s.proxies)+len(s.routes) > 0 {
+		n.t.Errorf("%s: node %s still has flatnet plumbing: %+v", what, n.name, s)
+	}
+	if a := n.allocations(); len(a) > 0 {
+		n.t.Errorf("%s: node %s still holds allocations: %v", what, n.name, a)
+	}
+}
+
+// podLinks lists the interface names inside a pod netns.
+func podLinks(t testing.TB, podNS ns.NetNS) []string {
+	t.Helper()
+	var names []string
+	if err := podNS.Do(func(ns.NetNS) error {
+		links, err := netlink.LinkList()
+		for _, l := range links {
+			names = append(names, l.Attrs().Name)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
+
+// cniError unwraps the plugin's error result.
+func cniError(t testing.TB, err error) *types.Error {
+	t.Helper()
+	var e *types.Error
+	if !errors.As(err, &e) {
+		t.Fatalf("error %v (%T) is not a CNI error result", err, err)
+	}
+	return e
+}
+
+// agent is a stand-in for the node agent's endpoint API, served on a real
+// unix socket with the real endpointapi server code; it records what the
+// plugin registers and can refuse or stall.
+type agent struct {
+	mu      sync.Mutex
+	eps     map[string]endpointapi.Endpoint
+	deleted []string
+	refuse  error
+	stall   chan struct{} // when set, PUT signals on entered and blocks until ctx ends
+	entered chan string
+	obs     []cni.Observation
+}
+
+func (a *agent) PutEndpoint(ctx context.Context, ep endpointapi.Endpoint) error {
+	a.mu.Lock()
+	refuse, stall := a.refuse, a.stall
+	a.mu.Unlock()
+	if stall != nil {
+		a.entered <- ep.ContainerID
+		select {
+		case <-stall:
+		case <-ctx.Done():
+		}
+		return errors.New("stalled")
+	}
+	if refuse != nil {
+		return refuse
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.eps[ep.ContainerID] = ep
+	return nil
+}
+
+func (a *agent) DeleteEndpoint(_ context.Context, id string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.eps, id)
+	a.deleted = append(a.deleted, id)
+	return nil
+}
+
+func startAgent(t *testing.T, n *node) *agent {
+	t.Helper()
+	a := &agent{eps: map[string]endpointapi.Endpoint{}}
+	path := filepath.Join(t.TempDir(), "agent.sock")
+	l, err := endpointapi.ListenUnix(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/", endpointapi.NewHTTPHandler(a))
+	mux.HandleFunc("POST "+cni.ObservationPath, func(w http.ResponseWriter, r *http.Request) {
+		var o cni.Observation
+		if json.NewDecoder(r.Body).Decode(&o) == nil {
+			a.mu.Lock()
+			a.obs = append(a.obs, o)
+			a.mu.Unlock()
+		}
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	n.socket = path
+	return a
+}

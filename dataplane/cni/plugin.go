@@ -1,0 +1,342 @@
+// Package cni is the flatnet CNI plugin: pods get an address of the node
+// subnet itself (Azure CNI's node-subnet mode), from the node's block, on a
+// veth whose host side routes for them and whose uplink answers ARP for them,
+// so pods on a flat L2 network reach each other with no overlay and no routes
+// on other nodes. The cmd/flatnet-cni binary is a thin skel wrapper around
+// the functions here.
+package cni
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/flatnet/flatnet/dataplane/endpointapi"
+	"github.com/flatnet/flatnet/dataplane/ipam/nodealloc"
+)
+
+// SupportedVersions are the CNI spec versions the plugin speaks. 0.4.0 is the
+// first with CHECK; GC and STATUS need 1.1.0.
+var SupportedVersions = version.PluginSupports("0.4.0", "1.0.0", "1.1.0")
+
+// About is printed by the plugin when run without CNI_COMMAND.
+const About = "flatnet: pod addresses from the node subnet (Azure CNI node-subnet mode on a flat L2 network)"
+
+// errPluginNotAvailable is CNI 1.1's code for "STATUS: cannot take ADDs now" (not
+// named by this version of the types package).
+const errPluginNotAvailable uint = 50
+
+// opTimeout bounds one plugin invocation's waits (lock, agent).
+const opTimeout = 30 * time.Second
+
+// Funcs returns the plugin's commands for skel.PluginMainFuncs.
+func Funcs() skel.CNIFuncs {
+	return skel.CNIFuncs{Add: Add, Del: Del, Check: Check, Status: Status, GC: GC}
+}
+
+// Add gives the attachment an address of the node's block and plumbs it.
+func Add(args *skel.CmdArgs) error {
+	start := time.Now()
+	cfg, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	err = add(args, cfg)
+	report(cfg, "ADD", start, err)
+	return err
+}
+
+func add(args *skel.CmdArgs, cfg *Config) (err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	if args.IfName == "" {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_IFNAME: missing", "the runtime must name the pod interface, e.g. eth0")
+	}
+	up, err := FindUplink(cfg.Uplink, cfg.Layout.Subnet)
+	if err != nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
+	}
+	for _, a := range up.Addrs {
+		if cfg.Block.Contains(a) {
+			return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("block %s: contains the node's own address %s on %s; the agent must give this node another block", cfg.Block, a, cfg.Uplink), "")
+		}
+	}
+	podNS, err := ns.GetNS(args.Netns)
+	if err != nil {
+		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("open pod netns %q: %v", args.Netns, err), "")
+	}
+	defer podNS.Close()
+
+	store := nodealloc.New(cfg.DataDir)
+	att := nodealloc.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
+	addr, created, err := store.Allocate(ctx, cfg.NodeName, cfg.Block, att)
+	if err != nil {
+		var ex *nodealloc.ExhaustedError
+		if errors.As(err, &ex) {
+			return types.NewError(types.ErrTryAgainLater, err.Error(), "")
+		}
+		return types.NewError(types.ErrInternal, fmt.Sprintf("allocate an address for %s/%s: %v", args.ContainerID, args.IfName, err), "")
+	}
+	// Undo everything on failure: a failed ADD leaves nothing behind.
+	defer func() {
+		if err == nil {
+			return
+		}
+		if terr := TeardownPod(args.ContainerID, args.IfName, addr, cfg.Uplink); terr != nil {
+			err = fmt.Errorf("%w (and undoing it: %v)", err, terr)
+		}
+		if created {
+			if _, _, rerr := store.Release(context.Background(), att); rerr != nil {
+				err = fmt.Errorf("%w (and releasing %s: %v)", err, addr, rerr)
+			}
+		}
+	}()
+
+	pn, err := SetupPod(podNS, args.ContainerID, args.IfName, addr, cfg.MTU, up)
+	if err != nil {
+		return types.NewError(types.ErrInternal, fmt.Sprintf("set up pod network for %s: %v", args.ContainerID, err), "")
+	}
+
+	if cfg.AgentSocket != "" {
+		podNamespace, podName := podArgs(args.Args)
+		ep := endpointapi.Endpoint{
+			ContainerID: args.ContainerID, PodNamespace: podNamespace, PodName: podName,
+			Netns: args.Netns, HostIfName: pn.HostVeth, HostIfIndex: pn.HostIf.Index,
+			PodIfName: args.IfName, IP: addr, MAC: pn.PodIf.HardwareAddr.String(),
+		}
+		if err := endpointapi.NewClient(cfg.AgentSocket, 0).PutEndpoint(ctx, ep); err != nil {
+			return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("register endpoint %s with the flatnet agent: %v", args.ContainerID, err), "")
+		}
+	}
+
+	idx := 1
+	res := &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		Interfaces: []*current.Interface{
+			{Name: pn.HostVeth, Mac: pn.HostIf.HardwareAddr.String()},
+			{Name: args.IfName, Mac: pn.PodIf.HardwareAddr.String(), Mtu: pn.PodIf.MTU, Sandbox: args.Netns},
+		},
+		IPs:    []*current.IPConfig{{Interface: &idx, Address: *hostNet(addr), Gateway: GatewayIP.AsSlice()}},
+		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: GatewayIP.AsSlice()}},
+		DNS:    cfg.Raw.DNS,
+	}
+	return types.PrintResult(res, cfg.Raw.CNIVersion)
+}
+
+// Del removes the attachment. Idempotent, and it never enters the pod's
+// netns: removing the host veth takes the pod side with it, so DEL works the
+// same when the netns is already gone.
+func Del(args *skel.CmdArgs) error {
+	start := time.Now()
+	cfg, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	err = del(args, cfg)
+	report(cfg, "DEL", start, err)
+	return err
+}
+
+func del(args *skel.CmdArgs, cfg *Config) error {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	store := nodealloc.New(cfg.DataDir)
+	att := nodealloc.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
+	addr, _, err := store.Get(ctx, att)
+	if err != nil {
+		return types.NewError(types.ErrInternal, fmt.Sprintf("look up the address of %s/%s: %v", args.ContainerID, args.IfName, err), "")
+	}
+	if err := TeardownPod(args.ContainerID, args.IfName, addr, cfg.Uplink); err != nil {
+		return types.NewError(types.ErrInternal, fmt.Sprintf("tear down pod network for %s: %v", args.ContainerID, err), "")
+	}
+	if cfg.AgentSocket != "" {
+		// Best effort: a stopped agent must not wedge pod deletion; it
+		// reconciles its endpoints against the pods when it comes back.
+		_ = endpointapi.NewClient(cfg.AgentSocket, 2*time.Second).DeleteEndpoint(ctx, args.ContainerID)
+	}
+	// Released last, so the address is never handed out while its old
+	// plumbing still exists.
+	if _, _, err := store.Release(ctx, att); err != nil {
+		return types.NewError(types.ErrInternal, fmt.Sprintf("release the address of %s/%s: %v", args.ContainerID, args.IfName, err), "")
+	}
+	return nil
+}
+
+// Check verifies the attachment against the previous result and the node.
+func Check(args *skel.CmdArgs) error {
+	cfg, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	if err := version.ParsePrevResult(&cfg.Raw.PluginConf); err != nil {
+		return types.NewError(types.ErrDecodingFailure, fmt.Sprintf("prevResult: %v", err), "")
+	}
+	if cfg.Raw.PrevResult == nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "prevResult: missing; CHECK needs the result of ADD", "")
+	}
+	prev, err := current.NewResultFromResult(cfg.Raw.PrevResult)
+	if err != nil {
+		return types.NewError(types.ErrDecodingFailure, fmt.Sprintf("prevResult: %v", err), "")
+	}
+	var want netip.Addr
+	for _, ipc := range prev.IPs {
+		if p, ok := prefixOf(&ipc.Address); ok {
+			want = p.Addr()
+		}
+	}
+	if !want.IsValid() {
+		return types.NewError(types.ErrInvalidNetworkConfig, "prevResult.ips: no IPv4 address", "")
+	}
+	store := nodealloc.New(cfg.DataDir)
+	got, ok, err := store.Get(ctx, nodealloc.Attachment{ContainerID: args.ContainerID, IfName: args.IfName})
+	if err != nil {
+		return types.NewError(types.ErrInternal, err.Error(), "")
+	}
+	if !ok || got != want {
+		return types.NewError(types.ErrInternal, fmt.Sprintf("allocation of %s/%s: holds %v, prevResult says %s", args.ContainerID, args.IfName, got, want), "")
+	}
+	up, err := FindUplink(cfg.Uplink, cfg.Layout.Subnet)
+	if err != nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
+	}
+	podNS, err := ns.GetNS(args.Netns)
+	if err != nil {
+		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("open pod netns %q: %v", args.Netns, err), "")
+	}
+	defer podNS.Close()
+	if err := CheckPod(podNS, args.ContainerID, args.IfName, want, up); err != nil {
+		return types.NewError(types.ErrInternal, "check "+args.ContainerID+": "+err.Error(), "")
+	}
+	return nil
+}
+
+// Status reports whether the plugin can take ADDs: config valid, uplink on
+// the subnet, allocator state usable, agent answering.
+func Status(args *skel.CmdArgs) error {
+	cfg, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := FindUplink(cfg.Uplink, cfg.Layout.Subnet); err != nil {
+		return types.NewError(errPluginNotAvailable, err.Error(), "")
+	}
+	if err := nodealloc.New(cfg.DataDir).CheckWritable(ctx); err != nil {
+		return types.NewError(errPluginNotAvailable, err.Error(), "")
+	}
+	if cfg.AgentSocket != "" {
+		if err := endpointapi.NewClient(cfg.AgentSocket, 2*time.Second).Healthz(ctx); err != nil {
+			return types.NewError(errPluginNotAvailable, err.Error(), "")
+		}
+	}
+	return nil
+}
+
+// GC releases the allocations and host plumbing of every attachment not in
+// the runtime's valid list.
+func GC(args *skel.CmdArgs) error {
+	cfg, err := ParseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	valid := make([]nodealloc.Attachment, 0, len(cfg.Raw.ValidAttachments))
+	for _, a := range cfg.Raw.ValidAttachments {
+		valid = append(valid, nodealloc.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
+	}
+	_, err = Reconcile(ctx, cfg.DataDir, cfg.Uplink, valid)
+	if err != nil {
+		return types.NewError(types.ErrInternal, err.Error(), "")
+	}
+	return nil
+}
+
+// Reconcile keeps only the valid attachments: it releases every other
+// allocation and removes every flatnet host veth (and proxy neighbour) that
+// belongs to no valid attachment, including veths whose allocation was lost.
+// Shared by CNI GC and the agent's leak reconciler.
+func Reconcile(ctx context.Context, dataDir, uplink string, valid []nodealloc.Attachment) ([]nodealloc.Allocation, error) {
+	store := nodealloc.New(dataDir)
+	all, err := store.List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list allocations: %w", err)
+	}
+	keep := make(map[string]bool, len(valid))
+	for _, a := range valid {
+		keep[HostVethName(a.ContainerID, a.IfName)] = true
+	}
+	var errs []error
+	// Plumbing first, then the addresses, as in DEL.
+	for _, a := range all {
+		if !keep[HostVethName(a.ContainerID, a.IfName)] {
+			if err := TeardownPod(a.ContainerID, a.IfName, a.IP, uplink); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := removeOrphanVeths(keep); err != nil {
+		errs = append(errs, err)
+	}
+	released, err := store.GC(ctx, valid)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("release stale allocations: %w", err))
+	}
+	return released, errors.Join(errs...)
+}
+
+// report tells the agent how long the operation took (its ADD latency
+// histogram); best effort with a short deadline, never failing the operation.
+func report(cfg *Config, op string, start time.Time, opErr error) {
+	if cfg.AgentSocket == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_ = PostObservation(ctx, cfg.AgentSocket, Observation{Op: op, Seconds: time.Since(start).Seconds(), OK: opErr == nil})
+}
+
+// podArgs reads K8S_POD_NAMESPACE and K8S_POD_NAME from CNI_ARGS
+// ("K1=V1;K2=V2"), ignoring every other key.
+func podArgs(cniArgs string) (namespace, name string) {
+	for _, kv := range strings.Split(cniArgs, ";") {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "K8S_POD_NAMESPACE":
+			namespace = v
+		case "K8S_POD_NAME":
+			name = v
+		}
+	}
+	return namespace, name
+}
+
+// Observation is one plugin operation's outcome, posted to the agent.
+type Observation struct {
+	Op      string  `json:"op"`
+	Seconds float64 `json:"seconds"`
+	OK      bool    `json:"ok"`
+}
+
+// ObservationPath is the agent socket route the plugin posts Observations to.
+const ObservationPath = "/v1/cni/observations"
+
+// EncodeObservation is the request body for an Observation.
+func EncodeObservation(o Observation) []byte {
+	b, _ := json.Marshal(o)
+	return b
+}
