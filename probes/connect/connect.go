@@ -131,8 +131,8 @@ func Probe(ctx context.Context, req Request) Outcome {
 	case SCTP:
 		out = probeSCTP(ctx, req)
 	default:
-		out = Outcome{Verdict: Unknown, Message: "Unsupported protocol", Detail: fmt.Sprintf("unsupported protocol %q", req.Protocol),
-			Hint: "--protocol must be tcp, udp or sctp"}
+		out = Outcome{Verdict: Unknown, Message: fmt.Sprintf("UNKNOWN: unsupported protocol %q", req.Protocol),
+			Detail: fmt.Sprintf("unsupported protocol %q", req.Protocol), Hint: "--protocol must be tcp, udp or sctp"}
 	}
 	if out.Verdict == Timeout && req.Timeout <= 0 && out.Hint == "" {
 		out.Hint = timeoutHint(req)

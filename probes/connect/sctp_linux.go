@@ -119,3 +119,13 @@ func dialSCTP(ctx context.Context, addr netip.AddrPort) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// HaveSCTP reports whether this kernel can open SCTP sockets.
+func HaveSCTP() bool {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_SCTP)
+	if err != nil {
+		return false
+	}
+	unix.Close(fd)
+	return true
+}

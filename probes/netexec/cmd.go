@@ -2,7 +2,6 @@ package netexec
 
 import (
 	"context"
-	"log"
 	"os"
 	"os/signal"
 	"strings"
@@ -31,7 +30,7 @@ func NewCommand() *cobra.Command {
 /shell and /upload answer 501: use kubectl exec instead.`,
 		Args: cobra.MaximumNArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			logger := log.New(cmd.ErrOrStderr(), "", log.LstdFlags)
+			logger := cli.Logger(cmd.ErrOrStderr())
 			if udpAddrs != "" {
 				cfg.UDPListenAddresses = strings.Split(udpAddrs, ",")
 			}

@@ -1,7 +1,6 @@
 package serve
 
 import (
-	"log"
 	"os"
 	"os/signal"
 	"syscall"
@@ -25,7 +24,7 @@ func NewCommand() *cobra.Command {
 		Long:  `Serves the hostname through HTTP / TCP / UDP on the given port.`,
 		Args:  cobra.MaximumNArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			logger := log.New(cmd.ErrOrStderr(), "", log.LstdFlags)
+			logger := cli.Logger(cmd.ErrOrStderr())
 			if err := cfg.Validate(); err != nil {
 				logger.Print(err)
 				return cli.Exit(1)

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
+	"os"
 	"strings"
 	"time"
 
@@ -83,4 +85,29 @@ func dashHint(args []string) string {
 		}
 	}
 	return ""
+}
+
+// Logger returns a logger writing lines shaped like agnhost's: its standard log
+// output goes through klog, so every line starts with klog's header
+// ("I1126 05:57:02.282354    9040 log.go:244] "). Log scrapers written for agnhost
+// then parse ours.
+func Logger(w io.Writer) *log.Logger {
+	return log.New(&klogWriter{w: w, pid: os.Getpid()}, "", 0)
+}
+
+type klogWriter struct {
+	w   io.Writer
+	pid int
+}
+
+func (k *klogWriter) Write(p []byte) (int, error) {
+	now := time.Now()
+	line := fmt.Sprintf("I%s %7d log.go:244] %s", now.Format("0102 15:04:05.000000"), k.pid, p)
+	if !strings.HasSuffix(line, "\n") {
+		line += "\n"
+	}
+	if _, err := io.WriteString(k.w, line); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }

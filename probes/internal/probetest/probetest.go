@@ -1,0 +1,112 @@
+// Package probetest builds the binaries probe tests run: flatnet's probe (also
+// linked as "agnhost", so it answers as agnhost does) and upstream agnhost, built
+// from the k8s.io/kubernetes module pinned in go.mod for side-by-side comparison.
+package probetest
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// Binaries holds built binaries for one test process.
+type Binaries struct {
+	once    sync.Once
+	dir     string
+	err     error
+	agOnce  sync.Once
+	agnhost string
+	agErr   error
+}
+
+// Probe returns the path of a freshly built probe binary, and next to it an
+// "agnhost" link to the same file. It is built once per Binaries.
+func (b *Binaries) Probe(t testing.TB) string {
+	t.Helper()
+	b.once.Do(func() {
+		b.dir, b.err = os.MkdirTemp("", "flatnet-probe-test-")
+		if b.err != nil {
+			return
+		}
+		out := filepath.Join(b.dir, "probe")
+		cmd := exec.Command("go", "build", "-o", out, "github.com/flatnet/flatnet/probes/cmd/probe")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			b.err = &buildError{what: "probe", out: string(msg), err: err}
+			return
+		}
+		b.err = os.Symlink("probe", filepath.Join(b.dir, "agnhost"))
+	})
+	if b.err != nil {
+		t.Fatalf("building probe: %v", b.err)
+	}
+	return filepath.Join(b.dir, "probe")
+}
+
+// ProbeAsAgnhost is the probe binary invoked under the name agnhost.
+func (b *Binaries) ProbeAsAgnhost(t testing.TB) string {
+	t.Helper()
+	return filepath.Join(filepath.Dir(b.Probe(t)), "agnhost")
+}
+
+// Agnhost returns upstream agnhost, built from the module graph of this repository
+// into bin/agnhost-upstream and rebuilt only when go.sum or the Go version changed.
+func (b *Binaries) Agnhost(t testing.TB) string {
+	t.Helper()
+	b.agOnce.Do(func() { b.agnhost, b.agErr = buildAgnhost() })
+	if b.agErr != nil {
+		t.Fatalf("building upstream agnhost: %v", b.agErr)
+	}
+	return b.agnhost
+}
+
+func buildAgnhost() (string, error) {
+	gomod, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", err
+	}
+	root := filepath.Dir(strings.TrimSpace(string(gomod)))
+	sum, err := os.ReadFile(filepath.Join(root, "go.sum"))
+	if err != nil {
+		return "", err
+	}
+	gover, err := exec.Command("go", "env", "GOVERSION").Output()
+	if err != nil {
+		return "", err
+	}
+	h := sha256.Sum256(append(sum, gover...))
+	key := hex.EncodeToString(h[:8])
+	out := filepath.Join(root, "bin", "agnhost-upstream")
+	if stamp, err := os.ReadFile(out + ".inputs"); err == nil && string(stamp) == key {
+		if _, err := os.Stat(out); err == nil {
+			return out, nil
+		}
+	}
+	cmd := exec.Command("go", "build", "-o", out, "k8s.io/kubernetes/test/images/agnhost")
+	cmd.Dir = root
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return "", &buildError{what: "agnhost", out: string(msg), err: err}
+	}
+	return out, os.WriteFile(out+".inputs", []byte(key), 0o644)
+}
+
+// Cleanup removes the built probe; call it from TestMain after m.Run.
+func (b *Binaries) Cleanup() {
+	if b.dir != "" {
+		os.RemoveAll(b.dir)
+	}
+}
+
+type buildError struct {
+	what, out string
+	err       error
+}
+
+func (e *buildError) Error() string {
+	return "go build " + e.what + ": " + e.err.Error() + "\n" + e.out
+}
