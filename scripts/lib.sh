@@ -16,6 +16,9 @@ OUT_DIR=${OUT_DIR:-$REPO_ROOT/_output}
 BIN_DIR=${BIN_DIR:-$REPO_ROOT/bin}
 mkdir -p "$FLATNET_CACHE" "$OUT_DIR" "$BIN_DIR"
 
+# The legacy builder: no buildx plugin is needed, and output is the same everywhere.
+export DOCKER_BUILDKIT=0
+
 _t0=$(date +%s)
 _stamp() { local s=$(( $(date +%s) - _t0 )); printf '%02d:%02d' $((s / 60)) $((s % 60)); }
 step() { printf '\033[1m[%s] ==> %s\033[0m\n' "$(_stamp)" "$*" >&2; }
@@ -80,4 +83,19 @@ go_build_pinned() {
 	info "$name $version: building $pkg (cold: minutes; cached after)"
 	(cd "$src" && run_logged "$src/build.log" nice go build -trimpath -o "$out" "$@" "$pkg")
 	echo "$key" >"$out.inputs"
+}
+
+# k8s_ldflags: the version stamps Kubernetes' own build sets, so binaries report
+# $KUBERNETES_VERSION (kind reads it, kubelet registers with it).
+k8s_ldflags() {
+	local minor=${KUBERNETES_VERSION#v} k v flags="-s -w"
+	minor=${minor#*.}
+	minor=${minor%%.*}
+	for k in client-go/pkg/version component-base/version; do
+		for v in "gitVersion=$KUBERNETES_VERSION" "gitMajor=1" "gitMinor=$minor" \
+			"gitTreeState=clean" "buildDate=1970-01-01T00:00:00Z"; do
+			flags+=" -X k8s.io/$k.$v"
+		done
+	done
+	echo "$flags"
 }

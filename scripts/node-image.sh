@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# Builds flatnet's kind node image with no registry:
+#   Kubernetes binaries (version ldflags) from the k8s.io/kubernetes module pinned in go.mod,
+#   etcd, CoreDNS and crictl from the module proxy, a pause of our own, a Debian
+#   rootfs from debootstrap, and control-plane images FROM scratch (kube-proxy on a
+#   small Debian rootfs: it runs iptables/nft) preloaded into the node's containerd.
+# The tag is a hash of every input, so an unchanged rebuild is a lookup. Prints the
+# image reference as the last line of stdout. NODE_IMAGE=<ref> skips all of it.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+if [ -n "${NODE_IMAGE:-}" ]; then
+	docker image inspect "$NODE_IMAGE" >/dev/null 2>&1 ||
+		die "NODE_IMAGE=$NODE_IMAGE is not in the local engine" "load it first (docker load / docker pull), or unset NODE_IMAGE to build one"
+	info "node image: using NODE_IMAGE=$NODE_IMAGE"
+	echo "$NODE_IMAGE"
+	exit 0
+fi
+
+HERE="$REPO_ROOT/scripts/node-image"
+GOVER=$(go env GOVERSION)
+NODE_PACKAGES="systemd systemd-sysv dbus containerd runc iptables nftables iproute2 conntrack ethtool socat ebtables kmod procps ca-certificates libseccomp2 iputils-ping"
+PROXY_PACKAGES="iptables nftables conntrack kmod"
+
+# Every input of the image; the tag is their hash.
+inputs_hash() {
+	{
+		cat "$REPO_ROOT/versions.env" "$0"
+		echo "$GOVER $NODE_PACKAGES $PROXY_PACKAGES"
+		(cd "$HERE" && find . -type f | LC_ALL=C sort | xargs sha256sum)
+	} | sha256sum | cut -c1-12
+}
+TAG="$KUBERNETES_VERSION-$(inputs_hash)"
+IMAGE="flatnet/node:$TAG"
+if docker image inspect "$IMAGE" >/dev/null 2>&1; then
+	info "node image $IMAGE: up to date"
+	echo "$IMAGE"
+	exit 0
+fi
+step "node image $IMAGE: building (cold: ~15 min on 2 cores; cached after)"
+
+WORK="$OUT_DIR/node-image"
+BIN="$FLATNET_CACHE/node-bin/$KUBERNETES_VERSION-$GOVER"
+rm -rf "$WORK"
+mkdir -p "$WORK" "$BIN"
+
+# --- binaries --------------------------------------------------------------------
+n=0
+K8S_CMDS="kubeadm kubelet kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy"
+for cmd in $K8S_CMDS; do
+	n=$((n + 1))
+	if [ -x "$BIN/$cmd" ]; then
+		info "[$n/7] $cmd $KUBERNETES_VERSION: cached"
+		continue
+	fi
+	info "[$n/7] $cmd $KUBERNETES_VERSION: building (the first one takes longest)"
+	(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$BIN/build.log" nice go build -trimpath \
+		-ldflags "$(k8s_ldflags)" -o "$BIN/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd")
+	mv "$BIN/$cmd.tmp" "$BIN/$cmd"
+done
+CGO_ENABLED=0 go_build_pinned etcd go.etcd.io/etcd/server/v3 "${ETCD_VERSION}" \
+	go.etcd.io/etcd/server/v3 "$BIN/etcd" -ldflags "-s -w"
+CGO_ENABLED=0 go_build_pinned coredns github.com/coredns/coredns "$COREDNS_VERSION" \
+	github.com/coredns/coredns "$BIN/coredns" -ldflags "-s -w"
+CGO_ENABLED=0 go_build_pinned crictl sigs.k8s.io/cri-tools "$CRICTL_VERSION" \
+	sigs.k8s.io/cri-tools/cmd/crictl "$BIN/crictl" \
+	-ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION"
+(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$WORK/pause.log" go build -trimpath -ldflags "-s -w" \
+	-o "$BIN/pause" ./scripts/node-image/pause)
+
+# --- Debian root filesystems (cached by package list) ------------------------------
+debian_mirror() {
+	local m
+	m=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+	[ -n "$m" ] || m=$(awk '$1 == "deb" && $3 ~ /^'"$DEBIAN_SUITE"'$/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+	echo "${m:-http://deb.debian.org/debian}"
+}
+
+# rootfs_image NAME PACKAGES: a docker image of a debootstrap minbase with PACKAGES.
+rootfs_image() {
+	local name=$1 pkgs=$2 key ref dir
+	key=$(echo "$DEBIAN_SUITE $pkgs" | sha256sum | cut -c1-12)
+	ref="flatnet/$name-rootfs:$DEBIAN_SUITE-$key"
+	if docker image inspect "$ref" >/dev/null 2>&1; then
+		info "$name rootfs: cached ($ref)"
+		echo "$ref"
+		return
+	fi
+	apt_install debootstrap
+	dir="$WORK/rootfs-$name"
+	info "$name rootfs: debootstrap $DEBIAN_SUITE from $(debian_mirror) (about a minute)"
+	run_logged "$WORK/debootstrap-$name.log" debootstrap --variant=minbase \
+		--include="$(echo "$pkgs" | tr ' ' ',')" "$DEBIAN_SUITE" "$dir" "$(debian_mirror)"
+	# Trim what a node never reads.
+	rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/* \
+		"$dir"/usr/share/doc/* "$dir"/usr/share/man/* "$dir"/usr/share/locale/*
+	tar -C "$dir" -c . | docker import - "$ref" >/dev/null
+	rm -rf "$dir"
+	echo "$ref"
+}
+NODE_ROOTFS=$(rootfs_image node "$NODE_PACKAGES")
+PROXY_ROOTFS=$(rootfs_image kube-proxy "$PROXY_PACKAGES")
+
+# --- control-plane images ----------------------------------------------------------
+# image_from BASE REF BINARY... : an image with the binaries in /usr/local/bin.
+image_from() {
+	local base=$1 ref=$2 ctx
+	shift 2
+	ctx="$WORK/ctx-$(echo "$ref" | tr '/:' '__')"
+	mkdir -p "$ctx"
+	cp "$@" "$ctx/"
+	{
+		echo "FROM $base"
+		local b
+		for b in "$@"; do echo "COPY $(basename "$b") /usr/local/bin/"; done
+		echo 'ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin'
+	} >"$ctx/Dockerfile"
+	run_logged "$WORK/build-images.log" docker build -q -t "$ref" "$ctx"
+}
+step "control-plane images"
+R=registry.k8s.io
+CP_IMAGES=()
+for c in kube-apiserver kube-controller-manager kube-scheduler; do
+	image_from scratch "$R/$c:$KUBERNETES_VERSION" "$BIN/$c"
+	CP_IMAGES+=("$R/$c:$KUBERNETES_VERSION")
+done
+image_from "$PROXY_ROOTFS" "$R/kube-proxy:$KUBERNETES_VERSION" "$BIN/kube-proxy"
+image_from scratch "$R/etcd:${ETCD_VERSION#v}-0" "$BIN/etcd"
+# CoreDNS's Deployment runs /coredns (the image's entrypoint); pause runs /pause.
+mkdir -p "$WORK/ctx-coredns" "$WORK/ctx-pause"
+cp "$BIN/coredns" "$WORK/ctx-coredns/"
+printf 'FROM scratch\nCOPY coredns /coredns\nENTRYPOINT ["/coredns"]\n' >"$WORK/ctx-coredns/Dockerfile"
+run_logged "$WORK/build-images.log" docker build -q -t "$R/coredns/coredns:$COREDNS_VERSION" "$WORK/ctx-coredns"
+cp "$BIN/pause" "$WORK/ctx-pause/"
+printf 'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\n' >"$WORK/ctx-pause/Dockerfile"
+run_logged "$WORK/build-images.log" docker build -q -t "$R/pause:$PAUSE_VERSION" "$WORK/ctx-pause"
+CP_IMAGES+=("$R/kube-proxy:$KUBERNETES_VERSION" "$R/etcd:${ETCD_VERSION#v}-0"
+	"$R/coredns/coredns:$COREDNS_VERSION" "$R/pause:$PAUSE_VERSION")
+
+# Check the tags are exactly what this kubeadm asks for, before baking them in.
+want=$("$BIN/kubeadm" config images list --kubernetes-version "$KUBERNETES_VERSION" 2>/dev/null | sort)
+have=$(printf '%s\n' "${CP_IMAGES[@]}" | sort)
+[ "$want" = "$have" ] || die "the control-plane images built do not match kubeadm's list" \
+	"kubeadm wants: $(echo $want)" "built:        $(echo $have)" "fix versions.env (ETCD/COREDNS/PAUSE) to what kubeadm $KUBERNETES_VERSION lists"
+info "images: $(echo "$have" | tr '\n' ' ')"
+docker save -o "$WORK/images.tar" "${CP_IMAGES[@]}"
+
+# --- the node image ----------------------------------------------------------------
+step "node image: assembling"
+ctx="$WORK/ctx-node"
+mkdir -p "$ctx/bin"
+cp -a "$HERE/files" "$ctx/files"
+sed -i "s/@PAUSE_VERSION@/$PAUSE_VERSION/" "$ctx/files/etc/containerd/config.toml"
+echo "$KUBERNETES_VERSION" >"$ctx/files/kind/version"
+cp "$BIN/kubeadm" "$BIN/kubelet" "$BIN/kubectl" "$BIN/crictl" "$ctx/bin/"
+cat >"$ctx/Dockerfile" <<DOCKERFILE
+FROM $NODE_ROOTFS
+COPY files/ /
+COPY bin/ /usr/local/bin/
+# systemd in a container: no gettys, no udev, no time sync, no kernel module loading.
+RUN systemctl mask getty.target console-getty.service systemd-udevd.service \
+      systemd-udev-trigger.service systemd-timesyncd.service systemd-modules-load.service \
+      systemd-resolved.service apt-daily.timer apt-daily-upgrade.timer e2scrub_reap.service \
+      sys-kernel-debug.mount sys-kernel-tracing.mount 2>/dev/null; \
+    systemctl enable containerd.service kubelet.service && \
+    mkdir -p /opt/cni/bin /etc/cni/net.d /etc/kubernetes/manifests /var/lib/kubelet /var/lib/flatnet && \
+    update-alternatives --set iptables /usr/sbin/iptables-nft && \
+    echo 'ReadKMsg=no' >>/etc/systemd/journald.conf
+ENV container=docker
+STOPSIGNAL SIGRTMIN+3
+ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]
+DOCKERFILE
+run_logged "$WORK/build-node.log" docker build -t "$IMAGE-stage" "$ctx"
+
+# containerd's store lives in the image, so kind's anonymous /var volume is seeded
+# with the images: run containerd once in a build container, import, commit.
+step "node image: preloading ${#CP_IMAGES[@]} images into the node's containerd"
+cid=$(docker run -d --privileged --network none --entrypoint /bin/sh \
+	-v "$WORK/images.tar:/images.tar:ro" "$IMAGE-stage" -c \
+	'containerd >/var/log/containerd-build.log 2>&1 & pid=$!
+	 for i in $(seq 60); do ctr version >/dev/null 2>&1 && break; sleep 0.5; done
+	 ctr -n k8s.io images import --all-platforms --no-unpack /images.tar && ctr -n k8s.io images ls -q || exit 1
+	 kill $pid; wait $pid; exit 0')
+rc=$(docker wait "$cid")
+docker logs "$cid" >"$WORK/preload.log" 2>&1
+if [ "$rc" != 0 ]; then
+	docker rm -f "$cid" >/dev/null
+	tail -n 20 "$WORK/preload.log" >&2
+	die "importing images into the node's containerd failed" "log: $WORK/preload.log"
+fi
+docker commit -q \
+	--change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' --change 'CMD []' \
+	"$cid" "$IMAGE" >/dev/null
+docker rm -f "$cid" >/dev/null
+docker rmi "$IMAGE-stage" >/dev/null
+rm -f "$WORK/images.tar"
+info "node image $IMAGE: $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
+echo "$IMAGE"
