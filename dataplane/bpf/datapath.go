@@ -265,7 +265,7 @@ func (d *Datapath) syncPolicy(ifindex int, pol *compile.EndpointPolicy) error {
 	}
 	if len(keys) > 0 {
 		if _, err := m.BatchUpdate(keys, vals, nil); err != nil {
-			// LPM tries have no batch support on every kernel: one by one.
+			// Fall back to one by one where batch updates are not supported.
 			for i := range keys {
 				if err := m.Put(&keys[i], &vals[i]); err != nil {
 					return fmt.Errorf("filling policy map of endpoint %d: %w", ifindex, err)
@@ -279,40 +279,47 @@ func (d *Datapath) syncPolicy(ifindex int, pol *compile.EndpointPolicy) error {
 	return nil
 }
 
-// policyEntries lays a compiled policy out as LPM entries. A direction that is not
-// enforced gets a catch-all allow entry that matches only the direction (prefix 8):
-// every more specific entry (a deny) still wins over it.
+// policyMetaIdentity keys the per-direction meta entry (POLICY_META_IDENTITY).
+const policyMetaIdentity = 0xffffffff
+
+// policyEntries lays a compiled policy out as hash entries plus, per direction, a
+// meta entry with the port prefix lengths to probe and whether the direction is
+// enforced (not enforced: what no entry matches is allowed).
 func policyEntries(pol *compile.EndpointPolicy) ([]datapathPolicyKey, []datapathPolicyVal) {
 	keys := make([]datapathPolicyKey, 0, len(pol.Entries)+2)
 	vals := make([]datapathPolicyVal, 0, len(pol.Entries)+2)
-	for dir, enforced := range pol.Enforce {
-		if !enforced {
-			keys = append(keys, datapathPolicyKey{Prefixlen: 8, Dir: uint8(dir)})
-			vals = append(vals, datapathPolicyVal{})
-		}
-	}
+	var lens [2]uint32
 	for k, v := range pol.Entries {
-		keys = append(keys, policyKey(k))
+		pk := policyKey(k)
+		if pk.Proto != 0 {
+			lens[pk.Dir] |= 1 << pk.Plen
+		}
+		keys = append(keys, pk)
 		pv := datapathPolicyVal{RuleId: uint32(v.RuleID)}
 		if v.Deny {
 			pv.Deny = 1
 		}
 		vals = append(vals, pv)
 	}
+	for dir, enforced := range pol.Enforce {
+		meta := datapathPolicyVal{Lens: lens[dir]}
+		if !enforced {
+			meta.DefaultAllow = 1
+		}
+		keys = append(keys, datapathPolicyKey{Dir: uint8(dir), Identity: policyMetaIdentity})
+		vals = append(vals, meta)
+	}
 	return keys, vals
 }
 
 func policyKey(k compile.Key) datapathPolicyKey {
-	pk := datapathPolicyKey{Dir: uint8(k.Direction), Identity: uint32(k.Identity)}
+	pk := datapathPolicyKey{Dir: dirIngress, Identity: uint32(k.Identity)}
 	if k.Direction == policy.Egress {
 		pk.Dir = dirEgress
 	}
-	switch {
-	case k.Protocol == policy.ProtoAny:
-		pk.Prefixlen = 64
-	default:
+	if k.Protocol != policy.ProtoAny {
 		pk.Proto = uint8(k.Protocol)
-		pk.Prefixlen = 80 + uint32(k.PortPrefixLen)
+		pk.Plen = k.PortPrefixLen
 		pk.Dport = htons(k.Port)
 	}
 	return pk

@@ -103,21 +103,23 @@ type datapathIpcacheVal struct {
 }
 
 type datapathPolicyKey struct {
-	_         structs.HostLayout
-	Prefixlen uint32
-	Dir       uint8
-	Pad1      [3]uint8
-	Identity  uint32
-	Proto     uint8
-	Pad2      uint8
-	Dport     uint16
+	_        structs.HostLayout
+	Dir      uint8
+	Proto    uint8
+	Plen     uint8
+	Pad      uint8
+	Identity uint32
+	Dport    uint16
+	Pad2     uint16
 }
 
 type datapathPolicyVal struct {
-	_      structs.HostLayout
-	RuleId uint32
-	Deny   uint8
-	Pad    [3]uint8
+	_            structs.HostLayout
+	RuleId       uint32
+	Deny         uint8
+	DefaultAllow uint8
+	Pad          uint16
+	Lens         uint32
 }
 
 // Names of all BPF objects in the ELF.

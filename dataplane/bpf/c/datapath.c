@@ -49,7 +49,7 @@ struct {
 } fn_cidrcache SEC(".maps");
 
 struct policy_inner {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, POLICY_MAX);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct policy_key);
@@ -258,16 +258,25 @@ static __always_inline __u64 ct_lifetime(const struct pkt *p, __u8 flags)
 	return CT_LIFETIME_TCP_NS;
 }
 
-// lookup_one returns the longest match for one remote identity, or NULL.
-static __always_inline struct policy_val *lookup_one(void *pol, __u8 dir, __u32 id, __u8 proto, __u16 port)
+// lookup_one returns the entry of the longest port prefix for one remote identity,
+// else its any-protocol entry, else NULL.
+static __always_inline struct policy_val *lookup_one(void *pol, __u8 dir, __u32 id, __u8 proto, __u16 port,
+						     __u32 lens)
 {
-	struct policy_key k = {
-		.prefixlen = POLICY_FULL_PREFIX,
-		.dir = dir,
-		.identity = id,
-		.proto = proto,
-		.dport = bpf_htons(port),
-	};
+	struct policy_key k = {.dir = dir, .proto = proto, .identity = id};
+	struct policy_val *v;
+	for (int l = 16; l >= 0; l--) {
+		if (!(lens & (1U << l)))
+			continue;
+		k.plen = l;
+		k.dport = bpf_htons(l == 0 ? 0 : port & (__u16)(0xffff << (16 - l)));
+		v = bpf_map_lookup_elem(pol, &k);
+		if (v)
+			return v;
+	}
+	k.proto = 0;
+	k.plen = 0;
+	k.dport = 0;
 	return bpf_map_lookup_elem(pol, &k);
 }
 
@@ -278,13 +287,17 @@ struct decision {
 };
 
 // decide applies the precedence of the compiler's contract: a deny from any of the
-// three lookups wins, else an allow from any of them, else default deny.
+// three identities' lookups wins, else an allow from any of them, else the direction's
+// default (deny when enforced).
 static __always_inline void decide(void *pol, __u8 dir, __u32 remote_id, __u32 cidr_id, const struct pkt *p,
 				   struct decision *d)
 {
-	struct policy_val *a = lookup_one(pol, dir, remote_id, p->proto, p->dport);
-	struct policy_val *b = cidr_id ? lookup_one(pol, dir, cidr_id, p->proto, p->dport) : NULL;
-	struct policy_val *c = lookup_one(pol, dir, IDENTITY_ANY, p->proto, p->dport);
+	struct policy_key mk = {.dir = dir, .identity = POLICY_META_IDENTITY};
+	struct policy_val *meta = bpf_map_lookup_elem(pol, &mk);
+	__u32 lens = meta ? meta->lens : 0;
+	struct policy_val *a = lookup_one(pol, dir, remote_id, p->proto, p->dport, lens);
+	struct policy_val *b = cidr_id ? lookup_one(pol, dir, cidr_id, p->proto, p->dport, lens) : NULL;
+	struct policy_val *c = lookup_one(pol, dir, IDENTITY_ANY, p->proto, p->dport, lens);
 	struct policy_val *allow = NULL;
 	d->allow = 0;
 	d->code = DROP_POLICY;
@@ -314,6 +327,9 @@ static __always_inline void decide(void *pol, __u8 dir, __u32 remote_id, __u32 c
 		d->allow = 1;
 		d->code = FORWARD_POLICY;
 		d->rule_id = allow->rule_id;
+	} else if (meta && meta->default_allow) {
+		d->allow = 1;
+		d->code = FORWARD_POLICY;
 	}
 	return;
 deny_a:

@@ -70,24 +70,26 @@ struct ipcache_val {
 	__u32 flags;
 };
 
-// Policy LPM key. The prefix runs over dir+pad (32 bits), identity (64), proto+pad
-// (80) and the destination port (80..96), so a lookup with the full key returns the
-// most specific (protocol, port range) entry of that identity.
+// Policy hash key. A lookup probes, per remote identity, the port prefix lengths the
+// endpoint's policy uses (longest first), then the any-protocol entry: a bounded
+// number of hash lookups whatever the number of rules.
 struct policy_key {
-	__u32 prefixlen;
 	__u8 dir;
-	__u8 pad1[3];
-	__u32 identity;
-	__u8 proto;
-	__u8 pad2;
-	__u16 dport; // network order
+	__u8 proto;    // 0 = any protocol (then dport and plen are 0)
+	__u8 plen;     // port prefix length, 0..16
+	__u8 pad;
+	__u32 identity; // POLICY_META_IDENTITY for the per-direction meta entry
+	__u16 dport;   // network order, masked to plen bits
+	__u16 pad2;
 };
-#define POLICY_FULL_PREFIX 96
+#define POLICY_META_IDENTITY 0xffffffff
 
 struct policy_val {
 	__u32 rule_id;
 	__u8 deny;
-	__u8 pad[3];
+	__u8 default_allow; // meta entry: the direction is not enforced
+	__u16 pad;
+	__u32 lens;         // meta entry: bit n set = some entry has port prefix length n
 };
 
 struct ct_key {

@@ -1,0 +1,205 @@
+package bpf
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/flatnet/flatnet/dataplane/compile"
+	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/policy"
+)
+
+// Code is a verdict code of counters and flow events (datapath.h). Drop codes are
+// Cilium's drop reasons where Cilium has one.
+type Code uint8
+
+const (
+	ForwardPolicy      Code = 1
+	ForwardEstablished Code = 2
+	ForwardReply       Code = 3
+	ForwardHost        Code = 4
+	ForwardNotIPv4     Code = 5
+	ForwardService     Code = 6
+	DropInvalidSource  Code = 130
+	DropPolicy         Code = 133
+	DropMalformed      Code = 134
+	DropPolicyDeny     Code = 181
+	DropNoEndpoint     Code = 190
+	DropNoPolicy       Code = 191
+)
+
+// Dropped reports whether the code is a drop.
+func (c Code) Dropped() bool { return c >= 128 }
+
+func (c Code) String() string {
+	switch c {
+	case ForwardPolicy:
+		return "allowed by policy"
+	case ForwardEstablished:
+		return "established connection"
+	case ForwardReply:
+		return "reply"
+	case ForwardHost:
+		return "to/from own node"
+	case ForwardNotIPv4:
+		return "not IPv4"
+	case ForwardService:
+		return "to a Service (judged after DNAT)"
+	case DropInvalidSource:
+		return "invalid source IP"
+	case DropPolicy:
+		return "policy denied (default deny)"
+	case DropMalformed:
+		return "invalid packet"
+	case DropPolicyDeny:
+		return "policy denied by deny rule"
+	case DropNoEndpoint:
+		return "unknown endpoint"
+	case DropNoPolicy:
+		return "endpoint without policy"
+	}
+	return fmt.Sprintf("code %d", uint8(c))
+}
+
+// FlowEvent is one event of the ring buffer: a new connection allowed, or a drop.
+type FlowEvent struct {
+	Monotonic      time.Duration // CLOCK_MONOTONIC at the event
+	IfIndex        int
+	Src, Dst       netip.Addr
+	SrcPort        uint16 // ICMP echo: the echo id
+	DstPort        uint16
+	Protocol       uint8
+	TCPFlags       uint8
+	Direction      policy.Direction // relative to the pod
+	Code           Code
+	RuleID         compile.RuleID // the matched rule (0 for default deny); name it with compile.Compiler.Rule
+	RemoteIdentity identity.ID
+	LocalIdentity  identity.ID
+	LostBefore     uint64 // events this CPU had lost (rate limit or full ring) when this one was written
+}
+
+// FlowReader reads flow events; one reader per process.
+type FlowReader struct {
+	rd *ringbuf.Reader
+}
+
+// NewFlowReader opens the flow event ring buffer.
+func (d *Datapath) NewFlowReader() (*FlowReader, error) {
+	rd, err := ringbuf.NewReader(d.objs.FnEvents)
+	if err != nil {
+		return nil, fmt.Errorf("opening flow ring buffer: %w", err)
+	}
+	return &FlowReader{rd: rd}, nil
+}
+
+// Read blocks for the next event until ctx is done.
+func (r *FlowReader) Read(ctx context.Context) (FlowEvent, error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return FlowEvent{}, err
+		}
+		// Wake up periodically to notice ctx; the ring buffer's epoll has no ctx.
+		r.rd.SetDeadline(time.Now().Add(200 * time.Millisecond))
+		rec, err := r.rd.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			continue
+		}
+		if err != nil {
+			return FlowEvent{}, fmt.Errorf("reading flow ring buffer: %w", err)
+		}
+		var raw datapathFlowEvent
+		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &raw); err != nil {
+			return FlowEvent{}, fmt.Errorf("decoding flow event of %d bytes: %w", len(rec.RawSample), err)
+		}
+		return decodeFlow(raw), nil
+	}
+}
+
+// Close releases the reader.
+func (r *FlowReader) Close() error { return r.rd.Close() }
+
+func decodeFlow(raw datapathFlowEvent) FlowEvent {
+	dir := policy.Ingress
+	if raw.Dir == dirEgress {
+		dir = policy.Egress
+	}
+	return FlowEvent{
+		Monotonic:      time.Duration(raw.TsNs),
+		IfIndex:        int(raw.Ifindex),
+		Src:            addrFromBE(raw.Saddr),
+		Dst:            addrFromBE(raw.Daddr),
+		SrcPort:        raw.Sport,
+		DstPort:        raw.Dport,
+		Protocol:       raw.Proto,
+		TCPFlags:       raw.TcpFlags,
+		Direction:      dir,
+		Code:           Code(raw.Code),
+		RuleID:         compile.RuleID(raw.RuleId),
+		RemoteIdentity: identity.ID(raw.RemoteIdentity),
+		LocalIdentity:  identity.ID(raw.LocalIdentity),
+		LostBefore:     raw.LostBefore,
+	}
+}
+
+// SetEventRate sets how many flow events per second each CPU may emit (0 restores
+// the default of 2000); the excess is counted in EventsLost.
+func (d *Datapath) SetEventRate(perCPU uint32) error {
+	if err := d.objs.FnConfig.Put(uint32(0), &datapathDpConfig{EventsPerSec: perCPU}); err != nil {
+		return fmt.Errorf("setting flow event rate: %w", err)
+	}
+	return nil
+}
+
+// EventsLost is the number of flow events dropped by the rate limit or a full ring.
+func (d *Datapath) EventsLost() (uint64, error) {
+	var per []datapathEventBudget
+	if err := d.objs.FnEventBudget.Lookup(uint32(0), &per); err != nil {
+		return 0, fmt.Errorf("reading flow event budget: %w", err)
+	}
+	var n uint64
+	for _, b := range per {
+		n += b.Lost
+	}
+	return n, nil
+}
+
+// Counter is the packets and bytes of one verdict code on one endpoint direction.
+type Counter struct {
+	IfIndex   int
+	Direction policy.Direction
+	Code      Code
+	Packets   uint64
+	Bytes     uint64
+}
+
+// Counters returns every verdict counter, summed over CPUs.
+func (d *Datapath) Counters() ([]Counter, error) {
+	var out []Counter
+	var k datapathCounterKey
+	var per []datapathCounterVal
+	it := d.objs.FnCounters.Iterate()
+	for it.Next(&k, &per) {
+		c := Counter{IfIndex: int(k.Ifindex), Code: Code(k.Code)}
+		if k.Dir == dirEgress {
+			c.Direction = policy.Egress
+		}
+		for _, v := range per {
+			c.Packets += v.Packets
+			c.Bytes += v.Bytes
+		}
+		out = append(out, c)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading counters: %w", err)
+	}
+	return out, nil
+}
+
