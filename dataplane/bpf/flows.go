@@ -202,4 +202,3 @@ func (d *Datapath) Counters() ([]Counter, error) {
 	}
 	return out, nil
 }
-
