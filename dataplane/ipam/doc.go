@@ -15,7 +15,7 @@
 //     overlaps neither an existing block nor a reserved address.
 //   - Package cluster: the cluster-wide record of who owns which block, one
 //     cluster-scoped IPBlock object (flatnet.io/v1alpha1) per block. Its CRD
-//     manifest is crd/flatnet.io_ipblocks.yaml.
+//     manifest is dataplane/manifests/crds/flatnet.io_ipblocks.yaml.
 //   - Package nodealloc: the node-local allocator the CNI plugin uses, a
 //     crash-safe file under /var/lib/flatnet/ipam handing out the addresses of
 //     the node's block to pod attachments.
@@ -44,10 +44,14 @@
 // # maxPods
 //
 // A node can host at most N pods with addresses of its own block, so the
-// agent sets the kubelet's maxPods to the block size: the scheduler then never
+// kubelet's maxPods must not exceed the block size: the scheduler then never
 // places an (N+1)th pod there, and the allocator's exhaustion error is a
 // safety net naming the node, the block size and the blockSize setting to
-// raise. Host-network pods take no address and count against maxPods too,
+// raise. The cluster config sets maxPods (kind's KubeletConfiguration patch);
+// the agent sizes its block from the Node's status.capacity.pods (or its
+// --block-size flag) and reports a disagreement as a Warning event on the
+// Node, a log line and the flatnet_block_maxpods_mismatch metric. Host-network
+// pods take no address and count against maxPods too,
 // which errs on the safe side. As with Azure, a subnet must hold
 // (nodes + surge) blocks of N addresses plus the reserved ones.
 package ipam

@@ -1,0 +1,150 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic/fake"
+
+	"github.com/flatnet/flatnet/dataplane/ipam"
+)
+
+// The fake dynamic client keeps objects in client-go's object tracker, which
+// refuses a second Create of a name with AlreadyExists as the API server
+// does: that refusal is the only property the claim protocol relies on. The
+// kind e2e suite runs the same code against a real API server.
+func newClient() *Client {
+	dyn := fake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{GVR: "IPBlockList"})
+	return New(dyn)
+}
+
+var kindLayout = ipam.Layout{
+	Subnet:      netip.MustParsePrefix("10.224.0.0/16"),
+	Gateway:     netip.MustParseAddr("10.224.0.1"),
+	DockerRange: netip.MustParsePrefix("10.224.0.0/27"),
+	BlockSize:   30,
+}
+
+func TestEnsureNodeBlockKeepsTheSameBlock(t *testing.T) {
+	ctx := context.Background()
+	c := newClient()
+	a, created, err := c.EnsureNodeBlock(ctx, kindLayout, "kind-worker", nil)
+	if err != nil || !created {
+		t.Fatalf("first claim: %v created=%v", err, created)
+	}
+	if a.Spec.First != "10.224.0.32" || a.Spec.Size != 30 || a.Name != "10-224-0-0-16-0" || a.Spec.Node != "kind-worker" {
+		t.Fatalf("first block %+v, want block 0 at 10.224.0.32 (first address after docker's range)", a.Spec)
+	}
+	// Agent restart, or the node re-created under its name: same block.
+	again, created, err := c.EnsureNodeBlock(ctx, kindLayout, "kind-worker", nil)
+	if err != nil || created || again.Name != a.Name {
+		t.Fatalf("second call: %s created=%v err=%v, want %s unchanged", again.Name, created, err, a.Name)
+	}
+	b, _, err := c.EnsureNodeBlock(ctx, kindLayout, "kind-worker2", nil)
+	if err != nil || b.Spec.First != "10.224.0.62" {
+		t.Fatalf("second node: %+v %v, want the next block at 10.224.0.62", b.Spec, err)
+	}
+	// Releasing frees the index for the next node.
+	if names, err := c.ReleaseNodeBlocks(ctx, "kind-worker"); err != nil || len(names) != 1 {
+		t.Fatalf("release: %v %v", names, err)
+	}
+	d, _, _ := c.EnsureNodeBlock(ctx, kindLayout, "kind-worker3", nil)
+	if d.Name != a.Name {
+		t.Fatalf("after release the next node got %s, want the freed %s", d.Name, a.Name)
+	}
+}
+
+func TestConcurrentNodesNeverOverlap(t *testing.T) {
+	ctx := context.Background()
+	c := newClient()
+	const nodes = 40
+	got := make([]IPBlock, nodes)
+	errs := make([]error, nodes)
+	var wg sync.WaitGroup
+	for i := range nodes {
+		wg.Go(func() { got[i], _, errs[i] = c.EnsureNodeBlock(ctx, kindLayout, fmt.Sprintf("node-%d", i), nil) })
+	}
+	wg.Wait()
+	var blocks []ipam.Block
+	for i := range nodes {
+		if errs[i] != nil {
+			t.Fatalf("node %d: %v", i, errs[i])
+		}
+		b, err := got[i].Block()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for j, o := range blocks {
+			if b.Overlaps(o) {
+				t.Fatalf("node-%d's block %s overlaps node-%d's %s", i, b, j, o)
+			}
+		}
+		blocks = append(blocks, b)
+	}
+	all, _ := c.List(ctx)
+	if len(all) != nodes {
+		t.Fatalf("%d IPBlocks for %d nodes", len(all), nodes)
+	}
+}
+
+func TestNodeIPsAndOtherSizesAreAvoided(t *testing.T) {
+	ctx := context.Background()
+	c := newClient()
+	// A node address outside docker's range, inside block 0: block 0 is skipped.
+	b, _, err := c.EnsureNodeBlock(ctx, kindLayout, "n1", []netip.Addr{netip.MustParseAddr("10.224.0.40")})
+	if err != nil || b.Spec.Index != 1 {
+		t.Fatalf("got %+v %v, want index 1 (block 0 holds a node IP)", b.Spec, err)
+	}
+	// A block of another size, claimed earlier under a name this layout would use.
+	big := kindLayout
+	big.BlockSize = 50
+	o, _, err := c.EnsureNodeBlock(ctx, big, "n2", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ob, _ := o.Block()
+	n3, _, err := c.EnsureNodeBlock(ctx, kindLayout, "n3", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nb, _ := n3.Block()
+	if nb.Overlaps(ob) {
+		t.Fatalf("n3's %s overlaps n2's %s of another size", nb, ob)
+	}
+}
+
+func TestExhaustedSubnet(t *testing.T) {
+	ctx := context.Background()
+	c := newClient()
+	small := ipam.Layout{Subnet: netip.MustParsePrefix("10.9.0.0/26"), Gateway: netip.MustParseAddr("10.9.0.1"), BlockSize: 30}
+	// 10.9.0.2 .. 10.9.0.62: two blocks of 30.
+	for i := range 2 {
+		if _, _, err := c.EnsureNodeBlock(ctx, small, fmt.Sprintf("n%d", i), nil); err != nil {
+			t.Fatalf("node %d: %v", i, err)
+		}
+	}
+	_, _, err := c.EnsureNodeBlock(ctx, small, "n2", nil)
+	if !errors.Is(err, ipam.ErrExhausted) {
+		t.Fatalf("third node: %v, want ErrExhausted", err)
+	}
+}
+
+func TestUpdateStatus(t *testing.T) {
+	ctx := context.Background()
+	c := newClient()
+	b, _, _ := c.EnsureNodeBlock(ctx, kindLayout, "n1", nil)
+	st := IPBlockStatus{Used: 1, MaxPods: 30, Allocations: []Allocation{{IP: "10.224.0.33", PodNamespace: "default", PodName: "p", ContainerID: "c1"}}}
+	if err := c.UpdateStatus(ctx, b.Name, st); err != nil {
+		t.Fatal(err)
+	}
+	all, _ := c.List(ctx)
+	if len(all) != 1 || all[0].Status.Used != 1 || len(all[0].Status.Allocations) != 1 || all[0].Status.Allocations[0].PodName != "p" || all[0].Status.UpdateTime == nil {
+		t.Fatalf("status read back: %+v", all[0].Status)
+	}
+}
