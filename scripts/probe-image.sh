@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Builds the probe image flatnet/probe:<content hash> with no registry: the static
+# probe binary (also /agnhost), bash from Debian's bash-static and busybox-static's
+# tools, FROM scratch. Also tags it flatnet/probe:latest and with the name the seed
+# article uses (k8s.gcr.io/e2e-test-images/agnhost:2.41), and, when CLUSTER names a
+# kind cluster, loads all three into it. An unchanged rebuild does nothing.
+#
+# Prints the image ref (flatnet/probe:<hash>) as the last line of stdout; pods
+# should use that ref (or IfNotPresent): ":latest" makes kubelet try to pull.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+IMAGE_REPO=${PROBE_IMAGE_REPO:-flatnet/probe}
+SEED_REF=k8s.gcr.io/e2e-test-images/agnhost:2.41
+WORK="$OUT_DIR/probe-image"
+DEBS="$FLATNET_CACHE/debs"
+
+# 1. The binary, keyed by a hash of its sources so it is rebuilt only when they change.
+step "probe binary"
+src_hash=$(cd "$REPO_ROOT" && { find probes -name '*.go' -not -name '*_test.go' | LC_ALL=C sort | xargs sha256sum; sha256sum go.mod go.sum; go env GOVERSION; } | sha256sum | cut -c1-16)
+bin="$BIN_DIR/probe"
+if [ -x "$bin" ] && [ "$(cat "$bin.inputs" 2>/dev/null)" = "$src_hash" ]; then
+	info "bin/probe up to date ($src_hash)"
+else
+	(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$OUT_DIR/logs/probe-build.log" \
+		go build -trimpath -buildvcs=false -ldflags "-s -w -X main.version=$src_hash" -o "$bin" ./probes/cmd/probe)
+	echo "$src_hash" >"$bin.inputs"
+	info "built bin/probe ($src_hash)"
+fi
+if ldd "$bin" >/dev/null 2>&1; then
+	die "bin/probe is dynamically linked" "build it with CGO_ENABLED=0"
+fi
+
+# 2. bash-static and busybox-static from Debian, as .deb files kept in the cache
+#    (downloaded, not installed: the host is left alone).
+step "bash-static and busybox-static"
+mkdir -p "$DEBS"
+for pkg in bash-static busybox-static; do
+	if ! ls "$DEBS/${pkg}"_*.deb >/dev/null 2>&1; then
+		(cd "$DEBS" && run_logged "$DEBS/download.log" apt-get download "$pkg")
+	fi
+	info "$(basename "$(ls "$DEBS/${pkg}"_*.deb | tail -n1)")"
+done
+
+# 3. The rootfs: / holds probe and agnhost; /bin holds bash, busybox and its applets.
+step "rootfs"
+rm -rf "$WORK"
+mkdir -p "$WORK/rootfs/bin" "$WORK/rootfs/etc" "$WORK/rootfs/tmp" "$WORK/debs"
+for deb in "$DEBS"/bash-static_*.deb "$DEBS"/busybox-static_*.deb; do
+	dpkg-deb -x "$deb" "$WORK/debs"
+done
+root="$WORK/rootfs"
+install -m 0755 "$bin" "$root/probe"
+ln -s probe "$root/agnhost"
+install -m 0755 "$WORK/debs/bin/bash-static" "$root/bin/bash"
+install -m 0755 "$WORK/debs/bin/busybox" "$root/bin/busybox"
+for applet in $("$root/bin/busybox" --list); do
+	[ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
+done
+chmod 1777 "$root/tmp"
+printf 'root:x:0:0:root:/:/bin/bash\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$root/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
+printf 'hosts: files dns\n' >"$root/etc/nsswitch.conf"
+cp "$REPO_ROOT/probes/image/Dockerfile" "$WORK/Dockerfile"
+# GNU tar with sorted names, fixed owners and times: the same contents give the same
+# stream, so the tag is a content hash of everything the image holds.
+tag=$(tar -C "$WORK" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - rootfs Dockerfile | sha256sum | cut -c1-16)
+ref="$IMAGE_REPO:$tag"
+
+# 4. The image.
+step "image $ref"
+tries=0
+until docker info >/dev/null 2>&1; do
+	tries=$((tries + 1))
+	[ "$tries" -le "${DOCKER_WAIT_SECONDS:-120}" ] || die "no Docker engine answers (docker info failed for ${DOCKER_WAIT_SECONDS:-120}s)" \
+		"start one first: scripts/docker-engine.sh (make engine)"
+	[ "$tries" -eq 1 ] && info "waiting for the Docker engine to answer"
+	sleep 1
+done
+if docker image inspect "$ref" >/dev/null 2>&1; then
+	info "$ref exists: nothing to build"
+else
+	run_logged "$OUT_DIR/logs/probe-image-build.log" docker build --label "flatnet.probe.sources=$src_hash" -t "$ref" "$WORK"
+	info "built $ref"
+fi
+docker tag "$ref" "$IMAGE_REPO:latest"
+docker tag "$ref" "$SEED_REF"
+
+# 5. Into the cluster, when there is one.
+if [ -n "${CLUSTER:-}" ]; then
+	if [ -x "$BIN_DIR/kind" ] && "$BIN_DIR/kind" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+		step "loading into kind cluster $CLUSTER"
+		run_logged "$OUT_DIR/logs/probe-image-load.log" "$BIN_DIR/kind" load docker-image --name "$CLUSTER" "$ref" "$IMAGE_REPO:latest" "$SEED_REF"
+		info "loaded $ref, $IMAGE_REPO:latest, $SEED_REF"
+	else
+		warn "CLUSTER=$CLUSTER is not a running kind cluster (bin/kind get clusters): images not loaded"
+	fi
+fi
+echo "$ref"
