@@ -1,0 +1,412 @@
+package bpf
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/vishvananda/netlink"
+	"sigs.k8s.io/yaml"
+
+	"github.com/flatnet/flatnet/dataplane/compile"
+	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/policy"
+	"github.com/flatnet/flatnet/internal/testenv"
+)
+
+// A "node" netns with flatnet's node-subnet wiring (host /32 route + proxy ARP on the
+// host veth; in the pod, 169.254.1.1 as gateway) and one netns per "pod". The
+// datapath's programs sit on the host-side veths via tcx, exactly as on a node.
+type testNode struct {
+	t      *testing.T
+	node   ns.NetNS
+	nodeIP netip.Addr
+	pods   map[string]*testPod
+	d      *Datapath
+	pinDir string
+	c      *compile.Compiler
+}
+
+type testPod struct {
+	namespace, name string
+	labels          map[string]string
+	netns           ns.NetNS
+	ip              netip.Addr
+	hostIf          string
+	ifindex         int
+}
+
+func newTestNode(t *testing.T) *testNode {
+	testenv.RequireRoot(t)
+	n := &testNode{t: t, pods: map[string]*testPod{}, nodeIP: netip.MustParseAddr("10.224.0.2"),
+		c: compile.New(identity.NewAllocator())}
+	var err error
+	n.node, err = testutils.NewNS()
+	must(t, err)
+	t.Cleanup(func() { n.node.Close(); _ = testutils.UnmountNS(n.node) })
+	must(t, n.node.Do(func(ns.NetNS) error {
+		for _, f := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv4/conf/all/forwarding"} {
+			if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
+				return err
+			}
+		}
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(lo); err != nil {
+			return err
+		}
+		// The node's own address (no dummy driver in this kernel: on lo).
+		return netlink.AddrAdd(lo, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(n.nodeIP, 32))})
+	}))
+	n.pinDir = filepath.Join(mountBPFFS(t), "flatnet")
+	n.d, err = Load(context.Background(), n.pinDir)
+	must(t, err)
+	t.Cleanup(func() { n.d.Close() })
+	must(t, n.c.UpsertNamespace(compile.Namespace{Name: "default"}))
+	must(t, n.c.UpsertNamespace(compile.Namespace{Name: "other"}))
+	n.c.UpsertNode("self", []netip.Addr{n.nodeIP}, true)
+	return n
+}
+
+func prefixNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+var gateway = net.IPv4(169, 254, 1, 1)
+
+// addPod wires a pod netns and attaches the datapath as the agent does on CNI ADD:
+// the pod's policy is computed and written before the programs are attached.
+func (n *testNode) addPod(namespace, name, ip string, labels map[string]string) *testPod {
+	t := n.t
+	p := &testPod{namespace: namespace, name: name, labels: labels, ip: netip.MustParseAddr(ip),
+		hostIf: fmt.Sprintf("fn%d", len(n.pods))}
+	var err error
+	p.netns, err = testutils.NewNS()
+	must(t, err)
+	t.Cleanup(func() { p.netns.Close(); _ = testutils.UnmountNS(p.netns) })
+	var hostMAC net.HardwareAddr
+	must(t, n.node.Do(func(ns.NetNS) error {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: p.hostIf}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(p.netns.Fd()))}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return fmt.Errorf("veth: %w", err)
+		}
+		l, err := netlink.LinkByName(p.hostIf)
+		if err != nil {
+			return err
+		}
+		p.ifindex = l.Attrs().Index
+		hostMAC = l.Attrs().HardwareAddr
+		if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+p.hostIf+"/proxy_arp", []byte("1"), 0o644); err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(l); err != nil {
+			return err
+		}
+		return netlink.RouteAdd(&netlink.Route{LinkIndex: p.ifindex, Dst: prefixNet(netip.PrefixFrom(p.ip, 32)), Scope: netlink.SCOPE_LINK})
+	}))
+	must(t, p.netns.Do(func(ns.NetNS) error {
+		lo, _ := netlink.LinkByName("lo")
+		_ = netlink.LinkSetUp(lo)
+		eth, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		if err := netlink.AddrAdd(eth, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(p.ip, 32))}); err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(eth); err != nil {
+			return err
+		}
+		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Dst: &net.IPNet{IP: gateway, Mask: net.CIDRMask(32, 32)}, Scope: netlink.SCOPE_LINK}); err != nil {
+			return err
+		}
+		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: gateway}); err != nil {
+			return err
+		}
+		return netlink.NeighAdd(&netlink.Neigh{LinkIndex: eth.Attrs().Index, IP: gateway, HardwareAddr: hostMAC,
+			State: netlink.NUD_PERMANENT, Family: netlink.FAMILY_V4})
+	}))
+	n.pods[namespace+"/"+name] = p
+	must(t, n.c.UpsertPod(compile.Pod{Namespace: namespace, Name: name, Labels: labels, IP: p.ip, Local: true}))
+	n.flush()
+	id, _ := n.c.IdentityOf(namespace, name)
+	must(t, n.node.Do(func(ns.NetNS) error {
+		return n.d.AttachEndpoint(context.Background(), Endpoint{IfIndex: p.ifindex, IP: p.ip, Identity: id},
+			n.c.EndpointPolicy(namespace, name))
+	}))
+	return p
+}
+
+func (n *testNode) flush() {
+	n.t.Helper()
+	up := n.c.Flush()
+	must(n.t, n.d.Apply(context.Background(), up, func(ns, name string) (int, bool) {
+		p, ok := n.pods[ns+"/"+name]
+		if !ok || p.ifindex == 0 {
+			return 0, false
+		}
+		return p.ifindex, true
+	}))
+}
+
+func (n *testNode) cnp(doc string) {
+	n.t.Helper()
+	js, err := yaml.YAMLToJSON([]byte(doc))
+	must(n.t, err)
+	c, err := policy.DecodeCilium(js)
+	must(n.t, err)
+	pols, err := policy.FromCilium(c)
+	must(n.t, err)
+	must(n.t, n.c.UpsertPolicy("cnp/"+c.Namespace+"/"+c.Name, pols))
+	n.flush()
+}
+
+// serveTCP runs an echo server in the pod until the test ends.
+func (p *testPod) serveTCP(t *testing.T, port int) {
+	var ln net.Listener
+	must(t, p.netns.Do(func(ns.NetNS) error {
+		var err error
+		ln, err = net.Listen("tcp4", netip.AddrPortFrom(p.ip, uint16(port)).String())
+		return err
+	}))
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if _, err := c.Write([]byte(line)); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+}
+
+func (p *testPod) serveUDP(t *testing.T, port int) {
+	var pc net.PacketConn
+	must(t, p.netns.Do(func(ns.NetNS) error {
+		var err error
+		pc, err = net.ListenPacket("udp4", netip.AddrPortFrom(p.ip, uint16(port)).String())
+		return err
+	}))
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, addr, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo(buf[:n], addr)
+		}
+	}()
+}
+
+const dialTimeout = 700 * time.Millisecond
+
+// dial opens a TCP connection from the pod.
+func (p *testPod) dial(addr netip.Addr, port int) (net.Conn, error) {
+	var c net.Conn
+	err := p.netns.Do(func(ns.NetNS) error {
+		var err error
+		d := net.Dialer{Timeout: dialTimeout}
+		c, err = d.Dial("tcp4", netip.AddrPortFrom(addr, uint16(port)).String())
+		return err
+	})
+	return c, err
+}
+
+// echo checks a round trip on an open connection.
+func echo(c net.Conn, msg string) error {
+	_ = c.SetDeadline(time.Now().Add(dialTimeout))
+	if _, err := c.Write([]byte(msg + "\n")); err != nil {
+		return err
+	}
+	got, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if strings.TrimSpace(got) != msg {
+		return fmt.Errorf("echo returned %q", got)
+	}
+	return nil
+}
+
+func (p *testPod) tcpWorks(addr netip.Addr, port int) error {
+	c, err := p.dial(addr, port)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return echo(c, "hello")
+}
+
+func (p *testPod) udpWorks(addr netip.Addr, port int) error {
+	return p.netns.Do(func(ns.NetNS) error {
+		c, err := net.Dial("udp4", netip.AddrPortFrom(addr, uint16(port)).String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(dialTimeout))
+		if _, err := c.Write([]byte("ping")); err != nil {
+			return err
+		}
+		buf := make([]byte, 16)
+		n, err := c.Read(buf)
+		if err != nil {
+			return err
+		}
+		if string(buf[:n]) != "ping" {
+			return errors.New("bad udp echo")
+		}
+		return nil
+	})
+}
+
+func wantWorks(t *testing.T, what string, err error) {
+	t.Helper()
+	if err != nil {
+		t.Errorf("%s: want success, got %v", what, err)
+	}
+}
+
+func wantBlocked(t *testing.T, what string, err error) {
+	t.Helper()
+	if err == nil {
+		t.Errorf("%s: want it blocked, it went through", what)
+	}
+}
+
+func TestNetnsPolicyWithRealTraffic(t *testing.T) {
+	n := newTestNode(t)
+	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
+	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	other := n.addPod("other", "client", "10.224.2.30", map[string]string{"app": "client"})
+	server.serveTCP(t, 80)
+	server.serveTCP(t, 8080)
+	server.serveUDP(t, 53)
+	client.serveTCP(t, 80)
+
+	wantWorks(t, "client -> server:80 without policy", client.tcpWorks(server.ip, 80))
+	wantWorks(t, "client -> server udp/53 without policy", client.udpWorks(server.ip, 53))
+
+	// A long-lived connection opened before any policy.
+	long, err := client.dial(server.ip, 8080)
+	must(t, err)
+	defer long.Close()
+	wantWorks(t, "long connection before policy", echo(long, "one"))
+
+	// The seed scenario.
+	n.cnp(seedDefaultDeny)
+	wantBlocked(t, "client -> server:80 under default deny", client.tcpWorks(server.ip, 80))
+	wantBlocked(t, "server -> client:80 under default deny", server.tcpWorks(client.ip, 80))
+	wantBlocked(t, "udp under default deny", client.udpWorks(server.ip, 53))
+
+	// Allow client:80 and udp/53 in, and the server's 8080 connections; egress stays
+	// default deny, so the replies pass only through connection tracking.
+	n.cnp(`
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: allow-client, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}, {port: "8080", protocol: TCP}, {port: "53", protocol: UDP}]}]
+`)
+	wantWorks(t, "client -> server:80 allowed", client.tcpWorks(server.ip, 80))
+	wantWorks(t, "client -> server udp/53 allowed", client.udpWorks(server.ip, 53))
+	wantBlocked(t, "same labels from namespace other", other.tcpWorks(server.ip, 80))
+	wantWorks(t, "connection opened before the policies keeps its replies", echo(long, "two"))
+
+	// From the node: kubelet probes always pass.
+	var nodeErr error
+	must(t, n.node.Do(func(ns.NetNS) error {
+		c, err := net.DialTimeout("tcp4", netip.AddrPortFrom(server.ip, 80).String(), dialTimeout)
+		if err == nil {
+			nodeErr = echo(c, "probe")
+			c.Close()
+		} else {
+			nodeErr = err
+		}
+		return nil
+	}))
+	wantWorks(t, "node -> server:80 (kubelet probe) under default deny", nodeErr)
+
+	// Deleting the seed policy leaves the allow policy: still ingress-isolated.
+	n.c.DeletePolicy("cnp/default/default-deny")
+	n.flush()
+	wantWorks(t, "server -> client:80 once egress is no longer isolated", server.tcpWorks(client.ip, 80))
+	wantBlocked(t, "other -> server:80 still isolated by allow-client", other.tcpWorks(server.ip, 80))
+	n.c.DeletePolicy("cnp/default/allow-client")
+	n.flush()
+	wantWorks(t, "other -> server:80 with no policy left", other.tcpWorks(server.ip, 80))
+}
+
+// TestNetnsAgentRestart checks that enforcement survives the agent: with no process
+// holding the datapath, and after a new Load moves the pinned links to new programs.
+func TestNetnsAgentRestart(t *testing.T) {
+	n := newTestNode(t)
+	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
+	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	other := n.addPod("other", "client", "10.224.2.30", map[string]string{"app": "client"})
+	server.serveTCP(t, 80)
+	n.cnp(`
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: allow-client, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+`)
+	long, err := client.dial(server.ip, 80)
+	must(t, err)
+	defer long.Close()
+
+	must(t, n.d.Close()) // the agent is gone
+	wantWorks(t, "allowed while no agent runs", client.tcpWorks(server.ip, 80))
+	wantBlocked(t, "denied while no agent runs", other.tcpWorks(server.ip, 80))
+
+	d2, err := Load(context.Background(), n.pinDir) // the new agent
+	must(t, err)
+	defer d2.Close()
+	n.d = d2
+	wantWorks(t, "established connection across the restart", echo(long, "still"))
+	wantWorks(t, "allowed after restart", client.tcpWorks(server.ip, 80))
+	wantBlocked(t, "denied after restart", other.tcpWorks(server.ip, 80))
+
+	// The new agent's writes reach the programs the links now run.
+	n.c.DeletePolicy("cnp/default/allow-client")
+	n.flush()
+	wantWorks(t, "policy deleted by the new agent", other.tcpWorks(server.ip, 80))
+
+	must(t, n.node.Do(func(ns.NetNS) error { return d2.DetachEndpoint(context.Background(), server.ifindex) }))
+	if _, err := os.Stat(d2.linkPin(server.ifindex, dirIngress)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("link pin still present after DetachEndpoint: %v", err)
+	}
+}
