@@ -120,6 +120,9 @@ func (d *Datapath) resumeLinks(ctx context.Context) error {
 			return err
 		}
 		path := filepath.Join(d.pinDir, "links", e.Name())
+		if e.Name() == filepath.Base(d.servicePin()) {
+			continue // AttachServiceHook replaces it
+		}
 		ifs, side, ok := strings.Cut(e.Name(), "-")
 		ifindex, convErr := strconv.Atoi(ifs)
 		if !ok || convErr != nil || (side != "ingress" && side != "egress") {

@@ -137,8 +137,11 @@ const (
 	datapathMapFnPolicy        = "fn_policy"
 	datapathMapFnPolicyProto   = "fn_policy_proto"
 	datapathProgFromPod        = "from_pod"
+	datapathProgServiceEgress  = "service_egress"
 	datapathProgToPod          = "to_pod"
 	datapathVarUnusedFlowEvent = "unused_flow_event"
+	datapathVarUnusedPolicyKey = "unused_policy_key"
+	datapathVarUnusedPolicyVal = "unused_policy_val"
 )
 
 // loadDatapath returns the embedded CollectionSpec for datapath.
@@ -183,8 +186,9 @@ type datapathSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathProgramSpecs struct {
-	FromPod *ebpf.ProgramSpec `ebpf:"from_pod"`
-	ToPod   *ebpf.ProgramSpec `ebpf:"to_pod"`
+	FromPod       *ebpf.ProgramSpec `ebpf:"from_pod"`
+	ServiceEgress *ebpf.ProgramSpec `ebpf:"service_egress"`
+	ToPod         *ebpf.ProgramSpec `ebpf:"to_pod"`
 }
 
 // datapathMapSpecs contains maps before they are loaded into the kernel.
@@ -208,6 +212,8 @@ type datapathMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathVariableSpecs struct {
 	UnusedFlowEvent *ebpf.VariableSpec `ebpf:"unused_flow_event"`
+	UnusedPolicyKey *ebpf.VariableSpec `ebpf:"unused_policy_key"`
+	UnusedPolicyVal *ebpf.VariableSpec `ebpf:"unused_policy_val"`
 }
 
 // datapathObjects contains all objects after they have been loaded into the kernel.
@@ -262,19 +268,23 @@ func (m *datapathMaps) Close() error {
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathVariables struct {
 	UnusedFlowEvent *ebpf.Variable `ebpf:"unused_flow_event"`
+	UnusedPolicyKey *ebpf.Variable `ebpf:"unused_policy_key"`
+	UnusedPolicyVal *ebpf.Variable `ebpf:"unused_policy_val"`
 }
 
 // datapathPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathPrograms struct {
-	FromPod *ebpf.Program `ebpf:"from_pod"`
-	ToPod   *ebpf.Program `ebpf:"to_pod"`
+	FromPod       *ebpf.Program `ebpf:"from_pod"`
+	ServiceEgress *ebpf.Program `ebpf:"service_egress"`
+	ToPod         *ebpf.Program `ebpf:"to_pod"`
 }
 
 func (p *datapathPrograms) Close() error {
 	return _DatapathClose(
 		p.FromPod,
+		p.ServiceEgress,
 		p.ToPod,
 	)
 }

@@ -28,6 +28,7 @@ const (
 	ForwardHost        Code = 4
 	ForwardNotIPv4     Code = 5
 	ForwardService     Code = 6
+	ForwardBackend     Code = 7
 	DropInvalidSource  Code = 130
 	DropPolicy         Code = 133
 	DropMalformed      Code = 134
@@ -53,6 +54,8 @@ func (c Code) String() string {
 		return "not IPv4"
 	case ForwardService:
 		return "to a Service (judged after DNAT)"
+	case ForwardBackend:
+		return "Service backend allowed by policy"
 	case DropInvalidSource:
 		return "invalid source IP"
 	case DropPolicy:

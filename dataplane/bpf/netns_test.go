@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -408,5 +409,68 @@ spec:
 	must(t, n.node.Do(func(ns.NetNS) error { return d2.DetachEndpoint(context.Background(), server.ifindex) }))
 	if _, err := os.Stat(d2.linkPin(server.ifindex, dirIngress)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("link pin still present after DetachEndpoint: %v", err)
+	}
+}
+
+// iptables runs iptables in the node netns (standing in for kube-proxy).
+func (n *testNode) iptables(args ...string) {
+	n.t.Helper()
+	out, err := exec.Command("nsenter", append([]string{"--net=" + n.node.Path(), "iptables"}, args...)...).CombinedOutput()
+	if err != nil {
+		n.t.Fatalf("iptables %v: %v: %s", args, err, out)
+	}
+}
+
+// TestNetnsServicesJudgedOnBackend reproduces kube-proxy's Service DNAT in the node
+// netns: a pod's egress policy must be judged on the backend, for ClusterIPs and for
+// NodePorts on the node's own address, and the un-DNATed replies must pass.
+func TestNetnsServicesJudgedOnBackend(t *testing.T) {
+	n := newTestNode(t)
+	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
+	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	other := n.addPod("other", "web", "10.224.2.30", map[string]string{"app": "web"})
+	server.serveTCP(t, 80)
+	other.serveTCP(t, 80)
+	must(t, n.node.Do(func(ns.NetNS) error { return n.d.AttachServiceHook(context.Background()) }))
+
+	allowed := netip.MustParseAddr("10.96.0.10") // Service -> server
+	denied := netip.MustParseAddr("10.96.0.11")  // Service -> other
+	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", allowed.String(), "-p", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", "10.224.1.10:80")
+	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", denied.String(), "-p", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", "10.224.2.30:80")
+	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", n.nodeIP.String(), "-p", "tcp", "--dport", "30080", "-j", "DNAT", "--to-destination", "10.224.1.10:80")
+	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", n.nodeIP.String(), "-p", "tcp", "--dport", "30081", "-j", "DNAT", "--to-destination", "10.224.2.30:80")
+	for _, vip := range []netip.Addr{allowed, denied} {
+		must(t, n.d.UpsertService(context.Background(), vip))
+	}
+
+	wantWorks(t, "ClusterIP -> other without policy", client.tcpWorks(denied, 80))
+
+	n.cnp(`
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-egress, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: server}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+`)
+	wantWorks(t, "ClusterIP whose backend the egress policy allows", client.tcpWorks(allowed, 80))
+	wantBlocked(t, "ClusterIP whose backend the egress policy denies", client.tcpWorks(denied, 80))
+	wantWorks(t, "NodePort whose backend is allowed", client.tcpWorks(n.nodeIP, 30080))
+	wantBlocked(t, "NodePort whose backend is denied", client.tcpWorks(n.nodeIP, 30081))
+	wantBlocked(t, "the denied backend directly", client.tcpWorks(other.ip, 80))
+
+	// The drop is counted on the client's egress as a policy drop.
+	counters, err := n.d.Counters()
+	must(t, err)
+	var drops uint64
+	for _, c := range counters {
+		if c.IfIndex == client.ifindex && c.Direction == policy.Egress && c.Code == DropPolicy {
+			drops += c.Packets
+		}
+	}
+	if drops == 0 {
+		t.Errorf("no policy drop counted on the client's egress")
 	}
 }

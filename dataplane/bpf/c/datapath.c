@@ -116,8 +116,10 @@ struct icmp_echo {
 #define ICMP_ECHOREPLY 0
 #define ICMP_ECHO 8
 
-// Only the ring buffer carries flow_event; this makes BTF (and bpf2go) see it.
+// Types only reached through pointers: these make BTF (and bpf2go) carry them whole.
 const struct flow_event *unused_flow_event __attribute__((unused));
+const struct policy_key *unused_policy_key __attribute__((unused));
+const struct policy_val *unused_policy_val __attribute__((unused));
 
 struct pkt {
 	__u32 saddr, daddr;
@@ -408,18 +410,20 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	if (!remote_id)
 		remote_id = IDENTITY_WORLD;
 	struct decision d = {};
-	if (remote_id == IDENTITY_HOST) {
-		// Pod <-> own node (kubelet probes, node-local agents) is always allowed.
-		d.allow = 1;
-		d.code = FORWARD_HOST;
-	} else if (dir == DIR_EGRESS && (ipc_flags & IPCACHE_F_SERVICE)) {
-		// A Service address: kube-proxy DNATs it after this hook, so the egress
-		// decision is made on the backend by the netfilter program; mark the packet
-		// for it. The connection is tracked here under the Service address, which is
-		// what its un-DNATed replies carry.
+	if (dir == DIR_EGRESS && (ipc_flags & IPCACHE_F_SERVICE || remote_id == IDENTITY_HOST)) {
+		// A Service address (ClusterIP), or the node's own address (a NodePort):
+		// kube-proxy may DNAT it after this hook, so the egress decision is made on
+		// the backend by service_egress on FORWARD; mark the packet for it. Packets
+		// the node keeps for itself never reach FORWARD and stay allowed. The
+		// connection is tracked here under the address the pod used, which is what
+		// the un-DNATed replies carry.
 		skb->mark |= SERVICE_MARK;
 		d.allow = 1;
-		d.code = FORWARD_SERVICE;
+		d.code = remote_id == IDENTITY_HOST ? FORWARD_HOST : FORWARD_SERVICE;
+	} else if (remote_id == IDENTITY_HOST) {
+		// Own node -> pod (kubelet probes) is always allowed.
+		d.allow = 1;
+		d.code = FORWARD_HOST;
 	} else {
 		void *pol = bpf_map_lookup_elem(&fn_policy, &ifindex);
 		if (!pol) {
@@ -464,4 +468,93 @@ SEC("tcx/egress")
 int to_pod(struct __sk_buff *skb)
 {
 	return handle(skb, DIR_INGRESS);
+}
+
+// ---- Services: egress judged on the backend, after kube-proxy's DNAT ----
+//
+// from_pod cannot see which backend kube-proxy will pick: the DNAT happens later, in
+// the host stack. It marks packets to Service addresses and lets them go; this
+// netfilter program, on the FORWARD hook (after PREROUTING's DNAT), judges them
+// against the pod's egress policy with the backend as destination. The kernel types
+// below are the few fields read through CO-RE from the running kernel's BTF.
+
+struct net_device {
+	int ifindex;
+} __attribute__((preserve_access_index));
+
+struct nf_hook_state {
+	struct net_device *in;
+} __attribute__((preserve_access_index));
+
+struct sk_buff {
+	unsigned char *head;
+	__u16 network_header;
+	__u32 mark;
+	unsigned int len;
+} __attribute__((preserve_access_index));
+
+struct bpf_nf_ctx {
+	const struct nf_hook_state *state;
+	struct sk_buff *skb;
+} __attribute__((preserve_access_index));
+
+#define NF_DROP 0
+#define NF_ACCEPT 1
+
+SEC("netfilter")
+int service_egress(struct bpf_nf_ctx *ctx)
+{
+	struct sk_buff *skb = ctx->skb;
+	const struct nf_hook_state *state = ctx->state;
+	if (!skb || !state || !state->in)
+		return NF_ACCEPT;
+	if (!(skb->mark & SERVICE_MARK))
+		return NF_ACCEPT; // already judged by from_pod
+	__u32 ifindex = state->in->ifindex;
+	struct endpoint_info *ep = bpf_map_lookup_elem(&fn_endpoints, &ifindex);
+	if (!ep)
+		return NF_ACCEPT; // not from a pod of this node
+	unsigned char *nh = skb->head + skb->network_header;
+	struct iphdr ip;
+	if (bpf_probe_read_kernel(&ip, sizeof(ip), nh) || ip.version != 4)
+		return NF_DROP;
+	struct pkt p = {
+		.saddr = ip.saddr,
+		.daddr = ip.daddr,
+		.proto = ip.protocol,
+		.len = bpf_ntohs(ip.tot_len),
+	};
+	if (!(ip.frag_off & bpf_htons(0x1fff)) &&
+	    (ip.protocol == IPPROTO_TCP || ip.protocol == IPPROTO_UDP || ip.protocol == IPPROTO_SCTP)) {
+		__u16 ports[2];
+		if (bpf_probe_read_kernel(ports, sizeof(ports), nh + ip.ihl * 4))
+			return NF_DROP;
+		p.sport = bpf_ntohs(ports[0]);
+		p.dport = bpf_ntohs(ports[1]);
+		if (ip.protocol == IPPROTO_TCP) {
+			__u8 flags;
+			if (!bpf_probe_read_kernel(&flags, 1, nh + ip.ihl * 4 + 13))
+				p.tcp_flags = flags;
+		}
+	}
+	__u32 remote_id = lookup_ip(&fn_ipcache, p.daddr, NULL);
+	if (!remote_id)
+		remote_id = IDENTITY_WORLD;
+	if (remote_id == IDENTITY_HOST)
+		return NF_ACCEPT;
+	struct decision d = {};
+	void *pol = bpf_map_lookup_elem(&fn_policy, &ifindex);
+	if (!pol) {
+		d.code = DROP_NO_POLICY;
+	} else {
+		__u32 cidr_id = lookup_ip(&fn_cidrcache, p.daddr, NULL);
+		decide(pol, DIR_EGRESS, remote_id, cidr_id, &p, &d);
+	}
+	if (!d.allow) {
+		count(ifindex, DIR_EGRESS, d.code, p.len);
+		emit(ifindex, DIR_EGRESS, &p, VERDICT_DROP, d.code, d.rule_id, remote_id, ep->identity);
+		return NF_DROP;
+	}
+	count(ifindex, DIR_EGRESS, FORWARD_SERVICE_BACKEND, p.len);
+	return NF_ACCEPT;
 }

@@ -30,6 +30,7 @@
 #define FORWARD_HOST 4        // to/from the pod's own node
 #define FORWARD_NOT_IPV4 5    // ARP and the like
 #define FORWARD_SERVICE 6     // to a Service address: egress judged after DNAT
+#define FORWARD_SERVICE_BACKEND 7 // after DNAT: the backend is allowed
 #define DROP_MALFORMED 134    // Cilium: invalid packet (short headers)
 #define DROP_INVALID_SOURCE 130
 #define DROP_POLICY 133
