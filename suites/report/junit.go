@@ -1,0 +1,221 @@
+package report
+
+import (
+	"encoding/xml"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// Report is a whole suite run.
+type Report struct {
+	Title   string
+	Started time.Time
+	// Notes are printed at the top: the cluster, the image, the random seed
+	// (so a failure can be replayed), anything a reader needs.
+	Notes []string
+	Cases []CaseResult
+}
+
+// CaseResult is one policy case.
+type CaseResult struct {
+	Name        string
+	Family      string
+	Description string
+	Steps       []StepResult
+	// Skipped, when set, is why the case did not run (e.g. no SCTP in this
+	// kernel).
+	Skipped string
+	// Error, when set, is what broke the case before its probes could be
+	// judged (setup failed): reported as an error, not a mismatch.
+	Error string
+}
+
+// StepResult is one step of a case: its policies and what was observed.
+type StepResult struct {
+	Name        string
+	Duration    time.Duration
+	Policies    []string // the policies in force
+	Manifest    string   // the YAML applied, for the HTML report
+	Comparisons []*Comparison
+}
+
+// Duration is the case's total time.
+func (c CaseResult) Duration() time.Duration {
+	var d time.Duration
+	for _, s := range c.Steps {
+		d += s.Duration
+	}
+	return d
+}
+
+// Failed says whether any probe of the case mismatched or was missing.
+func (c CaseResult) Failed() bool {
+	for _, s := range c.Steps {
+		for _, cmp := range s.Comparisons {
+			if !cmp.OK() {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// The JUnit XML elements, as in the schema CI systems read (the Ant/Jenkins
+// "JUnit XML" format: testsuites > testsuite > testcase with failure, error,
+// skipped and system-out).
+type junitTestSuites struct {
+	XMLName  xml.Name         `xml:"testsuites"`
+	Name     string           `xml:"name,attr"`
+	Tests    int              `xml:"tests,attr"`
+	Failures int              `xml:"failures,attr"`
+	Errors   int              `xml:"errors,attr"`
+	Skipped  int              `xml:"skipped,attr"`
+	Time     string           `xml:"time,attr"`
+	Suites   []junitTestSuite `xml:"testsuite"`
+}
+
+type junitTestSuite struct {
+	Name      string          `xml:"name,attr"`
+	Tests     int             `xml:"tests,attr"`
+	Failures  int             `xml:"failures,attr"`
+	Errors    int             `xml:"errors,attr"`
+	Skipped   int             `xml:"skipped,attr"`
+	Time      string          `xml:"time,attr"`
+	Timestamp string          `xml:"timestamp,attr,omitempty"`
+	Props     *junitProps     `xml:"properties,omitempty"`
+	Cases     []junitTestCase `xml:"testcase"`
+}
+
+type junitProps struct {
+	Props []junitProp `xml:"property"`
+}
+
+type junitProp struct {
+	Name  string `xml:"name,attr"`
+	Value string `xml:"value,attr"`
+}
+
+type junitTestCase struct {
+	Name      string        `xml:"name,attr"`
+	Classname string        `xml:"classname,attr"`
+	Time      string        `xml:"time,attr"`
+	Failure   *junitProblem `xml:"failure,omitempty"`
+	Error     *junitProblem `xml:"error,omitempty"`
+	Skipped   *junitSkipped `xml:"skipped,omitempty"`
+	SystemOut string        `xml:"system-out,omitempty"`
+}
+
+type junitProblem struct {
+	Message string `xml:"message,attr"`
+	Type    string `xml:"type,attr"`
+	Text    string `xml:",chardata"`
+}
+
+type junitSkipped struct {
+	Message string `xml:"message,attr"`
+}
+
+func seconds(d time.Duration) string { return fmt.Sprintf("%.3f", d.Seconds()) }
+
+// WriteJUnit writes the report as JUnit XML: one testsuite per family, one
+// testcase per policy case. A case with mismatches fails with the grids and
+// the mismatch list as its text.
+func WriteJUnit(w io.Writer, r *Report) error {
+	out := junitTestSuites{Name: r.Title}
+	var total time.Duration
+	index := map[string]int{}
+	for _, c := range r.Cases {
+		i, ok := index[c.Family]
+		if !ok {
+			i = len(out.Suites)
+			index[c.Family] = i
+			s := junitTestSuite{Name: c.Family}
+			if !r.Started.IsZero() {
+				s.Timestamp = r.Started.UTC().Format(time.RFC3339)
+			}
+			if len(r.Notes) > 0 {
+				s.Props = &junitProps{}
+				for n, note := range r.Notes {
+					s.Props.Props = append(s.Props.Props, junitProp{Name: fmt.Sprintf("note.%d", n), Value: note})
+				}
+			}
+			out.Suites = append(out.Suites, s)
+		}
+		tc, err := junitCase(c)
+		if err != nil {
+			return err
+		}
+		s := &out.Suites[i]
+		s.Cases = append(s.Cases, tc)
+		s.Tests++
+		switch {
+		case tc.Skipped != nil:
+			s.Skipped++
+		case tc.Error != nil:
+			s.Errors++
+		case tc.Failure != nil:
+			s.Failures++
+		}
+		total += c.Duration()
+	}
+	for i := range out.Suites {
+		s := &out.Suites[i]
+		var d time.Duration
+		for _, c := range r.Cases {
+			if c.Family == s.Name {
+				d += c.Duration()
+			}
+		}
+		s.Time = seconds(d)
+		out.Tests += s.Tests
+		out.Failures += s.Failures
+		out.Errors += s.Errors
+		out.Skipped += s.Skipped
+	}
+	out.Time = seconds(total)
+	if _, err := io.WriteString(w, xml.Header); err != nil {
+		return fmt.Errorf("write JUnit XML: %w", err)
+	}
+	enc := xml.NewEncoder(w)
+	enc.Indent("", "  ")
+	if err := enc.Encode(out); err != nil {
+		return fmt.Errorf("write JUnit XML: %w", err)
+	}
+	if _, err := io.WriteString(w, "\n"); err != nil {
+		return fmt.Errorf("write JUnit XML: %w", err)
+	}
+	return nil
+}
+
+func junitCase(c CaseResult) (junitTestCase, error) {
+	tc := junitTestCase{Name: c.Name, Classname: "flatnet.policy." + c.Family, Time: seconds(c.Duration())}
+	var text strings.Builder
+	if c.Description != "" {
+		text.WriteString(c.Description + "\n\n")
+	}
+	var failed []string
+	for _, s := range c.Steps {
+		fmt.Fprintf(&text, "== step %q (%s), policies: %s\n", s.Name, s.Duration.Round(time.Millisecond), strings.Join(s.Policies, ", "))
+		for _, cmp := range s.Comparisons {
+			if err := WriteComparison(&text, cmp); err != nil {
+				return junitTestCase{}, err
+			}
+			if !cmp.OK() {
+				failed = append(failed, fmt.Sprintf("step %q: %s", s.Name, cmp.Summary()))
+			}
+		}
+	}
+	switch {
+	case c.Skipped != "":
+		tc.Skipped = &junitSkipped{Message: c.Skipped}
+	case c.Error != "":
+		tc.Error = &junitProblem{Message: c.Error, Type: "setup", Text: text.String()}
+	case len(failed) > 0:
+		tc.Failure = &junitProblem{Message: strings.Join(failed, "; "), Type: "mismatch", Text: text.String()}
+	default:
+		tc.SystemOut = text.String()
+	}
+	return tc, nil
+}

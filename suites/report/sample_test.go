@@ -1,0 +1,149 @@
+package report
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/flatnet/flatnet/fixtures/oracle"
+	"github.com/flatnet/flatnet/fixtures/policies"
+	"github.com/flatnet/flatnet/fixtures/topology"
+)
+
+// sample builds a report the way a suite does, from real fixtures and the
+// oracle; only the observed tables are made up here (a suite gets them from
+// probes): one case passes, one has a datapath that lets everything through,
+// one skipped, one broken in setup.
+// (The broken one ignores policy on 80/TCP.)
+type sample struct {
+	report *Report
+	// mismatches is how many cells were flipped in total.
+	mismatches int
+	model      topology.Model
+}
+
+func endpoints(m topology.Model, viaService bool) []Endpoint {
+	var out []Endpoint
+	for _, r := range m.AllPods() {
+		e := Endpoint{Label: r.String(), Peer: m.Peer(r)}
+		if viaService {
+			e.Label = "s-" + r.Namespace + "-" + r.Pod
+			e.Service = &ServiceRef{Namespace: m.Namespace(r.Namespace), Name: m.ServiceName(r)}
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+func modelPorts(m topology.Model) []PortProtocol {
+	var out []PortProtocol
+	for _, p := range m.Ports {
+		out = append(out, PortProtocol{Port: int(p.Number), Protocol: oracle.Protocol(p.Protocol)})
+	}
+	return out
+}
+
+// observe copies the expected table, flipping the cells flip selects.
+func observe(t *testing.T, exp *Table, flip func(Key, Cell) bool) (*Table, int) {
+	t.Helper()
+	obs, err := NewTable(exp.Title, exp.From, exp.To, exp.Ports)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flipped := 0
+	for _, k := range exp.Keys() {
+		c, _ := exp.Get(k)
+		got := Cell{Reachable: c.Reachable}
+		if flip(k, c) {
+			got.Reachable = !got.Reachable
+			flipped++
+		}
+		if !got.Reachable {
+			got.Detail = "TIMEOUT"
+		}
+		if err := obs.Set(k, got); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return obs, flipped
+}
+
+func buildSample(t *testing.T) sample {
+	t.Helper()
+	m := topology.Default("", false)
+	subnet := netip.MustParsePrefix("10.224.0.0/16")
+	cluster, err := m.PlannedCluster(subnet, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := policies.Env{Model: m, Cluster: cluster, NodeSubnet: subnet, WorldCIDR: netip.MustParsePrefix("192.0.2.0/24")}
+	cases, err := policies.All(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]policies.Case{}
+	for _, c := range cases {
+		byName[c.Name] = c
+	}
+	s := sample{model: m, report: &Report{
+		Title:   "flatnet policy conformance (sample)",
+		Started: time.Date(2026, 11, 26, 6, 0, 0, 0, time.UTC),
+		Notes:   []string{"random seed 20261126 (replay: FLATNET_POLICY_SEED=20261126)", "image flatnet/probe:dev"},
+	}}
+	run := func(c policies.Case, flip func(Key, Cell) bool, withFlows bool) CaseResult {
+		res := CaseResult{Name: c.Name, Family: c.Family, Description: c.Description}
+		for i, st := range c.Steps {
+			o, err := oracle.New(cluster, st.Policies)
+			if err != nil {
+				t.Fatal(err)
+			}
+			manifest, err := policies.Manifests(st.Policies)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sr := StepResult{Name: st.Name, Duration: time.Duration(1500+250*i) * time.Millisecond, Manifest: string(manifest)}
+			for _, r := range policies.Refs(st.Policies) {
+				sr.Policies = append(sr.Policies, r.String())
+			}
+			for _, via := range []bool{false, true} {
+				title := "by pod IP"
+				if via {
+					title = "through Services"
+				}
+				exp, err := Expected(o, title, endpoints(m, false), endpoints(m, via), modelPorts(m))
+				if err != nil {
+					t.Fatal(err)
+				}
+				obs, n := observe(t, exp, flip)
+				cmp, err := Compare(title, exp, obs)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if withFlows {
+					for _, mm := range cmp.Mismatches {
+						cmp.SetFlows(mm.Key, []string{
+							"Nov 26 06:00:01.123: " + mm.From + " -> " + mm.To + " " + mm.PortProtocol.String() + " FORWARDED (no policy verdict)",
+						})
+					}
+				}
+				s.mismatches += n
+				sr.Comparisons = append(sr.Comparisons, cmp)
+			}
+			res.Steps = append(res.Steps, sr)
+		}
+		return res
+	}
+	never := func(Key, Cell) bool { return false }
+	// A datapath that ignores policy on 80/TCP: every block expected there
+	// is observed open; other ports behave.
+	enforcesNothing := func(k Key, c Cell) bool {
+		return !c.Reachable && k.PortProtocol == PortProtocol{Port: 80, Protocol: oracle.TCP}
+	}
+	s.report.Cases = append(s.report.Cases,
+		run(byName["np-pod-selector"], never, false),
+		run(byName["np-deny-all-ingress"], enforcesNothing, true),
+		CaseResult{Name: "np-sctp", Family: policies.FamilyNetworkPolicy, Skipped: "no SCTP in this kernel (CONFIG_IP_SCTP is not set)"},
+		CaseResult{Name: "cnp-broken-setup", Family: policies.FamilyCilium, Error: "create CiliumNetworkPolicy x/a-from-b: the server could not find the requested resource"},
+	)
+	return s
+}
