@@ -3,11 +3,14 @@ package report
 import (
 	"bytes"
 	"encoding/xml"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/flatnet/flatnet/fixtures/oracle"
+	"github.com/flatnet/flatnet/fixtures/policies"
+	"github.com/flatnet/flatnet/fixtures/topology"
 )
 
 func TestTableRejectsBadShapes(t *testing.T) {
@@ -245,5 +248,31 @@ func TestJUnitParsesBack(t *testing.T) {
 	}
 	if f, err := strconv.ParseFloat(in.Time, 64); err != nil || f != 3.0 {
 		t.Errorf("total time %q, want 3.000 (two cases of one 1.5 s step)", in.Time)
+	}
+}
+
+// BenchmarkExpectedTable measures the oracle filling one conformance table:
+// 9 pods and 2 nodes to 9 pods, 4 ports, through Services.
+func BenchmarkExpectedTable(b *testing.B) {
+	m := topology.Default("", false)
+	subnet := netip.MustParsePrefix("10.224.0.0/16")
+	cluster, err := m.PlannedCluster(subnet, 2)
+	if err != nil {
+		b.Fatal(err)
+	}
+	env := policies.Env{Model: m, Cluster: cluster, NodeSubnet: subnet, WorldCIDR: netip.MustParsePrefix("192.0.2.0/24")}
+	c, err := policies.RandomCase(env, 1, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	o, err := oracle.New(cluster, c.Steps[0].Policies)
+	if err != nil {
+		b.Fatal(err)
+	}
+	from := append(ModelEndpoints(m, false), NodeEndpoints(cluster)...)
+	for b.Loop() {
+		if _, err := Expected(o, "bench", from, ModelEndpoints(m, true), ModelPorts(m)); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -22,27 +22,6 @@ type sample struct {
 	model      topology.Model
 }
 
-func endpoints(m topology.Model, viaService bool) []Endpoint {
-	var out []Endpoint
-	for _, r := range m.AllPods() {
-		e := Endpoint{Label: r.String(), Peer: m.Peer(r)}
-		if viaService {
-			e.Label = "s-" + r.Namespace + "-" + r.Pod
-			e.Service = &ServiceRef{Namespace: m.Namespace(r.Namespace), Name: m.ServiceName(r)}
-		}
-		out = append(out, e)
-	}
-	return out
-}
-
-func modelPorts(m topology.Model) []PortProtocol {
-	var out []PortProtocol
-	for _, p := range m.Ports {
-		out = append(out, PortProtocol{Port: int(p.Number), Protocol: oracle.Protocol(p.Protocol)})
-	}
-	return out
-}
-
 // observe copies the expected table, flipping the cells flip selects.
 func observe(t *testing.T, exp *Table, flip func(Key, Cell) bool) (*Table, int) {
 	t.Helper()
@@ -110,7 +89,7 @@ func buildSample(t *testing.T) sample {
 				if via {
 					title = "through Services"
 				}
-				exp, err := Expected(o, title, endpoints(m, false), endpoints(m, via), modelPorts(m))
+				exp, err := Expected(o, title, append(ModelEndpoints(m, false), NodeEndpoints(cluster)...), ModelEndpoints(m, via), ModelPorts(m))
 				if err != nil {
 					t.Fatal(err)
 				}
