@@ -172,3 +172,31 @@ func BenchmarkThousandTargets(b *testing.B) {
 	b.ReportMetric(float64(batchWrong)/runs, "batch-misclassified")
 	b.ReportMetric(float64(seqWrong)/runs, "one-process-misclassified")
 }
+
+// BenchmarkBatchParallel runs the 1,000-target batch at several --parallel caps:
+// wall time against misclassified targets (a burst of SYNs larger than the
+// kernel's per-CPU backlog loses packets, and a lost SYN looks like a drop rule).
+func BenchmarkBatchParallel(b *testing.B) {
+	n := netnstest.New(b)
+	m := newMatrix(b, n, 334, 333, 333)
+	in := m.input(b)
+	for _, parallel := range []int{64, 128, 256, 1000} {
+		b.Run(fmt.Sprintf("parallel=%d", parallel), func(b *testing.B) {
+			wrong := map[batch.Verdict]int{}
+			for b.Loop() {
+				res, stderr, code := runBatch(b, n, in, "--timeout=250ms", fmt.Sprintf("--parallel=%d", parallel))
+				if code != 0 || len(res) != len(m.targets) {
+					b.Fatalf("exit %d, %d results: %s", code, len(res), stderr)
+				}
+				for _, r := range res {
+					if r.Verdict != m.want[r.Target] {
+						wrong[m.want[r.Target]]++
+					}
+				}
+			}
+			for _, v := range []batch.Verdict{batch.Connected, batch.Refused, batch.Timeout} {
+				b.ReportMetric(float64(wrong[v])/float64(b.N), "misclassified-"+string(v))
+			}
+		})
+	}
+}

@@ -10,8 +10,11 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -289,3 +292,89 @@ func TestServeHostnameMatchesAgnhost(t *testing.T) {
 		t.Errorf("--tcp with --http: probe %d %q, agnhost %d %q", got.code, got.stderr, want.code, want.stderr)
 	}
 }
+
+// TestPauseMatchesAgnhost: pause prints the same lines, exits 1 on SIGINT and 2 on
+// SIGTERM, and writes the same termination message.
+func TestPauseMatchesAgnhost(t *testing.T) {
+	agnhost, probe := bins.Agnhost(t), bins.ProbeAsAgnhost(t)
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		got := map[string]result{}
+		msgs := map[string]string{}
+		for name, bin := range map[string]string{"agnhost": agnhost, "probe": probe} {
+			term := filepath.Join(t.TempDir(), "termination-log")
+			var stdout syncBuffer
+			var stderr bytes.Buffer
+			cmd := exec.Command(bin, "pause")
+			cmd.Env = append(os.Environ(), "TERMINATION_MESSAGE_PATH="+term)
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			// Signal only once the handler is in place ("Signals registered").
+			for i := 0; i < 200 && !strings.Contains(stdout.String(), "Signals registered"); i++ {
+				time.Sleep(25 * time.Millisecond)
+			}
+			cmd.Process.Signal(sig)
+			err := cmd.Wait()
+			code := 0
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				code = ee.ExitCode()
+			}
+			got[name] = result{stdout.String(), stderr.String(), code}
+			b, _ := os.ReadFile(term)
+			msgs[name] = string(b)
+		}
+		if got["probe"] != got["agnhost"] || msgs["probe"] != msgs["agnhost"] || msgs["probe"] == "" {
+			t.Errorf("%v: probe %+v %q, agnhost %+v %q", sig, got["probe"], msgs["probe"], got["agnhost"], msgs["agnhost"])
+		}
+	}
+}
+
+// TestNetexecExitCode: /exit?code=N ends both with exit code N.
+func TestNetexecExitCode(t *testing.T) {
+	n := netnstest.New(t)
+	agnhost, probe := bins.Agnhost(t), bins.ProbeAsAgnhost(t)
+	for name, bin := range map[string]string{"agnhost": agnhost, "probe": probe} {
+		cmd := exec.Command(bin, "netexec", "--http-port=8095", "--udp-port=-1")
+		n.StartInServer(t, cmd)
+		waitHTTP(t, n, "192.0.2.2:8095")
+		code, body := httpGet(t, n, "192.0.2.2:8095", "/healthz")
+		if code != http.StatusPreconditionFailed {
+			t.Errorf("%s: /healthz without a UDP server answered %d %q, want 412", name, code, body)
+		}
+		var conn net.Conn
+		var err error
+		n.InClient(t, func() { conn, err = net.Dial("tcp", "192.0.2.2:8095") })
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "GET /exit?code=3&timeout=1s HTTP/1.1\r\nHost: x\r\n\r\n")
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err = <-done:
+		case <-time.After(15 * time.Second):
+			cmd.Process.Kill()
+			t.Fatalf("%s: still running 15s after /exit", name)
+		}
+		conn.Close()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 3 {
+			t.Errorf("%s: after /exit?code=3: %v, want exit status 3", name, err)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe to read while a process writes into it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
