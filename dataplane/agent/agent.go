@@ -1,0 +1,402 @@
+// Package agent is the flatnet node agent: it owns the node's block of the
+// node subnet (an IPBlock object), installs the CNI plugin and its conflist,
+// answers the plugin's endpoint API (handing endpoints to the Datapath),
+// reconciles leaked addresses against the pods that really exist, reports
+// the block's use in the IPBlock's status, and serves health and metrics.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/flatnet/flatnet/dataplane/cni"
+	"github.com/flatnet/flatnet/dataplane/endpointapi"
+	"github.com/flatnet/flatnet/dataplane/ipam"
+	"github.com/flatnet/flatnet/dataplane/ipam/cluster"
+	"github.com/flatnet/flatnet/dataplane/ipam/nodealloc"
+)
+
+// Config is everything the agent is told.
+type Config struct {
+	NodeName string
+	// Subnet, Gateway and DockerRange describe the node subnet (ipam.Layout
+	// without the block size).
+	Subnet      netip.Prefix
+	Gateway     netip.Addr
+	DockerRange netip.Prefix
+	// BlockSize forces the block size; 0 takes the Node's capacity.pods.
+	BlockSize int
+	// Uplink is the node's interface on the subnet; "" finds the one holding
+	// the Node's InternalIP.
+	Uplink string
+	MTU    int
+	// PluginSrcDir holds the plugin binaries in the agent image; CNIBinDir and
+	// CNIConfDir are the node's (mounted) CNI directories.
+	PluginSrcDir, CNIBinDir, CNIConfDir string
+	// StateDir is /var/lib/flatnet: ipam/ for the allocator, endpoints/ for records.
+	StateDir string
+	// Socket is the endpoint API's unix socket.
+	Socket string
+	// HTTPAddr serves /healthz, /readyz and /metrics.
+	HTTPAddr string
+	// Reconcile is the period of the leak reconciler and status reporter;
+	// LeakGrace how long an address must be unexplained before it is freed.
+	Reconcile, LeakGrace time.Duration
+	// Datapath receives endpoints; nil means NoPolicy.
+	Datapath Datapath
+}
+
+// Agent runs on one node.
+type Agent struct {
+	cfg       Config
+	log       *slog.Logger
+	kube      kubernetes.Interface
+	blocks    *cluster.Client
+	metrics   *Metrics
+	endpoints *Endpoints
+
+	ready  atomic.Bool
+	uplink string
+	block  cluster.IPBlock
+	nodes  corelisters.NodeLister
+	pods   corelisters.PodLister
+	kick   chan struct{}
+	leaks  LeakFinder
+	lastSt *cluster.IPBlockStatus
+	warned string
+}
+
+// New checks cfg and loads the endpoint records.
+func New(cfg Config, log *slog.Logger, kube kubernetes.Interface, dyn dynamic.Interface) (*Agent, error) {
+	if cfg.NodeName == "" {
+		return nil, errors.New("node name: missing; pass --node-name or set NODE_NAME (the DaemonSet sets it from spec.nodeName)")
+	}
+	l := ipam.Layout{Subnet: cfg.Subnet, Gateway: cfg.Gateway, DockerRange: cfg.DockerRange, BlockSize: ipam.DefaultBlockSize}
+	if err := l.Validate(); err != nil {
+		return nil, fmt.Errorf("node subnet: %w", err)
+	}
+	if cfg.Reconcile <= 0 {
+		cfg.Reconcile = 30 * time.Second
+	}
+	if cfg.LeakGrace <= 0 {
+		cfg.LeakGrace = 2 * time.Minute
+	}
+	m := NewMetrics()
+	eps, err := NewEndpoints(filepath.Join(cfg.StateDir, "endpoints"), cfg.Datapath, m)
+	if err != nil {
+		return nil, err
+	}
+	return &Agent{
+		cfg: cfg, log: log, kube: kube, blocks: cluster.New(dyn), metrics: m, endpoints: eps,
+		kick: make(chan struct{}, 1), leaks: LeakFinder{Grace: cfg.LeakGrace},
+	}, nil
+}
+
+// Metrics exposes the agent's metrics (the datapath registers its own there).
+func (a *Agent) Metrics() *Metrics { return a.metrics }
+
+func (a *Agent) allocDir() string { return filepath.Join(a.cfg.StateDir, "ipam") }
+
+// Run serves until ctx ends. The order matters: the endpoint socket first,
+// the conflist last, because the runtime starts sending ADDs the moment the
+// conflist appears.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 2)
+	stopSock, err := a.serveSocket(errc)
+	if err != nil {
+		return err
+	}
+	defer stopSock()
+	stopHTTP, err := a.serveHTTP(errc)
+	if err != nil {
+		return err
+	}
+	defer stopHTTP()
+
+	factory := informers.NewSharedInformerFactory(a.kube, 0)
+	podFactory := informers.NewSharedInformerFactoryWithOptions(a.kube, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", a.cfg.NodeName).String()
+	}))
+	a.nodes = factory.Core().V1().Nodes().Lister()
+	podInf := podFactory.Core().V1().Pods()
+	a.pods = podInf.Lister()
+	if _, err := podInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{DeleteFunc: func(any) { a.poke() }}); err != nil {
+		return fmt.Errorf("watch pods: %w", err)
+	}
+	factory.Start(ctx.Done())
+	podFactory.Start(ctx.Done())
+	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("sync %v informer: %w", typ, ctx.Err())
+		}
+	}
+	for typ, ok := range podFactory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("sync %v informer: %w", typ, ctx.Err())
+		}
+	}
+
+	if err := a.setup(ctx); err != nil {
+		return err
+	}
+	a.ready.Store(true)
+	a.log.Info("node network ready", "node", a.cfg.NodeName, "block", a.block.Name, "first", a.block.Spec.First, "size", a.block.Spec.Size, "uplink", a.uplink)
+
+	t := time.NewTicker(a.cfg.Reconcile)
+	defer t.Stop()
+	for {
+		a.reconcile(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errc:
+			return err
+		case <-t.C:
+		case <-a.kick:
+		}
+	}
+}
+
+// poke asks for a reconcile soon (a pod went away).
+func (a *Agent) poke() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// setup claims the block and installs the plugin, retrying what depends on
+// the cluster (the Node may not be registered yet).
+func (a *Agent) setup(ctx context.Context) error {
+	node, err := a.waitNode(ctx)
+	if err != nil {
+		return err
+	}
+	capacity := node.Status.Capacity.Pods().Value()
+	size, _, err := BlockSizeFor(a.cfg.BlockSize, capacity)
+	if err != nil {
+		return err
+	}
+	var nodeIPs []netip.Addr
+	all, err := a.nodes.List(labels.Everything())
+	if err != nil {
+		return fmt.Errorf("list nodes: %w", err)
+	}
+	for _, n := range all {
+		if ip, ok := nodeInternalIP(n); ok {
+			nodeIPs = append(nodeIPs, ip)
+		}
+	}
+	layout := ipam.Layout{Subnet: a.cfg.Subnet, Gateway: a.cfg.Gateway, DockerRange: a.cfg.DockerRange, BlockSize: size}
+	for {
+		blk, created, err := a.blocks.EnsureNodeBlock(ctx, layout, a.cfg.NodeName, nodeIPs)
+		if err == nil {
+			a.block = blk
+			a.log.Info("node block", "name", blk.Name, "first", blk.Spec.First, "size", blk.Spec.Size, "claimed", created)
+			break
+		}
+		if errors.Is(err, ipam.ErrExhausted) {
+			return err
+		}
+		a.log.Error("claim node block; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Second):
+		}
+	}
+	if a.block.Spec.Size != size {
+		a.log.Warn("node keeps the block it already owns, of another size", "owned", a.block.Spec.Size, "wanted", size,
+			"fix", "drain the node and delete its IPBlock to get a block of the new size")
+	}
+	a.checkMaxPods(ctx, node)
+
+	nodeIP, _ := nodeInternalIP(node)
+	if a.uplink, err = findUplink(a.cfg.Uplink, nodeIP); err != nil {
+		return err
+	}
+	if err := cni.EnsureHostForwarding(a.uplink); err != nil {
+		return err
+	}
+	if err := a.endpoints.Resync(ctx, func(name string) bool { _, err := netlink.LinkByName(name); return err == nil }); err != nil {
+		a.log.Warn("re-attach endpoints after restart", "err", err)
+	}
+	conf, err := cni.Conflist(cni.NetConf{
+		NodeName: a.cfg.NodeName, Uplink: a.uplink,
+		Subnet: a.cfg.Subnet.String(), Gateway: addrString(a.cfg.Gateway), DockerRange: prefixString(a.cfg.DockerRange),
+		Block: cni.BlockConf{First: a.block.Spec.First, Size: a.block.Spec.Size}, MTU: a.cfg.MTU,
+		DataDir: a.allocDir(), AgentSocket: a.cfg.Socket,
+	})
+	if err != nil {
+		return fmt.Errorf("render conflist for block %s: %w", a.block.Name, err)
+	}
+	if err := InstallPlugins(a.cfg.PluginSrcDir, a.cfg.CNIBinDir); err != nil {
+		return err
+	}
+	if _, err := InstallConflist(a.cfg.CNIConfDir, conf); err != nil {
+		return err
+	}
+	return nil
+}
+
+// waitNode waits for the kubelet to register this node.
+func (a *Agent) waitNode(ctx context.Context) (*corev1.Node, error) {
+	for {
+		n, err := a.nodes.Get(a.cfg.NodeName)
+		if err == nil {
+			return n, nil
+		}
+		if !apierrors.IsNotFound(err) {
+			return nil, fmt.Errorf("get node %s: %w", a.cfg.NodeName, err)
+		}
+		a.log.Info("waiting for the node to register", "node", a.cfg.NodeName)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// checkMaxPods compares the kubelet's maxPods with the block and reports a
+// disagreement once per distinct message (log, metric, Node event).
+func (a *Agent) checkMaxPods(ctx context.Context, node *corev1.Node) {
+	capacity := node.Status.Capacity.Pods().Value()
+	a.metrics.maxPods.Set(float64(capacity))
+	a.metrics.blockSize.Set(float64(a.block.Spec.Size))
+	msg := maxPodsMismatch(a.block.Spec.Size, capacity)
+	if msg == "" {
+		a.metrics.mismatch.Set(0)
+		a.warned = ""
+		return
+	}
+	a.metrics.mismatch.Set(1)
+	if msg == a.warned {
+		return
+	}
+	a.warned = msg
+	typ, reason := corev1.EventTypeWarning, "MaxPodsExceedsBlock"
+	if capacity < int64(a.block.Spec.Size) {
+		typ, reason = corev1.EventTypeNormal, "MaxPodsBelowBlock"
+	}
+	a.log.Warn("maxPods and block size disagree", "node", a.cfg.NodeName, "detail", msg)
+	a.event(ctx, node, typ, reason, msg)
+}
+
+// event records an Event on the Node (best effort).
+func (a *Agent) event(ctx context.Context, node *corev1.Node, typ, reason, msg string) {
+	now := metav1.Now()
+	ev := &corev1.Event{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: node.Name + ".flatnet-", Namespace: metav1.NamespaceDefault},
+		InvolvedObject: corev1.ObjectReference{
+			Kind: "Node", Name: node.Name, UID: node.UID, APIVersion: "v1",
+		},
+		Reason: reason, Message: msg, Type: typ,
+		Source:         corev1.EventSource{Component: "flatnet-agent", Host: node.Name},
+		FirstTimestamp: now, LastTimestamp: now, Count: 1,
+	}
+	if _, err := a.kube.CoreV1().Events(metav1.NamespaceDefault).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
+		a.log.Warn("record node event", "reason", reason, "err", err)
+	}
+}
+
+// reconcile frees leaks and publishes the block's status.
+func (a *Agent) reconcile(ctx context.Context) {
+	if node, err := a.nodes.Get(a.cfg.NodeName); err == nil {
+		a.checkMaxPods(ctx, node)
+	}
+	store := nodealloc.New(a.allocDir())
+	allocs, err := store.List(ctx)
+	if err != nil {
+		a.log.Error("list allocations", "err", err)
+		return
+	}
+	pods, err := a.pods.List(labels.Everything())
+	if err != nil {
+		a.log.Error("list pods", "err", err)
+		return
+	}
+	if leaked := a.leaks.Find(time.Now(), allocs, pods, a.endpoints.Get); len(leaked) > 0 {
+		if err := a.releaseLeaks(ctx, leaked); err != nil {
+			a.log.Error("release leaked addresses", "err", err)
+		}
+		if allocs, err = store.List(ctx); err != nil {
+			a.log.Error("list allocations", "err", err)
+			return
+		}
+	}
+	a.metrics.blockUsed.Set(float64(len(allocs)))
+	var maxPods int64
+	if node, err := a.nodes.Get(a.cfg.NodeName); err == nil {
+		maxPods = node.Status.Capacity.Pods().Value()
+	}
+	st := a.blockStatus(allocs, maxPods)
+	if a.lastSt != nil && sameStatus(*a.lastSt, st) {
+		return
+	}
+	if err := a.blocks.UpdateStatus(ctx, a.block.Name, st); err != nil {
+		a.log.Error("update block status", "block", a.block.Name, "err", err)
+		return
+	}
+	a.lastSt = &st
+}
+
+// findUplink returns the named interface, or the one holding nodeIP.
+func findUplink(name string, nodeIP netip.Addr) (string, error) {
+	if name != "" {
+		if _, err := netlink.LinkByName(name); err != nil {
+			return "", fmt.Errorf("uplink %q: %w; pass --uplink with the node's interface on the node subnet", name, err)
+		}
+		return name, nil
+	}
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return "", fmt.Errorf("list node addresses: %w", err)
+	}
+	for _, ad := range addrs {
+		if ip, ok := netip.AddrFromSlice(ad.IP.To4()); ok && ip == nodeIP {
+			l, err := netlink.LinkByIndex(ad.LinkIndex)
+			if err != nil {
+				return "", fmt.Errorf("look up the interface of %s: %w", nodeIP, err)
+			}
+			return l.Attrs().Name, nil
+		}
+	}
+	return "", fmt.Errorf("no interface holds the node's InternalIP %s; is the agent in the host network namespace (hostNetwork: true)? else pass --uplink", nodeIP)
+}
+
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
+}
+
+func prefixString(p netip.Prefix) string {
+	if !p.IsValid() {
+		return ""
+	}
+	return p.String()
+}
+
+var _ endpointapi.Handler = (*Endpoints)(nil)

@@ -1,0 +1,207 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/flatnet/flatnet/dataplane/endpointapi"
+)
+
+// Datapath is where policy plugs in. The agent calls it while answering the
+// CNI plugin, so whatever it installs is in place before the pod's first
+// packet. Both methods must be idempotent: Attach runs again for every known
+// endpoint when the agent restarts, and for a PUT the plugin retries.
+type Datapath interface {
+	// Attach installs the endpoint's programs and maps; an error refuses the pod.
+	Attach(ctx context.Context, ep endpointapi.Endpoint) error
+	// Detach removes them. ep may carry only ContainerID when the agent never
+	// knew the endpoint (DEL after a lost record).
+	Detach(ctx context.Context, ep endpointapi.Endpoint) error
+}
+
+// NoPolicy is the default Datapath: pods get networking, nothing is enforced.
+type NoPolicy struct{}
+
+// Attach does nothing.
+func (NoPolicy) Attach(context.Context, endpointapi.Endpoint) error { return nil }
+
+// Detach does nothing.
+func (NoPolicy) Detach(context.Context, endpointapi.Endpoint) error { return nil }
+
+// Record is an endpoint as the agent keeps it on disk.
+type Record struct {
+	endpointapi.Endpoint
+	Created time.Time `json:"created"`
+}
+
+// Endpoints is the node's endpoint registry: it implements the endpoint API
+// the plugin calls, keeps one file per endpoint under dir (so an agent
+// restart knows every pod it attached) and forwards to the Datapath.
+type Endpoints struct {
+	dir      string
+	datapath Datapath
+	metrics  *Metrics
+
+	mu   sync.Mutex
+	byID map[string]Record
+}
+
+// containerIDRE bounds what may become a file name.
+var containerIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+
+// NewEndpoints loads the records under dir.
+func NewEndpoints(dir string, dp Datapath, m *Metrics) (*Endpoints, error) {
+	if dp == nil {
+		dp = NoPolicy{}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create endpoint dir %s: %w", dir, err)
+	}
+	e := &Endpoints{dir: dir, datapath: dp, metrics: m, byID: map[string]Record{}}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("read endpoint dir %s: %w", dir, err)
+	}
+	for _, ent := range entries {
+		if filepath.Ext(ent.Name()) != ".json" {
+			_ = os.Remove(filepath.Join(dir, ent.Name())) // temp files of a killed writer
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, ent.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("read endpoint record %s: %w", ent.Name(), err)
+		}
+		var r Record
+		if err := json.Unmarshal(b, &r); err != nil || r.Validate() != nil {
+			// Written atomically, so this is outside damage: drop it; the
+			// leak reconciler frees its address if no pod has it.
+			_ = os.Remove(filepath.Join(dir, ent.Name()))
+			continue
+		}
+		e.byID[r.ContainerID] = r
+	}
+	m.endpoints.Set(float64(len(e.byID)))
+	return e, nil
+}
+
+// Resync calls Attach for every known endpoint whose host veth still exists
+// (after an agent restart) and drops the records of the others.
+func (e *Endpoints) Resync(ctx context.Context, linkExists func(name string) bool) error {
+	var errs []error
+	for _, r := range e.List() {
+		if !linkExists(r.HostIfName) {
+			if err := e.DeleteEndpoint(ctx, r.ContainerID); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		if err := e.datapath.Attach(ctx, r.Endpoint); err != nil {
+			errs = append(errs, fmt.Errorf("re-attach endpoint %s: %w", r.ContainerID, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// PutEndpoint implements endpointapi.Handler.
+func (e *Endpoints) PutEndpoint(ctx context.Context, ep endpointapi.Endpoint) error {
+	if !containerIDRE.MatchString(ep.ContainerID) {
+		return fmt.Errorf("%w: containerID %q: not a container ID", endpointapi.ErrInvalidEndpoint, ep.ContainerID)
+	}
+	if err := e.datapath.Attach(ctx, ep); err != nil {
+		return fmt.Errorf("attach datapath to %s: %w", ep.HostIfName, err)
+	}
+	r := Record{Endpoint: ep, Created: time.Now().UTC()}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if old, ok := e.byID[ep.ContainerID]; ok {
+		r.Created = old.Created
+	}
+	if err := e.write(r); err != nil {
+		return err
+	}
+	e.byID[ep.ContainerID] = r
+	e.metrics.endpoints.Set(float64(len(e.byID)))
+	e.metrics.allocations.Inc()
+	return nil
+}
+
+// DeleteEndpoint implements endpointapi.Handler; unknown IDs are fine.
+func (e *Endpoints) DeleteEndpoint(ctx context.Context, containerID string) error {
+	if !containerIDRE.MatchString(containerID) {
+		return fmt.Errorf("%w: containerID %q: not a container ID", endpointapi.ErrInvalidEndpoint, containerID)
+	}
+	e.mu.Lock()
+	r, ok := e.byID[containerID]
+	e.mu.Unlock()
+	if !ok {
+		r.ContainerID = containerID
+	}
+	if err := e.datapath.Detach(ctx, r.Endpoint); err != nil {
+		return fmt.Errorf("detach datapath from %s: %w", containerID, err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := os.Remove(e.path(containerID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove endpoint record %s: %w", containerID, err)
+	}
+	delete(e.byID, containerID)
+	e.metrics.endpoints.Set(float64(len(e.byID)))
+	return nil
+}
+
+// List returns every known endpoint.
+func (e *Endpoints) List() []Record {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]Record, 0, len(e.byID))
+	for _, r := range e.byID {
+		out = append(out, r)
+	}
+	return out
+}
+
+// Get returns the endpoint of a container.
+func (e *Endpoints) Get(containerID string) (Record, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	r, ok := e.byID[containerID]
+	return r, ok
+}
+
+func (e *Endpoints) path(id string) string { return filepath.Join(e.dir, id+".json") }
+
+// write replaces a record atomically (temp file, fsync, rename).
+func (e *Endpoints) write(r Record) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encode endpoint %s: %w", r.ContainerID, err)
+	}
+	tmp, err := os.CreateTemp(e.dir, r.ContainerID+".tmp-")
+	if err != nil {
+		return fmt.Errorf("create endpoint record for %s: %w", r.ContainerID, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write endpoint record %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("fsync endpoint record %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("close endpoint record %s: %w", tmp.Name(), err)
+	}
+	if err := os.Rename(tmp.Name(), e.path(r.ContainerID)); err != nil {
+		return fmt.Errorf("store endpoint record %s: %w", r.ContainerID, err)
+	}
+	return nil
+}

@@ -1,0 +1,102 @@
+package agent
+
+import (
+	"encoding/json"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/flatnet/flatnet/dataplane/cni"
+)
+
+// Metrics are the agent's Prometheus collectors, on a registry of its own.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	cniDuration *prometheus.HistogramVec
+	cniOps      *prometheus.CounterVec
+	allocations prometheus.Counter
+	leaks       prometheus.Counter
+	endpoints   prometheus.Gauge
+	blockSize   prometheus.Gauge
+	blockUsed   prometheus.Gauge
+	maxPods     prometheus.Gauge
+	mismatch    prometheus.Gauge
+}
+
+// NewMetrics registers the collectors.
+func NewMetrics() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		cniDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "flatnet_cni_operation_duration_seconds",
+			Help: "Duration of CNI plugin operations on this node, as measured by the plugin (op=ADD|DEL).",
+			// 1 ms .. ~16 s: an ADD is tens of milliseconds, a stalled one seconds.
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
+		}, []string{"op"}),
+		cniOps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flatnet_cni_operations_total",
+			Help: "CNI plugin operations on this node by result.",
+		}, []string{"op", "result"}),
+		allocations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flatnet_ipam_allocations_total",
+			Help: "Pod addresses handed out on this node (endpoints registered by the plugin).",
+		}),
+		leaks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flatnet_ipam_leaks_released_total",
+			Help: "Addresses released by the agent's reconciler because no pod held them.",
+		}),
+		endpoints: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "flatnet_endpoints",
+			Help: "Pod endpoints the agent knows on this node.",
+		}),
+		blockSize: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "flatnet_ipam_block_size",
+			Help: "Addresses in this node's block.",
+		}),
+		blockUsed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "flatnet_ipam_block_used",
+			Help: "Addresses of this node's block held by pods.",
+		}),
+		maxPods: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "flatnet_node_max_pods",
+			Help: "The Node's status.capacity.pods (the kubelet's maxPods).",
+		}),
+		mismatch: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "flatnet_block_maxpods_mismatch",
+			Help: "1 when the kubelet's maxPods differs from the block size (above it, the scheduler may place pods the block cannot address).",
+		}),
+	}
+	m.reg.MustRegister(m.cniDuration, m.cniOps, m.allocations, m.leaks, m.endpoints,
+		m.blockSize, m.blockUsed, m.maxPods, m.mismatch,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Handler serves the metrics.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// Registry exposes the registry so the datapath can add its own collectors.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// observationHandler receives the plugin's cni.Observation posts.
+func (m *Metrics) observationHandler(w http.ResponseWriter, r *http.Request) {
+	var o cni.Observation
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&o); err != nil || (o.Op != "ADD" && o.Op != "DEL") || o.Seconds < 0 {
+		http.Error(w, "body: want {\"op\":\"ADD\"|\"DEL\",\"seconds\":N,\"ok\":bool}", http.StatusBadRequest)
+		return
+	}
+	result := "ok"
+	if !o.OK {
+		result = "error"
+	}
+	m.cniOps.WithLabelValues(o.Op, result).Inc()
+	if o.OK {
+		m.cniDuration.WithLabelValues(o.Op).Observe(o.Seconds)
+	}
+	w.WriteHeader(http.StatusNoContent)
+}

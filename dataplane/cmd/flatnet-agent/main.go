@@ -1,0 +1,114 @@
+// Command flatnet-agent is the flatnet node agent (one per node, a
+// DaemonSet). All logic lives in dataplane/agent.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/flatnet/flatnet/dataplane/agent"
+	"github.com/flatnet/flatnet/dataplane/endpointapi"
+)
+
+func main() {
+	if err := command().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "flatnet-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func command() *cobra.Command {
+	var (
+		cfg                          agent.Config
+		kubeconfig                   string
+		subnet, gateway, dockerRange string
+	)
+	cmd := &cobra.Command{
+		Use:           "flatnet-agent",
+		Short:         "flatnet node agent: node address block, CNI plugin install, endpoint API, metrics",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var err error
+			if cfg.Subnet, err = netip.ParsePrefix(subnet); err != nil {
+				return fmt.Errorf("--subnet %q: not a CIDR, e.g. 10.224.0.0/16", subnet)
+			}
+			if gateway != "" {
+				if cfg.Gateway, err = netip.ParseAddr(gateway); err != nil {
+					return fmt.Errorf("--gateway %q: not an IP address", gateway)
+				}
+			}
+			if dockerRange != "" {
+				if cfg.DockerRange, err = netip.ParsePrefix(dockerRange); err != nil {
+					return fmt.Errorf("--docker-range %q: not a CIDR", dockerRange)
+				}
+			}
+			rc, err := restConfig(kubeconfig)
+			if err != nil {
+				return err
+			}
+			kube, err := kubernetes.NewForConfig(rc)
+			if err != nil {
+				return fmt.Errorf("kubernetes client: %w", err)
+			}
+			dyn, err := dynamic.NewForConfig(rc)
+			if err != nil {
+				return fmt.Errorf("dynamic client: %w", err)
+			}
+			log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+			a, err := agent.New(cfg, log, kube, dyn)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return a.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
+	f.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file; empty = in-cluster")
+	f.StringVar(&subnet, "subnet", "10.224.0.0/16", "node subnet (the kind docker network)")
+	f.StringVar(&gateway, "gateway", "10.224.0.1", "docker's gateway on the node subnet (never handed out)")
+	f.StringVar(&dockerRange, "docker-range", "10.224.0.0/27", "docker's --ip-range for node containers (never handed out)")
+	f.IntVar(&cfg.BlockSize, "block-size", 0, "addresses per node, 10..250; 0 = the Node's capacity.pods (the kubelet's maxPods)")
+	f.StringVar(&cfg.Uplink, "uplink", "", "node interface on the subnet; empty = the one holding the Node's InternalIP")
+	f.IntVar(&cfg.MTU, "mtu", 0, "pod interface MTU; 0 = the uplink's")
+	f.StringVar(&cfg.PluginSrcDir, "plugin-src-dir", "/flatnet/cni", "where the image keeps the CNI binaries to install")
+	f.StringVar(&cfg.CNIBinDir, "cni-bin-dir", "/opt/cni/bin", "node CNI binary dir")
+	f.StringVar(&cfg.CNIConfDir, "cni-conf-dir", "/etc/cni/net.d", "node CNI config dir")
+	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/flatnet", "node state dir (allocator under ipam/, endpoint records under endpoints/)")
+	f.StringVar(&cfg.Socket, "socket", endpointapi.DefaultSocket, "endpoint API unix socket")
+	f.StringVar(&cfg.HTTPAddr, "http-addr", ":9969", "address for /healthz, /readyz and /metrics")
+	f.DurationVar(&cfg.Reconcile, "reconcile-interval", 30*time.Second, "period of the leak reconciler and block status report")
+	f.DurationVar(&cfg.LeakGrace, "leak-grace", 2*time.Minute, "how long an address must belong to no pod before it is freed")
+	return cmd
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		rc, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("in-cluster config (outside a pod, pass --kubeconfig): %w", err)
+		}
+		return rc, nil
+	}
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+	}
+	return rc, nil
+}
