@@ -27,7 +27,7 @@ type Compiler struct {
 	anySelector map[*selState]struct{}            // selectors that may match any namespace
 
 	policies  map[string][]*polEntry
-	ruleIDs   map[string]RuleID // policy key/spec/rule index -> id, stable across updates
+	ruleIDs   map[string]map[string]RuleID // policy key -> spec/rule index -> id, stable across updates
 	rules     map[RuleID]RuleInfo
 	nextRule  RuleID
 	cidrs     map[netip.Prefix]*cidrState
@@ -47,6 +47,7 @@ type Compiler struct {
 	dirtyPfx  map[netip.Prefix]struct{}
 	memo      map[identity.ID]map[string]*EndpointPolicy // by identity, then named-port signature
 	emitted   map[string]*EndpointPolicy                 // last policy sent per local pod
+	localByID map[identity.ID]map[string]*podState       // local pods by identity
 	emitIP    map[netip.Addr]identity.ID
 	emitPfx   map[netip.Prefix]identity.ID
 }
@@ -118,7 +119,8 @@ func New(alloc *identity.Allocator) *Compiler {
 		nsSelectors:  map[string]map[*selState]struct{}{},
 		anySelector:  map[*selState]struct{}{},
 		policies:     map[string][]*polEntry{},
-		ruleIDs:      map[string]RuleID{},
+		ruleIDs:      map[string]map[string]RuleID{},
+		localByID:    map[identity.ID]map[string]*podState{},
 		rules:        map[RuleID]RuleInfo{},
 		cidrs:        map[netip.Prefix]*cidrState{},
 		cidrPeers:    map[string]*cidrPeerState{},
@@ -210,6 +212,9 @@ func (c *Compiler) UpsertPod(p Pod) error {
 		c.setPodIP(ps, netip.Addr{})
 		c.namedPorts(ps, -1)
 	}
+	if ps.hasI {
+		c.indexLocal(ps, false) // Local may change
+	}
 	ps.pod = p
 	ps.pod.Labels = copyMap(p.Labels)
 	ps.pod.Ports = slices.Clone(p.Ports)
@@ -233,6 +238,7 @@ func (c *Compiler) DeletePod(namespace, name string) {
 	c.setPodIP(ps, netip.Addr{})
 	c.namedPorts(ps, -1)
 	if ps.hasI {
+		c.indexLocal(ps, false)
 		c.dropIdentity(ps.id)
 		ps.hasI = false
 	}
@@ -311,17 +317,42 @@ func (c *Compiler) assignIdentity(ps *podState) error {
 	if ps.hasI {
 		if ps.id == id {
 			c.alloc.Release(id) // keep exactly one reference
+			c.indexLocal(ps, true)
 			return nil
 		}
+		c.indexLocal(ps, false)
 		c.dropIdentity(ps.id)
 	}
 	ps.id, ps.hasI = id, true
 	c.idents[id].pods++
+	c.indexLocal(ps, true)
 	if ps.pod.IP.IsValid() && !ps.pod.HostNetwork {
 		c.addIPOwner(ps.pod.IP, "pod/"+ps.key, id)
 	}
 	c.dirtyPods[ps.key] = struct{}{}
 	return nil
+}
+
+// indexLocal adds (or removes) a local pod to the index by identity.
+func (c *Compiler) indexLocal(ps *podState, add bool) {
+	if !add {
+		if m := c.localByID[ps.id]; m != nil {
+			delete(m, ps.key)
+			if len(m) == 0 {
+				delete(c.localByID, ps.id)
+			}
+		}
+		return
+	}
+	if !ps.pod.Local || ps.pod.HostNetwork {
+		return
+	}
+	m := c.localByID[ps.id]
+	if m == nil {
+		m = map[string]*podState{}
+		c.localByID[ps.id] = m
+	}
+	m[ps.key] = ps
 }
 
 func (c *Compiler) dropIdentity(id identity.ID) {
@@ -452,15 +483,20 @@ func (c *Compiler) UpsertPolicy(key string, pols []*policy.Policy) error {
 	c.removePolicy(key)
 	var entries []*polEntry
 	used := map[string]bool{}
+	ids := c.ruleIDs[key]
+	if ids == nil {
+		ids = map[string]RuleID{}
+		c.ruleIDs[key] = ids
+	}
 	for si, p := range pols {
 		e := &polEntry{key: key, pol: p}
 		for ri, r := range p.Rules {
-			rk := fmt.Sprintf("%s#%d#%d", key, si, ri)
-			id, ok := c.ruleIDs[rk]
+			rk := fmt.Sprintf("%d#%d", si, ri)
+			id, ok := ids[rk]
 			if !ok {
 				c.nextRule++
 				id = c.nextRule
-				c.ruleIDs[rk] = id
+				ids[rk] = id
 			}
 			used[rk] = true
 			c.rules[id] = RuleInfo{Policy: p.Ref, Rule: r.Name}
@@ -521,9 +557,9 @@ func (c *Compiler) UpsertPolicy(key string, pols []*policy.Policy) error {
 		}
 	}
 	c.policies[key] = entries
-	for rk, id := range c.ruleIDs {
-		if strings.HasPrefix(rk, key+"#") && !used[rk] {
-			delete(c.ruleIDs, rk)
+	for rk, id := range ids {
+		if !used[rk] {
+			delete(ids, rk)
 			delete(c.rules, id)
 		}
 	}
@@ -533,12 +569,10 @@ func (c *Compiler) UpsertPolicy(key string, pols []*policy.Policy) error {
 // DeletePolicy removes everything a key held.
 func (c *Compiler) DeletePolicy(key string) {
 	c.removePolicy(key)
-	for rk, id := range c.ruleIDs {
-		if strings.HasPrefix(rk, key+"#") {
-			delete(c.ruleIDs, rk)
-			delete(c.rules, id)
-		}
+	for _, id := range c.ruleIDs[key] {
+		delete(c.rules, id)
 	}
+	delete(c.ruleIDs, key)
 }
 
 func (c *Compiler) removePolicy(key string) {
@@ -736,11 +770,9 @@ func (c *Compiler) Flush() Update {
 	for k := range c.dirtyPods {
 		affected[k] = struct{}{}
 	}
-	if len(c.dirtyIDs) > 0 {
-		for k, ps := range c.pods {
-			if _, ok := c.dirtyIDs[ps.id]; ok && ps.pod.Local {
-				affected[k] = struct{}{}
-			}
+	for id := range c.dirtyIDs {
+		for k := range c.localByID[id] {
+			affected[k] = struct{}{}
 		}
 	}
 	keys := make([]string, 0, len(affected))
