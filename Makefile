@@ -1,0 +1,56 @@
+# flatnet: two commands do everything on a fresh machine.
+#   make e2e    engine + images + kind cluster + flatnet + every suite, with a report
+#   make test   unit and real-kernel tests (netns, veth, BPF), as root
+# Every pinned version is in versions.env; the node subnet in kind-configs/network.env.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CLUSTER ?= flatnet
+CONFIG  ?= default
+export CLUSTER CONFIG
+
+BIN_DIR := $(CURDIR)/bin
+OUT_DIR := $(CURDIR)/_output
+KUBECONFIG_FILE := $(OUT_DIR)/$(CLUSTER).kubeconfig
+
+GO_CMDS := $(wildcard dataplane/cmd/* probes/cmd/*)
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+.PHONY: build
+build: tools ## build every flatnet binary and tool into bin/
+	@mkdir -p $(BIN_DIR)
+	@if [ -n "$(GO_CMDS)" ]; then CGO_ENABLED=0 go build -trimpath -o $(BIN_DIR)/ $(addprefix ./,$(GO_CMDS)); fi
+	@ls $(BIN_DIR)
+
+.PHONY: tools
+tools: ## kind, kubectl and ginkgo at the versions pinned in go.mod
+	@bash scripts/tools.sh
+
+.PHONY: engine
+engine: ## a Docker engine that can run privileged containers (starts one if needed)
+	@bash scripts/docker-engine.sh
+
+.PHONY: node-image
+node-image: engine ## the kind node image, built offline (NODE_IMAGE=... skips)
+	@bash scripts/node-image.sh >/dev/null
+
+.PHONY: cluster
+cluster: tools ## create (or recover) kind cluster $(CLUSTER) with topology CONFIG=default|large
+	@bash scripts/cluster.sh up
+
+.PHONY: cluster-down
+cluster-down: ## delete cluster $(CLUSTER) and its docker network
+	@bash scripts/cluster.sh down
+
+.PHONY: test
+test: ## unit and real-kernel tests (root: netns, veth, BPF)
+	@bash scripts/test.sh
+
+.PHONY: e2e
+e2e: ## setup + cluster + suites + report (FOCUS=, SKIP=, REUSE=1)
+	@bash scripts/e2e.sh

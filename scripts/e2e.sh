@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# `make e2e`: everything, on a fresh machine or a warm one.
+#   tools -> docker engine -> node image -> kind cluster -> flatnet images + deploy
+#   -> every Ginkgo suite under suites/ -> JUnit + report in _artifacts/e2e
+# FOCUS=/SKIP= narrow the specs (Ginkgo regexps); REUSE=1 keeps the cluster for the
+# next run (default: it is deleted when the run passes, kept for debugging when not).
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+CLUSTER=${CLUSTER:-flatnet}
+ART=${ARTIFACTS:-$REPO_ROOT/_artifacts/e2e}
+export KUBECONFIG="$OUT_DIR/$CLUSTER.kubeconfig"
+rm -rf "$ART"
+mkdir -p "$ART"
+declare -A took
+phase() { # NAME CMD...
+	local name=$1 t0
+	shift
+	t0=$(date +%s)
+	"$@"
+	took[$name]=$(($(date +%s) - t0))
+}
+
+phase tools bash "$REPO_ROOT/scripts/tools.sh"
+phase cluster bash "$REPO_ROOT/scripts/cluster.sh" up
+for s in probe-image agent-image deploy; do
+	[ -x "$REPO_ROOT/scripts/$s.sh" ] && phase "$s" bash "$REPO_ROOT/scripts/$s.sh" >"$OUT_DIR/$s.out"
+done
+
+step "suites: ginkgo ${FOCUS:+--focus='$FOCUS' }${SKIP:+--skip='$SKIP' }-> $ART"
+export KUBERNETES_VERSION
+FLATNET_NODES=$("$BIN_DIR/kind" get nodes --name "$CLUSTER" | sort | tr '\n' ' ')
+export FLATNET_NODES
+[ -f "$OUT_DIR/probe-image.out" ] && PROBE_IMAGE=$(tail -n 1 "$OUT_DIR/probe-image.out") && export PROBE_IMAGE
+args=(-r --tags e2e --keep-going --junit-report junit.xml --output-dir "$ART" --poll-progress-after 60s)
+[ -n "${FOCUS:-}" ] && args+=(--focus "$FOCUS")
+[ -n "${SKIP:-}" ] && args+=(--skip "$SKIP")
+t0=$(date +%s)
+rc=0
+(cd "$REPO_ROOT" && "$BIN_DIR/ginkgo" "${args[@]}" ./suites) || rc=$?
+took[suites]=$(($(date +%s) - t0))
+
+if [ "$rc" -ne 0 ]; then
+	step "suites failed: collecting logs of every node and flatnet component"
+	"$BIN_DIR/kind" export logs --name "$CLUSTER" "$ART/logs" >/dev/null 2>&1 || true
+	"$BIN_DIR/kubectl" get pods -A -o wide >"$ART/logs/pods.txt" 2>&1 || true
+	"$BIN_DIR/kubectl" get events -A --sort-by=.lastTimestamp >"$ART/logs/events.txt" 2>&1 || true
+fi
+
+printf '\n  %-12s %s\n' phase seconds >&2
+for k in tools cluster probe-image agent-image deploy suites; do
+	[ -n "${took[$k]:-}" ] && printf '  %-12s %5d\n' "$k" "${took[$k]}" >&2
+done
+printf '  JUnit: %s\n\n' "$ART/junit.xml" >&2
+
+if [ "$rc" -ne 0 ]; then
+	die "e2e failed (exit $rc); cluster $CLUSTER kept for debugging" "KUBECONFIG=$KUBECONFIG" "logs: $ART/logs"
+fi
+if [ "${REUSE:-0}" != 1 ]; then
+	bash "$REPO_ROOT/scripts/cluster.sh" down
+else
+	info "REUSE=1: cluster $CLUSTER kept (KUBECONFIG=$KUBECONFIG)"
+fi
+info "e2e passed"

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# `make test`: every Go test of the module on the real kernel (netns, veth, BPF
+# programs, nftables), as root. Privileged tests may not skip here
+# (FLATNET_REQUIRE_PRIVILEGED), so a green run always means they ran.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+[ "$(id -u)" -eq 0 ] || die "make test needs root: its tests create network namespaces, veth pairs and BPF programs" \
+	"run it as root (sudo make test)"
+# What the tests drive besides the kernel: nft for drop rules, ip for debugging
+# output, clang/llvm to prove the committed BPF objects are current, chromium to
+# render the HTML report.
+apt_install nftables iproute2 clang llvm libbpf-dev chromium
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+modprobe -q nf_tables 2>/dev/null || true
+
+cd "$REPO_ROOT"
+step "go vet"
+go vet ./...
+go vet -tags e2e ./suites/...
+if [ -x scripts/check-bpf-generated.sh ]; then
+	step "BPF objects: committed output matches a fresh bpf2go run"
+	bash scripts/check-bpf-generated.sh
+fi
+step "go test (FLATNET_REQUIRE_PRIVILEGED=1)"
+FLATNET_REQUIRE_PRIVILEGED=1 go test -count=1 -timeout 20m ./... 2>&1 | tee "$OUT_DIR/test.log"
