@@ -148,3 +148,33 @@ func TestUpdateStatus(t *testing.T) {
 		t.Fatalf("status read back: %+v", all[0].Status)
 	}
 }
+
+func TestReportCountsNodesAndPreallocatedBlocks(t *testing.T) {
+	mk := func(i int, node, first string, allocs ...Allocation) IPBlock {
+		return IPBlock{Spec: IPBlockSpec{Subnet: "10.224.0.0/16", Index: i, First: first, Size: 30, Node: node}, Status: IPBlockStatus{Used: len(allocs), Allocations: allocs}}
+	}
+	blocks := []IPBlock{
+		mk(0, "w1", "10.224.0.32", Allocation{IP: "10.224.0.40", PodNamespace: "default", PodName: "web", ContainerID: "aaa"}),
+		mk(1, "w2", "10.224.0.62", Allocation{IP: "10.224.0.63", ContainerID: "0123456789abcdef"}),
+		mk(2, "cp", "10.224.0.92"),
+		{Spec: IPBlockSpec{Subnet: "10.9.0.0/16", First: "10.9.0.32", Size: 30, Node: "elsewhere"}},
+	}
+	nodes := []NodeAddr{{"cp", netip.MustParseAddr("10.224.0.2")}, {"w1", netip.MustParseAddr("10.224.0.3")}, {"w2", netip.MustParseAddr("10.224.0.4")}, {"off", netip.MustParseAddr("192.168.1.1")}}
+	r := Report(netip.MustParsePrefix("10.224.0.0/16"), netip.MustParseAddr("10.224.0.1"), blocks, nodes)
+	// 65536 addresses - network - broadcast - gateway; 3 nodes + 3 blocks of 30.
+	if r.Limit != 65533 || r.CurrentValue != 93 || r.Nodes != 3 || r.PodsAssigned != 2 || len(r.Blocks) != 3 {
+		t.Fatalf("report %+v", r)
+	}
+	var got []string
+	for _, d := range r.Devices {
+		got = append(got, fmt.Sprintf("%s %s %s/%s %s", d.IP, d.Kind, d.Namespace, d.Name, d.Node))
+	}
+	want := []string{"10.224.0.2 node /cp cp", "10.224.0.3 node /w1 w1", "10.224.0.4 node /w2 w2", "10.224.0.40 pod default/web w1", "10.224.0.63 pod /(container 0123456789ab) w2"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("devices\n got %q\nwant %q", got, want)
+	}
+	az := r.Azure("kind-flatnet")
+	if len(az.Value) != 1 || az.Value[0].Name.Value != "SubnetSpace" || az.Value[0].Unit != "Count" || az.Value[0].CurrentValue != 93 || az.Value[0].Limit != 65533 {
+		t.Fatalf("azure usage %+v", az)
+	}
+}

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Builds the flatnet agent image with no registry: static Go binaries (the
+# agent, the flatnet CNI plugin and CNI's loopback plugin, which the agent
+# installs on its node) in an image imported from a tarball (FROM scratch, no
+# Dockerfile, no base image to pull). The tag is a hash of every input, so an
+# unchanged tree reuses the image. Loads it into kind cluster $CLUSTER when that
+# cluster exists. The image ref is the last line on stdout.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+CLUSTER=${CLUSTER:-flatnet}
+REPO=flatnet/agent
+WORK="$OUT_DIR/agent-image"
+
+# Inputs: the module files, every non-test source under dataplane/ (the agent
+# links the datapath too), and this script.
+inputs_hash() {
+	cd "$REPO_ROOT"
+	{
+		go env GOVERSION
+		sha256sum go.mod go.sum "scripts/agent-image.sh"
+		find dataplane -type f ! -name '*_test.go' ! -path 'dataplane/manifests/*' ! -path '*/testdata/*' -print0 |
+			sort -z | xargs -0 sha256sum
+	} | sha256sum | cut -c1-16
+}
+
+timeout 20 docker info >/dev/null 2>&1 || die "no Docker engine answers" "run 'make engine' first"
+
+TAG=$(inputs_hash)
+REF="$REPO:$TAG"
+if docker image inspect "$REF" >/dev/null 2>&1; then
+	info "agent image $REF: up to date"
+else
+	step "agent image: building $REF"
+	rm -rf "$WORK" && mkdir -p "$WORK/rootfs/flatnet/cni" "$WORK/rootfs/run/flatnet" "$WORK/rootfs/tmp"
+	build() { # OUT PKG
+		(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$WORK/build.log" nice go build -trimpath -ldflags "-s -w" -o "$1" "$2")
+	}
+	build "$WORK/rootfs/flatnet-agent" ./dataplane/cmd/flatnet-agent
+	build "$WORK/rootfs/flatnet/cni/flatnet" ./dataplane/cmd/flatnet-cni
+	build "$WORK/rootfs/flatnet/cni/loopback" github.com/containernetworking/plugins/plugins/main/loopback
+	tar -C "$WORK/rootfs" --owner=0 --group=0 --numeric-owner -c . |
+		docker import \
+			--change 'ENTRYPOINT ["/flatnet-agent"]' \
+			--change "LABEL org.opencontainers.image.title=flatnet-agent org.opencontainers.image.revision=$TAG" \
+			- "$REF" >/dev/null || die "docker import of $REF failed"
+	info "agent image $REF: $(docker image inspect -f '{{.Size}}' "$REF" | awk '{printf "%.1f MB", $1/1e6}')"
+fi
+
+if [ -x "$BIN_DIR/kind" ] && "$BIN_DIR/kind" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+	step "agent image: loading $REF into kind cluster $CLUSTER"
+	run_logged "$WORK.load.log" "$BIN_DIR/kind" load docker-image --name "$CLUSTER" "$REF"
+else
+	info "no kind cluster $CLUSTER: image not loaded"
+fi
+echo "$REF"
