@@ -63,7 +63,7 @@ func TestMain(m *testing.M) {
 // node is a network namespace standing in for a kind node: an uplink "eth0"
 // on the node subnet and the plugin's state directory.
 type node struct {
-	t       *testing.T
+	t       testing.TB
 	name    string
 	ns      ns.NetNS
 	ip      netip.Prefix
@@ -76,7 +76,7 @@ type node struct {
 const subnet = "10.224.0.0/16"
 
 // newNode makes a node with a dummy uplink holding ip (e.g. 10.224.0.2/16).
-func newNode(t *testing.T, name, ip string, block ipam.Block) *node {
+func newNode(t testing.TB, name, ip string, block ipam.Block) *node {
 	t.Helper()
 	testenv.RequireRoot(t)
 	n := &node{t: t, name: name, ns: newNS(t), ip: netip.MustParsePrefix(ip), block: block, dataDir: t.TempDir(), cache: t.TempDir()}

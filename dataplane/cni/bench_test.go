@@ -1,0 +1,63 @@
+package cni_test
+
+import (
+	"context"
+	"fmt"
+		"slices"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/plugins/pkg/ns"
+)
+
+// BenchmarkAddDel runs the real plugin binaries through libcni, as a runtime
+// does (process start, chained loopback, netns entry, allocator lock), and
+// reports ADD and DEL latency percentiles. Run with:
+//
+//	go test -run XXX -bench AddDel -benchtime 200x ./dataplane/cni
+func BenchmarkAddDel(b *testing.B) {
+	n := newNode(b, "node-bench", "10.224.0.2/16", blockA)
+	list := n.conflist(nil)
+	pod := newNS(b)
+	var adds, dels []time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		id := fmt.Sprintf("bench-%d", i)
+		err := n.ns.Do(func(ns.NetNS) error {
+			c := n.cniConfig()
+			start := time.Now()
+			if _, err := c.AddNetworkList(context.Background(), list, rt(id, pod)); err != nil {
+				return fmt.Errorf("ADD: %w", err)
+			}
+			adds = append(adds, time.Since(start))
+			start = time.Now()
+			if err := c.DelNetworkList(context.Background(), list, &libcni.RuntimeConf{ContainerID: id, NetNS: pod.Path(), IfName: "eth0"}); err != nil {
+				return fmt.Errorf("DEL: %w", err)
+			}
+			dels = append(dels, time.Since(start))
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	for _, m := range []struct {
+		op string
+		d  []time.Duration
+	}{{"add", adds}, {"del", dels}} {
+		slices.Sort(m.d)
+		b.ReportMetric(ms(pct(m.d, 50)), m.op+"-p50-ms")
+		b.ReportMetric(ms(pct(m.d, 99)), m.op+"-p99-ms")
+	}
+}
+
+func pct(d []time.Duration, p int) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	return d[min(len(d)-1, len(d)*p/100)]
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
