@@ -3,7 +3,7 @@ package cni_test
 import (
 	"context"
 	"fmt"
-		"slices"
+	"slices"
 	"testing"
 	"time"
 
