@@ -81,7 +81,7 @@ go_build_pinned() {
 		(cd "$src" && run_logged "$src/get.log" go get "$pkg@$version")
 	fi
 	info "$name $version: building $pkg (cold: minutes; cached after)"
-	(cd "$src" && run_logged "$src/build.log" nice go build -trimpath -o "$out" "$@" "$pkg")
+	(cd "$src" && run_logged "$src/build.log" go build -trimpath -o "$out" "$@" "$pkg")
 	echo "$key" >"$out.inputs"
 }
 

@@ -53,7 +53,7 @@ for cmd in $K8S_CMDS; do
 		continue
 	fi
 	info "[$n/7] $cmd $KUBERNETES_VERSION: building (the first one takes longest)"
-	(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$BIN/build.log" nice go build -trimpath \
+	(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$BIN/build.log" go build -trimpath \
 		-ldflags "$(k8s_ldflags)" -o "$BIN/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd")
 	mv "$BIN/$cmd.tmp" "$BIN/$cmd"
 done
