@@ -1,0 +1,280 @@
+package matrix
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/flatnet/flatnet/fixtures/oracle"
+	"github.com/flatnet/flatnet/probes/batch"
+	"github.com/flatnet/flatnet/probes/podexec"
+	"github.com/flatnet/flatnet/suites/internal/workload"
+	"github.com/flatnet/flatnet/suites/report"
+)
+
+// localExec runs the real `probe batch` command in this process, as if
+// every pod were the test itself: the probes go to loopback addresses.
+type localExec struct {
+	mu    sync.Mutex
+	execs int
+}
+
+func (l *localExec) Exec(ctx context.Context, pod podexec.Pod, cmd []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	l.mu.Lock()
+	l.execs++
+	l.mu.Unlock()
+	c := batch.NewCommand()
+	c.SetArgs(cmd[2:]) // after "/probe batch"
+	c.SetIn(stdin)
+	c.SetOut(stdout)
+	c.SetErr(stderr)
+	return c.ExecuteContext(ctx)
+}
+
+// world is two "pods" on loopback addresses, each with a "Service"
+// address; TCP and UDP servers answer on the listed addresses only.
+type world struct {
+	port int
+	snap workload.Snapshot
+	plan Plan
+}
+
+const (
+	ipA, ipB, svcA, svcB = "127.0.0.11", "127.0.0.12", "127.0.0.21", "127.0.0.22"
+)
+
+func newWorld(t *testing.T) *world {
+	t.Helper()
+	// A port free on every address used.
+	l, err := net.Listen("tcp", ipA+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	w := &world{port: port, snap: workload.Snapshot{
+		PodIPs:         map[string]netip.Addr{"n/a": netip.MustParseAddr(ipA), "n/b": netip.MustParseAddr(ipB)},
+		ClusterIPs:     map[string]netip.Addr{"n/s-a": netip.MustParseAddr(svcA), "n/s-b": netip.MustParseAddr(svcB)},
+		ExecContainers: map[string]string{"n/a": "c", "n/b": "c"},
+	}}
+	pods := []report.Endpoint{{Label: "n/a", Peer: oracle.PodPeer("n", "a")}, {Label: "n/b", Peer: oracle.PodPeer("n", "b")}}
+	svcs := []report.Endpoint{
+		{Label: "svc:n/a", Peer: oracle.PodPeer("n", "a"), Service: &report.ServiceRef{Namespace: "n", Name: "s-a"}},
+		{Label: "svc:n/b", Peer: oracle.PodPeer("n", "b"), Service: &report.ServiceRef{Namespace: "n", Name: "s-b"}},
+	}
+	w.plan = Plan{Title: "loopback", From: pods, Views: []View{{Name: "pod IP", To: pods}, {Name: "Service", To: svcs}},
+		Ports: []report.PortProtocol{{Port: port, Protocol: oracle.TCP}, {Port: port, Protocol: oracle.UDP}}}
+	return w
+}
+
+// serve answers TCP and UDP on addr:port until the test ends.
+func (w *world) serve(t *testing.T, addrs ...string) {
+	t.Helper()
+	for _, a := range addrs {
+		hp := net.JoinHostPort(a, strconv.Itoa(w.port))
+		l, err := net.Listen("tcp", hp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+		u, err := net.ListenPacket("udp", hp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { u.Close() })
+		go func() {
+			buf := make([]byte, 512)
+			for {
+				n, from, err := u.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				_ = n
+				u.WriteTo([]byte("host"), from)
+			}
+		}()
+	}
+}
+
+// expect builds the expected tables by hand: reachable[label] for every
+// source and port.
+func (w *world) expect(t *testing.T, reachable map[string]bool) []*report.Table {
+	t.Helper()
+	var out []*report.Table
+	for i, v := range w.plan.Views {
+		tb, err := report.NewTable(w.plan.TableTitle(i), labels(w.plan.From), labels(v.To), w.plan.Ports)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range tb.Keys() {
+			if err := tb.Set(k, report.Cell{Reachable: reachable[k.To]}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out = append(out, tb)
+	}
+	return out
+}
+
+func runner(ex podexec.Executor) *podexec.Runner {
+	o := batch.DefaultOptions()
+	o.Timeout = 500 * time.Millisecond
+	return &podexec.Runner{Exec: ex, Options: o}
+}
+
+func TestObserveOneExecPerSource(t *testing.T) {
+	w := newWorld(t)
+	w.serve(t, ipA, svcA)
+	ex := &localExec{}
+	tables, err := Observe(context.Background(), runner(ex), w.plan, w.snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ex.execs != len(w.plan.From) {
+		t.Errorf("%d execs for %d sources; want one each", ex.execs, len(w.plan.From))
+	}
+	want := map[string]bool{"n/a": true, "svc:n/a": true}
+	for i, tb := range tables {
+		for _, k := range tb.Keys() {
+			c, ok := tb.Get(k)
+			if !ok {
+				t.Errorf("%s: %s not filled", tb.Title, k)
+				continue
+			}
+			if c.Reachable != want[k.To] {
+				t.Errorf("%s: %s reachable=%v (%s), want %v", tb.Title, k, c.Reachable, c.Detail, want[k.To])
+			}
+			if !c.Reachable && !strings.HasPrefix(c.Detail, "REFUSED ") {
+				t.Errorf("%s: %s detail %q, want the probe's REFUSED and the address", tb.Title, k, c.Detail)
+			}
+		}
+		if i == 1 && !strings.Contains(tb.Title, "Service") {
+			t.Errorf("view 1 title %q", tb.Title)
+		}
+	}
+}
+
+func TestConvergeWaitsForTheClusterToAgree(t *testing.T) {
+	w := newWorld(t)
+	w.serve(t, ipA, svcA)
+	want := w.expect(t, map[string]bool{"n/a": true, "svc:n/a": true, "n/b": true, "svc:n/b": true})
+	go func() {
+		time.Sleep(700 * time.Millisecond)
+		w.serve(t, ipB, svcB)
+	}()
+	var polls []Poll
+	out, err := Converge(context.Background(), runner(&localExec{}), w.plan, w.snap, want,
+		Options{Timeout: 10 * time.Second, Pause: 100 * time.Millisecond, Progress: func(p Poll) { polls = append(polls, p) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !out.OK() || out.Polls < 2 || out.Converged < 700*time.Millisecond {
+		t.Fatalf("outcome OK=%v after %d polls, converged in %s: want agreement only after b started serving", out.OK(), out.Polls, out.Converged)
+	}
+	if len(polls) != out.Polls || polls[0].Matched >= polls[0].Total || polls[len(polls)-1].Matched != polls[len(polls)-1].Total {
+		t.Errorf("progress %v", polls)
+	}
+}
+
+func TestConvergeReportsWhatNeverAgreed(t *testing.T) {
+	w := newWorld(t)
+	w.serve(t, ipA, svcA)
+	want := w.expect(t, map[string]bool{"n/a": true, "svc:n/a": true, "n/b": true})
+	start := time.Now()
+	out, err := Converge(context.Background(), runner(&localExec{}), w.plan, w.snap, want, Options{Timeout: time.Second, Pause: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.OK() || out.Converged != 0 {
+		t.Fatal("n/b never served, yet the outcome agrees")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("took %s past a 1s bound", d)
+	}
+	pod, svc := out.Comparisons[0], out.Comparisons[1]
+	if !svc.OK() {
+		t.Errorf("Service view should agree (s-b blocked as expected): %s", svc.Summary())
+	}
+	if len(pod.Mismatches) != 4 { // 2 sources x 2 ports to n/b
+		t.Fatalf("pod view mismatches %v, want the 4 cells to n/b", pod.Mismatches)
+	}
+	for _, m := range pod.Mismatches {
+		if m.To != "n/b" || m.Observed.Reachable || !strings.Contains(m.Observed.Detail, ipB) {
+			t.Errorf("mismatch %s: %+v", m.Key, m.Observed)
+		}
+	}
+}
+
+func TestFillLeavesUnknownAndFlakyEmpty(t *testing.T) {
+	w := newWorld(t)
+	_, refs, err := w.plan.targets(w.snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(refs) != 2*2*2 {
+		t.Fatalf("%d targets, want 2 views x 2 destinations x 2 ports", len(refs))
+	}
+	row := make([]podexec.Cell, len(refs))
+	for i := range row {
+		row[i] = podexec.Cell{Verdict: batch.Timeout}
+	}
+	row[0].Verdict = batch.Flaky
+	row[1].Verdict = batch.Unknown
+	row[2].Verdict = batch.Connected
+	tables, err := fill(w.plan, refs, [][]podexec.Cell{row, row})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, src := range []string{"n/a", "n/b"} {
+		for i, want := range []string{"empty", "empty", "reachable", "blocked"} {
+			k := report.Key{From: src, To: refs[i].to, PortProtocol: refs[i].port}
+			c, ok := tables[refs[i].view].Get(k)
+			got := "empty"
+			if ok && c.Reachable {
+				got = "reachable"
+			} else if ok {
+				got = "blocked"
+			}
+			if got != want {
+				t.Errorf("%s: %s, want %s", k, got, want)
+			}
+		}
+	}
+	if _, err := fill(w.plan, refs, [][]podexec.Cell{row}); err == nil {
+		t.Error("one row for two sources was accepted")
+	}
+}
+
+func TestPlanRefusesBadInput(t *testing.T) {
+	w := newWorld(t)
+	bad := w.plan
+	bad.From = append([]report.Endpoint{}, w.plan.Views[1].To[0])
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "sources must be pods") {
+		t.Errorf("a Service as a source: %v", err)
+	}
+	bad = w.plan
+	bad.Ports = []report.PortProtocol{{Port: 80, Protocol: "ICMP"}}
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "protocol") {
+		t.Errorf("ICMP port: %v", err)
+	}
+	snap := w.snap
+	snap.ClusterIPs = nil
+	if _, _, err := w.plan.targets(snap); err == nil || !strings.Contains(err.Error(), "ClusterIP") {
+		t.Errorf("missing ClusterIP: %v", err)
+	}
+}
