@@ -8,9 +8,9 @@ import (
 // NetworkName is the name of flatnet's network in the conflist.
 const NetworkName = "flatnet"
 
-// ConflistFile is the file name the agent writes into the CNI conf dir; "10-"
+// ConflistFile is the file name the agent writes into the CNI conf dir; "05-"
 // sorts it before anything a node image might ship.
-const ConflistFile = "10-flatnet.conflist"
+const ConflistFile = "05-flatnet.conflist"
 
 // Conflist renders the network configuration list for plugin config nc:
 // flatnet, then loopback (which passes flatnet's result through). The list
