@@ -332,6 +332,17 @@ func policyKey(k compile.Key) datapathPolicyKey {
 // maps a local pod to its endpoint's interface; pods without one (not attached yet)
 // are skipped: AttachEndpoint will carry their policy.
 func (d *Datapath) Apply(ctx context.Context, up compile.Update, ifindexOf func(namespace, name string) (int, bool)) error {
+	for _, u := range up.Identities {
+		var err error
+		if u.Delete {
+			err = d.DeleteIdentity(ctx, u.Sum)
+		} else {
+			err = d.SaveIdentity(ctx, u.Sum, u.ID)
+		}
+		if err != nil {
+			return err
+		}
+	}
 	for _, u := range up.IPCache {
 		if u.Delete {
 			if err := d.DeletePrefix(ctx, u.Prefix); err != nil {
@@ -470,4 +481,52 @@ func addrFromBE(v uint32) netip.Addr {
 	var b [4]byte
 	binary.NativeEndian.PutUint32(b[:], v)
 	return netip.AddrFrom4(b)
+}
+
+// SaveIdentity stores an identity allocation (see identity.Allocator.Remember).
+func (d *Datapath) SaveIdentity(_ context.Context, s identity.Sum, id identity.ID) error {
+	if err := d.objs.FnIdentities.Put(datapathIdentitySum{Sum: s}, uint32(id)); err != nil {
+		return fmt.Errorf("saving identity %d: %w", id, err)
+	}
+	return nil
+}
+
+// DeleteIdentity forgets a stored identity allocation.
+func (d *Datapath) DeleteIdentity(_ context.Context, s identity.Sum) error {
+	if err := d.objs.FnIdentities.Delete(datapathIdentitySum{Sum: s}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("deleting a stored identity: %w", err)
+	}
+	return nil
+}
+
+// Identities returns the stored identity allocations, for a restarted agent to hand
+// to identity.Allocator.Remember before it compiles anything.
+func (d *Datapath) Identities(_ context.Context) (map[identity.Sum]identity.ID, error) {
+	out := map[identity.Sum]identity.ID{}
+	var k datapathIdentitySum
+	var v uint32
+	it := d.objs.FnIdentities.Iterate()
+	for it.Next(&k, &v) {
+		out[k.Sum] = identity.ID(v)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading stored identities: %w", err)
+	}
+	return out, nil
+}
+
+// Endpoints returns the endpoints the datapath enforces (a restarted agent matches them
+// to pods by IP), by host interface index.
+func (d *Datapath) Endpoints(_ context.Context) (map[int]Endpoint, error) {
+	out := map[int]Endpoint{}
+	var k uint32
+	var v datapathEndpointInfo
+	it := d.objs.FnEndpoints.Iterate()
+	for it.Next(&k, &v) {
+		out[int(k)] = Endpoint{IfIndex: int(k), IP: addrFromBE(v.Addr), Identity: identity.ID(v.Identity)}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading endpoints: %w", err)
+	}
+	return out, nil
 }

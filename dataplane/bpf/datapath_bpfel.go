@@ -90,6 +90,11 @@ type datapathFlowEvent struct {
 	LostBefore     uint64
 }
 
+type datapathIdentitySum struct {
+	_   structs.HostLayout
+	Sum [32]uint8
+}
+
 type datapathIpcacheKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -133,6 +138,7 @@ const (
 	datapathMapFnEndpoints     = "fn_endpoints"
 	datapathMapFnEventBudget   = "fn_event_budget"
 	datapathMapFnEvents        = "fn_events"
+	datapathMapFnIdentities    = "fn_identities"
 	datapathMapFnIpcache       = "fn_ipcache"
 	datapathMapFnPolicy        = "fn_policy"
 	datapathMapFnPolicyProto   = "fn_policy_proto"
@@ -202,6 +208,7 @@ type datapathMapSpecs struct {
 	FnEndpoints   *ebpf.MapSpec `ebpf:"fn_endpoints"`
 	FnEventBudget *ebpf.MapSpec `ebpf:"fn_event_budget"`
 	FnEvents      *ebpf.MapSpec `ebpf:"fn_events"`
+	FnIdentities  *ebpf.MapSpec `ebpf:"fn_identities"`
 	FnIpcache     *ebpf.MapSpec `ebpf:"fn_ipcache"`
 	FnPolicy      *ebpf.MapSpec `ebpf:"fn_policy"`
 	FnPolicyProto *ebpf.MapSpec `ebpf:"fn_policy_proto"`
@@ -243,6 +250,7 @@ type datapathMaps struct {
 	FnEndpoints   *ebpf.Map `ebpf:"fn_endpoints"`
 	FnEventBudget *ebpf.Map `ebpf:"fn_event_budget"`
 	FnEvents      *ebpf.Map `ebpf:"fn_events"`
+	FnIdentities  *ebpf.Map `ebpf:"fn_identities"`
 	FnIpcache     *ebpf.Map `ebpf:"fn_ipcache"`
 	FnPolicy      *ebpf.Map `ebpf:"fn_policy"`
 	FnPolicyProto *ebpf.Map `ebpf:"fn_policy_proto"`
@@ -257,6 +265,7 @@ func (m *datapathMaps) Close() error {
 		m.FnEndpoints,
 		m.FnEventBudget,
 		m.FnEvents,
+		m.FnIdentities,
 		m.FnIpcache,
 		m.FnPolicy,
 		m.FnPolicyProto,

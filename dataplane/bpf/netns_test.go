@@ -368,6 +368,16 @@ spec:
 	wantWorks(t, "other -> server:80 with no policy left", other.tcpWorks(server.ip, 80))
 }
 
+const allowClient = `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: allow-client, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+`
+
 // TestNetnsAgentRestart checks that enforcement survives the agent: with no process
 // holding the datapath, and after a new Load moves the pinned links to new programs.
 func TestNetnsAgentRestart(t *testing.T) {
@@ -376,15 +386,7 @@ func TestNetnsAgentRestart(t *testing.T) {
 	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
 	other := n.addPod("other", "client", "10.224.2.30", map[string]string{"app": "client"})
 	server.serveTCP(t, 80)
-	n.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: allow-client, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: server}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: client}}]
-`)
+	n.cnp(allowClient)
 	long, err := client.dial(server.ip, 80)
 	must(t, err)
 	defer long.Close()
@@ -398,6 +400,38 @@ spec:
 	defer d2.Close()
 	n.d = d2
 	wantWorks(t, "established connection across the restart", echo(long, "still"))
+
+	// The new agent starts from an empty compiler, seeded with the stored identity
+	// numbers, replays the cluster and applies it: the numbers it writes must be the
+	// ones the running datapath already uses.
+	stored, err := d2.Identities(context.Background())
+	must(t, err)
+	if len(stored) == 0 {
+		t.Fatalf("no identities stored by the first agent")
+	}
+	alloc := identity.NewAllocator()
+	for s, id := range stored {
+		alloc.Remember(s, id)
+	}
+	old := n.c
+	n.c = compile.New(alloc)
+	must(t, n.c.UpsertNamespace(compile.Namespace{Name: "default"}))
+	must(t, n.c.UpsertNamespace(compile.Namespace{Name: "other"}))
+	n.c.UpsertNode("self", []netip.Addr{n.nodeIP}, true)
+	for _, p := range n.pods {
+		must(t, n.c.UpsertPod(compile.Pod{Namespace: p.namespace, Name: p.name, Labels: p.labels, IP: p.ip, Local: true}))
+	}
+	n.cnp(allowClient)
+	for _, p := range n.pods {
+		was, _ := old.IdentityOf(p.namespace, p.name)
+		now, _ := n.c.IdentityOf(p.namespace, p.name)
+		if was != now {
+			t.Errorf("pod %s/%s had identity %v, the restarted agent gave it %v", p.namespace, p.name, was, now)
+		}
+	}
+	if unclaimed := alloc.ForgetUnclaimed(); len(unclaimed) != 0 {
+		t.Errorf("%d stored identities unclaimed after an identical replay", len(unclaimed))
+	}
 	wantWorks(t, "allowed after restart", client.tcpWorks(server.ip, 80))
 	wantBlocked(t, "denied after restart", other.tcpWorks(server.ip, 80))
 

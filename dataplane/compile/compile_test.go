@@ -230,6 +230,7 @@ func TestIncrementalMatchesFullCompile(t *testing.T) {
 		inc := New(identity.NewAllocator())
 		inc.UpsertNode("self", []netip.Addr{netip.MustParseAddr("10.0.9.1")}, true)
 		ipcache := map[netip.Prefix]identity.ID{}
+		stored := map[identity.Sum]identity.ID{} // what the agent would persist
 		for step := 0; step < 120; step++ {
 			switch op := w.r.Intn(10); {
 			case op < 3:
@@ -266,6 +267,14 @@ func TestIncrementalMatchesFullCompile(t *testing.T) {
 				continue // let changes pile up between flushes too
 			}
 			up := inc.Flush()
+			for _, u := range up.Identities {
+				if u.Delete {
+					delete(stored, u.Sum)
+				} else {
+					stored[u.Sum] = u.ID
+				}
+			}
+			checkStoredIdentities(t, fmt.Sprintf("seed %d step %d", seed, step), inc, stored)
 			for _, u := range up.IPCache {
 				if u.Delete {
 					delete(ipcache, u.Prefix)
@@ -358,5 +367,28 @@ func comparePolicies(t *testing.T, where string, w *world, inc, full *Compiler, 
 				}
 			}
 		}
+	}
+}
+
+// checkStoredIdentities: the identities persisted from updates are exactly the live ones.
+func checkStoredIdentities(t *testing.T, where string, c *Compiler, stored map[identity.Sum]identity.ID) {
+	t.Helper()
+	live := 0
+	for id := range c.idents {
+		s, ok := c.alloc.SumOf(id)
+		if !ok || stored[s] != id {
+			t.Fatalf("%s: live identity %v not persisted", where, id)
+		}
+		live++
+	}
+	for _, st := range c.cidrs {
+		s, ok := c.alloc.SumOf(st.id)
+		if !ok || stored[s] != st.id {
+			t.Fatalf("%s: CIDR identity %v not persisted", where, st.id)
+		}
+		live++
+	}
+	if len(stored) != live {
+		t.Fatalf("%s: %d identities persisted, %d live", where, len(stored), live)
 	}
 }

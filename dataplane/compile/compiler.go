@@ -45,6 +45,7 @@ type Compiler struct {
 	dirtyPods map[string]struct{}
 	dirtyIPs  map[netip.Addr]struct{}
 	dirtyPfx  map[netip.Prefix]struct{}
+	identUps  map[identity.Sum]IdentityUpdate
 	memo      map[identity.ID]map[string]*EndpointPolicy // by identity, then named-port signature
 	emitted   map[string]*EndpointPolicy                 // last policy sent per local pod
 	localByID map[identity.ID]map[string]*podState       // local pods by identity
@@ -133,6 +134,7 @@ func New(alloc *identity.Allocator) *Compiler {
 		dirtyPods:    map[string]struct{}{},
 		dirtyIPs:     map[netip.Addr]struct{}{},
 		dirtyPfx:     map[netip.Prefix]struct{}{},
+		identUps:     map[identity.Sum]IdentityUpdate{},
 		memo:         map[identity.ID]map[string]*EndpointPolicy{},
 		emitted:      map[string]*EndpointPolicy{},
 		emitIP:       map[netip.Addr]identity.ID{},
@@ -313,6 +315,7 @@ func (c *Compiler) assignIdentity(ps *podState) error {
 	}
 	if created {
 		c.addIdentity(id, labels, ps.pod.Namespace)
+		c.recordIdentity(id, false)
 	}
 	if ps.hasI {
 		if ps.id == id {
@@ -355,9 +358,20 @@ func (c *Compiler) indexLocal(ps *podState, add bool) {
 	m[ps.key] = ps
 }
 
+// recordIdentity queues an identity for Update.Identities (before its release: the
+// allocator forgets the Sum with it).
+func (c *Compiler) recordIdentity(id identity.ID, del bool) {
+	if s, ok := c.alloc.SumOf(id); ok {
+		c.identUps[s] = IdentityUpdate{Sum: s, ID: id, Delete: del}
+	}
+}
+
 func (c *Compiler) dropIdentity(id identity.ID) {
 	if is := c.idents[id]; is != nil {
 		is.pods--
+		if is.pods == 0 {
+			c.recordIdentity(id, true)
+		}
 	}
 	if c.alloc.Release(id) {
 		c.removeIdentity(id)
@@ -724,6 +738,7 @@ func (c *Compiler) usePrefix(p netip.Prefix) {
 		// of the map (its addresses then fall to the enclosing prefix).
 		return
 	}
+	c.recordIdentity(id, false)
 	c.cidrs[p] = &cidrState{id: id, refs: 1}
 	c.dirtyPfx[p] = struct{}{}
 	for _, cp := range c.cidrPeers {
@@ -746,6 +761,7 @@ func (c *Compiler) dropPrefix(p netip.Prefix) {
 		return
 	}
 	delete(c.cidrs, p)
+	c.recordIdentity(st.id, true)
 	c.alloc.Release(st.id)
 	c.dirtyPfx[p] = struct{}{}
 	for _, cp := range c.cidrPeers {
@@ -821,6 +837,11 @@ func (c *Compiler) Flush() Update {
 			up.CIDRs = append(up.CIDRs, PrefixUpdate{Prefix: p, Identity: old, Delete: true})
 		}
 	}
+	for _, u := range c.identUps {
+		up.Identities = append(up.Identities, u)
+	}
+	sort.Slice(up.Identities, func(i, j int) bool { return up.Identities[i].ID < up.Identities[j].ID })
+	clear(c.identUps)
 	sortPrefixUpdates(up.IPCache)
 	sortPrefixUpdates(up.CIDRs)
 	clear(c.dirtyIDs)

@@ -111,16 +111,26 @@ type PrefixUpdate struct {
 }
 
 // Update is everything that changed since the last Flush. Apply it in this order so
-// that no packet meets an identity its endpoint's policy does not know yet: deletes of
-// IPCache and CIDRs, then Endpoints, then upserts of IPCache and CIDRs. (Identity
+// that no packet meets an identity its endpoint's policy does not know yet: Identities,
+// deletes of IPCache and CIDRs, then Endpoints, then upserts of IPCache and CIDRs. (Identity
 // numbers are never reused, so a policy briefly naming a gone identity is harmless.)
 type Update struct {
-	Endpoints []EndpointUpdate
+	// Identities to remember (or forget) across agent restarts; see
+	// identity.Allocator.Remember. Write them before anything else.
+	Identities []IdentityUpdate
+	Endpoints  []EndpointUpdate
 	IPCache   []PrefixUpdate // pod and node addresses (/32)
 	CIDRs     []PrefixUpdate // prefixes named by CIDR rules, with local identities
 }
 
+// IdentityUpdate records that a label set (by Sum) has an identity, or no longer has.
+type IdentityUpdate struct {
+	Sum    identity.Sum
+	ID     identity.ID
+	Delete bool
+}
+
 // Empty reports whether the update changes nothing.
 func (u Update) Empty() bool {
-	return len(u.Endpoints) == 0 && len(u.IPCache) == 0 && len(u.CIDRs) == 0
+	return len(u.Identities) == 0 && len(u.Endpoints) == 0 && len(u.IPCache) == 0 && len(u.CIDRs) == 0
 }

@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"sort"
 	"strings"
@@ -13,13 +14,23 @@ import (
 // the same informer data and uses them only in its own maps, so they never need to
 // agree across nodes. Numbers are not reused while the allocator lives, so a stale
 // map entry can never name a different label set.
+//
+// Numbers can outlive the process: the agent stores each allocation's Sum and number
+// (in a pinned map) and hands them back through Remember after a restart, so the new
+// agent gives every label set the number the running datapath already uses.
 type Allocator struct {
-	mu        sync.Mutex
-	byKey     map[string]*entry
-	byID      map[ID]*entry
-	nextGlob  ID
-	nextLocal ID
+	mu         sync.Mutex
+	byKey      map[string]*entry
+	byID       map[ID]*entry
+	remembered map[Sum]ID
+	nextGlob   ID
+	nextLocal  ID
 }
+
+// Sum names a label set (or a local name) persistently without storing the labels.
+type Sum [32]byte
+
+func sumOf(key string) Sum { return sha256.Sum256([]byte(key)) }
 
 type entry struct {
 	id     ID
@@ -30,7 +41,8 @@ type entry struct {
 
 // NewAllocator returns an empty allocator.
 func NewAllocator() *Allocator {
-	return &Allocator{byKey: map[string]*entry{}, byID: map[ID]*entry{}, nextGlob: MinCluster, nextLocal: MinLocal}
+	return &Allocator{byKey: map[string]*entry{}, byID: map[ID]*entry{}, remembered: map[Sum]ID{},
+		nextGlob: MinCluster, nextLocal: MinLocal}
 }
 
 // Key is the canonical form of a label set: sorted key=value pairs.
@@ -71,7 +83,10 @@ func (a *Allocator) acquire(key string, labels map[string]string, local bool) (I
 		return e.id, false, nil
 	}
 	var id ID
-	if local {
+	if rid, ok := a.remembered[sumOf(key)]; ok && a.byID[rid] == nil {
+		delete(a.remembered, sumOf(key))
+		id = rid
+	} else if local {
 		if a.nextLocal == 0 { // wrapped past 2^32
 			return 0, false, fmt.Errorf("allocating a local identity for %q: node-local identities exhausted", key)
 		}
@@ -92,6 +107,44 @@ func (a *Allocator) acquire(key string, labels map[string]string, local bool) (I
 	a.byKey[key] = e
 	a.byID[id] = e
 	return id, true, nil
+}
+
+// Remember reserves id for the label set whose Sum is s: the next Acquire of that set
+// gets id back. Fresh numbers are allocated above every remembered one.
+func (a *Allocator) Remember(s Sum, id ID) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.remembered[s] = id
+	if id >= MinLocal {
+		if id >= a.nextLocal {
+			a.nextLocal = id + 1
+		}
+	} else if id >= a.nextGlob {
+		a.nextGlob = id + 1
+	}
+}
+
+// ForgetUnclaimed drops the remembered numbers no Acquire has claimed (their label
+// sets are gone) and returns their sums, for the agent to delete from storage.
+func (a *Allocator) ForgetUnclaimed() []Sum {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]Sum, 0, len(a.remembered))
+	for s := range a.remembered {
+		out = append(out, s)
+	}
+	clear(a.remembered)
+	return out
+}
+
+// SumOf returns the Sum of a live identity.
+func (a *Allocator) SumOf(id ID) (Sum, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if e, ok := a.byID[id]; ok {
+		return sumOf(e.key), true
+	}
+	return Sum{}, false
 }
 
 // Release drops one reference; freed says the identity is gone.

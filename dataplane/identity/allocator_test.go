@@ -41,3 +41,43 @@ func TestAllocatorSharesAndReleases(t *testing.T) {
 		t.Fatalf("Len = %d, want 3", a.Len())
 	}
 }
+
+func TestAllocatorRememberedAcrossRestart(t *testing.T) {
+	old := NewAllocator()
+	web := map[string]string{"app": "web"}
+	db := map[string]string{"app": "db"}
+	gone := map[string]string{"app": "gone"}
+	idWeb, _, _ := old.Acquire(web)
+	idGone, _, _ := old.Acquire(gone)
+	idDB, _, _ := old.Acquire(db)
+	cidr, _, _ := old.AcquireLocal("cidr:10.0.0.0/8")
+	saved := map[Sum]ID{}
+	for _, id := range []ID{idWeb, idGone, idDB, cidr} {
+		s, ok := old.SumOf(id)
+		if !ok {
+			t.Fatalf("no sum for live identity %v", id)
+		}
+		saved[s] = id
+	}
+
+	// A new agent: label sets come back in another order, one never comes back.
+	a := NewAllocator()
+	for s, id := range saved {
+		a.Remember(s, id)
+	}
+	gotDB, _, _ := a.Acquire(db)
+	gotWeb, _, _ := a.Acquire(web)
+	gotCIDR, _, _ := a.AcquireLocal("cidr:10.0.0.0/8")
+	if gotDB != idDB || gotWeb != idWeb || gotCIDR != cidr {
+		t.Fatalf("after restart web=%v db=%v cidr=%v, want %v %v %v", gotWeb, gotDB, gotCIDR, idWeb, idDB, cidr)
+	}
+	fresh, _, _ := a.Acquire(map[string]string{"app": "new"})
+	if fresh == idGone || fresh <= idDB {
+		t.Fatalf("fresh identity %v collides with or precedes remembered ones (max %v)", fresh, idDB)
+	}
+	unclaimed := a.ForgetUnclaimed()
+	goneSum, _ := old.SumOf(idGone)
+	if len(unclaimed) != 1 || unclaimed[0] != goneSum {
+		t.Fatalf("unclaimed = %d sums, want only the gone label set's", len(unclaimed))
+	}
+}

@@ -65,6 +65,17 @@ struct {
 	__array(values, struct policy_inner);
 } fn_policy SEC(".maps");
 
+// Not read by the programs: the agent's identity numbers (label-set sum -> identity),
+// pinned with the maps that use them so a restarted agent allocates the same numbers.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, IDENTITIES_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct identity_sum);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fn_identities SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, CT_MAX);

@@ -9,6 +9,7 @@
 #define POLICY_MAX 131072
 #define CT_MAX 262144
 #define COUNTERS_MAX 65536
+#define IDENTITIES_MAX 262144
 #define EVENTS_RING_BYTES (1 << 20)
 #define DEFAULT_EVENTS_PER_SEC 2000
 
@@ -53,6 +54,10 @@
 
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_RST 0x04
+
+struct identity_sum {
+	__u8 sum[32]; // sha256 of the label set's canonical form
+};
 
 struct endpoint_info {
 	__u32 addr; // pod IPv4, network order
