@@ -119,8 +119,8 @@ type Update struct {
 	// identity.Allocator.Remember. Write them before anything else.
 	Identities []IdentityUpdate
 	Endpoints  []EndpointUpdate
-	IPCache   []PrefixUpdate // pod and node addresses (/32)
-	CIDRs     []PrefixUpdate // prefixes named by CIDR rules, with local identities
+	IPCache    []PrefixUpdate // pod and node addresses (/32)
+	CIDRs      []PrefixUpdate // prefixes named by CIDR rules, with local identities
 }
 
 // IdentityUpdate records that a label set (by Sum) has an identity, or no longer has.
