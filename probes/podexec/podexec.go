@@ -58,7 +58,7 @@ type Runner struct {
 	// Command is the batch command line in the pod (default DefaultCommand); the
 	// options are appended as flags.
 	Command []string
-	// Options apply to every attempt (batch.DefaultOptions when zero).
+	// Options apply to every attempt; zero fields take batch.DefaultOptions'.
 	Options batch.Options
 	// Retries is how many more attempts an ambiguous target gets. Zero keeps
 	// every first answer.
@@ -147,12 +147,16 @@ func (r *Runner) Probe(ctx context.Context, pod Pod, targets []batch.Target) ([]
 	return cells, nil
 }
 
+// options fills the zero fields of r.Options with batch.DefaultOptions; negative
+// values stay, and fail validation naming the flag.
 func (r *Runner) options() batch.Options {
-	if r.Options == (batch.Options{}) {
-		return batch.DefaultOptions()
+	o, d := r.Options, batch.DefaultOptions()
+	if o.Timeout == 0 {
+		o.Timeout = d.Timeout
 	}
-	o := r.Options
-	d := batch.DefaultOptions()
+	if o.Parallel == 0 {
+		o.Parallel = d.Parallel
+	}
 	if o.Protocol == "" {
 		o.Protocol = d.Protocol
 	}

@@ -193,7 +193,8 @@ func TestBadInputMakesNoExec(t *testing.T) {
 		{"bad target", &podexec.Runner{Exec: ex}, pod, []batch.Target{{Target: "192.0.2.2"}}, "targets[0]"},
 		{"bad protocol", &podexec.Runner{Exec: ex}, pod, []batch.Target{{Target: "192.0.2.2:80", Protocol: "icmp"}}, "protocol"},
 		{"negative retries", &podexec.Runner{Exec: ex, Retries: -1}, pod, good, "Retries"},
-		{"negative timeout", &podexec.Runner{Exec: ex, Options: batch.Options{Timeout: -time.Second, Parallel: 1}}, pod, good, "--timeout"},
+		{"negative timeout", &podexec.Runner{Exec: ex, Options: batch.Options{Timeout: -time.Second}}, pod, good, "--timeout"},
+		{"negative parallel", &podexec.Runner{Exec: ex, Options: batch.Options{Parallel: -1}}, pod, good, "--parallel"},
 		{"no executor", &podexec.Runner{}, pod, good, "Exec"},
 	} {
 		_, err := c.r.Probe(context.Background(), c.pod, c.targets)
