@@ -242,7 +242,42 @@ func (d *Datapath) DetachEndpoint(ctx context.Context, ifindex int) error {
 	if err := d.objs.FnPolicy.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("deleting policy of endpoint %d: %w", ifindex, err))
 	}
+	// Counters and tracked connections of the interface index must not carry over to
+	// the next pod that gets it.
+	if err := deleteWhere(d.objs.FnCounters, func(k *datapathCounterKey) bool { return k.Ifindex == key }); err != nil {
+		errs = append(errs, fmt.Errorf("deleting counters of endpoint %d: %w", ifindex, err))
+	}
+	if err := deleteWhere(d.objs.FnCt, func(k *datapathCtKey) bool { return k.Ifindex == key }); err != nil {
+		errs = append(errs, fmt.Errorf("deleting connections of endpoint %d: %w", ifindex, err))
+	}
 	return errors.Join(errs...)
+}
+
+// deleteWhere deletes the keys of m that match.
+func deleteWhere[K any](m *ebpf.Map, match func(*K) bool) error {
+	var victims []K
+	var cur, next K
+	var prev any // nil: start from the first key
+	for {
+		err := m.NextKey(prev, &next)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if match(&next) {
+			victims = append(victims, next)
+		}
+		cur = next
+		prev = &cur
+	}
+	for i := range victims {
+		if err := m.Delete(&victims[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 // SyncEndpointPolicy replaces an endpoint's policy atomically: a fresh map is filled
@@ -367,6 +402,13 @@ func (d *Datapath) Apply(ctx context.Context, up compile.Update, ifindexOf func(
 		}
 		if err := d.SyncEndpointPolicy(ctx, ifindex, e.Policy); err != nil {
 			return fmt.Errorf("pod %s/%s: %w", e.Namespace, e.Name, err)
+		}
+		if e.IP.Is4() {
+			// The identity flows report as the endpoint's (its labels may have changed).
+			info := datapathEndpointInfo{Addr: addrBE(e.IP), Identity: uint32(e.Identity)}
+			if err := d.objs.FnEndpoints.Update(uint32(ifindex), &info, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("pod %s/%s: updating endpoint %d: %w", e.Namespace, e.Name, ifindex, err)
+			}
 		}
 	}
 	for _, u := range up.IPCache {

@@ -508,3 +508,43 @@ spec:
 		t.Errorf("no policy drop counted on the client's egress")
 	}
 }
+
+// TestNetnsDetachForgetsEndpoint: after DetachEndpoint the veth runs no program and
+// nothing of the endpoint (counters, tracked connections) is left for the next pod
+// that gets its interface index.
+func TestNetnsDetachForgetsEndpoint(t *testing.T) {
+	n := newTestNode(t)
+	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
+	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	server.serveTCP(t, 80)
+	wantWorks(t, "client -> server", client.tcpWorks(server.ip, 80))
+	n.cnp(seedDefaultDeny)
+	wantBlocked(t, "client -> server under default deny", client.tcpWorks(server.ip, 80))
+
+	must(t, n.node.Do(func(ns.NetNS) error { return n.d.DetachEndpoint(context.Background(), server.ifindex) }))
+	wantWorks(t, "client -> server once the server's programs are detached", client.tcpWorks(server.ip, 80))
+	counters, err := n.d.Counters()
+	must(t, err)
+	for _, c := range counters {
+		if c.IfIndex == server.ifindex {
+			t.Errorf("counter left for the detached endpoint: %+v", c)
+		}
+	}
+	eps, err := n.d.Endpoints(context.Background())
+	must(t, err)
+	if _, ok := eps[server.ifindex]; ok || len(eps) != 1 {
+		t.Errorf("endpoints after detach: %v, want only the client", eps)
+	}
+	var left int
+	var k datapathCtKey
+	var v datapathCtVal
+	it := n.d.objs.FnCt.Iterate()
+	for it.Next(&k, &v) {
+		if int(k.Ifindex) == server.ifindex {
+			left++
+		}
+	}
+	if left != 0 {
+		t.Errorf("%d tracked connections left for the detached endpoint", left)
+	}
+}

@@ -48,6 +48,7 @@ type Compiler struct {
 	identUps  map[identity.Sum]IdentityUpdate
 	memo      map[identity.ID]map[string]*EndpointPolicy // by identity, then named-port signature
 	emitted   map[string]*EndpointPolicy                 // last policy sent per local pod
+	emittedID map[string]identity.ID                     // and the identity sent with it
 	localByID map[identity.ID]map[string]*podState       // local pods by identity
 	emitIP    map[netip.Addr]identity.ID
 	emitPfx   map[netip.Prefix]identity.ID
@@ -137,6 +138,7 @@ func New(alloc *identity.Allocator) *Compiler {
 		identUps:     map[identity.Sum]IdentityUpdate{},
 		memo:         map[identity.ID]map[string]*EndpointPolicy{},
 		emitted:      map[string]*EndpointPolicy{},
+		emittedID:    map[string]identity.ID{},
 		emitIP:       map[netip.Addr]identity.ID{},
 		emitPfx:      map[netip.Prefix]identity.ID{},
 	}
@@ -801,17 +803,19 @@ func (c *Compiler) Flush() Update {
 		if !ok || !ps.pod.Local || ps.pod.HostNetwork || !ps.hasI {
 			if _, had := c.emitted[k]; had {
 				delete(c.emitted, k)
+				delete(c.emittedID, k)
 				ns, name, _ := strings.Cut(k, "/")
 				up.Endpoints = append(up.Endpoints, EndpointUpdate{Namespace: ns, Name: name})
 			}
 			continue
 		}
 		pol := c.policyFor(ps)
-		if old, had := c.emitted[k]; had && old.Equal(pol) {
+		if old, had := c.emitted[k]; had && old.Equal(pol) && c.emittedID[k] == ps.id {
 			continue
 		}
+		c.emittedID[k] = ps.id
 		c.emitted[k] = pol
-		up.Endpoints = append(up.Endpoints, EndpointUpdate{Namespace: ps.pod.Namespace, Name: ps.pod.Name, IP: ps.pod.IP, Policy: pol})
+		up.Endpoints = append(up.Endpoints, EndpointUpdate{Namespace: ps.pod.Namespace, Name: ps.pod.Name, IP: ps.pod.IP, Identity: ps.id, Policy: pol})
 	}
 	for ip := range c.dirtyIPs {
 		want, ok := c.resolveIP(ip)

@@ -100,6 +100,7 @@ func (p *EndpointPolicy) Equal(o *EndpointPolicy) bool {
 type EndpointUpdate struct {
 	Namespace, Name string
 	IP              netip.Addr
+	Identity        identity.ID
 	Policy          *EndpointPolicy
 }
 
