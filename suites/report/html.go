@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"html/template"
 	"io"
+	"strings"
 	"time"
 )
 
@@ -86,7 +87,7 @@ func newPage(r *Report) page {
 			pc.Status, pc.Message = "error", c.Error
 			p.Errors++
 		case c.Failed():
-			pc.Status = "failed"
+			pc.Status, pc.Message = "failed", strings.Join(c.Problems, "\n")
 			p.Failed++
 		default:
 			pc.Status = "passed"
@@ -176,7 +177,7 @@ td.mismatch { outline: 3px solid #f5b800; outline-offset: -3px; }
 .legend span { display: inline-block; padding: 0 .5em; margin-right: .5em; color: #fff; font-family: monospace; }
 ul.mismatches li { margin-bottom: .5em; }
 pre { background: #f6f7f9; border: 1px solid #e1e4ea; padding: .5em; overflow-x: auto; font-size: 12px; }
-.ok { color: #1f7a3a; } .bad { color: #b3261e; font-weight: 600; }
+.ok { color: #1f7a3a; } .bad { color: #b3261e; font-weight: 600; white-space: pre-wrap; }
 </style>
 </head>
 <body>

@@ -30,6 +30,9 @@ type CaseResult struct {
 	// Error, when set, is what broke the case before its probes could be
 	// judged (setup failed): reported as an error, not a mismatch.
 	Error string
+	// Problems are failures the tables do not show, e.g. an open path seen
+	// blocked while a policy change was being applied; any fails the case.
+	Problems []string
 }
 
 // StepResult is one step of a case: its policies and what was observed.
@@ -50,8 +53,12 @@ func (c CaseResult) Duration() time.Duration {
 	return d
 }
 
-// Failed says whether any probe of the case mismatched or was missing.
+// Failed says whether any probe of the case mismatched or was missing, or
+// the case found another problem.
 func (c CaseResult) Failed() bool {
+	if len(c.Problems) > 0 {
+		return true
+	}
 	for _, s := range c.Steps {
 		for _, cmp := range s.Comparisons {
 			if !cmp.OK() {
@@ -206,6 +213,10 @@ func junitCase(c CaseResult) (junitTestCase, error) {
 				failed = append(failed, fmt.Sprintf("step %q: %s", s.Name, cmp.Summary()))
 			}
 		}
+	}
+	failed = append(failed, c.Problems...)
+	for _, p := range c.Problems {
+		text.WriteString(p + "\n")
 	}
 	switch {
 	case c.Skipped != "":

@@ -276,3 +276,41 @@ func BenchmarkExpectedTable(b *testing.B) {
 		}
 	}
 }
+
+// A case whose tables all agree but which found another problem (traffic
+// blocked while a change was applied) fails, in JUnit and in the HTML.
+func TestProblemsFailACaseWithMatchingTables(t *testing.T) {
+	s := buildSample(t)
+	var passing CaseResult
+	for _, c := range s.report.Cases {
+		if c.Name == "np-pod-selector" {
+			passing = c
+		}
+	}
+	if passing.Failed() {
+		t.Fatal("sample case np-pod-selector should pass")
+	}
+	passing.Problems = []string{"step \"update\": 2 probes on paths open before and after the change were blocked while it was applied"}
+	if !passing.Failed() {
+		t.Fatal("a case with problems does not count as failed")
+	}
+	r := &Report{Title: "problems", Cases: []CaseResult{passing}}
+	var junit, page bytes.Buffer
+	if err := WriteJUnit(&junit, r); err != nil {
+		t.Fatal(err)
+	}
+	var in junitIn
+	if err := xml.Unmarshal(junit.Bytes(), &in); err != nil {
+		t.Fatal(err)
+	}
+	if in.Failures != 1 || len(in.Suites) != 1 || in.Suites[0].Cases[0].Failure == nil ||
+		!strings.Contains(in.Suites[0].Cases[0].Failure.Message, "while it was applied") {
+		t.Errorf("JUnit: failures=%d, case %+v", in.Failures, in.Suites)
+	}
+	if err := WriteHTML(&page, r); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(page.String(), "while it was applied") || !strings.Contains(page.String(), "1 failed") {
+		t.Error("the HTML page does not show the problem as a failure")
+	}
+}

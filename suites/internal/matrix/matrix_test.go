@@ -278,3 +278,39 @@ func TestPlanRefusesBadInput(t *testing.T) {
 		t.Errorf("missing ClusterIP: %v", err)
 	}
 }
+
+func TestWatchSeesAGapWhileTrafficFlows(t *testing.T) {
+	w := newWorld(t)
+	w.serve(t, ipA, svcA)
+	allOpen := w.expect(t, map[string]bool{"n/a": true, "svc:n/a": true, "n/b": true, "svc:n/b": true})
+	onlyA := w.expect(t, map[string]bool{"n/a": true, "svc:n/a": true})
+	// n/a stays reachable throughout: no gap. n/b is reachable before and
+	// after, but does not serve during the watch: every round sees it blocked.
+	guardA := StillReachable(onlyA, onlyA)
+	guardAll := StillReachable(allOpen, allOpen)
+	wa := Watch(context.Background(), runner(&localExec{}), w.plan, w.snap, guardA)
+	wb := Watch(context.Background(), runner(&localExec{}), w.plan, w.snap, guardAll)
+	time.Sleep(1500 * time.Millisecond)
+	gapsA, roundsA, errA := wa.Stop()
+	gapsB, roundsB, errB := wb.Stop()
+	if errA != nil || errB != nil {
+		t.Fatal(errA, errB)
+	}
+	if roundsA == 0 || roundsB == 0 {
+		t.Fatalf("rounds %d, %d: the watch never completed a round", roundsA, roundsB)
+	}
+	if len(gapsA) != 0 {
+		t.Errorf("gaps on the always-served cells: %v", gapsA)
+	}
+	if len(gapsB) == 0 {
+		t.Fatal("n/b was down for the whole watch and no gap was seen")
+	}
+	for _, g := range gapsB {
+		if g.Key.To != "n/b" && g.Key.To != "svc:n/b" {
+			t.Errorf("gap on %s, which was served", g.Key)
+		}
+	}
+	if StillReachable(allOpen, onlyA)(0, report.Key{From: "n/a", To: "n/b", PortProtocol: w.plan.Ports[0]}) {
+		t.Error("a cell closed by the change is guarded")
+	}
+}

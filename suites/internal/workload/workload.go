@@ -20,6 +20,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/e2e-framework/pkg/env"
+	"sigs.k8s.io/e2e-framework/pkg/envconf"
 
 	"github.com/flatnet/flatnet/fixtures/oracle"
 )
@@ -44,10 +46,7 @@ func Prepare(p corev1.Pod) corev1.Pod {
 	for i := range p.Spec.Containers {
 		p.Spec.Containers[i].ImagePullPolicy = corev1.PullIfNotPresent
 	}
-	if p.Labels == nil {
-		p.Labels = map[string]string{}
-	}
-	p.Labels[ManagedByLabel] = ManagedByValue
+	p.Labels = withManagedBy(p.Labels)
 	return p
 }
 
@@ -81,10 +80,7 @@ func CreatePods(ctx context.Context, cs kubernetes.Interface, pods []corev1.Pod)
 func CreateServices(ctx context.Context, cs kubernetes.Interface, svcs []corev1.Service) error {
 	for _, s := range svcs {
 		s := *s.DeepCopy()
-		if s.Labels == nil {
-			s.Labels = map[string]string{}
-		}
-		s.Labels[ManagedByLabel] = ManagedByValue
+		s.Labels = withManagedBy(s.Labels)
 		if _, err := cs.CoreV1().Services(s.Namespace).Create(ctx, &s, metav1.CreateOptions{}); err != nil {
 			return fmt.Errorf("creating service %s/%s: %w", s.Namespace, s.Name, err)
 		}
@@ -348,3 +344,45 @@ func DeleteNamespaces(ctx context.Context, cs kubernetes.Interface, names []stri
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// CreateNamespace is an e2e-framework environment function creating ns
+// (with its labels, which namespace selectors match) through the config's
+// klient, labelled as the suite's.
+func CreateNamespace(ns corev1.Namespace) env.Func {
+	return func(ctx context.Context, cfg *envconf.Config) (context.Context, error) {
+		ns := *ns.DeepCopy()
+		ns.Labels = withManagedBy(ns.Labels)
+		client, err := cfg.NewClient()
+		if err != nil {
+			return ctx, fmt.Errorf("creating namespace %s: %w", ns.Name, err)
+		}
+		if err := client.Resources().Create(ctx, &ns); err != nil {
+			return ctx, fmt.Errorf("creating namespace %s: %w", ns.Name, err)
+		}
+		return ctx, nil
+	}
+}
+
+// DeleteNamespace is an e2e-framework environment function deleting a
+// namespace the suite created; one already gone is fine.
+func DeleteNamespace(name string) env.Func {
+	return func(ctx context.Context, cfg *envconf.Config) (context.Context, error) {
+		client, err := cfg.NewClient()
+		if err != nil {
+			return ctx, fmt.Errorf("deleting namespace %s: %w", name, err)
+		}
+		err = client.Resources().Delete(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})
+		if err != nil && !apierrors.IsNotFound(err) {
+			return ctx, fmt.Errorf("deleting namespace %s: %w", name, err)
+		}
+		return ctx, nil
+	}
+}
+
+func withManagedBy(m map[string]string) map[string]string {
+	out := map[string]string{ManagedByLabel: ManagedByValue}
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}

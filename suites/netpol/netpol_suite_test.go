@@ -1,0 +1,529 @@
+//go:build e2e
+
+// Package netpol is the policy conformance matrix: namespaces x, y, z with pods
+// a, b, c serving TCP and UDP on 80 and 81, each behind its own Service. For
+// every case of fixtures/policies (and a few seeded random ones) the suite
+// applies the policy set, probes every pod from every pod by pod IP and
+// through the Services (one `probe batch` exec per source pod, all cells in
+// parallel), and compares the observed tables with the oracle's until they
+// agree or the enforcement timeout passes.
+//
+// Against any cluster (another CNI): export KUBECONFIG and PROBE_IMAGE (the
+// probe image loaded into, or pullable by, its nodes), FLATNET_NODE_SUBNET if
+// the pods' subnet is not kind-configs/network.env's, and run
+//
+//	bin/ginkgo --tags e2e --label-filter='!flatnet' ./suites/netpol             # Cilium
+//	bin/ginkgo --tags e2e --label-filter='!flatnet && !cilium' ./suites/netpol  # no cilium.io CRDs
+//
+// Settings: FLATNET_SEED (replay the random family), FLATNET_RANDOM_CASES,
+// FLATNET_PROBE_TIMEOUT, FLATNET_ENFORCE_TIMEOUT, ARTIFACTS (report directory),
+// FLATNET_KEEP=1 (keep the namespaces for debugging).
+package netpol
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/dynamic"
+	"sigs.k8s.io/e2e-framework/pkg/env"
+
+	"github.com/flatnet/flatnet/fixtures/oracle"
+	"github.com/flatnet/flatnet/fixtures/policies"
+	"github.com/flatnet/flatnet/fixtures/topology"
+	"github.com/flatnet/flatnet/probes/batch"
+	"github.com/flatnet/flatnet/probes/podexec"
+	"github.com/flatnet/flatnet/suites/framework"
+	"github.com/flatnet/flatnet/suites/internal/artifacts"
+	"github.com/flatnet/flatnet/suites/internal/matrix"
+	"github.com/flatnet/flatnet/suites/internal/policyset"
+	"github.com/flatnet/flatnet/suites/internal/runenv"
+	"github.com/flatnet/flatnet/suites/internal/workload"
+	"github.com/flatnet/flatnet/suites/report"
+)
+
+func TestNetpol(t *testing.T) {
+	RegisterFailHandler(Fail)
+	RunSpecs(t, "netpol")
+}
+
+// worldCIDR is the outside block CIDR rules name (TEST-NET-1, RFC 5737): no
+// probe is ever sent to it.
+var worldCIDR = netip.MustParsePrefix("192.0.2.0/24")
+
+// Decided while the spec tree is built: the random cases' names carry the
+// seed, and the namespaces' prefix makes two runs on one cluster distinct.
+var (
+	settings, settingsErr = readSettings()
+	model                 = topology.Default(fmt.Sprintf("np-%04x-", time.Now().UnixNano()&0xffff), false)
+)
+
+// Set up by BeforeSuite.
+var (
+	cluster  *framework.Cluster
+	runner   *podexec.Runner
+	applier  *policyset.Applier
+	crdErr   error // why CNP cases cannot run, checked once
+	reportMu sync.Mutex
+	results  = &report.Report{Title: "flatnet policy conformance matrix", Started: time.Now()}
+)
+
+func readSettings() (runenv.Settings, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return runenv.Settings{}, err
+	}
+	root, err := runenv.RepoRoot(wd)
+	if err != nil {
+		return runenv.Settings{}, err
+	}
+	return runenv.Read(os.LookupEnv, root, time.Now())
+}
+
+var _ = BeforeSuite(func(ctx SpecContext) {
+	Expect(settingsErr).NotTo(HaveOccurred())
+	var err error
+	cluster, err = framework.FromEnv()
+	Expect(err).NotTo(HaveOccurred())
+	Expect(model.Validate()).To(Succeed())
+
+	seedHow := "from the clock"
+	if settings.SeedFromEnv {
+		seedHow = "from FLATNET_SEED"
+	}
+	notes := []string{
+		fmt.Sprintf("API server %s; probe image %s", cluster.Rest.Host, settings.ProbeImage),
+		fmt.Sprintf("random family: seed %d (%s); replay with FLATNET_SEED=%d", settings.Seed, seedHow, settings.Seed),
+		fmt.Sprintf("probe timeout %s, enforcement timeout %s; namespaces %s", settings.ProbeTimeout, settings.EnforceTimeout, strings.Join(namespaces(), ", ")),
+	}
+	results.Notes = notes
+	for _, n := range notes {
+		GinkgoWriter.Println(n)
+	}
+	AddReportEntry("random seed", fmt.Sprintf("%d (replay: FLATNET_SEED=%d)", settings.Seed, settings.Seed))
+
+	By("creating namespaces " + strings.Join(namespaces(), ", ") + " through e2e-framework")
+	var funcs []env.Func
+	for _, ns := range model.NamespaceObjects() {
+		funcs = append(funcs, workload.CreateNamespace(ns))
+	}
+	_, err = cluster.Run(ctx, funcs...)
+	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(deleteNamespaces)
+	for _, ns := range namespaces() {
+		Expect(workload.WaitServiceAccount(ctx, cluster.Clientset, ns, time.Minute)).To(Succeed())
+	}
+
+	By("creating pods a, b, c in each namespace (TCP and UDP on 80 and 81) and their Services")
+	var pods []corev1.Pod
+	for _, p := range model.PodObjects(settings.ProbeImage) {
+		pods = append(pods, workload.Prepare(p))
+	}
+	Expect(workload.CreatePods(ctx, cluster.Clientset, pods)).To(Succeed())
+	Expect(workload.CreateServices(ctx, cluster.Clientset, model.ServiceObjects())).To(Succeed())
+	Expect(workload.WaitPodsReady(ctx, cluster.Clientset, podKeys(), 3*time.Minute)).To(Succeed())
+	Expect(workload.WaitServiceEndpoints(ctx, cluster.Clientset, serviceKeys(), time.Minute)).To(Succeed())
+
+	ex, err := podexec.NewExecutor(cluster.Rest, cluster.Clientset)
+	Expect(err).NotTo(HaveOccurred())
+	opts := batch.DefaultOptions()
+	opts.Timeout = settings.ProbeTimeout
+	// Retries stay at zero: Converge polls the whole matrix again instead, and
+	// a retry of every blocked cell would double each table's time.
+	runner = &podexec.Runner{Exec: ex, Options: opts}
+	dyn, err := dynamic.NewForConfig(cluster.Rest)
+	Expect(err).NotTo(HaveOccurred())
+	applier = policyset.New(cluster.Clientset, dyn)
+	crdErr = policyset.CheckCiliumCRDs(cluster.Clientset.Discovery(), oracle.KindCNP)
+	if crdErr != nil {
+		GinkgoWriter.Printf("every case with a CiliumNetworkPolicy will fail: %v\n", crdErr)
+	}
+})
+
+var _ = AfterSuite(func(ctx SpecContext) {
+	if applier != nil {
+		Expect(applier.Reset(ctx)).To(Succeed())
+	}
+	reportMu.Lock()
+	defer reportMu.Unlock()
+	paths, err := artifacts.Write(settings.ArtifactsDir, "netpol", results)
+	Expect(err).NotTo(HaveOccurred())
+	GinkgoWriter.Printf("truth-table report: %s\n", strings.Join(paths, ", "))
+	AddReportEntry("truth-table report", strings.Join(paths, ", "))
+})
+
+func deleteNamespaces(ctx SpecContext) {
+	if os.Getenv("FLATNET_KEEP") == "1" {
+		GinkgoWriter.Printf("FLATNET_KEEP=1: namespaces %v kept\n", namespaces())
+		return
+	}
+	var funcs []env.Func
+	for _, ns := range namespaces() {
+		funcs = append(funcs, workload.DeleteNamespace(ns))
+	}
+	_, err := cluster.Run(ctx, funcs...)
+	Expect(err).NotTo(HaveOccurred())
+}
+
+func namespaces() []string {
+	var out []string
+	for _, ns := range model.Namespaces {
+		out = append(out, model.Namespace(ns))
+	}
+	return out
+}
+
+func podKeys() []workload.Key {
+	var out []workload.Key
+	for _, r := range model.AllPods() {
+		out = append(out, workload.Key{Namespace: model.Namespace(r.Namespace), Name: r.Pod})
+	}
+	return out
+}
+
+func serviceKeys() []workload.Key {
+	var out []workload.Key
+	for _, r := range model.AllPods() {
+		out = append(out, workload.Key{Namespace: model.Namespace(r.Namespace), Name: model.ServiceName(r)})
+	}
+	return out
+}
+
+// plannedCases lists the cases while the spec tree is built, from the model
+// as the oracle would see it scheduled: only names, families and kinds are
+// used; each spec builds its case again from the live cluster.
+func plannedCases() []policies.Case {
+	c, err := model.PlannedCluster(settings.NodeSubnet, 3)
+	if err != nil {
+		c, _ = model.PlannedCluster(netip.MustParsePrefix("10.224.0.0/16"), 3)
+	}
+	subnet := settings.NodeSubnet
+	if !subnet.IsValid() {
+		subnet = netip.MustParsePrefix("10.224.0.0/16")
+	}
+	cases, err := allCases(policies.Env{Model: model, Cluster: c, NodeSubnet: subnet, WorldCIDR: worldCIDR})
+	if err != nil {
+		panic(fmt.Sprintf("listing the policy cases for the spec tree: %v", err))
+	}
+	return cases
+}
+
+// allCases is every named case and this run's random ones.
+func allCases(e policies.Env) ([]policies.Case, error) {
+	cases, err := policies.All(e)
+	if err != nil {
+		return nil, err
+	}
+	random, err := policies.Random(e, settings.Seed, settings.RandomCases)
+	if err != nil {
+		return nil, err
+	}
+	return append(cases, random...), nil
+}
+
+// liveCase builds the named case again from the running pods (CIDR and
+// random cases use their addresses).
+func liveCase(ctx context.Context, name string) (policies.Case, error) {
+	snap, err := workload.Take(ctx, cluster.Clientset, namespaces())
+	if err != nil {
+		return policies.Case{}, err
+	}
+	cases, err := allCases(policies.Env{Model: model, Cluster: snap.Cluster, NodeSubnet: settings.NodeSubnet, WorldCIDR: worldCIDR})
+	if err != nil {
+		return policies.Case{}, err
+	}
+	for _, c := range cases {
+		if c.Name == name {
+			return c, nil
+		}
+	}
+	return policies.Case{}, fmt.Errorf("case %q is not among the live cases", name)
+}
+
+func usesCilium(c policies.Case) bool {
+	for _, s := range c.Steps {
+		if len(s.Policies.CiliumPolicies) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+var _ = Describe("policy conformance matrix", Serial, func() {
+	It("with no policy, every pod reaches every pod and Service on every port", Label("baseline"), func(ctx SpecContext) {
+		runCase(ctx, policies.Case{
+			Name: "baseline-no-policy", Family: "baseline",
+			Description: "No policy in force: the oracle expects every path open; a failure here is the CNI, not policy.",
+			Steps:       []policies.Step{{Name: "no policy"}},
+		})
+	})
+
+	It("gives every pod an address of the node subnet, beside the nodes (node-subnet IPAM)", Label("flatnet"), func(ctx SpecContext) {
+		snap, err := workload.Take(ctx, cluster.Clientset, namespaces())
+		Expect(err).NotTo(HaveOccurred())
+		Expect(snap.Cluster.Pods).To(HaveLen(len(model.AllPods())))
+		for _, n := range snap.Cluster.Nodes {
+			Expect(settings.NodeSubnet.Contains(n.IP)).To(BeTrue(), "node %s has %s, outside the node subnet %s", n.Name, n.IP, settings.NodeSubnet)
+		}
+		for _, p := range snap.Cluster.Pods {
+			Expect(settings.NodeSubnet.Contains(p.IP)).To(BeTrue(), "pod %s has %s, outside the node subnet %s", p.Ref(), p.IP, settings.NodeSubnet)
+		}
+	})
+
+	for _, c := range plannedCases() {
+		labels := Label(c.Family)
+		if usesCilium(c) {
+			labels = append(labels, "cilium")
+		}
+		It(c.Name+": "+c.Description, labels, func(ctx SpecContext) {
+			live, err := liveCase(ctx, c.Name)
+			Expect(err).NotTo(HaveOccurred())
+			runCase(ctx, live)
+		})
+	}
+
+	It("SCTP on 80 and 81", Label("sctp"), func() {
+		reason := "SCTP is not probed: this kernel is built without CONFIG_IP_SCTP and the probe image has no SCTP server (agnhost porter); not counted as passing"
+		record(report.CaseResult{Name: "sctp", Family: "sctp", Description: "The model's SCTP ports, as in the upstream suite.", Skipped: reason})
+		Skip(reason)
+	})
+})
+
+func record(r report.CaseResult) {
+	reportMu.Lock()
+	defer reportMu.Unlock()
+	results.Cases = append(results.Cases, r)
+}
+
+// runCase applies each step's policies, probes the matrix until it agrees
+// with the oracle or the enforcement timeout passes, records the tables and
+// fails listing the policies of any step that disagreed.
+func runCase(ctx context.Context, c policies.Case) {
+	res := report.CaseResult{Name: c.Name, Family: c.Family, Description: c.Description}
+	defer func() { record(res) }()
+	setupFail := func(format string, args ...any) {
+		res.Error = fmt.Sprintf(format, args...)
+		Fail(res.Error)
+	}
+	if usesCilium(c) && crdErr != nil {
+		setupFail("case %s needs CiliumNetworkPolicy: %v", c.Name, crdErr)
+	}
+	DeferCleanup(func(ctx SpecContext) {
+		_, err := applier.Apply(ctx, oracle.PolicySet{})
+		Expect(err).NotTo(HaveOccurred(), "removing the case's policies")
+	})
+	var failures []string
+	var prevExpected []*report.Table
+	for i, step := range c.Steps {
+		started := time.Now()
+		By(fmt.Sprintf("%s step %d/%d %q: %s", c.Name, i+1, len(c.Steps), step.Name, strings.Join(refs(step.Policies), ", ")))
+		plan := modelPlan(c.Name + " / " + step.Name)
+		// With the pods unchanged, the expected tables are known before the
+		// change, so traffic can flow on the paths open before and after it
+		// while it is applied.
+		var snap workload.Snapshot
+		var expected []*report.Table
+		var watcher *matrix.Watcher
+		if len(step.RecreatePods) == 0 {
+			snap, expected = expect(ctx, step, plan, setupFail)
+			if i > 0 && prevExpected != nil {
+				watcher = matrix.Watch(ctx, runner, plan, snap, matrix.StillReachable(prevExpected, expected))
+			}
+		}
+		changed, err := applier.Apply(ctx, step.Policies)
+		if err != nil {
+			stopWatch(watcher)
+			setupFail("step %q: applying the policies: %v", step.Name, err)
+		}
+		for _, ch := range changed {
+			GinkgoWriter.Println("  " + ch)
+		}
+		if len(step.RecreatePods) > 0 {
+			for _, r := range step.RecreatePods {
+				By(fmt.Sprintf("recreating pod %s under the policy", r))
+				if err := workload.RecreatePod(ctx, cluster.Clientset, workload.Prepare(model.PodObject(r, settings.ProbeImage)), 2*time.Minute); err != nil {
+					setupFail("step %q: recreating %s: %v", step.Name, r, err)
+				}
+			}
+			if err := workload.WaitServiceEndpoints(ctx, cluster.Clientset, serviceKeys(), time.Minute); err != nil {
+				setupFail("step %q: %v", step.Name, err)
+			}
+			snap, expected = expect(ctx, step, plan, setupFail)
+		}
+		out, err := matrix.Converge(ctx, runner, plan, snap, expected, matrix.Options{
+			Timeout: settings.EnforceTimeout, Pause: 250 * time.Millisecond,
+			Progress: func(p matrix.Poll) { GinkgoWriter.Printf("  %s: %s\n", step.Name, p) },
+		})
+		gaps, rounds, werr := stopWatch(watcher)
+		if err != nil {
+			setupFail("step %q: probing: %v", step.Name, err)
+		}
+		if werr != nil {
+			setupFail("step %q: probing while the change was applied: %v", step.Name, werr)
+		}
+		prevExpected = expected
+		manifest, _ := policies.Manifests(step.Policies)
+		res.Steps = append(res.Steps, report.StepResult{
+			Name: step.Name, Duration: time.Since(started), Policies: refs(step.Policies),
+			Manifest: string(manifest), Comparisons: out.Comparisons,
+		})
+		for _, cmp := range out.Comparisons {
+			Expect(report.WriteComparison(GinkgoWriter, cmp)).To(Succeed())
+		}
+		if out.OK() {
+			GinkgoWriter.Printf("  %s: enforced as expected after %d poll(s), %s\n", step.Name, out.Polls, out.Converged.Round(10*time.Millisecond))
+		} else {
+			failures = append(failures, describeFailure(step, out))
+		}
+		if watcher != nil {
+			GinkgoWriter.Printf("  %s: %d background round(s) while the change was applied, %d blocked answer(s) on paths open before and after\n", step.Name, rounds, len(gaps))
+		}
+		if len(gaps) > 0 {
+			msg := describeGaps(step, gaps)
+			failures = append(failures, msg)
+			res.Problems = append(res.Problems, msg)
+		}
+	}
+	if len(failures) > 0 {
+		Fail(fmt.Sprintf("case %s: observed reachability differs from the oracle's after %s\n%s", c.Name, settings.EnforceTimeout, strings.Join(failures, "\n")))
+	}
+}
+
+// expect snapshots the pods and asks the oracle for the step's tables.
+func expect(ctx context.Context, step policies.Step, plan matrix.Plan, setupFail func(string, ...any)) (workload.Snapshot, []*report.Table) {
+	snap, err := workload.Take(ctx, cluster.Clientset, namespaces())
+	if err != nil {
+		setupFail("step %q: %v", step.Name, err)
+	}
+	o, err := oracle.New(snap.Cluster, step.Policies)
+	if err != nil {
+		setupFail("step %q: the oracle refuses the policy set: %v", step.Name, err)
+	}
+	if err := checkDocumented(o, step); err != nil {
+		setupFail("step %q: %v", step.Name, err)
+	}
+	expected, err := matrix.Expect(o, plan)
+	if err != nil {
+		setupFail("step %q: expected tables: %v", step.Name, err)
+	}
+	return snap, expected
+}
+
+func stopWatch(w *matrix.Watcher) ([]matrix.Gap, int, error) {
+	if w == nil {
+		return nil, 0, nil
+	}
+	return w.Stop()
+}
+
+// describeGaps lists blocked answers on paths that were open before the
+// change and are open after it: the change broke traffic it should not touch.
+func describeGaps(step policies.Step, gaps []matrix.Gap) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "step %q: %d probe(s) on paths open before and after the change were blocked while it was applied (policies now: %s)\n",
+		step.Name, len(gaps), strings.Join(refs(step.Policies), ", "))
+	for i, g := range gaps {
+		if i == 10 {
+			fmt.Fprintf(&b, "    ... and %d more\n", len(gaps)-i)
+			break
+		}
+		fmt.Fprintf(&b, "    +%s %s %s: %s\n", g.At.Round(10*time.Millisecond), g.Table, g.Key, g.Detail)
+	}
+	return b.String()
+}
+
+// modelPlan probes every pod from every pod, by pod IP and through each
+// pod's Service, on every port of the model.
+func modelPlan(title string) matrix.Plan {
+	pods := report.ModelEndpoints(model, false)
+	return matrix.Plan{
+		Title: title,
+		From:  pods,
+		Views: []matrix.View{{Name: "pod IP", To: pods}, {Name: "Service", To: report.ModelEndpoints(model, true)}},
+		Ports: report.ModelPorts(model),
+	}
+}
+
+// checkDocumented holds the oracle to the tables written by hand from the
+// documentation, on the live cluster: if they disagree the fixtures are wrong,
+// and no probe result could be judged.
+func checkDocumented(o *oracle.Oracle, step policies.Step) error {
+	for _, d := range step.Documented {
+		for i, from := range d.From {
+			for j, to := range d.To {
+				want, err := d.Reachable(i, j)
+				if err != nil {
+					return err
+				}
+				v, err := o.Decide(from, to, d.Port, d.Protocol)
+				if err != nil {
+					return err
+				}
+				if v.Allowed != want {
+					return fmt.Errorf("the oracle says %s -> %s %d/%s is %s, the documented table (%s) says the opposite", from, to, d.Port, d.Protocol, v, d.Source)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func refs(ps oracle.PolicySet) []string {
+	var out []string
+	for _, r := range policies.Refs(ps) {
+		out = append(out, r.String())
+	}
+	return out
+}
+
+// describeFailure is a step's failure for people: the summaries, the
+// policies in force, and the mismatched cells with the policies each involves.
+func describeFailure(step policies.Step, out matrix.Outcome) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "step %q after %d poll(s); policies in force: %s\n", step.Name, out.Polls, strings.Join(refs(step.Policies), ", "))
+	var involved []string
+	for _, cmp := range out.Comparisons {
+		if cmp.OK() {
+			continue
+		}
+		fmt.Fprintf(&b, "  %s\n", cmp.Summary())
+		for i, m := range cmp.Mismatches {
+			if i == 10 {
+				fmt.Fprintf(&b, "    ... and %d more (see the grids above and the HTML report)\n", len(cmp.Mismatches)-i)
+				break
+			}
+			fmt.Fprintf(&b, "    %s: expected %s, observed %s; oracle: %s\n", m.Key, reach(m.Expected.Reachable), m.Observed.Detail, m.Expected.Detail)
+		}
+		for _, m := range cmp.Mismatches {
+			for _, p := range m.Expected.Policies {
+				if !slices.Contains(involved, p) {
+					involved = append(involved, p)
+				}
+			}
+		}
+		for _, k := range cmp.Missing {
+			fmt.Fprintf(&b, "    %s: not probed (the probe could not run, or its attempts disagreed)\n", k)
+		}
+	}
+	if len(involved) > 0 {
+		slices.Sort(involved)
+		fmt.Fprintf(&b, "  policies involved in the mismatched cells: %s\n", strings.Join(involved, ", "))
+	}
+	return b.String()
+}
+
+func reach(r bool) string {
+	if r {
+		return "reachable"
+	}
+	return "blocked"
+}
