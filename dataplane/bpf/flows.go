@@ -77,7 +77,7 @@ type FlowEvent struct {
 	Monotonic      time.Duration // CLOCK_MONOTONIC at the event
 	IfIndex        int
 	Src, Dst       netip.Addr
-	SrcPort        uint16 // ICMP echo: the echo id
+	SrcPort        uint16 // ICMP: the echo id of a request (of a reply: in DstPort)
 	DstPort        uint16
 	Protocol       uint8
 	TCPFlags       uint8

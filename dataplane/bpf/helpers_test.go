@@ -72,6 +72,9 @@ func (p pkt) bytes() []byte {
 	case 1:
 		l4 = make([]byte, 8)
 		l4[0] = 8 // echo request
+		if p.tcpFlags == icmpEchoReplyFlag {
+			l4[0] = 0
+		}
 		binary.BigEndian.PutUint16(l4[4:], p.sport)
 	}
 	if p.proto != 1 {
@@ -85,6 +88,14 @@ func (p pkt) bytes() []byte {
 		b = append(b, 0)
 	}
 	return b
+}
+
+// icmpEchoReplyFlag in pkt.tcpFlags makes an ICMP packet an echo reply.
+const icmpEchoReplyFlag = 0xff
+
+func icmpReply(p pkt) pkt {
+	p.tcpFlags = icmpEchoReplyFlag
+	return p
 }
 
 // reply is the packet coming back on the same connection.

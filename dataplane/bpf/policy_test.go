@@ -281,3 +281,43 @@ func appendInt(b []byte, i int) []byte {
 	}
 	return append(b, byte('0'+i%10))
 }
+
+func TestServiceAddressDeferredAndRepliesTracked(t *testing.T) {
+	d := loadTest(t)
+	cl := newCluster(t, d)
+	cl.cnp(seedDefaultDeny)
+	vip := netip.MustParseAddr("10.96.0.10")
+	must(t, d.UpsertService(context.Background(), vip))
+
+	syn := tcp(serverIP, vip, 47000, 80, tcpSYN)
+	expect(t, d, "packet to a Service address (judged after DNAT)", dirEgress, syn, tcxNext)
+	expect(t, d, "un-DNATed reply from the Service address", dirIngress, syn.reply(tcpSYN|tcpACK), tcxNext)
+	expect(t, d, "unsolicited packet from the Service address, other port", dirIngress, tcp(vip, serverIP, 80, 47001, tcpSYN|tcpACK), tcxDrop)
+	expect(t, d, "unsolicited 'reply' from a pod", dirIngress, tcp(clientIP, serverIP, 80, 47002, tcpSYN|tcpACK), tcxDrop)
+	expect(t, d, "not a Service: the pod's egress policy applies", dirEgress, tcp(serverIP, clientIP, 47003, 80, tcpSYN), tcxDrop)
+}
+
+func TestUDPAndICMPReplies(t *testing.T) {
+	d := loadTest(t)
+	cl := newCluster(t, d)
+	cl.cnp(`
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: out, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress: [{}]
+  egress:
+  - toEndpoints: [{matchLabels: {app: client}}]
+`)
+	dns := pkt{src: serverIP, dst: clientIP, proto: 17, sport: 33000, dport: 53}
+	expect(t, d, "udp query", dirEgress, dns, tcxNext)
+	expect(t, d, "udp answer", dirIngress, dns.reply(0), tcxNext)
+	expect(t, d, "udp from the client to another port", dirIngress, pkt{src: clientIP, dst: serverIP, proto: 17, sport: 53, dport: 33001}, tcxDrop)
+	ping := pkt{src: serverIP, dst: clientIP, proto: 1, sport: 77}
+	expect(t, d, "echo request", dirEgress, ping, tcxNext)
+	echoReply := pkt{src: clientIP, dst: serverIP, proto: 1, sport: 77}
+	expect(t, d, "echo reply", dirIngress, icmpReply(echoReply), tcxNext)
+	expect(t, d, "echo request from the client", dirIngress, pkt{src: clientIP, dst: serverIP, proto: 1, sport: 78}, tcxDrop)
+	expect(t, d, "echo request from the client reusing the tracked id", dirIngress, pkt{src: clientIP, dst: serverIP, proto: 1, sport: 77}, tcxDrop)
+}

@@ -6,6 +6,9 @@ import (
 	"net/netip"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/flatnet/flatnet/dataplane/identity"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
@@ -390,5 +393,20 @@ func checkStoredIdentities(t *testing.T, where string, c *Compiler, stored map[i
 	}
 	if len(stored) != live {
 		t.Fatalf("%s: %d identities persisted, %d live", where, len(stored), live)
+	}
+}
+
+func TestPodFromCore(t *testing.T) {
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web", Labels: map[string]string{"app": "web"}},
+		Spec: corev1.PodSpec{ServiceAccountName: "sa", Containers: []corev1.Container{{Ports: []corev1.ContainerPort{
+			{Name: "http", ContainerPort: 8080}, {Name: "dns", ContainerPort: 53, Protocol: corev1.ProtocolUDP}, {ContainerPort: 9090}}}}},
+		Status: corev1.PodStatus{PodIPs: []corev1.PodIP{{IP: "fd00::1"}, {IP: "10.224.1.5"}}},
+	}
+	got := PodFromCore(p, true)
+	want := []NamedPort{{Name: "http", Protocol: policy.ProtoTCP, Port: 8080}, {Name: "dns", Protocol: policy.ProtoUDP, Port: 53}}
+	if got.IP != netip.MustParseAddr("10.224.1.5") || !got.Local || got.ServiceAccount != "sa" || len(got.Ports) != 2 ||
+		got.Ports[0] != want[0] || got.Ports[1] != want[1] {
+		t.Fatalf("PodFromCore = %+v", got)
 	}
 }

@@ -250,10 +250,13 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		struct icmp_echo *ih = l4;
 		if ((void *)(ih + 1) > end)
 			return -1;
-		// Echo request/reply are tracked as a flow keyed by the echo id.
-		if (ih->type == ICMP_ECHO || ih->type == ICMP_ECHOREPLY) {
-			p->sport = p->dport = bpf_ntohs(ih->id);
-		}
+		// Echo request/reply are tracked as a flow keyed by the echo id: the request
+		// carries it as source "port", the reply as destination, so a reply matches
+		// its request's connection and a request from the peer does not.
+		if (ih->type == ICMP_ECHO)
+			p->sport = bpf_ntohs(ih->id);
+		else if (ih->type == ICMP_ECHOREPLY)
+			p->dport = bpf_ntohs(ih->id);
 		break;
 	}
 	}
