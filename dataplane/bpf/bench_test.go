@@ -11,19 +11,30 @@ import (
 )
 
 // BenchmarkPacket measures the programs per packet (BPF_PROG_TEST_RUN with repeat)
-// against policies of 0, 100 and 10,000 rules: the cost must stay flat, as every
-// lookup is a hash or LPM lookup with a fixed-size key.
+// against policies of 0, 100 and 10,000 rules besides the one the packets hit: the
+// cost must stay flat, as every lookup is a hash or LPM lookup with a fixed-size key.
+// The number of probes depends on how many distinct port-prefix lengths the policy
+// uses, not on how many rules it has: "ranges" cases use 8-port ranges (one more
+// prefix length to probe) to show that cost.
 func BenchmarkPacket(b *testing.B) {
 	d := loadTest(b)
 	ctx := context.Background()
 	clientID := identity.ID(5000)
 	must(b, d.UpsertIPIdentity(ctx, clientIP, clientID))
-	for _, rules := range []int{0, 100, 10000} {
+	for _, shape := range []struct {
+		rules int
+		width uint16 // ports per rule
+	}{{0, 1}, {100, 1}, {10000, 1}, {0, 8}, {100, 8}, {10000, 8}} {
+		rules := shape.rules
 		pol := &compile.EndpointPolicy{Enforce: [2]bool{true, true}, Entries: map[compile.Key]compile.Verdict{}}
+		if shape.width > 1 {
+			// The range shape without extra rules: one range on an unrelated identity.
+			pol.Entries[compile.Key{Direction: policy.Ingress, Identity: 9999, Protocol: policy.ProtoTCP, Port: 1024, PortPrefixLen: 13}] = compile.Verdict{RuleID: 2}
+		}
 		for i := 0; i < rules; i++ {
-			// Each rule: another identity, a port range of 8 ports, TCP.
-			lo := uint16(1024 + (i*8)%60000)
-			for _, pp := range compile.PortPrefixes(lo, lo+7) {
+			// Each rule: another identity, TCP, one port or an aligned range.
+			lo := uint16(1024 + (i*int(shape.width))%60000)
+			for _, pp := range compile.PortPrefixes(lo, lo+shape.width-1) {
 				pol.Entries[compile.Key{Direction: policy.Ingress, Identity: identity.ID(10000 + i), Protocol: policy.ProtoTCP,
 					Port: pp.Port, PortPrefixLen: pp.Len}] = compile.Verdict{RuleID: compile.RuleID(i + 1)}
 			}
@@ -39,7 +50,11 @@ func BenchmarkPacket(b *testing.B) {
 			{"allowed", tcp(clientIP, serverIP, 50000, 80, tcpACK), tcxNext},
 			{"denied", tcp(clientIP, serverIP, 50001, 81, tcpACK), tcxDrop},
 		} {
-			b.Run(fmt.Sprintf("rules=%d/%s", rules, c.name), func(b *testing.B) {
+			kind := "ports"
+			if shape.width > 1 {
+				kind = "ranges"
+			}
+			b.Run(fmt.Sprintf("%s/rules=%d/%s", kind, rules, c.name), func(b *testing.B) {
 				prog := d.objs.ToPod
 				ret, per, err := prog.Benchmark(c.p.bytes(), b.N, b.ResetTimer)
 				if err != nil {
