@@ -225,7 +225,7 @@ func (n *Net) Start(t testing.TB, cmd *exec.Cmd) {
 	}
 }
 
-// StartIn starts cmd inside the server namespace.
+// StartInServer starts cmd inside the server namespace.
 func (n *Net) StartInServer(t testing.TB, cmd *exec.Cmd) {
 	t.Helper()
 	var err error
