@@ -47,37 +47,14 @@ func TestPortPrefixesCoverExactlyTheRange(t *testing.T) {
 	}
 }
 
-// lookup evaluates a policy as the datapath does (see the package comment), so the
-// tests can state expectations as packets rather than as entries.
+// lookup evaluates a policy for a remote carrying the given identities.
 func lookup(p *EndpointPolicy, dir policy.Direction, ids []identity.ID, proto policy.Protocol, port uint16) (allow bool, rule RuleID) {
-	var allowV *Verdict
-	for _, id := range append(ids, identity.Any) {
-		var best *Verdict
-		for l := 16; l >= 0 && best == nil; l-- {
-			k := Key{Direction: dir, Identity: id, Protocol: proto, Port: maskPort(port, uint8(l)), PortPrefixLen: uint8(l)}
-			if v, ok := p.Entries[k]; ok {
-				best = &v
-			}
-		}
-		if best == nil {
-			if v, ok := p.Entries[Key{Direction: dir, Identity: id}]; ok {
-				best = &v
-			}
-		}
-		if best == nil {
-			continue
-		}
-		if best.Deny {
-			return false, best.RuleID
-		}
-		if allowV == nil {
-			allowV = best
-		}
+	var cidr identity.ID
+	if len(ids) > 1 {
+		cidr = ids[1]
 	}
-	if allowV != nil {
-		return true, allowV.RuleID
-	}
-	return !p.Enforce[dir], 0
+	d := p.Decide(dir, ids[0], cidr, proto, port)
+	return d.Allowed, d.RuleID
 }
 
 func mustDo(t testing.TB, err error) {
@@ -308,14 +285,8 @@ func comparePolicies(t *testing.T, where string, w *world, inc, full *Compiler, 
 				id = identity.World
 			}
 			out = append(out, id)
-			best, bits := identity.ID(0), -1
-			for p, st := range c.cidrs {
-				if p.Contains(a) && p.Bits() > bits {
-					best, bits = st.id, p.Bits()
-				}
-			}
-			if bits >= 0 {
-				out = append(out, best)
+			if cid := c.cidrIdentity(a); cid != 0 {
+				out = append(out, cid)
 			}
 			return out
 		}

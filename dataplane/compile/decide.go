@@ -1,0 +1,90 @@
+package compile
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/policy"
+)
+
+// Decision is the verdict for the first packet of a connection, as the datapath
+// reaches it (see the package comment for the lookup contract).
+type Decision struct {
+	Allowed bool
+	// Deny is set when a deny rule decided; RuleID is then that rule. For an allow it
+	// is the allowing rule (0 when the direction is not enforced and nothing matched).
+	Deny   bool
+	RuleID RuleID
+	// Host is set when the remote is the pod's own node, which is always allowed.
+	Host bool
+}
+
+// Decide evaluates the policy for a remote with security identity remote and CIDR
+// identity cidr (0 when no CIDR-rule prefix holds the address).
+func (p *EndpointPolicy) Decide(dir policy.Direction, remote, cidr identity.ID, proto policy.Protocol, port uint16) Decision {
+	if remote == identity.Host {
+		return Decision{Allowed: true, Host: true}
+	}
+	ids := []identity.ID{remote, cidr, identity.Any}
+	var allow *Verdict
+	for i, id := range ids {
+		if i == 1 && cidr == 0 {
+			continue
+		}
+		v, ok := p.longest(dir, id, proto, port)
+		if !ok {
+			continue
+		}
+		if v.Deny {
+			return Decision{Deny: true, RuleID: v.RuleID}
+		}
+		if allow == nil {
+			allow = &v
+		}
+	}
+	if allow != nil {
+		return Decision{Allowed: true, RuleID: allow.RuleID}
+	}
+	return Decision{Allowed: !p.Enforce[dir]}
+}
+
+// longest returns the entry of the longest port prefix for id, else its
+// any-protocol entry.
+func (p *EndpointPolicy) longest(dir policy.Direction, id identity.ID, proto policy.Protocol, port uint16) (Verdict, bool) {
+	if proto != policy.ProtoAny {
+		for l := 16; l >= 0; l-- {
+			k := Key{Direction: dir, Identity: id, Protocol: proto, Port: maskPort(port, uint8(l)), PortPrefixLen: uint8(l)}
+			if v, ok := p.Entries[k]; ok {
+				return v, true
+			}
+		}
+	}
+	v, ok := p.Entries[Key{Direction: dir, Identity: id}]
+	return v, ok
+}
+
+// Explain decides a new connection between a local pod and a remote address as the
+// datapath would now (for `flatnetctl explain` and tests).
+func (c *Compiler) Explain(namespace, name string, dir policy.Direction, remote netip.Addr, proto policy.Protocol, port uint16) (Decision, error) {
+	pol := c.emitted[namespace+"/"+name]
+	if pol == nil {
+		return Decision{}, fmt.Errorf("explaining %s/%s: not a local endpoint with a compiled policy (Flush first)", namespace, name)
+	}
+	id, ok := c.resolveIP(remote)
+	if !ok {
+		id = identity.World
+	}
+	return pol.Decide(dir, id, c.cidrIdentity(remote), proto, port), nil
+}
+
+// cidrIdentity returns the identity of the longest CIDR-rule prefix holding a, or 0.
+func (c *Compiler) cidrIdentity(a netip.Addr) identity.ID {
+	best, bits := identity.ID(0), -1
+	for p, st := range c.cidrs {
+		if p.Bits() > bits && p.Contains(a) {
+			best, bits = st.id, p.Bits()
+		}
+	}
+	return best
+}
