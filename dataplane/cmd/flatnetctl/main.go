@@ -17,7 +17,7 @@ func main() {
 	}
 	root.PersistentFlags().String("kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
 	root.PersistentFlags().String("context", "", "kubeconfig context (default: the current one)")
-	root.AddCommand(usageCommand())
+	root.AddCommand(usageCommand(), releaseNodeCommand())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "flatnetctl:", err)
 		os.Exit(1)
