@@ -154,7 +154,7 @@ func decodeFlow(raw datapathFlowEvent) FlowEvent {
 
 // SetEventRate sets how many flow events per second each CPU may emit (0 restores
 // the default of 2000); the excess is counted in EventsLost.
-func (d *Datapath) SetEventRate(perCPU uint32) error {
+func (d *Datapath) SetEventRate(_ context.Context, perCPU uint32) error {
 	if err := d.objs.FnConfig.Put(uint32(0), &datapathDpConfig{EventsPerSec: perCPU}); err != nil {
 		return fmt.Errorf("setting flow event rate: %w", err)
 	}
@@ -162,7 +162,7 @@ func (d *Datapath) SetEventRate(perCPU uint32) error {
 }
 
 // EventsLost is the number of flow events dropped by the rate limit or a full ring.
-func (d *Datapath) EventsLost() (uint64, error) {
+func (d *Datapath) EventsLost(_ context.Context) (uint64, error) {
 	var per []datapathEventBudget
 	if err := d.objs.FnEventBudget.Lookup(uint32(0), &per); err != nil {
 		return 0, fmt.Errorf("reading flow event budget: %w", err)
@@ -184,7 +184,7 @@ type Counter struct {
 }
 
 // Counters returns every verdict counter, summed over CPUs.
-func (d *Datapath) Counters() ([]Counter, error) {
+func (d *Datapath) Counters(_ context.Context) ([]Counter, error) {
 	var out []Counter
 	var k datapathCounterKey
 	var per []datapathCounterVal

@@ -55,7 +55,7 @@ spec:
 		t.Fatalf("allowed by %+v, want spec.ingress[0]", info)
 	}
 
-	counters, err := d.Counters()
+	counters, err := d.Counters(context.Background())
 	must(t, err)
 	got := map[Code]uint64{}
 	for _, c := range counters {
@@ -73,7 +73,7 @@ func TestFlowEventsRateLimited(t *testing.T) {
 	cl := newCluster(t, d)
 	cl.cnp(seedDefaultDeny)
 	const rate, flood = 5, 200
-	must(t, d.SetEventRate(rate))
+	must(t, d.SetEventRate(context.Background(), rate))
 	rd, err := d.NewFlowReader()
 	must(t, err)
 	defer rd.Close()
@@ -90,7 +90,7 @@ func TestFlowEventsRateLimited(t *testing.T) {
 		}
 		n++
 	}
-	lost, err := d.EventsLost()
+	lost, err := d.EventsLost(context.Background())
 	must(t, err)
 	maxEvents := rate*runtime.NumCPU() + 1 // per-CPU buckets, one refill at most
 	if n < rate || n > maxEvents {

@@ -496,7 +496,7 @@ spec:
 	wantBlocked(t, "the denied backend directly", client.tcpWorks(other.ip, 80))
 
 	// The drop is counted on the client's egress as a policy drop.
-	counters, err := n.d.Counters()
+	counters, err := n.d.Counters(context.Background())
 	must(t, err)
 	var drops uint64
 	for _, c := range counters {
@@ -523,7 +523,7 @@ func TestNetnsDetachForgetsEndpoint(t *testing.T) {
 
 	must(t, n.node.Do(func(ns.NetNS) error { return n.d.DetachEndpoint(context.Background(), server.ifindex) }))
 	wantWorks(t, "client -> server once the server's programs are detached", client.tcpWorks(server.ip, 80))
-	counters, err := n.d.Counters()
+	counters, err := n.d.Counters(context.Background())
 	must(t, err)
 	for _, c := range counters {
 		if c.IfIndex == server.ifindex {
