@@ -38,6 +38,7 @@ import (
 	"github.com/flatnet/flatnet/fixtures/topology"
 	"github.com/flatnet/flatnet/probes/podexec"
 	"github.com/flatnet/flatnet/suites/framework"
+	"github.com/flatnet/flatnet/suites/internal/agnhost"
 	"github.com/flatnet/flatnet/suites/internal/artifacts"
 	"github.com/flatnet/flatnet/suites/internal/policyset"
 	"github.com/flatnet/flatnet/suites/internal/runenv"
@@ -336,7 +337,7 @@ func runStep(ctx context.Context, res *report.CaseResult, step policies.Step) {
 			cmdline := fmt.Sprintf("./agnhost connect %s:%d --timeout=%s --protocol=tcp", addr, port.Port, connectTimeout)
 			a, err := connect(ctx, cmdline)
 			Expect(err).NotTo(HaveOccurred())
-			reachable, word, err := Judge(a)
+			reachable, word, err := agnhost.Judge(a)
 			Expect(err).NotTo(HaveOccurred(), "%s in %s", cmdline, scenario.Client)
 			detail := "no output (exit 0)"
 			if !reachable {
@@ -380,11 +381,11 @@ func stepRefs(step policies.Step) []string {
 
 // connect runs the article's command line in the client's bash, through the
 // API server's exec, and returns its output and exit code.
-func connect(ctx context.Context, cmdline string) (Answer, error) {
+func connect(ctx context.Context, cmdline string) (agnhost.Answer, error) {
 	var stdout, stderr bytes.Buffer
 	pod := podexec.Pod{Namespace: scenario.Namespace, Name: scenario.Client}
 	err := executor.Exec(ctx, pod, []string{"bash", "-c", cmdline}, nil, &stdout, &stderr)
-	a := Answer{Stdout: stdout.String(), Stderr: stderr.String()}
+	a := agnhost.Answer{Stdout: stdout.String(), Stderr: stderr.String()}
 	var exit clientexec.ExitError
 	switch {
 	case err == nil:
