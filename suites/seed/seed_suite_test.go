@@ -125,7 +125,8 @@ var _ = AfterSuite(func(ctx SpecContext) {
 		if dedicated {
 			_, err := cluster.Run(ctx, workload.DeleteNamespace(scenario.Namespace))
 			Expect(err).NotTo(HaveOccurred())
-		} else {
+		} else if podsUp {
+			// Only what this run created: default is shared.
 			for _, p := range []string{scenario.Server, scenario.Client} {
 				Expect(workload.DeletePodAndWait(ctx, cluster.Clientset, workload.Key{Namespace: scenario.Namespace, Name: p}, time.Minute)).To(Succeed())
 			}
@@ -187,7 +188,7 @@ func defaultCollisions(ctx context.Context) ([]string, error) {
 				}
 				if err == nil {
 					out = append(out, r.String())
-				} else if !apierrors.IsNotFound(err) && !strings.Contains(err.Error(), "not found") {
+				} else if !apierrors.IsNotFound(err) {
 					return nil, err
 				}
 			}
@@ -204,9 +205,11 @@ func ensurePods(ctx context.Context) {
 	By(fmt.Sprintf("creating pod %s (app=server, serve-hostname --tcp on 80), pod %s and Service %s in namespace %s",
 		scenario.Server, scenario.Client, scenario.ServerService().Name, scenario.Namespace))
 	pods := []corev1.Pod{workload.Prepare(scenario.ServerPod(articleImage)), workload.Prepare(scenario.ClientPod(articleImage))}
+	// Set first: after a half-done creation, AfterSuite still removes what was made
+	// (the names were free, see defaultCollisions).
+	podsUp = true
 	Expect(workload.CreatePods(ctx, cluster.Clientset, pods)).To(Succeed())
 	Expect(workload.CreateServices(ctx, cluster.Clientset, []corev1.Service{scenario.ServerService()})).To(Succeed())
-	podsUp = true
 	keys := []workload.Key{{Namespace: scenario.Namespace, Name: scenario.Server}, {Namespace: scenario.Namespace, Name: scenario.Client}}
 	Expect(workload.WaitPodsReady(ctx, cluster.Clientset, keys, 3*time.Minute)).To(Succeed())
 	Expect(workload.WaitServiceEndpoints(ctx, cluster.Clientset, []workload.Key{{Namespace: scenario.Namespace, Name: scenario.ServerService().Name}}, time.Minute)).To(Succeed())
