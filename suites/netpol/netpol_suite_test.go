@@ -109,6 +109,8 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	for _, n := range notes {
 		GinkgoWriter.Println(n)
 	}
+	// The seed must survive a failed run's output: straight to the terminal too.
+	fmt.Fprintf(os.Stderr, "netpol: %s\n", notes[1])
 	AddReportEntry("random seed", fmt.Sprintf("%d (replay: FLATNET_SEED=%d)", settings.Seed, settings.Seed))
 
 	By("creating namespaces " + strings.Join(namespaces(), ", ") + " through e2e-framework")
@@ -397,7 +399,7 @@ func runCase(ctx context.Context, c policies.Case) {
 		}
 	}
 	if len(failures) > 0 {
-		Fail(fmt.Sprintf("case %s: observed reachability differs from the oracle's after %s\n%s", c.Name, settings.EnforceTimeout, strings.Join(failures, "\n")))
+		Fail(fmt.Sprintf("case %s: the cluster did not do what the oracle expects (enforcement timeout %s)\n%s", c.Name, settings.EnforceTimeout, strings.Join(failures, "\n")))
 	}
 }
 
