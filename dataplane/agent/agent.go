@@ -104,10 +104,12 @@ func New(cfg Config, log *slog.Logger, kube kubernetes.Interface, dyn dynamic.In
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{
+	a := &Agent{
 		cfg: cfg, log: log, kube: kube, blocks: cluster.New(dyn), metrics: m, endpoints: eps,
 		kick: make(chan struct{}, 1), leaks: LeakFinder{Grace: cfg.LeakGrace},
-	}, nil
+	}
+	eps.OnChange = a.poke
+	return a, nil
 }
 
 // Metrics exposes the agent's metrics (the datapath registers its own there).
@@ -173,11 +175,17 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		case <-t.C:
 		case <-a.kick:
+			// Coalesce a burst of pod changes into one pass.
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(a.cfg.Reconcile / 10):
+			}
 		}
 	}
 }
 
-// poke asks for a reconcile soon (a pod went away).
+// poke asks for a reconcile soon (a pod went away, an endpoint came or went).
 func (a *Agent) poke() {
 	select {
 	case a.kick <- struct{}{}:

@@ -50,6 +50,10 @@ type Endpoints struct {
 	datapath Datapath
 	metrics  *Metrics
 
+	// OnChange, when set, runs after every successful Put or Delete (the
+	// agent refreshes the block's status).
+	OnChange func()
+
 	mu   sync.Mutex
 	byID map[string]Record
 }
@@ -130,6 +134,7 @@ func (e *Endpoints) PutEndpoint(ctx context.Context, ep endpointapi.Endpoint) er
 	e.byID[ep.ContainerID] = r
 	e.metrics.endpoints.Set(float64(len(e.byID)))
 	e.metrics.allocations.Inc()
+	e.changed()
 	return nil
 }
 
@@ -154,7 +159,14 @@ func (e *Endpoints) DeleteEndpoint(ctx context.Context, containerID string) erro
 	}
 	delete(e.byID, containerID)
 	e.metrics.endpoints.Set(float64(len(e.byID)))
+	e.changed()
 	return nil
+}
+
+func (e *Endpoints) changed() {
+	if e.OnChange != nil {
+		e.OnChange()
+	}
 }
 
 // List returns every known endpoint.
