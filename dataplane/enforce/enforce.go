@@ -1,0 +1,391 @@
+// Package enforce ties the policy packages to the cluster for the node agent: it
+// watches pods, namespaces, nodes, NetworkPolicies, CNPs and CCNPs, compiles them
+// (dataplane/compile) and keeps the datapath (dataplane/bpf) in step. It implements
+// the agent's endpoint hook (Attach/Detach), so a pod's policy is in its maps before
+// the CNI ADD that created it returns.
+//
+// The ordering rules it encodes: nothing is written to the datapath before the first
+// full sync of every watched kind (a restarted agent's pinned datapath keeps
+// enforcing the previous state meanwhile, and an endpoint attached from a partial view
+// could run with too open a policy); identity numbers are restored from the datapath
+// before anything is compiled; an invalid policy object is reported and its last valid
+// version stays in force.
+package enforce
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/flatnet/flatnet/dataplane/bpf"
+	"github.com/flatnet/flatnet/dataplane/compile"
+	"github.com/flatnet/flatnet/dataplane/endpointapi"
+	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/policy"
+)
+
+// Config of an Enforcer.
+type Config struct {
+	NodeName string
+	PinDir   string // bpffs directory; bpf.DefaultPinDir when empty
+	// ServiceCIDRs are the cluster's Service ranges (ClusterIPs): egress to them is
+	// judged on the backend kube-proxy picks.
+	ServiceCIDRs []netip.Prefix
+}
+
+// Enforcer is the policy side of the node agent. Its methods are safe for concurrent
+// use; informer handlers and the endpoint API may call them from any goroutine.
+type Enforcer struct {
+	cfg   Config
+	log   *slog.Logger
+	d     *bpf.Datapath
+	alloc *identity.Allocator
+
+	mu       sync.Mutex
+	c        *compile.Compiler
+	synced   bool
+	syncedCh chan struct{}
+	pods     map[string]*corev1.Pod        // ns/name, as last seen from the API
+	attached map[string]endpointapi.Endpoint // ns/name -> endpoint on this node
+	byCID    map[string]string               // container ID -> ns/name
+	rejected map[string]error                // policy key -> why its current version is not applied
+}
+
+// New loads (or adopts) the pinned datapath and restores the identity numbers it uses.
+// Call Synced once every watched kind has been fed in full (Run does this).
+func New(ctx context.Context, cfg Config, log *slog.Logger) (*Enforcer, error) {
+	if cfg.NodeName == "" {
+		return nil, errors.New("enforce: NodeName is required")
+	}
+	if cfg.PinDir == "" {
+		cfg.PinDir = bpf.DefaultPinDir
+	}
+	d, err := bpf.Load(ctx, cfg.PinDir)
+	if err != nil {
+		return nil, err
+	}
+	stored, err := d.Identities(ctx)
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	alloc := identity.NewAllocator()
+	for s, id := range stored {
+		alloc.Remember(s, id)
+	}
+	return &Enforcer{
+		cfg: cfg, log: log, d: d, alloc: alloc, c: compile.New(alloc),
+		syncedCh: make(chan struct{}),
+		pods:     map[string]*corev1.Pod{},
+		attached: map[string]endpointapi.Endpoint{},
+		byCID:    map[string]string{},
+		rejected: map[string]error{},
+	}, nil
+}
+
+// Datapath gives access to counters and flow events.
+func (e *Enforcer) Datapath() *bpf.Datapath { return e.d }
+
+// Close releases the datapath handles; pinned programs and maps keep enforcing.
+func (e *Enforcer) Close() error { return e.d.Close() }
+
+// Synced is called once pods, namespaces, nodes and every policy kind have been fed:
+// the Service hook is attached, the whole state is written, and stored identities no
+// label set claimed are forgotten. Attach calls wait for it.
+func (e *Enforcer) Synced(ctx context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.synced {
+		return nil
+	}
+	if err := e.d.AttachServiceHook(ctx); err != nil {
+		return err
+	}
+	for _, p := range e.cfg.ServiceCIDRs {
+		if err := e.d.UpsertPrefix(ctx, p, identity.World, true); err != nil {
+			return err
+		}
+	}
+	if err := e.flushApply(ctx); err != nil {
+		return err
+	}
+	for _, s := range e.alloc.ForgetUnclaimed() {
+		if err := e.d.DeleteIdentity(ctx, s); err != nil {
+			return err
+		}
+	}
+	e.synced = true
+	close(e.syncedCh)
+	return nil
+}
+
+func (e *Enforcer) waitSynced(ctx context.Context) error {
+	select {
+	case <-e.syncedCh:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the policy state to sync: %w", ctx.Err())
+	}
+}
+
+// applyLocked writes what changed; before the first sync it only compiles (Synced
+// writes everything at once).
+func (e *Enforcer) applyLocked(ctx context.Context) error {
+	if !e.synced {
+		return nil
+	}
+	return e.flushApply(ctx)
+}
+
+func (e *Enforcer) flushApply(ctx context.Context) error {
+	return e.d.Apply(ctx, e.c.Flush(), e.ifindexOf)
+}
+
+func (e *Enforcer) ifindexOf(ns, name string) (int, bool) {
+	ep, ok := e.attached[ns+"/"+name]
+	return ep.HostIfIndex, ok
+}
+
+// Attach implements the agent's endpoint hook: compile the pod's policy, write it, then
+// attach the programs to its host veth. It waits for the first sync, so a pod never
+// starts with a policy computed from a partial view.
+func (e *Enforcer) Attach(ctx context.Context, ep endpointapi.Endpoint) error {
+	if err := e.waitSynced(ctx); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	key := ep.PodNamespace + "/" + ep.PodName
+	pod := e.pods[key]
+	if pod == nil {
+		// The pod informer has not delivered it yet; the CNI plugin retries.
+		return fmt.Errorf("attaching %s: pod not known yet (informer lag); retry", key)
+	}
+	cp := compile.PodFromCore(pod, true)
+	cp.IP = ep.IP // the API learns the IP only after ADD returns
+	cp.HostNetwork = false
+	if err := e.c.UpsertPod(cp); err != nil {
+		return fmt.Errorf("attaching %s: %w", key, err)
+	}
+	if err := e.flushApply(ctx); err != nil {
+		return fmt.Errorf("attaching %s: %w", key, err)
+	}
+	id, _ := e.c.IdentityOf(ep.PodNamespace, ep.PodName)
+	pol := e.c.EndpointPolicy(ep.PodNamespace, ep.PodName)
+	if pol == nil {
+		return fmt.Errorf("attaching %s: no policy compiled", key)
+	}
+	if err := e.d.AttachEndpoint(ctx, bpf.Endpoint{IfIndex: ep.HostIfIndex, IP: ep.IP, Identity: id}, pol); err != nil {
+		return fmt.Errorf("attaching %s: %w", key, err)
+	}
+	e.attached[key] = ep
+	e.byCID[ep.ContainerID] = key
+	return nil
+}
+
+// Detach implements the agent's endpoint hook for CNI DEL.
+func (e *Enforcer) Detach(ctx context.Context, ep endpointapi.Endpoint) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	key, ok := e.byCID[ep.ContainerID]
+	if !ok && ep.PodName != "" {
+		key, ok = ep.PodNamespace+"/"+ep.PodName, true
+	}
+	if !ok {
+		return nil
+	}
+	att, had := e.attached[key]
+	if !had {
+		att = ep
+	}
+	delete(e.attached, key)
+	delete(e.byCID, ep.ContainerID)
+	if att.HostIfIndex > 0 {
+		if err := e.d.DetachEndpoint(ctx, att.HostIfIndex); err != nil {
+			return fmt.Errorf("detaching %s: %w", key, err)
+		}
+	}
+	// The pod object may live on (restarting sandbox); it is no longer local.
+	if p := e.pods[key]; p != nil {
+		if err := e.c.UpsertPod(compile.PodFromCore(p, false)); err != nil {
+			return err
+		}
+	} else {
+		e.c.DeletePod(ep.PodNamespace, ep.PodName)
+	}
+	return e.applyLocked(ctx)
+}
+
+// UpsertPod feeds a pod of any node.
+func (e *Enforcer) UpsertPod(ctx context.Context, p *corev1.Pod) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	key := p.Namespace + "/" + p.Name
+	e.pods[key] = p
+	cp := compile.PodFromCore(p, false)
+	if ep, ok := e.attached[key]; ok {
+		cp.Local, cp.IP, cp.HostNetwork = true, ep.IP, false
+	}
+	if err := e.c.UpsertPod(cp); err != nil {
+		return err
+	}
+	return e.applyLocked(ctx)
+}
+
+// DeletePod forgets a pod. A still attached endpoint keeps its policy until Detach.
+func (e *Enforcer) DeletePod(ctx context.Context, namespace, name string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	key := namespace + "/" + name
+	delete(e.pods, key)
+	if _, ok := e.attached[key]; ok {
+		return nil
+	}
+	e.c.DeletePod(namespace, name)
+	return e.applyLocked(ctx)
+}
+
+// UpsertNamespace feeds a namespace.
+func (e *Enforcer) UpsertNamespace(ctx context.Context, ns *corev1.Namespace) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.c.UpsertNamespace(compile.NamespaceFromCore(ns)); err != nil {
+		return err
+	}
+	return e.applyLocked(ctx)
+}
+
+// DeleteNamespace forgets a namespace's labels.
+func (e *Enforcer) DeleteNamespace(ctx context.Context, name string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.c.DeleteNamespace(name); err != nil {
+		return err
+	}
+	return e.applyLocked(ctx)
+}
+
+// UpsertNode feeds a node's InternalIP/ExternalIP addresses.
+func (e *Enforcer) UpsertNode(ctx context.Context, n *corev1.Node) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var ips []netip.Addr
+	for _, a := range n.Status.Addresses {
+		if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
+			continue
+		}
+		if ip, err := netip.ParseAddr(a.Address); err == nil && ip.Is4() {
+			ips = append(ips, ip)
+		}
+	}
+	e.c.UpsertNode(n.Name, ips, n.Name == e.cfg.NodeName)
+	return e.applyLocked(ctx)
+}
+
+// DeleteNode forgets a node.
+func (e *Enforcer) DeleteNode(ctx context.Context, name string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.c.DeleteNode(name)
+	return e.applyLocked(ctx)
+}
+
+// UpsertNetworkPolicy feeds a NetworkPolicy. An invalid one is returned as a
+// *policy.Error (and kept in Rejected); its last valid version stays in force.
+func (e *Enforcer) UpsertNetworkPolicy(ctx context.Context, np *networkingv1.NetworkPolicy) error {
+	ref := policy.Ref{Kind: policy.KindNetworkPolicy, Namespace: np.Namespace, Name: np.Name}
+	p, err := policy.FromNetworkPolicy(np)
+	if err != nil {
+		return e.reject(ref, err)
+	}
+	return e.upsertPolicy(ctx, ref, []*policy.Policy{p})
+}
+
+// UpsertCiliumPolicy feeds a CNP or CCNP as the dynamic informer delivers it.
+func (e *Enforcer) UpsertCiliumPolicy(ctx context.Context, u *unstructured.Unstructured) error {
+	ref := policy.Ref{Kind: policy.KindCNP, Namespace: u.GetNamespace(), Name: u.GetName()}
+	if u.GetKind() == string(policy.KindCCNP) {
+		ref = policy.Ref{Kind: policy.KindCCNP, Name: u.GetName()}
+	}
+	c, err := policy.CiliumFromUnstructured(u)
+	if err != nil {
+		return e.reject(ref, err)
+	}
+	pols, err := policy.FromCilium(c)
+	if err != nil {
+		return e.reject(ref, err)
+	}
+	return e.upsertPolicy(ctx, ref, pols)
+}
+
+// DeletePolicy removes a policy object of any kind.
+func (e *Enforcer) DeletePolicy(ctx context.Context, ref policy.Ref) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	key := compile.PolicyKey(ref)
+	delete(e.rejected, key)
+	e.c.DeletePolicy(key)
+	return e.applyLocked(ctx)
+}
+
+func (e *Enforcer) upsertPolicy(ctx context.Context, ref policy.Ref, pols []*policy.Policy) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	key := compile.PolicyKey(ref)
+	delete(e.rejected, key)
+	if err := e.c.UpsertPolicy(key, pols); err != nil {
+		return err
+	}
+	return e.applyLocked(ctx)
+}
+
+func (e *Enforcer) reject(ref policy.Ref, err error) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.rejected[compile.PolicyKey(ref)] = err
+	e.log.Warn("policy rejected; its previous valid version (if any) stays in force", "policy", ref.String(), "error", err)
+	return err
+}
+
+// Rejected lists the policy objects whose current version is not applied, and why.
+func (e *Enforcer) Rejected() []error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	keys := make([]string, 0, len(e.rejected))
+	for k := range e.rejected {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make([]error, len(keys))
+	for i, k := range keys {
+		out[i] = e.rejected[k]
+	}
+	return out
+}
+
+// Explain decides a new connection for a local pod as the datapath would.
+func (e *Enforcer) Explain(namespace, name string, dir policy.Direction, remote netip.Addr, proto policy.Protocol, port uint16) (compile.Decision, compile.RuleInfo, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	d, err := e.c.Explain(namespace, name, dir, remote, proto, port)
+	if err != nil {
+		return d, compile.RuleInfo{}, err
+	}
+	ri, _ := e.c.Rule(d.RuleID)
+	return d, ri, nil
+}
+
+// RuleName names the rule of a flow event.
+func (e *Enforcer) RuleName(id compile.RuleID) (compile.RuleInfo, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.c.Rule(id)
+}

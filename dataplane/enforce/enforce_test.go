@@ -1,0 +1,148 @@
+package enforce
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/yaml"
+
+	"github.com/flatnet/flatnet/dataplane/endpointapi"
+	"github.com/flatnet/flatnet/dataplane/policy"
+	"github.com/flatnet/flatnet/internal/testenv"
+)
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func pod(ns, name, ip, node string, labels map[string]string) *corev1.Pod {
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels},
+		Spec: corev1.PodSpec{NodeName: node}, Status: corev1.PodStatus{PodIP: ip}}
+}
+
+func cnp(t *testing.T, doc string) *unstructured.Unstructured {
+	js, err := yaml.YAMLToJSON([]byte(doc))
+	must(t, err)
+	u := &unstructured.Unstructured{}
+	must(t, u.UnmarshalJSON(js))
+	return u
+}
+
+const denyAll = `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: deny, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress: [{}]
+`
+
+const denyAllBroken = `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: deny, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - toPorts: [{ports: [{port: "0"}]}]
+`
+
+// TestEnforcerLifecycle drives the Enforcer as the agent does, against the real
+// datapath in a private bpffs and a test netns with a veth "pod".
+func TestEnforcerLifecycle(t *testing.T) {
+	testenv.RequireRoot(t)
+	ctx := context.Background()
+	mnt := t.TempDir()
+	must(t, unix.Mount("bpf", mnt, "bpf", 0, ""))
+	t.Cleanup(func() { _ = unix.Unmount(mnt, unix.MNT_DETACH) })
+	node, err := testutils.NewNS()
+	must(t, err)
+	t.Cleanup(func() { node.Close(); _ = testutils.UnmountNS(node) })
+	var ifindex int
+	must(t, node.Do(func(ns.NetNS) error {
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "fnserver"}, PeerName: "eth0peer"}); err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName("fnserver")
+		if err != nil {
+			return err
+		}
+		ifindex = l.Attrs().Index
+		return netlink.LinkSetUp(l)
+	}))
+
+	e, err := New(ctx, Config{NodeName: "n1", PinDir: filepath.Join(mnt, "flatnet")}, slog.New(slog.DiscardHandler))
+	must(t, err)
+	defer e.Close()
+	ep := endpointapi.Endpoint{ContainerID: "c1", PodNamespace: "default", PodName: "server", HostIfName: "fnserver",
+		HostIfIndex: ifindex, PodIfName: "eth0", IP: netip.MustParseAddr("10.224.1.10")}
+
+	// Before the first sync an endpoint must not be attached from a partial view.
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	err = e.Attach(short, ep)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Attach before sync = %v, want it to wait for the sync", err)
+	}
+
+	must(t, e.UpsertNamespace(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}}))
+	must(t, e.UpsertPod(ctx, pod("default", "server", "", "n1", map[string]string{"app": "server"})))
+	must(t, e.UpsertPod(ctx, pod("default", "client", "10.224.2.20", "n2", map[string]string{"app": "client"})))
+	must(t, e.UpsertNode(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"},
+		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "10.224.0.2"}}}}))
+	must(t, e.UpsertCiliumPolicy(ctx, cnp(t, denyAll)))
+	must(t, node.Do(func(ns.NetNS) error { return e.Synced(ctx) }))
+	must(t, node.Do(func(ns.NetNS) error { return e.Attach(ctx, ep) }))
+
+	client := netip.MustParseAddr("10.224.2.20")
+	explain := func() bool {
+		d, _, err := e.Explain("default", "server", policy.Ingress, client, policy.ProtoTCP, 80)
+		must(t, err)
+		return d.Allowed
+	}
+	if explain() {
+		t.Fatalf("client -> server allowed under the deny policy")
+	}
+	eps, err := e.Datapath().Endpoints(ctx)
+	must(t, err)
+	if got := eps[ifindex]; got.IP != ep.IP {
+		t.Fatalf("datapath endpoints %v, want the server on %d", eps, ifindex)
+	}
+
+	// An invalid update is reported with its field and the last valid version stays.
+	err = e.UpsertCiliumPolicy(ctx, cnp(t, denyAllBroken))
+	var perr *policy.Error
+	if !errors.As(err, &perr) || !strings.Contains(err.Error(), "spec.ingress[0].toPorts[0].ports[0].port") {
+		t.Fatalf("invalid CNP: %v, want a policy error naming the port field", err)
+	}
+	if len(e.Rejected()) != 1 || explain() {
+		t.Fatalf("after a rejected update: rejected=%v allowed=%v, want the previous deny in force", e.Rejected(), explain())
+	}
+	must(t, e.DeletePolicy(ctx, policy.Ref{Kind: policy.KindCNP, Namespace: "default", Name: "deny"}))
+	if !explain() || len(e.Rejected()) != 0 {
+		t.Fatalf("after deleting the policy: allowed=%v rejected=%v", explain(), e.Rejected())
+	}
+
+	must(t, node.Do(func(ns.NetNS) error { return e.Detach(ctx, endpointapi.Endpoint{ContainerID: "c1"}) }))
+	eps, err = e.Datapath().Endpoints(ctx)
+	must(t, err)
+	if len(eps) != 0 {
+		t.Fatalf("endpoints after Detach: %v", eps)
+	}
+}

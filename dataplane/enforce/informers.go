@@ -1,0 +1,121 @@
+package enforce
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/flatnet/flatnet/dataplane/policy"
+)
+
+// The Cilium policy resources (CRDs in dataplane/manifests/crds).
+var (
+	CNPResource  = schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumnetworkpolicies"}
+	CCNPResource = schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumclusterwidenetworkpolicies"}
+)
+
+// Run watches the cluster and feeds the Enforcer until ctx ends: all pods (every pod's
+// address and labels matter to policy), namespaces, nodes, NetworkPolicies, CNPs and
+// CCNPs. It calls Synced after the first full sync.
+func (e *Enforcer) Run(ctx context.Context, kube kubernetes.Interface, dyn dynamic.Interface) error {
+	for _, gvr := range []schema.GroupVersionResource{CNPResource, CCNPResource} {
+		if _, err := dyn.Resource(gvr).List(ctx, metav1ListOne); err != nil {
+			return fmt.Errorf("listing %s (are the CRDs of dataplane/manifests/crds installed?): %w", gvr.Resource, err)
+		}
+	}
+	f := informers.NewSharedInformerFactory(kube, 0)
+	df := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
+	report := func(what string, err error) {
+		if err != nil {
+			e.log.Error("policy state update failed", "object", what, "error", err)
+		}
+	}
+	handlers := []struct {
+		inf cache.SharedIndexInformer
+		h   cache.ResourceEventHandlerFuncs
+	}{
+		{f.Core().V1().Pods().Informer(), funcs(
+			func(o any) { p := o.(*corev1.Pod); report("pod "+p.Namespace+"/"+p.Name, e.UpsertPod(ctx, p)) },
+			func(o any) { p := o.(*corev1.Pod); report("pod "+p.Namespace+"/"+p.Name, e.DeletePod(ctx, p.Namespace, p.Name)) })},
+		{f.Core().V1().Namespaces().Informer(), funcs(
+			func(o any) { n := o.(*corev1.Namespace); report("namespace "+n.Name, e.UpsertNamespace(ctx, n)) },
+			func(o any) { n := o.(*corev1.Namespace); report("namespace "+n.Name, e.DeleteNamespace(ctx, n.Name)) })},
+		{f.Core().V1().Nodes().Informer(), funcs(
+			func(o any) { n := o.(*corev1.Node); report("node "+n.Name, e.UpsertNode(ctx, n)) },
+			func(o any) { n := o.(*corev1.Node); report("node "+n.Name, e.DeleteNode(ctx, n.Name)) })},
+		{f.Networking().V1().NetworkPolicies().Informer(), funcs(
+			func(o any) { _ = e.UpsertNetworkPolicy(ctx, o.(*networkingv1.NetworkPolicy)) }, // rejections are logged
+			func(o any) {
+				np := o.(*networkingv1.NetworkPolicy)
+				report("networkpolicy", e.DeletePolicy(ctx, policy.Ref{Kind: policy.KindNetworkPolicy, Namespace: np.Namespace, Name: np.Name}))
+			})},
+		{df.ForResource(CNPResource).Informer(), ciliumFuncs(ctx, e, policy.KindCNP)},
+		{df.ForResource(CCNPResource).Informer(), ciliumFuncs(ctx, e, policy.KindCCNP)},
+	}
+	var synced []cache.InformerSynced
+	for _, h := range handlers {
+		if _, err := h.inf.AddEventHandler(h.h); err != nil {
+			return fmt.Errorf("watching: %w", err)
+		}
+		synced = append(synced, h.inf.HasSynced)
+	}
+	f.Start(ctx.Done())
+	df.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return fmt.Errorf("syncing policy informers: %w", ctx.Err())
+	}
+	if err := e.Synced(ctx); err != nil {
+		return fmt.Errorf("writing the synced policy state: %w", err)
+	}
+	<-ctx.Done()
+	f.Shutdown()
+	df.Shutdown()
+	return nil
+}
+
+// funcs builds handlers from an upsert and a delete, unwrapping tombstones.
+func funcs(upsert, del func(any)) cache.ResourceEventHandlerFuncs {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    upsert,
+		UpdateFunc: func(_, o any) { upsert(o) },
+		DeleteFunc: func(o any) {
+			if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
+				o = t.Obj
+			}
+			del(o)
+		},
+	}
+}
+
+func ciliumFuncs(ctx context.Context, e *Enforcer, kind policy.Kind) cache.ResourceEventHandlerFuncs {
+	return funcs(
+		func(o any) {
+			u := o.(*unstructured.Unstructured)
+			if u.GetKind() == "" { // list items may come without kind
+				u.SetKind(string(kind))
+			}
+			_ = e.UpsertCiliumPolicy(ctx, u) // rejections are logged
+		},
+		func(o any) {
+			u := o.(*unstructured.Unstructured)
+			ref := policy.Ref{Kind: kind, Namespace: u.GetNamespace(), Name: u.GetName()}
+			if kind == policy.KindCCNP {
+				ref.Namespace = ""
+			}
+			if err := e.DeletePolicy(ctx, ref); err != nil {
+				e.log.Error("policy state update failed", "policy", ref.String(), "error", err)
+			}
+		})
+}
+
+var metav1ListOne = metav1.ListOptions{Limit: 1}
