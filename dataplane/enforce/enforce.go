@@ -53,7 +53,7 @@ type Enforcer struct {
 	c        *compile.Compiler
 	synced   bool
 	syncedCh chan struct{}
-	pods     map[string]*corev1.Pod        // ns/name, as last seen from the API
+	pods     map[string]*corev1.Pod          // ns/name, as last seen from the API
 	attached map[string]endpointapi.Endpoint // ns/name -> endpoint on this node
 	byCID    map[string]string               // container ID -> ns/name
 	rejected map[string]error                // policy key -> why its current version is not applied

@@ -46,7 +46,10 @@ func (e *Enforcer) Run(ctx context.Context, kube kubernetes.Interface, dyn dynam
 	}{
 		{f.Core().V1().Pods().Informer(), funcs(
 			func(o any) { p := o.(*corev1.Pod); report("pod "+p.Namespace+"/"+p.Name, e.UpsertPod(ctx, p)) },
-			func(o any) { p := o.(*corev1.Pod); report("pod "+p.Namespace+"/"+p.Name, e.DeletePod(ctx, p.Namespace, p.Name)) })},
+			func(o any) {
+				p := o.(*corev1.Pod)
+				report("pod "+p.Namespace+"/"+p.Name, e.DeletePod(ctx, p.Namespace, p.Name))
+			})},
 		{f.Core().V1().Namespaces().Informer(), funcs(
 			func(o any) { n := o.(*corev1.Namespace); report("namespace "+n.Name, e.UpsertNamespace(ctx, n)) },
 			func(o any) { n := o.(*corev1.Namespace); report("namespace "+n.Name, e.DeleteNamespace(ctx, n.Name)) })},
