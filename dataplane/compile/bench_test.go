@@ -125,6 +125,7 @@ func BenchmarkIncremental(b *testing.B) {
 	c, _ := buildSim(b, simPods/110)
 	r := rand.New(rand.NewSource(7))
 	var lat []time.Duration
+	perKind := make([][]time.Duration, 4)
 	next := simPods
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -145,10 +146,22 @@ func BenchmarkIncremental(b *testing.B) {
 				Labels: map[string]string{"team": fmt.Sprintf("team%d", r.Intn(50)), "env": "prod"}}))
 		}
 		c.Flush()
-		lat = append(lat, time.Since(start))
+		took := time.Since(start)
+		lat = append(lat, took)
+		perKind[i%4] = append(perKind[i%4], took)
 	}
 	b.StopTimer()
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
-	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+	b.ReportMetric(float64(quantile(lat, 0.5).Microseconds()), "p50-µs")
+	b.ReportMetric(float64(quantile(lat, 0.99).Microseconds()), "p99-µs")
+	for k, name := range []string{"policy", "pod-add", "pod-delete", "ns-relabel"} {
+		if len(perKind[k]) > 0 {
+			b.ReportMetric(float64(quantile(perKind[k], 0.99).Microseconds()), "p99-"+name+"-µs")
+		}
+	}
+}
+
+func quantile(d []time.Duration, q float64) time.Duration {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[int(float64(len(s)-1)*q)]
 }
