@@ -548,3 +548,95 @@ func TestNetnsDetachForgetsEndpoint(t *testing.T) {
 		t.Errorf("%d tracked connections left for the detached endpoint", left)
 	}
 }
+
+// TestNetnsNoWindowAcrossRestarts keeps allowed and denied connections going while the
+// agent is restarted over and over (new Load, fresh compiler seeded from the stored
+// identities, full replay, endpoints re-attached as the agent's resync does): not one
+// allowed connection may fail and not one denied connection may succeed.
+func TestNetnsNoWindowAcrossRestarts(t *testing.T) {
+	n := newTestNode(t)
+	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
+	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	other := n.addPod("other", "client", "10.224.2.30", map[string]string{"app": "client"})
+	server.serveTCP(t, 80)
+	n.cnp(allowClient)
+
+	stop := make(chan struct{})
+	type result struct{ tries, wrong int }
+	probe := func(try func() bool) chan result {
+		done := make(chan result, 1)
+		go func() {
+			var r result
+			for {
+				select {
+				case <-stop:
+					done <- r
+					return
+				default:
+				}
+				r.tries++
+				if !try() {
+					r.wrong++
+				}
+			}
+		}()
+		return done
+	}
+	allowed := probe(func() bool { return client.tcpWorks(server.ip, 80) == nil })
+	denied := probe(func() bool {
+		c, err := other.dialTimeout(server.ip, 80, 150*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+
+	for i := 0; i < 10; i++ {
+		d2, err := Load(context.Background(), n.pinDir)
+		must(t, err)
+		stored, err := d2.Identities(context.Background())
+		must(t, err)
+		alloc := identity.NewAllocator()
+		for s, id := range stored {
+			alloc.Remember(s, id)
+		}
+		n.d.Close()
+		n.d = d2
+		n.c = compile.New(alloc)
+		must(t, n.c.UpsertNamespace(compile.Namespace{Name: "default"}))
+		must(t, n.c.UpsertNamespace(compile.Namespace{Name: "other"}))
+		n.c.UpsertNode("self", []netip.Addr{n.nodeIP}, true)
+		for _, p := range n.pods {
+			must(t, n.c.UpsertPod(compile.Pod{Namespace: p.namespace, Name: p.name, Labels: p.labels, IP: p.ip, Local: true}))
+		}
+		n.cnp(allowClient)
+		for _, p := range n.pods {
+			id, _ := n.c.IdentityOf(p.namespace, p.name)
+			must(t, n.node.Do(func(ns.NetNS) error {
+				return n.d.AttachEndpoint(context.Background(), Endpoint{IfIndex: p.ifindex, IP: p.ip, Identity: id},
+					n.c.EndpointPolicy(p.namespace, p.name))
+			}))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	close(stop)
+	a, d := <-allowed, <-denied
+	t.Logf("%d allowed and %d denied connection attempts across 10 restarts", a.tries, d.tries)
+	if a.tries < 10 || d.tries < 10 {
+		t.Fatalf("too few attempts to mean anything: allowed %+v denied %+v", a, d)
+	}
+	if a.wrong != 0 || d.wrong != 0 {
+		t.Fatalf("window across restarts: %d allowed connections failed, %d denied ones passed", a.wrong, d.wrong)
+	}
+}
+
+func (p *testPod) dialTimeout(addr netip.Addr, port int, timeout time.Duration) (net.Conn, error) {
+	var c net.Conn
+	err := p.netns.Do(func(ns.NetNS) error {
+		var err error
+		d := net.Dialer{Timeout: timeout}
+		c, err = d.Dial("tcp4", netip.AddrPortFrom(addr, uint16(port)).String())
+		return err
+	})
+	return c, err
+}
