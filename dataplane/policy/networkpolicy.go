@@ -170,7 +170,12 @@ func parseProtocol(s string, path *field.Path, allowAny bool) (Protocol, field.E
 func parseCIDR(cidr string, except []string, path, exceptPath *field.Path) (*CIDR, field.ErrorList) {
 	pfx, err := netip.ParsePrefix(cidr)
 	if err != nil {
-		return nil, field.ErrorList{field.Invalid(path, cidr, "not a CIDR (want e.g. 10.0.0.0/8): "+err.Error())}
+		// Cilium also takes a bare address for a single host.
+		a, aerr := netip.ParseAddr(cidr)
+		if aerr != nil {
+			return nil, field.ErrorList{field.Invalid(path, cidr, "not a CIDR (want e.g. 10.0.0.0/8): "+err.Error())}
+		}
+		pfx = netip.PrefixFrom(a, a.BitLen())
 	}
 	if !pfx.Addr().Is4() {
 		return nil, field.ErrorList{field.Invalid(path, cidr, "only IPv4 is supported by this cluster")}
