@@ -24,6 +24,10 @@ const (
 	NamespaceLabelPrefix = "io.cilium.k8s.namespace.labels."
 	// ServiceAccountLabel carries the pod's service account.
 	ServiceAccountLabel = "io.cilium.k8s.policy.serviceaccount"
+	// ClusterLabel carries the cluster name; flatnet has one cluster, "default" as
+	// Cilium names a cluster without cluster-mesh configuration.
+	ClusterLabel = "io.cilium.k8s.policy.cluster"
+	ClusterName  = "default"
 )
 
 // Direction is the side of the endpoint a rule guards.

@@ -76,7 +76,7 @@ func ciliumKey(k string) string {
 func IdentityLabels(namespace string, podLabels, namespaceLabels map[string]string, serviceAccount string) map[string]string {
 	out := make(map[string]string, len(podLabels)+len(namespaceLabels)+2)
 	for k, v := range podLabels {
-		if k == NamespaceLabel || strings.HasPrefix(k, NamespaceLabelPrefix) || k == ServiceAccountLabel {
+		if k == NamespaceLabel || strings.HasPrefix(k, NamespaceLabelPrefix) || k == ServiceAccountLabel || k == ClusterLabel {
 			continue
 		}
 		out[k] = v
@@ -85,6 +85,7 @@ func IdentityLabels(namespace string, podLabels, namespaceLabels map[string]stri
 		out[NamespaceLabelPrefix+k] = v
 	}
 	out[NamespaceLabel] = namespace
+	out[ClusterLabel] = ClusterName
 	if serviceAccount != "" {
 		out[ServiceAccountLabel] = serviceAccount
 	}
