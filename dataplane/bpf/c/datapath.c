@@ -132,6 +132,9 @@ const struct flow_event *unused_flow_event __attribute__((unused));
 const struct policy_key *unused_policy_key __attribute__((unused));
 const struct policy_val *unused_policy_val __attribute__((unused));
 
+// Ethernet + IPv4 with options + TCP without options: all parse() reads.
+#define MAX_HEADERS (14 + 60 + 20)
+
 struct pkt {
 	__u32 saddr, daddr;
 	__u16 sport, dport; // host order
@@ -369,6 +372,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	__u32 ifindex = skb->ifindex;
 	struct pkt p;
 	int r = parse(skb, &p);
+	if (r < 0 && skb->len > skb->data_end - skb->data) {
+		// Headers beyond the linear part of a non-linear skb: pull them in, retry.
+		__u32 want = skb->len < MAX_HEADERS ? skb->len : MAX_HEADERS;
+		if (!bpf_skb_pull_data(skb, want))
+			r = parse(skb, &p);
+	}
 	if (r > 0) {
 		count(ifindex, dir, FORWARD_NOT_IPV4, skb->len);
 		return TCX_NEXT;
