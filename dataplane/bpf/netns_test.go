@@ -174,6 +174,11 @@ func (n *testNode) cnp(doc string) {
 	n.flush()
 }
 
+// serveTCP runs an echo server on the node's address.
+func (n *testNode) serveTCP(t *testing.T, port int) {
+	(&testPod{netns: n.node, ip: n.nodeIP}).serveTCP(t, port)
+}
+
 // serveTCP runs an echo server in the pod until the test ends.
 func (p *testPod) serveTCP(t *testing.T, port int) {
 	var ln net.Listener
@@ -357,6 +362,8 @@ spec:
 		return nil
 	}))
 	wantWorks(t, "node -> server:80 (kubelet probe) under default deny", nodeErr)
+	n.serveTCP(t, 10250)
+	wantWorks(t, "server -> its node under egress default deny", server.tcpWorks(n.nodeIP, 10250))
 
 	// Deleting the seed policy leaves the allow policy: still ingress-isolated.
 	n.c.DeletePolicy("cnp/default/default-deny")
@@ -639,4 +646,88 @@ func (p *testPod) dialTimeout(addr netip.Addr, port int, timeout time.Duration) 
 		return err
 	})
 	return c, err
+}
+
+// TestNetnsPolicySwapUnderTraffic alternates between two policies that both allow the
+// client's port 80 and both deny the other pod, while connections run: a policy swap
+// must never drop an allowed connection nor pass a denied one, however the entries
+// differ.
+func TestNetnsPolicySwapUnderTraffic(t *testing.T) {
+	n := newTestNode(t)
+	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
+	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	other := n.addPod("other", "client", "10.224.2.30", map[string]string{"app": "client"})
+	server.serveTCP(t, 80)
+	a := `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: swap, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+`
+	b := `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: swap, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "70", endPort: 90, protocol: TCP}]}]
+  - fromEntities: [world]
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": other}}]
+    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+  - fromEndpoints: [{matchLabels: {app: client, "k8s:io.kubernetes.pod.namespace": other}}]
+`
+	n.cnp(a)
+	stop := make(chan struct{})
+	type result struct{ tries, wrong int }
+	probe := func(try func() bool) chan result {
+		done := make(chan result, 1)
+		go func() {
+			var r result
+			for {
+				select {
+				case <-stop:
+					done <- r
+					return
+				default:
+				}
+				r.tries++
+				if !try() {
+					r.wrong++
+				}
+			}
+		}()
+		return done
+	}
+	allowed := probe(func() bool { return client.tcpWorks(server.ip, 80) == nil })
+	denied := probe(func() bool {
+		c, err := other.dialTimeout(server.ip, 80, 150*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	for i := 0; i < 40; i++ {
+		if i%2 == 0 {
+			n.cnp(b)
+		} else {
+			n.cnp(a)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	close(stop)
+	ra, rd := <-allowed, <-denied
+	t.Logf("%d allowed and %d denied attempts across 40 policy swaps", ra.tries, rd.tries)
+	if ra.tries < 10 || rd.tries < 5 {
+		t.Fatalf("too few attempts: allowed %+v denied %+v", ra, rd)
+	}
+	if ra.wrong != 0 || rd.wrong != 0 {
+		t.Fatalf("policy swaps: %d allowed connections failed, %d denied ones passed", ra.wrong, rd.wrong)
+	}
 }
