@@ -134,9 +134,14 @@ func (d *Datapath) resumeLinks(ctx context.Context) error {
 		}
 		info, err := l.Info()
 		if err != nil || info.TCX() == nil || info.TCX().Ifindex != uint32(ifindex) {
-			// Detached: its interface went away.
+			// Detached: its interface went away while no agent ran.
 			_ = l.Unpin()
 			l.Close()
+			if side == "ingress" {
+				if err := d.forget(ifindex); err != nil {
+					return fmt.Errorf("forgetting the endpoint of vanished interface %d: %w", ifindex, err)
+				}
+			}
 			continue
 		}
 		prog := d.objs.ToPod
@@ -235,6 +240,15 @@ func (d *Datapath) DetachEndpoint(ctx context.Context, ifindex int) error {
 		}
 		l.Close() // the last reference: the kernel detaches the program
 	}
+	if err := d.forget(ifindex); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// forget removes everything the maps hold for an interface index.
+func (d *Datapath) forget(ifindex int) error {
+	var errs []error
 	key := uint32(ifindex)
 	if err := d.objs.FnEndpoints.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("deleting endpoint %d: %w", ifindex, err))

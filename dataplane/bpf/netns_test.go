@@ -731,3 +731,36 @@ spec:
 		t.Fatalf("policy swaps: %d allowed connections failed, %d denied ones passed", ra.wrong, rd.wrong)
 	}
 }
+
+// TestNetnsVanishedInterfaceForgotten: a pod whose veth disappeared while no agent ran
+// leaves nothing behind once the next agent loads.
+func TestNetnsVanishedInterfaceForgotten(t *testing.T) {
+	n := newTestNode(t)
+	gone := n.addPod("default", "gone", "10.224.1.11", map[string]string{"app": "gone"})
+	stays := n.addPod("default", "stays", "10.224.1.12", map[string]string{"app": "stays"})
+	must(t, n.d.Close())
+	must(t, n.node.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(gone.hostIf)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkDel(l)
+	}))
+	d2, err := Load(context.Background(), n.pinDir)
+	must(t, err)
+	defer d2.Close()
+	eps, err := d2.Endpoints(context.Background())
+	must(t, err)
+	if _, ok := eps[gone.ifindex]; ok {
+		t.Errorf("endpoint of the deleted veth %d still in the maps", gone.ifindex)
+	}
+	if _, ok := eps[stays.ifindex]; !ok {
+		t.Errorf("endpoint of the live veth %d was forgotten", stays.ifindex)
+	}
+	if _, err := os.Stat(d2.linkPin(gone.ifindex, dirIngress)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("link pin of the deleted veth still present: %v", err)
+	}
+	if _, err := os.Stat(d2.linkPin(stays.ifindex, dirIngress)); err != nil {
+		t.Errorf("link pin of the live veth: %v", err)
+	}
+}
