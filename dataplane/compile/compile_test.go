@@ -381,3 +381,37 @@ func TestPodFromCore(t *testing.T) {
 		t.Fatalf("PodFromCore = %+v", got)
 	}
 }
+
+func TestKubeAPIServerEntity(t *testing.T) {
+	c := New(identity.NewAllocator())
+	mustDo(t, c.UpsertNamespace(Namespace{Name: "ns"}))
+	mustDo(t, c.UpsertPod(Pod{Namespace: "ns", Name: "p", Labels: map[string]string{"app": "p"}, IP: netip.MustParseAddr("10.0.0.5"), Local: true}))
+	cp, self, worker := netip.MustParseAddr("10.0.9.1"), netip.MustParseAddr("10.0.9.2"), netip.MustParseAddr("10.0.9.3")
+	c.UpsertNode("cp", []netip.Addr{cp}, false)
+	c.UpsertNode("self", []netip.Addr{self}, true)
+	c.UpsertNode("worker", []netip.Addr{worker}, false)
+	c.SetAPIServer([]netip.Addr{cp})
+	subj := policy.Selector{}.And(policy.Eq(policy.NamespaceLabel, "ns"))
+	mustDo(t, c.UpsertPolicy("api", []*policy.Policy{{Ref: policy.Ref{Kind: policy.KindCNP, Namespace: "ns", Name: "api"}, Subject: subj,
+		DefaultDeny: [2]bool{false, true}, Rules: []policy.Rule{{Direction: policy.Egress, Name: "r", Peers: []policy.Peer{{Entity: policy.EntityKubeAPI}}}}}}))
+	c.Flush()
+	for _, tc := range []struct {
+		to   netip.Addr
+		want bool
+	}{{cp, true}, {worker, false}, {self, true /* own node: always */}} {
+		d, err := c.Explain("ns", "p", policy.Egress, tc.to, policy.ProtoTCP, 6443)
+		mustDo(t, err)
+		if d.Allowed != tc.want {
+			t.Errorf("egress to %s under toEntities: [kube-apiserver]: allowed=%v, want %v", tc.to, d.Allowed, tc.want)
+		}
+	}
+	// remote-node still covers the API server's node.
+	mustDo(t, c.UpsertPolicy("api", []*policy.Policy{{Ref: policy.Ref{Kind: policy.KindCNP, Namespace: "ns", Name: "api"}, Subject: subj,
+		DefaultDeny: [2]bool{false, true}, Rules: []policy.Rule{{Direction: policy.Egress, Name: "r", Peers: []policy.Peer{{Entity: policy.EntityRemoteNode}}}}}}))
+	c.Flush()
+	for _, to := range []netip.Addr{cp, worker} {
+		if d, _ := c.Explain("ns", "p", policy.Egress, to, policy.ProtoTCP, 6443); !d.Allowed {
+			t.Errorf("egress to node %s under toEntities: [remote-node] denied", to)
+		}
+	}
+}

@@ -37,8 +37,9 @@ type Compiler struct {
 	namedAny     map[*polEntry]struct{} // policies with named egress ports resolved cluster-wide
 	globalNamed  map[NamedPort]int
 
-	nodes   map[string]nodeState
-	ipOwner map[netip.Addr]map[string]identity.ID // owner ("pod/ns/name", "node/name") -> identity
+	nodes     map[string]nodeState
+	apiServer []netip.Addr
+	ipOwner   map[netip.Addr]map[string]identity.ID // owner ("pod/ns/name", "node/name") -> identity
 
 	// Incremental state.
 	dirtyIDs  map[identity.ID]struct{}
@@ -863,15 +864,42 @@ func (c *Compiler) resolveIP(ip netip.Addr) (identity.ID, bool) {
 	if len(owners) == 0 {
 		return 0, false
 	}
-	best := ""
-	for o := range owners {
-		isNode := strings.HasPrefix(o, "node/")
-		bestNode := strings.HasPrefix(best, "node/")
-		if best == "" || (isNode && !bestNode) || (isNode == bestNode && o < best) {
-			best = o
+	best, bestRank := "", 99
+	for o, id := range owners {
+		r := ownerRank(o, id)
+		if r < bestRank || (r == bestRank && o < best) {
+			best, bestRank = o, r
 		}
 	}
 	return owners[best], true
+}
+
+// ownerRank orders the claims on an address: the local node (always allowed), then
+// the API server (a node's address that also serves the API), other nodes, pods.
+func ownerRank(owner string, id identity.ID) int {
+	switch {
+	case strings.HasPrefix(owner, "node/") && id == identity.Host:
+		return 0
+	case strings.HasPrefix(owner, "apiserver/"):
+		return 1
+	case strings.HasPrefix(owner, "node/"):
+		return 2
+	}
+	return 3
+}
+
+// SetAPIServer records the addresses the kube-apiserver answers on (the endpoints of
+// the default/kubernetes Service): they get identity.KubeAPIServer, which the
+// kube-apiserver entity selects and, as those are node addresses, remote-node too.
+// On the local node the address stays identity.Host (always allowed).
+func (c *Compiler) SetAPIServer(ips []netip.Addr) {
+	for _, ip := range c.apiServer {
+		c.delIPOwner(ip, "apiserver/"+ip.String())
+	}
+	c.apiServer = slices.Clone(ips)
+	for _, ip := range ips {
+		c.addIPOwner(ip, "apiserver/"+ip.String(), identity.KubeAPIServer)
+	}
 }
 
 func sortPrefixUpdates(u []PrefixUpdate) {

@@ -87,11 +87,11 @@ func entityIDs(e policy.Entity, c *Compiler) []identity.ID {
 	case policy.EntityHost:
 		return []identity.ID{identity.Host}
 	case policy.EntityRemoteNode:
-		return []identity.ID{identity.RemoteNode}
+		return []identity.ID{identity.RemoteNode, identity.KubeAPIServer}
 	case policy.EntityKubeAPI:
 		return []identity.ID{identity.KubeAPIServer}
 	case policy.EntityCluster:
-		ids := []identity.ID{identity.Host, identity.RemoteNode, identity.Unmanaged}
+		ids := []identity.ID{identity.Host, identity.RemoteNode, identity.KubeAPIServer, identity.Unmanaged}
 		for id := range c.idents {
 			ids = append(ids, id)
 		}

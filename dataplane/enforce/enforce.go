@@ -290,6 +290,14 @@ func (e *Enforcer) UpsertNode(ctx context.Context, n *corev1.Node) error {
 	return e.applyLocked(ctx)
 }
 
+// SetAPIServer records the kube-apiserver's addresses (endpoints of default/kubernetes).
+func (e *Enforcer) SetAPIServer(ctx context.Context, ips []netip.Addr) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.c.SetAPIServer(ips)
+	return e.applyLocked(ctx)
+}
+
 // DeleteNode forgets a node.
 func (e *Enforcer) DeleteNode(ctx context.Context, name string) error {
 	e.mu.Lock()

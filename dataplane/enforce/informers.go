@@ -3,16 +3,20 @@ package enforce
 import (
 	"context"
 	"fmt"
+	"net/netip"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/flatnet/flatnet/dataplane/policy"
@@ -34,6 +38,10 @@ func (e *Enforcer) Run(ctx context.Context, kube kubernetes.Interface, dyn dynam
 		}
 	}
 	f := informers.NewSharedInformerFactory(kube, 0)
+	// The API server's addresses: the EndpointSlices of default/kubernetes.
+	apif := informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithNamespace("default"),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = discoveryv1.LabelServiceName + "=kubernetes" }))
+	apiSlices := apif.Discovery().V1().EndpointSlices()
 	df := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
 	report := func(what string, err error) {
 		if err != nil {
@@ -62,6 +70,9 @@ func (e *Enforcer) Run(ctx context.Context, kube kubernetes.Interface, dyn dynam
 				np := o.(*networkingv1.NetworkPolicy)
 				report("networkpolicy", e.DeletePolicy(ctx, policy.Ref{Kind: policy.KindNetworkPolicy, Namespace: np.Namespace, Name: np.Name}))
 			})},
+		{apiSlices.Informer(), funcs(
+			func(any) { report("kube-apiserver endpoints", e.SetAPIServer(ctx, apiServerIPs(apiSlices.Lister()))) },
+			func(any) { report("kube-apiserver endpoints", e.SetAPIServer(ctx, apiServerIPs(apiSlices.Lister()))) })},
 		{df.ForResource(CNPResource).Informer(), ciliumFuncs(ctx, e, policy.KindCNP)},
 		{df.ForResource(CCNPResource).Informer(), ciliumFuncs(ctx, e, policy.KindCCNP)},
 	}
@@ -73,6 +84,7 @@ func (e *Enforcer) Run(ctx context.Context, kube kubernetes.Interface, dyn dynam
 		synced = append(synced, h.inf.HasSynced)
 	}
 	f.Start(ctx.Done())
+	apif.Start(ctx.Done())
 	df.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return fmt.Errorf("syncing policy informers: %w", ctx.Err())
@@ -82,8 +94,31 @@ func (e *Enforcer) Run(ctx context.Context, kube kubernetes.Interface, dyn dynam
 	}
 	<-ctx.Done()
 	f.Shutdown()
+	apif.Shutdown()
 	df.Shutdown()
 	return nil
+}
+
+// apiServerIPs collects the ready IPv4 addresses of the kubernetes Service's slices.
+func apiServerIPs(l discoverylisters.EndpointSliceLister) []netip.Addr {
+	slices, err := l.List(labels.Everything())
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, s := range slices {
+		for _, ep := range s.Endpoints {
+			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
+				continue
+			}
+			for _, a := range ep.Addresses {
+				if ip, err := netip.ParseAddr(a); err == nil && ip.Is4() {
+					out = append(out, ip)
+				}
+			}
+		}
+	}
+	return out
 }
 
 // funcs builds handlers from an upsert and a delete, unwrapping tombstones.
