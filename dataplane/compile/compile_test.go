@@ -415,3 +415,33 @@ func TestKubeAPIServerEntity(t *testing.T) {
 		}
 	}
 }
+
+func TestInvalidateReemitsEverything(t *testing.T) {
+	w := &world{r: rand.New(rand.NewSource(9)), ns: map[string]map[string]string{}, pods: map[string]Pod{}, policies: map[string][]*policy.Policy{}}
+	for i := 0; i < 12; i++ {
+		p := w.randomPod(fmt.Sprintf("pod%d", i))
+		w.pods[p.Name] = p
+	}
+	for i := 0; i < 6; i++ {
+		k := fmt.Sprintf("pol%d", i)
+		w.policies[k] = w.randomPolicy(k)
+	}
+	c := w.build(t) // built and flushed once
+	if up := c.Flush(); !up.Empty() {
+		t.Fatalf("second Flush without changes is not empty: %+v", up)
+	}
+	c.Invalidate()
+	up := c.Flush()
+	locals, ips := 0, map[netip.Addr]bool{}
+	for _, p := range w.pods {
+		if p.Local {
+			locals++
+		}
+		ips[p.IP] = true
+	}
+	ips[netip.MustParseAddr("10.0.9.1")] = true
+	if len(up.Endpoints) != locals || len(up.IPCache) != len(ips) || len(up.CIDRs) != len(c.cidrs) || len(up.Identities) != len(c.idents)+len(c.cidrs) {
+		t.Fatalf("after Invalidate: %d endpoints (want %d), %d ipcache (want %d), %d CIDRs (want %d), %d identities (want %d)",
+			len(up.Endpoints), locals, len(up.IPCache), len(ips), len(up.CIDRs), len(c.cidrs), len(up.Identities), len(c.idents)+len(c.cidrs))
+	}
+}

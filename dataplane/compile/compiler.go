@@ -779,6 +779,32 @@ func (c *Compiler) dropPrefix(p netip.Prefix) {
 
 // ---- flush ----
 
+// Invalidate forgets what was emitted, so the next Flush returns the complete state
+// (after a failed write left the datapath behind the compiler).
+func (c *Compiler) Invalidate() {
+	clear(c.emitted)
+	clear(c.emittedID)
+	clear(c.emitIP)
+	clear(c.emitPfx)
+	for k, ps := range c.pods {
+		if ps.pod.Local {
+			c.dirtyPods[k] = struct{}{}
+		}
+	}
+	for ip := range c.ipOwner {
+		c.dirtyIPs[ip] = struct{}{}
+	}
+	for p := range c.cidrs {
+		c.dirtyPfx[p] = struct{}{}
+	}
+	for id := range c.idents {
+		c.recordIdentity(id, false)
+	}
+	for _, st := range c.cidrs {
+		c.recordIdentity(st.id, false)
+	}
+}
+
 // Flush recomputes what changed since the last Flush and returns it.
 func (c *Compiler) Flush() Update {
 	var up Update

@@ -52,6 +52,7 @@ type Enforcer struct {
 	mu       sync.Mutex
 	c        *compile.Compiler
 	synced   bool
+	resync   bool // the last write failed: rewrite everything next time
 	syncedCh chan struct{}
 	pods     map[string]*corev1.Pod          // ns/name, as last seen from the API
 	attached map[string]endpointapi.Endpoint // ns/name -> endpoint on this node
@@ -145,8 +146,25 @@ func (e *Enforcer) applyLocked(ctx context.Context) error {
 	return e.flushApply(ctx)
 }
 
+// flushApply writes the compiler's changes. After a failed write the datapath may be
+// behind the compiler, so the next attempt rewrites the complete state.
 func (e *Enforcer) flushApply(ctx context.Context) error {
-	return e.d.Apply(ctx, e.c.Flush(), e.ifindexOf)
+	if e.resync {
+		e.c.Invalidate()
+	}
+	err := e.d.Apply(ctx, e.c.Flush(), e.ifindexOf)
+	e.resync = err != nil
+	return err
+}
+
+// retry rewrites the complete state if the last write failed.
+func (e *Enforcer) retry(ctx context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.synced || !e.resync {
+		return nil
+	}
+	return e.flushApply(ctx)
 }
 
 func (e *Enforcer) ifindexOf(ns, name string) (int, bool) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -92,11 +93,19 @@ func (e *Enforcer) Run(ctx context.Context, kube kubernetes.Interface, dyn dynam
 	if err := e.Synced(ctx); err != nil {
 		return fmt.Errorf("writing the synced policy state: %w", err)
 	}
-	<-ctx.Done()
-	f.Shutdown()
-	apif.Shutdown()
-	df.Shutdown()
-	return nil
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			f.Shutdown()
+			apif.Shutdown()
+			df.Shutdown()
+			return nil
+		case <-t.C:
+			report("retrying a failed datapath write", e.retry(ctx))
+		}
+	}
 }
 
 // apiServerIPs collects the ready IPv4 addresses of the kubernetes Service's slices.
