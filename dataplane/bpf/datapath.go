@@ -80,6 +80,22 @@ func Load(ctx context.Context, pinDir string) (*Datapath, error) {
 	return d, nil
 }
 
+// EnsureBPFFS mounts a bpffs on dir unless one is there. For pins to outlive the agent
+// the mount must be the node's: give the agent the host's /sys/fs/bpf (hostPath, with
+// Bidirectional mount propagation if the agent is the one mounting it).
+func EnsureBPFFS(dir string) error {
+	if checkBPFFS(dir) == nil {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("creating %s for bpffs: %w", dir, err)
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mounting bpffs on %s: %w", dir, err)
+	}
+	return nil
+}
+
 func checkBPFFS(dir string) error {
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"sigs.k8s.io/yaml"
 
 	"github.com/flatnet/flatnet/dataplane/compile"
@@ -762,5 +763,27 @@ func TestNetnsVanishedInterfaceForgotten(t *testing.T) {
 	}
 	if _, err := os.Stat(d2.linkPin(stays.ifindex, dirIngress)); err != nil {
 		t.Errorf("link pin of the live veth: %v", err)
+	}
+}
+
+func TestEnsureBPFFS(t *testing.T) {
+	testenv.RequireRoot(t)
+	dir := filepath.Join(t.TempDir(), "bpf")
+	must(t, EnsureBPFFS(dir))
+	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
+	if err := checkBPFFS(dir); err != nil {
+		t.Fatalf("after EnsureBPFFS: %v", err)
+	}
+	must(t, EnsureBPFFS(dir)) // already mounted: nothing to do
+	var mounts int
+	data, err := os.ReadFile("/proc/self/mounts")
+	must(t, err)
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.Contains(line, " "+dir+" ") {
+			mounts++
+		}
+	}
+	if mounts != 1 {
+		t.Fatalf("%s mounted %d times, want once", dir, mounts)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"path/filepath"
 	"sort"
 	"sync"
 
@@ -68,6 +69,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Enforcer, error) {
 	}
 	if cfg.PinDir == "" {
 		cfg.PinDir = bpf.DefaultPinDir
+	}
+	if err := bpf.EnsureBPFFS(filepath.Dir(cfg.PinDir)); err != nil {
+		return nil, err
 	}
 	d, err := bpf.Load(ctx, cfg.PinDir)
 	if err != nil {
