@@ -321,3 +321,27 @@ spec:
 	expect(t, d, "echo request from the client", dirIngress, pkt{src: clientIP, dst: serverIP, proto: 1, sport: 78}, tcxDrop)
 	expect(t, d, "echo request from the client reusing the tracked id", dirIngress, pkt{src: clientIP, dst: serverIP, proto: 1, sport: 77}, tcxDrop)
 }
+
+// A program meeting an interface the maps do not know (or know without a policy)
+// fails closed.
+func TestFailClosedWithoutEndpointOrPolicy(t *testing.T) {
+	d := loadTest(t)
+	newCluster(t, d) // the server endpoint, no policy selecting it
+	p := tcp(clientIP, serverIP, 48000, 80, tcpSYN)
+	expect(t, d, "endpoint without policy selecting it", dirIngress, p, tcxNext)
+
+	must(t, d.objs.FnPolicy.Delete(uint32(testIfindex)))
+	expect(t, d, "endpoint whose policy map is missing", dirIngress, tcp(clientIP, serverIP, 48001, 80, tcpSYN), tcxDrop)
+	must(t, d.objs.FnEndpoints.Delete(uint32(testIfindex)))
+	expect(t, d, "interface unknown to the maps", dirIngress, tcp(clientIP, serverIP, 48002, 80, tcpSYN), tcxDrop)
+
+	counters, err := d.Counters(context.Background())
+	must(t, err)
+	got := map[Code]uint64{}
+	for _, c := range counters {
+		got[c.Code] += c.Packets
+	}
+	if got[DropNoPolicy] != 1 || got[DropNoEndpoint] != 1 {
+		t.Fatalf("counters %v: want one drop for a missing policy and one for a missing endpoint", got)
+	}
+}
