@@ -787,3 +787,26 @@ func TestEnsureBPFFS(t *testing.T) {
 		t.Fatalf("%s mounted %d times, want once", dir, mounts)
 	}
 }
+
+// TestNetnsFirstPacketUnderPolicy: a pod created after its policy is under it from its
+// very first packet, in both directions.
+func TestNetnsFirstPacketUnderPolicy(t *testing.T) {
+	n := newTestNode(t)
+	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
+	server.serveTCP(t, 80)
+	n.cnp(`
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: locked, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: locked}}
+  ingress: [{}]
+  egress: [{}]
+`)
+	locked := n.addPod("default", "locked", "10.224.2.40", map[string]string{"app": "locked"})
+	locked.serveTCP(t, 80)
+	wantBlocked(t, "first connection of a pod born under egress default deny", locked.tcpWorks(server.ip, 80))
+	wantBlocked(t, "first connection to a pod born under ingress default deny", server.tcpWorks(locked.ip, 80))
+	free := n.addPod("default", "free", "10.224.2.41", map[string]string{"app": "free"})
+	wantWorks(t, "a pod no policy selects", free.tcpWorks(server.ip, 80))
+}
