@@ -232,7 +232,12 @@ func (p *testPod) serveUDP(t *testing.T, port int) {
 	}()
 }
 
-const dialTimeout = 700 * time.Millisecond
+// Connections that must work get a generous timeout (the machine may be loaded);
+// connections that must be blocked are given up on sooner.
+const (
+	dialTimeout  = 3 * time.Second
+	blockTimeout = 700 * time.Millisecond
+)
 
 // dial opens a TCP connection from the pod.
 func (p *testPod) dial(addr netip.Addr, port int) (net.Conn, error) {
@@ -271,14 +276,28 @@ func (p *testPod) tcpWorks(addr netip.Addr, port int) error {
 	return echo(c, "hello")
 }
 
-func (p *testPod) udpWorks(addr netip.Addr, port int) error {
+// tcpQuick is tcpWorks with the shorter timeout of checks that expect a block.
+func (p *testPod) tcpQuick(addr netip.Addr, port int) error {
+	c, err := p.dialTimeout(addr, port, blockTimeout)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return echo(c, "hello")
+}
+
+func (p *testPod) udpQuick(addr netip.Addr, port int) error { return p.udpTry(addr, port, blockTimeout) }
+
+func (p *testPod) udpWorks(addr netip.Addr, port int) error { return p.udpTry(addr, port, dialTimeout) }
+
+func (p *testPod) udpTry(addr netip.Addr, port int, timeout time.Duration) error {
 	return p.netns.Do(func(ns.NetNS) error {
 		c, err := net.Dial("udp4", netip.AddrPortFrom(addr, uint16(port)).String())
 		if err != nil {
 			return err
 		}
 		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(dialTimeout))
+		_ = c.SetDeadline(time.Now().Add(timeout))
 		if _, err := c.Write([]byte("ping")); err != nil {
 			return err
 		}
@@ -329,9 +348,9 @@ func TestNetnsPolicyWithRealTraffic(t *testing.T) {
 
 	// The seed scenario.
 	n.cnp(seedDefaultDeny)
-	wantBlocked(t, "client -> server:80 under default deny", client.tcpWorks(server.ip, 80))
-	wantBlocked(t, "server -> client:80 under default deny", server.tcpWorks(client.ip, 80))
-	wantBlocked(t, "udp under default deny", client.udpWorks(server.ip, 53))
+	wantBlocked(t, "client -> server:80 under default deny", client.tcpQuick(server.ip, 80))
+	wantBlocked(t, "server -> client:80 under default deny", server.tcpQuick(client.ip, 80))
+	wantBlocked(t, "udp under default deny", client.udpQuick(server.ip, 53))
 
 	// Allow client:80 and udp/53 in, and the server's 8080 connections; egress stays
 	// default deny, so the replies pass only through connection tracking.
@@ -347,7 +366,7 @@ spec:
 `)
 	wantWorks(t, "client -> server:80 allowed", client.tcpWorks(server.ip, 80))
 	wantWorks(t, "client -> server udp/53 allowed", client.udpWorks(server.ip, 53))
-	wantBlocked(t, "same labels from namespace other", other.tcpWorks(server.ip, 80))
+	wantBlocked(t, "same labels from namespace other", other.tcpQuick(server.ip, 80))
 	wantWorks(t, "connection opened before the policies keeps its replies", echo(long, "two"))
 
 	// From the node: kubelet probes always pass.
@@ -370,7 +389,7 @@ spec:
 	n.c.DeletePolicy("cnp/default/default-deny")
 	n.flush()
 	wantWorks(t, "server -> client:80 once egress is no longer isolated", server.tcpWorks(client.ip, 80))
-	wantBlocked(t, "other -> server:80 still isolated by allow-client", other.tcpWorks(server.ip, 80))
+	wantBlocked(t, "other -> server:80 still isolated by allow-client", other.tcpQuick(server.ip, 80))
 	n.c.DeletePolicy("cnp/default/allow-client")
 	n.flush()
 	wantWorks(t, "other -> server:80 with no policy left", other.tcpWorks(server.ip, 80))
@@ -401,7 +420,7 @@ func TestNetnsAgentRestart(t *testing.T) {
 
 	must(t, n.d.Close()) // the agent is gone
 	wantWorks(t, "allowed while no agent runs", client.tcpWorks(server.ip, 80))
-	wantBlocked(t, "denied while no agent runs", other.tcpWorks(server.ip, 80))
+	wantBlocked(t, "denied while no agent runs", other.tcpQuick(server.ip, 80))
 
 	d2, err := Load(context.Background(), n.pinDir) // the new agent
 	must(t, err)
@@ -441,7 +460,7 @@ func TestNetnsAgentRestart(t *testing.T) {
 		t.Errorf("%d stored identities unclaimed after an identical replay", len(unclaimed))
 	}
 	wantWorks(t, "allowed after restart", client.tcpWorks(server.ip, 80))
-	wantBlocked(t, "denied after restart", other.tcpWorks(server.ip, 80))
+	wantBlocked(t, "denied after restart", other.tcpQuick(server.ip, 80))
 
 	// The new agent's writes reach the programs the links now run.
 	n.c.DeletePolicy("cnp/default/allow-client")
@@ -498,10 +517,10 @@ spec:
     toPorts: [{ports: [{port: "80", protocol: TCP}]}]
 `)
 	wantWorks(t, "ClusterIP whose backend the egress policy allows", client.tcpWorks(allowed, 80))
-	wantBlocked(t, "ClusterIP whose backend the egress policy denies", client.tcpWorks(denied, 80))
+	wantBlocked(t, "ClusterIP whose backend the egress policy denies", client.tcpQuick(denied, 80))
 	wantWorks(t, "NodePort whose backend is allowed", client.tcpWorks(n.nodeIP, 30080))
-	wantBlocked(t, "NodePort whose backend is denied", client.tcpWorks(n.nodeIP, 30081))
-	wantBlocked(t, "the denied backend directly", client.tcpWorks(other.ip, 80))
+	wantBlocked(t, "NodePort whose backend is denied", client.tcpQuick(n.nodeIP, 30081))
+	wantBlocked(t, "the denied backend directly", client.tcpQuick(other.ip, 80))
 
 	// The drop is counted on the client's egress as a policy drop.
 	counters, err := n.d.Counters(context.Background())
@@ -527,7 +546,7 @@ func TestNetnsDetachForgetsEndpoint(t *testing.T) {
 	server.serveTCP(t, 80)
 	wantWorks(t, "client -> server", client.tcpWorks(server.ip, 80))
 	n.cnp(seedDefaultDeny)
-	wantBlocked(t, "client -> server under default deny", client.tcpWorks(server.ip, 80))
+	wantBlocked(t, "client -> server under default deny", client.tcpQuick(server.ip, 80))
 
 	must(t, n.node.Do(func(ns.NetNS) error { return n.d.DetachEndpoint(context.Background(), server.ifindex) }))
 	wantWorks(t, "client -> server once the server's programs are detached", client.tcpWorks(server.ip, 80))
@@ -805,8 +824,8 @@ spec:
 `)
 	locked := n.addPod("default", "locked", "10.224.2.40", map[string]string{"app": "locked"})
 	locked.serveTCP(t, 80)
-	wantBlocked(t, "first connection of a pod born under egress default deny", locked.tcpWorks(server.ip, 80))
-	wantBlocked(t, "first connection to a pod born under ingress default deny", server.tcpWorks(locked.ip, 80))
+	wantBlocked(t, "first connection of a pod born under egress default deny", locked.tcpQuick(server.ip, 80))
+	wantBlocked(t, "first connection to a pod born under ingress default deny", server.tcpQuick(locked.ip, 80))
 	free := n.addPod("default", "free", "10.224.2.41", map[string]string{"app": "free"})
 	wantWorks(t, "a pod no policy selects", free.tcpWorks(server.ip, 80))
 }
