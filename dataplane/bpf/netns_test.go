@@ -286,7 +286,9 @@ func (p *testPod) tcpQuick(addr netip.Addr, port int) error {
 	return echo(c, "hello")
 }
 
-func (p *testPod) udpQuick(addr netip.Addr, port int) error { return p.udpTry(addr, port, blockTimeout) }
+func (p *testPod) udpQuick(addr netip.Addr, port int) error {
+	return p.udpTry(addr, port, blockTimeout)
+}
 
 func (p *testPod) udpWorks(addr netip.Addr, port int) error { return p.udpTry(addr, port, dialTimeout) }
 
