@@ -7,8 +7,10 @@ package policyset
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 
 	networkingv1 "k8s.io/api/networking/v1"
@@ -251,4 +253,27 @@ func Get(ctx context.Context, dyn dynamic.Interface, r oracle.PolicyRef) (*unstr
 		return nil, fmt.Errorf("reading %s: %w", r, err)
 	}
 	return obj, nil
+}
+
+// SameSpec compares two object specs as JSON values: numbers that came back
+// from the API server as int64 and numbers rendered from YAML as float64 are
+// the same field.
+func SameSpec(a, b any) (bool, error) {
+	norm := func(v any) (any, error) {
+		data, err := json.Marshal(v)
+		if err != nil {
+			return nil, err
+		}
+		var out any
+		return out, json.Unmarshal(data, &out)
+	}
+	x, err := norm(a)
+	if err != nil {
+		return false, fmt.Errorf("comparing specs: %w", err)
+	}
+	y, err := norm(b)
+	if err != nil {
+		return false, fmt.Errorf("comparing specs: %w", err)
+	}
+	return reflect.DeepEqual(x, y), nil
 }
