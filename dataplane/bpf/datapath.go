@@ -602,3 +602,40 @@ func (d *Datapath) Endpoints(_ context.Context) (map[int]Endpoint, error) {
 	}
 	return out, nil
 }
+
+// PrefixEntry is one IP cache entry as stored.
+type PrefixEntry struct {
+	Identity identity.ID
+	Service  bool
+}
+
+// IPCache returns the IP cache as stored (a restarted agent removes what it no longer
+// wants).
+func (d *Datapath) IPCache(_ context.Context) (map[netip.Prefix]PrefixEntry, error) {
+	out := map[netip.Prefix]PrefixEntry{}
+	var k datapathIpcacheKey
+	var v datapathIpcacheVal
+	it := d.objs.FnIpcache.Iterate()
+	for it.Next(&k, &v) {
+		out[netip.PrefixFrom(addrFromBE(k.Addr), int(k.Prefixlen))] = PrefixEntry{Identity: identity.ID(v.Identity), Service: v.Flags&1 != 0}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading the IP cache: %w", err)
+	}
+	return out, nil
+}
+
+// CIDRs returns the CIDR-rule prefixes as stored.
+func (d *Datapath) CIDRs(_ context.Context) (map[netip.Prefix]identity.ID, error) {
+	out := map[netip.Prefix]identity.ID{}
+	var k datapathIpcacheKey
+	var v datapathIpcacheVal
+	it := d.objs.FnCidrcache.Iterate()
+	for it.Next(&k, &v) {
+		out[netip.PrefixFrom(addrFromBE(k.Addr), int(k.Prefixlen))] = identity.ID(v.Identity)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading the CIDR prefixes: %w", err)
+	}
+	return out, nil
+}

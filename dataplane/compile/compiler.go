@@ -779,6 +779,20 @@ func (c *Compiler) dropPrefix(p netip.Prefix) {
 
 // ---- flush ----
 
+// Emitted returns the IP cache and CIDR prefixes as emitted so far: after the first
+// Flush of a restarted agent, what the datapath should hold and nothing more.
+func (c *Compiler) Emitted() (ipcache, cidrs map[netip.Prefix]identity.ID) {
+	ipcache = make(map[netip.Prefix]identity.ID, len(c.emitIP))
+	for ip, id := range c.emitIP {
+		ipcache[netip.PrefixFrom(ip, ip.BitLen())] = id
+	}
+	cidrs = make(map[netip.Prefix]identity.ID, len(c.emitPfx))
+	for p, id := range c.emitPfx {
+		cidrs[p] = id
+	}
+	return ipcache, cidrs
+}
+
 // Invalidate forgets what was emitted, so the next Flush returns the complete state
 // (after a failed write left the datapath behind the compiler).
 func (c *Compiler) Invalidate() {

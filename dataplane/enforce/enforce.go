@@ -122,6 +122,9 @@ func (e *Enforcer) Synced(ctx context.Context) error {
 	if err := e.flushApply(ctx); err != nil {
 		return err
 	}
+	if err := e.pruneLocked(ctx); err != nil {
+		return err
+	}
 	for _, s := range e.alloc.ForgetUnclaimed() {
 		if err := e.d.DeleteIdentity(ctx, s); err != nil {
 			return err
@@ -129,6 +132,40 @@ func (e *Enforcer) Synced(ctx context.Context) error {
 	}
 	e.synced = true
 	close(e.syncedCh)
+	return nil
+}
+
+// pruneLocked removes what a previous agent left in the maps and this one does not want
+// (pods and CIDR rules deleted while no agent ran, Service ranges no longer configured).
+func (e *Enforcer) pruneLocked(ctx context.Context) error {
+	wantIP, wantCIDR := e.c.Emitted()
+	services := map[netip.Prefix]bool{}
+	for _, p := range e.cfg.ServiceCIDRs {
+		services[p.Masked()] = true
+	}
+	have, err := e.d.IPCache(ctx)
+	if err != nil {
+		return err
+	}
+	for p, v := range have {
+		if _, ok := wantIP[p]; ok || (v.Service && services[p]) {
+			continue
+		}
+		if err := e.d.DeletePrefix(ctx, p); err != nil {
+			return err
+		}
+	}
+	haveCIDR, err := e.d.CIDRs(ctx)
+	if err != nil {
+		return err
+	}
+	for p := range haveCIDR {
+		if _, ok := wantCIDR[p]; !ok {
+			if err := e.d.DeleteCIDR(ctx, p); err != nil {
+				return err
+			}
+		}
+	}
 	return nil
 }
 

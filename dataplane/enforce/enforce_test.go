@@ -19,7 +19,9 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 
+	"github.com/flatnet/flatnet/dataplane/bpf"
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
+	"github.com/flatnet/flatnet/dataplane/identity"
 	"github.com/flatnet/flatnet/dataplane/policy"
 	"github.com/flatnet/flatnet/internal/testenv"
 )
@@ -87,7 +89,16 @@ func TestEnforcerLifecycle(t *testing.T) {
 		return netlink.LinkSetUp(l)
 	}))
 
-	e, err := New(ctx, Config{NodeName: "n1", PinDir: filepath.Join(mnt, "flatnet")}, slog.New(slog.DiscardHandler))
+	// A previous agent left entries for a pod and a CIDR rule that are gone now.
+	prev, err := bpf.Load(ctx, filepath.Join(mnt, "flatnet"))
+	must(t, err)
+	stalePod, staleCIDR := netip.MustParseAddr("10.224.3.3"), netip.MustParsePrefix("192.168.0.0/16")
+	must(t, prev.UpsertIPIdentity(ctx, stalePod, 300))
+	must(t, prev.UpsertCIDR(ctx, staleCIDR, identity.MinLocal))
+	must(t, prev.Close())
+
+	svc := netip.MustParsePrefix("10.96.0.0/16")
+	e, err := New(ctx, Config{NodeName: "n1", PinDir: filepath.Join(mnt, "flatnet"), ServiceCIDRs: []netip.Prefix{svc}}, slog.New(slog.DiscardHandler))
 	must(t, err)
 	defer e.Close()
 	ep := endpointapi.Endpoint{ContainerID: "c1", PodNamespace: "default", PodName: "server", HostIfName: "fnserver",
@@ -109,6 +120,23 @@ func TestEnforcerLifecycle(t *testing.T) {
 	must(t, e.UpsertCiliumPolicy(ctx, cnp(t, denyAll)))
 	must(t, node.Do(func(ns.NetNS) error { return e.Synced(ctx) }))
 	must(t, node.Do(func(ns.NetNS) error { return e.Attach(ctx, ep) }))
+
+	ipc, err := e.Datapath().IPCache(ctx)
+	must(t, err)
+	if _, ok := ipc[netip.PrefixFrom(stalePod, 32)]; ok {
+		t.Errorf("stale IP cache entry of a gone pod survived the sync")
+	}
+	if v, ok := ipc[svc]; !ok || !v.Service {
+		t.Errorf("Service range missing from the IP cache: %v", ipc)
+	}
+	if v, ok := ipc[netip.MustParsePrefix("10.224.2.20/32")]; !ok || v.Identity < identity.MinCluster {
+		t.Errorf("client pod missing from the IP cache: %v", ipc)
+	}
+	cidrs, err := e.Datapath().CIDRs(ctx)
+	must(t, err)
+	if len(cidrs) != 0 {
+		t.Errorf("stale CIDR prefixes survived the sync: %v", cidrs)
+	}
 
 	client := netip.MustParseAddr("10.224.2.20")
 	explain := func() bool {
