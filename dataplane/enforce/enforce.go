@@ -59,6 +59,7 @@ type Enforcer struct {
 	attached map[string]endpointapi.Endpoint // ns/name -> endpoint on this node
 	byCID    map[string]string               // container ID -> ns/name
 	rejected map[string]error                // policy key -> why its current version is not applied
+	getPod   func(ctx context.Context, namespace, name string) (*corev1.Pod, error)
 }
 
 // New loads (or adopts) the pinned datapath and restores the identity numbers it uses.
@@ -224,9 +225,17 @@ func (e *Enforcer) Attach(ctx context.Context, ep endpointapi.Endpoint) error {
 	defer e.mu.Unlock()
 	key := ep.PodNamespace + "/" + ep.PodName
 	pod := e.pods[key]
+	if pod == nil && e.getPod != nil {
+		// The informer has not delivered it yet: ask the API server.
+		p, err := e.getPod(ctx, ep.PodNamespace, ep.PodName)
+		if err != nil {
+			return fmt.Errorf("attaching %s: getting the pod: %w", key, err)
+		}
+		e.pods[key] = p
+		pod = p
+	}
 	if pod == nil {
-		// The pod informer has not delivered it yet; the CNI plugin retries.
-		return fmt.Errorf("attaching %s: pod not known yet (informer lag); retry", key)
+		return fmt.Errorf("attaching %s: pod not known yet; retry", key)
 	}
 	cp := compile.PodFromCore(pod, true)
 	cp.IP = ep.IP // the API learns the IP only after ADD returns

@@ -38,6 +38,11 @@ func (e *Enforcer) Run(ctx context.Context, kube kubernetes.Interface, dyn dynam
 			return fmt.Errorf("listing %s (are the CRDs of dataplane/manifests/crds installed?): %w", gvr.Resource, err)
 		}
 	}
+	e.mu.Lock()
+	e.getPod = func(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
+		return kube.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+	}
+	e.mu.Unlock()
 	f := informers.NewSharedInformerFactory(kube, 0)
 	// The API server's addresses: the EndpointSlices of default/kubernetes.
 	apif := informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithNamespace("default"),
