@@ -266,7 +266,9 @@ func ciliumPeers(ref Ref, dir Direction, deny bool, path *field.Path, pre string
 	for i, c := range cidrs {
 		cp, e := parseCIDR(c, nil, path.Child(pre+"CIDR").Index(i), nil)
 		errs = append(errs, e...)
-		rule.Peers = append(rule.Peers, Peer{CIDR: cp})
+		if cp != nil {
+			rule.Peers = append(rule.Peers, Peer{CIDR: cp})
+		}
 	}
 	for i, c := range cidrSets {
 		p := path.Child(pre + "CIDRSet").Index(i)
@@ -276,7 +278,9 @@ func ciliumPeers(ref Ref, dir Direction, deny bool, path *field.Path, pre string
 		}
 		cp, e := parseCIDR(c.CIDR, c.Except, p.Child("cidr"), p.Child("except"))
 		errs = append(errs, e...)
-		rule.Peers = append(rule.Peers, Peer{CIDR: cp})
+		if cp != nil {
+			rule.Peers = append(rule.Peers, Peer{CIDR: cp})
+		}
 	}
 	for i, name := range entities {
 		p := path.Child(pre + "Entities").Index(i)

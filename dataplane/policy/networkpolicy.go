@@ -78,7 +78,9 @@ func npRule(ns string, dir Direction, peers []networkingv1.NetworkPolicyPeer, po
 			}
 			c, e := parseCIDR(peer.IPBlock.CIDR, peer.IPBlock.Except, pp.Child("ipBlock", "cidr"), pp.Child("ipBlock", "except"))
 			errs = append(errs, e...)
-			rule.Peers = append(rule.Peers, Peer{CIDR: c})
+			if c != nil {
+				rule.Peers = append(rule.Peers, Peer{CIDR: c})
+			}
 		case peer.PodSelector != nil || peer.NamespaceSelector != nil:
 			var sel Selector
 			if peer.PodSelector != nil {
@@ -167,6 +169,8 @@ func parseProtocol(s string, path *field.Path, allowAny bool) (Protocol, field.E
 }
 
 // parseCIDR parses an IPv4 block and its exceptions, each of which must lie inside it.
+// A valid IPv6 block returns nil and no error: it can match nothing in this IPv4-only
+// cluster, and rejecting it would throw away the dual-stack policies people write.
 func parseCIDR(cidr string, except []string, path, exceptPath *field.Path) (*CIDR, field.ErrorList) {
 	pfx, err := netip.ParsePrefix(cidr)
 	if err != nil {
@@ -177,9 +181,7 @@ func parseCIDR(cidr string, except []string, path, exceptPath *field.Path) (*CID
 		}
 		pfx = netip.PrefixFrom(a, a.BitLen())
 	}
-	if !pfx.Addr().Is4() {
-		return nil, field.ErrorList{field.Invalid(path, cidr, "only IPv4 is supported by this cluster")}
-	}
+	pfx = netip.PrefixFrom(pfx.Addr().Unmap(), pfx.Bits())
 	c := &CIDR{Prefix: pfx.Masked()}
 	var errs field.ErrorList
 	for i, ex := range except {
@@ -187,13 +189,14 @@ func parseCIDR(cidr string, except []string, path, exceptPath *field.Path) (*CID
 		switch {
 		case err != nil:
 			errs = append(errs, field.Invalid(exceptPath.Index(i), ex, "not a CIDR: "+err.Error()))
-		case !ep.Addr().Is4():
-			errs = append(errs, field.Invalid(exceptPath.Index(i), ex, "only IPv4 is supported by this cluster"))
-		case ep.Bits() < pfx.Bits() || !pfx.Contains(ep.Addr()):
+		case ep.Addr().Is4() != pfx.Addr().Is4() || ep.Bits() < pfx.Bits() || !pfx.Contains(ep.Addr()):
 			errs = append(errs, field.Invalid(exceptPath.Index(i), ex, "must lie inside "+c.Prefix.String()))
 		default:
 			c.Except = append(c.Except, ep.Masked())
 		}
+	}
+	if !pfx.Addr().Is4() || len(errs) > 0 {
+		return nil, errs
 	}
 	return c, errs
 }

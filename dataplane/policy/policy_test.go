@@ -394,3 +394,33 @@ func checkPolicy(t *testing.T, p *Policy) {
 		}
 	}
 }
+
+func TestIPv6BlocksMatchNothing(t *testing.T) {
+	p, err := np(t, `
+metadata: {name: dual, namespace: ns}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 0.0.0.0/0}}, {ipBlock: {cidr: "::/0", except: ["fd00::/8"]}}]
+  - to: [{ipBlock: {cidr: "2001:db8::/32"}}]
+`)
+	if err != nil {
+		t.Fatalf("a dual-stack policy must be accepted: %v", err)
+	}
+	if len(p.Rules[0].Peers) != 1 || p.Rules[0].Peers[0].CIDR.Prefix.String() != "0.0.0.0/0" {
+		t.Fatalf("first rule peers = %+v, want only the IPv4 block", p.Rules[0].Peers)
+	}
+	if r := p.Rules[1]; r.AnyPeer || len(r.Peers) != 0 {
+		t.Fatalf("an IPv6-only rule must match nothing, not everything: %+v", r)
+	}
+	if _, err := np(t, `
+metadata: {name: mixed, namespace: ns}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8, except: ["fd00::/8"]}}]}]
+`); err == nil || !strings.Contains(err.Error(), "except[0]") {
+		t.Fatalf("an IPv6 except in an IPv4 block must be rejected, got %v", err)
+	}
+}

@@ -118,6 +118,7 @@ var cases = []struct {
 	{"missing endpointSelector", "spec:\n  ingress: [{}]\n", false},
 	{"bad CIDR", "spec:\n  endpointSelector: {}\n  egress: [{toCIDR: [10.0.0.0/33]}]\n", false},
 	{"bare address as CIDR", "spec:\n  endpointSelector: {}\n  egress: [{toCIDR: [10.0.0.1]}]\n", true},
+	{"IPv6 block (matches nothing here)", "spec:\n  endpointSelector: {}\n  egress: [{toCIDR: [\"::/0\"]}]\n", true},
 	{"CIDR with a bad address", "spec:\n  endpointSelector: {}\n  egress: [{toCIDR: [10.0.0.256/24]}]\n", false},
 	{"bad except", "spec:\n  endpointSelector: {}\n  egress: [{toCIDRSet: [{cidr: 10.0.0.0/8, except: [nope]}]}]\n", false},
 	{"port 0", "spec:\n  endpointSelector: {}\n  ingress: [{toPorts: [{ports: [{port: \"0\"}]}]}]\n", false},
