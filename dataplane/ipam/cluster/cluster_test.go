@@ -5,23 +5,140 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/fake"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/flatnet/flatnet/dataplane/ipam"
 )
 
-// The fake dynamic client keeps objects in client-go's object tracker, which
-// refuses a second Create of a name with AlreadyExists as the API server
-// does: that refusal is the only property the claim protocol relies on. The
-// kind e2e suite runs the same code against a real API server.
-func newClient() *Client {
-	dyn := fake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{GVR: "IPBlockList"})
+// newClient returns a Client on a real kube-apiserver (with etcd, through
+// envtest) holding the shipped IPBlock CRD, each test in a fresh API server
+// state (all IPBlocks deleted). Without those binaries it falls back to
+// client-go's object tracker, which refuses a second Create of a name with
+// AlreadyExists as the API server does (the one property the claim protocol
+// relies on) but enforces no schema.
+func newClient(t *testing.T) *Client {
+	t.Helper()
+	dyn := realAPIServer(t)
+	if dyn == nil {
+		t.Log("no kube-apiserver/etcd found (make node-image builds them, or set KUBEBUILDER_ASSETS): using client-go's fake dynamic client")
+		return New(fake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{GVR: "IPBlockList"}))
+	}
+	if err := dyn.Resource(GVR).DeleteCollection(context.Background(), metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
+		t.Fatalf("clean IPBlocks: %v", err)
+	}
 	return New(dyn)
+}
+
+var (
+	apiOnce sync.Once
+	apiDyn  dynamic.Interface
+	apiEnv  *envtest.Environment
+	apiErr  error
+)
+
+func realAPIServer(t *testing.T) dynamic.Interface {
+	apiOnce.Do(func() {
+		dir := apiServerAssets()
+		if dir == "" {
+			return
+		}
+		apiEnv = &envtest.Environment{
+			BinaryAssetsDirectory: dir,
+			CRDDirectoryPaths:     []string{filepath.Join("..", "..", "manifests", "crds", "flatnet.io_ipblocks.yaml")},
+			ErrorIfCRDPathMissing: true,
+		}
+		cfg, err := apiEnv.Start()
+		if err != nil {
+			apiErr = err
+			return
+		}
+		apiDyn, apiErr = dynamic.NewForConfig(cfg)
+	})
+	if apiErr != nil {
+		t.Fatalf("start kube-apiserver and etcd: %v", apiErr)
+	}
+	return apiDyn
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if apiEnv != nil {
+		apiEnv.Stop()
+	}
+	os.Exit(code)
+}
+
+// apiServerAssets finds kube-apiserver and etcd: KUBEBUILDER_ASSETS, else
+// what scripts/node-image.sh built into the flatnet cache; "" when neither.
+func apiServerAssets() string {
+	has := func(dir string) bool {
+		for _, b := range []string{"kube-apiserver", "etcd"} {
+			if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
+				return false
+			}
+		}
+		return true
+	}
+	if d := os.Getenv("KUBEBUILDER_ASSETS"); d != "" && has(d) {
+		return d
+	}
+	cache := os.Getenv("FLATNET_CACHE")
+	if cache == "" {
+		home, _ := os.UserHomeDir()
+		cache = filepath.Join(home, ".cache", "flatnet")
+	}
+	dirs, _ := filepath.Glob(filepath.Join(cache, "node-bin", "*"))
+	slices.Sort(dirs)
+	slices.Reverse(dirs)
+	for _, d := range dirs {
+		if has(d) {
+			return d
+		}
+	}
+	return ""
+}
+
+// The CRD's schema and CEL rule hold on a real API server: a claimed block's
+// spec cannot change, and a size outside 10..250 is refused.
+func TestCRDRefusesSpecChangesAndBadSizes(t *testing.T) {
+	dyn := realAPIServer(t)
+	if dyn == nil {
+		t.Skip("needs a real kube-apiserver (make node-image, or KUBEBUILDER_ASSETS)")
+	}
+	ctx := context.Background()
+	c := newClient(t)
+	b, _, err := c.EnsureNodeBlock(ctx, kindLayout, "n1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := dyn.Resource(GVR).Get(ctx, b.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unstructured.SetNestedField(obj.Object, "thief", "spec", "node")
+	if _, err := dyn.Resource(GVR).Update(ctx, obj, metav1.UpdateOptions{}); err == nil || !strings.Contains(err.Error(), "fixed once claimed") {
+		t.Fatalf("changing spec.node: %v, want the CRD's immutability message", err)
+	}
+	bad := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": APIVersion, "kind": Kind, "metadata": map[string]any{"name": "bad"},
+		"spec": map[string]any{"subnet": "10.224.0.0/16", "index": int64(9), "first": "10.224.1.0", "size": int64(5), "node": "n2"},
+	}}
+	if _, err := dyn.Resource(GVR).Create(ctx, bad, metav1.CreateOptions{}); err == nil || !strings.Contains(err.Error(), "spec.size") {
+		t.Fatalf("creating a block of 5: %v, want a spec.size error", err)
+	}
 }
 
 var kindLayout = ipam.Layout{
@@ -33,7 +150,7 @@ var kindLayout = ipam.Layout{
 
 func TestEnsureNodeBlockKeepsTheSameBlock(t *testing.T) {
 	ctx := context.Background()
-	c := newClient()
+	c := newClient(t)
 	a, created, err := c.EnsureNodeBlock(ctx, kindLayout, "kind-worker", nil)
 	if err != nil || !created {
 		t.Fatalf("first claim: %v created=%v", err, created)
@@ -62,7 +179,7 @@ func TestEnsureNodeBlockKeepsTheSameBlock(t *testing.T) {
 
 func TestConcurrentNodesNeverOverlap(t *testing.T) {
 	ctx := context.Background()
-	c := newClient()
+	c := newClient(t)
 	const nodes = 40
 	got := make([]IPBlock, nodes)
 	errs := make([]error, nodes)
@@ -95,7 +212,7 @@ func TestConcurrentNodesNeverOverlap(t *testing.T) {
 
 func TestNodeIPsAndOtherSizesAreAvoided(t *testing.T) {
 	ctx := context.Background()
-	c := newClient()
+	c := newClient(t)
 	// A node address outside docker's range, inside block 0: block 0 is skipped.
 	b, _, err := c.EnsureNodeBlock(ctx, kindLayout, "n1", []netip.Addr{netip.MustParseAddr("10.224.0.40")})
 	if err != nil || b.Spec.Index != 1 {
@@ -121,7 +238,7 @@ func TestNodeIPsAndOtherSizesAreAvoided(t *testing.T) {
 
 func TestExhaustedSubnet(t *testing.T) {
 	ctx := context.Background()
-	c := newClient()
+	c := newClient(t)
 	small := ipam.Layout{Subnet: netip.MustParsePrefix("10.9.0.0/26"), Gateway: netip.MustParseAddr("10.9.0.1"), BlockSize: 30}
 	// 10.9.0.2 .. 10.9.0.62: two blocks of 30.
 	for i := range 2 {
@@ -137,7 +254,7 @@ func TestExhaustedSubnet(t *testing.T) {
 
 func TestUpdateStatus(t *testing.T) {
 	ctx := context.Background()
-	c := newClient()
+	c := newClient(t)
 	b, _, _ := c.EnsureNodeBlock(ctx, kindLayout, "n1", nil)
 	st := IPBlockStatus{Used: 1, MaxPods: 30, Allocations: []Allocation{{IP: "10.224.0.33", PodNamespace: "default", PodName: "p", ContainerID: "c1"}}}
 	if err := c.UpdateStatus(ctx, b.Name, st); err != nil {
