@@ -17,7 +17,7 @@ cd "$REPO_ROOT"
 step "go vet"
 go vet ./...
 go vet -tags e2e ./suites/...
-if [ -x scripts/check-bpf-generated.sh ]; then
+if [ -f scripts/check-bpf-generated.sh ]; then
 	step "BPF objects: committed output matches a fresh bpf2go run"
 	bash scripts/check-bpf-generated.sh
 fi
