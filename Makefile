@@ -54,3 +54,12 @@ test: ## unit and real-kernel tests (root: netns, veth, BPF)
 .PHONY: e2e
 e2e: ## setup + cluster + suites + report (FOCUS=, SKIP=, REUSE=1)
 	@bash scripts/e2e.sh
+
+.PHONY: images
+images: ## build the probe and agent images and load them into cluster $(CLUSTER)
+	@bash scripts/probe-image.sh >/dev/null
+	@bash scripts/agent-image.sh >/dev/null
+
+.PHONY: deploy
+deploy: ## install flatnet (CRDs, agent DaemonSet) and wait for Ready nodes and CoreDNS
+	@bash scripts/deploy.sh

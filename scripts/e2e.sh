@@ -22,7 +22,7 @@ phase() { # NAME CMD...
 
 phase tools bash "$REPO_ROOT/scripts/tools.sh"
 phase cluster bash "$REPO_ROOT/scripts/cluster.sh" up
-for s in probe-image agent-image deploy; do
+for s in probe-image deploy; do
 	[ -x "$REPO_ROOT/scripts/$s.sh" ] && phase "$s" bash "$REPO_ROOT/scripts/$s.sh" >"$OUT_DIR/$s.out"
 done
 
@@ -47,7 +47,7 @@ if [ "$rc" -ne 0 ]; then
 fi
 
 printf '\n  %-12s %s\n' phase seconds >&2
-for k in tools cluster probe-image agent-image deploy suites; do
+for k in tools cluster probe-image deploy suites; do
 	[ -n "${took[$k]:-}" ] && printf '  %-12s %5d\n' "$k" "${took[$k]}" >&2
 done
 printf '  JUnit: %s\n\n' "$ART/junit.xml" >&2
