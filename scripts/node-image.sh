@@ -187,7 +187,7 @@ if [ "$rc" != 0 ]; then
 	tail -n 20 "$WORK/preload.log" >&2
 	die "importing images into the node's containerd failed" "log: $WORK/preload.log"
 fi
-docker commit -q \
+docker commit \
 	--change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' --change 'CMD []' \
 	"$cid" "$IMAGE" >/dev/null
 docker rm -f "$cid" >/dev/null
