@@ -100,6 +100,21 @@ wait_control_plane() {
 	return 1
 }
 
+# offline_dns: the cluster has no upstream resolver (the node's is Docker's
+# 127.0.0.11, which inside a pod is the pod's own loopback: CoreDNS would forward
+# to itself and its loop plugin stops it). CoreDNS answers cluster.local only and
+# refuses the rest at once, so an outside name fails fast instead of timing out.
+offline_dns() {
+	local corefile
+	corefile=$("$KUBECTL" -n kube-system get configmap coredns -o jsonpath='{.data.Corefile}')
+	grep -q 'forward \. /etc/resolv.conf' <<<"$corefile" || return 0
+	info "CoreDNS: cluster.local only (no upstream offline)"
+	corefile=$(sed -e '/forward \. \/etc\/resolv.conf/,/}/d' -e '/^ *loop$/d' <<<"$corefile")
+	"$KUBECTL" -n kube-system create configmap coredns --from-literal=Corefile="$corefile" \
+		--dry-run=client -o yaml | "$KUBECTL" apply --server-side --force-conflicts -f - >/dev/null
+	"$KUBECTL" -n kube-system rollout restart deployment coredns >/dev/null
+}
+
 wait_nodes_registered() {
 	local want i
 	want=$(node_containers | wc -l)
@@ -171,6 +186,7 @@ up() {
 	create
 	wait_nodes_registered || die "not every node registered" "kubectl: KUBECONFIG=$KUBECONFIG $KUBECTL get nodes"
 	wait_control_plane || die "the control plane did not come up in 2 minutes" "kubectl: KUBECONFIG=$KUBECONFIG $KUBECTL -n kube-system get pods"
+	offline_dns
 	info "cluster $CLUSTER: control plane running"
 	usage
 }
