@@ -33,7 +33,8 @@ step "deploy: CRDs"
 step "deploy: flatnet agent $IMAGE (subnet $NODE_SUBNET, gateway $NODE_GATEWAY, docker range $NODE_IP_RANGE)"
 for f in "$MANIFESTS"/*.yaml; do
 	sed -e "s|@IMAGE@|$IMAGE|g" -e "s|@NODE_SUBNET@|$NODE_SUBNET|g" \
-		-e "s|@NODE_GATEWAY@|$NODE_GATEWAY|g" -e "s|@NODE_IP_RANGE@|$NODE_IP_RANGE|g" "$f"
+		-e "s|@NODE_GATEWAY@|$NODE_GATEWAY|g" -e "s|@NODE_IP_RANGE@|$NODE_IP_RANGE|g" \
+		-e "s|@SERVICE_SUBNET@|$SERVICE_SUBNET|g" "$f"
 	echo "---"
 done | "$KUBECTL" apply -f - >&2
 

@@ -20,6 +20,7 @@ import (
 
 	"github.com/flatnet/flatnet/dataplane/agent"
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
+	"github.com/flatnet/flatnet/dataplane/enforce"
 )
 
 func main() {
@@ -34,6 +35,8 @@ func command() *cobra.Command {
 		cfg                          agent.Config
 		kubeconfig                   string
 		subnet, gateway, dockerRange string
+		serviceCIDRs                 []string
+		policy                       bool
 	)
 	cmd := &cobra.Command{
 		Use:           "flatnet-agent",
@@ -69,13 +72,43 @@ func command() *cobra.Command {
 				return fmt.Errorf("dynamic client: %w", err)
 			}
 			log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			if !policy {
+				a, err := agent.New(cfg, log, kube, dyn)
+				if err != nil {
+					return err
+				}
+				return a.Run(ctx)
+			}
+			var svc []netip.Prefix
+			for _, c := range serviceCIDRs {
+				p, err := netip.ParsePrefix(c)
+				if err != nil {
+					return fmt.Errorf("--service-cidr %q: not a CIDR, e.g. 10.96.0.0/16", c)
+				}
+				svc = append(svc, p)
+			}
+			enf, err := enforce.New(ctx, enforce.Config{NodeName: cfg.NodeName, ServiceCIDRs: svc}, log)
+			if err != nil {
+				return fmt.Errorf("loading the policy datapath: %w", err)
+			}
+			// Close releases our handles only: programs and maps stay pinned and keep
+			// enforcing until the next agent adopts them.
+			defer enf.Close()
+			cfg.Datapath = enf
 			a, err := agent.New(cfg, log, kube, dyn)
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-			defer stop()
-			return a.Run(ctx)
+			// The enforcer must be syncing before the agent re-attaches known endpoints:
+			// Attach waits for its first full sync.
+			ctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			errc := make(chan error, 2)
+			go func() { errc <- wrap("policy enforcer", enf.Run(ctx, kube, dyn)) }()
+			go func() { errc <- wrap("agent", a.Run(ctx)) }()
+			return <-errc
 		},
 	}
 	f := cmd.Flags()
@@ -94,6 +127,8 @@ func command() *cobra.Command {
 	f.StringVar(&cfg.Socket, "socket", endpointapi.DefaultSocket, "endpoint API unix socket")
 	f.StringVar(&cfg.HTTPAddr, "http-addr", ":9969", "address for /healthz, /readyz and /metrics")
 	f.DurationVar(&cfg.Reconcile, "reconcile-interval", 30*time.Second, "period of the leak reconciler and block status report")
+	f.StringSliceVar(&serviceCIDRs, "service-cidr", []string{"10.96.0.0/16"}, "the cluster's Service (ClusterIP) ranges: egress to them is judged on the backend")
+	f.BoolVar(&policy, "policy", true, "enforce NetworkPolicy and CiliumNetworkPolicy with the eBPF datapath (false: networking only)")
 	f.DurationVar(&cfg.LeakGrace, "leak-grace", 2*time.Minute, "how long an address must belong to no pod before it is freed")
 	return cmd
 }
@@ -111,4 +146,12 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
 	}
 	return rc, nil
+}
+
+// wrap names the part of the agent that stopped; a clean stop (nil) stays nil.
+func wrap(what string, err error) error {
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
 }
