@@ -1,0 +1,275 @@
+//go:build e2e
+
+// Package ipam checks flatnet's node-subnet networking on the kind cluster:
+// every node Ready with the agent running, pods reachable across nodes, from
+// nodes and through Services with no overlay, every pod address inside the
+// node subnet and its node's IPBlock, and no address leaked after churn.
+package ipam
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/dynamic"
+
+	"github.com/flatnet/flatnet/dataplane/ipam/cluster"
+	"github.com/flatnet/flatnet/fixtures/topology"
+	"github.com/flatnet/flatnet/probes/podexec"
+	"github.com/flatnet/flatnet/suites/framework"
+	"github.com/flatnet/flatnet/suites/internal/runenv"
+	"github.com/flatnet/flatnet/suites/internal/workload"
+)
+
+func TestIPAM(t *testing.T) {
+	RegisterFailHandler(Fail)
+	RunSpecs(t, "ipam")
+}
+
+const ns = "flatnet-ipam"
+
+var (
+	settings runenv.Settings
+	kc       *framework.Cluster
+	dyn      dynamic.Interface
+	executor *podexec.APIServerExecutor
+	nodes    []corev1.Node
+)
+
+var _ = BeforeSuite(func(ctx SpecContext) {
+	wd, err := os.Getwd()
+	Expect(err).NotTo(HaveOccurred())
+	root, err := runenv.RepoRoot(wd)
+	Expect(err).NotTo(HaveOccurred())
+	settings, err = runenv.Read(os.LookupEnv, root, time.Now())
+	Expect(err).NotTo(HaveOccurred())
+	kc, err = framework.FromEnv()
+	Expect(err).NotTo(HaveOccurred())
+	dyn, err = dynamic.NewForConfig(kc.Rest)
+	Expect(err).NotTo(HaveOccurred())
+	executor, err = podexec.NewExecutor(kc.Rest, kc.Clientset)
+	Expect(err).NotTo(HaveOccurred())
+	nl, err := kc.Clientset.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	Expect(err).NotTo(HaveOccurred())
+	nodes = nl.Items
+	Expect(len(nodes)).To(BeNumerically(">=", 2), "the suite needs two nodes to cross")
+	_, err = kc.Run(ctx, workload.CreateNamespace(corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}))
+	Expect(err).NotTo(HaveOccurred())
+	Expect(workload.WaitServiceAccount(ctx, kc.Clientset, ns, time.Minute)).To(Succeed())
+})
+
+var _ = AfterSuite(func(ctx SpecContext) {
+	if kc != nil && os.Getenv("FLATNET_KEEP") != "1" {
+		Expect(workload.DeleteNamespaces(ctx, kc.Clientset, []string{ns}, 3*time.Minute)).To(Succeed())
+	}
+})
+
+func pod(name, node string, hostNetwork bool, labels map[string]string, cmd ...string) corev1.Pod {
+	zero := int64(0)
+	return workload.Prepare(corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
+		Spec: corev1.PodSpec{
+			NodeName: node, HostNetwork: hostNetwork, TerminationGracePeriodSeconds: &zero,
+			Tolerations: []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+			Containers:  []corev1.Container{{Name: "c", Image: settings.ProbeImage, Command: cmd}},
+		},
+	})
+}
+
+// connect runs agnhost's connect in a pod: nil when the TCP connection succeeds.
+func connect(ctx context.Context, from corev1.Pod, target string) error {
+	var out, errOut bytes.Buffer
+	err := executor.Exec(ctx, podexec.Pod{Namespace: from.Namespace, Name: from.Name, Container: "c"},
+		[]string{topology.ProbeBinary, "connect", target, "--timeout=3s", "--protocol=tcp"}, nil, &out, &errOut)
+	if err != nil || strings.TrimSpace(out.String()) != "" {
+		return fmt.Errorf("connect %s from %s: %v %q %q", target, from.Name, err, out.String(), errOut.String())
+	}
+	return nil
+}
+
+// blocks returns the IPBlocks by node.
+func blocks(ctx context.Context) map[string][]cluster.IPBlock {
+	all, err := cluster.New(dyn).List(ctx)
+	Expect(err).NotTo(HaveOccurred())
+	by := map[string][]cluster.IPBlock{}
+	for _, b := range all {
+		by[b.Spec.Node] = append(by[b.Spec.Node], b)
+	}
+	return by
+}
+
+var _ = Describe("node-subnet networking [flatnet]", Label("flatnet", "ipam"), Ordered, func() {
+	It("has every node Ready with the flatnet agent ready on it and a block of its own", func(ctx SpecContext) {
+		for _, n := range nodes {
+			ready := slices.ContainsFunc(n.Status.Conditions, func(c corev1.NodeCondition) bool {
+				return c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue
+			})
+			Expect(ready).To(BeTrue(), "node %s is not Ready", n.Name)
+		}
+		ds, err := kc.Clientset.AppsV1().DaemonSets("flatnet-system").Get(ctx, "flatnet-agent", metav1.GetOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(ds.Status.NumberReady).To(BeEquivalentTo(len(nodes)))
+		by := blocks(ctx)
+		var all []cluster.IPBlock
+		for _, n := range nodes {
+			Expect(by[n.Name]).NotTo(BeEmpty(), "node %s owns no IPBlock", n.Name)
+			b, err := by[n.Name][0].Block()
+			Expect(err).NotTo(HaveOccurred())
+			Expect(int64(b.Size)).To(Equal(n.Status.Capacity.Pods().Value()), "node %s: block size vs the kubelet's maxPods", n.Name)
+			for _, o := range all {
+				ob, _ := o.Block()
+				Expect(b.Overlaps(ob)).To(BeFalse(), "%s overlaps %s", by[n.Name][0].Name, o.Name)
+			}
+			all = append(all, by[n.Name][0])
+		}
+	})
+
+	var servers, clients []corev1.Pod
+	var hostClient corev1.Pod
+	It("gives every pod an address of the node subnet inside its node's block", func(ctx SpecContext) {
+		var keys []workload.Key
+		for i, n := range nodes[:2] {
+			servers = append(servers, pod(fmt.Sprintf("server-%d", i), n.Name, false, map[string]string{"app": "ipam-server"},
+				topology.ProbeBinary, "serve-hostname", "--tcp", "--http=false", "--port", "80"))
+			clients = append(clients, pod(fmt.Sprintf("client-%d", i), n.Name, false, nil, topology.ProbeBinary, "pause"))
+		}
+		hostClient = pod("host-client", nodes[1].Name, true, nil, topology.ProbeBinary, "pause")
+		all := append(append(slices.Clone(servers), clients...), hostClient)
+		Expect(workload.CreatePods(ctx, kc.Clientset, all)).To(Succeed())
+		Expect(workload.CreateServices(ctx, kc.Clientset, []corev1.Service{{
+			ObjectMeta: metav1.ObjectMeta{Name: "ipam-server", Namespace: ns},
+			Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "ipam-server"},
+				Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(80), Protocol: corev1.ProtocolTCP}}},
+		}})).To(Succeed())
+		for _, p := range all {
+			keys = append(keys, workload.Key{Namespace: ns, Name: p.Name})
+		}
+		Expect(workload.WaitPodsReady(ctx, kc.Clientset, keys, 3*time.Minute)).To(Succeed())
+		Expect(workload.WaitServiceEndpoints(ctx, kc.Clientset, []workload.Key{{Namespace: ns, Name: "ipam-server"}}, 2*time.Minute)).To(Succeed())
+		// Refresh with their addresses.
+		for _, list := range []*[]corev1.Pod{&servers, &clients} {
+			for i, p := range *list {
+				got, err := kc.Clientset.CoreV1().Pods(ns).Get(ctx, p.Name, metav1.GetOptions{})
+				Expect(err).NotTo(HaveOccurred())
+				(*list)[i] = *got
+			}
+		}
+		Expect(podsInTheirBlocks(ctx)).To(Succeed())
+	})
+
+	It("reaches pods across nodes, from another node and through a Service, with no routes on other nodes", func(ctx SpecContext) {
+		for _, c := range clients {
+			for _, s := range servers {
+				Expect(connect(ctx, c, s.Status.PodIP+":80")).To(Succeed(), "%s (on %s) -> %s (on %s)", c.Name, c.Spec.NodeName, s.Name, s.Spec.NodeName)
+			}
+		}
+		Expect(connect(ctx, hostClient, servers[0].Status.PodIP+":80")).To(Succeed(), "node %s -> pod on %s", nodes[1].Name, nodes[0].Name)
+		svc, err := kc.Clientset.CoreV1().Services(ns).Get(ctx, "ipam-server", metav1.GetOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		for _, c := range clients {
+			for range 3 { // several tries land on backends of both nodes
+				Expect(connect(ctx, c, svc.Spec.ClusterIP+":80")).To(Succeed(), "%s -> Service %s", c.Name, svc.Spec.ClusterIP)
+			}
+		}
+		// The host-network client's node has no route for the remote pod: only the subnet's.
+		var out, errOut bytes.Buffer
+		err = executor.Exec(ctx, podexec.Pod{Namespace: ns, Name: hostClient.Name, Container: "c"},
+			[]string{"cat", "/proc/net/route"}, nil, &out, &errOut)
+		Expect(err).NotTo(HaveOccurred(), "read the node's routes: %s", errOut.String())
+		Expect(out.String()).To(ContainSubstring("Destination"))
+		ip := netip.MustParseAddr(servers[0].Status.PodIP).As4()
+		hex := fmt.Sprintf("%02X%02X%02X%02X", ip[3], ip[2], ip[1], ip[0]) // /proc/net/route is little-endian
+		Expect(out.String()).NotTo(ContainSubstring(hex), "node %s has a route naming %s", nodes[1].Name, servers[0].Status.PodIP)
+	})
+
+	It("hands out 200 pods in rounds without a duplicate or a leak", func(ctx SpecContext) {
+		const rounds, perRound = 4, 50
+		seen := 0
+		for r := range rounds {
+			var batch []corev1.Pod
+			var keys []workload.Key
+			for i := range perRound {
+				p := pod(fmt.Sprintf("churn-%d-%d", r, i), "", false, map[string]string{"churn": "1"}, topology.ProbeBinary, "pause")
+				batch = append(batch, p)
+				keys = append(keys, workload.Key{Namespace: ns, Name: p.Name})
+			}
+			Expect(workload.CreatePods(ctx, kc.Clientset, batch)).To(Succeed())
+			Expect(workload.WaitPodsReady(ctx, kc.Clientset, keys, 5*time.Minute)).To(Succeed(), "round %d", r)
+			Expect(podsInTheirBlocks(ctx)).To(Succeed(), "round %d", r)
+			seen += perRound
+			Expect(kc.Clientset.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: "churn=1"})).To(Succeed())
+			Eventually(func(g Gomega) {
+				pl, err := kc.Clientset.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "churn=1"})
+				g.Expect(err).NotTo(HaveOccurred())
+				g.Expect(pl.Items).To(BeEmpty())
+			}).WithTimeout(5 * time.Minute).WithPolling(2 * time.Second).Should(Succeed())
+		}
+		Expect(seen).To(Equal(200))
+		// Every block's allocations are exactly the live pods on its node.
+		Eventually(func(g Gomega) {
+			live := map[string]string{} // ip -> node
+			pl, err := kc.Clientset.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+			g.Expect(err).NotTo(HaveOccurred())
+			for _, p := range pl.Items {
+				if !p.Spec.HostNetwork && p.Status.PodIP != "" && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
+					live[p.Status.PodIP] = p.Spec.NodeName
+				}
+			}
+			held := map[string]string{}
+			for node, bs := range blocks(ctx) {
+				for _, b := range bs {
+					for _, a := range b.Status.Allocations {
+						held[a.IP] = node
+					}
+				}
+			}
+			g.Expect(held).To(Equal(live), "addresses held by the blocks vs addresses of live pods")
+		}).WithTimeout(2 * time.Minute).WithPolling(3 * time.Second).Should(Succeed())
+	})
+})
+
+// podsInTheirBlocks: every pod with its own address has one inside the node
+// subnet and inside an IPBlock of its node, and no two pods share one.
+func podsInTheirBlocks(ctx context.Context) error {
+	by := blocks(ctx)
+	pl, err := kc.Clientset.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	owner := map[string]string{}
+	for _, p := range pl.Items {
+		if p.Spec.HostNetwork || p.Status.PodIP == "" {
+			continue
+		}
+		ip, err := netip.ParseAddr(p.Status.PodIP)
+		if err != nil {
+			return fmt.Errorf("pod %s/%s: address %q: %w", p.Namespace, p.Name, p.Status.PodIP, err)
+		}
+		if !settings.NodeSubnet.Contains(ip) {
+			return fmt.Errorf("pod %s/%s: %s is outside the node subnet %s", p.Namespace, p.Name, ip, settings.NodeSubnet)
+		}
+		in := slices.ContainsFunc(by[p.Spec.NodeName], func(b cluster.IPBlock) bool {
+			bb, err := b.Block()
+			return err == nil && bb.Contains(ip)
+		})
+		if !in {
+			return fmt.Errorf("pod %s/%s: %s is outside every block of its node %s", p.Namespace, p.Name, ip, p.Spec.NodeName)
+		}
+		if o, dup := owner[p.Status.PodIP]; dup {
+			return fmt.Errorf("pods %s and %s/%s share %s", o, p.Namespace, p.Name, ip)
+		}
+		owner[p.Status.PodIP] = p.Namespace + "/" + p.Name
+	}
+	return nil
+}
