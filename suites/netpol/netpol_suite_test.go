@@ -341,7 +341,7 @@ func runCase(ctx context.Context, c policies.Case) {
 		if len(step.RecreatePods) == 0 {
 			snap, expected = expect(ctx, step, plan, setupFail)
 			if i > 0 && prevExpected != nil {
-				watcher = matrix.Watch(ctx, runner, plan, snap, matrix.StillReachable(prevExpected, expected))
+				watcher = matrix.Watch(ctx, watchRunner(), plan, snap, matrix.StillReachable(prevExpected, expected))
 			}
 		}
 		changed, err := applier.Apply(ctx, step.Policies)
@@ -421,6 +421,16 @@ func expect(ctx context.Context, step policies.Step, plan matrix.Plan, setupFail
 		setupFail("step %q: expected tables: %v", step.Name, err)
 	}
 	return snap, expected
+}
+
+// watchRunner probes with a longer timeout than the matrices: a gap must be
+// a path that stayed shut, not a probe starved of CPU on a busy node or one
+// lost SYN (retransmitted after 1 s). Blocked cells cost nothing here: only
+// cells open before and after the change are judged.
+func watchRunner() *podexec.Runner {
+	r := *runner
+	r.Options.Timeout = max(3*time.Second, 2*settings.ProbeTimeout)
+	return &r
 }
 
 func stopWatch(w *matrix.Watcher) ([]matrix.Gap, int, error) {
