@@ -425,7 +425,7 @@ func expect(ctx context.Context, step policies.Step, plan matrix.Plan, setupFail
 
 // watchRunner probes with a longer timeout than the matrices: a gap must be
 // a path that stayed shut, not a probe starved of CPU on a busy node or one
-// lost SYN (retransmitted after 1 s). Blocked cells cost nothing here: only
+// lost SYN (retransmitted after 1 s). Rounds take longer for it, and only
 // cells open before and after the change are judged.
 func watchRunner() *podexec.Runner {
 	r := *runner
