@@ -23,6 +23,19 @@ func Conflist(nc NetConf) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode flatnet plugin config: %w", err)
 	}
+	// types.PluginConf always writes "ipam" and "dns"; flatnet uses neither.
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(plugin, &fields); err != nil {
+		return nil, fmt.Errorf("re-read flatnet plugin config: %w", err)
+	}
+	for _, k := range []string{"ipam", "dns"} {
+		if string(fields[k]) == "{}" {
+			delete(fields, k)
+		}
+	}
+	if plugin, err = json.Marshal(fields); err != nil {
+		return nil, fmt.Errorf("encode flatnet plugin config: %w", err)
+	}
 	check := nc
 	check.CNIVersion = "1.1.0"
 	if _, err := validate(&check); err != nil {
