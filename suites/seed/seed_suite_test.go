@@ -264,12 +264,38 @@ var _ = Describe("the seed scenario", Ordered, ContinueOnFailure, func() {
 			})
 			var failures []string
 			for _, s := range c.Steps {
-				failures = append(failures, runStep(ctx, &res, s))
+				for _, part := range gradually(s) {
+					failures = append(failures, runStep(ctx, &res, part))
+				}
 			}
 			failIf(failures)
 		})
 	}
 })
+
+// gradually splits a step that applies several policies into one step per
+// policy added, in order, each judged by the oracle: an allow is then seen
+// to open a path the policies before it had shut, not merely a path nothing
+// had shut yet (enforcement that never happened would pass the last step
+// alone).
+func gradually(step policies.Step) []policies.Step {
+	ps := step.Policies
+	n := len(ps.NetworkPolicies) + len(ps.CiliumPolicies)
+	if n < 2 {
+		return []policies.Step{step}
+	}
+	var out []policies.Step
+	for k := 1; k < n; k++ {
+		var part oracle.PolicySet
+		part.NetworkPolicies = ps.NetworkPolicies[:min(k, len(ps.NetworkPolicies))]
+		if k > len(ps.NetworkPolicies) {
+			part.CiliumPolicies = ps.CiliumPolicies[:k-len(ps.NetworkPolicies)]
+		}
+		// Documented tables describe the full step only.
+		out = append(out, policies.Step{Name: fmt.Sprintf("%s (%d of %d policies)", step.Name, k, n), Policies: part})
+	}
+	return append(out, step)
+}
 
 func record(r *report.CaseResult) {
 	reportMu.Lock()
