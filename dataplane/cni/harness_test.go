@@ -359,8 +359,13 @@ func (a *agent) DeleteEndpoint(_ context.Context, id string) error {
 
 func startAgent(t *testing.T, n *node) *agent {
 	t.Helper()
+	n.socket = filepath.Join(t.TempDir(), "agent.sock")
+	return startAgentAt(t, n.socket)
+}
+
+func startAgentAt(t *testing.T, path string) *agent {
+	t.Helper()
 	a := &agent{eps: map[string]endpointapi.Endpoint{}}
-	path := filepath.Join(t.TempDir(), "agent.sock")
 	l, err := endpointapi.ListenUnix(path)
 	if err != nil {
 		t.Fatal(err)
@@ -378,6 +383,5 @@ func startAgent(t *testing.T, n *node) *agent {
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
-	n.socket = path
 	return a
 }

@@ -584,3 +584,37 @@ func mergeMap(a, b map[string]any) map[string]any {
 	}
 	return a
 }
+
+// TestAddWaitsForARestartingAgent: an agent that is not listening yet (a
+// rollout) delays ADD instead of failing it; one that answers with a refusal
+// fails it at once (TestAgentRefusalUndoesAdd).
+func TestAddWaitsForARestartingAgent(t *testing.T) {
+	n := newNode(t, "node-a", "10.224.0.2/16", blockA)
+	n.socket = t.TempDir() + "/agent.sock"
+	pod := newNS(t)
+	done := make(chan error, 1)
+	go func() {
+		_, err := n.add(n.conflist(nil), "c1", pod)
+		done <- err
+	}()
+	time.Sleep(1500 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("ADD returned while no agent listened: %v", err)
+	default:
+	}
+	ag := startAgentAt(t, n.socket)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("ADD after the agent came up: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("ADD still waiting 15s after the agent came up")
+	}
+	ag.mu.Lock()
+	defer ag.mu.Unlock()
+	if _, ok := ag.eps["c1"]; !ok {
+		t.Fatal("the agent never got the endpoint")
+	}
+}

@@ -115,7 +115,7 @@ func add(args *skel.CmdArgs, cfg *Config) (err error) {
 			Netns: args.Netns, HostIfName: pn.HostVeth, HostIfIndex: pn.HostIf.Index,
 			PodIfName: args.IfName, IP: addr, MAC: pn.PodIf.HardwareAddr.String(),
 		}
-		if err := endpointapi.NewClient(cfg.AgentSocket, 0).PutEndpoint(ctx, ep); err != nil {
+		if err := putEndpoint(ctx, cfg.AgentSocket, ep); err != nil {
 			return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("register endpoint %s with the flatnet agent: %v", args.ContainerID, err), "")
 		}
 	}
@@ -132,6 +132,33 @@ func add(args *skel.CmdArgs, cfg *Config) (err error) {
 		DNS:    cfg.Raw.DNS,
 	}
 	return types.PrintResult(res, cfg.Raw.CNIVersion)
+}
+
+// agentWait is how long ADD waits for an agent that does not answer at all
+// (restarting during a rollout) before failing: the runtime's retry of a
+// failed ADD tears the whole sandbox down and costs far more.
+const agentWait = 10 * time.Second
+
+// putEndpoint registers ep, retrying while the agent cannot be reached; an
+// answer from the agent, even a refusal, is final.
+func putEndpoint(ctx context.Context, socket string, ep endpointapi.Endpoint) error {
+	ctx, cancel := context.WithTimeout(ctx, agentWait)
+	defer cancel()
+	c := endpointapi.NewClient(socket, 0)
+	wait := 50 * time.Millisecond
+	for {
+		err := c.PutEndpoint(ctx, ep)
+		var answered *endpointapi.APIError
+		if err == nil || errors.As(err, &answered) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (no answer for %s)", err, agentWait)
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Second)
+	}
 }
 
 // Del removes the attachment. Idempotent, and it never enters the pod's
