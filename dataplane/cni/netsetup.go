@@ -389,3 +389,39 @@ func ensureSysctl(name, value string) error {
 	}
 	return writeSysctl(name, value)
 }
+
+// removeOrphanVeths deletes flatnet host veths that belong to no attachment
+// in keep (e.g. left by a plugin killed between creating the veth and
+// recording the address, or whose allocation was released elsewhere).
+func removeOrphanVeths(keep map[string]bool) error {
+	links, err := netlinksafe.LinkList()
+	if err != nil {
+		return fmt.Errorf("list links: %w", err)
+	}
+	var errs []error
+	for _, l := range links {
+		name := l.Attrs().Name
+		if _, isVeth := l.(*netlink.Veth); !isVeth || keep[name] || !isHostVethName(name) {
+			continue
+		}
+		if err := deleteLink(name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("remove orphan veths: %v", errs)
+	}
+	return nil
+}
+
+func isHostVethName(name string) bool {
+	if len(name) != len(HostVethPrefix)+12 || name[:len(HostVethPrefix)] != HostVethPrefix {
+		return false
+	}
+	for _, c := range name[len(HostVethPrefix):] {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
