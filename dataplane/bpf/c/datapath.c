@@ -560,6 +560,11 @@ int service_egress(struct bpf_nf_ctx *ctx)
 				p.tcp_flags = flags;
 		}
 	}
+	// A pod reaching itself through its own Service (hairpin) is always allowed, as
+	// between a pod and itself by address; kube-proxy masquerades the hairpin, so the
+	// way back in is judged as from the host.
+	if (p.daddr == p.saddr)
+		return NF_ACCEPT;
 	__u32 remote_id = lookup_ip(&fn_ipcache, p.daddr, NULL);
 	if (!remote_id)
 		remote_id = IDENTITY_WORLD;
