@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"path/filepath"
 	"sync/atomic"
@@ -62,6 +63,8 @@ type Config struct {
 	Reconcile, LeakGrace time.Duration
 	// Datapath receives endpoints; nil means NoPolicy.
 	Datapath Datapath
+	// API, when set, is served under /v1/ on HTTPAddr (flows and explain).
+	API http.Handler
 }
 
 // Agent runs on one node.

@@ -31,7 +31,7 @@ func (a *Agent) serveSocket(errc chan<- error) (func(), error) {
 }
 
 // HTTPHandler serves /healthz (the agent runs), /readyz (the node's block
-// is owned and the plugin installed) and /metrics.
+// is owned and the plugin installed), /metrics, and cfg.API under /v1/.
 func (a *Agent) HTTPHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
@@ -43,6 +43,9 @@ func (a *Agent) HTTPHandler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.Handle("GET /metrics", a.metrics.Handler())
+	if a.cfg.API != nil {
+		mux.Handle("/v1/", a.cfg.API)
+	}
 	return mux
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/flatnet/flatnet/dataplane/agent"
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/enforce"
+	"github.com/flatnet/flatnet/dataplane/flows"
 )
 
 func main() {
@@ -37,6 +38,7 @@ func command() *cobra.Command {
 		subnet, gateway, dockerRange string
 		serviceCIDRs                 []string
 		policy                       bool
+		flowHistory                  int
 	)
 	cmd := &cobra.Command{
 		Use:           "flatnet-agent",
@@ -97,15 +99,33 @@ func command() *cobra.Command {
 			// enforcing until the next agent adopts them.
 			defer enf.Close()
 			cfg.Datapath = enf
+			store := flows.NewStore(flowHistory)
+			cfg.API = flows.Handler(store, enf, cfg.NodeName)
 			a, err := agent.New(cfg, log, kube, dyn)
 			if err != nil {
 				return err
 			}
+			a.Metrics().Registry().MustRegister(flows.NewCollector(enf.Datapath()))
+			enricher, err := flows.NewEnricher(cfg.NodeName, enf)
+			if err != nil {
+				return err
+			}
+			events, err := enf.Datapath().NewFlowReader()
+			if err != nil {
+				return err
+			}
+			defer events.Close()
 			// The enforcer must be syncing before the agent re-attaches known endpoints:
 			// Attach waits for its first full sync.
 			ctx, cancel := context.WithCancel(ctx)
 			defer cancel()
 			errc := make(chan error, 2)
+			go func() {
+				// Observability must not take enforcement down with it.
+				if err := flows.Run(ctx, events, enricher, store); err != nil {
+					log.Error("flow reader stopped: no new flows until the agent restarts", "error", err)
+				}
+			}()
 			go func() { errc <- wrap("policy enforcer", enf.Run(ctx, kube, dyn)) }()
 			go func() { errc <- wrap("agent", a.Run(ctx)) }()
 			return <-errc
@@ -129,6 +149,7 @@ func command() *cobra.Command {
 	f.DurationVar(&cfg.Reconcile, "reconcile-interval", 30*time.Second, "period of the leak reconciler and block status report")
 	f.StringSliceVar(&serviceCIDRs, "service-cidr", []string{"10.96.0.0/16"}, "the cluster's Service (ClusterIP) ranges: egress to them is judged on the backend")
 	f.BoolVar(&policy, "policy", true, "enforce NetworkPolicy and CiliumNetworkPolicy with the eBPF datapath (false: networking only)")
+	f.IntVar(&flowHistory, "flow-history", flows.DefaultCapacity, "recent flows kept for GET /v1/flows (flatnetctl flows)")
 	f.DurationVar(&cfg.LeakGrace, "leak-grace", 2*time.Minute, "how long an address must belong to no pod before it is freed")
 	return cmd
 }

@@ -1,0 +1,78 @@
+package compile
+
+import (
+	"sort"
+	"strings"
+
+	"net/netip"
+
+	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/policy"
+)
+
+// Peer is what the compiler knows of an address, for flow records: the owning pod
+// (Namespace/Name empty for a node or an unknown address), its identity and that
+// identity's labels (nil for reserved identities).
+type Peer struct {
+	Namespace, Name string
+	Node            string // set when a node owns the address
+	Identity        identity.ID
+	Labels          map[string]string
+}
+
+// PeerOf names the owner of an address as the datapath resolves it; false when the
+// compiler knows no owner (the datapath then sees reserved:world or a CIDR).
+func (c *Compiler) PeerOf(ip netip.Addr) (Peer, bool) {
+	id, ok := c.resolveIP(ip)
+	if !ok {
+		return Peer{}, false
+	}
+	p := Peer{Identity: id}
+	// The owner that won resolveIP carries this identity; prefer a pod's name.
+	var owners []string
+	for o, oid := range c.ipOwner[ip] {
+		if oid == id {
+			owners = append(owners, o)
+		}
+	}
+	sort.Strings(owners)
+	for _, o := range owners {
+		switch {
+		case strings.HasPrefix(o, "node/"):
+			p.Node = strings.TrimPrefix(o, "node/")
+		case strings.HasPrefix(o, "pod/") && p.Name == "":
+			if ns, name, ok := strings.Cut(strings.TrimPrefix(o, "pod/"), "/"); ok {
+				p.Namespace, p.Name = ns, name
+			}
+		}
+	}
+	if is := c.idents[id]; is != nil {
+		p.Labels = is.labels
+	}
+	return p, true
+}
+
+// DefaultDenyBy lists the policies that put a pod in default deny for a direction:
+// they name a drop that no rule matched (RuleID 0).
+func (c *Compiler) DefaultDenyBy(namespace, name string, dir policy.Direction) []policy.Ref {
+	ps, ok := c.pods[namespace+"/"+name]
+	if !ok || !ps.hasI {
+		return nil
+	}
+	is := c.idents[ps.id]
+	if is == nil {
+		return nil
+	}
+	seen := map[policy.Ref]bool{}
+	var out []policy.Ref
+	for s := range is.sels {
+		for e := range s.subjectOf {
+			if e.pol.DefaultDeny[dir] && !seen[e.pol.Ref] {
+				seen[e.pol.Ref] = true
+				out = append(out, e.pol.Ref)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
+	return out
+}

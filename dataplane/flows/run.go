@@ -1,0 +1,29 @@
+package flows
+
+import (
+	"context"
+	"errors"
+
+	"github.com/flatnet/flatnet/dataplane/bpf"
+)
+
+// EventReader is the datapath's flow event reader (bpf.FlowReader).
+type EventReader interface {
+	Read(ctx context.Context) (bpf.FlowEvent, error)
+}
+
+// Run reads events into store until ctx ends; it returns the reader's error
+// otherwise.
+func Run(ctx context.Context, rd EventReader, en *Enricher, store *Store) error {
+	for {
+		ev, err := rd.Read(ctx)
+		if err != nil {
+			if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+				return nil
+			}
+			return err
+		}
+		f := en.Flow(ev)
+		store.Add(&Response{Flow: f, NodeName: f.NodeName, Time: f.Time})
+	}
+}

@@ -1,0 +1,128 @@
+// Package flows turns the datapath's flow events into records in the shape of
+// Cilium's flow API (what `hubble observe -o json` prints), keeps a bounded recent
+// history of them, filters them, and serves them and policy explanations over HTTP.
+//
+// The types are our own, with Cilium's JSON field names: importing
+// github.com/cilium/cilium for api/v1/flow would pull in most of Cilium's tree for a
+// handful of structs. Only the fields flatnet can fill are defined.
+package flows
+
+import (
+	"time"
+)
+
+// Response is one line of `hubble observe -o json` (observer.GetFlowsResponse).
+type Response struct {
+	Flow     *Flow     `json:"flow"`
+	NodeName string    `json:"node_name"`
+	Time     time.Time `json:"time"`
+}
+
+// Flow is flow.Flow of Cilium's API, restricted to what the datapath reports.
+type Flow struct {
+	Time             time.Time `json:"time"`
+	Verdict          string    `json:"verdict"` // FORWARDED or DROPPED
+	DropReason       uint32    `json:"drop_reason,omitempty"`
+	DropReasonDesc   string    `json:"drop_reason_desc,omitempty"`
+	IP               *IP       `json:"IP,omitempty"`
+	L4               *Layer4   `json:"l4,omitempty"`
+	Source           *Endpoint `json:"source,omitempty"`
+	Destination      *Endpoint `json:"destination,omitempty"`
+	Type             string    `json:"Type"` // always L3_L4
+	NodeName         string    `json:"node_name"`
+	EventType        EventType `json:"event_type"`
+	TrafficDirection string    `json:"traffic_direction"` // INGRESS or EGRESS, relative to the local pod
+	// TraceObservationPoint is where the datapath saw the packet: TO_ENDPOINT for
+	// ingress, FROM_ENDPOINT for egress (the pod's host veth either way).
+	TraceObservationPoint string    `json:"trace_observation_point,omitempty"`
+	IngressAllowedBy      []*Policy `json:"ingress_allowed_by,omitempty"`
+	EgressAllowedBy       []*Policy `json:"egress_allowed_by,omitempty"`
+	IngressDeniedBy       []*Policy `json:"ingress_denied_by,omitempty"`
+	EgressDeniedBy        []*Policy `json:"egress_denied_by,omitempty"`
+	Summary               string    `json:"Summary,omitempty"`
+	// Reason is flatnet's own text for the verdict code (no Cilium field carries it
+	// for forwarded flows).
+	Reason string `json:"flatnet_reason,omitempty"`
+	// Rule is the field path of the deciding rule inside its policy (flatnet's own).
+	Rule string `json:"flatnet_rule,omitempty"`
+}
+
+// EventType is Cilium's monitor event type: 1 = drop, 4 = trace (a forwarded flow).
+type EventType struct {
+	Type    int `json:"type"`
+	SubType int `json:"sub_type,omitempty"`
+}
+
+// IP is the layer 3 part.
+type IP struct {
+	Source      string `json:"source"`
+	Destination string `json:"destination"`
+	IPVersion   string `json:"ipVersion"` // Cilium's proto names this field ipVersion
+}
+
+// Layer4 holds exactly one protocol.
+type Layer4 struct {
+	TCP    *TCP  `json:"TCP,omitempty"`
+	UDP    *UDP  `json:"UDP,omitempty"`
+	ICMPv4 *ICMP `json:"ICMPv4,omitempty"`
+	SCTP   *UDP  `json:"SCTP,omitempty"` // same two fields as UDP
+}
+
+// TCP ports and flags.
+type TCP struct {
+	SourcePort      uint16    `json:"source_port"`
+	DestinationPort uint16    `json:"destination_port"`
+	Flags           *TCPFlags `json:"flags,omitempty"`
+}
+
+// UDP ports (SCTP has the same shape).
+type UDP struct {
+	SourcePort      uint16 `json:"source_port"`
+	DestinationPort uint16 `json:"destination_port"`
+}
+
+// ICMP type and code; flatnet's datapath reports the echo id instead, so these are
+// filled only for echo requests/replies.
+type ICMP struct {
+	Type uint32 `json:"type"`
+	Code uint32 `json:"code"`
+}
+
+// TCPFlags as Cilium names them (upper case field names).
+type TCPFlags struct {
+	FIN bool `json:"FIN,omitempty"`
+	SYN bool `json:"SYN,omitempty"`
+	RST bool `json:"RST,omitempty"`
+	PSH bool `json:"PSH,omitempty"`
+	ACK bool `json:"ACK,omitempty"`
+	URG bool `json:"URG,omitempty"`
+	ECE bool `json:"ECE,omitempty"`
+	CWR bool `json:"CWR,omitempty"`
+}
+
+// Endpoint is one side of a flow.
+type Endpoint struct {
+	ID          uint32   `json:"ID,omitempty"`
+	Identity    uint32   `json:"identity"`
+	ClusterName string   `json:"cluster_name,omitempty"`
+	Namespace   string   `json:"namespace,omitempty"`
+	Labels      []string `json:"labels,omitempty"` // "k8s:app=server", "reserved:world"
+	PodName     string   `json:"pod_name,omitempty"`
+}
+
+// Policy names a policy that decided a flow.
+type Policy struct {
+	Name      string   `json:"name"`
+	Namespace string   `json:"namespace,omitempty"`
+	Labels    []string `json:"labels,omitempty"`
+	Revision  uint64   `json:"revision,omitempty"`
+	Kind      string   `json:"kind"`
+}
+
+// Verdicts and directions as Cilium spells them.
+const (
+	VerdictForwarded = "FORWARDED"
+	VerdictDropped   = "DROPPED"
+	Ingress          = "INGRESS"
+	Egress           = "EGRESS"
+)
