@@ -270,17 +270,22 @@ func (a *Agent) setup(ctx context.Context) error {
 	return nil
 }
 
-// waitNode waits for the kubelet to register this node.
+// waitNode waits for the kubelet to register this node and report its
+// pod capacity and address.
 func (a *Agent) waitNode(ctx context.Context) (*corev1.Node, error) {
 	for {
 		n, err := a.nodes.Get(a.cfg.NodeName)
-		if err == nil {
-			return n, nil
-		}
-		if !apierrors.IsNotFound(err) {
+		if err != nil && !apierrors.IsNotFound(err) {
 			return nil, fmt.Errorf("get node %s: %w", a.cfg.NodeName, err)
 		}
-		a.log.Info("waiting for the node to register", "node", a.cfg.NodeName)
+		// The block size comes from capacity.pods and the uplink from the
+		// InternalIP: both are set by the kubelet, shortly after registering.
+		if err == nil && n.Status.Capacity.Pods().Value() > 0 {
+			if _, ok := nodeInternalIP(n); ok || a.cfg.Uplink != "" {
+				return n, nil
+			}
+		}
+		a.log.Info("waiting for the node to register with its capacity and InternalIP", "node", a.cfg.NodeName)
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
