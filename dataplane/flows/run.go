@@ -2,7 +2,6 @@ package flows
 
 import (
 	"context"
-	"errors"
 
 	"github.com/flatnet/flatnet/dataplane/bpf"
 )
@@ -18,8 +17,8 @@ func Run(ctx context.Context, rd EventReader, en *Enricher, store *Store) error 
 	for {
 		ev, err := rd.Read(ctx)
 		if err != nil {
-			if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
-				return nil
+			if ctx.Err() != nil {
+				return nil // shutting down: the reader may be closed under us
 			}
 			return err
 		}

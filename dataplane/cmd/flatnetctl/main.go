@@ -4,22 +4,35 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 )
 
 func main() {
+	name := commandName(os.Args[0])
 	root := &cobra.Command{
 		Use:           "flatnetctl",
 		Short:         "inspect a flatnet cluster",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Annotations:   map[string]string{cobra.CommandDisplayNameAnnotation: name},
 	}
 	root.PersistentFlags().String("kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
 	root.PersistentFlags().String("context", "", "kubeconfig context (default: the current one)")
-	root.AddCommand(usageCommand(), releaseNodeCommand())
+	root.AddCommand(usageCommand(), releaseNodeCommand(), flowsCommand(), explainCommand())
 	if err := root.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "flatnetctl:", err)
+		fmt.Fprintln(os.Stderr, name+":", err)
 		os.Exit(1)
 	}
+}
+
+// commandName is "kubectl flatnet" when the binary runs as a kubectl plugin (a copy
+// or symlink named kubectl-flatnet on $PATH), so help and errors read as kubectl's.
+func commandName(argv0 string) string {
+	if base := filepath.Base(argv0); strings.HasPrefix(base, "kubectl-") {
+		return "kubectl " + strings.ReplaceAll(strings.TrimPrefix(base, "kubectl-"), "_", "-")
+	}
+	return "flatnetctl"
 }
