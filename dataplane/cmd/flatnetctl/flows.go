@@ -98,7 +98,7 @@ cannot be reached is reported on stderr; the other nodes' flows are still shown.
 			if follow {
 				q.Set(flows.ParamFollow, "true")
 			}
-			p := newPrinter(cmd.OutOrStdout(), output)
+			p := newPrinter(cmd.OutOrStdout(), output, follow)
 			failed := gather(ctx, ag, pods, q, follow, last, p, cmd.ErrOrStderr())
 			if err := p.flush(); err != nil {
 				return err
@@ -200,12 +200,13 @@ func follow(q map[string][]string) bool {
 type printer struct {
 	w      io.Writer
 	output string
+	live   bool
 	tw     *tabwriter.Writer
 	enc    *json.Encoder
 }
 
-func newPrinter(w io.Writer, output string) *printer {
-	p := &printer{w: w, output: output}
+func newPrinter(w io.Writer, output string, live bool) *printer {
+	p := &printer{w: w, output: output, live: live}
 	switch output {
 	case "json":
 		p.enc = json.NewEncoder(w)
@@ -228,9 +229,8 @@ func (p *printer) print(r *flows.Response) {
 		fmt.Fprintf(p.tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f.Time.Local().Format(time.StampMilli), f.NodeName,
 			side(f.Source, f.IP, true, f.L4), side(f.Destination, f.IP, false, f.L4), f.TrafficDirection,
 			verdictText(f), f.Summary, policies(f))
-		// Lines of a live table must not wait for the end to line up.
-		if p.tw != nil {
-			p.tw.Flush()
+		if p.live {
+			p.tw.Flush() // a live line must not wait for the end to line up
 		}
 	default:
 		fmt.Fprintf(p.w, "%s [%s]: %s -> %s %s %s (%s)%s\n", f.Time.Local().Format(time.StampMilli), f.NodeName,
