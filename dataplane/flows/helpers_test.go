@@ -1,0 +1,16 @@
+package flows
+
+import (
+	"encoding/json"
+	"strings"
+)
+
+func dump(rs []*Response) string {
+	var b strings.Builder
+	for _, r := range rs {
+		js, _ := json.Marshal(r)
+		b.Write(js)
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
