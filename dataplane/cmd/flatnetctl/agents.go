@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
 	"sort"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
@@ -61,7 +64,26 @@ func (a agents) get(ctx context.Context, pod corev1.Pod, path string, q url.Valu
 	}
 	rc, err := req.Stream(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("agent %s on node %s: %w", pod.Name, pod.Spec.NodeName, err)
+		return nil, fmt.Errorf("agent %s on node %s: %w%s", pod.Name, pod.Spec.NodeName, err, detail(err))
 	}
 	return rc, nil
+}
+
+// detail is the body of an error answer (the agent's or the proxy's own words),
+// which client-go keeps only in the status causes.
+func detail(err error) string {
+	var st apierrors.APIStatus
+	if !errors.As(err, &st) || st.Status().Details == nil {
+		return ""
+	}
+	var msgs []string
+	for _, c := range st.Status().Details.Causes {
+		if m := strings.TrimSpace(c.Message); m != "" {
+			msgs = append(msgs, m)
+		}
+	}
+	if len(msgs) == 0 {
+		return ""
+	}
+	return ": " + strings.Join(msgs, "; ")
 }
