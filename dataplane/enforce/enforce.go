@@ -271,6 +271,18 @@ func (e *Enforcer) Detach(ctx context.Context, ep endpointapi.Endpoint) error {
 		return nil
 	}
 	att, had := e.attached[key]
+	if had && ep.ContainerID != "" && att.ContainerID != ep.ContainerID {
+		// A pod recreated under the same name: the kubelet may tear the old sandbox
+		// down after the new one is attached. This DEL is the old sandbox's; the
+		// new attachment (and its policy) must stay; only the old veth's entries go.
+		delete(e.byCID, ep.ContainerID)
+		if ep.HostIfIndex > 0 && ep.HostIfIndex != att.HostIfIndex {
+			if err := e.d.DetachEndpoint(ctx, ep.HostIfIndex); err != nil {
+				return fmt.Errorf("detaching the old sandbox of %s: %w", key, err)
+			}
+		}
+		return nil
+	}
 	if !had {
 		att = ep
 	}

@@ -167,7 +167,39 @@ func TestEnforcerLifecycle(t *testing.T) {
 		t.Fatalf("after deleting the policy: allowed=%v rejected=%v", explain(), e.Rejected())
 	}
 
-	must(t, node.Do(func(ns.NetNS) error { return e.Detach(ctx, endpointapi.Endpoint{ContainerID: "c1"}) }))
+	// The pod is recreated under the same name: the new sandbox (c2, another veth)
+	// is attached before the kubelet deletes the old one. The old DEL must leave the
+	// new attachment in place.
+	must(t, e.UpsertCiliumPolicy(ctx, cnp(t, denyAll)))
+	var ifindex2 int
+	must(t, node.Do(func(ns.NetNS) error {
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "fnserver2"}, PeerName: "eth0peer2"}); err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName("fnserver2")
+		if err != nil {
+			return err
+		}
+		ifindex2 = l.Attrs().Index
+		return netlink.LinkSetUp(l)
+	}))
+	ep2 := ep
+	ep2.ContainerID, ep2.HostIfName, ep2.HostIfIndex = "c2", "fnserver2", ifindex2
+	must(t, node.Do(func(ns.NetNS) error { return e.Attach(ctx, ep2) }))
+	must(t, node.Do(func(ns.NetNS) error {
+		return e.Detach(ctx, endpointapi.Endpoint{ContainerID: "c1", PodNamespace: "default", PodName: "server", HostIfIndex: ifindex})
+	}))
+	eps, err = e.Datapath().Endpoints(ctx)
+	must(t, err)
+	if got, ok := eps[ifindex2]; !ok || got.IP != ep.IP {
+		t.Fatalf("after the old sandbox's DEL the new one lost its attachment: endpoints %v, want the server on %d", eps, ifindex2)
+	}
+	if explain() {
+		t.Fatalf("after the old sandbox's DEL the recreated server is no longer under the deny policy")
+	}
+	must(t, e.DeletePolicy(ctx, policy.Ref{Kind: policy.KindCNP, Namespace: "default", Name: "deny"}))
+
+	must(t, node.Do(func(ns.NetNS) error { return e.Detach(ctx, endpointapi.Endpoint{ContainerID: "c2"}) }))
 	eps, err = e.Datapath().Endpoints(ctx)
 	must(t, err)
 	if len(eps) != 0 {
