@@ -2,18 +2,23 @@ package flows
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
@@ -228,6 +233,8 @@ func TestDeniedSYNIsOneDroppedFlowNamingThePolicy(t *testing.T) {
 	if d := time.Since(f.Time); d < 0 || d > 10*time.Second {
 		t.Errorf("flow time %v is %v from now: monotonic stamps are not converted to wall time", f.Time, d)
 	}
+	checkMetrics(t, enf)
+	checkExplain(t, enf, clientIP)
 	// The client is not selected: its egress SYN was forwarded, with no policy named.
 	fwd := store.Recent(Filter{Verdict: VerdictForwarded, Pod: "default/client"}, 0)
 	if len(fwd) == 0 || fwd[0].Flow.TrafficDirection != Egress || len(fwd[0].Flow.EgressAllowedBy) != 0 {
@@ -242,4 +249,65 @@ func contains(l []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// checkMetrics scrapes the collector over the real datapath maps: the one denied SYN
+// is one dropped ingress packet with the default-deny reason.
+func checkMetrics(t *testing.T, enf *enforce.Enforcer) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(enf.Datapath()))
+	mfs, err := reg.Gather()
+	must(t, err)
+	var dropped, ids float64 = -1, -1
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			l := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				l[lp.GetName()] = lp.GetValue()
+			}
+			switch {
+			case mf.GetName() == "flatnet_datapath_packets_total" && l["direction"] == Ingress && l["verdict"] == VerdictDropped && l["reason"] == "POLICY_DENIED":
+				dropped = m.GetCounter().GetValue()
+			case mf.GetName() == "flatnet_identities":
+				ids = m.GetGauge().GetValue()
+			case mf.GetName() == "flatnet_datapath_scrape_errors" && m.GetGauge().GetValue() != 0:
+				t.Errorf("scrape error reading %s", l["map"])
+			}
+		}
+	}
+	if dropped != 1 {
+		t.Errorf("flatnet_datapath_packets_total{INGRESS,DROPPED,POLICY_DENIED} = %v, want 1", dropped)
+	}
+	if ids < 2 {
+		t.Errorf("flatnet_identities = %v, want at least the client's and the server's", ids)
+	}
+}
+
+// checkExplain asks /v1/explain what the enforcer would decide for the same SYN.
+func checkExplain(t *testing.T, enf *enforce.Enforcer, client netip.Addr) {
+	t.Helper()
+	srv := httptest.NewServer(Handler(NewStore(1), enf, "self"))
+	defer srv.Close()
+	get := func(q string) (int, string) {
+		resp, err := http.Get(srv.URL + ExplainPath + "?" + q)
+		must(t, err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	code, body := get("namespace=default&pod=server&direction=INGRESS&protocol=TCP&port=80&remote=" + client.String())
+	var e Explanation
+	if code != http.StatusOK || json.Unmarshal([]byte(body), &e) != nil {
+		t.Fatalf("explain: %d %s", code, body)
+	}
+	if e.Verdict != VerdictDropped || len(e.Policies) != 1 || e.Policies[0].Name != "default-deny" {
+		t.Errorf("explain %s: want DROPPED by default-deny", body)
+	}
+	if code, body := get("namespace=default&pod=ghost&direction=INGRESS&port=80&remote=" + client.String()); code != http.StatusNotFound || !strings.Contains(body, "default/ghost") {
+		t.Errorf("explain of an unknown pod: %d %q, want 404 naming default/ghost", code, body)
+	}
+	if code, body := get("namespace=default&pod=server&direction=sideways&port=80&remote=" + client.String()); code != http.StatusBadRequest || !strings.HasPrefix(body, "direction") {
+		t.Errorf("explain with a bad direction: %d %q, want 400 naming direction", code, body)
+	}
 }
