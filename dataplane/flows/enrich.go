@@ -192,7 +192,11 @@ func layer4(ev bpf.FlowEvent) *Layer4 {
 }
 
 func summary(ev bpf.FlowEvent) string {
-	if policy.Protocol(ev.Protocol) != policy.ProtoTCP {
+	switch policy.Protocol(ev.Protocol) {
+	case policy.ProtoTCP:
+	case 1:
+		return "ICMPv4"
+	default:
 		return policy.Protocol(ev.Protocol).String()
 	}
 	var names []string
