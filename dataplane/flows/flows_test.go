@@ -2,6 +2,7 @@ package flows
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -298,4 +299,33 @@ func TestStoreKeepsTheNewestAndFollowsWithoutGapOrDuplicate(t *testing.T) {
 	}
 	stop()
 	s.Add(mk(6)) // must not block or panic with no subscriber
+}
+
+// BenchmarkEnrich is the reader's cost per event (the datapath emits at most 2000
+// events per second per CPU by default).
+func BenchmarkEnrich(b *testing.B) {
+	c := compile.New(identity.NewAllocator())
+	if err := c.UpsertNamespace(compile.Namespace{Name: "default"}); err != nil {
+		b.Fatal(err)
+	}
+	for i := 0; i < 1000; i++ {
+		ip := netip.AddrFrom4([4]byte{10, 224, byte(i / 250), byte(1 + i%250)})
+		if err := c.UpsertPod(compile.Pod{Namespace: "default", Name: fmt.Sprintf("p%d", i), IP: ip,
+			Labels: map[string]string{"app": fmt.Sprintf("a%d", i%50)}, Local: i < 30}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	c.Flush()
+	en, err := NewEnricher("n", compilerSource{c})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ev := bpf.FlowEvent{Src: netip.AddrFrom4([4]byte{10, 224, 1, 7}), Dst: netip.AddrFrom4([4]byte{10, 224, 0, 3}),
+		SrcPort: 40000, DstPort: 80, Protocol: 6, TCPFlags: 2, Direction: policy.Ingress, Code: bpf.DropPolicy}
+	store := NewStore(DefaultCapacity)
+	b.ReportAllocs()
+	for b.Loop() {
+		f := en.Flow(ev)
+		store.Add(&Response{Flow: f, NodeName: f.NodeName, Time: f.Time})
+	}
 }
