@@ -236,9 +236,15 @@ type Poll struct {
 	Matched  int
 	Total    int
 	Detailed []string // each view's summary
+	// Err is an exec that failed (the API server or kubelet dropped the
+	// stream): no cell was judged by this poll, and the next one retries.
+	Err error
 }
 
 func (p Poll) String() string {
+	if p.Err != nil {
+		return fmt.Sprintf("poll %d: no verdict, retrying (%v)", p.N, p.Err)
+	}
 	return fmt.Sprintf("poll %d: %d/%d cells as expected (%s; %s elapsed)", p.N, p.Matched, p.Total, p.Took.Round(10*time.Millisecond), p.Elapsed.Round(10*time.Millisecond))
 }
 
@@ -272,12 +278,23 @@ func Converge(ctx context.Context, r *podexec.Runner, p Plan, snap workload.Snap
 	start := time.Now()
 	hist := history{}
 	var out Outcome
+	failed := 0
 	for {
 		t0 := time.Now()
 		observed, err := Observe(ctx, r, p, snap)
 		if err != nil {
-			return out, err
+			// A broken exec says nothing about the network: try again, but
+			// never past the deadline nor more than maxExecFailures in a row.
+			failed++
+			if opts.Progress != nil {
+				opts.Progress(Poll{N: out.Polls + failed, Took: time.Since(t0), Elapsed: time.Since(start), Err: err})
+			}
+			if failed >= maxExecFailures || time.Since(start) >= opts.Timeout || ctx.Err() != nil {
+				return out, err
+			}
+			continue
 		}
+		failed = 0
 		out.Polls++
 		hist.add(observed)
 		out.Comparisons = out.Comparisons[:0]
@@ -312,6 +329,10 @@ func Converge(ctx context.Context, r *podexec.Runner, p Plan, snap workload.Snap
 		}
 	}
 }
+
+// maxExecFailures is how many polls in a row may fail to exec before the
+// step gives up.
+const maxExecFailures = 3
 
 // history counts, per table and cell, how often a probe got through.
 type history map[string]map[report.Key][2]int // [reachable, polls]

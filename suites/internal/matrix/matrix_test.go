@@ -314,3 +314,54 @@ func TestWatchSeesAGapWhileTrafficFlows(t *testing.T) {
 		t.Error("a cell closed by the change is guarded")
 	}
 }
+
+// flakyExec drops the first n exec streams, as a busy API server does, then
+// runs the real probe.
+type flakyExec struct {
+	localExec
+	mu   sync.Mutex
+	drop int
+}
+
+func (f *flakyExec) Exec(ctx context.Context, pod podexec.Pod, cmd []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	f.mu.Lock()
+	drop := f.drop > 0
+	if drop {
+		f.drop--
+	}
+	f.mu.Unlock()
+	if drop {
+		return nil // exit 0, no output: the stream was lost
+	}
+	return f.localExec.Exec(ctx, pod, cmd, stdin, stdout, stderr)
+}
+
+func TestConvergeRetriesALostExecStream(t *testing.T) {
+	w := newWorld(t)
+	w.serve(t, ipA, svcA)
+	want := w.expect(t, map[string]bool{"n/a": true, "svc:n/a": true})
+	var polls []Poll
+	out, err := Converge(context.Background(), runner(&flakyExec{drop: 1}), w.plan, w.snap, want,
+		Options{Timeout: 10 * time.Second, Pause: 50 * time.Millisecond, Progress: func(p Poll) { polls = append(polls, p) }})
+	if err != nil || !out.OK() {
+		t.Fatalf("one lost stream: err %v, OK %v", err, out.OK())
+	}
+	if len(polls) < 2 || polls[0].Err == nil || !strings.Contains(polls[0].String(), "no verdict") {
+		t.Errorf("progress %v: the lost stream should be reported as a poll without verdict", polls)
+	}
+	_, err = Converge(context.Background(), runner(&flakyExec{drop: 1000}), w.plan, w.snap, want, Options{Timeout: 10 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "0 results") {
+		t.Errorf("every stream lost: %v, want the exec error after %d tries", err, maxExecFailures)
+	}
+}
+
+func TestWatchStoppedAtOnceStillJudgesTheRoundInFlight(t *testing.T) {
+	w := newWorld(t)
+	w.serve(t, ipA, svcA)
+	allOpen := w.expect(t, map[string]bool{"n/a": true, "svc:n/a": true, "n/b": true, "svc:n/b": true})
+	wb := Watch(context.Background(), runner(&localExec{}), w.plan, w.snap, StillReachable(allOpen, allOpen))
+	gaps, rounds, err := wb.Stop()
+	if err != nil || rounds != 1 || len(gaps) == 0 {
+		t.Fatalf("stopped at once: %d rounds, %d gaps, %v; want the round in flight judged (n/b is down)", rounds, len(gaps), err)
+	}
+}

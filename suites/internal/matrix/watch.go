@@ -23,6 +23,7 @@ type Gap struct {
 // it guards.
 type Watcher struct {
 	cancel context.CancelFunc
+	stop   chan struct{}
 	done   chan struct{}
 	mu     sync.Mutex
 	gaps   []Gap
@@ -34,20 +35,30 @@ type Watcher struct {
 // cells (table index, key) that must never be seen blocked.
 func Watch(ctx context.Context, r *podexec.Runner, p Plan, snap workload.Snapshot, guard func(view int, k report.Key) bool) *Watcher {
 	ctx, cancel := context.WithCancel(ctx)
-	w := &Watcher{cancel: cancel, done: make(chan struct{})}
+	w := &Watcher{cancel: cancel, stop: make(chan struct{}), done: make(chan struct{})}
 	start := time.Now()
 	go func() {
 		defer close(w.done)
-		for ctx.Err() == nil {
+		// The first round always runs: it is the one under way when the
+		// change is applied.
+		for first := true; ; first = false {
+			if !first {
+				select {
+				case <-w.stop:
+					return
+				default:
+				}
+			}
 			tables, err := Observe(ctx, r, p, snap)
 			if ctx.Err() != nil {
-				return // a round cut short by Stop says nothing about the path
+				return
 			}
 			w.mu.Lock()
 			if err != nil {
+				// A dropped exec stream judges nothing; the next round does.
 				w.err = err
 				w.mu.Unlock()
-				return
+				continue
 			}
 			w.rounds++
 			at := time.Since(start)
@@ -65,13 +76,19 @@ func Watch(ctx context.Context, r *podexec.Runner, p Plan, snap workload.Snapsho
 	return w
 }
 
-// Stop ends the watch (waiting for the round in flight) and returns the gaps
-// seen, how many full rounds ran, and the first error that ended it early.
+// Stop lets the round in flight finish (it spans the change, so it is the
+// one that matters), ends the watch and returns the gaps seen and how many
+// full rounds ran. The error is the last exec failure when no round
+// completed at all: then the watch judged nothing.
 func (w *Watcher) Stop() ([]Gap, int, error) {
-	w.cancel()
+	close(w.stop)
 	<-w.done
+	w.cancel()
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.rounds > 0 {
+		return w.gaps, w.rounds, nil
+	}
 	return w.gaps, w.rounds, w.err
 }
 
