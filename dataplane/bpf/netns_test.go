@@ -831,3 +831,24 @@ spec:
 	free := n.addPod("default", "free", "10.224.2.41", map[string]string{"app": "free"})
 	wantWorks(t, "a pod no policy selects", free.tcpWorks(server.ip, 80))
 }
+
+// TestServiceHookSurvivesAgentRestarts attaches the Service hook as one agent after
+// another would, each loading the datapath from the same pins: the kernel refuses a
+// second netfilter link at a priority still held, which once crashed every restarted
+// agent. Each restart must succeed and leave exactly one pinned hook.
+func TestServiceHookSurvivesAgentRestarts(t *testing.T) {
+	n := newTestNode(t)
+	ctx := context.Background()
+	must(t, n.node.Do(func(ns.NetNS) error { return n.d.AttachServiceHook(ctx) }))
+	for i := 0; i < 3; i++ {
+		next, err := Load(ctx, n.pinDir)
+		must(t, err)
+		if err := n.node.Do(func(ns.NetNS) error { return next.AttachServiceHook(ctx) }); err != nil {
+			t.Fatalf("restart %d: %v", i+1, err)
+		}
+		must(t, next.Close())
+	}
+	if _, err := os.Stat(n.d.servicePin()); err != nil {
+		t.Fatalf("no pinned Service hook after the restarts: %v", err)
+	}
+}

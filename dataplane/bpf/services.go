@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 )
 
 // serviceHookPriority runs the Service egress check on FORWARD right after the
@@ -27,12 +28,22 @@ func (d *Datapath) AttachServiceHook(ctx context.Context) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	l, err := link.AttachNetfilter(link.NetfilterOptions{
-		Program:        d.objs.ServiceEgress,
-		ProtocolFamily: link.NetfilterProtoIPv4,
-		Hook:           link.NetfilterInetForward,
-		Priority:       serviceHookPriority,
-	})
+	// The kernel refuses a second BPF link at the priority the previous agent's link
+	// still holds (EBUSY), so the new one takes the other of two adjacent priorities;
+	// both run after the filter table, and the old one goes once the new one is in.
+	var l link.Link
+	var err error
+	for _, prio := range []int{serviceHookPriority, serviceHookPriority + 1} {
+		l, err = link.AttachNetfilter(link.NetfilterOptions{
+			Program:        d.objs.ServiceEgress,
+			ProtocolFamily: link.NetfilterProtoIPv4,
+			Hook:           link.NetfilterInetForward,
+			Priority:       int32(prio),
+		})
+		if !errors.Is(err, unix.EBUSY) {
+			break
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("attaching the Service egress program to netfilter FORWARD: %w", err)
 	}
