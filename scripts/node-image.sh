@@ -36,7 +36,16 @@ if docker image inspect "$IMAGE" >/dev/null 2>&1; then
 	echo "$IMAGE"
 	exit 0
 fi
-step "node image $IMAGE: building (cold: ~15 min on 2 cores; cached after)"
+# A cold build needs room for the Go caches, the rootfs and the images (~8 GB measured).
+need_gb=10
+for dir in "$FLATNET_CACHE" "$(docker info -f '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib/docker)"; do
+	mkdir -p "$dir" 2>/dev/null || true
+	free_gb=$(df -P -BG "$dir" 2>/dev/null | awk 'NR == 2 {sub("G", "", $4); print $4}')
+	[ -z "$free_gb" ] || [ "$free_gb" -ge "$need_gb" ] ||
+		die "not enough disk space to build the node image: ${free_gb} GB free on $dir, ${need_gb} GB needed" \
+			"free some space (docker system prune; go clean -cache), or give NODE_IMAGE=<an image you have>"
+done
+step "node image $IMAGE: building (cold: ~15 min on 2 idle cores; cached after)"
 
 WORK="$OUT_DIR/node-image"
 BIN="$FLATNET_CACHE/node-bin/$KUBERNETES_VERSION-$GOVER"
