@@ -63,3 +63,10 @@ images: ## build the probe and agent images and load them into cluster $(CLUSTER
 .PHONY: deploy
 deploy: ## install flatnet (CRDs, agent DaemonSet) and wait for Ready nodes and CoreDNS
 	@bash scripts/deploy.sh
+
+.PHONY: conformance
+conformance: tools ## the policy suites against any cluster: KUBECONFIG=... PROBE_IMAGE=<probe image its nodes have>
+	@[ -n "$${KUBECONFIG:-}" ] || { echo "conformance: set KUBECONFIG to the cluster to judge" >&2; exit 2; }
+	@[ -n "$${PROBE_IMAGE:-}" ] || { echo "conformance: set PROBE_IMAGE (make images builds flatnet/probe; load it onto the cluster's nodes)" >&2; exit 2; }
+	$(BIN_DIR)/ginkgo --tags e2e --keep-going --label-filter '!flatnet' --junit-report junit.xml \
+		--output-dir $(CURDIR)/_artifacts/conformance ./suites/seed ./suites/netpol
