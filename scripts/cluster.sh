@@ -39,9 +39,14 @@ cluster_answers() {
 	[ -f "$KUBECONFIG" ] && timeout 20 "$KUBECTL" get --raw /readyz >/dev/null 2>&1
 }
 
-# ensure_network: the cluster's docker network with the node subnet, or a clear
-# refusal if the subnet is taken by something else.
+# ensure_network: the cluster's docker network with the node subnet and its fence,
+# or a clear refusal if the subnet is taken by something else.
 ensure_network() {
+	ensure_network_only
+	fence add
+}
+
+ensure_network_only() {
 	if docker network inspect "$NETWORK" >/dev/null 2>&1; then
 		local have
 		have=$(docker network inspect -f '{{range .IPAM.Config}}{{.Subnet}}{{end}}' "$NETWORK")
@@ -131,7 +136,6 @@ create() {
 		"choose one of: $(cd "$REPO_ROOT/kind-configs" && ls *.yaml | sed 's/\.yaml$//' | tr '\n' ' ')"
 	image=$(bash "$REPO_ROOT/scripts/node-image.sh" | tail -n 1)
 	ensure_network
-	fence add
 	cfg="$OUT_DIR/$CLUSTER.kind.yaml"
 	sed -e "s#@NODE_SUBNET@#$NODE_SUBNET#" -e "s#@SERVICE_SUBNET@#$SERVICE_SUBNET#" "$cfg_src" >"$cfg"
 	step "kind: creating cluster $CLUSTER ($CONFIG: $(grep -c 'role:' "$cfg") nodes, image $image)"
@@ -167,7 +171,6 @@ up() {
 		fi
 		step "cluster $CLUSTER: exists but does not answer; restarting its nodes"
 		ensure_network
-		fence add
 		docker start $(node_containers) >/dev/null 2>&1 || true
 		local i
 		for i in $(seq 1 90); do
