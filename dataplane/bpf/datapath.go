@@ -351,16 +351,21 @@ func (d *Datapath) syncPolicy(ifindex int, pol *compile.EndpointPolicy) error {
 const policyMetaIdentity = 0xffffffff
 
 // policyEntries lays a compiled policy out as hash entries plus, per direction, a
-// meta entry with the port prefix lengths to probe and whether the direction is
-// enforced (not enforced: what no entry matches is allowed).
+// meta entry with the port prefix lengths to probe, whether the direction is
+// enforced (not enforced: what no entry matches is allowed) and whether world remotes
+// use the world-only CIDR key space.
 func policyEntries(pol *compile.EndpointPolicy) ([]datapathPolicyKey, []datapathPolicyVal) {
 	keys := make([]datapathPolicyKey, 0, len(pol.Entries)+2)
 	vals := make([]datapathPolicyVal, 0, len(pol.Entries)+2)
 	var lens [2]uint32
+	var worldCIDR [2]bool
 	for k, v := range pol.Entries {
 		pk := policyKey(k)
 		if pk.Proto != 0 {
 			lens[pk.Dir] |= 1 << pk.Plen
+		}
+		if compile.IsWorldCIDR(k.Identity) {
+			worldCIDR[pk.Dir] = true
 		}
 		keys = append(keys, pk)
 		pv := datapathPolicyVal{RuleId: uint32(v.RuleID)}
@@ -373,6 +378,9 @@ func policyEntries(pol *compile.EndpointPolicy) ([]datapathPolicyKey, []datapath
 		meta := datapathPolicyVal{Lens: lens[dir]}
 		if !enforced {
 			meta.DefaultAllow = 1
+		}
+		if worldCIDR[dir] {
+			meta.WorldCidr = 1
 		}
 		keys = append(keys, datapathPolicyKey{Dir: uint8(dir), Identity: policyMetaIdentity})
 		vals = append(vals, meta)

@@ -123,7 +123,8 @@ type datapathPolicyVal struct {
 	RuleId       uint32
 	Deny         uint8
 	DefaultAllow uint8
-	Pad          uint16
+	WorldCidr    uint8
+	Pad          uint8
 	Lens         uint32
 }
 

@@ -116,6 +116,8 @@ func randomPolicy(r *rand.Rand, name string) *policy.Policy {
 			if pfx == "10.1.0.0/16" && r.Intn(2) == 0 {
 				c.Except = []netip.Prefix{netip.MustParsePrefix("10.1.2.0/24")}
 			}
+			// As a CiliumNetworkPolicy CIDR rule (world only) or an ipBlock.
+			c.WorldOnly = r.Intn(2) == 0
 			rule.Peers = []policy.Peer{{CIDR: c}}
 		case 4:
 			rule.Peers = []policy.Peer{{Entity: []policy.Entity{policy.EntityWorld, policy.EntityCluster, policy.EntityRemoteNode, policy.EntityAll}[r.Intn(4)]}}

@@ -248,6 +248,57 @@ spec:
 	expect(t, d, "pod in the except", dirEgress, tcp(serverIP, otherIP, 44005, 80, tcpSYN), tcxDrop)
 }
 
+// TestCiliumCIDRSelectsOnlyWorld: as in Cilium, a CiliumNetworkPolicy CIDR rule over
+// the node subnet selects neither pods nor nodes in it, only addresses outside the
+// cluster; a NetworkPolicy ipBlock over the same subnet selects them all.
+func TestCiliumCIDRSelectsOnlyWorld(t *testing.T) {
+	d := loadTest(t)
+	cl := newCluster(t, d)
+	remoteNode := netip.MustParseAddr("10.224.0.3")
+	cl.c.UpsertNode("other", []netip.Addr{remoteNode}, false)
+	unknown := netip.MustParseAddr("10.224.9.9") // in the subnet, neither pod nor node: world
+	cl.cnp(`
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: subnet, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromCIDR: [10.224.0.0/16]
+  egress:
+  - toCIDRSet: [{cidr: 10.224.0.0/16}]
+`)
+	expect(t, d, "cnp toCIDR: world address in the block", dirEgress, tcp(serverIP, unknown, 45000, 80, tcpSYN), tcxNext)
+	expect(t, d, "cnp toCIDR: pod in the block", dirEgress, tcp(serverIP, clientIP, 45001, 80, tcpSYN), tcxDrop)
+	expect(t, d, "cnp toCIDR: remote node in the block", dirEgress, tcp(serverIP, remoteNode, 45002, 80, tcpSYN), tcxDrop)
+	expect(t, d, "cnp fromCIDR: world address in the block", dirIngress, tcp(unknown, serverIP, 45003, 80, tcpSYN), tcxNext)
+	expect(t, d, "cnp fromCIDR: pod in the block", dirIngress, tcp(clientIP, serverIP, 45004, 80, tcpSYN), tcxDrop)
+
+	// A deny over the block does not deny pods either; an ipBlock allow still does allow them.
+	cl.cnp(`
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: subnet, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  egressDeny:
+  - toCIDR: [10.224.0.0/16]
+`)
+	cl.np(`
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: pods, namespace: default}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 10.224.0.0/16}}]
+`)
+	expect(t, d, "cnp egressDeny toCIDR + ipBlock allow: pod", dirEgress, tcp(serverIP, clientIP, 45005, 80, tcpSYN), tcxNext)
+	expect(t, d, "cnp egressDeny toCIDR + ipBlock allow: remote node", dirEgress, tcp(serverIP, remoteNode, 45006, 80, tcpSYN), tcxNext)
+	expect(t, d, "cnp egressDeny toCIDR + ipBlock allow: world address", dirEgress, tcp(serverIP, unknown, 45007, 80, tcpSYN), tcxDrop)
+}
+
 func TestEntitiesAndNamedPorts(t *testing.T) {
 	d := loadTest(t)
 	cl := newCluster(t, d)

@@ -35,8 +35,36 @@ func (c *Compiler) compute(ps *podState) *EndpointPolicy {
 			c.addRule(ep, ps, r, e.ruleIDs[ri])
 		}
 	}
+	mergeWorldCIDR(ep)
 	foldDenies(ep)
 	return ep
+}
+
+// mergeWorldCIDR copies, in each direction that has world-only CIDR entries, every
+// plain CIDR entry into the world space (see WorldCIDR): a world remote is looked up
+// there only, and must meet ipBlock rules as well as CiliumNetworkPolicy CIDR rules.
+// foldDenies then settles the precedence between the two.
+func mergeWorldCIDR(ep *EndpointPolicy) {
+	var world [2]bool
+	for k := range ep.Entries {
+		if IsWorldCIDR(k.Identity) {
+			world[k.Direction] = true
+		}
+	}
+	if !world[policy.Ingress] && !world[policy.Egress] {
+		return
+	}
+	var plain []Key
+	for k := range ep.Entries {
+		if world[k.Direction] && k.Identity >= identity.MinLocal && !IsWorldCIDR(k.Identity) {
+			plain = append(plain, k)
+		}
+	}
+	for _, k := range plain {
+		v := ep.Entries[k]
+		k.Identity = WorldCIDR(k.Identity)
+		add(ep, k, v)
+	}
 }
 
 // peerIDs lists the identities a rule's peers select; named ports of egress rules
@@ -67,6 +95,9 @@ func (c *Compiler) peers(r policy.Rule) []peerSet {
 				continue
 			}
 			for id := range cp.ids {
+				if p.CIDR.WorldOnly {
+					id = WorldCIDR(id)
+				}
 				out = append(out, peerSet{id: id, named: c.globalNamed})
 			}
 		default:

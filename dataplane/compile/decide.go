@@ -26,6 +26,9 @@ func (p *EndpointPolicy) Decide(dir policy.Direction, remote, cidr identity.ID, 
 	if remote == identity.Host {
 		return Decision{Allowed: true, Host: true}
 	}
+	if cidr != 0 && remote == identity.World && p.hasWorldCIDR(dir) {
+		cidr = WorldCIDR(cidr)
+	}
 	ids := []identity.ID{remote, cidr, identity.Any}
 	var allow *Verdict
 	for i, id := range ids {
@@ -47,6 +50,17 @@ func (p *EndpointPolicy) Decide(dir policy.Direction, remote, cidr identity.ID, 
 		return Decision{Allowed: true, RuleID: allow.RuleID}
 	}
 	return Decision{Allowed: !p.Enforce[dir]}
+}
+
+// hasWorldCIDR reports whether direction dir has world-only CIDR entries (the
+// datapath keeps this in the direction's meta entry).
+func (p *EndpointPolicy) hasWorldCIDR(dir policy.Direction) bool {
+	for k := range p.Entries {
+		if k.Direction == dir && IsWorldCIDR(k.Identity) {
+			return true
+		}
+	}
+	return false
 }
 
 // longest returns the entry of the longest port prefix for id, else its

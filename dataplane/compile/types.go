@@ -6,7 +6,9 @@
 //
 // Lookup contract with the datapath (dataplane/bpf implements it): for a packet the
 // datapath looks the policy up with the remote's identity, with the identity of the
-// longest CIDR prefix holding the remote address, and with identity.Any; each lookup
+// longest CIDR prefix holding the remote address (in the WorldCIDR space when the
+// remote is world and the direction has world-only entries), and with identity.Any;
+// each lookup
 // returns the entry with the longest (protocol, port prefix) match. A deny from any of
 // the lookups wins; otherwise an allow from any of them allows; otherwise the packet is
 // dropped when the direction is enforced. The compiler folds deny entries into the
@@ -56,6 +58,21 @@ type Key struct {
 	Port          uint16
 	PortPrefixLen uint8
 }
+
+// worldCIDRBit marks the key space of world-only CIDR entries (POLICY_WORLD_CIDR_BIT
+// in the datapath). Prefix identities stay far below it.
+const worldCIDRBit identity.ID = 1 << 31
+
+// WorldCIDR is the key identity, for remotes outside the cluster, of prefix identity
+// id. CiliumNetworkPolicy CIDR rules key their entries there only (in Cilium they
+// never select pods or nodes); a NetworkPolicy ipBlock keys its entries with id. When
+// a direction has any world-only entry, the compiler copies the plain CIDR entries of
+// that direction into the world space too, so that one lookup finds both for a world
+// remote (see Decide).
+func WorldCIDR(id identity.ID) identity.ID { return id | worldCIDRBit }
+
+// IsWorldCIDR reports whether a key identity is in the world-only CIDR space.
+func IsWorldCIDR(id identity.ID) bool { return id&worldCIDRBit != 0 }
 
 // Verdict of an entry, and the rule that produced it (for flows and explanations).
 type Verdict struct {

@@ -267,6 +267,7 @@ func ciliumPeers(ref Ref, dir Direction, deny bool, path *field.Path, pre string
 		cp, e := parseCIDR(c, nil, path.Child(pre+"CIDR").Index(i), nil)
 		errs = append(errs, e...)
 		if cp != nil {
+			cp.WorldOnly = true
 			rule.Peers = append(rule.Peers, Peer{CIDR: cp})
 		}
 	}
@@ -279,6 +280,7 @@ func ciliumPeers(ref Ref, dir Direction, deny bool, path *field.Path, pre string
 		cp, e := parseCIDR(c.CIDR, c.Except, p.Child("cidr"), p.Child("except"))
 		errs = append(errs, e...)
 		if cp != nil {
+			cp.WorldOnly = true
 			rule.Peers = append(rule.Peers, Peer{CIDR: cp})
 		}
 	}

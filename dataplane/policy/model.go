@@ -129,6 +129,10 @@ type Peer struct {
 type CIDR struct {
 	Prefix netip.Prefix
 	Except []netip.Prefix
+	// WorldOnly restricts the block to addresses outside the cluster, as Cilium's
+	// CIDR selectors (fromCIDR, toCIDRSet, ...) never select pods or nodes; a
+	// NetworkPolicy ipBlock selects every address in it.
+	WorldOnly bool
 }
 
 // Contains reports whether a falls in the block and outside every exception.

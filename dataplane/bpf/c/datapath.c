@@ -306,8 +306,8 @@ struct decision {
 };
 
 // decide applies the precedence of the compiler's contract: a deny from any of the
-// three identities' lookups wins, else an allow from any of them, else the direction's
-// default (deny when enforced).
+// three identities' lookups wins, else an allow from any of them, else the
+// direction's default (deny when enforced).
 static __always_inline void decide(void *pol, __u8 dir, __u32 remote_id, __u32 cidr_id, const struct pkt *p,
 				   struct decision *d)
 {
@@ -315,6 +315,10 @@ static __always_inline void decide(void *pol, __u8 dir, __u32 remote_id, __u32 c
 	struct policy_val *meta = bpf_map_lookup_elem(pol, &mk);
 	__u32 lens = meta ? meta->lens : 0;
 	struct policy_val *a = lookup_one(pol, dir, remote_id, p->proto, p->dport, lens);
+	// A remote outside the cluster also meets the world-only CIDR entries (merged
+	// with the plain ones by the compiler), when the endpoint has any.
+	if (cidr_id && remote_id == IDENTITY_WORLD && meta && meta->world_cidr)
+		cidr_id |= POLICY_WORLD_CIDR_BIT;
 	struct policy_val *b = cidr_id ? lookup_one(pol, dir, cidr_id, p->proto, p->dport, lens) : NULL;
 	struct policy_val *c = lookup_one(pol, dir, IDENTITY_ANY, p->proto, p->dport, lens);
 	struct policy_val *allow = NULL;

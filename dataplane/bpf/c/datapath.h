@@ -89,12 +89,18 @@ struct policy_key {
 	__u16 pad2;
 };
 #define POLICY_META_IDENTITY 0xffffffff
+// Cilium's CIDR selectors never select pods or nodes; NetworkPolicy ipBlocks do. An
+// endpoint with CiliumNetworkPolicy CIDR rules (meta world_cidr set) has, per prefix
+// identity, a second key space with this bit set holding those rules merged with the
+// ipBlock ones; it is looked up instead of the plain one for world remotes.
+#define POLICY_WORLD_CIDR_BIT 0x80000000
 
 struct policy_val {
 	__u32 rule_id;
 	__u8 deny;
 	__u8 default_allow; // meta entry: the direction is not enforced
-	__u16 pad;
+	__u8 world_cidr;    // meta entry: world-only CIDR entries exist (POLICY_WORLD_CIDR_BIT)
+	__u8 pad;
 	__u32 lens;         // meta entry: bit n set = some entry has port prefix length n
 };
 
