@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -363,5 +364,56 @@ func TestWatchStoppedAtOnceStillJudgesTheRoundInFlight(t *testing.T) {
 	gaps, rounds, err := wb.Stop()
 	if err != nil || rounds != 1 || len(gaps) == 0 {
 		t.Fatalf("stopped at once: %d rounds, %d gaps, %v; want the round in flight judged (n/b is down)", rounds, len(gaps), err)
+	}
+}
+
+func TestWatchAcceptingJudgesBothWays(t *testing.T) {
+	w := newWorld(t)
+	w.serve(t, ipA, svcA)
+	none := w.expect(t, nil)
+	onlyA := w.expect(t, map[string]bool{"n/a": true, "svc:n/a": true})
+	allOpen := w.expect(t, map[string]bool{"n/a": true, "svc:n/a": true, "n/b": true, "svc:n/b": true})
+	var mu sync.Mutex
+	var rounds []Round
+	watches := []struct {
+		name   string
+		accept Accept
+		// wantTo are the destinations whose answers must be refused.
+		wantTo []string
+	}{
+		{"as served", OneOf(onlyA), nil},
+		{"before or after a change", OneOf(allOpen, none), nil},
+		{"everything open", OneOf(allOpen), []string{"n/b", "svc:n/b"}},
+		{"everything shut", OneOf(none), []string{"n/a", "svc:n/a"}},
+	}
+	var ws []*Watcher
+	for i, c := range watches {
+		var progress func(Round)
+		if i == 0 {
+			progress = func(r Round) { mu.Lock(); rounds = append(rounds, r); mu.Unlock() }
+		}
+		ws = append(ws, WatchAccepting(context.Background(), runner(&localExec{}), w.plan, w.snap, c.accept, progress))
+	}
+	for i, c := range watches {
+		gaps, n, err := ws[i].Stop()
+		if err != nil || n == 0 {
+			t.Fatalf("%s: %d rounds, %v", c.name, n, err)
+		}
+		for _, g := range gaps {
+			if !slices.Contains(c.wantTo, g.Key.To) {
+				t.Errorf("%s: refused %s (reachable %v), which was as expected", c.name, g.Key, g.Reachable)
+			}
+		}
+		if len(c.wantTo) > 0 && len(gaps) != n*len(w.plan.From)*len(c.wantTo)*len(w.plan.Ports) {
+			t.Errorf("%s: %d gaps in %d rounds, want every answer to %v refused", c.name, len(gaps), n, c.wantTo)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(rounds) == 0 || rounds[0].N != 1 || rounds[0].Refused != 0 || rounds[0].Cells != 16 {
+		t.Errorf("progress %+v: want round 1 with 16 cells judged, none refused", rounds)
+	}
+	if OneOf(allOpen)(5, report.Key{}, true) {
+		t.Error("a view no expectation has was accepted")
 	}
 }

@@ -10,17 +10,33 @@ import (
 	"github.com/flatnet/flatnet/suites/report"
 )
 
-// Gap is a cell that should have stayed reachable but was seen blocked.
+// Gap is an answer the watch did not accept: a cell that should have stayed
+// reachable seen blocked, or a cell seen in a state no expectation allowed.
 type Gap struct {
-	Table  string
-	Key    report.Key
-	At     time.Duration // since the watch started
-	Detail string
+	Table     string
+	Key       report.Key
+	At        time.Duration // since the watch started
+	Reachable bool          // what was observed
+	Detail    string
 }
 
-// Watcher keeps probing a plan in the background, so a policy change is
-// applied while traffic flows, and records every blocked answer on the cells
-// it guards.
+// Accept says whether an answer observed on cell k of view i is one the
+// watch may see.
+type Accept func(view int, k report.Key, reachable bool) bool
+
+// Round is one round of a watch, for progress reports.
+type Round struct {
+	N       int           // rounds completed, this one included
+	At      time.Duration // its end, since the watch started
+	Cells   int           // answers judged
+	Refused int           // answers not accepted
+	// Err is a lost exec stream: this round judged nothing.
+	Err error
+}
+
+// Watcher keeps probing a plan in the background, so a change (a policy
+// update, an agent or a node going away) happens while traffic flows, and
+// records every answer it does not accept.
 type Watcher struct {
 	cancel context.CancelFunc
 	stop   chan struct{}
@@ -34,6 +50,15 @@ type Watcher struct {
 // Watch starts probing p round after round until Stop; guard picks the
 // cells (table index, key) that must never be seen blocked.
 func Watch(ctx context.Context, r *podexec.Runner, p Plan, snap workload.Snapshot, guard func(view int, k report.Key) bool) *Watcher {
+	return WatchAccepting(ctx, r, p, snap, func(view int, k report.Key, reachable bool) bool {
+		return reachable || !guard(view, k)
+	}, nil)
+}
+
+// WatchAccepting starts probing p round after round until Stop, recording
+// every answer accept refuses; progress, when set, hears about each round
+// (from the watch's goroutine).
+func WatchAccepting(ctx context.Context, r *podexec.Runner, p Plan, snap workload.Snapshot, accept Accept, progress func(Round)) *Watcher {
 	ctx, cancel := context.WithCancel(ctx)
 	w := &Watcher{cancel: cancel, stop: make(chan struct{}), done: make(chan struct{})}
 	start := time.Now()
@@ -58,19 +83,30 @@ func Watch(ctx context.Context, r *podexec.Runner, p Plan, snap workload.Snapsho
 				// A dropped exec stream judges nothing; the next round does.
 				w.err = err
 				w.mu.Unlock()
+				if progress != nil {
+					progress(Round{At: time.Since(start), Err: err})
+				}
 				continue
 			}
 			w.rounds++
-			at := time.Since(start)
+			round := Round{N: w.rounds, At: time.Since(start)}
 			for vi, t := range tables {
 				for _, k := range t.Keys() {
 					c, ok := t.Get(k)
-					if ok && !c.Reachable && guard(vi, k) {
-						w.gaps = append(w.gaps, Gap{Table: t.Title, Key: k, At: at, Detail: c.Detail})
+					if !ok {
+						continue
+					}
+					round.Cells++
+					if !accept(vi, k, c.Reachable) {
+						round.Refused++
+						w.gaps = append(w.gaps, Gap{Table: t.Title, Key: k, At: round.At, Reachable: c.Reachable, Detail: c.Detail})
 					}
 				}
 			}
 			w.mu.Unlock()
+			if progress != nil {
+				progress(round)
+			}
 		}
 	}()
 	return w
@@ -102,5 +138,23 @@ func StillReachable(before, after []*report.Table) func(view int, k report.Key) 
 		b, ok1 := before[view].Get(k)
 		a, ok2 := after[view].Get(k)
 		return ok1 && ok2 && b.Reachable && a.Reachable
+	}
+}
+
+// OneOf accepts an answer equal to the cell of any of the expectations
+// (each one table per view): the oracle's tables for the policy set before a
+// change and after it, or a single one when nothing should change at all.
+// A cell no expectation has is refused: nothing vouches for it.
+func OneOf(expectations ...[]*report.Table) Accept {
+	return func(view int, k report.Key, reachable bool) bool {
+		for _, tables := range expectations {
+			if view >= len(tables) {
+				continue
+			}
+			if c, ok := tables[view].Get(k); ok && c.Reachable == reachable {
+				return true
+			}
+		}
+		return false
 	}
 }
