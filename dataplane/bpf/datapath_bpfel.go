@@ -50,7 +50,7 @@ type datapathCtVal struct {
 type datapathDpConfig struct {
 	_            structs.HostLayout
 	EventsPerSec uint32
-	Pad          uint32
+	Flags        uint32
 }
 
 type datapathEndpointInfo struct {

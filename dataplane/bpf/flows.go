@@ -155,10 +155,39 @@ func decodeFlow(raw datapathFlowEvent) FlowEvent {
 // SetEventRate sets how many flow events per second each CPU may emit (0 restores
 // the default of 2000); the excess is counted in EventsLost.
 func (d *Datapath) SetEventRate(_ context.Context, perCPU uint32) error {
-	if err := d.objs.FnConfig.Put(uint32(0), &datapathDpConfig{EventsPerSec: perCPU}); err != nil {
+	if err := d.updateConfig(func(c *datapathDpConfig) { c.EventsPerSec = perCPU }); err != nil {
 		return fmt.Errorf("setting flow event rate: %w", err)
 	}
 	return nil
+}
+
+// SetFlowEvents turns flow events on (the default) or off. Off, the programs emit
+// none and count none lost; benchmarks use it to measure what events cost.
+func (d *Datapath) SetFlowEvents(_ context.Context, on bool) error {
+	if err := d.updateConfig(func(c *datapathDpConfig) {
+		c.Flags &^= dpFlagNoEvents
+		if !on {
+			c.Flags |= dpFlagNoEvents
+		}
+	}); err != nil {
+		return fmt.Errorf("switching flow events: %w", err)
+	}
+	return nil
+}
+
+// dpFlagNoEvents is DP_F_NO_EVENTS of struct dp_config (datapath.h).
+const dpFlagNoEvents = 1
+
+// updateConfig rewrites the datapath's config entry, keeping the fields fn leaves.
+func (d *Datapath) updateConfig(fn func(*datapathDpConfig)) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var c datapathDpConfig
+	if err := d.objs.FnConfig.Lookup(uint32(0), &c); err != nil {
+		return err
+	}
+	fn(&c)
+	return d.objs.FnConfig.Put(uint32(0), &c)
 }
 
 // EventsLost is the number of flow events dropped by the rate limit or a full ring.

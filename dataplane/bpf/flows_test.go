@@ -100,3 +100,39 @@ func TestFlowEventsRateLimited(t *testing.T) {
 		t.Fatalf("lost %d + read %d != %d packets: loss is not fully counted", lost, n, flood)
 	}
 }
+
+func TestFlowEventsOff(t *testing.T) {
+	d := loadTest(t)
+	cl := newCluster(t, d)
+	cl.cnp(seedDefaultDeny)
+	ctx := context.Background()
+	must(t, d.SetEventRate(ctx, 5))
+	must(t, d.SetFlowEvents(ctx, false))
+	rd, err := d.NewFlowReader()
+	must(t, err)
+	defer rd.Close()
+	expect(t, d, "denied, events off", dirIngress, tcp(clientIP, serverIP, 47000, 80, tcpSYN), tcxDrop)
+	rctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	ev, err := rd.Read(rctx)
+	cancel()
+	if err == nil {
+		t.Fatalf("event %+v with flow events off", ev)
+	}
+	if lost, err := d.EventsLost(ctx); err != nil || lost != 0 {
+		t.Fatalf("lost %d (%v) with flow events off, want 0: off is not a loss", lost, err)
+	}
+	must(t, d.SetFlowEvents(ctx, true))
+	var cfg datapathDpConfig
+	must(t, d.objs.FnConfig.Lookup(uint32(0), &cfg))
+	if cfg.EventsPerSec != 5 {
+		t.Fatalf("events_per_sec %d after switching events on, want the 5 set before", cfg.EventsPerSec)
+	}
+	expect(t, d, "denied, events on", dirIngress, tcp(clientIP, serverIP, 47001, 80, tcpSYN), tcxDrop)
+	rctx, cancel = context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	ev, err = rd.Read(rctx)
+	must(t, err)
+	if ev.SrcPort != 47001 || ev.Code != DropPolicy {
+		t.Fatalf("event %+v, want the drop of port 47001", ev)
+	}
+}

@@ -162,7 +162,7 @@ static __always_inline void emit(__u32 ifindex, __u8 dir, const struct pkt *p, _
 	__u32 zero = 0;
 	struct event_budget *b = bpf_map_lookup_elem(&fn_event_budget, &zero);
 	struct dp_config *cfg = bpf_map_lookup_elem(&fn_config, &zero);
-	if (!b || !cfg)
+	if (!b || !cfg || cfg->flags & DP_F_NO_EVENTS)
 		return;
 	__u64 now = bpf_ktime_get_ns();
 	__u64 rate = cfg->events_per_sec ? cfg->events_per_sec : DEFAULT_EVENTS_PER_SEC;

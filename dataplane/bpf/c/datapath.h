@@ -142,8 +142,9 @@ struct event_budget {
 
 struct dp_config {
 	__u32 events_per_sec; // per CPU; 0 = DEFAULT_EVENTS_PER_SEC
-	__u32 pad;
+	__u32 flags;          // DP_F_*
 };
+#define DP_F_NO_EVENTS 1 // emit no flow event and count none lost (benchmarks measure their cost)
 
 struct flow_event {
 	__u64 ts_ns;
