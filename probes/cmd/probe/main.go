@@ -1,6 +1,7 @@
 // Command probe is flatnet's agnhost-compatible probe: connect, serve-hostname,
-// netexec and pause behave as agnhost's, and batch probes many targets in one
-// process. Installed as /agnhost it answers to agnhost's command lines.
+// netexec and pause behave as agnhost's, batch probes many targets in one
+// process, and watch times a change of reachability. Installed as /agnhost it
+// answers to agnhost's command lines.
 package main
 
 import (
@@ -15,6 +16,7 @@ import (
 	"github.com/flatnet/flatnet/probes/netexec"
 	"github.com/flatnet/flatnet/probes/pause"
 	"github.com/flatnet/flatnet/probes/serve"
+	"github.com/flatnet/flatnet/probes/watch"
 )
 
 // version is set at build time (-ldflags "-X main.version=...").
@@ -37,6 +39,7 @@ func newRoot(argv0 string) *cobra.Command {
 		netexec.NewCommand(),
 		pause.NewCommand(),
 		batch.NewCommand(),
+		watch.NewCommand(),
 	)
 	return root
 }
