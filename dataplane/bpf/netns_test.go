@@ -30,7 +30,7 @@ import (
 // host veth; in the pod, 169.254.1.1 as gateway) and one netns per "pod". The
 // datapath's programs sit on the host-side veths via tcx, exactly as on a node.
 type testNode struct {
-	t      *testing.T
+	t      testing.TB
 	node   ns.NetNS
 	nodeIP netip.Addr
 	pods   map[string]*testPod
@@ -48,7 +48,7 @@ type testPod struct {
 	ifindex         int
 }
 
-func newTestNode(t *testing.T) *testNode {
+func newTestNode(t testing.TB) *testNode {
 	testenv.RequireRoot(t)
 	n := &testNode{t: t, pods: map[string]*testPod{}, nodeIP: netip.MustParseAddr("10.224.0.2"),
 		c: compile.New(identity.NewAllocator())}
@@ -176,12 +176,12 @@ func (n *testNode) cnp(doc string) {
 }
 
 // serveTCP runs an echo server on the node's address.
-func (n *testNode) serveTCP(t *testing.T, port int) {
+func (n *testNode) serveTCP(t testing.TB, port int) {
 	(&testPod{netns: n.node, ip: n.nodeIP}).serveTCP(t, port)
 }
 
 // serveTCP runs an echo server in the pod until the test ends.
-func (p *testPod) serveTCP(t *testing.T, port int) {
+func (p *testPod) serveTCP(t testing.TB, port int) {
 	var ln net.Listener
 	must(t, p.netns.Do(func(ns.NetNS) error {
 		var err error

@@ -1,0 +1,259 @@
+package bpf
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"golang.org/x/sys/unix"
+
+	"github.com/flatnet/flatnet/dataplane/compile"
+	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/policy"
+)
+
+// BenchmarkNetnsTCP measures what the datapath costs real TCP traffic between two netns
+// "pods" over veths (issue #5): TCP_CRR (one connection per op: connect, 1-byte
+// request, 1-byte response, close) and TCP_RR (1-byte ping-pong on one connection).
+// Every variant runs in the same process, one after the other, on the same pods:
+//
+//	dp=none             no program on the veths (the baseline)
+//	dp=prog             programs attached, no policy (0 rules), flow events at the default rate
+//	dp=prog+1000rules   the server's ingress allows the client among 1,000 other rules
+//	dp=prog+events-off  0 rules, flow events switched off (SetFlowEvents)
+//	dp=prog+events-all  0 rules, event rate raised so every new connection is an event
+//
+// A reader drains the ring buffer throughout, as the agent does; events/op and
+// lost/op say how many events the variant produced and lost to the rate limit.
+// scripts/bench-datapath.sh runs it with several counts, each a new process, so the
+// variants interleave, and prints the ratios against dp=none. Nothing is asserted
+// about times: a loaded machine only makes the figures noisy.
+func BenchmarkNetnsTCP(b *testing.B) {
+	n := newTestNode(b)
+	ctx := context.Background()
+	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
+	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	const port = 5001
+	server.serveBench(b, port)
+	// One connection per op leaves the client's side in TIME_WAIT: reuse those ports
+	// (timestamps make it safe) and use the whole port range.
+	must(b, client.netns.Do(func(ns.NetNS) error {
+		if err := os.WriteFile("/proc/sys/net/ipv4/tcp_tw_reuse", []byte("1"), 0o644); err != nil {
+			return err
+		}
+		return os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte("1024 65535"), 0o644)
+	}))
+
+	rd, err := n.d.NewFlowReader()
+	must(b, err)
+	var events atomic.Uint64
+	readCtx, stopReading := context.WithCancel(ctx)
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		for {
+			if _, err := rd.Read(readCtx); err != nil {
+				return
+			}
+			events.Add(1)
+		}
+	}()
+	b.Cleanup(func() { stopReading(); <-readDone; rd.Close() })
+
+	clientID, _ := n.c.IdentityOf("default", "client")
+	rules1000 := rulesPolicy(clientID, port, 1000)
+	attach := func(p *testPod) {
+		id, _ := n.c.IdentityOf(p.namespace, p.name)
+		must(b, n.node.Do(func(ns.NetNS) error {
+			return n.d.AttachEndpoint(ctx, Endpoint{IfIndex: p.ifindex, IP: p.ip, Identity: id}, n.c.EndpointPolicy(p.namespace, p.name))
+		}))
+	}
+	type variant struct {
+		name string
+		set  func()
+	}
+	attached := func(rate uint32, on bool, serverPol *compile.EndpointPolicy) func() {
+		return func() {
+			attach(server)
+			attach(client)
+			if serverPol != nil {
+				must(b, n.d.SyncEndpointPolicy(ctx, server.ifindex, serverPol))
+			}
+			must(b, n.d.SetEventRate(ctx, rate))
+			must(b, n.d.SetFlowEvents(ctx, on))
+		}
+	}
+	variants := []variant{
+		{"none", func() {
+			for _, p := range []*testPod{server, client} {
+				must(b, n.node.Do(func(ns.NetNS) error { return n.d.DetachEndpoint(ctx, p.ifindex) }))
+			}
+		}},
+		{"prog", attached(0, true, nil)},
+		{"prog+1000rules", attached(0, true, rules1000)},
+		{"prog+events-off", attached(0, false, nil)},
+		{"prog+events-all", attached(10_000_000, true, nil)},
+	}
+	addr := unix.SockaddrInet4{Port: port, Addr: server.ip.As4()}
+	for _, test := range []struct {
+		name string
+		run  func(b *testing.B) error
+	}{
+		{"CRR", func(b *testing.B) error { return client.inNetns(func() error { return crr(b, &addr) }) }},
+		{"RR", func(b *testing.B) error { return client.inNetns(func() error { return rr(b, &addr) }) }},
+	} {
+		for _, v := range variants {
+			b.Run(fmt.Sprintf("test=%s/dp=%s", test.name, v.name), func(b *testing.B) {
+				v.set()
+				// Let the reader catch up with the previous variant's events.
+				time.Sleep(50 * time.Millisecond)
+				ev0 := events.Load()
+				lost0, err := n.d.EventsLost(ctx)
+				must(b, err)
+				b.ResetTimer()
+				if err := test.run(b); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				time.Sleep(50 * time.Millisecond)
+				lost1, err := n.d.EventsLost(ctx)
+				must(b, err)
+				b.ReportMetric(float64(events.Load()-ev0)/float64(b.N), "events/op")
+				b.ReportMetric(float64(lost1-lost0)/float64(b.N), "lost/op")
+			})
+		}
+	}
+}
+
+// rulesPolicy enforces ingress with rules other ingress rules (each another identity
+// and port) and the one that allows client on port.
+func rulesPolicy(client identity.ID, port uint16, rules int) *compile.EndpointPolicy {
+	pol := &compile.EndpointPolicy{Enforce: [2]bool{true, false}, Entries: map[compile.Key]compile.Verdict{}}
+	for i := 0; i < rules; i++ {
+		pol.Entries[compile.Key{Direction: policy.Ingress, Identity: identity.ID(100000 + i), Protocol: policy.ProtoTCP,
+			Port: uint16(1024 + i), PortPrefixLen: 16}] = compile.Verdict{RuleID: compile.RuleID(i + 2)}
+	}
+	pol.Entries[compile.Key{Direction: policy.Ingress, Identity: client, Protocol: policy.ProtoTCP, Port: port,
+		PortPrefixLen: 16}] = compile.Verdict{RuleID: 1}
+	return pol
+}
+
+// inNetns runs fn on a thread in the pod's netns: every socket fn opens is the pod's.
+func (p *testPod) inNetns(fn func() error) error {
+	return p.netns.Do(func(ns.NetNS) error { return fn() })
+}
+
+// crr opens b.N connections, each a 1-byte request and response, with blocking
+// syscalls (no Go netpoller hand-offs in what is timed).
+func crr(b *testing.B, to *unix.SockaddrInet4) error {
+	buf := []byte{'x'}
+	for i := 0; i < b.N; i++ {
+		fd, err := benchSocket()
+		if err != nil {
+			return err
+		}
+		if err := unix.Connect(fd, to); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("connection %d: connect: %w", i, err)
+		}
+		if err := pingPong(fd, buf); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("connection %d: %w", i, err)
+		}
+		unix.Close(fd)
+	}
+	return nil
+}
+
+// rr makes b.N round trips on one connection.
+func rr(b *testing.B, to *unix.SockaddrInet4) error {
+	fd, err := benchSocket()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := unix.Connect(fd, to); err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	buf := []byte{'x'}
+	for i := 0; i < b.N; i++ {
+		if err := pingPong(fd, buf); err != nil {
+			return fmt.Errorf("round trip %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+func benchSocket() (int, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	tv := unix.NsecToTimeval(dialTimeout.Nanoseconds())
+	for _, o := range []int{unix.SO_RCVTIMEO, unix.SO_SNDTIMEO} { // a lost packet fails the op, never hangs it
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, o, &tv); err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
+	}
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+func pingPong(fd int, buf []byte) error {
+	if _, err := unix.Write(fd, buf); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	n, err := unix.Read(fd, buf)
+	if err != nil {
+		return fmt.Errorf("read: %w", err)
+	}
+	if n != 1 {
+		return fmt.Errorf("read %d bytes, want 1", n)
+	}
+	return nil
+}
+
+// serveBench answers every byte it reads with one byte, on every connection, until
+// the peer closes (so the client closes first, as in netperf's TCP_CRR).
+func (p *testPod) serveBench(t testing.TB, port int) {
+	var ln net.Listener
+	must(t, p.netns.Do(func(ns.NetNS) error {
+		var err error
+		ln, err = net.Listen("tcp4", netip.AddrPortFrom(p.ip, uint16(port)).String())
+		return err
+	}))
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				buf := make([]byte, 1)
+				for {
+					if _, err := io.ReadFull(r, buf); err != nil {
+						return
+					}
+					if _, err := c.Write(buf); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+}
