@@ -1,0 +1,528 @@
+//go:build e2e
+
+// Package observability checks what flatnet says about its own decisions,
+// through the real flatnetctl and the agents' metrics, on the seed scenario
+// in a namespace of its own: a default-deny CiliumNetworkPolicy on
+// app=server makes the client's `./agnhost connect <ip>:80 --timeout=3s
+// --protocol=tcp` print TIMEOUT, and then
+//
+//   - `flatnetctl flows --verdict DROPPED -o json` shows that SYN, client to
+//     server port 80, with ingress_denied_by naming default-deny (Cilium's
+//     flow field names);
+//   - the server node agent's flatnet_datapath_packets_total{INGRESS,
+//     DROPPED, POLICY_DENIED} grows across the connect;
+//   - `flatnetctl explain` says DROPPED by default-deny, as the oracle does,
+//     on the node and with the policies of the datapath's own flow record;
+//
+// after the policy is deleted the connect is a FORWARDED flow, with an
+// allow rule added it is one with ingress_allowed_by naming the rule's
+// policy, and bad input fails naming what was wrong. Expectations come from
+// fixtures/oracle.
+package observability
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
+	clientexec "k8s.io/client-go/util/exec"
+
+	"github.com/flatnet/flatnet/fixtures/oracle"
+	"github.com/flatnet/flatnet/fixtures/policies"
+	"github.com/flatnet/flatnet/fixtures/topology"
+	"github.com/flatnet/flatnet/probes/podexec"
+	"github.com/flatnet/flatnet/suites/framework"
+	"github.com/flatnet/flatnet/suites/internal/agnhost"
+	"github.com/flatnet/flatnet/suites/internal/flatnetctl"
+	"github.com/flatnet/flatnet/suites/internal/policyset"
+	"github.com/flatnet/flatnet/suites/internal/runenv"
+	"github.com/flatnet/flatnet/suites/internal/workload"
+)
+
+func TestObservability(t *testing.T) {
+	RegisterFailHandler(Fail)
+	RunSpecs(t, "observability")
+}
+
+// The agents, as dataplane/manifests/agent.yaml deploys them.
+const (
+	agentNamespace = "flatnet-system"
+	agentSelector  = "app.kubernetes.io/name=flatnet-agent"
+	agentPort      = "9969"
+)
+
+var (
+	settings runenv.Settings
+	kc       *framework.Cluster
+	applier  *policyset.Applier
+	executor *podexec.APIServerExecutor
+	ctl      flatnetctl.CLI
+	crdErr   error
+	scenario = topology.DefaultSeed()
+	cases    = map[string]policies.Case{}
+)
+
+var _ = BeforeSuite(func(ctx SpecContext) {
+	wd, err := os.Getwd()
+	Expect(err).NotTo(HaveOccurred())
+	root, err := runenv.RepoRoot(wd)
+	Expect(err).NotTo(HaveOccurred())
+	settings, err = runenv.Read(os.LookupEnv, root, time.Now())
+	Expect(err).NotTo(HaveOccurred())
+	kc, err = framework.FromEnv()
+	Expect(err).NotTo(HaveOccurred())
+	dyn, err := dynamic.NewForConfig(kc.Rest)
+	Expect(err).NotTo(HaveOccurred())
+	executor, err = podexec.NewExecutor(kc.Rest, kc.Clientset)
+	Expect(err).NotTo(HaveOccurred())
+	applier = policyset.New(kc.Clientset, dyn)
+	crdErr = policyset.CheckCiliumCRDs(kc.Clientset.Discovery(), oracle.KindCNP)
+
+	By("building flatnetctl from this tree")
+	ctl, err = flatnetctl.Build(ctx, root, GinkgoT().TempDir(), os.Getenv("KUBECONFIG"))
+	Expect(err).NotTo(HaveOccurred())
+
+	scenario.Namespace = fmt.Sprintf("flatnet-obs-%04x", time.Now().UnixNano()&0xffff)
+	for _, c := range policies.SeedCases(scenario) {
+		cases[c.Name] = c
+	}
+	By(fmt.Sprintf("creating namespace %s with pods %s (app=server, serve-hostname --tcp on 80) and %s", scenario.Namespace, scenario.Server, scenario.Client))
+	_, err = kc.Run(ctx, workload.CreateNamespace(corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: scenario.Namespace}}))
+	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(func(ctx SpecContext) {
+		Expect(applier.Reset(ctx)).To(Succeed())
+		if os.Getenv("FLATNET_KEEP") == "1" {
+			GinkgoWriter.Printf("FLATNET_KEEP=1: namespace %s kept\n", scenario.Namespace)
+			return
+		}
+		Expect(workload.DeleteNamespaces(ctx, kc.Clientset, []string{scenario.Namespace}, 3*time.Minute)).To(Succeed())
+	})
+	Expect(workload.WaitServiceAccount(ctx, kc.Clientset, scenario.Namespace, time.Minute)).To(Succeed())
+	pods := []corev1.Pod{workload.Prepare(scenario.ServerPod(settings.ProbeImage)), workload.Prepare(scenario.ClientPod(settings.ProbeImage))}
+	Expect(workload.CreatePods(ctx, kc.Clientset, pods)).To(Succeed())
+	Expect(workload.WaitPodsReady(ctx, kc.Clientset, []workload.Key{podKey(scenario.Server), podKey(scenario.Client)}, 3*time.Minute)).To(Succeed())
+})
+
+func podKey(name string) workload.Key { return workload.Key{Namespace: scenario.Namespace, Name: name} }
+
+var _ = Describe("flows, metrics and explain [flatnet]", Label("flatnet", "observability"), Ordered, func() {
+	// The flows of one connect are looked up from just before it.
+	var deniedAt time.Time
+	var denied flowLine
+
+	It("shows the seed's denied connect as a DROPPED flow naming default-deny, counted by the server node's agent", Label("cilium"), func(ctx SpecContext) {
+		Expect(crdErr).NotTo(HaveOccurred())
+		step := seedStep("seed-default-deny", 0)
+		verdict := moveTo(ctx, step.Policies)
+		Expect(verdict.Allowed).To(BeFalse(), "the oracle: %s", verdict)
+		server := pod(ctx, scenario.Server)
+
+		before, err := dropCounter(ctx, server.Spec.NodeName)
+		Expect(err).NotTo(HaveOccurred())
+		deniedAt = time.Now()
+		a := connect(ctx, server.Status.PodIP)
+		Expect(a.word).To(Equal("TIMEOUT"), "a policy drop times out (%s)", a)
+		Eventually(func(g Gomega) {
+			after, err := dropCounter(ctx, server.Spec.NodeName)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(after).To(BeNumerically(">", before), "flatnet_datapath_packets_total{direction=INGRESS,verdict=DROPPED,reason=POLICY_DENIED} on node %s", server.Spec.NodeName)
+			GinkgoWriter.Printf("  node %s: dropped ingress packets (POLICY_DENIED) %v -> %v across the connect\n", server.Spec.NodeName, before, after)
+		}).WithContext(ctx).WithTimeout(10 * time.Second).WithPolling(500 * time.Millisecond).Should(Succeed())
+
+		client := pod(ctx, scenario.Client)
+		Eventually(func(g Gomega) {
+			lines := flows(ctx, g, "--namespace", scenario.Namespace, "--verdict", "DROPPED", "--since", deniedAt.UTC().Format(time.RFC3339Nano))
+			f, ok := find(lines, client, server, "DROPPED")
+			g.Expect(ok).To(BeTrue(), "no DROPPED flow %s -> %s:80/TCP since %s among %d lines", client.Name, server.Name, deniedAt.Format(time.RFC3339Nano), len(lines))
+			denied = f
+		}).WithContext(ctx).WithTimeout(30 * time.Second).WithPolling(time.Second).Should(Succeed())
+		fl := denied.Flow
+		Expect(fl.NodeName).To(Equal(server.Spec.NodeName), "the SYN is dropped entering the server, on its node")
+		Expect(fl.TrafficDirection).To(Equal("INGRESS"))
+		Expect(fl.DropReasonDesc).To(Equal("POLICY_DENIED"))
+		Expect(fl.EgressDeniedBy).To(BeEmpty())
+		Expect(names(fl.IngressDeniedBy)).To(ConsistOf(refNames(verdict.Ingress.SelectedBy)), "ingress_denied_by vs the oracle's %s", verdict.Ingress)
+		Expect(names(fl.IngressDeniedBy)).To(ContainElement("CiliumNetworkPolicy " + scenario.Namespace + "/default-deny"))
+	})
+
+	It("explains the denied connect as the oracle decides it, on the node and with the policies of the datapath's flow", Label("cilium"), func(ctx SpecContext) {
+		Expect(denied.Flow.Verdict).To(Equal("DROPPED"), "needs the DROPPED flow of the spec before")
+		verdict := oracleVerdict(ctx, seedStep("seed-default-deny", 0).Policies)
+		target := []string{scenario.Namespace + "/" + scenario.Client, scenario.Namespace + "/" + scenario.Server + ":80/tcp"}
+
+		text := run(ctx, append([]string{"explain"}, target...)...)
+		Expect(text.ExitCode).To(Equal(0), "%s", text)
+		GinkgoWriter.Print(text.Stdout)
+		Expect(text.Stdout).To(MatchRegexp(`(?m)^\s*ingress\s+DROPPED\b.*CiliumNetworkPolicy %s/default-deny`, regexp.QuoteMeta(scenario.Namespace)))
+		Expect(text.Stdout).To(MatchRegexp(`(?m)^verdict: DROPPED$`))
+
+		e := explain(ctx, target...)
+		Expect(e.Verdict).To(Equal("DROPPED"))
+		checkAgainstOracle(e, verdict)
+		// The datapath's own record of the SYN and the compiled policy's
+		// answer are the same decision: same node, same policies.
+		Expect(e.Ingress.NodeName).To(Equal(denied.Flow.NodeName))
+		Expect(names(e.Ingress.Policies)).To(ConsistOf(names(denied.Flow.IngressDeniedBy)))
+	})
+
+	It("shows the connect as a FORWARDED flow once the policy is deleted", Label("cilium"), func(ctx SpecContext) {
+		Expect(crdErr).NotTo(HaveOccurred())
+		step := seedStep("seed-default-deny", 1)
+		verdict := moveTo(ctx, step.Policies)
+		Expect(verdict.Allowed).To(BeTrue(), "the oracle: %s", verdict)
+		f := forwarded(ctx)
+		Expect(f.Flow.IngressAllowedBy).To(BeEmpty(), "no policy is left to allow it")
+		e := explain(ctx, scenario.Namespace+"/"+scenario.Client, scenario.Namespace+"/"+scenario.Server+":80/tcp")
+		Expect(e.Verdict).To(Equal("FORWARDED"))
+		checkAgainstOracle(e, verdict)
+	})
+
+	It("names the allowing policy in ingress_allowed_by when an allow rule lets the client in", Label("cilium"), func(ctx SpecContext) {
+		Expect(crdErr).NotTo(HaveOccurred())
+		c := cases["seed-allow-client-port"]
+		Expect(c.Steps).To(HaveLen(1), "fixtures/policies seed-allow-client-port")
+		verdict := moveTo(ctx, c.Steps[0].Policies)
+		Expect(verdict.Allowed).To(BeTrue(), "the oracle: %s", verdict)
+		Expect(verdict.Ingress.AllowedBy).NotTo(BeEmpty())
+		f := forwarded(ctx)
+		Expect(names(f.Flow.IngressAllowedBy)).To(ConsistOf(refNames(verdict.Ingress.AllowedBy)), "ingress_allowed_by vs the oracle's %s", verdict.Ingress)
+		Expect(f.Flow.Rule).NotTo(BeEmpty(), "flatnet_rule names the rule inside the policy")
+		e := explain(ctx, scenario.Namespace+"/"+scenario.Client, scenario.Namespace+"/"+scenario.Server+":80/tcp")
+		Expect(e.Verdict).To(Equal("FORWARDED"))
+		checkAgainstOracle(e, verdict)
+		Expect(e.Ingress.Rule).To(Equal(f.Flow.Rule), "explain and the datapath's flow name the same rule")
+	})
+
+	It("fails on bad input naming what was wrong", func(ctx SpecContext) {
+		ns := scenario.Namespace
+		for _, c := range []struct {
+			args []string
+			want []string
+		}{
+			{[]string{"explain", ns + "/ghost", ns + "/" + scenario.Server + ":80/tcp"}, []string{`pod "ghost" not found in namespace "` + ns + `"`}},
+			{[]string{"explain", ns + "/" + scenario.Client, ns + "/ghost:80"}, []string{`destination`, `pod "ghost" not found in namespace "` + ns + `"`}},
+			{[]string{"explain", ns + "-missing/client", ns + "-missing/server:80"}, []string{`namespace "` + ns + `-missing" not found`}},
+			{[]string{"explain", ns + "/" + scenario.Client, ns + "/" + scenario.Server}, []string{"missing the port"}},
+			{[]string{"flows", "--namespace", ns, "--verdict", "MAYBE"}, []string{"--verdict", `"MAYBE"`, "FORWARDED or DROPPED"}},
+			{[]string{"flows", "--port", "http"}, []string{"--port", `"http"`}},
+			{[]string{"flows", "-o", "yaml"}, []string{"-o", `"yaml"`}},
+		} {
+			r := run(ctx, c.args...)
+			GinkgoWriter.Printf("  flatnetctl %s -> exit %d: %s", strings.Join(c.args, " "), r.ExitCode, r.Stderr)
+			Expect(r.ExitCode).NotTo(Equal(0), "%s", r)
+			for _, w := range c.want {
+				Expect(r.Stderr).To(ContainSubstring(w), "%s", r)
+			}
+			Expect(r.Stdout).To(BeEmpty(), "an error prints nothing else: %s", r)
+		}
+	})
+})
+
+func seedStep(name string, i int) policies.Step {
+	c, ok := cases[name]
+	Expect(ok).To(BeTrue(), "fixtures/policies.SeedCases has no case %s", name)
+	Expect(len(c.Steps)).To(BeNumerically(">", i), "case %s", name)
+	return c.Steps[i]
+}
+
+func pod(ctx context.Context, name string) *corev1.Pod {
+	p, err := kc.Clientset.CoreV1().Pods(scenario.Namespace).Get(ctx, name, metav1.GetOptions{})
+	Expect(err).NotTo(HaveOccurred())
+	return p
+}
+
+// oracleVerdict is what the oracle decides for client -> server:80/TCP
+// under ps, on the live pods.
+func oracleVerdict(ctx context.Context, ps oracle.PolicySet) oracle.Verdict {
+	snap, err := workload.Take(ctx, kc.Clientset, []string{scenario.Namespace})
+	Expect(err).NotTo(HaveOccurred())
+	o, err := oracle.New(snap.Cluster, ps)
+	Expect(err).NotTo(HaveOccurred())
+	v, err := o.Decide(oracle.PodPeer(scenario.Namespace, scenario.Client), oracle.PodPeer(scenario.Namespace, scenario.Server), int(scenario.Port.Number), oracle.Protocol(scenario.Port.Protocol))
+	Expect(err).NotTo(HaveOccurred())
+	return v
+}
+
+// moveTo applies ps and waits until the client's connect answers as the
+// oracle decides (a blocked one with TIMEOUT, a policy drop), and returns
+// the oracle's verdict.
+func moveTo(ctx context.Context, ps oracle.PolicySet) oracle.Verdict {
+	changed, err := applier.Apply(ctx, ps)
+	Expect(err).NotTo(HaveOccurred())
+	for _, ch := range changed {
+		GinkgoWriter.Println("  " + ch)
+	}
+	v := oracleVerdict(ctx, ps)
+	ip := pod(ctx, scenario.Server).Status.PodIP
+	Eventually(func(g Gomega) {
+		a := connect(ctx, ip)
+		g.Expect(a.reachable).To(Equal(v.Allowed), "%s; the oracle: %s", a, v)
+		if !v.Allowed {
+			g.Expect(a.word).To(Equal("TIMEOUT"), "a policy drop times out: %s", a)
+		}
+	}).WithContext(ctx).WithTimeout(settings.EnforceTimeout).WithPolling(250 * time.Millisecond).Should(Succeed())
+	return v
+}
+
+// forwarded runs the client's connect and returns its FORWARDED flow into
+// the server, as `flatnetctl flows` shows it.
+func forwarded(ctx context.Context) flowLine {
+	server, client := pod(ctx, scenario.Server), pod(ctx, scenario.Client)
+	since := time.Now()
+	a := connect(ctx, server.Status.PodIP)
+	Expect(a.reachable).To(BeTrue(), "%s", a)
+	var out flowLine
+	Eventually(func(g Gomega) {
+		lines := flows(ctx, g, "--namespace", scenario.Namespace, "--verdict", "FORWARDED", "--since", since.UTC().Format(time.RFC3339Nano))
+		f, ok := find(lines, client, server, "FORWARDED")
+		g.Expect(ok).To(BeTrue(), "no FORWARDED flow %s -> %s:80/TCP entering the server since %s among %d lines", client.Name, server.Name, since.Format(time.RFC3339Nano), len(lines))
+		out = f
+	}).WithContext(ctx).WithTimeout(30 * time.Second).WithPolling(time.Second).Should(Succeed())
+	Expect(out.Flow.NodeName).To(Equal(server.Spec.NodeName))
+	Expect(out.Flow.IngressDeniedBy).To(BeEmpty())
+	return out
+}
+
+// answer is one `./agnhost connect`, judged by agnhost's contract.
+type answer struct {
+	cmdline, word string
+	reachable     bool
+	raw           agnhost.Answer
+}
+
+func (a answer) String() string {
+	if a.reachable {
+		return a.cmdline + ": connected (no output)"
+	}
+	return fmt.Sprintf("%s: %s (exit %d)", a.cmdline, strings.TrimSpace(a.raw.Stderr+a.raw.Stdout), a.raw.ExitCode)
+}
+
+// connect runs the article's command line in the client's bash.
+func connect(ctx context.Context, ip string) answer {
+	cmdline := fmt.Sprintf("./agnhost connect %s:%d --timeout=3s --protocol=tcp", ip, scenario.Port.Number)
+	var stdout, stderr bytes.Buffer
+	err := executor.Exec(ctx, podexec.Pod{Namespace: scenario.Namespace, Name: scenario.Client}, []string{"bash", "-c", cmdline}, nil, &stdout, &stderr)
+	a := answer{cmdline: cmdline, raw: agnhost.Answer{Stdout: stdout.String(), Stderr: stderr.String()}}
+	var exit clientexec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		Expect(err).NotTo(HaveOccurred(), "exec %q in %s/%s", cmdline, scenario.Namespace, scenario.Client)
+	}
+	if err != nil {
+		a.raw.ExitCode = exit.ExitStatus()
+	}
+	a.reachable, a.word, err = agnhost.Judge(a.raw)
+	Expect(err).NotTo(HaveOccurred(), "%s in %s", cmdline, scenario.Client)
+	GinkgoWriter.Printf("  bash# %s\n", a)
+	return a
+}
+
+func run(ctx context.Context, args ...string) flatnetctl.Result {
+	r, err := ctl.Run(ctx, args...)
+	Expect(err).NotTo(HaveOccurred())
+	return r
+}
+
+// flowLine is one line of `flatnetctl flows -o json`, read with Cilium's
+// field names (hubble observe -o json). It is written out here rather than
+// taken from dataplane/flows, so a renamed field fails the suite.
+type flowLine struct {
+	Flow struct {
+		Verdict        string `json:"verdict"`
+		DropReasonDesc string `json:"drop_reason_desc"`
+		IP             struct {
+			Source      string `json:"source"`
+			Destination string `json:"destination"`
+		} `json:"IP"`
+		L4 struct {
+			TCP *struct {
+				DestinationPort uint16 `json:"destination_port"`
+			} `json:"TCP"`
+		} `json:"l4"`
+		Source           *endpoint   `json:"source"`
+		Destination      *endpoint   `json:"destination"`
+		NodeName         string      `json:"node_name"`
+		TrafficDirection string      `json:"traffic_direction"`
+		IngressAllowedBy []policyRef `json:"ingress_allowed_by"`
+		EgressAllowedBy  []policyRef `json:"egress_allowed_by"`
+		IngressDeniedBy  []policyRef `json:"ingress_denied_by"`
+		EgressDeniedBy   []policyRef `json:"egress_denied_by"`
+		Rule             string      `json:"flatnet_rule"`
+	} `json:"flow"`
+	NodeName string    `json:"node_name"`
+	Time     time.Time `json:"time"`
+}
+
+type endpoint struct {
+	Namespace string `json:"namespace"`
+	PodName   string `json:"pod_name"`
+}
+
+type policyRef struct {
+	Kind      string `json:"kind"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+}
+
+// names renders policies as the oracle's PolicyRef.String does.
+func names(ps []policyRef) []string {
+	out := []string{}
+	for _, p := range ps {
+		out = append(out, oracle.PolicyRef{Kind: oracle.PolicyKind(p.Kind), Namespace: p.Namespace, Name: p.Name}.String())
+	}
+	return out
+}
+
+func refNames(rs []oracle.PolicyRef) []string {
+	out := []string{}
+	for _, r := range rs {
+		out = append(out, r.String())
+	}
+	return out
+}
+
+// flows runs `flatnetctl flows ... -o json` and decodes every line.
+func flows(ctx context.Context, g Gomega, args ...string) []flowLine {
+	r := run(ctx, append([]string{"flows", "-o", "json"}, args...)...)
+	g.Expect(r.ExitCode).To(Equal(0), "%s", r)
+	g.Expect(r.Stderr).To(BeEmpty(), "every agent answers: %s", r)
+	var out []flowLine
+	sc := bufio.NewScanner(strings.NewReader(r.Stdout))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var l flowLine
+		g.Expect(json.Unmarshal(sc.Bytes(), &l)).To(Succeed(), "line %q", sc.Text())
+		out = append(out, l)
+	}
+	return out
+}
+
+// find picks the flow of client -> server:80/TCP entering the server with
+// the verdict.
+func find(lines []flowLine, client, server *corev1.Pod, verdict string) (flowLine, bool) {
+	i := slices.IndexFunc(lines, func(l flowLine) bool {
+		f := l.Flow
+		return f.Verdict == verdict && f.TrafficDirection == "INGRESS" &&
+			f.IP.Source == client.Status.PodIP && f.IP.Destination == server.Status.PodIP &&
+			f.L4.TCP != nil && f.L4.TCP.DestinationPort == uint16(scenario.Port.Number) &&
+			f.Source != nil && f.Source.Namespace == client.Namespace && f.Source.PodName == client.Name &&
+			f.Destination != nil && f.Destination.Namespace == server.Namespace && f.Destination.PodName == server.Name
+	})
+	if i < 0 {
+		return flowLine{}, false
+	}
+	GinkgoWriter.Printf("  flow: %+v\n", lines[i].Flow)
+	return lines[i], true
+}
+
+// explanation is `flatnetctl explain -o json`, read with its own field names.
+type explanation struct {
+	Verdict string       `json:"verdict"`
+	Egress  *explainSide `json:"egress"`
+	Ingress *explainSide `json:"ingress"`
+	Errors  []string     `json:"errors"`
+}
+
+type explainSide struct {
+	NodeName string      `json:"node_name"`
+	Verdict  string      `json:"verdict"`
+	Reason   string      `json:"reason"`
+	Rule     string      `json:"rule"`
+	Policies []policyRef `json:"policies"`
+}
+
+func explain(ctx context.Context, target ...string) explanation {
+	r := run(ctx, append([]string{"explain", "-o", "json"}, target...)...)
+	Expect(r.ExitCode).To(Equal(0), "%s", r)
+	var e explanation
+	Expect(json.Unmarshal([]byte(r.Stdout), &e)).To(Succeed(), "%s", r)
+	Expect(e.Errors).To(BeEmpty())
+	Expect(e.Egress).NotTo(BeNil(), "%s", r.Stdout)
+	Expect(e.Ingress).NotTo(BeNil(), "%s", r.Stdout)
+	return e
+}
+
+// checkAgainstOracle holds each direction of explain to the oracle's: the
+// verdict, and the policies (those isolating the pod when nothing allows,
+// the allowing one when a rule does).
+func checkAgainstOracle(e explanation, v oracle.Verdict) {
+	for _, d := range []struct {
+		side *explainSide
+		dv   *oracle.DirectionVerdict
+	}{{e.Egress, v.Egress}, {e.Ingress, v.Ingress}} {
+		want := "DROPPED"
+		if d.dv.Allowed {
+			want = "FORWARDED"
+		}
+		Expect(d.side.Verdict).To(Equal(want), "explain %+v vs the oracle's %s", *d.side, d.dv)
+		switch d.dv.Reason {
+		case oracle.ReasonNoRuleAllows:
+			Expect(names(d.side.Policies)).To(ConsistOf(refNames(d.dv.SelectedBy)), "the oracle: %s", d.dv)
+		case oracle.ReasonAllowed:
+			Expect(d.side.Policies).To(HaveLen(1), "one rule decides: %+v", *d.side)
+			Expect(refNames(d.dv.AllowedBy)).To(ContainElement(names(d.side.Policies)[0]), "the oracle: %s", d.dv)
+		case oracle.ReasonNotIsolated:
+			Expect(d.side.Policies).To(BeEmpty(), "the oracle: %s", d.dv)
+		}
+	}
+	Expect(e.Verdict == "FORWARDED").To(Equal(v.Allowed), "explain's verdict vs the oracle's %s", v)
+}
+
+// dropCounter scrapes the agent on node (through the API server's pods/proxy,
+// as flatnetctl reaches it) for the ingress packets its datapath dropped by
+// policy.
+func dropCounter(ctx context.Context, node string) (float64, error) {
+	pl, err := kc.Clientset.CoreV1().Pods(agentNamespace).List(ctx, metav1.ListOptions{LabelSelector: agentSelector, FieldSelector: "spec.nodeName=" + node})
+	if err != nil {
+		return 0, fmt.Errorf("listing the agent of node %s: %w", node, err)
+	}
+	if len(pl.Items) != 1 {
+		return 0, fmt.Errorf("node %s has %d agent pods (-n %s -l %s), want 1", node, len(pl.Items), agentNamespace, agentSelector)
+	}
+	agent := pl.Items[0]
+	body, err := kc.Clientset.CoreV1().RESTClient().Get().Namespace(agentNamespace).Resource("pods").
+		Name(agent.Name + ":" + agentPort).SubResource("proxy").Suffix("/metrics").DoRaw(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("scraping agent %s on node %s: %w", agent.Name, node, err)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		return 0, fmt.Errorf("reading the metrics of agent %s: %w", agent.Name, err)
+	}
+	for _, m := range mfs["flatnet_datapath_scrape_errors"].GetMetric() {
+		if m.GetGauge().GetValue() != 0 {
+			return 0, fmt.Errorf("agent %s could not read a datapath map: %v", agent.Name, m.GetLabel())
+		}
+	}
+	fam, ok := mfs["flatnet_datapath_packets_total"]
+	if !ok {
+		return 0, fmt.Errorf("agent %s exports no flatnet_datapath_packets_total", agent.Name)
+	}
+	sum := 0.0
+	for _, m := range fam.GetMetric() {
+		l := map[string]string{}
+		for _, lp := range m.GetLabel() {
+			l[lp.GetName()] = lp.GetValue()
+		}
+		if l["direction"] == "INGRESS" && l["verdict"] == "DROPPED" && l["reason"] == "POLICY_DENIED" {
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum, nil
+}
