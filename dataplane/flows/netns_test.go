@@ -60,7 +60,7 @@ func must(t testing.TB, err error) {
 // wirePod makes a pod netns with flatnet's node-subnet wiring (host /32 route and
 // proxy ARP on the host veth, 169.254.1.1 as the pod's gateway) and returns it with
 // the host veth's ifindex in the node netns.
-func wirePod(t *testing.T, node ns.NetNS, hostIf string, ip netip.Addr) (ns.NetNS, int) {
+func wirePod(t testing.TB, node ns.NetNS, hostIf string, ip netip.Addr) (ns.NetNS, int) {
 	pod, err := testutils.NewNS()
 	must(t, err)
 	t.Cleanup(func() { pod.Close(); _ = testutils.UnmountNS(pod) })
