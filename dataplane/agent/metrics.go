@@ -3,6 +3,8 @@ package agent
 import (
 	"encoding/json"
 	"net/http"
+	"regexp"
+	"sort"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -13,7 +15,8 @@ import (
 
 // Metrics are the agent's Prometheus collectors, on a registry of its own.
 type Metrics struct {
-	reg *prometheus.Registry
+	reg        *prometheus.Registry
+	collectors []prometheus.Collector // every one registered, for Names
 
 	cniDuration *prometheus.HistogramVec
 	cniOps      *prometheus.CounterVec
@@ -69,10 +72,42 @@ func NewMetrics() *Metrics {
 			Help: "1 when the kubelet's maxPods differs from the block size (above it, the scheduler may place pods the block cannot address).",
 		}),
 	}
-	m.reg.MustRegister(m.cniDuration, m.cniOps, m.allocations, m.leaks, m.endpoints,
+	m.MustRegister(m.cniDuration, m.cniOps, m.allocations, m.leaks, m.endpoints,
 		m.blockSize, m.blockUsed, m.maxPods, m.mismatch,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// MustRegister adds collectors (the datapath's) to the agent's registry.
+func (m *Metrics) MustRegister(cs ...prometheus.Collector) {
+	m.reg.MustRegister(cs...)
+	m.collectors = append(m.collectors, cs...)
+}
+
+var fqName = regexp.MustCompile(`^Desc\{fqName: "([^"]+)"`)
+
+// Names lists the metric families the agent can export (every registered collector
+// described), sorted: what a dashboard may query.
+func (m *Metrics) Names() []string {
+	ch := make(chan *prometheus.Desc)
+	go func() {
+		for _, c := range m.collectors {
+			c.Describe(ch)
+		}
+		close(ch)
+	}()
+	seen := map[string]bool{}
+	for d := range ch {
+		if s := fqName.FindStringSubmatch(d.String()); s != nil {
+			seen[s[1]] = true
+		}
+	}
+	out := make([]string, 0, len(seen))
+	for n := range seen {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Handler serves the metrics.

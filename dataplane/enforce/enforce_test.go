@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -151,6 +154,33 @@ func TestEnforcerLifecycle(t *testing.T) {
 	must(t, err)
 	if got := eps[ifindex]; got.IP != ep.IP {
 		t.Fatalf("datapath endpoints %v, want the server on %d", eps, ifindex)
+	}
+	// What the agent's metrics read: the pod behind the veth, compile and map-sync
+	// latency (the sync and the attach each wrote once at least), map fill.
+	if got := e.LocalPods(); got[ifindex] != "default/server" || len(got) != 1 {
+		t.Errorf("LocalPods = %v, want %d: default/server", got, ifindex)
+	}
+	if n := testutil.CollectAndCount(e.Metrics().Compile); n != 1 {
+		t.Errorf("compile histogram: %d series", n)
+	}
+	for name, h := range map[string]prometheus.Histogram{"compile": e.Metrics().Compile, "map sync": e.Metrics().Sync} {
+		var m dto.Metric
+		must(t, h.Write(&m))
+		if c := m.GetHistogram().GetSampleCount(); c < 2 {
+			t.Errorf("%s histogram has %d observations, want one per write (>= 2)", name, c)
+		}
+	}
+	fill, err := e.Datapath().MapFill(ctx)
+	must(t, err)
+	byMap := map[string]bpf.MapFill{}
+	for _, f := range fill {
+		byMap[f.Map] = f
+	}
+	if f := byMap["endpoints"]; f.Entries != 1 || f.Capacity < 1 {
+		t.Errorf("endpoints map fill %+v, want 1 entry (of %d)", f, f.Capacity)
+	}
+	if f := byMap["ipcache"]; f.Entries < 3 || f.Entries > f.Capacity {
+		t.Errorf("ipcache map fill %+v, want the pods, the node and the Service range", f)
 	}
 
 	// An invalid update is reported with its field and the last valid version stays.

@@ -2,6 +2,8 @@ package flows
 
 import (
 	"context"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,13 +19,28 @@ type CounterSource interface {
 	Identities(ctx context.Context) (map[identity.Sum]identity.ID, error)
 }
 
+// MapFiller is what a datapath that reports its maps' fill implements (bpf.Datapath).
+type MapFiller interface {
+	MapFill(ctx context.Context) ([]bpf.MapFill, error)
+}
+
+// PodNamer names the local pod behind an endpoint's host interface
+// (enforce.Enforcer): "namespace/name" by ifindex.
+type PodNamer interface {
+	LocalPods() map[int]string
+}
+
 // Collector exports the datapath's counters, read from its maps at each scrape.
 // Labels are bounded: direction (2) x verdict (2) x reason (the fixed code list),
 // summed over endpoints; an endpoint's counters leave the sums when it is removed,
-// which Prometheus sees as a counter reset.
+// which Prometheus sees as a counter reset. Per pod (WithPods) the reason is left
+// out: namespace/pod (at most the node's block of addresses) x direction x verdict.
 type Collector struct {
 	src                  CounterSource
+	pods                 PodNamer
 	packets, bytes, lost *prometheus.Desc
+	podPackets, podBytes *prometheus.Desc
+	mapEntries, mapCap   *prometheus.Desc
 	identities, errs     *prometheus.Desc
 }
 
@@ -40,9 +57,23 @@ func NewCollector(src CounterSource) *Collector {
 			"Flow events the datapath could not emit (per-CPU rate limit or full ring buffer).", nil, nil),
 		identities: prometheus.NewDesc("flatnet_identities",
 			"Security identities stored in this node's datapath.", nil, nil),
+		podPackets: prometheus.NewDesc("flatnet_endpoint_packets_total",
+			"Packets judged by the policy datapath per local pod, by direction and verdict.", []string{"namespace", "pod", "direction", "verdict"}, nil),
+		podBytes: prometheus.NewDesc("flatnet_endpoint_bytes_total",
+			"Bytes judged by the policy datapath per local pod, by direction and verdict.", []string{"namespace", "pod", "direction", "verdict"}, nil),
+		mapEntries: prometheus.NewDesc("flatnet_bpf_map_entries",
+			"Entries in a datapath map (policy: endpoints with a policy map).", []string{"map"}, nil),
+		mapCap: prometheus.NewDesc("flatnet_bpf_map_capacity",
+			"max_entries of a datapath map.", []string{"map"}, nil),
 		errs: prometheus.NewDesc("flatnet_datapath_scrape_errors",
 			"1 when the last scrape could not read a datapath map (the metrics above are then missing).", []string{"map"}, nil),
 	}
+}
+
+// WithPods adds the per-pod counters, naming endpoints with p.
+func (c *Collector) WithPods(p PodNamer) *Collector {
+	c.pods = p
+	return c
 }
 
 // Describe implements prometheus.Collector.
@@ -52,7 +83,14 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.lost
 	ch <- c.identities
 	ch <- c.errs
+	// Described whether or not they are collected (no PodNamer, no MapFiller).
+	ch <- c.podPackets
+	ch <- c.podBytes
+	ch <- c.mapEntries
+	ch <- c.mapCap
 }
+
+type podKey struct{ pod, dir, verdict string }
 
 type counterKey struct{ dir, verdict, reason string }
 
@@ -71,6 +109,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	fail("counters", err)
 	if err == nil {
 		sums := map[counterKey][2]uint64{}
+		var names map[int]string
+		podSums := map[podKey][2]uint64{}
+		if c.pods != nil {
+			names = c.pods.LocalPods()
+		}
 		for _, k := range counters {
 			key := counterKey{dir: Ingress, verdict: VerdictForwarded, reason: reasonLabel(k.Code)}
 			if k.Direction != 0 {
@@ -83,10 +126,30 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			s[0] += k.Packets
 			s[1] += k.Bytes
 			sums[key] = s
+			if pod, ok := names[k.IfIndex]; ok {
+				pk := podKey{pod: pod, dir: key.dir, verdict: key.verdict}
+				s := podSums[pk]
+				s[0] += k.Packets
+				s[1] += k.Bytes
+				podSums[pk] = s
+			}
 		}
 		for k, s := range sums {
 			ch <- prometheus.MustNewConstMetric(c.packets, prometheus.CounterValue, float64(s[0]), k.dir, k.verdict, k.reason)
 			ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(s[1]), k.dir, k.verdict, k.reason)
+		}
+		for k, s := range podSums {
+			ns, name, _ := strings.Cut(k.pod, "/")
+			ch <- prometheus.MustNewConstMetric(c.podPackets, prometheus.CounterValue, float64(s[0]), ns, name, k.dir, k.verdict)
+			ch <- prometheus.MustNewConstMetric(c.podBytes, prometheus.CounterValue, float64(s[1]), ns, name, k.dir, k.verdict)
+		}
+	}
+	if mf, ok := c.src.(MapFiller); ok {
+		fill, err := mf.MapFill(ctx)
+		fail("map_fill", err)
+		for _, f := range fill {
+			ch <- prometheus.MustNewConstMetric(c.mapEntries, prometheus.GaugeValue, float64(f.Entries), f.Map)
+			ch <- prometheus.MustNewConstMetric(c.mapCap, prometheus.GaugeValue, float64(f.Capacity), f.Map)
 		}
 	}
 	lost, err := c.src.EventsLost(ctx)
@@ -126,4 +189,58 @@ func reasonLabel(code bpf.Code) string {
 		return "SERVICE_BACKEND"
 	}
 	return "other"
+}
+
+// maxPolicyLabels bounds the policies PolicyDrops names; drops decided by any
+// further policy are counted under policy="other".
+const maxPolicyLabels = 200
+
+// PolicyDrops counts dropped flow events by the policy that decided them. It sees
+// the flow events, not every packet: events are rate limited per CPU
+// (flatnet_flow_events_lost_total counts the ones that were not emitted), so it
+// tells which policies drop, and in what proportion, rather than exact packet counts.
+type PolicyDrops struct {
+	vec   *prometheus.CounterVec
+	mu    sync.Mutex
+	known map[string]bool
+}
+
+// NewPolicyDrops makes the counter; register it with Collector().
+func NewPolicyDrops() *PolicyDrops {
+	return &PolicyDrops{known: map[string]bool{}, vec: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flatnet_policy_drop_events_total",
+		Help: "Dropped flow events by deciding policy (kind, namespace, name; \"none\" when no policy is known), from the rate-limited flow events.",
+	}, []string{"direction", "kind", "namespace", "policy"})}
+}
+
+// Collector is the counter to register.
+func (p *PolicyDrops) Collector() prometheus.Collector { return p.vec }
+
+// Observe counts f if it was dropped: once per deciding policy.
+func (p *PolicyDrops) Observe(f *Flow) {
+	if f.Verdict != VerdictDropped {
+		return
+	}
+	pols := f.IngressDeniedBy
+	if f.TrafficDirection == Egress {
+		pols = f.EgressDeniedBy
+	}
+	if len(pols) == 0 {
+		p.vec.WithLabelValues(f.TrafficDirection, "none", "", "none").Inc()
+		return
+	}
+	for _, pol := range pols {
+		kind, ns, name := pol.Kind, pol.Namespace, pol.Name
+		key := kind + "/" + ns + "/" + name
+		p.mu.Lock()
+		if !p.known[key] {
+			if len(p.known) >= maxPolicyLabels {
+				kind, ns, name = "other", "", "other"
+			} else {
+				p.known[key] = true
+			}
+		}
+		p.mu.Unlock()
+		p.vec.WithLabelValues(f.TrafficDirection, kind, ns, name).Inc()
+	}
 }

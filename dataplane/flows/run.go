@@ -11,9 +11,9 @@ type EventReader interface {
 	Read(ctx context.Context) (bpf.FlowEvent, error)
 }
 
-// Run reads events into store until ctx ends; it returns the reader's error
-// otherwise.
-func Run(ctx context.Context, rd EventReader, en *Enricher, store *Store) error {
+// Run reads events into store, handing each flow to observe too, until ctx ends; it
+// returns the reader's error otherwise.
+func Run(ctx context.Context, rd EventReader, en *Enricher, store *Store, observe ...func(*Flow)) error {
 	for {
 		ev, err := rd.Read(ctx)
 		if err != nil {
@@ -23,6 +23,9 @@ func Run(ctx context.Context, rd EventReader, en *Enricher, store *Store) error 
 			return err
 		}
 		f := en.Flow(ev)
+		for _, o := range observe {
+			o(f)
+		}
 		store.Add(&Response{Flow: f, NodeName: f.NodeName, Time: f.Time})
 	}
 }

@@ -105,7 +105,8 @@ func command() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			a.Metrics().Registry().MustRegister(flows.NewCollector(enf.Datapath()))
+			drops := flows.NewPolicyDrops()
+			registerPolicyMetrics(a.Metrics(), enf.Datapath(), enf, enf.Metrics(), drops)
 			enricher, err := flows.NewEnricher(cfg.NodeName, enf)
 			if err != nil {
 				return err
@@ -122,7 +123,7 @@ func command() *cobra.Command {
 			errc := make(chan error, 2)
 			go func() {
 				// Observability must not take enforcement down with it.
-				if err := flows.Run(ctx, events, enricher, store); err != nil {
+				if err := flows.Run(ctx, events, enricher, store, drops.Observe); err != nil {
 					log.Error("flow reader stopped: no new flows until the agent restarts", "error", err)
 				}
 			}()
@@ -152,6 +153,13 @@ func command() *cobra.Command {
 	f.IntVar(&flowHistory, "flow-history", flows.DefaultCapacity, "recent flows kept for GET /v1/flows (flatnetctl flows)")
 	f.DurationVar(&cfg.LeakGrace, "leak-grace", 2*time.Minute, "how long an address must belong to no pod before it is freed")
 	return cmd
+}
+
+// registerPolicyMetrics adds the policy datapath's metrics to the agent's (the
+// dashboard test builds the same set with a fake datapath).
+func registerPolicyMetrics(m *agent.Metrics, dp flows.CounterSource, pods flows.PodNamer, em *enforce.Metrics, drops *flows.PolicyDrops) {
+	m.MustRegister(flows.NewCollector(dp).WithPods(pods), drops.Collector())
+	m.MustRegister(em.Collectors()...)
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {
