@@ -31,6 +31,9 @@ type page struct {
 	Errors                         int
 	Duration                       string
 	Cases                          []pageCase
+	// NotRun are the skipped cases again, listed at the top with why: what
+	// a run did not check must be as visible as what failed.
+	NotRun []pageCase
 }
 
 type pageCase struct {
@@ -83,6 +86,7 @@ func newPage(r *Report) page {
 		case c.Skipped != "":
 			pc.Status, pc.Message = "skipped", c.Skipped
 			p.Skipped++
+			p.NotRun = append(p.NotRun, pc)
 		case c.Error != "":
 			pc.Status, pc.Message = "error", c.Error
 			p.Errors++
@@ -177,6 +181,10 @@ td.mismatch { outline: 3px solid #f5b800; outline-offset: -3px; }
 .legend span { display: inline-block; padding: 0 .5em; margin-right: .5em; color: #fff; font-family: monospace; }
 ul.mismatches li { margin-bottom: .5em; }
 pre { background: #f6f7f9; border: 1px solid #e1e4ea; padding: .5em; overflow-x: auto; font-size: 12px; }
+details.notrun { background: #f4f4f4; border: 1px solid #d0d0d0; border-radius: .4em; margin: .8em 0; padding: .4em .8em; }
+details.notrun > summary { cursor: pointer; font-weight: 600; }
+table.notrun { border-collapse: collapse; margin-top: .4em; }
+table.notrun th, table.notrun td { text-align: left; padding: 2px 8px; border-bottom: 1px solid #ddd; vertical-align: top; }
 .ok { color: #1f7a3a; } .bad { color: #b3261e; font-weight: 600; white-space: pre-wrap; }
 </style>
 </head>
@@ -185,6 +193,13 @@ pre { background: #f6f7f9; border: 1px solid #e1e4ea; padding: .5em; overflow-x:
 {{if .Started}}<p class="meta">started {{.Started}}, cases took {{.Duration}} in all</p>{{end}}
 {{range .Notes}}<p class="note">{{.}}</p>{{end}}
 <p class="summary"><span>{{.Total}} cases</span><span class="s-passed">{{.Passed}} passed</span><span class="s-failed">{{.Failed}} failed</span><span class="s-error">{{.Errors}} errors</span><span class="s-skipped">{{.Skipped}} skipped</span></p>
+{{if .NotRun}}
+<details class="notrun" open><summary>not run ({{len .NotRun}}), and why</summary>
+<table class="notrun"><tr><th>case</th><th>why it was not run</th></tr>
+{{range .NotRun}}<tr><td><a href="#case-{{.Name}}">{{.Name}}</a></td><td>{{.Message}}</td></tr>
+{{end}}</table>
+</details>
+{{end}}
 <p class="legend"><span style="background:#2e9e4f">. reachable</span><span style="background:#c8323c">X blocked</span><span style="background:#9aa0aa">? not probed</span><span style="background:#fff;color:#1d2330;outline:3px solid #f5b800">! observed differs from expected</span> rows: from, columns: to</p>
 {{range .Cases}}
 <details class="case" id="case-{{.Name}}"{{if ne .Status "passed"}} open{{end}}>

@@ -175,3 +175,56 @@ func near(v uint32, c uint8) bool {
 	d := int(v) - int(c)
 	return d >= -6 && d <= 6
 }
+
+// TestHTMLListsWhatWasNotRun: every skipped case is listed at the top with
+// its reason, linked to its own section.
+func TestHTMLListsWhatWasNotRun(t *testing.T) {
+	_, page := renderSample(t)
+	doc, err := html.Parse(bytes.NewReader(page))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]bool{}
+	var rows [][]string // link target, reason
+	walk(doc, func(n *html.Node) {
+		if id := attr(n, "id"); id != "" {
+			ids[id] = true
+		}
+		if n.Data != "table" || attr(n, "class") != "notrun" {
+			return
+		}
+		walk(n, func(tr *html.Node) {
+			if tr.Data != "tr" {
+				return
+			}
+			var href, reason string
+			col := 0
+			for td := tr.FirstChild; td != nil; td = td.NextSibling {
+				if td.Type != html.ElementNode || td.Data != "td" {
+					continue
+				}
+				col++
+				walk(td, func(a *html.Node) {
+					if a.Data == "a" {
+						href = attr(a, "href")
+					}
+				})
+				if col == 2 && td.FirstChild != nil {
+					reason = td.FirstChild.Data
+				}
+			}
+			if col > 0 {
+				rows = append(rows, []string{href, reason})
+			}
+		})
+	})
+	if len(rows) != 1 {
+		t.Fatalf("not-run rows %q, want the one skipped case", rows)
+	}
+	if rows[0][0] != "#case-np-sctp" || !ids["case-np-sctp"] {
+		t.Errorf("not-run row links to %q; the case's section must exist (ids %v)", rows[0][0], ids)
+	}
+	if !strings.Contains(rows[0][1], "no SCTP in this kernel") {
+		t.Errorf("not-run row says %q, want the case's reason", rows[0][1])
+	}
+}
