@@ -1,0 +1,88 @@
+package notrun
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/onsi/ginkgo/v2/types"
+
+	"github.com/flatnet/flatnet/suites/report"
+)
+
+func spec(leaf string, labels []string, state types.SpecState, skipMsg string) types.SpecReport {
+	return types.SpecReport{
+		ContainerHierarchyTexts:  []string{"policy conformance matrix"},
+		ContainerHierarchyLabels: [][]string{{"flatnet"}},
+		LeafNodeType:             types.NodeTypeIt, LeafNodeText: leaf, LeafNodeLabels: labels,
+		State: state, Failure: types.Failure{Message: skipMsg},
+	}
+}
+
+func TestCasesSayWhyEachSpecWasNotRun(t *testing.T) {
+	known := []Divergence{{Pattern: "cnp-cidr-not-in-cluster", Why: "CIDR rules match cluster addresses in flatnet"}}
+	r := types.Report{
+		SuiteDescription: "netpol",
+		SuiteConfig: types.SuiteConfig{
+			SkipStrings: []string{"cnp-cidr-not-in-cluster", "slow-case"},
+			LabelFilter: "!bench",
+		},
+		SpecReports: types.SpecReports{
+			spec("baseline: every path open", []string{"baseline"}, types.SpecStatePassed, ""),
+			spec("cnp-cidr-not-in-cluster: CIDR over the node subnet", []string{"cidr"}, types.SpecStateSkipped, ""),
+			spec("slow-case: something", []string{"update"}, types.SpecStateSkipped, ""),
+			spec("9x9 bench", []string{"bench"}, types.SpecStateSkipped, ""),
+			spec("SCTP on 80 and 81", []string{"sctp"}, types.SpecStateSkipped, "no SCTP in this kernel"),
+			spec("after an interrupt", nil, types.SpecStateSkipped, ""),
+			{LeafNodeType: types.NodeTypeBeforeSuite, State: types.SpecStateSkipped},
+		},
+	}
+	recorded := []report.CaseResult{{Name: "sctp", Skipped: "no SCTP in this kernel"}}
+	got := map[string]string{}
+	for _, c := range Cases(r, known, recorded) {
+		got[c.Name] = c.Skipped
+		if c.Description == "" || !strings.Contains(c.Family, "flatnet") {
+			t.Errorf("%s: description %q, family %q: want the full text and the labels", c.Name, c.Description, c.Family)
+		}
+	}
+	want := map[string]string{
+		"cnp-cidr-not-in-cluster: CIDR over the node subnet": "known divergence (suites/known-divergences; STRICT=1 runs it): CIDR rules match cluster addresses in flatnet",
+		"slow-case: something":                               `skipped by --skip "slow-case"`,
+		"9x9 bench":                                          `not selected by --label-filter "!bench" (its labels: flatnet, bench)`,
+		"after an interrupt":                                 "not run: the run was interrupted, or a setup it depends on failed",
+	}
+	if len(got) != len(want) {
+		t.Errorf("cases %v, want %v", got, want)
+	}
+	for name, why := range want {
+		if got[name] != why {
+			t.Errorf("%s: %q, want %q", name, got[name], why)
+		}
+	}
+	r.SuiteConfig = types.SuiteConfig{FocusStrings: []string{"baseline"}}
+	if why := Reason(r, r.SpecReports[2], known); why != `not matched by --focus "baseline"` {
+		t.Errorf("focus: %q", why)
+	}
+}
+
+func TestReadDivergences(t *testing.T) {
+	// The file make e2e reads must parse, whatever it holds today.
+	if _, err := ReadDivergences(filepath.Join("..", "..", "known-divergences")); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good")
+	os.WriteFile(good, []byte("# comment\n\nfoo-.*\twhy not\n"), 0o644)
+	d, err := ReadDivergences(good)
+	if err != nil || len(d) != 1 || d[0] != (Divergence{Pattern: "foo-.*", Why: "why not"}) {
+		t.Errorf("ReadDivergences = %v, %v", d, err)
+	}
+	for _, bad := range []string{"no tab here\n", "(unclosed\twhy\n", "pattern\t \n"} {
+		p := filepath.Join(dir, "bad")
+		os.WriteFile(p, []byte(bad), 0o644)
+		if _, err := ReadDivergences(p); err == nil || !strings.Contains(err.Error(), "bad:1") {
+			t.Errorf("%q: %v, want an error naming the line", bad, err)
+		}
+	}
+}
