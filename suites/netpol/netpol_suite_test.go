@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -45,6 +46,7 @@ import (
 	"github.com/flatnet/flatnet/suites/framework"
 	"github.com/flatnet/flatnet/suites/internal/artifacts"
 	"github.com/flatnet/flatnet/suites/internal/matrix"
+	"github.com/flatnet/flatnet/suites/internal/notrun"
 	"github.com/flatnet/flatnet/suites/internal/policyset"
 	"github.com/flatnet/flatnet/suites/internal/runenv"
 	"github.com/flatnet/flatnet/suites/internal/workload"
@@ -165,6 +167,30 @@ var _ = AfterSuite(func(ctx SpecContext) {
 	GinkgoWriter.Printf("truth-table report: %s\n", strings.Join(paths, ", "))
 	AddReportEntry("truth-table report", strings.Join(paths, ", "))
 })
+
+// The specs not run (a known divergence, a label filter, a --skip) are listed
+// in the report with why, beside what ran.
+var _ = ReportAfterSuite("netpol: the specs not run, in the truth-table report", func(r Report) {
+	addNotRun("netpol", r)
+})
+
+func addNotRun(base string, r Report) {
+	reportMu.Lock()
+	defer reportMu.Unlock()
+	if len(results.Cases) == 0 || settingsErr != nil {
+		return // AfterSuite wrote no report to add to
+	}
+	wd, err := os.Getwd()
+	Expect(err).NotTo(HaveOccurred())
+	root, err := runenv.RepoRoot(wd)
+	Expect(err).NotTo(HaveOccurred())
+	n, err := notrun.Add(results, r, filepath.Join(root, "suites", "known-divergences"))
+	Expect(err).NotTo(HaveOccurred())
+	if n > 0 {
+		_, err = artifacts.Write(settings.ArtifactsDir, base, results)
+		Expect(err).NotTo(HaveOccurred())
+	}
+}
 
 func deleteNamespaces(ctx SpecContext) {
 	if os.Getenv("FLATNET_KEEP") == "1" {

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -39,6 +40,7 @@ import (
 	"github.com/flatnet/flatnet/suites/framework"
 	"github.com/flatnet/flatnet/suites/internal/agnhost"
 	"github.com/flatnet/flatnet/suites/internal/artifacts"
+	"github.com/flatnet/flatnet/suites/internal/notrun"
 	"github.com/flatnet/flatnet/suites/internal/policyset"
 	"github.com/flatnet/flatnet/suites/internal/runenv"
 	"github.com/flatnet/flatnet/suites/internal/workload"
@@ -140,6 +142,26 @@ var _ = AfterSuite(func(ctx SpecContext) {
 	paths, err := artifacts.Write(settings.ArtifactsDir, "seed", results)
 	Expect(err).NotTo(HaveOccurred())
 	AddReportEntry("seed report", strings.Join(paths, ", "))
+})
+
+// The specs not run (a label filter, a --skip) are listed in the report
+// with why, beside what ran.
+var _ = ReportAfterSuite("seed: the specs not run, in the report", func(r Report) {
+	reportMu.Lock()
+	defer reportMu.Unlock()
+	if settings.ArtifactsDir == "" {
+		return // BeforeSuite failed before AfterSuite could write a report
+	}
+	wd, err := os.Getwd()
+	Expect(err).NotTo(HaveOccurred())
+	root, err := runenv.RepoRoot(wd)
+	Expect(err).NotTo(HaveOccurred())
+	n, err := notrun.Add(results, r, filepath.Join(root, "suites", "known-divergences"))
+	Expect(err).NotTo(HaveOccurred())
+	if n > 0 {
+		_, err = artifacts.Write(settings.ArtifactsDir, "seed", results)
+		Expect(err).NotTo(HaveOccurred())
+	}
 })
 
 // defaultCollisions lists what in namespace default the scenario would

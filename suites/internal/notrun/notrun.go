@@ -114,3 +114,15 @@ func Reason(r types.Report, s types.SpecReport, known []Divergence) string {
 	}
 	return strings.Join(whys, "; ")
 }
+
+// Add appends to r the specs of g that did not run, with why, reading the
+// known divergences from divergencesFile; it returns how many it added.
+func Add(r *report.Report, g types.Report, divergencesFile string) (int, error) {
+	known, err := ReadDivergences(divergencesFile)
+	if err != nil {
+		return 0, err
+	}
+	cases := Cases(g, known, r.Cases)
+	r.Cases = append(r.Cases, cases...)
+	return len(cases), nil
+}

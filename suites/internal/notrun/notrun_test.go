@@ -86,3 +86,18 @@ func TestReadDivergences(t *testing.T) {
 		}
 	}
 }
+
+func TestAddAppendsToTheReport(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "known")
+	os.WriteFile(p, []byte("cidr\tbecause\n"), 0o644)
+	r := &report.Report{Cases: []report.CaseResult{{Name: "ran"}}}
+	g := types.Report{SuiteConfig: types.SuiteConfig{SkipStrings: []string{"cidr"}},
+		SpecReports: types.SpecReports{spec("a cidr case", nil, types.SpecStateSkipped, "")}}
+	n, err := Add(r, g, p)
+	if err != nil || n != 1 || len(r.Cases) != 2 || !strings.HasSuffix(r.Cases[1].Skipped, "because") {
+		t.Errorf("Add = %d, %v; cases %+v", n, err, r.Cases)
+	}
+	if _, err := Add(r, g, filepath.Join(t.TempDir(), "missing")); err == nil {
+		t.Error("a missing divergences file was accepted")
+	}
+}
