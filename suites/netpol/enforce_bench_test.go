@@ -1,0 +1,241 @@
+//go:build e2e
+
+package netpol
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/flatnet/flatnet/fixtures/oracle"
+	"github.com/flatnet/flatnet/probes/podexec"
+	"github.com/flatnet/flatnet/suites/internal/workload"
+)
+
+// The apply -> enforcement benchmark is opt-in like the matrix one:
+//
+//	bin/ginkgo --tags e2e --label-filter=bench --focus=enforcement ./suites/netpol
+//
+// Each round starts `probe watch` in one client pod per server pod of x (clients in
+// y, on another node where there is one), waits until every watch is READY, applies
+// a default-deny ingress policy on x and takes, as that round's latency, the
+// latest instant any watch saw its first new connection dropped, minus the instant
+// just before the API call; then deletes the policy and times the way back the same
+// way. Rounds alternate NetworkPolicy and CiliumNetworkPolicy. Pods share the host's
+// clock, so the instants compare. FLATNET_BENCH_APPLIES sets the rounds (default 50).
+var _ = Describe("apply to enforcement benchmark", Label("bench"), Serial, func() {
+	It("times kubectl apply/delete of a policy to enforcement on every node", func(ctx SpecContext) {
+		if f := GinkgoLabelFilter(); f == "" || !Label("bench").MatchesLabelFilter(f) {
+			Skip("benchmark: not run by default; select it with --label-filter=bench")
+		}
+		rounds := 50
+		if v := os.Getenv("FLATNET_BENCH_APPLIES"); v != "" {
+			n, err := strconv.Atoi(v)
+			Expect(err == nil && n > 0).To(BeTrue(), "FLATNET_BENCH_APPLIES=%q: must be a positive number", v)
+			rounds = n
+		}
+		_, err := applier.Apply(ctx, oracle.PolicySet{})
+		Expect(err).NotTo(HaveOccurred())
+		snap, err := workload.Take(ctx, cluster.Clientset, namespaces())
+		Expect(err).NotTo(HaveOccurred())
+
+		x, y := model.Namespace("x"), model.Namespace("y")
+		pairs := benchPairs(snap.Cluster, x, y)
+		Expect(pairs).NotTo(BeEmpty(), "no server pods in %s", x)
+		nodes := map[string]bool{}
+		for _, p := range pairs {
+			nodes[p.server.Node] = true
+		}
+		sets := map[string]oracle.PolicySet{"NetworkPolicy": denyNP(x), "CiliumNetworkPolicy": denyCNP(x)}
+		for kind, set := range sets {
+			checkOracle(snap.Cluster, oracle.PolicySet{}, pairs, true, "no policy")
+			checkOracle(snap.Cluster, set, pairs, false, kind)
+		}
+		ex, err := podexec.NewExecutor(cluster.Rest, cluster.Clientset)
+		Expect(err).NotTo(HaveOccurred())
+		By(fmt.Sprintf("%d rounds; %d server pods on %d node(s), each watched from a client", rounds, len(pairs), len(nodes)))
+
+		var applyTimes, deleteTimes []time.Duration
+		byKind := map[string][]time.Duration{}
+		for i := range rounds {
+			kind := "NetworkPolicy"
+			if i%2 == 1 {
+				kind = "CiliumNetworkPolicy"
+			}
+			d, err := timeChange(ctx, ex, snap, pairs, "blocked", func() error { _, err := applier.Apply(ctx, sets[kind]); return err })
+			Expect(err).NotTo(HaveOccurred(), "round %d: applying the %s", i, kind)
+			applyTimes = append(applyTimes, d)
+			byKind[kind] = append(byKind[kind], d)
+			d, err = timeChange(ctx, ex, snap, pairs, "open", func() error { _, err := applier.Apply(ctx, oracle.PolicySet{}); return err })
+			Expect(err).NotTo(HaveOccurred(), "round %d: deleting the %s", i, kind)
+			deleteTimes = append(deleteTimes, d)
+			if (i+1)%10 == 0 {
+				fmt.Fprintf(os.Stderr, "enforcement benchmark: %d/%d rounds\n", i+1, rounds)
+			}
+		}
+		lines := []string{
+			fmt.Sprintf("apply -> enforced on %d node(s), %d applies: %s", len(nodes), len(applyTimes), percentiles(applyTimes)),
+			fmt.Sprintf("delete -> lifted on %d node(s), %d deletes: %s", len(nodes), len(deleteTimes), percentiles(deleteTimes)),
+		}
+		for _, kind := range []string{"NetworkPolicy", "CiliumNetworkPolicy"} {
+			lines = append(lines, fmt.Sprintf("  %s applies: %s", kind, percentiles(byKind[kind])))
+		}
+		for _, l := range lines {
+			GinkgoWriter.Println(l)
+			fmt.Fprintln(os.Stderr, l)
+		}
+		AddReportEntry("apply to enforcement benchmark", strings.Join(lines, "\n"))
+	})
+})
+
+type benchPair struct{ client, server oracle.Pod }
+
+// benchPairs gives every pod of namespace srv a client in namespace cli, on
+// another node when one exists, so the watch crosses the flat network.
+func benchPairs(c oracle.Cluster, srv, cli string) []benchPair {
+	var servers, clients []oracle.Pod
+	for _, p := range c.Pods {
+		switch p.Namespace {
+		case srv:
+			servers = append(servers, p)
+		case cli:
+			clients = append(clients, p)
+		}
+	}
+	var out []benchPair
+	for i, s := range servers {
+		if len(clients) == 0 {
+			break
+		}
+		pick := clients[i%len(clients)]
+		for _, c := range clients {
+			if c.Node != s.Node {
+				pick = c
+				break
+			}
+		}
+		out = append(out, benchPair{client: pick, server: s})
+	}
+	return out
+}
+
+func denyNP(ns string) oracle.PolicySet {
+	return oracle.PolicySet{NetworkPolicies: []networkingv1.NetworkPolicy{{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "bench-deny"},
+		Spec:       networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}},
+	}}}
+}
+
+func denyCNP(ns string) oracle.PolicySet {
+	return oracle.PolicySet{CiliumPolicies: []oracle.CiliumPolicy{{
+		APIVersion: "cilium.io/v2", Kind: oracle.KindCNP,
+		Metadata: oracle.CiliumObjectMeta{Namespace: ns, Name: "bench-deny"},
+		Spec:     &oracle.CiliumRule{Ingress: []oracle.CiliumIngressRule{{}}},
+	}}}
+}
+
+// checkOracle holds the benchmark's premise to the oracle: every watched path is
+// open without the policy and blocked with it.
+func checkOracle(c oracle.Cluster, set oracle.PolicySet, pairs []benchPair, open bool, what string) {
+	o, err := oracle.New(c, set)
+	Expect(err).NotTo(HaveOccurred())
+	for _, p := range pairs {
+		v, err := o.Decide(oracle.PodPeer(p.client.Namespace, p.client.Name), oracle.PodPeer(p.server.Namespace, p.server.Name), 80, oracle.TCP)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(v.Allowed).To(Equal(open), "oracle, %s: %s -> %s:80", what, p.client.Ref(), p.server.Ref())
+	}
+}
+
+// timeChange runs one watch per pair until every one is READY, calls change,
+// and returns the latest CHANGED instant minus the instant before the call.
+func timeChange(ctx context.Context, ex podexec.Executor, snap workload.Snapshot, pairs []benchPair, until string, change func() error) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	type result struct {
+		at  time.Time
+		err error
+	}
+	ready := make(chan error, len(pairs))
+	done := make(chan result, len(pairs))
+	for _, p := range pairs {
+		pod := podexec.Pod{Namespace: p.client.Namespace, Name: p.client.Name, Container: snap.ExecContainers[p.client.Ref()]}
+		cmd := []string{"/probe", "watch", fmt.Sprintf("%s:80", p.server.IP), "--until=" + until,
+			"--interval=5ms", "--timeout=300ms", "--confirm=3", "--deadline=60s"}
+		go func() {
+			pr, pw := io.Pipe()
+			var stderr strings.Builder
+			go func() {
+				pw.CloseWithError(ex.Exec(ctx, pod, cmd, nil, pw, &stderr))
+			}()
+			lines := bufio.NewScanner(pr)
+			var once sync.Once
+			signal := func(err error) { once.Do(func() { ready <- err }) }
+			var at time.Time
+			var err error
+			for lines.Scan() {
+				f := strings.Fields(lines.Text())
+				switch {
+				case len(f) >= 2 && f[0] == "READY":
+					signal(nil)
+				case len(f) >= 2 && f[0] == "CHANGED":
+					at, err = time.Parse(time.RFC3339Nano, f[1])
+				}
+			}
+			if serr := lines.Err(); serr != nil || at.IsZero() && err == nil {
+				err = fmt.Errorf("watch in %s -> %s:80 (until %s): %v %s", pod, p.server.Ref(), until, serr, strings.TrimSpace(stderr.String()))
+			}
+			signal(err)
+			done <- result{at, err}
+		}()
+	}
+	for range pairs {
+		if err := <-ready; err != nil {
+			cancel()
+			return 0, err
+		}
+	}
+	t0 := time.Now()
+	if err := change(); err != nil {
+		cancel()
+		return 0, err
+	}
+	var latest time.Time
+	for range pairs {
+		r := <-done
+		if r.err != nil {
+			return 0, r.err
+		}
+		if r.at.After(latest) {
+			latest = r.at
+		}
+	}
+	// A watch may start its first attempt in the new state a hair before t0 (its
+	// packet met the new policy after all); never more than one interval.
+	if latest.Before(t0.Add(-5 * time.Millisecond)) {
+		return 0, fmt.Errorf("a path became %s %s before the change was made: something else changed it", until, t0.Sub(latest))
+	}
+	return max(latest.Sub(t0), 0), nil
+}
+
+func percentiles(ds []time.Duration) string {
+	if len(ds) == 0 {
+		return "no samples"
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	at := func(q float64) time.Duration { return s[min(len(s)-1, int(q*float64(len(s))))] }
+	return fmt.Sprintf("p50 %s, p90 %s, p99 %s, max %s", at(0.50).Round(time.Millisecond), at(0.90).Round(time.Millisecond),
+		at(0.99).Round(time.Millisecond), s[len(s)-1].Round(time.Millisecond))
+}
