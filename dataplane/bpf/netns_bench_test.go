@@ -8,10 +8,12 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/sys/unix"
 
@@ -32,7 +34,11 @@ import (
 //	dp=prog+events-all  0 rules, event rate raised so every new connection is an event
 //
 // A reader drains the ring buffer throughout, as the agent does; events/op and
-// lost/op say how many events the variant produced and lost to the rate limit.
+// lost/op say how many events the variant produced and lost to the rate limit;
+// cpu-ns/op is the process's CPU time per op (client, server, reader and the
+// programs in the sockets' softirqs), steadier than ns/op on a shared machine;
+// prog-ns/op is the time spent in the programs themselves (BPF run time stats) and
+// ns/prog-run the time of one run: the datapath's own cost, whatever else runs.
 // scripts/bench-datapath.sh runs it with several counts, each a new process, so the
 // variants interleave, and prints the ratios against dp=none. Nothing is asserted
 // about times: a loaded machine only makes the figures noisy.
@@ -51,6 +57,12 @@ func BenchmarkNetnsTCP(b *testing.B) {
 		}
 		return os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte("1024 65535"), 0o644)
 	}))
+
+	// Run time of the programs themselves, while this process holds the fd (the kernel
+	// counts nothing otherwise): what the datapath costs, whatever else runs.
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	must(b, err)
+	b.Cleanup(func() { stats.Close() })
 
 	rd, err := n.d.NewFlowReader()
 	must(b, err)
@@ -102,6 +114,12 @@ func BenchmarkNetnsTCP(b *testing.B) {
 		{"prog+events-off", attached(0, false, nil)},
 		{"prog+events-all", attached(10_000_000, true, nil)},
 	}
+	// FLATNET_BENCH_ROTATE=k starts the variants at the k-th (the script passes the
+	// round number) so that no variant always runs first or right after another.
+	if k, err := strconv.Atoi(os.Getenv("FLATNET_BENCH_ROTATE")); err == nil && k > 0 {
+		k %= len(variants)
+		variants = append(variants[k:], variants[:k]...)
+	}
 	addr := unix.SockaddrInet4{Port: port, Addr: server.ip.As4()}
 	for _, test := range []struct {
 		name string
@@ -118,16 +136,26 @@ func BenchmarkNetnsTCP(b *testing.B) {
 				ev0 := events.Load()
 				lost0, err := n.d.EventsLost(ctx)
 				must(b, err)
+				cpu0 := processCPU(b)
+				progNs0, runs0 := n.progStats(b)
 				b.ResetTimer()
 				if err := test.run(b); err != nil {
 					b.Fatal(err)
 				}
 				b.StopTimer()
+				cpu := processCPU(b) - cpu0
+				progNs, runs := n.progStats(b)
+				progNs, runs = progNs-progNs0, runs-runs0
 				time.Sleep(50 * time.Millisecond)
 				lost1, err := n.d.EventsLost(ctx)
 				must(b, err)
 				b.ReportMetric(float64(events.Load()-ev0)/float64(b.N), "events/op")
 				b.ReportMetric(float64(lost1-lost0)/float64(b.N), "lost/op")
+				b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
+				b.ReportMetric(float64(progNs.Nanoseconds())/float64(b.N), "prog-ns/op")
+				if runs > 0 {
+					b.ReportMetric(float64(progNs.Nanoseconds())/float64(runs), "ns/prog-run")
+				}
 			})
 		}
 	}
@@ -144,6 +172,33 @@ func rulesPolicy(client identity.ID, port uint16, rules int) *compile.EndpointPo
 	pol.Entries[compile.Key{Direction: policy.Ingress, Identity: client, Protocol: policy.ProtoTCP, Port: port,
 		PortPrefixLen: 16}] = compile.Verdict{RuleID: 1}
 	return pol
+}
+
+// processCPU is the CPU time (user + system) the test process has used: the client,
+// the server, the flow reader, and the programs, which run in the softirqs of the
+// sockets' system calls. Less sensitive to a busy machine than wall time (with tick
+// accounting, softirq time is charged to whoever runs when the tick comes).
+func processCPU(t testing.TB) time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// progStats sums the run time and runs of the tcx programs (both directions).
+func (n *testNode) progStats(t testing.TB) (time.Duration, uint64) {
+	var total time.Duration
+	var runs uint64
+	for _, p := range []*ebpf.Program{n.d.objs.FromPod, n.d.objs.ToPod} {
+		s, err := p.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += s.Runtime
+		runs += s.RunCount
+	}
+	return total, runs
 }
 
 // inNetns runs fn on a thread in the pod's netns: every socket fn opens is the pod's.
