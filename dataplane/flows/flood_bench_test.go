@@ -279,4 +279,3 @@ func synFrame(dst, src net.HardwareAddr, from, to netip.Addr, port uint16) []byt
 	binary.BigEndian.PutUint16(tcp[14:], 64240)
 	return fr
 }
-
