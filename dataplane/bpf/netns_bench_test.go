@@ -215,7 +215,7 @@ func crr(b *testing.B, to *unix.SockaddrInet4) error {
 		if err != nil {
 			return err
 		}
-		if err := unix.Connect(fd, to); err != nil {
+		if err := connect(fd, to); err != nil {
 			unix.Close(fd)
 			return fmt.Errorf("connection %d: connect: %w", i, err)
 		}
@@ -235,7 +235,7 @@ func rr(b *testing.B, to *unix.SockaddrInet4) error {
 		return err
 	}
 	defer unix.Close(fd)
-	if err := unix.Connect(fd, to); err != nil {
+	if err := connect(fd, to); err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
 	buf := []byte{'x'}
@@ -266,11 +266,42 @@ func benchSocket() (int, error) {
 	return fd, nil
 }
 
+// connect connects a blocking socket. A socket with a timeout is not restarted after
+// a signal (the Go runtime's preemption signals): the connection then goes on in the
+// background, and this waits for it.
+func connect(fd int, to *unix.SockaddrInet4) error {
+	err := unix.Connect(fd, to)
+	if err != unix.EINTR {
+		return err
+	}
+	for {
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+		n, err := unix.Poll(pfd, int(dialTimeout.Milliseconds()))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return unix.ETIMEDOUT
+		}
+		break
+	}
+	if soerr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || soerr != 0 {
+		if err == nil {
+			err = unix.Errno(soerr)
+		}
+		return err
+	}
+	return nil
+}
+
 func pingPong(fd int, buf []byte) error {
-	if _, err := unix.Write(fd, buf); err != nil {
+	if _, err := retryEINTR(func() (int, error) { return unix.Write(fd, buf) }); err != nil {
 		return fmt.Errorf("write: %w", err)
 	}
-	n, err := unix.Read(fd, buf)
+	n, err := retryEINTR(func() (int, error) { return unix.Read(fd, buf) })
 	if err != nil {
 		return fmt.Errorf("read: %w", err)
 	}
@@ -278,6 +309,16 @@ func pingPong(fd int, buf []byte) error {
 		return fmt.Errorf("read %d bytes, want 1", n)
 	}
 	return nil
+}
+
+// retryEINTR repeats a read or write a signal interrupted (before any byte moved).
+func retryEINTR(op func() (int, error)) (int, error) {
+	for {
+		n, err := op()
+		if err != unix.EINTR {
+			return n, err
+		}
+	}
 }
 
 // serveBench answers every byte it reads with one byte, on every connection, until
