@@ -64,6 +64,10 @@ images: ## build the probe and agent images and load them into cluster $(CLUSTER
 deploy: ## install flatnet (CRDs, agent DaemonSet) and wait for Ready nodes and CoreDNS
 	@bash scripts/deploy.sh
 
+.PHONY: observability
+observability: tools ## Prometheus scraping every agent in namespace flatnet-observability (GRAFANA_IMAGE=... adds Grafana and the dashboard)
+	@bash scripts/observability.sh
+
 .PHONY: conformance
 conformance: tools ## the policy suites against any cluster: KUBECONFIG=... PROBE_IMAGE=<probe image its nodes have>
 	@[ -n "$${KUBECONFIG:-}" ] || { echo "conformance: set KUBECONFIG to the cluster to judge" >&2; exit 2; }
