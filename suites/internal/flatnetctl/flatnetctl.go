@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -25,8 +24,8 @@ type CLI struct {
 func Build(ctx context.Context, root, dir, kubeconfig string) (CLI, error) {
 	bin := filepath.Join(dir, "flatnetctl")
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./dataplane/cmd/flatnetctl")
+	// The environment as it is: the build then shares the cache of the suite's own.
 	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return CLI{}, fmt.Errorf("building flatnetctl (go build ./dataplane/cmd/flatnetctl in %s): %w\n%s", root, err, out)
 	}
