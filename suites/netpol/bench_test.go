@@ -17,6 +17,10 @@ import (
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/flatnet/flatnet/fixtures/oracle"
 	"github.com/flatnet/flatnet/suites/internal/agnhost"
@@ -45,11 +49,15 @@ var _ = Describe("matrix probing benchmark", Label("bench"), Serial, func() {
 			workers = n
 		}
 		kubectl := kubectlPath()
-		_, err := applier.Apply(ctx, oracle.PolicySet{})
+		// Default deny + allow, so blocked cells cost a full probe timeout each:
+		// every namespace accepts only its own pods, on port 80.
+		set := benchDenyAllow()
+		_, err := applier.Apply(ctx, set)
 		Expect(err).NotTo(HaveOccurred())
+		DeferCleanup(func(ctx SpecContext) { _, err := applier.Apply(ctx, oracle.PolicySet{}); Expect(err).NotTo(HaveOccurred()) })
 		snap, err := workload.Take(ctx, cluster.Clientset, namespaces())
 		Expect(err).NotTo(HaveOccurred())
-		o, err := oracle.New(snap.Cluster, oracle.PolicySet{})
+		o, err := oracle.New(snap.Cluster, set)
 		Expect(err).NotTo(HaveOccurred())
 		pods := report.ModelEndpoints(model, false)
 		plan := matrix.Plan{Title: "bench", From: pods, Views: []matrix.View{{Name: "pod IP", To: pods}},
@@ -58,7 +66,17 @@ var _ = Describe("matrix probing benchmark", Label("bench"), Serial, func() {
 		Expect(err).NotTo(HaveOccurred())
 		cells := len(expected[0].Keys())
 
-		By(fmt.Sprintf("batch: %d cells, one exec per source pod, 5 rounds", cells))
+		By(fmt.Sprintf("batch: %d cells, one exec per source pod, 5 rounds (the first waits for the policies to be enforced)", cells))
+		Eventually(func(ctx context.Context) error {
+			observed, err := matrix.Observe(ctx, runner, plan, snap)
+			if err != nil {
+				return err
+			}
+			if cmp, err := report.Compare("batch", expected[0], observed[0]); err != nil || !cmp.OK() {
+				return fmt.Errorf("not enforced yet: %v %s", err, cmp.Summary())
+			}
+			return nil
+		}).WithContext(ctx).WithTimeout(settings.EnforceTimeout).Should(Succeed())
 		var batchTimes []time.Duration
 		for range 5 {
 			t0 := time.Now()
@@ -82,13 +100,40 @@ var _ = Describe("matrix probing benchmark", Label("bench"), Serial, func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(cmp.OK()).To(BeTrue(), "kubectl exec per cell disagrees with the oracle: %s", cmp.Summary())
 
-		line := fmt.Sprintf("%d-cell TCP matrix: batch %s (median of 5, one exec per source), kubectl exec per cell %s (%d worker(s)): %.1fx",
-			cells, batchMedian.Round(time.Millisecond), perCellTime.Round(time.Millisecond), workers, perCellTime.Seconds()/batchMedian.Seconds())
+		blocked := 0
+		for _, k := range expected[0].Keys() {
+			if c, _ := expected[0].Get(k); !c.Reachable {
+				blocked++
+			}
+		}
+		line := fmt.Sprintf("%d-cell TCP matrix, default deny + allow (%d cells blocked, probe timeout %s): batch %s (median of 5, one exec per source), kubectl exec per cell %s (%d worker(s)): %.1fx",
+			cells, blocked, settings.ProbeTimeout, batchMedian.Round(time.Millisecond), perCellTime.Round(time.Millisecond), workers, perCellTime.Seconds()/batchMedian.Seconds())
 		GinkgoWriter.Println(line)
 		fmt.Fprintln(os.Stderr, line)
 		AddReportEntry("matrix probing benchmark", line)
 	})
 })
+
+// benchDenyAllow isolates every namespace of the model for ingress and lets in
+// only its own pods, on TCP 80.
+func benchDenyAllow() oracle.PolicySet {
+	var set oracle.PolicySet
+	port := intstr.FromInt32(80)
+	tcp := corev1.ProtocolTCP
+	for _, ns := range namespaces() {
+		set.NetworkPolicies = append(set.NetworkPolicies, networkingv1.NetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "bench-same-namespace-80"},
+			Spec: networkingv1.NetworkPolicySpec{
+				PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
+				Ingress: []networkingv1.NetworkPolicyIngressRule{{
+					From:  []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{}}},
+					Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &port}},
+				}},
+			},
+		})
+	}
+	return set
+}
 
 // kubectlPath is the repository's pinned kubectl, or the one on PATH.
 func kubectlPath() string {
