@@ -54,7 +54,10 @@ var _ = Describe("matrix probing benchmark", Label("bench"), Serial, func() {
 		set := benchDenyAllow()
 		_, err := applier.Apply(ctx, set)
 		Expect(err).NotTo(HaveOccurred())
-		DeferCleanup(func(ctx SpecContext) { _, err := applier.Apply(ctx, oracle.PolicySet{}); Expect(err).NotTo(HaveOccurred()) })
+		DeferCleanup(func(ctx SpecContext) {
+			_, err := applier.Apply(ctx, oracle.PolicySet{})
+			Expect(err).NotTo(HaveOccurred())
+		})
 		snap, err := workload.Take(ctx, cluster.Clientset, namespaces())
 		Expect(err).NotTo(HaveOccurred())
 		o, err := oracle.New(snap.Cluster, set)
