@@ -162,6 +162,33 @@ spec:
 	expect(t, d, "spoofed source from the pod", dirEgress, tcp(otherIP, clientIP, 42004, 80, tcpSYN), tcxDrop)
 }
 
+// TestSYNOnClosingConnectionIsNew: once a connection is closing, a SYN on its tuple
+// opens a new connection judged by policy; from the other side it is not a reply.
+func TestSYNOnClosingConnectionIsNew(t *testing.T) {
+	d := loadTest(t)
+	cl := newCluster(t, d)
+	cl.cnp(`
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+  egress:
+  - {}
+`)
+	syn := tcp(clientIP, serverIP, 42100, 80, tcpSYN)
+	expect(t, d, "client -> :80", dirIngress, syn, tcxNext)
+	expect(t, d, "reply", dirEgress, syn.reply(tcpSYN|tcpACK), tcxNext)
+	expect(t, d, "client FIN", dirIngress, tcp(clientIP, serverIP, 42100, 80, tcpFIN|tcpACK), tcxNext)
+	expect(t, d, "server FIN (reply)", dirEgress, syn.reply(tcpFIN|tcpACK), tcxNext)
+	expect(t, d, "server SYN on the closing tuple, under egress default deny", dirEgress, syn.reply(tcpSYN), tcxDrop)
+	expect(t, d, "client SYN on the closing tuple: a new allowed connection", dirIngress, syn, tcxNext)
+	expect(t, d, "its reply", dirEgress, syn.reply(tcpSYN|tcpACK), tcxNext)
+}
+
 func tcxAllowed() uint32 { return tcxNext }
 
 func TestPortRangeAndDenyPrecedence(t *testing.T) {

@@ -421,6 +421,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	struct ct_val *ct = bpf_map_lookup_elem(&fn_ct, &ck);
 	if (ct && ct->expires_ns < now)
 		ct = NULL;
+	// A SYN on the tuple of a closing connection opens a new one (port reuse within
+	// the closing lifetime): judge it afresh, in whichever direction it comes, and
+	// never as a reply of the old one.
+	if (ct && (ct->flags & CT_F_CLOSING) && p.proto == IPPROTO_TCP &&
+	    (p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+		ct = NULL;
 	__u8 closing = (p.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) ? CT_F_CLOSING : 0;
 	if (ct && ct->origin_dir != dir) {
 		// A reply of a connection this endpoint's policy (or its peer) let through.

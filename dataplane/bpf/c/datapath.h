@@ -54,6 +54,8 @@
 
 #define TCP_FLAG_FIN 0x01
 #define TCP_FLAG_RST 0x04
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
 
 struct identity_sum {
 	__u8 sum[32]; // sha256 of the label set's canonical form
