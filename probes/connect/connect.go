@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"syscall"
 	"time"
@@ -159,13 +160,27 @@ func fail(v Verdict, err error) Outcome {
 // calls (net.ResolveTCPAddr and friends) take no context; calling the same ones
 // keeps their error texts identical, and the goroutine lets the probe give up on
 // a slow DNS server at the deadline.
-func resolveCtx(ctx context.Context, resolve func() error) error {
+//
+// An address literal needs no lookup, so it resolves on the calling goroutine: on a
+// starved machine a goroutine may not run before a short deadline, and a probe of
+// an IP must never read as a DNS failure.
+func resolveCtx(ctx context.Context, dest string, resolve func() error) error {
+	if host, _, err := net.SplitHostPort(dest); err == nil {
+		if _, err := netip.ParseAddr(host); err == nil {
+			return resolve()
+		}
+	}
 	done := make(chan error, 1)
 	go func() { done <- resolve() }()
 	select {
 	case err := <-done:
 		return err
 	case <-ctx.Done():
+		select {
+		case err := <-done: // finished at the deadline: take the answer
+			return err
+		default:
+		}
 		return fmt.Errorf("name resolution did not finish: %w", ctx.Err())
 	}
 }
@@ -186,7 +201,7 @@ func probeTCP(ctx context.Context, req Request) Outcome {
 	}
 	rctx, cancel := withDeadline(ctx, req.Timeout)
 	defer cancel()
-	if err := resolveCtx(rctx, func() error { _, err := net.ResolveTCPAddr("tcp", req.Dest); return err }); err != nil {
+	if err := resolveCtx(rctx, req.Dest, func() error { _, err := net.ResolveTCPAddr("tcp", req.Dest); return err }); err != nil {
 		return dnsFailure(err)
 	}
 	d := net.Dialer{Timeout: req.Timeout}
@@ -230,7 +245,7 @@ func probeUDP(ctx context.Context, req Request) Outcome {
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	// agnhost does not check the shape for UDP: a malformed target is DNS.
-	if err := resolveCtx(ctx, func() error { _, err := net.ResolveUDPAddr("udp", req.Dest); return err }); err != nil {
+	if err := resolveCtx(ctx, req.Dest, func() error { _, err := net.ResolveUDPAddr("udp", req.Dest); return err }); err != nil {
 		return dnsFailure(err)
 	}
 	conn, err := net.Dial("udp", req.Dest)

@@ -105,8 +105,15 @@ type attempt struct {
 	start time.Time
 	state State
 	other bool // neither open nor blocked (refused, ...): the path is not under watch
-	out   connect.Outcome
+	// inconclusive: the attempt ended before a packet could tell (name resolution
+	// still running at its deadline, as on a starved machine); it is not counted.
+	inconclusive bool
+	out          connect.Outcome
 }
+
+// maxInconclusive consecutive inconclusive attempts end the watch: the target's
+// name does not resolve.
+const maxInconclusive = 20
 
 // Run checks that the path is in the state opposite to o.Until, calls ready, then
 // probes until the change is confirmed, the deadline passes or ctx ends.
@@ -117,7 +124,10 @@ func Run(ctx context.Context, o Options, ready func()) (Change, error) {
 	ctx, cancel := context.WithTimeout(ctx, o.Deadline)
 	defer cancel()
 	first := probe(ctx, o, 0)
-	if first.other || first.state != o.Until.other() {
+	for n := 1; first.inconclusive && n < maxInconclusive && ctx.Err() == nil; n++ {
+		first = probe(ctx, o, 0)
+	}
+	if first.other || first.inconclusive || first.state != o.Until.other() {
 		return Change{}, &NotInitialError{Want: o.Until.other(), Got: first.out}
 	}
 	ready()
@@ -127,7 +137,7 @@ func Run(ctx context.Context, o Options, ready func()) (Change, error) {
 	defer tick.Stop()
 	pending := map[int]attempt{}
 	next, started := 1, 1 // next: the attempt to judge in order
-	candidate := -1
+	candidate, inconclusive, confirmed := -1, 0, 0
 	var at time.Time
 	launch := func() {
 		i := started
@@ -155,14 +165,22 @@ func Run(ctx context.Context, o Options, ready func()) (Change, error) {
 				delete(pending, next)
 				next++
 				switch {
+				case a.inconclusive:
+					if inconclusive++; inconclusive >= maxInconclusive {
+						return Change{Attempts: started - 1}, fmt.Errorf("%d attempts in a row inconclusive, the last: %s", inconclusive, a.out.Line())
+					}
+					continue
 				case a.other:
 					return Change{Attempts: started - 1}, fmt.Errorf("attempt %d: %s", a.i, a.out.Line())
 				case a.state != o.Until:
 					candidate = -1
 				case candidate < 0:
-					candidate, at = a.i, a.start
+					candidate, at, confirmed = a.i, a.start, 0
+				default:
+					confirmed++
 				}
-				if candidate >= 0 && a.i-candidate >= o.Confirm {
+				inconclusive = 0
+				if candidate >= 0 && confirmed >= o.Confirm {
 					return Change{At: at, Attempts: started - 1}, nil
 				}
 			}
@@ -178,6 +196,8 @@ func probe(ctx context.Context, o Options, i int) attempt {
 		a.state = Open
 	case connect.Timeout:
 		a.state = Blocked
+	case connect.DNS:
+		a.inconclusive = true
 	default:
 		a.other = true
 	}
