@@ -74,3 +74,7 @@ conformance: tools ## the policy suites against any cluster: KUBECONFIG=... PROB
 	@[ -n "$${PROBE_IMAGE:-}" ] || { echo "conformance: set PROBE_IMAGE (make images builds flatnet/probe; load it onto the cluster's nodes)" >&2; exit 2; }
 	$(BIN_DIR)/ginkgo --tags e2e --keep-going --label-filter '!flatnet' --junit-report junit.xml \
 		--output-dir $(CURDIR)/_artifacts/conformance ./suites/seed ./suites/netpol
+
+.PHONY: k8s-conformance
+k8s-conformance: tools ## Kubernetes' own [sig-network] [Conformance] e2e specs, offline (KUBECONFIG=, FOCUS=, SKIP=, NODES=)
+	@bash scripts/k8s-conformance.sh
