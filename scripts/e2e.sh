@@ -26,6 +26,8 @@ phase cluster bash "$REPO_ROOT/scripts/cluster.sh" up
 for s in probe-image deploy; do
 	[ -x "$REPO_ROOT/scripts/$s.sh" ] && phase "$s" bash "$REPO_ROOT/scripts/$s.sh" >"$OUT_DIR/$s.out"
 done
+# OBSERVABILITY=1: Prometheus records the suites (make observability); with REUSE=1 it stays to look at.
+[ "${OBSERVABILITY:-0}" = 1 ] && phase observability bash "$REPO_ROOT/scripts/observability.sh"
 
 step "suites: ginkgo ${FOCUS:+--focus='$FOCUS' }${SKIP:+--skip='$SKIP' }-> $ART"
 export KUBERNETES_VERSION
@@ -55,7 +57,7 @@ if [ "$rc" -ne 0 ]; then
 fi
 
 printf '\n  %-12s %s\n' phase seconds >&2
-for k in tools cluster probe-image deploy suites; do
+for k in tools cluster probe-image deploy observability suites; do
 	[ -n "${took[$k]:-}" ] && printf '  %-12s %5d\n' "$k" "${took[$k]}" >&2
 done
 printf '  JUnit: %s\n\n' "$ART/junit.xml" >&2
