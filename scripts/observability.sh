@@ -44,10 +44,6 @@ if [ -z "$PROM_IMAGE" ]; then
 fi
 
 step "observability: Prometheus $PROM_IMAGE in namespace $NS"
-hash=$(sha256sum "$DIR/prometheus.yaml" | cut -c1-16)
-sed -e "s|@PROMETHEUS_IMAGE@|$PROM_IMAGE|g" -e "s|@CONFIG_HASH@|$hash|g" "$DIR/prometheus.yaml" |
-	kube apply -f - >&2 || die "applying $DIR/prometheus.yaml failed"
-
 # Static pod discovery: Debian's prometheus has no Kubernetes SD, so the agents'
 # pods are listed here into a file_sd file (hostNetwork: pod IP = node IP, port 9969).
 targets() {
@@ -69,8 +65,15 @@ done
 [ -n "${agents_json:-}" ] && [ "$agents_json" != "[]" ] || die "no flatnet agent pods in flatnet-system" "deploy flatnet first: make deploy"
 agents=$(grep -c '"targets"' <<<"$agents_json")
 info "$agents agents: $(python3 -c 'import json,sys; print(", ".join(t["labels"]["node"] + "=" + t["targets"][0] for t in json.load(sys.stdin)))' <<<"$agents_json")"
-kube -n "$NS" create configmap prometheus-targets --from-literal=flatnet-agents.json="$agents_json" \
-	--dry-run=client -o yaml | kube apply -f - >&2
+hash=$(sha256sum "$DIR/prometheus.yaml" | cut -c1-16)
+# One apply, in order: the namespace, the targets the pod mounts, then the rest.
+{
+	sed -e "s|@PROMETHEUS_IMAGE@|$PROM_IMAGE|g" -e "s|@CONFIG_HASH@|$hash|g" "$DIR/prometheus.yaml" | sed -n '1,/^---$/p'
+	"$KUBECTL" -n "$NS" create configmap prometheus-targets --from-literal=flatnet-agents.json="$agents_json" --dry-run=client -o yaml
+	echo ---
+	sed -e "s|@PROMETHEUS_IMAGE@|$PROM_IMAGE|g" -e "s|@CONFIG_HASH@|$hash|g" "$DIR/prometheus.yaml" | sed '1,/^---$/d'
+} >"$OUT_DIR/observability.yaml"
+kube apply -f "$OUT_DIR/observability.yaml" >&2 || die "applying $DIR/prometheus.yaml failed"
 
 if [ -n "${GRAFANA_IMAGE:-}" ]; then
 	step "observability: Grafana $GRAFANA_IMAGE with the flatnet dashboard"
@@ -87,7 +90,7 @@ if [ -n "${GRAFANA_IMAGE:-}" ]; then
 fi
 
 step "observability: waiting for Prometheus"
-if ! kube -n "$NS" rollout status deploy/prometheus --timeout="$TIMEOUT" >&2; then
+if ! "$KUBECTL" -n "$NS" rollout status deploy/prometheus --timeout="$TIMEOUT" >&2; then
 	on_failure
 	die "Prometheus did not become ready within $TIMEOUT"
 fi
@@ -136,7 +139,7 @@ cat >&2 <<EOF
     $KUBECTL -n $NS port-forward svc/prometheus 9090    # http://127.0.0.1:9090
 EOF
 if [ -n "${GRAFANA_IMAGE:-}" ]; then
-	if kube -n "$NS" rollout status deploy/grafana --timeout="$TIMEOUT" >&2; then
+	if "$KUBECTL" -n "$NS" rollout status deploy/grafana --timeout="$TIMEOUT" >&2; then
 		echo "    $KUBECTL -n $NS port-forward svc/grafana 3000       # http://127.0.0.1:3000 (dashboard \"flatnet\")" >&2
 	else
 		warn "Grafana did not become ready within $TIMEOUT: $KUBECTL -n $NS logs deploy/grafana"
