@@ -54,6 +54,8 @@ if [ "$rc" -ne 0 ]; then
 	"$BIN_DIR/kind" export logs --name "$CLUSTER" "$ART/logs" >/dev/null 2>&1 || true
 	"$BIN_DIR/kubectl" get pods -A -o wide >"$ART/logs/pods.txt" 2>&1 || true
 	"$BIN_DIR/kubectl" get events -A --sort-by=.lastTimestamp >"$ART/logs/events.txt" 2>&1 || true
+	# What the datapaths decided, with the deciding policies: every agent's kept flows.
+	(cd "$REPO_ROOT" && go run ./dataplane/cmd/flatnetctl flows -o json) >"$ART/logs/flows.json" 2>"$ART/logs/flows.err" || true
 fi
 
 printf '\n  %-12s %s\n' phase seconds >&2
