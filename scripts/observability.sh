@@ -54,7 +54,7 @@ for p in json.load(sys.stdin)["items"]:
     ip = p.get("status", {}).get("podIP")
     port = next((c["containerPort"] for c in p["spec"]["containers"][0].get("ports", []) if c.get("name") == "metrics"), 9969)
     if ip:
-        out.append({"targets": [f"{ip}:{port}"], "labels": {"node": p["spec"]["nodeName"], "agent_pod": p["metadata"]["name"]}})
+        out.append({"targets": [f"{ip}:{port}"], "labels": {"node": p["spec"]["nodeName"]}})
 out.sort(key=lambda t: t["labels"]["node"])
 print(json.dumps(out, indent=1))'
 }
