@@ -89,6 +89,9 @@ type FlowEvent struct {
 	LostBefore     uint64 // events this CPU had lost (rate limit or full ring) when this one was written
 }
 
+// flowPoll bounds how late a flow event reaches the reader.
+const flowPoll = 50 * time.Millisecond
+
 // FlowReader reads flow events; one reader per process.
 type FlowReader struct {
 	rd *ringbuf.Reader
@@ -109,8 +112,10 @@ func (r *FlowReader) Read(ctx context.Context) (FlowEvent, error) {
 		if err := ctx.Err(); err != nil {
 			return FlowEvent{}, err
 		}
-		// Wake up periodically to notice ctx; the ring buffer's epoll has no ctx.
-		r.rd.SetDeadline(time.Now().Add(200 * time.Millisecond))
+		// The datapath submits events without waking the reader (until the ring is
+		// an eighth full), so the reader polls: at each deadline it takes what is
+		// there. This also notices ctx, which the ring buffer's epoll does not.
+		r.rd.SetDeadline(time.Now().Add(flowPoll))
 		rec, err := r.rd.Read()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			continue

@@ -204,7 +204,13 @@ static __always_inline void emit(__u32 ifindex, __u8 dir, const struct pkt *p, _
 	e->remote_identity = remote_id;
 	e->local_identity = local_id;
 	e->lost_before = b->lost;
-	bpf_ringbuf_submit(e, 0);
+	// Waking the reader for every event costs the packet path more than writing it
+	// (an irq_work per event): the reader polls (flowPoll in flows.go) instead, and
+	// is woken only when the ring fills up.
+	__u64 wake = BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_query(&fn_events, BPF_RB_AVAIL_DATA) >= EVENTS_WAKEUP_BYTES)
+		wake = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(e, wake);
 }
 
 // parse fills p from an Ethernet frame; returns 0 for IPv4, 1 to pass untouched, <0 to drop.

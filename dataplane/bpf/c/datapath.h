@@ -11,6 +11,7 @@
 #define COUNTERS_MAX 65536
 #define IDENTITIES_MAX 262144
 #define EVENTS_RING_BYTES (1 << 20)
+#define EVENTS_WAKEUP_BYTES (EVENTS_RING_BYTES / 8) // wake the reader from this fill on
 #define DEFAULT_EVENTS_PER_SEC 2000
 
 #define DIR_INGRESS 0 // into the pod
