@@ -13,8 +13,10 @@
 //     verdicts throughout, the node's pods come back under their policies,
 //     and the IPBlocks hold exactly the live pods' addresses, none twice;
 //   - 20 policy changes (NetworkPolicy and CiliumNetworkPolicy creations,
-//     updates, deletions) one after the other: every answer seen while a
-//     change applies is the oracle's before or after it.
+//     updates, deletions) one after the other, each as soon as the last
+//     converged, under one continuous watch: every answer is the oracle's
+//     for a set in force at some time during its round (before or after the
+//     change in flight).
 package resilience
 
 import (
@@ -273,14 +275,20 @@ func save(res *report.CaseResult) {
 
 // watch is a background watch that prints each round and counts them.
 type watch struct {
-	name   string
-	w      *matrix.Watcher
-	rounds atomic.Int64
+	name    string
+	started time.Time
+	w       *matrix.Watcher
+	rounds  atomic.Int64
 }
 
-func startWatch(ctx context.Context, name string, p matrix.Plan, snap workload.Snapshot, accept matrix.Accept) *watch {
-	wt := &watch{name: name}
+// startWatch starts a background watch; roundEnd, when set, hears of each
+// round after it is judged.
+func startWatch(ctx context.Context, name string, p matrix.Plan, snap workload.Snapshot, accept matrix.Accept, roundEnd func(matrix.Round)) *watch {
+	wt := &watch{name: name, started: time.Now()}
 	wt.w = matrix.WatchAccepting(ctx, watchR, p, snap, accept, func(r matrix.Round) {
+		if roundEnd != nil {
+			roundEnd(r)
+		}
 		if r.Err != nil {
 			GinkgoWriter.Printf("  [%s] +%s: no verdict, exec lost (%v)\n", name, r.At.Round(100*time.Millisecond), r.Err)
 			return
@@ -307,7 +315,7 @@ func (wt *watch) stop(expected ...[]*report.Table) (problem string, rounds int) 
 		return "", rounds
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "[%s] %d answer(s) in %d round(s) were neither the oracle's before nor after:\n", wt.name, len(gaps), rounds)
+	fmt.Fprintf(&b, "[%s] %d answer(s) in %d round(s) were none the oracle allowed at the time:\n", wt.name, len(gaps), rounds)
 	for i, g := range gaps {
 		if i == 10 {
 			fmt.Fprintf(&b, "    ... and %d more\n", len(gaps)-i)
@@ -319,7 +327,11 @@ func (wt *watch) stop(expected ...[]*report.Table) (problem string, rounds int) 
 				want = append(want, c.Detail)
 			}
 		}
-		fmt.Fprintf(&b, "    +%s %s: observed %s; oracle: %s\n", g.At.Round(10*time.Millisecond), g.Key, g.Detail, strings.Join(want, " | "))
+		fmt.Fprintf(&b, "    round ending +%s %s: observed %s", g.At.Round(10*time.Millisecond), g.Key, g.Detail)
+		if len(want) > 0 {
+			fmt.Fprintf(&b, "; oracle: %s", strings.Join(want, " | "))
+		}
+		b.WriteString("\n")
 	}
 	return b.String(), rounds
 }
@@ -371,7 +383,7 @@ var _ = Describe("verdicts while flatnet is disturbed [flatnet]", Label("flatnet
 		old, err := agentOn(ctx, node)
 		Expect(err).NotTo(HaveOccurred())
 
-		wt := startWatch(ctx, "agent restart", p, snap, matrix.OneOf(expected))
+		wt := startWatch(ctx, "agent restart", p, snap, matrix.OneOf(expected), nil)
 		wt.awaitRounds(ctx, 2)
 		By(fmt.Sprintf("deleting agent pod %s on node %s while probing", old.Name, node))
 		deleted := time.Now()
@@ -413,7 +425,7 @@ var _ = Describe("verdicts while flatnet is disturbed [flatnet]", Label("flatnet
 
 		survivors := plan("node restart: pods on the other nodes", node)
 		snap, expected := settle(ctx, res, "steady policies, pods on the other nodes", survivors, book.steady())
-		wt := startWatch(ctx, "node restart", survivors, snap, matrix.OneOf(expected))
+		wt := startWatch(ctx, "node restart", survivors, snap, matrix.OneOf(expected), nil)
 		wt.awaitRounds(ctx, 2)
 
 		By("docker restart " + node + " while probing the pods on the other nodes")
@@ -470,45 +482,49 @@ var _ = Describe("verdicts while flatnet is disturbed [flatnet]", Label("flatnet
 
 	It(fmt.Sprintf("answers as the oracle before or after each of %d policy changes while probing", churnChanges), func(ctx SpecContext) {
 		res := &report.CaseResult{Name: "policy-churn", Family: "resilience",
-			Description: fmt.Sprintf("%d changes, one object each (NetworkPolicy and CiliumNetworkPolicy creations, updates, deletions), with the matrix probed in the background; every answer must be the oracle's for the set before or after the change in flight, and each change must converge.", churnChanges)}
+			Description: fmt.Sprintf("%d changes, one object each (NetworkPolicy and CiliumNetworkPolicy creations, updates, deletions), one after the other as each converges, with the matrix probed continuously in the background; every answer must be the oracle's for a policy set in force at some time during its round.", churnChanges)}
 		defer save(res)
 		p := plan("policy churn", "")
 		cycle := book.churn()
-		snap, before := settle(ctx, res, "start: no policy", p, cycle[0])
-		var problems []string
-		var totalRounds int
+		snap, start := settle(ctx, res, "start: no policy", p, cycle[0])
+		// One watch over every change: its rounds fall at any phase of them.
+		win := matrix.NewWindow(start)
+		wt := startWatch(ctx, "churn", p, snap, win.Accept, win.RoundEnd)
+		var problems, timeline []string
 		var slowest time.Duration
-		churnStart := time.Now()
 		for i := 1; i <= churnChanges; i++ {
 			from, to := cycle[(i-1)%len(cycle)], cycle[i%len(cycle)]
 			_, after := expect(ctx, p, to)
 			name := fmt.Sprintf("change %d/%d", i, churnChanges)
 			started := time.Now()
+			win.Begin(after)
 			changed, err := applier.Apply(ctx, to)
 			Expect(err).NotTo(HaveOccurred(), "%s: applying %v", name, refs(to))
 			Expect(changed).To(HaveLen(1), "%s: one object per change (%v -> %v)", name, refs(from), refs(to))
-			// Every probe of a round starts at once: the first round, started
-			// as the API server takes the change, probes while the agents apply
-			// it; the later ones until the matrix agrees with the new set.
-			wt := startWatch(ctx, name, p, snap, matrix.OneOf(before, after))
 			out, err := matrix.Converge(ctx, runner, p, snap, after, matrix.Options{Timeout: settings.EnforceTimeout, Pause: 250 * time.Millisecond})
-			problem, rounds := wt.stop(before, after)
 			Expect(err).NotTo(HaveOccurred(), "%s: probing", name)
 			record(res, name+": "+changed[0], started, to, out)
-			totalRounds += rounds
-			slowest = max(slowest, out.Converged)
-			GinkgoWriter.Printf("  %s %s: converged %v after %d poll(s), %s; %d background round(s)\n",
-				name, changed[0], out.OK(), out.Polls, out.Converged.Round(10*time.Millisecond), rounds)
+			step := fmt.Sprintf("+%s %s %s: converged %v after %d poll(s), %s", started.Sub(wt.started).Round(10*time.Millisecond),
+				name, changed[0], out.OK(), out.Polls, out.Converged.Round(10*time.Millisecond))
+			timeline = append(timeline, step)
+			GinkgoWriter.Println("  " + step)
 			if !out.OK() {
+				// Left pending: from now on either side is accepted, and the
+				// failure is this one.
 				problems = append(problems, fmt.Sprintf("%s (%s) never agreed with the oracle within %s:\n%s", name, changed[0], settings.EnforceTimeout, grids(out)))
+				continue
 			}
-			if problem != "" {
-				problems = append(problems, problem)
-			}
-			before = after
+			win.Settle(after)
+			slowest = max(slowest, out.Converged)
+		}
+		// A whole round begun after the last change settled.
+		wt.awaitRounds(ctx, 2)
+		problem, rounds := wt.stop()
+		if problem != "" {
+			problems = append(problems, problem+"  changes (since the watch began):\n    "+strings.Join(timeline, "\n    "))
 		}
 		summary := fmt.Sprintf("%d changes in %s, %d background rounds of %d answers, slowest convergence %s",
-			churnChanges, time.Since(churnStart).Round(100*time.Millisecond), totalRounds, len(p.From)*len(p.From)*len(p.Ports), slowest.Round(10*time.Millisecond))
+			churnChanges, time.Since(wt.started).Round(100*time.Millisecond), rounds, len(p.From)*len(p.From)*len(p.Ports), slowest.Round(10*time.Millisecond))
 		GinkgoWriter.Println("  " + summary)
 		AddReportEntry("policy churn", summary)
 		res.Problems = problems

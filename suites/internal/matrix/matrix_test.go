@@ -417,3 +417,30 @@ func TestWatchAcceptingJudgesBothWays(t *testing.T) {
 		t.Error("a view no expectation has was accepted")
 	}
 }
+
+func TestWindowAcceptsWhatWasInForceDuringTheRound(t *testing.T) {
+	w := newWorld(t)
+	none := w.expect(t, nil)
+	onlyA := w.expect(t, map[string]bool{"n/a": true, "svc:n/a": true})
+	k := report.Key{From: "n/a", To: "n/a", PortProtocol: w.plan.Ports[0]}
+	win := NewWindow(none)
+	if win.Accept(0, k, true) || !win.Accept(0, k, false) {
+		t.Fatal("before any change only the settled table is accepted")
+	}
+	win.Begin(onlyA)
+	if !win.Accept(0, k, true) || !win.Accept(0, k, false) {
+		t.Fatal("a round spanning a change accepts both sides")
+	}
+	win.RoundEnd(Round{})
+	if !win.Accept(0, k, true) || !win.Accept(0, k, false) {
+		t.Fatal("while the change is not agreed with, the next round accepts both sides")
+	}
+	win.Settle(onlyA)
+	if !win.Accept(0, k, false) {
+		t.Fatal("the round under way when the change settled still accepts the old side")
+	}
+	win.RoundEnd(Round{})
+	if !win.Accept(0, k, true) || win.Accept(0, k, false) {
+		t.Fatal("a round begun after the change settled accepts only the new side")
+	}
+}

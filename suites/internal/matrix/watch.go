@@ -158,3 +158,69 @@ func OneOf(expectations ...[]*report.Table) Accept {
 		return false
 	}
 }
+
+// Window is what a continuous watch may see while changes follow one
+// another: in each round, the answers of every expectation in force at any
+// time since the round began (a change applied mid-round may show either
+// side of it). Pass Accept and RoundEnd to WatchAccepting; call Begin before
+// a change is applied and Settle once the cluster agrees with it.
+type Window struct {
+	mu      sync.Mutex
+	settled []*report.Table
+	pending [][]*report.Table // applied, not yet agreed with
+	round   [][]*report.Table // what the round under way may see
+}
+
+// NewWindow starts with the cluster agreeing with settled.
+func NewWindow(settled []*report.Table) *Window {
+	return &Window{settled: settled, round: [][]*report.Table{settled}}
+}
+
+// Begin announces that next is about to be applied.
+func (w *Window) Begin(next []*report.Table) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.pending = append(w.pending, next)
+	w.round = append(w.round, next)
+}
+
+// Settle records that the cluster agrees with now, which Begin announced.
+// The round under way still accepts what it could see before.
+func (w *Window) Settle(now []*report.Table) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.settled = now
+	for i, p := range w.pending {
+		if sameTables(p, now) {
+			w.pending = append(w.pending[:i:i], w.pending[i+1:]...)
+			break
+		}
+	}
+}
+
+// Accept judges an answer of the round under way.
+func (w *Window) Accept(view int, k report.Key, reachable bool) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return OneOf(w.round...)(view, k, reachable)
+}
+
+// RoundEnd closes a round (WatchAccepting's progress): the next one may see
+// the settled expectation and those still being applied.
+func (w *Window) RoundEnd(Round) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.round = append([][]*report.Table{w.settled}, w.pending...)
+}
+
+func sameTables(a, b []*report.Table) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
