@@ -322,15 +322,20 @@ func (d *Datapath) SyncEndpointPolicy(ctx context.Context, ifindex int, pol *com
 }
 
 func (d *Datapath) syncPolicy(ifindex int, pol *compile.EndpointPolicy) error {
-	m, err := ebpf.NewMap(d.inner)
-	if err != nil {
-		return fmt.Errorf("creating policy map of endpoint %d: %w", ifindex, err)
-	}
-	defer m.Close()
 	keys, vals := policyEntries(pol)
 	if len(keys) > int(d.inner.MaxEntries) {
 		return fmt.Errorf("policy of endpoint %d has %d entries, more than the map's %d", ifindex, len(keys), d.inner.MaxEntries)
 	}
+	// Size the map to the policy: the kernel allocates and zeroes a bucket per
+	// possible entry, and at POLICY_MAX that alone took 10 ms per endpoint here,
+	// paid on every policy change. Inner hash maps may differ in max_entries.
+	spec := d.inner.Copy()
+	spec.MaxEntries = innerMapSize(len(keys), d.inner.MaxEntries)
+	m, err := ebpf.NewMap(spec)
+	if err != nil {
+		return fmt.Errorf("creating policy map of endpoint %d: %w", ifindex, err)
+	}
+	defer m.Close()
 	if len(keys) > 0 {
 		if _, err := m.BatchUpdate(keys, vals, nil); err != nil {
 			// Fall back to one by one where batch updates are not supported.
@@ -345,6 +350,17 @@ func (d *Datapath) syncPolicy(ifindex int, pol *compile.EndpointPolicy) error {
 		return fmt.Errorf("installing policy map of endpoint %d: %w", ifindex, err)
 	}
 	return nil
+}
+
+// innerMapSize is the capacity of a policy map for n entries: the next power of two
+// of 2n (hash maps keep a bucket per entry; a half-full table keeps chains short),
+// at least 64, at most limit.
+func innerMapSize(n int, limit uint32) uint32 {
+	size := uint32(64)
+	for size < uint32(2*n) && size < limit {
+		size <<= 1
+	}
+	return min(size, limit)
 }
 
 // policyMetaIdentity keys the per-direction meta entry (POLICY_META_IDENTITY).
