@@ -11,10 +11,10 @@
 #              suites/k8s-conformance-skips (<regexp><TAB><reason>), JUnit into
 #              _artifacts/k8s-conformance/, a summary, non-zero exit on failure
 #
-#   k8s-conformance.sh [all|build|images|run|list]     (default: all)
-# KUBECONFIG defaults to the cluster $CLUSTER of `make cluster`. FOCUS= narrows the
-# focus further (a regexp ANDed in as an extra --ginkgo.focus is not possible, so
-# FOCUS replaces the default focus); SKIP= adds a skip regexp.
+#   k8s-conformance.sh [all|build|images|run|list]     (default: all = images + run)
+# KUBECONFIG defaults to the kind cluster $CLUSTER of `make cluster` (images are loaded
+# into that kind cluster). FOCUS= replaces the focus, SKIP= adds a skip regexp, NODES=
+# sets ginkgo's parallel processes (default 3).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 CLUSTER=${CLUSTER:-flatnet}
@@ -275,7 +275,7 @@ DOCKERFILE
 	# Smoke checks, loopback only (--network none): what the specs exec works.
 	out=$(docker run --rm --network none --entrypoint sh "${refs[Agnhost]}" -c \
 		'for c in curl nc dig getent hostname ip bash; do command -v $c >/dev/null || echo "missing $c"; done
-		 /agnhost connect 127.0.0.1:1 --timeout=3s --protocol=tcp; echo "exit=$?"' 2>&1) || true
+		 /agnhost connect 127.0.0.1:1 --timeout=3s --protocol=tcp 2>&1; echo "exit=$?"' 2>&1) || true
 	[ "$out" = "$(printf 'REFUSED\nexit=1')" ] || die "${refs[Agnhost]} fails its smoke check" "printed: $out"
 	out=$(docker run --rm --network none "${refs[JessieDnsutils]}" sh -c 'command -v dig && command -v getent' 2>&1) ||
 		die "${refs[JessieDnsutils]} fails its smoke check" "printed: $out"
@@ -330,7 +330,9 @@ ginkgo_cli() {
 # from the skips file (or the spec's own Skip message).
 summarize() {
 	local report="$ART/report.json" skips_json
-	skips_json=$(awk -F'\t' '!/^#/ && NF >= 2 {print}' "$SKIPS_FILE" | jq -R -s 'split("\n") | map(select(length > 0) | split("\t") | {re: .[0], why: .[1]})')
+	skips_json=$( (awk -F'\t' '!/^#/ && NF >= 2 {print}' "$SKIPS_FILE"
+		[ -z "${SKIP:-}" ] || printf '%s\tSKIP=%s on the command line\n' "$SKIP" "$SKIP") |
+		jq -R -s 'split("\n") | map(select(length > 0) | split("\t") | {re: .[0], why: .[1]})')
 	jq --arg focus "$FOCUS" --argjson skips "$skips_json" '
 		[.[].SpecReports[] | select(.LeafNodeType == "It")
 		 | {name: ((.ContainerHierarchyTexts + [.LeafNodeText]) | join(" ")), state: .State,
@@ -409,7 +411,8 @@ list() {
 	local out
 	out=$("$E2E_DIR/ginkgo" --dry-run -v --no-color --focus "$FOCUS" "${SKIP_ARGS[@]}" --silence-skips "$E2E_TEST" -- \
 		--kubeconfig=/dev/null 2>&1) || true
-	grep -E '^\[sig-|^  \[sig-|\[Conformance\]' <<<"$out" | sed -E 's/^ +//' | grep -v '^\[It\]' | sort -u >&2 || true
+	# Spec texts, without the label list ginkgo -v prints after each.
+	grep -E '^ *\[sig-' <<<"$out" | sed -E -e 's/^ +//' -e 's/ \[[A-Za-z-]+(, [A-Za-z-]+)*\]$//' | sort -u >&2 || true
 	grep -E '^Ran [0-9]+ of' <<<"$out" >&2 || true
 }
 
