@@ -16,7 +16,8 @@ import (
 // connections of every kind through the programs (BPF_PROG_TEST_RUN): each verdict
 // must be the one compile.Compiler.Explain gives. This checks the C side of the lookup
 // contract (probe order, deny precedence, CIDR and "any" lookups, default deny)
-// against its Go statement on inputs no one hand-picked.
+// against its Go statement on inputs no one hand-picked, and Datapath.Lookup (the
+// maps read back for explain) against both.
 func TestDatapathAgreesWithCompiler(t *testing.T) {
 	d := loadTest(t)
 	ctx := context.Background()
@@ -79,6 +80,16 @@ func TestDatapathAgreesWithCompiler(t *testing.T) {
 						}
 						if got := run(t, d, bdir, p); got != want {
 							t.Fatalf("seed %d: %v %s proto %d port %d: datapath %d, compiler %+v", seed, dir, remote, proto, port, got, dec)
+						}
+						if proto == 1 {
+							continue
+						}
+						// Reading the maps back (explain's datapath view) must agree with
+						// the program, rule included.
+						md, err := d.Lookup(ctx, testIfindex, dir, remote, policy.Protocol(proto), port)
+						must(t, err)
+						if md.Allowed != dec.Allowed || (md.RuleID != dec.RuleID && !md.Deferred && !md.Host) {
+							t.Fatalf("seed %d: %v %s proto %d port %d: maps read back %+v, compiler %+v", seed, dir, remote, proto, port, md, dec)
 						}
 					}
 				}

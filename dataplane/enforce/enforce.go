@@ -525,6 +525,23 @@ func (e *Enforcer) Explain(namespace, name string, dir policy.Direction, remote 
 	return d, ri, nil
 }
 
+// LookupMaps reads what the datapath's maps hold for a new connection of a local
+// pod (bpf.Datapath.Lookup), with the rule its entry names.
+func (e *Enforcer) LookupMaps(namespace, name string, dir policy.Direction, remote netip.Addr, proto policy.Protocol, port uint16) (bpf.MapDecision, compile.RuleInfo, error) {
+	e.mu.Lock()
+	ifindex, ok := e.ifindexOf(namespace, name)
+	e.mu.Unlock()
+	if !ok {
+		return bpf.MapDecision{}, compile.RuleInfo{}, fmt.Errorf("%s/%s has no interface attached on this node", namespace, name)
+	}
+	md, err := e.d.Lookup(context.Background(), ifindex, dir, remote, proto, port)
+	if err != nil {
+		return md, compile.RuleInfo{}, err
+	}
+	ri, _ := e.RuleName(md.RuleID)
+	return md, ri, nil
+}
+
 // RuleName names the rule of a flow event.
 func (e *Enforcer) RuleName(id compile.RuleID) (compile.RuleInfo, bool) {
 	e.mu.Lock()

@@ -324,6 +324,10 @@ func checkExplain(t *testing.T, enf *enforce.Enforcer, client netip.Addr) {
 	if e.Verdict != VerdictDropped || len(e.Policies) != 1 || e.Policies[0].Name != "default-deny" {
 		t.Errorf("explain %s: want DROPPED by default-deny", body)
 	}
+	// The maps read back: the same verdict, from the endpoint's real policy map.
+	if dp := e.Datapath; dp == nil || dp.Error != "" || dp.Verdict != VerdictDropped || !dp.Enforced || !e.Agrees || dp.RemoteIdentity < 256 {
+		t.Errorf("explain %s: want the datapath's maps to say DROPPED (enforced, the client's identity) and agree", body)
+	}
 	if code, body := get("namespace=default&pod=ghost&direction=INGRESS&port=80&remote=" + client.String()); code != http.StatusNotFound || !strings.Contains(body, "default/ghost") {
 		t.Errorf("explain of an unknown pod: %d %q, want 404 naming default/ghost", code, body)
 	}

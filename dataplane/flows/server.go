@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flatnet/flatnet/dataplane/bpf"
 	"github.com/flatnet/flatnet/dataplane/compile"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
@@ -23,6 +24,8 @@ const (
 type Explainer interface {
 	Explain(namespace, name string, dir policy.Direction, remote netip.Addr, proto policy.Protocol, port uint16) (compile.Decision, compile.RuleInfo, error)
 	DefaultDenyBy(namespace, name string, dir policy.Direction) []policy.Ref
+	// LookupMaps reads what the datapath's maps hold for the same connection.
+	LookupMaps(namespace, name string, dir policy.Direction, remote netip.Addr, proto policy.Protocol, port uint16) (bpf.MapDecision, compile.RuleInfo, error)
 }
 
 // Handler serves GET /v1/flows (JSON lines, one Response each) and GET /v1/explain.
@@ -108,6 +111,22 @@ type Explanation struct {
 	Reason    string    `json:"reason"`
 	Rule      string    `json:"rule,omitempty"`
 	Policies  []*Policy `json:"policies,omitempty"`
+	// Datapath is what the node's BPF maps hold for the same connection, read back
+	// the way the programs read them; Agrees says whether it matches the above.
+	Datapath *DatapathView `json:"datapath,omitempty"`
+	Agrees   bool          `json:"datapath_agrees"`
+}
+
+// DatapathView is the datapath's side of an explanation.
+type DatapathView struct {
+	Verdict        string  `json:"verdict"` // FORWARDED or DROPPED
+	Reason         string  `json:"reason"`
+	RemoteIdentity uint32  `json:"remote_identity"`
+	CIDRIdentity   uint32  `json:"cidr_identity,omitempty"`
+	Enforced       bool    `json:"enforced"`
+	Rule           string  `json:"rule,omitempty"`
+	Policy         *Policy `json:"policy,omitempty"`
+	Error          string  `json:"error,omitempty"` // the maps could not be read
 }
 
 // Explain parameters.
@@ -181,8 +200,39 @@ func serveExplain(w http.ResponseWriter, r *http.Request, ex Explainer, node str
 		out.Rule = ri.Rule
 		out.Policies = []*Policy{policyOf(ri.Policy)}
 	}
+	out.Datapath = datapathView(ex, ns, pod, dir, remote, proto, uint16(port))
+	out.Agrees = out.Datapath.Error == "" && out.Datapath.Verdict == out.Verdict && out.Datapath.Rule == out.Rule
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(out)
+}
+
+// datapathView reads the maps' answer for the connection an explanation is about.
+func datapathView(ex Explainer, ns, pod string, dir policy.Direction, remote netip.Addr, proto policy.Protocol, port uint16) *DatapathView {
+	md, ri, err := ex.LookupMaps(ns, pod, dir, remote, proto, port)
+	if err != nil {
+		return &DatapathView{Error: err.Error()}
+	}
+	v := &DatapathView{Verdict: VerdictForwarded, RemoteIdentity: uint32(md.RemoteIdentity),
+		CIDRIdentity: uint32(md.CIDRIdentity), Enforced: md.Enforced}
+	switch {
+	case md.Host:
+		v.Reason = "the remote is the pod's own node: always allowed"
+	case md.Deferred:
+		v.Reason = "a Service or node address: judged on the backend after kube-proxy's DNAT"
+	case md.Deny:
+		v.Verdict, v.Reason = VerdictDropped, "a deny entry matches"
+	case !md.Allowed:
+		v.Verdict, v.Reason = VerdictDropped, "no entry matches and the direction is enforced"
+	case md.RuleID != 0:
+		v.Reason = "an allow entry matches"
+	default:
+		v.Reason = "the direction is not enforced"
+	}
+	if md.RuleID != 0 {
+		v.Rule = ri.Rule
+		v.Policy = policyOf(ri.Policy)
+	}
+	return v
 }
 
 // ParseProtocol reads TCP, UDP, SCTP (any case); "" is TCP.

@@ -220,6 +220,21 @@ func printExplain(w io.Writer, src, dst target, srcPod, dstPod *corev1.Pod, res 
 			fmt.Fprintf(w, " %s", e.Rule)
 		}
 		fmt.Fprintln(w)
+		switch dp := e.Datapath; {
+		case dp == nil:
+		case dp.Error != "":
+			fmt.Fprintf(w, "  %-8s maps on %s could not be read: %s\n", "", e.NodeName, dp.Error)
+		default:
+			mark := "agrees"
+			if !e.Agrees {
+				mark = "DISAGREES with the policies"
+			}
+			fmt.Fprintf(w, "  %-8s maps on %s: %s, %s", "", e.NodeName, dp.Verdict, dp.Reason)
+			if dp.Rule != "" && dp.Policy != nil {
+				fmt.Fprintf(w, " (%s %s %s)", dp.Policy.Kind, dp.Policy.Name, dp.Rule)
+			}
+			fmt.Fprintf(w, " [remote identity %d] %s\n", dp.RemoteIdentity, mark)
+		}
 	}
 	line("egress", res.Egress)
 	line("ingress", res.Ingress)
