@@ -444,6 +444,12 @@ type explainSide struct {
 	Reason   string      `json:"reason"`
 	Rule     string      `json:"rule"`
 	Policies []policyRef `json:"policies"`
+	Datapath *struct {
+		Verdict string `json:"verdict"`
+		Rule    string `json:"rule"`
+		Error   string `json:"error"`
+	} `json:"datapath"`
+	Agrees bool `json:"datapath_agrees"`
 }
 
 func explain(ctx context.Context, target ...string) explanation {
@@ -454,6 +460,13 @@ func explain(ctx context.Context, target ...string) explanation {
 	Expect(e.Errors).To(BeEmpty())
 	Expect(e.Egress).NotTo(BeNil(), "%s", r.Stdout)
 	Expect(e.Ingress).NotTo(BeNil(), "%s", r.Stdout)
+	// What the node's BPF maps hold must say the same as the policies.
+	for _, side := range []*explainSide{e.Egress, e.Ingress} {
+		Expect(side.Datapath).NotTo(BeNil(), "explain shows no datapath view: %s", r.Stdout)
+		Expect(side.Datapath.Error).To(BeEmpty(), "%s", r.Stdout)
+		Expect(side.Agrees).To(BeTrue(), "the datapath's maps disagree with the policies: %s", r.Stdout)
+		Expect(side.Datapath.Verdict).To(Equal(side.Verdict))
+	}
 	return e
 }
 
