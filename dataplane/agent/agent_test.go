@@ -47,6 +47,7 @@ func TestMain(m *testing.M) {
 		for name, pkg := range map[string]string{
 			"flatnet":  "github.com/flatnet/flatnet/dataplane/cmd/flatnet-cni",
 			"loopback": "github.com/containernetworking/plugins/plugins/main/loopback",
+			"portmap":  "github.com/containernetworking/plugins/plugins/meta/portmap",
 		} {
 			if out, err := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg).CombinedOutput(); err != nil {
 				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, out)
@@ -212,7 +213,7 @@ func TestAgentInstallsPluginServesEndpointsAndFreesLeaks(t *testing.T) {
 	}
 	var pc cni.NetConf
 	json.Unmarshal(list.Plugins[0].Bytes, &pc)
-	if pc.Block.First != blocks[0].Spec.First || pc.Block.Size != 30 || pc.Uplink != "eth0" || pc.AgentSocket != tn.cfg.Socket || list.Plugins[1].Network.Type != "loopback" {
+	if pc.Block.First != blocks[0].Spec.First || pc.Block.Size != 30 || pc.Uplink != "eth0" || pc.AgentSocket != tn.cfg.Socket || len(list.Plugins) != 3 || list.Plugins[1].Network.Type != "portmap" || !list.Plugins[1].Network.Capabilities["portMappings"] || list.Plugins[2].Network.Type != "loopback" {
 		t.Fatalf("conflist plugin config %+v does not match block %+v / detected uplink eth0", pc, blocks[0].Spec)
 	}
 	for _, b := range PluginBinaries {

@@ -11,7 +11,7 @@ import (
 )
 
 // PluginBinaries are the CNI binaries the agent image ships and installs.
-var PluginBinaries = []string{cni.PluginType, "loopback"}
+var PluginBinaries = []string{cni.PluginType, "portmap", "loopback"}
 
 // InstallPlugins copies each binary of PluginBinaries from srcDir into
 // binDir. A binary is replaced by rename, never rewritten in place, so a

@@ -59,7 +59,7 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("accepted config does not render as a conflist: %v", err)
 		}
 		var list struct{ Plugins []json.RawMessage }
-		if err := json.Unmarshal(out, &list); err != nil || len(list.Plugins) != 2 {
+		if err := json.Unmarshal(out, &list); err != nil || len(list.Plugins) != 3 {
 			t.Fatalf("conflist %s: %v", out, err)
 		}
 		again, err := ParseConfig(list.Plugins[0])

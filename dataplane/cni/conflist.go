@@ -13,7 +13,9 @@ const NetworkName = "flatnet"
 const ConflistFile = "05-flatnet.conflist"
 
 // Conflist renders the network configuration list for plugin config nc:
-// flatnet, then loopback (which passes flatnet's result through). The list
+// flatnet, then CNI's portmap (hostPort: the runtime hands it the pod's port
+// mappings through the portMappings capability), then loopback (which passes the
+// result through). The list
 // declares cniVersion 1.0.0 for runtimes with an older libcni and, per CNI
 // 1.1, cniVersions so that newer runtimes pick 1.1.0 and send GC and STATUS.
 // The result is validated exactly as the plugin will parse it.
@@ -45,7 +47,9 @@ func Conflist(nc NetConf) ([]byte, error) {
 		"cniVersion":  "1.0.0",
 		"cniVersions": []string{"1.0.0", "1.1.0"},
 		"name":        NetworkName,
-		"plugins":     []json.RawMessage{plugin, json.RawMessage(`{"type":"loopback"}`)},
+		"plugins": []json.RawMessage{plugin,
+			json.RawMessage(`{"type":"portmap","capabilities":{"portMappings":true}}`),
+			json.RawMessage(`{"type":"loopback"}`)},
 	}
 	out, err := json.MarshalIndent(list, "", "  ")
 	if err != nil {
