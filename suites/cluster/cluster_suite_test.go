@@ -91,4 +91,3 @@ func expectedNodes() []string {
 	Expect(raw).NotTo(BeEmpty(), "FLATNET_NODES (the cluster's node names) must be set; make e2e sets it")
 	return raw
 }
-

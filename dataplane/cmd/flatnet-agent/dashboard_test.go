@@ -85,8 +85,8 @@ func metricNames(expr string) []string {
 func TestMetricNames(t *testing.T) {
 	for expr, want := range map[string][]string{
 		`sum by (verdict, direction) (rate(flatnet_datapath_packets_total{node=~"$node",verdict="DROPPED"}[$__rate_interval]))`: {"flatnet_datapath_packets_total"},
-		`histogram_quantile(0.99, sum by (le) (rate(a_bucket{op="ADD"}[5m])))`:                                                 {"a_bucket"},
-		`max by (map) (x{n="a b"} / ignoring(map) y) > 0.9 and on(node) up == 1`:                                               {"x", "y", "up"},
+		`histogram_quantile(0.99, sum by (le) (rate(a_bucket{op="ADD"}[5m])))`:                                                  {"a_bucket"},
+		`max by (map) (x{n="a b"} / ignoring(map) y) > 0.9 and on(node) up == 1`:                                                {"x", "y", "up"},
 		`topk(10, z) or vector(0)`: {"z"},
 	} {
 		if got := metricNames(expr); !slices.Equal(got, want) {
