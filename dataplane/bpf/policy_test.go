@@ -137,10 +137,9 @@ func TestSeedDefaultDenyAndDelete(t *testing.T) {
 	expect(t, d, "client -> server:80 after the cnp is deleted", dirIngress, tcp(clientIP, serverIP, 41002, 80, tcpSYN), tcxNext)
 }
 
-func TestAllowByIdentityAndPortWithReplies(t *testing.T) {
-	d := loadTest(t)
-	cl := newCluster(t, d)
-	cl.cnp(`
+// webPolicy lets app=client into app=server on TCP 80 and puts the server's egress
+// into default deny (the empty rule), so replies pass only through conntrack.
+const webPolicy = `
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: web, namespace: default}
@@ -151,7 +150,12 @@ spec:
     toPorts: [{ports: [{port: "80", protocol: TCP}]}]
   egress:
   - {}
-`)
+`
+
+func TestAllowByIdentityAndPortWithReplies(t *testing.T) {
+	d := loadTest(t)
+	cl := newCluster(t, d)
+	cl.cnp(webPolicy)
 	syn := tcp(clientIP, serverIP, 42000, 80, tcpSYN)
 	expect(t, d, "client -> :80", dirIngress, syn, tcxAllowed())
 	expect(t, d, "reply under egress default deny", dirEgress, syn.reply(tcpSYN|tcpACK), tcxNext)
@@ -167,18 +171,7 @@ spec:
 func TestSYNOnClosingConnectionIsNew(t *testing.T) {
 	d := loadTest(t)
 	cl := newCluster(t, d)
-	cl.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: web, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: server}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: client}}]
-    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
-  egress:
-  - {}
-`)
+	cl.cnp(webPolicy)
 	syn := tcp(clientIP, serverIP, 42100, 80, tcpSYN)
 	expect(t, d, "client -> :80", dirIngress, syn, tcxNext)
 	expect(t, d, "reply", dirEgress, syn.reply(tcpSYN|tcpACK), tcxNext)
