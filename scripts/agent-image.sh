@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the flatnet agent image with no registry: static Go binaries (the
 # agent, the flatnet CNI plugin and CNI's portmap and loopback plugins, which
-# the agent installs on its node) in an image imported from a tarball (FROM scratch, no
-# Dockerfile, no base image to pull). The tag is a hash of every input, so an
+# the agent installs on its node) in an image imported from a tarball (FROM
+# scratch, no Dockerfile, no base image to pull). The tag is a hash of every input, so an
 # unchanged tree reuses the image. Loads it into kind cluster $CLUSTER when that
 # cluster exists. The image ref is the last line on stdout.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
