@@ -14,12 +14,12 @@ import (
 )
 
 // MapDecision is what the maps of the running datapath hold for a new connection of
-// one endpoint, read back with the programs' own lookup order (the IP and CIDR caches,
-// the endpoint's policy map, its meta entry, the deny-first precedence). Set beside the
+// one endpoint: the IP and CIDR caches and the endpoint's policy map, read back and
+// decided by the lookup contract (compile.EndpointPolicy.Decide). Set beside the
 // compiler's answer, it shows whether intent and datapath disagree.
 type MapDecision struct {
 	RemoteIdentity identity.ID // from the IP cache; world when the address is not there
-	CIDRIdentity   identity.ID // the longest CIDR-rule prefix's key identity, 0 if none
+	CIDRIdentity   identity.ID // the longest CIDR-rule prefix's identity, 0 if none
 	// Deferred: egress to a Service address or to the node's own address, which the
 	// programs let through marked and judge on the backend after kube-proxy's DNAT.
 	Deferred bool
@@ -49,10 +49,6 @@ func (d *Datapath) Lookup(_ context.Context, ifindex int, dir policy.Direction, 
 	case err != nil && !errors.Is(err, ebpf.ErrKeyNotExist):
 		return out, fmt.Errorf("looking up %s in the IP cache: %w", remote, err)
 	}
-	bdir := uint8(dirIngress)
-	if dir == policy.Egress {
-		bdir = dirEgress
-	}
 	if dir == policy.Egress && (ipc.Flags&1 != 0 || out.RemoteIdentity == identity.Host) {
 		out.Deferred, out.Allowed = true, true
 		return out, nil
@@ -61,35 +57,11 @@ func (d *Datapath) Lookup(_ context.Context, ifindex int, dir policy.Direction, 
 		out.Host, out.Allowed = true, true
 		return out, nil
 	}
-	var innerID uint32
-	if err := d.objs.FnPolicy.Lookup(uint32(ifindex), &innerID); err != nil {
-		return out, fmt.Errorf("endpoint %d has no policy map in the datapath (its packets drop): %w", ifindex, err)
-	}
-	pol, err := ebpf.NewMapFromID(ebpf.MapID(innerID))
-	if err != nil {
-		return out, fmt.Errorf("opening the policy map of endpoint %d: %w", ifindex, err)
-	}
-	defer pol.Close()
-	get := func(key datapathPolicyKey) (*datapathPolicyVal, error) {
-		var v datapathPolicyVal
-		switch err := pol.Lookup(&key, &v); {
-		case err == nil:
-			return &v, nil
-		case errors.Is(err, ebpf.ErrKeyNotExist):
-			return nil, nil
-		default:
-			return nil, fmt.Errorf("reading the policy map of endpoint %d: %w", ifindex, err)
-		}
-	}
-	meta, err := get(datapathPolicyKey{Dir: bdir, Identity: policyMetaIdentity})
+	pol, err := d.readPolicy(ifindex)
 	if err != nil {
 		return out, err
 	}
-	var lens uint32
-	if meta != nil {
-		lens = meta.Lens
-		out.Enforced = meta.DefaultAllow == 0
-	}
+	out.Enforced = pol.Enforce[dir]
 	var cv datapathIpcacheVal
 	switch err := d.objs.FnCidrcache.Lookup(&k, &cv); {
 	case err == nil:
@@ -97,53 +69,47 @@ func (d *Datapath) Lookup(_ context.Context, ifindex int, dir policy.Direction, 
 	case !errors.Is(err, ebpf.ErrKeyNotExist):
 		return out, fmt.Errorf("looking up %s in the CIDR cache: %w", remote, err)
 	}
-	if out.CIDRIdentity != 0 && out.RemoteIdentity == identity.World && meta != nil && meta.WorldCidr != 0 {
-		out.CIDRIdentity = compile.WorldCIDR(out.CIDRIdentity)
-	}
-	// lookupOne: the longest port prefix the endpoint uses, else the any-protocol entry.
-	lookupOne := func(id identity.ID) (*datapathPolicyVal, error) {
-		key := datapathPolicyKey{Dir: bdir, Proto: uint8(proto), Identity: uint32(id)}
-		for l := 16; l >= 0; l-- {
-			if lens&(1<<l) == 0 {
-				continue
-			}
-			key.Plen = uint8(l)
-			key.Dport = 0
-			if l > 0 {
-				key.Dport = htons(port & uint16(0xffff<<(16-l)))
-			}
-			if v, err := get(key); v != nil || err != nil {
-				return v, err
-			}
-		}
-		return get(datapathPolicyKey{Dir: bdir, Identity: uint32(id)})
-	}
-	ids := []identity.ID{out.RemoteIdentity, out.CIDRIdentity, identity.Any}
-	var allow *datapathPolicyVal
-	for i, id := range ids {
-		if i == 1 && id == 0 {
-			continue
-		}
-		v, err := lookupOne(id)
-		if err != nil {
-			return out, err
-		}
-		if v == nil {
-			continue
-		}
-		if v.Deny != 0 {
-			out.Deny, out.RuleID = true, compile.RuleID(v.RuleId)
-			return out, nil
-		}
-		if allow == nil {
-			allow = v
-		}
-	}
-	switch {
-	case allow != nil:
-		out.Allowed, out.RuleID = true, compile.RuleID(allow.RuleId)
-	case !out.Enforced && meta != nil:
-		out.Allowed = true
-	}
+	// The entries as the maps hold them, decided by the lookup contract's Go
+	// statement (which the programs are held to by the differential test).
+	dec := pol.Decide(dir, out.RemoteIdentity, out.CIDRIdentity, proto, port)
+	out.Allowed, out.Deny, out.RuleID = dec.Allowed, dec.Deny, dec.RuleID
 	return out, nil
+}
+
+// readPolicy reads the policy map of the endpoint on ifindex back into the
+// compiler's form: its entries, and per direction whether it is enforced (a
+// direction without a meta entry drops what nothing matches, as in the programs).
+func (d *Datapath) readPolicy(ifindex int) (*compile.EndpointPolicy, error) {
+	var innerID uint32
+	if err := d.objs.FnPolicy.Lookup(uint32(ifindex), &innerID); err != nil {
+		return nil, fmt.Errorf("endpoint %d has no policy map in the datapath (its packets drop): %w", ifindex, err)
+	}
+	m, err := ebpf.NewMapFromID(ebpf.MapID(innerID))
+	if err != nil {
+		return nil, fmt.Errorf("opening the policy map of endpoint %d: %w", ifindex, err)
+	}
+	defer m.Close()
+	pol := &compile.EndpointPolicy{Enforce: [2]bool{true, true}, Entries: map[compile.Key]compile.Verdict{}}
+	var key datapathPolicyKey
+	var val datapathPolicyVal
+	it := m.Iterate()
+	for it.Next(&key, &val) {
+		dir := policy.Ingress
+		if key.Dir == dirEgress {
+			dir = policy.Egress
+		}
+		if key.Identity == policyMetaIdentity {
+			pol.Enforce[dir] = val.DefaultAllow == 0
+			continue
+		}
+		k := compile.Key{Direction: dir, Identity: identity.ID(key.Identity)}
+		if key.Proto != 0 {
+			k.Protocol, k.Port, k.PortPrefixLen = policy.Protocol(key.Proto), htons(key.Dport), key.Plen
+		}
+		pol.Entries[k] = compile.Verdict{Deny: val.Deny != 0, RuleID: compile.RuleID(val.RuleId)}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading the policy map of endpoint %d: %w", ifindex, err)
+	}
+	return pol, nil
 }

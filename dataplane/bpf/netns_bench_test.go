@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"os"
 	"strconv"
 	"sync/atomic"
@@ -324,32 +323,16 @@ func retryEINTR(op func() (int, error)) (int, error) {
 // serveBench answers every byte it reads with one byte, on every connection, until
 // the peer closes (so the client closes first, as in netperf's TCP_CRR).
 func (p *testPod) serveBench(t testing.TB, port int) {
-	var ln net.Listener
-	must(t, p.netns.Do(func(ns.NetNS) error {
-		var err error
-		ln, err = net.Listen("tcp4", netip.AddrPortFrom(p.ip, uint16(port)).String())
-		return err
-	}))
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	p.serve(t, port, func(c net.Conn) {
+		r := bufio.NewReader(c)
+		buf := make([]byte, 1)
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			if _, err := io.ReadFull(r, buf); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				buf := make([]byte, 1)
-				for {
-					if _, err := io.ReadFull(r, buf); err != nil {
-						return
-					}
-					if _, err := c.Write(buf); err != nil {
-						return
-					}
-				}
-			}()
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
 		}
-	}()
+	})
 }

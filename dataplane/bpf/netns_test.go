@@ -182,6 +182,23 @@ func (n *testNode) serveTCP(t testing.TB, port int) {
 
 // serveTCP runs an echo server in the pod until the test ends.
 func (p *testPod) serveTCP(t testing.TB, port int) {
+	p.serve(t, port, func(c net.Conn) {
+		r := bufio.NewReader(c)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			if _, err := c.Write([]byte(line)); err != nil {
+				return
+			}
+		}
+	})
+}
+
+// serve accepts TCP connections on the pod's address until the test ends, each
+// handled (then closed) on its own goroutine.
+func (p *testPod) serve(t testing.TB, port int, handle func(net.Conn)) {
 	var ln net.Listener
 	must(t, p.netns.Do(func(ns.NetNS) error {
 		var err error
@@ -197,16 +214,7 @@ func (p *testPod) serveTCP(t testing.TB, port int) {
 			}
 			go func() {
 				defer c.Close()
-				r := bufio.NewReader(c)
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if _, err := c.Write([]byte(line)); err != nil {
-						return
-					}
-				}
+				handle(c)
 			}()
 		}
 	}()

@@ -25,7 +25,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -180,16 +179,7 @@ func addNotRun(base string, r Report) {
 	if len(results.Cases) == 0 || settingsErr != nil {
 		return // AfterSuite wrote no report to add to
 	}
-	wd, err := os.Getwd()
-	Expect(err).NotTo(HaveOccurred())
-	root, err := runenv.RepoRoot(wd)
-	Expect(err).NotTo(HaveOccurred())
-	n, err := notrun.Add(results, r, filepath.Join(root, "suites", "known-divergences"))
-	Expect(err).NotTo(HaveOccurred())
-	if n > 0 {
-		_, err = artifacts.Write(settings.ArtifactsDir, base, results)
-		Expect(err).NotTo(HaveOccurred())
-	}
+	Expect(notrun.Record(results, r, settings.ArtifactsDir, base)).To(Succeed())
 }
 
 func deleteNamespaces(ctx SpecContext) {

@@ -25,7 +25,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -190,12 +189,7 @@ var _ = ReportAfterSuite("resilience: the specs not run, in the report", func(r 
 	if len(results.Cases) == 0 {
 		return // AfterSuite wrote no report to add to
 	}
-	n, err := notrun.Add(results, r, filepath.Join(repoRoot, "suites", "known-divergences"))
-	Expect(err).NotTo(HaveOccurred())
-	if n > 0 {
-		_, err = artifacts.Write(settings.ArtifactsDir, "resilience", results)
-		Expect(err).NotTo(HaveOccurred())
-	}
+	Expect(notrun.Record(results, r, settings.ArtifactsDir, "resilience")).To(Succeed())
 })
 
 func podKeys() []workload.Key {

@@ -19,7 +19,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -152,16 +151,7 @@ var _ = ReportAfterSuite("seed: the specs not run, in the report", func(r Report
 	if settings.ArtifactsDir == "" {
 		return // BeforeSuite failed before AfterSuite could write a report
 	}
-	wd, err := os.Getwd()
-	Expect(err).NotTo(HaveOccurred())
-	root, err := runenv.RepoRoot(wd)
-	Expect(err).NotTo(HaveOccurred())
-	n, err := notrun.Add(results, r, filepath.Join(root, "suites", "known-divergences"))
-	Expect(err).NotTo(HaveOccurred())
-	if n > 0 {
-		_, err = artifacts.Write(settings.ArtifactsDir, "seed", results)
-		Expect(err).NotTo(HaveOccurred())
-	}
+	Expect(notrun.Record(results, r, settings.ArtifactsDir, "seed")).To(Succeed())
 })
 
 // defaultCollisions lists what in namespace default the scenario would
