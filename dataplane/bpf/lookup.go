@@ -18,16 +18,13 @@ import (
 // decided by the lookup contract (compile.EndpointPolicy.Decide). Set beside the
 // compiler's answer, it shows whether intent and datapath disagree.
 type MapDecision struct {
+	compile.Decision
 	RemoteIdentity identity.ID // from the IP cache; world when the address is not there
 	CIDRIdentity   identity.ID // the longest CIDR-rule prefix's identity, 0 if none
 	// Deferred: egress to a Service address or to the node's own address, which the
 	// programs let through marked and judge on the backend after kube-proxy's DNAT.
 	Deferred bool
-	Host     bool // the remote is the pod's own node: always allowed
 	Enforced bool // the direction is enforced (no match drops)
-	Allowed  bool
-	Deny     bool // a deny entry decided
-	RuleID   compile.RuleID
 }
 
 // Lookup reads what the datapath would decide for the first packet of a connection
@@ -71,8 +68,7 @@ func (d *Datapath) Lookup(_ context.Context, ifindex int, dir policy.Direction, 
 	}
 	// The entries as the maps hold them, decided by the lookup contract's Go
 	// statement (which the programs are held to by the differential test).
-	dec := pol.Decide(dir, out.RemoteIdentity, out.CIDRIdentity, proto, port)
-	out.Allowed, out.Deny, out.RuleID = dec.Allowed, dec.Deny, dec.RuleID
+	out.Decision = pol.Decide(dir, out.RemoteIdentity, out.CIDRIdentity, proto, port)
 	return out, nil
 }
 
