@@ -360,12 +360,32 @@ func TestWatchStoppedAtOnceStillJudgesTheRoundInFlight(t *testing.T) {
 	w := newWorld(t)
 	w.serve(t, ipA, svcA)
 	allOpen := w.expect(t, map[string]bool{"n/a": true, "svc:n/a": true, "n/b": true, "svc:n/b": true})
-	wb := Watch(context.Background(), runner(&localExec{}), w.plan, w.snap, StillReachable(allOpen, allOpen))
+	// The round's execs wait until Stop has been called, so the round is in flight
+	// when the watcher is stopped however the goroutines are scheduled.
+	watcher := make(chan *Watcher, 1)
+	gate := &gatedExec{release: func() { (<-watcher).waitStopped() }}
+	wb := Watch(context.Background(), runner(gate), w.plan, w.snap, StillReachable(allOpen, allOpen))
+	watcher <- wb
 	gaps, rounds, err := wb.Stop()
 	if err != nil || rounds != 1 || len(gaps) == 0 {
 		t.Fatalf("stopped at once: %d rounds, %d gaps, %v; want the round in flight judged (n/b is down)", rounds, len(gaps), err)
 	}
 }
+
+// gatedExec runs execs locally once release has returned (called once).
+type gatedExec struct {
+	once    sync.Once
+	release func()
+	localExec
+}
+
+func (g *gatedExec) Exec(ctx context.Context, pod podexec.Pod, cmd []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	g.once.Do(g.release)
+	return g.localExec.Exec(ctx, pod, cmd, stdin, stdout, stderr)
+}
+
+// waitStopped returns once Stop has been called.
+func (w *Watcher) waitStopped() { <-w.stop }
 
 func TestWatchAcceptingJudgesBothWays(t *testing.T) {
 	w := newWorld(t)
