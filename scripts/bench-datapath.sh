@@ -32,22 +32,28 @@ machine() {
 	echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 : >"$out/tcp.txt"
+: >"$out/tcp-kube-proxy.txt"
 : >"$out/flood.txt"
 machine | tee "$out/machine.txt" >&2
 for i in $(seq 1 "$COUNT"); do
 	step "round $i/$COUNT (load $(cut -d' ' -f1-3 /proc/loadavg))"
-	echo "# round $i load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/tcp.txt" >>"$out/flood.txt"
+	echo "# round $i load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/tcp.txt" "$out/tcp-kube-proxy.txt" >>"$out/flood.txt"
 	# A failed variant (e.g. a 3 s stall on a loaded machine) is reported, not fatal:
 	# the round's other variants still count.
 	(cd "$REPO_ROOT/dataplane/bpf" && FLATNET_BENCH_ROTATE=$i "$out/bpf.test" -test.run '^$' -test.bench '^BenchmarkNetnsTCP$' \
 		-test.benchtime "$BENCHTIME" -test.count 1) >>"$out/tcp.txt" 2>&1 || warn "BenchmarkNetnsTCP failed in round $i: see $out/tcp.txt"
+	# The same on a node as Kubernetes runs it: kube-proxy's NAT rules put netfilter's
+	# connection tracking on every forwarded packet, which direct delivery skips.
+	(cd "$REPO_ROOT/dataplane/bpf" && FLATNET_BENCH_KUBE_PROXY=1 FLATNET_BENCH_ROTATE=$i "$out/bpf.test" -test.run '^$' \
+		-test.bench '^BenchmarkNetnsTCP$/^test=(CRR|RR)$/^dp=(none|prog\+1000rules|prog\+1000rules\+host-routing)$' \
+		-test.benchtime "$BENCHTIME" -test.count 1) >>"$out/tcp-kube-proxy.txt" 2>&1 || warn "BenchmarkNetnsTCP (kube-proxy node) failed in round $i: see $out/tcp-kube-proxy.txt"
 	(cd "$REPO_ROOT/dataplane/flows" && "$out/flows.test" -test.run '^$' -test.bench '^BenchmarkFlowEventFlood$' \
 		-test.benchtime "$FLOOD_BENCHTIME" -test.count 1) >>"$out/flood.txt" 2>&1 || warn "BenchmarkFlowEventFlood failed in round $i: see $out/flood.txt"
 done
-failures=$(grep -h -A3 -- '--- FAIL' "$out/tcp.txt" "$out/flood.txt" || true)
+failures=$(grep -h -A3 -- '--- FAIL' "$out/tcp.txt" "$out/tcp-kube-proxy.txt" "$out/flood.txt" || true)
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$out/machine.txt"
 
-"$FLATNET_CACHE/bin/benchstat" -col '/dp@(none prog prog+1000rules prog+events-off prog+events-all)' -filter '.unit:(sec/op OR cpu-ns/op OR prog-ns/op)' "$out/tcp.txt" >"$out/benchstat-tcp.txt" 2>&1 || true
+"$FLATNET_CACHE/bin/benchstat" -col '/dp@(none prog prog+1000rules prog+1000rules+host-routing prog+events-off prog+events-all)' -filter '.unit:(sec/op OR cpu-ns/op OR prog-ns/op)' "$out/tcp.txt" >"$out/benchstat-tcp.txt" 2>&1 || true
 "$FLATNET_CACHE/bin/benchstat" "$out/flood.txt" >"$out/benchstat-flood.txt" 2>&1 || true
 
 # summary TCP-FILE FLOOD-FILE: the tables, from the raw output.
@@ -82,14 +88,14 @@ summary() {
 	END {
 		rounds = round[1]
 		# Rows in a fixed order (rounds rotate the order variants run in).
-		split("none prog prog+1000rules prog+events-off prog+events-all", order, " ")
+		split("none prog prog+1000rules prog+1000rules+host-routing prog+events-off prog+events-all", order, " ")
 		nd = 0
 		for (j = 1; j in order; j++) if (order[j] in seen_d) { dps[++nd] = order[j]; delete seen_d[order[j]] }
 		for (d in seen_d) dps[++nd] = d
 		printf "\nTCP between two netns pods: %d rounds (each a process running every variant once)\n", rounds
 		printf "wall: ops/s; cpu: the process'"'"'s CPU time per op (client, server, flow reader, programs in softirq)\n"
 		printf "ratio = dp=none ns/op / variant ns/op of the same round (wall: ops/s ratio), median [min..max]; goal >= 0.95\n\n"
-		printf "%-4s %-16s %10s %8s %22s %11s %22s\n", "test", "dp", "ns/op", "ops/s", "wall ratio vs none", "cpu-ns/op", "cpu ratio vs none"
+		printf "%-4s %-28s %10s %8s %22s %11s %22s\n", "test", "dp", "ns/op", "ops/s", "wall ratio vs none", "cpu-ns/op", "cpu ratio vs none"
 		for (i = 1; i <= nt; i++) {
 			t = tests[i]
 			for (j = 1; j <= nd; j++) {
@@ -100,12 +106,12 @@ summary() {
 					if (ns[t, "none", r] != "") { q[++m] = ns[t, "none", r] / ns[t, d, r]; qc[++k] = cpu[t, "none", r] / cpu[t, d, r] }
 				}
 				if (n == 0) continue
-				printf "%-4s %-16s %10.0f %8.0f %6.3f [%5.3f..%5.3f] %11.0f %6.3f [%5.3f..%5.3f]\n", t, d, med(x, n), 1e9 / med(x, n),
+				printf "%-4s %-28s %10.0f %8.0f %6.3f [%5.3f..%5.3f] %11.0f %6.3f [%5.3f..%5.3f]\n", t, d, med(x, n), 1e9 / med(x, n),
 					med(q, m), lo(q, m), hi(q, m), med(c, n), med(qc, k), lo(qc, k), hi(qc, k)
 			}
 		}
 		printf "\nthe programs'"'"' own time (BPF run time stats), median; est. ratio = none ns/op / (none ns/op + prog-ns/op):\n\n"
-		printf "%-4s %-16s %10s %11s %8s %10s %9s %7s\n", "test", "dp", "prog-ns/op", "ns/prog-run", "runs/op", "est. ratio", "events/op", "lost/op"
+		printf "%-4s %-28s %10s %11s %8s %10s %9s %7s\n", "test", "dp", "prog-ns/op", "ns/prog-run", "runs/op", "est. ratio", "events/op", "lost/op"
 		for (i = 1; i <= nt; i++) {
 			t = tests[i]; n = 0; delete x
 			for (r = 1; r <= rounds; r++) if (ns[t, "none", r] != "") x[++n] = ns[t, "none", r]
@@ -115,7 +121,7 @@ summary() {
 				n = 0; delete x; delete y; delete e; delete l
 				for (r = 1; r <= rounds; r++) if (pns[t, d, r] != "") { x[++n] = pns[t, d, r]; y[n] = prun[t, d, r]; e[n] = ev[t, d, r]; l[n] = lost[t, d, r] }
 				if (n == 0) continue
-				printf "%-4s %-16s %10.0f %11.0f %8.1f %10.3f %9.2f %7.2f\n", t, d, med(x, n), med(y, n), med(y, n) ? med(x, n) / med(y, n) : 0,
+				printf "%-4s %-28s %10.0f %11.0f %8.1f %10.3f %9.2f %7.2f\n", t, d, med(x, n), med(y, n), med(y, n) ? med(x, n) / med(y, n) : 0,
 					base ? base / (base + med(x, n)) : 0, med(e, n), med(l, n)
 			}
 		}
@@ -148,7 +154,12 @@ summary() {
 
 {
 	cat "$out/machine.txt"
+	echo
+	echo "== bare node netns: no netfilter rules (the lean path: IP forwarding only) =="
 	summary "$out/tcp.txt" "$out/flood.txt"
+	echo
+	echo "== node netns with kube-proxy's NAT rules (as every Kubernetes node): netfilter conntrack on forwarded packets =="
+	summary "$out/tcp-kube-proxy.txt" /dev/null | sed '/^flow events: TCP_CRR/,$d'
 	[ -z "$failures" ] || printf '\nfailed variants (left out above):\n%s\n' "$failures"
 	echo
 	echo "benchstat -col /dp (sec/op, cpu-ns/op, prog-ns/op; vs base = against dp=none):"

@@ -177,7 +177,7 @@ func (d *Datapath) resumeLinks(ctx context.Context) error {
 // first, then the programs are attached to its host veth in both directions, so the
 // first packet the pod sends is already under policy. Calling it again for an
 // attached endpoint updates it in place.
-func (d *Datapath) AttachEndpoint(ctx context.Context, ep Endpoint, pol *compile.EndpointPolicy) error {
+func (d *Datapath) AttachEndpoint(ctx context.Context, ep Endpoint, pol *compile.EndpointPolicy) (err error) {
 	if ep.IfIndex <= 0 || !ep.IP.Is4() {
 		return fmt.Errorf("attaching endpoint: need an interface index and an IPv4 address, got %d and %v", ep.IfIndex, ep.IP)
 	}
@@ -193,6 +193,16 @@ func (d *Datapath) AttachEndpoint(ctx context.Context, ep Endpoint, pol *compile
 	if err := d.objs.FnEndpoints.Put(uint32(ep.IfIndex), &info); err != nil {
 		return fmt.Errorf("writing endpoint %d: %w", ep.IfIndex, err)
 	}
+	// Last: other pods' traffic is delivered here directly from now on, and only
+	// an endpoint whose programs judge it may receive it that way (to_pod runs on
+	// the veth the packets are handed to).
+	defer func() {
+		if err == nil {
+			if perr := d.objs.FnLocalIps.Put(addrBE(ep.IP), uint32(ep.IfIndex)); perr != nil {
+				err = fmt.Errorf("writing local address of endpoint %d: %w", ep.IfIndex, perr)
+			}
+		}
+	}()
 	for _, dir := range []int{dirIngress, dirEgress} {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -266,6 +276,16 @@ func (d *Datapath) DetachEndpoint(ctx context.Context, ifindex int) error {
 func (d *Datapath) forget(ifindex int) error {
 	var errs []error
 	key := uint32(ifindex)
+	// First: no more traffic delivered directly to an interface being forgotten.
+	var info datapathEndpointInfo
+	if err := d.objs.FnEndpoints.Lookup(key, &info); err == nil {
+		var owner uint32
+		if err := d.objs.FnLocalIps.Lookup(info.Addr, &owner); err == nil && owner == key {
+			if err := d.objs.FnLocalIps.Delete(info.Addr); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				errs = append(errs, fmt.Errorf("deleting local address of endpoint %d: %w", ifindex, err))
+			}
+		}
+	}
 	if err := d.objs.FnEndpoints.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("deleting endpoint %d: %w", ifindex, err))
 	}

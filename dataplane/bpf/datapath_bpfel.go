@@ -141,6 +141,7 @@ const (
 	datapathMapFnEvents        = "fn_events"
 	datapathMapFnIdentities    = "fn_identities"
 	datapathMapFnIpcache       = "fn_ipcache"
+	datapathMapFnLocalIps      = "fn_local_ips"
 	datapathMapFnPolicy        = "fn_policy"
 	datapathMapFnPolicyProto   = "fn_policy_proto"
 	datapathProgFromPod        = "from_pod"
@@ -211,6 +212,7 @@ type datapathMapSpecs struct {
 	FnEvents      *ebpf.MapSpec `ebpf:"fn_events"`
 	FnIdentities  *ebpf.MapSpec `ebpf:"fn_identities"`
 	FnIpcache     *ebpf.MapSpec `ebpf:"fn_ipcache"`
+	FnLocalIps    *ebpf.MapSpec `ebpf:"fn_local_ips"`
 	FnPolicy      *ebpf.MapSpec `ebpf:"fn_policy"`
 	FnPolicyProto *ebpf.MapSpec `ebpf:"fn_policy_proto"`
 }
@@ -253,6 +255,7 @@ type datapathMaps struct {
 	FnEvents      *ebpf.Map `ebpf:"fn_events"`
 	FnIdentities  *ebpf.Map `ebpf:"fn_identities"`
 	FnIpcache     *ebpf.Map `ebpf:"fn_ipcache"`
+	FnLocalIps    *ebpf.Map `ebpf:"fn_local_ips"`
 	FnPolicy      *ebpf.Map `ebpf:"fn_policy"`
 	FnPolicyProto *ebpf.Map `ebpf:"fn_policy_proto"`
 }
@@ -268,6 +271,7 @@ func (m *datapathMaps) Close() error {
 		m.FnEvents,
 		m.FnIdentities,
 		m.FnIpcache,
+		m.FnLocalIps,
 		m.FnPolicy,
 		m.FnPolicyProto,
 	)

@@ -180,8 +180,28 @@ func (d *Datapath) SetFlowEvents(_ context.Context, on bool) error {
 	return nil
 }
 
-// dpFlagNoEvents is DP_F_NO_EVENTS of struct dp_config (datapath.h).
-const dpFlagNoEvents = 1
+// SetHostRouting chooses how traffic between two pods of this node travels: on,
+// through the host stack (IP forwarding, netfilter), as before direct delivery and as
+// Cilium's legacy host routing; off (the default), handed by the sender's program
+// straight to the receiver's veth, for connections no NAT applies to. Policy is the
+// same either way.
+func (d *Datapath) SetHostRouting(_ context.Context, on bool) error {
+	if err := d.updateConfig(func(c *datapathDpConfig) {
+		c.Flags &^= dpFlagHostRouting
+		if on {
+			c.Flags |= dpFlagHostRouting
+		}
+	}); err != nil {
+		return fmt.Errorf("switching host routing: %w", err)
+	}
+	return nil
+}
+
+// DP_F_* flags of struct dp_config (datapath.h).
+const (
+	dpFlagNoEvents    = 1
+	dpFlagHostRouting = 2
+)
 
 // updateConfig rewrites the datapath's config entry, keeping the fields fn leaves.
 func (d *Datapath) updateConfig(fn func(*datapathDpConfig)) error {

@@ -29,6 +29,8 @@ import (
 //	dp=none             no program on the veths (the baseline)
 //	dp=prog             programs attached, no policy (0 rules), flow events at the default rate
 //	dp=prog+1000rules   the server's ingress allows the client among 1,000 other rules
+//	dp=prog+1000rules+host-routing  the same, through the host stack (SetHostRouting):
+//	                    what the policy costs without direct local delivery's saving
 //	dp=prog+events-off  0 rules, flow events switched off (SetFlowEvents)
 //	dp=prog+events-all  0 rules, event rate raised so every new connection is an event
 //
@@ -38,6 +40,9 @@ import (
 // programs in the sockets' softirqs), steadier than ns/op on a shared machine;
 // prog-ns/op is the time spent in the programs themselves (BPF run time stats) and
 // ns/prog-run the time of one run: the datapath's own cost, whatever else runs.
+// FLATNET_BENCH_KUBE_PROXY=1 adds kube-proxy-like NAT rules to the node netns, as on
+// every Kubernetes node: netfilter then tracks every forwarded packet (dp=none and
+// host routing pay for it; direct local delivery skips it).
 // scripts/bench-datapath.sh runs it with several counts, each a new process, so the
 // variants interleave, and prints the ratios against dp=none. Nothing is asserted
 // about times: a loaded machine only makes the figures noisy.
@@ -57,6 +62,12 @@ func BenchmarkNetnsTCP(b *testing.B) {
 		return os.WriteFile("/proc/sys/net/ipv4/ip_local_port_range", []byte("1024 65535"), 0o644)
 	}))
 
+	if os.Getenv("FLATNET_BENCH_KUBE_PROXY") != "" {
+		// A node as Kubernetes runs it: kube-proxy's NAT rules make netfilter's
+		// connection tracking and NAT hooks see every forwarded packet.
+		n.iptables("-t", "nat", "-A", "PREROUTING", "-d", "10.96.0.10", "-p", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", server.ip.String()+":80")
+		n.iptables("-t", "nat", "-A", "POSTROUTING", "-m", "mark", "--mark", "0x4000/0x4000", "-j", "MASQUERADE")
+	}
 	// Run time of the programs themselves, while this process holds the fd (the kernel
 	// counts nothing otherwise): what the datapath costs, whatever else runs.
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
@@ -91,7 +102,7 @@ func BenchmarkNetnsTCP(b *testing.B) {
 		name string
 		set  func()
 	}
-	attached := func(rate uint32, on bool, serverPol *compile.EndpointPolicy) func() {
+	attached := func(rate uint32, on bool, serverPol *compile.EndpointPolicy, hostRouting bool) func() {
 		return func() {
 			attach(server)
 			attach(client)
@@ -100,6 +111,7 @@ func BenchmarkNetnsTCP(b *testing.B) {
 			}
 			must(b, n.d.SetEventRate(ctx, rate))
 			must(b, n.d.SetFlowEvents(ctx, on))
+			must(b, n.d.SetHostRouting(ctx, hostRouting))
 		}
 	}
 	variants := []variant{
@@ -108,10 +120,11 @@ func BenchmarkNetnsTCP(b *testing.B) {
 				must(b, n.node.Do(func(ns.NetNS) error { return n.d.DetachEndpoint(ctx, p.ifindex) }))
 			}
 		}},
-		{"prog", attached(0, true, nil)},
-		{"prog+1000rules", attached(0, true, rules1000)},
-		{"prog+events-off", attached(0, false, nil)},
-		{"prog+events-all", attached(10_000_000, true, nil)},
+		{"prog", attached(0, true, nil, false)},
+		{"prog+1000rules", attached(0, true, rules1000, false)},
+		{"prog+1000rules+host-routing", attached(0, true, rules1000, true)},
+		{"prog+events-off", attached(0, false, nil, false)},
+		{"prog+events-all", attached(10_000_000, true, nil, false)},
 	}
 	// FLATNET_BENCH_ROTATE=k starts the variants at the k-th (the script passes the
 	// round number) so that no variant always runs first or right after another.

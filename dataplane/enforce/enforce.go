@@ -43,6 +43,9 @@ type Config struct {
 	// ServiceCIDRs are the cluster's Service ranges (ClusterIPs): egress to them is
 	// judged on the backend kube-proxy picks.
 	ServiceCIDRs []netip.Prefix
+	// HostRouting routes traffic between two pods of the node through the host
+	// stack instead of delivering it directly (bpf.Datapath.SetHostRouting).
+	HostRouting bool
 }
 
 // Enforcer is the policy side of the node agent. Its methods are safe for concurrent
@@ -81,6 +84,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Enforcer, error) {
 	}
 	d, err := bpf.Load(ctx, cfg.PinDir)
 	if err != nil {
+		return nil, err
+	}
+	if err := d.SetHostRouting(ctx, cfg.HostRouting); err != nil {
+		d.Close()
 		return nil, err
 	}
 	stored, err := d.Identities(ctx)

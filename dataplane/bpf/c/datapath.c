@@ -30,6 +30,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } fn_endpoints SEC(".maps");
 
+// The node's own pods by address, for direct local delivery (deliver_local).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ENDPOINTS);
+	__type(key, __u32);   // pod IPv4, network order
+	__type(value, __u32); // host veth ifindex
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fn_local_ips SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, IPCACHE_MAX);
@@ -141,6 +150,7 @@ struct pkt {
 	__u8 proto;
 	__u8 tcp_flags;
 	__u16 len;
+	__u8 frag; // a fragment (first or not)
 };
 
 static __always_inline void count(__u32 ifindex, __u8 dir, __u8 code, __u32 bytes)
@@ -232,6 +242,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	p->len = bpf_ntohs(ip->tot_len);
 	p->sport = p->dport = 0;
 	p->tcp_flags = 0;
+	p->frag = (ip->frag_off & bpf_htons(0x3fff)) != 0; // MF or an offset
 	// Non-first fragments carry no ports: they are judged as port 0.
 	if (ip->frag_off & bpf_htons(0x1fff))
 		return 0;
@@ -377,6 +388,71 @@ static __always_inline __u32 lookup_ip(void *map, __u32 addr, __u32 *flags)
 	return v->identity;
 }
 
+// ---- Direct local delivery (Cilium's "BPF host routing", for pods of one node) ----
+//
+// A packet from a pod to another pod of the same node is handed by from_pod straight
+// to the destination's host veth with bpf_redirect_neigh, skipping the host stack's
+// IP input, netfilter and forwarding; to_pod still runs on the way out and judges the
+// destination's ingress. Only traffic no NAT applies to may skip netfilter: a new
+// connection qualifies when it is addressed to a local pod (kube-proxy and hostPort
+// DNAT only Service and node addresses) and starts as a connection does (a TCP SYN,
+// or UDP), unfragmented; its conntrack entries on both pods carry CT_F_DIRECT, and
+// only packets of such connections are delivered directly. Everything else, replies
+// of Service connections that netfilter must un-DNAT among them, takes the stack.
+
+static __always_inline int host_routing(void)
+{
+	__u32 zero = 0;
+	struct dp_config *cfg = bpf_map_lookup_elem(&fn_config, &zero);
+	return cfg && (cfg->flags & DP_F_HOST_ROUTING);
+}
+
+// local_target returns the host veth of the local pod p goes to when p may be
+// delivered directly, else 0.
+static __always_inline __u32 local_target(struct __sk_buff *skb, const struct pkt *p)
+{
+	if (p->frag || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP) || host_routing())
+		return 0;
+	__u32 daddr = p->daddr;
+	__u32 *oif = bpf_map_lookup_elem(&fn_local_ips, &daddr);
+	if (!oif)
+		return 0;
+	// The stack answers an expiring packet with time exceeded: leave those to it.
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	if ((void *)(ip + 1) > end || ip->ttl <= 1)
+		return 0;
+	return *oif;
+}
+
+// deliver_local forwards the packet to oif's egress as the stack would (TTL
+// decremented, L2 addresses from the neighbour table), marked for to_pod.
+static __always_inline int deliver_local(struct __sk_buff *skb, __u32 oif)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	if ((void *)(ip + 1) > end)
+		return TCX_NEXT;
+	// ip_decrease_ttl: TTL is the high byte of the checksummed 16-bit word.
+	__u32 check = (__u32)ip->check + (__u32)bpf_htons(0x0100);
+	ip->check = (__u16)(check + (check >= 0xffff));
+	ip->ttl--;
+	skb->mark |= DIRECT_MARK;
+	return bpf_redirect_neigh(oif, NULL, 0, 0);
+}
+
+// endpoint_identity is the identity of the endpoint on ifindex, for events of packets
+// that did not need the endpoint looked up (known: id, when it was).
+static __always_inline __u32 endpoint_identity(__u32 ifindex, __u32 id)
+{
+	if (id)
+		return id;
+	struct endpoint_info *ep = bpf_map_lookup_elem(&fn_endpoints, &ifindex);
+	return ep ? ep->identity : 0;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 {
 	__u32 ifindex = skb->ifindex;
@@ -396,21 +472,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		count(ifindex, dir, DROP_MALFORMED, skb->len);
 		return TCX_DROP;
 	}
-	struct endpoint_info *ep = bpf_map_lookup_elem(&fn_endpoints, &ifindex);
-	if (!ep) {
-		// Attached but not (or no longer) known: fail closed.
-		count(ifindex, dir, DROP_NO_ENDPOINT, skb->len);
-		emit(ifindex, dir, &p, VERDICT_DROP, DROP_NO_ENDPOINT, 0, 0, 0);
-		return TCX_DROP;
-	}
-	if (dir == DIR_EGRESS && p.saddr != ep->addr) {
-		count(ifindex, dir, DROP_INVALID_SOURCE, skb->len);
-		emit(ifindex, dir, &p, VERDICT_DROP, DROP_INVALID_SOURCE, 0, 0, ep->identity);
-		return TCX_DROP;
-	}
-
 	// Connection tracking: one entry per connection and endpoint, keyed from the pod's
-	// side, remembering which direction opened it.
+	// side, remembering which direction opened it. Entries are only made with the
+	// endpoint's own address as the pod's: a packet that matches one has a valid
+	// source, and the endpoint lookup is left to packets that need it.
 	struct ct_key ck = {.ifindex = ifindex, .proto = p.proto};
 	if (dir == DIR_EGRESS) {
 		ck.pod_addr = p.saddr;
@@ -440,7 +505,30 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		ct->flags = flags;
 		ct->expires_ns = now + ct_lifetime(&p, flags);
 		count(ifindex, dir, FORWARD_REPLY, skb->len);
+		if (dir == DIR_EGRESS && (flags & CT_F_DIRECT)) {
+			__u32 oif = local_target(skb, &p);
+			if (oif)
+				return deliver_local(skb, oif);
+		}
 		return TCX_NEXT;
+	}
+
+	struct endpoint_info *ep = NULL;
+	__u32 local_id = 0;
+	if (!ct) {
+		ep = bpf_map_lookup_elem(&fn_endpoints, &ifindex);
+		if (!ep) {
+			// Attached but not (or no longer) known: fail closed.
+			count(ifindex, dir, DROP_NO_ENDPOINT, skb->len);
+			emit(ifindex, dir, &p, VERDICT_DROP, DROP_NO_ENDPOINT, 0, 0, 0);
+			return TCX_DROP;
+		}
+		local_id = ep->identity;
+		if (dir == DIR_EGRESS && p.saddr != ep->addr) {
+			count(ifindex, dir, DROP_INVALID_SOURCE, skb->len);
+			emit(ifindex, dir, &p, VERDICT_DROP, DROP_INVALID_SOURCE, 0, 0, local_id);
+			return TCX_DROP;
+		}
 	}
 
 	__u32 peer_addr = ck.peer_addr;
@@ -467,7 +555,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		void *pol = bpf_map_lookup_elem(&fn_policy, &ifindex);
 		if (!pol) {
 			count(ifindex, dir, DROP_NO_POLICY, skb->len);
-			emit(ifindex, dir, &p, VERDICT_DROP, DROP_NO_POLICY, 0, remote_id, ep->identity);
+			emit(ifindex, dir, &p, VERDICT_DROP, DROP_NO_POLICY, 0, remote_id, endpoint_identity(ifindex, local_id));
 			return TCX_DROP;
 		}
 		__u32 cidr_id = lookup_ip(&fn_cidrcache, peer_addr, NULL);
@@ -475,7 +563,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 	}
 	if (!d.allow) {
 		count(ifindex, dir, d.code, skb->len);
-		emit(ifindex, dir, &p, VERDICT_DROP, d.code, d.rule_id, remote_id, ep->identity);
+		emit(ifindex, dir, &p, VERDICT_DROP, d.code, d.rule_id, remote_id, endpoint_identity(ifindex, local_id));
 		return TCX_DROP;
 	}
 	if (ct) {
@@ -483,6 +571,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		ct->flags = flags;
 		ct->expires_ns = now + ct_lifetime(&p, flags);
 		count(ifindex, dir, FORWARD_ESTABLISHED, skb->len);
+		if (dir == DIR_EGRESS && (flags & CT_F_DIRECT)) {
+			__u32 oif = local_target(skb, &p);
+			if (oif)
+				return deliver_local(skb, oif);
+		}
 		return TCX_NEXT;
 	}
 	struct ct_val nv = {
@@ -490,10 +583,27 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		.flags = closing,
 		.rule_id = d.rule_id,
 	};
+	__u32 oif = 0;
+	if (dir == DIR_EGRESS) {
+		// Only the opening packet of a connection starts direct delivery: a lost
+		// entry re-created mid-connection may belong to a NATed one.
+		if (d.code == FORWARD_POLICY &&
+		    (p.proto == IPPROTO_UDP || (p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN))
+			oif = local_target(skb, &p);
+		if (oif)
+			nv.flags |= CT_F_DIRECT;
+	} else if (skb->mark & DIRECT_MARK) {
+		nv.flags |= CT_F_DIRECT;
+	}
 	nv.expires_ns = now + ct_lifetime(&p, closing);
-	bpf_map_update_elem(&fn_ct, &ck, &nv, BPF_ANY);
+	// Only under the endpoint's own address (see above); a packet to another address
+	// routed out of this veth passes untracked.
+	if (ep && ck.pod_addr == ep->addr)
+		bpf_map_update_elem(&fn_ct, &ck, &nv, BPF_ANY);
 	count(ifindex, dir, d.code, skb->len);
-	emit(ifindex, dir, &p, VERDICT_FORWARD, d.code, d.rule_id, remote_id, ep->identity);
+	emit(ifindex, dir, &p, VERDICT_FORWARD, d.code, d.rule_id, remote_id, local_id);
+	if (oif)
+		return deliver_local(skb, oif);
 	return TCX_NEXT;
 }
 

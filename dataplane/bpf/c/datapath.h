@@ -23,6 +23,9 @@
 
 // Set by from_pod on packets to a Service address, for the netfilter program.
 #define SERVICE_MARK 0x00100000
+// Set by from_pod on packets it hands straight to a local pod's veth (direct local
+// delivery), so that to_pod marks the connection it opens as delivered that way.
+#define DIRECT_MARK 0x00200000
 
 // Verdict codes in counters and events. Drops use Cilium's drop reason numbers where
 // Cilium has one (133 policy denied, 181 deny rule, 130 invalid source IP).
@@ -47,6 +50,7 @@
 
 #define CT_F_SEEN_REPLY 1
 #define CT_F_CLOSING 2
+#define CT_F_DIRECT 4 // opened by a packet delivered directly: no NAT on its path
 
 #define CT_LIFETIME_SYN_NS (60ULL * 1000000000ULL)
 #define CT_LIFETIME_TCP_NS (21600ULL * 1000000000ULL)
@@ -148,6 +152,7 @@ struct dp_config {
 	__u32 flags;          // DP_F_*
 };
 #define DP_F_NO_EVENTS 1 // emit no flow event and count none lost (benchmarks measure their cost)
+#define DP_F_HOST_ROUTING 2 // route pod-to-local-pod traffic through the host stack (Cilium's legacy host routing)
 
 struct flow_event {
 	__u64 ts_ns;

@@ -37,7 +37,7 @@ func command() *cobra.Command {
 		kubeconfig                   string
 		subnet, gateway, dockerRange string
 		serviceCIDRs                 []string
-		policy                       bool
+		policy, hostRouting          bool
 		flowHistory                  int
 	)
 	cmd := &cobra.Command{
@@ -91,7 +91,7 @@ func command() *cobra.Command {
 				}
 				svc = append(svc, p)
 			}
-			enf, err := enforce.New(ctx, enforce.Config{NodeName: cfg.NodeName, ServiceCIDRs: svc}, log)
+			enf, err := enforce.New(ctx, enforce.Config{NodeName: cfg.NodeName, ServiceCIDRs: svc, HostRouting: hostRouting}, log)
 			if err != nil {
 				return fmt.Errorf("loading the policy datapath: %w", err)
 			}
@@ -149,6 +149,7 @@ func command() *cobra.Command {
 	f.StringVar(&cfg.HTTPAddr, "http-addr", ":9969", "address for /healthz, /readyz and /metrics")
 	f.DurationVar(&cfg.Reconcile, "reconcile-interval", 30*time.Second, "period of the leak reconciler and block status report")
 	f.StringSliceVar(&serviceCIDRs, "service-cidr", []string{"10.96.0.0/16"}, "the cluster's Service (ClusterIP) ranges: egress to them is judged on the backend")
+	f.BoolVar(&hostRouting, "host-routing", false, "route traffic between two pods of this node through the host stack (netfilter, IP forwarding) instead of delivering it from veth to veth; policy is the same either way")
 	f.BoolVar(&policy, "policy", true, "enforce NetworkPolicy and CiliumNetworkPolicy with the eBPF datapath (false: networking only)")
 	f.IntVar(&flowHistory, "flow-history", flows.DefaultCapacity, "recent flows kept for GET /v1/flows (flatnetctl flows)")
 	f.DurationVar(&cfg.LeakGrace, "leak-grace", 2*time.Minute, "how long an address must belong to no pod before it is freed")

@@ -1,0 +1,150 @@
+package bpf
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"golang.org/x/sys/unix"
+)
+
+// forwarded counts the packets the node's IP forwarding passed between two pods, in
+// either direction, with one counting rule per protocol and direction in FORWARD.
+type forwarded struct {
+	n *testNode
+}
+
+func (n *testNode) countForwarded(a, b *testPod) forwarded {
+	for _, proto := range []string{"tcp", "udp"} {
+		n.iptables("-A", "FORWARD", "-s", a.ip.String(), "-d", b.ip.String(), "-p", proto)
+		n.iptables("-A", "FORWARD", "-s", b.ip.String(), "-d", a.ip.String(), "-p", proto)
+	}
+	return forwarded{n}
+}
+
+func (f forwarded) packets(t *testing.T) int {
+	t.Helper()
+	out, err := exec.Command("nsenter", "--net="+f.n.node.Path(), "iptables", "-L", "FORWARD", "-v", "-x", "-n").CombinedOutput()
+	if err != nil {
+		t.Fatalf("iptables -L FORWARD: %v: %s", err, out)
+	}
+	total := 0
+	for _, line := range strings.Split(string(out), "\n")[2:] {
+		if fields := strings.Fields(line); len(fields) > 0 {
+			v, err := strconv.Atoi(fields[0])
+			if err != nil {
+				t.Fatalf("iptables -L FORWARD: bad counter line %q", line)
+			}
+			total += v
+		}
+	}
+	return total
+}
+
+// TestNetnsDirectLocalDelivery: connections between two pods of one node skip the
+// host stack's forwarding (and netfilter) in both directions, policy still applies
+// to them, and host routing (SetHostRouting) brings the stack back.
+func TestNetnsDirectLocalDelivery(t *testing.T) {
+	n := newTestNode(t)
+	ctx := context.Background()
+	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
+	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	server.serveTCP(t, 80)
+	server.serveUDP(t, 53)
+	fwd := n.countForwarded(client, server)
+
+	wantWorks(t, "TCP client -> server", client.tcpWorks(server.ip, 80))
+	wantWorks(t, "UDP client -> server", client.udpWorks(server.ip, 53))
+	if got := fwd.packets(t); got != 0 {
+		t.Errorf("direct delivery: the host stack forwarded %d packets between the pods, want 0", got)
+	}
+
+	// The receiver's ingress policy still judges what is delivered directly.
+	n.cnp(seedDefaultDeny)
+	wantBlocked(t, "TCP client -> server under default deny", client.tcpQuick(server.ip, 80))
+	wantBlocked(t, "UDP client -> server under default deny", client.udpQuick(server.ip, 53))
+	n.c.DeletePolicy("cnp/default/default-deny")
+	n.flush()
+
+	must(t, n.d.SetHostRouting(ctx, true))
+	wantWorks(t, "TCP client -> server with host routing", client.tcpWorks(server.ip, 80))
+	if got := fwd.packets(t); got == 0 {
+		t.Errorf("host routing: the host stack forwarded nothing between the pods")
+	}
+	must(t, n.d.SetHostRouting(ctx, false))
+}
+
+// TestNetnsDirectDeliveryDecrementsTTL: a packet delivered directly is forwarded as
+// the stack would: one hop less to live, and one that would expire is left to the
+// stack (which drops it and answers time exceeded) instead of delivered.
+func TestNetnsDirectDeliveryDecrementsTTL(t *testing.T) {
+	n := newTestNode(t)
+	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
+	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+
+	var srv int
+	must(t, server.netns.Do(func(ns.NetNS) error {
+		var err error
+		if srv, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err != nil {
+			return err
+		}
+		if err := unix.SetsockoptInt(srv, unix.IPPROTO_IP, unix.IP_RECVTTL, 1); err != nil {
+			return err
+		}
+		tv := unix.NsecToTimeval(blockTimeout.Nanoseconds())
+		if err := unix.SetsockoptTimeval(srv, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			return err
+		}
+		return unix.Bind(srv, &unix.SockaddrInet4{Port: 53, Addr: server.ip.As4()})
+	}))
+	t.Cleanup(func() { unix.Close(srv) })
+	// recvTTL reads one datagram and the TTL it arrived with.
+	recvTTL := func() (string, int, error) {
+		buf, oob := make([]byte, 64), make([]byte, 64)
+		nb, noob, _, _, err := unix.Recvmsg(srv, buf, oob, 0)
+		if err != nil {
+			return "", 0, err
+		}
+		msgs, err := unix.ParseSocketControlMessage(oob[:noob])
+		if err != nil {
+			return "", 0, err
+		}
+		for _, m := range msgs {
+			if m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_TTL && len(m.Data) >= 4 {
+				return string(buf[:nb]), int(m.Data[0]), nil // native int; little endian here
+			}
+		}
+		return "", 0, fmt.Errorf("no TTL in the control message")
+	}
+	send := func(ttl int, msg string) {
+		must(t, client.netns.Do(func(ns.NetNS) error {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_TTL, ttl); err != nil {
+				return err
+			}
+			return unix.Sendto(fd, []byte(msg), 0, &unix.SockaddrInet4{Port: 53, Addr: server.ip.As4()})
+		}))
+	}
+
+	send(2, "two")
+	msg, ttl, err := recvTTL()
+	if err != nil || msg != "two" || ttl != 1 {
+		t.Errorf("datagram sent with TTL 2: got %q with TTL %d (%v), want %q with TTL 1", msg, ttl, err, "two")
+	}
+	send(1, "one")
+	start := time.Now()
+	if msg, ttl, err := recvTTL(); err == nil {
+		t.Errorf("datagram sent with TTL 1 was delivered (%q, TTL %d); a router drops it", msg, ttl)
+	} else if time.Since(start) < blockTimeout/2 {
+		t.Errorf("reading after the TTL 1 datagram: %v", err)
+	}
+}
