@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/flatnet/flatnet/dataplane/compile"
@@ -46,6 +48,9 @@ type Endpoint struct {
 	IfIndex  int        // host-side veth
 	IP       netip.Addr // pod IPv4
 	Identity identity.ID
+	// MAC is the pod interface's: with it, traffic from other local pods is handed
+	// straight to the pod (bpf_redirect_peer); without it, through its host veth.
+	MAC net.HardwareAddr
 }
 
 // Load loads the programs, creating the maps in pinDir or reusing the ones a
@@ -72,6 +77,11 @@ func Load(ctx context.Context, pinDir string) (*Datapath, error) {
 				"migrate or remove it: %w", pinDir, err)
 		}
 		return nil, fmt.Errorf("loading datapath into the kernel: %w", err)
+	}
+	// Pinned, the slot outlives this agent; the next one puts its own program there.
+	if err := d.objs.FnCalls.Put(uint32(0), d.objs.DeliverToPod); err != nil {
+		d.objs.Close()
+		return nil, fmt.Errorf("installing deliver_to_pod for tail calls: %w", err)
 	}
 	if err := d.resumeLinks(ctx); err != nil {
 		d.objs.Close()
@@ -198,7 +208,7 @@ func (d *Datapath) AttachEndpoint(ctx context.Context, ep Endpoint, pol *compile
 	// the veth the packets are handed to).
 	defer func() {
 		if err == nil {
-			if perr := d.objs.FnLocalIps.Put(addrBE(ep.IP), uint32(ep.IfIndex)); perr != nil {
+			if perr := d.objs.FnLocalIps.Put(addrBE(ep.IP), localEndpoint(ep)); perr != nil {
 				err = fmt.Errorf("writing local address of endpoint %d: %w", ep.IfIndex, perr)
 			}
 		}
@@ -212,6 +222,23 @@ func (d *Datapath) AttachEndpoint(ctx context.Context, ep Endpoint, pol *compile
 		}
 	}
 	return nil
+}
+
+// localEndpoint is ep's entry for direct delivery. The MACs are left zero (delivery
+// through the host veth) unless both are known: the pod's, and its host veth's,
+// read from the interface in the current netns (the node's).
+func localEndpoint(ep Endpoint) *datapathLocalEp {
+	le := &datapathLocalEp{Ifindex: uint32(ep.IfIndex)}
+	if len(ep.MAC) != 6 {
+		return le
+	}
+	l, err := netlink.LinkByIndex(ep.IfIndex)
+	if err != nil || len(l.Attrs().HardwareAddr) != 6 {
+		return le
+	}
+	copy(le.PodMac[:], ep.MAC)
+	copy(le.HostMac[:], l.Attrs().HardwareAddr)
+	return le
 }
 
 func (d *Datapath) attach(ifindex, dir int) error {
@@ -279,8 +306,8 @@ func (d *Datapath) forget(ifindex int) error {
 	// First: no more traffic delivered directly to an interface being forgotten.
 	var info datapathEndpointInfo
 	if err := d.objs.FnEndpoints.Lookup(key, &info); err == nil {
-		var owner uint32
-		if err := d.objs.FnLocalIps.Lookup(info.Addr, &owner); err == nil && owner == key {
+		var owner datapathLocalEp
+		if err := d.objs.FnLocalIps.Lookup(info.Addr, &owner); err == nil && owner.Ifindex == key {
 			if err := d.objs.FnLocalIps.Delete(info.Addr); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 				errs = append(errs, fmt.Errorf("deleting local address of endpoint %d: %w", ifindex, err))
 			}

@@ -107,6 +107,13 @@ type datapathIpcacheVal struct {
 	Flags    uint32
 }
 
+type datapathLocalEp struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	PodMac  [6]uint8
+	HostMac [6]uint8
+}
+
 type datapathPolicyKey struct {
 	_        structs.HostLayout
 	Dir      uint8
@@ -132,6 +139,7 @@ type datapathPolicyVal struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	datapathMapFnCalls         = "fn_calls"
 	datapathMapFnCidrcache     = "fn_cidrcache"
 	datapathMapFnConfig        = "fn_config"
 	datapathMapFnCounters      = "fn_counters"
@@ -144,6 +152,7 @@ const (
 	datapathMapFnLocalIps      = "fn_local_ips"
 	datapathMapFnPolicy        = "fn_policy"
 	datapathMapFnPolicyProto   = "fn_policy_proto"
+	datapathProgDeliverToPod   = "deliver_to_pod"
 	datapathProgFromPod        = "from_pod"
 	datapathProgServiceEgress  = "service_egress"
 	datapathProgToPod          = "to_pod"
@@ -194,6 +203,7 @@ type datapathSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathProgramSpecs struct {
+	DeliverToPod  *ebpf.ProgramSpec `ebpf:"deliver_to_pod"`
 	FromPod       *ebpf.ProgramSpec `ebpf:"from_pod"`
 	ServiceEgress *ebpf.ProgramSpec `ebpf:"service_egress"`
 	ToPod         *ebpf.ProgramSpec `ebpf:"to_pod"`
@@ -203,6 +213,7 @@ type datapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
+	FnCalls       *ebpf.MapSpec `ebpf:"fn_calls"`
 	FnCidrcache   *ebpf.MapSpec `ebpf:"fn_cidrcache"`
 	FnConfig      *ebpf.MapSpec `ebpf:"fn_config"`
 	FnCounters    *ebpf.MapSpec `ebpf:"fn_counters"`
@@ -246,6 +257,7 @@ func (o *datapathObjects) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
+	FnCalls       *ebpf.Map `ebpf:"fn_calls"`
 	FnCidrcache   *ebpf.Map `ebpf:"fn_cidrcache"`
 	FnConfig      *ebpf.Map `ebpf:"fn_config"`
 	FnCounters    *ebpf.Map `ebpf:"fn_counters"`
@@ -262,6 +274,7 @@ type datapathMaps struct {
 
 func (m *datapathMaps) Close() error {
 	return _DatapathClose(
+		m.FnCalls,
 		m.FnCidrcache,
 		m.FnConfig,
 		m.FnCounters,
@@ -290,6 +303,7 @@ type datapathVariables struct {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathPrograms struct {
+	DeliverToPod  *ebpf.Program `ebpf:"deliver_to_pod"`
 	FromPod       *ebpf.Program `ebpf:"from_pod"`
 	ServiceEgress *ebpf.Program `ebpf:"service_egress"`
 	ToPod         *ebpf.Program `ebpf:"to_pod"`
@@ -297,6 +311,7 @@ type datapathPrograms struct {
 
 func (p *datapathPrograms) Close() error {
 	return _DatapathClose(
+		p.DeliverToPod,
 		p.FromPod,
 		p.ServiceEgress,
 		p.ToPod,

@@ -2,7 +2,9 @@ package bpf
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
+	"net"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -58,11 +61,34 @@ func TestNetnsDirectLocalDelivery(t *testing.T) {
 	server.serveUDP(t, 53)
 	fwd := n.countForwarded(client, server)
 
+	tx0 := n.txPackets(server)
 	wantWorks(t, "TCP client -> server", client.tcpWorks(server.ip, 80))
 	wantWorks(t, "UDP client -> server", client.udpWorks(server.ip, 53))
 	if got := fwd.packets(t); got != 0 {
 		t.Errorf("direct delivery: the host stack forwarded %d packets between the pods, want 0", got)
 	}
+	// Straight into the pod: its host veth transmitted nothing.
+	if tx := n.txPackets(server); tx != tx0 {
+		t.Errorf("direct delivery with the pod's MAC known: the server's host veth sent %d packets, want 0", tx-tx0)
+	}
+
+	// Without the pod's MAC (a CNI that did not report it): out of the host veth,
+	// still skipping the stack.
+	id, _ := n.c.IdentityOf("default", "server")
+	must(t, n.node.Do(func(ns.NetNS) error {
+		return n.d.AttachEndpoint(ctx, Endpoint{IfIndex: server.ifindex, IP: server.ip, Identity: id}, n.c.EndpointPolicy("default", "server"))
+	}))
+	tx0 = n.txPackets(server)
+	wantWorks(t, "TCP client -> server, MAC unknown", client.tcpWorks(server.ip, 80))
+	if got := fwd.packets(t); got != 0 {
+		t.Errorf("direct delivery, MAC unknown: the host stack forwarded %d packets between the pods, want 0", got)
+	}
+	if tx := n.txPackets(server); tx == tx0 {
+		t.Errorf("direct delivery, MAC unknown: nothing went out of the server's host veth")
+	}
+	must(t, n.node.Do(func(ns.NetNS) error {
+		return n.d.AttachEndpoint(ctx, Endpoint{IfIndex: server.ifindex, IP: server.ip, Identity: id, MAC: server.mac}, n.c.EndpointPolicy("default", "server"))
+	}))
 
 	// The receiver's ingress policy still judges what is delivered directly.
 	n.cnp(seedDefaultDeny)
@@ -77,6 +103,77 @@ func TestNetnsDirectLocalDelivery(t *testing.T) {
 		t.Errorf("host routing: the host stack forwarded nothing between the pods")
 	}
 	must(t, n.d.SetHostRouting(ctx, false))
+}
+
+// txPackets is what the pod's host veth has transmitted (towards the pod).
+func (n *testNode) txPackets(p *testPod) uint64 {
+	var tx uint64
+	must(n.t, n.node.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByIndex(p.ifindex)
+		if err != nil {
+			return err
+		}
+		tx = l.Attrs().Statistics.TxPackets
+		return nil
+	}))
+	return tx
+}
+
+// TestNetnsDirectDeliveryFrames: a frame delivered straight into a pod carries the
+// L2 addresses the host veth would have given it: from the pod's gateway (its host
+// veth) to the pod's own MAC.
+func TestNetnsDirectDeliveryFrames(t *testing.T) {
+	n := newTestNode(t)
+	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
+	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	var hostMAC net.HardwareAddr
+	must(t, n.node.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByIndex(server.ifindex)
+		if err == nil {
+			hostMAC = l.Attrs().HardwareAddr
+		}
+		return err
+	}))
+	var sock int
+	must(t, server.netns.Do(func(ns.NetNS) error {
+		eth, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		if sock, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_IP))); err != nil {
+			return err
+		}
+		tv := unix.NsecToTimeval(dialTimeout.Nanoseconds())
+		if err := unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			return err
+		}
+		return unix.Bind(sock, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IP), Ifindex: eth.Attrs().Index})
+	}))
+	t.Cleanup(func() { unix.Close(sock) })
+	must(t, client.netns.Do(func(ns.NetNS) error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		return unix.Sendto(fd, []byte("frame"), 0, &unix.SockaddrInet4{Port: 5353, Addr: server.ip.As4()})
+	}))
+	buf := make([]byte, 2048)
+	for {
+		nb, _, err := unix.Recvfrom(sock, buf, 0)
+		if err != nil {
+			t.Fatalf("no frame from the client reached the server: %v", err)
+		}
+		f := buf[:nb]
+		// Ethernet + IPv4 (no options from this sender) + UDP to port 5353.
+		if nb < 14+20+8 || f[14+9] != unix.IPPROTO_UDP || binary.BigEndian.Uint16(f[14+20+2:]) != 5353 {
+			continue
+		}
+		if dst, src := net.HardwareAddr(f[0:6]), net.HardwareAddr(f[6:12]); dst.String() != server.mac.String() || src.String() != hostMAC.String() {
+			t.Errorf("frame %s -> %s, want %s (host veth) -> %s (pod)", src, dst, hostMAC, server.mac)
+		}
+		return
+	}
 }
 
 // TestNetnsDirectDeliveryDecrementsTTL: a packet delivered directly is forwarded as

@@ -95,7 +95,7 @@ func BenchmarkNetnsTCP(b *testing.B) {
 	attach := func(p *testPod) {
 		id, _ := n.c.IdentityOf(p.namespace, p.name)
 		must(b, n.node.Do(func(ns.NetNS) error {
-			return n.d.AttachEndpoint(ctx, Endpoint{IfIndex: p.ifindex, IP: p.ip, Identity: id}, n.c.EndpointPolicy(p.namespace, p.name))
+			return n.d.AttachEndpoint(ctx, Endpoint{IfIndex: p.ifindex, IP: p.ip, Identity: id, MAC: p.mac}, n.c.EndpointPolicy(p.namespace, p.name))
 		}))
 	}
 	type variant struct {

@@ -46,6 +46,7 @@ type testPod struct {
 	ip              netip.Addr
 	hostIf          string
 	ifindex         int
+	mac             net.HardwareAddr // eth0's, as the CNI plugin reports it
 }
 
 func newTestNode(t testing.TB) *testNode {
@@ -131,6 +132,7 @@ func (n *testNode) addPod(namespace, name, ip string, labels map[string]string) 
 		if err := netlink.LinkSetUp(eth); err != nil {
 			return err
 		}
+		p.mac = eth.Attrs().HardwareAddr
 		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Dst: &net.IPNet{IP: gateway, Mask: net.CIDRMask(32, 32)}, Scope: netlink.SCOPE_LINK}); err != nil {
 			return err
 		}
@@ -145,7 +147,7 @@ func (n *testNode) addPod(namespace, name, ip string, labels map[string]string) 
 	n.flush()
 	id, _ := n.c.IdentityOf(namespace, name)
 	must(t, n.node.Do(func(ns.NetNS) error {
-		return n.d.AttachEndpoint(context.Background(), Endpoint{IfIndex: p.ifindex, IP: p.ip, Identity: id},
+		return n.d.AttachEndpoint(context.Background(), Endpoint{IfIndex: p.ifindex, IP: p.ip, Identity: id, MAC: p.mac},
 			n.c.EndpointPolicy(namespace, name))
 	}))
 	return p
@@ -650,7 +652,7 @@ func TestNetnsNoWindowAcrossRestarts(t *testing.T) {
 		for _, p := range n.pods {
 			id, _ := n.c.IdentityOf(p.namespace, p.name)
 			must(t, n.node.Do(func(ns.NetNS) error {
-				return n.d.AttachEndpoint(context.Background(), Endpoint{IfIndex: p.ifindex, IP: p.ip, Identity: id},
+				return n.d.AttachEndpoint(context.Background(), Endpoint{IfIndex: p.ifindex, IP: p.ip, Identity: id, MAC: p.mac},
 					n.c.EndpointPolicy(p.namespace, p.name))
 			}))
 		}

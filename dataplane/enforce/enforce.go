@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"sort"
@@ -312,7 +313,9 @@ func (e *Enforcer) Attach(ctx context.Context, ep endpointapi.Endpoint) error {
 	if pol == nil {
 		return fmt.Errorf("attaching %s: no policy compiled", key)
 	}
-	if err := e.d.AttachEndpoint(ctx, bpf.Endpoint{IfIndex: ep.HostIfIndex, IP: ep.IP, Identity: id}, pol); err != nil {
+	// A missing or malformed MAC only costs direct delivery's fast way in.
+	mac, _ := net.ParseMAC(ep.MAC)
+	if err := e.d.AttachEndpoint(ctx, bpf.Endpoint{IfIndex: ep.HostIfIndex, IP: ep.IP, Identity: id, MAC: mac}, pol); err != nil {
 		return fmt.Errorf("attaching %s: %w", key, err)
 	}
 	e.attached[key] = ep

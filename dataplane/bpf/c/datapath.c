@@ -34,10 +34,20 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_ENDPOINTS);
-	__type(key, __u32);   // pod IPv4, network order
-	__type(value, __u32); // host veth ifindex
+	__type(key, __u32); // pod IPv4, network order
+	__type(value, struct local_ep);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } fn_local_ips SEC(".maps");
+
+// Tail calls: slot 0 is deliver_to_pod (filled by the agent at load).
+#define CALL_DELIVER 0
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fn_calls SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -407,28 +417,31 @@ static __always_inline int host_routing(void)
 	return cfg && (cfg->flags & DP_F_HOST_ROUTING);
 }
 
-// local_target returns the host veth of the local pod p goes to when p may be
-// delivered directly, else 0.
-static __always_inline __u32 local_target(struct __sk_buff *skb, const struct pkt *p)
+// local_target returns the local pod p goes to when p may be delivered directly,
+// else NULL.
+static __always_inline struct local_ep *local_target(struct __sk_buff *skb, const struct pkt *p)
 {
 	if (p->frag || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP) || host_routing())
-		return 0;
+		return NULL;
 	__u32 daddr = p->daddr;
-	__u32 *oif = bpf_map_lookup_elem(&fn_local_ips, &daddr);
-	if (!oif)
-		return 0;
+	struct local_ep *le = bpf_map_lookup_elem(&fn_local_ips, &daddr);
+	if (!le)
+		return NULL;
 	// The stack answers an expiring packet with time exceeded: leave those to it.
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct iphdr *ip = data + sizeof(struct ethhdr);
 	if ((void *)(ip + 1) > end || ip->ttl <= 1)
-		return 0;
-	return *oif;
+		return NULL;
+	return le;
 }
 
-// deliver_local forwards the packet to oif's egress as the stack would (TTL
-// decremented, L2 addresses from the neighbour table), marked for to_pod.
-static __always_inline int deliver_local(struct __sk_buff *skb, __u32 oif)
+// deliver_local forwards the packet to a local pod as the stack would (TTL
+// decremented), marked DIRECT_MARK. When the pod's MAC is known, straight into the
+// pod (deliver_to_pod, a tail call: the receiver's ingress is judged there, and
+// neither its host veth nor to_pod see the packet); else out of its host veth, L2
+// addresses from the neighbour table, to_pod judging it there.
+static __always_inline int deliver_local(struct __sk_buff *skb, const struct local_ep *le)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
@@ -440,6 +453,16 @@ static __always_inline int deliver_local(struct __sk_buff *skb, __u32 oif)
 	ip->check = (__u16)(check + (check >= 0xffff));
 	ip->ttl--;
 	skb->mark |= DIRECT_MARK;
+	__u32 oif = le->ifindex;
+	if (le->pod_mac[0] | le->pod_mac[1] | le->pod_mac[2] | le->pod_mac[3] | le->pod_mac[4] | le->pod_mac[5]) {
+		skb->cb[0] = oif;
+		__builtin_memcpy(&skb->cb[1], le->pod_mac, 4);
+		__builtin_memcpy(&skb->cb[2], le->pod_mac + 4, 2);
+		__builtin_memcpy((__u8 *)&skb->cb[2] + 2, le->host_mac, 2);
+		__builtin_memcpy(&skb->cb[3], le->host_mac + 2, 4);
+		bpf_tail_call(skb, &fn_calls, CALL_DELIVER);
+		// No program in the slot (an agent being replaced): the host veth way.
+	}
 	return bpf_redirect_neigh(oif, NULL, 0, 0);
 }
 
@@ -453,9 +476,10 @@ static __always_inline __u32 endpoint_identity(__u32 ifindex, __u32 id)
 	return ep ? ep->identity : 0;
 }
 
-static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
+// handle judges a packet of the endpoint on host veth ifindex going in direction dir,
+// counts it, reports it, and returns the tcx verdict.
+static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 ifindex)
 {
-	__u32 ifindex = skb->ifindex;
 	struct pkt p;
 	int r = parse(skb, &p);
 	if (r < 0 && skb->len > skb->data_end - skb->data) {
@@ -506,9 +530,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		ct->expires_ns = now + ct_lifetime(&p, flags);
 		count(ifindex, dir, FORWARD_REPLY, skb->len);
 		if (dir == DIR_EGRESS && (flags & CT_F_DIRECT)) {
-			__u32 oif = local_target(skb, &p);
-			if (oif)
-				return deliver_local(skb, oif);
+			struct local_ep *le = local_target(skb, &p);
+			if (le)
+				return deliver_local(skb, le);
 		}
 		return TCX_NEXT;
 	}
@@ -572,9 +596,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		ct->expires_ns = now + ct_lifetime(&p, flags);
 		count(ifindex, dir, FORWARD_ESTABLISHED, skb->len);
 		if (dir == DIR_EGRESS && (flags & CT_F_DIRECT)) {
-			__u32 oif = local_target(skb, &p);
-			if (oif)
-				return deliver_local(skb, oif);
+			struct local_ep *le = local_target(skb, &p);
+			if (le)
+				return deliver_local(skb, le);
 		}
 		return TCX_NEXT;
 	}
@@ -583,14 +607,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		.flags = closing,
 		.rule_id = d.rule_id,
 	};
-	__u32 oif = 0;
+	struct local_ep *le = NULL;
 	if (dir == DIR_EGRESS) {
 		// Only the opening packet of a connection starts direct delivery: a lost
 		// entry re-created mid-connection may belong to a NATed one.
 		if (d.code == FORWARD_POLICY &&
 		    (p.proto == IPPROTO_UDP || (p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN))
-			oif = local_target(skb, &p);
-		if (oif)
+			le = local_target(skb, &p);
+		if (le)
 			nv.flags |= CT_F_DIRECT;
 	} else if (skb->mark & DIRECT_MARK) {
 		nv.flags |= CT_F_DIRECT;
@@ -602,21 +626,44 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir)
 		bpf_map_update_elem(&fn_ct, &ck, &nv, BPF_ANY);
 	count(ifindex, dir, d.code, skb->len);
 	emit(ifindex, dir, &p, VERDICT_FORWARD, d.code, d.rule_id, remote_id, local_id);
-	if (oif)
-		return deliver_local(skb, oif);
+	if (le)
+		return deliver_local(skb, le);
 	return TCX_NEXT;
 }
 
 SEC("tcx/ingress")
 int from_pod(struct __sk_buff *skb)
 {
-	return handle(skb, DIR_EGRESS);
+	return handle(skb, DIR_EGRESS, skb->ifindex);
 }
 
 SEC("tcx/egress")
 int to_pod(struct __sk_buff *skb)
 {
-	return handle(skb, DIR_INGRESS);
+	return handle(skb, DIR_INGRESS, skb->ifindex);
+}
+
+// deliver_to_pod, tail-called by from_pod (deliver_local) on the sender's host veth:
+// judges the packet as the receiver's ingress, as to_pod would on the receiver's
+// veth, and hands it straight to the receiver's interface (bpf_redirect_peer), with
+// the L2 addresses it would have had through the host veth.
+SEC("tcx/ingress")
+int deliver_to_pod(struct __sk_buff *skb)
+{
+	__u32 oif = skb->cb[0];
+	__u32 macs[3] = {skb->cb[1], skb->cb[2], skb->cb[3]}; // pod MAC, then host veth MAC
+	int r = handle(skb, DIR_INGRESS, oif);
+	if (r != TCX_NEXT)
+		return r;
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return TCX_DROP;
+	__builtin_memcpy(eth->h_dest, macs, 6);
+	__builtin_memcpy(eth->h_source, (__u8 *)macs + 6, 6);
+	skb->mark = 0; // as if it had crossed the veth (which scrubs it)
+	return bpf_redirect_peer(oif, 0);
 }
 
 // ---- Services: egress judged on the backend, after kube-proxy's DNAT ----

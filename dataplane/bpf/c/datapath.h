@@ -73,6 +73,13 @@ struct endpoint_info {
 	__u32 pad;
 };
 
+// A pod of this node, by address (fn_local_ips), for direct local delivery.
+struct local_ep {
+	__u32 ifindex;      // host veth
+	__u8 pod_mac[6];    // the pod's interface; zero: not known, deliver through the host veth
+	__u8 host_mac[6];   // the host veth's (the pod's gateway)
+};
+
 struct ipcache_key {
 	__u32 prefixlen;
 	__u32 addr; // network order
