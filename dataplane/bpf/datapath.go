@@ -70,6 +70,9 @@ func Load(ctx context.Context, pinDir string) (*Datapath, error) {
 	}
 	d := &Datapath{pinDir: pinDir, inner: spec.Maps[datapathMapFnPolicyProto].Copy()}
 	d.inner.Name = "fn_ep_policy"
+	if err := dropRebuiltIfChanged(spec, pinDir); err != nil {
+		return nil, err
+	}
 	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}})
 	if err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
@@ -88,6 +91,32 @@ func Load(ctx context.Context, pinDir string) (*Datapath, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// rebuiltMaps are the maps an agent fills whole at startup (endpoints are attached
+// again), so they may change layout between versions.
+var rebuiltMaps = []string{datapathMapFnLocalIps, datapathMapFnCalls}
+
+// dropRebuiltIfChanged unpins a rebuilt map whose pinned layout differs from this
+// version's, so that Load creates it afresh. Programs still running from the previous
+// agent keep the old map until their links move to the new programs.
+func dropRebuiltIfChanged(spec *ebpf.CollectionSpec, pinDir string) error {
+	for _, name := range rebuiltMaps {
+		path := filepath.Join(pinDir, name)
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if err != nil {
+			continue // not pinned yet (or unreadable: Load will say)
+		}
+		cerr := spec.Maps[name].Compatible(m)
+		m.Close()
+		if cerr == nil {
+			continue
+		}
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("replacing %s of an older layout: %w", path, err)
+		}
+	}
+	return nil
 }
 
 // EnsureBPFFS mounts a bpffs on dir unless one is there. For pins to outlive the agent
@@ -730,7 +759,7 @@ func (d *Datapath) MapFill(_ context.Context) ([]MapFill, error) {
 	}{
 		{"endpoints", d.objs.FnEndpoints}, {"policy", d.objs.FnPolicy}, {"ipcache", d.objs.FnIpcache},
 		{"cidrcache", d.objs.FnCidrcache}, {"identities", d.objs.FnIdentities}, {"ct", d.objs.FnCt},
-		{"counters", d.objs.FnCounters},
+		{"counters", d.objs.FnCounters}, {"local_ips", d.objs.FnLocalIps},
 	}
 	out := make([]MapFill, 0, len(maps))
 	for _, m := range maps {

@@ -5,12 +5,15 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -243,5 +246,24 @@ func TestNetnsDirectDeliveryDecrementsTTL(t *testing.T) {
 		t.Errorf("datagram sent with TTL 1 was delivered (%q, TTL %d); a router drops it", msg, ttl)
 	} else if time.Since(start) < blockTimeout/2 {
 		t.Errorf("reading after the TTL 1 datagram: %v", err)
+	}
+}
+
+// TestLoadReplacesRebuiltMapOfOtherLayout: a map the agent rebuilds at startup, pinned
+// by a version with another layout, is replaced instead of failing the load.
+func TestLoadReplacesRebuiltMapOfOtherLayout(t *testing.T) {
+	pinDir := filepath.Join(mountBPFFS(t), "flatnet")
+	must(t, os.MkdirAll(pinDir, 0o700))
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "fn_local_ips", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 4096})
+	must(t, err)
+	must(t, old.Pin(filepath.Join(pinDir, "fn_local_ips")))
+	old.Close()
+	d, err := Load(context.Background(), pinDir)
+	if err != nil {
+		t.Fatalf("loading over an fn_local_ips of another layout: %v", err)
+	}
+	defer d.Close()
+	if got, want := d.objs.FnLocalIps.ValueSize(), uint32(16); got != want {
+		t.Errorf("fn_local_ips value size %d, want %d", got, want)
 	}
 }
