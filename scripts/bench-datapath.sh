@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Datapath benchmarks on real netns pods (issues #5 and #6), as root:
 #   - dataplane/bpf BenchmarkNetnsTCP: TCP_CRR and TCP_RR between two pods with no
-#     program, programs with 0 rules, with 1,000 rules, and flow events off/all;
+#     program, programs with 0 rules, with 1,000 rules (direct local delivery, and
+#     through the host stack), and flow events off/all; then no program vs 1,000 rules
+#     again on a node netns with kube-proxy-like NAT rules (netfilter tracking every
+#     forwarded packet, as on a Kubernetes node);
 #   - dataplane/flows BenchmarkFlowEventFlood: flow events per second the agent's
 #     pipeline takes in from a flood of denied SYNs, at the default and a raised rate.
 # Each of COUNT rounds is a new process running every variant once, so variants
