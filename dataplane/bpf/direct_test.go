@@ -196,15 +196,15 @@ func TestNetnsDirectDeliveryDecrementsTTL(t *testing.T) {
 		if err := unix.SetsockoptInt(srv, unix.IPPROTO_IP, unix.IP_RECVTTL, 1); err != nil {
 			return err
 		}
-		tv := unix.NsecToTimeval(blockTimeout.Nanoseconds())
-		if err := unix.SetsockoptTimeval(srv, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-			return err
-		}
 		return unix.Bind(srv, &unix.SockaddrInet4{Port: 53, Addr: server.ip.As4()})
 	}))
 	t.Cleanup(func() { unix.Close(srv) })
-	// recvTTL reads one datagram and the TTL it arrived with.
-	recvTTL := func() (string, int, error) {
+	// recvTTL reads one datagram and the TTL it arrived with, waiting up to timeout.
+	recvTTL := func(timeout time.Duration) (string, int, error) {
+		tv := unix.NsecToTimeval(timeout.Nanoseconds())
+		if err := unix.SetsockoptTimeval(srv, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			return "", 0, err
+		}
 		buf, oob := make([]byte, 64), make([]byte, 64)
 		nb, noob, _, _, err := unix.Recvmsg(srv, buf, oob, 0)
 		if err != nil {
@@ -236,13 +236,13 @@ func TestNetnsDirectDeliveryDecrementsTTL(t *testing.T) {
 	}
 
 	send(2, "two")
-	msg, ttl, err := recvTTL()
+	msg, ttl, err := recvTTL(dialTimeout)
 	if err != nil || msg != "two" || ttl != 1 {
 		t.Errorf("datagram sent with TTL 2: got %q with TTL %d (%v), want %q with TTL 1", msg, ttl, err, "two")
 	}
 	send(1, "one")
 	start := time.Now()
-	if msg, ttl, err := recvTTL(); err == nil {
+	if msg, ttl, err := recvTTL(blockTimeout); err == nil {
 		t.Errorf("datagram sent with TTL 1 was delivered (%q, TTL %d); a router drops it", msg, ttl)
 	} else if time.Since(start) < blockTimeout/2 {
 		t.Errorf("reading after the TTL 1 datagram: %v", err)
