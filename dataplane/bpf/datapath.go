@@ -216,7 +216,7 @@ func (d *Datapath) resumeLinks(ctx context.Context) error {
 // first, then the programs are attached to its host veth in both directions, so the
 // first packet the pod sends is already under policy. Calling it again for an
 // attached endpoint updates it in place.
-func (d *Datapath) AttachEndpoint(ctx context.Context, ep Endpoint, pol *compile.EndpointPolicy) (err error) {
+func (d *Datapath) AttachEndpoint(ctx context.Context, ep Endpoint, pol *compile.EndpointPolicy) error {
 	if ep.IfIndex <= 0 || !ep.IP.Is4() {
 		return fmt.Errorf("attaching endpoint: need an interface index and an IPv4 address, got %d and %v", ep.IfIndex, ep.IP)
 	}
@@ -232,16 +232,6 @@ func (d *Datapath) AttachEndpoint(ctx context.Context, ep Endpoint, pol *compile
 	if err := d.objs.FnEndpoints.Put(uint32(ep.IfIndex), &info); err != nil {
 		return fmt.Errorf("writing endpoint %d: %w", ep.IfIndex, err)
 	}
-	// Last: other pods' traffic is delivered here directly from now on, and only
-	// an endpoint whose programs judge it may receive it that way (to_pod runs on
-	// the veth the packets are handed to).
-	defer func() {
-		if err == nil {
-			if perr := d.objs.FnLocalIps.Put(addrBE(ep.IP), localEndpoint(ep)); perr != nil {
-				err = fmt.Errorf("writing local address of endpoint %d: %w", ep.IfIndex, perr)
-			}
-		}
-	}()
 	for _, dir := range []int{dirIngress, dirEgress} {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -249,6 +239,12 @@ func (d *Datapath) AttachEndpoint(ctx context.Context, ep Endpoint, pol *compile
 		if err := d.attach(ep.IfIndex, dir); err != nil {
 			return err
 		}
+	}
+	// Last: other pods' traffic is delivered here directly from now on, and only
+	// an endpoint whose programs judge it may receive it that way (to_pod runs on
+	// the veth the packets are handed to).
+	if err := d.objs.FnLocalIps.Put(addrBE(ep.IP), localEndpoint(ep)); err != nil {
+		return fmt.Errorf("writing local address of endpoint %d: %w", ep.IfIndex, err)
 	}
 	return nil
 }

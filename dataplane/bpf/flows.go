@@ -169,12 +169,7 @@ func (d *Datapath) SetEventRate(_ context.Context, perCPU uint32) error {
 // SetFlowEvents turns flow events on (the default) or off. Off, the programs emit
 // none and count none lost; benchmarks use it to measure what events cost.
 func (d *Datapath) SetFlowEvents(_ context.Context, on bool) error {
-	if err := d.updateConfig(func(c *datapathDpConfig) {
-		c.Flags &^= dpFlagNoEvents
-		if !on {
-			c.Flags |= dpFlagNoEvents
-		}
-	}); err != nil {
+	if err := d.setConfigFlag(dpFlagNoEvents, !on); err != nil {
 		return fmt.Errorf("switching flow events: %w", err)
 	}
 	return nil
@@ -186,12 +181,7 @@ func (d *Datapath) SetFlowEvents(_ context.Context, on bool) error {
 // straight to the receiver's veth, for connections no NAT applies to. Policy is the
 // same either way.
 func (d *Datapath) SetHostRouting(_ context.Context, on bool) error {
-	if err := d.updateConfig(func(c *datapathDpConfig) {
-		c.Flags &^= dpFlagHostRouting
-		if on {
-			c.Flags |= dpFlagHostRouting
-		}
-	}); err != nil {
+	if err := d.setConfigFlag(dpFlagHostRouting, on); err != nil {
 		return fmt.Errorf("switching host routing: %w", err)
 	}
 	return nil
@@ -202,6 +192,16 @@ const (
 	dpFlagNoEvents    = 1
 	dpFlagHostRouting = 2
 )
+
+// setConfigFlag sets or clears one DP_F_* flag of the config entry.
+func (d *Datapath) setConfigFlag(flag uint32, set bool) error {
+	return d.updateConfig(func(c *datapathDpConfig) {
+		c.Flags &^= flag
+		if set {
+			c.Flags |= flag
+		}
+	})
+}
 
 // updateConfig rewrites the datapath's config entry, keeping the fields fn leaves.
 func (d *Datapath) updateConfig(fn func(*datapathDpConfig)) error {

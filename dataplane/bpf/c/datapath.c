@@ -417,6 +417,15 @@ static __always_inline int host_routing(void)
 	return cfg && (cfg->flags & DP_F_HOST_ROUTING);
 }
 
+// ipv4 is the packet's IPv4 header (parse has checked the frame is IPv4), or NULL.
+static __always_inline struct iphdr *ipv4(struct __sk_buff *skb)
+{
+	struct iphdr *ip = (void *)(long)skb->data + sizeof(struct ethhdr);
+	if ((void *)(ip + 1) > (void *)(long)skb->data_end)
+		return NULL;
+	return ip;
+}
+
 // local_target returns the local pod p goes to when p may be delivered directly,
 // else NULL.
 static __always_inline struct local_ep *local_target(struct __sk_buff *skb, const struct pkt *p)
@@ -428,13 +437,17 @@ static __always_inline struct local_ep *local_target(struct __sk_buff *skb, cons
 	if (!le)
 		return NULL;
 	// The stack answers an expiring packet with time exceeded: leave those to it.
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
-	struct iphdr *ip = data + sizeof(struct ethhdr);
-	if ((void *)(ip + 1) > end || ip->ttl <= 1)
+	struct iphdr *ip = ipv4(skb);
+	if (!ip || ip->ttl <= 1)
 		return NULL;
 	return le;
 }
+
+// The tail call's argument: the receiver's local_ep, in skb->cb[0..3].
+union local_ep_cb {
+	struct local_ep le;
+	__u32 cb[4];
+};
 
 // deliver_local forwards the packet to a local pod as the stack would (TTL
 // decremented), marked DIRECT_MARK. When the pod's MAC is known, straight into the
@@ -443,27 +456,41 @@ static __always_inline struct local_ep *local_target(struct __sk_buff *skb, cons
 // addresses from the neighbour table, to_pod judging it there.
 static __always_inline int deliver_local(struct __sk_buff *skb, const struct local_ep *le)
 {
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
-	struct iphdr *ip = data + sizeof(struct ethhdr);
-	if ((void *)(ip + 1) > end)
+	struct iphdr *ip = ipv4(skb);
+	if (!ip)
 		return TCX_NEXT;
 	// ip_decrease_ttl: TTL is the high byte of the checksummed 16-bit word.
 	__u32 check = (__u32)ip->check + (__u32)bpf_htons(0x0100);
 	ip->check = (__u16)(check + (check >= 0xffff));
 	ip->ttl--;
 	skb->mark |= DIRECT_MARK;
-	__u32 oif = le->ifindex;
 	if (le->pod_mac[0] | le->pod_mac[1] | le->pod_mac[2] | le->pod_mac[3] | le->pod_mac[4] | le->pod_mac[5]) {
-		skb->cb[0] = oif;
-		__builtin_memcpy(&skb->cb[1], le->pod_mac, 4);
-		__builtin_memcpy(&skb->cb[2], le->pod_mac + 4, 2);
-		__builtin_memcpy((__u8 *)&skb->cb[2] + 2, le->host_mac, 2);
-		__builtin_memcpy(&skb->cb[3], le->host_mac + 2, 4);
+		union local_ep_cb arg = {.le = *le};
+		skb->cb[0] = arg.cb[0];
+		skb->cb[1] = arg.cb[1];
+		skb->cb[2] = arg.cb[2];
+		skb->cb[3] = arg.cb[3];
 		bpf_tail_call(skb, &fn_calls, CALL_DELIVER);
 		// No program in the slot (an agent being replaced): the host veth way.
 	}
-	return bpf_redirect_neigh(oif, NULL, 0, 0);
+	return bpf_redirect_neigh(le->ifindex, NULL, 0, 0);
+}
+
+// pass_tracked lets a packet of a tracked connection through: the entry refreshed
+// with flags, the packet counted under code, and, from a pod, delivered directly
+// when the connection is.
+static __always_inline int pass_tracked(struct __sk_buff *skb, struct ct_val *ct, __u8 flags, __u64 now,
+					const struct pkt *p, __u32 ifindex, __u8 dir, __u8 code)
+{
+	ct->flags = flags;
+	ct->expires_ns = now + ct_lifetime(p, flags);
+	count(ifindex, dir, code, skb->len);
+	if (dir == DIR_EGRESS && (flags & CT_F_DIRECT)) {
+		struct local_ep *le = local_target(skb, p);
+		if (le)
+			return deliver_local(skb, le);
+	}
+	return TCX_NEXT;
 }
 
 // endpoint_identity is the identity of the endpoint on ifindex, for events of packets
@@ -525,16 +552,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 ifindex
 	__u8 closing = (p.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) ? CT_F_CLOSING : 0;
 	if (ct && ct->origin_dir != dir) {
 		// A reply of a connection this endpoint's policy (or its peer) let through.
-		__u8 flags = ct->flags | CT_F_SEEN_REPLY | closing;
-		ct->flags = flags;
-		ct->expires_ns = now + ct_lifetime(&p, flags);
-		count(ifindex, dir, FORWARD_REPLY, skb->len);
-		if (dir == DIR_EGRESS && (flags & CT_F_DIRECT)) {
-			struct local_ep *le = local_target(skb, &p);
-			if (le)
-				return deliver_local(skb, le);
-		}
-		return TCX_NEXT;
+		return pass_tracked(skb, ct, ct->flags | CT_F_SEEN_REPLY | closing, now, &p, ifindex, dir, FORWARD_REPLY);
 	}
 
 	struct endpoint_info *ep = NULL;
@@ -590,18 +608,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 ifindex
 		emit(ifindex, dir, &p, VERDICT_DROP, d.code, d.rule_id, remote_id, endpoint_identity(ifindex, local_id));
 		return TCX_DROP;
 	}
-	if (ct) {
-		__u8 flags = ct->flags | closing;
-		ct->flags = flags;
-		ct->expires_ns = now + ct_lifetime(&p, flags);
-		count(ifindex, dir, FORWARD_ESTABLISHED, skb->len);
-		if (dir == DIR_EGRESS && (flags & CT_F_DIRECT)) {
-			struct local_ep *le = local_target(skb, &p);
-			if (le)
-				return deliver_local(skb, le);
-		}
-		return TCX_NEXT;
-	}
+	if (ct)
+		return pass_tracked(skb, ct, ct->flags | closing, now, &p, ifindex, dir, FORWARD_ESTABLISHED);
 	struct ct_val nv = {
 		.origin_dir = dir,
 		.flags = closing,
@@ -650,20 +658,17 @@ int to_pod(struct __sk_buff *skb)
 SEC("tcx/ingress")
 int deliver_to_pod(struct __sk_buff *skb)
 {
-	__u32 oif = skb->cb[0];
-	__u32 macs[3] = {skb->cb[1], skb->cb[2], skb->cb[3]}; // pod MAC, then host veth MAC
-	int r = handle(skb, DIR_INGRESS, oif);
+	union local_ep_cb arg = {.cb = {skb->cb[0], skb->cb[1], skb->cb[2], skb->cb[3]}};
+	int r = handle(skb, DIR_INGRESS, arg.le.ifindex);
 	if (r != TCX_NEXT)
 		return r;
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > end)
+	struct ethhdr *eth = (void *)(long)skb->data;
+	if ((void *)(eth + 1) > (void *)(long)skb->data_end)
 		return TCX_DROP;
-	__builtin_memcpy(eth->h_dest, macs, 6);
-	__builtin_memcpy(eth->h_source, (__u8 *)macs + 6, 6);
+	__builtin_memcpy(eth->h_dest, arg.le.pod_mac, 6);
+	__builtin_memcpy(eth->h_source, arg.le.host_mac, 6);
 	skb->mark = 0; // as if it had crossed the veth (which scrubs it)
-	return bpf_redirect_peer(oif, 0);
+	return bpf_redirect_peer(arg.le.ifindex, 0);
 }
 
 // ---- Services: egress judged on the backend, after kube-proxy's DNAT ----
