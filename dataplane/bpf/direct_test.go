@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -271,4 +272,53 @@ func TestLoadReplacesRebuiltMapOfOtherLayout(t *testing.T) {
 	if got, want := d.objs.FnLocalIps.ValueSize(), uint32(16); got != want {
 		t.Errorf("fn_local_ips value size %d, want %d", got, want)
 	}
+}
+
+// TestNetnsServiceAfterDirectOnSameTuple: a Service connection whose DNATed tuple is
+// that of an earlier direct one (a UDP source port reused) gets its replies
+// un-DNATed: the receiver's entry follows the way the packets now come.
+func TestNetnsServiceAfterDirectOnSameTuple(t *testing.T) {
+	n := newTestNode(t)
+	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
+	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	server.serveUDP(t, 53)
+	vip := netip.MustParseAddr("10.96.0.10")
+	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", vip.String(), "-p", "udp", "--dport", "53", "-j", "DNAT", "--to-destination", server.ip.String()+":53")
+	must(t, n.d.UpsertService(context.Background(), vip))
+	exchange := func(to netip.Addr) error {
+		return client.netns.Do(func(ns.NetNS) error {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+				return err
+			}
+			tv := unix.NsecToTimeval(dialTimeout.Nanoseconds())
+			if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+				return err
+			}
+			if err := unix.Bind(fd, &unix.SockaddrInet4{Port: 40053, Addr: client.ip.As4()}); err != nil {
+				return err
+			}
+			if err := unix.Connect(fd, &unix.SockaddrInet4{Port: 53, Addr: to.As4()}); err != nil {
+				return err
+			}
+			if _, err := unix.Write(fd, []byte("ping")); err != nil {
+				return err
+			}
+			buf := make([]byte, 16)
+			nb, err := unix.Read(fd, buf)
+			if err != nil {
+				return err
+			}
+			if string(buf[:nb]) != "ping" {
+				return fmt.Errorf("bad echo %q", buf[:nb])
+			}
+			return nil
+		})
+	}
+	wantWorks(t, "UDP from port 40053 to the server directly", exchange(server.ip))
+	wantWorks(t, "UDP from port 40053 to the server's Service", exchange(vip))
 }

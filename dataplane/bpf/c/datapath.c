@@ -478,10 +478,14 @@ static __always_inline int deliver_local(struct __sk_buff *skb, const struct loc
 
 // pass_tracked lets a packet of a tracked connection through: the entry refreshed
 // with flags, the packet counted under code, and, from a pod, delivered directly
-// when the connection is.
+// when the connection is. Into a pod, the entry's direct flag follows the way the
+// packet came: a Service connection may reuse the tuple a direct one had (a UDP
+// source port reused), and its replies must then go back through netfilter.
 static __always_inline int pass_tracked(struct __sk_buff *skb, struct ct_val *ct, __u8 flags, __u64 now,
 					const struct pkt *p, __u32 ifindex, __u8 dir, __u8 code)
 {
+	if (dir == DIR_INGRESS)
+		flags = (flags & ~CT_F_DIRECT) | (skb->mark & DIRECT_MARK ? CT_F_DIRECT : 0);
 	ct->flags = flags;
 	ct->expires_ns = now + ct_lifetime(p, flags);
 	count(ifindex, dir, code, skb->len);
