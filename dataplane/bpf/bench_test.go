@@ -3,6 +3,7 @@ package bpf
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"testing"
 
 	"github.com/flatnet/flatnet/dataplane/compile"
@@ -87,4 +88,25 @@ func BenchmarkSyncEndpointPolicy(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkConntrackReply measures the packet of a tracked connection that only
+// conntrack lets through: a reply into a pod under ingress default deny, its
+// connection established (a reply seen).
+func BenchmarkConntrackReply(b *testing.B) {
+	d := loadTest(b)
+	setEndpoint(b, d, serverIP, 300, &compile.EndpointPolicy{Enforce: [2]bool{true, false}})
+	peer := netip.MustParseAddr("10.224.9.9")
+	syn := tcp(serverIP, peer, 40000, 80, tcpSYN)
+	if run(b, d, dirEgress, syn) != tcxNext || run(b, d, dirIngress, syn.reply(tcpSYN|tcpACK)) != tcxNext {
+		b.Fatal("connection not opened")
+	}
+	ret, per, err := d.objs.ToPod.Benchmark(syn.reply(tcpACK).bytes(), b.N, b.ResetTimer)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if ret != tcxNext {
+		b.Fatalf("verdict %d, want the reply passed", ret)
+	}
+	b.ReportMetric(float64(per.Nanoseconds()), "ns/pkt")
 }

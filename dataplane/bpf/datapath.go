@@ -38,7 +38,8 @@ const (
 type Datapath struct {
 	pinDir string
 	objs   datapathObjects
-	inner  *ebpf.MapSpec
+	inner  *ebpf.MapSpec // an endpoint's policy map
+	ctEst  *ebpf.MapSpec // an endpoint's table of established connections, sized by Options
 
 	mu sync.Mutex
 }
@@ -53,11 +54,20 @@ type Endpoint struct {
 	MAC net.HardwareAddr
 }
 
-// Load loads the programs, creating the maps in pinDir or reusing the ones a
+// Load is LoadWith with the default Options.
+func Load(ctx context.Context, pinDir string) (*Datapath, error) {
+	return LoadWith(ctx, pinDir, Options{})
+}
+
+// LoadWith loads the programs, creating the maps in pinDir or reusing the ones a
 // previous agent pinned there, and moves every pinned endpoint link to the freshly
 // loaded programs in one atomic step per link: an agent restart or upgrade never
 // leaves an endpoint without its programs or with empty maps.
-func Load(ctx context.Context, pinDir string) (*Datapath, error) {
+func LoadWith(ctx context.Context, pinDir string, opts Options) (*Datapath, error) {
+	ctShared, ctEst, err := opts.sizes()
+	if err != nil {
+		return nil, err
+	}
 	if err := checkBPFFS(filepath.Dir(pinDir)); err != nil {
 		return nil, err
 	}
@@ -70,6 +80,10 @@ func Load(ctx context.Context, pinDir string) (*Datapath, error) {
 	}
 	d := &Datapath{pinDir: pinDir, inner: spec.Maps[datapathMapFnPolicyProto].Copy()}
 	d.inner.Name = "fn_ep_policy"
+	spec.Maps[datapathMapFnCt].MaxEntries = ctShared
+	d.ctEst = spec.Maps[datapathMapFnCtEstProto].Copy()
+	d.ctEst.Name = "fn_ep_ct_est"
+	d.ctEst.MaxEntries = ctEst
 	if err := dropRebuiltIfChanged(spec, pinDir); err != nil {
 		return nil, err
 	}
@@ -81,14 +95,30 @@ func Load(ctx context.Context, pinDir string) (*Datapath, error) {
 		}
 		return nil, fmt.Errorf("loading datapath into the kernel: %w", err)
 	}
-	// Pinned, the slot outlives this agent; the next one puts its own program there.
-	if err := d.objs.FnCalls.Put(uint32(0), d.objs.DeliverToPod); err != nil {
-		d.objs.Close()
-		return nil, fmt.Errorf("installing deliver_to_pod for tail calls: %w", err)
-	}
-	if err := d.resumeLinks(ctx); err != nil {
+	fail := func(err error) (*Datapath, error) {
 		d.objs.Close()
 		return nil, err
+	}
+	// Pinned, the slot outlives this agent; the next one puts its own program there.
+	if err := d.objs.FnCalls.Put(uint32(0), d.objs.DeliverToPod); err != nil {
+		return fail(fmt.Errorf("installing deliver_to_pod for tail calls: %w", err))
+	}
+	// Endpoints of a version without tables of established connections get theirs.
+	eps, err := d.Endpoints(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	for ifindex := range eps {
+		if err := d.ensureEstTable(ifindex); err != nil {
+			return fail(err)
+		}
+	}
+	if err := d.resumeLinks(ctx); err != nil {
+		return fail(err)
+	}
+	if _, _, err := d.spreadCT(d.objs.FnCt, func(*datapathCtKey) bool { return true }, true); err != nil {
+		// Established connections a version without per-endpoint tables tracked.
+		return fail(fmt.Errorf("moving established connections into their endpoints' tables: %w", err))
 	}
 	return d, nil
 }
@@ -228,6 +258,9 @@ func (d *Datapath) AttachEndpoint(ctx context.Context, ep Endpoint, pol *compile
 	if err := d.syncPolicy(ep.IfIndex, pol); err != nil {
 		return err
 	}
+	if err := d.ensureEstTable(ep.IfIndex); err != nil {
+		return err
+	}
 	info := datapathEndpointInfo{Addr: addrBE(ep.IP), Identity: uint32(ep.Identity)}
 	if err := d.objs.FnEndpoints.Put(uint32(ep.IfIndex), &info); err != nil {
 		return fmt.Errorf("writing endpoint %d: %w", ep.IfIndex, err)
@@ -348,6 +381,9 @@ func (d *Datapath) forget(ifindex int) error {
 	// the next pod that gets it.
 	if err := deleteWhere(d.objs.FnCounters, func(k *datapathCounterKey) bool { return k.Ifindex == key }); err != nil {
 		errs = append(errs, fmt.Errorf("deleting counters of endpoint %d: %w", ifindex, err))
+	}
+	if err := d.objs.FnCtEst.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("deleting the connection table of endpoint %d: %w", ifindex, err))
 	}
 	if err := deleteWhere(d.objs.FnCt, func(k *datapathCtKey) bool { return k.Ifindex == key }); err != nil {
 		errs = append(errs, fmt.Errorf("deleting connections of endpoint %d: %w", ifindex, err))
@@ -745,9 +781,11 @@ type MapFill struct {
 
 // MapFill counts the entries of the maps that grow with the cluster (policy: the
 // endpoints that have a policy map; the entries of each are bounded by the compiler's
-// check in syncPolicy). Counting walks the keys, one syscall per entry: cheap for
-// the sizes a node has, and under churn an approximation (a walk is capped at the
-// map's capacity).
+// check in syncPolicy; ct: the shared table of new and closing connections;
+// ct_established: the established connections in all endpoints' tables, against
+// their summed capacity; ct_established_endpoint_max: the fullest of those tables).
+// Counting walks the keys, one syscall per entry: cheap for the sizes a node has,
+// and under churn an approximation (a walk is capped at the map's capacity).
 func (d *Datapath) MapFill(_ context.Context) ([]MapFill, error) {
 	maps := []struct {
 		name string
@@ -765,7 +803,30 @@ func (d *Datapath) MapFill(_ context.Context) ([]MapFill, error) {
 		}
 		out = append(out, MapFill{Map: m.name, Entries: n, Capacity: int(m.m.MaxEntries())})
 	}
-	return out, nil
+	ct, fullest := MapFill{Map: "ct_established"}, MapFill{Map: "ct_established_endpoint_max", Capacity: int(d.ctEst.MaxEntries)}
+	var k uint32
+	var id ebpf.MapID
+	it := d.objs.FnCtEst.Iterate()
+	for it.Next(&k, &id) {
+		m, err := ebpf.NewMapFromID(id)
+		if err != nil {
+			continue // detached meanwhile
+		}
+		n, err := countKeys(m)
+		ct.Capacity += int(m.MaxEntries())
+		m.Close()
+		if err != nil {
+			return nil, fmt.Errorf("counting the connections of endpoint %d: %w", k, err)
+		}
+		ct.Entries += n
+		if n > fullest.Entries {
+			fullest.Entries, fullest.Capacity = n, int(m.MaxEntries())
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("listing connection tables: %w", err)
+	}
+	return append(out, ct, fullest), nil
 }
 
 func countKeys(m *ebpf.Map) (int, error) {

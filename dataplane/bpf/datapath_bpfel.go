@@ -144,6 +144,8 @@ const (
 	datapathMapFnConfig        = "fn_config"
 	datapathMapFnCounters      = "fn_counters"
 	datapathMapFnCt            = "fn_ct"
+	datapathMapFnCtEst         = "fn_ct_est"
+	datapathMapFnCtEstProto    = "fn_ct_est_proto"
 	datapathMapFnEndpoints     = "fn_endpoints"
 	datapathMapFnEventBudget   = "fn_event_budget"
 	datapathMapFnEvents        = "fn_events"
@@ -218,6 +220,8 @@ type datapathMapSpecs struct {
 	FnConfig      *ebpf.MapSpec `ebpf:"fn_config"`
 	FnCounters    *ebpf.MapSpec `ebpf:"fn_counters"`
 	FnCt          *ebpf.MapSpec `ebpf:"fn_ct"`
+	FnCtEst       *ebpf.MapSpec `ebpf:"fn_ct_est"`
+	FnCtEstProto  *ebpf.MapSpec `ebpf:"fn_ct_est_proto"`
 	FnEndpoints   *ebpf.MapSpec `ebpf:"fn_endpoints"`
 	FnEventBudget *ebpf.MapSpec `ebpf:"fn_event_budget"`
 	FnEvents      *ebpf.MapSpec `ebpf:"fn_events"`
@@ -262,6 +266,8 @@ type datapathMaps struct {
 	FnConfig      *ebpf.Map `ebpf:"fn_config"`
 	FnCounters    *ebpf.Map `ebpf:"fn_counters"`
 	FnCt          *ebpf.Map `ebpf:"fn_ct"`
+	FnCtEst       *ebpf.Map `ebpf:"fn_ct_est"`
+	FnCtEstProto  *ebpf.Map `ebpf:"fn_ct_est_proto"`
 	FnEndpoints   *ebpf.Map `ebpf:"fn_endpoints"`
 	FnEventBudget *ebpf.Map `ebpf:"fn_event_budget"`
 	FnEvents      *ebpf.Map `ebpf:"fn_events"`
@@ -279,6 +285,8 @@ func (m *datapathMaps) Close() error {
 		m.FnConfig,
 		m.FnCounters,
 		m.FnCt,
+		m.FnCtEst,
+		m.FnCtEstProto,
 		m.FnEndpoints,
 		m.FnEventBudget,
 		m.FnEvents,

@@ -104,6 +104,10 @@ func clearMaps(t *testing.T, d *Datapath) {
 	must(t, deleteWhere(d.objs.FnIpcache, func(*datapathIpcacheKey) bool { return true }))
 	must(t, deleteWhere(d.objs.FnCidrcache, func(*datapathIpcacheKey) bool { return true }))
 	must(t, deleteWhere(d.objs.FnCt, func(*datapathCtKey) bool { return true }))
+	if ct, err := d.estTable(testIfindex); err == nil && ct != nil {
+		must(t, deleteWhere(ct, func(*datapathCtKey) bool { return true }))
+		ct.Close()
+	}
 }
 
 func randomPolicy(r *rand.Rand, name string) *policy.Policy {

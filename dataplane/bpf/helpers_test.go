@@ -138,6 +138,9 @@ func setEndpoint(t testing.TB, d *Datapath, ip netip.Addr, id uint32, pol *compi
 	if err := d.SyncEndpointPolicy(context.Background(), testIfindex, pol); err != nil {
 		t.Fatal(err)
 	}
+	if err := d.ensureEstTable(testIfindex); err != nil {
+		t.Fatal(err)
+	}
 	info := datapathEndpointInfo{Addr: addrBE(ip), Identity: id}
 	if err := d.objs.FnEndpoints.Put(uint32(testIfindex), &info); err != nil {
 		t.Fatal(err)

@@ -37,6 +37,8 @@ type testNode struct {
 	d      *Datapath
 	pinDir string
 	c      *compile.Compiler
+	// attach attaches an endpoint as the agent does (nil: d.AttachEndpoint).
+	attach func(Endpoint, *compile.EndpointPolicy) error
 }
 
 type testPod struct {
@@ -49,7 +51,17 @@ type testPod struct {
 	mac             net.HardwareAddr // eth0's, as the CNI plugin reports it
 }
 
-func newTestNode(t testing.TB) *testNode {
+func newTestNode(t testing.TB) *testNode { return newTestNodeWith(t, Options{}) }
+
+// newTestNodeWith is newTestNode with the datapath loaded with opts.
+func newTestNodeWith(t testing.TB, opts Options) *testNode {
+	return newTestNodeFrom(t, func(pinDir string) (*Datapath, error) {
+		return LoadWith(context.Background(), pinDir, opts)
+	})
+}
+
+// newTestNodeFrom is newTestNode with the datapath loaded by load.
+func newTestNodeFrom(t testing.TB, load func(pinDir string) (*Datapath, error)) *testNode {
 	testenv.RequireRoot(t)
 	n := &testNode{t: t, pods: map[string]*testPod{}, nodeIP: netip.MustParseAddr("10.224.0.2"),
 		c: compile.New(identity.NewAllocator())}
@@ -74,7 +86,7 @@ func newTestNode(t testing.TB) *testNode {
 		return netlink.AddrAdd(lo, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(n.nodeIP, 32))})
 	}))
 	n.pinDir = filepath.Join(mountBPFFS(t), "flatnet")
-	n.d, err = Load(context.Background(), n.pinDir)
+	n.d, err = load(n.pinDir)
 	must(t, err)
 	t.Cleanup(func() { n.d.Close() })
 	must(t, n.c.UpsertNamespace(compile.Namespace{Name: "default"}))
@@ -147,8 +159,11 @@ func (n *testNode) addPod(namespace, name, ip string, labels map[string]string) 
 	n.flush()
 	id, _ := n.c.IdentityOf(namespace, name)
 	must(t, n.node.Do(func(ns.NetNS) error {
-		return n.d.AttachEndpoint(context.Background(), Endpoint{IfIndex: p.ifindex, IP: p.ip, Identity: id, MAC: p.mac},
-			n.c.EndpointPolicy(namespace, name))
+		ep, pol := Endpoint{IfIndex: p.ifindex, IP: p.ip, Identity: id, MAC: p.mac}, n.c.EndpointPolicy(namespace, name)
+		if n.attach != nil {
+			return n.attach(ep, pol)
+		}
+		return n.d.AttachEndpoint(context.Background(), ep, pol)
 	}))
 	return p
 }
@@ -585,6 +600,9 @@ func TestNetnsDetachForgetsEndpoint(t *testing.T) {
 	}
 	if left != 0 {
 		t.Errorf("%d tracked connections left for the detached endpoint", left)
+	}
+	if ct, err := n.d.estTable(server.ifindex); err != nil || ct != nil {
+		t.Errorf("table of established connections left for the detached endpoint (%v)", err)
 	}
 }
 

@@ -47,6 +47,12 @@ type Config struct {
 	// HostRouting routes traffic between two pods of the node through the host
 	// stack instead of delivering it directly (bpf.Datapath.SetHostRouting).
 	HostRouting bool
+	// CT sizes connection tracking (bpf.Options: the shared table of new and
+	// closing connections, each pod's table of established ones); CTGCInterval is
+	// how often expired established connections are deleted (0:
+	// DefaultCTGCInterval). See RunConntrackGC.
+	CT           bpf.Options
+	CTGCInterval time.Duration
 }
 
 // Enforcer is the policy side of the node agent. Its methods are safe for concurrent
@@ -83,7 +89,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Enforcer, error) {
 	if err := bpf.EnsureBPFFS(filepath.Dir(cfg.PinDir)); err != nil {
 		return nil, err
 	}
-	d, err := bpf.Load(ctx, cfg.PinDir)
+	d, err := bpf.LoadWith(ctx, cfg.PinDir, cfg.CT)
 	if err != nil {
 		return nil, err
 	}

@@ -103,6 +103,28 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } fn_ct SEC(".maps");
 
+// Established connections (a reply seen, not closing), one table per endpoint: what
+// the shared LRU above would evict under another pod's flood of new connections, and
+// what policy replies depend on. Plain hash maps: an entry leaves when its lifetime
+// has passed (the agent's GC, or a lookup that finds it expired), when its connection
+// closes (back to fn_ct) or with its endpoint, never to make room. A full table keeps
+// further connections of its endpoint in fn_ct.
+struct ct_est_inner {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, CT_EST_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ct_key);
+	__type(value, struct ct_val);
+} fn_ct_est_proto SEC(".maps"); // an instance, so BTF carries the key and value in full
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__uint(max_entries, MAX_ENDPOINTS);
+	__type(key, __u32); // host veth ifindex
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct ct_est_inner);
+} fn_ct_est SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, COUNTERS_MAX);
@@ -476,18 +498,91 @@ static __always_inline int deliver_local(struct __sk_buff *skb, const struct loc
 	return bpf_redirect_neigh(le->ifindex, NULL, 0, 0);
 }
 
+#define CT_IN_SHARED 1
+#define CT_IN_EST 2
+// How stale a refreshed lifetime may be left, to save a write per packet.
+#define CT_REFRESH_NS 1000000000ULL
+
+// ct_get copies the connection of k into *v and says where it is: CT_IN_EST (the
+// endpoint's table of established ones), CT_IN_SHARED, or 0 (not tracked). An
+// expired established entry is deleted on the way, so that it never hides a newer
+// entry of the tuple in the shared table. Global functions (ct_get, ct_set) are
+// verified once, not once per path of handle(): the verifier's budget is tight.
+__attribute__((noinline)) int ct_get(__u32 ifindex, const struct ct_key *k, __u64 now, struct ct_val *v)
+{
+	if (!k || !v)
+		return 0;
+	void *t = bpf_map_lookup_elem(&fn_ct_est, &ifindex);
+	if (t) {
+		struct ct_val *e = bpf_map_lookup_elem(t, k);
+		if (e && e->expires_ns >= now) {
+			*v = *e;
+			return CT_IN_EST;
+		}
+		if (e)
+			bpf_map_delete_elem(t, k);
+	}
+	struct ct_val *s = bpf_map_lookup_elem(&fn_ct, k);
+	if (!s)
+		return 0;
+	*v = *s;
+	return CT_IN_SHARED;
+}
+
+// ct_set stores a tracked connection's new state (nv; it was old, where ct_get
+// found it). An established connection (a reply seen, not closing) moves into the
+// endpoint's table, unless that is full (it then stays shared); a closing one moves
+// back out, so closed connections take no room there.
+__attribute__((noinline)) int ct_set(__u32 ifindex, const struct ct_key *k, int where, const struct ct_val *old,
+				     const struct ct_val *nv)
+{
+	if (!k || !old || !nv)
+		return 0;
+	int est = (nv->flags & (CT_F_SEEN_REPLY | CT_F_CLOSING)) == CT_F_SEEN_REPLY;
+	void *t = bpf_map_lookup_elem(&fn_ct_est, &ifindex);
+	struct ct_val *e;
+	if (est == (where == CT_IN_EST)) {
+		if (nv->flags == old->flags && nv->expires_ns < old->expires_ns + CT_REFRESH_NS)
+			return 0;
+		if (where == CT_IN_EST)
+			e = t ? bpf_map_lookup_elem(t, k) : NULL;
+		else
+			e = bpf_map_lookup_elem(&fn_ct, k);
+		if (e) {
+			e->flags = nv->flags;
+			e->expires_ns = nv->expires_ns;
+		}
+		return 0;
+	}
+	if (!t)
+		return 0;
+	if (est) {
+		if (bpf_map_update_elem(t, k, nv, BPF_NOEXIST) == 0)
+			bpf_map_delete_elem(&fn_ct, k);
+		else
+			bpf_map_update_elem(&fn_ct, k, nv, BPF_ANY);
+	} else {
+		bpf_map_update_elem(&fn_ct, k, nv, BPF_ANY);
+		bpf_map_delete_elem(t, k);
+	}
+	return 0;
+}
+
 // pass_tracked lets a packet of a tracked connection through: the entry refreshed
 // with flags, the packet counted under code, and, from a pod, delivered directly
 // when the connection is. Into a pod, the entry's direct flag follows the way the
 // packet came: a Service connection may reuse the tuple a direct one had (a UDP
 // source port reused), and its replies must then go back through netfilter.
-static __always_inline int pass_tracked(struct __sk_buff *skb, struct ct_val *ct, __u8 flags, __u64 now,
-					const struct pkt *p, __u32 ifindex, __u8 dir, __u8 code)
+static __always_inline int pass_tracked(struct __sk_buff *skb, const struct ct_val *ct, int where,
+					const struct ct_key *ck, __u8 flags, __u64 now, const struct pkt *p, __u32 ifindex,
+					__u8 dir, __u8 code)
 {
 	if (dir == DIR_INGRESS)
 		flags = (flags & ~CT_F_DIRECT) | (skb->mark & DIRECT_MARK ? CT_F_DIRECT : 0);
-	ct->flags = flags;
-	ct->expires_ns = now + ct_lifetime(p, flags);
+	struct ct_val nv = *ct;
+	nv.flags = flags;
+	nv.expires_ns = now + ct_lifetime(p, flags);
+	ct_set(ifindex, ck, where, ct, &nv);
 	count(ifindex, dir, code, skb->len);
 	if (dir == DIR_EGRESS && (flags & CT_F_DIRECT)) {
 		struct local_ep *le = local_target(skb, p);
@@ -544,7 +639,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 ifindex
 		ck.peer_port = p.sport;
 	}
 	__u64 now = bpf_ktime_get_ns();
-	struct ct_val *ct = bpf_map_lookup_elem(&fn_ct, &ck);
+	struct ct_val ctv;
+	int where = ct_get(ifindex, &ck, now, &ctv);
+	struct ct_val *ct = where ? &ctv : NULL;
 	if (ct && ct->expires_ns < now)
 		ct = NULL;
 	// A SYN on the tuple of a closing connection opens a new one (port reuse within
@@ -556,7 +653,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 ifindex
 	__u8 closing = (p.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) ? CT_F_CLOSING : 0;
 	if (ct && ct->origin_dir != dir) {
 		// A reply of a connection this endpoint's policy (or its peer) let through.
-		return pass_tracked(skb, ct, ct->flags | CT_F_SEEN_REPLY | closing, now, &p, ifindex, dir, FORWARD_REPLY);
+		return pass_tracked(skb, ct, where, &ck, ct->flags | CT_F_SEEN_REPLY | closing, now, &p, ifindex, dir,
+				    FORWARD_REPLY);
 	}
 
 	struct endpoint_info *ep = NULL;
@@ -613,7 +711,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 ifindex
 		return TCX_DROP;
 	}
 	if (ct)
-		return pass_tracked(skb, ct, ct->flags | closing, now, &p, ifindex, dir, FORWARD_ESTABLISHED);
+		return pass_tracked(skb, ct, where, &ck, ct->flags | closing, now, &p, ifindex, dir, FORWARD_ESTABLISHED);
 	struct ct_val nv = {
 		.origin_dir = dir,
 		.flags = closing,

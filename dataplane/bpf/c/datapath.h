@@ -7,7 +7,8 @@
 #define IPCACHE_MAX 262144
 #define CIDRCACHE_MAX 65536
 #define POLICY_MAX 131072
-#define CT_MAX 262144
+#define CT_MAX 262144 // shared table of new and closing connections (--ct-entries)
+#define CT_EST_MAX 8192 // an endpoint's table of established ones (--ct-established-per-endpoint)
 #define COUNTERS_MAX 65536
 #define IDENTITIES_MAX 262144
 #define EVENTS_RING_BYTES (1 << 20)
@@ -118,6 +119,9 @@ struct policy_val {
 	__u32 lens;         // meta entry: bit n set = some entry has port prefix length n
 };
 
+// Connection tracking keys from the pod's side, in two tables: new and closing
+// connections in one LRU shared by all endpoints (fn_ct), established ones in the
+// endpoint's own table (fn_ct_est) that nothing evicts.
 struct ct_key {
 	__u32 ifindex;
 	__u32 pod_addr;

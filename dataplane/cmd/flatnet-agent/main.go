@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/flatnet/flatnet/dataplane/agent"
+	"github.com/flatnet/flatnet/dataplane/bpf"
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/flows"
@@ -33,12 +34,13 @@ func main() {
 
 func command() *cobra.Command {
 	var (
-		cfg                          agent.Config
-		kubeconfig                   string
-		subnet, gateway, dockerRange string
-		serviceCIDRs                 []string
-		policy, hostRouting          bool
-		flowHistory                  int
+		cfg                           agent.Config
+		kubeconfig                    string
+		subnet, gateway, dockerRange  string
+		serviceCIDRs                  []string
+		policy, hostRouting           bool
+		flowHistory, ctEntries, ctEst int
+		ctGC                          time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:           "flatnet-agent",
@@ -91,7 +93,8 @@ func command() *cobra.Command {
 				}
 				svc = append(svc, p)
 			}
-			enf, err := enforce.New(ctx, enforce.Config{NodeName: cfg.NodeName, ServiceCIDRs: svc, HostRouting: hostRouting}, log)
+			enf, err := enforce.New(ctx, enforce.Config{NodeName: cfg.NodeName, ServiceCIDRs: svc, HostRouting: hostRouting,
+				CT: bpf.Options{CTEntries: ctEntries, CTEstablishedPerEndpoint: ctEst}, CTGCInterval: ctGC}, log)
 			if err != nil {
 				return fmt.Errorf("loading the policy datapath: %w", err)
 			}
@@ -128,6 +131,7 @@ func command() *cobra.Command {
 				}
 			}()
 			go func() { errc <- wrap("policy enforcer", enf.Run(ctx, kube, dyn)) }()
+			go func() { errc <- wrap("conntrack GC", enf.RunConntrackGC(ctx)) }()
 			go func() { errc <- wrap("agent", a.Run(ctx)) }()
 			return <-errc
 		},
@@ -150,6 +154,9 @@ func command() *cobra.Command {
 	f.DurationVar(&cfg.Reconcile, "reconcile-interval", 30*time.Second, "period of the leak reconciler and block status report")
 	f.StringSliceVar(&serviceCIDRs, "service-cidr", []string{"10.96.0.0/16"}, "the cluster's Service (ClusterIP) ranges: egress to them is judged on the backend")
 	f.BoolVar(&hostRouting, "host-routing", false, "route traffic between two pods of this node through the host stack (netfilter, IP forwarding) instead of delivering it from veth to veth; policy is the same either way")
+	f.IntVar(&ctEntries, "ct-entries", bpf.DefaultCTEntries, "new and closing connections tracked at once on this node (one LRU table shared by all pods)")
+	f.IntVar(&ctEst, "ct-established-per-endpoint", bpf.DefaultCTEstablishedPerEndpoint, "established connections tracked per pod in its own table, which no other pod's traffic can evict; a pod's further ones are kept in the shared table")
+	f.DurationVar(&ctGC, "ct-gc-interval", enforce.DefaultCTGCInterval, "how often expired established connections are deleted from the pods' tables")
 	f.BoolVar(&policy, "policy", true, "enforce NetworkPolicy and CiliumNetworkPolicy with the eBPF datapath (false: networking only)")
 	f.IntVar(&flowHistory, "flow-history", flows.DefaultCapacity, "recent flows kept for GET /v1/flows (flatnetctl flows)")
 	f.DurationVar(&cfg.LeakGrace, "leak-grace", 2*time.Minute, "how long an address must belong to no pod before it is freed")

@@ -1,0 +1,300 @@
+package bpf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// Defaults of Options: the sizes of CT_MAX and CT_EST_MAX in c/datapath.h.
+const (
+	DefaultCTEntries                = 262144
+	DefaultCTEstablishedPerEndpoint = 8192
+)
+
+// Options of LoadWith. Connection tracking keeps new and closing connections in one
+// LRU table shared by all endpoints (CTEntries) and established ones in a table per
+// endpoint (CTEstablishedPerEndpoint) that nothing evicts: a flood of new connections
+// from one pod pushes out only other new or closing connections, never an
+// established one.
+type Options struct {
+	// CTEntries sizes the shared table; 0 means DefaultCTEntries.
+	CTEntries int
+	// CTEstablishedPerEndpoint sizes each endpoint's table of established
+	// connections; 0 means DefaultCTEstablishedPerEndpoint. A pod with more
+	// established connections keeps the excess in the shared table, where a flood
+	// may evict them.
+	CTEstablishedPerEndpoint int
+}
+
+func (o Options) sizes() (shared, est uint32, err error) {
+	check := func(field string, n, def, lo, hi int) (uint32, error) {
+		if n == 0 {
+			return uint32(def), nil
+		}
+		if n < lo || n > hi {
+			return 0, fmt.Errorf("%s %d: want %d..%d (0 for the default %d)", field, n, lo, hi, def)
+		}
+		return uint32(n), nil
+	}
+	if shared, err = check("CT entries", o.CTEntries, DefaultCTEntries, 64, 1<<24); err != nil {
+		return 0, 0, err
+	}
+	est, err = check("CT established entries per endpoint", o.CTEstablishedPerEndpoint, DefaultCTEstablishedPerEndpoint, 16, 1<<22)
+	return shared, est, err
+}
+
+// estTable opens an endpoint's table of established connections (nil, nil: none).
+func (d *Datapath) estTable(ifindex int) (*ebpf.Map, error) {
+	var id ebpf.MapID
+	if err := d.objs.FnCtEst.Lookup(uint32(ifindex), &id); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("looking up the connection table of endpoint %d: %w", ifindex, err)
+	}
+	m, err := ebpf.NewMapFromID(id)
+	if err != nil {
+		return nil, fmt.Errorf("opening the connection table of endpoint %d: %w", ifindex, err)
+	}
+	return m, nil
+}
+
+// ensureEstTable gives an endpoint a table of established connections of the
+// configured size, keeping the one it has (and its connections). A table of another
+// size (changed between agents) is replaced by a copy: copied, swapped in, and
+// copied again for the connections established meanwhile.
+func (d *Datapath) ensureEstTable(ifindex int) error {
+	cur, err := d.estTable(ifindex)
+	if err != nil {
+		return err
+	}
+	if cur != nil {
+		defer cur.Close()
+		if cur.MaxEntries() == d.ctEst.MaxEntries {
+			return nil
+		}
+	}
+	m, err := ebpf.NewMap(d.ctEst)
+	if err != nil {
+		return fmt.Errorf("creating the connection table of endpoint %d: %w", ifindex, err)
+	}
+	defer m.Close()
+	all := func(*datapathCtKey) bool { return true }
+	if cur != nil {
+		if _, _, err := copyCT(cur, m, all); err != nil {
+			return fmt.Errorf("copying the connection table of endpoint %d: %w", ifindex, err)
+		}
+	}
+	if err := d.objs.FnCtEst.Put(uint32(ifindex), m); err != nil {
+		return fmt.Errorf("installing the connection table of endpoint %d: %w", ifindex, err)
+	}
+	if cur != nil {
+		if _, _, err := copyCT(cur, m, all); err != nil {
+			return fmt.Errorf("copying the connection table of endpoint %d: %w", ifindex, err)
+		}
+	}
+	return nil
+}
+
+// copyCT copies the entries of from that match into to, never over an entry to
+// already has (it is newer). Entries that do not fit (to is full) are left out and
+// counted as dropped.
+func copyCT(from, to *ebpf.Map, match func(*datapathCtKey) bool) (copied, dropped int, err error) {
+	err = walkCT(from, func(k *datapathCtKey, v *datapathCtVal) error {
+		if !match(k) {
+			return nil
+		}
+		err := to.Update(k, v, ebpf.UpdateNoExist)
+		switch {
+		case err == nil:
+			copied++
+		case errors.Is(err, ebpf.ErrKeyExist):
+		case errors.Is(err, unix.E2BIG):
+			dropped++
+		default:
+			return err
+		}
+		return nil
+	})
+	return copied, dropped, err
+}
+
+// walkCT calls fn for every entry of a connection table (batched where the kernel
+// can: a table is walked by the GC every few seconds).
+func walkCT(m *ebpf.Map, fn func(*datapathCtKey, *datapathCtVal) error) error {
+	const batch = 1024
+	keys := make([]datapathCtKey, batch)
+	vals := make([]datapathCtVal, batch)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := 0; i < n; i++ {
+			if ferr := fn(&keys[i], &vals[i]); ferr != nil {
+				return ferr
+			}
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil // the last batch
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	var k datapathCtKey
+	var v datapathCtVal
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if err := fn(&k, &v); err != nil {
+			return err
+		}
+	}
+	return it.Err()
+}
+
+// monotonicNow is CLOCK_MONOTONIC in nanoseconds, the clock of ct_val.expires_ns.
+func monotonicNow() (uint64, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0, fmt.Errorf("reading CLOCK_MONOTONIC: %w", err)
+	}
+	return uint64(ts.Nano()), nil
+}
+
+// CTStats is what one ExpireConnections pass saw.
+type CTStats struct {
+	Tables  int // endpoints' tables walked
+	Entries int // entries left
+	Expired int // entries deleted
+}
+
+// ExpireConnections deletes the established connections whose lifetime has passed
+// (idle: 6 h for TCP, 60 s for others) from the endpoints' tables, which evict
+// nothing to make room; the agent runs it periodically. (A lookup of an expired
+// entry deletes it too; the shared LRU table needs no collection.)
+func (d *Datapath) ExpireConnections(ctx context.Context) (CTStats, error) {
+	var st CTStats
+	now, err := monotonicNow()
+	if err != nil {
+		return st, err
+	}
+	var ifindexes []uint32
+	var k uint32
+	var id ebpf.MapID
+	it := d.objs.FnCtEst.Iterate()
+	for it.Next(&k, &id) {
+		ifindexes = append(ifindexes, k)
+	}
+	if err := it.Err(); err != nil {
+		return st, fmt.Errorf("listing connection tables: %w", err)
+	}
+	for _, ifindex := range ifindexes {
+		if err := ctx.Err(); err != nil {
+			return st, err
+		}
+		m, err := d.estTable(int(ifindex))
+		if err != nil || m == nil {
+			continue // detached meanwhile
+		}
+		var expired []datapathCtKey
+		err = walkCT(m, func(k *datapathCtKey, v *datapathCtVal) error {
+			if v.ExpiresNs < now {
+				expired = append(expired, *k)
+			} else {
+				st.Entries++
+			}
+			return nil
+		})
+		for i := range expired {
+			// Checked again just before: a packet may have renewed it since the walk.
+			var v datapathCtVal
+			if m.Lookup(&expired[i], &v) != nil || v.ExpiresNs >= now {
+				st.Entries++
+				continue
+			}
+			if m.Delete(&expired[i]) == nil {
+				st.Expired++
+			}
+		}
+		m.Close()
+		if err != nil {
+			return st, fmt.Errorf("walking the connection table of endpoint %d: %w", ifindex, err)
+		}
+		st.Tables++
+	}
+	return st, nil
+}
+
+// Flags of ct_val (CT_F_* in datapath.h).
+const (
+	ctSeenReply = 1
+	ctClosing   = 2
+)
+
+// spreadCT puts the connections of src that match where this version keeps them:
+// established ones (a reply seen, not closing) in their endpoint's own table when it
+// has one with room, the others in the shared table; never over a newer entry.
+// With move, src is the shared table itself: established ones are moved out of it.
+func (d *Datapath) spreadCT(src *ebpf.Map, match func(*datapathCtKey) bool, move bool) (copied, dropped int, err error) {
+	tables := map[uint32]*ebpf.Map{}
+	defer func() {
+		for _, t := range tables {
+			if t != nil {
+				t.Close()
+			}
+		}
+	}()
+	var moved []datapathCtKey
+	err = walkCT(src, func(k *datapathCtKey, v *datapathCtVal) error {
+		if !match(k) {
+			return nil
+		}
+		if v.Flags&(ctSeenReply|ctClosing) == ctSeenReply {
+			t, ok := tables[k.Ifindex]
+			if !ok {
+				t, _ = d.estTable(int(k.Ifindex))
+				tables[k.Ifindex] = t
+			}
+			if t != nil {
+				err := t.Update(k, v, ebpf.UpdateNoExist)
+				switch {
+				case err == nil:
+					copied++
+					if move {
+						moved = append(moved, *k)
+					}
+					return nil
+				case errors.Is(err, ebpf.ErrKeyExist):
+					return nil
+				case !errors.Is(err, unix.E2BIG):
+					return err
+				}
+				// The endpoint's table is full: the shared one keeps it.
+			}
+		}
+		if move {
+			return nil // already there
+		}
+		err := d.objs.FnCt.Update(k, v, ebpf.UpdateNoExist)
+		switch {
+		case err == nil:
+			copied++
+		case errors.Is(err, ebpf.ErrKeyExist):
+		case errors.Is(err, unix.E2BIG):
+			dropped++
+		default:
+			return err
+		}
+		return nil
+	})
+	for i := range moved {
+		_ = src.Delete(&moved[i])
+	}
+	return copied, dropped, err
+}
