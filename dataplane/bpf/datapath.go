@@ -41,7 +41,9 @@ type Datapath struct {
 	inner  *ebpf.MapSpec // an endpoint's policy map
 	ctEst  *ebpf.MapSpec // an endpoint's table of established connections, sized by Options
 
-	mu sync.Mutex
+	mu       sync.Mutex
+	up       *upgrade // pinned maps of another layout being taken over (upgrade.go); nil: none
+	upgraded Upgrade  // what a finished upgrade did
 }
 
 // Endpoint is what the datapath needs to know of a local pod's attachment.
@@ -62,7 +64,10 @@ func Load(ctx context.Context, pinDir string) (*Datapath, error) {
 // LoadWith loads the programs, creating the maps in pinDir or reusing the ones a
 // previous agent pinned there, and moves every pinned endpoint link to the freshly
 // loaded programs in one atomic step per link: an agent restart or upgrade never
-// leaves an endpoint without its programs or with empty maps.
+// leaves an endpoint without its programs or with empty maps. When pinned maps have
+// another layout (an upgrade), the previous programs keep them and keep enforcing,
+// and each endpoint moves to the new programs when AttachEndpoint has written its
+// part of the new maps (upgrade.go; Upgrade reports it).
 func LoadWith(ctx context.Context, pinDir string, opts Options) (*Datapath, error) {
 	ctShared, ctEst, err := opts.sizes()
 	if err != nil {
@@ -84,20 +89,21 @@ func LoadWith(ctx context.Context, pinDir string, opts Options) (*Datapath, erro
 	d.ctEst = spec.Maps[datapathMapFnCtEstProto].Copy()
 	d.ctEst.Name = "fn_ep_ct_est"
 	d.ctEst.MaxEntries = ctEst
-	if err := dropRebuiltIfChanged(spec, pinDir); err != nil {
+	if d.up, err = prepareUpgrade(spec, pinDir); err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*Datapath, error) {
+		d.objs.Close()
+		if d.up != nil {
+			for _, m := range d.up.retired {
+				m.Close()
+			}
+		}
 		return nil, err
 	}
 	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}})
 	if err != nil {
-		if errors.Is(err, ebpf.ErrMapIncompatible) {
-			return nil, fmt.Errorf("loading datapath: a map pinned in %s has another layout (older flatnet?); "+
-				"migrate or remove it: %w", pinDir, err)
-		}
-		return nil, fmt.Errorf("loading datapath into the kernel: %w", err)
-	}
-	fail := func(err error) (*Datapath, error) {
-		d.objs.Close()
-		return nil, err
+		return fail(fmt.Errorf("loading datapath into the kernel: %w", err))
 	}
 	// Pinned, the slot outlives this agent; the next one puts its own program there.
 	if err := d.objs.FnCalls.Put(uint32(0), d.objs.DeliverToPod); err != nil {
@@ -116,37 +122,23 @@ func LoadWith(ctx context.Context, pinDir string, opts Options) (*Datapath, erro
 	if err := d.resumeLinks(ctx); err != nil {
 		return fail(err)
 	}
-	if _, _, err := d.spreadCT(d.objs.FnCt, func(*datapathCtKey) bool { return true }, true); err != nil {
+	if d.up != nil {
+		for ifindex := range d.up.pending {
+			if err := d.ensureEstTable(ifindex); err != nil {
+				return fail(err)
+			}
+		}
+		if err := d.convert(); err != nil {
+			return fail(err)
+		}
+	} else if _, _, err := d.spreadCT(d.objs.FnCt, func(*datapathCtKey) bool { return true }, true); err != nil {
 		// Established connections a version without per-endpoint tables tracked.
 		return fail(fmt.Errorf("moving established connections into their endpoints' tables: %w", err))
 	}
-	return d, nil
-}
-
-// rebuiltMaps are the maps an agent fills whole at startup (endpoints are attached
-// again), so they may change layout between versions.
-var rebuiltMaps = []string{datapathMapFnLocalIps, datapathMapFnCalls}
-
-// dropRebuiltIfChanged unpins a rebuilt map whose pinned layout differs from this
-// version's, so that Load creates it afresh. Programs still running from the previous
-// agent keep the old map until their links move to the new programs.
-func dropRebuiltIfChanged(spec *ebpf.CollectionSpec, pinDir string) error {
-	for _, name := range rebuiltMaps {
-		path := filepath.Join(pinDir, name)
-		m, err := ebpf.LoadPinnedMap(path, nil)
-		if err != nil {
-			continue // not pinned yet (or unreadable: Load will say)
-		}
-		cerr := spec.Maps[name].Compatible(m)
-		m.Close()
-		if cerr == nil {
-			continue
-		}
-		if err := os.Remove(path); err != nil {
-			return fmt.Errorf("replacing %s of an older layout: %w", path, err)
-		}
+	if err := d.finishUpgrade(); err != nil {
+		return fail(err)
 	}
-	return nil
+	return d, nil
 }
 
 // EnsureBPFFS mounts a bpffs on dir unless one is there. For pins to outlive the agent
@@ -229,6 +221,13 @@ func (d *Datapath) resumeLinks(ctx context.Context) error {
 			}
 			continue
 		}
+		if d.up != nil && d.up.runsPrevious(l) {
+			// An upgrade: the previous programs keep this endpoint until
+			// AttachEndpoint has written it into the new maps.
+			d.up.pending[ifindex] = true
+			l.Close()
+			continue
+		}
 		prog := d.objs.ToPod
 		if side == "egress" {
 			prog = d.objs.FromPod
@@ -272,6 +271,9 @@ func (d *Datapath) AttachEndpoint(ctx context.Context, ep Endpoint, pol *compile
 		if err := d.attach(ep.IfIndex, dir); err != nil {
 			return err
 		}
+	}
+	if err := d.movedEndpoint(ep.IfIndex, addrBE(ep.IP)); err != nil {
+		return err
 	}
 	// Last: other pods' traffic is delivered here directly from now on, and only
 	// an endpoint whose programs judge it may receive it that way (to_pod runs on
@@ -353,6 +355,12 @@ func (d *Datapath) DetachEndpoint(ctx context.Context, ifindex int) error {
 	}
 	if err := d.forget(ifindex); err != nil {
 		errs = append(errs, err)
+	}
+	if d.up != nil {
+		delete(d.up.pending, ifindex)
+		if err := d.finishUpgrade(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -49,7 +49,14 @@ func (d *Datapath) AttachServiceHook(ctx context.Context) error {
 	}
 	defer l.Close()
 	pin := d.servicePin()
-	if old, err := link.LoadPinnedLink(pin, nil); err == nil {
+	if old, err := link.LoadPinnedLink(pin, nil); err == nil && d.up != nil {
+		// An upgrade: the previous version's hook stays attached (it judges the
+		// endpoints still on its programs) until finishUpgrade unpins it.
+		old.Close()
+		if err := os.Rename(pin, pin+pendingSuffix); err != nil {
+			return fmt.Errorf("setting the previous Service hook aside: %w", err)
+		}
+	} else if err == nil {
 		if err := old.Unpin(); err != nil {
 			old.Close()
 			return fmt.Errorf("unpinning the previous Service hook: %w", err)

@@ -93,6 +93,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Enforcer, error) {
 	if err != nil {
 		return nil, err
 	}
+	if u := d.Upgrade(); len(u.Converted)+len(u.Dropped) > 0 || u.Pending > 0 {
+		// Pinned maps of another layout (an upgrade): the previous programs enforce
+		// each endpoint until it is re-attached.
+		log.Info("taking over pinned datapath maps of another layout", "retired", u.Retired,
+			"converted", u.Converted, "dropped", u.Dropped, "endpoints_pending", u.Pending)
+	}
 	if err := d.SetHostRouting(ctx, cfg.HostRouting); err != nil {
 		d.Close()
 		return nil, err
