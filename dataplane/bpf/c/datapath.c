@@ -539,11 +539,11 @@ __attribute__((noinline)) int ct_set(__u32 ifindex, const struct ct_key *k, int 
 	if (!k || !old || !nv)
 		return 0;
 	int est = (nv->flags & (CT_F_SEEN_REPLY | CT_F_CLOSING)) == CT_F_SEEN_REPLY;
+	if (est == (where == CT_IN_EST) && nv->flags == old->flags && nv->expires_ns < old->expires_ns + CT_REFRESH_NS)
+		return 0; // the common case: nothing worth a write
 	void *t = bpf_map_lookup_elem(&fn_ct_est, &ifindex);
 	struct ct_val *e;
 	if (est == (where == CT_IN_EST)) {
-		if (nv->flags == old->flags && nv->expires_ns < old->expires_ns + CT_REFRESH_NS)
-			return 0;
 		if (where == CT_IN_EST)
 			e = t ? bpf_map_lookup_elem(t, k) : NULL;
 		else
