@@ -9,6 +9,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/flatnet/flatnet/dataplane/compile"
+	"github.com/flatnet/flatnet/dataplane/identity"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
 
@@ -128,4 +129,67 @@ func TestNetnsNodePortIngressJudgedBeforeMasquerade(t *testing.T) {
 	if n.drops(server.ifindex, policy.Ingress) == 0 {
 		t.Errorf("no policy drop counted on the server's ingress")
 	}
+}
+
+// TestServiceAddressesOverIdentities: a Service address keeps the identity the
+// compiler gave it (an externalIP may be a node's address), is world when it has
+// none, and leaves exactly that identity (or nothing) behind when it stops being one.
+func TestServiceAddressesOverIdentities(t *testing.T) {
+	d := loadTest(t)
+	ctx := context.Background()
+	node := netip.MustParsePrefix("10.224.0.3/32")
+	extIP := netip.MustParsePrefix("203.0.113.10/32")
+	cidr := netip.MustParsePrefix("10.96.0.0/16")
+	check := func(what string, want map[netip.Prefix]PrefixEntry) {
+		t.Helper()
+		got, err := d.IPCache(ctx)
+		must(t, err)
+		if len(got) != len(want) {
+			t.Errorf("%s: IP cache %v, want %v", what, got, want)
+			return
+		}
+		for p, w := range want {
+			if got[p] != w {
+				t.Errorf("%s: %s is %+v, want %+v", what, p, got[p], w)
+			}
+		}
+	}
+	must(t, d.UpsertPrefix(ctx, node, identity.RemoteNode, false))
+	must(t, d.SetServices(ctx, []netip.Prefix{node, extIP, cidr, netip.MustParsePrefix("fd00::1/128")}))
+	check("marked", map[netip.Prefix]PrefixEntry{
+		node: {Identity: identity.RemoteNode, Service: true}, extIP: {Identity: identity.World, Service: true},
+		cidr: {Identity: identity.World, Service: true}})
+	must(t, d.DeletePrefix(ctx, node))
+	check("node gone, still a Service address", map[netip.Prefix]PrefixEntry{
+		node: {Identity: identity.World, Service: true}, extIP: {Identity: identity.World, Service: true},
+		cidr: {Identity: identity.World, Service: true}})
+	must(t, d.UpsertPrefix(ctx, node, identity.RemoteNode, false))
+	must(t, d.SetServices(ctx, []netip.Prefix{cidr}))
+	check("no longer Service addresses", map[netip.Prefix]PrefixEntry{
+		node: {Identity: identity.RemoteNode}, cidr: {Identity: identity.World, Service: true}})
+}
+
+// TestNetnsExternalIPToAllowedBackend: a pod whose egress policy allows the backend
+// but not world reaches it through the Service's externalIP once the address is
+// marked as a Service's (judged on the backend only, not as world first).
+func TestNetnsExternalIPToAllowedBackend(t *testing.T) {
+	n := newTestNode(t)
+	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
+	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	server.serveTCP(t, 80)
+	must(t, n.node.Do(func(ns.NetNS) error { return n.d.AttachServiceHook(context.Background()) }))
+	externalIP := netip.MustParseAddr("203.0.113.10")
+	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", externalIP.String(), "-p", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", "10.224.1.10:80")
+	n.cnp(`
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-egress, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: server}}]
+`)
+	wantBlocked(t, "externalIP not known as a Service's: judged as world first", client.tcpQuick(externalIP, 80))
+	must(t, n.d.SetServices(context.Background(), []netip.Prefix{netip.PrefixFrom(externalIP, 32)}))
+	wantWorks(t, "externalIP marked as a Service's, backend allowed", client.tcpWorks(externalIP, 80))
 }
