@@ -41,6 +41,13 @@ type Datapath struct {
 	inner  *ebpf.MapSpec
 
 	mu sync.Mutex
+
+	// The IP cache is two layers over one map: identities the compiler gives pod and
+	// node addresses, and the Service flag of Service addresses (ClusterIPs,
+	// externalIPs, LoadBalancer IPs), which may also be a node's or pod's.
+	ipMu     sync.Mutex
+	ipIDs    map[netip.Prefix]identity.ID
+	services map[netip.Prefix]bool
 }
 
 // Endpoint is what the datapath needs to know of a local pod's attachment.
@@ -68,7 +75,8 @@ func Load(ctx context.Context, pinDir string) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading datapath spec: %w", err)
 	}
-	d := &Datapath{pinDir: pinDir, inner: spec.Maps[datapathMapFnPolicyProto].Copy()}
+	d := &Datapath{pinDir: pinDir, inner: spec.Maps[datapathMapFnPolicyProto].Copy(),
+		ipIDs: map[netip.Prefix]identity.ID{}, services: map[netip.Prefix]bool{}}
 	d.inner.Name = "fn_ep_policy"
 	if err := dropRebuiltIfChanged(spec, pinDir); err != nil {
 		return nil, err
@@ -564,40 +572,100 @@ func (d *Datapath) DeleteIP(ctx context.Context, ip netip.Addr) error {
 	return d.DeletePrefix(ctx, netip.PrefixFrom(ip, 32))
 }
 
-// UpsertPrefix maps a prefix to an identity in the IP cache. service marks Service
-// addresses (ClusterIPs): egress to them is judged after kube-proxy's DNAT.
+// UpsertPrefix maps a prefix to an identity in the IP cache. service instead marks
+// a Service address (or range) whatever its identity (world when it has none): egress
+// to it is judged after kube-proxy's DNAT, on the backend.
 func (d *Datapath) UpsertPrefix(_ context.Context, p netip.Prefix, id identity.ID, service bool) error {
-	k, err := ipcacheKey(p)
-	if err != nil {
-		return err
-	}
-	v := datapathIpcacheVal{Identity: uint32(id)}
+	p = p.Masked()
+	d.ipMu.Lock()
+	defer d.ipMu.Unlock()
 	if service {
-		v.Flags = 1
+		d.services[p] = true
+	} else {
+		d.ipIDs[p] = id
 	}
-	if err := d.objs.FnIpcache.Put(&k, &v); err != nil {
-		return fmt.Errorf("writing ipcache %s -> %d: %w", p, id, err)
-	}
-	return nil
+	return d.writeIPCache(p)
 }
 
-// UpsertService marks a Service address (ClusterIP) so that egress to it is judged on
-// the backend kube-proxy picks.
+// UpsertService marks a Service address so that egress to it is judged on the
+// backend kube-proxy picks.
 func (d *Datapath) UpsertService(ctx context.Context, ip netip.Addr) error {
 	return d.UpsertPrefix(ctx, netip.PrefixFrom(ip, 32), identity.World, true)
 }
 
-// DeletePrefix removes a prefix from the IP cache.
+// SetServices makes exactly these prefixes the Service addresses; an address that
+// stops being one keeps the identity the compiler gave it (or leaves the cache).
+func (d *Datapath) SetServices(_ context.Context, prefixes []netip.Prefix) error {
+	want := make(map[netip.Prefix]bool, len(prefixes))
+	for _, p := range prefixes {
+		if !p.Addr().Is4() {
+			continue // IPv4 only, as everywhere in the datapath
+		}
+		want[p.Masked()] = true
+	}
+	d.ipMu.Lock()
+	defer d.ipMu.Unlock()
+	var errs []error
+	for p := range d.services {
+		if !want[p] {
+			delete(d.services, p)
+			if err := d.writeIPCache(p); err != nil {
+				d.services[p] = true // the next call tries again
+				errs = append(errs, err)
+			}
+		}
+	}
+	for p := range want {
+		if !d.services[p] {
+			d.services[p] = true
+			if err := d.writeIPCache(p); err != nil {
+				delete(d.services, p) // the next call tries again
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// DeletePrefix removes a prefix's identity from the IP cache; a Service address
+// stays in it, as world.
 func (d *Datapath) DeletePrefix(_ context.Context, p netip.Prefix) error {
+	p = p.Masked()
+	d.ipMu.Lock()
+	defer d.ipMu.Unlock()
+	delete(d.ipIDs, p)
+	return d.writeIPCache(p)
+}
+
+// writeIPCache writes p's entry from both layers. Call with ipMu held.
+func (d *Datapath) writeIPCache(p netip.Prefix) error {
 	k, err := ipcacheKey(p)
 	if err != nil {
 		return err
 	}
-	if err := d.objs.FnIpcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("deleting ipcache %s: %w", p, err)
+	id, known := d.ipIDs[p]
+	service := d.services[p]
+	if !known && !service {
+		if err := d.objs.FnIpcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("deleting ipcache %s: %w", p, err)
+		}
+		return nil
+	}
+	v := datapathIpcacheVal{Identity: uint32(identity.World)}
+	if known {
+		v.Identity = uint32(id)
+	}
+	if service {
+		v.Flags = ipcacheFlagService
+	}
+	if err := d.objs.FnIpcache.Put(&k, &v); err != nil {
+		return fmt.Errorf("writing ipcache %s -> %d (service %t): %w", p, v.Identity, service, err)
 	}
 	return nil
 }
+
+// ipcacheFlagService is IPCACHE_F_SERVICE.
+const ipcacheFlagService = 1
 
 // UpsertCIDR maps a CIDR-rule prefix to its local identity.
 func (d *Datapath) UpsertCIDR(_ context.Context, p netip.Prefix, id identity.ID) error {
@@ -713,7 +781,7 @@ func (d *Datapath) IPCache(_ context.Context) (map[netip.Prefix]PrefixEntry, err
 	var v datapathIpcacheVal
 	it := d.objs.FnIpcache.Iterate()
 	for it.Next(&k, &v) {
-		out[netip.PrefixFrom(addrFromBE(k.Addr), int(k.Prefixlen))] = PrefixEntry{Identity: identity.ID(v.Identity), Service: v.Flags&1 != 0}
+		out[netip.PrefixFrom(addrFromBE(k.Addr), int(k.Prefixlen))] = PrefixEntry{Identity: identity.ID(v.Identity), Service: v.Flags&ipcacheFlagService != 0}
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("reading the IP cache: %w", err)

@@ -66,6 +66,7 @@ type Enforcer struct {
 	attached map[string]endpointapi.Endpoint // ns/name -> endpoint on this node
 	byCID    map[string]string               // container ID -> ns/name
 	rejected map[string]error                // policy key -> why its current version is not applied
+	services map[string][]netip.Prefix       // ns/name -> addresses kube-proxy DNATs for it
 	getPod   func(ctx context.Context, namespace, name string) (*corev1.Pod, error)
 
 	metrics *Metrics
@@ -107,6 +108,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Enforcer, error) {
 		attached: map[string]endpointapi.Endpoint{},
 		byCID:    map[string]string{},
 		rejected: map[string]error{},
+		services: map[string][]netip.Prefix{},
 		metrics:  NewMetrics(),
 	}, nil
 }
@@ -172,10 +174,8 @@ func (e *Enforcer) Synced(ctx context.Context) error {
 	if err := e.d.AttachServiceHook(ctx); err != nil {
 		return err
 	}
-	for _, p := range e.cfg.ServiceCIDRs {
-		if err := e.d.UpsertPrefix(ctx, p, identity.World, true); err != nil {
-			return err
-		}
+	if err := e.d.SetServices(ctx, e.servicePrefixesLocked()); err != nil {
+		return err
 	}
 	if err := e.flushApply(ctx); err != nil {
 		return err
@@ -194,11 +194,12 @@ func (e *Enforcer) Synced(ctx context.Context) error {
 }
 
 // pruneLocked removes what a previous agent left in the maps and this one does not want
-// (pods and CIDR rules deleted while no agent ran, Service ranges no longer configured).
+// (pods, CIDR rules and Services deleted while no agent ran, Service ranges no longer
+// configured).
 func (e *Enforcer) pruneLocked(ctx context.Context) error {
 	wantIP, wantCIDR := e.c.Emitted()
 	services := map[netip.Prefix]bool{}
-	for _, p := range e.cfg.ServiceCIDRs {
+	for _, p := range e.servicePrefixesLocked() {
 		services[p.Masked()] = true
 	}
 	have, err := e.d.IPCache(ctx)
@@ -440,6 +441,64 @@ func (e *Enforcer) SetAPIServer(ctx context.Context, ips []netip.Addr) error {
 	defer e.mu.Unlock()
 	e.c.SetAPIServer(ips)
 	return e.applyLocked(ctx)
+}
+
+// UpsertService records the addresses kube-proxy DNATs for a Service on every node:
+// its ClusterIPs, externalIPs and LoadBalancer IPs. Egress to them is judged on the
+// backend. (Every DNATed connection is judged on its backend anyway, see
+// dataplane/POLICY.md; marking the address also spares it the judgment as world
+// before the DNAT, so a pod allowed to the backend but not to world gets through.)
+func (e *Enforcer) UpsertService(ctx context.Context, s *corev1.Service) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.services[s.Namespace+"/"+s.Name] = serviceAddrs(s)
+	return e.writeServicesLocked(ctx)
+}
+
+// DeleteService forgets a Service's addresses.
+func (e *Enforcer) DeleteService(ctx context.Context, namespace, name string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.services, namespace+"/"+name)
+	return e.writeServicesLocked(ctx)
+}
+
+func (e *Enforcer) writeServicesLocked(ctx context.Context) error {
+	if !e.synced {
+		return nil // Synced writes them
+	}
+	return e.d.SetServices(ctx, e.servicePrefixesLocked())
+}
+
+// servicePrefixesLocked is every Service address: the configured ranges and each
+// Service's own addresses.
+func (e *Enforcer) servicePrefixesLocked() []netip.Prefix {
+	out := append([]netip.Prefix(nil), e.cfg.ServiceCIDRs...)
+	for _, addrs := range e.services {
+		out = append(out, addrs...)
+	}
+	return out
+}
+
+// serviceAddrs lists the IPv4 addresses kube-proxy DNATs for s.
+func serviceAddrs(s *corev1.Service) []netip.Prefix {
+	var out []netip.Prefix
+	add := func(a string) {
+		if ip, err := netip.ParseAddr(a); err == nil && ip.Is4() {
+			out = append(out, netip.PrefixFrom(ip, 32))
+		}
+	}
+	add(s.Spec.ClusterIP) // "None" (headless) and "" parse as nothing
+	for _, a := range s.Spec.ClusterIPs {
+		add(a)
+	}
+	for _, a := range s.Spec.ExternalIPs {
+		add(a)
+	}
+	for _, in := range s.Status.LoadBalancer.Ingress {
+		add(in.IP)
+	}
+	return out
 }
 
 // DeleteNode forgets a node.

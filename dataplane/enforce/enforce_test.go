@@ -236,3 +236,73 @@ func TestEnforcerLifecycle(t *testing.T) {
 		t.Fatalf("endpoints after Detach: %v", eps)
 	}
 }
+
+// TestEnforcerServiceAddresses: every address kube-proxy DNATs for a Service (its
+// ClusterIP, externalIPs, LoadBalancer IPs) is marked as a Service address, an
+// externalIP that is a node's keeps the node's identity, and a changed or deleted
+// Service's addresses go, also those a previous agent left behind.
+func TestEnforcerServiceAddresses(t *testing.T) {
+	testenv.RequireRoot(t)
+	ctx := context.Background()
+	mnt := t.TempDir()
+	must(t, unix.Mount("bpf", mnt, "bpf", 0, ""))
+	t.Cleanup(func() { _ = unix.Unmount(mnt, unix.MNT_DETACH) })
+	node, err := testutils.NewNS()
+	must(t, err)
+	t.Cleanup(func() { node.Close(); _ = testutils.UnmountNS(node) })
+	pin := filepath.Join(mnt, "flatnet")
+
+	// A previous agent marked the externalIP of a Service deleted since.
+	prev, err := bpf.Load(ctx, pin)
+	must(t, err)
+	gone := netip.MustParseAddr("203.0.113.99")
+	must(t, prev.UpsertService(ctx, gone))
+	must(t, prev.Close())
+
+	e, err := New(ctx, Config{NodeName: "n1", PinDir: pin}, slog.New(slog.DiscardHandler))
+	must(t, err)
+	defer e.Close()
+	svc := func(name, clusterIP string, external []string, lb ...string) *corev1.Service {
+		s := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
+			Spec: corev1.ServiceSpec{ClusterIP: clusterIP, ClusterIPs: []string{clusterIP}, ExternalIPs: external}}
+		for _, ip := range lb {
+			s.Status.LoadBalancer.Ingress = append(s.Status.LoadBalancer.Ingress, corev1.LoadBalancerIngress{IP: ip})
+		}
+		return s
+	}
+	must(t, e.UpsertNode(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n2"},
+		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "10.224.0.3"}}}}))
+	must(t, e.UpsertService(ctx, svc("web", "10.96.0.10", []string{"203.0.113.10", "10.224.0.3", "2001:db8::1"}, "198.51.100.7")))
+	must(t, e.UpsertService(ctx, svc("headless", "None", nil)))
+	must(t, node.Do(func(ns.NetNS) error { return e.Synced(ctx) }))
+
+	check := func(what string, want map[string]bpf.PrefixEntry) {
+		t.Helper()
+		ipc, err := e.Datapath().IPCache(ctx)
+		must(t, err)
+		got := map[string]bpf.PrefixEntry{}
+		for p, v := range ipc {
+			got[p.String()] = v
+		}
+		if len(got) != len(want) {
+			t.Errorf("%s: IP cache %v, want %v", what, got, want)
+		}
+		for p, w := range want {
+			if got[p] != w {
+				t.Errorf("%s: %s is %+v, want %+v", what, p, got[p], w)
+			}
+		}
+	}
+	world, remote := identity.World, identity.RemoteNode
+	check("after the sync", map[string]bpf.PrefixEntry{
+		"10.96.0.10/32": {Identity: world, Service: true}, "203.0.113.10/32": {Identity: world, Service: true},
+		"198.51.100.7/32": {Identity: world, Service: true}, "10.224.0.3/32": {Identity: remote, Service: true}})
+
+	must(t, e.UpsertService(ctx, svc("web", "10.96.0.10", []string{"203.0.113.11"})))
+	check("externalIPs changed, load balancer gone", map[string]bpf.PrefixEntry{
+		"10.96.0.10/32": {Identity: world, Service: true}, "203.0.113.11/32": {Identity: world, Service: true},
+		"10.224.0.3/32": {Identity: remote}})
+
+	must(t, e.DeleteService(ctx, "default", "web"))
+	check("Service deleted", map[string]bpf.PrefixEntry{"10.224.0.3/32": {Identity: remote}})
+}

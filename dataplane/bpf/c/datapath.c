@@ -675,12 +675,18 @@ int deliver_to_pod(struct __sk_buff *skb)
 	return bpf_redirect_peer(arg.le.ifindex, 0);
 }
 
-// ---- Services: egress judged on the backend, after kube-proxy's DNAT ----
+// ---- Services: judged on the backend, after kube-proxy's DNAT ----
 //
 // from_pod cannot see which backend kube-proxy will pick: the DNAT happens later, in
 // the host stack. It marks packets to Service addresses and lets them go; this
-// netfilter program, on the FORWARD hook (after PREROUTING's DNAT), judges them
-// against the pod's egress policy with the backend as destination. The kernel types
+// netfilter program, on the FORWARD hook (after PREROUTING's DNAT, before
+// POSTROUTING's masquerade), judges them against the pod's egress policy with the
+// backend as destination. It also judges every other packet conntrack has DNATed
+// (original direction): an address the agent does not know as a Service's (an
+// externalIP, a LoadBalancer IP, a NodePort on a node address outside Node.status, a
+// hostPort) never takes a pod past its egress policy, and a DNATed packet bound for a
+// pod of this node is judged against that pod's ingress policy with the source it has
+// before the masquerade, which to_pod would only see as the node. The kernel types
 // below are the few fields read through CO-RE from the running kernel's BTF.
 
 struct net_device {
@@ -689,6 +695,7 @@ struct net_device {
 
 struct nf_hook_state {
 	struct net_device *in;
+	struct net_device *out;
 } __attribute__((preserve_access_index));
 
 struct sk_buff {
@@ -696,6 +703,11 @@ struct sk_buff {
 	__u16 network_header;
 	__u32 mark;
 	unsigned int len;
+	unsigned long _nfct;
+} __attribute__((preserve_access_index));
+
+struct nf_conn {
+	unsigned long status;
 } __attribute__((preserve_access_index));
 
 struct bpf_nf_ctx {
@@ -705,20 +717,67 @@ struct bpf_nf_ctx {
 
 #define NF_DROP 0
 #define NF_ACCEPT 1
+#define NFCT_INFOMASK 7UL
+#define IP_CT_IS_REPLY 3 // ctinfo from here on: reply direction
+#define IPS_DST_NAT (1UL << 5)
+
+// dnated reports whether conntrack has DNATed the packet's connection and the packet
+// goes in its original direction.
+static __always_inline int dnated(const struct sk_buff *skb)
+{
+	unsigned long nfct = skb->_nfct;
+	if (!(nfct & ~NFCT_INFOMASK) || (nfct & NFCT_INFOMASK) >= IP_CT_IS_REPLY)
+		return 0;
+	struct nf_conn *ct = (void *)(nfct & ~NFCT_INFOMASK);
+	unsigned long status = 0;
+	if (bpf_probe_read_kernel(&status, sizeof(status), &ct->status))
+		return 0;
+	return (status & IPS_DST_NAT) != 0;
+}
+
+// nf_judge decides a new-or-opening packet for the endpoint on ifindex in direction
+// dir against remote addr; drops are counted and reported as from_pod/to_pod would.
+static __always_inline int nf_judge(__u32 ifindex, __u8 dir, __u32 addr, __u32 local_id, const struct pkt *p)
+{
+	__u32 remote_id = lookup_ip(&fn_ipcache, addr, NULL);
+	if (!remote_id)
+		remote_id = IDENTITY_WORLD;
+	if (remote_id == IDENTITY_HOST)
+		return 1;
+	struct decision d = {};
+	void *pol = bpf_map_lookup_elem(&fn_policy, &ifindex);
+	if (!pol) {
+		d.code = DROP_NO_POLICY;
+	} else {
+		__u32 cidr_id = lookup_ip(&fn_cidrcache, addr, NULL);
+		decide(pol, dir, remote_id, cidr_id, p, &d);
+	}
+	if (!d.allow) {
+		count(ifindex, dir, d.code, p->len);
+		emit(ifindex, dir, p, VERDICT_DROP, d.code, d.rule_id, remote_id, local_id);
+	}
+	return d.allow;
+}
 
 SEC("netfilter")
 int service_egress(struct bpf_nf_ctx *ctx)
 {
 	struct sk_buff *skb = ctx->skb;
 	const struct nf_hook_state *state = ctx->state;
-	if (!skb || !state || !state->in)
+	if (!skb || !state)
 		return NF_ACCEPT;
-	if (!(skb->mark & SERVICE_MARK))
-		return NF_ACCEPT; // already judged by from_pod
-	__u32 ifindex = state->in->ifindex;
-	struct endpoint_info *ep = bpf_map_lookup_elem(&fn_endpoints, &ifindex);
-	if (!ep)
-		return NF_ACCEPT; // not from a pod of this node
+	int nat = dnated(skb);
+	if (!nat && !(skb->mark & SERVICE_MARK))
+		return NF_ACCEPT; // already judged by from_pod and to_pod
+	__u32 in_if = state->in ? state->in->ifindex : 0;
+	__u32 out_if = state->out ? state->out->ifindex : 0;
+	struct endpoint_info *src_ep = bpf_map_lookup_elem(&fn_endpoints, &in_if);
+	struct endpoint_info *dst_ep = nat ? bpf_map_lookup_elem(&fn_endpoints, &out_if) : NULL;
+	if (!src_ep) {
+		asm volatile("" : "+r"(dst_ep)); // two null checks, not one on or-ed pointers
+		if (!dst_ep)
+			return NF_ACCEPT; // neither from nor to a pod of this node
+	}
 	unsigned char *nh = skb->head + skb->network_header;
 	struct iphdr ip;
 	if (bpf_probe_read_kernel(&ip, sizeof(ip), nh) || ip.version != 4)
@@ -747,24 +806,13 @@ int service_egress(struct bpf_nf_ctx *ctx)
 	// way back in is judged as from the host.
 	if (p.daddr == p.saddr)
 		return NF_ACCEPT;
-	__u32 remote_id = lookup_ip(&fn_ipcache, p.daddr, NULL);
-	if (!remote_id)
-		remote_id = IDENTITY_WORLD;
-	if (remote_id == IDENTITY_HOST)
-		return NF_ACCEPT;
-	struct decision d = {};
-	void *pol = bpf_map_lookup_elem(&fn_policy, &ifindex);
-	if (!pol) {
-		d.code = DROP_NO_POLICY;
-	} else {
-		__u32 cidr_id = lookup_ip(&fn_cidrcache, p.daddr, NULL);
-		decide(pol, DIR_EGRESS, remote_id, cidr_id, &p, &d);
+	if (src_ep) {
+		if (!nf_judge(in_if, DIR_EGRESS, p.daddr, src_ep->identity, &p))
+			return NF_DROP;
+		count(in_if, DIR_EGRESS, FORWARD_SERVICE_BACKEND, p.len);
 	}
-	if (!d.allow) {
-		count(ifindex, DIR_EGRESS, d.code, p.len);
-		emit(ifindex, DIR_EGRESS, &p, VERDICT_DROP, d.code, d.rule_id, remote_id, ep->identity);
+	// Allowed ones are counted by to_pod, which sees them next.
+	if (dst_ep && dst_ep->addr == p.daddr && !nf_judge(out_if, DIR_INGRESS, p.saddr, dst_ep->identity, &p))
 		return NF_DROP;
-	}
-	count(ifindex, DIR_EGRESS, FORWARD_SERVICE_BACKEND, p.len);
 	return NF_ACCEPT;
 }
