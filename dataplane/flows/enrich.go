@@ -42,9 +42,12 @@ func NewEnricher(node string, src Source) (*Enricher, error) {
 // dropReasons gives Cilium's DropReason enum name for each drop code, by meaning
 // (flatnet's codes follow Cilium's numbers except where noted in bpf.Code).
 var dropReasons = map[bpf.Code]string{
+	bpf.DropInvalidSrcMAC: "INVALID_SOURCE_MAC",
 	bpf.DropInvalidSource: "INVALID_SOURCE_IP",
 	bpf.DropPolicy:        "POLICY_DENIED",
 	bpf.DropMalformed:     "INVALID_PACKET_DROPPED",
+	bpf.DropUnknownL3:     "UNSUPPORTED_L3_PROTOCOL",
+	bpf.DropUnsupportedL2: "UNSUPPORTED_L2_PROTOCOL",
 	bpf.DropPolicyDeny:    "POLICY_DENY",
 	bpf.DropNoEndpoint:    "UNKNOWN_SENDER",
 	bpf.DropNoPolicy:      "POLICY_DENIED",

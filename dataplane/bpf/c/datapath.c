@@ -146,6 +146,26 @@ struct icmp_echo {
 #define ICMP_ECHOREPLY 0
 #define ICMP_ECHO 8
 
+// Ethertypes besides IPv4.
+#define ETHERTYPE_ARP 0x0806
+#define ETHERTYPE_8021Q 0x8100
+#define ETHERTYPE_8021AD 0x88a8
+#define ETHERTYPE_QINQ_OLD 0x9100
+#define ETHERTYPE_MIN 0x0600 // below: an 802.3 length field
+
+// The Ethernet/IPv4 ARP packet (linux/if_arp.h stops at the fixed part).
+struct arp_eth_ipv4 {
+	__u16 htype;
+	__u16 ptype;
+	__u8 hlen;
+	__u8 plen;
+	__u16 op;
+	__u8 sha[6];
+	__u8 spa[4];
+	__u8 tha[6];
+	__u8 tpa[4];
+};
+
 // Types only reached through pointers: these make BTF (and bpf2go) carry them whole.
 const struct flow_event *unused_flow_event __attribute__((unused));
 const struct policy_key *unused_policy_key __attribute__((unused));
@@ -233,18 +253,71 @@ static __always_inline void emit(__u32 ifindex, __u8 dir, const struct pkt *p, _
 	bpf_ringbuf_submit(e, wake);
 }
 
-// parse fills p from an Ethernet frame; returns 0 for IPv4, 1 to pass untouched, <0 to drop.
-static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+// l4_ports reads the ports (for ICMP echo: the id, see below) of a packet of proto
+// whose L4 header starts at l4; returns 0, or -1 when the header is cut short.
+static __always_inline int l4_ports(void *l4, void *end, __u8 proto, __u16 *sport, __u16 *dport)
+{
+	switch (proto) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP: { // TCP's and SCTP's headers start with the same two ports
+		struct udphdr *uh = l4;
+		if ((void *)(uh + 1) > end)
+			return -1;
+		*sport = bpf_ntohs(uh->source);
+		*dport = bpf_ntohs(uh->dest);
+		break;
+	}
+	case IPPROTO_ICMP: {
+		struct icmp_echo *ih = l4;
+		if ((void *)(ih + 1) > end)
+			return -1;
+		// Echo request/reply are tracked as a flow keyed by the echo id: the request
+		// carries it as source "port", the reply as destination, so a reply matches
+		// its request's connection and a request from the peer does not.
+		if (ih->type == ICMP_ECHO)
+			*sport = bpf_ntohs(ih->id);
+		else if (ih->type == ICMP_ECHOREPLY)
+			*dport = bpf_ntohs(ih->id);
+		break;
+	}
+	}
+	return 0;
+}
+
+// parse fills p from an Ethernet frame of the endpoint on ifindex. Returns 0 for
+// IPv4, PARSE_ARP for an Ethernet/IPv4 ARP request or reply (p's addresses: sender
+// and target), -1 when headers are cut short or malformed, else the drop code of a
+// frame no pod sends or receives: flatnet is IPv4-only, and a VLAN tag (in the frame
+// or already in skb metadata) would let the stack see an IPv4 packet this program
+// did not (a priority-tagged frame is untagged and delivered as plain IPv4).
+#define PARSE_ARP 1
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p, __u32 ifindex)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end)
-		return 1;
-	if (eth->h_proto != bpf_htons(ETH_P_IP))
-		return 1; // ARP; IPv6 is not routed for pods in this cluster
+		return -1;
+	__u16 proto = bpf_ntohs(eth->h_proto);
+	if (skb->vlan_present || proto < ETHERTYPE_MIN || proto == ETHERTYPE_8021Q || proto == ETHERTYPE_8021AD ||
+	    proto == ETHERTYPE_QINQ_OLD)
+		return DROP_UNSUPPORTED_L2;
+	if (proto == ETHERTYPE_ARP) {
+		struct arp_eth_ipv4 *arp = (void *)(eth + 1);
+		if ((void *)(arp + 1) > end)
+			return -1;
+		if (arp->htype != bpf_htons(1) || arp->ptype != bpf_htons(ETH_P_IP) || arp->hlen != 6 ||
+		    arp->plen != 4 || (arp->op != bpf_htons(1) && arp->op != bpf_htons(2)))
+			return -1;
+		__builtin_memcpy(&p->saddr, arp->spa, 4);
+		__builtin_memcpy(&p->daddr, arp->tpa, 4);
+		return PARSE_ARP;
+	}
+	if (proto != ETH_P_IP)
+		return DROP_UNKNOWN_L3;
 	struct iphdr *ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > end || ip->ihl < 5)
+	if ((void *)(ip + 1) > end || ip->ihl < 5 || ip->version != 4)
 		return -1;
 	p->saddr = ip->saddr;
 	p->daddr = ip->daddr;
@@ -257,38 +330,12 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	if (ip->frag_off & bpf_htons(0x1fff))
 		return 0;
 	void *l4 = (void *)ip + ip->ihl * 4;
-	switch (ip->protocol) {
-	case IPPROTO_TCP: {
-		struct tcphdr *th = l4;
-		if ((void *)(th + 1) > end)
+	if (l4_ports(l4, end, ip->protocol, &p->sport, &p->dport))
+		return -1;
+	if (ip->protocol == IPPROTO_TCP) {
+		if (l4 + sizeof(struct tcphdr) > end)
 			return -1;
-		p->sport = bpf_ntohs(th->source);
-		p->dport = bpf_ntohs(th->dest);
-		p->tcp_flags = ((__u8 *)th)[13];
-		break;
-	}
-	case IPPROTO_UDP:
-	case IPPROTO_SCTP: { // SCTP's common header starts with the same two ports
-		struct udphdr *uh = l4;
-		if ((void *)(uh + 1) > end)
-			return -1;
-		p->sport = bpf_ntohs(uh->source);
-		p->dport = bpf_ntohs(uh->dest);
-		break;
-	}
-	case IPPROTO_ICMP: {
-		struct icmp_echo *ih = l4;
-		if ((void *)(ih + 1) > end)
-			return -1;
-		// Echo request/reply are tracked as a flow keyed by the echo id: the request
-		// carries it as source "port", the reply as destination, so a reply matches
-		// its request's connection and a request from the peer does not.
-		if (ih->type == ICMP_ECHO)
-			p->sport = bpf_ntohs(ih->id);
-		else if (ih->type == ICMP_ECHOREPLY)
-			p->dport = bpf_ntohs(ih->id);
-		break;
-	}
+		p->tcp_flags = ((__u8 *)l4)[13];
 	}
 	return 0;
 }
@@ -507,24 +554,68 @@ static __always_inline __u32 endpoint_identity(__u32 ifindex, __u32 id)
 	return ep ? ep->identity : 0;
 }
 
+// handle_arp judges an ARP request or reply (parse checked its format): into a pod
+// any (the host resolves the pod's address); from a pod only about itself, its
+// own address as sender and, when the CNI plugin reported the pod's MAC, that MAC
+// as sender and Ethernet source: a pod may not claim another's address.
+static __always_inline int handle_arp(struct __sk_buff *skb, __u8 dir, __u32 ifindex, const struct pkt *p)
+{
+	__u8 code = FORWARD_ARP;
+	__u32 local_id = 0;
+	if (dir == DIR_EGRESS) {
+		struct endpoint_info *ep = bpf_map_lookup_elem(&fn_endpoints, &ifindex);
+		if (!ep) {
+			code = DROP_NO_ENDPOINT;
+			goto drop;
+		}
+		local_id = ep->identity;
+		__u32 addr = ep->addr;
+		if (p->saddr != addr) {
+			code = DROP_INVALID_SOURCE;
+			goto drop;
+		}
+		struct local_ep *le = bpf_map_lookup_elem(&fn_local_ips, &addr);
+		struct ethhdr *eth = (void *)(long)skb->data;
+		struct arp_eth_ipv4 *arp = (void *)(eth + 1);
+		if ((void *)(arp + 1) > (void *)(long)skb->data_end)
+			return TCX_DROP; // parse checked it
+		if (le && (le->pod_mac[0] | le->pod_mac[1] | le->pod_mac[2] | le->pod_mac[3] | le->pod_mac[4] |
+			   le->pod_mac[5])) {
+			__u8 diff = 0;
+			for (int i = 0; i < 6; i++)
+				diff |= (eth->h_source[i] ^ le->pod_mac[i]) | (arp->sha[i] ^ le->pod_mac[i]);
+			if (diff) {
+				code = DROP_INVALID_SRC_MAC;
+				goto drop;
+			}
+		}
+	}
+	count(ifindex, dir, code, skb->len);
+	return TCX_NEXT;
+drop:
+	count(ifindex, dir, code, skb->len);
+	emit(ifindex, dir, p, VERDICT_DROP, code, 0, 0, local_id);
+	return TCX_DROP;
+}
+
 // handle judges a packet of the endpoint on host veth ifindex going in direction dir,
 // counts it, reports it, and returns the tcx verdict.
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 ifindex)
 {
-	struct pkt p;
-	int r = parse(skb, &p);
+	struct pkt p = {};
+	int r = parse(skb, &p, ifindex);
 	if (r < 0 && skb->len > skb->data_end - skb->data) {
 		// Headers beyond the linear part of a non-linear skb: pull them in, retry.
 		__u32 want = skb->len < MAX_HEADERS ? skb->len : MAX_HEADERS;
 		if (!bpf_skb_pull_data(skb, want))
-			r = parse(skb, &p);
+			r = parse(skb, &p, ifindex);
 	}
-	if (r > 0) {
-		count(ifindex, dir, FORWARD_NOT_IPV4, skb->len);
-		return TCX_NEXT;
-	}
-	if (r < 0) {
-		count(ifindex, dir, DROP_MALFORMED, skb->len);
+	if (r == PARSE_ARP)
+		return handle_arp(skb, dir, ifindex, &p);
+	if (r != 0) {
+		__u8 code = r < 0 ? DROP_MALFORMED : r;
+		count(ifindex, dir, code, skb->len);
+		emit(ifindex, dir, &p, VERDICT_DROP, code, 0, 0, endpoint_identity(ifindex, 0));
 		return TCX_DROP;
 	}
 	// Connection tracking: one entry per connection and endpoint, keyed from the pod's
