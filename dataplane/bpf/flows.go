@@ -29,12 +29,14 @@ const (
 	ForwardARP         Code = 5 // a valid ARP request or reply
 	ForwardService     Code = 6
 	ForwardBackend     Code = 7
+	ForwardRelated     Code = 8 // an ICMP error about a tracked connection
 	DropInvalidSrcMAC  Code = 130
 	DropInvalidSource  Code = 132
 	DropPolicy         Code = 133
 	DropMalformed      Code = 134
 	DropUnknownL3      Code = 139
 	DropUnsupportedL2  Code = 166
+	DropFragNotFound   Code = 175
 	DropPolicyDeny     Code = 181
 	DropNoEndpoint     Code = 190
 	DropNoPolicy       Code = 191
@@ -59,6 +61,8 @@ func (c Code) String() string {
 		return "to a Service (judged after DNAT)"
 	case ForwardBackend:
 		return "Service backend allowed by policy"
+	case ForwardRelated:
+		return "related to a tracked connection (ICMP error)"
 	case DropInvalidSrcMAC:
 		return "invalid source MAC"
 	case DropInvalidSource:
@@ -71,6 +75,8 @@ func (c Code) String() string {
 		return "unsupported L3 protocol"
 	case DropUnsupportedL2:
 		return "unsupported L2 protocol"
+	case DropFragNotFound:
+		return "first logical datagram fragment not found"
 	case DropPolicyDeny:
 		return "policy denied by deny rule"
 	case DropNoEndpoint:

@@ -48,6 +48,7 @@ var dropReasons = map[bpf.Code]string{
 	bpf.DropMalformed:     "INVALID_PACKET_DROPPED",
 	bpf.DropUnknownL3:     "UNSUPPORTED_L3_PROTOCOL",
 	bpf.DropUnsupportedL2: "UNSUPPORTED_L2_PROTOCOL",
+	bpf.DropFragNotFound:  "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND",
 	bpf.DropPolicyDeny:    "POLICY_DENY",
 	bpf.DropNoEndpoint:    "UNKNOWN_SENDER",
 	bpf.DropNoPolicy:      "POLICY_DENIED",

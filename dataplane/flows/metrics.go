@@ -183,6 +183,8 @@ func reasonLabel(code bpf.Code) string {
 		return "HOST"
 	case bpf.ForwardARP:
 		return "ARP"
+	case bpf.ForwardRelated:
+		return "RELATED"
 	case bpf.ForwardService:
 		return "SERVICE"
 	case bpf.ForwardBackend:

@@ -104,6 +104,14 @@ struct {
 } fn_ct SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, FRAGS_MAX);
+	__type(key, struct frag_key);
+	__type(value, struct frag_ports);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fn_frags SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, COUNTERS_MAX);
 	__type(key, struct counter_key);
@@ -135,7 +143,9 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } fn_config SEC(".maps");
 
-// The first bytes of an ICMP echo header (linux/icmp.h drags in libc headers).
+// The first bytes of an ICMP header (linux/icmp.h drags in libc headers): echo
+// request/reply carry id and seq; errors carry 4 unused (or MTU) bytes, then the
+// offending packet's IP header and its first 8 bytes.
 struct icmp_echo {
 	__u8 type;
 	__u8 code;
@@ -144,7 +154,10 @@ struct icmp_echo {
 	__u16 seq;
 };
 #define ICMP_ECHOREPLY 0
+#define ICMP_DEST_UNREACH 3
 #define ICMP_ECHO 8
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
 
 // Ethertypes besides IPv4.
 #define ETHERTYPE_ARP 0x0806
@@ -171,8 +184,9 @@ const struct flow_event *unused_flow_event __attribute__((unused));
 const struct policy_key *unused_policy_key __attribute__((unused));
 const struct policy_val *unused_policy_val __attribute__((unused));
 
-// Ethernet + IPv4 with options + TCP without options: all parse() reads.
-#define MAX_HEADERS (14 + 60 + 20)
+// Ethernet + IPv4 with options + ICMP error header + embedded IPv4 with options + 8
+// bytes: all parse() reads (more than a TCP header without options).
+#define MAX_HEADERS (14 + 60 + 8 + 60 + 8)
 
 struct pkt {
 	__u32 saddr, daddr;
@@ -181,6 +195,11 @@ struct pkt {
 	__u8 tcp_flags;
 	__u16 len;
 	__u8 frag; // a fragment (first or not)
+	// An ICMP error (related set): the tuple of the packet it reports, as embedded.
+	__u8 related;
+	__u8 rel_proto;
+	__u32 rel_saddr, rel_daddr;
+	__u16 rel_sport, rel_dport;
 };
 
 static __always_inline void count(__u32 ifindex, __u8 dir, __u8 code, __u32 bytes)
@@ -285,6 +304,37 @@ static __always_inline int l4_ports(void *l4, void *end, __u8 proto, __u16 *spor
 	return 0;
 }
 
+// icmp_error fills p's related tuple from the packet an ICMP error (destination
+// unreachable, time exceeded, parameter problem) embeds: its IP header and first
+// 8 bytes. An embedded non-first fragment names no ports, and an error about an
+// ICMP message other than an echo relates to nothing: no related tuple then.
+static __always_inline int icmp_error(void *l4, void *end, struct pkt *p)
+{
+	struct iphdr *in = l4 + sizeof(struct icmp_echo);
+	if ((void *)(in + 1) > end)
+		return -1;
+	if (in->ihl < 5 || in->version != 4 || (in->frag_off & bpf_htons(0x1fff)))
+		return 0;
+	void *inl4 = (void *)in + in->ihl * 4;
+	if (in->protocol == IPPROTO_ICMP) {
+		struct icmp_echo *ie = inl4;
+		if ((void *)(ie + 1) > end)
+			return -1;
+		if (ie->type != ICMP_ECHO && ie->type != ICMP_ECHOREPLY)
+			return 0;
+	}
+	__u16 sport = 0, dport = 0;
+	if (l4_ports(inl4, end, in->protocol, &sport, &dport))
+		return -1;
+	p->related = 1;
+	p->rel_proto = in->protocol;
+	p->rel_saddr = in->saddr;
+	p->rel_daddr = in->daddr;
+	p->rel_sport = sport;
+	p->rel_dport = dport;
+	return 0;
+}
+
 // parse fills p from an Ethernet frame of the endpoint on ifindex. Returns 0 for
 // IPv4, PARSE_ARP for an Ethernet/IPv4 ARP request or reply (p's addresses: sender
 // and target), -1 when headers are cut short or malformed, else the drop code of a
@@ -325,10 +375,20 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p, __u32 ifi
 	p->len = bpf_ntohs(ip->tot_len);
 	p->sport = p->dport = 0;
 	p->tcp_flags = 0;
+	p->related = 0;
 	p->frag = (ip->frag_off & bpf_htons(0x3fff)) != 0; // MF or an offset
-	// Non-first fragments carry no ports: they are judged as port 0.
-	if (ip->frag_off & bpf_htons(0x1fff))
+	struct frag_key fk = {.ifindex = ifindex, .saddr = ip->saddr, .daddr = ip->daddr, .id = ip->id,
+			      .proto = ip->protocol};
+	if (ip->frag_off & bpf_htons(0x1fff)) {
+		// Not the first fragment: no L4 header. It takes the first one's ports (a
+		// datagram whose first fragment was never seen here cannot be judged).
+		struct frag_ports *fp = bpf_map_lookup_elem(&fn_frags, &fk);
+		if (!fp)
+			return DROP_FRAG_NOT_FOUND;
+		p->sport = fp->sport;
+		p->dport = fp->dport;
 		return 0;
+	}
 	void *l4 = (void *)ip + ip->ihl * 4;
 	if (l4_ports(l4, end, ip->protocol, &p->sport, &p->dport))
 		return -1;
@@ -336,6 +396,17 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p, __u32 ifi
 		if (l4 + sizeof(struct tcphdr) > end)
 			return -1;
 		p->tcp_flags = ((__u8 *)l4)[13];
+	} else if (ip->protocol == IPPROTO_ICMP) {
+		__u8 type = ((struct icmp_echo *)l4)->type; // l4_ports checked the length
+		if (type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED || type == ICMP_PARAMETERPROB) {
+			if (icmp_error(l4, end, p))
+				return -1;
+		}
+	}
+	if (p->frag) {
+		// The first fragment: its ports for the rest of the datagram.
+		struct frag_ports fp = {.sport = p->sport, .dport = p->dport};
+		bpf_map_update_elem(&fn_frags, &fk, &fp, BPF_ANY);
 	}
 	return 0;
 }
@@ -598,6 +669,37 @@ drop:
 	return TCX_DROP;
 }
 
+// related passes an ICMP error about a connection tracked for this endpoint, in
+// either direction (as conntrack's RELATED): returns 1 when it did. The embedded
+// packet went the other way: out of the pod when the error comes in, and back.
+static __always_inline int related(struct __sk_buff *skb, const struct pkt *p, __u32 ifindex, __u8 dir, __u64 now)
+{
+	struct ct_key k = {.ifindex = ifindex, .proto = p->rel_proto};
+	__u32 pod_side;
+	if (dir == DIR_EGRESS) {
+		k.pod_addr = p->rel_daddr;
+		k.peer_addr = p->rel_saddr;
+		k.pod_port = p->rel_dport;
+		k.peer_port = p->rel_sport;
+		pod_side = p->saddr;
+	} else {
+		k.pod_addr = p->rel_saddr;
+		k.peer_addr = p->rel_daddr;
+		k.pod_port = p->rel_sport;
+		k.peer_port = p->rel_dport;
+		pod_side = p->daddr;
+	}
+	// Entries are made only under the endpoint's own address: the error must be
+	// from (to) that address too, which is the source check for it.
+	if (pod_side != k.pod_addr)
+		return 0;
+	struct ct_val *ct = bpf_map_lookup_elem(&fn_ct, &k);
+	if (!ct || ct->expires_ns < now)
+		return 0;
+	count(ifindex, dir, FORWARD_RELATED, skb->len);
+	return 1;
+}
+
 // handle judges a packet of the endpoint on host veth ifindex going in direction dir,
 // counts it, reports it, and returns the tcx verdict.
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 ifindex)
@@ -618,6 +720,9 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 ifindex
 		emit(ifindex, dir, &p, VERDICT_DROP, code, 0, 0, endpoint_identity(ifindex, 0));
 		return TCX_DROP;
 	}
+	__u64 now = bpf_ktime_get_ns();
+	if (p.related && related(skb, &p, ifindex, dir, now))
+		return TCX_NEXT;
 	// Connection tracking: one entry per connection and endpoint, keyed from the pod's
 	// side, remembering which direction opened it. Entries are only made with the
 	// endpoint's own address as the pod's: a packet that matches one has a valid
@@ -634,7 +739,6 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 ifindex
 		ck.pod_port = p.dport;
 		ck.peer_port = p.sport;
 	}
-	__u64 now = bpf_ktime_get_ns();
 	struct ct_val *ct = bpf_map_lookup_elem(&fn_ct, &ck);
 	if (ct && ct->expires_ns < now)
 		ct = NULL;
