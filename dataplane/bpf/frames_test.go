@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 )
@@ -200,3 +201,33 @@ func TestARPWithForeignMACDropped(t *testing.T) {
 }
 
 var gateway4 = netip.MustParseAddr("169.254.1.1")
+
+// TestDropEventsOfFramesNameThePod: the flow event of a dropped frame names the pod
+// (its address on the pod's side, its identity) and, for ARP, the claimed addresses.
+func TestDropEventsOfFramesNameThePod(t *testing.T) {
+	d := loadTest(t)
+	cl := newCluster(t, d)
+	rd, err := d.NewFlowReader()
+	must(t, err)
+	defer rd.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, c := range []struct {
+		what     string
+		dir      int
+		frame    []byte
+		src, dst netip.Addr
+		code     Code
+	}{
+		{"IPv6 from the pod", dirEgress, ipv6Frame(podMAC, hostMAC), serverIP, netip.IPv4Unspecified(), DropUnknownL3},
+		{"IPv6 into the pod", dirIngress, ipv6Frame(hostMAC, podMAC), netip.IPv4Unspecified(), serverIP, DropUnknownL3},
+		{"spoofed ARP", dirEgress, arpFrame(2, podMAC, podMAC, clientIP, gateway4), clientIP, gateway4, DropInvalidSource},
+	} {
+		runFrame(t, d, c.dir, c.frame)
+		ev, err := rd.Read(ctx)
+		must(t, err)
+		if ev.Code != c.code || ev.Src != c.src || ev.Dst != c.dst || ev.LocalIdentity != cl.id || int(ev.Direction) != c.dir {
+			t.Errorf("%s: event %+v, want %q %s -> %s of identity %v", c.what, ev, c.code, c.src, c.dst, cl.id)
+		}
+	}
+}

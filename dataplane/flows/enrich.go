@@ -92,6 +92,11 @@ func (e *Enricher) Flow(ev bpf.FlowEvent) *Flow {
 	}
 	localEP := e.endpoint(local, ev.LocalIdentity)
 	remoteEP := e.endpoint(remote, ev.RemoteIdentity)
+	if ev.Code == bpf.DropUnknownL3 || ev.Code == bpf.DropUnsupportedL2 {
+		// Not an IPv4 packet: no addresses, ports or peer; the datapath gives the
+		// pod's own address so that the pod is named.
+		f.IP, f.L4, remoteEP = nil, nil, nil
+	}
 	if ev.Direction == policy.Egress {
 		f.Source, f.Destination = localEP, remoteEP
 	} else {

@@ -716,8 +716,16 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 ifindex
 		return handle_arp(skb, dir, ifindex, &p);
 	if (r != 0) {
 		__u8 code = r < 0 ? DROP_MALFORMED : r;
+		struct endpoint_info *ep = bpf_map_lookup_elem(&fn_endpoints, &ifindex);
+		if (ep && (code == DROP_UNKNOWN_L3 || code == DROP_UNSUPPORTED_L2)) {
+			// No IPv4 addresses in the frame: the pod's own names it in the event.
+			if (dir == DIR_EGRESS)
+				p.saddr = ep->addr;
+			else
+				p.daddr = ep->addr;
+		}
 		count(ifindex, dir, code, skb->len);
-		emit(ifindex, dir, &p, VERDICT_DROP, code, 0, 0, endpoint_identity(ifindex, 0));
+		emit(ifindex, dir, &p, VERDICT_DROP, code, 0, 0, ep ? ep->identity : 0);
 		return TCX_DROP;
 	}
 	__u64 now = bpf_ktime_get_ns();
