@@ -823,7 +823,7 @@ func (d *Datapath) MapFill(_ context.Context) ([]MapFill, error) {
 	}{
 		{"endpoints", d.objs.FnEndpoints}, {"policy", d.objs.FnPolicy}, {"ipcache", d.objs.FnIpcache},
 		{"cidrcache", d.objs.FnCidrcache}, {"identities", d.objs.FnIdentities}, {"ct", d.objs.FnCt},
-		{"counters", d.objs.FnCounters}, {"local_ips", d.objs.FnLocalIps},
+		{"counters", d.objs.FnCounters}, {"local_ips", d.objs.FnLocalIps}, {"frags", d.objs.FnFrags},
 	}
 	out := make([]MapFill, 0, len(maps))
 	for _, m := range maps {

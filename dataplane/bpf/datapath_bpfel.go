@@ -147,6 +147,7 @@ const (
 	datapathMapFnEndpoints     = "fn_endpoints"
 	datapathMapFnEventBudget   = "fn_event_budget"
 	datapathMapFnEvents        = "fn_events"
+	datapathMapFnFrags         = "fn_frags"
 	datapathMapFnIdentities    = "fn_identities"
 	datapathMapFnIpcache       = "fn_ipcache"
 	datapathMapFnLocalIps      = "fn_local_ips"
@@ -221,6 +222,7 @@ type datapathMapSpecs struct {
 	FnEndpoints   *ebpf.MapSpec `ebpf:"fn_endpoints"`
 	FnEventBudget *ebpf.MapSpec `ebpf:"fn_event_budget"`
 	FnEvents      *ebpf.MapSpec `ebpf:"fn_events"`
+	FnFrags       *ebpf.MapSpec `ebpf:"fn_frags"`
 	FnIdentities  *ebpf.MapSpec `ebpf:"fn_identities"`
 	FnIpcache     *ebpf.MapSpec `ebpf:"fn_ipcache"`
 	FnLocalIps    *ebpf.MapSpec `ebpf:"fn_local_ips"`
@@ -265,6 +267,7 @@ type datapathMaps struct {
 	FnEndpoints   *ebpf.Map `ebpf:"fn_endpoints"`
 	FnEventBudget *ebpf.Map `ebpf:"fn_event_budget"`
 	FnEvents      *ebpf.Map `ebpf:"fn_events"`
+	FnFrags       *ebpf.Map `ebpf:"fn_frags"`
 	FnIdentities  *ebpf.Map `ebpf:"fn_identities"`
 	FnIpcache     *ebpf.Map `ebpf:"fn_ipcache"`
 	FnLocalIps    *ebpf.Map `ebpf:"fn_local_ips"`
@@ -282,6 +285,7 @@ func (m *datapathMaps) Close() error {
 		m.FnEndpoints,
 		m.FnEventBudget,
 		m.FnEvents,
+		m.FnFrags,
 		m.FnIdentities,
 		m.FnIpcache,
 		m.FnLocalIps,

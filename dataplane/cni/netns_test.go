@@ -86,10 +86,24 @@ func TestAddCheckDel(t *testing.T) {
 		if err != nil || lo.Attrs().Flags&net.FlagUp == 0 {
 			return fmt.Errorf("lo is not up in the pod (chained loopback): %v", err)
 		}
+		// IPv4-only: the datapath drops IPv6 frames, so the pod's kernel sends none.
+		if v6, _ := netlink.AddrList(l, netlink.FAMILY_V6); len(v6) != 0 {
+			return fmt.Errorf("pod eth0 IPv6 addresses %v, want none", v6)
+		}
+		if b, err := os.ReadFile("/proc/sys/net/ipv6/conf/eth0/disable_ipv6"); err != nil || strings.TrimSpace(string(b)) != "1" {
+			return fmt.Errorf("pod eth0 disable_ipv6 = %q (%v), want 1", b, err)
+		}
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
+	n.do(func() error {
+		b, err := os.ReadFile("/proc/sys/net/ipv6/conf/" + hostVeth + "/disable_ipv6")
+		if err != nil || strings.TrimSpace(string(b)) != "1" {
+			return fmt.Errorf("host veth disable_ipv6 = %q (%v), want 1", b, err)
+		}
+		return nil
+	})
 
 	// Host side.
 	s := n.state()
