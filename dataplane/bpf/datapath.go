@@ -20,6 +20,7 @@ import (
 
 	"github.com/flatnet/flatnet/dataplane/compile"
 	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/ipv4"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
 
@@ -556,21 +557,26 @@ func (d *Datapath) Apply(ctx context.Context, up compile.Update, ifindexOf func(
 
 // UpsertIPIdentity maps one address to an identity in the IP cache.
 func (d *Datapath) UpsertIPIdentity(ctx context.Context, ip netip.Addr, id identity.ID) error {
-	return d.UpsertPrefix(ctx, netip.PrefixFrom(ip, 32), id, false)
+	p, err := ipv4.HostPrefix(ip)
+	if err != nil {
+		return fmt.Errorf("writing ipcache %v -> %d: %w", ip, id, err)
+	}
+	return d.UpsertPrefix(ctx, p, id, false)
 }
 
 // DeleteIP removes one address from the IP cache (it becomes world).
 func (d *Datapath) DeleteIP(ctx context.Context, ip netip.Addr) error {
-	return d.DeletePrefix(ctx, netip.PrefixFrom(ip, 32))
+	p, err := ipv4.HostPrefix(ip)
+	if err != nil {
+		return fmt.Errorf("deleting ipcache %v: %w", ip, err)
+	}
+	return d.DeletePrefix(ctx, p)
 }
 
 // UpsertPrefix maps a prefix to an identity in the IP cache. service marks Service
 // addresses (ClusterIPs): egress to them is judged after kube-proxy's DNAT.
-func (d *Datapath) UpsertPrefix(_ context.Context, p netip.Prefix, id identity.ID, service bool) error {
-	k, err := ipcacheKey(p)
-	if err != nil {
-		return err
-	}
+func (d *Datapath) UpsertPrefix(_ context.Context, p ipv4.Prefix, id identity.ID, service bool) error {
+	k := ipcacheKey(p)
 	v := datapathIpcacheVal{Identity: uint32(id)}
 	if service {
 		v.Flags = 1
@@ -584,15 +590,16 @@ func (d *Datapath) UpsertPrefix(_ context.Context, p netip.Prefix, id identity.I
 // UpsertService marks a Service address (ClusterIP) so that egress to it is judged on
 // the backend kube-proxy picks.
 func (d *Datapath) UpsertService(ctx context.Context, ip netip.Addr) error {
-	return d.UpsertPrefix(ctx, netip.PrefixFrom(ip, 32), identity.World, true)
+	p, err := ipv4.HostPrefix(ip)
+	if err != nil {
+		return fmt.Errorf("marking Service address %v: %w", ip, err)
+	}
+	return d.UpsertPrefix(ctx, p, identity.World, true)
 }
 
 // DeletePrefix removes a prefix from the IP cache.
-func (d *Datapath) DeletePrefix(_ context.Context, p netip.Prefix) error {
-	k, err := ipcacheKey(p)
-	if err != nil {
-		return err
-	}
+func (d *Datapath) DeletePrefix(_ context.Context, p ipv4.Prefix) error {
+	k := ipcacheKey(p)
 	if err := d.objs.FnIpcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("deleting ipcache %s: %w", p, err)
 	}
@@ -600,11 +607,8 @@ func (d *Datapath) DeletePrefix(_ context.Context, p netip.Prefix) error {
 }
 
 // UpsertCIDR maps a CIDR-rule prefix to its local identity.
-func (d *Datapath) UpsertCIDR(_ context.Context, p netip.Prefix, id identity.ID) error {
-	k, err := ipcacheKey(p)
-	if err != nil {
-		return err
-	}
+func (d *Datapath) UpsertCIDR(_ context.Context, p ipv4.Prefix, id identity.ID) error {
+	k := ipcacheKey(p)
 	v := datapathIpcacheVal{Identity: uint32(id)}
 	if err := d.objs.FnCidrcache.Put(&k, &v); err != nil {
 		return fmt.Errorf("writing CIDR %s -> %d: %w", p, id, err)
@@ -613,22 +617,17 @@ func (d *Datapath) UpsertCIDR(_ context.Context, p netip.Prefix, id identity.ID)
 }
 
 // DeleteCIDR removes a CIDR-rule prefix.
-func (d *Datapath) DeleteCIDR(_ context.Context, p netip.Prefix) error {
-	k, err := ipcacheKey(p)
-	if err != nil {
-		return err
-	}
+func (d *Datapath) DeleteCIDR(_ context.Context, p ipv4.Prefix) error {
+	k := ipcacheKey(p)
 	if err := d.objs.FnCidrcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("deleting CIDR %s: %w", p, err)
 	}
 	return nil
 }
 
-func ipcacheKey(p netip.Prefix) (datapathIpcacheKey, error) {
-	if !p.Addr().Is4() {
-		return datapathIpcacheKey{}, fmt.Errorf("prefix %s: only IPv4 is supported", p)
-	}
-	return datapathIpcacheKey{Prefixlen: uint32(p.Bits()), Addr: addrBE(p.Masked().Addr())}, nil
+// ipcacheKey cannot fail: ipv4.Prefix is a masked IPv4 prefix by construction.
+func ipcacheKey(p ipv4.Prefix) datapathIpcacheKey {
+	return datapathIpcacheKey{Prefixlen: uint32(p.Bits()), Addr: addrBE(p.Addr())}
 }
 
 // addrBE returns the address as a uint32 whose in-memory bytes are in network order.
@@ -707,13 +706,17 @@ type PrefixEntry struct {
 
 // IPCache returns the IP cache as stored (a restarted agent removes what it no longer
 // wants).
-func (d *Datapath) IPCache(_ context.Context) (map[netip.Prefix]PrefixEntry, error) {
-	out := map[netip.Prefix]PrefixEntry{}
+func (d *Datapath) IPCache(_ context.Context) (map[ipv4.Prefix]PrefixEntry, error) {
+	out := map[ipv4.Prefix]PrefixEntry{}
 	var k datapathIpcacheKey
 	var v datapathIpcacheVal
 	it := d.objs.FnIpcache.Iterate()
 	for it.Next(&k, &v) {
-		out[netip.PrefixFrom(addrFromBE(k.Addr), int(k.Prefixlen))] = PrefixEntry{Identity: identity.ID(v.Identity), Service: v.Flags&1 != 0}
+		p, err := ipv4.From4(addrFromBE(k.Addr).As4(), int(k.Prefixlen))
+		if err != nil {
+			return nil, fmt.Errorf("reading the IP cache: a key of %d bits: %w", k.Prefixlen, err)
+		}
+		out[p] = PrefixEntry{Identity: identity.ID(v.Identity), Service: v.Flags&1 != 0}
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("reading the IP cache: %w", err)
@@ -722,13 +725,17 @@ func (d *Datapath) IPCache(_ context.Context) (map[netip.Prefix]PrefixEntry, err
 }
 
 // CIDRs returns the CIDR-rule prefixes as stored.
-func (d *Datapath) CIDRs(_ context.Context) (map[netip.Prefix]identity.ID, error) {
-	out := map[netip.Prefix]identity.ID{}
+func (d *Datapath) CIDRs(_ context.Context) (map[ipv4.Prefix]identity.ID, error) {
+	out := map[ipv4.Prefix]identity.ID{}
 	var k datapathIpcacheKey
 	var v datapathIpcacheVal
 	it := d.objs.FnCidrcache.Iterate()
 	for it.Next(&k, &v) {
-		out[netip.PrefixFrom(addrFromBE(k.Addr), int(k.Prefixlen))] = identity.ID(v.Identity)
+		p, err := ipv4.From4(addrFromBE(k.Addr).As4(), int(k.Prefixlen))
+		if err != nil {
+			return nil, fmt.Errorf("reading the CIDR prefixes: a key of %d bits: %w", k.Prefixlen, err)
+		}
+		out[p] = identity.ID(v.Identity)
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("reading the CIDR prefixes: %w", err)

@@ -34,6 +34,7 @@ import (
 	"github.com/flatnet/flatnet/dataplane/compile"
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/ipv4"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
 
@@ -43,7 +44,7 @@ type Config struct {
 	PinDir   string // bpffs directory; bpf.DefaultPinDir when empty
 	// ServiceCIDRs are the cluster's Service ranges (ClusterIPs): egress to them is
 	// judged on the backend kube-proxy picks.
-	ServiceCIDRs []netip.Prefix
+	ServiceCIDRs []ipv4.Prefix
 	// HostRouting routes traffic between two pods of the node through the host
 	// stack instead of delivering it directly (bpf.Datapath.SetHostRouting).
 	HostRouting bool
@@ -197,9 +198,9 @@ func (e *Enforcer) Synced(ctx context.Context) error {
 // (pods and CIDR rules deleted while no agent ran, Service ranges no longer configured).
 func (e *Enforcer) pruneLocked(ctx context.Context) error {
 	wantIP, wantCIDR := e.c.Emitted()
-	services := map[netip.Prefix]bool{}
+	services := map[ipv4.Prefix]bool{}
 	for _, p := range e.cfg.ServiceCIDRs {
-		services[p.Masked()] = true
+		services[p] = true
 	}
 	have, err := e.d.IPCache(ctx)
 	if err != nil {

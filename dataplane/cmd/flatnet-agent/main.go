@@ -22,6 +22,7 @@ import (
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/flows"
+	"github.com/flatnet/flatnet/dataplane/ipv4"
 )
 
 func main() {
@@ -83,11 +84,11 @@ func command() *cobra.Command {
 				}
 				return a.Run(ctx)
 			}
-			var svc []netip.Prefix
+			var svc []ipv4.Prefix
 			for _, c := range serviceCIDRs {
-				p, err := netip.ParsePrefix(c)
+				p, err := ipv4.ParsePrefix(c)
 				if err != nil {
-					return fmt.Errorf("--service-cidr %q: not a CIDR, e.g. 10.96.0.0/16", c)
+					return fmt.Errorf("--service-cidr %q: not an IPv4 CIDR, e.g. 10.96.0.0/16: %w", c, err)
 				}
 				svc = append(svc, p)
 			}
