@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -397,7 +398,7 @@ func (d *Datapath) SyncEndpointPolicy(ctx context.Context, ifindex int, pol *com
 func (d *Datapath) syncPolicy(ifindex int, pol *compile.EndpointPolicy) error {
 	keys, vals := policyEntries(pol)
 	if len(keys) > int(d.inner.MaxEntries) {
-		return fmt.Errorf("policy of endpoint %d has %d entries, more than the map's %d", ifindex, len(keys), d.inner.MaxEntries)
+		return fmt.Errorf("endpoint %d: %w: %d entries, the map holds %d", ifindex, ErrPolicyTooLarge, len(keys), d.inner.MaxEntries)
 	}
 	// Size the map to the policy: the kernel allocates and zeroes a bucket per
 	// possible entry, and at POLICY_MAX that alone took 10 ms per endpoint here,
@@ -490,10 +491,72 @@ func policyKey(k compile.Key) datapathPolicyKey {
 	return pk
 }
 
+// ApplyError lists what Apply could not write; everything else was written. A
+// failure is contained to what caused it: one endpoint's policy, one prefix.
+type ApplyError struct {
+	// Endpoints maps "namespace/name" to why its policy is not in its map. Each
+	// such endpoint fails closed: its map was replaced by a deny-all one (both
+	// directions enforced, no entries) or, if even that failed, Isolated is false
+	// for it and its previous map stays.
+	Endpoints map[string]*EndpointWriteError
+	// CIDRs are CIDR-rule prefixes not written (or not deleted).
+	CIDRs map[ipv4.Prefix]error
+	// Other are identity and IP cache writes that failed.
+	Other []error
+}
+
+// EndpointWriteError is why one endpoint's policy could not be written.
+type EndpointWriteError struct {
+	Err      error
+	Isolated bool // the deny-all map is in place
+}
+
+func (e *EndpointWriteError) Error() string { return e.Err.Error() }
+func (e *EndpointWriteError) Unwrap() error { return e.Err }
+
+func (e *ApplyError) Error() string {
+	var parts []string
+	for _, k := range sortedKeys(e.Endpoints) {
+		parts = append(parts, fmt.Sprintf("pod %s: %v", k, e.Endpoints[k].Err))
+	}
+	for p, err := range e.CIDRs {
+		parts = append(parts, fmt.Sprintf("CIDR %s: %v", p, err))
+	}
+	for _, err := range e.Other {
+		parts = append(parts, err.Error())
+	}
+	return "writing the datapath (everything else was written): " + strings.Join(parts, "; ")
+}
+
+func (e *ApplyError) empty() bool {
+	return len(e.Endpoints) == 0 && len(e.CIDRs) == 0 && len(e.Other) == 0
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// ErrPolicyTooLarge: an endpoint's compiled policy has more entries than its map holds.
+var ErrPolicyTooLarge = errors.New("policy too large for the endpoint's map")
+
+// DenyAll is the policy an endpoint falls back to when its own cannot be written:
+// both directions enforced, nothing allowed (the pod still reaches its own node).
+func DenyAll() *compile.EndpointPolicy {
+	return &compile.EndpointPolicy{Enforce: [2]bool{true, true}, Entries: map[compile.Key]compile.Verdict{}}
+}
+
 // Apply writes a compiler update in the order compile.Update prescribes. ifindexOf
 // maps a local pod to its endpoint's interface; pods without one (not attached yet)
-// are skipped: AttachEndpoint will carry their policy.
+// are skipped: AttachEndpoint will carry their policy. A failed write never stops
+// the others: Apply writes everything it can and returns an *ApplyError naming what
+// failed (see there for the state a failed endpoint is left in).
 func (d *Datapath) Apply(ctx context.Context, up compile.Update, ifindexOf func(namespace, name string) (int, bool)) error {
+	fail := &ApplyError{Endpoints: map[string]*EndpointWriteError{}, CIDRs: map[ipv4.Prefix]error{}}
 	for _, u := range up.Identities {
 		var err error
 		if u.Delete {
@@ -502,24 +565,27 @@ func (d *Datapath) Apply(ctx context.Context, up compile.Update, ifindexOf func(
 			err = d.SaveIdentity(ctx, u.Sum, u.ID)
 		}
 		if err != nil {
-			return err
+			fail.Other = append(fail.Other, err)
 		}
 	}
 	for _, u := range up.IPCache {
 		if u.Delete {
 			if err := d.DeletePrefix(ctx, u.Prefix); err != nil {
-				return err
+				fail.Other = append(fail.Other, err)
 			}
 		}
 	}
 	for _, u := range up.CIDRs {
 		if u.Delete {
 			if err := d.DeleteCIDR(ctx, u.Prefix); err != nil {
-				return err
+				fail.CIDRs[u.Prefix] = err
 			}
 		}
 	}
 	for _, e := range up.Endpoints {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		if e.Policy == nil {
 			continue // the endpoint goes away with DetachEndpoint
 		}
@@ -527,32 +593,36 @@ func (d *Datapath) Apply(ctx context.Context, up compile.Update, ifindexOf func(
 		if !ok {
 			continue
 		}
+		key := e.Namespace + "/" + e.Name
 		if err := d.SyncEndpointPolicy(ctx, ifindex, e.Policy); err != nil {
-			return fmt.Errorf("pod %s/%s: %w", e.Namespace, e.Name, err)
+			fail.Endpoints[key] = &EndpointWriteError{Err: err, Isolated: d.SyncEndpointPolicy(ctx, ifindex, DenyAll()) == nil}
 		}
 		if e.IP.Is4() {
 			// The identity flows report as the endpoint's (its labels may have changed).
 			info := datapathEndpointInfo{Addr: addrBE(e.IP), Identity: uint32(e.Identity)}
 			if err := d.objs.FnEndpoints.Update(uint32(ifindex), &info, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return fmt.Errorf("pod %s/%s: updating endpoint %d: %w", e.Namespace, e.Name, ifindex, err)
+				fail.Other = append(fail.Other, fmt.Errorf("pod %s: updating endpoint %d: %w", key, ifindex, err))
 			}
 		}
 	}
 	for _, u := range up.IPCache {
 		if !u.Delete {
 			if err := d.UpsertPrefix(ctx, u.Prefix, u.Identity, false); err != nil {
-				return err
+				fail.Other = append(fail.Other, err)
 			}
 		}
 	}
 	for _, u := range up.CIDRs {
 		if !u.Delete {
 			if err := d.UpsertCIDR(ctx, u.Prefix, u.Identity); err != nil {
-				return err
+				fail.CIDRs[u.Prefix] = err
 			}
 		}
 	}
-	return nil
+	if fail.empty() {
+		return nil
+	}
+	return fail
 }
 
 // UpsertIPIdentity maps one address to an identity in the IP cache.
@@ -792,3 +862,6 @@ func countKeys(m *ebpf.Map) (int, error) {
 	}
 	return n, nil
 }
+
+// PolicyLimit is how many entries an endpoint's policy map holds.
+func (d *Datapath) PolicyLimit() int { return int(d.inner.MaxEntries) }

@@ -2,6 +2,7 @@ package compile
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -1005,5 +1006,61 @@ func sortedPods(m map[string]*podState) []*podState {
 		out = append(out, ps)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].key < out[j].key })
+	return out
+}
+
+// ---- failed writes ----
+
+// Retry makes the next Flush emit a local pod's policy again (its last write failed).
+func (c *Compiler) Retry(namespace, name string) {
+	key := namespace + "/" + name
+	delete(c.emitted, key)
+	delete(c.emittedID, key)
+	c.dirtyPods[key] = struct{}{}
+}
+
+// RetryPrefix makes the next Flush emit a CIDR-rule prefix again.
+func (c *Compiler) RetryPrefix(p ipv4.Prefix) {
+	delete(c.emitPfx, p)
+	c.dirtyPfx[p] = struct{}{}
+}
+
+// PrefixUsers names the policies whose CIDR peers use prefix p (as block or
+// exception) and the local pods those policies select: the endpoints whose policy
+// is wrong while p is missing from the datapath.
+func (c *Compiler) PrefixUsers(p ipv4.Prefix) (refs []policy.Ref, pods []string) {
+	seenRef, seenPod := map[policy.Ref]bool{}, map[string]bool{}
+	for _, key := range slices.Sorted(maps.Keys(c.policies)) {
+		for _, e := range c.policies[key] {
+			if !slices.Contains(e.prefixes, p) {
+				continue
+			}
+			if !seenRef[e.pol.Ref] {
+				seenRef[e.pol.Ref] = true
+				refs = append(refs, e.pol.Ref)
+			}
+			for id := range e.subject.ids {
+				for k := range c.localByID[id] {
+					if !seenPod[k] {
+						seenPod[k] = true
+						pods = append(pods, k)
+					}
+				}
+			}
+		}
+	}
+	sort.Strings(pods)
+	return refs, pods
+}
+
+// EntriesByPolicy counts a policy's entries by the policy object whose rule produced
+// them: which object makes an endpoint's policy too large.
+func (c *Compiler) EntriesByPolicy(pol *EndpointPolicy) map[policy.Ref]int {
+	out := map[policy.Ref]int{}
+	for _, v := range pol.Entries {
+		if r, ok := c.rules[v.RuleID]; ok {
+			out[r.Policy]++
+		}
+	}
 	return out
 }
