@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
@@ -16,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/policy"
@@ -224,4 +226,31 @@ func (f *fakeReporter) byReason(reason string) []Rejection {
 		}
 	}
 	return out
+}
+
+// The Event names the object (kind, namespace, name, UID) and carries the reason.
+func TestEventReporterPostsOnTheObject(t *testing.T) {
+	kube := fake.NewSimpleClientset()
+	r, stop := NewEventReporter(kube, "n1")
+	r.Rejected(Rejection{Object: ObjectRef{Ref: policy.Ref{Kind: policy.KindCNP, Namespace: "team-a", Name: "mapped"},
+		APIVersion: "cilium.io/v2", UID: "u1", ResourceVersion: "5"}, Node: "n1", Reason: ReasonInvalid, Message: "spec.egress[0].toCIDR[0]: ..."})
+	var evs *corev1.EventList
+	for range 100 {
+		var err error
+		evs, err = kube.CoreV1().Events("team-a").List(context.Background(), metav1.ListOptions{})
+		must(t, err)
+		if len(evs.Items) > 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stop()
+	if len(evs.Items) != 1 {
+		t.Fatalf("events in team-a: %d, want 1", len(evs.Items))
+	}
+	ev := evs.Items[0]
+	if ev.InvolvedObject.Kind != "CiliumNetworkPolicy" || ev.InvolvedObject.Name != "mapped" || ev.InvolvedObject.UID != "u1" ||
+		ev.Reason != ReasonInvalid || ev.Type != corev1.EventTypeWarning || ev.Source.Host != "n1" || !strings.Contains(ev.Message, "toCIDR[0]") {
+		t.Errorf("event %+v", ev)
+	}
 }

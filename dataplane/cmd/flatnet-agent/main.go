@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -100,8 +101,15 @@ func command() *cobra.Command {
 			// enforcing until the next agent adopts them.
 			defer enf.Close()
 			cfg.Datapath = enf
+			// Rejected policies become Events on the objects (once per version).
+			reporter, stopEvents := enforce.NewEventReporter(kube, cfg.NodeName)
+			defer stopEvents()
+			enf.SetReporter(reporter)
 			store := flows.NewStore(flowHistory)
-			cfg.API = flows.Handler(store, enf, cfg.NodeName)
+			api := http.NewServeMux()
+			api.Handle("GET "+enforce.RejectedPath, enf.RejectedHandler())
+			api.Handle("/", flows.Handler(store, enf, cfg.NodeName))
+			cfg.API = api
 			a, err := agent.New(cfg, log, kube, dyn)
 			if err != nil {
 				return err

@@ -1,0 +1,46 @@
+package enforce
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/record"
+)
+
+// EventReporter posts a Warning Event on each rejected policy object (kubectl
+// describe shows it), from this node's agent.
+type EventReporter struct {
+	rec record.EventRecorder
+}
+
+// NewEventReporter starts an event broadcaster writing through kube; stop flushes
+// and stops it.
+func NewEventReporter(kube kubernetes.Interface, node string) (r *EventReporter, stop func()) {
+	b := record.NewBroadcaster()
+	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.CoreV1().Events("")})
+	rec := b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "flatnet-agent", Host: node})
+	return &EventReporter{rec: rec}, b.Shutdown
+}
+
+// Rejected records the Event; the recorder queues it and never blocks the caller.
+func (r *EventReporter) Rejected(rej Rejection) {
+	r.rec.Event(eventObject(rej.Object), corev1.EventTypeWarning, rej.Reason, rej.Message)
+}
+
+// eventObject is the reference the Event is about (a cluster-wide policy's Events go
+// to the default namespace, as for every cluster-scoped object).
+func eventObject(o ObjectRef) runtime.Object {
+	kind := string(o.Ref.Kind)
+	api := o.APIVersion
+	if api == "" {
+		api = "cilium.io/v2"
+		if kind == "NetworkPolicy" {
+			api = "networking.k8s.io/v1"
+		}
+	}
+	return &corev1.ObjectReference{Kind: kind, APIVersion: api, Namespace: o.Ref.Namespace, Name: o.Ref.Name,
+		UID: types.UID(o.UID), ResourceVersion: o.ResourceVersion}
+}
