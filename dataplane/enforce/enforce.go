@@ -190,7 +190,9 @@ func (e *Enforcer) Synced(ctx context.Context) error {
 		}
 	}
 	if err := e.flushApply(ctx); err != nil {
-		return err
+		// Contained to what failed (and retried); failing the sync would keep
+		// every new pod of the node from starting and restart the agent in a loop.
+		e.log.Error("datapath write failed during the first sync; retrying", "error", err)
 	}
 	if err := e.pruneLocked(ctx); err != nil {
 		return err
