@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
@@ -252,5 +253,16 @@ func TestEventReporterPostsOnTheObject(t *testing.T) {
 	if ev.InvolvedObject.Kind != "CiliumNetworkPolicy" || ev.InvolvedObject.Name != "mapped" || ev.InvolvedObject.UID != "u1" ||
 		ev.Reason != ReasonInvalid || ev.Type != corev1.EventTypeWarning || ev.Source.Host != "n1" || !strings.Contains(ev.Message, "toCIDR[0]") {
 		t.Errorf("event %+v", ev)
+	}
+}
+
+func TestEventMessageTruncated(t *testing.T) {
+	long := strings.Repeat("é", 2000)
+	got := truncate(long, maxEventMessage)
+	if len(got) > maxEventMessage || !strings.HasSuffix(got, "flatnetctl rejected shows all)") || !utf8.ValidString(got) {
+		t.Errorf("truncate: %d bytes, valid UTF-8 %v, suffix %q", len(got), utf8.ValidString(got), got[len(got)-20:])
+	}
+	if truncate("short", maxEventMessage) != "short" {
+		t.Errorf("a short message must stay as it is")
 	}
 }

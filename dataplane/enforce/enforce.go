@@ -9,7 +9,11 @@
 // enforcing the previous state meanwhile, and an endpoint attached from a partial view
 // could run with too open a policy); identity numbers are restored from the datapath
 // before anything is compiled; an invalid policy object is reported and its last valid
-// version stays in force.
+// version stays in force; a write that fails is contained to the endpoint or prefix
+// it concerns (that endpoint is isolated, deny-all, and the policy blamed is
+// reported), so one object can neither stall the node's other writes nor keep its
+// pods from starting. Reports go to a Reporter (Events), RejectedPolicies and the
+// flatnet_policies_rejected gauge.
 package enforce
 
 import (

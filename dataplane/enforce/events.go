@@ -1,6 +1,8 @@
 package enforce
 
 import (
+	"unicode/utf8"
+
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -27,7 +29,23 @@ func NewEventReporter(kube kubernetes.Interface, node string) (r *EventReporter,
 
 // Rejected records the Event; the recorder queues it and never blocks the caller.
 func (r *EventReporter) Rejected(rej Rejection) {
-	r.rec.Event(eventObject(rej.Object), corev1.EventTypeWarning, rej.Reason, rej.Message)
+	r.rec.Event(eventObject(rej.Object), corev1.EventTypeWarning, rej.Reason, truncate(rej.Message, maxEventMessage))
+}
+
+// maxEventMessage keeps an Event within what the events API stores (events.k8s.io
+// notes are limited to 1 kB); flatnetctl rejected shows the whole message.
+const maxEventMessage = 1024
+
+func truncate(s string, n int) string {
+	const more = " ... (flatnetctl rejected shows all)"
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len(more)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + more
 }
 
 // eventObject is the reference the Event is about (a cluster-wide policy's Events go
