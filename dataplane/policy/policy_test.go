@@ -1,8 +1,6 @@
 package policy
 
 import (
-	"github.com/flatnet/flatnet/dataplane/ipv4"
-
 	"encoding/json"
 	"errors"
 	"strings"
@@ -10,6 +8,8 @@ import (
 
 	networkingv1 "k8s.io/api/networking/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/flatnet/flatnet/dataplane/ipv4"
 )
 
 func np(t *testing.T, doc string) (*Policy, error) {
