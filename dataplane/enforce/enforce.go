@@ -301,6 +301,11 @@ func (e *Enforcer) flushApply(ctx context.Context) error {
 	}
 	for key, ferr := range ae.Endpoints {
 		e.epFail[key] = e.blame(key, ferr.Err, ferr.Isolated) // before Retry forgets the policy
+		if errors.Is(ferr.Err, bpf.ErrPolicyTooLarge) && ferr.Isolated {
+			// Deterministic: it fits only once its policy changes, which the
+			// compiler emits by itself. Rewriting it every retry would only cost.
+			continue
+		}
 		ns, name, _ := strings.Cut(key, "/")
 		e.c.Retry(ns, name)
 	}
@@ -431,8 +436,7 @@ func (e *Enforcer) Attach(ctx context.Context, ep endpointapi.Endpoint) error {
 			delete(e.attached, key)
 			return fmt.Errorf("attaching %s isolated (its policy does not fit: %v): %w", key, f.err, err)
 		}
-		e.epFail[key] = f
-		e.c.Retry(ep.PodNamespace, ep.PodName)
+		e.epFail[key] = f // its policy is written once it changes and fits
 		e.reportAll()
 	} else if err != nil {
 		return fmt.Errorf("attaching %s: %w", key, err)
