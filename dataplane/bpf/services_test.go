@@ -10,6 +10,7 @@ import (
 
 	"github.com/flatnet/flatnet/dataplane/compile"
 	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/ipv4"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
 
@@ -137,10 +138,10 @@ func TestNetnsNodePortIngressJudgedBeforeMasquerade(t *testing.T) {
 func TestServiceAddressesOverIdentities(t *testing.T) {
 	d := loadTest(t)
 	ctx := context.Background()
-	node := netip.MustParsePrefix("10.224.0.3/32")
-	extIP := netip.MustParsePrefix("203.0.113.10/32")
-	cidr := netip.MustParsePrefix("10.96.0.0/16")
-	check := func(what string, want map[netip.Prefix]PrefixEntry) {
+	node := ipv4.MustParsePrefix("10.224.0.3/32")
+	extIP := ipv4.MustParsePrefix("203.0.113.10/32")
+	cidr := ipv4.MustParsePrefix("10.96.0.0/16")
+	check := func(what string, want map[ipv4.Prefix]PrefixEntry) {
 		t.Helper()
 		got, err := d.IPCache(ctx)
 		must(t, err)
@@ -155,17 +156,17 @@ func TestServiceAddressesOverIdentities(t *testing.T) {
 		}
 	}
 	must(t, d.UpsertPrefix(ctx, node, identity.RemoteNode, false))
-	must(t, d.SetServices(ctx, []netip.Prefix{node, extIP, cidr, netip.MustParsePrefix("fd00::1/128")}))
-	check("marked", map[netip.Prefix]PrefixEntry{
+	must(t, d.SetServices(ctx, []ipv4.Prefix{node, extIP, cidr}))
+	check("marked", map[ipv4.Prefix]PrefixEntry{
 		node: {Identity: identity.RemoteNode, Service: true}, extIP: {Identity: identity.World, Service: true},
 		cidr: {Identity: identity.World, Service: true}})
 	must(t, d.DeletePrefix(ctx, node))
-	check("node gone, still a Service address", map[netip.Prefix]PrefixEntry{
+	check("node gone, still a Service address", map[ipv4.Prefix]PrefixEntry{
 		node: {Identity: identity.World, Service: true}, extIP: {Identity: identity.World, Service: true},
 		cidr: {Identity: identity.World, Service: true}})
 	must(t, d.UpsertPrefix(ctx, node, identity.RemoteNode, false))
-	must(t, d.SetServices(ctx, []netip.Prefix{cidr}))
-	check("no longer Service addresses", map[netip.Prefix]PrefixEntry{
+	must(t, d.SetServices(ctx, []ipv4.Prefix{cidr}))
+	check("no longer Service addresses", map[ipv4.Prefix]PrefixEntry{
 		node: {Identity: identity.RemoteNode}, cidr: {Identity: identity.World, Service: true}})
 }
 
@@ -190,6 +191,6 @@ spec:
   - toEndpoints: [{matchLabels: {app: server}}]
 `)
 	wantBlocked(t, "externalIP not known as a Service's: judged as world first", client.tcpQuick(externalIP, 80))
-	must(t, n.d.SetServices(context.Background(), []netip.Prefix{netip.PrefixFrom(externalIP, 32)}))
+	must(t, n.d.SetServices(context.Background(), []ipv4.Prefix{ipv4.MustParsePrefix(externalIP.String() + "/32")}))
 	wantWorks(t, "externalIP marked as a Service's, backend allowed", client.tcpWorks(externalIP, 80))
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/flatnet/flatnet/dataplane/bpf"
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/ipv4"
 	"github.com/flatnet/flatnet/dataplane/policy"
 	"github.com/flatnet/flatnet/internal/testenv"
 )
@@ -95,13 +96,13 @@ func TestEnforcerLifecycle(t *testing.T) {
 	// A previous agent left entries for a pod and a CIDR rule that are gone now.
 	prev, err := bpf.Load(ctx, filepath.Join(mnt, "flatnet"))
 	must(t, err)
-	stalePod, staleCIDR := netip.MustParseAddr("10.224.3.3"), netip.MustParsePrefix("192.168.0.0/16")
+	stalePod, staleCIDR := netip.MustParseAddr("10.224.3.3"), ipv4.MustParsePrefix("192.168.0.0/16")
 	must(t, prev.UpsertIPIdentity(ctx, stalePod, 300))
 	must(t, prev.UpsertCIDR(ctx, staleCIDR, identity.MinLocal))
 	must(t, prev.Close())
 
-	svc := netip.MustParsePrefix("10.96.0.0/16")
-	e, err := New(ctx, Config{NodeName: "n1", PinDir: filepath.Join(mnt, "flatnet"), ServiceCIDRs: []netip.Prefix{svc}}, slog.New(slog.DiscardHandler))
+	svc := ipv4.MustParsePrefix("10.96.0.0/16")
+	e, err := New(ctx, Config{NodeName: "n1", PinDir: filepath.Join(mnt, "flatnet"), ServiceCIDRs: []ipv4.Prefix{svc}}, slog.New(slog.DiscardHandler))
 	must(t, err)
 	defer e.Close()
 	ep := endpointapi.Endpoint{ContainerID: "c1", PodNamespace: "default", PodName: "server", HostIfName: "fnserver",
@@ -126,13 +127,13 @@ func TestEnforcerLifecycle(t *testing.T) {
 
 	ipc, err := e.Datapath().IPCache(ctx)
 	must(t, err)
-	if _, ok := ipc[netip.PrefixFrom(stalePod, 32)]; ok {
+	if _, ok := ipc[ipv4.MustParsePrefix(stalePod.String()+"/32")]; ok {
 		t.Errorf("stale IP cache entry of a gone pod survived the sync")
 	}
 	if v, ok := ipc[svc]; !ok || !v.Service {
 		t.Errorf("Service range missing from the IP cache: %v", ipc)
 	}
-	if v, ok := ipc[netip.MustParsePrefix("10.224.2.20/32")]; !ok || v.Identity < identity.MinCluster {
+	if v, ok := ipc[ipv4.MustParsePrefix("10.224.2.20/32")]; !ok || v.Identity < identity.MinCluster {
 		t.Errorf("client pod missing from the IP cache: %v", ipc)
 	}
 	cidrs, err := e.Datapath().CIDRs(ctx)

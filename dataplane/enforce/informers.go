@@ -80,7 +80,7 @@ func (e *Enforcer) Run(ctx context.Context, kube kubernetes.Interface, dyn dynam
 				report("service "+s.Namespace+"/"+s.Name, e.DeleteService(ctx, s.Namespace, s.Name))
 			})},
 		{f.Networking().V1().NetworkPolicies().Informer(), funcs(
-			func(o any) { _ = e.UpsertNetworkPolicy(ctx, o.(*networkingv1.NetworkPolicy)) }, // rejections are logged
+			func(o any) { _ = e.UpsertNetworkPolicy(ctx, o.(*networkingv1.NetworkPolicy)) }, // rejections are reported (Events, /v1/rejected)
 			func(o any) {
 				np := o.(*networkingv1.NetworkPolicy)
 				report("networkpolicy", e.DeletePolicy(ctx, policy.Ref{Kind: policy.KindNetworkPolicy, Namespace: np.Namespace, Name: np.Name}))
@@ -165,7 +165,7 @@ func ciliumFuncs(ctx context.Context, e *Enforcer, kind policy.Kind) cache.Resou
 			if u.GetKind() == "" { // list items may come without kind
 				u.SetKind(string(kind))
 			}
-			_ = e.UpsertCiliumPolicy(ctx, u) // rejections are logged
+			_ = e.UpsertCiliumPolicy(ctx, u) // rejections are reported (Events, /v1/rejected)
 		},
 		func(o any) {
 			u := o.(*unstructured.Unstructured)

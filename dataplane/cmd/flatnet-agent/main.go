@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -22,6 +23,7 @@ import (
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/flows"
+	"github.com/flatnet/flatnet/dataplane/ipv4"
 )
 
 func main() {
@@ -83,11 +85,11 @@ func command() *cobra.Command {
 				}
 				return a.Run(ctx)
 			}
-			var svc []netip.Prefix
+			var svc []ipv4.Prefix
 			for _, c := range serviceCIDRs {
-				p, err := netip.ParsePrefix(c)
+				p, err := ipv4.ParsePrefix(c)
 				if err != nil {
-					return fmt.Errorf("--service-cidr %q: not a CIDR, e.g. 10.96.0.0/16", c)
+					return fmt.Errorf("--service-cidr %q: not an IPv4 CIDR, e.g. 10.96.0.0/16: %w", c, err)
 				}
 				svc = append(svc, p)
 			}
@@ -99,8 +101,15 @@ func command() *cobra.Command {
 			// enforcing until the next agent adopts them.
 			defer enf.Close()
 			cfg.Datapath = enf
+			// Rejected policies become Events on the objects (once per version).
+			reporter, stopEvents := enforce.NewEventReporter(kube, cfg.NodeName)
+			defer stopEvents()
+			enf.SetReporter(reporter)
 			store := flows.NewStore(flowHistory)
-			cfg.API = flows.Handler(store, enf, cfg.NodeName)
+			api := http.NewServeMux()
+			api.Handle("GET "+enforce.RejectedPath, enf.RejectedHandler())
+			api.Handle("/", flows.Handler(store, enf, cfg.NodeName))
+			cfg.API = api
 			a, err := agent.New(cfg, log, kube, dyn)
 			if err != nil {
 				return err
