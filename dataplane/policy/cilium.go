@@ -35,6 +35,7 @@ type CiliumRule struct {
 	EnableDefaultDeny *DefaultDenyConfig    `json:"enableDefaultDeny,omitempty"`
 	Description       string                `json:"description,omitempty"`
 	Labels            json.RawMessage       `json:"labels,omitempty"`
+	Log               json.RawMessage       `json:"log,omitempty"`
 }
 
 // DefaultDenyConfig overrides whether a rule puts its subjects into default deny.
@@ -178,6 +179,7 @@ func ciliumRule(ref Ref, r *CiliumRule, path *field.Path) (*Policy, field.ErrorL
 	if len(r.NodeSelector) > 0 {
 		errs = append(errs, field.Forbidden(path.Child("nodeSelector"), "endpointSelector and nodeSelector are mutually exclusive"))
 	}
+	errs = append(errs, unsupported(path, map[string]json.RawMessage{"log": r.Log})...)
 	subject, e := fromLabelSelector(r.EndpointSelector, path.Child("endpointSelector"), ciliumKey)
 	errs = append(errs, e...)
 	if ref.Namespace != "" {
@@ -273,8 +275,13 @@ func ciliumPeers(ref Ref, dir Direction, deny bool, path *field.Path, pre string
 	}
 	for i, c := range cidrSets {
 		p := path.Child(pre + "CIDRSet").Index(i)
-		if c.CIDRGroupRef != "" || len(c.CIDRGroupSel) > 0 {
+		if c.CIDRGroupRef != "" {
 			errs = append(errs, field.Forbidden(p.Child("cidrGroupRef"), "CiliumCIDRGroup references are not supported by flatnet; use cidr"))
+		}
+		if len(c.CIDRGroupSel) > 0 {
+			errs = append(errs, field.Forbidden(p.Child("cidrGroupSelector"), "CiliumCIDRGroup selectors are not supported by flatnet; use cidr"))
+		}
+		if c.CIDRGroupRef != "" || len(c.CIDRGroupSel) > 0 {
 			continue
 		}
 		cp, e := parseCIDR(c.CIDR, c.Except, p.Child("cidr"), p.Child("except"))
