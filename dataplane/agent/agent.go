@@ -342,10 +342,18 @@ func (a *Agent) reconcile(ctx context.Context) {
 		a.checkMaxPods(ctx, node)
 	}
 	store := nodealloc.New(a.allocDir())
+	eps := a.endpoints.List() // before the allocations: see Collect
 	allocs, err := store.List(ctx)
 	if err != nil {
 		a.log.Error("list allocations", "err", err)
 		return
+	}
+	gone, err := a.endpoints.Collect(ctx, eps, allocs)
+	if err != nil {
+		a.log.Error("collect endpoints without an address", "err", err)
+	}
+	for _, id := range gone {
+		a.log.Info("collected an endpoint whose address was released without its DEL reaching the agent", "containerID", id)
 	}
 	pods, err := a.pods.List(labels.Everything())
 	if err != nil {
