@@ -102,11 +102,13 @@ func NewEndpoints(dir string, dp Datapath, m *Metrics) (*Endpoints, error) {
 }
 
 // Collect forgets every endpoint of snapshot (an earlier List) whose container
-// holds no address any more: its DEL or the runtime's GC released the address
-// without reaching the agent. A record is written only after its address was
-// allocated, so taking the snapshot before reading the allocations never
-// collects an endpoint whose ADD is under way.
-func (e *Endpoints) Collect(ctx context.Context, snapshot []Record, allocs []nodealloc.Allocation) ([]string, error) {
+// holds no address any more and whose host veth is gone: its DEL or the
+// runtime's GC tore it down without reaching the agent. A record is written
+// only after its address was allocated, so taking the snapshot before reading
+// the allocations never collects an endpoint whose ADD is under way; an
+// endpoint whose veth still exists stays enforced whatever the allocator's
+// file says.
+func (e *Endpoints) Collect(ctx context.Context, snapshot []Record, allocs []nodealloc.Allocation, linkExists func(name string) bool) ([]string, error) {
 	held := make(map[string]bool, len(allocs))
 	for _, a := range allocs {
 		held[a.ContainerID] = true
@@ -114,7 +116,7 @@ func (e *Endpoints) Collect(ctx context.Context, snapshot []Record, allocs []nod
 	var gone []string
 	var errs []error
 	for _, r := range snapshot {
-		if held[r.ContainerID] {
+		if held[r.ContainerID] || linkExists(r.HostIfName) {
 			continue
 		}
 		if err := e.DeleteEndpoint(ctx, r.ContainerID); err != nil {
