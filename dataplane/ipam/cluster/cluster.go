@@ -254,22 +254,32 @@ func (c *Client) confirm(ctx context.Context, b *IPBlock) (bool, error) {
 			return false, nil
 		}
 	}
-	if b.Annotations == nil {
-		b.Annotations = map[string]string{}
+	for attempt := 0; ; attempt++ {
+		cur, err := c.res.Get(ctx, b.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, fmt.Errorf("get IPBlock %s to confirm it: %w", b.Name, err)
+		}
+		if cur.GetUID() != b.UID {
+			return false, fmt.Errorf("confirm IPBlock %s: it was deleted and claimed again meanwhile", b.Name)
+		}
+		ann := cur.GetAnnotations()
+		if ann == nil {
+			ann = map[string]string{}
+		}
+		ann[ClaimAnnotation] = claimConfirmed
+		cur.SetAnnotations(ann)
+		got, err := c.res.Update(ctx, cur, metav1.UpdateOptions{})
+		if apierrors.IsConflict(err) && attempt < 5 {
+			continue // a status update came between: read it again
+		}
+		if err != nil {
+			return false, fmt.Errorf("confirm IPBlock %s: %w", b.Name, err)
+		}
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(got.Object, b); err != nil {
+			return false, fmt.Errorf("decode confirmed IPBlock %s: %w", b.Name, err)
+		}
+		return true, nil
 	}
-	b.Annotations[ClaimAnnotation] = claimConfirmed
-	obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(b)
-	if err != nil {
-		return false, fmt.Errorf("encode IPBlock %s: %w", b.Name, err)
-	}
-	got, err := c.res.Update(ctx, &unstructured.Unstructured{Object: obj}, metav1.UpdateOptions{})
-	if err != nil {
-		return false, fmt.Errorf("confirm IPBlock %s: %w", b.Name, err)
-	}
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(got.Object, b); err != nil {
-		return false, fmt.Errorf("decode confirmed IPBlock %s: %w", b.Name, err)
-	}
-	return true, nil
 }
 
 // pause waits a random while, longer with each attempt, so that two nodes

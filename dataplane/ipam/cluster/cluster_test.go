@@ -12,12 +12,14 @@ import (
 	"sync"
 	"testing"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/fake"
+	k8stesting "k8s.io/client-go/testing"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/flatnet/flatnet/dataplane/ipam"
@@ -420,5 +422,24 @@ func TestUnconfirmedBlockIsCheckedBeforeUse(t *testing.T) {
 	z, created, err := c.EnsureNodeBlock(ctx, kindLayout, "z", nil)
 	if err != nil || created || z.Name != old.Name || z.Annotations[ClaimAnnotation] != claimConfirmed {
 		t.Fatalf("z: %s created=%v annotations=%v err=%v, want %s kept and confirmed", z.Name, created, z.Annotations, err, old.Name)
+	}
+}
+
+// A status update between the claim's Create and its confirmation makes the
+// confirmation's Update conflict: it reads the block again and confirms it,
+// never giving up a good block.
+func TestConfirmationSurvivesAConflict(t *testing.T) {
+	dyn := fake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{GVR: "IPBlockList"})
+	conflicts := 2
+	dyn.PrependReactor("update", "ipblocks", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if conflicts > 0 {
+			conflicts--
+			return true, nil, apierrors.NewConflict(GVR.GroupResource(), "x", errors.New("the object has been modified"))
+		}
+		return false, nil, nil
+	})
+	b, created, err := New(dyn).EnsureNodeBlock(context.Background(), kindLayout, "n1", nil)
+	if err != nil || !created || b.Annotations[ClaimAnnotation] != claimConfirmed || b.Spec.Index != 0 {
+		t.Fatalf("claim after 2 conflicts: %+v created=%v err=%v, want block 0 created and confirmed", b.ObjectMeta, created, err)
 	}
 }
