@@ -1,8 +1,8 @@
 package policy
 
 import (
-	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 
@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	kjson "sigs.k8s.io/json"
 )
 
 // CiliumNetworkPolicy is the subset of cilium.io/v2 CiliumNetworkPolicy and
@@ -103,13 +104,17 @@ type PortProtocol struct {
 }
 
 // DecodeCilium decodes a CNP or CCNP from JSON (or YAML converted to JSON). Unknown
-// fields are an error: a field we do not know is a rule we would not enforce.
+// fields are an error naming their path: a field we do not know is a rule we would
+// not enforce. Field names match case-sensitively, as in the API server (encoding/json
+// would take "ToPorts" for toPorts, which the API server prunes).
 func DecodeCilium(data []byte) (*CiliumNetworkPolicy, error) {
 	var c CiliumNetworkPolicy
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
+	strict, err := kjson.UnmarshalStrict(data, &c, kjson.DisallowUnknownFields, kjson.DisallowDuplicateFields)
+	if err != nil {
 		return nil, fmt.Errorf("decoding Cilium policy: %w", err)
+	}
+	if len(strict) > 0 {
+		return nil, fmt.Errorf("decoding Cilium policy: %w (flatnet refuses fields it does not enforce; see dataplane/POLICY.md)", errors.Join(strict...))
 	}
 	return &c, nil
 }

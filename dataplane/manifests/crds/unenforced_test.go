@@ -212,3 +212,20 @@ type structuralAt struct {
 	s    structuralschema.Structural
 	path string
 }
+
+// A field outside Cilium's API (a typo, another case) reaching the parser,
+// from a client that bypassed the CRD, is refused with its path; field names
+// match case-sensitively, as in the API server.
+func TestParserNamesUnknownFields(t *testing.T) {
+	for doc, path := range map[string]string{
+		"spec:\n  endpointSelector: {}\n  egress: [{toFQDN: [{matchName: a.example}], toPorts: [{ports: [{port: \"443\"}]}]}]\n": "spec.egress[0].toFQDN",
+		"spec:\n  endpointSelector: {}\n  egress: [{ToPorts: [{ports: [{port: \"443\"}]}]}]\n":                                   "spec.egress[0].ToPorts",
+		"specs:\n- endpointSelector: {}\n  ingress: [{toPorts: [{ports: [{port: \"80\", Protocol: UDP}]}]}]\n":                   "specs[0].ingress[0].toPorts[0].ports[0].Protocol",
+	} {
+		_, js := toObj(t, header+doc)
+		_, err := policy.DecodeCilium(js)
+		if err == nil || !strings.Contains(err.Error(), path) {
+			t.Errorf("%s: %v, want an error naming %s", doc, err, path)
+		}
+	}
+}
