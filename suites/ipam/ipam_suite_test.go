@@ -14,6 +14,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/dynamic"
 
+	"github.com/flatnet/flatnet/dataplane/ipam"
 	"github.com/flatnet/flatnet/dataplane/ipam/cluster"
 	"github.com/flatnet/flatnet/fixtures/topology"
 	"github.com/flatnet/flatnet/probes/podexec"
@@ -238,6 +240,58 @@ var _ = Describe("node-subnet networking [flatnet]", Label("flatnet", "ipam"), O
 			}
 			g.Expect(held).To(Equal(live), "addresses held by the blocks vs addresses of live pods")
 		}).WithTimeout(2 * time.Minute).WithPolling(3 * time.Second).Should(Succeed())
+	})
+})
+
+var _ = Describe("cluster IPAM on the real API server [flatnet]", Label("flatnet", "ipam"), func() {
+	// Nodes with different maxPods claim blocks of different sizes whose
+	// names differ although their addresses may overlap; the claim protocol
+	// must keep them apart under the API server's own semantics. A subnet no
+	// node uses keeps the cluster's blocks out of it.
+	It("gives 24 nodes of 7 block sizes joining at once disjoint, confirmed blocks", func(ctx SpecContext) {
+		subnet := netip.MustParsePrefix("10.255.0.0/16")
+		sizes := []int{10, 17, 30, 50, 64, 110, 250}
+		const claimers = 24
+		c := cluster.New(dyn)
+		names := make([]string, claimers)
+		for i := range names {
+			names[i] = fmt.Sprintf("flatnet-ipam-suite-%d", i)
+		}
+		DeferCleanup(func(ctx SpecContext) {
+			for _, n := range names {
+				_, err := c.ReleaseNodeBlocks(ctx, n)
+				Expect(err).NotTo(HaveOccurred(), "release the test blocks of %s", n)
+			}
+		})
+		got := make([]cluster.IPBlock, claimers)
+		errs := make([]error, claimers)
+		var wg sync.WaitGroup
+		for i := range claimers {
+			l := ipam.Layout{Subnet: subnet, Gateway: netip.MustParseAddr("10.255.0.1"), BlockSize: sizes[i%len(sizes)]}
+			wg.Go(func() { got[i], _, errs[i] = c.EnsureNodeBlock(ctx, l, names[i], nil) })
+		}
+		wg.Wait()
+		for i, err := range errs {
+			Expect(err).NotTo(HaveOccurred(), "claim of %s (block size %d)", names[i], sizes[i%len(sizes)])
+		}
+		all, err := c.List(ctx)
+		Expect(err).NotTo(HaveOccurred(), "list IPBlocks")
+		var mine []cluster.IPBlock
+		for _, b := range all {
+			if b.Spec.Subnet == subnet.String() {
+				mine = append(mine, b)
+			}
+		}
+		Expect(mine).To(HaveLen(claimers), "IPBlocks left in %s for %d claimers (a loser's block not given up?)", subnet, claimers)
+		for i, b := range mine {
+			bb, err := b.Block()
+			Expect(err).NotTo(HaveOccurred(), "block %s", b.Name)
+			Expect(b.Annotations).To(HaveKeyWithValue(cluster.ClaimAnnotation, "confirmed"), "block %s of %s", b.Name, b.Spec.Node)
+			for _, o := range mine[:i] {
+				ob, _ := o.Block()
+				Expect(bb.Overlaps(ob)).To(BeFalse(), "%s's block %s (%s) overlaps %s's %s (%s)", b.Spec.Node, b.Name, bb, o.Spec.Node, o.Name, ob)
+			}
+		}
 	})
 })
 
