@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -307,6 +308,21 @@ func (e *Enforcer) Attach(ctx context.Context, ep endpointapi.Endpoint) error {
 	for k, other := range e.attached {
 		if k != key && other.IP == ep.IP {
 			if err := e.evictLocked(ctx, k, other); err != nil {
+				return fmt.Errorf("attaching %s: %w", key, err)
+			}
+		}
+	}
+	// A pod not attached here whose API status still names the address (its
+	// sandbox is gone, the status lags) gives it up now, not on its next update.
+	addr := ep.IP.String()
+	for k, p := range e.pods {
+		if _, attached := e.attached[k]; k == key || attached || (p.Status.PodIP != addr && !slices.ContainsFunc(p.Status.PodIPs, func(pi corev1.PodIP) bool { return pi.IP == addr })) {
+			continue
+		}
+		other := compile.PodFromCore(p, false)
+		if other.IP == ep.IP {
+			other.IP = netip.Addr{}
+			if err := e.c.UpsertPod(other); err != nil {
 				return fmt.Errorf("attaching %s: %w", key, err)
 			}
 		}

@@ -340,4 +340,28 @@ func TestStaleEndpointGivesWayToTheNextPodOnItsAddress(t *testing.T) {
 	if eps, _ := e.Datapath().Endpoints(ctx); len(eps) != 1 {
 		t.Errorf("after a's late DEL: datapath endpoints %v, want b's", eps)
 	}
+
+	// The agent's order: the stale endpoint c is detached first, while the API
+	// still shows c with the address; then d is attached with it.
+	ip2 := netip.MustParseAddr("10.224.1.11")
+	must(t, e.UpsertPod(ctx, pod("default", "c", "", "n1", map[string]string{"app": "server"})))
+	must(t, e.UpsertPod(ctx, pod("default", "d", "", "n1", map[string]string{"app": "third"})))
+	ifc := veth("fnc")
+	must(t, node.Do(func(ns.NetNS) error {
+		return e.Attach(ctx, endpointapi.Endpoint{ContainerID: "cc", PodNamespace: "default", PodName: "c", HostIfName: "fnc", HostIfIndex: ifc, PodIfName: "eth0", IP: ip2})
+	}))
+	must(t, e.UpsertPod(ctx, pod("default", "c", ip2.String(), "n1", map[string]string{"app": "server"})))
+	must(t, node.Do(func(ns.NetNS) error {
+		return e.Detach(ctx, endpointapi.Endpoint{ContainerID: "cc", PodNamespace: "default", PodName: "c", HostIfIndex: ifc, IP: ip2})
+	}))
+	ifd := veth("fnd")
+	must(t, node.Do(func(ns.NetNS) error {
+		return e.Attach(ctx, endpointapi.Endpoint{ContainerID: "cd", PodNamespace: "default", PodName: "d", HostIfName: "fnd", HostIfIndex: ifd, PodIfName: "eth0", IP: ip2})
+	}))
+	idD, _ := e.c.IdentityOf("default", "d")
+	ipc, err = e.Datapath().IPCache(ctx)
+	must(t, err)
+	if got := ipc[netip.PrefixFrom(ip2, 32)]; got.Identity != idD {
+		t.Errorf("c detached, still in the API with %s, d attached with it: identity %d, want d's %d", ip2, got.Identity, idD)
+	}
 }
