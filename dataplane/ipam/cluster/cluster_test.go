@@ -328,10 +328,30 @@ type claimerKey struct{}
 // Nodes with different maxPods (block sizes) joining at once get blocks of
 // different sizes whose indexes, and so names, differ although their
 // addresses overlap: name uniqueness alone does not keep them apart.
+// It runs on client-go's object tracker and, when kube-apiserver and etcd are
+// at hand (see newClient), on the real API server too.
 func TestConcurrentNodesOfDifferentSizesNeverOverlap(t *testing.T) {
+	t.Run("tracker", func(t *testing.T) {
+		concurrentSizes(t, 20, func() dynamic.Interface {
+			return fake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{GVR: "IPBlockList"})
+		})
+	})
+	t.Run("kube-apiserver", func(t *testing.T) {
+		dyn := realAPIServer(t)
+		if dyn == nil {
+			t.Skip("needs a real kube-apiserver (make node-image, or KUBEBUILDER_ASSETS)")
+		}
+		concurrentSizes(t, 5, func() dynamic.Interface {
+			newClient(t) // deletes every IPBlock
+			return dyn
+		})
+	})
+}
+
+func concurrentSizes(t *testing.T, rounds int, fresh func() dynamic.Interface) {
 	sizes := []int{10, 17, 30, 50, 64, 110, 250}
-	for round := range 20 {
-		dyn := fake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{GVR: "IPBlockList"})
+	for round := range rounds {
+		dyn := fresh()
 		const nodes = 14
 		var listed sync.WaitGroup
 		listed.Add(nodes)
