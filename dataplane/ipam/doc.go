@@ -37,7 +37,9 @@
 // There is no leader election, no read-modify-write of a shared list and no
 // lost update. One small object per block also keeps each node's updates
 // (status.allocated) away from the others'. TestConcurrentNodesOfDifferentSizesNeverOverlap
-// holds every Create back until all claimers have listed, the widest window.
+// holds every Create back until all claimers have listed, the widest window,
+// on client-go's object tracker and on a real kube-apiserver (envtest); the
+// ipam suite repeats it on kind.
 //
 // # Keeping the same block
 //
