@@ -249,7 +249,7 @@ func (a *Agent) setup(ctx context.Context) error {
 	if err := cni.EnsureHostForwarding(a.uplink); err != nil {
 		return err
 	}
-	if err := a.endpoints.Resync(ctx, func(name string) bool { _, err := netlink.LinkByName(name); return err == nil }); err != nil {
+	if err := a.endpoints.Resync(ctx, linkExists); err != nil {
 		a.log.Warn("re-attach endpoints after restart", "err", err)
 	}
 	conf, err := cni.Conflist(cni.NetConf{
@@ -342,10 +342,18 @@ func (a *Agent) reconcile(ctx context.Context) {
 		a.checkMaxPods(ctx, node)
 	}
 	store := nodealloc.New(a.allocDir())
+	eps := a.endpoints.List() // before the allocations: see Collect
 	allocs, err := store.List(ctx)
 	if err != nil {
 		a.log.Error("list allocations", "err", err)
 		return
+	}
+	gone, err := a.endpoints.Collect(ctx, eps, allocs, linkExists)
+	if err != nil {
+		a.log.Error("collect endpoints without an address", "err", err)
+	}
+	for _, id := range gone {
+		a.log.Info("collected an endpoint whose address was released without its DEL reaching the agent", "containerID", id)
 	}
 	pods, err := a.pods.List(labels.Everything())
 	if err != nil {
@@ -375,6 +383,12 @@ func (a *Agent) reconcile(ctx context.Context) {
 		return
 	}
 	a.lastSt = &st
+}
+
+// linkExists reports whether the agent's network namespace has the interface.
+func linkExists(name string) bool {
+	_, err := netlink.LinkByName(name)
+	return err == nil
 }
 
 // findUplink returns the named interface, or the one holding nodeIP.

@@ -515,6 +515,7 @@ func TestKilledPluginMidAdd(t *testing.T) {
 
 func TestGCReleasesWhatTheRuntimeNoLongerHas(t *testing.T) {
 	n := newNode(t, "node-a", "10.224.0.2/16", blockA)
+	ag := startAgent(t, n)
 	pods := []ns.NetNS{newNS(t), newNS(t), newNS(t)}
 	var ips []netip.Addr
 	for i, p := range pods {
@@ -549,6 +550,14 @@ func TestGCReleasesWhatTheRuntimeNoLongerHas(t *testing.T) {
 	}
 	if err := n.check("c1", pods[1]); err != nil {
 		t.Errorf("CHECK of the kept attachment after GC: %v", err)
+	}
+	// The agent is told, as for a DEL: no endpoint outlives its address.
+	ag.mu.Lock()
+	deleted := slices.Sorted(slices.Values(ag.deleted))
+	_, kept := ag.eps["c1"]
+	ag.mu.Unlock()
+	if !slices.Equal(deleted, []string{"c0", "c2"}) || !kept {
+		t.Errorf("agent: endpoints deleted %v (c1 kept: %v), want c0 and c2 deleted, c1 kept", deleted, kept)
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -408,6 +409,32 @@ func (e *Enforcer) Attach(ctx context.Context, ep endpointapi.Endpoint) error {
 	if pod == nil {
 		return fmt.Errorf("attaching %s: pod not known yet; retry", key)
 	}
+	// The allocator hands out an address only once its previous holder's
+	// allocation is released, so another endpoint still attached with it is
+	// stale (its DEL never reached the agent): it goes in the same write,
+	// before ep's identity takes the address.
+	for k, other := range e.attached {
+		if k != key && other.IP == ep.IP {
+			if err := e.evictLocked(ctx, k, other); err != nil {
+				return fmt.Errorf("attaching %s: %w", key, err)
+			}
+		}
+	}
+	// A pod not attached here whose API status still names the address (its
+	// sandbox is gone, the status lags) gives it up now, not on its next update.
+	addr := ep.IP.String()
+	for k, p := range e.pods {
+		if _, attached := e.attached[k]; k == key || attached || (p.Status.PodIP != addr && !slices.ContainsFunc(p.Status.PodIPs, func(pi corev1.PodIP) bool { return pi.IP == addr })) {
+			continue
+		}
+		other := compile.PodFromCore(p, false)
+		if other.IP == ep.IP {
+			other.IP = netip.Addr{}
+			if err := e.c.UpsertPod(other); err != nil {
+				return fmt.Errorf("attaching %s: %w", key, err)
+			}
+		}
+	}
 	cp := compile.PodFromCore(pod, true)
 	cp.IP = ep.IP // the API learns the IP only after ADD returns
 	cp.HostNetwork = false
@@ -447,6 +474,47 @@ func (e *Enforcer) Attach(ctx context.Context, ep endpointapi.Endpoint) error {
 	return nil
 }
 
+// evictLocked forgets the stale endpoint of pod key, whose address another
+// endpoint is taking: its programs and map entries go, and its pod (if the API
+// still has it) stays known without that address.
+func (e *Enforcer) evictLocked(ctx context.Context, key string, stale endpointapi.Endpoint) error {
+	e.log.Warn("replacing a stale endpoint whose address was handed to another pod (its CNI DEL never arrived)",
+		"pod", key, "containerID", stale.ContainerID, "ip", stale.IP)
+	delete(e.attached, key)
+	delete(e.byCID, stale.ContainerID)
+	if stale.HostIfIndex > 0 {
+		if err := e.d.DetachEndpoint(ctx, stale.HostIfIndex); err != nil {
+			return fmt.Errorf("detaching the stale endpoint of %s: %w", key, err)
+		}
+	}
+	if p := e.pods[key]; p != nil {
+		if err := e.c.UpsertPod(e.remotePod(p)); err != nil {
+			return err
+		}
+		return nil
+	}
+	ns, name, _ := strings.Cut(key, "/")
+	e.c.DeletePod(ns, name)
+	return nil
+}
+
+// remotePod is p as a pod not attached here. An address that an endpoint of
+// another pod holds on this node is that endpoint's (the allocator gave it
+// out after p's sandbox released it); p's API status lags behind, so it does
+// not keep the address.
+func (e *Enforcer) remotePod(p *corev1.Pod) compile.Pod {
+	cp := compile.PodFromCore(p, false)
+	if cp.IP.IsValid() {
+		for k, ep := range e.attached {
+			if ep.IP == cp.IP && k != p.Namespace+"/"+p.Name {
+				cp.IP = netip.Addr{}
+				break
+			}
+		}
+	}
+	return cp
+}
+
 // Detach implements the agent's endpoint hook for CNI DEL.
 func (e *Enforcer) Detach(ctx context.Context, ep endpointapi.Endpoint) error {
 	e.mu.Lock()
@@ -473,6 +541,13 @@ func (e *Enforcer) Detach(ctx context.Context, ep endpointapi.Endpoint) error {
 	}
 	if !had {
 		att = ep
+		// A late DEL of an endpoint already evicted: its interface index
+		// may have been reused by an endpoint attached since.
+		for _, other := range e.attached {
+			if other.HostIfIndex == att.HostIfIndex {
+				att.HostIfIndex = 0
+			}
+		}
 	}
 	delete(e.attached, key)
 	delete(e.byCID, ep.ContainerID)
@@ -484,7 +559,7 @@ func (e *Enforcer) Detach(ctx context.Context, ep endpointapi.Endpoint) error {
 	}
 	// The pod object may live on (restarting sandbox); it is no longer local.
 	if p := e.pods[key]; p != nil {
-		if err := e.c.UpsertPod(compile.PodFromCore(p, false)); err != nil {
+		if err := e.c.UpsertPod(e.remotePod(p)); err != nil {
 			return err
 		}
 	} else {
@@ -499,7 +574,7 @@ func (e *Enforcer) UpsertPod(ctx context.Context, p *corev1.Pod) error {
 	defer e.mu.Unlock()
 	key := p.Namespace + "/" + p.Name
 	e.pods[key] = p
-	cp := compile.PodFromCore(p, false)
+	cp := e.remotePod(p)
 	if ep, ok := e.attached[key]; ok {
 		cp.Local, cp.IP, cp.HostNetwork = true, ep.IP, false
 	}

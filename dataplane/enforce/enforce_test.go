@@ -307,3 +307,132 @@ func TestEnforcerServiceAddresses(t *testing.T) {
 	must(t, e.DeleteService(ctx, "default", "web"))
 	check("Service deleted", map[string]bpf.PrefixEntry{"10.224.0.3/32": {Identity: remote}})
 }
+
+// A CNI DEL that never came (kubelet or containerd crashed, the agent was
+// down) leaves pod a's endpoint attached after a is deleted from the API.
+// When the next pod, b, gets a's address, b must run with b's identity and
+// policy, and a's entries must go: nothing of a may answer for that address.
+func TestStaleEndpointGivesWayToTheNextPodOnItsAddress(t *testing.T) {
+	testenv.RequireRoot(t)
+	ctx := context.Background()
+	mnt := t.TempDir()
+	must(t, unix.Mount("bpf", mnt, "bpf", 0, ""))
+	t.Cleanup(func() { _ = unix.Unmount(mnt, unix.MNT_DETACH) })
+	node, err := testutils.NewNS()
+	must(t, err)
+	t.Cleanup(func() { node.Close(); _ = testutils.UnmountNS(node) })
+	veth := func(name string) int {
+		var idx int
+		must(t, node.Do(func(ns.NetNS) error {
+			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"}); err != nil {
+				return err
+			}
+			l, err := netlink.LinkByName(name)
+			if err != nil {
+				return err
+			}
+			idx = l.Attrs().Index
+			return netlink.LinkSetUp(l)
+		}))
+		return idx
+	}
+	e, err := New(ctx, Config{NodeName: "n1", PinDir: filepath.Join(mnt, "flatnet")}, slog.New(slog.DiscardHandler))
+	must(t, err)
+	defer e.Close()
+	must(t, e.UpsertNamespace(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}}))
+	must(t, e.UpsertPod(ctx, pod("default", "a", "", "n1", map[string]string{"app": "server"})))
+	must(t, e.UpsertPod(ctx, pod("default", "b", "", "n1", map[string]string{"app": "other"})))
+	must(t, e.UpsertPod(ctx, pod("default", "client", "10.224.2.20", "n2", map[string]string{"app": "client"})))
+	must(t, e.UpsertCiliumPolicy(ctx, cnp(t, denyAll))) // a (app=server) denies all ingress; b is unrestricted
+	must(t, node.Do(func(ns.NetNS) error { return e.Synced(ctx) }))
+
+	ip := netip.MustParseAddr("10.224.1.10")
+	ifa := veth("fna")
+	must(t, node.Do(func(ns.NetNS) error {
+		return e.Attach(ctx, endpointapi.Endpoint{ContainerID: "ca", PodNamespace: "default", PodName: "a", HostIfName: "fna", HostIfIndex: ifa, PodIfName: "eth0", IP: ip})
+	}))
+	idA, _ := e.c.IdentityOf("default", "a")
+	// a is deleted from the API; its DEL never arrives (its veth goes with its netns).
+	must(t, e.DeletePod(ctx, "default", "a"))
+	must(t, node.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName("fna")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkDel(l)
+	}))
+	ifb := veth("fnb")
+	must(t, node.Do(func(ns.NetNS) error {
+		return e.Attach(ctx, endpointapi.Endpoint{ContainerID: "cb", PodNamespace: "default", PodName: "b", HostIfName: "fnb", HostIfIndex: ifb, PodIfName: "eth0", IP: ip})
+	}))
+	idB, _ := e.c.IdentityOf("default", "b")
+	if idA == idB {
+		t.Fatalf("a and b share identity %d; the test needs different labels", idA)
+	}
+
+	ipc, err := e.Datapath().IPCache(ctx)
+	must(t, err)
+	if got := ipc[ipv4.MustParsePrefix(ip.String()+"/32")]; got.Identity != idB {
+		t.Errorf("IP cache: %s has identity %d, want b's %d (a's was %d)", ip, got.Identity, idB, idA)
+	}
+	if got := e.LocalPods(); len(got) != 1 || got[ifb] != "default/b" {
+		t.Errorf("LocalPods = %v, want only %d: default/b (a's stale endpoint collected)", got, ifb)
+	}
+	if _, ok := e.c.IdentityOf("default", "a"); ok {
+		t.Errorf("the compiler still knows the stale pod a")
+	}
+	d, _, err := e.Explain("default", "b", policy.Ingress, netip.MustParseAddr("10.224.2.20"), policy.ProtoTCP, 80)
+	must(t, err)
+	if !d.Allowed {
+		t.Errorf("client -> b denied: b runs under a's deny policy")
+	}
+	eps, err := e.Datapath().Endpoints(ctx)
+	must(t, err)
+	if len(eps) != 1 || eps[ifb].IP != ip {
+		t.Errorf("datapath endpoints %v, want only b on %d", eps, ifb)
+	}
+	// An informer update of a pod whose API status still names the address
+	// (its status lags behind its gone sandbox) must not take it back either.
+	must(t, e.UpsertPod(ctx, pod("default", "a", ip.String(), "n1", map[string]string{"app": "server"})))
+	ipc, err = e.Datapath().IPCache(ctx)
+	must(t, err)
+	if got := ipc[ipv4.MustParsePrefix(ip.String()+"/32")]; got.Identity != idB {
+		t.Errorf("after a's lagging status: %s has identity %d, want b's %d", ip, got.Identity, idB)
+	}
+	// a's DEL arriving late must not take b's address with it.
+	must(t, node.Do(func(ns.NetNS) error {
+		return e.Detach(ctx, endpointapi.Endpoint{ContainerID: "ca", PodNamespace: "default", PodName: "a", HostIfIndex: ifa, IP: ip})
+	}))
+	ipc, err = e.Datapath().IPCache(ctx)
+	must(t, err)
+	if got := ipc[ipv4.MustParsePrefix(ip.String()+"/32")]; got.Identity != idB {
+		t.Errorf("after a's late DEL: %s has identity %d, want b's %d", ip, got.Identity, idB)
+	}
+	if eps, _ := e.Datapath().Endpoints(ctx); len(eps) != 1 {
+		t.Errorf("after a's late DEL: datapath endpoints %v, want b's", eps)
+	}
+
+	// The agent's order: the stale endpoint c is detached first, while the API
+	// still shows c with the address; then d is attached with it.
+	ip2 := netip.MustParseAddr("10.224.1.11")
+	must(t, e.UpsertPod(ctx, pod("default", "c", "", "n1", map[string]string{"app": "server"})))
+	must(t, e.UpsertPod(ctx, pod("default", "d", "", "n1", map[string]string{"app": "third"})))
+	ifc := veth("fnc")
+	must(t, node.Do(func(ns.NetNS) error {
+		return e.Attach(ctx, endpointapi.Endpoint{ContainerID: "cc", PodNamespace: "default", PodName: "c", HostIfName: "fnc", HostIfIndex: ifc, PodIfName: "eth0", IP: ip2})
+	}))
+	must(t, e.UpsertPod(ctx, pod("default", "c", ip2.String(), "n1", map[string]string{"app": "server"})))
+	must(t, node.Do(func(ns.NetNS) error {
+		return e.Detach(ctx, endpointapi.Endpoint{ContainerID: "cc", PodNamespace: "default", PodName: "c", HostIfIndex: ifc, IP: ip2})
+	}))
+	ifd := veth("fnd")
+	must(t, node.Do(func(ns.NetNS) error {
+		return e.Attach(ctx, endpointapi.Endpoint{ContainerID: "cd", PodNamespace: "default", PodName: "d", HostIfName: "fnd", HostIfIndex: ifd, PodIfName: "eth0", IP: ip2})
+	}))
+	idD, _ := e.c.IdentityOf("default", "d")
+	ipc, err = e.Datapath().IPCache(ctx)
+	must(t, err)
+	if got := ipc[ipv4.MustParsePrefix(ip2.String()+"/32")]; got.Identity != idD {
+		t.Errorf("c detached, still in the API with %s, d attached with it: identity %d, want d's %d", ip2, got.Identity, idD)
+	}
+}
