@@ -32,6 +32,7 @@ const (
 	DropInvalidSource  Code = 130
 	DropPolicy         Code = 133
 	DropMalformed      Code = 134
+	DropUnroutable     Code = 151
 	DropPolicyDeny     Code = 181
 	DropNoEndpoint     Code = 190
 	DropNoPolicy       Code = 191
@@ -64,6 +65,8 @@ func (c Code) String() string {
 		return "invalid packet"
 	case DropPolicyDeny:
 		return "policy denied by deny rule"
+	case DropUnroutable:
+		return "unroutable destination (node loopback or 0/8)"
 	case DropNoEndpoint:
 		return "unknown endpoint"
 	case DropNoPolicy:

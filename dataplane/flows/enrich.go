@@ -46,6 +46,7 @@ var dropReasons = map[bpf.Code]string{
 	bpf.DropPolicy:        "POLICY_DENIED",
 	bpf.DropMalformed:     "INVALID_PACKET_DROPPED",
 	bpf.DropPolicyDeny:    "POLICY_DENY",
+	bpf.DropUnroutable:    "UNROUTABLE",
 	bpf.DropNoEndpoint:    "UNKNOWN_SENDER",
 	bpf.DropNoPolicy:      "POLICY_DENIED",
 }
