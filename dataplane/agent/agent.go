@@ -56,14 +56,19 @@ type Config struct {
 	StateDir string
 	// Socket is the endpoint API's unix socket.
 	Socket string
-	// HTTPAddr serves /healthz, /readyz and /metrics.
+	// HTTPAddr serves /healthz, /readyz and /metrics and nothing else: the agent
+	// is host-network, so every pod of the node reaches it there.
 	HTTPAddr string
+	// APIAddr serves API. It must be a loopback address: no pod reaches it, and
+	// clients come through the API server's pods/portforward (kubelet to the
+	// host's loopback), so RBAC on pods/portforward decides who reads flows.
+	APIAddr string
 	// Reconcile is the period of the leak reconciler and status reporter;
 	// LeakGrace how long an address must be unexplained before it is freed.
 	Reconcile, LeakGrace time.Duration
 	// Datapath receives endpoints; nil means NoPolicy.
 	Datapath Datapath
-	// API, when set, is served under /v1/ on HTTPAddr (flows and explain).
+	// API, when set, is served on APIAddr (flows and explain).
 	API http.Handler
 }
 
@@ -95,6 +100,9 @@ func New(cfg Config, log *slog.Logger, kube kubernetes.Interface, dyn dynamic.In
 	l := ipam.Layout{Subnet: cfg.Subnet, Gateway: cfg.Gateway, DockerRange: cfg.DockerRange, BlockSize: ipam.DefaultBlockSize}
 	if err := l.Validate(); err != nil {
 		return nil, fmt.Errorf("node subnet: %w", err)
+	}
+	if err := checkLoopback(cfg.APIAddr); err != nil {
+		return nil, err
 	}
 	if cfg.Reconcile <= 0 {
 		cfg.Reconcile = 30 * time.Second
@@ -137,6 +145,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer stopHTTP()
+	stopAPI, err := a.serveAPI(errc)
+	if err != nil {
+		return err
+	}
+	defer stopAPI()
 
 	factory := informers.NewSharedInformerFactory(a.kube, 0)
 	podFactory := informers.NewSharedInformerFactoryWithOptions(a.kube, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {

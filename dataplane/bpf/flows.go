@@ -35,6 +35,7 @@ const (
 	DropPolicy         Code = 133
 	DropMalformed      Code = 134
 	DropUnknownL3      Code = 139
+	DropUnroutable     Code = 151
 	DropUnsupportedL2  Code = 166
 	DropFragNotFound   Code = 175
 	DropPolicyDeny     Code = 181
@@ -79,6 +80,8 @@ func (c Code) String() string {
 		return "first logical datagram fragment not found"
 	case DropPolicyDeny:
 		return "policy denied by deny rule"
+	case DropUnroutable:
+		return "unroutable destination (node loopback or 0/8)"
 	case DropNoEndpoint:
 		return "unknown endpoint"
 	case DropNoPolicy:

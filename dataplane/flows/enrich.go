@@ -50,6 +50,7 @@ var dropReasons = map[bpf.Code]string{
 	bpf.DropUnsupportedL2: "UNSUPPORTED_L2_PROTOCOL",
 	bpf.DropFragNotFound:  "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND",
 	bpf.DropPolicyDeny:    "POLICY_DENY",
+	bpf.DropUnroutable:    "UNROUTABLE",
 	bpf.DropNoEndpoint:    "UNKNOWN_SENDER",
 	bpf.DropNoPolicy:      "POLICY_DENIED",
 }

@@ -778,6 +778,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 ifindex
 			emit(ifindex, dir, &p, VERDICT_DROP, DROP_INVALID_SOURCE, 0, 0, local_id);
 			return TCX_DROP;
 		}
+		// The node's loopback (127/8) and 0/8 are no destination for a pod: with
+		// route_localnet=1 (kube-proxy) the host answers them from its loopback-only
+		// services (the agent's API) unless a firewall rule says otherwise.
+		__u8 first = bpf_ntohl(p.daddr) >> 24;
+		if (dir == DIR_EGRESS && (first == 127 || first == 0)) {
+			count(ifindex, dir, DROP_UNROUTABLE, skb->len);
+			emit(ifindex, dir, &p, VERDICT_DROP, DROP_UNROUTABLE, 0, 0, local_id);
+			return TCX_DROP;
+		}
 	}
 
 	__u32 peer_addr = ck.peer_addr;

@@ -45,6 +45,7 @@
 #define DROP_FRAG_NOT_FOUND 175  // Cilium: first logical datagram fragment not found
 #define DROP_POLICY 133
 #define DROP_POLICY_DENY 181
+#define DROP_UNROUTABLE 151  // Cilium: unroutable; a pod's packet to 127/8 or 0/8 (martians)
 #define DROP_NO_ENDPOINT 190 // flatnet: program attached to an unknown interface
 #define DROP_NO_POLICY 191   // flatnet: endpoint without a policy map
 

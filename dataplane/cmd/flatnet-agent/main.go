@@ -26,6 +26,10 @@ import (
 	"github.com/flatnet/flatnet/dataplane/ipv4"
 )
 
+// DefaultAPIAddr is where the flows and explain API listen: the host's loopback,
+// which no pod reaches; flatnetctl's --agent-port must name the same port.
+const DefaultAPIAddr = "127.0.0.1:9970"
+
 func main() {
 	if err := command().Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "flatnet-agent:", err)
@@ -155,7 +159,8 @@ func command() *cobra.Command {
 	f.StringVar(&cfg.CNIConfDir, "cni-conf-dir", "/etc/cni/net.d", "node CNI config dir")
 	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/flatnet", "node state dir (allocator under ipam/, endpoint records under endpoints/)")
 	f.StringVar(&cfg.Socket, "socket", endpointapi.DefaultSocket, "endpoint API unix socket")
-	f.StringVar(&cfg.HTTPAddr, "http-addr", ":9969", "address for /healthz, /readyz and /metrics")
+	f.StringVar(&cfg.HTTPAddr, "http-addr", ":9969", "address for /healthz, /readyz and /metrics (every pod of the node reaches it: nothing else is served there)")
+	f.StringVar(&cfg.APIAddr, "api-addr", DefaultAPIAddr, "loopback address for the flows and explain API (flatnetctl reaches it through the API server's pods/portforward; empty = off)")
 	f.DurationVar(&cfg.Reconcile, "reconcile-interval", 30*time.Second, "period of the leak reconciler and block status report")
 	f.StringSliceVar(&serviceCIDRs, "service-cidr", []string{"10.96.0.0/16"}, "the cluster's Service (ClusterIP) ranges: egress to them is judged on the backend")
 	f.BoolVar(&hostRouting, "host-routing", false, "route traffic between two pods of this node through the host stack (netfilter, IP forwarding) instead of delivering it from veth to veth; policy is the same either way")

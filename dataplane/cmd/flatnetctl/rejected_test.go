@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -11,34 +14,33 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
 
 // rejected reaches each agent's /v1/rejected through the same agent-API helper as
-// flows (pods/proxy today) and prints one line per node and object.
+// flows (agents.get: a stream to the agent's loopback port) and prints one line per
+// node and object; an agent that cannot be reached is named, the others still print.
 func TestRejectedPrintsEveryNodesRejections(t *testing.T) {
 	rej := enforce.Rejection{Object: enforce.ObjectRef{Ref: policy.Ref{Kind: policy.KindCNP, Namespace: "team-a", Name: "mapped"}},
 		Node: "node-a", Reason: enforce.ReasonInvalid, Message: "spec.egress[0].toCIDR[0]: Invalid value: ... write the IPv4 block 10.0.0.0/8"}
-	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/api/v1/namespaces/flatnet-system/pods/agent-a:9969/proxy" + enforce.RejectedPath:
-			_ = json.NewEncoder(w).Encode([]enforce.Rejection{rej})
-		case "/api/v1/namespaces/flatnet-system/pods/agent-b:9969/proxy" + enforce.RejectedPath:
-			http.Error(w, "connection refused", http.StatusServiceUnavailable)
-		default:
+	agentA := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != enforce.RejectedPath {
 			http.NotFound(w, r)
+			return
 		}
+		_ = json.NewEncoder(w).Encode([]enforce.Rejection{rej})
 	}))
-	defer api.Close()
-	kube, err := kubernetes.NewForConfig(&rest.Config{Host: api.URL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ag := agents{kube: kube, namespace: "flatnet-system", port: "9969"}
+	defer agentA.Close()
+	ag := agents{namespace: "flatnet-system", port: 9970,
+		dial: func(ctx context.Context, pod corev1.Pod, port int) (io.ReadWriteCloser, error) {
+			if pod.Name != "agent-a" || port != 9970 {
+				return nil, fmt.Errorf("dial %s:%d: connection refused", pod.Name, port)
+			}
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", agentA.Listener.Addr().String())
+		}}
 	running := func(name, node string) corev1.Pod {
 		return corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "flatnet-system", Name: name},
 			Spec: corev1.PodSpec{NodeName: node}, Status: corev1.PodStatus{Phase: corev1.PodRunning}}
