@@ -38,18 +38,80 @@ for f in "$MANIFESTS"/*.yaml; do
 	echo "---"
 done | "$KUBECTL" apply -f - >&2
 
+# After the node containers were stopped and started again (a rebooted laptop, the
+# next CI run), the API server still holds what it knew before: the DaemonSet's
+# status, the pods' Ready conditions and the nodes' Ready condition all say "ready"
+# until each kubelet reports again. So every wait below only counts what happened
+# since its node container started: a Ready agent pod whose container started after
+# its node did, a node Ready condition heartbeat after that start.
+node_started() { # NODE -> epoch seconds its container started (0: not a container of ours)
+	local t
+	t=$(docker inspect -f '{{.State.StartedAt}}' "$1" 2>/dev/null) || { echo 0; return; }
+	date -d "$t" +%s 2>/dev/null || echo 0
+}
+declare -A started
+for n in $("$KUBECTL" get nodes -o jsonpath='{.items[*].metadata.name}'); do started[$n]=$(node_started "$n"); done
+
+# fresh_pods NAMESPACE SELECTOR: "node pod" of every Ready pod whose containers all
+# run and started after its node container did.
+fresh_pods() {
+	local node pod ready starts s ok
+	while read -r node pod ready starts; do
+		[ "$ready" = True ] && [ -n "$starts" ] || continue
+		ok=1
+		for s in ${starts//,/ }; do
+			[ "$(date -d "$s" +%s)" -ge "${started[$node]:-0}" ] || ok=0
+		done
+		[ $ok = 1 ] && echo "$node $pod"
+	done < <("$KUBECTL" -n "$1" get pods -l "$2" -o jsonpath='{range .items[*]}{.spec.nodeName}{" "}{.metadata.name}{" "}{.status.conditions[?(@.type=="Ready")].status}{" "}{range .status.containerStatuses[*]}{.state.running.startedAt}{","}{end}{"\n"}{end}' 2>/dev/null)
+}
+
+# wait_for WHAT CHECK: polls CHECK (prints "have/want", exits 0 when done) until TIMEOUT.
+wait_for() {
+	local what=$1 check=$2 deadline=$((SECONDS + ${TIMEOUT%s})) last=""
+	while :; do
+		last=$($check) && { info "$what: $last"; return 0; }
+		[ $SECONDS -ge $deadline ] && { warn "$what: only $last after $TIMEOUT"; return 1; }
+		sleep 2
+	done
+}
+agents_check() {
+	local want have
+	want=${#started[@]}
+	have=$(fresh_pods flatnet-system app.kubernetes.io/name=flatnet-agent | awk '{print $1}' | sort -u | wc -l)
+	echo "agents ready (started since their node) on $have of $want nodes"
+	[ "$have" -ge "$want" ]
+}
+nodes_check() {
+	local want=${#started[@]} have=0 n hb
+	for n in "${!started[@]}"; do
+		hb=$("$KUBECTL" get node "$n" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}' 2>/dev/null)
+		[ "${hb%% *}" = True ] && [ "$(date -d "${hb#* }" +%s 2>/dev/null || echo 0)" -ge "${started[$n]}" ] && have=$((have + 1))
+	done
+	echo "$have of $want nodes Ready (heartbeat since their node started)"
+	[ "$have" -ge "$want" ]
+}
+coredns_check() {
+	local have
+	have=$(fresh_pods kube-system k8s-app=kube-dns | wc -l)
+	echo "$have CoreDNS pods ready since their node started"
+	[ "$have" -ge 1 ]
+}
+
 step "deploy: waiting for the agent on every node"
-if ! "$KUBECTL" -n flatnet-system rollout status ds/flatnet-agent --timeout="$TIMEOUT" >&2; then
+if ! "$KUBECTL" -n flatnet-system rollout status ds/flatnet-agent --timeout="$TIMEOUT" >&2 ||
+	! wait_for "flatnet agents" agents_check; then
 	on_failure
 	die "the flatnet agent did not become ready on every node within $TIMEOUT"
 fi
 step "deploy: waiting for every node to be Ready"
-if ! "$KUBECTL" wait --for=condition=Ready nodes --all --timeout="$TIMEOUT" >&2; then
+if ! wait_for "nodes" nodes_check; then
 	on_failure
 	die "not every node became Ready within $TIMEOUT"
 fi
 step "deploy: waiting for CoreDNS"
-if ! "$KUBECTL" -n kube-system rollout status deploy/coredns --timeout="$TIMEOUT" >&2; then
+if ! "$KUBECTL" -n kube-system rollout status deploy/coredns --timeout="$TIMEOUT" >&2 ||
+	! wait_for "CoreDNS" coredns_check; then
 	on_failure
 	die "CoreDNS did not run within $TIMEOUT"
 fi

@@ -92,7 +92,7 @@ else
 	# Smoke check, on loopback only (--network none): the seed's shell and
 	# command line work from the image's working directory.
 	out=$(docker run --rm --network none --entrypoint bash "$ref" -c \
-		'ls /bin/sh /bin/nc /bin/wget >/dev/null && cd / && ./agnhost connect 127.0.0.1:1 --timeout=3s --protocol=tcp; echo "exit=$?"' 2>&1) || true
+		'ls /bin/sh /bin/nc /bin/wget >/dev/null && cd / && ./agnhost connect 127.0.0.1:1 --timeout=3s --protocol=tcp 2>&1; echo "exit=$?"' 2>&1) || true
 	if [ "$out" != "$(printf 'REFUSED\nexit=1')" ]; then
 		docker rmi "$ref" >/dev/null 2>&1 || true
 		die "the image $ref fails its smoke check" "bash -c './agnhost connect 127.0.0.1:1 ...' printed: $out"

@@ -56,14 +56,19 @@ type Config struct {
 	StateDir string
 	// Socket is the endpoint API's unix socket.
 	Socket string
-	// HTTPAddr serves /healthz, /readyz and /metrics.
+	// HTTPAddr serves /healthz, /readyz and /metrics and nothing else: the agent
+	// is host-network, so every pod of the node reaches it there.
 	HTTPAddr string
+	// APIAddr serves API. It must be a loopback address: no pod reaches it, and
+	// clients come through the API server's pods/portforward (kubelet to the
+	// host's loopback), so RBAC on pods/portforward decides who reads flows.
+	APIAddr string
 	// Reconcile is the period of the leak reconciler and status reporter;
 	// LeakGrace how long an address must be unexplained before it is freed.
 	Reconcile, LeakGrace time.Duration
 	// Datapath receives endpoints; nil means NoPolicy.
 	Datapath Datapath
-	// API, when set, is served under /v1/ on HTTPAddr (flows and explain).
+	// API, when set, is served on APIAddr (flows and explain).
 	API http.Handler
 }
 
@@ -95,6 +100,9 @@ func New(cfg Config, log *slog.Logger, kube kubernetes.Interface, dyn dynamic.In
 	l := ipam.Layout{Subnet: cfg.Subnet, Gateway: cfg.Gateway, DockerRange: cfg.DockerRange, BlockSize: ipam.DefaultBlockSize}
 	if err := l.Validate(); err != nil {
 		return nil, fmt.Errorf("node subnet: %w", err)
+	}
+	if err := checkLoopback(cfg.APIAddr); err != nil {
+		return nil, err
 	}
 	if cfg.Reconcile <= 0 {
 		cfg.Reconcile = 30 * time.Second
@@ -137,6 +145,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer stopHTTP()
+	stopAPI, err := a.serveAPI(errc)
+	if err != nil {
+		return err
+	}
+	defer stopAPI()
 
 	factory := informers.NewSharedInformerFactory(a.kube, 0)
 	podFactory := informers.NewSharedInformerFactoryWithOptions(a.kube, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -249,7 +262,7 @@ func (a *Agent) setup(ctx context.Context) error {
 	if err := cni.EnsureHostForwarding(a.uplink); err != nil {
 		return err
 	}
-	if err := a.endpoints.Resync(ctx, func(name string) bool { _, err := netlink.LinkByName(name); return err == nil }); err != nil {
+	if err := a.endpoints.Resync(ctx, linkExists); err != nil {
 		a.log.Warn("re-attach endpoints after restart", "err", err)
 	}
 	conf, err := cni.Conflist(cni.NetConf{
@@ -342,10 +355,18 @@ func (a *Agent) reconcile(ctx context.Context) {
 		a.checkMaxPods(ctx, node)
 	}
 	store := nodealloc.New(a.allocDir())
+	eps := a.endpoints.List() // before the allocations: see Collect
 	allocs, err := store.List(ctx)
 	if err != nil {
 		a.log.Error("list allocations", "err", err)
 		return
+	}
+	gone, err := a.endpoints.Collect(ctx, eps, allocs, linkExists)
+	if err != nil {
+		a.log.Error("collect endpoints without an address", "err", err)
+	}
+	for _, id := range gone {
+		a.log.Info("collected an endpoint whose address was released without its DEL reaching the agent", "containerID", id)
 	}
 	pods, err := a.pods.List(labels.Everything())
 	if err != nil {
@@ -375,6 +396,12 @@ func (a *Agent) reconcile(ctx context.Context) {
 		return
 	}
 	a.lastSt = &st
+}
+
+// linkExists reports whether the agent's network namespace has the interface.
+func linkExists(name string) bool {
+	_, err := netlink.LinkByName(name)
+	return err == nil
 }
 
 // findUplink returns the named interface, or the one holding nodeIP.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
+	"github.com/flatnet/flatnet/dataplane/ipam/nodealloc"
 )
 
 // Datapath is where policy plugs in. The agent calls it while answering the
@@ -53,6 +54,10 @@ type Endpoints struct {
 	// OnChange, when set, runs after every successful Put or Delete (the
 	// agent refreshes the block's status).
 	OnChange func()
+
+	// ops runs one Put or Delete at a time, so an endpoint replacing a stale
+	// one (see PutEndpoint) is never interleaved with another change.
+	ops sync.Mutex
 
 	mu   sync.Mutex
 	byID map[string]Record
@@ -96,6 +101,33 @@ func NewEndpoints(dir string, dp Datapath, m *Metrics) (*Endpoints, error) {
 	return e, nil
 }
 
+// Collect forgets every endpoint of snapshot (an earlier List) whose container
+// holds no address any more and whose host veth is gone: its DEL or the
+// runtime's GC tore it down without reaching the agent. A record is written
+// only after its address was allocated, so taking the snapshot before reading
+// the allocations never collects an endpoint whose ADD is under way; an
+// endpoint whose veth still exists stays enforced whatever the allocator's
+// file says.
+func (e *Endpoints) Collect(ctx context.Context, snapshot []Record, allocs []nodealloc.Allocation, linkExists func(name string) bool) ([]string, error) {
+	held := make(map[string]bool, len(allocs))
+	for _, a := range allocs {
+		held[a.ContainerID] = true
+	}
+	var gone []string
+	var errs []error
+	for _, r := range snapshot {
+		if held[r.ContainerID] || linkExists(r.HostIfName) {
+			continue
+		}
+		if err := e.DeleteEndpoint(ctx, r.ContainerID); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		gone = append(gone, r.ContainerID)
+	}
+	return gone, errors.Join(errs...)
+}
+
 // Resync calls Attach for every known endpoint whose host veth still exists
 // (after an agent restart) and drops the records of the others.
 func (e *Endpoints) Resync(ctx context.Context, linkExists func(name string) bool) error {
@@ -118,6 +150,19 @@ func (e *Endpoints) Resync(ctx context.Context, linkExists func(name string) boo
 func (e *Endpoints) PutEndpoint(ctx context.Context, ep endpointapi.Endpoint) error {
 	if !containerIDRE.MatchString(ep.ContainerID) {
 		return fmt.Errorf("%w: containerID %q: not a container ID", endpointapi.ErrInvalidEndpoint, ep.ContainerID)
+	}
+	e.ops.Lock()
+	defer e.ops.Unlock()
+	// The allocator hands an address out again only after its holder's
+	// allocation was released, so another endpoint still recorded with it lost
+	// its DEL (kubelet or runtime crash, agent down): it is detached and
+	// forgotten before ep takes the address, never left to answer for it.
+	for _, stale := range e.List() {
+		if stale.ContainerID != ep.ContainerID && stale.IP == ep.IP {
+			if err := e.deleteLocked(ctx, stale.ContainerID); err != nil {
+				return fmt.Errorf("replace stale endpoint %s holding %s: %w", stale.ContainerID, ep.IP, err)
+			}
+		}
 	}
 	if err := e.datapath.Attach(ctx, ep); err != nil {
 		return fmt.Errorf("attach datapath to %s: %w", ep.HostIfName, err)
@@ -143,6 +188,13 @@ func (e *Endpoints) DeleteEndpoint(ctx context.Context, containerID string) erro
 	if !containerIDRE.MatchString(containerID) {
 		return fmt.Errorf("%w: containerID %q: not a container ID", endpointapi.ErrInvalidEndpoint, containerID)
 	}
+	e.ops.Lock()
+	defer e.ops.Unlock()
+	return e.deleteLocked(ctx, containerID)
+}
+
+// deleteLocked detaches and forgets an endpoint; e.ops is held.
+func (e *Endpoints) deleteLocked(ctx context.Context, containerID string) error {
 	e.mu.Lock()
 	r, ok := e.byID[containerID]
 	e.mu.Unlock()

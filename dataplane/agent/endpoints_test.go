@@ -42,8 +42,14 @@ func (d *recordingDatapath) Detach(_ context.Context, ep endpointapi.Endpoint) e
 	return nil
 }
 
+// ep is an endpoint of its own address (two endpoints with one address
+// replace each other: see TestReusedAddressReplacesTheStaleEndpoint).
 func ep(id string) endpointapi.Endpoint {
-	return endpointapi.Endpoint{ContainerID: id, PodNamespace: "ns", PodName: "p-" + id, HostIfName: "fn" + id, HostIfIndex: 7, PodIfName: "eth0", IP: netip.MustParseAddr("10.224.0.40")}
+	h := byte(0)
+	for _, c := range id {
+		h = h*31 + byte(c)
+	}
+	return endpointapi.Endpoint{ContainerID: id, PodNamespace: "ns", PodName: "p-" + id, HostIfName: "fn" + id, HostIfIndex: 7, PodIfName: "eth0", IP: netip.AddrFrom4([4]byte{10, 224, 1, h})}
 }
 
 // serveEndpoints serves e on a real unix socket with the agent's socket

@@ -138,7 +138,10 @@ func (a *Agent) releaseLeaks(ctx context.Context, leaked []nodealloc.Allocation)
 			continue
 		}
 		if err := a.endpoints.DeleteEndpoint(ctx, l.ContainerID); err != nil {
+			// Keep the address while its endpoint may still be attached:
+			// freed, it could go to a pod that would share the entries.
 			errs = append(errs, err)
+			continue
 		}
 		if _, _, err := store.Release(ctx, l.Attachment); err != nil {
 			errs = append(errs, fmt.Errorf("release leaked %s: %w", l.IP, err))

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/flatnet/flatnet/dataplane/compile"
 	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/ipv4"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
 
@@ -44,6 +46,13 @@ type Datapath struct {
 	mu       sync.Mutex
 	up       *upgrade // pinned maps of another layout being taken over (upgrade.go); nil: none
 	upgraded Upgrade  // what a finished upgrade did
+
+	// The IP cache is two layers over one map: identities the compiler gives pod and
+	// node addresses, and the Service flag of Service addresses (ClusterIPs,
+	// externalIPs, LoadBalancer IPs), which may also be a node's or pod's.
+	ipMu     sync.Mutex
+	ipIDs    map[ipv4.Prefix]identity.ID
+	services map[ipv4.Prefix]bool
 }
 
 // Endpoint is what the datapath needs to know of a local pod's attachment.
@@ -83,7 +92,8 @@ func LoadWith(ctx context.Context, pinDir string, opts Options) (*Datapath, erro
 	if err != nil {
 		return nil, fmt.Errorf("loading datapath spec: %w", err)
 	}
-	d := &Datapath{pinDir: pinDir, inner: spec.Maps[datapathMapFnPolicyProto].Copy()}
+	d := &Datapath{pinDir: pinDir, inner: spec.Maps[datapathMapFnPolicyProto].Copy(),
+		ipIDs: map[ipv4.Prefix]identity.ID{}, services: map[ipv4.Prefix]bool{}}
 	d.inner.Name = "fn_ep_policy"
 	spec.Maps[datapathMapFnCt].MaxEntries = ctShared
 	d.ctEst = spec.Maps[datapathMapFnCtEstProto].Copy()
@@ -440,7 +450,7 @@ func (d *Datapath) SyncEndpointPolicy(ctx context.Context, ifindex int, pol *com
 func (d *Datapath) syncPolicy(ifindex int, pol *compile.EndpointPolicy) error {
 	keys, vals := policyEntries(pol)
 	if len(keys) > int(d.inner.MaxEntries) {
-		return fmt.Errorf("policy of endpoint %d has %d entries, more than the map's %d", ifindex, len(keys), d.inner.MaxEntries)
+		return fmt.Errorf("endpoint %d: %w: %d entries, the map holds %d", ifindex, ErrPolicyTooLarge, len(keys), d.inner.MaxEntries)
 	}
 	// Size the map to the policy: the kernel allocates and zeroes a bucket per
 	// possible entry, and at POLICY_MAX that alone took 10 ms per endpoint here,
@@ -533,10 +543,72 @@ func policyKey(k compile.Key) datapathPolicyKey {
 	return pk
 }
 
+// ApplyError lists what Apply could not write; everything else was written. A
+// failure is contained to what caused it: one endpoint's policy, one prefix.
+type ApplyError struct {
+	// Endpoints maps "namespace/name" to why its policy is not in its map. Each
+	// such endpoint fails closed: its map was replaced by a deny-all one (both
+	// directions enforced, no entries) or, if even that failed, Isolated is false
+	// for it and its previous map stays.
+	Endpoints map[string]*EndpointWriteError
+	// CIDRs are CIDR-rule prefixes not written (or not deleted).
+	CIDRs map[ipv4.Prefix]error
+	// Other are identity and IP cache writes that failed.
+	Other []error
+}
+
+// EndpointWriteError is why one endpoint's policy could not be written.
+type EndpointWriteError struct {
+	Err      error
+	Isolated bool // the deny-all map is in place
+}
+
+func (e *EndpointWriteError) Error() string { return e.Err.Error() }
+func (e *EndpointWriteError) Unwrap() error { return e.Err }
+
+func (e *ApplyError) Error() string {
+	var parts []string
+	for _, k := range sortedKeys(e.Endpoints) {
+		parts = append(parts, fmt.Sprintf("pod %s: %v", k, e.Endpoints[k].Err))
+	}
+	for p, err := range e.CIDRs {
+		parts = append(parts, fmt.Sprintf("CIDR %s: %v", p, err))
+	}
+	for _, err := range e.Other {
+		parts = append(parts, err.Error())
+	}
+	return "writing the datapath (everything else was written): " + strings.Join(parts, "; ")
+}
+
+func (e *ApplyError) empty() bool {
+	return len(e.Endpoints) == 0 && len(e.CIDRs) == 0 && len(e.Other) == 0
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// ErrPolicyTooLarge: an endpoint's compiled policy has more entries than its map holds.
+var ErrPolicyTooLarge = errors.New("policy too large for the endpoint's map")
+
+// DenyAll is the policy an endpoint falls back to when its own cannot be written:
+// both directions enforced, nothing allowed (the pod still reaches its own node).
+func DenyAll() *compile.EndpointPolicy {
+	return &compile.EndpointPolicy{Enforce: [2]bool{true, true}, Entries: map[compile.Key]compile.Verdict{}}
+}
+
 // Apply writes a compiler update in the order compile.Update prescribes. ifindexOf
 // maps a local pod to its endpoint's interface; pods without one (not attached yet)
-// are skipped: AttachEndpoint will carry their policy.
+// are skipped: AttachEndpoint will carry their policy. A failed write never stops
+// the others: Apply writes everything it can and returns an *ApplyError naming what
+// failed (see there for the state a failed endpoint is left in).
 func (d *Datapath) Apply(ctx context.Context, up compile.Update, ifindexOf func(namespace, name string) (int, bool)) error {
+	fail := &ApplyError{Endpoints: map[string]*EndpointWriteError{}, CIDRs: map[ipv4.Prefix]error{}}
 	for _, u := range up.Identities {
 		var err error
 		if u.Delete {
@@ -545,24 +617,27 @@ func (d *Datapath) Apply(ctx context.Context, up compile.Update, ifindexOf func(
 			err = d.SaveIdentity(ctx, u.Sum, u.ID)
 		}
 		if err != nil {
-			return err
+			fail.Other = append(fail.Other, err)
 		}
 	}
 	for _, u := range up.IPCache {
 		if u.Delete {
 			if err := d.DeletePrefix(ctx, u.Prefix); err != nil {
-				return err
+				fail.Other = append(fail.Other, err)
 			}
 		}
 	}
 	for _, u := range up.CIDRs {
 		if u.Delete {
 			if err := d.DeleteCIDR(ctx, u.Prefix); err != nil {
-				return err
+				fail.CIDRs[u.Prefix] = err
 			}
 		}
 	}
 	for _, e := range up.Endpoints {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		if e.Policy == nil {
 			continue // the endpoint goes away with DetachEndpoint
 		}
@@ -570,85 +645,150 @@ func (d *Datapath) Apply(ctx context.Context, up compile.Update, ifindexOf func(
 		if !ok {
 			continue
 		}
+		key := e.Namespace + "/" + e.Name
 		if err := d.SyncEndpointPolicy(ctx, ifindex, e.Policy); err != nil {
-			return fmt.Errorf("pod %s/%s: %w", e.Namespace, e.Name, err)
+			fail.Endpoints[key] = &EndpointWriteError{Err: err, Isolated: d.SyncEndpointPolicy(ctx, ifindex, DenyAll()) == nil}
 		}
 		if e.IP.Is4() {
 			// The identity flows report as the endpoint's (its labels may have changed).
 			info := datapathEndpointInfo{Addr: addrBE(e.IP), Identity: uint32(e.Identity)}
 			if err := d.objs.FnEndpoints.Update(uint32(ifindex), &info, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return fmt.Errorf("pod %s/%s: updating endpoint %d: %w", e.Namespace, e.Name, ifindex, err)
+				fail.Other = append(fail.Other, fmt.Errorf("pod %s: updating endpoint %d: %w", key, ifindex, err))
 			}
 		}
 	}
 	for _, u := range up.IPCache {
 		if !u.Delete {
 			if err := d.UpsertPrefix(ctx, u.Prefix, u.Identity, false); err != nil {
-				return err
+				fail.Other = append(fail.Other, err)
 			}
 		}
 	}
 	for _, u := range up.CIDRs {
 		if !u.Delete {
 			if err := d.UpsertCIDR(ctx, u.Prefix, u.Identity); err != nil {
-				return err
+				fail.CIDRs[u.Prefix] = err
 			}
 		}
 	}
-	return nil
+	if fail.empty() {
+		return nil
+	}
+	return fail
 }
 
 // UpsertIPIdentity maps one address to an identity in the IP cache.
 func (d *Datapath) UpsertIPIdentity(ctx context.Context, ip netip.Addr, id identity.ID) error {
-	return d.UpsertPrefix(ctx, netip.PrefixFrom(ip, 32), id, false)
+	p, err := ipv4.HostPrefix(ip)
+	if err != nil {
+		return fmt.Errorf("writing ipcache %v -> %d: %w", ip, id, err)
+	}
+	return d.UpsertPrefix(ctx, p, id, false)
 }
 
 // DeleteIP removes one address from the IP cache (it becomes world).
 func (d *Datapath) DeleteIP(ctx context.Context, ip netip.Addr) error {
-	return d.DeletePrefix(ctx, netip.PrefixFrom(ip, 32))
+	p, err := ipv4.HostPrefix(ip)
+	if err != nil {
+		return fmt.Errorf("deleting ipcache %v: %w", ip, err)
+	}
+	return d.DeletePrefix(ctx, p)
 }
 
-// UpsertPrefix maps a prefix to an identity in the IP cache. service marks Service
-// addresses (ClusterIPs): egress to them is judged after kube-proxy's DNAT.
-func (d *Datapath) UpsertPrefix(_ context.Context, p netip.Prefix, id identity.ID, service bool) error {
-	k, err := ipcacheKey(p)
-	if err != nil {
-		return err
-	}
-	v := datapathIpcacheVal{Identity: uint32(id)}
+// UpsertPrefix maps a prefix to an identity in the IP cache. service instead marks
+// a Service address (or range) whatever its identity (world when it has none): egress
+// to it is judged after kube-proxy's DNAT, on the backend.
+func (d *Datapath) UpsertPrefix(_ context.Context, p ipv4.Prefix, id identity.ID, service bool) error {
+	d.ipMu.Lock()
+	defer d.ipMu.Unlock()
 	if service {
-		v.Flags = 1
+		d.services[p] = true
+	} else {
+		d.ipIDs[p] = id
+	}
+	return d.writeIPCache(p)
+}
+
+// UpsertService marks a Service address so that egress to it is judged on the
+// backend kube-proxy picks.
+func (d *Datapath) UpsertService(ctx context.Context, ip netip.Addr) error {
+	p, err := ipv4.HostPrefix(ip)
+	if err != nil {
+		return fmt.Errorf("marking Service address %v: %w", ip, err)
+	}
+	return d.UpsertPrefix(ctx, p, identity.World, true)
+}
+
+// SetServices makes exactly these prefixes the Service addresses; an address that
+// stops being one keeps the identity the compiler gave it (or leaves the cache).
+func (d *Datapath) SetServices(_ context.Context, prefixes []ipv4.Prefix) error {
+	want := make(map[ipv4.Prefix]bool, len(prefixes))
+	for _, p := range prefixes {
+		want[p] = true
+	}
+	d.ipMu.Lock()
+	defer d.ipMu.Unlock()
+	var errs []error
+	for p := range d.services {
+		if !want[p] {
+			delete(d.services, p)
+			if err := d.writeIPCache(p); err != nil {
+				d.services[p] = true // the next call tries again
+				errs = append(errs, err)
+			}
+		}
+	}
+	for p := range want {
+		if !d.services[p] {
+			d.services[p] = true
+			if err := d.writeIPCache(p); err != nil {
+				delete(d.services, p) // the next call tries again
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// DeletePrefix removes a prefix's identity from the IP cache; a Service address
+// stays in it, as world.
+func (d *Datapath) DeletePrefix(_ context.Context, p ipv4.Prefix) error {
+	d.ipMu.Lock()
+	defer d.ipMu.Unlock()
+	delete(d.ipIDs, p)
+	return d.writeIPCache(p)
+}
+
+// writeIPCache writes p's entry from both layers. Call with ipMu held.
+func (d *Datapath) writeIPCache(p ipv4.Prefix) error {
+	k := ipcacheKey(p)
+	id, known := d.ipIDs[p]
+	service := d.services[p]
+	if !known && !service {
+		if err := d.objs.FnIpcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("deleting ipcache %s: %w", p, err)
+		}
+		return nil
+	}
+	v := datapathIpcacheVal{Identity: uint32(identity.World)}
+	if known {
+		v.Identity = uint32(id)
+	}
+	if service {
+		v.Flags = ipcacheFlagService
 	}
 	if err := d.objs.FnIpcache.Put(&k, &v); err != nil {
-		return fmt.Errorf("writing ipcache %s -> %d: %w", p, id, err)
+		return fmt.Errorf("writing ipcache %s -> %d (service %t): %w", p, v.Identity, service, err)
 	}
 	return nil
 }
 
-// UpsertService marks a Service address (ClusterIP) so that egress to it is judged on
-// the backend kube-proxy picks.
-func (d *Datapath) UpsertService(ctx context.Context, ip netip.Addr) error {
-	return d.UpsertPrefix(ctx, netip.PrefixFrom(ip, 32), identity.World, true)
-}
-
-// DeletePrefix removes a prefix from the IP cache.
-func (d *Datapath) DeletePrefix(_ context.Context, p netip.Prefix) error {
-	k, err := ipcacheKey(p)
-	if err != nil {
-		return err
-	}
-	if err := d.objs.FnIpcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("deleting ipcache %s: %w", p, err)
-	}
-	return nil
-}
+// ipcacheFlagService is IPCACHE_F_SERVICE.
+const ipcacheFlagService = 1
 
 // UpsertCIDR maps a CIDR-rule prefix to its local identity.
-func (d *Datapath) UpsertCIDR(_ context.Context, p netip.Prefix, id identity.ID) error {
-	k, err := ipcacheKey(p)
-	if err != nil {
-		return err
-	}
+func (d *Datapath) UpsertCIDR(_ context.Context, p ipv4.Prefix, id identity.ID) error {
+	k := ipcacheKey(p)
 	v := datapathIpcacheVal{Identity: uint32(id)}
 	if err := d.objs.FnCidrcache.Put(&k, &v); err != nil {
 		return fmt.Errorf("writing CIDR %s -> %d: %w", p, id, err)
@@ -657,22 +797,17 @@ func (d *Datapath) UpsertCIDR(_ context.Context, p netip.Prefix, id identity.ID)
 }
 
 // DeleteCIDR removes a CIDR-rule prefix.
-func (d *Datapath) DeleteCIDR(_ context.Context, p netip.Prefix) error {
-	k, err := ipcacheKey(p)
-	if err != nil {
-		return err
-	}
+func (d *Datapath) DeleteCIDR(_ context.Context, p ipv4.Prefix) error {
+	k := ipcacheKey(p)
 	if err := d.objs.FnCidrcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("deleting CIDR %s: %w", p, err)
 	}
 	return nil
 }
 
-func ipcacheKey(p netip.Prefix) (datapathIpcacheKey, error) {
-	if !p.Addr().Is4() {
-		return datapathIpcacheKey{}, fmt.Errorf("prefix %s: only IPv4 is supported", p)
-	}
-	return datapathIpcacheKey{Prefixlen: uint32(p.Bits()), Addr: addrBE(p.Masked().Addr())}, nil
+// ipcacheKey cannot fail: ipv4.Prefix is a masked IPv4 prefix by construction.
+func ipcacheKey(p ipv4.Prefix) datapathIpcacheKey {
+	return datapathIpcacheKey{Prefixlen: uint32(p.Bits()), Addr: addrBE(p.Addr())}
 }
 
 // addrBE returns the address as a uint32 whose in-memory bytes are in network order.
@@ -751,13 +886,17 @@ type PrefixEntry struct {
 
 // IPCache returns the IP cache as stored (a restarted agent removes what it no longer
 // wants).
-func (d *Datapath) IPCache(_ context.Context) (map[netip.Prefix]PrefixEntry, error) {
-	out := map[netip.Prefix]PrefixEntry{}
+func (d *Datapath) IPCache(_ context.Context) (map[ipv4.Prefix]PrefixEntry, error) {
+	out := map[ipv4.Prefix]PrefixEntry{}
 	var k datapathIpcacheKey
 	var v datapathIpcacheVal
 	it := d.objs.FnIpcache.Iterate()
 	for it.Next(&k, &v) {
-		out[netip.PrefixFrom(addrFromBE(k.Addr), int(k.Prefixlen))] = PrefixEntry{Identity: identity.ID(v.Identity), Service: v.Flags&1 != 0}
+		p, err := ipv4.From4(addrFromBE(k.Addr).As4(), int(k.Prefixlen))
+		if err != nil {
+			return nil, fmt.Errorf("reading the IP cache: a key of %d bits: %w", k.Prefixlen, err)
+		}
+		out[p] = PrefixEntry{Identity: identity.ID(v.Identity), Service: v.Flags&ipcacheFlagService != 0}
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("reading the IP cache: %w", err)
@@ -766,13 +905,17 @@ func (d *Datapath) IPCache(_ context.Context) (map[netip.Prefix]PrefixEntry, err
 }
 
 // CIDRs returns the CIDR-rule prefixes as stored.
-func (d *Datapath) CIDRs(_ context.Context) (map[netip.Prefix]identity.ID, error) {
-	out := map[netip.Prefix]identity.ID{}
+func (d *Datapath) CIDRs(_ context.Context) (map[ipv4.Prefix]identity.ID, error) {
+	out := map[ipv4.Prefix]identity.ID{}
 	var k datapathIpcacheKey
 	var v datapathIpcacheVal
 	it := d.objs.FnCidrcache.Iterate()
 	for it.Next(&k, &v) {
-		out[netip.PrefixFrom(addrFromBE(k.Addr), int(k.Prefixlen))] = identity.ID(v.Identity)
+		p, err := ipv4.From4(addrFromBE(k.Addr).As4(), int(k.Prefixlen))
+		if err != nil {
+			return nil, fmt.Errorf("reading the CIDR prefixes: a key of %d bits: %w", k.Prefixlen, err)
+		}
+		out[p] = identity.ID(v.Identity)
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("reading the CIDR prefixes: %w", err)
@@ -801,7 +944,7 @@ func (d *Datapath) MapFill(_ context.Context) ([]MapFill, error) {
 	}{
 		{"endpoints", d.objs.FnEndpoints}, {"policy", d.objs.FnPolicy}, {"ipcache", d.objs.FnIpcache},
 		{"cidrcache", d.objs.FnCidrcache}, {"identities", d.objs.FnIdentities}, {"ct", d.objs.FnCt},
-		{"counters", d.objs.FnCounters}, {"local_ips", d.objs.FnLocalIps},
+		{"counters", d.objs.FnCounters}, {"local_ips", d.objs.FnLocalIps}, {"frags", d.objs.FnFrags},
 	}
 	out := make([]MapFill, 0, len(maps))
 	for _, m := range maps {
@@ -854,3 +997,6 @@ func countKeys(m *ebpf.Map) (int, error) {
 	}
 	return n, nil
 }
+
+// PolicyLimit is how many entries an endpoint's policy map holds.
+func (d *Datapath) PolicyLimit() int { return int(d.inner.MaxEntries) }

@@ -149,6 +149,7 @@ const (
 	datapathMapFnEndpoints     = "fn_endpoints"
 	datapathMapFnEventBudget   = "fn_event_budget"
 	datapathMapFnEvents        = "fn_events"
+	datapathMapFnFrags         = "fn_frags"
 	datapathMapFnIdentities    = "fn_identities"
 	datapathMapFnIpcache       = "fn_ipcache"
 	datapathMapFnLocalIps      = "fn_local_ips"
@@ -225,6 +226,7 @@ type datapathMapSpecs struct {
 	FnEndpoints   *ebpf.MapSpec `ebpf:"fn_endpoints"`
 	FnEventBudget *ebpf.MapSpec `ebpf:"fn_event_budget"`
 	FnEvents      *ebpf.MapSpec `ebpf:"fn_events"`
+	FnFrags       *ebpf.MapSpec `ebpf:"fn_frags"`
 	FnIdentities  *ebpf.MapSpec `ebpf:"fn_identities"`
 	FnIpcache     *ebpf.MapSpec `ebpf:"fn_ipcache"`
 	FnLocalIps    *ebpf.MapSpec `ebpf:"fn_local_ips"`
@@ -271,6 +273,7 @@ type datapathMaps struct {
 	FnEndpoints   *ebpf.Map `ebpf:"fn_endpoints"`
 	FnEventBudget *ebpf.Map `ebpf:"fn_event_budget"`
 	FnEvents      *ebpf.Map `ebpf:"fn_events"`
+	FnFrags       *ebpf.Map `ebpf:"fn_frags"`
 	FnIdentities  *ebpf.Map `ebpf:"fn_identities"`
 	FnIpcache     *ebpf.Map `ebpf:"fn_ipcache"`
 	FnLocalIps    *ebpf.Map `ebpf:"fn_local_ips"`
@@ -290,6 +293,7 @@ func (m *datapathMaps) Close() error {
 		m.FnEndpoints,
 		m.FnEventBudget,
 		m.FnEvents,
+		m.FnFrags,
 		m.FnIdentities,
 		m.FnIpcache,
 		m.FnLocalIps,

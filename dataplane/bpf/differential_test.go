@@ -9,6 +9,7 @@ import (
 
 	"github.com/flatnet/flatnet/dataplane/compile"
 	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/ipv4"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
 
@@ -127,9 +128,9 @@ func randomPolicy(r *rand.Rand, name string) *policy.Policy {
 			rule.Peers = []policy.Peer{{Endpoints: &s}}
 		case 3:
 			pfx := []string{"10.1.0.0/16", "172.16.0.0/12", "10.1.1.0/24", "0.0.0.0/0"}[r.Intn(4)]
-			c := &policy.CIDR{Prefix: netip.MustParsePrefix(pfx)}
+			c := &policy.CIDR{Prefix: ipv4.MustParsePrefix(pfx)}
 			if pfx == "10.1.0.0/16" && r.Intn(2) == 0 {
-				c.Except = []netip.Prefix{netip.MustParsePrefix("10.1.2.0/24")}
+				c.Except = []ipv4.Prefix{ipv4.MustParsePrefix("10.1.2.0/24")}
 			}
 			// As a CiliumNetworkPolicy CIDR rule (world only) or an ipBlock.
 			c.WorldOnly = r.Intn(2) == 0

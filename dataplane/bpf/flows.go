@@ -26,12 +26,18 @@ const (
 	ForwardEstablished Code = 2
 	ForwardReply       Code = 3
 	ForwardHost        Code = 4
-	ForwardNotIPv4     Code = 5
+	ForwardARP         Code = 5 // a valid ARP request or reply
 	ForwardService     Code = 6
 	ForwardBackend     Code = 7
-	DropInvalidSource  Code = 130
+	ForwardRelated     Code = 8 // an ICMP error about a tracked connection
+	DropInvalidSrcMAC  Code = 130
+	DropInvalidSource  Code = 132
 	DropPolicy         Code = 133
 	DropMalformed      Code = 134
+	DropUnknownL3      Code = 139
+	DropUnroutable     Code = 151
+	DropUnsupportedL2  Code = 166
+	DropFragNotFound   Code = 175
 	DropPolicyDeny     Code = 181
 	DropNoEndpoint     Code = 190
 	DropNoPolicy       Code = 191
@@ -50,20 +56,32 @@ func (c Code) String() string {
 		return "reply"
 	case ForwardHost:
 		return "to/from own node"
-	case ForwardNotIPv4:
-		return "not IPv4"
+	case ForwardARP:
+		return "ARP"
 	case ForwardService:
 		return "to a Service (judged after DNAT)"
 	case ForwardBackend:
 		return "Service backend allowed by policy"
+	case ForwardRelated:
+		return "related to a tracked connection (ICMP error)"
+	case DropInvalidSrcMAC:
+		return "invalid source MAC"
 	case DropInvalidSource:
 		return "invalid source IP"
 	case DropPolicy:
 		return "policy denied (default deny)"
 	case DropMalformed:
 		return "invalid packet"
+	case DropUnknownL3:
+		return "unsupported L3 protocol"
+	case DropUnsupportedL2:
+		return "unsupported L2 protocol"
+	case DropFragNotFound:
+		return "first logical datagram fragment not found"
 	case DropPolicyDeny:
 		return "policy denied by deny rule"
+	case DropUnroutable:
+		return "unroutable destination (node loopback or 0/8)"
 	case DropNoEndpoint:
 		return "unknown endpoint"
 	case DropNoPolicy:

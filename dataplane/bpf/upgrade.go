@@ -55,6 +55,7 @@ var mapUpgrades = map[string]struct {
 	datapathMapFnIdentities:  {policyConvert, "the numbers the running policy uses; if dropped, the agent numbers identities afresh (every policy map is rebuilt in an upgrade)"},
 	datapathMapFnCt:          {policyConvert, "connections cannot be derived again: dropping one cuts it where its replies need the entry (a deny in the reply direction)"},
 	datapathMapFnCtEst:       {policyConvert, "established connections, per endpoint: copied table by table"},
+	datapathMapFnFrags:       {policyReset, "first fragments' ports of datagrams in flight: their later fragments, met by the new programs, are judged as the first was not seen (a datagram lost, retried by its sender)"},
 	datapathMapFnCounters:    {policyReset, "packet counts restart from zero (Prometheus sees a counter reset)"},
 	datapathMapFnEvents:      {policyReset, "events the previous programs write into their ring until their endpoint moves are not read"},
 	datapathMapFnEventBudget: {policyReset, "the flow-event token buckets refill within a second"},

@@ -18,6 +18,7 @@ import (
 
 	"github.com/flatnet/flatnet/dataplane/compile"
 	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/ipv4"
 )
 
 // previousObject is the datapath object of flatnet before per-endpoint connection
@@ -44,7 +45,8 @@ func loadPrevious(pinDir string) (*Datapath, func(Endpoint, *compile.EndpointPol
 	if err := coll.Maps["fn_calls"].Put(uint32(0), coll.Programs["deliver_to_pod"]); err != nil {
 		return nil, nil, err
 	}
-	d := &Datapath{pinDir: pinDir, inner: spec.Maps["fn_policy_proto"].Copy()}
+	d := &Datapath{pinDir: pinDir, inner: spec.Maps["fn_policy_proto"].Copy(),
+		ipIDs: map[ipv4.Prefix]identity.ID{}, services: map[ipv4.Prefix]bool{}}
 	d.inner.Name = "fn_ep_policy"
 	o := &d.objs
 	o.FnEndpoints, o.FnPolicy, o.FnIpcache, o.FnCidrcache = coll.Maps["fn_endpoints"], coll.Maps["fn_policy"], coll.Maps["fn_ipcache"], coll.Maps["fn_cidrcache"]

@@ -86,10 +86,24 @@ func TestAddCheckDel(t *testing.T) {
 		if err != nil || lo.Attrs().Flags&net.FlagUp == 0 {
 			return fmt.Errorf("lo is not up in the pod (chained loopback): %v", err)
 		}
+		// IPv4-only: the datapath drops IPv6 frames, so the pod's kernel sends none.
+		if v6, _ := netlink.AddrList(l, netlink.FAMILY_V6); len(v6) != 0 {
+			return fmt.Errorf("pod eth0 IPv6 addresses %v, want none", v6)
+		}
+		if b, err := os.ReadFile("/proc/sys/net/ipv6/conf/eth0/disable_ipv6"); err != nil || strings.TrimSpace(string(b)) != "1" {
+			return fmt.Errorf("pod eth0 disable_ipv6 = %q (%v), want 1", b, err)
+		}
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
+	n.do(func() error {
+		b, err := os.ReadFile("/proc/sys/net/ipv6/conf/" + hostVeth + "/disable_ipv6")
+		if err != nil || strings.TrimSpace(string(b)) != "1" {
+			return fmt.Errorf("host veth disable_ipv6 = %q (%v), want 1", b, err)
+		}
+		return nil
+	})
 
 	// Host side.
 	s := n.state()
@@ -501,6 +515,7 @@ func TestKilledPluginMidAdd(t *testing.T) {
 
 func TestGCReleasesWhatTheRuntimeNoLongerHas(t *testing.T) {
 	n := newNode(t, "node-a", "10.224.0.2/16", blockA)
+	ag := startAgent(t, n)
 	pods := []ns.NetNS{newNS(t), newNS(t), newNS(t)}
 	var ips []netip.Addr
 	for i, p := range pods {
@@ -535,6 +550,14 @@ func TestGCReleasesWhatTheRuntimeNoLongerHas(t *testing.T) {
 	}
 	if err := n.check("c1", pods[1]); err != nil {
 		t.Errorf("CHECK of the kept attachment after GC: %v", err)
+	}
+	// The agent is told, as for a DEL: no endpoint outlives its address.
+	ag.mu.Lock()
+	deleted := slices.Sorted(slices.Values(ag.deleted))
+	_, kept := ag.eps["c1"]
+	ag.mu.Unlock()
+	if !slices.Equal(deleted, []string{"c0", "c2"}) || !kept {
+		t.Errorf("agent: endpoints deleted %v (c1 kept: %v), want c0 and c2 deleted, c1 kept", deleted, kept)
 	}
 }
 

@@ -84,9 +84,13 @@ type PodNet struct {
 // SetupPod creates the veth pair and configures both ends:
 //
 //	pod:  <ifName> ip/32, 169.254.1.1 dev <ifName> scope link, default via 169.254.1.1,
-//	      169.254.1.1 lladdr <host veth MAC> PERMANENT
-//	host: <hostVeth> up, proxy_arp=1, ip/32 dev <hostVeth> scope link,
+//	      169.254.1.1 lladdr <host veth MAC> PERMANENT, no IPv6 on <ifName>
+//	host: <hostVeth> up, proxy_arp=1, ip/32 dev <hostVeth> scope link, no IPv6,
 //	      proxy neighbour ip on the uplink (the node answers ARP for the pod there)
+//
+// flatnet is IPv4-only and its datapath drops every IPv6 frame on the veth; without
+// IPv6 on either end, neither kernel sends any (DAD, router solicitations, MLD) to
+// be dropped. The pod's lo keeps ::1.
 //
 // The pod gets a /32, not the subnet's prefix: with a /16 the pod would ARP
 // directly for its neighbours on the subnet, which are behind other nodes and
@@ -121,6 +125,9 @@ func SetupPod(podNS ns.NetNS, containerID, ifName string, addr netip.Addr, mtu i
 			hl, err := netlinksafe.LinkByName(hostName)
 			if err != nil {
 				return fmt.Errorf("look up host veth %s: %w", hostName, err)
+			}
+			if err := disableIPv6(hostName); err != nil {
+				return err
 			}
 			if err := netlink.LinkSetUp(hl); err != nil {
 				return fmt.Errorf("set host veth %s up: %w", hostName, err)
@@ -172,6 +179,9 @@ func configurePodSide(ifName string, addr netip.Addr, hostMAC net.HardwareAddr) 
 	link, err := netlinksafe.LinkByName(ifName)
 	if err != nil {
 		return fmt.Errorf("look up pod interface %s: %w", ifName, err)
+	}
+	if err := disableIPv6(ifName); err != nil {
+		return err
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("set pod interface %s up: %w", ifName, err)
@@ -379,6 +389,16 @@ func writeSysctl(name, value string) error {
 		return fmt.Errorf("set sysctl %s=%s: %w", strings.ReplaceAll(name, "/", "."), value, err)
 	}
 	return nil
+}
+
+// disableIPv6 turns IPv6 off on the interface (in the current netns); a kernel
+// without IPv6 has nothing to turn off.
+func disableIPv6(ifName string) error {
+	name := "net/ipv6/conf/" + ifName + "/disable_ipv6"
+	if _, err := os.Stat("/proc/sys/" + name); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return writeSysctl(name, "1")
 }
 
 // ensureSysctl writes only when the value differs (most calls read only).

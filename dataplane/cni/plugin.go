@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -257,6 +258,19 @@ func GC(args *skel.CmdArgs) error {
 	valid := make([]nodealloc.Attachment, 0, len(cfg.Raw.ValidAttachments))
 	for _, a := range cfg.Raw.ValidAttachments {
 		valid = append(valid, nodealloc.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
+	}
+	if cfg.AgentSocket != "" {
+		// As in DEL, the agent forgets the endpoints first (best effort: the
+		// agent also collects endpoints whose address is gone, and an ADD that
+		// is given such an address replaces the stale endpoint).
+		if all, err := nodealloc.New(cfg.DataDir).List(ctx); err == nil {
+			c := endpointapi.NewClient(cfg.AgentSocket, 2*time.Second)
+			for _, a := range all {
+				if !slices.Contains(valid, a.Attachment) {
+					_ = c.DeleteEndpoint(ctx, a.ContainerID)
+				}
+			}
+		}
 	}
 	_, err = Reconcile(ctx, cfg.DataDir, cfg.Uplink, valid)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/ipv4"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
 
@@ -49,8 +50,8 @@ func simPolicy(r *rand.Rand, i int) []*policy.Policy {
 			Ports: []policy.Port{{Protocol: policy.ProtoTCP, Port: 80, EndPort: 80}, {Protocol: policy.ProtoTCP, Name: "http"}}},
 		{Direction: policy.Egress, Name: "spec.egress[0]", Peers: []policy.Peer{{Endpoints: &peerApp}}},
 		{Direction: policy.Egress, Name: "spec.egress[1]", Peers: []policy.Peer{{CIDR: &policy.CIDR{
-			Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{172, byte(16 + r.Intn(16)), 0, 0}), 16),
-			Except: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{172, byte(16 + r.Intn(16)), 1, 0}), 24).Masked()}}}},
+			Prefix: v4(netip.PrefixFrom(netip.AddrFrom4([4]byte{172, byte(16 + r.Intn(16)), 0, 0}), 16)),
+			Except: []ipv4.Prefix{v4(netip.PrefixFrom(netip.AddrFrom4([4]byte{172, byte(16 + r.Intn(16)), 1, 0}), 24))}}}},
 			Ports: []policy.Port{{Protocol: policy.ProtoTCP, Port: 443, EndPort: 443}}},
 	}
 	if i%10 == 0 {
@@ -59,7 +60,7 @@ func simPolicy(r *rand.Rand, i int) []*policy.Policy {
 	}
 	// Filter the except that is not inside the prefix (random choice above).
 	c := rules[2].Peers[0].CIDR
-	if !c.Prefix.Contains(c.Except[0].Addr()) {
+	if !c.Except[0].Within(c.Prefix) {
 		c.Except = nil
 	}
 	return []*policy.Policy{{Ref: policy.Ref{Kind: policy.KindNetworkPolicy, Namespace: ns, Name: fmt.Sprintf("pol%d", i)},
@@ -164,4 +165,13 @@ func quantile(d []time.Duration, q float64) time.Duration {
 	s := append([]time.Duration(nil), d...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return s[int(float64(len(s)-1)*q)]
+}
+
+// v4 converts a test prefix that is IPv4 by construction.
+func v4(p netip.Prefix) ipv4.Prefix {
+	q, err := ipv4.PrefixFrom(p)
+	if err != nil {
+		panic(err)
+	}
+	return q
 }

@@ -10,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/ipv4"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
 
@@ -147,9 +148,9 @@ func (w *world) randomPolicy(name string) []*policy.Policy {
 			r.Peers = append(r.Peers, policy.Peer{Endpoints: &s})
 		case 3:
 			pfx := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, byte(w.r.Intn(4)), 0}), 16+8*w.r.Intn(2)).Masked()
-			cidr := &policy.CIDR{Prefix: pfx}
+			cidr := &policy.CIDR{Prefix: v4(pfx)}
 			if pfx.Bits() == 16 && w.r.Intn(2) == 0 {
-				cidr.Except = []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, byte(w.r.Intn(4)), 0}), 24)}
+				cidr.Except = []ipv4.Prefix{v4(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, byte(w.r.Intn(4)), 0}), 24))}
 			}
 			r.Peers = append(r.Peers, policy.Peer{CIDR: cidr})
 		case 4:
@@ -209,7 +210,7 @@ func TestIncrementalMatchesFullCompile(t *testing.T) {
 		w := &world{r: rand.New(rand.NewSource(seed)), ns: map[string]map[string]string{}, pods: map[string]Pod{}, policies: map[string][]*policy.Policy{}}
 		inc := New(identity.NewAllocator())
 		inc.UpsertNode("self", []netip.Addr{netip.MustParseAddr("10.0.9.1")}, true)
-		ipcache := map[netip.Prefix]identity.ID{}
+		ipcache := map[ipv4.Prefix]identity.ID{}
 		stored := map[identity.Sum]identity.ID{} // what the agent would persist
 		for step := 0; step < 120; step++ {
 			switch op := w.r.Intn(10); {
@@ -268,7 +269,7 @@ func TestIncrementalMatchesFullCompile(t *testing.T) {
 	}
 }
 
-func comparePolicies(t *testing.T, where string, w *world, inc, full *Compiler, ipcache map[netip.Prefix]identity.ID) {
+func comparePolicies(t *testing.T, where string, w *world, inc, full *Compiler, ipcache map[ipv4.Prefix]identity.ID) {
 	t.Helper()
 	// Probe peers: every pod, the node, a world address, and addresses in the CIDRs.
 	type probe struct {
@@ -303,7 +304,7 @@ func comparePolicies(t *testing.T, where string, w *world, inc, full *Compiler, 
 	// The incremental ipcache must equal the incremental compiler's own view.
 	for name, p := range w.pods {
 		want, _ := inc.IdentityOf(p.Namespace, p.Name)
-		got := ipcache[netip.PrefixFrom(p.IP, 32)]
+		got := ipcache[v4(netip.PrefixFrom(p.IP, 32))]
 		if owner, _ := inc.resolveIP(p.IP); owner != want {
 			continue // two pods share the address; resolveIP picked the other
 		}

@@ -2,12 +2,14 @@ package compile
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
 	"strings"
 
 	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/ipv4"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
 
@@ -30,7 +32,7 @@ type Compiler struct {
 	ruleIDs   map[string]map[string]RuleID // policy key -> spec/rule index -> id, stable across updates
 	rules     map[RuleID]RuleInfo
 	nextRule  RuleID
-	cidrs     map[netip.Prefix]*cidrState
+	cidrs     map[ipv4.Prefix]*cidrState
 	cidrPeers map[string]*cidrPeerState
 
 	clusterUsers map[*polEntry]struct{} // policies naming the cluster entity
@@ -45,14 +47,14 @@ type Compiler struct {
 	dirtyIDs  map[identity.ID]struct{}
 	dirtyPods map[string]struct{}
 	dirtyIPs  map[netip.Addr]struct{}
-	dirtyPfx  map[netip.Prefix]struct{}
+	dirtyPfx  map[ipv4.Prefix]struct{}
 	identUps  map[identity.Sum]IdentityUpdate
 	memo      map[identity.ID]map[string]*EndpointPolicy // by identity, then named-port signature
 	emitted   map[string]*EndpointPolicy                 // last policy sent per local pod
 	emittedID map[string]identity.ID                     // and the identity sent with it
 	localByID map[identity.ID]map[string]*podState       // local pods by identity
 	emitIP    map[netip.Addr]identity.ID
-	emitPfx   map[netip.Prefix]identity.ID
+	emitPfx   map[ipv4.Prefix]identity.ID
 }
 
 type podState struct {
@@ -105,7 +107,7 @@ type polEntry struct {
 	subject   *selState
 	peerSels  []*selState
 	cidrPeers []*cidrPeerState
-	prefixes  []netip.Prefix
+	prefixes  []ipv4.Prefix
 	namedEg   bool
 }
 
@@ -125,7 +127,7 @@ func New(alloc *identity.Allocator) *Compiler {
 		ruleIDs:      map[string]map[string]RuleID{},
 		localByID:    map[identity.ID]map[string]*podState{},
 		rules:        map[RuleID]RuleInfo{},
-		cidrs:        map[netip.Prefix]*cidrState{},
+		cidrs:        map[ipv4.Prefix]*cidrState{},
 		cidrPeers:    map[string]*cidrPeerState{},
 		clusterUsers: map[*polEntry]struct{}{},
 		namedAny:     map[*polEntry]struct{}{},
@@ -135,13 +137,13 @@ func New(alloc *identity.Allocator) *Compiler {
 		dirtyIDs:     map[identity.ID]struct{}{},
 		dirtyPods:    map[string]struct{}{},
 		dirtyIPs:     map[netip.Addr]struct{}{},
-		dirtyPfx:     map[netip.Prefix]struct{}{},
+		dirtyPfx:     map[ipv4.Prefix]struct{}{},
 		identUps:     map[identity.Sum]IdentityUpdate{},
 		memo:         map[identity.ID]map[string]*EndpointPolicy{},
 		emitted:      map[string]*EndpointPolicy{},
 		emittedID:    map[string]identity.ID{},
 		emitIP:       map[netip.Addr]identity.ID{},
-		emitPfx:      map[netip.Prefix]identity.ID{},
+		emitPfx:      map[ipv4.Prefix]identity.ID{},
 	}
 }
 
@@ -292,6 +294,9 @@ func (c *Compiler) setPodIP(ps *podState, ip netip.Addr) {
 }
 
 func (c *Compiler) addIPOwner(ip netip.Addr, owner string, id identity.ID) {
+	if !ip.Is4() {
+		return // the datapath is IPv4-only: no other address can be keyed or seen
+	}
 	if c.ipOwner[ip] == nil {
 		c.ipOwner[ip] = map[string]identity.ID{}
 	}
@@ -714,23 +719,19 @@ func (c *Compiler) useCIDRPeer(cidr policy.CIDR, e *polEntry) *cidrPeerState {
 // cidrSelects reports whether the CIDR peer selects the identity of prefix p: with
 // every rule prefix in the longest-prefix map, an address falls in the peer exactly
 // when its longest matching prefix lies inside the block and inside no exception.
-func cidrSelects(c policy.CIDR, p netip.Prefix) bool {
-	if !within(p, c.Prefix) {
+func cidrSelects(c policy.CIDR, p ipv4.Prefix) bool {
+	if !p.Within(c.Prefix) {
 		return false
 	}
 	for _, e := range c.Except {
-		if within(p, e) {
+		if p.Within(e) {
 			return false
 		}
 	}
 	return true
 }
 
-func within(inner, outer netip.Prefix) bool {
-	return outer.Bits() <= inner.Bits() && outer.Contains(inner.Addr())
-}
-
-func (c *Compiler) usePrefix(p netip.Prefix) {
+func (c *Compiler) usePrefix(p ipv4.Prefix) {
 	if st, ok := c.cidrs[p]; ok {
 		st.refs++
 		return
@@ -754,7 +755,7 @@ func (c *Compiler) usePrefix(p netip.Prefix) {
 	}
 }
 
-func (c *Compiler) dropPrefix(p netip.Prefix) {
+func (c *Compiler) dropPrefix(p ipv4.Prefix) {
 	st, ok := c.cidrs[p]
 	if !ok {
 		return
@@ -781,12 +782,14 @@ func (c *Compiler) dropPrefix(p netip.Prefix) {
 
 // Emitted returns the IP cache and CIDR prefixes as emitted so far: after the first
 // Flush of a restarted agent, what the datapath should hold and nothing more.
-func (c *Compiler) Emitted() (ipcache, cidrs map[netip.Prefix]identity.ID) {
-	ipcache = make(map[netip.Prefix]identity.ID, len(c.emitIP))
+func (c *Compiler) Emitted() (ipcache, cidrs map[ipv4.Prefix]identity.ID) {
+	ipcache = make(map[ipv4.Prefix]identity.ID, len(c.emitIP))
 	for ip, id := range c.emitIP {
-		ipcache[netip.PrefixFrom(ip, ip.BitLen())] = id
+		if hp, err := ipv4.HostPrefix(ip); err == nil {
+			ipcache[hp] = id
+		}
 	}
-	cidrs = make(map[netip.Prefix]identity.ID, len(c.emitPfx))
+	cidrs = make(map[ipv4.Prefix]identity.ID, len(c.emitPfx))
 	for p, id := range c.emitPfx {
 		cidrs[p] = id
 	}
@@ -859,15 +862,19 @@ func (c *Compiler) Flush() Update {
 		up.Endpoints = append(up.Endpoints, EndpointUpdate{Namespace: ps.pod.Namespace, Name: ps.pod.Name, IP: ps.pod.IP, Identity: ps.id, Policy: pol})
 	}
 	for ip := range c.dirtyIPs {
+		hp, err := ipv4.HostPrefix(ip)
+		if err != nil {
+			continue // addIPOwner keeps non-IPv4 addresses out
+		}
 		want, ok := c.resolveIP(ip)
 		old, had := c.emitIP[ip]
 		switch {
 		case ok && (!had || old != want):
 			c.emitIP[ip] = want
-			up.IPCache = append(up.IPCache, PrefixUpdate{Prefix: netip.PrefixFrom(ip, ip.BitLen()), Identity: want})
+			up.IPCache = append(up.IPCache, PrefixUpdate{Prefix: hp, Identity: want})
 		case !ok && had:
 			delete(c.emitIP, ip)
-			up.IPCache = append(up.IPCache, PrefixUpdate{Prefix: netip.PrefixFrom(ip, ip.BitLen()), Identity: old, Delete: true})
+			up.IPCache = append(up.IPCache, PrefixUpdate{Prefix: hp, Identity: old, Delete: true})
 		}
 	}
 	for p := range c.dirtyPfx {
@@ -943,12 +950,7 @@ func (c *Compiler) SetAPIServer(ips []netip.Addr) {
 }
 
 func sortPrefixUpdates(u []PrefixUpdate) {
-	sort.Slice(u, func(i, j int) bool {
-		if u[i].Prefix.Addr() != u[j].Prefix.Addr() {
-			return u[i].Prefix.Addr().Less(u[j].Prefix.Addr())
-		}
-		return u[i].Prefix.Bits() < u[j].Prefix.Bits()
-	})
+	sort.Slice(u, func(i, j int) bool { return u[i].Prefix.Compare(u[j].Prefix) < 0 })
 }
 
 func (c *Compiler) policyFor(ps *podState) *EndpointPolicy {
@@ -1004,5 +1006,61 @@ func sortedPods(m map[string]*podState) []*podState {
 		out = append(out, ps)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].key < out[j].key })
+	return out
+}
+
+// ---- failed writes ----
+
+// Retry makes the next Flush emit a local pod's policy again (its last write failed).
+func (c *Compiler) Retry(namespace, name string) {
+	key := namespace + "/" + name
+	delete(c.emitted, key)
+	delete(c.emittedID, key)
+	c.dirtyPods[key] = struct{}{}
+}
+
+// RetryPrefix makes the next Flush emit a CIDR-rule prefix again.
+func (c *Compiler) RetryPrefix(p ipv4.Prefix) {
+	delete(c.emitPfx, p)
+	c.dirtyPfx[p] = struct{}{}
+}
+
+// PrefixUsers names the policies whose CIDR peers use prefix p (as block or
+// exception) and the local pods those policies select: the endpoints whose policy
+// is wrong while p is missing from the datapath.
+func (c *Compiler) PrefixUsers(p ipv4.Prefix) (refs []policy.Ref, pods []string) {
+	seenRef, seenPod := map[policy.Ref]bool{}, map[string]bool{}
+	for _, key := range slices.Sorted(maps.Keys(c.policies)) {
+		for _, e := range c.policies[key] {
+			if !slices.Contains(e.prefixes, p) {
+				continue
+			}
+			if !seenRef[e.pol.Ref] {
+				seenRef[e.pol.Ref] = true
+				refs = append(refs, e.pol.Ref)
+			}
+			for id := range e.subject.ids {
+				for k := range c.localByID[id] {
+					if !seenPod[k] {
+						seenPod[k] = true
+						pods = append(pods, k)
+					}
+				}
+			}
+		}
+	}
+	sort.Strings(pods)
+	return refs, pods
+}
+
+// EntriesByPolicy counts a policy's entries by the policy object whose rule produced
+// them: which object makes an endpoint's policy too large.
+func (c *Compiler) EntriesByPolicy(pol *EndpointPolicy) map[policy.Ref]int {
+	out := map[policy.Ref]int{}
+	for _, v := range pol.Entries {
+		if r, ok := c.rules[v.RuleID]; ok {
+			out[r.Policy]++
+		}
+	}
 	return out
 }

@@ -19,6 +19,7 @@ import (
 	"net/netip"
 
 	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/ipv4"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
 
@@ -123,7 +124,7 @@ type EndpointUpdate struct {
 
 // PrefixUpdate maps a prefix to an identity, or deletes it (Delete set).
 type PrefixUpdate struct {
-	Prefix   netip.Prefix
+	Prefix   ipv4.Prefix // valid IPv4 by construction: every update can be keyed
 	Identity identity.ID
 	Delete   bool
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/flatnet/flatnet/dataplane/bpf"
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/ipv4"
 	"github.com/flatnet/flatnet/dataplane/policy"
 	"github.com/flatnet/flatnet/internal/testenv"
 )
@@ -95,13 +96,13 @@ func TestEnforcerLifecycle(t *testing.T) {
 	// A previous agent left entries for a pod and a CIDR rule that are gone now.
 	prev, err := bpf.Load(ctx, filepath.Join(mnt, "flatnet"))
 	must(t, err)
-	stalePod, staleCIDR := netip.MustParseAddr("10.224.3.3"), netip.MustParsePrefix("192.168.0.0/16")
+	stalePod, staleCIDR := netip.MustParseAddr("10.224.3.3"), ipv4.MustParsePrefix("192.168.0.0/16")
 	must(t, prev.UpsertIPIdentity(ctx, stalePod, 300))
 	must(t, prev.UpsertCIDR(ctx, staleCIDR, identity.MinLocal))
 	must(t, prev.Close())
 
-	svc := netip.MustParsePrefix("10.96.0.0/16")
-	e, err := New(ctx, Config{NodeName: "n1", PinDir: filepath.Join(mnt, "flatnet"), ServiceCIDRs: []netip.Prefix{svc}}, slog.New(slog.DiscardHandler))
+	svc := ipv4.MustParsePrefix("10.96.0.0/16")
+	e, err := New(ctx, Config{NodeName: "n1", PinDir: filepath.Join(mnt, "flatnet"), ServiceCIDRs: []ipv4.Prefix{svc}}, slog.New(slog.DiscardHandler))
 	must(t, err)
 	defer e.Close()
 	ep := endpointapi.Endpoint{ContainerID: "c1", PodNamespace: "default", PodName: "server", HostIfName: "fnserver",
@@ -126,13 +127,13 @@ func TestEnforcerLifecycle(t *testing.T) {
 
 	ipc, err := e.Datapath().IPCache(ctx)
 	must(t, err)
-	if _, ok := ipc[netip.PrefixFrom(stalePod, 32)]; ok {
+	if _, ok := ipc[ipv4.MustParsePrefix(stalePod.String()+"/32")]; ok {
 		t.Errorf("stale IP cache entry of a gone pod survived the sync")
 	}
 	if v, ok := ipc[svc]; !ok || !v.Service {
 		t.Errorf("Service range missing from the IP cache: %v", ipc)
 	}
-	if v, ok := ipc[netip.MustParsePrefix("10.224.2.20/32")]; !ok || v.Identity < identity.MinCluster {
+	if v, ok := ipc[ipv4.MustParsePrefix("10.224.2.20/32")]; !ok || v.Identity < identity.MinCluster {
 		t.Errorf("client pod missing from the IP cache: %v", ipc)
 	}
 	cidrs, err := e.Datapath().CIDRs(ctx)
@@ -234,5 +235,204 @@ func TestEnforcerLifecycle(t *testing.T) {
 	must(t, err)
 	if len(eps) != 0 {
 		t.Fatalf("endpoints after Detach: %v", eps)
+	}
+}
+
+// TestEnforcerServiceAddresses: every address kube-proxy DNATs for a Service (its
+// ClusterIP, externalIPs, LoadBalancer IPs) is marked as a Service address, an
+// externalIP that is a node's keeps the node's identity, and a changed or deleted
+// Service's addresses go, also those a previous agent left behind.
+func TestEnforcerServiceAddresses(t *testing.T) {
+	testenv.RequireRoot(t)
+	ctx := context.Background()
+	mnt := t.TempDir()
+	must(t, unix.Mount("bpf", mnt, "bpf", 0, ""))
+	t.Cleanup(func() { _ = unix.Unmount(mnt, unix.MNT_DETACH) })
+	node, err := testutils.NewNS()
+	must(t, err)
+	t.Cleanup(func() { node.Close(); _ = testutils.UnmountNS(node) })
+	pin := filepath.Join(mnt, "flatnet")
+
+	// A previous agent marked the externalIP of a Service deleted since.
+	prev, err := bpf.Load(ctx, pin)
+	must(t, err)
+	gone := netip.MustParseAddr("203.0.113.99")
+	must(t, prev.UpsertService(ctx, gone))
+	must(t, prev.Close())
+
+	e, err := New(ctx, Config{NodeName: "n1", PinDir: pin}, slog.New(slog.DiscardHandler))
+	must(t, err)
+	defer e.Close()
+	svc := func(name, clusterIP string, external []string, lb ...string) *corev1.Service {
+		s := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
+			Spec: corev1.ServiceSpec{ClusterIP: clusterIP, ClusterIPs: []string{clusterIP}, ExternalIPs: external}}
+		for _, ip := range lb {
+			s.Status.LoadBalancer.Ingress = append(s.Status.LoadBalancer.Ingress, corev1.LoadBalancerIngress{IP: ip})
+		}
+		return s
+	}
+	must(t, e.UpsertNode(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n2"},
+		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "10.224.0.3"}}}}))
+	must(t, e.UpsertService(ctx, svc("web", "10.96.0.10", []string{"203.0.113.10", "10.224.0.3", "2001:db8::1"}, "198.51.100.7")))
+	must(t, e.UpsertService(ctx, svc("headless", "None", nil)))
+	must(t, node.Do(func(ns.NetNS) error { return e.Synced(ctx) }))
+
+	check := func(what string, want map[string]bpf.PrefixEntry) {
+		t.Helper()
+		ipc, err := e.Datapath().IPCache(ctx)
+		must(t, err)
+		got := map[string]bpf.PrefixEntry{}
+		for p, v := range ipc {
+			got[p.String()] = v
+		}
+		if len(got) != len(want) {
+			t.Errorf("%s: IP cache %v, want %v", what, got, want)
+		}
+		for p, w := range want {
+			if got[p] != w {
+				t.Errorf("%s: %s is %+v, want %+v", what, p, got[p], w)
+			}
+		}
+	}
+	world, remote := identity.World, identity.RemoteNode
+	check("after the sync", map[string]bpf.PrefixEntry{
+		"10.96.0.10/32": {Identity: world, Service: true}, "203.0.113.10/32": {Identity: world, Service: true},
+		"198.51.100.7/32": {Identity: world, Service: true}, "10.224.0.3/32": {Identity: remote, Service: true}})
+
+	must(t, e.UpsertService(ctx, svc("web", "10.96.0.10", []string{"203.0.113.11"})))
+	check("externalIPs changed, load balancer gone", map[string]bpf.PrefixEntry{
+		"10.96.0.10/32": {Identity: world, Service: true}, "203.0.113.11/32": {Identity: world, Service: true},
+		"10.224.0.3/32": {Identity: remote}})
+
+	must(t, e.DeleteService(ctx, "default", "web"))
+	check("Service deleted", map[string]bpf.PrefixEntry{"10.224.0.3/32": {Identity: remote}})
+}
+
+// A CNI DEL that never came (kubelet or containerd crashed, the agent was
+// down) leaves pod a's endpoint attached after a is deleted from the API.
+// When the next pod, b, gets a's address, b must run with b's identity and
+// policy, and a's entries must go: nothing of a may answer for that address.
+func TestStaleEndpointGivesWayToTheNextPodOnItsAddress(t *testing.T) {
+	testenv.RequireRoot(t)
+	ctx := context.Background()
+	mnt := t.TempDir()
+	must(t, unix.Mount("bpf", mnt, "bpf", 0, ""))
+	t.Cleanup(func() { _ = unix.Unmount(mnt, unix.MNT_DETACH) })
+	node, err := testutils.NewNS()
+	must(t, err)
+	t.Cleanup(func() { node.Close(); _ = testutils.UnmountNS(node) })
+	veth := func(name string) int {
+		var idx int
+		must(t, node.Do(func(ns.NetNS) error {
+			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"}); err != nil {
+				return err
+			}
+			l, err := netlink.LinkByName(name)
+			if err != nil {
+				return err
+			}
+			idx = l.Attrs().Index
+			return netlink.LinkSetUp(l)
+		}))
+		return idx
+	}
+	e, err := New(ctx, Config{NodeName: "n1", PinDir: filepath.Join(mnt, "flatnet")}, slog.New(slog.DiscardHandler))
+	must(t, err)
+	defer e.Close()
+	must(t, e.UpsertNamespace(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}}))
+	must(t, e.UpsertPod(ctx, pod("default", "a", "", "n1", map[string]string{"app": "server"})))
+	must(t, e.UpsertPod(ctx, pod("default", "b", "", "n1", map[string]string{"app": "other"})))
+	must(t, e.UpsertPod(ctx, pod("default", "client", "10.224.2.20", "n2", map[string]string{"app": "client"})))
+	must(t, e.UpsertCiliumPolicy(ctx, cnp(t, denyAll))) // a (app=server) denies all ingress; b is unrestricted
+	must(t, node.Do(func(ns.NetNS) error { return e.Synced(ctx) }))
+
+	ip := netip.MustParseAddr("10.224.1.10")
+	ifa := veth("fna")
+	must(t, node.Do(func(ns.NetNS) error {
+		return e.Attach(ctx, endpointapi.Endpoint{ContainerID: "ca", PodNamespace: "default", PodName: "a", HostIfName: "fna", HostIfIndex: ifa, PodIfName: "eth0", IP: ip})
+	}))
+	idA, _ := e.c.IdentityOf("default", "a")
+	// a is deleted from the API; its DEL never arrives (its veth goes with its netns).
+	must(t, e.DeletePod(ctx, "default", "a"))
+	must(t, node.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName("fna")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkDel(l)
+	}))
+	ifb := veth("fnb")
+	must(t, node.Do(func(ns.NetNS) error {
+		return e.Attach(ctx, endpointapi.Endpoint{ContainerID: "cb", PodNamespace: "default", PodName: "b", HostIfName: "fnb", HostIfIndex: ifb, PodIfName: "eth0", IP: ip})
+	}))
+	idB, _ := e.c.IdentityOf("default", "b")
+	if idA == idB {
+		t.Fatalf("a and b share identity %d; the test needs different labels", idA)
+	}
+
+	ipc, err := e.Datapath().IPCache(ctx)
+	must(t, err)
+	if got := ipc[ipv4.MustParsePrefix(ip.String()+"/32")]; got.Identity != idB {
+		t.Errorf("IP cache: %s has identity %d, want b's %d (a's was %d)", ip, got.Identity, idB, idA)
+	}
+	if got := e.LocalPods(); len(got) != 1 || got[ifb] != "default/b" {
+		t.Errorf("LocalPods = %v, want only %d: default/b (a's stale endpoint collected)", got, ifb)
+	}
+	if _, ok := e.c.IdentityOf("default", "a"); ok {
+		t.Errorf("the compiler still knows the stale pod a")
+	}
+	d, _, err := e.Explain("default", "b", policy.Ingress, netip.MustParseAddr("10.224.2.20"), policy.ProtoTCP, 80)
+	must(t, err)
+	if !d.Allowed {
+		t.Errorf("client -> b denied: b runs under a's deny policy")
+	}
+	eps, err := e.Datapath().Endpoints(ctx)
+	must(t, err)
+	if len(eps) != 1 || eps[ifb].IP != ip {
+		t.Errorf("datapath endpoints %v, want only b on %d", eps, ifb)
+	}
+	// An informer update of a pod whose API status still names the address
+	// (its status lags behind its gone sandbox) must not take it back either.
+	must(t, e.UpsertPod(ctx, pod("default", "a", ip.String(), "n1", map[string]string{"app": "server"})))
+	ipc, err = e.Datapath().IPCache(ctx)
+	must(t, err)
+	if got := ipc[ipv4.MustParsePrefix(ip.String()+"/32")]; got.Identity != idB {
+		t.Errorf("after a's lagging status: %s has identity %d, want b's %d", ip, got.Identity, idB)
+	}
+	// a's DEL arriving late must not take b's address with it.
+	must(t, node.Do(func(ns.NetNS) error {
+		return e.Detach(ctx, endpointapi.Endpoint{ContainerID: "ca", PodNamespace: "default", PodName: "a", HostIfIndex: ifa, IP: ip})
+	}))
+	ipc, err = e.Datapath().IPCache(ctx)
+	must(t, err)
+	if got := ipc[ipv4.MustParsePrefix(ip.String()+"/32")]; got.Identity != idB {
+		t.Errorf("after a's late DEL: %s has identity %d, want b's %d", ip, got.Identity, idB)
+	}
+	if eps, _ := e.Datapath().Endpoints(ctx); len(eps) != 1 {
+		t.Errorf("after a's late DEL: datapath endpoints %v, want b's", eps)
+	}
+
+	// The agent's order: the stale endpoint c is detached first, while the API
+	// still shows c with the address; then d is attached with it.
+	ip2 := netip.MustParseAddr("10.224.1.11")
+	must(t, e.UpsertPod(ctx, pod("default", "c", "", "n1", map[string]string{"app": "server"})))
+	must(t, e.UpsertPod(ctx, pod("default", "d", "", "n1", map[string]string{"app": "third"})))
+	ifc := veth("fnc")
+	must(t, node.Do(func(ns.NetNS) error {
+		return e.Attach(ctx, endpointapi.Endpoint{ContainerID: "cc", PodNamespace: "default", PodName: "c", HostIfName: "fnc", HostIfIndex: ifc, PodIfName: "eth0", IP: ip2})
+	}))
+	must(t, e.UpsertPod(ctx, pod("default", "c", ip2.String(), "n1", map[string]string{"app": "server"})))
+	must(t, node.Do(func(ns.NetNS) error {
+		return e.Detach(ctx, endpointapi.Endpoint{ContainerID: "cc", PodNamespace: "default", PodName: "c", HostIfIndex: ifc, IP: ip2})
+	}))
+	ifd := veth("fnd")
+	must(t, node.Do(func(ns.NetNS) error {
+		return e.Attach(ctx, endpointapi.Endpoint{ContainerID: "cd", PodNamespace: "default", PodName: "d", HostIfName: "fnd", HostIfIndex: ifd, PodIfName: "eth0", IP: ip2})
+	}))
+	idD, _ := e.c.IdentityOf("default", "d")
+	ipc, err = e.Datapath().IPCache(ctx)
+	must(t, err)
+	if got := ipc[ipv4.MustParsePrefix(ip2.String()+"/32")]; got.Identity != idD {
+		t.Errorf("c detached, still in the API with %s, d attached with it: identity %d, want d's %d", ip2, got.Identity, idD)
 	}
 }

@@ -30,8 +30,8 @@ var (
 )
 
 // Run watches the cluster and feeds the Enforcer until ctx ends: all pods (every pod's
-// address and labels matter to policy), namespaces, nodes, NetworkPolicies, CNPs and
-// CCNPs. It calls Synced after the first full sync.
+// address and labels matter to policy), namespaces, nodes, Services, NetworkPolicies,
+// CNPs and CCNPs. It calls Synced after the first full sync.
 func (e *Enforcer) Run(ctx context.Context, kube kubernetes.Interface, dyn dynamic.Interface) error {
 	for _, gvr := range []schema.GroupVersionResource{CNPResource, CCNPResource} {
 		if _, err := dyn.Resource(gvr).List(ctx, metav1ListOne); err != nil {
@@ -70,8 +70,17 @@ func (e *Enforcer) Run(ctx context.Context, kube kubernetes.Interface, dyn dynam
 		{f.Core().V1().Nodes().Informer(), funcs(
 			func(o any) { n := o.(*corev1.Node); report("node "+n.Name, e.UpsertNode(ctx, n)) },
 			func(o any) { n := o.(*corev1.Node); report("node "+n.Name, e.DeleteNode(ctx, n.Name)) })},
+		{f.Core().V1().Services().Informer(), funcs(
+			func(o any) {
+				s := o.(*corev1.Service)
+				report("service "+s.Namespace+"/"+s.Name, e.UpsertService(ctx, s))
+			},
+			func(o any) {
+				s := o.(*corev1.Service)
+				report("service "+s.Namespace+"/"+s.Name, e.DeleteService(ctx, s.Namespace, s.Name))
+			})},
 		{f.Networking().V1().NetworkPolicies().Informer(), funcs(
-			func(o any) { _ = e.UpsertNetworkPolicy(ctx, o.(*networkingv1.NetworkPolicy)) }, // rejections are logged
+			func(o any) { _ = e.UpsertNetworkPolicy(ctx, o.(*networkingv1.NetworkPolicy)) }, // rejections are reported (Events, /v1/rejected)
 			func(o any) {
 				np := o.(*networkingv1.NetworkPolicy)
 				report("networkpolicy", e.DeletePolicy(ctx, policy.Ref{Kind: policy.KindNetworkPolicy, Namespace: np.Namespace, Name: np.Name}))
@@ -156,7 +165,7 @@ func ciliumFuncs(ctx context.Context, e *Enforcer, kind policy.Kind) cache.Resou
 			if u.GetKind() == "" { // list items may come without kind
 				u.SetKind(string(kind))
 			}
-			_ = e.UpsertCiliumPolicy(ctx, u) // rejections are logged
+			_ = e.UpsertCiliumPolicy(ctx, u) // rejections are reported (Events, /v1/rejected)
 		},
 		func(o any) {
 			u := o.(*unstructured.Unstructured)

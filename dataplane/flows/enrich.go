@@ -42,10 +42,15 @@ func NewEnricher(node string, src Source) (*Enricher, error) {
 // dropReasons gives Cilium's DropReason enum name for each drop code, by meaning
 // (flatnet's codes follow Cilium's numbers except where noted in bpf.Code).
 var dropReasons = map[bpf.Code]string{
+	bpf.DropInvalidSrcMAC: "INVALID_SOURCE_MAC",
 	bpf.DropInvalidSource: "INVALID_SOURCE_IP",
 	bpf.DropPolicy:        "POLICY_DENIED",
 	bpf.DropMalformed:     "INVALID_PACKET_DROPPED",
+	bpf.DropUnknownL3:     "UNSUPPORTED_L3_PROTOCOL",
+	bpf.DropUnsupportedL2: "UNSUPPORTED_L2_PROTOCOL",
+	bpf.DropFragNotFound:  "FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND",
 	bpf.DropPolicyDeny:    "POLICY_DENY",
+	bpf.DropUnroutable:    "UNROUTABLE",
 	bpf.DropNoEndpoint:    "UNKNOWN_SENDER",
 	bpf.DropNoPolicy:      "POLICY_DENIED",
 }
@@ -88,6 +93,11 @@ func (e *Enricher) Flow(ev bpf.FlowEvent) *Flow {
 	}
 	localEP := e.endpoint(local, ev.LocalIdentity)
 	remoteEP := e.endpoint(remote, ev.RemoteIdentity)
+	if ev.Code == bpf.DropUnknownL3 || ev.Code == bpf.DropUnsupportedL2 {
+		// Not an IPv4 packet: no addresses, ports or peer; the datapath gives the
+		// pod's own address so that the pod is named.
+		f.IP, f.L4, remoteEP = nil, nil, nil
+	}
 	if ev.Direction == policy.Egress {
 		f.Source, f.Destination = localEP, remoteEP
 	} else {

@@ -143,6 +143,24 @@ spec:
 	}
 }
 
+// TestNonIPv4DropNamesThePod: a frame that is not IPv4 (the datapath reports the
+// pod's address on its side and nothing on the other) is a drop of the pod with
+// Cilium's reason, without made-up addresses.
+func TestNonIPv4DropNamesThePod(t *testing.T) {
+	c := newCompiler(t)
+	clientID, _ := c.IdentityOf("default", "client")
+	en, err := NewEnricher("n", compilerSource{c})
+	must(t, err)
+	f := en.Flow(bpf.FlowEvent{Src: clientIP, Dst: netip.IPv4Unspecified(), Direction: policy.Egress,
+		Code: bpf.DropUnknownL3, LocalIdentity: clientID})
+	if f.Verdict != VerdictDropped || f.DropReasonDesc != "UNSUPPORTED_L3_PROTOCOL" || f.DropReason != 139 {
+		t.Errorf("verdict %s reason %d %q: want DROPPED 139 UNSUPPORTED_L3_PROTOCOL", f.Verdict, f.DropReason, f.DropReasonDesc)
+	}
+	if f.Source == nil || f.Source.PodName != "client" || f.Destination != nil || f.IP != nil || f.L4 != nil {
+		t.Errorf("source %+v destination %+v ip %+v l4 %+v: want the client pod as source and nothing else", f.Source, f.Destination, f.IP, f.L4)
+	}
+}
+
 func TestEgressToWorldIsReservedWorldAndAllowedByRule(t *testing.T) {
 	c := newCompiler(t, `
 apiVersion: cilium.io/v2

@@ -181,8 +181,10 @@ func reasonLabel(code bpf.Code) string {
 		return "REPLY"
 	case bpf.ForwardHost:
 		return "HOST"
-	case bpf.ForwardNotIPv4:
-		return "NOT_IPV4"
+	case bpf.ForwardARP:
+		return "ARP"
+	case bpf.ForwardRelated:
+		return "RELATED"
 	case bpf.ForwardService:
 		return "SERVICE"
 	case bpf.ForwardBackend:

@@ -24,11 +24,22 @@
 //
 // Blocks are named <subnet>-<index> (10-224-0-0-16-3). Claiming a block is a
 // Create of that name, and the API server refuses a second object of the same
-// name with AlreadyExists: name uniqueness is the lock, with no leader
-// election, no read-modify-write of a shared list and no lost updates when two
-// nodes join at once. A loser re-lists and tries the next free index. One
-// small object per block also keeps each node's updates (status.allocated)
-// away from the others'.
+// name with AlreadyExists: with one block size, name uniqueness is the lock.
+// Nodes with different maxPods have different block sizes, though, and
+// overlapping blocks of different sizes have different indexes and names, so
+// both Creates succeed. A claim therefore lists again after its Create: a
+// claimer that sees another block overlapping its new one deletes its own and
+// retries after a random pause. Of two overlapping blocks, the one created
+// second always sees the first (a List is a quorum read and returns every
+// object created before it), so at most one survives; then it is annotated
+// flatnet.io/claim=confirmed. A block found unconfirmed (its claimer stopped
+// between Create and the mark) is checked the same way before it is used.
+// There is no leader election, no read-modify-write of a shared list and no
+// lost update. One small object per block also keeps each node's updates
+// (status.allocated) away from the others'. TestConcurrentNodesOfDifferentSizesNeverOverlap
+// holds every Create back until all claimers have listed, the widest window,
+// on client-go's object tracker and on a real kube-apiserver (envtest); the
+// ipam suite repeats it on kind.
 //
 // # Keeping the same block
 //

@@ -1,8 +1,8 @@
 package policy
 
 import (
-	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 
@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	kjson "sigs.k8s.io/json"
 )
 
 // CiliumNetworkPolicy is the subset of cilium.io/v2 CiliumNetworkPolicy and
@@ -35,6 +36,7 @@ type CiliumRule struct {
 	EnableDefaultDeny *DefaultDenyConfig    `json:"enableDefaultDeny,omitempty"`
 	Description       string                `json:"description,omitempty"`
 	Labels            json.RawMessage       `json:"labels,omitempty"`
+	Log               json.RawMessage       `json:"log,omitempty"`
 }
 
 // DefaultDenyConfig overrides whether a rule puts its subjects into default deny.
@@ -102,13 +104,17 @@ type PortProtocol struct {
 }
 
 // DecodeCilium decodes a CNP or CCNP from JSON (or YAML converted to JSON). Unknown
-// fields are an error: a field we do not know is a rule we would not enforce.
+// fields are an error naming their path: a field we do not know is a rule we would
+// not enforce. Field names match case-sensitively, as in the API server (encoding/json
+// would take "ToPorts" for toPorts, which the API server prunes).
 func DecodeCilium(data []byte) (*CiliumNetworkPolicy, error) {
 	var c CiliumNetworkPolicy
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
+	strict, err := kjson.UnmarshalStrict(data, &c, kjson.DisallowUnknownFields, kjson.DisallowDuplicateFields)
+	if err != nil {
 		return nil, fmt.Errorf("decoding Cilium policy: %w", err)
+	}
+	if len(strict) > 0 {
+		return nil, fmt.Errorf("decoding Cilium policy: %w (flatnet refuses fields it does not enforce; see dataplane/POLICY.md)", errors.Join(strict...))
 	}
 	return &c, nil
 }
@@ -178,6 +184,7 @@ func ciliumRule(ref Ref, r *CiliumRule, path *field.Path) (*Policy, field.ErrorL
 	if len(r.NodeSelector) > 0 {
 		errs = append(errs, field.Forbidden(path.Child("nodeSelector"), "endpointSelector and nodeSelector are mutually exclusive"))
 	}
+	errs = append(errs, unsupported(path, map[string]json.RawMessage{"log": r.Log})...)
 	subject, e := fromLabelSelector(r.EndpointSelector, path.Child("endpointSelector"), ciliumKey)
 	errs = append(errs, e...)
 	if ref.Namespace != "" {
@@ -273,8 +280,13 @@ func ciliumPeers(ref Ref, dir Direction, deny bool, path *field.Path, pre string
 	}
 	for i, c := range cidrSets {
 		p := path.Child(pre + "CIDRSet").Index(i)
-		if c.CIDRGroupRef != "" || len(c.CIDRGroupSel) > 0 {
+		if c.CIDRGroupRef != "" {
 			errs = append(errs, field.Forbidden(p.Child("cidrGroupRef"), "CiliumCIDRGroup references are not supported by flatnet; use cidr"))
+		}
+		if len(c.CIDRGroupSel) > 0 {
+			errs = append(errs, field.Forbidden(p.Child("cidrGroupSelector"), "CiliumCIDRGroup selectors are not supported by flatnet; use cidr"))
+		}
+		if c.CIDRGroupRef != "" || len(c.CIDRGroupSel) > 0 {
 			continue
 		}
 		cp, e := parseCIDR(c.CIDR, c.Except, p.Child("cidr"), p.Child("except"))

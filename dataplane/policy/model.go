@@ -14,6 +14,8 @@ import (
 	"net/netip"
 	"sort"
 	"strings"
+
+	"github.com/flatnet/flatnet/dataplane/ipv4"
 )
 
 // Reserved identity label keys (the k8s: source prefix is dropped everywhere).
@@ -126,9 +128,11 @@ type Peer struct {
 }
 
 // CIDR is an address block minus its exceptions (each inside Prefix).
+// The prefixes are ipv4.Prefix: valid, masked IPv4 by construction, so nothing the
+// compiler derives from them can fail to become a datapath key.
 type CIDR struct {
-	Prefix netip.Prefix
-	Except []netip.Prefix
+	Prefix ipv4.Prefix
+	Except []ipv4.Prefix
 	// WorldOnly restricts the block to addresses outside the cluster, as Cilium's
 	// CIDR selectors (fromCIDR, toCIDRSet, ...) never select pods or nodes; a
 	// NetworkPolicy ipBlock selects every address in it.

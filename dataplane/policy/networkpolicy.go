@@ -9,6 +9,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/flatnet/flatnet/dataplane/ipv4"
 )
 
 // FromNetworkPolicy converts a networking.k8s.io/v1 NetworkPolicy. A policy with any
@@ -171,32 +173,70 @@ func parseProtocol(s string, path *field.Path, allowAny bool) (Protocol, field.E
 // parseCIDR parses an IPv4 block and its exceptions, each of which must lie inside it.
 // A valid IPv6 block returns nil and no error: it can match nothing in this IPv4-only
 // cluster, and rejecting it would throw away the dual-stack policies people write.
+// An IPv4-mapped IPv6 block (::ffff:a.b.c.d[/n]) is rejected, as the API server's
+// strict CIDR validation does: it is neither the IPv6 block nor, unless written so,
+// the IPv4 one, and the message says which IPv4 block to write.
 func parseCIDR(cidr string, except []string, path, exceptPath *field.Path) (*CIDR, field.ErrorList) {
-	pfx, err := netip.ParsePrefix(cidr)
+	pfx, errs := parseBlock(cidr, path, "10.0.0.0/8")
+	if errs != nil {
+		return nil, errs
+	}
+	if !pfx.Addr().Is4() {
+		// An IPv6 block: it matches nothing here, but its exceptions must still make sense.
+		for i, ex := range except {
+			ep, e := parseBlock(ex, exceptPath.Index(i), "fd00::/8")
+			switch {
+			case e != nil:
+				errs = append(errs, e...)
+			case ep.Addr().Is4() || ep.Bits() < pfx.Bits() || !pfx.Contains(ep.Addr()):
+				errs = append(errs, field.Invalid(exceptPath.Index(i), ex, "must lie inside "+pfx.Masked().String()))
+			}
+		}
+		return nil, errs
+	}
+	block, err := ipv4.PrefixFrom(pfx)
+	if err != nil { // cannot happen for a valid IPv4 prefix; keep the field's name if it does
+		return nil, field.ErrorList{field.Invalid(path, cidr, err.Error())}
+	}
+	c := &CIDR{Prefix: block}
+	for i, ex := range except {
+		ep, e := parseBlock(ex, exceptPath.Index(i), "10.1.0.0/16")
+		if e != nil {
+			errs = append(errs, e...)
+			continue
+		}
+		eb, err := ipv4.PrefixFrom(ep)
+		if err != nil || !eb.Within(block) {
+			errs = append(errs, field.Invalid(exceptPath.Index(i), ex, "must lie inside "+block.String()))
+			continue
+		}
+		c.Except = append(c.Except, eb)
+	}
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	return c, nil
+}
+
+// parseBlock parses a CIDR (or, as Cilium also takes, a bare address for one host),
+// refusing IPv4-mapped IPv6 forms with the IPv4 block to write instead.
+func parseBlock(s string, path *field.Path, example string) (netip.Prefix, field.ErrorList) {
+	pfx, err := netip.ParsePrefix(s)
 	if err != nil {
-		// Cilium also takes a bare address for a single host.
-		a, aerr := netip.ParseAddr(cidr)
+		a, aerr := netip.ParseAddr(s)
 		if aerr != nil {
-			return nil, field.ErrorList{field.Invalid(path, cidr, "not a CIDR (want e.g. 10.0.0.0/8): "+err.Error())}
+			return netip.Prefix{}, field.ErrorList{field.Invalid(path, s, "not a CIDR (want e.g. "+example+"): "+err.Error())}
 		}
 		pfx = netip.PrefixFrom(a, a.BitLen())
 	}
-	pfx = netip.PrefixFrom(pfx.Addr().Unmap(), pfx.Bits())
-	c := &CIDR{Prefix: pfx.Masked()}
-	var errs field.ErrorList
-	for i, ex := range except {
-		ep, err := netip.ParsePrefix(ex)
-		switch {
-		case err != nil:
-			errs = append(errs, field.Invalid(exceptPath.Index(i), ex, "not a CIDR: "+err.Error()))
-		case ep.Addr().Is4() != pfx.Addr().Is4() || ep.Bits() < pfx.Bits() || !pfx.Contains(ep.Addr()):
-			errs = append(errs, field.Invalid(exceptPath.Index(i), ex, "must lie inside "+c.Prefix.String()))
-		default:
-			c.Except = append(c.Except, ep.Masked())
+	if pfx.Addr().Is4In6() {
+		msg := "must not be an IPv4-mapped IPv6 address (::ffff:a.b.c.d), as in Kubernetes' strict CIDR validation"
+		if v4, ok := ipv4.Unmapped(pfx); ok {
+			msg += "; write the IPv4 block " + v4.String()
+		} else {
+			msg += "; write the IPv4 block"
 		}
+		return netip.Prefix{}, field.ErrorList{field.Invalid(path, s, msg)}
 	}
-	if !pfx.Addr().Is4() || len(errs) > 0 {
-		return nil, errs
-	}
-	return c, errs
+	return pfx, nil
 }

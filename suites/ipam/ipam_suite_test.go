@@ -14,6 +14,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/dynamic"
 
+	"github.com/flatnet/flatnet/dataplane/ipam"
 	"github.com/flatnet/flatnet/dataplane/ipam/cluster"
 	"github.com/flatnet/flatnet/fixtures/topology"
 	"github.com/flatnet/flatnet/probes/podexec"
@@ -61,7 +63,7 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	executor, err = podexec.NewExecutor(kc.Rest, kc.Clientset)
 	Expect(err).NotTo(HaveOccurred())
 	nl, err := kc.Clientset.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-	Expect(err).NotTo(HaveOccurred())
+	Expect(err).NotTo(HaveOccurred(), "list the cluster's nodes")
 	nodes = nl.Items
 	Expect(len(nodes)).To(BeNumerically(">=", 2), "the suite needs two nodes to cross")
 	_, err = kc.Run(ctx, workload.CreateNamespace(corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}))
@@ -111,15 +113,11 @@ func blocks(ctx context.Context) map[string][]cluster.IPBlock {
 
 var _ = Describe("node-subnet networking [flatnet]", Label("flatnet", "ipam"), Ordered, func() {
 	It("has every node Ready with the flatnet agent ready on it and a block of its own", func(ctx SpecContext) {
-		for _, n := range nodes {
-			ready := slices.ContainsFunc(n.Status.Conditions, func(c corev1.NodeCondition) bool {
-				return c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue
-			})
-			Expect(ready).To(BeTrue(), "node %s is not Ready", n.Name)
-		}
-		ds, err := kc.Clientset.AppsV1().DaemonSets("flatnet-system").Get(ctx, "flatnet-agent", metav1.GetOptions{})
-		Expect(err).NotTo(HaveOccurred())
-		Expect(ds.Status.NumberReady).To(BeEquivalentTo(len(nodes)))
+		// After a host restart the DaemonSet's status can be stale: wait for
+		// the Nodes and the agent pods themselves, and say what is missing.
+		start := time.Now()
+		Eventually(func() error { return agentsReady(ctx, start) }).WithContext(ctx).
+			WithTimeout(3 * time.Minute).WithPolling(3 * time.Second).Should(Succeed())
 		by := blocks(ctx)
 		var all []cluster.IPBlock
 		for _, n := range nodes {
@@ -127,6 +125,8 @@ var _ = Describe("node-subnet networking [flatnet]", Label("flatnet", "ipam"), O
 			b, err := by[n.Name][0].Block()
 			Expect(err).NotTo(HaveOccurred())
 			Expect(int64(b.Size)).To(Equal(n.Status.Capacity.Pods().Value()), "node %s: block size vs the kubelet's maxPods", n.Name)
+			Expect(by[n.Name][0].Annotations).To(HaveKeyWithValue(cluster.ClaimAnnotation, "confirmed"),
+				"node %s: block %s was not confirmed after its claim (the agent's update of the IPBlock failed?)", n.Name, by[n.Name][0].Name)
 			for _, o := range all {
 				ob, _ := o.Block()
 				Expect(b.Overlaps(ob)).To(BeFalse(), "%s overlaps %s", by[n.Name][0].Name, o.Name)
@@ -212,10 +212,14 @@ var _ = Describe("node-subnet networking [flatnet]", Label("flatnet", "ipam"), O
 			Eventually(func(g Gomega) {
 				pl, err := kc.Clientset.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "churn=1"})
 				g.Expect(err).NotTo(HaveOccurred())
-				g.Expect(pl.Items).To(BeEmpty())
+				var left []string
+				for _, p := range pl.Items {
+					left = append(left, p.Name+" on "+p.Spec.NodeName+" ("+string(p.Status.Phase)+")")
+				}
+				g.Expect(left).To(BeEmpty(), "round %d: churn pods still present after their deletion", r)
 			}).WithTimeout(5 * time.Minute).WithPolling(2 * time.Second).Should(Succeed())
 		}
-		Expect(seen).To(Equal(200))
+		Expect(seen).To(Equal(200), "pods created over the rounds")
 		// Every block's allocations are exactly the live pods on its node.
 		Eventually(func(g Gomega) {
 			live := map[string]string{} // ip -> node
@@ -238,6 +242,114 @@ var _ = Describe("node-subnet networking [flatnet]", Label("flatnet", "ipam"), O
 		}).WithTimeout(2 * time.Minute).WithPolling(3 * time.Second).Should(Succeed())
 	})
 })
+
+var _ = Describe("cluster IPAM on the real API server [flatnet]", Label("flatnet", "ipam"), func() {
+	// Nodes with different maxPods claim blocks of different sizes whose
+	// names differ although their addresses may overlap; the claim protocol
+	// must keep them apart under the API server's own semantics. A subnet no
+	// node uses keeps the cluster's blocks out of it.
+	It("gives 24 nodes of 7 block sizes joining at once disjoint, confirmed blocks", func(ctx SpecContext) {
+		subnet := netip.MustParsePrefix("10.255.0.0/16")
+		sizes := []int{10, 17, 30, 50, 64, 110, 250}
+		const claimers = 24
+		c := cluster.New(dyn)
+		names := make([]string, claimers)
+		for i := range names {
+			names[i] = fmt.Sprintf("flatnet-ipam-suite-%d", i)
+		}
+		DeferCleanup(func(ctx SpecContext) {
+			for _, n := range names {
+				_, err := c.ReleaseNodeBlocks(ctx, n)
+				Expect(err).NotTo(HaveOccurred(), "release the test blocks of %s", n)
+			}
+		})
+		got := make([]cluster.IPBlock, claimers)
+		errs := make([]error, claimers)
+		var wg sync.WaitGroup
+		for i := range claimers {
+			l := ipam.Layout{Subnet: subnet, Gateway: netip.MustParseAddr("10.255.0.1"), BlockSize: sizes[i%len(sizes)]}
+			wg.Go(func() { got[i], _, errs[i] = c.EnsureNodeBlock(ctx, l, names[i], nil) })
+		}
+		wg.Wait()
+		for i, err := range errs {
+			Expect(err).NotTo(HaveOccurred(), "claim of %s (block size %d)", names[i], sizes[i%len(sizes)])
+		}
+		all, err := c.List(ctx)
+		Expect(err).NotTo(HaveOccurred(), "list IPBlocks")
+		var mine []cluster.IPBlock
+		for _, b := range all {
+			if b.Spec.Subnet == subnet.String() {
+				mine = append(mine, b)
+			}
+		}
+		Expect(mine).To(HaveLen(claimers), "IPBlocks left in %s for %d claimers (a loser's block not given up?)", subnet, claimers)
+		for i, b := range mine {
+			bb, err := b.Block()
+			Expect(err).NotTo(HaveOccurred(), "block %s", b.Name)
+			Expect(b.Annotations).To(HaveKeyWithValue(cluster.ClaimAnnotation, "confirmed"), "block %s of %s", b.Name, b.Spec.Node)
+			for _, o := range mine[:i] {
+				ob, _ := o.Block()
+				Expect(bb.Overlaps(ob)).To(BeFalse(), "%s's block %s (%s) overlaps %s's %s (%s)", b.Spec.Node, b.Name, bb, o.Spec.Node, o.Name, ob)
+			}
+		}
+	})
+})
+
+// agentsReady refreshes nodes and is nil when every node is Ready and runs a
+// Ready flatnet agent pod; otherwise it says, per node, what is missing.
+func agentsReady(ctx context.Context, start time.Time) error {
+	nl, err := kc.Clientset.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list nodes: %w", err)
+	}
+	pl, err := kc.Clientset.CoreV1().Pods("flatnet-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=flatnet-agent"})
+	if err != nil {
+		return fmt.Errorf("list the flatnet agent pods: %w", err)
+	}
+	nodes = nl.Items
+	ready, states := 0, []string{}
+	for _, n := range nl.Items {
+		nodeReady := slices.ContainsFunc(n.Status.Conditions, func(c corev1.NodeCondition) bool {
+			return c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue
+		})
+		agent := "no agent pod"
+		agentReady := false
+		for _, p := range pl.Items {
+			if p.Spec.NodeName != n.Name {
+				continue
+			}
+			agentReady = p.DeletionTimestamp == nil && slices.ContainsFunc(p.Status.Conditions, func(c corev1.PodCondition) bool {
+				return c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue
+			})
+			agent = fmt.Sprintf("agent %s %s ready=%v%s", p.Name, p.Status.Phase, agentReady, containerStates(p))
+		}
+		if nodeReady && agentReady {
+			ready++
+		}
+		states = append(states, fmt.Sprintf("node %s Ready=%v, %s", n.Name, nodeReady, agent))
+	}
+	if ready < 2 || ready != len(nl.Items) {
+		return fmt.Errorf("agents ready on %d of %d nodes after %s: %s", ready, len(nl.Items), time.Since(start).Round(time.Second), strings.Join(states, "; "))
+	}
+	return nil
+}
+
+// containerStates names the waiting or terminated containers of p and their restarts.
+func containerStates(p corev1.Pod) string {
+	var s string
+	for _, c := range p.Status.ContainerStatuses {
+		switch {
+		case c.State.Waiting != nil:
+			s += fmt.Sprintf(", %s waiting %s %s", c.Name, c.State.Waiting.Reason, c.State.Waiting.Message)
+		case c.State.Terminated != nil:
+			s += fmt.Sprintf(", %s terminated %s (exit %d)", c.Name, c.State.Terminated.Reason, c.State.Terminated.ExitCode)
+		}
+		if c.RestartCount > 0 {
+			s += fmt.Sprintf(", %s restarted %d times", c.Name, c.RestartCount)
+		}
+	}
+	return s
+}
 
 // podsInTheirBlocks: every pod with its own address has one inside the node
 // subnet and inside an IPBlock of its node, and no two pods share one.

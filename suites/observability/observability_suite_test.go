@@ -38,6 +38,7 @@ import (
 	. "github.com/onsi/gomega"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
@@ -60,11 +61,14 @@ func TestObservability(t *testing.T) {
 	RunSpecs(t, "observability")
 }
 
-// The agents, as dataplane/manifests/agent.yaml deploys them.
+// The agents, as dataplane/manifests/agent.yaml deploys them: health and
+// metrics on the node's addresses, the flows and explain API on the host's
+// loopback only (--api-addr).
 const (
 	agentNamespace = "flatnet-system"
 	agentSelector  = "app.kubernetes.io/name=flatnet-agent"
 	agentPort      = "9969"
+	agentAPIPort   = "9970"
 )
 
 var (
@@ -233,6 +237,68 @@ var _ = Describe("flows, metrics and explain [flatnet]", Label("flatnet", "obser
 		}
 	})
 })
+
+var _ = Describe("the agents' flows API [flatnet]", Label("flatnet", "observability", "security"), func() {
+	// Every pod reaches its own node (pod -> own node is always allowed) and
+	// the agent is host-network: what the node's addresses serve, every pod of
+	// every namespace reads. Only metrics and probes may be there; flows and
+	// explain are on the host's loopback, reached through pods/portforward.
+	It("a pod without credentials cannot read flows", func(ctx SpecContext) {
+		client := pod(ctx, scenario.Client)
+		node := client.Status.HostIP
+		Expect(node).NotTo(BeEmpty(), "pod %s has no host IP", client.Name)
+		// The client's own traffic makes sure its node has flows to leak.
+		connect(ctx, pod(ctx, scenario.Server).Status.PodIP)
+		for _, c := range []struct{ url, why string }{
+			{fmt.Sprintf("http://%s:%s/v1/flows", node, agentPort), "the metrics port serves no flows"},
+			{fmt.Sprintf("http://%s:%s/v1/flows?follow=true", node, agentPort), "the metrics port serves no follow stream"},
+			{fmt.Sprintf("http://%s:%s/v1/explain?namespace=%s&pod=%s&direction=INGRESS&remote=%s&port=80", node, agentPort, scenario.Namespace, scenario.Server, client.Status.PodIP), "the metrics port serves no explain"},
+			{fmt.Sprintf("http://%s:%s/v1/flows", node, agentAPIPort), "the API port listens on the host's loopback only"},
+			{fmt.Sprintf("http://127.0.0.1:%s/v1/flows", agentAPIPort), "the pod's loopback is its own"},
+		} {
+			out, code := podWget(ctx, scenario.Client, c.url)
+			GinkgoWriter.Printf("  %s: wget %s -> exit %d: %s\n", scenario.Client, c.url, code, strings.TrimSpace(out))
+			Expect(code).NotTo(Equal(0), "%s: a pod read %s: %s", c.why, c.url, out)
+			Expect(out).To(Or(ContainSubstring("404"), ContainSubstring("403"), ContainSubstring("refused")), "%s: want 404, 403 or connection refused", c.why)
+			Expect(out).NotTo(ContainSubstring(`"flow"`), "%s", c.why)
+		}
+		// The metrics port itself still answers (Prometheus scrapes it).
+		out, code := podWget(ctx, scenario.Client, fmt.Sprintf("http://%s:%s/metrics", node, agentPort))
+		Expect(code).To(Equal(0), "metrics on the node's address: %s", out)
+
+		// The pod's service account may not port-forward to the agents either.
+		sar, err := kc.Clientset.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
+			Spec: authorizationv1.SubjectAccessReviewSpec{
+				User:               "system:serviceaccount:" + scenario.Namespace + ":" + client.Spec.ServiceAccountName,
+				Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:" + scenario.Namespace, "system:authenticated"},
+				ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: agentNamespace, Verb: "create", Resource: "pods", Subresource: "portforward"},
+			}}, metav1.CreateOptions{})
+		Expect(err).NotTo(HaveOccurred())
+		Expect(sar.Status.Allowed).To(BeFalse(), "service account %s/%s may create pods/portforward in %s: %s", scenario.Namespace, client.Spec.ServiceAccountName, agentNamespace, sar.Status.Reason)
+
+		// The admin kubeconfig still reads them, through pods/portforward.
+		r := run(ctx, "flows", "--namespace", scenario.Namespace, "--last", "5", "-o", "json")
+		Expect(r.ExitCode).To(Equal(0), "%s", r)
+		Expect(r.Stderr).To(BeEmpty(), "every agent answers through pods/portforward: %s", r)
+		Expect(r.Stdout).To(ContainSubstring(`"flow"`), "the client's connects left flows: %s", r)
+	})
+})
+
+// podWget fetches url from inside pod with busybox wget (5 s), returning what
+// it printed (the body on success, wget's error otherwise) and its exit code.
+func podWget(ctx context.Context, pod, url string) (string, int) {
+	var stdout, stderr bytes.Buffer
+	err := executor.Exec(ctx, podexec.Pod{Namespace: scenario.Namespace, Name: pod}, []string{"wget", "-q", "-T", "5", "-O", "-", url}, nil, &stdout, &stderr)
+	var exit clientexec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		Expect(err).NotTo(HaveOccurred(), "exec wget %s in %s/%s", url, scenario.Namespace, pod)
+	}
+	code := 0
+	if err != nil {
+		code = exit.ExitStatus()
+	}
+	return stdout.String() + stderr.String(), code
+}
 
 func seedStep(name string, i int) policies.Step {
 	c, ok := cases[name]
@@ -496,9 +562,8 @@ func checkAgainstOracle(e explanation, v oracle.Verdict) {
 	Expect(e.Verdict == "FORWARDED").To(Equal(v.Allowed), "explain's verdict vs the oracle's %s", v)
 }
 
-// dropCounter scrapes the agent on node (through the API server's pods/proxy,
-// as flatnetctl reaches it) for the ingress packets its datapath dropped by
-// policy.
+// dropCounter scrapes the agent on node (its metrics port, through the API
+// server's pods/proxy) for the ingress packets its datapath dropped by policy.
 func dropCounter(ctx context.Context, node string) (float64, error) {
 	pl, err := kc.Clientset.CoreV1().Pods(agentNamespace).List(ctx, metav1.ListOptions{LabelSelector: agentSelector, FieldSelector: "spec.nodeName=" + node})
 	if err != nil {

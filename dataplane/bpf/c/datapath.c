@@ -126,6 +126,14 @@ struct {
 } fn_ct_est SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, FRAGS_MAX);
+	__type(key, struct frag_key);
+	__type(value, struct frag_ports);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fn_frags SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, COUNTERS_MAX);
 	__type(key, struct counter_key);
@@ -157,7 +165,9 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } fn_config SEC(".maps");
 
-// The first bytes of an ICMP echo header (linux/icmp.h drags in libc headers).
+// The first bytes of an ICMP header (linux/icmp.h drags in libc headers): echo
+// request/reply carry id and seq; errors carry 4 unused (or MTU) bytes, then the
+// offending packet's IP header and its first 8 bytes.
 struct icmp_echo {
 	__u8 type;
 	__u8 code;
@@ -166,15 +176,39 @@ struct icmp_echo {
 	__u16 seq;
 };
 #define ICMP_ECHOREPLY 0
+#define ICMP_DEST_UNREACH 3
 #define ICMP_ECHO 8
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+
+// Ethertypes besides IPv4.
+#define ETHERTYPE_ARP 0x0806
+#define ETHERTYPE_8021Q 0x8100
+#define ETHERTYPE_8021AD 0x88a8
+#define ETHERTYPE_QINQ_OLD 0x9100
+#define ETHERTYPE_MIN 0x0600 // below: an 802.3 length field
+
+// The Ethernet/IPv4 ARP packet (linux/if_arp.h stops at the fixed part).
+struct arp_eth_ipv4 {
+	__u16 htype;
+	__u16 ptype;
+	__u8 hlen;
+	__u8 plen;
+	__u16 op;
+	__u8 sha[6];
+	__u8 spa[4];
+	__u8 tha[6];
+	__u8 tpa[4];
+};
 
 // Types only reached through pointers: these make BTF (and bpf2go) carry them whole.
 const struct flow_event *unused_flow_event __attribute__((unused));
 const struct policy_key *unused_policy_key __attribute__((unused));
 const struct policy_val *unused_policy_val __attribute__((unused));
 
-// Ethernet + IPv4 with options + TCP without options: all parse() reads.
-#define MAX_HEADERS (14 + 60 + 20)
+// Ethernet + IPv4 with options + ICMP error header + embedded IPv4 with options + 8
+// bytes: all parse() reads (more than a TCP header without options).
+#define MAX_HEADERS (14 + 60 + 8 + 60 + 8)
 
 struct pkt {
 	__u32 saddr, daddr;
@@ -183,6 +217,11 @@ struct pkt {
 	__u8 tcp_flags;
 	__u16 len;
 	__u8 frag; // a fragment (first or not)
+	// An ICMP error (related set): the tuple of the packet it reports, as embedded.
+	__u8 related;
+	__u8 rel_proto;
+	__u32 rel_saddr, rel_daddr;
+	__u16 rel_sport, rel_dport;
 };
 
 static __always_inline void count(__u32 ifindex, __u8 dir, __u8 code, __u32 bytes)
@@ -255,47 +294,19 @@ static __always_inline void emit(__u32 ifindex, __u8 dir, const struct pkt *p, _
 	bpf_ringbuf_submit(e, wake);
 }
 
-// parse fills p from an Ethernet frame; returns 0 for IPv4, 1 to pass untouched, <0 to drop.
-static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+// l4_ports reads the ports (for ICMP echo: the id, see below) of a packet of proto
+// whose L4 header starts at l4; returns 0, or -1 when the header is cut short.
+static __always_inline int l4_ports(void *l4, void *end, __u8 proto, __u16 *sport, __u16 *dport)
 {
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > end)
-		return 1;
-	if (eth->h_proto != bpf_htons(ETH_P_IP))
-		return 1; // ARP; IPv6 is not routed for pods in this cluster
-	struct iphdr *ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > end || ip->ihl < 5)
-		return -1;
-	p->saddr = ip->saddr;
-	p->daddr = ip->daddr;
-	p->proto = ip->protocol;
-	p->len = bpf_ntohs(ip->tot_len);
-	p->sport = p->dport = 0;
-	p->tcp_flags = 0;
-	p->frag = (ip->frag_off & bpf_htons(0x3fff)) != 0; // MF or an offset
-	// Non-first fragments carry no ports: they are judged as port 0.
-	if (ip->frag_off & bpf_htons(0x1fff))
-		return 0;
-	void *l4 = (void *)ip + ip->ihl * 4;
-	switch (ip->protocol) {
-	case IPPROTO_TCP: {
-		struct tcphdr *th = l4;
-		if ((void *)(th + 1) > end)
-			return -1;
-		p->sport = bpf_ntohs(th->source);
-		p->dport = bpf_ntohs(th->dest);
-		p->tcp_flags = ((__u8 *)th)[13];
-		break;
-	}
+	switch (proto) {
+	case IPPROTO_TCP:
 	case IPPROTO_UDP:
-	case IPPROTO_SCTP: { // SCTP's common header starts with the same two ports
+	case IPPROTO_SCTP: { // TCP's and SCTP's headers start with the same two ports
 		struct udphdr *uh = l4;
 		if ((void *)(uh + 1) > end)
 			return -1;
-		p->sport = bpf_ntohs(uh->source);
-		p->dport = bpf_ntohs(uh->dest);
+		*sport = bpf_ntohs(uh->source);
+		*dport = bpf_ntohs(uh->dest);
 		break;
 	}
 	case IPPROTO_ICMP: {
@@ -306,11 +317,118 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		// carries it as source "port", the reply as destination, so a reply matches
 		// its request's connection and a request from the peer does not.
 		if (ih->type == ICMP_ECHO)
-			p->sport = bpf_ntohs(ih->id);
+			*sport = bpf_ntohs(ih->id);
 		else if (ih->type == ICMP_ECHOREPLY)
-			p->dport = bpf_ntohs(ih->id);
+			*dport = bpf_ntohs(ih->id);
 		break;
 	}
+	}
+	return 0;
+}
+
+// icmp_error fills p's related tuple from the packet an ICMP error (destination
+// unreachable, time exceeded, parameter problem) embeds: its IP header and first
+// 8 bytes. An embedded non-first fragment names no ports, and an error about an
+// ICMP message other than an echo relates to nothing: no related tuple then.
+static __always_inline int icmp_error(void *l4, void *end, struct pkt *p)
+{
+	struct iphdr *in = l4 + sizeof(struct icmp_echo);
+	if ((void *)(in + 1) > end)
+		return -1;
+	if (in->ihl < 5 || in->version != 4 || (in->frag_off & bpf_htons(0x1fff)))
+		return 0;
+	void *inl4 = (void *)in + in->ihl * 4;
+	if (in->protocol == IPPROTO_ICMP) {
+		struct icmp_echo *ie = inl4;
+		if ((void *)(ie + 1) > end)
+			return -1;
+		if (ie->type != ICMP_ECHO && ie->type != ICMP_ECHOREPLY)
+			return 0;
+	}
+	__u16 sport = 0, dport = 0;
+	if (l4_ports(inl4, end, in->protocol, &sport, &dport))
+		return -1;
+	p->related = 1;
+	p->rel_proto = in->protocol;
+	p->rel_saddr = in->saddr;
+	p->rel_daddr = in->daddr;
+	p->rel_sport = sport;
+	p->rel_dport = dport;
+	return 0;
+}
+
+// parse fills p from an Ethernet frame of the endpoint on ifindex. Returns 0 for
+// IPv4, PARSE_ARP for an Ethernet/IPv4 ARP request or reply (p's addresses: sender
+// and target), -1 when headers are cut short or malformed, else the drop code of a
+// frame no pod sends or receives: flatnet is IPv4-only, and a VLAN tag (in the frame
+// or already in skb metadata) would let the stack see an IPv4 packet this program
+// did not (a priority-tagged frame is untagged and delivered as plain IPv4).
+#define PARSE_ARP 1
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p, __u32 ifindex)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return -1;
+	__u16 proto = bpf_ntohs(eth->h_proto);
+	if (skb->vlan_present || proto < ETHERTYPE_MIN || proto == ETHERTYPE_8021Q || proto == ETHERTYPE_8021AD ||
+	    proto == ETHERTYPE_QINQ_OLD)
+		return DROP_UNSUPPORTED_L2;
+	if (proto == ETHERTYPE_ARP) {
+		struct arp_eth_ipv4 *arp = (void *)(eth + 1);
+		if ((void *)(arp + 1) > end)
+			return -1;
+		if (arp->htype != bpf_htons(1) || arp->ptype != bpf_htons(ETH_P_IP) || arp->hlen != 6 ||
+		    arp->plen != 4 || (arp->op != bpf_htons(1) && arp->op != bpf_htons(2)))
+			return -1;
+		__builtin_memcpy(&p->saddr, arp->spa, 4);
+		__builtin_memcpy(&p->daddr, arp->tpa, 4);
+		return PARSE_ARP;
+	}
+	if (proto != ETH_P_IP)
+		return DROP_UNKNOWN_L3;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end || ip->ihl < 5 || ip->version != 4)
+		return -1;
+	p->saddr = ip->saddr;
+	p->daddr = ip->daddr;
+	p->proto = ip->protocol;
+	p->len = bpf_ntohs(ip->tot_len);
+	p->sport = p->dport = 0;
+	p->tcp_flags = 0;
+	p->related = 0;
+	p->frag = (ip->frag_off & bpf_htons(0x3fff)) != 0; // MF or an offset
+	struct frag_key fk = {.ifindex = ifindex, .saddr = ip->saddr, .daddr = ip->daddr, .id = ip->id,
+			      .proto = ip->protocol};
+	if (ip->frag_off & bpf_htons(0x1fff)) {
+		// Not the first fragment: no L4 header. It takes the first one's ports (a
+		// datagram whose first fragment was never seen here cannot be judged).
+		struct frag_ports *fp = bpf_map_lookup_elem(&fn_frags, &fk);
+		if (!fp)
+			return DROP_FRAG_NOT_FOUND;
+		p->sport = fp->sport;
+		p->dport = fp->dport;
+		return 0;
+	}
+	void *l4 = (void *)ip + ip->ihl * 4;
+	if (l4_ports(l4, end, ip->protocol, &p->sport, &p->dport))
+		return -1;
+	if (ip->protocol == IPPROTO_TCP) {
+		if (l4 + sizeof(struct tcphdr) > end)
+			return -1;
+		p->tcp_flags = ((__u8 *)l4)[13];
+	} else if (ip->protocol == IPPROTO_ICMP) {
+		__u8 type = ((struct icmp_echo *)l4)->type; // l4_ports checked the length
+		if (type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED || type == ICMP_PARAMETERPROB) {
+			if (icmp_error(l4, end, p))
+				return -1;
+		}
+	}
+	if (p->frag) {
+		// The first fragment: its ports for the rest of the datagram.
+		struct frag_ports fp = {.sport = p->sport, .dport = p->dport};
+		bpf_map_update_elem(&fn_frags, &fk, &fp, BPF_ANY);
 	}
 	return 0;
 }
@@ -602,26 +720,112 @@ static __always_inline __u32 endpoint_identity(__u32 ifindex, __u32 id)
 	return ep ? ep->identity : 0;
 }
 
+// handle_arp judges an ARP request or reply (parse checked its format): into a pod
+// any (the host resolves the pod's address); from a pod only about itself, its
+// own address as sender and, when the CNI plugin reported the pod's MAC, that MAC
+// as sender and Ethernet source: a pod may not claim another's address.
+static __always_inline int handle_arp(struct __sk_buff *skb, __u8 dir, __u32 ifindex, const struct pkt *p)
+{
+	__u8 code = FORWARD_ARP;
+	__u32 local_id = 0;
+	if (dir == DIR_EGRESS) {
+		struct endpoint_info *ep = bpf_map_lookup_elem(&fn_endpoints, &ifindex);
+		if (!ep) {
+			code = DROP_NO_ENDPOINT;
+			goto drop;
+		}
+		local_id = ep->identity;
+		__u32 addr = ep->addr;
+		if (p->saddr != addr) {
+			code = DROP_INVALID_SOURCE;
+			goto drop;
+		}
+		struct local_ep *le = bpf_map_lookup_elem(&fn_local_ips, &addr);
+		struct ethhdr *eth = (void *)(long)skb->data;
+		struct arp_eth_ipv4 *arp = (void *)(eth + 1);
+		if ((void *)(arp + 1) > (void *)(long)skb->data_end)
+			return TCX_DROP; // parse checked it
+		if (le && (le->pod_mac[0] | le->pod_mac[1] | le->pod_mac[2] | le->pod_mac[3] | le->pod_mac[4] |
+			   le->pod_mac[5])) {
+			__u8 diff = 0;
+			for (int i = 0; i < 6; i++)
+				diff |= (eth->h_source[i] ^ le->pod_mac[i]) | (arp->sha[i] ^ le->pod_mac[i]);
+			if (diff) {
+				code = DROP_INVALID_SRC_MAC;
+				goto drop;
+			}
+		}
+	}
+	count(ifindex, dir, code, skb->len);
+	return TCX_NEXT;
+drop:
+	count(ifindex, dir, code, skb->len);
+	emit(ifindex, dir, p, VERDICT_DROP, code, 0, 0, local_id);
+	return TCX_DROP;
+}
+
+// related passes an ICMP error about a connection tracked for this endpoint, in
+// either direction (as conntrack's RELATED): returns 1 when it did. The embedded
+// packet went the other way: out of the pod when the error comes in, and back.
+static __always_inline int related(struct __sk_buff *skb, const struct pkt *p, __u32 ifindex, __u8 dir, __u64 now)
+{
+	struct ct_key k = {.ifindex = ifindex, .proto = p->rel_proto};
+	__u32 pod_side;
+	if (dir == DIR_EGRESS) {
+		k.pod_addr = p->rel_daddr;
+		k.peer_addr = p->rel_saddr;
+		k.pod_port = p->rel_dport;
+		k.peer_port = p->rel_sport;
+		pod_side = p->saddr;
+	} else {
+		k.pod_addr = p->rel_saddr;
+		k.peer_addr = p->rel_daddr;
+		k.pod_port = p->rel_sport;
+		k.peer_port = p->rel_dport;
+		pod_side = p->daddr;
+	}
+	// Entries are made only under the endpoint's own address: the error must be
+	// from (to) that address too, which is the source check for it.
+	if (pod_side != k.pod_addr)
+		return 0;
+	struct ct_val ctv;
+	if (!ct_get(ifindex, &k, now, &ctv) || ctv.expires_ns < now)
+		return 0;
+	count(ifindex, dir, FORWARD_RELATED, skb->len);
+	return 1;
+}
+
 // handle judges a packet of the endpoint on host veth ifindex going in direction dir,
 // counts it, reports it, and returns the tcx verdict.
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 ifindex)
 {
-	struct pkt p;
-	int r = parse(skb, &p);
+	struct pkt p = {};
+	int r = parse(skb, &p, ifindex);
 	if (r < 0 && skb->len > skb->data_end - skb->data) {
 		// Headers beyond the linear part of a non-linear skb: pull them in, retry.
 		__u32 want = skb->len < MAX_HEADERS ? skb->len : MAX_HEADERS;
 		if (!bpf_skb_pull_data(skb, want))
-			r = parse(skb, &p);
+			r = parse(skb, &p, ifindex);
 	}
-	if (r > 0) {
-		count(ifindex, dir, FORWARD_NOT_IPV4, skb->len);
-		return TCX_NEXT;
-	}
-	if (r < 0) {
-		count(ifindex, dir, DROP_MALFORMED, skb->len);
+	if (r == PARSE_ARP)
+		return handle_arp(skb, dir, ifindex, &p);
+	if (r != 0) {
+		__u8 code = r < 0 ? DROP_MALFORMED : r;
+		struct endpoint_info *ep = bpf_map_lookup_elem(&fn_endpoints, &ifindex);
+		if (ep && (code == DROP_UNKNOWN_L3 || code == DROP_UNSUPPORTED_L2)) {
+			// No IPv4 addresses in the frame: the pod's own names it in the event.
+			if (dir == DIR_EGRESS)
+				p.saddr = ep->addr;
+			else
+				p.daddr = ep->addr;
+		}
+		count(ifindex, dir, code, skb->len);
+		emit(ifindex, dir, &p, VERDICT_DROP, code, 0, 0, ep ? ep->identity : 0);
 		return TCX_DROP;
 	}
+	__u64 now = bpf_ktime_get_ns();
+	if (p.related && related(skb, &p, ifindex, dir, now))
+		return TCX_NEXT;
 	// Connection tracking: one entry per connection and endpoint, keyed from the pod's
 	// side, remembering which direction opened it. Entries are only made with the
 	// endpoint's own address as the pod's: a packet that matches one has a valid
@@ -638,7 +842,6 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 ifindex
 		ck.pod_port = p.dport;
 		ck.peer_port = p.sport;
 	}
-	__u64 now = bpf_ktime_get_ns();
 	struct ct_val ctv;
 	int where = ct_get(ifindex, &ck, now, &ctv);
 	struct ct_val *ct = where ? &ctv : NULL;
@@ -671,6 +874,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 ifindex
 		if (dir == DIR_EGRESS && p.saddr != ep->addr) {
 			count(ifindex, dir, DROP_INVALID_SOURCE, skb->len);
 			emit(ifindex, dir, &p, VERDICT_DROP, DROP_INVALID_SOURCE, 0, 0, local_id);
+			return TCX_DROP;
+		}
+		// The node's loopback (127/8) and 0/8 are no destination for a pod: with
+		// route_localnet=1 (kube-proxy) the host answers them from its loopback-only
+		// services (the agent's API) unless a firewall rule says otherwise.
+		__u8 first = bpf_ntohl(p.daddr) >> 24;
+		if (dir == DIR_EGRESS && (first == 127 || first == 0)) {
+			count(ifindex, dir, DROP_UNROUTABLE, skb->len);
+			emit(ifindex, dir, &p, VERDICT_DROP, DROP_UNROUTABLE, 0, 0, local_id);
 			return TCX_DROP;
 		}
 	}
@@ -773,12 +985,18 @@ int deliver_to_pod(struct __sk_buff *skb)
 	return bpf_redirect_peer(arg.le.ifindex, 0);
 }
 
-// ---- Services: egress judged on the backend, after kube-proxy's DNAT ----
+// ---- Services: judged on the backend, after kube-proxy's DNAT ----
 //
 // from_pod cannot see which backend kube-proxy will pick: the DNAT happens later, in
 // the host stack. It marks packets to Service addresses and lets them go; this
-// netfilter program, on the FORWARD hook (after PREROUTING's DNAT), judges them
-// against the pod's egress policy with the backend as destination. The kernel types
+// netfilter program, on the FORWARD hook (after PREROUTING's DNAT, before
+// POSTROUTING's masquerade), judges them against the pod's egress policy with the
+// backend as destination. It also judges every other packet conntrack has DNATed
+// (original direction): an address the agent does not know as a Service's (an
+// externalIP, a LoadBalancer IP, a NodePort on a node address outside Node.status, a
+// hostPort) never takes a pod past its egress policy, and a DNATed packet bound for a
+// pod of this node is judged against that pod's ingress policy with the source it has
+// before the masquerade, which to_pod would only see as the node. The kernel types
 // below are the few fields read through CO-RE from the running kernel's BTF.
 
 struct net_device {
@@ -787,6 +1005,7 @@ struct net_device {
 
 struct nf_hook_state {
 	struct net_device *in;
+	struct net_device *out;
 } __attribute__((preserve_access_index));
 
 struct sk_buff {
@@ -794,6 +1013,11 @@ struct sk_buff {
 	__u16 network_header;
 	__u32 mark;
 	unsigned int len;
+	unsigned long _nfct;
+} __attribute__((preserve_access_index));
+
+struct nf_conn {
+	unsigned long status;
 } __attribute__((preserve_access_index));
 
 struct bpf_nf_ctx {
@@ -803,20 +1027,67 @@ struct bpf_nf_ctx {
 
 #define NF_DROP 0
 #define NF_ACCEPT 1
+#define NFCT_INFOMASK 7UL
+#define IP_CT_IS_REPLY 3 // ctinfo from here on: reply direction
+#define IPS_DST_NAT (1UL << 5)
+
+// dnated reports whether conntrack has DNATed the packet's connection and the packet
+// goes in its original direction.
+static __always_inline int dnated(const struct sk_buff *skb)
+{
+	unsigned long nfct = skb->_nfct;
+	if (!(nfct & ~NFCT_INFOMASK) || (nfct & NFCT_INFOMASK) >= IP_CT_IS_REPLY)
+		return 0;
+	struct nf_conn *ct = (void *)(nfct & ~NFCT_INFOMASK);
+	unsigned long status = 0;
+	if (bpf_probe_read_kernel(&status, sizeof(status), &ct->status))
+		return 0;
+	return (status & IPS_DST_NAT) != 0;
+}
+
+// nf_judge decides a new-or-opening packet for the endpoint on ifindex in direction
+// dir against remote addr; drops are counted and reported as from_pod/to_pod would.
+static __always_inline int nf_judge(__u32 ifindex, __u8 dir, __u32 addr, __u32 local_id, const struct pkt *p)
+{
+	__u32 remote_id = lookup_ip(&fn_ipcache, addr, NULL);
+	if (!remote_id)
+		remote_id = IDENTITY_WORLD;
+	if (remote_id == IDENTITY_HOST)
+		return 1;
+	struct decision d = {};
+	void *pol = bpf_map_lookup_elem(&fn_policy, &ifindex);
+	if (!pol) {
+		d.code = DROP_NO_POLICY;
+	} else {
+		__u32 cidr_id = lookup_ip(&fn_cidrcache, addr, NULL);
+		decide(pol, dir, remote_id, cidr_id, p, &d);
+	}
+	if (!d.allow) {
+		count(ifindex, dir, d.code, p->len);
+		emit(ifindex, dir, p, VERDICT_DROP, d.code, d.rule_id, remote_id, local_id);
+	}
+	return d.allow;
+}
 
 SEC("netfilter")
 int service_egress(struct bpf_nf_ctx *ctx)
 {
 	struct sk_buff *skb = ctx->skb;
 	const struct nf_hook_state *state = ctx->state;
-	if (!skb || !state || !state->in)
+	if (!skb || !state)
 		return NF_ACCEPT;
-	if (!(skb->mark & SERVICE_MARK))
-		return NF_ACCEPT; // already judged by from_pod
-	__u32 ifindex = state->in->ifindex;
-	struct endpoint_info *ep = bpf_map_lookup_elem(&fn_endpoints, &ifindex);
-	if (!ep)
-		return NF_ACCEPT; // not from a pod of this node
+	int nat = dnated(skb);
+	if (!nat && !(skb->mark & SERVICE_MARK))
+		return NF_ACCEPT; // already judged by from_pod and to_pod
+	__u32 in_if = state->in ? state->in->ifindex : 0;
+	__u32 out_if = state->out ? state->out->ifindex : 0;
+	struct endpoint_info *src_ep = bpf_map_lookup_elem(&fn_endpoints, &in_if);
+	struct endpoint_info *dst_ep = nat ? bpf_map_lookup_elem(&fn_endpoints, &out_if) : NULL;
+	if (!src_ep) {
+		asm volatile("" : "+r"(dst_ep)); // two null checks, not one on or-ed pointers
+		if (!dst_ep)
+			return NF_ACCEPT; // neither from nor to a pod of this node
+	}
 	unsigned char *nh = skb->head + skb->network_header;
 	struct iphdr ip;
 	if (bpf_probe_read_kernel(&ip, sizeof(ip), nh) || ip.version != 4)
@@ -845,24 +1116,13 @@ int service_egress(struct bpf_nf_ctx *ctx)
 	// way back in is judged as from the host.
 	if (p.daddr == p.saddr)
 		return NF_ACCEPT;
-	__u32 remote_id = lookup_ip(&fn_ipcache, p.daddr, NULL);
-	if (!remote_id)
-		remote_id = IDENTITY_WORLD;
-	if (remote_id == IDENTITY_HOST)
-		return NF_ACCEPT;
-	struct decision d = {};
-	void *pol = bpf_map_lookup_elem(&fn_policy, &ifindex);
-	if (!pol) {
-		d.code = DROP_NO_POLICY;
-	} else {
-		__u32 cidr_id = lookup_ip(&fn_cidrcache, p.daddr, NULL);
-		decide(pol, DIR_EGRESS, remote_id, cidr_id, &p, &d);
+	if (src_ep) {
+		if (!nf_judge(in_if, DIR_EGRESS, p.daddr, src_ep->identity, &p))
+			return NF_DROP;
+		count(in_if, DIR_EGRESS, FORWARD_SERVICE_BACKEND, p.len);
 	}
-	if (!d.allow) {
-		count(ifindex, DIR_EGRESS, d.code, p.len);
-		emit(ifindex, DIR_EGRESS, &p, VERDICT_DROP, d.code, d.rule_id, remote_id, ep->identity);
+	// Allowed ones are counted by to_pod, which sees them next.
+	if (dst_ep && dst_ep->addr == p.daddr && !nf_judge(out_if, DIR_INGRESS, p.saddr, dst_ep->identity, &p))
 		return NF_DROP;
-	}
-	count(ifindex, DIR_EGRESS, FORWARD_SERVICE_BACKEND, p.len);
 	return NF_ACCEPT;
 }

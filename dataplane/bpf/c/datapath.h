@@ -29,18 +29,24 @@
 #define DIRECT_MARK 0x00200000
 
 // Verdict codes in counters and events. Drops use Cilium's drop reason numbers where
-// Cilium has one (133 policy denied, 181 deny rule, 130 invalid source IP).
+// Cilium has one (133 policy denied, 181 deny rule, 132 invalid source IP, ...).
 #define FORWARD_POLICY 1      // new connection allowed by policy
 #define FORWARD_ESTABLISHED 2 // packet of a tracked connection, in its opening direction
 #define FORWARD_REPLY 3       // reply of a tracked connection
 #define FORWARD_HOST 4        // to/from the pod's own node
-#define FORWARD_NOT_IPV4 5    // ARP and the like
+#define FORWARD_ARP 5         // an Ethernet/IPv4 ARP request or reply (from a pod: about itself)
 #define FORWARD_SERVICE 6     // to a Service address: egress judged after DNAT
 #define FORWARD_SERVICE_BACKEND 7 // after DNAT: the backend is allowed
+#define FORWARD_RELATED 8     // an ICMP error about a tracked connection
 #define DROP_MALFORMED 134    // Cilium: invalid packet (short headers)
-#define DROP_INVALID_SOURCE 130
+#define DROP_INVALID_SRC_MAC 130 // Cilium: invalid source mac (ARP not from the pod's MAC)
+#define DROP_INVALID_SOURCE 132  // Cilium: invalid source ip (also an ARP claiming another address)
+#define DROP_UNKNOWN_L3 139      // Cilium: unsupported L3 protocol (IPv6, unknown ethertypes)
+#define DROP_UNSUPPORTED_L2 166  // Cilium: unsupported L2 protocol (VLAN tags, 802.3 frames)
+#define DROP_FRAG_NOT_FOUND 175  // Cilium: first logical datagram fragment not found
 #define DROP_POLICY 133
 #define DROP_POLICY_DENY 181
+#define DROP_UNROUTABLE 151  // Cilium: unroutable; a pod's packet to 127/8 or 0/8 (martians)
 #define DROP_NO_ENDPOINT 190 // flatnet: program attached to an unknown interface
 #define DROP_NO_POLICY 191   // flatnet: endpoint without a policy map
 
@@ -117,6 +123,24 @@ struct policy_val {
 	__u8 world_cidr;    // meta entry: world-only CIDR entries exist (POLICY_WORLD_CIDR_BIT)
 	__u8 pad;
 	__u32 lens;         // meta entry: bit n set = some entry has port prefix length n
+};
+
+// IPv4 fragments: the first fragment's ports, for the fragments after it (which
+// carry none), keyed by the datagram (as Cilium's IPv4 fragment map) and the
+// endpoint's interface, so that one pod's fragments never name another's ports.
+#define FRAGS_MAX 8192
+struct frag_key {
+	__u32 ifindex;
+	__u32 saddr; // network order
+	__u32 daddr;
+	__u16 id;    // IP identification, network order
+	__u8 proto;
+	__u8 pad;
+};
+
+struct frag_ports {
+	__u16 sport; // host order, as struct pkt
+	__u16 dport;
 };
 
 // Connection tracking keys from the pod's side, in two tables: new and closing

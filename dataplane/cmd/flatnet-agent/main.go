@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -23,7 +24,12 @@ import (
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/flows"
+	"github.com/flatnet/flatnet/dataplane/ipv4"
 )
+
+// DefaultAPIAddr is where the flows and explain API listen: the host's loopback,
+// which no pod reaches; flatnetctl's --agent-port must name the same port.
+const DefaultAPIAddr = "127.0.0.1:9970"
 
 func main() {
 	if err := command().Execute(); err != nil {
@@ -85,11 +91,11 @@ func command() *cobra.Command {
 				}
 				return a.Run(ctx)
 			}
-			var svc []netip.Prefix
+			var svc []ipv4.Prefix
 			for _, c := range serviceCIDRs {
-				p, err := netip.ParsePrefix(c)
+				p, err := ipv4.ParsePrefix(c)
 				if err != nil {
-					return fmt.Errorf("--service-cidr %q: not a CIDR, e.g. 10.96.0.0/16", c)
+					return fmt.Errorf("--service-cidr %q: not an IPv4 CIDR, e.g. 10.96.0.0/16: %w", c, err)
 				}
 				svc = append(svc, p)
 			}
@@ -102,8 +108,15 @@ func command() *cobra.Command {
 			// enforcing until the next agent adopts them.
 			defer enf.Close()
 			cfg.Datapath = enf
+			// Rejected policies become Events on the objects (once per version).
+			reporter, stopEvents := enforce.NewEventReporter(kube, cfg.NodeName)
+			defer stopEvents()
+			enf.SetReporter(reporter)
 			store := flows.NewStore(flowHistory)
-			cfg.API = flows.Handler(store, enf, cfg.NodeName)
+			api := http.NewServeMux()
+			api.Handle("GET "+enforce.RejectedPath, enf.RejectedHandler())
+			api.Handle("/", flows.Handler(store, enf, cfg.NodeName))
+			cfg.API = api
 			a, err := agent.New(cfg, log, kube, dyn)
 			if err != nil {
 				return err
@@ -150,7 +163,8 @@ func command() *cobra.Command {
 	f.StringVar(&cfg.CNIConfDir, "cni-conf-dir", "/etc/cni/net.d", "node CNI config dir")
 	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/flatnet", "node state dir (allocator under ipam/, endpoint records under endpoints/)")
 	f.StringVar(&cfg.Socket, "socket", endpointapi.DefaultSocket, "endpoint API unix socket")
-	f.StringVar(&cfg.HTTPAddr, "http-addr", ":9969", "address for /healthz, /readyz and /metrics")
+	f.StringVar(&cfg.HTTPAddr, "http-addr", ":9969", "address for /healthz, /readyz and /metrics (every pod of the node reaches it: nothing else is served there)")
+	f.StringVar(&cfg.APIAddr, "api-addr", DefaultAPIAddr, "loopback address for the flows and explain API (flatnetctl reaches it through the API server's pods/portforward; empty = off)")
 	f.DurationVar(&cfg.Reconcile, "reconcile-interval", 30*time.Second, "period of the leak reconciler and block status report")
 	f.StringSliceVar(&serviceCIDRs, "service-cidr", []string{"10.96.0.0/16"}, "the cluster's Service (ClusterIP) ranges: egress to them is judged on the backend")
 	f.BoolVar(&hostRouting, "host-routing", false, "route traffic between two pods of this node through the host stack (netfilter, IP forwarding) instead of delivering it from veth to veth; policy is the same either way")

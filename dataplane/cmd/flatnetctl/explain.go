@@ -76,7 +76,7 @@ func explainCommand() *cobra.Command {
 		Use:   "explain <namespace>/<source-pod> <namespace>/<destination-pod>:<port>[/<protocol>]",
 		Short: "what the compiled policy decides for a new connection between two pods, and which rule decides",
 		Long: `explain asks the flatnet agent on the source pod's node (egress) and the one on the
-destination pod's node (ingress), through the API server's pods/proxy subresource,
+destination pod's node (ingress), through the API server's pods/portforward subresource,
 what their compiled policy decides for a new connection, and which policy and rule
 decide. The connection passes only if both directions forward it.`,
 		Example: `  flatnetctl explain default/client default/server:80

@@ -21,13 +21,14 @@ import (
 )
 
 type agentFlags struct {
-	namespace, selector, port string
+	namespace, selector string
+	port                int
 }
 
 func (f *agentFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.namespace, "agent-namespace", "flatnet-system", "namespace of the flatnet agent DaemonSet")
 	cmd.Flags().StringVar(&f.selector, "agent-selector", "app.kubernetes.io/name=flatnet-agent", "label selector of the agent pods")
-	cmd.Flags().StringVar(&f.port, "agent-port", "9969", "the agents' HTTP port")
+	cmd.Flags().IntVar(&f.port, "agent-port", 9970, "the agents' API port on the host's loopback (their --api-addr), reached through pods/portforward")
 }
 
 func (f *agentFlags) agents(cmd *cobra.Command) (agents, error) {
@@ -39,7 +40,10 @@ func (f *agentFlags) agents(cmd *cobra.Command) (agents, error) {
 	if err != nil {
 		return agents{}, fmt.Errorf("kubernetes client: %w", err)
 	}
-	return agents{kube: kube, namespace: f.namespace, selector: f.selector, port: f.port}, nil
+	if f.port < 1 || f.port > 65535 {
+		return agents{}, fmt.Errorf("--agent-port %d: want a port 1-65535", f.port)
+	}
+	return agents{kube: kube, rest: rc, namespace: f.namespace, selector: f.selector, port: f.port}, nil
 }
 
 func flowsCommand() *cobra.Command {
@@ -53,8 +57,9 @@ func flowsCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "flows",
 		Short: "recent and live flows of every node, as hubble observe shows them",
-		Long: `flows asks the flatnet agent of every node (through the API server's pods/proxy
-subresource) for the flows its datapath reported: new connections allowed and
+		Long: `flows asks the flatnet agent of every node (through the API server's
+pods/portforward subresource: you need RBAC create on pods/portforward in the
+agents' namespace) for the flows its datapath reported: new connections allowed and
 packets dropped, named with pods, labels and the policies that decided.
 
 -o json prints one JSON object per line in the shape of "hubble observe -o json".

@@ -21,7 +21,7 @@ func main() {
 	}
 	root.PersistentFlags().String("kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
 	root.PersistentFlags().String("context", "", "kubeconfig context (default: the current one)")
-	root.AddCommand(usageCommand(), releaseNodeCommand(), flowsCommand(), explainCommand())
+	root.AddCommand(usageCommand(), releaseNodeCommand(), flowsCommand(), explainCommand(), rejectedCommand())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, name+":", err)
 		os.Exit(1)

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strings"
@@ -121,9 +122,27 @@ func (c *Client) List(ctx context.Context) ([]IPBlock, error) {
 // took a block, so with fewer nodes joining at once than this, one wins.
 const maxClaimAttempts = 64
 
+// ClaimAnnotation marks a block whose claimer saw no overlapping block after
+// creating it; only then is the block handed to pods (see EnsureNodeBlock).
+const ClaimAnnotation = "flatnet.io/claim"
+
+// claimConfirmed is ClaimAnnotation's value on a confirmed block.
+const claimConfirmed = "confirmed"
+
 // EnsureNodeBlock returns the block node owns in l.Subnet, claiming the
 // lowest free one when it owns none. nodeIPs are addresses no block may hold
 // (every node's InternalIP). created says whether this call claimed it.
+//
+// Name uniqueness alone does not keep blocks apart: blocks of different
+// sizes (nodes with different maxPods) have different indexes, so two
+// overlapping blocks can have different names and both Creates succeed. So
+// a claim is Create, then List again: if any other block overlaps the new
+// one, the claimer deletes its own and tries again. Of two overlapping
+// blocks the one created second always sees the first (a List returns every
+// object created before it), so at most one of them survives its check;
+// both may retreat, and a random pause keeps them from meeting again. The
+// surviving block is then marked confirmed; a block found unconfirmed (its
+// claimer stopped between Create and the mark) is checked again before use.
 func (c *Client) EnsureNodeBlock(ctx context.Context, l ipam.Layout, node string, nodeIPs []netip.Addr) (blk IPBlock, created bool, err error) {
 	if err := l.Validate(); err != nil {
 		return IPBlock{}, false, err
@@ -138,12 +157,14 @@ func (c *Client) EnsureNodeBlock(ctx context.Context, l ipam.Layout, node string
 			return IPBlock{}, false, err
 		}
 		var existing []ipam.Block
-		for _, b := range all {
+		var own *IPBlock
+		for i, b := range all {
 			if b.Spec.Subnet != subnet {
 				continue
 			}
-			if b.Spec.Node == node {
-				return b, false, nil // lowest index first: List is sorted
+			if b.Spec.Node == node && own == nil {
+				own = &all[i] // lowest index first: List is sorted
+				continue
 			}
 			if bb, err := b.Block(); err == nil {
 				existing = append(existing, bb)
@@ -154,6 +175,23 @@ func (c *Client) EnsureNodeBlock(ctx context.Context, l ipam.Layout, node string
 					existing = append(existing, same)
 				}
 			}
+		}
+		if own != nil {
+			if own.Annotations[ClaimAnnotation] == claimConfirmed {
+				return *own, false, nil
+			}
+			// Its claim never finished: confirm it now or give it up.
+			ok, err := c.confirm(ctx, own)
+			if err != nil {
+				return IPBlock{}, false, err
+			}
+			if ok {
+				return *own, false, nil
+			}
+			if err := pause(ctx, attempt); err != nil {
+				return IPBlock{}, false, err
+			}
+			continue
 		}
 		free, err := l.LowestFreeBlock(existing, nodeIPs)
 		if err != nil {
@@ -178,9 +216,82 @@ func (c *Client) EnsureNodeBlock(ctx context.Context, l ipam.Layout, node string
 		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(got.Object, &nb); err != nil {
 			return IPBlock{}, false, fmt.Errorf("decode created IPBlock %s: %w", nb.Name, err)
 		}
-		return nb, true, nil
+		ok, err := c.confirm(ctx, &nb)
+		if err != nil {
+			return IPBlock{}, false, err
+		}
+		if ok {
+			return nb, true, nil
+		}
+		if err := pause(ctx, attempt); err != nil {
+			return IPBlock{}, false, err
+		}
 	}
 	return IPBlock{}, false, fmt.Errorf("claim a block for node %s: lost %d races in a row; too many nodes joining at once, retrying later", node, maxClaimAttempts)
+}
+
+// confirm lists the blocks again after b was created: when another block
+// overlaps b, b is deleted (false); otherwise b is marked confirmed (true)
+// and updated in place.
+func (c *Client) confirm(ctx context.Context, b *IPBlock) (bool, error) {
+	mine, err := b.Block()
+	if err != nil {
+		return false, err
+	}
+	all, err := c.List(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, o := range all {
+		if o.Name == b.Name || o.Spec.Subnet != b.Spec.Subnet {
+			continue
+		}
+		if ob, err := o.Block(); err == nil && ob.Overlaps(mine) {
+			err := c.res.Delete(ctx, b.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &b.UID}})
+			if err != nil && !apierrors.IsNotFound(err) {
+				return false, fmt.Errorf("give up IPBlock %s (%s), which overlaps %s of node %s: %w", b.Name, mine, o.Name, o.Spec.Node, err)
+			}
+			return false, nil
+		}
+	}
+	for attempt := 0; ; attempt++ {
+		cur, err := c.res.Get(ctx, b.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, fmt.Errorf("get IPBlock %s to confirm it: %w", b.Name, err)
+		}
+		if cur.GetUID() != b.UID {
+			return false, fmt.Errorf("confirm IPBlock %s: it was deleted and claimed again meanwhile", b.Name)
+		}
+		ann := cur.GetAnnotations()
+		if ann == nil {
+			ann = map[string]string{}
+		}
+		ann[ClaimAnnotation] = claimConfirmed
+		cur.SetAnnotations(ann)
+		got, err := c.res.Update(ctx, cur, metav1.UpdateOptions{})
+		if apierrors.IsConflict(err) && attempt < 5 {
+			continue // a status update came between: read it again
+		}
+		if err != nil {
+			return false, fmt.Errorf("confirm IPBlock %s: %w", b.Name, err)
+		}
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(got.Object, b); err != nil {
+			return false, fmt.Errorf("decode confirmed IPBlock %s: %w", b.Name, err)
+		}
+		return true, nil
+	}
+}
+
+// pause waits a random while, longer with each attempt, so that two nodes
+// that both gave up overlapping blocks do not claim the same ones again.
+func pause(ctx context.Context, attempt int) error {
+	d := time.Duration(rand.Int64N(int64(10*time.Millisecond) * int64(min(attempt, 10)+1)))
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
 }
 
 // UpdateStatus replaces the status of the named block.

@@ -12,12 +12,14 @@ import (
 	"sync"
 	"testing"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/fake"
+	k8stesting "k8s.io/client-go/testing"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/flatnet/flatnet/dataplane/ipam"
@@ -293,5 +295,171 @@ func TestReportCountsNodesAndPreallocatedBlocks(t *testing.T) {
 	az := r.Azure("kind-flatnet")
 	if len(az.Value) != 1 || az.Value[0].Name.Value != "SubnetSpace" || az.Value[0].Unit != "Count" || az.Value[0].CurrentValue != 93 || az.Value[0].Limit != 65533 {
 		t.Fatalf("azure usage %+v", az)
+	}
+}
+
+// slowCreates holds every Create back until all claimers have listed, the
+// widest race window a real API server allows: each node decides from a
+// list that shows none of the others' blocks. The tracker underneath keeps
+// the API server's properties the claim protocol may rely on: a second
+// Create of a name fails with AlreadyExists, and a List returns every object
+// whose Create returned before it (etcd's quorum read).
+type slowCreates struct {
+	dynamic.NamespaceableResourceInterface
+	listed *sync.WaitGroup
+	once   sync.Map
+}
+
+func (s *slowCreates) List(ctx context.Context, o metav1.ListOptions) (*unstructured.UnstructuredList, error) {
+	l, err := s.NamespaceableResourceInterface.List(ctx, o)
+	if _, done := s.once.LoadOrStore(ctx.Value(claimerKey{}), true); !done {
+		s.listed.Done()
+	}
+	return l, err
+}
+
+func (s *slowCreates) Create(ctx context.Context, obj *unstructured.Unstructured, o metav1.CreateOptions, sub ...string) (*unstructured.Unstructured, error) {
+	s.listed.Wait()
+	return s.NamespaceableResourceInterface.Create(ctx, obj, o, sub...)
+}
+
+type claimerKey struct{}
+
+// Nodes with different maxPods (block sizes) joining at once get blocks of
+// different sizes whose indexes, and so names, differ although their
+// addresses overlap: name uniqueness alone does not keep them apart.
+// It runs on client-go's object tracker and, when kube-apiserver and etcd are
+// at hand (see newClient), on the real API server too.
+func TestConcurrentNodesOfDifferentSizesNeverOverlap(t *testing.T) {
+	t.Run("tracker", func(t *testing.T) {
+		concurrentSizes(t, 20, func() dynamic.Interface {
+			return fake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{GVR: "IPBlockList"})
+		})
+	})
+	t.Run("kube-apiserver", func(t *testing.T) {
+		dyn := realAPIServer(t)
+		if dyn == nil {
+			t.Skip("needs a real kube-apiserver (make node-image, or KUBEBUILDER_ASSETS)")
+		}
+		concurrentSizes(t, 5, func() dynamic.Interface {
+			newClient(t) // deletes every IPBlock
+			return dyn
+		})
+	})
+}
+
+func concurrentSizes(t *testing.T, rounds int, fresh func() dynamic.Interface) {
+	sizes := []int{10, 17, 30, 50, 64, 110, 250}
+	for round := range rounds {
+		dyn := fresh()
+		const nodes = 14
+		var listed sync.WaitGroup
+		listed.Add(nodes)
+		c := &Client{res: &slowCreates{NamespaceableResourceInterface: dyn.Resource(GVR), listed: &listed}}
+		got := make([]IPBlock, nodes)
+		errs := make([]error, nodes)
+		var wg sync.WaitGroup
+		for i := range nodes {
+			l := kindLayout
+			l.BlockSize = sizes[(i+round)%len(sizes)]
+			wg.Go(func() {
+				ctx := context.WithValue(context.Background(), claimerKey{}, i)
+				got[i], _, errs[i] = c.EnsureNodeBlock(ctx, l, fmt.Sprintf("node-%d", i), nil)
+			})
+		}
+		wg.Wait()
+		checkDisjoint(t, got, errs)
+		// What the API server holds afterwards is disjoint too, one block per node.
+		all, err := New(dyn).List(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkDisjoint(t, all, make([]error, len(all)))
+		if len(all) != nodes {
+			t.Fatalf("round %d: %d IPBlocks for %d nodes", round, len(all), nodes)
+		}
+	}
+}
+
+func checkDisjoint(t *testing.T, got []IPBlock, errs []error) {
+	t.Helper()
+	for i := range got {
+		if errs[i] != nil {
+			t.Fatalf("node %d: %v", i, errs[i])
+		}
+		b, err := got[i].Block()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for j := range i {
+			o, _ := got[j].Block()
+			if b.Overlaps(o) {
+				t.Fatalf("%s's block %s (%s) overlaps %s's %s (%s)", got[i].Spec.Node, got[i].Name, b, got[j].Spec.Node, got[j].Name, o)
+			}
+		}
+	}
+}
+
+// A claimer that stopped between Create and the confirmation left an
+// unconfirmed block, and another node meanwhile confirmed an overlapping one:
+// the restarted claimer gives its block up and claims a disjoint one. An
+// unconfirmed block that overlaps nothing (one claimed before confirmation
+// existed) is kept and confirmed.
+func TestUnconfirmedBlockIsCheckedBeforeUse(t *testing.T) {
+	ctx := context.Background()
+	c := newClient(t)
+	big := kindLayout
+	big.BlockSize = 50
+	y, _, err := c.EnsureNodeBlock(ctx, big, "y", nil) // 10.224.0.32-81, confirmed
+	if err != nil {
+		t.Fatal(err)
+	}
+	half := IPBlock{
+		TypeMeta:   metav1.TypeMeta{Kind: Kind, APIVersion: APIVersion},
+		ObjectMeta: metav1.ObjectMeta{Name: BlockName(kindLayout.Subnet, 1)},
+		Spec:       IPBlockSpec{Subnet: "10.224.0.0/16", Index: 1, First: "10.224.0.62", Size: 30, Node: "x"},
+	}
+	obj, _ := runtime.DefaultUnstructuredConverter.ToUnstructured(&half)
+	if _, err := c.res.Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	x, created, err := c.EnsureNodeBlock(ctx, kindLayout, "x", nil)
+	if err != nil || !created {
+		t.Fatalf("x: %v created=%v, want a new block", err, created)
+	}
+	checkDisjoint(t, []IPBlock{y, x}, []error{nil, nil})
+	all, _ := c.List(ctx)
+	if len(all) != 2 {
+		t.Fatalf("%d blocks left, want y's and x's new one (the unconfirmed one deleted)", len(all))
+	}
+	// An old unconfirmed block overlapping nothing stays its node's.
+	old := half
+	old.Name, old.Spec.Index, old.Spec.First, old.Spec.Node = BlockName(kindLayout.Subnet, 9), 9, "10.224.1.46", "z"
+	obj, _ = runtime.DefaultUnstructuredConverter.ToUnstructured(&old)
+	if _, err := c.res.Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	z, created, err := c.EnsureNodeBlock(ctx, kindLayout, "z", nil)
+	if err != nil || created || z.Name != old.Name || z.Annotations[ClaimAnnotation] != claimConfirmed {
+		t.Fatalf("z: %s created=%v annotations=%v err=%v, want %s kept and confirmed", z.Name, created, z.Annotations, err, old.Name)
+	}
+}
+
+// A status update between the claim's Create and its confirmation makes the
+// confirmation's Update conflict: it reads the block again and confirms it,
+// never giving up a good block.
+func TestConfirmationSurvivesAConflict(t *testing.T) {
+	dyn := fake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{GVR: "IPBlockList"})
+	conflicts := 2
+	dyn.PrependReactor("update", "ipblocks", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if conflicts > 0 {
+			conflicts--
+			return true, nil, apierrors.NewConflict(GVR.GroupResource(), "x", errors.New("the object has been modified"))
+		}
+		return false, nil, nil
+	})
+	b, created, err := New(dyn).EnsureNodeBlock(context.Background(), kindLayout, "n1", nil)
+	if err != nil || !created || b.Annotations[ClaimAnnotation] != claimConfirmed || b.Spec.Index != 0 {
+		t.Fatalf("claim after 2 conflicts: %+v created=%v err=%v, want block 0 created and confirmed", b.ObjectMeta, created, err)
 	}
 }

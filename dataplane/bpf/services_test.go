@@ -1,0 +1,196 @@
+package bpf
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+
+	"github.com/flatnet/flatnet/dataplane/compile"
+	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/ipv4"
+	"github.com/flatnet/flatnet/dataplane/policy"
+)
+
+// addRemotePod is a pod of another node: its traffic reaches this node over a link
+// that runs no flatnet program (as a node's uplink does), and the IP cache knows its
+// identity as every node's does.
+func (n *testNode) addRemotePod(namespace, name, ip string, labels map[string]string) *testPod {
+	n.t.Helper()
+	p := n.addPod(namespace, name, ip, labels)
+	must(n.t, n.node.Do(func(ns.NetNS) error { return n.d.DetachEndpoint(context.Background(), p.ifindex) }))
+	must(n.t, n.c.UpsertPod(compile.Pod{Namespace: namespace, Name: name, Labels: labels, IP: p.ip}))
+	n.flush()
+	return p
+}
+
+// addLocalAddr gives the node one more address of its own (on lo), one the IP cache
+// does not know as the node's: kube-proxy's NodePorts answer on every local address.
+func (n *testNode) addLocalAddr(a netip.Addr) {
+	n.t.Helper()
+	must(n.t, n.node.Do(func(ns.NetNS) error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		return netlink.AddrAdd(lo, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(a, 32))})
+	}))
+}
+
+func (n *testNode) drops(ifindex int, dir policy.Direction) uint64 {
+	n.t.Helper()
+	counters, err := n.d.Counters(context.Background())
+	must(n.t, err)
+	var drops uint64
+	for _, c := range counters {
+		if c.IfIndex == ifindex && c.Direction == dir && (c.Code == DropPolicy || c.Code == DropPolicyDeny) {
+			drops += c.Packets
+		}
+	}
+	return drops
+}
+
+// TestNetnsDNATedEgressJudgedOnBackend: whatever address kube-proxy (or a hostPort)
+// DNATs on this node, a pod's egress is judged on the backend, also when the agent was
+// never told the address is a Service's: an externalIP, a LoadBalancer IP, a NodePort
+// on a node address the IP cache does not list. A pod allowed to world only must not
+// reach in-cluster backends through them.
+func TestNetnsDNATedEgressJudgedOnBackend(t *testing.T) {
+	n := newTestNode(t)
+	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
+	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	other := n.addPod("other", "web", "10.224.2.30", map[string]string{"app": "web"})
+	server.serveTCP(t, 80)
+	other.serveTCP(t, 80)
+	must(t, n.node.Do(func(ns.NetNS) error { return n.d.AttachServiceHook(context.Background()) }))
+
+	externalIP := netip.MustParseAddr("203.0.113.10") // spec.externalIPs
+	lbIP := netip.MustParseAddr("198.51.100.7")       // status.loadBalancer.ingress[].ip
+	extraLocal := netip.MustParseAddr("192.0.2.1")    // a node address not in Node.status
+	n.addLocalAddr(extraLocal)
+	for _, vip := range []netip.Addr{externalIP, lbIP} {
+		n.iptables("-t", "nat", "-A", "PREROUTING", "-d", vip.String(), "-p", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", "10.224.2.30:80")
+		n.iptables("-t", "nat", "-A", "PREROUTING", "-d", vip.String(), "-p", "tcp", "--dport", "81", "-j", "DNAT", "--to-destination", "10.224.1.10:80")
+	}
+	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", extraLocal.String(), "-p", "tcp", "--dport", "30081", "-j", "DNAT", "--to-destination", "10.224.2.30:80")
+	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", extraLocal.String(), "-p", "tcp", "--dport", "30080", "-j", "DNAT", "--to-destination", "10.224.1.10:80")
+
+	wantWorks(t, "externalIP -> other without policy", client.tcpWorks(externalIP, 80))
+
+	n.cnp(`
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-egress, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEntities: [world]
+  - toEndpoints: [{matchLabels: {app: server}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+`)
+	before := n.drops(client.ifindex, policy.Egress)
+	wantBlocked(t, "externalIP whose backend the egress policy denies", client.tcpQuick(externalIP, 80))
+	wantBlocked(t, "LoadBalancer IP whose backend the egress policy denies", client.tcpQuick(lbIP, 80))
+	wantBlocked(t, "NodePort on an unlisted node address, backend denied", client.tcpQuick(extraLocal, 30081))
+	wantWorks(t, "externalIP whose backend the egress policy allows", client.tcpWorks(externalIP, 81))
+	wantWorks(t, "LoadBalancer IP whose backend the egress policy allows", client.tcpWorks(lbIP, 81))
+	wantWorks(t, "NodePort on an unlisted node address, backend allowed", client.tcpWorks(extraLocal, 30080))
+	if n.drops(client.ifindex, policy.Egress) == before {
+		t.Errorf("no policy drop counted on the client's egress")
+	}
+}
+
+// TestNetnsNodePortIngressJudgedBeforeMasquerade: a NodePort connection kube-proxy
+// DNATs to a backend of this node and masquerades (externalTrafficPolicy: Cluster)
+// reaches the backend from the node's own address, which a pod's ingress always
+// allows. The backend's ingress is judged on the source before the masquerade: a pod
+// of another node that the backend's policy does not admit must not get in through
+// this node's NodePort, one it admits must.
+func TestNetnsNodePortIngressJudgedBeforeMasquerade(t *testing.T) {
+	n := newTestNode(t)
+	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
+	client := n.addRemotePod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	intruder := n.addRemotePod("default", "intruder", "10.224.2.30", map[string]string{"app": "intruder"})
+	local := n.addPod("default", "local", "10.224.2.40", map[string]string{"app": "intruder"})
+	server.serveTCP(t, 80)
+	must(t, n.node.Do(func(ns.NetNS) error { return n.d.AttachServiceHook(context.Background()) }))
+	// kube-proxy's NodePort chain: mark for masquerade (KUBE-MARK-MASQ), DNAT to the
+	// backend, masquerade marked packets on the way out (KUBE-POSTROUTING).
+	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", n.nodeIP.String(), "-p", "tcp", "--dport", "30080", "-j", "MARK", "--set-xmark", "0x4000/0x4000")
+	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", n.nodeIP.String(), "-p", "tcp", "--dport", "30080", "-j", "DNAT", "--to-destination", "10.224.1.10:80")
+	n.iptables("-t", "nat", "-A", "POSTROUTING", "-m", "mark", "--mark", "0x4000/0x4000", "-j", "MASQUERADE")
+
+	n.cnp(allowClient)
+	wantWorks(t, "admitted remote pod -> NodePort", client.tcpWorks(n.nodeIP, 30080))
+	wantBlocked(t, "remote pod the backend does not admit -> NodePort", intruder.tcpQuick(n.nodeIP, 30080))
+	wantBlocked(t, "local pod the backend does not admit -> NodePort", local.tcpQuick(n.nodeIP, 30080))
+	wantBlocked(t, "remote pod the backend does not admit, directly", intruder.tcpQuick(server.ip, 80))
+	if n.drops(server.ifindex, policy.Ingress) == 0 {
+		t.Errorf("no policy drop counted on the server's ingress")
+	}
+}
+
+// TestServiceAddressesOverIdentities: a Service address keeps the identity the
+// compiler gave it (an externalIP may be a node's address), is world when it has
+// none, and leaves exactly that identity (or nothing) behind when it stops being one.
+func TestServiceAddressesOverIdentities(t *testing.T) {
+	d := loadTest(t)
+	ctx := context.Background()
+	node := ipv4.MustParsePrefix("10.224.0.3/32")
+	extIP := ipv4.MustParsePrefix("203.0.113.10/32")
+	cidr := ipv4.MustParsePrefix("10.96.0.0/16")
+	check := func(what string, want map[ipv4.Prefix]PrefixEntry) {
+		t.Helper()
+		got, err := d.IPCache(ctx)
+		must(t, err)
+		if len(got) != len(want) {
+			t.Errorf("%s: IP cache %v, want %v", what, got, want)
+			return
+		}
+		for p, w := range want {
+			if got[p] != w {
+				t.Errorf("%s: %s is %+v, want %+v", what, p, got[p], w)
+			}
+		}
+	}
+	must(t, d.UpsertPrefix(ctx, node, identity.RemoteNode, false))
+	must(t, d.SetServices(ctx, []ipv4.Prefix{node, extIP, cidr}))
+	check("marked", map[ipv4.Prefix]PrefixEntry{
+		node: {Identity: identity.RemoteNode, Service: true}, extIP: {Identity: identity.World, Service: true},
+		cidr: {Identity: identity.World, Service: true}})
+	must(t, d.DeletePrefix(ctx, node))
+	check("node gone, still a Service address", map[ipv4.Prefix]PrefixEntry{
+		node: {Identity: identity.World, Service: true}, extIP: {Identity: identity.World, Service: true},
+		cidr: {Identity: identity.World, Service: true}})
+	must(t, d.UpsertPrefix(ctx, node, identity.RemoteNode, false))
+	must(t, d.SetServices(ctx, []ipv4.Prefix{cidr}))
+	check("no longer Service addresses", map[ipv4.Prefix]PrefixEntry{
+		node: {Identity: identity.RemoteNode}, cidr: {Identity: identity.World, Service: true}})
+}
+
+// TestNetnsExternalIPToAllowedBackend: a pod whose egress policy allows the backend
+// but not world reaches it through the Service's externalIP once the address is
+// marked as a Service's (judged on the backend only, not as world first).
+func TestNetnsExternalIPToAllowedBackend(t *testing.T) {
+	n := newTestNode(t)
+	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
+	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	server.serveTCP(t, 80)
+	must(t, n.node.Do(func(ns.NetNS) error { return n.d.AttachServiceHook(context.Background()) }))
+	externalIP := netip.MustParseAddr("203.0.113.10")
+	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", externalIP.String(), "-p", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", "10.224.1.10:80")
+	n.cnp(`
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-egress, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: server}}]
+`)
+	wantBlocked(t, "externalIP not known as a Service's: judged as world first", client.tcpQuick(externalIP, 80))
+	must(t, n.d.SetServices(context.Background(), []ipv4.Prefix{ipv4.MustParsePrefix(externalIP.String() + "/32")}))
+	wantWorks(t, "externalIP marked as a Service's, backend allowed", client.tcpWorks(externalIP, 80))
+}
