@@ -284,11 +284,13 @@ var _ = Describe("the agents' flows API [flatnet]", Label("flatnet", "observabil
 	})
 })
 
-// podWget fetches url from inside pod with busybox wget (5 s), returning what
+// podWget fetches url from inside pod with busybox wget (10 s), returning what
 // it printed (the body on success, wget's error otherwise) and its exit code.
+// Debian's busybox-static 1.35 segfaults in `wget -T` (exit 139), so busybox's
+// own timeout bounds it instead.
 func podWget(ctx context.Context, pod, url string) (string, int) {
 	var stdout, stderr bytes.Buffer
-	err := executor.Exec(ctx, podexec.Pod{Namespace: scenario.Namespace, Name: pod}, []string{"wget", "-q", "-T", "5", "-O", "-", url}, nil, &stdout, &stderr)
+	err := executor.Exec(ctx, podexec.Pod{Namespace: scenario.Namespace, Name: pod}, []string{"timeout", "10", "wget", "-q", "-O", "-", url}, nil, &stdout, &stderr)
 	var exit clientexec.ExitError
 	if err != nil && !errors.As(err, &exit) {
 		Expect(err).NotTo(HaveOccurred(), "exec wget %s in %s/%s", url, scenario.Namespace, pod)
