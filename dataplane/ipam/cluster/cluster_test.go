@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -20,9 +19,9 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/fake"
 	k8stesting "k8s.io/client-go/testing"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/flatnet/flatnet/dataplane/ipam"
+	"github.com/flatnet/flatnet/internal/apiservertest"
 )
 
 // newClient returns a Client on a real kube-apiserver (with etcd, through
@@ -47,70 +46,30 @@ func newClient(t *testing.T) *Client {
 var (
 	apiOnce sync.Once
 	apiDyn  dynamic.Interface
-	apiEnv  *envtest.Environment
+	apiStop func() error
 	apiErr  error
 )
 
 func realAPIServer(t *testing.T) dynamic.Interface {
 	apiOnce.Do(func() {
-		dir := apiServerAssets()
+		dir := apiservertest.Assets()
 		if dir == "" {
 			return
 		}
-		apiEnv = &envtest.Environment{
-			BinaryAssetsDirectory: dir,
-			CRDDirectoryPaths:     []string{filepath.Join("..", "..", "manifests", "crds", "flatnet.io_ipblocks.yaml")},
-			ErrorIfCRDPathMissing: true,
-		}
-		cfg, err := apiEnv.Start()
-		if err != nil {
-			apiErr = err
-			return
-		}
-		apiDyn, apiErr = dynamic.NewForConfig(cfg)
+		apiDyn, apiStop, apiErr = apiservertest.Start(dir, filepath.Join("..", "..", "manifests", "crds", "flatnet.io_ipblocks.yaml"))
 	})
 	if apiErr != nil {
-		t.Fatalf("start kube-apiserver and etcd: %v", apiErr)
+		t.Fatal(apiErr)
 	}
 	return apiDyn
 }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if apiEnv != nil {
-		apiEnv.Stop()
+	if apiStop != nil {
+		apiStop()
 	}
 	os.Exit(code)
-}
-
-// apiServerAssets finds kube-apiserver and etcd: KUBEBUILDER_ASSETS, else
-// what scripts/node-image.sh built into the flatnet cache; "" when neither.
-func apiServerAssets() string {
-	has := func(dir string) bool {
-		for _, b := range []string{"kube-apiserver", "etcd"} {
-			if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-				return false
-			}
-		}
-		return true
-	}
-	if d := os.Getenv("KUBEBUILDER_ASSETS"); d != "" && has(d) {
-		return d
-	}
-	cache := os.Getenv("FLATNET_CACHE")
-	if cache == "" {
-		home, _ := os.UserHomeDir()
-		cache = filepath.Join(home, ".cache", "flatnet")
-	}
-	dirs, _ := filepath.Glob(filepath.Join(cache, "node-bin", "*"))
-	slices.Sort(dirs)
-	slices.Reverse(dirs)
-	for _, d := range dirs {
-		if has(d) {
-			return d
-		}
-	}
-	return ""
 }
 
 // The CRD's schema and CEL rule hold on a real API server: a claimed block's

@@ -2,9 +2,6 @@ package crds
 
 import (
 	"context"
-	"os"
-	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 
@@ -13,62 +10,24 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
-)
 
-// apiServerAssets finds kube-apiserver and etcd: KUBEBUILDER_ASSETS, else what
-// scripts/node-image.sh built into the flatnet cache; "" when neither.
-func apiServerAssets() string {
-	has := func(dir string) bool {
-		for _, b := range []string{"kube-apiserver", "etcd"} {
-			if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-				return false
-			}
-		}
-		return true
-	}
-	if d := os.Getenv("KUBEBUILDER_ASSETS"); d != "" && has(d) {
-		return d
-	}
-	cache := os.Getenv("FLATNET_CACHE")
-	if cache == "" {
-		home, _ := os.UserHomeDir()
-		cache = filepath.Join(home, ".cache", "flatnet")
-	}
-	dirs, _ := filepath.Glob(filepath.Join(cache, "node-bin", "*"))
-	slices.Sort(dirs)
-	slices.Reverse(dirs)
-	for _, d := range dirs {
-		if has(d) {
-			return d
-		}
-	}
-	return ""
-}
+	"github.com/flatnet/flatnet/internal/apiservertest"
+)
 
 // On a real kube-apiserver with the shipped CRDs, a CNP with toFQDNs sent
 // with client-go's default field validation (none: the server prunes unknown
 // fields with a warning), or Ignore, is refused with the field named; the
 // enforced subset is still stored.
 func TestAPIServerRefusesUnenforcedFields(t *testing.T) {
-	dir := apiServerAssets()
+	dir := apiservertest.Assets()
 	if dir == "" {
 		t.Skip("needs kube-apiserver and etcd (make node-image builds them, or set KUBEBUILDER_ASSETS); TestUnenforcedCiliumFieldsAreRefused covers the same in-process")
 	}
-	env := &envtest.Environment{
-		BinaryAssetsDirectory: dir,
-		CRDDirectoryPaths:     []string{"cilium.io_ciliumnetworkpolicies.yaml", "cilium.io_ciliumclusterwidenetworkpolicies.yaml"},
-		ErrorIfCRDPathMissing: true,
-	}
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatalf("start kube-apiserver and etcd: %v", err)
-	}
-	t.Cleanup(func() { env.Stop() })
-	dyn, err := dynamic.NewForConfig(cfg)
+	dyn, stop, err := apiservertest.Start(dir, "cilium.io_ciliumnetworkpolicies.yaml", "cilium.io_ciliumclusterwidenetworkpolicies.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { stop() })
 	ctx := context.Background()
 	cnp := dyn.Resource(schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumnetworkpolicies"}).Namespace("default")
 	ccnp := dyn.Resource(schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumclusterwidenetworkpolicies"})
