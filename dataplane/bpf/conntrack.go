@@ -108,19 +108,32 @@ func copyCT(from, to *ebpf.Map, match func(*datapathCtKey) bool) (copied, droppe
 		if !match(k) {
 			return nil
 		}
-		err := to.Update(k, v, ebpf.UpdateNoExist)
-		switch {
-		case err == nil:
+		added, full, err := putCT(to, k, v)
+		if added {
 			copied++
-		case errors.Is(err, ebpf.ErrKeyExist):
-		case errors.Is(err, unix.E2BIG):
-			dropped++
-		default:
-			return err
 		}
-		return nil
+		if full {
+			dropped++
+		}
+		return err
 	})
 	return copied, dropped, err
+}
+
+// putCT adds k to m unless m already has it (that entry is newer): added says it
+// went in, full that m had no room (E2BIG), which is the caller's to count, not
+// an error.
+func putCT(m *ebpf.Map, k *datapathCtKey, v *datapathCtVal) (added, full bool, err error) {
+	err = m.Update(k, v, ebpf.UpdateNoExist)
+	switch {
+	case err == nil:
+		return true, false, nil
+	case errors.Is(err, ebpf.ErrKeyExist):
+		return false, false, nil
+	case errors.Is(err, unix.E2BIG):
+		return false, true, nil
+	}
+	return false, false, err
 }
 
 // walkCT calls fn for every entry of a connection table (batched where the kernel
@@ -262,17 +275,14 @@ func (d *Datapath) spreadCT(src *ebpf.Map, match func(*datapathCtKey) bool, move
 				tables[k.Ifindex] = t
 			}
 			if t != nil {
-				err := t.Update(k, v, ebpf.UpdateNoExist)
-				switch {
-				case err == nil:
+				added, full, err := putCT(t, k, v)
+				if added && move {
+					moved = append(moved, *k)
+				}
+				if added {
 					copied++
-					if move {
-						moved = append(moved, *k)
-					}
-					return nil
-				case errors.Is(err, ebpf.ErrKeyExist):
-					return nil
-				case !errors.Is(err, unix.E2BIG):
+				}
+				if !full {
 					return err
 				}
 				// The endpoint's table is full: the shared one keeps it.
@@ -281,17 +291,14 @@ func (d *Datapath) spreadCT(src *ebpf.Map, match func(*datapathCtKey) bool, move
 		if move {
 			return nil // already there
 		}
-		err := d.objs.FnCt.Update(k, v, ebpf.UpdateNoExist)
-		switch {
-		case err == nil:
+		added, full, err := putCT(d.objs.FnCt, k, v)
+		if added {
 			copied++
-		case errors.Is(err, ebpf.ErrKeyExist):
-		case errors.Is(err, unix.E2BIG):
-			dropped++
-		default:
-			return err
 		}
-		return nil
+		if full {
+			dropped++
+		}
+		return err
 	})
 	for i := range moved {
 		_ = src.Delete(&moved[i])
