@@ -41,25 +41,7 @@ func (p *testPod) udpExchange(addr netip.Addr, port, size int, timeout time.Dura
 }
 
 // serveUDPLarge echoes datagrams of any size on port.
-func (p *testPod) serveUDPLarge(t *testing.T, port int) {
-	var pc net.PacketConn
-	must(t, p.netns.Do(func(ns.NetNS) error {
-		var err error
-		pc, err = net.ListenPacket("udp4", netip.AddrPortFrom(p.ip, uint16(port)).String())
-		return err
-	}))
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 65536)
-		for {
-			n, addr, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = pc.WriteTo(buf[:n], addr)
-		}
-	}()
-}
+func (p *testPod) serveUDPLarge(t *testing.T, port int) { p.serveUDPEcho(t, port, 65536) }
 
 // TestNetnsLargeUDPThroughPortRule: a UDP datagram bigger than the MTU (a large DNS
 // answer) crosses a port rule whole, both ways; on a denied port it stays dropped.

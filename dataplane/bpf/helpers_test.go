@@ -3,14 +3,19 @@ package bpf
 import (
 	"context"
 	"encoding/binary"
+	"net"
 	"net/netip"
 	"path/filepath"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/sys/unix"
 
 	"github.com/flatnet/flatnet/dataplane/compile"
+	"github.com/flatnet/flatnet/dataplane/identity"
 	"github.com/flatnet/flatnet/internal/testenv"
 )
 
@@ -145,4 +150,104 @@ func setEndpoint(t testing.TB, d *Datapath, ip netip.Addr, id uint32, pol *compi
 	if err := d.objs.FnEndpoints.Put(uint32(testIfindex), &info); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// probeResult is what a probe loop saw: how many tries, how many went the wrong way.
+type probeResult struct{ tries, wrong int }
+
+// probeAllowedDenied connects client -> server:port (which must work) and
+// other -> server:port (which must not) over and over until stop is closed; each
+// channel then gives what its loop saw. A window while the datapath changes shows
+// as a wrong try.
+func probeAllowedDenied(stop <-chan struct{}, client, other, server *testPod, port int) (allowed, denied <-chan probeResult) {
+	probe := func(try func() bool) <-chan probeResult {
+		done := make(chan probeResult, 1)
+		go func() {
+			var r probeResult
+			for {
+				select {
+				case <-stop:
+					done <- r
+					return
+				default:
+				}
+				r.tries++
+				if !try() {
+					r.wrong++
+				}
+			}
+		}()
+		return done
+	}
+	allowed = probe(func() bool { return client.tcpWorks(server.ip, port) == nil })
+	denied = probe(func() bool {
+		c, err := other.dialTimeout(server.ip, port, 150*time.Millisecond)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	return allowed, denied
+}
+
+// restartAgent makes d the node's datapath as the agent does when it starts over
+// pinned maps: the identities d stored seed a fresh compiler, which is given the
+// namespaces, the node and every pod again. The caller replays its policies and
+// re-attaches the endpoints (reattach).
+func (n *testNode) restartAgent(t testing.TB, d *Datapath) {
+	t.Helper()
+	stored, err := d.Identities(context.Background())
+	must(t, err)
+	alloc := identity.NewAllocator()
+	for s, id := range stored {
+		alloc.Remember(s, id)
+	}
+	n.d.Close()
+	n.d, n.attach = d, nil
+	n.c = compile.New(alloc)
+	must(t, n.c.UpsertNamespace(compile.Namespace{Name: "default"}))
+	must(t, n.c.UpsertNamespace(compile.Namespace{Name: "other"}))
+	n.c.UpsertNode("self", []netip.Addr{n.nodeIP}, true)
+	for _, p := range n.pods {
+		must(t, n.c.UpsertPod(compile.Pod{Namespace: p.namespace, Name: p.name, Labels: p.labels, IP: p.ip, Local: true}))
+	}
+}
+
+// reattach attaches p's endpoint again with the compiler's current policy for it.
+func (n *testNode) reattach(t testing.TB, p *testPod) {
+	t.Helper()
+	id, _ := n.c.IdentityOf(p.namespace, p.name)
+	must(t, n.node.Do(func(ns.NetNS) error {
+		return n.d.AttachEndpoint(context.Background(), Endpoint{IfIndex: p.ifindex, IP: p.ip, Identity: id, MAC: p.mac},
+			n.c.EndpointPolicy(p.namespace, p.name))
+	}))
+}
+
+// serveUDPEcho echoes datagrams of up to size bytes on port in the pod until the
+// test ends.
+func (p *testPod) serveUDPEcho(t testing.TB, port, size int) {
+	var pc net.PacketConn
+	must(t, p.netns.Do(func(ns.NetNS) error {
+		var err error
+		pc, err = net.ListenPacket("udp4", netip.AddrPortFrom(p.ip, uint16(port)).String())
+		return err
+	}))
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, size)
+		for {
+			n, addr, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo(buf[:n], addr)
+		}
+	}()
+}
+
+// dnatTCP has the node DNAT TCP to dst:port onto backend ("ip:port"), as kube-proxy
+// does for a Service.
+func (n *testNode) dnatTCP(dst netip.Addr, port int, backend string) {
+	n.t.Helper()
+	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", dst.String(), "-p", "tcp", "--dport", strconv.Itoa(port), "-j", "DNAT", "--to-destination", backend)
 }

@@ -237,25 +237,8 @@ func (p *testPod) serve(t testing.TB, port int, handle func(net.Conn)) {
 	}()
 }
 
-func (p *testPod) serveUDP(t *testing.T, port int) {
-	var pc net.PacketConn
-	must(t, p.netns.Do(func(ns.NetNS) error {
-		var err error
-		pc, err = net.ListenPacket("udp4", netip.AddrPortFrom(p.ip, uint16(port)).String())
-		return err
-	}))
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, addr, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = pc.WriteTo(buf[:n], addr)
-		}
-	}()
-}
+// serveUDP echoes datagrams of up to one MTU on port.
+func (p *testPod) serveUDP(t *testing.T, port int) { p.serveUDPEcho(t, port, 1500) }
 
 // Connections that must work get a generous timeout (the machine may be loaded);
 // connections that must be blocked are given up on sooner.
@@ -523,10 +506,10 @@ func TestNetnsServicesJudgedOnBackend(t *testing.T) {
 
 	allowed := netip.MustParseAddr("10.96.0.10") // Service -> server
 	denied := netip.MustParseAddr("10.96.0.11")  // Service -> other
-	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", allowed.String(), "-p", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", "10.224.1.10:80")
-	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", denied.String(), "-p", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", "10.224.2.30:80")
-	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", n.nodeIP.String(), "-p", "tcp", "--dport", "30080", "-j", "DNAT", "--to-destination", "10.224.1.10:80")
-	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", n.nodeIP.String(), "-p", "tcp", "--dport", "30081", "-j", "DNAT", "--to-destination", "10.224.2.30:80")
+	n.dnatTCP(allowed, 80, "10.224.1.10:80")
+	n.dnatTCP(denied, 80, "10.224.2.30:80")
+	n.dnatTCP(n.nodeIP, 30080, "10.224.1.10:80")
+	n.dnatTCP(n.nodeIP, 30081, "10.224.2.30:80")
 	for _, vip := range []netip.Addr{allowed, denied} {
 		must(t, n.d.UpsertService(context.Background(), vip))
 	}
@@ -619,60 +602,15 @@ func TestNetnsNoWindowAcrossRestarts(t *testing.T) {
 	n.cnp(allowClient)
 
 	stop := make(chan struct{})
-	type result struct{ tries, wrong int }
-	probe := func(try func() bool) chan result {
-		done := make(chan result, 1)
-		go func() {
-			var r result
-			for {
-				select {
-				case <-stop:
-					done <- r
-					return
-				default:
-				}
-				r.tries++
-				if !try() {
-					r.wrong++
-				}
-			}
-		}()
-		return done
-	}
-	allowed := probe(func() bool { return client.tcpWorks(server.ip, 80) == nil })
-	denied := probe(func() bool {
-		c, err := other.dialTimeout(server.ip, 80, 150*time.Millisecond)
-		if err == nil {
-			c.Close()
-		}
-		return err != nil
-	})
+	allowed, denied := probeAllowedDenied(stop, client, other, server, 80)
 
 	for i := 0; i < 10; i++ {
 		d2, err := Load(context.Background(), n.pinDir)
 		must(t, err)
-		stored, err := d2.Identities(context.Background())
-		must(t, err)
-		alloc := identity.NewAllocator()
-		for s, id := range stored {
-			alloc.Remember(s, id)
-		}
-		n.d.Close()
-		n.d = d2
-		n.c = compile.New(alloc)
-		must(t, n.c.UpsertNamespace(compile.Namespace{Name: "default"}))
-		must(t, n.c.UpsertNamespace(compile.Namespace{Name: "other"}))
-		n.c.UpsertNode("self", []netip.Addr{n.nodeIP}, true)
-		for _, p := range n.pods {
-			must(t, n.c.UpsertPod(compile.Pod{Namespace: p.namespace, Name: p.name, Labels: p.labels, IP: p.ip, Local: true}))
-		}
+		n.restartAgent(t, d2)
 		n.cnp(allowClient)
 		for _, p := range n.pods {
-			id, _ := n.c.IdentityOf(p.namespace, p.name)
-			must(t, n.node.Do(func(ns.NetNS) error {
-				return n.d.AttachEndpoint(context.Background(), Endpoint{IfIndex: p.ifindex, IP: p.ip, Identity: id, MAC: p.mac},
-					n.c.EndpointPolicy(p.namespace, p.name))
-			}))
+			n.reattach(t, p)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

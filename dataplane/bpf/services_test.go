@@ -71,11 +71,11 @@ func TestNetnsDNATedEgressJudgedOnBackend(t *testing.T) {
 	extraLocal := netip.MustParseAddr("192.0.2.1")    // a node address not in Node.status
 	n.addLocalAddr(extraLocal)
 	for _, vip := range []netip.Addr{externalIP, lbIP} {
-		n.iptables("-t", "nat", "-A", "PREROUTING", "-d", vip.String(), "-p", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", "10.224.2.30:80")
-		n.iptables("-t", "nat", "-A", "PREROUTING", "-d", vip.String(), "-p", "tcp", "--dport", "81", "-j", "DNAT", "--to-destination", "10.224.1.10:80")
+		n.dnatTCP(vip, 80, "10.224.2.30:80")
+		n.dnatTCP(vip, 81, "10.224.1.10:80")
 	}
-	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", extraLocal.String(), "-p", "tcp", "--dport", "30081", "-j", "DNAT", "--to-destination", "10.224.2.30:80")
-	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", extraLocal.String(), "-p", "tcp", "--dport", "30080", "-j", "DNAT", "--to-destination", "10.224.1.10:80")
+	n.dnatTCP(extraLocal, 30081, "10.224.2.30:80")
+	n.dnatTCP(extraLocal, 30080, "10.224.1.10:80")
 
 	wantWorks(t, "externalIP -> other without policy", client.tcpWorks(externalIP, 80))
 
@@ -119,7 +119,7 @@ func TestNetnsNodePortIngressJudgedBeforeMasquerade(t *testing.T) {
 	// kube-proxy's NodePort chain: mark for masquerade (KUBE-MARK-MASQ), DNAT to the
 	// backend, masquerade marked packets on the way out (KUBE-POSTROUTING).
 	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", n.nodeIP.String(), "-p", "tcp", "--dport", "30080", "-j", "MARK", "--set-xmark", "0x4000/0x4000")
-	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", n.nodeIP.String(), "-p", "tcp", "--dport", "30080", "-j", "DNAT", "--to-destination", "10.224.1.10:80")
+	n.dnatTCP(n.nodeIP, 30080, "10.224.1.10:80")
 	n.iptables("-t", "nat", "-A", "POSTROUTING", "-m", "mark", "--mark", "0x4000/0x4000", "-j", "MASQUERADE")
 
 	n.cnp(allowClient)
@@ -180,7 +180,7 @@ func TestNetnsExternalIPToAllowedBackend(t *testing.T) {
 	server.serveTCP(t, 80)
 	must(t, n.node.Do(func(ns.NetNS) error { return n.d.AttachServiceHook(context.Background()) }))
 	externalIP := netip.MustParseAddr("203.0.113.10")
-	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", externalIP.String(), "-p", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", "10.224.1.10:80")
+	n.dnatTCP(externalIP, 80, "10.224.1.10:80")
 	n.cnp(`
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/flatnet/flatnet/dataplane/compile"
 	"github.com/flatnet/flatnet/dataplane/identity"
@@ -137,34 +135,7 @@ spec:
 	wantBlocked(t, "the server opens a connection under egress default deny", server.tcpQuick(client.ip, 80))
 
 	stop := make(chan struct{})
-	type result struct{ tries, wrong int }
-	probe := func(try func() bool) chan result {
-		done := make(chan result, 1)
-		go func() {
-			var r result
-			for {
-				select {
-				case <-stop:
-					done <- r
-					return
-				default:
-				}
-				r.tries++
-				if !try() {
-					r.wrong++
-				}
-			}
-		}()
-		return done
-	}
-	allowed := probe(func() bool { return client.tcpWorks(server.ip, 80) == nil })
-	denied := probe(func() bool {
-		c, err := other.dialTimeout(server.ip, 80, 150*time.Millisecond)
-		if err == nil {
-			c.Close()
-		}
-		return err != nil
-	})
+	allowed, denied := probeAllowedDenied(stop, client, other, server, 80)
 	time.Sleep(200 * time.Millisecond)
 
 	// The new version's agent: a shared table of another size than the pinned one.
@@ -189,28 +160,10 @@ spec:
 
 	// As the agent does: identities restored, the cluster replayed and written, then
 	// every endpoint re-attached.
-	stored, err := d2.Identities(ctx)
-	must(t, err)
-	alloc := identity.NewAllocator()
-	for s, id := range stored {
-		alloc.Remember(s, id)
-	}
-	n.d.Close()
-	n.d, n.attach = d2, nil
-	n.c = compile.New(alloc)
-	must(t, n.c.UpsertNamespace(compile.Namespace{Name: "default"}))
-	must(t, n.c.UpsertNamespace(compile.Namespace{Name: "other"}))
-	n.c.UpsertNode("self", []netip.Addr{n.nodeIP}, true)
-	for _, p := range n.pods {
-		must(t, n.c.UpsertPod(compile.Pod{Namespace: p.namespace, Name: p.name, Labels: p.labels, IP: p.ip, Local: true}))
-	}
+	n.restartAgent(t, d2)
 	n.cnp(serverPolicy)
 	for _, p := range []*testPod{server, client, other} {
-		id, _ := n.c.IdentityOf(p.namespace, p.name)
-		must(t, n.node.Do(func(ns.NetNS) error {
-			return d2.AttachEndpoint(ctx, Endpoint{IfIndex: p.ifindex, IP: p.ip, Identity: id, MAC: p.mac},
-				n.c.EndpointPolicy(p.namespace, p.name))
-		}))
+		n.reattach(t, p)
 		time.Sleep(200 * time.Millisecond)
 	}
 	close(stop)
