@@ -673,34 +673,7 @@ spec:
 `
 	n.cnp(a)
 	stop := make(chan struct{})
-	type result struct{ tries, wrong int }
-	probe := func(try func() bool) chan result {
-		done := make(chan result, 1)
-		go func() {
-			var r result
-			for {
-				select {
-				case <-stop:
-					done <- r
-					return
-				default:
-				}
-				r.tries++
-				if !try() {
-					r.wrong++
-				}
-			}
-		}()
-		return done
-	}
-	allowed := probe(func() bool { return client.tcpWorks(server.ip, 80) == nil })
-	denied := probe(func() bool {
-		c, err := other.dialTimeout(server.ip, 80, 150*time.Millisecond)
-		if err == nil {
-			c.Close()
-		}
-		return err != nil
-	})
+	allowed, denied := probeAllowedDenied(stop, client, other, server, 80)
 	for i := 0; i < 40; i++ {
 		if i%2 == 0 {
 			n.cnp(b)
