@@ -24,7 +24,7 @@ PROXY_PACKAGES="iptables nftables conntrack kmod"
 # Every input of the image; the tag is their hash.
 inputs_hash() {
 	{
-		cat "$REPO_ROOT/versions.env" "$0"
+		cat "$REPO_ROOT/versions.env" "$0" "$REPO_ROOT/scripts/node-bin.sh"
 		echo "$GOVER $NODE_PACKAGES $PROXY_PACKAGES"
 		(cd "$HERE" && find . -type f | LC_ALL=C sort | xargs sha256sum)
 	} | sha256sum | cut -c1-12
@@ -53,28 +53,7 @@ rm -rf "$WORK"
 mkdir -p "$WORK" "$BIN"
 
 # --- binaries --------------------------------------------------------------------
-n=0
-K8S_CMDS="kubeadm kubelet kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy"
-for cmd in $K8S_CMDS; do
-	n=$((n + 1))
-	if [ -x "$BIN/$cmd" ]; then
-		info "[$n/7] $cmd $KUBERNETES_VERSION: cached"
-		continue
-	fi
-	info "[$n/7] $cmd $KUBERNETES_VERSION: building (the first one takes longest)"
-	(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$BIN/build.log" go build -trimpath \
-		-ldflags "$(k8s_ldflags)" -o "$BIN/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd")
-	mv "$BIN/$cmd.tmp" "$BIN/$cmd"
-done
-CGO_ENABLED=0 go_build_pinned etcd go.etcd.io/etcd/server/v3 "${ETCD_VERSION}" \
-	go.etcd.io/etcd/server/v3 "$BIN/etcd" -ldflags "-s -w"
-CGO_ENABLED=0 go_build_pinned coredns github.com/coredns/coredns "$COREDNS_VERSION" \
-	github.com/coredns/coredns "$BIN/coredns" -ldflags "-s -w"
-CGO_ENABLED=0 go_build_pinned crictl sigs.k8s.io/cri-tools "$CRICTL_VERSION" \
-	sigs.k8s.io/cri-tools/cmd/crictl "$BIN/crictl" \
-	-ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION"
-(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$WORK/pause.log" go build -trimpath -ldflags "-s -w" \
-	-o "$BIN/pause" ./scripts/node-image/pause)
+bash "$REPO_ROOT/scripts/node-bin.sh" >/dev/null
 
 # --- Debian root filesystems (cached by package list) ------------------------------
 debian_mirror() {

@@ -13,6 +13,12 @@ apt_install nftables iproute2 clang llvm libbpf-dev chromium
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 modprobe -q nf_tables 2>/dev/null || true
 
+# The real kube-apiserver and etcd the CRD, IPAM and policy-set tests run against
+# (built once into the cache the node image uses too, so make e2e reuses them).
+step "kube-apiserver and etcd for the API server tests"
+KUBEBUILDER_ASSETS=$(bash "$REPO_ROOT/scripts/node-bin.sh" kube-apiserver etcd | tail -n 1)
+export KUBEBUILDER_ASSETS FLATNET_REQUIRE_APISERVER=1
+
 cd "$REPO_ROOT"
 step "go vet"
 go vet ./...

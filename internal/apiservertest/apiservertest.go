@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"testing"
 
 	"k8s.io/client-go/dynamic"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -41,6 +42,25 @@ func Assets() string {
 			return d
 		}
 	}
+	return ""
+}
+
+// RequireEnv names the variable `make test` sets after building kube-apiserver and
+// etcd (scripts/node-bin.sh): with it, a test that finds no API server fails
+// instead of skipping, so a green `make test` always ran them.
+const RequireEnv = "FLATNET_REQUIRE_APISERVER"
+
+// Require returns Assets() for t, or ends t when there are none: a failure under
+// RequireEnv, a skip saying how to get them otherwise.
+func Require(t testing.TB) string {
+	t.Helper()
+	if d := Assets(); d != "" {
+		return d
+	}
+	if os.Getenv(RequireEnv) != "" {
+		t.Fatalf("no kube-apiserver and etcd (KUBEBUILDER_ASSETS, or the flatnet cache's node-bin), and %s is set, so this test may not be skipped", RequireEnv)
+	}
+	t.Skip("needs kube-apiserver and etcd: `bash scripts/node-bin.sh kube-apiserver etcd` (make test does it) builds them, or set KUBEBUILDER_ASSETS")
 	return ""
 }
 

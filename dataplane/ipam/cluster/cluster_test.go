@@ -75,10 +75,8 @@ func TestMain(m *testing.M) {
 // The CRD's schema and CEL rule hold on a real API server: a claimed block's
 // spec cannot change, and a size outside 10..250 is refused.
 func TestCRDRefusesSpecChangesAndBadSizes(t *testing.T) {
+	apiservertest.Require(t)
 	dyn := realAPIServer(t)
-	if dyn == nil {
-		t.Skip("needs a real kube-apiserver (make node-image, or KUBEBUILDER_ASSETS)")
-	}
 	ctx := context.Background()
 	c := newClient(t)
 	b, _, err := c.EnsureNodeBlock(ctx, kindLayout, "n1", nil)
@@ -296,10 +294,8 @@ func TestConcurrentNodesOfDifferentSizesNeverOverlap(t *testing.T) {
 		})
 	})
 	t.Run("kube-apiserver", func(t *testing.T) {
+		apiservertest.Require(t)
 		dyn := realAPIServer(t)
-		if dyn == nil {
-			t.Skip("needs a real kube-apiserver (make node-image, or KUBEBUILDER_ASSETS)")
-		}
 		concurrentSizes(t, 5, func() dynamic.Interface {
 			newClient(t) // deletes every IPBlock
 			return dyn

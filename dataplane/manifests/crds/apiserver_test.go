@@ -19,10 +19,7 @@ import (
 // fields with a warning), or Ignore, is refused with the field named; the
 // enforced subset is still stored.
 func TestAPIServerRefusesUnenforcedFields(t *testing.T) {
-	dir := apiservertest.Assets()
-	if dir == "" {
-		t.Skip("needs kube-apiserver and etcd (make node-image builds them, or set KUBEBUILDER_ASSETS); TestUnenforcedCiliumFieldsAreRefused covers the same in-process")
-	}
+	dir := apiservertest.Require(t) // TestUnenforcedCiliumFieldsAreRefused covers the same in-process
 	dyn, stop, err := apiservertest.Start(dir, "cilium.io_ciliumnetworkpolicies.yaml", "cilium.io_ciliumclusterwidenetworkpolicies.yaml")
 	if err != nil {
 		t.Fatal(err)

@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -24,41 +23,14 @@ import (
 	"github.com/flatnet/flatnet/fixtures/oracle"
 	"github.com/flatnet/flatnet/fixtures/policies"
 	"github.com/flatnet/flatnet/fixtures/topology"
+	"github.com/flatnet/flatnet/internal/apiservertest"
 )
 
-// apiServerAssets finds kube-apiserver and etcd binaries: KUBEBUILDER_ASSETS
-// (envtest's own variable), else the ones scripts/node-image.sh builds into
-// the flatnet cache.
+// apiServerAssets finds kube-apiserver and etcd (internal/apiservertest), or
+// ends the test saying how to get them.
 func apiServerAssets(t *testing.T) string {
 	t.Helper()
-	has := func(dir string) bool {
-		for _, b := range []string{"kube-apiserver", "etcd"} {
-			if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-				return false
-			}
-		}
-		return true
-	}
-	if d := os.Getenv("KUBEBUILDER_ASSETS"); d != "" {
-		if !has(d) {
-			t.Fatalf("KUBEBUILDER_ASSETS=%s has no kube-apiserver and etcd", d)
-		}
-		return d
-	}
-	cache := os.Getenv("FLATNET_CACHE")
-	if cache == "" {
-		home, _ := os.UserHomeDir()
-		cache = filepath.Join(home, ".cache", "flatnet")
-	}
-	dirs, _ := filepath.Glob(filepath.Join(cache, "node-bin", "*"))
-	sort.Sort(sort.Reverse(sort.StringSlice(dirs)))
-	for _, d := range dirs {
-		if has(d) {
-			return d
-		}
-	}
-	t.Skip("no kube-apiserver and etcd to run a real API server: build them with scripts/node-image.sh (make node-image) or set KUBEBUILDER_ASSETS to a directory holding both")
-	return ""
+	return apiservertest.Require(t)
 }
 
 func repoRoot(t *testing.T) string {
