@@ -137,13 +137,13 @@ var _ = Describe("flows, metrics and explain [flatnet]", Label("flatnet", "obser
 		Expect(verdict.Allowed).To(BeFalse(), "the oracle: %s", verdict)
 		server := pod(ctx, scenario.Server)
 
-		before, err := dropCounter(ctx, server.Spec.NodeName)
+		before, err := dropCounter(ctx, server.Spec.NodeName, "INGRESS", "POLICY_DENIED")
 		Expect(err).NotTo(HaveOccurred())
 		deniedAt = time.Now()
 		a := connect(ctx, server.Status.PodIP)
 		Expect(a.word).To(Equal("TIMEOUT"), "a policy drop times out (%s)", a)
 		Eventually(func(g Gomega) {
-			after, err := dropCounter(ctx, server.Spec.NodeName)
+			after, err := dropCounter(ctx, server.Spec.NodeName, "INGRESS", "POLICY_DENIED")
 			g.Expect(err).NotTo(HaveOccurred())
 			g.Expect(after).To(BeNumerically(">", before), "flatnet_datapath_packets_total{direction=INGRESS,verdict=DROPPED,reason=POLICY_DENIED} on node %s", server.Spec.NodeName)
 			GinkgoWriter.Printf("  node %s: dropped ingress packets (POLICY_DENIED) %v -> %v across the connect\n", server.Spec.NodeName, before, after)
@@ -284,22 +284,57 @@ var _ = Describe("the agents' flows API [flatnet]", Label("flatnet", "observabil
 	})
 })
 
-// podWget fetches url from inside pod with busybox wget (10 s), returning what
-// it printed (the body on success, wget's error otherwise) and its exit code.
-// Debian's busybox-static 1.35 segfaults in `wget -T` (exit 139), so busybox's
-// own timeout bounds it instead.
-func podWget(ctx context.Context, pod, url string) (string, int) {
+var _ = Describe("a pod's own frames [flatnet]", Label("flatnet", "observability", "security"), func() {
+	// A pod may send ARP only about itself: a gratuitous claim of another pod's
+	// address (the classic ARP spoof that would pull that pod's traffic to it) is
+	// dropped at the pod's veth and counted under Cilium's reason, while the pod's
+	// own traffic keeps flowing.
+	It("drops a spoofed ARP from a pod and counts it as INVALID_SOURCE_IP", func(ctx SpecContext) {
+		client, server := pod(ctx, scenario.Client), pod(ctx, scenario.Server)
+		Expect(server.Status.PodIP).NotTo(Equal(client.Status.PodIP))
+		before, err := dropCounter(ctx, client.Spec.NodeName, "EGRESS", "INVALID_SOURCE_IP")
+		Expect(err).NotTo(HaveOccurred())
+
+		// busybox arping: 3 requests from eth0 claiming the server's address.
+		out, code := podExec(ctx, scenario.Client, "timeout", "10", "arping", "-c", "3", "-w", "3", "-I", "eth0", "-s", server.Status.PodIP, "169.254.1.1")
+		GinkgoWriter.Printf("  %s: arping -s %s (the server's address) -> exit %d: %s\n", client.Name, server.Status.PodIP, code, strings.TrimSpace(out))
+		Expect(out).NotTo(ContainSubstring("Operation not permitted"), "the pod could not open a raw socket: the spec proves nothing")
+		Expect(out).NotTo(MatchRegexp(`Received [1-9]`), "a spoofed ARP request was answered")
+		Eventually(func(g Gomega) {
+			after, err := dropCounter(ctx, client.Spec.NodeName, "EGRESS", "INVALID_SOURCE_IP")
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(after-before).To(BeNumerically(">=", 3), "flatnet_datapath_packets_total{direction=EGRESS,verdict=DROPPED,reason=INVALID_SOURCE_IP} on node %s", client.Spec.NodeName)
+			GinkgoWriter.Printf("  node %s: dropped egress frames (INVALID_SOURCE_IP) %v -> %v across the spoof\n", client.Spec.NodeName, before, after)
+		}).WithContext(ctx).WithTimeout(15 * time.Second).WithPolling(500 * time.Millisecond).Should(Succeed())
+
+		// The pod's own ARP still works: its gateway resolves.
+		out, code = podExec(ctx, scenario.Client, "timeout", "10", "arping", "-c", "1", "-w", "3", "-I", "eth0", "-s", client.Status.PodIP, "169.254.1.1")
+		Expect(code).To(Equal(0), "the pod's own ARP for its gateway: %s", out)
+	})
+})
+
+// podExec runs a command in pod's container, returning what it printed (stdout
+// and stderr) and its exit code.
+func podExec(ctx context.Context, pod string, cmd ...string) (string, int) {
 	var stdout, stderr bytes.Buffer
-	err := executor.Exec(ctx, podexec.Pod{Namespace: scenario.Namespace, Name: pod}, []string{"timeout", "10", "wget", "-q", "-O", "-", url}, nil, &stdout, &stderr)
+	err := executor.Exec(ctx, podexec.Pod{Namespace: scenario.Namespace, Name: pod}, cmd, nil, &stdout, &stderr)
 	var exit clientexec.ExitError
 	if err != nil && !errors.As(err, &exit) {
-		Expect(err).NotTo(HaveOccurred(), "exec wget %s in %s/%s", url, scenario.Namespace, pod)
+		Expect(err).NotTo(HaveOccurred(), "exec %v in %s/%s", cmd, scenario.Namespace, pod)
 	}
 	code := 0
 	if err != nil {
 		code = exit.ExitStatus()
 	}
 	return stdout.String() + stderr.String(), code
+}
+
+// podWget fetches url from inside pod with busybox wget (10 s), returning what
+// it printed (the body on success, wget's error otherwise) and its exit code.
+// Debian's busybox-static 1.35 segfaults in `wget -T` (exit 139), so busybox's
+// own timeout bounds it instead.
+func podWget(ctx context.Context, pod, url string) (string, int) {
+	return podExec(ctx, pod, "timeout", "10", "wget", "-q", "-O", "-", url)
 }
 
 func seedStep(name string, i int) policies.Step {
@@ -565,8 +600,8 @@ func checkAgainstOracle(e explanation, v oracle.Verdict) {
 }
 
 // dropCounter scrapes the agent on node (its metrics port, through the API
-// server's pods/proxy) for the ingress packets its datapath dropped by policy.
-func dropCounter(ctx context.Context, node string) (float64, error) {
+// server's pods/proxy) for the packets its datapath dropped in direction for reason.
+func dropCounter(ctx context.Context, node, direction, reason string) (float64, error) {
 	pl, err := kc.Clientset.CoreV1().Pods(agentNamespace).List(ctx, metav1.ListOptions{LabelSelector: agentSelector, FieldSelector: "spec.nodeName=" + node})
 	if err != nil {
 		return 0, fmt.Errorf("listing the agent of node %s: %w", node, err)
@@ -600,7 +635,7 @@ func dropCounter(ctx context.Context, node string) (float64, error) {
 		for _, lp := range m.GetLabel() {
 			l[lp.GetName()] = lp.GetValue()
 		}
-		if l["direction"] == "INGRESS" && l["verdict"] == "DROPPED" && l["reason"] == "POLICY_DENIED" {
+		if l["direction"] == direction && l["verdict"] == "DROPPED" && l["reason"] == reason {
 			sum += m.GetCounter().GetValue()
 		}
 	}
