@@ -262,6 +262,13 @@ func (a *Agent) setup(ctx context.Context) error {
 	if err := cni.EnsureHostForwarding(a.uplink); err != nil {
 		return err
 	}
+	if nodeIP.IsValid() {
+		// A restarted node may have come back with another MAC (Docker gives a
+		// kind node a new one): the other nodes learn it for the node and its pods.
+		if err := cni.AnnounceNode(a.uplink, nodeIP); err != nil {
+			a.log.Warn("gratuitous ARP for the node and its pods", "err", err)
+		}
+	}
 	if err := a.endpoints.Resync(ctx, linkExists); err != nil {
 		a.log.Warn("re-attach endpoints after restart", "err", err)
 	}

@@ -225,7 +225,9 @@ func configureHostSide(pn *PodNet, up *Uplink) error {
 	if err := netlink.NeighSet(proxyNeigh(up.Link, pn.IP)); err != nil {
 		return fmt.Errorf("add proxy neighbour %s on uplink %s: %w", pn.IP, up.Link.Attrs().Name, err)
 	}
-	return nil
+	// The address may have been a pod's of this node before a restart gave the
+	// uplink another MAC: tell the nodes that still hold the old one.
+	return Announce(up.Link, pn.IP)
 }
 
 // EnsureHostForwarding turns on what the flat network needs on the node:
