@@ -80,7 +80,7 @@ var _ = Describe("an odd policy in one namespace [flatnet]", Label("flatnet", "o
 		node = got.Spec.NodeName
 		By("ok: server and client on the same node " + node + " (the node whose writes the odd policy breaks)")
 		s, c := workload.Prepare(ok.ServerPod(settings.ProbeImage)), workload.Prepare(ok.ClientPod(settings.ProbeImage))
-		s.Spec.NodeName, p.Spec.NodeName = node, node
+		s.Spec.NodeName, c.Spec.NodeName, p.Spec.NodeName = node, node, node
 		Expect(workload.CreatePods(ctx, kc.Clientset, []corev1.Pod{p, s, c})).To(Succeed())
 		Expect(workload.WaitPodsReady(ctx, kc.Clientset, []workload.Key{{Namespace: oddNS, Name: peer},
 			{Namespace: okNS, Name: ok.Server}, {Namespace: okNS, Name: ok.Client}}, 3*time.Minute)).To(Succeed())
