@@ -91,6 +91,43 @@ fence() {
 	fi
 }
 
+# pin_node_ips: Docker gives a starting container the next free address of the
+# network, so nodes started again after a host restart come back shuffled: a worker
+# on the control plane's old address, whose API server then advertises another
+# node's, kube-proxy sending the kubernetes Service there, agents crash-looping.
+# Each node's own address is in its /kind/kubeadm.conf (node-ip): reconnect the
+# stopped node with that address, fixed, before it starts.
+# nodes_on_their_addresses: every node container holds the address kind gave it
+# (a cluster restarted by something else than this script may not).
+nodes_on_their_addresses() {
+	local n want have
+	for n in $(node_containers); do
+		want=$(docker exec "$n" awk '/node-ip:/ {print $2; exit}' /kind/kubeadm.conf 2>/dev/null)
+		have=$(docker inspect -f "{{with index .NetworkSettings.Networks \"$NETWORK\"}}{{.IPAddress}}{{end}}" "$n" 2>/dev/null)
+		if [ -n "$want" ] && [ "$want" != "$have" ]; then
+			warn "node $n is on $have, not on its address $want"
+			return 1
+		fi
+	done
+}
+
+pin_node_ips() {
+	local n ip have
+	for n in $(node_containers); do
+		ip=$(docker cp "$n:/kind/kubeadm.conf" - 2>/dev/null | tar -xO 2>/dev/null | awk '/node-ip:/ {print $2; exit}')
+		if [ -z "$ip" ]; then
+			warn "node $n: no node-ip in its /kind/kubeadm.conf; its address is left to Docker"
+			continue
+		fi
+		have=$(docker inspect -f "{{with index .NetworkSettings.Networks \"$NETWORK\"}}{{with .IPAMConfig}}{{.IPv4Address}}{{end}}{{end}}" "$n" 2>/dev/null)
+		[ "$have" = "$ip" ] && continue
+		info "node $n: back on its address $ip"
+		docker network disconnect -f "$NETWORK" "$n" >/dev/null 2>&1 || true
+		docker network connect --ip "$ip" "$NETWORK" "$n" ||
+			die "could not give node $n its address $ip on docker network $NETWORK" "recreate the cluster: make cluster-down CLUSTER=$CLUSTER && make cluster"
+	done
+}
+
 wait_control_plane() {
 	local i
 	for i in $(seq 1 120); do
@@ -164,13 +201,16 @@ up() {
 	[ -x "$KIND" ] && [ -x "$KUBECTL" ] || die "bin/kind or bin/kubectl is missing" "run 'make tools' (make cluster does it)"
 	if "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
 		"$KIND" get kubeconfig --name "$CLUSTER" >"$KUBECONFIG" 2>/dev/null || true
-		if cluster_answers && [ -z "$(docker ps -a --filter "label=io.x-k8s.kind.cluster=$CLUSTER" --filter status=exited -q)" ]; then
+		if cluster_answers && [ -z "$(docker ps -a --filter "label=io.x-k8s.kind.cluster=$CLUSTER" --filter status=exited -q)" ] &&
+			nodes_on_their_addresses; then
 			info "cluster $CLUSTER: healthy, nothing to do"
 			usage
 			return
 		fi
-		step "cluster $CLUSTER: exists but does not answer; restarting its nodes"
+		step "cluster $CLUSTER: exists but does not answer (or its nodes moved); restarting its nodes"
 		ensure_network
+		docker stop $(node_containers) >/dev/null 2>&1 || true
+		pin_node_ips
 		docker start $(node_containers) >/dev/null 2>&1 || true
 		local i
 		for i in $(seq 1 90); do
