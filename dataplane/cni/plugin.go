@@ -166,8 +166,12 @@ func del(args *skel.CmdArgs, cfg *Config) error {
 		_ = endpointapi.NewClient(cfg.AgentSocket, 2*time.Second).DeleteEndpoint(ctx, args.ContainerID)
 	}
 	// Released last, so the address is never handed out while its old
-	// plumbing still exists.
-	if _, _, err := store.Release(ctx, att); err != nil {
+	// plumbing still exists. With its own bound: once the plumbing is gone the
+	// release must not fail for the time the teardown took (many pods deleted
+	// at once queue on the kernel's RTNL lock, then on the IPAM lock).
+	rctx, rcancel := context.WithTimeout(context.Background(), opTimeout)
+	defer rcancel()
+	if _, _, err := store.Release(rctx, att); err != nil {
 		return types.NewError(types.ErrInternal, fmt.Sprintf("release the address of %s/%s: %v", args.ContainerID, args.IfName, err), "")
 	}
 	return nil

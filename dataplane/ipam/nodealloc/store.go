@@ -22,7 +22,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -210,30 +209,38 @@ func (s *Store) update(ctx context.Context, fn func(*state) (bool, error)) error
 	return s.write(st)
 }
 
-// lock takes the exclusive flock, polling so that ctx can end the wait.
+// lock takes the exclusive flock. The wait blocks in the kernel, which wakes a
+// waiter as soon as the lock is free: polling instead left a hundred plugin
+// processes of a burst sleeping and waking in turn while the holder waited for
+// CPU, and ADDs and DELs ran out of their 30 s (TestConcurrentAddsNeverShareAnAddress).
+// If ctx ends first the wait is abandoned: the lock, should it still come, is
+// dropped at once.
 func (s *Store) lock(ctx context.Context) (func(), error) {
 	path := filepath.Join(s.dir, lockFile)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open IPAM lock %s: %w", path, err)
 	}
-	wait := 100 * time.Microsecond
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil // closing the only descriptor drops the flock
+	got := make(chan error, 1)
+	go func() {
+		for {
+			err := unix.Flock(int(f.Fd()), unix.LOCK_EX)
+			if !errors.Is(err, unix.EINTR) {
+				got <- err
+				return
+			}
 		}
-		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+	}()
+	select {
+	case err := <-got:
+		if err != nil {
 			f.Close()
 			return nil, fmt.Errorf("flock IPAM lock %s: %w", path, err)
 		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("wait for IPAM lock %s (held by another flatnet process): %w", path, ctx.Err())
-		case <-time.After(wait):
-		}
-		wait = min(wait*2, 5*time.Millisecond)
+		return func() { f.Close() }, nil // closing the only descriptor drops the flock
+	case <-ctx.Done():
+		go func() { <-got; f.Close() }()
+		return nil, fmt.Errorf("wait for IPAM lock %s (held by another flatnet process): %w", path, ctx.Err())
 	}
 }
 
