@@ -291,24 +291,39 @@ var _ = Describe("a pod's own frames [flatnet]", Label("flatnet", "observability
 	// own traffic keeps flowing.
 	It("drops a spoofed ARP from a pod and counts it as INVALID_SOURCE_IP", func(ctx SpecContext) {
 		client, server := pod(ctx, scenario.Client), pod(ctx, scenario.Server)
-		Expect(server.Status.PodIP).NotTo(Equal(client.Status.PodIP))
-		before, err := dropCounter(ctx, client.Spec.NodeName, "EGRESS", "INVALID_SOURCE_IP")
-		Expect(err).NotTo(HaveOccurred())
+		// The spoofer holds NET_ADMIN in its own netns (what any pod spec may ask
+		// for where Pod Security allows it): it puts the server's address on its
+		// eth0 and claims it by ARP, which busybox arping then sends as is.
+		sp := workload.Prepare(scenario.ClientPod(settings.ProbeImage))
+		sp.Name, sp.Labels = "spoofer", map[string]string{"app": "spoofer"}
+		sp.Spec.NodeName = client.Spec.NodeName
+		sp.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_ADMIN", "NET_RAW"}}}
+		Expect(workload.CreatePods(ctx, kc.Clientset, []corev1.Pod{sp})).To(Succeed())
+		DeferCleanup(func(ctx SpecContext) {
+			zero := int64(0)
+			_ = kc.Clientset.CoreV1().Pods(scenario.Namespace).Delete(ctx, sp.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
+		})
+		Expect(workload.WaitPodsReady(ctx, kc.Clientset, []workload.Key{podKey(sp.Name)}, 2*time.Minute)).To(Succeed())
+		own := pod(ctx, sp.Name).Status.PodIP
+		Expect(server.Status.PodIP).NotTo(Equal(own))
+		out, code := podExec(ctx, sp.Name, "ip", "addr", "add", server.Status.PodIP+"/32", "dev", "eth0")
+		Expect(code).To(Equal(0), "ip addr add the server's address in the spoofer: %s", out)
 
-		// busybox arping: 3 requests from eth0 claiming the server's address.
-		out, code := podExec(ctx, scenario.Client, "timeout", "10", "arping", "-c", "3", "-w", "3", "-I", "eth0", "-s", server.Status.PodIP, "169.254.1.1")
-		GinkgoWriter.Printf("  %s: arping -s %s (the server's address) -> exit %d: %s\n", client.Name, server.Status.PodIP, code, strings.TrimSpace(out))
-		Expect(out).NotTo(ContainSubstring("Operation not permitted"), "the pod could not open a raw socket: the spec proves nothing")
+		before, err := dropCounter(ctx, sp.Spec.NodeName, "EGRESS", "INVALID_SOURCE_IP")
+		Expect(err).NotTo(HaveOccurred())
+		out, code = podExec(ctx, sp.Name, "timeout", "10", "arping", "-c", "3", "-w", "3", "-I", "eth0", "-s", server.Status.PodIP, "169.254.1.1")
+		GinkgoWriter.Printf("  spoofer: arping -s %s (the server's address) -> exit %d: %s\n", server.Status.PodIP, code, strings.TrimSpace(out))
+		Expect(out).To(MatchRegexp(`Sent 3 probe`), "arping did not send its requests: the spec proves nothing")
 		Expect(out).NotTo(MatchRegexp(`Received [1-9]`), "a spoofed ARP request was answered")
 		Eventually(func(g Gomega) {
-			after, err := dropCounter(ctx, client.Spec.NodeName, "EGRESS", "INVALID_SOURCE_IP")
+			after, err := dropCounter(ctx, sp.Spec.NodeName, "EGRESS", "INVALID_SOURCE_IP")
 			g.Expect(err).NotTo(HaveOccurred())
-			g.Expect(after-before).To(BeNumerically(">=", 3), "flatnet_datapath_packets_total{direction=EGRESS,verdict=DROPPED,reason=INVALID_SOURCE_IP} on node %s", client.Spec.NodeName)
-			GinkgoWriter.Printf("  node %s: dropped egress frames (INVALID_SOURCE_IP) %v -> %v across the spoof\n", client.Spec.NodeName, before, after)
+			g.Expect(after-before).To(BeNumerically(">=", 3), "flatnet_datapath_packets_total{direction=EGRESS,verdict=DROPPED,reason=INVALID_SOURCE_IP} on node %s", sp.Spec.NodeName)
+			GinkgoWriter.Printf("  node %s: dropped egress frames (INVALID_SOURCE_IP) %v -> %v across the spoof\n", sp.Spec.NodeName, before, after)
 		}).WithContext(ctx).WithTimeout(15 * time.Second).WithPolling(500 * time.Millisecond).Should(Succeed())
 
-		// The pod's own ARP still works: its gateway resolves.
-		out, code = podExec(ctx, scenario.Client, "timeout", "10", "arping", "-c", "1", "-w", "3", "-I", "eth0", "-s", client.Status.PodIP, "169.254.1.1")
+		// Its own ARP still works: its gateway answers.
+		out, code = podExec(ctx, sp.Name, "timeout", "10", "arping", "-c", "1", "-w", "3", "-I", "eth0", "-s", own, "169.254.1.1")
 		Expect(code).To(Equal(0), "the pod's own ARP for its gateway: %s", out)
 	})
 })
