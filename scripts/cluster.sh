@@ -91,19 +91,25 @@ fence() {
 	fi
 }
 
-# pin_node_ips: Docker gives a starting container the next free address of the
-# network, so nodes started again after a host restart come back shuffled: a worker
-# on the control plane's old address, whose API server then advertises another
-# node's, kube-proxy sending the kubernetes Service there, agents crash-looping.
-# Each node's own address is in its /kind/kubeadm.conf (node-ip): reconnect the
-# stopped node with that address, fixed, before it starts.
+# kind_node_ip NODE: the address kind gave the node, from its /kind/kubeadm.conf
+# (node-ip); read with docker cp, which works on a stopped container too.
+kind_node_ip() {
+	docker cp "$1:/kind/kubeadm.conf" - 2>/dev/null | tar -xO 2>/dev/null | awk '/node-ip:/ {print $2; exit}'
+}
+
+# on_network NODE TEMPLATE: TEMPLATE applied to the node's endpoint on the
+# cluster's network ({{.IPAddress}}: what it holds now; .IPAMConfig: what it is fixed to).
+on_network() {
+	docker inspect -f "{{with index .NetworkSettings.Networks \"$NETWORK\"}}$2{{end}}" "$1" 2>/dev/null
+}
+
 # nodes_on_their_addresses: every node container holds the address kind gave it
 # (a cluster restarted by something else than this script may not).
 nodes_on_their_addresses() {
 	local n want have
 	for n in $(node_containers); do
-		want=$(docker exec "$n" awk '/node-ip:/ {print $2; exit}' /kind/kubeadm.conf 2>/dev/null)
-		have=$(docker inspect -f "{{with index .NetworkSettings.Networks \"$NETWORK\"}}{{.IPAddress}}{{end}}" "$n" 2>/dev/null)
+		want=$(kind_node_ip "$n")
+		have=$(on_network "$n" '{{.IPAddress}}')
 		if [ -n "$want" ] && [ "$want" != "$have" ]; then
 			warn "node $n is on $have, not on its address $want"
 			return 1
@@ -111,16 +117,20 @@ nodes_on_their_addresses() {
 	done
 }
 
+# pin_node_ips: Docker gives a starting container the next free address of the
+# network, so nodes started again after a host restart come back shuffled: a worker
+# on the control plane's old address, whose API server then advertises another
+# node's, kube-proxy sending the kubernetes Service there, agents crash-looping.
+# Reconnect each stopped node with its kind_node_ip, fixed, before it starts.
 pin_node_ips() {
-	local n ip have
+	local n ip
 	for n in $(node_containers); do
-		ip=$(docker cp "$n:/kind/kubeadm.conf" - 2>/dev/null | tar -xO 2>/dev/null | awk '/node-ip:/ {print $2; exit}')
+		ip=$(kind_node_ip "$n")
 		if [ -z "$ip" ]; then
 			warn "node $n: no node-ip in its /kind/kubeadm.conf; its address is left to Docker"
 			continue
 		fi
-		have=$(docker inspect -f "{{with index .NetworkSettings.Networks \"$NETWORK\"}}{{with .IPAMConfig}}{{.IPv4Address}}{{end}}{{end}}" "$n" 2>/dev/null)
-		[ "$have" = "$ip" ] && continue
+		[ "$(on_network "$n" '{{with .IPAMConfig}}{{.IPv4Address}}{{end}}')" = "$ip" ] && continue
 		info "node $n: back on its address $ip"
 		docker network disconnect -f "$NETWORK" "$n" >/dev/null 2>&1 || true
 		docker network connect --ip "$ip" "$NETWORK" "$n" ||
