@@ -177,6 +177,12 @@ var _ = Describe("node-subnet networking [flatnet]", Label("flatnet", "ipam"), O
 		Expect(connect(ctx, hostClient, servers[0].Status.PodIP+":80")).To(Succeed(), "node %s -> pod on %s", nodes[1].Name, nodes[0].Name)
 		svc, err := kc.Clientset.CoreV1().Services(ns).Get(ctx, "ipam-server", metav1.GetOptions{})
 		Expect(err).NotTo(HaveOccurred())
+		// kube-proxy programs a new Service asynchronously (slower on nodes that
+		// just came back): REFUSED until it has; then every try must connect.
+		for _, c := range clients {
+			Eventually(func() error { return connect(ctx, c, svc.Spec.ClusterIP+":80") }).WithContext(ctx).
+				WithTimeout(time.Minute).WithPolling(time.Second).Should(Succeed(), "%s -> Service %s: kube-proxy never programmed it", c.Name, svc.Spec.ClusterIP)
+		}
 		for _, c := range clients {
 			for range 3 { // several tries land on backends of both nodes
 				Expect(connect(ctx, c, svc.Spec.ClusterIP+":80")).To(Succeed(), "%s -> Service %s", c.Name, svc.Spec.ClusterIP)
