@@ -10,7 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/flatnet/flatnet/dataplane/cni"
+	"github.com/flatnet/flatnet/dataplane/endpointapi"
 )
 
 // Metrics are the agent's Prometheus collectors, on a registry of its own.
@@ -118,9 +118,9 @@ func (m *Metrics) Handler() http.Handler {
 // Registry exposes the registry so the datapath can add its own collectors.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
-// observationHandler receives the plugin's cni.Observation posts.
+// observationHandler receives the plugin's endpointapi.Observation posts.
 func (m *Metrics) observationHandler(w http.ResponseWriter, r *http.Request) {
-	var o cni.Observation
+	var o endpointapi.Observation
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&o); err != nil || (o.Op != "ADD" && o.Op != "DEL") || o.Seconds < 0 {
 		http.Error(w, "body: want {\"op\":\"ADD\"|\"DEL\",\"seconds\":N,\"ok\":bool}", http.StatusBadRequest)
 		return

@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/flatnet/flatnet/dataplane/cni"
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 )
 
@@ -18,7 +17,7 @@ import (
 func (a *Agent) SocketHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/", endpointapi.NewHTTPHandler(a.endpoints))
-	mux.HandleFunc("POST "+cni.ObservationPath, a.metrics.observationHandler)
+	mux.HandleFunc("POST "+endpointapi.ObservationPath, a.metrics.observationHandler)
 	return mux
 }
 

@@ -1,37 +1,13 @@
 package cni
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"time"
 
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 )
-
-// PostObservation sends o to the agent listening on socket.
-func PostObservation(ctx context.Context, socket string, o Observation) error {
-	var d net.Dialer
-	c := &http.Client{Transport: &http.Transport{
-		DialContext:       func(ctx context.Context, _, _ string) (net.Conn, error) { return d.DialContext(ctx, "unix", socket) },
-		DisableKeepAlives: true,
-	}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://flatnet-agent"+ObservationPath, bytes.NewReader(EncodeObservation(o)))
-	if err != nil {
-		return fmt.Errorf("build observation request: %w", err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.Do(req)
-	if err != nil {
-		return fmt.Errorf("post observation to %s: %w", socket, err)
-	}
-	resp.Body.Close()
-	return nil
-}
 
 // agentWait is how long ADD waits for an agent that does not answer at all
 // (restarting during a rollout) before failing: the runtime's retry of a
@@ -60,18 +36,16 @@ func putEndpoint(ctx context.Context, socket string, ep endpointapi.Endpoint) er
 	}
 }
 
-// Observation is one plugin operation's outcome, posted to the agent.
-type Observation struct {
-	Op      string  `json:"op"`
-	Seconds float64 `json:"seconds"`
-	OK      bool    `json:"ok"`
-}
+// observationWait bounds the report of an operation to the agent: it is best
+// effort and must not slow the runtime down.
+const observationWait = 200 * time.Millisecond
 
-// ObservationPath is the agent socket route the plugin posts Observations to.
-const ObservationPath = "/v1/cni/observations"
-
-// EncodeObservation is the request body for an Observation.
-func EncodeObservation(o Observation) []byte {
-	b, _ := json.Marshal(o)
-	return b
+// report tells the agent how long the operation took (its ADD latency
+// histogram); best effort with a short deadline, never failing the operation.
+func report(socket, op string, start time.Time, opErr error) {
+	if socket == "" {
+		return
+	}
+	o := endpointapi.Observation{Op: op, Seconds: time.Since(start).Seconds(), OK: opErr == nil}
+	_ = endpointapi.NewClient(socket, observationWait).PostObservation(context.Background(), o)
 }

@@ -325,7 +325,7 @@ type agent struct {
 	refuse  error
 	stall   chan struct{} // when set, PUT signals on entered and blocks until ctx ends
 	entered chan string
-	obs     []cni.Observation
+	obs     []endpointapi.Observation
 }
 
 func (a *agent) PutEndpoint(ctx context.Context, ep endpointapi.Endpoint) error {
@@ -372,8 +372,8 @@ func startAgentAt(t *testing.T, path string) *agent {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/", endpointapi.NewHTTPHandler(a))
-	mux.HandleFunc("POST "+cni.ObservationPath, func(w http.ResponseWriter, r *http.Request) {
-		var o cni.Observation
+	mux.HandleFunc("POST "+endpointapi.ObservationPath, func(w http.ResponseWriter, r *http.Request) {
+		var o endpointapi.Observation
 		if json.NewDecoder(r.Body).Decode(&o) == nil {
 			a.mu.Lock()
 			a.obs = append(a.obs, o)

@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flatnet/flatnet/dataplane/cni"
+	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/ipam"
 	"github.com/flatnet/flatnet/internal/testenv"
 )
@@ -162,7 +163,7 @@ func TestAddCheckDel(t *testing.T) {
 	if len(ag.eps) != 0 || !slices.Contains(ag.deleted, "c1") {
 		t.Errorf("agent endpoints after DEL: %v (deleted %v)", ag.eps, ag.deleted)
 	}
-	if !slices.ContainsFunc(ag.obs, func(o cni.Observation) bool { return o.Op == "ADD" && o.OK && o.Seconds > 0 }) {
+	if !slices.ContainsFunc(ag.obs, func(o endpointapi.Observation) bool { return o.Op == "ADD" && o.OK && o.Seconds > 0 }) {
 		t.Errorf("agent got no ADD observation: %+v", ag.obs)
 	}
 }

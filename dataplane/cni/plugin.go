@@ -53,7 +53,7 @@ func Add(args *skel.CmdArgs) error {
 		return err
 	}
 	err = add(args, cfg)
-	report(cfg, "ADD", start, err)
+	report(cfg.AgentSocket, "ADD", start, err)
 	return err
 }
 
@@ -144,7 +144,7 @@ func Del(args *skel.CmdArgs) error {
 		return err
 	}
 	err = del(args, cfg)
-	report(cfg, "DEL", start, err)
+	report(cfg.AgentSocket, "DEL", start, err)
 	return err
 }
 
@@ -314,17 +314,6 @@ func Reconcile(ctx context.Context, dataDir, uplink string, valid []nodealloc.At
 		errs = append(errs, fmt.Errorf("release stale allocations: %w", err))
 	}
 	return released, errors.Join(errs...)
-}
-
-// report tells the agent how long the operation took (its ADD latency
-// histogram); best effort with a short deadline, never failing the operation.
-func report(cfg *Config, op string, start time.Time, opErr error) {
-	if cfg.AgentSocket == "" {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-	defer cancel()
-	_ = PostObservation(ctx, cfg.AgentSocket, Observation{Op: op, Seconds: time.Since(start).Seconds(), OK: opErr == nil})
 }
 
 // podArgs reads K8S_POD_NAMESPACE and K8S_POD_NAME from CNI_ARGS

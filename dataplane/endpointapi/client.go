@@ -52,6 +52,15 @@ func (c *Client) DeleteEndpoint(ctx context.Context, containerID string) error {
 	return c.do(ctx, http.MethodDelete, containerID, nil)
 }
 
+// PostObservation reports one plugin operation for the agent's metrics.
+func (c *Client) PostObservation(ctx context.Context, o Observation) error {
+	body, err := json.Marshal(o)
+	if err != nil {
+		return fmt.Errorf("encode observation: %w", err)
+	}
+	return c.call(ctx, http.MethodPost, ObservationPath, body)
+}
+
 // Healthz succeeds when the agent is up and serving.
 func (c *Client) Healthz(ctx context.Context) error {
 	return c.call(ctx, http.MethodGet, "/v1/healthz", nil)

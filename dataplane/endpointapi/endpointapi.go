@@ -6,10 +6,11 @@
 //	PUT    /v1/endpoints/{containerID}   body: Endpoint          -> 200 Response
 //	DELETE /v1/endpoints/{containerID}                           -> 200 Response (also when unknown)
 //	GET    /v1/healthz                                           -> 200 (agent up; used by CNI STATUS)
+//	POST   /v1/cni/observations          body: Observation       -> 204 (the agent's CNI metrics)
 //
 // Errors come back as a non-2xx status with an ErrorResponse body. The agent
-// implements Handler and serves NewHTTPHandler(h) on ListenUnix(path); the
-// plugin uses Client.
+// implements Handler and serves NewHTTPHandler(h) on ListenUnix(path), and
+// Observations on its own mux; the plugin uses Client.
 package endpointapi
 
 import (
@@ -76,6 +77,16 @@ type Handler interface {
 	// DeleteEndpoint forgets the endpoint; an unknown ID is not an error.
 	DeleteEndpoint(ctx context.Context, containerID string) error
 }
+
+// Observation is one plugin operation's outcome, posted to the agent.
+type Observation struct {
+	Op      string  `json:"op"`
+	Seconds float64 `json:"seconds"`
+	OK      bool    `json:"ok"`
+}
+
+// ObservationPath is the agent socket route the plugin posts Observations to.
+const ObservationPath = "/v1/cni/observations"
 
 // ErrInvalidEndpoint wrapped in a Handler's error turns it into a 400 (the
 // request is wrong) instead of a 500 (the agent failed).
