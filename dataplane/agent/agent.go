@@ -29,6 +29,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/flatnet/flatnet/dataplane/cni"
+	"github.com/flatnet/flatnet/dataplane/cni/netconf"
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/ipam"
 	"github.com/flatnet/flatnet/dataplane/ipam/cluster"
@@ -272,10 +273,10 @@ func (a *Agent) setup(ctx context.Context) error {
 	if err := a.endpoints.Resync(ctx, linkExists); err != nil {
 		a.log.Warn("re-attach endpoints after restart", "err", err)
 	}
-	conf, err := cni.Conflist(cni.NetConf{
+	conf, err := netconf.Conflist(netconf.NetConf{
 		NodeName: a.cfg.NodeName, Uplink: a.uplink,
 		Subnet: a.cfg.Subnet.String(), Gateway: addrString(a.cfg.Gateway), DockerRange: prefixString(a.cfg.DockerRange),
-		Block: cni.BlockConf{First: a.block.Spec.First, Size: a.block.Spec.Size}, MTU: a.cfg.MTU,
+		Block: netconf.BlockConf{First: a.block.Spec.First, Size: a.block.Spec.Size}, MTU: a.cfg.MTU,
 		DataDir: a.allocDir(), AgentSocket: a.cfg.Socket,
 	})
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
 
+	"github.com/flatnet/flatnet/dataplane/cni/netconf"
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/ipam/nodealloc"
 )
@@ -48,7 +49,7 @@ func Funcs() skel.CNIFuncs {
 // Add gives the attachment an address of the node's block and plumbs it.
 func Add(args *skel.CmdArgs) error {
 	start := time.Now()
-	cfg, err := ParseConfig(args.StdinData)
+	cfg, err := netconf.ParseConfig(args.StdinData)
 	if err != nil {
 		return err
 	}
@@ -57,7 +58,7 @@ func Add(args *skel.CmdArgs) error {
 	return err
 }
 
-func add(args *skel.CmdArgs, cfg *Config) (err error) {
+func add(args *skel.CmdArgs, cfg *netconf.Config) (err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	if args.IfName == "" {
@@ -139,7 +140,7 @@ func add(args *skel.CmdArgs, cfg *Config) (err error) {
 // same when the netns is already gone.
 func Del(args *skel.CmdArgs) error {
 	start := time.Now()
-	cfg, err := ParseConfig(args.StdinData)
+	cfg, err := netconf.ParseConfig(args.StdinData)
 	if err != nil {
 		return err
 	}
@@ -148,7 +149,7 @@ func Del(args *skel.CmdArgs) error {
 	return err
 }
 
-func del(args *skel.CmdArgs, cfg *Config) error {
+func del(args *skel.CmdArgs, cfg *netconf.Config) error {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	store := nodealloc.New(cfg.DataDir)
@@ -179,7 +180,7 @@ func del(args *skel.CmdArgs, cfg *Config) error {
 
 // Check verifies the attachment against the previous result and the node.
 func Check(args *skel.CmdArgs) error {
-	cfg, err := ParseConfig(args.StdinData)
+	cfg, err := netconf.ParseConfig(args.StdinData)
 	if err != nil {
 		return err
 	}
@@ -230,7 +231,7 @@ func Check(args *skel.CmdArgs) error {
 // Status reports whether the plugin can take ADDs: config valid, uplink on
 // the subnet, allocator state usable, agent answering.
 func Status(args *skel.CmdArgs) error {
-	cfg, err := ParseConfig(args.StdinData)
+	cfg, err := netconf.ParseConfig(args.StdinData)
 	if err != nil {
 		return err
 	}
@@ -253,7 +254,7 @@ func Status(args *skel.CmdArgs) error {
 // GC releases the allocations and host plumbing of every attachment not in
 // the runtime's valid list.
 func GC(args *skel.CmdArgs) error {
-	cfg, err := ParseConfig(args.StdinData)
+	cfg, err := netconf.ParseConfig(args.StdinData)
 	if err != nil {
 		return err
 	}

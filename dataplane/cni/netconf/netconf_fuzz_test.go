@@ -1,4 +1,4 @@
-package cni
+package netconf
 
 import (
 	"encoding/json"

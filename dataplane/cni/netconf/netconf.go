@@ -1,4 +1,9 @@
-package cni
+// Package netconf is the flatnet plugin's network configuration: the node
+// agent renders it into the conflist (Conflist) once it owns the node's
+// block, and the plugin parses and validates it on every call (ParseConfig),
+// with the same checks on both sides. It is the one part of the plugin the
+// agent imports.
+package netconf
 
 import (
 	"encoding/json"
