@@ -28,12 +28,12 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/flatnet/flatnet/dataplane/cni"
 	"github.com/flatnet/flatnet/dataplane/cni/netconf"
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/ipam"
 	"github.com/flatnet/flatnet/dataplane/ipam/cluster"
 	"github.com/flatnet/flatnet/dataplane/ipam/nodealloc"
+	"github.com/flatnet/flatnet/dataplane/podnet"
 )
 
 // Config is everything the agent is told.
@@ -260,13 +260,13 @@ func (a *Agent) setup(ctx context.Context) error {
 	if a.uplink, err = findUplink(a.cfg.Uplink, nodeIP); err != nil {
 		return err
 	}
-	if err := cni.EnsureHostForwarding(a.uplink); err != nil {
+	if err := podnet.EnsureHostForwarding(a.uplink); err != nil {
 		return err
 	}
 	if nodeIP.IsValid() {
 		// A restarted node may have come back with another MAC (Docker gives a
 		// kind node a new one): the other nodes learn it for the node and its pods.
-		if err := cni.AnnounceNode(a.uplink, nodeIP); err != nil {
+		if err := podnet.AnnounceNode(a.uplink, nodeIP); err != nil {
 			a.log.Warn("gratuitous ARP for the node and its pods", "err", err)
 		}
 	}

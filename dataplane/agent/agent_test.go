@@ -29,10 +29,10 @@ import (
 	dynfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
 
-	"github.com/flatnet/flatnet/dataplane/cni"
 	"github.com/flatnet/flatnet/dataplane/cni/netconf"
 	"github.com/flatnet/flatnet/dataplane/ipam/cluster"
 	"github.com/flatnet/flatnet/dataplane/ipam/nodealloc"
+	"github.com/flatnet/flatnet/dataplane/podnet"
 	"github.com/flatnet/flatnet/internal/testenv"
 )
 
@@ -253,7 +253,7 @@ func TestAgentInstallsPluginServesEndpointsAndFreesLeaks(t *testing.T) {
 	})
 	var ghostVeth bool
 	tn.ns.Do(func(ns.NetNS) error {
-		_, err := netlink.LinkByName(cni.HostVethName("c-ghost", "eth0"))
+		_, err := netlink.LinkByName(podnet.HostVethName("c-ghost", "eth0"))
 		ghostVeth = err == nil
 		return nil
 	})

@@ -10,10 +10,10 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/flatnet/flatnet/dataplane/cni"
 	"github.com/flatnet/flatnet/dataplane/ipam"
 	"github.com/flatnet/flatnet/dataplane/ipam/cluster"
 	"github.com/flatnet/flatnet/dataplane/ipam/nodealloc"
+	"github.com/flatnet/flatnet/dataplane/podnet"
 )
 
 // BlockSizeFor decides the block size: the flag when set, else the Node's
@@ -133,7 +133,7 @@ func (a *Agent) releaseLeaks(ctx context.Context, leaked []nodealloc.Allocation)
 	var errs []error
 	store := nodealloc.New(a.allocDir())
 	for _, l := range leaked {
-		if err := cni.TeardownPod(l.ContainerID, l.IfName, l.IP, a.uplink); err != nil {
+		if err := podnet.Teardown(l.ContainerID, l.IfName, l.IP, a.uplink); err != nil {
 			errs = append(errs, fmt.Errorf("tear down leaked %s (%s): %w", l.IP, l.ContainerID, err))
 			continue
 		}

@@ -10,6 +10,8 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/flatnet/flatnet/dataplane/podnet/podnettest"
 )
 
 // BenchmarkAddDel runs the real plugin binaries through libcni, as a runtime
@@ -20,7 +22,7 @@ import (
 func BenchmarkAddDel(b *testing.B) {
 	n := newNode(b, "node-bench", "10.224.0.2/16", blockA)
 	list := n.conflist(nil)
-	pod := newNS(b)
+	pod := podnettest.NewNS(b)
 	var adds, dels []time.Duration
 	cpu0 := childCPU()
 	b.ResetTimer()

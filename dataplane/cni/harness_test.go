@@ -5,13 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -20,14 +18,12 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
-	"github.com/flatnet/flatnet/dataplane/cni"
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/ipam"
 	"github.com/flatnet/flatnet/dataplane/ipam/nodealloc"
+	"github.com/flatnet/flatnet/dataplane/podnet/podnettest"
 	"github.com/flatnet/flatnet/internal/testenv"
 )
 
@@ -79,7 +75,7 @@ const subnet = "10.224.0.0/16"
 func newNode(t testing.TB, name, ip string, block ipam.Block) *node {
 	t.Helper()
 	testenv.RequireRoot(t)
-	n := &node{t: t, name: name, ns: newNS(t), ip: netip.MustParsePrefix(ip), block: block, dataDir: t.TempDir(), cache: t.TempDir()}
+	n := &node{t: t, name: name, ns: podnettest.NewNS(t), ip: netip.MustParsePrefix(ip), block: block, dataDir: t.TempDir(), cache: t.TempDir()}
 	n.do(func() error {
 		// A veth as the uplink (this kernel has no dummy driver); its peer
 		// stays in the node, up, standing for the docker bridge.
@@ -90,31 +86,7 @@ func newNode(t testing.TB, name, ip string, block ipam.Block) *node {
 		if p, err := netlink.LinkByName("bridge0"); err != nil || netlink.LinkSetUp(p) != nil {
 			return fmt.Errorf("bring up bridge0: %v", err)
 		}
-		return addrUp("eth0", n.ip)
-	})
-	return n
-}
-
-func addrUp(ifName string, p netip.Prefix) error {
-	l, err := netlink.LinkByName(ifName)
-	if err != nil {
-		return err
-	}
-	if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}}); err != nil {
-		return err
-	}
-	return netlink.LinkSetUp(l)
-}
-
-func newNS(t testing.TB) ns.NetNS {
-	t.Helper()
-	n, err := testutils.NewNS()
-	if err != nil {
-		t.Fatalf("create netns: %v", err)
-	}
-	t.Cleanup(func() {
-		n.Close()
-		_ = testutils.UnmountNS(n)
+		return podnettest.AddrUp("eth0", n.ip)
 	})
 	return n
 }
@@ -238,71 +210,19 @@ func (n *node) allocations() []nodealloc.Allocation {
 	return all
 }
 
-// hostState is what flatnet leaves on a node: its veths and proxy entries.
-type hostState struct {
-	veths   []string
-	proxies []netip.Addr
-	routes  []string // /32 routes on flatnet veths
-}
-
-func (n *node) state() hostState {
+func (n *node) state() podnettest.HostState {
 	n.t.Helper()
-	var s hostState
-	n.do(func() error {
-		links, err := netlink.LinkList()
-		if err != nil {
-			return err
-		}
-		for _, l := range links {
-			if strings.HasPrefix(l.Attrs().Name, cni.HostVethPrefix) {
-				s.veths = append(s.veths, l.Attrs().Name)
-				rs, _ := netlink.RouteList(l, netlink.FAMILY_V4)
-				for _, r := range rs {
-					s.routes = append(s.routes, r.Dst.String())
-				}
-			}
-		}
-		up, err := netlink.LinkByName("eth0")
-		if err != nil {
-			return err
-		}
-		px, err := netlink.NeighProxyList(up.Attrs().Index, unix.AF_INET)
-		if err != nil {
-			return err
-		}
-		for _, p := range px {
-			a, _ := netip.AddrFromSlice(p.IP.To4())
-			s.proxies = append(s.proxies, a)
-		}
-		return nil
-	})
-	return s
+	return podnettest.ReadHostState(n.t, n.ns, "eth0")
 }
 
 func (n *node) requireClean(what string) {
 	n.t.Helper()
-	if s := n.state(); len(s.veths)+len(s.proxies)+len(s.routes) > 0 {
+	if s := n.state(); len(s.Veths)+len(s.Proxies)+len(s.Routes) > 0 {
 		n.t.Errorf("%s: node %s still has flatnet plumbing: %+v", what, n.name, s)
 	}
 	if a := n.allocations(); len(a) > 0 {
 		n.t.Errorf("%s: node %s still holds allocations: %v", what, n.name, a)
 	}
-}
-
-// podLinks lists the interface names inside a pod netns.
-func podLinks(t testing.TB, podNS ns.NetNS) []string {
-	t.Helper()
-	var names []string
-	if err := podNS.Do(func(ns.NetNS) error {
-		links, err := netlink.LinkList()
-		for _, l := range links {
-			names = append(names, l.Attrs().Name)
-		}
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return names
 }
 
 // cniError unwraps the plugin's error result.

@@ -3,7 +3,10 @@
 // veth whose host side routes for them and whose uplink answers ARP for them,
 // so pods on a flat L2 network reach each other with no overlay and no routes
 // on other nodes. The cmd/flatnet-cni binary is a thin skel wrapper around
-// the functions here.
+// the functions here, which tie together the configuration (cni/netconf), the
+// node's allocator (ipam/nodealloc), the plumbing (podnet) and the agent
+// (endpointapi): the same plumbing the agent uses, so the agent never imports
+// this package.
 package cni
 
 import (
@@ -25,6 +28,7 @@ import (
 	"github.com/flatnet/flatnet/dataplane/cni/netconf"
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/ipam/nodealloc"
+	"github.com/flatnet/flatnet/dataplane/podnet"
 )
 
 // SupportedVersions are the CNI spec versions the plugin speaks. 0.4.0 is the
@@ -64,7 +68,7 @@ func add(args *skel.CmdArgs, cfg *netconf.Config) (err error) {
 	if args.IfName == "" {
 		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_IFNAME: missing", "the runtime must name the pod interface, e.g. eth0")
 	}
-	up, err := FindUplink(cfg.Uplink, cfg.Layout.Subnet)
+	up, err := podnet.FindUplink(cfg.Uplink, cfg.Layout.Subnet)
 	if err != nil {
 		return types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
 	}
@@ -94,7 +98,7 @@ func add(args *skel.CmdArgs, cfg *netconf.Config) (err error) {
 		if err == nil {
 			return
 		}
-		if terr := TeardownPod(args.ContainerID, args.IfName, addr, cfg.Uplink); terr != nil {
+		if terr := podnet.Teardown(args.ContainerID, args.IfName, addr, cfg.Uplink); terr != nil {
 			err = fmt.Errorf("%w (and undoing it: %v)", err, terr)
 		}
 		if created {
@@ -104,7 +108,7 @@ func add(args *skel.CmdArgs, cfg *netconf.Config) (err error) {
 		}
 	}()
 
-	pn, err := SetupPod(podNS, args.ContainerID, args.IfName, addr, cfg.MTU, up)
+	pn, err := podnet.Setup(podNS, args.ContainerID, args.IfName, addr, cfg.MTU, up)
 	if err != nil {
 		return types.NewError(types.ErrInternal, fmt.Sprintf("set up pod network for %s: %v", args.ContainerID, err), "")
 	}
@@ -128,8 +132,8 @@ func add(args *skel.CmdArgs, cfg *netconf.Config) (err error) {
 			{Name: pn.HostVeth, Mac: pn.HostIf.HardwareAddr.String()},
 			{Name: args.IfName, Mac: pn.PodIf.HardwareAddr.String(), Mtu: pn.PodIf.MTU, Sandbox: args.Netns},
 		},
-		IPs:    []*current.IPConfig{{Interface: &idx, Address: *hostNet(addr), Gateway: GatewayIP.AsSlice()}},
-		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: GatewayIP.AsSlice()}},
+		IPs:    []*current.IPConfig{{Interface: &idx, Address: *podnet.HostNet(addr), Gateway: podnet.GatewayIP.AsSlice()}},
+		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: podnet.GatewayIP.AsSlice()}},
 		DNS:    cfg.Raw.DNS,
 	}
 	return types.PrintResult(res, cfg.Raw.CNIVersion)
@@ -158,7 +162,7 @@ func del(args *skel.CmdArgs, cfg *netconf.Config) error {
 	if err != nil {
 		return types.NewError(types.ErrInternal, fmt.Sprintf("look up the address of %s/%s: %v", args.ContainerID, args.IfName, err), "")
 	}
-	if err := TeardownPod(args.ContainerID, args.IfName, addr, cfg.Uplink); err != nil {
+	if err := podnet.Teardown(args.ContainerID, args.IfName, addr, cfg.Uplink); err != nil {
 		return types.NewError(types.ErrInternal, fmt.Sprintf("tear down pod network for %s: %v", args.ContainerID, err), "")
 	}
 	if cfg.AgentSocket != "" {
@@ -198,8 +202,8 @@ func Check(args *skel.CmdArgs) error {
 	}
 	var want netip.Addr
 	for _, ipc := range prev.IPs {
-		if p, ok := prefixOf(&ipc.Address); ok {
-			want = p.Addr()
+		if a, ok := netip.AddrFromSlice(ipc.Address.IP.To4()); ok {
+			want = a
 		}
 	}
 	if !want.IsValid() {
@@ -213,7 +217,7 @@ func Check(args *skel.CmdArgs) error {
 	if !ok || got != want {
 		return types.NewError(types.ErrInternal, fmt.Sprintf("allocation of %s/%s: holds %v, prevResult says %s", args.ContainerID, args.IfName, got, want), "")
 	}
-	up, err := FindUplink(cfg.Uplink, cfg.Layout.Subnet)
+	up, err := podnet.FindUplink(cfg.Uplink, cfg.Layout.Subnet)
 	if err != nil {
 		return types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
 	}
@@ -222,7 +226,7 @@ func Check(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("open pod netns %q: %v", args.Netns, err), "")
 	}
 	defer podNS.Close()
-	if err := CheckPod(podNS, args.ContainerID, args.IfName, want, up); err != nil {
+	if err := podnet.Check(podNS, args.ContainerID, args.IfName, want, up); err != nil {
 		return types.NewError(types.ErrInternal, "check "+args.ContainerID+": "+err.Error(), "")
 	}
 	return nil
@@ -237,7 +241,7 @@ func Status(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := FindUplink(cfg.Uplink, cfg.Layout.Subnet); err != nil {
+	if _, err := podnet.FindUplink(cfg.Uplink, cfg.Layout.Subnet); err != nil {
 		return types.NewError(errPluginNotAvailable, err.Error(), "")
 	}
 	if err := nodealloc.New(cfg.DataDir).CheckWritable(ctx); err != nil {
@@ -277,18 +281,17 @@ func GC(args *skel.CmdArgs) error {
 			}
 		}
 	}
-	_, err = Reconcile(ctx, cfg.DataDir, cfg.Uplink, valid)
+	_, err = reconcile(ctx, cfg.DataDir, cfg.Uplink, valid)
 	if err != nil {
 		return types.NewError(types.ErrInternal, err.Error(), "")
 	}
 	return nil
 }
 
-// Reconcile keeps only the valid attachments: it releases every other
+// reconcile keeps only the valid attachments: it releases every other
 // allocation and removes every flatnet host veth (and proxy neighbour) that
 // belongs to no valid attachment, including veths whose allocation was lost.
-// Shared by CNI GC and the agent's leak reconciler.
-func Reconcile(ctx context.Context, dataDir, uplink string, valid []nodealloc.Attachment) ([]nodealloc.Allocation, error) {
+func reconcile(ctx context.Context, dataDir, uplink string, valid []nodealloc.Attachment) ([]nodealloc.Allocation, error) {
 	store := nodealloc.New(dataDir)
 	all, err := store.List(ctx)
 	if err != nil {
@@ -296,18 +299,18 @@ func Reconcile(ctx context.Context, dataDir, uplink string, valid []nodealloc.At
 	}
 	keep := make(map[string]bool, len(valid))
 	for _, a := range valid {
-		keep[HostVethName(a.ContainerID, a.IfName)] = true
+		keep[podnet.HostVethName(a.ContainerID, a.IfName)] = true
 	}
 	var errs []error
 	// Plumbing first, then the addresses, as in DEL.
 	for _, a := range all {
-		if !keep[HostVethName(a.ContainerID, a.IfName)] {
-			if err := TeardownPod(a.ContainerID, a.IfName, a.IP, uplink); err != nil {
+		if !keep[podnet.HostVethName(a.ContainerID, a.IfName)] {
+			if err := podnet.Teardown(a.ContainerID, a.IfName, a.IP, uplink); err != nil {
 				errs = append(errs, err)
 			}
 		}
 	}
-	if err := removeOrphanVeths(keep); err != nil {
+	if err := podnet.RemoveOrphanVeths(keep); err != nil {
 		errs = append(errs, err)
 	}
 	released, err := store.GC(ctx, valid)

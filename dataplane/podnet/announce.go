@@ -1,4 +1,4 @@
-package cni
+package podnet
 
 import (
 	"encoding/binary"

@@ -1,0 +1,111 @@
+// Package podnettest gives tests network namespaces standing in for nodes and
+// pods, and reads back the plumbing podnet leaves on a node. Used by podnet's
+// own tests and by the plugin's, which run the real binaries.
+package podnettest
+
+import (
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/flatnet/flatnet/dataplane/podnet"
+)
+
+// NewNS creates a network namespace removed when the test ends.
+func NewNS(t testing.TB) ns.NetNS {
+	t.Helper()
+	n, err := testutils.NewNS()
+	if err != nil {
+		t.Fatalf("create netns: %v", err)
+	}
+	t.Cleanup(func() {
+		n.Close()
+		_ = testutils.UnmountNS(n)
+	})
+	return n
+}
+
+// AddrUp puts p on the interface of the current netns and sets it up.
+func AddrUp(ifName string, p netip.Prefix) error {
+	l, err := netlink.LinkByName(ifName)
+	if err != nil {
+		return err
+	}
+	if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}}); err != nil {
+		return err
+	}
+	return netlink.LinkSetUp(l)
+}
+
+// HostState is what flatnet leaves on a node: its veths and proxy entries.
+type HostState struct {
+	Veths   []string
+	Proxies []netip.Addr
+	Routes  []string // /32 routes on flatnet veths
+}
+
+// ReadHostState reads the flatnet veths of node (a netns), their routes, and
+// the proxy neighbours on its uplink.
+func ReadHostState(t testing.TB, node ns.NetNS, uplink string) HostState {
+	t.Helper()
+	var s HostState
+	if err := node.Do(func(ns.NetNS) (err error) {
+		s, err = readHostState(uplink)
+		return err
+	}); err != nil {
+		t.Fatalf("read flatnet's plumbing in %s: %v", node.Path(), err)
+	}
+	return s
+}
+
+func readHostState(uplink string) (HostState, error) {
+	var s HostState
+	links, err := netlink.LinkList()
+	if err != nil {
+		return s, err
+	}
+	for _, l := range links {
+		if strings.HasPrefix(l.Attrs().Name, podnet.HostVethPrefix) {
+			s.Veths = append(s.Veths, l.Attrs().Name)
+			rs, _ := netlink.RouteList(l, netlink.FAMILY_V4)
+			for _, r := range rs {
+				s.Routes = append(s.Routes, r.Dst.String())
+			}
+		}
+	}
+	up, err := netlink.LinkByName(uplink)
+	if err != nil {
+		return s, err
+	}
+	px, err := netlink.NeighProxyList(up.Attrs().Index, unix.AF_INET)
+	if err != nil {
+		return s, err
+	}
+	for _, p := range px {
+		a, _ := netip.AddrFromSlice(p.IP.To4())
+		s.Proxies = append(s.Proxies, a)
+	}
+	return s, nil
+}
+
+// Links lists the interface names inside a netns.
+func Links(t testing.TB, netns ns.NetNS) []string {
+	t.Helper()
+	var names []string
+	if err := netns.Do(func(ns.NetNS) error {
+		links, err := netlink.LinkList()
+		for _, l := range links {
+			names = append(names, l.Attrs().Name)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
