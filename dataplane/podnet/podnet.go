@@ -6,7 +6,8 @@
 //	host: fn<hash12> up, proxy_arp=1, ip/32 dev fn<hash12>, proxy neighbour ip on the uplink
 //
 // It knows nothing of the plugin's configuration, IPAM or the agent: callers
-// pass the address and the uplink.
+// pass the address and the uplink. As containernetworking's ptp plugin over
+// its pkg/ip, the veth itself is made by ip.SetupVethWithName.
 package podnet
 
 import (

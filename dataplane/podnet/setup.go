@@ -8,8 +8,10 @@ import (
 	"os"
 	"strings"
 
+	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/utils/sysctl"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -58,25 +60,15 @@ func Setup(podNS ns.NetNS, containerID, ifName string, addr netip.Addr, mtu int,
 
 	v := &Veth{IP: addr, HostVeth: hostName, PodIfName: ifName}
 	err = podNS.Do(func(ns.NetNS) error {
-		podIf, err := createVeth(ifName, hostName, mtu, hostNS)
-		if err != nil {
-			return err
+		// Made from inside the pod netns with the host end born in hostNS, so
+		// neither end ever exists in the wrong namespace. The host end comes
+		// up with its peer still down: no carrier, so no IPv6 frame leaves it
+		// before IPv6 is off.
+		var err error
+		if v.HostIf, v.PodIf, err = ip.SetupVethWithName(ifName, hostName, mtu, "", hostNS); err != nil {
+			return fmt.Errorf("create veth %s (pod) <-> %s (host): %w", ifName, hostName, err)
 		}
-		v.PodIf = podIf
-		return hostNS.Do(func(ns.NetNS) error {
-			hl, err := netlinksafe.LinkByName(hostName)
-			if err != nil {
-				return fmt.Errorf("look up host veth %s: %w", hostName, err)
-			}
-			if err := disableIPv6(hostName); err != nil {
-				return err
-			}
-			if err := netlink.LinkSetUp(hl); err != nil {
-				return fmt.Errorf("set host veth %s up: %w", hostName, err)
-			}
-			v.HostIf = ifaceOf(hl)
-			return nil
-		})
+		return hostNS.Do(func(ns.NetNS) error { return disableIPv6(hostName) })
 	})
 	if err == nil {
 		err = podNS.Do(func(ns.NetNS) error { return configurePodSide(ifName, addr, v.HostIf.HardwareAddr) })
@@ -94,27 +86,6 @@ func Setup(podNS ns.NetNS, containerID, ifName string, addr netip.Addr, mtu int,
 		return nil, err
 	}
 	return v, nil
-}
-
-// createVeth makes the pair from inside the pod netns, the host end born in
-// hostNS, so neither end ever exists in the wrong namespace.
-func createVeth(podIfName, hostName string, mtu int, hostNS ns.NetNS) (net.Interface, error) {
-	attrs := netlink.NewLinkAttrs()
-	attrs.Name, attrs.MTU = podIfName, mtu
-	veth := &netlink.Veth{LinkAttrs: attrs, PeerName: hostName, PeerNamespace: netlink.NsFd(int(hostNS.Fd()))}
-	if err := netlink.LinkAdd(veth); err != nil {
-		return net.Interface{}, fmt.Errorf("create veth %s (pod) <-> %s (host): %w", podIfName, hostName, err)
-	}
-	l, err := netlinksafe.LinkByName(podIfName)
-	if err != nil {
-		return net.Interface{}, fmt.Errorf("look up pod interface %s: %w", podIfName, err)
-	}
-	return ifaceOf(l), nil
-}
-
-func ifaceOf(l netlink.Link) net.Interface {
-	a := l.Attrs()
-	return net.Interface{Index: a.Index, MTU: a.MTU, Name: a.Name, HardwareAddr: a.HardwareAddr, Flags: a.Flags}
 }
 
 func configurePodSide(ifName string, addr netip.Addr, hostMAC net.HardwareAddr) error {
@@ -177,15 +148,15 @@ func configureHostSide(v *Veth, up *Uplink) error {
 // proxy-ARP delay on the uplink (the kernel otherwise delays answers to
 // broadcast ARP requests for proxied addresses by up to 0.8 s).
 func EnsureHostForwarding(uplink string) error {
-	if err := ensureSysctl("net/ipv4/ip_forward", "1"); err != nil {
-		return err
+	if err := ip.EnableIP4Forward(); err != nil {
+		return fmt.Errorf("set sysctl net.ipv4.ip_forward=1: %w", err)
 	}
 	return ensureSysctl("net/ipv4/neigh/"+uplink+"/proxy_delay", "0")
 }
 
 // writeSysctl writes a value under /proc/sys of the current netns.
 func writeSysctl(name, value string) error {
-	if err := os.WriteFile("/proc/sys/"+name, []byte(value), 0o644); err != nil {
+	if _, err := sysctl.Sysctl(name, value); err != nil {
 		return fmt.Errorf("set sysctl %s=%s: %w", strings.ReplaceAll(name, "/", "."), value, err)
 	}
 	return nil
@@ -203,8 +174,7 @@ func disableIPv6(ifName string) error {
 
 // ensureSysctl writes only when the value differs (most calls read only).
 func ensureSysctl(name, value string) error {
-	b, err := os.ReadFile("/proc/sys/" + name)
-	if err == nil && strings.TrimSpace(string(b)) == value {
+	if cur, err := sysctl.Sysctl(name); err == nil && strings.TrimSpace(cur) == value {
 		return nil
 	}
 	return writeSysctl(name, value)
