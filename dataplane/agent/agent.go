@@ -1,6 +1,6 @@
 // Package agent is the flatnet node agent: it owns the node's block of the
 // node subnet (an IPBlock object), installs the CNI plugin and its conflist,
-// answers the plugin's endpoint API (handing endpoints to the Datapath),
+// answers the plugin's endpoint API (handing endpoints to the EndpointHook),
 // reconciles leaked addresses against the pods that really exist, reports
 // the block's use in the IPBlock's status, and serves health and metrics.
 package agent
@@ -66,8 +66,8 @@ type Config struct {
 	// Reconcile is the period of the leak reconciler and status reporter;
 	// LeakGrace how long an address must be unexplained before it is freed.
 	Reconcile, LeakGrace time.Duration
-	// Datapath receives endpoints; nil means NoPolicy.
-	Datapath Datapath
+	// Hook receives the node's endpoints; nil means NoPolicy.
+	Hook EndpointHook
 	// API, when set, is served on APIAddr (flows and explain).
 	API http.Handler
 }
@@ -111,7 +111,7 @@ func New(cfg Config, log *slog.Logger, kube kubernetes.Interface, dyn dynamic.In
 		cfg.LeakGrace = 2 * time.Minute
 	}
 	m := NewMetrics()
-	eps, err := NewEndpoints(filepath.Join(cfg.StateDir, "endpoints"), cfg.Datapath, m)
+	eps, err := NewEndpoints(filepath.Join(cfg.StateDir, "endpoints"), cfg.Hook, m)
 	if err != nil {
 		return nil, err
 	}

@@ -16,7 +16,7 @@ import (
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 )
 
-// Attach implements the agent's endpoint hook: compile the pod's policy, write it, then
+// Attach implements agent.EndpointHook: compile the pod's policy, write it, then
 // attach the programs to its host veth. It waits for the first sync, so a pod never
 // starts with a policy computed from a partial view.
 func (e *Enforcer) Attach(ctx context.Context, ep endpointapi.Endpoint) error {
@@ -145,7 +145,7 @@ func (e *Enforcer) remotePod(p *corev1.Pod) compile.Pod {
 	return cp
 }
 
-// Detach implements the agent's endpoint hook for CNI DEL.
+// Detach implements agent.EndpointHook for CNI DEL.
 func (e *Enforcer) Detach(ctx context.Context, ep endpointapi.Endpoint) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -1,7 +1,7 @@
 // Package enforce ties the policy packages to the cluster for the node agent: it
 // watches pods, namespaces, nodes, NetworkPolicies, CNPs and CCNPs, compiles them
 // (dataplane/compile) and keeps the datapath (dataplane/bpf) in step. It implements
-// the agent's endpoint hook (Attach/Detach), so a pod's policy is in its maps before
+// the agent's EndpointHook (Attach/Detach), so a pod's policy is in its maps before
 // the CNI ADD that created it returns.
 //
 // The ordering rules it encodes: nothing is written to the datapath before the first

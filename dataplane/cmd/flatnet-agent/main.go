@@ -107,7 +107,7 @@ func command() *cobra.Command {
 			// Close releases our handles only: programs and maps stay pinned and keep
 			// enforcing until the next agent adopts them.
 			defer enf.Close()
-			cfg.Datapath = enf
+			cfg.Hook = enf
 			// Rejected policies become Events on the objects (once per version).
 			reporter, stopEvents := enforce.NewEventReporter(kube, cfg.NodeName)
 			defer stopEvents()
