@@ -25,6 +25,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/flatnet/flatnet/dataplane/bpf"
 	"github.com/flatnet/flatnet/dataplane/compile"
@@ -74,6 +75,12 @@ type Enforcer struct {
 	reported map[string]string               // policy key -> version+reason already reported
 	reporter Reporter
 	getPod   func(ctx context.Context, namespace, name string) (*corev1.Pod, error)
+
+	// watching is what Watch registered for Run.
+	watching struct {
+		synced []cache.InformerSynced // every informer the Enforcer is fed from
+		own    []ownFactory           // the factories only the Enforcer uses: Run starts them
+	}
 
 	metrics *Metrics
 }
