@@ -1,8 +1,12 @@
 // Package agent is the flatnet node agent: it owns the node's block of the
 // node subnet (an IPBlock object), installs the CNI plugin and its conflist,
-// answers the plugin's endpoint API (handing endpoints to the Datapath),
+// answers the plugin's endpoint API (handing endpoints to the EndpointHook),
 // reconciles leaked addresses against the pods that really exist, reports
 // the block's use in the IPBlock's status, and serves health and metrics.
+//
+// Run is the whole process the flatnet-agent command starts: the Agent and, with
+// policy on, the enforcer (dataplane/enforce) as its EndpointHook with its flows
+// (dataplane/flows), API and metrics, all fed by one informer factory.
 package agent
 
 import (
@@ -20,7 +24,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
@@ -67,8 +70,8 @@ type Config struct {
 	// Reconcile is the period of the leak reconciler and status reporter;
 	// LeakGrace how long an address must be unexplained before it is freed.
 	Reconcile, LeakGrace time.Duration
-	// Datapath receives endpoints; nil means NoPolicy.
-	Datapath Datapath
+	// Hook receives the node's endpoints; nil means NoPolicy.
+	Hook EndpointHook
 	// API, when set, is served on APIAddr (flows and explain).
 	API http.Handler
 }
@@ -86,15 +89,17 @@ type Agent struct {
 	uplink string
 	block  cluster.IPBlock
 	nodes  corelisters.NodeLister
-	pods   corelisters.PodLister
+	pods   cache.Indexer          // every pod the informer holds, indexed by node (localPods)
+	synced []cache.InformerSynced // the pod and node informers'
 	kick   chan struct{}
 	leaks  LeakFinder
 	lastSt *cluster.IPBlockStatus
 	warned string
 }
 
-// New checks cfg and loads the endpoint records.
-func New(cfg Config, log *slog.Logger, kube kubernetes.Interface, dyn dynamic.Interface) (*Agent, error) {
+// New checks cfg, loads the endpoint records and registers the agent's pod and node
+// informers in factory, which the caller starts (once every user registered) before Run.
+func New(cfg Config, log *slog.Logger, kube kubernetes.Interface, dyn dynamic.Interface, factory informers.SharedInformerFactory) (*Agent, error) {
 	if cfg.NodeName == "" {
 		return nil, errors.New("node name: missing; pass --node-name or set NODE_NAME (the DaemonSet sets it from spec.nodeName)")
 	}
@@ -112,7 +117,7 @@ func New(cfg Config, log *slog.Logger, kube kubernetes.Interface, dyn dynamic.In
 		cfg.LeakGrace = 2 * time.Minute
 	}
 	m := NewMetrics()
-	eps, err := NewEndpoints(filepath.Join(cfg.StateDir, "endpoints"), cfg.Datapath, m)
+	eps, err := NewEndpoints(filepath.Join(cfg.StateDir, "endpoints"), cfg.Hook, m)
 	if err != nil {
 		return nil, err
 	}
@@ -121,6 +126,9 @@ func New(cfg Config, log *slog.Logger, kube kubernetes.Interface, dyn dynamic.In
 		kick: make(chan struct{}, 1), leaks: LeakFinder{Grace: cfg.LeakGrace},
 	}
 	eps.OnChange = a.poke
+	if err := a.watch(factory); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -129,9 +137,9 @@ func (a *Agent) Metrics() *Metrics { return a.metrics }
 
 func (a *Agent) allocDir() string { return filepath.Join(a.cfg.StateDir, "ipam") }
 
-// Run serves until ctx ends. The order matters: the endpoint socket first,
-// the conflist last, because the runtime starts sending ADDs the moment the
-// conflist appears.
+// Run serves until ctx ends, once the informer factory given to New is started.
+// The order matters: the endpoint socket first, the conflist last, because the
+// runtime starts sending ADDs the moment the conflist appears.
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -152,27 +160,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer stopAPI()
 
-	factory := informers.NewSharedInformerFactory(a.kube, 0)
-	podFactory := informers.NewSharedInformerFactoryWithOptions(a.kube, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-		o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", a.cfg.NodeName).String()
-	}))
-	a.nodes = factory.Core().V1().Nodes().Lister()
-	podInf := podFactory.Core().V1().Pods()
-	a.pods = podInf.Lister()
-	if _, err := podInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{DeleteFunc: func(any) { a.poke() }}); err != nil {
-		return fmt.Errorf("watch pods: %w", err)
-	}
-	factory.Start(ctx.Done())
-	podFactory.Start(ctx.Done())
-	for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return fmt.Errorf("sync %v informer: %w", typ, ctx.Err())
-		}
-	}
-	for typ, ok := range podFactory.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return fmt.Errorf("sync %v informer: %w", typ, ctx.Err())
-		}
+	if !cache.WaitForCacheSync(ctx.Done(), a.synced...) {
+		return fmt.Errorf("sync pod and node informers: %w", ctx.Err())
 	}
 
 	if err := a.setup(ctx); err != nil {
@@ -376,7 +365,7 @@ func (a *Agent) reconcile(ctx context.Context) {
 	for _, id := range gone {
 		a.log.Info("collected an endpoint whose address was released without its DEL reaching the agent", "containerID", id)
 	}
-	pods, err := a.pods.List(labels.Everything())
+	pods, err := a.localPods()
 	if err != nil {
 		a.log.Error("list pods", "err", err)
 		return

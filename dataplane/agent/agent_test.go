@@ -27,6 +27,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	dynfake "k8s.io/client-go/dynamic/fake"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/flatnet/flatnet/dataplane/cni/netconf"
@@ -122,12 +123,14 @@ func newTestNode(t *testing.T, maxPods int64, blockSize int) *testNode {
 // for its conflist.
 func (tn *testNode) start() []byte {
 	t := tn.t
-	a, err := New(tn.cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), tn.kube, tn.dyn)
+	factory := informers.NewSharedInformerFactory(tn.kube, 0)
+	a, err := New(tn.cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), tn.kube, tn.dyn, factory)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tn.agent = a
 	ctx, cancel := context.WithCancel(context.Background())
+	factory.Start(ctx.Done())
 	done := make(chan error, 1)
 	go func() { done <- tn.ns.Do(func(ns.NetNS) error { return a.Run(ctx) }) }()
 	t.Cleanup(func() {

@@ -16,19 +16,34 @@ import (
 	"github.com/flatnet/flatnet/dataplane/ipam/nodealloc"
 )
 
-// Datapath is where policy plugs in. The agent calls it while answering the
-// CNI plugin, so whatever it installs is in place before the pod's first
-// packet. Both methods must be idempotent: Attach runs again for every known
-// endpoint when the agent restarts, and for a PUT the plugin retries.
-type Datapath interface {
-	// Attach installs the endpoint's programs and maps; an error refuses the pod.
+// EndpointHook is what the agent calls for each pod endpoint of the node, so that
+// another part of the node (the policy enforcer) can act on it; the agent keeps
+// the endpoint records and the hook keeps whatever it installs.
+//
+// The contract:
+//   - Attach runs while the agent answers the CNI plugin's ADD (PUT), before the
+//     plugin returns to the runtime, so what it installs is in place before the
+//     pod's first packet. An error refuses the pod: the ADD fails and the agent
+//     records nothing new. Attach may block until ctx ends (the enforcer waits
+//     for its first full sync).
+//   - Detach runs for the plugin's DEL and for endpoints the agent collects or
+//     replaces. ep may carry only ContainerID when the agent never knew the
+//     endpoint (DEL after a lost record): that must succeed. An error fails the
+//     DEL and the record is kept, so the runtime's retry calls Detach again.
+//   - Both must be idempotent: Attach runs again for every known endpoint when the
+//     agent restarts (its veth still there), and the plugin retries a failed PUT.
+//   - Before attaching an endpoint, the agent detaches any other endpoint it has
+//     recorded with the same address (a stale one whose DEL never arrived).
+//   - Calls may come from several goroutines at once (the endpoint API and the
+//     restart resync): implementations must be safe for concurrent use.
+type EndpointHook interface {
+	// Attach installs what the endpoint needs (the enforcer: programs and maps).
 	Attach(ctx context.Context, ep endpointapi.Endpoint) error
-	// Detach removes them. ep may carry only ContainerID when the agent never
-	// knew the endpoint (DEL after a lost record).
+	// Detach removes it.
 	Detach(ctx context.Context, ep endpointapi.Endpoint) error
 }
 
-// NoPolicy is the default Datapath: pods get networking, nothing is enforced.
+// NoPolicy is the default EndpointHook: pods get networking, nothing is enforced.
 type NoPolicy struct{}
 
 // Attach does nothing.
@@ -45,11 +60,11 @@ type Record struct {
 
 // Endpoints is the node's endpoint registry: it implements the endpoint API
 // the plugin calls, keeps one file per endpoint under dir (so an agent
-// restart knows every pod it attached) and forwards to the Datapath.
+// restart knows every pod it attached) and calls its EndpointHook.
 type Endpoints struct {
-	dir      string
-	datapath Datapath
-	metrics  *Metrics
+	dir     string
+	hook    EndpointHook
+	metrics *Metrics
 
 	// OnChange, when set, runs after every successful Put or Delete (the
 	// agent refreshes the block's status).
@@ -67,14 +82,14 @@ type Endpoints struct {
 var containerIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
 
 // NewEndpoints loads the records under dir.
-func NewEndpoints(dir string, dp Datapath, m *Metrics) (*Endpoints, error) {
-	if dp == nil {
-		dp = NoPolicy{}
+func NewEndpoints(dir string, hook EndpointHook, m *Metrics) (*Endpoints, error) {
+	if hook == nil {
+		hook = NoPolicy{}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create endpoint dir %s: %w", dir, err)
 	}
-	e := &Endpoints{dir: dir, datapath: dp, metrics: m, byID: map[string]Record{}}
+	e := &Endpoints{dir: dir, hook: hook, metrics: m, byID: map[string]Record{}}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("read endpoint dir %s: %w", dir, err)
@@ -139,7 +154,7 @@ func (e *Endpoints) Resync(ctx context.Context, linkExists func(name string) boo
 			}
 			continue
 		}
-		if err := e.datapath.Attach(ctx, r.Endpoint); err != nil {
+		if err := e.hook.Attach(ctx, r.Endpoint); err != nil {
 			errs = append(errs, fmt.Errorf("re-attach endpoint %s: %w", r.ContainerID, err))
 		}
 	}
@@ -164,7 +179,7 @@ func (e *Endpoints) PutEndpoint(ctx context.Context, ep endpointapi.Endpoint) er
 			}
 		}
 	}
-	if err := e.datapath.Attach(ctx, ep); err != nil {
+	if err := e.hook.Attach(ctx, ep); err != nil {
 		return fmt.Errorf("attach datapath to %s: %w", ep.HostIfName, err)
 	}
 	r := Record{Endpoint: ep, Created: time.Now().UTC()}
@@ -201,7 +216,7 @@ func (e *Endpoints) deleteLocked(ctx context.Context, containerID string) error 
 	if !ok {
 		r.ContainerID = containerID
 	}
-	if err := e.datapath.Detach(ctx, r.Endpoint); err != nil {
+	if err := e.hook.Detach(ctx, r.Endpoint); err != nil {
 		return fmt.Errorf("detach datapath from %s: %w", containerID, err)
 	}
 	e.mu.Lock()

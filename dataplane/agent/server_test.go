@@ -15,6 +15,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/runtime"
 	dynfake "k8s.io/client-go/dynamic/fake"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/flatnet/flatnet/dataplane/flows"
@@ -45,7 +46,8 @@ func apiTestAgent(t *testing.T, cfg Config) *Agent {
 	cfg.DockerRange = netip.MustParsePrefix("10.224.0.0/27")
 	cfg.StateDir = t.TempDir()
 	cfg.API = flows.Handler(store, nil, "node-a")
-	a, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), fake.NewClientset(), dynfake.NewSimpleDynamicClient(runtime.NewScheme()))
+	kube := fake.NewClientset()
+	a, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), kube, dynfake.NewSimpleDynamicClient(runtime.NewScheme()), informers.NewSharedInformerFactory(kube, 0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +124,8 @@ func TestAPIOnlyOnLoopback(t *testing.T) {
 	for _, bad := range []string{":9970", "0.0.0.0:9970", "10.224.0.2:9970", "[::]:9970", "localhost:9970", "127.0.0.1"} {
 		cfg := Config{NodeName: "node-a", Subnet: netip.MustParsePrefix("10.224.0.0/16"), Gateway: netip.MustParseAddr("10.224.0.1"),
 			DockerRange: netip.MustParsePrefix("10.224.0.0/27"), StateDir: t.TempDir(), APIAddr: bad, API: http.NotFoundHandler()}
-		_, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), fake.NewClientset(), dynfake.NewSimpleDynamicClient(runtime.NewScheme()))
+		kube := fake.NewClientset()
+		_, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), kube, dynfake.NewSimpleDynamicClient(runtime.NewScheme()), informers.NewSharedInformerFactory(kube, 0))
 		if err == nil || !strings.Contains(err.Error(), "--api-addr") || !strings.Contains(err.Error(), "127.0.0.1:9970") {
 			t.Errorf("APIAddr %q: error %v, want one naming --api-addr and a loopback example", bad, err)
 		}

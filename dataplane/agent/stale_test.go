@@ -77,7 +77,7 @@ func (tn *testNode) gc(list *libcni.NetworkConfigList, valid ...string) {
 func TestReusedAddressReplacesTheStaleEndpoint(t *testing.T) {
 	tn := newTestNode(t, 10, 10)
 	dp := &ipDatapath{recordingDatapath: recordingDatapath{attached: map[string]endpointapi.Endpoint{}}}
-	tn.cfg.Datapath = dp
+	tn.cfg.Hook = dp
 	// Neither the periodic collection nor the leak finder may get there
 	// first: this is the ADD's own replacement.
 	tn.cfg.Reconcile, tn.cfg.LeakGrace = time.Hour, time.Hour
@@ -124,7 +124,7 @@ func TestReusedAddressReplacesTheStaleEndpoint(t *testing.T) {
 func TestEndpointWithoutAllocationIsCollected(t *testing.T) {
 	tn := newTestNode(t, 10, 10)
 	dp := &ipDatapath{recordingDatapath: recordingDatapath{attached: map[string]endpointapi.Endpoint{}}}
-	tn.cfg.Datapath = dp
+	tn.cfg.Hook = dp
 	tn.cfg.LeakGrace = time.Hour
 	list, err := libcni.ConfListFromBytes(tn.start())
 	if err != nil {

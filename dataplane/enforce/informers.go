@@ -29,10 +29,13 @@ var (
 	CCNPResource = schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumclusterwidenetworkpolicies"}
 )
 
-// Run watches the cluster and feeds the Enforcer until ctx ends: all pods (every pod's
-// address and labels matter to policy), namespaces, nodes, Services, NetworkPolicies,
-// CNPs and CCNPs. It calls Synced after the first full sync.
-func (e *Enforcer) Run(ctx context.Context, kube kubernetes.Interface, dyn dynamic.Interface) error {
+// Watch registers the Enforcer's handlers before anything is started: on the pods,
+// namespaces, nodes, Services and NetworkPolicies of factory, the informer factory the
+// whole agent shares (every pod's address and labels matter to policy), and on
+// informers of its own for what only it watches (the API server's EndpointSlices,
+// CNPs and CCNPs), which Run starts. ctx bounds the handlers' datapath writes. The
+// caller starts factory once every user has registered, then calls Run.
+func (e *Enforcer) Watch(ctx context.Context, factory informers.SharedInformerFactory, kube kubernetes.Interface, dyn dynamic.Interface) error {
 	for _, gvr := range []schema.GroupVersionResource{CNPResource, CCNPResource} {
 		if _, err := dyn.Resource(gvr).List(ctx, metav1ListOne); err != nil {
 			return fmt.Errorf("listing %s (are the CRDs of dataplane/manifests/crds installed?): %w", gvr.Resource, err)
@@ -43,34 +46,29 @@ func (e *Enforcer) Run(ctx context.Context, kube kubernetes.Interface, dyn dynam
 		return kube.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
 	}
 	e.mu.Unlock()
-	f := informers.NewSharedInformerFactory(kube, 0)
 	// The API server's addresses: the EndpointSlices of default/kubernetes.
 	apif := informers.NewSharedInformerFactoryWithOptions(kube, 0, informers.WithNamespace("default"),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = discoveryv1.LabelServiceName + "=kubernetes" }))
 	apiSlices := apif.Discovery().V1().EndpointSlices()
 	df := dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
-	report := func(what string, err error) {
-		if err != nil {
-			e.log.Error("policy state update failed", "object", what, "error", err)
-		}
-	}
+	report := e.logUpdateFailure
 	handlers := []struct {
 		inf cache.SharedIndexInformer
 		h   cache.ResourceEventHandlerFuncs
 	}{
-		{f.Core().V1().Pods().Informer(), funcs(
+		{factory.Core().V1().Pods().Informer(), funcs(
 			func(o any) { p := o.(*corev1.Pod); report("pod "+p.Namespace+"/"+p.Name, e.UpsertPod(ctx, p)) },
 			func(o any) {
 				p := o.(*corev1.Pod)
 				report("pod "+p.Namespace+"/"+p.Name, e.DeletePod(ctx, p.Namespace, p.Name))
 			})},
-		{f.Core().V1().Namespaces().Informer(), funcs(
+		{factory.Core().V1().Namespaces().Informer(), funcs(
 			func(o any) { n := o.(*corev1.Namespace); report("namespace "+n.Name, e.UpsertNamespace(ctx, n)) },
 			func(o any) { n := o.(*corev1.Namespace); report("namespace "+n.Name, e.DeleteNamespace(ctx, n.Name)) })},
-		{f.Core().V1().Nodes().Informer(), funcs(
+		{factory.Core().V1().Nodes().Informer(), funcs(
 			func(o any) { n := o.(*corev1.Node); report("node "+n.Name, e.UpsertNode(ctx, n)) },
 			func(o any) { n := o.(*corev1.Node); report("node "+n.Name, e.DeleteNode(ctx, n.Name)) })},
-		{f.Core().V1().Services().Informer(), funcs(
+		{factory.Core().V1().Services().Informer(), funcs(
 			func(o any) {
 				s := o.(*corev1.Service)
 				report("service "+s.Namespace+"/"+s.Name, e.UpsertService(ctx, s))
@@ -79,7 +77,7 @@ func (e *Enforcer) Run(ctx context.Context, kube kubernetes.Interface, dyn dynam
 				s := o.(*corev1.Service)
 				report("service "+s.Namespace+"/"+s.Name, e.DeleteService(ctx, s.Namespace, s.Name))
 			})},
-		{f.Networking().V1().NetworkPolicies().Informer(), funcs(
+		{factory.Networking().V1().NetworkPolicies().Informer(), funcs(
 			func(o any) { _ = e.UpsertNetworkPolicy(ctx, o.(*networkingv1.NetworkPolicy)) }, // rejections are reported (Events, /v1/rejected)
 			func(o any) {
 				np := o.(*networkingv1.NetworkPolicy)
@@ -91,17 +89,30 @@ func (e *Enforcer) Run(ctx context.Context, kube kubernetes.Interface, dyn dynam
 		{df.ForResource(CNPResource).Informer(), ciliumFuncs(ctx, e, policy.KindCNP)},
 		{df.ForResource(CCNPResource).Informer(), ciliumFuncs(ctx, e, policy.KindCCNP)},
 	}
-	var synced []cache.InformerSynced
 	for _, h := range handlers {
 		if _, err := h.inf.AddEventHandler(h.h); err != nil {
 			return fmt.Errorf("watching: %w", err)
 		}
-		synced = append(synced, h.inf.HasSynced)
+		e.watching.synced = append(e.watching.synced, h.inf.HasSynced)
 	}
-	f.Start(ctx.Done())
-	apif.Start(ctx.Done())
-	df.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+	e.watching.own = []ownFactory{apif, df}
+	return nil
+}
+
+// ownFactory is an informer factory only the Enforcer uses.
+type ownFactory interface {
+	Start(stop <-chan struct{})
+	Shutdown()
+}
+
+// Run starts the Enforcer's own informers, waits until every informer it watches
+// (Watch) has synced, calls Synced, then retries failed datapath writes until ctx
+// ends.
+func (e *Enforcer) Run(ctx context.Context) error {
+	for _, f := range e.watching.own {
+		f.Start(ctx.Done())
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), e.watching.synced...) {
 		return fmt.Errorf("syncing policy informers: %w", ctx.Err())
 	}
 	if err := e.Synced(ctx); err != nil {
@@ -112,13 +123,20 @@ func (e *Enforcer) Run(ctx context.Context, kube kubernetes.Interface, dyn dynam
 	for {
 		select {
 		case <-ctx.Done():
-			f.Shutdown()
-			apif.Shutdown()
-			df.Shutdown()
+			for _, f := range e.watching.own {
+				f.Shutdown()
+			}
 			return nil
 		case <-t.C:
-			report("retrying a failed datapath write", e.retry(ctx))
+			e.logUpdateFailure("retrying a failed datapath write", e.retry(ctx))
 		}
+	}
+}
+
+// logUpdateFailure logs a failed update of the policy state (what: the object).
+func (e *Enforcer) logUpdateFailure(what string, err error) {
+	if err != nil {
+		e.log.Error("policy state update failed", "object", what, "error", err)
 	}
 }
 

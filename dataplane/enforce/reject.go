@@ -171,3 +171,30 @@ func newRejectedGauge() *prometheus.GaugeVec {
 			"Which objects: `flatnetctl rejected` or the objects' Events.",
 	}, []string{"kind", "reason"})
 }
+
+func (e *Enforcer) reject(obj ObjectRef, err error) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	key := compile.PolicyKey(obj.Ref)
+	e.rejected[key] = err
+	e.objects[key] = obj
+	e.log.Warn("policy rejected; its previous valid version (if any) stays in force", "policy", obj.Ref.String(), "error", err)
+	e.reportAll()
+	return err
+}
+
+// Rejected lists the policy objects whose current version is not applied, and why.
+func (e *Enforcer) Rejected() []error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	keys := make([]string, 0, len(e.rejected))
+	for k := range e.rejected {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make([]error, len(keys))
+	for i, k := range keys {
+		out[i] = e.rejected[k]
+	}
+	return out
+}

@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"context"
@@ -9,14 +9,13 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flatnet/flatnet/dataplane/agent"
 	"github.com/flatnet/flatnet/dataplane/bpf"
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/flows"
 	"github.com/flatnet/flatnet/dataplane/identity"
 )
 
-const dashboardFile = "../../manifests/observability/flatnet-dashboard.json"
+const dashboardFile = "../manifests/observability/flatnet-dashboard.json"
 
 // noDatapath stands in for the BPF datapath: only the collectors' descriptions matter.
 type noDatapath struct{}
@@ -31,10 +30,10 @@ type noPods struct{}
 
 func (noPods) LocalPods() map[int]string { return nil }
 
-// agentMetricNames is every family the agent exports, from the registry main builds
-// (agent.NewMetrics plus registerPolicyMetrics), described rather than listed here.
+// agentMetricNames is every family the agent exports, from the registry Run builds
+// (NewMetrics plus registerPolicyMetrics), described rather than listed here.
 func agentMetricNames(t *testing.T) map[string]bool {
-	m := agent.NewMetrics()
+	m := NewMetrics()
 	registerPolicyMetrics(m, noDatapath{}, noPods{}, enforce.NewMetrics(), flows.NewPolicyDrops())
 	names := map[string]bool{}
 	for _, n := range m.Names() {

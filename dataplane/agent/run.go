@@ -1,0 +1,155 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/flatnet/flatnet/dataplane/enforce"
+	"github.com/flatnet/flatnet/dataplane/flows"
+)
+
+// RunConfig is everything the flatnet-agent command is told.
+type RunConfig struct {
+	// Config is the node network's part; Run sets its Hook and API itself.
+	Config
+	// Kubeconfig is the file to reach the API server with; "" = in-cluster.
+	Kubeconfig string
+	// Policy enforces NetworkPolicy and CiliumNetworkPolicy with the eBPF datapath;
+	// off, pods get networking only.
+	Policy bool
+	// Enforce configures the policy datapath (its NodeName is Config's).
+	Enforce enforce.Config
+	// FlowHistory is how many recent flows GET /v1/flows keeps.
+	FlowHistory int
+}
+
+// Run runs the node agent until ctx ends: the node network (New, Agent.Run) and,
+// with cfg.Policy, the policy enforcer as its EndpointHook, with its flows, API and
+// metrics. Every part that watches the cluster registers on one informer factory,
+// started once all have, so each resource is watched once per process.
+func Run(ctx context.Context, cfg RunConfig) error {
+	rc, err := restConfig(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	kube, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("dynamic client: %w", err)
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	factory := informers.NewSharedInformerFactory(kube, 0)
+	ctx, cancel := context.WithCancel(ctx)
+	defer func() {
+		cancel()
+		factory.Shutdown() // waits for the informers, which stop with ctx
+	}()
+	if !cfg.Policy {
+		watchNodePodsOnly(factory, cfg.NodeName)
+		a, err := New(cfg.Config, log, kube, dyn, factory)
+		if err != nil {
+			return err
+		}
+		factory.Start(ctx.Done())
+		return a.Run(ctx)
+	}
+	return runWithPolicy(ctx, cfg, log, kube, dyn, factory)
+}
+
+// runWithPolicy is Run with the policy enforcer; it starts factory.
+func runWithPolicy(ctx context.Context, cfg RunConfig, log *slog.Logger, kube kubernetes.Interface, dyn dynamic.Interface, factory informers.SharedInformerFactory) error {
+	ecfg := cfg.Enforce
+	ecfg.NodeName = cfg.NodeName
+	enf, err := enforce.New(ctx, ecfg, log)
+	if err != nil {
+		return fmt.Errorf("loading the policy datapath: %w", err)
+	}
+	// Close releases our handles only: programs and maps stay pinned and keep
+	// enforcing until the next agent adopts them.
+	defer enf.Close()
+	// Rejected policies become Events on the objects (once per version).
+	reporter, stopEvents := enforce.NewEventReporter(kube, cfg.NodeName)
+	defer stopEvents()
+	enf.SetReporter(reporter)
+	store := flows.NewStore(cfg.FlowHistory)
+	api := http.NewServeMux()
+	api.Handle("GET "+enforce.RejectedPath, enf.RejectedHandler())
+	api.Handle("/", flows.Handler(store, enf, cfg.NodeName))
+	cfg.Hook, cfg.API = enf, api
+	a, err := New(cfg.Config, log, kube, dyn, factory)
+	if err != nil {
+		return err
+	}
+	drops := flows.NewPolicyDrops()
+	registerPolicyMetrics(a.Metrics(), enf.Datapath(), enf, enf.Metrics(), drops)
+	enricher, err := flows.NewEnricher(cfg.NodeName, enf)
+	if err != nil {
+		return err
+	}
+	events, err := enf.Datapath().NewFlowReader()
+	if err != nil {
+		return err
+	}
+	defer events.Close()
+	if err := enf.Watch(ctx, factory, kube, dyn); err != nil {
+		return wrap("policy enforcer", err)
+	}
+	factory.Start(ctx.Done())
+	// The enforcer must be syncing before the agent re-attaches known endpoints:
+	// Attach waits for its first full sync.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 3)
+	go func() {
+		// Observability must not take enforcement down with it.
+		if err := flows.Run(ctx, events, enricher, store, drops.Observe); err != nil {
+			log.Error("flow reader stopped: no new flows until the agent restarts", "error", err)
+		}
+	}()
+	go func() { errc <- wrap("policy enforcer", enf.Run(ctx)) }()
+	go func() { errc <- wrap("conntrack GC", enf.RunConntrackGC(ctx)) }()
+	go func() { errc <- wrap("agent", a.Run(ctx)) }()
+	return <-errc
+}
+
+// registerPolicyMetrics adds the policy datapath's metrics to the agent's (the
+// dashboard test builds the same set with a fake datapath).
+func registerPolicyMetrics(m *Metrics, dp flows.CounterSource, pods flows.PodNamer, em *enforce.Metrics, drops *flows.PolicyDrops) {
+	m.MustRegister(flows.NewCollector(dp).WithPods(pods), drops.Collector())
+	m.MustRegister(em.Collectors()...)
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		rc, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("in-cluster config (outside a pod, pass --kubeconfig): %w", err)
+		}
+		return rc, nil
+	}
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+	}
+	return rc, nil
+}
+
+// wrap names the part of the agent that stopped; a clean stop (nil) stays nil.
+func wrap(what string, err error) error {
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
