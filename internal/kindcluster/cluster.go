@@ -310,11 +310,11 @@ func (c *Cluster) ensureNetwork(ctx context.Context) error {
 		return err
 	}
 	if u, busy := firstConflict(subnet, append(uses, routes...)); busy {
-		return &Problem{
-			What: fmt.Sprintf("the node subnet %s is busy: %s %s", subnet, u.By, u.Prefix),
-			Hints: []string{"remove that network, or pick a free range: " +
-				"NODE_SUBNET=10.225.0.0/16 NODE_GATEWAY=10.225.0.1 NODE_IP_RANGE=10.225.0.0/27 make cluster"},
+		hint := "pick a free range: NODE_SUBNET=10.225.0.0/16 NODE_GATEWAY=10.225.0.1 NODE_IP_RANGE=10.225.0.0/27 make cluster"
+		if u.Network {
+			hint = "remove that network, or " + hint
 		}
+		return &Problem{What: fmt.Sprintf("the node subnet %s is busy: %s %s", subnet, u.By, u.Prefix), Hints: []string{hint}}
 	}
 	c.progress.Info("docker network %s: %s (nodes in %s, the rest for pods)", c.network, subnet, c.cfg.Network.IPRange)
 	// No masquerade: pod and node traffic never leaves this machine with a borrowed address.

@@ -74,7 +74,7 @@ func dockerNetworkUses(ctx context.Context, ids ...string) ([]Use, error) {
 			if err != nil || !p.Addr().Is4() {
 				continue
 			}
-			uses = append(uses, Use{Prefix: p, By: "docker network " + n.Name + " uses"})
+			uses = append(uses, Use{Prefix: p, By: "docker network " + n.Name + " uses", Network: true})
 		}
 	}
 	return uses, nil

@@ -80,8 +80,9 @@ func parseNetwork(vals map[string]string) (Network, error) {
 
 // Use is an address range something on this machine already holds.
 type Use struct {
-	Prefix netip.Prefix
-	By     string // "docker network NAME" or "the host"
+	Prefix  netip.Prefix
+	By      string // "docker network NAME uses" or "the host routes"
+	Network bool   // a docker network, which the user may remove
 }
 
 // firstConflict returns the first use that overlaps subnet: a docker network on

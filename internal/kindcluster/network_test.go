@@ -63,15 +63,15 @@ func TestLoadNetworkRefuses(t *testing.T) {
 func TestFirstConflict(t *testing.T) {
 	subnet := netip.MustParsePrefix("10.224.0.0/16")
 	uses := []Use{
-		{netip.MustParsePrefix("172.17.0.0/16"), "docker network bridge uses"},
-		{netip.MustParsePrefix("10.223.255.0/24"), "the host routes"}, // adjacent below
-		{netip.MustParsePrefix("10.225.0.0/16"), "the host routes"},   // adjacent above
+		{netip.MustParsePrefix("172.17.0.0/16"), "docker network bridge uses", true},
+		{netip.MustParsePrefix("10.223.255.0/24"), "the host routes", false}, // adjacent below
+		{netip.MustParsePrefix("10.225.0.0/16"), "the host routes", false},   // adjacent above
 	}
 	if u, busy := firstConflict(subnet, uses); busy {
 		t.Fatalf("adjacent ranges reported busy: %+v", u)
 	}
 	for _, p := range []string{"10.224.7.0/24", "10.0.0.0/8", "10.224.0.0/16", "10.224.255.255/32"} {
-		u, busy := firstConflict(subnet, append(uses, Use{netip.MustParsePrefix(p), "docker network x uses"}))
+		u, busy := firstConflict(subnet, append(uses, Use{netip.MustParsePrefix(p), "docker network x uses", true}))
 		if !busy || u.Prefix.String() != p {
 			t.Errorf("%s: got %+v busy=%v, want it busy", p, u, busy)
 		}
