@@ -1,8 +1,10 @@
 package kindcluster
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -74,6 +76,32 @@ func TestFirstConflict(t *testing.T) {
 		u, busy := firstConflict(subnet, append(uses, Use{netip.MustParsePrefix(p), "docker network x uses", true}))
 		if !busy || u.Prefix.String() != p {
 			t.Errorf("%s: got %+v busy=%v, want it busy", p, u, busy)
+		}
+	}
+}
+
+// TestLoadNetworkMatchesShell: the Go reader and the scripts, which source
+// network.env, agree on the plan, with and without overrides.
+func TestLoadNetworkMatchesShell(t *testing.T) {
+	for _, env := range []map[string]string{
+		{},
+		{"NODE_SUBNET": "10.225.0.0/16", "NODE_GATEWAY": "10.225.0.1", "NODE_IP_RANGE": "10.225.0.0/27", "SERVICE_SUBNET": "10.97.0.0/16"},
+	} {
+		cmd := exec.Command("bash", "-c", `source ../../kind-configs/network.env; echo "$NODE_SUBNET $NODE_GATEWAY $NODE_IP_RANGE $SERVICE_SUBNET"`)
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+		for k, v := range env {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("sourcing network.env: %v", err)
+		}
+		n, err := LoadNetwork("../../kind-configs/network.env", func(k string) string { return env[k] })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := fmt.Sprintf("%s %s %s %s", n.Subnet, n.Gateway, n.IPRange, n.ServiceSubnet), strings.TrimSpace(string(out)); got != want {
+			t.Errorf("overrides %v: Go read %q, the shell %q", env, got, want)
 		}
 	}
 }
