@@ -65,9 +65,6 @@ func New(cfg Config, progress *Progress) (*Cluster, error) {
 	}, nil
 }
 
-// Network is the name of the cluster's docker network.
-func (c *Cluster) Network() string { return c.network }
-
 // Up leaves the cluster running with its control plane up and its kubeconfig
 // written: kept when it answers from nodes on their addresses, recovered when it
 // does not (nodes restarted and pinned back), recreated when that fails, created

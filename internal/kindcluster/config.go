@@ -50,19 +50,3 @@ func topologies(dir string) []string {
 	sort.Strings(names)
 	return names
 }
-
-// Problem is a failure the user can act on: what went wrong, and what to do.
-type Problem struct {
-	What  string
-	Hints []string
-	Err   error
-}
-
-func (p *Problem) Error() string {
-	if p.Err != nil {
-		return p.What + ": " + p.Err.Error()
-	}
-	return p.What
-}
-
-func (p *Problem) Unwrap() error { return p.Err }

@@ -1,6 +1,7 @@
 package kindcluster
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -53,15 +54,31 @@ func (p *Progress) Warn(format string, args ...any) {
 
 // Fail reports err in red, with a Problem's hints on the lines below.
 func (p *Progress) Fail(err error) {
-	what, hints := err.Error(), []string(nil)
-	if pr, ok := err.(*Problem); ok {
-		what, hints = pr.Error(), pr.Hints
+	var hints []string
+	if pr := (*Problem)(nil); errors.As(err, &pr) {
+		hints = pr.Hints
 	}
-	p.print("\033[31m[%s] ERROR %s\033[0m\n", p.stamp(), what)
+	p.print("\033[31m[%s] ERROR %s\033[0m\n", p.stamp(), err)
 	for _, h := range hints {
 		p.print("        %s\n", h)
 	}
 }
+
+// Problem is a failure the user can act on: what went wrong, and what to do.
+type Problem struct {
+	What  string
+	Hints []string
+	Err   error
+}
+
+func (p *Problem) Error() string {
+	if p.Err != nil {
+		return p.What + ": " + p.Err.Error()
+	}
+	return p.What
+}
+
+func (p *Problem) Unwrap() error { return p.Err }
 
 // kindLogger shows kind's progress through a Progress: the phase kind starts
 // ("kind: Starting control-plane"), a phase that failed, warnings and other
