@@ -31,7 +31,7 @@ done
 
 step "suites: ginkgo ${FOCUS:+--focus='$FOCUS' }${SKIP:+--skip='$SKIP' }-> $ART"
 export KUBERNETES_VERSION
-FLATNET_NODES=$("$BIN_DIR/kind" get nodes --name "$CLUSTER" | sort | tr '\n' ' ')
+FLATNET_NODES=$(bash "$REPO_ROOT/scripts/cluster.sh" nodes | tr '\n' ' ')
 export FLATNET_NODES
 [ -f "$OUT_DIR/probe-image.out" ] && PROBE_IMAGE=$(tail -n 1 "$OUT_DIR/probe-image.out") && export PROBE_IMAGE
 args=(-r --tags e2e --keep-going --junit-report junit.xml --output-dir "$ART" --poll-progress-after 60s)
@@ -51,7 +51,7 @@ took[suites]=$(($(date +%s) - t0))
 
 if [ "$rc" -ne 0 ]; then
 	step "suites failed: collecting logs of every node and flatnet component"
-	"$BIN_DIR/kind" export logs --name "$CLUSTER" "$ART/logs" >/dev/null 2>&1 || true
+	bash "$REPO_ROOT/scripts/cluster.sh" logs "$ART/logs" >/dev/null 2>&1 || true
 	"$BIN_DIR/kubectl" get pods -A -o wide >"$ART/logs/pods.txt" 2>&1 || true
 	"$BIN_DIR/kubectl" get events -A --sort-by=.lastTimestamp >"$ART/logs/events.txt" 2>&1 || true
 	# What the datapaths decided, with the deciding policies: every agent's kept flows.

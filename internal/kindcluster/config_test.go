@@ -1,0 +1,85 @@
+package kindcluster
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/kind/pkg/apis/config/v1alpha4"
+)
+
+var testNetwork = Network{
+	Subnet:        netip.MustParsePrefix("10.224.0.0/16"),
+	Gateway:       netip.MustParseAddr("10.224.0.1"),
+	IPRange:       netip.MustParsePrefix("10.224.0.0/27"),
+	ServiceSubnet: netip.MustParsePrefix("10.96.0.0/16"),
+}
+
+func TestTopologyRepoConfigs(t *testing.T) {
+	for name, workers := range map[string]int{"default": 2, "large": 4} {
+		c, err := Topology("../../kind-configs", name, testNetwork)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		roles := map[v1alpha4.NodeRole]int{}
+		for _, n := range c.Nodes {
+			roles[n.Role]++
+		}
+		if roles[v1alpha4.ControlPlaneRole] != 1 || roles[v1alpha4.WorkerRole] != workers || len(c.Nodes) != 1+workers {
+			t.Errorf("%s: nodes %v, want 1 control-plane and %d workers", name, roles, workers)
+		}
+		nw := c.Networking
+		if !nw.DisableDefaultCNI || nw.KubeProxyMode != v1alpha4.IPTablesProxyMode ||
+			nw.PodSubnet != "10.224.0.0/16" || nw.ServiceSubnet != "10.96.0.0/16" {
+			t.Errorf("%s: networking %+v", name, nw)
+		}
+		patches := strings.Join(c.KubeadmConfigPatches, "\n")
+		for _, want := range []string{`allocate-node-cidrs: "false"`, "failCgroupV1: false", "maxPods: 30"} {
+			if !strings.Contains(patches, want) {
+				t.Errorf("%s: kubeadm patches lack %q", name, want)
+			}
+		}
+	}
+}
+
+func TestTopologyNetworkWins(t *testing.T) {
+	dir := t.TempDir()
+	cfg := "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnetworking:\n  podSubnet: 192.168.0.0/16\nnodes:\n  - role: control-plane\n"
+	if err := os.WriteFile(filepath.Join(dir, "one.yaml"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Topology(dir, "one", testNetwork)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Networking.PodSubnet != "10.224.0.0/16" || c.Networking.ServiceSubnet != "10.96.0.0/16" {
+		t.Fatalf("networking %+v: the address plan must decide the subnets", c.Networking)
+	}
+}
+
+func TestTopologyRefuses(t *testing.T) {
+	dir := t.TempDir()
+	for file, body := range map[string]string{
+		"typo.yaml":  "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnode:\n  - role: worker\n",
+		"other.yaml": "kind: Config\napiVersion: v1\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, file), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := Topology(dir, "typo", testNetwork); err == nil || !strings.Contains(err.Error(), `unknown field "node"`) {
+		t.Errorf("typo: got %v, want the unknown field refused", err)
+	}
+	if _, err := Topology(dir, "other", testNetwork); err == nil || !strings.Contains(err.Error(), "want kind: Cluster") {
+		t.Errorf("other: got %v, want a wrong kind refused", err)
+	}
+	_, err := Topology(dir, "missing", testNetwork)
+	var pr *Problem
+	if !errors.As(err, &pr) || pr.What != "unknown cluster config CONFIG=missing" ||
+		len(pr.Hints) != 1 || pr.Hints[0] != "choose one of: other typo" {
+		t.Errorf("missing: got %#v, want the choices listed", err)
+	}
+}
