@@ -49,6 +49,7 @@ import (
 	"github.com/flatnet/flatnet/suites/internal/policyset"
 	"github.com/flatnet/flatnet/suites/internal/runenv"
 	"github.com/flatnet/flatnet/suites/internal/workload"
+	"github.com/flatnet/flatnet/suites/reachability"
 	"github.com/flatnet/flatnet/suites/report"
 )
 
@@ -343,7 +344,7 @@ func runCase(ctx context.Context, c policies.Case) {
 		Expect(err).NotTo(HaveOccurred(), "removing the case's policies")
 	})
 	var failures []string
-	var prevExpected []*report.Table
+	var prevExpected []*reachability.Table
 	for i, step := range c.Steps {
 		started := time.Now()
 		By(fmt.Sprintf("%s step %d/%d %q: %s", c.Name, i+1, len(c.Steps), step.Name, strings.Join(refs(step.Policies), ", ")))
@@ -352,7 +353,7 @@ func runCase(ctx context.Context, c policies.Case) {
 		// change, so traffic can flow on the paths open before and after it
 		// while it is applied.
 		var snap workload.Snapshot
-		var expected []*report.Table
+		var expected []*reachability.Table
 		var watcher *matrix.Watcher
 		if len(step.RecreatePods) == 0 {
 			snap, expected = expect(ctx, step, plan, setupFail)
@@ -420,7 +421,7 @@ func runCase(ctx context.Context, c policies.Case) {
 }
 
 // expect snapshots the pods and asks the oracle for the step's tables.
-func expect(ctx context.Context, step policies.Step, plan matrix.Plan, setupFail func(string, ...any)) (workload.Snapshot, []*report.Table) {
+func expect(ctx context.Context, step policies.Step, plan matrix.Plan, setupFail func(string, ...any)) (workload.Snapshot, []*reachability.Table) {
 	snap, err := workload.Take(ctx, cluster.Clientset, namespaces())
 	if err != nil {
 		setupFail("step %q: %v", step.Name, err)
@@ -475,12 +476,12 @@ func describeGaps(step policies.Step, gaps []matrix.Gap) string {
 // modelPlan probes every pod from every pod, by pod IP and through each
 // pod's Service, on every port of the model.
 func modelPlan(title string) matrix.Plan {
-	pods := report.ModelEndpoints(model, false)
+	pods := reachability.ModelEndpoints(model, false)
 	return matrix.Plan{
 		Title: title,
 		From:  pods,
-		Views: []matrix.View{{Name: "pod IP", To: pods}, {Name: "Service", To: report.ModelEndpoints(model, true)}},
-		Ports: report.ModelPorts(model),
+		Views: []matrix.View{{Name: "pod IP", To: pods}, {Name: "Service", To: reachability.ModelEndpoints(model, true)}},
+		Ports: reachability.ModelPorts(model),
 	}
 }
 

@@ -6,6 +6,8 @@ import (
 	"io"
 	"strings"
 	"time"
+
+	"github.com/flatnet/flatnet/suites/reachability"
 )
 
 // Report is a whole suite run.
@@ -41,7 +43,7 @@ type StepResult struct {
 	Duration    time.Duration
 	Policies    []string // the policies in force
 	Manifest    string   // the YAML applied, for the HTML report
-	Comparisons []*Comparison
+	Comparisons []*reachability.Comparison
 }
 
 // Duration is the case's total time.

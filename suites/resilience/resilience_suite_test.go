@@ -53,6 +53,7 @@ import (
 	"github.com/flatnet/flatnet/suites/internal/policyset"
 	"github.com/flatnet/flatnet/suites/internal/runenv"
 	"github.com/flatnet/flatnet/suites/internal/workload"
+	"github.com/flatnet/flatnet/suites/reachability"
 	"github.com/flatnet/flatnet/suites/report"
 )
 
@@ -202,17 +203,17 @@ func podKeys() []workload.Key {
 
 // plan probes from every pod to every pod, except those on the skipped node.
 func plan(title, skipNode string) matrix.Plan {
-	var pods []report.Endpoint
-	for _, e := range report.ModelEndpoints(model, false) {
+	var pods []reachability.Endpoint
+	for _, e := range reachability.ModelEndpoints(model, false) {
 		if placement[e.Peer.Name] != skipNode {
 			pods = append(pods, e)
 		}
 	}
-	return matrix.Plan{Title: title, From: pods, Views: []matrix.View{{Name: "pod IP", To: pods}}, Ports: report.ModelPorts(model)}
+	return matrix.Plan{Title: title, From: pods, Views: []matrix.View{{Name: "pod IP", To: pods}}, Ports: reachability.ModelPorts(model)}
 }
 
 // expect snapshots the pods and asks the oracle for p's tables under ps.
-func expect(ctx context.Context, p matrix.Plan, ps oracle.PolicySet) (workload.Snapshot, []*report.Table) {
+func expect(ctx context.Context, p matrix.Plan, ps oracle.PolicySet) (workload.Snapshot, []*reachability.Table) {
 	snap, err := workload.Take(ctx, kc.Clientset, []string{model.Namespace("r")})
 	Expect(err).NotTo(HaveOccurred())
 	o, err := oracle.New(snap.Cluster, ps)
@@ -224,7 +225,7 @@ func expect(ctx context.Context, p matrix.Plan, ps oracle.PolicySet) (workload.S
 
 // settle moves to ps and probes p until it agrees with the oracle; a
 // disagreement fails the spec before anything is disturbed.
-func settle(ctx context.Context, res *report.CaseResult, name string, p matrix.Plan, ps oracle.PolicySet) (workload.Snapshot, []*report.Table) {
+func settle(ctx context.Context, res *report.CaseResult, name string, p matrix.Plan, ps oracle.PolicySet) (workload.Snapshot, []*reachability.Table) {
 	started := time.Now()
 	changed, err := applier.Apply(ctx, ps)
 	Expect(err).NotTo(HaveOccurred())
@@ -302,7 +303,7 @@ func (wt *watch) awaitRounds(ctx context.Context, n int64) {
 }
 
 // stop ends the watch and says what it saw that it should not have.
-func (wt *watch) stop(expected ...[]*report.Table) (problem string, rounds int) {
+func (wt *watch) stop(expected ...[]*reachability.Table) (problem string, rounds int) {
 	gaps, rounds, err := wt.w.Stop()
 	Expect(err).NotTo(HaveOccurred(), "[%s] no background round completed", wt.name)
 	if len(gaps) == 0 {

@@ -43,6 +43,7 @@ import (
 	"github.com/flatnet/flatnet/suites/internal/policyset"
 	"github.com/flatnet/flatnet/suites/internal/runenv"
 	"github.com/flatnet/flatnet/suites/internal/workload"
+	"github.com/flatnet/flatnet/suites/reachability"
 	"github.com/flatnet/flatnet/suites/report"
 )
 
@@ -352,30 +353,30 @@ func runStep(ctx context.Context, res *report.CaseResult, step policies.Step) st
 	Expect(err).NotTo(HaveOccurred())
 	client, server := oracle.PodPeer(scenario.Namespace, scenario.Client), oracle.PodPeer(scenario.Namespace, scenario.Server)
 	svc := scenario.ServerService()
-	from := []report.Endpoint{{Label: client.String(), Peer: client}}
-	to := []report.Endpoint{
+	from := []reachability.Endpoint{{Label: client.String(), Peer: client}}
+	to := []reachability.Endpoint{
 		{Label: server.String(), Peer: server},
-		{Label: "svc:" + server.String(), Peer: server, Service: &report.ServiceRef{Namespace: svc.Namespace, Name: svc.Name}},
+		{Label: "svc:" + server.String(), Peer: server, Service: &reachability.ServiceRef{Namespace: svc.Namespace, Name: svc.Name}},
 	}
-	port := report.PortProtocol{Port: int(scenario.Port.Number), Protocol: oracle.Protocol(scenario.Port.Protocol)}
+	port := reachability.PortProtocol{Port: int(scenario.Port.Number), Protocol: oracle.Protocol(scenario.Port.Protocol)}
 	title := step.Name
-	expected, err := report.Expected(o, title, from, to, []report.PortProtocol{port})
+	expected, err := reachability.Expected(o, title, from, to, []reachability.PortProtocol{port})
 	Expect(err).NotTo(HaveOccurred())
 	// The article's words and the docs' tables, against the oracle.
 	for _, d := range step.Documented {
 		want, err := d.Reachable(0, 0)
 		Expect(err).NotTo(HaveOccurred())
-		cell, _ := expected.Get(report.Key{From: from[0].Label, To: to[0].Label, PortProtocol: port})
+		cell, _ := expected.Get(reachability.Key{From: from[0].Label, To: to[0].Label, PortProtocol: port})
 		Expect(cell.Reachable).To(Equal(want), "the oracle (%s) disagrees with %s", cell.Detail, d.Source)
 	}
 	addrs := []string{snap.PodIPs[server.String()].String(), snap.ClusterIPs[svc.Namespace+"/"+svc.Name].String()}
 
-	var observed *report.Table
-	var cmp *report.Comparison
+	var observed *reachability.Table
+	var cmp *reachability.Comparison
 	var problems []string
 	deadline := time.Now().Add(settings.EnforceTimeout)
 	for attempt := 1; ; attempt++ {
-		observed, err = report.NewTable(title, []string{from[0].Label}, []string{to[0].Label, to[1].Label}, []report.PortProtocol{port})
+		observed, err = reachability.NewTable(title, []string{from[0].Label}, []string{to[0].Label, to[1].Label}, []reachability.PortProtocol{port})
 		Expect(err).NotTo(HaveOccurred())
 		problems = problems[:0]
 		for i, addr := range addrs {
@@ -389,22 +390,22 @@ func runStep(ctx context.Context, res *report.CaseResult, step policies.Step) st
 				detail = fmt.Sprintf("%s (exit %d)", strings.TrimSpace(a.Stderr+a.Stdout), a.ExitCode)
 			}
 			GinkgoWriter.Printf("  attempt %d: bash-5.0# %s -> %s\n", attempt, cmdline, detail)
-			key := report.Key{From: from[0].Label, To: to[i].Label, PortProtocol: port}
-			Expect(observed.Set(key, report.Cell{Reachable: reachable, Detail: detail})).To(Succeed())
+			key := reachability.Key{From: from[0].Label, To: to[i].Label, PortProtocol: port}
+			Expect(observed.Set(key, reachability.Cell{Reachable: reachable, Detail: detail})).To(Succeed())
 			// A policy drops: the article's blocked connect prints TIMEOUT.
 			// REFUSED would mean the server's kernel answered, past the policy.
 			if want, _ := expected.Get(key); !want.Reachable && !reachable && word != "TIMEOUT" {
 				problems = append(problems, fmt.Sprintf("%s: blocked, but with %s instead of the article's TIMEOUT (a policy drop)", key, word))
 			}
 		}
-		cmp, err = report.Compare(title, expected, observed)
+		cmp, err = reachability.Compare(title, expected, observed)
 		Expect(err).NotTo(HaveOccurred())
 		if (cmp.OK() && len(problems) == 0) || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-	res.Steps = append(res.Steps, report.StepResult{Name: step.Name, Duration: time.Since(started), Policies: stepRefs(step), Comparisons: []*report.Comparison{cmp}})
+	res.Steps = append(res.Steps, report.StepResult{Name: step.Name, Duration: time.Since(started), Policies: stepRefs(step), Comparisons: []*reachability.Comparison{cmp}})
 	res.Problems = append(res.Problems, problems...)
 	var grid bytes.Buffer
 	Expect(report.WriteComparison(&grid, cmp)).To(Succeed())
