@@ -52,10 +52,10 @@ var _ = Describe("matrix probing benchmark", Label("bench"), Serial, func() {
 		// Default deny + allow, so blocked cells cost a full probe timeout each:
 		// every namespace accepts only its own pods, on port 80.
 		set := benchDenyAllow()
-		_, err := applier.Apply(ctx, set)
+		_, err := cluster.Policies.Apply(ctx, set)
 		Expect(err).NotTo(HaveOccurred())
 		DeferCleanup(func(ctx SpecContext) {
-			_, err := applier.Apply(ctx, oracle.PolicySet{})
+			_, err := cluster.Policies.Apply(ctx, oracle.PolicySet{})
 			Expect(err).NotTo(HaveOccurred())
 		})
 		snap, err := workload.Take(ctx, cluster.Clientset, namespaces())
@@ -79,7 +79,7 @@ var _ = Describe("matrix probing benchmark", Label("bench"), Serial, func() {
 				return fmt.Errorf("not enforced yet: %v %s", err, cmp.Summary())
 			}
 			return nil
-		}).WithContext(ctx).WithTimeout(settings.EnforceTimeout).Should(Succeed())
+		}).WithContext(ctx).WithTimeout(cluster.Settings.EnforceTimeout).Should(Succeed())
 		var batchTimes []time.Duration
 		for range 5 {
 			t0 := time.Now()
@@ -110,7 +110,7 @@ var _ = Describe("matrix probing benchmark", Label("bench"), Serial, func() {
 			}
 		}
 		line := fmt.Sprintf("%d-cell TCP matrix, default deny + allow (%d cells blocked, probe timeout %s): batch %s (median of 5, one exec per source), kubectl exec per cell %s (%d worker(s)): %.1fx",
-			cells, blocked, settings.ProbeTimeout, batchMedian.Round(time.Millisecond), perCellTime.Round(time.Millisecond), workers, perCellTime.Seconds()/batchMedian.Seconds())
+			cells, blocked, cluster.Settings.ProbeTimeout, batchMedian.Round(time.Millisecond), perCellTime.Round(time.Millisecond), workers, perCellTime.Seconds()/batchMedian.Seconds())
 		GinkgoWriter.Println(line)
 		fmt.Fprintln(os.Stderr, line)
 		AddReportEntry("matrix probing benchmark", line)
@@ -195,7 +195,7 @@ func kubectlConnect(ctx context.Context, kubectl string, snap workload.Snapshot,
 	}
 	target := fmt.Sprintf("%s:%d", ip, k.Port)
 	cmd := exec.CommandContext(ctx, kubectl, "exec", "-n", from.Namespace, from.Name, "-c", snap.ExecContainers[from.String()], "--",
-		"/agnhost", "connect", target, "--timeout="+settings.ProbeTimeout.String(), "--protocol=tcp")
+		"/agnhost", "connect", target, "--timeout="+cluster.Settings.ProbeTimeout.String(), "--protocol=tcp")
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	a := agnhost.Answer{}

@@ -7,16 +7,12 @@ package notrun
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 
 	"github.com/onsi/ginkgo/v2/types"
 
-	"github.com/flatnet/flatnet/suites/internal/artifacts"
-	"github.com/flatnet/flatnet/suites/internal/runenv"
 	"github.com/flatnet/flatnet/suites/report"
 	"github.com/flatnet/flatnet/suites/skiplist"
 )
@@ -92,24 +88,4 @@ func Add(r *report.Report, g types.Report, divergencesFile string) (int, error) 
 	cases := Cases(g, known, r.Cases)
 	r.Cases = append(r.Cases, cases...)
 	return len(cases), nil
-}
-
-// Record adds to r the specs of g that did not run, with the known divergences of
-// the repository the suite runs in, and rewrites the report base in dir when it
-// added any (the suites call it from ReportAfterSuite, after AfterSuite wrote it).
-func Record(r *report.Report, g types.Report, dir, base string) error {
-	wd, err := os.Getwd()
-	if err != nil {
-		return err
-	}
-	root, err := runenv.RepoRoot(wd)
-	if err != nil {
-		return err
-	}
-	n, err := Add(r, g, filepath.Join(root, "suites", "known-divergences"))
-	if err != nil || n == 0 {
-		return err
-	}
-	_, err = artifacts.Write(dir, base, r)
-	return err
 }
