@@ -8,7 +8,6 @@ package conformance
 
 import (
 	"encoding/json"
-	"encoding/xml"
 	"fmt"
 	"io"
 	"os"
@@ -17,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/flatnet/flatnet/suites/internal/junit"
 	"github.com/flatnet/flatnet/suites/skiplist"
 )
 
@@ -154,44 +154,6 @@ func WriteSummary(w io.Writer, specs []Spec) error {
 	return err
 }
 
-// The JUnit elements (testsuites > testsuite > testcase, with skipped or
-// failure), as CI systems read them.
-type junitSuites struct {
-	XMLName  xml.Name   `xml:"testsuites"`
-	Tests    int        `xml:"tests,attr"`
-	Failures int        `xml:"failures,attr"`
-	Skipped  int        `xml:"skipped,attr"`
-	Time     string     `xml:"time,attr"`
-	Suite    junitSuite `xml:"testsuite"`
-}
-
-type junitSuite struct {
-	Name     string      `xml:"name,attr"`
-	Tests    int         `xml:"tests,attr"`
-	Failures int         `xml:"failures,attr"`
-	Skipped  int         `xml:"skipped,attr"`
-	Time     string      `xml:"time,attr"`
-	Cases    []junitCase `xml:"testcase"`
-}
-
-type junitCase struct {
-	Name      string        `xml:"name,attr"`
-	Classname string        `xml:"classname,attr"`
-	Time      string        `xml:"time,attr"`
-	Skipped   *junitSkipped `xml:"skipped"`
-	Failure   *junitFailure `xml:"failure"`
-}
-
-type junitSkipped struct {
-	Message string `xml:"message,attr"`
-}
-
-type junitFailure struct {
-	Message string `xml:"message,attr"`
-	Type    string `xml:"type,attr"`
-	Text    string `xml:",chardata"`
-}
-
 // junitFailed are the states JUnit counts as failures.
 var junitFailed = []string{"failed", "panicked", "timedout", "interrupted", "aborted"}
 
@@ -200,32 +162,24 @@ func seconds(s float64) string { return strconv.FormatFloat(s, 'f', -1, 64) }
 // WriteJUnit writes the specs as one JUnit test suite named after the focus.
 func WriteJUnit(w io.Writer, focus string, specs []Spec) error {
 	const classname = "Kubernetes e2e suite"
-	suite := junitSuite{Name: classname + ": " + focus, Tests: len(specs)}
+	suite := junit.TestSuite{Name: classname + ": " + focus, Tests: len(specs)}
 	var total float64
 	for _, s := range specs {
 		total += s.Seconds
-		c := junitCase{Name: s.Name, Classname: classname, Time: seconds(s.Seconds)}
+		c := junit.TestCase{Name: s.Name, Classname: classname, Time: seconds(s.Seconds)}
 		switch {
 		case s.Passed():
 		case s.Skipped():
 			suite.Skipped++
-			c.Skipped = &junitSkipped{Message: s.Why}
+			c.Skipped = &junit.Skipped{Message: s.Why}
 		default:
 			if slices.Contains(junitFailed, s.State) {
 				suite.Failures++
 			}
-			c.Failure = &junitFailure{Message: s.State + " at " + s.At, Type: s.State, Text: s.Message}
+			c.Failure = &junit.Problem{Message: s.State + " at " + s.At, Type: s.State, Text: s.Message}
 		}
 		suite.Cases = append(suite.Cases, c)
 	}
 	suite.Time = seconds(total)
-	doc := junitSuites{Tests: suite.Tests, Failures: suite.Failures, Skipped: suite.Skipped, Time: suite.Time, Suite: suite}
-	out, err := xml.MarshalIndent(doc, "", "  ")
-	if err != nil {
-		return fmt.Errorf("rendering the JUnit: %w", err)
-	}
-	if _, err := io.WriteString(w, xml.Header+string(out)+"\n"); err != nil {
-		return fmt.Errorf("writing the JUnit: %w", err)
-	}
-	return nil
+	return junit.Write(w, junit.TestSuites{Tests: suite.Tests, Failures: suite.Failures, Skipped: suite.Skipped, Time: suite.Time, Suites: []junit.TestSuite{suite}})
 }
