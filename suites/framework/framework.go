@@ -268,10 +268,19 @@ func (f *Framework) DeleteNamespaces(ctx context.Context, names ...string) error
 	f.mu.Lock()
 	f.namespaces = slices.DeleteFunc(f.namespaces, func(n string) bool { return slices.Contains(names, n) })
 	f.mu.Unlock()
-	err := wait.For(conditions.New(f.Resources).ResourcesDeleted(&gone),
-		wait.WithContext(ctx), wait.WithImmediate(), wait.WithInterval(time.Second), wait.WithTimeout(namespaceDeleteTimeout))
+	deleted := conditions.New(f.Resources).ResourcesDeleted(&gone)
+	var lastErr error
+	err := wait.For(func(ctx context.Context) (bool, error) {
+		// An API server slow to answer (a loaded machine) is asked again; the
+		// condition remembers which namespaces are already gone.
+		done, err := deleted(ctx)
+		if err != nil {
+			lastErr = err
+		}
+		return done, nil
+	}, wait.WithContext(ctx), wait.WithImmediate(), wait.WithInterval(time.Second), wait.WithTimeout(namespaceDeleteTimeout))
 	if err != nil {
-		return fmt.Errorf("waiting %s for namespaces %v to be deleted: %w", namespaceDeleteTimeout, names, err)
+		return fmt.Errorf("waiting %s for namespaces %v to be deleted: %w (last API error: %v)", namespaceDeleteTimeout, names, err, lastErr)
 	}
 	return nil
 }
