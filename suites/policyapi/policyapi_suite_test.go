@@ -18,7 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
-	"sigs.k8s.io/yaml"
+	"sigs.k8s.io/e2e-framework/klient/decoder"
 
 	"github.com/flatnet/flatnet/suites/framework"
 )
@@ -41,9 +41,9 @@ var _ = kc.BeforeSuite(func(ctx SpecContext) {
 })
 
 func object(doc string) *unstructured.Unstructured {
-	var m map[string]any
-	Expect(yaml.Unmarshal([]byte(doc), &m)).To(Succeed(), "test object:\n%s", doc)
-	return &unstructured.Unstructured{Object: m}
+	obj := &unstructured.Unstructured{}
+	Expect(decoder.DecodeString(doc, obj)).To(Succeed(), "test object:\n%s", doc)
+	return obj
 }
 
 // refused creates obj with the given field validation ("" is client-go's
