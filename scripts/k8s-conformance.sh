@@ -131,6 +131,12 @@ go_e2e() {
 	mv "$out.tmp" "$out"
 }
 
+# conformance ARGS...: suites/cmd/conformance, the Go half of this script (skip list,
+# image names, summary).
+conformance() {
+	(cd "$REPO_ROOT" && go run ./suites/cmd/conformance "$@")
+}
+
 # --- images ----------------------------------------------------------------------
 # What the conformance [sig-network] specs run (test/e2e/network, common/network and
 # the framework helpers they call): agnhost (most pods; exec'd sh, curl, nc, dig,
@@ -142,21 +148,6 @@ E2E_IMAGES="Agnhost JessieDnsutils Nginx BusyBox"
 # (bind-tools curl netcat-openbsd iproute2 bash) plus nginx, shared by the three
 # Debian-based images so the nodes store its layer once.
 BASE_PACKAGES="bash curl netcat-openbsd iproute2 bind9-dnsutils procps iputils-ping nginx-light ca-certificates"
-
-# image_ref ID: registry/name:version of test/utils/image/manifest.go for ID.
-image_ref() {
-	local id=$1 kdir manifest line reg name ver
-	kdir=$(cd "$E2E_SRC" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)
-	manifest="$kdir/test/utils/image/manifest.go"
-	line=$(grep -E "^\s*configs\[$id\] = Config\{" "$manifest") || die "no image $id in $manifest"
-	reg=$(sed -E 's/.*Config\{list\.([A-Za-z0-9]+),.*/\1/' <<<"$line")
-	name=$(sed -E 's/.*Config\{[^,]+, "([^"]+)", "([^"]+)"\}.*/\1/' <<<"$line")
-	ver=$(sed -E 's/.*Config\{[^,]+, "([^"]+)", "([^"]+)"\}.*/\2/' <<<"$line")
-	# initRegistry: the field's default value in the same file.
-	reg=$(grep -E "^\s*$reg:\s+\"" "$manifest" | head -n 1 | sed -E 's/.*"([^"]+)".*/\1/')
-	[ -n "$reg" ] && [ -n "$name" ] && [ -n "$ver" ] || die "could not read image $id from $manifest: $line"
-	echo "$reg/$name:$ver"
-}
 
 debian_mirror() {
 	local m
@@ -202,15 +193,19 @@ build_image() {
 }
 
 images() {
-	local base ref kdir deb root applet out
+	local base ref kdir deb root applet out id
 	declare -A refs
 	build_e2e
 	step "e2e images: $E2E_IMAGES (from Go modules and Debian packages)"
-	for id in $E2E_IMAGES Pause; do refs[$id]=$(image_ref "$id"); done
+	kdir=$(cd "$E2E_SRC" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)
+	# The names test/utils/image/manifest.go gives them: "ID registry/name:version" lines.
+	# shellcheck disable=SC2086 # one argument per image ID
+	out=$(conformance images --manifest "$kdir/test/utils/image/manifest.go" $E2E_IMAGES Pause) ||
+		die "could not read the e2e images' names from $kdir/test/utils/image/manifest.go"
+	while read -r id ref; do refs[$id]=$ref; done <<<"$out"
 	WORK="$OUT_DIR/k8s-conformance-images"
 	rm -rf "$WORK"
 	mkdir -p "$WORK"
-	kdir=$(cd "$E2E_SRC" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)
 	if [ ! -x "$E2E_DIR/agnhost" ] || [ "$(cat "$E2E_DIR/agnhost.inputs" 2>/dev/null)" != "$(cat "$E2E_TEST.inputs")" ]; then
 		info "agnhost: building k8s.io/kubernetes/test/images/agnhost $KUBERNETES_VERSION"
 		go_e2e agnhost k8s.io/kubernetes/test/images/agnhost
@@ -304,16 +299,12 @@ DOCKERFILE
 }
 
 # --- run -------------------------------------------------------------------------
-# skips_args: --skip REGEXP for each line of the skips file (comments and blanks ignored).
+# read_skips: --skip REGEXP for each line of the skips file (suites/skiplist reads it), and SKIP=.
 SKIP_ARGS=()
 read_skips() {
-	local re why
-	[ -f "$SKIPS_FILE" ] || die "no skip list $SKIPS_FILE"
-	while IFS=$'\t' read -r re why; do
-		[[ -z "$re" || "$re" == \#* ]] && continue
-		[ -n "$why" ] || die "$SKIPS_FILE: '$re' has no reason" "format: <regexp><TAB><reason>"
-		SKIP_ARGS+=(--skip "$re")
-	done <"$SKIPS_FILE"
+	local out
+	out=$(conformance skip-args "$SKIPS_FILE") || die "$SKIPS_FILE: not a skip list" "format: <regexp><TAB><reason>"
+	[ -z "$out" ] || mapfile -t SKIP_ARGS <<<"$out"
 	[ -z "${SKIP:-}" ] || SKIP_ARGS+=(--skip "$SKIP")
 }
 
@@ -325,44 +316,14 @@ ginkgo_cli() {
 	fi
 }
 
-# The specs the focus selects, from ginkgo's JSON report: JUnit of those only (the
-# report itself lists every spec of the suite) and a summary. Reasons of skips come
-# from the skips file (or the spec's own Skip message).
+# The specs the focus selects, from ginkgo's JSON report: specs.json and JUnit of those
+# only (the report itself lists every spec of the suite) and a summary on stderr. Reasons
+# of skips come from the skips file (or the spec's own Skip message). Sets PASSED, FAILED.
 summarize() {
-	local report="$ART/report.json" skips_json
-	skips_json=$( (awk -F'\t' '!/^#/ && NF >= 2 {print}' "$SKIPS_FILE"
-		[ -z "${SKIP:-}" ] || printf '%s\tSKIP=%s on the command line\n' "$SKIP" "$SKIP") |
-		jq -R -s 'split("\n") | map(select(length > 0) | split("\t") | {re: .[0], why: .[1]})')
-	jq --arg focus "$FOCUS" --argjson skips "$skips_json" '
-		[.[].SpecReports[] | select(.LeafNodeType == "It")
-		 | {name: ((.ContainerHierarchyTexts + [.LeafNodeText]) | join(" ")), state: .State,
-		    secs: ((.RunTime // 0) / 1e9), msg: (.Failure.Message // ""),
-		    at: (if .Failure.Location.FileName then "\(.Failure.Location.FileName):\(.Failure.Location.LineNumber)" else "" end)}
-		 | select(.name | test($focus))
-		 | .why = (if .state == "skipped" then
-		       ([.name as $n | $skips[] | select(. as $s | $n | test($s.re)) | .why][0] // .msg) else "" end)]
-		| sort_by(.name)' "$report" >"$ART/specs.json"
-	jq -r --arg focus "$FOCUS" '
-		def esc: @html;
-		(map(select(.state == "failed" or .state == "panicked" or .state == "timedout" or .state == "interrupted" or .state == "aborted")) | length) as $f
-		| (map(select(.state == "skipped")) | length) as $sk
-		| "<?xml version=\"1.0\" encoding=\"UTF-8\"?>",
-		  "<testsuites tests=\"\(length)\" failures=\"\($f)\" skipped=\"\($sk)\" time=\"\(map(.secs) | add // 0)\">",
-		  "  <testsuite name=\"Kubernetes e2e suite: \($focus | esc)\" tests=\"\(length)\" failures=\"\($f)\" skipped=\"\($sk)\" time=\"\(map(.secs) | add // 0)\">",
-		  (.[] | "    <testcase name=\"\(.name | esc)\" classname=\"Kubernetes e2e suite\" time=\"\(.secs)\">" +
-		    (if .state == "passed" then ""
-		     elif .state == "skipped" then "<skipped message=\"\(.why | esc)\"></skipped>"
-		     else "<failure message=\"\(.state) at \(.at | esc)\" type=\"\(.state)\">\(.msg | esc)</failure>" end) +
-		    "</testcase>"),
-		  "  </testsuite>", "</testsuites>"' "$ART/specs.json" >"$ART/junit.xml"
-	{
-		echo
-		jq -r '.[] | "  \(if .state == "passed" then "PASS" elif .state == "skipped" then "SKIP" else "FAIL" end) \(.name)\(if .state == "skipped" then "\n         (\(.why))" elif .state != "passed" then "\n         \(.state) at \(.at)" else "" end)"' "$ART/specs.json"
-		echo
-		jq -r '"  \(length) specs: \(map(select(.state == "passed")) | length) passed, \(map(select(.state != "passed" and .state != "skipped")) | length) failed, \(map(select(.state == "skipped")) | length) skipped"' "$ART/specs.json"
-	} >&2
-	PASSED=$(jq '[.[] | select(.state == "passed")] | length' "$ART/specs.json")
-	FAILED=$(jq '[.[] | select(.state != "passed" and .state != "skipped")] | length' "$ART/specs.json")
+	local counts
+	counts=$(conformance summarize --report "$ART/report.json" --focus "$FOCUS" --skips "$SKIPS_FILE" \
+		--skip "${SKIP:-}" --out "$ART") || die "could not summarize $ART/report.json"
+	read -r PASSED FAILED <<<"$counts"
 }
 
 # e2e_args: the framework's flags for this cluster.

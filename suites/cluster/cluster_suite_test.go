@@ -24,13 +24,7 @@ func TestCluster(t *testing.T) {
 	RunSpecs(t, "cluster")
 }
 
-var cluster *framework.Cluster
-
-var _ = BeforeSuite(func() {
-	var err error
-	cluster, err = framework.FromEnv()
-	Expect(err).NotTo(HaveOccurred())
-})
+var cluster = framework.New("cluster", framework.Options{})
 
 var _ = Describe("the kind cluster [flatnet]", func() {
 	It("answers on /readyz", func(ctx SpecContext) {

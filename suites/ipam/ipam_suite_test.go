@@ -11,7 +11,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -23,14 +22,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/dynamic"
 
 	"github.com/flatnet/flatnet/dataplane/ipam"
 	"github.com/flatnet/flatnet/dataplane/ipam/cluster"
 	"github.com/flatnet/flatnet/fixtures/topology"
 	"github.com/flatnet/flatnet/probes/podexec"
 	"github.com/flatnet/flatnet/suites/framework"
-	"github.com/flatnet/flatnet/suites/internal/runenv"
 	"github.com/flatnet/flatnet/suites/internal/workload"
 )
 
@@ -42,39 +39,16 @@ func TestIPAM(t *testing.T) {
 const ns = "flatnet-ipam"
 
 var (
-	settings runenv.Settings
-	kc       *framework.Cluster
-	dyn      dynamic.Interface
-	executor *podexec.APIServerExecutor
-	nodes    []corev1.Node
+	kc    = framework.New("ipam", framework.Options{Settings: true})
+	nodes []corev1.Node
 )
 
-var _ = BeforeSuite(func(ctx SpecContext) {
-	wd, err := os.Getwd()
-	Expect(err).NotTo(HaveOccurred())
-	root, err := runenv.RepoRoot(wd)
-	Expect(err).NotTo(HaveOccurred())
-	settings, err = runenv.Read(os.LookupEnv, root, time.Now())
-	Expect(err).NotTo(HaveOccurred())
-	kc, err = framework.FromEnv()
-	Expect(err).NotTo(HaveOccurred())
-	dyn, err = dynamic.NewForConfig(kc.Rest)
-	Expect(err).NotTo(HaveOccurred())
-	executor, err = podexec.NewExecutor(kc.Rest, kc.Clientset)
-	Expect(err).NotTo(HaveOccurred())
+var _ = kc.BeforeSuite(func(ctx SpecContext) {
 	nl, err := kc.Clientset.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	Expect(err).NotTo(HaveOccurred(), "list the cluster's nodes")
 	nodes = nl.Items
 	Expect(len(nodes)).To(BeNumerically(">=", 2), "the suite needs two nodes to cross")
-	_, err = kc.Run(ctx, workload.CreateNamespace(corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}))
-	Expect(err).NotTo(HaveOccurred())
-	Expect(workload.WaitServiceAccount(ctx, kc.Clientset, ns, time.Minute)).To(Succeed())
-})
-
-var _ = AfterSuite(func(ctx SpecContext) {
-	if kc != nil && os.Getenv("FLATNET_KEEP") != "1" {
-		Expect(workload.DeleteNamespaces(ctx, kc.Clientset, []string{ns}, 3*time.Minute)).To(Succeed())
-	}
+	Expect(kc.CreateNamespace(ctx, corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(Succeed())
 })
 
 func pod(name, node string, hostNetwork bool, labels map[string]string, cmd ...string) corev1.Pod {
@@ -84,7 +58,7 @@ func pod(name, node string, hostNetwork bool, labels map[string]string, cmd ...s
 		Spec: corev1.PodSpec{
 			NodeName: node, HostNetwork: hostNetwork, TerminationGracePeriodSeconds: &zero,
 			Tolerations: []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
-			Containers:  []corev1.Container{{Name: "c", Image: settings.ProbeImage, Command: cmd}},
+			Containers:  []corev1.Container{{Name: "c", Image: kc.Settings.ProbeImage, Command: cmd}},
 		},
 	})
 }
@@ -92,7 +66,7 @@ func pod(name, node string, hostNetwork bool, labels map[string]string, cmd ...s
 // connect runs agnhost's connect in a pod: nil when the TCP connection succeeds.
 func connect(ctx context.Context, from corev1.Pod, target string) error {
 	var out, errOut bytes.Buffer
-	err := executor.Exec(ctx, podexec.Pod{Namespace: from.Namespace, Name: from.Name, Container: "c"},
+	err := kc.Exec.Exec(ctx, podexec.Pod{Namespace: from.Namespace, Name: from.Name, Container: "c"},
 		[]string{topology.ProbeBinary, "connect", target, "--timeout=3s", "--protocol=tcp"}, nil, &out, &errOut)
 	if err != nil || strings.TrimSpace(out.String()) != "" {
 		return fmt.Errorf("connect %s from %s: %v %q %q", target, from.Name, err, out.String(), errOut.String())
@@ -102,7 +76,7 @@ func connect(ctx context.Context, from corev1.Pod, target string) error {
 
 // blocks returns the IPBlocks by node.
 func blocks(ctx context.Context) map[string][]cluster.IPBlock {
-	all, err := cluster.New(dyn).List(ctx)
+	all, err := cluster.New(kc.Dynamic).List(ctx)
 	Expect(err).NotTo(HaveOccurred())
 	by := map[string][]cluster.IPBlock{}
 	for _, b := range all {
@@ -190,7 +164,7 @@ var _ = Describe("node-subnet networking [flatnet]", Label("flatnet", "ipam"), O
 		}
 		// The host-network client's node has no route for the remote pod: only the subnet's.
 		var out, errOut bytes.Buffer
-		err = executor.Exec(ctx, podexec.Pod{Namespace: ns, Name: hostClient.Name, Container: "c"},
+		err = kc.Exec.Exec(ctx, podexec.Pod{Namespace: ns, Name: hostClient.Name, Container: "c"},
 			[]string{"cat", "/proc/net/route"}, nil, &out, &errOut)
 		Expect(err).NotTo(HaveOccurred(), "read the node's routes: %s", errOut.String())
 		Expect(out.String()).To(ContainSubstring("Destination"))
@@ -258,7 +232,7 @@ var _ = Describe("cluster IPAM on the real API server [flatnet]", Label("flatnet
 		subnet := netip.MustParsePrefix("10.255.0.0/16")
 		sizes := []int{10, 17, 30, 50, 64, 110, 250}
 		const claimers = 24
-		c := cluster.New(dyn)
+		c := cluster.New(kc.Dynamic)
 		names := make([]string, claimers)
 		for i := range names {
 			names[i] = fmt.Sprintf("flatnet-ipam-suite-%d", i)
@@ -374,8 +348,8 @@ func podsInTheirBlocks(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("pod %s/%s: address %q: %w", p.Namespace, p.Name, p.Status.PodIP, err)
 		}
-		if !settings.NodeSubnet.Contains(ip) {
-			return fmt.Errorf("pod %s/%s: %s is outside the node subnet %s", p.Namespace, p.Name, ip, settings.NodeSubnet)
+		if !kc.Settings.NodeSubnet.Contains(ip) {
+			return fmt.Errorf("pod %s/%s: %s is outside the node subnet %s", p.Namespace, p.Name, ip, kc.Settings.NodeSubnet)
 		}
 		in := slices.ContainsFunc(by[p.Spec.NodeName], func(b cluster.IPBlock) bool {
 			bb, err := b.Block()

@@ -27,7 +27,7 @@ import (
 	"github.com/flatnet/flatnet/suites/internal/matrix"
 	"github.com/flatnet/flatnet/suites/internal/runenv"
 	"github.com/flatnet/flatnet/suites/internal/workload"
-	"github.com/flatnet/flatnet/suites/report"
+	"github.com/flatnet/flatnet/suites/reachability"
 )
 
 // The benchmark is opt-in: it spends minutes on one kubectl exec per cell.
@@ -52,19 +52,19 @@ var _ = Describe("matrix probing benchmark", Label("bench"), Serial, func() {
 		// Default deny + allow, so blocked cells cost a full probe timeout each:
 		// every namespace accepts only its own pods, on port 80.
 		set := benchDenyAllow()
-		_, err := applier.Apply(ctx, set)
+		_, err := cluster.Policies.Apply(ctx, set)
 		Expect(err).NotTo(HaveOccurred())
 		DeferCleanup(func(ctx SpecContext) {
-			_, err := applier.Apply(ctx, oracle.PolicySet{})
+			_, err := cluster.Policies.Apply(ctx, oracle.PolicySet{})
 			Expect(err).NotTo(HaveOccurred())
 		})
 		snap, err := workload.Take(ctx, cluster.Clientset, namespaces())
 		Expect(err).NotTo(HaveOccurred())
 		o, err := oracle.New(snap.Cluster, set)
 		Expect(err).NotTo(HaveOccurred())
-		pods := report.ModelEndpoints(model, false)
+		pods := reachability.ModelEndpoints(model, false)
 		plan := matrix.Plan{Title: "bench", From: pods, Views: []matrix.View{{Name: "pod IP", To: pods}},
-			Ports: []report.PortProtocol{{Port: 80, Protocol: oracle.TCP}, {Port: 81, Protocol: oracle.TCP}}}
+			Ports: []reachability.PortProtocol{{Port: 80, Protocol: oracle.TCP}, {Port: 81, Protocol: oracle.TCP}}}
 		expected, err := matrix.Expect(o, plan)
 		Expect(err).NotTo(HaveOccurred())
 		cells := len(expected[0].Keys())
@@ -75,18 +75,18 @@ var _ = Describe("matrix probing benchmark", Label("bench"), Serial, func() {
 			if err != nil {
 				return err
 			}
-			if cmp, err := report.Compare("batch", expected[0], observed[0]); err != nil || !cmp.OK() {
+			if cmp, err := reachability.Compare("batch", expected[0], observed[0]); err != nil || !cmp.OK() {
 				return fmt.Errorf("not enforced yet: %v %s", err, cmp.Summary())
 			}
 			return nil
-		}).WithContext(ctx).WithTimeout(settings.EnforceTimeout).Should(Succeed())
+		}).WithContext(ctx).WithTimeout(cluster.Settings.EnforceTimeout).Should(Succeed())
 		var batchTimes []time.Duration
 		for range 5 {
 			t0 := time.Now()
 			observed, err := matrix.Observe(ctx, runner, plan, snap)
 			batchTimes = append(batchTimes, time.Since(t0))
 			Expect(err).NotTo(HaveOccurred())
-			cmp, err := report.Compare("batch", expected[0], observed[0])
+			cmp, err := reachability.Compare("batch", expected[0], observed[0])
 			Expect(err).NotTo(HaveOccurred())
 			Expect(cmp.OK()).To(BeTrue(), "batch probing disagrees with the oracle: %s", cmp.Summary())
 		}
@@ -94,12 +94,12 @@ var _ = Describe("matrix probing benchmark", Label("bench"), Serial, func() {
 		batchMedian := batchTimes[len(batchTimes)/2]
 
 		By(fmt.Sprintf("kubectl exec: one `%s exec ... -- /agnhost connect` per cell, %d at a time", kubectl, workers))
-		observed, err := report.NewTable("kubectl", expected[0].From, expected[0].To, expected[0].Ports)
+		observed, err := reachability.NewTable("kubectl", expected[0].From, expected[0].To, expected[0].Ports)
 		Expect(err).NotTo(HaveOccurred())
 		t0 := time.Now()
 		Expect(perCell(ctx, kubectl, snap, observed, workers)).To(Succeed())
 		perCellTime := time.Since(t0)
-		cmp, err := report.Compare("kubectl", expected[0], observed)
+		cmp, err := reachability.Compare("kubectl", expected[0], observed)
 		Expect(err).NotTo(HaveOccurred())
 		Expect(cmp.OK()).To(BeTrue(), "kubectl exec per cell disagrees with the oracle: %s", cmp.Summary())
 
@@ -110,7 +110,7 @@ var _ = Describe("matrix probing benchmark", Label("bench"), Serial, func() {
 			}
 		}
 		line := fmt.Sprintf("%d-cell TCP matrix, default deny + allow (%d cells blocked, probe timeout %s): batch %s (median of 5, one exec per source), kubectl exec per cell %s (%d worker(s)): %.1fx",
-			cells, blocked, settings.ProbeTimeout, batchMedian.Round(time.Millisecond), perCellTime.Round(time.Millisecond), workers, perCellTime.Seconds()/batchMedian.Seconds())
+			cells, blocked, cluster.Settings.ProbeTimeout, batchMedian.Round(time.Millisecond), perCellTime.Round(time.Millisecond), workers, perCellTime.Seconds()/batchMedian.Seconds())
 		GinkgoWriter.Println(line)
 		fmt.Fprintln(os.Stderr, line)
 		AddReportEntry("matrix probing benchmark", line)
@@ -156,9 +156,9 @@ func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // perCell fills t with one `kubectl exec` of agnhost connect per cell, as
 // the upstream suite probes, workers at a time.
-func perCell(ctx context.Context, kubectl string, snap workload.Snapshot, t *report.Table, workers int) error {
+func perCell(ctx context.Context, kubectl string, snap workload.Snapshot, t *reachability.Table, workers int) error {
 	keys := t.Keys()
-	jobs := make(chan report.Key)
+	jobs := make(chan reachability.Key)
 	var mu sync.Mutex
 	var errs []error
 	var wg sync.WaitGroup
@@ -187,31 +187,31 @@ func perCell(ctx context.Context, kubectl string, snap workload.Snapshot, t *rep
 	return errors.Join(errs...)
 }
 
-func kubectlConnect(ctx context.Context, kubectl string, snap workload.Snapshot, k report.Key) (report.Cell, error) {
+func kubectlConnect(ctx context.Context, kubectl string, snap workload.Snapshot, k reachability.Key) (reachability.Cell, error) {
 	from, to := peerOf(k.From), peerOf(k.To)
 	ip, ok := snap.PodIPs[to.String()]
 	if !ok {
-		return report.Cell{}, fmt.Errorf("%s: no pod IP for %s", k, to)
+		return reachability.Cell{}, fmt.Errorf("%s: no pod IP for %s", k, to)
 	}
 	target := fmt.Sprintf("%s:%d", ip, k.Port)
 	cmd := exec.CommandContext(ctx, kubectl, "exec", "-n", from.Namespace, from.Name, "-c", snap.ExecContainers[from.String()], "--",
-		"/agnhost", "connect", target, "--timeout="+settings.ProbeTimeout.String(), "--protocol=tcp")
+		"/agnhost", "connect", target, "--timeout="+cluster.Settings.ProbeTimeout.String(), "--protocol=tcp")
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	a := agnhost.Answer{}
 	if err := cmd.Run(); err != nil {
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) {
-			return report.Cell{}, fmt.Errorf("%s: %w", k, err)
+			return reachability.Cell{}, fmt.Errorf("%s: %w", k, err)
 		}
 		a.ExitCode = ee.ExitCode()
 	}
 	a.Stdout, a.Stderr = stdout.String(), stderr.String()
 	reachable, word, err := agnhost.Judge(a)
 	if err != nil {
-		return report.Cell{}, fmt.Errorf("%s: kubectl exec: %w", k, err)
+		return reachability.Cell{}, fmt.Errorf("%s: kubectl exec: %w", k, err)
 	}
-	return report.Cell{Reachable: reachable, Detail: word + " " + target}, nil
+	return reachability.Cell{Reachable: reachable, Detail: word + " " + target}, nil
 }
 
 // peerOf reads a model label "x/a" back as its pod.

@@ -46,7 +46,7 @@ var _ = Describe("apply to enforcement benchmark", Label("bench"), Serial, func(
 			Expect(err == nil && n > 0).To(BeTrue(), "FLATNET_BENCH_APPLIES=%q: must be a positive number", v)
 			rounds = n
 		}
-		_, err := applier.Apply(ctx, oracle.PolicySet{})
+		_, err := cluster.Policies.Apply(ctx, oracle.PolicySet{})
 		Expect(err).NotTo(HaveOccurred())
 		snap, err := workload.Take(ctx, cluster.Clientset, namespaces())
 		Expect(err).NotTo(HaveOccurred())
@@ -63,8 +63,7 @@ var _ = Describe("apply to enforcement benchmark", Label("bench"), Serial, func(
 			checkOracle(snap.Cluster, oracle.PolicySet{}, pairs, true, "no policy")
 			checkOracle(snap.Cluster, set, pairs, false, kind)
 		}
-		ex, err := podexec.NewExecutor(cluster.Rest, cluster.Clientset)
-		Expect(err).NotTo(HaveOccurred())
+		ex := cluster.Exec
 		By(fmt.Sprintf("%d rounds; %d server pods on %d node(s), each watched from a client", rounds, len(pairs), len(nodes)))
 
 		var applyTimes, deleteTimes []time.Duration
@@ -74,11 +73,11 @@ var _ = Describe("apply to enforcement benchmark", Label("bench"), Serial, func(
 			if i%2 == 1 {
 				kind = "CiliumNetworkPolicy"
 			}
-			d, err := timeChange(ctx, ex, snap, pairs, "blocked", func() error { _, err := applier.Apply(ctx, sets[kind]); return err })
+			d, err := timeChange(ctx, ex, snap, pairs, "blocked", func() error { _, err := cluster.Policies.Apply(ctx, sets[kind]); return err })
 			Expect(err).NotTo(HaveOccurred(), "round %d: applying the %s", i, kind)
 			applyTimes = append(applyTimes, d)
 			byKind[kind] = append(byKind[kind], d)
-			d, err = timeChange(ctx, ex, snap, pairs, "open", func() error { _, err := applier.Apply(ctx, oracle.PolicySet{}); return err })
+			d, err = timeChange(ctx, ex, snap, pairs, "open", func() error { _, err := cluster.Policies.Apply(ctx, oracle.PolicySet{}); return err })
 			Expect(err).NotTo(HaveOccurred(), "round %d: deleting the %s", i, kind)
 			deleteTimes = append(deleteTimes, d)
 			if (i+1)%10 == 0 {

@@ -27,15 +27,12 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/dynamic"
-	"sigs.k8s.io/e2e-framework/pkg/env"
 
 	"github.com/flatnet/flatnet/fixtures/oracle"
 	"github.com/flatnet/flatnet/fixtures/policies"
@@ -43,12 +40,9 @@ import (
 	"github.com/flatnet/flatnet/probes/batch"
 	"github.com/flatnet/flatnet/probes/podexec"
 	"github.com/flatnet/flatnet/suites/framework"
-	"github.com/flatnet/flatnet/suites/internal/artifacts"
 	"github.com/flatnet/flatnet/suites/internal/matrix"
-	"github.com/flatnet/flatnet/suites/internal/notrun"
-	"github.com/flatnet/flatnet/suites/internal/policyset"
-	"github.com/flatnet/flatnet/suites/internal/runenv"
 	"github.com/flatnet/flatnet/suites/internal/workload"
+	"github.com/flatnet/flatnet/suites/reachability"
 	"github.com/flatnet/flatnet/suites/report"
 )
 
@@ -62,73 +56,47 @@ func TestNetpol(t *testing.T) {
 var worldCIDR = netip.MustParsePrefix("192.0.2.0/24")
 
 // Decided while the spec tree is built: the random cases' names carry the
-// seed, and the namespaces' prefix makes two runs on one cluster distinct.
+// seed (the settings are read by framework.New), and the namespaces' prefix
+// makes two runs on one cluster distinct.
 var (
-	settings, settingsErr = readSettings()
-	model                 = topology.Default(fmt.Sprintf("np-%04x-", time.Now().UnixNano()&0xffff), false)
+	cluster = framework.New("netpol", framework.Options{Settings: true, Policies: true, Report: &framework.ReportOptions{
+		Title: "flatnet policy conformance matrix",
+		Entry: "truth-table report",
+	}})
+	model = topology.Default(fmt.Sprintf("np-%04x-", time.Now().UnixNano()&0xffff), false)
 )
 
 // Set up by BeforeSuite.
-var (
-	cluster  *framework.Cluster
-	runner   *podexec.Runner
-	applier  *policyset.Applier
-	crdErr   error // why CNP cases cannot run, checked once
-	reportMu sync.Mutex
-	results  = &report.Report{Title: "flatnet policy conformance matrix", Started: time.Now()}
-)
+var runner *podexec.Runner
 
-func readSettings() (runenv.Settings, error) {
-	wd, err := os.Getwd()
-	if err != nil {
-		return runenv.Settings{}, err
-	}
-	root, err := runenv.RepoRoot(wd)
-	if err != nil {
-		return runenv.Settings{}, err
-	}
-	return runenv.Read(os.LookupEnv, root, time.Now())
-}
-
-var _ = BeforeSuite(func(ctx SpecContext) {
-	Expect(settingsErr).NotTo(HaveOccurred())
-	var err error
-	cluster, err = framework.FromEnv()
-	Expect(err).NotTo(HaveOccurred())
+var _ = cluster.BeforeSuite(func(ctx SpecContext) {
 	Expect(model.Validate()).To(Succeed())
 
 	seedHow := "from the clock"
-	if settings.SeedFromEnv {
+	if cluster.Settings.SeedFromEnv {
 		seedHow = "from FLATNET_SEED"
 	}
 	notes := []string{
-		fmt.Sprintf("API server %s; probe image %s", cluster.Rest.Host, settings.ProbeImage),
-		fmt.Sprintf("random family: seed %d (%s); replay with FLATNET_SEED=%d", settings.Seed, seedHow, settings.Seed),
-		fmt.Sprintf("probe timeout %s, enforcement timeout %s; namespaces %s", settings.ProbeTimeout, settings.EnforceTimeout, strings.Join(namespaces(), ", ")),
+		fmt.Sprintf("API server %s; probe image %s", cluster.Rest.Host, cluster.Settings.ProbeImage),
+		fmt.Sprintf("random family: seed %d (%s); replay with FLATNET_SEED=%d", cluster.Settings.Seed, seedHow, cluster.Settings.Seed),
+		fmt.Sprintf("probe timeout %s, enforcement timeout %s; namespaces %s", cluster.Settings.ProbeTimeout, cluster.Settings.EnforceTimeout, strings.Join(namespaces(), ", ")),
 	}
-	results.Notes = notes
+	cluster.Notes(notes...)
 	for _, n := range notes {
 		GinkgoWriter.Println(n)
 	}
 	// The seed must survive a failed run's output: straight to the terminal too.
 	fmt.Fprintf(os.Stderr, "netpol: %s\n", notes[1])
-	AddReportEntry("random seed", fmt.Sprintf("%d (replay: FLATNET_SEED=%d)", settings.Seed, settings.Seed))
+	AddReportEntry("random seed", fmt.Sprintf("%d (replay: FLATNET_SEED=%d)", cluster.Settings.Seed, cluster.Settings.Seed))
 
 	By("creating namespaces " + strings.Join(namespaces(), ", ") + " through e2e-framework")
-	var funcs []env.Func
 	for _, ns := range model.NamespaceObjects() {
-		funcs = append(funcs, workload.CreateNamespace(ns))
-	}
-	_, err = cluster.Run(ctx, funcs...)
-	Expect(err).NotTo(HaveOccurred())
-	DeferCleanup(deleteNamespaces)
-	for _, ns := range namespaces() {
-		Expect(workload.WaitServiceAccount(ctx, cluster.Clientset, ns, time.Minute)).To(Succeed())
+		Expect(cluster.CreateNamespace(ctx, ns)).To(Succeed())
 	}
 
 	By("creating pods a, b, c in each namespace (TCP and UDP on 80 and 81) and their Services")
 	var pods []corev1.Pod
-	for _, p := range model.PodObjects(settings.ProbeImage) {
+	for _, p := range model.PodObjects(cluster.Settings.ProbeImage) {
 		pods = append(pods, workload.Prepare(p))
 	}
 	Expect(workload.CreatePods(ctx, cluster.Clientset, pods)).To(Succeed())
@@ -136,64 +104,19 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	Expect(workload.WaitPodsReady(ctx, cluster.Clientset, podKeys(), 3*time.Minute)).To(Succeed())
 	Expect(workload.WaitServiceEndpoints(ctx, cluster.Clientset, serviceKeys(), time.Minute)).To(Succeed())
 
-	ex, err := podexec.NewExecutor(cluster.Rest, cluster.Clientset)
-	Expect(err).NotTo(HaveOccurred())
 	opts := batch.DefaultOptions()
-	opts.Timeout = settings.ProbeTimeout
+	opts.Timeout = cluster.Settings.ProbeTimeout
 	// Retries stay at zero: Converge polls the whole matrix again instead, and
 	// a retry of every blocked cell would double each table's time.
-	runner = &podexec.Runner{Exec: ex, Options: opts}
-	dyn, err := dynamic.NewForConfig(cluster.Rest)
-	Expect(err).NotTo(HaveOccurred())
-	applier = policyset.New(cluster.Clientset, dyn)
-	crdErr = policyset.CheckCiliumCRDs(cluster.Clientset.Discovery(), oracle.KindCNP)
-	if crdErr != nil {
-		GinkgoWriter.Printf("every case with a CiliumNetworkPolicy will fail: %v\n", crdErr)
+	runner = &podexec.Runner{Exec: cluster.Exec, Options: opts}
+	if cluster.CiliumCRDs != nil {
+		GinkgoWriter.Printf("every case with a CiliumNetworkPolicy will fail: %v\n", cluster.CiliumCRDs)
 	}
-})
-
-var _ = AfterSuite(func(ctx SpecContext) {
-	if applier != nil {
-		Expect(applier.Reset(ctx)).To(Succeed())
-	}
-	reportMu.Lock()
-	defer reportMu.Unlock()
-	if len(results.Cases) == 0 {
-		return // only the benchmark ran (or nothing): keep any earlier report
-	}
-	paths, err := artifacts.Write(settings.ArtifactsDir, "netpol", results)
-	Expect(err).NotTo(HaveOccurred())
-	GinkgoWriter.Printf("truth-table report: %s\n", strings.Join(paths, ", "))
-	AddReportEntry("truth-table report", strings.Join(paths, ", "))
 })
 
 // The specs not run (a known divergence, a label filter, a --skip) are listed
 // in the report with why, beside what ran.
-var _ = ReportAfterSuite("netpol: the specs not run, in the truth-table report", func(r Report) {
-	addNotRun("netpol", r)
-})
-
-func addNotRun(base string, r Report) {
-	reportMu.Lock()
-	defer reportMu.Unlock()
-	if len(results.Cases) == 0 || settingsErr != nil {
-		return // AfterSuite wrote no report to add to
-	}
-	Expect(notrun.Record(results, r, settings.ArtifactsDir, base)).To(Succeed())
-}
-
-func deleteNamespaces(ctx SpecContext) {
-	if os.Getenv("FLATNET_KEEP") == "1" {
-		GinkgoWriter.Printf("FLATNET_KEEP=1: namespaces %v kept\n", namespaces())
-		return
-	}
-	var funcs []env.Func
-	for _, ns := range namespaces() {
-		funcs = append(funcs, workload.DeleteNamespace(ns))
-	}
-	_, err := cluster.Run(ctx, funcs...)
-	Expect(err).NotTo(HaveOccurred())
-}
+var _ = ReportAfterSuite("netpol: the specs not run, in the truth-table report", cluster.AddNotRun)
 
 func namespaces() []string {
 	var out []string
@@ -223,11 +146,11 @@ func serviceKeys() []workload.Key {
 // as the oracle would see it scheduled: only names, families and kinds are
 // used; each spec builds its case again from the live cluster.
 func plannedCases() []policies.Case {
-	c, err := model.PlannedCluster(settings.NodeSubnet, 3)
+	c, err := model.PlannedCluster(cluster.Settings.NodeSubnet, 3)
 	if err != nil {
 		c, _ = model.PlannedCluster(netip.MustParsePrefix("10.224.0.0/16"), 3)
 	}
-	subnet := settings.NodeSubnet
+	subnet := cluster.Settings.NodeSubnet
 	if !subnet.IsValid() {
 		subnet = netip.MustParsePrefix("10.224.0.0/16")
 	}
@@ -244,7 +167,7 @@ func allCases(e policies.Env) ([]policies.Case, error) {
 	if err != nil {
 		return nil, err
 	}
-	random, err := policies.Random(e, settings.Seed, settings.RandomCases)
+	random, err := policies.Random(e, cluster.Settings.Seed, cluster.Settings.RandomCases)
 	if err != nil {
 		return nil, err
 	}
@@ -258,7 +181,7 @@ func liveCase(ctx context.Context, name string) (policies.Case, error) {
 	if err != nil {
 		return policies.Case{}, err
 	}
-	cases, err := allCases(policies.Env{Model: model, Cluster: snap.Cluster, NodeSubnet: settings.NodeSubnet, WorldCIDR: worldCIDR})
+	cases, err := allCases(policies.Env{Model: model, Cluster: snap.Cluster, NodeSubnet: cluster.Settings.NodeSubnet, WorldCIDR: worldCIDR})
 	if err != nil {
 		return policies.Case{}, err
 	}
@@ -293,10 +216,10 @@ var _ = Describe("policy conformance matrix", Serial, func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(snap.Cluster.Pods).To(HaveLen(len(model.AllPods())))
 		for _, n := range snap.Cluster.Nodes {
-			Expect(settings.NodeSubnet.Contains(n.IP)).To(BeTrue(), "node %s has %s, outside the node subnet %s", n.Name, n.IP, settings.NodeSubnet)
+			Expect(cluster.Settings.NodeSubnet.Contains(n.IP)).To(BeTrue(), "node %s has %s, outside the node subnet %s", n.Name, n.IP, cluster.Settings.NodeSubnet)
 		}
 		for _, p := range snap.Cluster.Pods {
-			Expect(settings.NodeSubnet.Contains(p.IP)).To(BeTrue(), "pod %s has %s, outside the node subnet %s", p.Ref(), p.IP, settings.NodeSubnet)
+			Expect(cluster.Settings.NodeSubnet.Contains(p.IP)).To(BeTrue(), "pod %s has %s, outside the node subnet %s", p.Ref(), p.IP, cluster.Settings.NodeSubnet)
 		}
 	})
 
@@ -319,11 +242,7 @@ var _ = Describe("policy conformance matrix", Serial, func() {
 	})
 })
 
-func record(r report.CaseResult) {
-	reportMu.Lock()
-	defer reportMu.Unlock()
-	results.Cases = append(results.Cases, r)
-}
+func record(r report.CaseResult) { cluster.Record(r) }
 
 // runCase applies each step's policies, probes the matrix until it agrees
 // with the oracle or the enforcement timeout passes, records the tables and
@@ -335,15 +254,15 @@ func runCase(ctx context.Context, c policies.Case) {
 		res.Error = fmt.Sprintf(format, args...)
 		Fail(res.Error)
 	}
-	if usesCilium(c) && crdErr != nil {
-		setupFail("case %s needs CiliumNetworkPolicy: %v", c.Name, crdErr)
+	if usesCilium(c) && cluster.CiliumCRDs != nil {
+		setupFail("case %s needs CiliumNetworkPolicy: %v", c.Name, cluster.CiliumCRDs)
 	}
 	DeferCleanup(func(ctx SpecContext) {
-		_, err := applier.Apply(ctx, oracle.PolicySet{})
+		_, err := cluster.Policies.Apply(ctx, oracle.PolicySet{})
 		Expect(err).NotTo(HaveOccurred(), "removing the case's policies")
 	})
 	var failures []string
-	var prevExpected []*report.Table
+	var prevExpected []*reachability.Table
 	for i, step := range c.Steps {
 		started := time.Now()
 		By(fmt.Sprintf("%s step %d/%d %q: %s", c.Name, i+1, len(c.Steps), step.Name, strings.Join(refs(step.Policies), ", ")))
@@ -352,7 +271,7 @@ func runCase(ctx context.Context, c policies.Case) {
 		// change, so traffic can flow on the paths open before and after it
 		// while it is applied.
 		var snap workload.Snapshot
-		var expected []*report.Table
+		var expected []*reachability.Table
 		var watcher *matrix.Watcher
 		if len(step.RecreatePods) == 0 {
 			snap, expected = expect(ctx, step, plan, setupFail)
@@ -360,7 +279,7 @@ func runCase(ctx context.Context, c policies.Case) {
 				watcher = matrix.Watch(ctx, watchRunner(), plan, snap, matrix.StillReachable(prevExpected, expected))
 			}
 		}
-		changed, err := applier.Apply(ctx, step.Policies)
+		changed, err := cluster.Policies.Apply(ctx, step.Policies)
 		if err != nil {
 			stopWatch(watcher)
 			setupFail("step %q: applying the policies: %v", step.Name, err)
@@ -371,7 +290,7 @@ func runCase(ctx context.Context, c policies.Case) {
 		if len(step.RecreatePods) > 0 {
 			for _, r := range step.RecreatePods {
 				By(fmt.Sprintf("recreating pod %s under the policy", r))
-				if err := workload.RecreatePod(ctx, cluster.Clientset, workload.Prepare(model.PodObject(r, settings.ProbeImage)), 2*time.Minute); err != nil {
+				if err := workload.RecreatePod(ctx, cluster.Clientset, workload.Prepare(model.PodObject(r, cluster.Settings.ProbeImage)), 2*time.Minute); err != nil {
 					setupFail("step %q: recreating %s: %v", step.Name, r, err)
 				}
 			}
@@ -381,7 +300,7 @@ func runCase(ctx context.Context, c policies.Case) {
 			snap, expected = expect(ctx, step, plan, setupFail)
 		}
 		out, err := matrix.Converge(ctx, runner, plan, snap, expected, matrix.Options{
-			Timeout: settings.EnforceTimeout, Pause: 250 * time.Millisecond,
+			Timeout: cluster.Settings.EnforceTimeout, Pause: 250 * time.Millisecond,
 			Progress: func(p matrix.Poll) { GinkgoWriter.Printf("  %s: %s\n", step.Name, p) },
 		})
 		gaps, rounds, werr := stopWatch(watcher)
@@ -415,12 +334,12 @@ func runCase(ctx context.Context, c policies.Case) {
 		}
 	}
 	if len(failures) > 0 {
-		Fail(fmt.Sprintf("case %s: the cluster did not do what the oracle expects (enforcement timeout %s)\n%s", c.Name, settings.EnforceTimeout, strings.Join(failures, "\n")))
+		Fail(fmt.Sprintf("case %s: the cluster did not do what the oracle expects (enforcement timeout %s)\n%s", c.Name, cluster.Settings.EnforceTimeout, strings.Join(failures, "\n")))
 	}
 }
 
 // expect snapshots the pods and asks the oracle for the step's tables.
-func expect(ctx context.Context, step policies.Step, plan matrix.Plan, setupFail func(string, ...any)) (workload.Snapshot, []*report.Table) {
+func expect(ctx context.Context, step policies.Step, plan matrix.Plan, setupFail func(string, ...any)) (workload.Snapshot, []*reachability.Table) {
 	snap, err := workload.Take(ctx, cluster.Clientset, namespaces())
 	if err != nil {
 		setupFail("step %q: %v", step.Name, err)
@@ -445,7 +364,7 @@ func expect(ctx context.Context, step policies.Step, plan matrix.Plan, setupFail
 // cells open before and after the change are judged.
 func watchRunner() *podexec.Runner {
 	r := *runner
-	r.Options.Timeout = max(3*time.Second, 2*settings.ProbeTimeout)
+	r.Options.Timeout = max(3*time.Second, 2*cluster.Settings.ProbeTimeout)
 	return &r
 }
 
@@ -475,12 +394,12 @@ func describeGaps(step policies.Step, gaps []matrix.Gap) string {
 // modelPlan probes every pod from every pod, by pod IP and through each
 // pod's Service, on every port of the model.
 func modelPlan(title string) matrix.Plan {
-	pods := report.ModelEndpoints(model, false)
+	pods := reachability.ModelEndpoints(model, false)
 	return matrix.Plan{
 		Title: title,
 		From:  pods,
-		Views: []matrix.View{{Name: "pod IP", To: pods}, {Name: "Service", To: report.ModelEndpoints(model, true)}},
-		Ports: report.ModelPorts(model),
+		Views: []matrix.View{{Name: "pod IP", To: pods}, {Name: "Service", To: reachability.ModelEndpoints(model, true)}},
+		Ports: reachability.ModelPorts(model),
 	}
 }
 

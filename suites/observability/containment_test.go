@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
@@ -18,7 +17,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/dynamic"
 	clientexec "k8s.io/client-go/util/exec"
 
 	"github.com/flatnet/flatnet/fixtures/topology"
@@ -39,7 +37,6 @@ var cnpResource = schema.GroupVersionResource{Group: "cilium.io", Version: "v2",
 // written and every new pod's CNI ADD failed.
 var _ = Describe("an odd policy in one namespace [flatnet]", Label("flatnet", "observability", "containment", "cilium"), Ordered, func() {
 	var (
-		dyn               dynamic.Interface
 		odd, ok, fresh    topology.Seed
 		node              string
 		victim, peer      = "victim", "peer"
@@ -49,29 +46,24 @@ var _ = Describe("an odd policy in one namespace [flatnet]", Label("flatnet", "o
 	)
 
 	BeforeAll(func(ctx SpecContext) {
-		Expect(crdErr).NotTo(HaveOccurred())
-		var err error
-		dyn, err = dynamic.NewForConfig(kc.Rest)
-		Expect(err).NotTo(HaveOccurred())
+		Expect(kc.CiliumCRDs).NotTo(HaveOccurred())
 		for _, ns := range []string{oddNS, okNS, fnNS} {
-			_, err = kc.Run(ctx, workload.CreateNamespace(corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}))
-			Expect(err).NotTo(HaveOccurred())
-			Expect(workload.WaitServiceAccount(ctx, kc.Clientset, ns, time.Minute)).To(Succeed())
+			Expect(kc.CreateNamespace(ctx, corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(Succeed())
 		}
 		DeferCleanup(func(ctx SpecContext) {
-			_ = dyn.Resource(cnpResource).Namespace(oddNS).Delete(ctx, hugeName, metav1.DeleteOptions{})
-			if keep() {
+			_ = kc.Dynamic.Resource(cnpResource).Namespace(oddNS).Delete(ctx, hugeName, metav1.DeleteOptions{})
+			if kc.Keep() {
 				return
 			}
-			Expect(workload.DeleteNamespaces(ctx, kc.Clientset, []string{oddNS, okNS, fnNS}, 3*time.Minute)).To(Succeed())
+			Expect(kc.DeleteNamespaces(ctx, oddNS, okNS, fnNS)).To(Succeed())
 		})
 		odd, ok, fresh = topology.DefaultSeed(), topology.DefaultSeed(), topology.DefaultSeed()
 		odd.Namespace, ok.Namespace, fresh.Namespace = oddNS, okNS, fnNS
 
 		By("odd: a pod the oversized policy will select (app=odd) and a server it talks to")
-		v := workload.Prepare(odd.ClientPod(settings.ProbeImage))
+		v := workload.Prepare(odd.ClientPod(kc.Settings.ProbeImage))
 		v.Name, v.Labels["app"] = victim, "odd"
-		p := workload.Prepare(odd.ServerPod(settings.ProbeImage))
+		p := workload.Prepare(odd.ServerPod(kc.Settings.ProbeImage))
 		p.Name = peer
 		Expect(workload.CreatePods(ctx, kc.Clientset, []corev1.Pod{v})).To(Succeed())
 		Expect(workload.WaitPodsReady(ctx, kc.Clientset, []workload.Key{{Namespace: oddNS, Name: victim}}, 3*time.Minute)).To(Succeed())
@@ -79,7 +71,7 @@ var _ = Describe("an odd policy in one namespace [flatnet]", Label("flatnet", "o
 		Expect(err).NotTo(HaveOccurred())
 		node = got.Spec.NodeName
 		By("ok: server and client on the same node " + node + " (the node whose writes the odd policy breaks)")
-		s, c := workload.Prepare(ok.ServerPod(settings.ProbeImage)), workload.Prepare(ok.ClientPod(settings.ProbeImage))
+		s, c := workload.Prepare(ok.ServerPod(kc.Settings.ProbeImage)), workload.Prepare(ok.ClientPod(kc.Settings.ProbeImage))
 		s.Spec.NodeName, c.Spec.NodeName, p.Spec.NodeName = node, node, node
 		Expect(workload.CreatePods(ctx, kc.Clientset, []corev1.Pod{p, s, c})).To(Succeed())
 		Expect(workload.WaitPodsReady(ctx, kc.Clientset, []workload.Key{{Namespace: oddNS, Name: peer},
@@ -94,7 +86,7 @@ var _ = Describe("an odd policy in one namespace [flatnet]", Label("flatnet", "o
 		Expect(connectIn(ctx, okNS, ok.Client, serverIP).reachable).To(BeTrue())
 
 		By("applying the oversized CiliumNetworkPolicy " + oddNS + "/" + hugeName + " (accepted by the API server)")
-		_, err := dyn.Resource(cnpResource).Namespace(oddNS).Create(ctx, oversizedCNP(oddNS, hugeName), metav1.CreateOptions{})
+		_, err := kc.Dynamic.Resource(cnpResource).Namespace(oddNS).Create(ctx, oversizedCNP(oddNS, hugeName), metav1.CreateOptions{})
 		Expect(err).NotTo(HaveOccurred())
 
 		By("a Warning Event PolicyTooLarge on the object, from the agent of node " + node + ", naming the pod")
@@ -111,7 +103,7 @@ var _ = Describe("an odd policy in one namespace [flatnet]", Label("flatnet", "o
 				}
 			}
 			g.Expect(seen).To(ContainElement(ContainSubstring("PolicyTooLarge")), "events on %s/%s", oddNS, hugeName)
-		}).WithContext(ctx).WithTimeout(settings.EnforceTimeout).WithPolling(time.Second).Should(Succeed())
+		}).WithContext(ctx).WithTimeout(kc.Settings.EnforceTimeout).WithPolling(time.Second).Should(Succeed())
 
 		By("flatnetctl rejected -n " + oddNS + " names node, policy, reason and pod")
 		Eventually(func(g Gomega) {
@@ -119,14 +111,14 @@ var _ = Describe("an odd policy in one namespace [flatnet]", Label("flatnet", "o
 			g.Expect(r.ExitCode).To(Equal(0), "%s", r)
 			GinkgoWriter.Print(r.Stdout)
 			g.Expect(r.Stdout).To(MatchRegexp(`(?m)^%s\s+CiliumNetworkPolicy\s+%s/%s\s+PolicyTooLarge\s+%s/%s\b`, node, oddNS, hugeName, oddNS, victim))
-		}).WithContext(ctx).WithTimeout(settings.EnforceTimeout).WithPolling(time.Second).Should(Succeed())
+		}).WithContext(ctx).WithTimeout(kc.Settings.EnforceTimeout).WithPolling(time.Second).Should(Succeed())
 
 		By("the selected pod fails closed: its egress (no egress rule, so allowed if its policy were in force) is cut")
 		Eventually(func(g Gomega) {
 			a := connectIn(ctx, oddNS, victim, peerIP)
 			g.Expect(a.reachable).To(BeFalse(), "%s", a)
 			g.Expect(a.word).To(Equal("TIMEOUT"), "%s", a)
-		}).WithContext(ctx).WithTimeout(settings.EnforceTimeout).WithPolling(time.Second).Should(Succeed())
+		}).WithContext(ctx).WithTimeout(kc.Settings.EnforceTimeout).WithPolling(time.Second).Should(Succeed())
 
 		By("a default-deny applied in " + okNS + " afterwards is enforced on the same node")
 		dd := &unstructured.Unstructured{Object: map[string]any{
@@ -134,27 +126,27 @@ var _ = Describe("an odd policy in one namespace [flatnet]", Label("flatnet", "o
 			"metadata": map[string]any{"name": "default-deny", "namespace": okNS},
 			"spec":     map[string]any{"endpointSelector": map[string]any{"matchLabels": map[string]any{"app": "server"}}, "ingress": []any{map[string]any{}}},
 		}}
-		_, err = dyn.Resource(cnpResource).Namespace(okNS).Create(ctx, dd, metav1.CreateOptions{})
+		_, err = kc.Dynamic.Resource(cnpResource).Namespace(okNS).Create(ctx, dd, metav1.CreateOptions{})
 		Expect(err).NotTo(HaveOccurred())
 		Eventually(func(g Gomega) {
 			a := connectIn(ctx, okNS, ok.Client, serverIP)
 			g.Expect(a.reachable).To(BeFalse(), "%s", a)
 			g.Expect(a.word).To(Equal("TIMEOUT"), "%s", a)
-		}).WithContext(ctx).WithTimeout(settings.EnforceTimeout).WithPolling(time.Second).Should(Succeed())
+		}).WithContext(ctx).WithTimeout(kc.Settings.EnforceTimeout).WithPolling(time.Second).Should(Succeed())
 
 		By("a new pod in " + fnNS + " on node " + node + " starts")
-		np := workload.Prepare(fresh.ServerPod(settings.ProbeImage))
+		np := workload.Prepare(fresh.ServerPod(kc.Settings.ProbeImage))
 		np.Spec.NodeName = node
 		Expect(workload.CreatePods(ctx, kc.Clientset, []corev1.Pod{np})).To(Succeed())
 		Expect(workload.WaitPodsReady(ctx, kc.Clientset, []workload.Key{{Namespace: fnNS, Name: fresh.Server}}, 2*time.Minute)).To(Succeed(),
 			"a new pod on the node of the odd policy's pod must start (CNI ADD attaches it)")
 
 		By("deleting the oversized policy lifts the isolation and the rejection")
-		Expect(dyn.Resource(cnpResource).Namespace(oddNS).Delete(ctx, hugeName, metav1.DeleteOptions{})).To(Succeed())
+		Expect(kc.Dynamic.Resource(cnpResource).Namespace(oddNS).Delete(ctx, hugeName, metav1.DeleteOptions{})).To(Succeed())
 		Eventually(func(g Gomega) {
 			a := connectIn(ctx, oddNS, victim, peerIP)
 			g.Expect(a.reachable).To(BeTrue(), "%s", a)
-		}).WithContext(ctx).WithTimeout(settings.EnforceTimeout).WithPolling(time.Second).Should(Succeed())
+		}).WithContext(ctx).WithTimeout(kc.Settings.EnforceTimeout).WithPolling(time.Second).Should(Succeed())
 		r := run(ctx, "rejected", "-n", oddNS)
 		Expect(r.ExitCode).To(Equal(0), "%s", r)
 		Expect(r.Stdout).NotTo(ContainSubstring(hugeName), "%s", r)
@@ -185,8 +177,6 @@ func oversizedCNP(ns, name string) *unstructured.Unstructured {
 	}}
 }
 
-func keep() bool { return os.Getenv("FLATNET_KEEP") == "1" }
-
 func podIP(ctx context.Context, ns, name string) string {
 	p, err := kc.Clientset.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 	Expect(err).NotTo(HaveOccurred())
@@ -198,7 +188,7 @@ func podIP(ctx context.Context, ns, name string) string {
 func connectIn(ctx context.Context, ns, name, ip string) answer {
 	cmdline := fmt.Sprintf("./agnhost connect %s:80 --timeout=3s --protocol=tcp", ip)
 	var stdout, stderr bytes.Buffer
-	err := executor.Exec(ctx, podexec.Pod{Namespace: ns, Name: name}, []string{"bash", "-c", cmdline}, nil, &stdout, &stderr)
+	err := kc.Exec.Exec(ctx, podexec.Pod{Namespace: ns, Name: name}, []string{"bash", "-c", cmdline}, nil, &stdout, &stderr)
 	a := answer{cmdline: ns + "/" + name + ": " + cmdline, raw: agnhost.Answer{Stdout: stdout.String(), Stderr: stderr.String()}}
 	var exit clientexec.ExitError
 	if err != nil && !errors.As(err, &exit) {

@@ -41,7 +41,6 @@ import (
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/dynamic"
 	clientexec "k8s.io/client-go/util/exec"
 
 	"github.com/flatnet/flatnet/fixtures/oracle"
@@ -51,8 +50,6 @@ import (
 	"github.com/flatnet/flatnet/suites/framework"
 	"github.com/flatnet/flatnet/suites/internal/agnhost"
 	"github.com/flatnet/flatnet/suites/internal/flatnetctl"
-	"github.com/flatnet/flatnet/suites/internal/policyset"
-	"github.com/flatnet/flatnet/suites/internal/runenv"
 	"github.com/flatnet/flatnet/suites/internal/workload"
 )
 
@@ -72,34 +69,16 @@ const (
 )
 
 var (
-	settings runenv.Settings
-	kc       *framework.Cluster
-	applier  *policyset.Applier
-	executor *podexec.APIServerExecutor
+	kc       = framework.New("observability", framework.Options{Settings: true, Policies: true})
 	ctl      flatnetctl.CLI
-	crdErr   error
 	scenario = topology.DefaultSeed()
 	cases    = map[string]policies.Case{}
 )
 
-var _ = BeforeSuite(func(ctx SpecContext) {
-	wd, err := os.Getwd()
-	Expect(err).NotTo(HaveOccurred())
-	root, err := runenv.RepoRoot(wd)
-	Expect(err).NotTo(HaveOccurred())
-	settings, err = runenv.Read(os.LookupEnv, root, time.Now())
-	Expect(err).NotTo(HaveOccurred())
-	kc, err = framework.FromEnv()
-	Expect(err).NotTo(HaveOccurred())
-	dyn, err := dynamic.NewForConfig(kc.Rest)
-	Expect(err).NotTo(HaveOccurred())
-	executor, err = podexec.NewExecutor(kc.Rest, kc.Clientset)
-	Expect(err).NotTo(HaveOccurred())
-	applier = policyset.New(kc.Clientset, dyn)
-	crdErr = policyset.CheckCiliumCRDs(kc.Clientset.Discovery(), oracle.KindCNP)
-
+var _ = kc.BeforeSuite(func(ctx SpecContext) {
 	By("building flatnetctl from this tree")
-	ctl, err = flatnetctl.Build(ctx, root, GinkgoT().TempDir(), os.Getenv("KUBECONFIG"))
+	var err error
+	ctl, err = flatnetctl.Build(ctx, kc.RepoRoot, GinkgoT().TempDir(), os.Getenv("KUBECONFIG"))
 	Expect(err).NotTo(HaveOccurred())
 
 	scenario.Namespace = fmt.Sprintf("flatnet-obs-%04x", time.Now().UnixNano()&0xffff)
@@ -107,18 +86,8 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 		cases[c.Name] = c
 	}
 	By(fmt.Sprintf("creating namespace %s with pods %s (app=server, serve-hostname --tcp on 80) and %s", scenario.Namespace, scenario.Server, scenario.Client))
-	_, err = kc.Run(ctx, workload.CreateNamespace(corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: scenario.Namespace}}))
-	Expect(err).NotTo(HaveOccurred())
-	DeferCleanup(func(ctx SpecContext) {
-		Expect(applier.Reset(ctx)).To(Succeed())
-		if os.Getenv("FLATNET_KEEP") == "1" {
-			GinkgoWriter.Printf("FLATNET_KEEP=1: namespace %s kept\n", scenario.Namespace)
-			return
-		}
-		Expect(workload.DeleteNamespaces(ctx, kc.Clientset, []string{scenario.Namespace}, 3*time.Minute)).To(Succeed())
-	})
-	Expect(workload.WaitServiceAccount(ctx, kc.Clientset, scenario.Namespace, time.Minute)).To(Succeed())
-	pods := []corev1.Pod{workload.Prepare(scenario.ServerPod(settings.ProbeImage)), workload.Prepare(scenario.ClientPod(settings.ProbeImage))}
+	Expect(kc.CreateNamespace(ctx, corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: scenario.Namespace}})).To(Succeed())
+	pods := []corev1.Pod{workload.Prepare(scenario.ServerPod(kc.Settings.ProbeImage)), workload.Prepare(scenario.ClientPod(kc.Settings.ProbeImage))}
 	Expect(workload.CreatePods(ctx, kc.Clientset, pods)).To(Succeed())
 	Expect(workload.WaitPodsReady(ctx, kc.Clientset, []workload.Key{podKey(scenario.Server), podKey(scenario.Client)}, 3*time.Minute)).To(Succeed())
 })
@@ -131,7 +100,7 @@ var _ = Describe("flows, metrics and explain [flatnet]", Label("flatnet", "obser
 	var denied flowLine
 
 	It("shows the seed's denied connect as a DROPPED flow naming default-deny, counted by the server node's agent", Label("cilium"), func(ctx SpecContext) {
-		Expect(crdErr).NotTo(HaveOccurred())
+		Expect(kc.CiliumCRDs).NotTo(HaveOccurred())
 		step := seedStep("seed-default-deny", 0)
 		verdict := moveTo(ctx, step.Policies)
 		Expect(verdict.Allowed).To(BeFalse(), "the oracle: %s", verdict)
@@ -186,7 +155,7 @@ var _ = Describe("flows, metrics and explain [flatnet]", Label("flatnet", "obser
 	})
 
 	It("shows the connect as a FORWARDED flow once the policy is deleted", Label("cilium"), func(ctx SpecContext) {
-		Expect(crdErr).NotTo(HaveOccurred())
+		Expect(kc.CiliumCRDs).NotTo(HaveOccurred())
 		step := seedStep("seed-default-deny", 1)
 		verdict := moveTo(ctx, step.Policies)
 		Expect(verdict.Allowed).To(BeTrue(), "the oracle: %s", verdict)
@@ -198,7 +167,7 @@ var _ = Describe("flows, metrics and explain [flatnet]", Label("flatnet", "obser
 	})
 
 	It("names the allowing policy in ingress_allowed_by when an allow rule lets the client in", Label("cilium"), func(ctx SpecContext) {
-		Expect(crdErr).NotTo(HaveOccurred())
+		Expect(kc.CiliumCRDs).NotTo(HaveOccurred())
 		c := cases["seed-allow-client-port"]
 		Expect(c.Steps).To(HaveLen(1), "fixtures/policies seed-allow-client-port")
 		verdict := moveTo(ctx, c.Steps[0].Policies)
@@ -294,7 +263,7 @@ var _ = Describe("a pod's own frames [flatnet]", Label("flatnet", "observability
 		// The spoofer holds NET_ADMIN in its own netns (what any pod spec may ask
 		// for where Pod Security allows it): it puts the server's address on its
 		// eth0 and claims it by ARP, which busybox arping then sends as is.
-		sp := workload.Prepare(scenario.ClientPod(settings.ProbeImage))
+		sp := workload.Prepare(scenario.ClientPod(kc.Settings.ProbeImage))
 		sp.Name, sp.Labels = "spoofer", map[string]string{"app": "spoofer"}
 		sp.Spec.NodeName = client.Spec.NodeName
 		sp.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_ADMIN", "NET_RAW"}}}
@@ -332,7 +301,7 @@ var _ = Describe("a pod's own frames [flatnet]", Label("flatnet", "observability
 // and stderr) and its exit code.
 func podExec(ctx context.Context, pod string, cmd ...string) (string, int) {
 	var stdout, stderr bytes.Buffer
-	err := executor.Exec(ctx, podexec.Pod{Namespace: scenario.Namespace, Name: pod}, cmd, nil, &stdout, &stderr)
+	err := kc.Exec.Exec(ctx, podexec.Pod{Namespace: scenario.Namespace, Name: pod}, cmd, nil, &stdout, &stderr)
 	var exit clientexec.ExitError
 	if err != nil && !errors.As(err, &exit) {
 		Expect(err).NotTo(HaveOccurred(), "exec %v in %s/%s", cmd, scenario.Namespace, pod)
@@ -381,7 +350,7 @@ func oracleVerdict(ctx context.Context, ps oracle.PolicySet) oracle.Verdict {
 // oracle decides (a blocked one with TIMEOUT, a policy drop), and returns
 // the oracle's verdict.
 func moveTo(ctx context.Context, ps oracle.PolicySet) oracle.Verdict {
-	changed, err := applier.Apply(ctx, ps)
+	changed, err := kc.Policies.Apply(ctx, ps)
 	Expect(err).NotTo(HaveOccurred())
 	for _, ch := range changed {
 		GinkgoWriter.Println("  " + ch)
@@ -394,7 +363,7 @@ func moveTo(ctx context.Context, ps oracle.PolicySet) oracle.Verdict {
 		if !v.Allowed {
 			g.Expect(a.word).To(Equal("TIMEOUT"), "a policy drop times out: %s", a)
 		}
-	}).WithContext(ctx).WithTimeout(settings.EnforceTimeout).WithPolling(250 * time.Millisecond).Should(Succeed())
+	}).WithContext(ctx).WithTimeout(kc.Settings.EnforceTimeout).WithPolling(250 * time.Millisecond).Should(Succeed())
 	return v
 }
 
@@ -435,7 +404,7 @@ func (a answer) String() string {
 func connect(ctx context.Context, ip string) answer {
 	cmdline := fmt.Sprintf("./agnhost connect %s:%d --timeout=3s --protocol=tcp", ip, scenario.Port.Number)
 	var stdout, stderr bytes.Buffer
-	err := executor.Exec(ctx, podexec.Pod{Namespace: scenario.Namespace, Name: scenario.Client}, []string{"bash", "-c", cmdline}, nil, &stdout, &stderr)
+	err := kc.Exec.Exec(ctx, podexec.Pod{Namespace: scenario.Namespace, Name: scenario.Client}, []string{"bash", "-c", cmdline}, nil, &stdout, &stderr)
 	a := answer{cmdline: cmdline, raw: agnhost.Answer{Stdout: stdout.String(), Stderr: stderr.String()}}
 	var exit clientexec.ExitError
 	if err != nil && !errors.As(err, &exit) {

@@ -8,9 +8,7 @@ package policyapi
 
 import (
 	"context"
-	"os"
 	"testing"
-	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
@@ -20,10 +18,9 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
-	"sigs.k8s.io/yaml"
+	"sigs.k8s.io/e2e-framework/klient/decoder"
 
 	"github.com/flatnet/flatnet/suites/framework"
-	"github.com/flatnet/flatnet/suites/internal/workload"
 )
 
 func TestPolicyAPI(t *testing.T) {
@@ -34,41 +31,28 @@ func TestPolicyAPI(t *testing.T) {
 const ns = "flatnet-policyapi"
 
 var (
-	kc   *framework.Cluster
-	dyn  dynamic.Interface
+	kc   = framework.New("policyapi", framework.Options{})
 	cnp  = schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumnetworkpolicies"}
 	ccnp = schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumclusterwidenetworkpolicies"}
 )
 
-var _ = BeforeSuite(func(ctx SpecContext) {
-	var err error
-	kc, err = framework.FromEnv()
-	Expect(err).NotTo(HaveOccurred(), "cluster from KUBECONFIG")
-	dyn, err = dynamic.NewForConfig(kc.Rest)
-	Expect(err).NotTo(HaveOccurred(), "dynamic client")
-	_, err = kc.Run(ctx, workload.CreateNamespace(corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}))
-	Expect(err).NotTo(HaveOccurred(), "create namespace %s", ns)
-})
-
-var _ = AfterSuite(func(ctx SpecContext) {
-	if kc != nil && os.Getenv("FLATNET_KEEP") != "1" {
-		Expect(workload.DeleteNamespaces(ctx, kc.Clientset, []string{ns}, 3*time.Minute)).To(Succeed())
-	}
+var _ = kc.BeforeSuite(func(ctx SpecContext) {
+	Expect(kc.CreateNamespace(ctx, corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(Succeed(), "create namespace %s", ns)
 })
 
 func object(doc string) *unstructured.Unstructured {
-	var m map[string]any
-	Expect(yaml.Unmarshal([]byte(doc), &m)).To(Succeed(), "test object:\n%s", doc)
-	return &unstructured.Unstructured{Object: m}
+	obj := &unstructured.Unstructured{}
+	Expect(decoder.DecodeString(doc, obj)).To(Succeed(), "test object:\n%s", doc)
+	return obj
 }
 
 // refused creates obj with the given field validation ("" is client-go's
 // default: the server warns and prunes unknown fields) and expects the API
 // server to refuse it with a message naming field, storing nothing.
 func refused(ctx context.Context, gvr schema.GroupVersionResource, obj *unstructured.Unstructured, validation, field string) {
-	res := dynamic.ResourceInterface(dyn.Resource(gvr))
+	res := dynamic.ResourceInterface(kc.Dynamic.Resource(gvr))
 	if obj.GetNamespace() != "" {
-		res = dyn.Resource(gvr).Namespace(obj.GetNamespace())
+		res = kc.Dynamic.Resource(gvr).Namespace(obj.GetNamespace())
 	}
 	_, err := res.Create(ctx, obj, metav1.CreateOptions{FieldValidation: validation})
 	Expect(err).To(HaveOccurred(), "%s %s with %s created with fieldValidation=%q: the field was dropped and the rule widened", obj.GetKind(), obj.GetName(), field, validation)
@@ -121,8 +105,8 @@ spec:
   - toCIDRSet: [{cidr: 10.0.0.0/8, except: [10.1.0.0/16]}]
     toPorts: [{ports: [{port: "443", protocol: TCP}]}]
 `)
-		_, err := dyn.Resource(cnp).Namespace(ns).Create(ctx, ok, metav1.CreateOptions{})
+		_, err := kc.Dynamic.Resource(cnp).Namespace(ns).Create(ctx, ok, metav1.CreateOptions{})
 		Expect(err).NotTo(HaveOccurred(), "a CNP of the enforced subset must still be accepted")
-		Expect(dyn.Resource(cnp).Namespace(ns).Delete(ctx, "subset", metav1.DeleteOptions{})).To(Succeed())
+		Expect(kc.Dynamic.Resource(cnp).Namespace(ns).Delete(ctx, "subset", metav1.DeleteOptions{})).To(Succeed())
 	})
 })

@@ -5,6 +5,8 @@ import (
 	"io"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/flatnet/flatnet/suites/reachability"
 )
 
 // Grid marks.
@@ -19,14 +21,14 @@ const (
 // columns destinations, '.' reachable and 'X' blocked. With a comparison
 // (expected may be nil), observed cells that differ from expected carry '!'.
 // Every line has the same width and every column starts at the same offset.
-func WriteGrid(w io.Writer, t *Table, expected *Table, p PortProtocol) error {
+func WriteGrid(w io.Writer, t *reachability.Table, expected *reachability.Table, p reachability.PortProtocol) error {
 	header := []string{t.Title + " " + p.String()}
 	header = append(header, t.To...)
 	rows := [][]string{header}
 	for _, f := range t.From {
 		row := []string{f}
 		for _, to := range t.To {
-			row = append(row, mark(t, expected, Key{From: f, To: to, PortProtocol: p}))
+			row = append(row, mark(t, expected, reachability.Key{From: f, To: to, PortProtocol: p}))
 		}
 		rows = append(rows, row)
 	}
@@ -53,7 +55,7 @@ func WriteGrid(w io.Writer, t *Table, expected *Table, p PortProtocol) error {
 	return nil
 }
 
-func mark(t, expected *Table, k Key) string {
+func mark(t, expected *reachability.Table, k reachability.Key) string {
 	c, ok := t.Get(k)
 	if !ok {
 		return MarkUnknown
@@ -73,7 +75,7 @@ func mark(t, expected *Table, k Key) string {
 // WriteComparison prints a comparison for people: the observed grid of each
 // port with mismatches marked, then each mismatch with the oracle's reason,
 // the policies involved, the probe's output and any flow lines.
-func WriteComparison(w io.Writer, c *Comparison) error {
+func WriteComparison(w io.Writer, c *reachability.Comparison) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s\n(rows: from, columns: to; %s reachable, %s blocked, %s not probed, %s observed differs from expected)\n",
 		c.Summary(), MarkReachable, MarkBlocked, MarkUnknown, MarkMismatch)
@@ -118,4 +120,11 @@ func WriteComparison(w io.Writer, c *Comparison) error {
 		return fmt.Errorf("write comparison %q: %w", c.Title, err)
 	}
 	return nil
+}
+
+func reachWord(r bool) string {
+	if r {
+		return "reachable"
+	}
+	return "blocked"
 }

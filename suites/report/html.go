@@ -6,6 +6,8 @@ import (
 	"io"
 	"strings"
 	"time"
+
+	"github.com/flatnet/flatnet/suites/reachability"
 )
 
 // WriteHTML writes the report as one self-contained HTML page: inline CSS, no
@@ -55,8 +57,8 @@ type pageComparison struct {
 	Summary    string
 	OK         bool
 	Grids      []pageGrid
-	Mismatches []Mismatch
-	Missing    []Key
+	Mismatches []reachability.Mismatch
+	Missing    []reachability.Key
 }
 
 type pageGrid struct {
@@ -111,14 +113,14 @@ func newPage(r *Report) page {
 	return p
 }
 
-func newPageComparison(c *Comparison) pageComparison {
+func newPageComparison(c *reachability.Comparison) pageComparison {
 	pc := pageComparison{Summary: c.Summary(), OK: c.OK(), Mismatches: c.Mismatches, Missing: c.Missing}
 	for _, port := range c.Observed.Ports {
 		g := pageGrid{Port: port.String(), To: c.Observed.To}
 		for _, f := range c.Observed.From {
 			row := pageRow{From: f}
 			for _, to := range c.Observed.To {
-				k := Key{From: f, To: to, PortProtocol: port}
+				k := reachability.Key{From: f, To: to, PortProtocol: port}
 				row.Cells = append(row.Cells, newPageCell(c, k))
 			}
 			g.Rows = append(g.Rows, row)
@@ -128,7 +130,7 @@ func newPageComparison(c *Comparison) pageComparison {
 	return pc
 }
 
-func newPageCell(c *Comparison, k Key) pageCell {
+func newPageCell(c *reachability.Comparison, k reachability.Key) pageCell {
 	obs, okObs := c.Observed.Get(k)
 	exp, okExp := c.Expected.Get(k)
 	if !okObs {

@@ -1,11 +1,13 @@
 package report
 
 import (
-	"encoding/xml"
 	"fmt"
 	"io"
 	"strings"
 	"time"
+
+	"github.com/flatnet/flatnet/suites/internal/junit"
+	"github.com/flatnet/flatnet/suites/reachability"
 )
 
 // Report is a whole suite run.
@@ -41,7 +43,7 @@ type StepResult struct {
 	Duration    time.Duration
 	Policies    []string // the policies in force
 	Manifest    string   // the YAML applied, for the HTML report
-	Comparisons []*Comparison
+	Comparisons []*reachability.Comparison
 }
 
 // Duration is the case's total time.
@@ -69,68 +71,13 @@ func (c CaseResult) Failed() bool {
 	return false
 }
 
-// The JUnit XML elements, as in the schema CI systems read (the Ant/Jenkins
-// "JUnit XML" format: testsuites > testsuite > testcase with failure, error,
-// skipped and system-out).
-type junitTestSuites struct {
-	XMLName  xml.Name         `xml:"testsuites"`
-	Name     string           `xml:"name,attr"`
-	Tests    int              `xml:"tests,attr"`
-	Failures int              `xml:"failures,attr"`
-	Errors   int              `xml:"errors,attr"`
-	Skipped  int              `xml:"skipped,attr"`
-	Time     string           `xml:"time,attr"`
-	Suites   []junitTestSuite `xml:"testsuite"`
-}
-
-type junitTestSuite struct {
-	Name      string          `xml:"name,attr"`
-	Tests     int             `xml:"tests,attr"`
-	Failures  int             `xml:"failures,attr"`
-	Errors    int             `xml:"errors,attr"`
-	Skipped   int             `xml:"skipped,attr"`
-	Time      string          `xml:"time,attr"`
-	Timestamp string          `xml:"timestamp,attr,omitempty"`
-	Props     *junitProps     `xml:"properties,omitempty"`
-	Cases     []junitTestCase `xml:"testcase"`
-}
-
-type junitProps struct {
-	Props []junitProp `xml:"property"`
-}
-
-type junitProp struct {
-	Name  string `xml:"name,attr"`
-	Value string `xml:"value,attr"`
-}
-
-type junitTestCase struct {
-	Name      string        `xml:"name,attr"`
-	Classname string        `xml:"classname,attr"`
-	Time      string        `xml:"time,attr"`
-	Failure   *junitProblem `xml:"failure,omitempty"`
-	Error     *junitProblem `xml:"error,omitempty"`
-	Skipped   *junitSkipped `xml:"skipped,omitempty"`
-	SystemOut string        `xml:"system-out,omitempty"`
-}
-
-type junitProblem struct {
-	Message string `xml:"message,attr"`
-	Type    string `xml:"type,attr"`
-	Text    string `xml:",chardata"`
-}
-
-type junitSkipped struct {
-	Message string `xml:"message,attr"`
-}
-
 func seconds(d time.Duration) string { return fmt.Sprintf("%.3f", d.Seconds()) }
 
 // WriteJUnit writes the report as JUnit XML: one testsuite per family, one
 // testcase per policy case. A case with mismatches fails with the grids and
 // the mismatch list as its text.
 func WriteJUnit(w io.Writer, r *Report) error {
-	out := junitTestSuites{Name: r.Title}
+	out := junit.TestSuites{Name: r.Title}
 	var total time.Duration
 	index := map[string]int{}
 	for _, c := range r.Cases {
@@ -138,14 +85,14 @@ func WriteJUnit(w io.Writer, r *Report) error {
 		if !ok {
 			i = len(out.Suites)
 			index[c.Family] = i
-			s := junitTestSuite{Name: c.Family}
+			s := junit.TestSuite{Name: c.Family}
 			if !r.Started.IsZero() {
 				s.Timestamp = r.Started.UTC().Format(time.RFC3339)
 			}
 			if len(r.Notes) > 0 {
-				s.Props = &junitProps{}
+				s.Props = &junit.Properties{}
 				for n, note := range r.Notes {
-					s.Props.Props = append(s.Props.Props, junitProp{Name: fmt.Sprintf("note.%d", n), Value: note})
+					s.Props.Props = append(s.Props.Props, junit.Property{Name: fmt.Sprintf("note.%d", n), Value: note})
 				}
 			}
 			out.Suites = append(out.Suites, s)
@@ -182,22 +129,11 @@ func WriteJUnit(w io.Writer, r *Report) error {
 		out.Skipped += s.Skipped
 	}
 	out.Time = seconds(total)
-	if _, err := io.WriteString(w, xml.Header); err != nil {
-		return fmt.Errorf("write JUnit XML: %w", err)
-	}
-	enc := xml.NewEncoder(w)
-	enc.Indent("", "  ")
-	if err := enc.Encode(out); err != nil {
-		return fmt.Errorf("write JUnit XML: %w", err)
-	}
-	if _, err := io.WriteString(w, "\n"); err != nil {
-		return fmt.Errorf("write JUnit XML: %w", err)
-	}
-	return nil
+	return junit.Write(w, out)
 }
 
-func junitCase(c CaseResult) (junitTestCase, error) {
-	tc := junitTestCase{Name: c.Name, Classname: "flatnet.policy." + c.Family, Time: seconds(c.Duration())}
+func junitCase(c CaseResult) (junit.TestCase, error) {
+	tc := junit.TestCase{Name: c.Name, Classname: "flatnet.policy." + c.Family, Time: seconds(c.Duration())}
 	var text strings.Builder
 	if c.Description != "" {
 		text.WriteString(c.Description + "\n\n")
@@ -207,7 +143,7 @@ func junitCase(c CaseResult) (junitTestCase, error) {
 		fmt.Fprintf(&text, "== step %q (%s), policies: %s\n", s.Name, s.Duration.Round(time.Millisecond), strings.Join(s.Policies, ", "))
 		for _, cmp := range s.Comparisons {
 			if err := WriteComparison(&text, cmp); err != nil {
-				return junitTestCase{}, err
+				return junit.TestCase{}, err
 			}
 			if !cmp.OK() {
 				failed = append(failed, fmt.Sprintf("step %q: %s", s.Name, cmp.Summary()))
@@ -220,11 +156,11 @@ func junitCase(c CaseResult) (junitTestCase, error) {
 	}
 	switch {
 	case c.Skipped != "":
-		tc.Skipped = &junitSkipped{Message: c.Skipped}
+		tc.Skipped = &junit.Skipped{Message: c.Skipped}
 	case c.Error != "":
-		tc.Error = &junitProblem{Message: c.Error, Type: "setup", Text: text.String()}
+		tc.Error = &junit.Problem{Message: c.Error, Type: "setup", Text: text.String()}
 	case len(failed) > 0:
-		tc.Failure = &junitProblem{Message: strings.Join(failed, "; "), Type: "mismatch", Text: text.String()}
+		tc.Failure = &junit.Problem{Message: strings.Join(failed, "; "), Type: "mismatch", Text: text.String()}
 	default:
 		tc.SystemOut = text.String()
 	}

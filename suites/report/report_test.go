@@ -3,87 +3,28 @@ package report
 import (
 	"bytes"
 	"encoding/xml"
-	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/flatnet/flatnet/fixtures/oracle"
-	"github.com/flatnet/flatnet/fixtures/policies"
-	"github.com/flatnet/flatnet/fixtures/topology"
+	"github.com/flatnet/flatnet/suites/reachability"
 )
 
-func TestTableRejectsBadShapes(t *testing.T) {
-	ports := []PortProtocol{{80, oracle.TCP}}
-	if _, err := NewTable("t", []string{"a", "a"}, []string{"b"}, ports); err == nil {
-		t.Error("duplicate row labels accepted")
-	}
-	if _, err := NewTable("t", []string{"a"}, nil, ports); err == nil {
-		t.Error("no columns accepted")
-	}
-	tb, err := NewTable("t", []string{"a"}, []string{"b"}, ports)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tb.Set(Key{From: "a", To: "c", PortProtocol: ports[0]}, Cell{}); err == nil {
-		t.Error("a cell outside the table accepted")
-	}
-	other, _ := NewTable("t", []string{"a"}, []string{"b", "c"}, ports)
-	if _, err := Compare("c", tb, other); err == nil {
-		t.Error("tables of different shapes compared")
-	}
-}
-
-func TestCompareFindsMismatchesAndMissing(t *testing.T) {
-	s := buildSample(t)
-	var mismatches, missing int
-	for _, c := range s.report.Cases {
-		for _, st := range c.Steps {
-			for _, cmp := range st.Comparisons {
-				mismatches += len(cmp.Mismatches)
-				missing += len(cmp.Missing)
-				for _, m := range cmp.Mismatches {
-					// The sample's broken datapath only ever opens what should be
-					// blocked.
-					if m.Expected.Reachable || !m.Observed.Reachable {
-						t.Errorf("%s: expected %v observed %v", m.Key, m.Expected.Reachable, m.Observed.Reachable)
-					}
-					if len(m.Expected.Policies) == 0 || !strings.Contains(m.Expected.Detail, "denied") {
-						t.Errorf("%s: mismatch lacks the oracle's reason or policies: %+v", m.Key, m.Expected)
-					}
-				}
-			}
-		}
-	}
-	if mismatches != s.mismatches || mismatches == 0 || missing != 0 {
-		t.Errorf("found %d mismatches and %d missing; %d were made", mismatches, missing, s.mismatches)
-	}
-	// A cell never observed is reported as missing.
-	cmp := s.report.Cases[0].Steps[0].Comparisons[0]
-	obs, _ := NewTable(cmp.Observed.Title, cmp.Observed.From, cmp.Observed.To, cmp.Observed.Ports)
-	again, err := Compare("partial", cmp.Expected, obs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(again.Missing) != len(cmp.Expected.Keys()) || again.OK() {
-		t.Errorf("empty observed table: %d missing of %d, OK=%v", len(again.Missing), len(cmp.Expected.Keys()), again.OK())
-	}
-}
-
 func TestGridIsAlignedAndReadsBack(t *testing.T) {
-	ports := []PortProtocol{{80, oracle.TCP}, {81, oracle.UDP}}
+	ports := []reachability.PortProtocol{{Port: 80, Protocol: oracle.TCP}, {Port: 81, Protocol: oracle.UDP}}
 	from := []string{"x/a", "node/kind-worker2", "world/192.0.2.10"}
 	to := []string{"x/a", "y/bb", "s-zzz-c"}
-	exp, _ := NewTable("expected", from, to, ports)
-	obs, _ := NewTable("observed", from, to, ports)
+	exp, _ := reachability.NewTable("expected", from, to, ports)
+	obs, _ := reachability.NewTable("observed", from, to, ports)
 	n := 0
 	for _, k := range exp.Keys() {
 		n++
-		_ = exp.Set(k, Cell{Reachable: n%2 == 0})
+		_ = exp.Set(k, reachability.Cell{Reachable: n%2 == 0})
 		if n%5 == 0 {
 			continue // not probed
 		}
-		_ = obs.Set(k, Cell{Reachable: n%2 == 0 != (n%7 == 0)})
+		_ = obs.Set(k, reachability.Cell{Reachable: n%2 == 0 != (n%7 == 0)})
 	}
 	for _, p := range ports {
 		var buf bytes.Buffer
@@ -115,7 +56,7 @@ func TestGridIsAlignedAndReadsBack(t *testing.T) {
 					t.Errorf("row %s column %s: not aligned:\n%s", f, d, text)
 				}
 				got := strings.Fields(line[s:])[0]
-				want := mark(obs, exp, Key{From: f, To: d, PortProtocol: p})
+				want := mark(obs, exp, reachability.Key{From: f, To: d, PortProtocol: p})
 				if got != want {
 					t.Errorf("%s -> %s %s: grid shows %q, want %q", f, d, p, got, want)
 				}
@@ -248,32 +189,6 @@ func TestJUnitParsesBack(t *testing.T) {
 	}
 	if f, err := strconv.ParseFloat(in.Time, 64); err != nil || f != 3.0 {
 		t.Errorf("total time %q, want 3.000 (two cases of one 1.5 s step)", in.Time)
-	}
-}
-
-// BenchmarkExpectedTable measures the oracle filling one conformance table:
-// 9 pods and 2 nodes to 9 pods, 4 ports, through Services.
-func BenchmarkExpectedTable(b *testing.B) {
-	m := topology.Default("", false)
-	subnet := netip.MustParsePrefix("10.224.0.0/16")
-	cluster, err := m.PlannedCluster(subnet, 2)
-	if err != nil {
-		b.Fatal(err)
-	}
-	env := policies.Env{Model: m, Cluster: cluster, NodeSubnet: subnet, WorldCIDR: netip.MustParsePrefix("192.0.2.0/24")}
-	c, err := policies.RandomCase(env, 1, 0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	o, err := oracle.New(cluster, c.Steps[0].Policies)
-	if err != nil {
-		b.Fatal(err)
-	}
-	from := append(ModelEndpoints(m, false), NodeEndpoints(cluster)...)
-	for b.Loop() {
-		if _, err := Expected(o, "bench", from, ModelEndpoints(m, true), ModelPorts(m)); err != nil {
-			b.Fatal(err)
-		}
 	}
 }
 

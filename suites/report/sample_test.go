@@ -8,6 +8,7 @@ import (
 	"github.com/flatnet/flatnet/fixtures/oracle"
 	"github.com/flatnet/flatnet/fixtures/policies"
 	"github.com/flatnet/flatnet/fixtures/topology"
+	"github.com/flatnet/flatnet/suites/reachability"
 )
 
 // sample builds a report the way a suite does, from real fixtures and the
@@ -23,16 +24,16 @@ type sample struct {
 }
 
 // observe copies the expected table, flipping the cells flip selects.
-func observe(t *testing.T, exp *Table, flip func(Key, Cell) bool) (*Table, int) {
+func observe(t *testing.T, exp *reachability.Table, flip func(reachability.Key, reachability.Cell) bool) (*reachability.Table, int) {
 	t.Helper()
-	obs, err := NewTable(exp.Title, exp.From, exp.To, exp.Ports)
+	obs, err := reachability.NewTable(exp.Title, exp.From, exp.To, exp.Ports)
 	if err != nil {
 		t.Fatal(err)
 	}
 	flipped := 0
 	for _, k := range exp.Keys() {
 		c, _ := exp.Get(k)
-		got := Cell{Reachable: c.Reachable}
+		got := reachability.Cell{Reachable: c.Reachable}
 		if flip(k, c) {
 			got.Reachable = !got.Reachable
 			flipped++
@@ -69,7 +70,7 @@ func buildSample(t *testing.T) sample {
 		Started: time.Date(2026, 11, 26, 6, 0, 0, 0, time.UTC),
 		Notes:   []string{"random seed 20261126 (replay: FLATNET_POLICY_SEED=20261126)", "image flatnet/probe:dev"},
 	}}
-	run := func(c policies.Case, flip func(Key, Cell) bool, withFlows bool) CaseResult {
+	run := func(c policies.Case, flip func(reachability.Key, reachability.Cell) bool, withFlows bool) CaseResult {
 		res := CaseResult{Name: c.Name, Family: c.Family, Description: c.Description}
 		for i, st := range c.Steps {
 			o, err := oracle.New(cluster, st.Policies)
@@ -89,12 +90,12 @@ func buildSample(t *testing.T) sample {
 				if via {
 					title = "through Services"
 				}
-				exp, err := Expected(o, title, append(ModelEndpoints(m, false), NodeEndpoints(cluster)...), ModelEndpoints(m, via), ModelPorts(m))
+				exp, err := reachability.Expected(o, title, append(reachability.ModelEndpoints(m, false), reachability.NodeEndpoints(cluster)...), reachability.ModelEndpoints(m, via), reachability.ModelPorts(m))
 				if err != nil {
 					t.Fatal(err)
 				}
 				obs, n := observe(t, exp, flip)
-				cmp, err := Compare(title, exp, obs)
+				cmp, err := reachability.Compare(title, exp, obs)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -112,11 +113,11 @@ func buildSample(t *testing.T) sample {
 		}
 		return res
 	}
-	never := func(Key, Cell) bool { return false }
+	never := func(reachability.Key, reachability.Cell) bool { return false }
 	// A datapath that ignores policy on 80/TCP: every block expected there
 	// is observed open; other ports behave.
-	enforcesNothing := func(k Key, c Cell) bool {
-		return !c.Reachable && k.PortProtocol == PortProtocol{Port: 80, Protocol: oracle.TCP}
+	enforcesNothing := func(k reachability.Key, c reachability.Cell) bool {
+		return !c.Reachable && k.PortProtocol == reachability.PortProtocol{Port: 80, Protocol: oracle.TCP}
 	}
 	s.report.Cases = append(s.report.Cases,
 		run(byName["np-pod-selector"], never, false),

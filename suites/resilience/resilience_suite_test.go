@@ -28,7 +28,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -37,7 +36,6 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/dynamic"
 
 	"github.com/flatnet/flatnet/dataplane/ipam/cluster"
 	"github.com/flatnet/flatnet/fixtures/oracle"
@@ -46,13 +44,10 @@ import (
 	"github.com/flatnet/flatnet/probes/batch"
 	"github.com/flatnet/flatnet/probes/podexec"
 	"github.com/flatnet/flatnet/suites/framework"
-	"github.com/flatnet/flatnet/suites/internal/artifacts"
 	"github.com/flatnet/flatnet/suites/internal/flatnetctl"
 	"github.com/flatnet/flatnet/suites/internal/matrix"
-	"github.com/flatnet/flatnet/suites/internal/notrun"
-	"github.com/flatnet/flatnet/suites/internal/policyset"
-	"github.com/flatnet/flatnet/suites/internal/runenv"
 	"github.com/flatnet/flatnet/suites/internal/workload"
+	"github.com/flatnet/flatnet/suites/reachability"
 	"github.com/flatnet/flatnet/suites/report"
 )
 
@@ -71,16 +66,14 @@ const (
 const churnChanges = 20
 
 var (
-	repoRoot string
-	settings runenv.Settings
-	kc       *framework.Cluster
-	dyn      dynamic.Interface
-	runner   *podexec.Runner // matrices converging on the oracle
-	watchR   *podexec.Runner // background rounds
-	applier  *policyset.Applier
-	ctl      flatnetctl.CLI
-	crdErr   error
-	model    = topology.Model{
+	kc = framework.New("resilience", framework.Options{Settings: true, Policies: true, Report: &framework.ReportOptions{
+		Title: "flatnet resilience: verdicts while agents, nodes and policies change",
+		Entry: "resilience report",
+	}})
+	runner *podexec.Runner // matrices converging on the oracle
+	watchR *podexec.Runner // background rounds
+	ctl    flatnetctl.CLI
+	model  = topology.Model{
 		Namespaces:      []string{"r"},
 		NamespacePrefix: fmt.Sprintf("flatnet-res-%04x-", time.Now().UnixNano()&0xffff),
 		Pods:            []string{"a", "b", "c"},
@@ -88,36 +81,21 @@ var (
 	}
 	book      = newPolicyBook(model.Namespace("r"))
 	placement = map[string]string{} // pod -> node
-	reportMu  sync.Mutex
-	results   = &report.Report{Title: "flatnet resilience: verdicts while agents, nodes and policies change", Started: time.Now()}
 )
 
-var _ = BeforeSuite(func(ctx SpecContext) {
-	wd, err := os.Getwd()
-	Expect(err).NotTo(HaveOccurred())
-	repoRoot, err = runenv.RepoRoot(wd)
-	Expect(err).NotTo(HaveOccurred())
-	settings, err = runenv.Read(os.LookupEnv, repoRoot, time.Now())
-	Expect(err).NotTo(HaveOccurred())
-	kc, err = framework.FromEnv()
-	Expect(err).NotTo(HaveOccurred())
-	dyn, err = dynamic.NewForConfig(kc.Rest)
-	Expect(err).NotTo(HaveOccurred())
-	applier = policyset.New(kc.Clientset, dyn)
-	crdErr = policyset.CheckCiliumCRDs(kc.Clientset.Discovery(), oracle.KindCNP)
-	ex, err := podexec.NewExecutor(kc.Rest, kc.Clientset)
-	Expect(err).NotTo(HaveOccurred())
+var _ = kc.BeforeSuite(func(ctx SpecContext) {
 	opts := batch.DefaultOptions()
-	opts.Timeout = settings.ProbeTimeout
-	runner = &podexec.Runner{Exec: ex, Options: opts}
+	opts.Timeout = kc.Settings.ProbeTimeout
+	runner = &podexec.Runner{Exec: kc.Exec, Options: opts}
 	// A background answer is judged alone: a SYN lost once on a busy machine
 	// (retransmitted after 1 s) must not read as a drop.
 	wopts := opts
-	wopts.Timeout = max(3*time.Second, 2*settings.ProbeTimeout)
-	watchR = &podexec.Runner{Exec: ex, Options: wopts}
+	wopts.Timeout = max(3*time.Second, 2*kc.Settings.ProbeTimeout)
+	watchR = &podexec.Runner{Exec: kc.Exec, Options: wopts}
 
 	By("building flatnetctl from this tree")
-	ctl, err = flatnetctl.Build(ctx, repoRoot, GinkgoT().TempDir(), os.Getenv("KUBECONFIG"))
+	var err error
+	ctl, err = flatnetctl.Build(ctx, kc.RepoRoot, GinkgoT().TempDir(), os.Getenv("KUBECONFIG"))
 	Expect(err).NotTo(HaveOccurred())
 
 	nodes, err := kc.Clientset.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
@@ -137,30 +115,21 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	third := append(workers[2:], others...)
 	Expect(third).NotTo(BeEmpty(), "the suite needs a third node for pod c")
 	placement["a"], placement["b"], placement["c"] = workers[0], workers[1], third[0]
-	results.Notes = []string{
-		fmt.Sprintf("API server %s; probe image %s; namespace %s", kc.Rest.Host, settings.ProbeImage, model.Namespace("r")),
+	notes := []string{
+		fmt.Sprintf("API server %s; probe image %s; namespace %s", kc.Rest.Host, kc.Settings.ProbeImage, model.Namespace("r")),
 		fmt.Sprintf("pods: a on %s, b on %s, c on %s; ports TCP 80, 81 by pod IP", placement["a"], placement["b"], placement["c"]),
-		fmt.Sprintf("background probe timeout %s, matrix probe timeout %s, enforcement timeout %s", wopts.Timeout, opts.Timeout, settings.EnforceTimeout),
+		fmt.Sprintf("background probe timeout %s, matrix probe timeout %s, enforcement timeout %s", wopts.Timeout, opts.Timeout, kc.Settings.EnforceTimeout),
 	}
-	for _, n := range results.Notes {
+	kc.Notes(notes...)
+	for _, n := range notes {
 		GinkgoWriter.Println(n)
 	}
 
 	By("creating namespace " + model.Namespace("r") + " and pods a, b, c, one per node")
-	_, err = kc.Run(ctx, workload.CreateNamespace(model.NamespaceObjects()[0]))
-	Expect(err).NotTo(HaveOccurred())
-	DeferCleanup(func(ctx SpecContext) {
-		Expect(applier.Reset(ctx)).To(Succeed())
-		if os.Getenv("FLATNET_KEEP") == "1" {
-			GinkgoWriter.Printf("FLATNET_KEEP=1: namespace %s kept\n", model.Namespace("r"))
-			return
-		}
-		Expect(workload.DeleteNamespaces(ctx, kc.Clientset, []string{model.Namespace("r")}, 3*time.Minute)).To(Succeed())
-	})
-	Expect(workload.WaitServiceAccount(ctx, kc.Clientset, model.Namespace("r"), time.Minute)).To(Succeed())
+	Expect(kc.CreateNamespace(ctx, model.NamespaceObjects()[0])).To(Succeed())
 	var pods []corev1.Pod
 	for _, r := range model.AllPods() {
-		p := workload.Prepare(model.PodObject(r, settings.ProbeImage))
+		p := workload.Prepare(model.PodObject(r, kc.Settings.ProbeImage))
 		p.Spec.NodeName = placement[r.Pod]
 		// The control plane's NoSchedule taint: c may sit there.
 		p.Spec.Tolerations = []corev1.Toleration{{Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule}}
@@ -170,27 +139,9 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	Expect(workload.WaitPodsReady(ctx, kc.Clientset, podKeys(), 3*time.Minute)).To(Succeed())
 })
 
-var _ = AfterSuite(func() {
-	reportMu.Lock()
-	defer reportMu.Unlock()
-	if len(results.Cases) == 0 {
-		return
-	}
-	paths, err := artifacts.Write(settings.ArtifactsDir, "resilience", results)
-	Expect(err).NotTo(HaveOccurred())
-	AddReportEntry("resilience report", strings.Join(paths, ", "))
-})
-
 // The specs not run (a label filter, a --skip) are listed in the report
 // with why, beside what ran.
-var _ = ReportAfterSuite("resilience: the specs not run, in the report", func(r Report) {
-	reportMu.Lock()
-	defer reportMu.Unlock()
-	if len(results.Cases) == 0 {
-		return // AfterSuite wrote no report to add to
-	}
-	Expect(notrun.Record(results, r, settings.ArtifactsDir, "resilience")).To(Succeed())
-})
+var _ = ReportAfterSuite("resilience: the specs not run, in the report", kc.AddNotRun)
 
 func podKeys() []workload.Key {
 	var out []workload.Key
@@ -202,17 +153,17 @@ func podKeys() []workload.Key {
 
 // plan probes from every pod to every pod, except those on the skipped node.
 func plan(title, skipNode string) matrix.Plan {
-	var pods []report.Endpoint
-	for _, e := range report.ModelEndpoints(model, false) {
+	var pods []reachability.Endpoint
+	for _, e := range reachability.ModelEndpoints(model, false) {
 		if placement[e.Peer.Name] != skipNode {
 			pods = append(pods, e)
 		}
 	}
-	return matrix.Plan{Title: title, From: pods, Views: []matrix.View{{Name: "pod IP", To: pods}}, Ports: report.ModelPorts(model)}
+	return matrix.Plan{Title: title, From: pods, Views: []matrix.View{{Name: "pod IP", To: pods}}, Ports: reachability.ModelPorts(model)}
 }
 
 // expect snapshots the pods and asks the oracle for p's tables under ps.
-func expect(ctx context.Context, p matrix.Plan, ps oracle.PolicySet) (workload.Snapshot, []*report.Table) {
+func expect(ctx context.Context, p matrix.Plan, ps oracle.PolicySet) (workload.Snapshot, []*reachability.Table) {
 	snap, err := workload.Take(ctx, kc.Clientset, []string{model.Namespace("r")})
 	Expect(err).NotTo(HaveOccurred())
 	o, err := oracle.New(snap.Cluster, ps)
@@ -224,15 +175,15 @@ func expect(ctx context.Context, p matrix.Plan, ps oracle.PolicySet) (workload.S
 
 // settle moves to ps and probes p until it agrees with the oracle; a
 // disagreement fails the spec before anything is disturbed.
-func settle(ctx context.Context, res *report.CaseResult, name string, p matrix.Plan, ps oracle.PolicySet) (workload.Snapshot, []*report.Table) {
+func settle(ctx context.Context, res *report.CaseResult, name string, p matrix.Plan, ps oracle.PolicySet) (workload.Snapshot, []*reachability.Table) {
 	started := time.Now()
-	changed, err := applier.Apply(ctx, ps)
+	changed, err := kc.Policies.Apply(ctx, ps)
 	Expect(err).NotTo(HaveOccurred())
 	for _, ch := range changed {
 		GinkgoWriter.Println("  " + ch)
 	}
 	snap, expected := expect(ctx, p, ps)
-	out, err := matrix.Converge(ctx, runner, p, snap, expected, matrix.Options{Timeout: settings.EnforceTimeout, Pause: 250 * time.Millisecond})
+	out, err := matrix.Converge(ctx, runner, p, snap, expected, matrix.Options{Timeout: kc.Settings.EnforceTimeout, Pause: 250 * time.Millisecond})
 	Expect(err).NotTo(HaveOccurred())
 	record(res, name, started, ps, out)
 	Expect(out.OK()).To(BeTrue(), "%s: the cluster does not agree with the oracle:\n%s", name, grids(out))
@@ -261,11 +212,8 @@ func refs(ps oracle.PolicySet) []string {
 	return out
 }
 
-func save(res *report.CaseResult) {
-	reportMu.Lock()
-	defer reportMu.Unlock()
-	results.Cases = append(results.Cases, *res)
-}
+// save records the case as it is when the spec ends (deferred with a pointer).
+func save(res *report.CaseResult) { kc.Record(*res) }
 
 // watch is a background watch that prints each round and counts them.
 type watch struct {
@@ -302,7 +250,7 @@ func (wt *watch) awaitRounds(ctx context.Context, n int64) {
 }
 
 // stop ends the watch and says what it saw that it should not have.
-func (wt *watch) stop(expected ...[]*report.Table) (problem string, rounds int) {
+func (wt *watch) stop(expected ...[]*reachability.Table) (problem string, rounds int) {
 	gaps, rounds, err := wt.w.Stop()
 	Expect(err).NotTo(HaveOccurred(), "[%s] no background round completed", wt.name)
 	if len(gaps) == 0 {
@@ -364,7 +312,7 @@ func restarts(p corev1.Pod) int32 {
 
 var _ = Describe("verdicts while flatnet is disturbed [flatnet]", Label("flatnet", "resilience", "cilium"), Ordered, func() {
 	BeforeAll(func() {
-		Expect(crdErr).NotTo(HaveOccurred(), "the steady policy set has a CiliumNetworkPolicy")
+		Expect(kc.CiliumCRDs).NotTo(HaveOccurred(), "the steady policy set has a CiliumNetworkPolicy")
 	})
 
 	It("keeps every verdict while the agent of a probed pod's node is deleted and recreated", func(ctx SpecContext) {
@@ -457,7 +405,7 @@ var _ = Describe("verdicts while flatnet is disturbed [flatnet]", Label("flatnet
 		By("probing every pod again, b included, under the same policies")
 		all := plan("node restart: every pod", "")
 		snapAll, after := expect(ctx, all, book.steady())
-		conv, err := matrix.Converge(ctx, runner, all, snapAll, after, matrix.Options{Timeout: settings.EnforceTimeout, Pause: 250 * time.Millisecond})
+		conv, err := matrix.Converge(ctx, runner, all, snapAll, after, matrix.Options{Timeout: kc.Settings.EnforceTimeout, Pause: 250 * time.Millisecond})
 		Expect(err).NotTo(HaveOccurred())
 		record(res, "every pod after the restart", started, book.steady(), conv)
 		if !conv.OK() {
@@ -492,10 +440,10 @@ var _ = Describe("verdicts while flatnet is disturbed [flatnet]", Label("flatnet
 			name := fmt.Sprintf("change %d/%d", i, churnChanges)
 			started := time.Now()
 			win.Begin(after)
-			changed, err := applier.Apply(ctx, to)
+			changed, err := kc.Policies.Apply(ctx, to)
 			Expect(err).NotTo(HaveOccurred(), "%s: applying %v", name, refs(to))
 			Expect(changed).To(HaveLen(1), "%s: one object per change (%v -> %v)", name, refs(from), refs(to))
-			out, err := matrix.Converge(ctx, runner, p, snap, after, matrix.Options{Timeout: settings.EnforceTimeout, Pause: 250 * time.Millisecond})
+			out, err := matrix.Converge(ctx, runner, p, snap, after, matrix.Options{Timeout: kc.Settings.EnforceTimeout, Pause: 250 * time.Millisecond})
 			Expect(err).NotTo(HaveOccurred(), "%s: probing", name)
 			record(res, name+": "+changed[0], started, to, out)
 			step := fmt.Sprintf("+%s %s %s: converged %v after %d poll(s), %s", started.Sub(wt.started).Round(10*time.Millisecond),
@@ -505,7 +453,7 @@ var _ = Describe("verdicts while flatnet is disturbed [flatnet]", Label("flatnet
 			if !out.OK() {
 				// Left pending: from now on either side is accepted, and the
 				// failure is this one.
-				problems = append(problems, fmt.Sprintf("%s (%s) never agreed with the oracle within %s:\n%s", name, changed[0], settings.EnforceTimeout, grids(out)))
+				problems = append(problems, fmt.Sprintf("%s (%s) never agreed with the oracle within %s:\n%s", name, changed[0], kc.Settings.EnforceTimeout, grids(out)))
 				continue
 			}
 			win.Settle(after)
@@ -531,7 +479,7 @@ var _ = Describe("verdicts while flatnet is disturbed [flatnet]", Label("flatnet
 // ipamAgrees says whether every address the IPBlocks hold is a live pod's
 // on the block's node, and every live pod's address is held, once each.
 func ipamAgrees(ctx context.Context) error {
-	blocks, err := cluster.New(dyn).List(ctx)
+	blocks, err := cluster.New(kc.Dynamic).List(ctx)
 	if err != nil {
 		return err
 	}
@@ -581,7 +529,7 @@ func ipamAgrees(ctx context.Context) error {
 // usage is `flatnetctl usage -o json`'s currentValue: the nodes plus every
 // address pre-allocated to their blocks.
 func usage(ctx context.Context) int {
-	r, err := ctl.Run(ctx, "usage", "-o", "json", "--subnet", settings.NodeSubnet.String())
+	r, err := ctl.Run(ctx, "usage", "-o", "json", "--subnet", kc.Settings.NodeSubnet.String())
 	Expect(err).NotTo(HaveOccurred())
 	Expect(r.ExitCode).To(Equal(0), "%s", r)
 	var u struct {

@@ -18,9 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -29,7 +27,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/dynamic"
 	clientexec "k8s.io/client-go/util/exec"
 
 	"github.com/flatnet/flatnet/fixtures/oracle"
@@ -38,11 +35,9 @@ import (
 	"github.com/flatnet/flatnet/probes/podexec"
 	"github.com/flatnet/flatnet/suites/framework"
 	"github.com/flatnet/flatnet/suites/internal/agnhost"
-	"github.com/flatnet/flatnet/suites/internal/artifacts"
-	"github.com/flatnet/flatnet/suites/internal/notrun"
 	"github.com/flatnet/flatnet/suites/internal/policyset"
-	"github.com/flatnet/flatnet/suites/internal/runenv"
 	"github.com/flatnet/flatnet/suites/internal/workload"
+	"github.com/flatnet/flatnet/suites/reachability"
 	"github.com/flatnet/flatnet/suites/report"
 )
 
@@ -60,17 +55,14 @@ const connectTimeout = "3s"
 const articleImage = "k8s.gcr.io/e2e-test-images/agnhost:2.41"
 
 var (
-	settings   runenv.Settings
-	cluster    *framework.Cluster
-	dyn        dynamic.Interface
-	applier    *policyset.Applier
-	executor   *podexec.APIServerExecutor
+	cluster = framework.New("seed", framework.Options{Settings: true, Policies: true, Report: &framework.ReportOptions{
+		Title:  "flatnet seed scenario",
+		Entry:  "seed report",
+		Always: true,
+	}})
 	scenario   = topology.DefaultSeed()
 	dedicated  bool // scenario.Namespace was created by the suite
 	podsUp     bool
-	reportMu   sync.Mutex
-	results    = &report.Report{Title: "flatnet seed scenario", Started: time.Now()}
-	crdErr     error
 	seedByName = map[string]policies.Case{}
 )
 
@@ -80,22 +72,7 @@ func init() {
 	}
 }
 
-var _ = BeforeSuite(func(ctx SpecContext) {
-	wd, err := os.Getwd()
-	Expect(err).NotTo(HaveOccurred())
-	root, err := runenv.RepoRoot(wd)
-	Expect(err).NotTo(HaveOccurred())
-	settings, err = runenv.Read(os.LookupEnv, root, time.Now())
-	Expect(err).NotTo(HaveOccurred())
-	cluster, err = framework.FromEnv()
-	Expect(err).NotTo(HaveOccurred())
-	dyn, err = dynamic.NewForConfig(cluster.Rest)
-	Expect(err).NotTo(HaveOccurred())
-	executor, err = podexec.NewExecutor(cluster.Rest, cluster.Clientset)
-	Expect(err).NotTo(HaveOccurred())
-	applier = policyset.New(cluster.Clientset, dyn)
-	crdErr = policyset.CheckCiliumCRDs(cluster.Clientset.Discovery(), oracle.KindCNP)
-
+var _ = cluster.BeforeSuite(func(ctx SpecContext) {
 	collisions, err := defaultCollisions(ctx)
 	Expect(err).NotTo(HaveOccurred())
 	if len(collisions) > 0 {
@@ -106,53 +83,33 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 		for _, c := range policies.SeedCases(scenario) {
 			seedByName[c.Name] = c
 		}
-		_, err := cluster.Run(ctx, workload.CreateNamespace(corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}))
-		Expect(err).NotTo(HaveOccurred())
+		// Deleted after the suite by the framework.
+		Expect(cluster.CreateNamespace(ctx, corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(Succeed())
 		dedicated = true
-		Expect(workload.WaitServiceAccount(ctx, cluster.Clientset, ns, time.Minute)).To(Succeed())
 	}
-	results.Notes = []string{
-		fmt.Sprintf("API server %s; image %s (the probe image %s, loaded under the article's name)", cluster.Rest.Host, articleImage, settings.ProbeImage),
+	cluster.Notes(
+		fmt.Sprintf("API server %s; image %s (the probe image %s, loaded under the article's name)", cluster.Rest.Host, articleImage, cluster.Settings.ProbeImage),
 		fmt.Sprintf("namespace %s; probe: ./agnhost connect <ip>:80 --timeout=%s --protocol=tcp by exec in the client", scenario.Namespace, connectTimeout),
-	}
+	)
 })
 
-var _ = AfterSuite(func(ctx SpecContext) {
-	if applier != nil {
-		Expect(applier.Reset(ctx)).To(Succeed())
+var _ = cluster.AfterSuite(func(ctx SpecContext) {
+	if cluster.Keep() || dedicated || !podsUp {
+		return
 	}
-	if cluster != nil && os.Getenv("FLATNET_KEEP") != "1" {
-		if dedicated {
-			_, err := cluster.Run(ctx, workload.DeleteNamespace(scenario.Namespace))
-			Expect(err).NotTo(HaveOccurred())
-		} else if podsUp {
-			// Only what this run created: default is shared.
-			for _, p := range []string{scenario.Server, scenario.Client} {
-				Expect(workload.DeletePodAndWait(ctx, cluster.Clientset, workload.Key{Namespace: scenario.Namespace, Name: p}, time.Minute)).To(Succeed())
-			}
-			err := cluster.Clientset.CoreV1().Services(scenario.Namespace).Delete(ctx, scenario.ServerService().Name, metav1.DeleteOptions{})
-			if !apierrors.IsNotFound(err) {
-				Expect(err).NotTo(HaveOccurred())
-			}
-		}
+	// Only what this run created: default is shared.
+	for _, p := range []string{scenario.Server, scenario.Client} {
+		Expect(workload.DeletePodAndWait(ctx, cluster.Clientset, workload.Key{Namespace: scenario.Namespace, Name: p}, time.Minute)).To(Succeed())
 	}
-	reportMu.Lock()
-	defer reportMu.Unlock()
-	paths, err := artifacts.Write(settings.ArtifactsDir, "seed", results)
-	Expect(err).NotTo(HaveOccurred())
-	AddReportEntry("seed report", strings.Join(paths, ", "))
+	err := cluster.Clientset.CoreV1().Services(scenario.Namespace).Delete(ctx, scenario.ServerService().Name, metav1.DeleteOptions{})
+	if !apierrors.IsNotFound(err) {
+		Expect(err).NotTo(HaveOccurred())
+	}
 })
 
 // The specs not run (a label filter, a --skip) are listed in the report
 // with why, beside what ran.
-var _ = ReportAfterSuite("seed: the specs not run, in the report", func(r Report) {
-	reportMu.Lock()
-	defer reportMu.Unlock()
-	if settings.ArtifactsDir == "" {
-		return // BeforeSuite failed before AfterSuite could write a report
-	}
-	Expect(notrun.Record(results, r, settings.ArtifactsDir, "seed")).To(Succeed())
-})
+var _ = ReportAfterSuite("seed: the specs not run, in the report", cluster.AddNotRun)
 
 // defaultCollisions lists what in namespace default the scenario would
 // clash with: its pods, Service and policies by name, and pods carrying its
@@ -192,8 +149,8 @@ func defaultCollisions(ctx context.Context) ([]string, error) {
 				var err error
 				if r.Kind == oracle.KindNetworkPolicy {
 					_, err = cluster.Clientset.NetworkingV1().NetworkPolicies(ns).Get(ctx, r.Name, metav1.GetOptions{})
-				} else if crdErr == nil {
-					_, err = policyset.Get(ctx, dyn, r)
+				} else if cluster.CiliumCRDs == nil {
+					_, err = policyset.Get(ctx, cluster.Dynamic, r)
 				} else {
 					continue
 				}
@@ -228,18 +185,18 @@ func ensurePods(ctx context.Context) {
 
 var _ = Describe("the seed scenario", Ordered, ContinueOnFailure, func() {
 	It("as written: default-deny cnp, then server and client; connect prints TIMEOUT; kubectl delete cnp; connect prints nothing", Label("cilium"), func(ctx SpecContext) {
-		Expect(crdErr).NotTo(HaveOccurred())
+		Expect(cluster.CiliumCRDs).NotTo(HaveOccurred())
 		c := seedByName["seed-default-deny"]
 		Expect(c.Steps).To(HaveLen(2), "fixtures/policies seed-default-deny: apply, then delete")
 		res := report.CaseResult{Name: c.Name, Family: c.Family, Description: c.Description}
 		defer record(&res)
 		DeferCleanup(func(ctx SpecContext) {
-			_, err := applier.Apply(ctx, oracle.PolicySet{})
+			_, err := cluster.Policies.Apply(ctx, oracle.PolicySet{})
 			Expect(err).NotTo(HaveOccurred())
 		})
 
 		By("kubectl apply the default-deny CiliumNetworkPolicy (endpointSelector app=server, ingress [{}], egress [{}])")
-		_, err := applier.Apply(ctx, c.Steps[0].Policies)
+		_, err := cluster.Policies.Apply(ctx, c.Steps[0].Policies)
 		Expect(err).NotTo(HaveOccurred())
 		expectStoredAsSent(ctx, c.Steps[0].Policies)
 		ensurePods(ctx)
@@ -264,14 +221,14 @@ var _ = Describe("the seed scenario", Ordered, ContinueOnFailure, func() {
 			c := seedByName[name] // rebuilt if the namespace changed
 			for _, s := range c.Steps {
 				if len(s.Policies.CiliumPolicies) > 0 {
-					Expect(crdErr).NotTo(HaveOccurred())
+					Expect(cluster.CiliumCRDs).NotTo(HaveOccurred())
 				}
 			}
 			ensurePods(ctx)
 			res := report.CaseResult{Name: c.Name, Family: c.Family, Description: c.Description}
 			defer record(&res)
 			DeferCleanup(func(ctx SpecContext) {
-				_, err := applier.Apply(ctx, oracle.PolicySet{})
+				_, err := cluster.Policies.Apply(ctx, oracle.PolicySet{})
 				Expect(err).NotTo(HaveOccurred())
 			})
 			var failures []string
@@ -309,11 +266,8 @@ func gradually(step policies.Step) []policies.Step {
 	return append(out, step)
 }
 
-func record(r *report.CaseResult) {
-	reportMu.Lock()
-	defer reportMu.Unlock()
-	results.Cases = append(results.Cases, *r)
-}
+// record records the case as it is when the spec ends (deferred with a pointer).
+func record(r *report.CaseResult) { cluster.Record(*r) }
 
 // expectStoredAsSent reads each Cilium policy back: a CRD schema that
 // dropped a field (ingressDeny, toPorts...) would leave the datapath
@@ -322,7 +276,7 @@ func expectStoredAsSent(ctx context.Context, ps oracle.PolicySet) {
 	for _, cp := range ps.CiliumPolicies {
 		sent, err := cp.Unstructured()
 		Expect(err).NotTo(HaveOccurred())
-		got, err := policyset.Get(ctx, dyn, cp.Ref())
+		got, err := policyset.Get(ctx, cluster.Dynamic, cp.Ref())
 		Expect(err).NotTo(HaveOccurred())
 		same, err := policyset.SameSpec(got.Object["spec"], sent.Object["spec"])
 		Expect(err).NotTo(HaveOccurred())
@@ -337,7 +291,7 @@ func expectStoredAsSent(ctx context.Context, ps oracle.PolicySet) {
 // failure for people, empty when the cluster did what the oracle expects.
 func runStep(ctx context.Context, res *report.CaseResult, step policies.Step) string {
 	started := time.Now()
-	changed, err := applier.Apply(ctx, step.Policies)
+	changed, err := cluster.Policies.Apply(ctx, step.Policies)
 	if err != nil {
 		res.Error = err.Error()
 		Fail(fmt.Sprintf("step %q: %v", step.Name, err))
@@ -352,30 +306,30 @@ func runStep(ctx context.Context, res *report.CaseResult, step policies.Step) st
 	Expect(err).NotTo(HaveOccurred())
 	client, server := oracle.PodPeer(scenario.Namespace, scenario.Client), oracle.PodPeer(scenario.Namespace, scenario.Server)
 	svc := scenario.ServerService()
-	from := []report.Endpoint{{Label: client.String(), Peer: client}}
-	to := []report.Endpoint{
+	from := []reachability.Endpoint{{Label: client.String(), Peer: client}}
+	to := []reachability.Endpoint{
 		{Label: server.String(), Peer: server},
-		{Label: "svc:" + server.String(), Peer: server, Service: &report.ServiceRef{Namespace: svc.Namespace, Name: svc.Name}},
+		{Label: "svc:" + server.String(), Peer: server, Service: &reachability.ServiceRef{Namespace: svc.Namespace, Name: svc.Name}},
 	}
-	port := report.PortProtocol{Port: int(scenario.Port.Number), Protocol: oracle.Protocol(scenario.Port.Protocol)}
+	port := reachability.PortProtocol{Port: int(scenario.Port.Number), Protocol: oracle.Protocol(scenario.Port.Protocol)}
 	title := step.Name
-	expected, err := report.Expected(o, title, from, to, []report.PortProtocol{port})
+	expected, err := reachability.Expected(o, title, from, to, []reachability.PortProtocol{port})
 	Expect(err).NotTo(HaveOccurred())
 	// The article's words and the docs' tables, against the oracle.
 	for _, d := range step.Documented {
 		want, err := d.Reachable(0, 0)
 		Expect(err).NotTo(HaveOccurred())
-		cell, _ := expected.Get(report.Key{From: from[0].Label, To: to[0].Label, PortProtocol: port})
+		cell, _ := expected.Get(reachability.Key{From: from[0].Label, To: to[0].Label, PortProtocol: port})
 		Expect(cell.Reachable).To(Equal(want), "the oracle (%s) disagrees with %s", cell.Detail, d.Source)
 	}
 	addrs := []string{snap.PodIPs[server.String()].String(), snap.ClusterIPs[svc.Namespace+"/"+svc.Name].String()}
 
-	var observed *report.Table
-	var cmp *report.Comparison
+	var observed *reachability.Table
+	var cmp *reachability.Comparison
 	var problems []string
-	deadline := time.Now().Add(settings.EnforceTimeout)
+	deadline := time.Now().Add(cluster.Settings.EnforceTimeout)
 	for attempt := 1; ; attempt++ {
-		observed, err = report.NewTable(title, []string{from[0].Label}, []string{to[0].Label, to[1].Label}, []report.PortProtocol{port})
+		observed, err = reachability.NewTable(title, []string{from[0].Label}, []string{to[0].Label, to[1].Label}, []reachability.PortProtocol{port})
 		Expect(err).NotTo(HaveOccurred())
 		problems = problems[:0]
 		for i, addr := range addrs {
@@ -389,22 +343,22 @@ func runStep(ctx context.Context, res *report.CaseResult, step policies.Step) st
 				detail = fmt.Sprintf("%s (exit %d)", strings.TrimSpace(a.Stderr+a.Stdout), a.ExitCode)
 			}
 			GinkgoWriter.Printf("  attempt %d: bash-5.0# %s -> %s\n", attempt, cmdline, detail)
-			key := report.Key{From: from[0].Label, To: to[i].Label, PortProtocol: port}
-			Expect(observed.Set(key, report.Cell{Reachable: reachable, Detail: detail})).To(Succeed())
+			key := reachability.Key{From: from[0].Label, To: to[i].Label, PortProtocol: port}
+			Expect(observed.Set(key, reachability.Cell{Reachable: reachable, Detail: detail})).To(Succeed())
 			// A policy drops: the article's blocked connect prints TIMEOUT.
 			// REFUSED would mean the server's kernel answered, past the policy.
 			if want, _ := expected.Get(key); !want.Reachable && !reachable && word != "TIMEOUT" {
 				problems = append(problems, fmt.Sprintf("%s: blocked, but with %s instead of the article's TIMEOUT (a policy drop)", key, word))
 			}
 		}
-		cmp, err = report.Compare(title, expected, observed)
+		cmp, err = reachability.Compare(title, expected, observed)
 		Expect(err).NotTo(HaveOccurred())
 		if (cmp.OK() && len(problems) == 0) || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-	res.Steps = append(res.Steps, report.StepResult{Name: step.Name, Duration: time.Since(started), Policies: stepRefs(step), Comparisons: []*report.Comparison{cmp}})
+	res.Steps = append(res.Steps, report.StepResult{Name: step.Name, Duration: time.Since(started), Policies: stepRefs(step), Comparisons: []*reachability.Comparison{cmp}})
 	res.Problems = append(res.Problems, problems...)
 	var grid bytes.Buffer
 	Expect(report.WriteComparison(&grid, cmp)).To(Succeed())
@@ -446,7 +400,7 @@ func stepRefs(step policies.Step) []string {
 func connect(ctx context.Context, cmdline string) (agnhost.Answer, error) {
 	var stdout, stderr bytes.Buffer
 	pod := podexec.Pod{Namespace: scenario.Namespace, Name: scenario.Client}
-	err := executor.Exec(ctx, pod, []string{"bash", "-c", cmdline}, nil, &stdout, &stderr)
+	err := cluster.Exec.Exec(ctx, pod, []string{"bash", "-c", cmdline}, nil, &stdout, &stderr)
 	a := agnhost.Answer{Stdout: stdout.String(), Stderr: stderr.String()}
 	var exit clientexec.ExitError
 	switch {

@@ -31,7 +31,7 @@ const externalIP = "203.0.113.80"
 
 var _ = Describe("service paths", func() {
 	It("externalIP: a client allowed egress to world only gets TIMEOUT through the server's externalIP, a client allowed to the server connects", Label("cilium", "service-paths"), func(ctx SpecContext) {
-		Expect(crdErr).NotTo(HaveOccurred())
+		Expect(cluster.CiliumCRDs).NotTo(HaveOccurred())
 		ensurePods(ctx)
 		svc := scenario.ServerService()
 		svc.Name = scenario.Server + "-external"
@@ -39,7 +39,7 @@ var _ = Describe("service paths", func() {
 		By(fmt.Sprintf("creating Service %s/%s (selector %v, port %d) with externalIPs [%s]", svc.Namespace, svc.Name, svc.Spec.Selector, scenario.Port.Number, externalIP))
 		Expect(workload.CreateServices(ctx, cluster.Clientset, []corev1.Service{svc})).To(Succeed())
 		DeferCleanup(func(ctx SpecContext) {
-			_, err := applier.Apply(ctx, oracle.PolicySet{})
+			_, err := cluster.Policies.Apply(ctx, oracle.PolicySet{})
 			Expect(err).NotTo(HaveOccurred())
 			err = cluster.Clientset.CoreV1().Services(svc.Namespace).Delete(ctx, svc.Name, metav1.DeleteOptions{})
 			if !apierrors.IsNotFound(err) {
@@ -72,7 +72,7 @@ spec:
 			{"client egress to the server only", clientEgress("client-server-only", "toEndpoints: [{matchLabels: "+flowMap(scenario.ServerLabels)+"}]")},
 		} {
 			By(step.name)
-			_, err := applier.Apply(ctx, step.policies)
+			_, err := cluster.Policies.Apply(ctx, step.policies)
 			Expect(err).NotTo(HaveOccurred())
 			expectStoredAsSent(ctx, step.policies)
 			snap, err := workload.Take(ctx, cluster.Clientset, []string{scenario.Namespace})
@@ -92,7 +92,7 @@ spec:
 				if !want.Allowed {
 					g.Expect(word).To(Equal("TIMEOUT"), "%s: blocked with %s instead of a policy drop's TIMEOUT", step.name, word)
 				}
-			}).WithContext(ctx).WithTimeout(settings.EnforceTimeout).WithPolling(250 * time.Millisecond).Should(Succeed())
+			}).WithContext(ctx).WithTimeout(cluster.Settings.EnforceTimeout).WithPolling(250 * time.Millisecond).Should(Succeed())
 		}
 	})
 })

@@ -17,30 +17,30 @@ import (
 	"github.com/flatnet/flatnet/probes/connect"
 	"github.com/flatnet/flatnet/probes/podexec"
 	"github.com/flatnet/flatnet/suites/internal/workload"
-	"github.com/flatnet/flatnet/suites/report"
+	"github.com/flatnet/flatnet/suites/reachability"
 )
 
 // View is one way of reaching the destinations: their pod IPs, or their
 // Services (endpoints with Service set).
 type View struct {
 	Name string
-	To   []report.Endpoint
+	To   []reachability.Endpoint
 }
 
 // Plan is one matrix: every source probes every destination of every view
 // on every port.
 type Plan struct {
 	Title string
-	From  []report.Endpoint // pods
+	From  []reachability.Endpoint // pods
 	Views []View
-	Ports []report.PortProtocol
+	Ports []reachability.PortProtocol
 }
 
 // cellRef says which cell a target fills.
 type cellRef struct {
 	view int
 	to   string
-	port report.PortProtocol
+	port reachability.PortProtocol
 }
 
 // Validate checks the plan before anything is probed.
@@ -92,7 +92,7 @@ func (p Plan) targets(snap workload.Snapshot) ([]batch.Target, []cellRef, error)
 	return ts, refs, nil
 }
 
-func address(snap workload.Snapshot, e report.Endpoint) (string, error) {
+func address(snap workload.Snapshot, e reachability.Endpoint) (string, error) {
 	if e.Service != nil {
 		ref := e.Service.Namespace + "/" + e.Service.Name
 		ip, ok := snap.ClusterIPs[ref]
@@ -124,10 +124,10 @@ func (p Plan) sources(snap workload.Snapshot) ([]podexec.Pod, error) {
 }
 
 // Expect asks the oracle for the plan's expected tables, one per view.
-func Expect(o *oracle.Oracle, p Plan) ([]*report.Table, error) {
-	var out []*report.Table
+func Expect(o *oracle.Oracle, p Plan) ([]*reachability.Table, error) {
+	var out []*reachability.Table
 	for i, v := range p.Views {
-		t, err := report.Expected(o, p.TableTitle(i), p.From, v.To, p.Ports)
+		t, err := reachability.Expected(o, p.TableTitle(i), p.From, v.To, p.Ports)
 		if err != nil {
 			return nil, err
 		}
@@ -138,7 +138,7 @@ func Expect(o *oracle.Oracle, p Plan) ([]*report.Table, error) {
 
 // Observe probes the whole plan once: one exec per source, every source at
 // once, every target of a source in parallel in its pod.
-func Observe(ctx context.Context, r *podexec.Runner, p Plan, snap workload.Snapshot) ([]*report.Table, error) {
+func Observe(ctx context.Context, r *podexec.Runner, p Plan, snap workload.Snapshot) ([]*reachability.Table, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
@@ -161,10 +161,10 @@ func Observe(ctx context.Context, r *podexec.Runner, p Plan, snap workload.Snaps
 // connected probe is reachable; a refusal, timeout or error is not. A cell
 // that was not probed (unknown) or whose attempts disagreed (flaky) is left
 // empty: the comparison reports it, it is never guessed.
-func fill(p Plan, refs []cellRef, rows [][]podexec.Cell) ([]*report.Table, error) {
-	var tables []*report.Table
+func fill(p Plan, refs []cellRef, rows [][]podexec.Cell) ([]*reachability.Table, error) {
+	var tables []*reachability.Table
 	for i, v := range p.Views {
-		t, err := report.NewTable(p.TableTitle(i), labels(p.From), labels(v.To), p.Ports)
+		t, err := reachability.NewTable(p.TableTitle(i), labels(p.From), labels(v.To), p.Ports)
 		if err != nil {
 			return nil, err
 		}
@@ -182,8 +182,8 @@ func fill(p Plan, refs []cellRef, rows [][]podexec.Cell) ([]*report.Table, error
 				continue
 			}
 			ref := refs[ti]
-			cell := report.Cell{Reachable: c.Verdict == batch.Connected, Detail: describe(c)}
-			if err := tables[ref.view].Set(report.Key{From: p.From[si].Label, To: ref.to, PortProtocol: ref.port}, cell); err != nil {
+			cell := reachability.Cell{Reachable: c.Verdict == batch.Connected, Detail: describe(c)}
+			if err := tables[ref.view].Set(reachability.Key{From: p.From[si].Label, To: ref.to, PortProtocol: ref.port}, cell); err != nil {
 				return nil, err
 			}
 		}
@@ -209,7 +209,7 @@ func describe(c podexec.Cell) string {
 	return s
 }
 
-func labels(es []report.Endpoint) []string {
+func labels(es []reachability.Endpoint) []string {
 	var out []string
 	for _, e := range es {
 		out = append(out, e.Label)
@@ -250,7 +250,7 @@ func (p Poll) String() string {
 
 // Outcome is the last poll's comparisons and how long agreement took.
 type Outcome struct {
-	Comparisons []*report.Comparison
+	Comparisons []*reachability.Comparison
 	Polls       int
 	// Converged is the time from the first poll's start to the end of the
 	// first poll that agreed in full; zero when none did.
@@ -271,7 +271,7 @@ func (o Outcome) OK() bool {
 // or opts.Timeout passes, and returns the final comparison. Cells that
 // changed between polls say so in their detail ("reachable in 2 of 5
 // polls"), so a flapping path is visible in the report.
-func Converge(ctx context.Context, r *podexec.Runner, p Plan, snap workload.Snapshot, expected []*report.Table, opts Options) (Outcome, error) {
+func Converge(ctx context.Context, r *podexec.Runner, p Plan, snap workload.Snapshot, expected []*reachability.Table, opts Options) (Outcome, error) {
 	if len(expected) != len(p.Views) {
 		return Outcome{}, fmt.Errorf("matrix %q: %d expected tables for %d views", p.Title, len(expected), len(p.Views))
 	}
@@ -300,7 +300,7 @@ func Converge(ctx context.Context, r *podexec.Runner, p Plan, snap workload.Snap
 		out.Comparisons = out.Comparisons[:0]
 		poll := Poll{N: out.Polls, Took: time.Since(t0), Elapsed: time.Since(start)}
 		for i, obs := range observed {
-			c, err := report.Compare(obs.Title, expected[i], obs)
+			c, err := reachability.Compare(obs.Title, expected[i], obs)
 			if err != nil {
 				return out, err
 			}
@@ -335,13 +335,13 @@ func Converge(ctx context.Context, r *podexec.Runner, p Plan, snap workload.Snap
 const maxExecFailures = 3
 
 // history counts, per table and cell, how often a probe got through.
-type history map[string]map[report.Key][2]int // [reachable, polls]
+type history map[string]map[reachability.Key][2]int // [reachable, polls]
 
-func (h history) add(tables []*report.Table) {
+func (h history) add(tables []*reachability.Table) {
 	for _, t := range tables {
 		m := h[t.Title]
 		if m == nil {
-			m = map[report.Key][2]int{}
+			m = map[reachability.Key][2]int{}
 			h[t.Title] = m
 		}
 		for _, k := range t.Keys() {
@@ -361,7 +361,7 @@ func (h history) add(tables []*report.Table) {
 
 // annotate adds the history of each mismatched cell that did not always
 // answer the same.
-func (h history) annotate(cs []*report.Comparison) {
+func (h history) annotate(cs []*reachability.Comparison) {
 	for _, c := range cs {
 		for i := range c.Mismatches {
 			m := &c.Mismatches[i]

@@ -16,7 +16,7 @@ import (
 	"github.com/flatnet/flatnet/probes/batch"
 	"github.com/flatnet/flatnet/probes/podexec"
 	"github.com/flatnet/flatnet/suites/internal/workload"
-	"github.com/flatnet/flatnet/suites/report"
+	"github.com/flatnet/flatnet/suites/reachability"
 )
 
 // localExec runs the real `probe batch` command in this process, as if
@@ -64,13 +64,13 @@ func newWorld(t *testing.T) *world {
 		ClusterIPs:     map[string]netip.Addr{"n/s-a": netip.MustParseAddr(svcA), "n/s-b": netip.MustParseAddr(svcB)},
 		ExecContainers: map[string]string{"n/a": "c", "n/b": "c"},
 	}}
-	pods := []report.Endpoint{{Label: "n/a", Peer: oracle.PodPeer("n", "a")}, {Label: "n/b", Peer: oracle.PodPeer("n", "b")}}
-	svcs := []report.Endpoint{
-		{Label: "svc:n/a", Peer: oracle.PodPeer("n", "a"), Service: &report.ServiceRef{Namespace: "n", Name: "s-a"}},
-		{Label: "svc:n/b", Peer: oracle.PodPeer("n", "b"), Service: &report.ServiceRef{Namespace: "n", Name: "s-b"}},
+	pods := []reachability.Endpoint{{Label: "n/a", Peer: oracle.PodPeer("n", "a")}, {Label: "n/b", Peer: oracle.PodPeer("n", "b")}}
+	svcs := []reachability.Endpoint{
+		{Label: "svc:n/a", Peer: oracle.PodPeer("n", "a"), Service: &reachability.ServiceRef{Namespace: "n", Name: "s-a"}},
+		{Label: "svc:n/b", Peer: oracle.PodPeer("n", "b"), Service: &reachability.ServiceRef{Namespace: "n", Name: "s-b"}},
 	}
 	w.plan = Plan{Title: "loopback", From: pods, Views: []View{{Name: "pod IP", To: pods}, {Name: "Service", To: svcs}},
-		Ports: []report.PortProtocol{{Port: port, Protocol: oracle.TCP}, {Port: port, Protocol: oracle.UDP}}}
+		Ports: []reachability.PortProtocol{{Port: port, Protocol: oracle.TCP}, {Port: port, Protocol: oracle.UDP}}}
 	return w
 }
 
@@ -114,16 +114,16 @@ func (w *world) serve(t *testing.T, addrs ...string) {
 
 // expect builds the expected tables by hand: reachable[label] for every
 // source and port.
-func (w *world) expect(t *testing.T, reachable map[string]bool) []*report.Table {
+func (w *world) expect(t *testing.T, reachable map[string]bool) []*reachability.Table {
 	t.Helper()
-	var out []*report.Table
+	var out []*reachability.Table
 	for i, v := range w.plan.Views {
-		tb, err := report.NewTable(w.plan.TableTitle(i), labels(w.plan.From), labels(v.To), w.plan.Ports)
+		tb, err := reachability.NewTable(w.plan.TableTitle(i), labels(w.plan.From), labels(v.To), w.plan.Ports)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, k := range tb.Keys() {
-			if err := tb.Set(k, report.Cell{Reachable: reachable[k.To]}); err != nil {
+			if err := tb.Set(k, reachability.Cell{Reachable: reachable[k.To]}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -243,7 +243,7 @@ func TestFillLeavesUnknownAndFlakyEmpty(t *testing.T) {
 	}
 	for _, src := range []string{"n/a", "n/b"} {
 		for i, want := range []string{"empty", "empty", "reachable", "blocked"} {
-			k := report.Key{From: src, To: refs[i].to, PortProtocol: refs[i].port}
+			k := reachability.Key{From: src, To: refs[i].to, PortProtocol: refs[i].port}
 			c, ok := tables[refs[i].view].Get(k)
 			got := "empty"
 			if ok && c.Reachable {
@@ -264,12 +264,12 @@ func TestFillLeavesUnknownAndFlakyEmpty(t *testing.T) {
 func TestPlanRefusesBadInput(t *testing.T) {
 	w := newWorld(t)
 	bad := w.plan
-	bad.From = append([]report.Endpoint{}, w.plan.Views[1].To[0])
+	bad.From = append([]reachability.Endpoint{}, w.plan.Views[1].To[0])
 	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "sources must be pods") {
 		t.Errorf("a Service as a source: %v", err)
 	}
 	bad = w.plan
-	bad.Ports = []report.PortProtocol{{Port: 80, Protocol: "ICMP"}}
+	bad.Ports = []reachability.PortProtocol{{Port: 80, Protocol: "ICMP"}}
 	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "protocol") {
 		t.Errorf("ICMP port: %v", err)
 	}
@@ -311,7 +311,7 @@ func TestWatchSeesAGapWhileTrafficFlows(t *testing.T) {
 			t.Errorf("gap on %s, which was served", g.Key)
 		}
 	}
-	if StillReachable(allOpen, onlyA)(0, report.Key{From: "n/a", To: "n/b", PortProtocol: w.plan.Ports[0]}) {
+	if StillReachable(allOpen, onlyA)(0, reachability.Key{From: "n/a", To: "n/b", PortProtocol: w.plan.Ports[0]}) {
 		t.Error("a cell closed by the change is guarded")
 	}
 }
@@ -433,7 +433,7 @@ func TestWatchAcceptingJudgesBothWays(t *testing.T) {
 	if len(rounds) == 0 || rounds[0].N != 1 || rounds[0].Refused != 0 || rounds[0].Cells != 16 {
 		t.Errorf("progress %+v: want round 1 with 16 cells judged, none refused", rounds)
 	}
-	if OneOf(allOpen)(5, report.Key{}, true) {
+	if OneOf(allOpen)(5, reachability.Key{}, true) {
 		t.Error("a view no expectation has was accepted")
 	}
 }
@@ -442,7 +442,7 @@ func TestWindowAcceptsWhatWasInForceDuringTheRound(t *testing.T) {
 	w := newWorld(t)
 	none := w.expect(t, nil)
 	onlyA := w.expect(t, map[string]bool{"n/a": true, "svc:n/a": true})
-	k := report.Key{From: "n/a", To: "n/a", PortProtocol: w.plan.Ports[0]}
+	k := reachability.Key{From: "n/a", To: "n/a", PortProtocol: w.plan.Ports[0]}
 	win := NewWindow(none)
 	if win.Accept(0, k, true) || !win.Accept(0, k, false) {
 		t.Fatal("before any change only the settled table is accepted")

@@ -7,14 +7,14 @@ import (
 
 	"github.com/flatnet/flatnet/probes/podexec"
 	"github.com/flatnet/flatnet/suites/internal/workload"
-	"github.com/flatnet/flatnet/suites/report"
+	"github.com/flatnet/flatnet/suites/reachability"
 )
 
 // Gap is an answer the watch did not accept: a cell that should have stayed
 // reachable seen blocked, or a cell seen in a state no expectation allowed.
 type Gap struct {
 	Table     string
-	Key       report.Key
+	Key       reachability.Key
 	At        time.Duration // since the watch started
 	Reachable bool          // what was observed
 	Detail    string
@@ -22,7 +22,7 @@ type Gap struct {
 
 // Accept says whether an answer observed on cell k of view i is one the
 // watch may see.
-type Accept func(view int, k report.Key, reachable bool) bool
+type Accept func(view int, k reachability.Key, reachable bool) bool
 
 // Round is one round of a watch, for progress reports.
 type Round struct {
@@ -49,8 +49,8 @@ type Watcher struct {
 
 // Watch starts probing p round after round until Stop; guard picks the
 // cells (table index, key) that must never be seen blocked.
-func Watch(ctx context.Context, r *podexec.Runner, p Plan, snap workload.Snapshot, guard func(view int, k report.Key) bool) *Watcher {
-	return WatchAccepting(ctx, r, p, snap, func(view int, k report.Key, reachable bool) bool {
+func Watch(ctx context.Context, r *podexec.Runner, p Plan, snap workload.Snapshot, guard func(view int, k reachability.Key) bool) *Watcher {
+	return WatchAccepting(ctx, r, p, snap, func(view int, k reachability.Key, reachable bool) bool {
 		return reachable || !guard(view, k)
 	}, nil)
 }
@@ -130,8 +130,8 @@ func (w *Watcher) Stop() ([]Gap, int, error) {
 
 // StillReachable guards the cells reachable both before and after a change:
 // the ones traffic must keep flowing on while it is applied.
-func StillReachable(before, after []*report.Table) func(view int, k report.Key) bool {
-	return func(view int, k report.Key) bool {
+func StillReachable(before, after []*reachability.Table) func(view int, k reachability.Key) bool {
+	return func(view int, k reachability.Key) bool {
 		if view >= len(before) || view >= len(after) {
 			return false
 		}
@@ -145,8 +145,8 @@ func StillReachable(before, after []*report.Table) func(view int, k report.Key) 
 // (each one table per view): the oracle's tables for the policy set before a
 // change and after it, or a single one when nothing should change at all.
 // A cell no expectation has is refused: nothing vouches for it.
-func OneOf(expectations ...[]*report.Table) Accept {
-	return func(view int, k report.Key, reachable bool) bool {
+func OneOf(expectations ...[]*reachability.Table) Accept {
+	return func(view int, k reachability.Key, reachable bool) bool {
 		for _, tables := range expectations {
 			if view >= len(tables) {
 				continue
@@ -166,18 +166,18 @@ func OneOf(expectations ...[]*report.Table) Accept {
 // a change is applied and Settle once the cluster agrees with it.
 type Window struct {
 	mu      sync.Mutex
-	settled []*report.Table
-	pending [][]*report.Table // applied, not yet agreed with
-	round   [][]*report.Table // what the round under way may see
+	settled []*reachability.Table
+	pending [][]*reachability.Table // applied, not yet agreed with
+	round   [][]*reachability.Table // what the round under way may see
 }
 
 // NewWindow starts with the cluster agreeing with settled.
-func NewWindow(settled []*report.Table) *Window {
-	return &Window{settled: settled, round: [][]*report.Table{settled}}
+func NewWindow(settled []*reachability.Table) *Window {
+	return &Window{settled: settled, round: [][]*reachability.Table{settled}}
 }
 
 // Begin announces that next is about to be applied.
-func (w *Window) Begin(next []*report.Table) {
+func (w *Window) Begin(next []*reachability.Table) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.pending = append(w.pending, next)
@@ -186,7 +186,7 @@ func (w *Window) Begin(next []*report.Table) {
 
 // Settle records that the cluster agrees with now, which Begin announced.
 // The round under way still accepts what it could see before.
-func (w *Window) Settle(now []*report.Table) {
+func (w *Window) Settle(now []*reachability.Table) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.settled = now
@@ -199,7 +199,7 @@ func (w *Window) Settle(now []*report.Table) {
 }
 
 // Accept judges an answer of the round under way.
-func (w *Window) Accept(view int, k report.Key, reachable bool) bool {
+func (w *Window) Accept(view int, k reachability.Key, reachable bool) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return OneOf(w.round...)(view, k, reachable)
@@ -210,10 +210,10 @@ func (w *Window) Accept(view int, k report.Key, reachable bool) bool {
 func (w *Window) RoundEnd(Round) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.round = append([][]*report.Table{w.settled}, w.pending...)
+	w.round = append([][]*reachability.Table{w.settled}, w.pending...)
 }
 
-func sameTables(a, b []*report.Table) bool {
+func sameTables(a, b []*reachability.Table) bool {
 	if len(a) != len(b) {
 		return false
 	}

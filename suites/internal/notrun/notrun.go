@@ -6,61 +6,21 @@
 package notrun
 
 import (
-	"bufio"
 	"fmt"
-	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 
 	"github.com/onsi/ginkgo/v2/types"
 
-	"github.com/flatnet/flatnet/suites/internal/artifacts"
-	"github.com/flatnet/flatnet/suites/internal/runenv"
 	"github.com/flatnet/flatnet/suites/report"
+	"github.com/flatnet/flatnet/suites/skiplist"
 )
-
-// Divergence is one line of suites/known-divergences: specs whose text
-// matches Pattern are skipped because flatnet knowingly differs there.
-type Divergence struct {
-	Pattern, Why string
-}
-
-// ReadDivergences reads the file scripts/e2e.sh turns into --skip flags:
-// "<regexp><TAB><why>" lines, # comments and blank lines ignored.
-func ReadDivergences(path string) ([]Divergence, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading the known divergences: %w", err)
-	}
-	defer f.Close()
-	var out []Divergence
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		line := sc.Text()
-		if strings.TrimSpace(line) == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		pattern, why, ok := strings.Cut(line, "\t")
-		if !ok || pattern == "" || strings.TrimSpace(why) == "" {
-			return nil, fmt.Errorf("%s:%d: want <spec-text regexp><TAB><why>, got %q", path, n, line)
-		}
-		if _, err := regexp.Compile(pattern); err != nil {
-			return nil, fmt.Errorf("%s:%d: %q is not a regexp: %w", path, n, pattern, err)
-		}
-		out = append(out, Divergence{Pattern: pattern, Why: strings.TrimSpace(why)})
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("reading %s: %w", path, err)
-	}
-	return out, nil
-}
 
 // Cases lists the specs of r that did not run as report cases with
 // Skipped set to why. A spec that skipped itself and already recorded a
 // case with that reason (in recorded) is not listed twice.
-func Cases(r types.Report, known []Divergence, recorded []report.CaseResult) []report.CaseResult {
+func Cases(r types.Report, known []skiplist.Entry, recorded []report.CaseResult) []report.CaseResult {
 	var out []report.CaseResult
 	for _, s := range r.SpecReports {
 		if s.LeafNodeType != types.NodeTypeIt || s.State != types.SpecStateSkipped {
@@ -82,7 +42,7 @@ func Cases(r types.Report, known []Divergence, recorded []report.CaseResult) []r
 
 // Reason says why spec s of r was skipped, judging it as Ginkgo's filters
 // did (the suite description, a space, the spec's texts).
-func Reason(r types.Report, s types.SpecReport, known []Divergence) string {
+func Reason(r types.Report, s types.SpecReport, known []skiplist.Entry) string {
 	if s.Failure.Message != "" {
 		return s.Failure.Message // its own Skip
 	}
@@ -94,7 +54,7 @@ func Reason(r types.Report, s types.SpecReport, known []Divergence) string {
 		if err != nil || !re.MatchString(text) {
 			continue
 		}
-		i := slices.IndexFunc(known, func(d Divergence) bool { return d.Pattern == skip })
+		i := slices.IndexFunc(known, func(d skiplist.Entry) bool { return d.Pattern == skip })
 		if i >= 0 {
 			whys = append(whys, "known divergence (suites/known-divergences; STRICT=1 runs it): "+known[i].Why)
 		} else {
@@ -121,31 +81,11 @@ func Reason(r types.Report, s types.SpecReport, known []Divergence) string {
 // Add appends to r the specs of g that did not run, with why, reading the
 // known divergences from divergencesFile; it returns how many it added.
 func Add(r *report.Report, g types.Report, divergencesFile string) (int, error) {
-	known, err := ReadDivergences(divergencesFile)
+	known, err := skiplist.Read(divergencesFile)
 	if err != nil {
 		return 0, err
 	}
 	cases := Cases(g, known, r.Cases)
 	r.Cases = append(r.Cases, cases...)
 	return len(cases), nil
-}
-
-// Record adds to r the specs of g that did not run, with the known divergences of
-// the repository the suite runs in, and rewrites the report base in dir when it
-// added any (the suites call it from ReportAfterSuite, after AfterSuite wrote it).
-func Record(r *report.Report, g types.Report, dir, base string) error {
-	wd, err := os.Getwd()
-	if err != nil {
-		return err
-	}
-	root, err := runenv.RepoRoot(wd)
-	if err != nil {
-		return err
-	}
-	n, err := Add(r, g, filepath.Join(root, "suites", "known-divergences"))
-	if err != nil || n == 0 {
-		return err
-	}
-	_, err = artifacts.Write(dir, base, r)
-	return err
 }

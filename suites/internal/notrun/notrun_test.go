@@ -9,6 +9,7 @@ import (
 	"github.com/onsi/ginkgo/v2/types"
 
 	"github.com/flatnet/flatnet/suites/report"
+	"github.com/flatnet/flatnet/suites/skiplist"
 )
 
 func spec(leaf string, labels []string, state types.SpecState, skipMsg string) types.SpecReport {
@@ -21,7 +22,7 @@ func spec(leaf string, labels []string, state types.SpecState, skipMsg string) t
 }
 
 func TestCasesSayWhyEachSpecWasNotRun(t *testing.T) {
-	known := []Divergence{{Pattern: "cnp-cidr-not-in-cluster", Why: "CIDR rules match cluster addresses in flatnet"}}
+	known := []skiplist.Entry{{Pattern: "cnp-cidr-not-in-cluster", Why: "CIDR rules match cluster addresses in flatnet"}}
 	r := types.Report{
 		SuiteDescription: "netpol",
 		SuiteConfig: types.SuiteConfig{
@@ -63,27 +64,6 @@ func TestCasesSayWhyEachSpecWasNotRun(t *testing.T) {
 	r.SuiteConfig = types.SuiteConfig{FocusStrings: []string{"baseline"}}
 	if why := Reason(r, r.SpecReports[2], known); why != `not matched by --focus "baseline"` {
 		t.Errorf("focus: %q", why)
-	}
-}
-
-func TestReadDivergences(t *testing.T) {
-	// The file make e2e reads must parse, whatever it holds today.
-	if _, err := ReadDivergences(filepath.Join("..", "..", "known-divergences")); err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	good := filepath.Join(dir, "good")
-	os.WriteFile(good, []byte("# comment\n\nfoo-.*\twhy not\n"), 0o644)
-	d, err := ReadDivergences(good)
-	if err != nil || len(d) != 1 || d[0] != (Divergence{Pattern: "foo-.*", Why: "why not"}) {
-		t.Errorf("ReadDivergences = %v, %v", d, err)
-	}
-	for _, bad := range []string{"no tab here\n", "(unclosed\twhy\n", "pattern\t \n"} {
-		p := filepath.Join(dir, "bad")
-		os.WriteFile(p, []byte(bad), 0o644)
-		if _, err := ReadDivergences(p); err == nil || !strings.Contains(err.Error(), "bad:1") {
-			t.Errorf("%q: %v, want an error naming the line", bad, err)
-		}
 	}
 }
 

@@ -6,7 +6,6 @@ package workload
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -20,8 +19,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
-	"sigs.k8s.io/e2e-framework/pkg/env"
-	"sigs.k8s.io/e2e-framework/pkg/envconf"
 
 	"github.com/flatnet/flatnet/fixtures/oracle"
 )
@@ -46,24 +43,8 @@ func Prepare(p corev1.Pod) corev1.Pod {
 	for i := range p.Spec.Containers {
 		p.Spec.Containers[i].ImagePullPolicy = corev1.PullIfNotPresent
 	}
-	p.Labels = withManagedBy(p.Labels)
+	p.Labels = WithManagedBy(p.Labels)
 	return p
-}
-
-// WaitServiceAccount waits for namespace ns's default ServiceAccount: pods
-// created before the controller makes it are refused by admission.
-func WaitServiceAccount(ctx context.Context, cs kubernetes.Interface, ns string, timeout time.Duration) error {
-	err := wait.PollUntilContextTimeout(ctx, poll, timeout, true, func(ctx context.Context) (bool, error) {
-		_, err := cs.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			return false, nil
-		}
-		return err == nil, err
-	})
-	if err != nil {
-		return fmt.Errorf("waiting for ServiceAccount %s/default (made by kube-controller-manager): %w", ns, err)
-	}
-	return nil
 }
 
 // CreatePods creates pods (already Prepared).
@@ -80,7 +61,7 @@ func CreatePods(ctx context.Context, cs kubernetes.Interface, pods []corev1.Pod)
 func CreateServices(ctx context.Context, cs kubernetes.Interface, svcs []corev1.Service) error {
 	for _, s := range svcs {
 		s := *s.DeepCopy()
-		s.Labels = withManagedBy(s.Labels)
+		s.Labels = WithManagedBy(s.Labels)
 		if _, err := cs.CoreV1().Services(s.Namespace).Create(ctx, &s, metav1.CreateOptions{}); err != nil {
 			return fmt.Errorf("creating service %s/%s: %w", s.Namespace, s.Name, err)
 		}
@@ -316,70 +297,10 @@ func FromObjects(namespaces []corev1.Namespace, pods []corev1.Pod, nodes []corev
 	return s, nil
 }
 
-// DeleteNamespaces deletes namespaces and waits up to timeout for them to
-// go, so the next run starts clean; a namespace already gone is fine.
-func DeleteNamespaces(ctx context.Context, cs kubernetes.Interface, names []string, timeout time.Duration) error {
-	var errs []error
-	for _, n := range names {
-		err := cs.CoreV1().Namespaces().Delete(ctx, n, metav1.DeleteOptions{})
-		if err != nil && !apierrors.IsNotFound(err) {
-			errs = append(errs, fmt.Errorf("deleting namespace %s: %w", n, err))
-		}
-	}
-	if len(errs) > 0 {
-		return errors.Join(errs...)
-	}
-	err := wait.PollUntilContextTimeout(ctx, time.Second, timeout, true, func(ctx context.Context) (bool, error) {
-		for _, n := range names {
-			if _, err := cs.CoreV1().Namespaces().Get(ctx, n, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-				return false, nil
-			}
-		}
-		return true, nil
-	})
-	if err != nil {
-		return fmt.Errorf("waiting %s for namespaces %v to be deleted: %w", timeout, names, err)
-	}
-	return nil
-}
-
 func ptr[T any](v T) *T { return &v }
 
-// CreateNamespace is an e2e-framework environment function creating ns
-// (with its labels, which namespace selectors match) through the config's
-// klient, labelled as the suite's.
-func CreateNamespace(ns corev1.Namespace) env.Func {
-	return func(ctx context.Context, cfg *envconf.Config) (context.Context, error) {
-		ns := *ns.DeepCopy()
-		ns.Labels = withManagedBy(ns.Labels)
-		client, err := cfg.NewClient()
-		if err != nil {
-			return ctx, fmt.Errorf("creating namespace %s: %w", ns.Name, err)
-		}
-		if err := client.Resources().Create(ctx, &ns); err != nil {
-			return ctx, fmt.Errorf("creating namespace %s: %w", ns.Name, err)
-		}
-		return ctx, nil
-	}
-}
-
-// DeleteNamespace is an e2e-framework environment function deleting a
-// namespace the suite created; one already gone is fine.
-func DeleteNamespace(name string) env.Func {
-	return func(ctx context.Context, cfg *envconf.Config) (context.Context, error) {
-		client, err := cfg.NewClient()
-		if err != nil {
-			return ctx, fmt.Errorf("deleting namespace %s: %w", name, err)
-		}
-		err = client.Resources().Delete(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})
-		if err != nil && !apierrors.IsNotFound(err) {
-			return ctx, fmt.Errorf("deleting namespace %s: %w", name, err)
-		}
-		return ctx, nil
-	}
-}
-
-func withManagedBy(m map[string]string) map[string]string {
+// WithManagedBy is a copy of labels m with the suites' ManagedByLabel added.
+func WithManagedBy(m map[string]string) map[string]string {
 	out := map[string]string{ManagedByLabel: ManagedByValue}
 	for k, v := range m {
 		out[k] = v

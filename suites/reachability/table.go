@@ -1,8 +1,8 @@
-// Package report turns the conformance suites' results into what people
-// read: truth tables (from × to, per port and protocol) printed as aligned
-// grids with the mismatches marked and explained, a JUnit XML file for CI,
-// and a self-contained HTML page with the grids in colour.
-package report
+// Package reachability is the model of a policy suite's truth tables: for
+// each source, destination and port, whether a connection gets through, as
+// the oracle expects it and as the probes observed it, and the cells where
+// the two differ. Rendering them for people and CI is suites/report's job.
+package reachability
 
 import (
 	"fmt"
@@ -204,13 +204,6 @@ func (c *Comparison) SetFlows(k Key, flows []string) bool {
 		}
 	}
 	return false
-}
-
-func reachWord(r bool) string {
-	if r {
-		return "reachable"
-	}
-	return "blocked"
 }
 
 // Summary is one line: how many cells matched.

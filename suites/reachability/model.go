@@ -1,4 +1,4 @@
-package report
+package reachability
 
 import (
 	"github.com/flatnet/flatnet/fixtures/oracle"
