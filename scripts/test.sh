@@ -23,6 +23,8 @@ cd "$REPO_ROOT"
 step "go vet"
 go vet ./...
 go vet -tags e2e ./suites/...
+step "Go modules: go.mod and tools/go.mod tidy, at the versions of versions.env"
+bash scripts/check-modules.sh
 if [ -f scripts/check-bpf-generated.sh ]; then
 	step "BPF objects: committed output matches a fresh bpf2go run"
 	bash scripts/check-bpf-generated.sh

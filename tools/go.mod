@@ -2,7 +2,8 @@
 // image's binaries and the API server `make test` runs against, by
 // scripts/node-bin.sh; upstream agnhost for the probe tests), in a module of
 // their own so flatnet's module does not carry k8s.io/kubernetes' ~200 modules.
-// k8s.io/kubernetes must match KUBERNETES_VERSION in versions.env.
+// k8s.io/kubernetes must match KUBERNETES_VERSION in versions.env
+// (scripts/check-modules.sh checks it).
 module github.com/flatnet/flatnet/tools
 
 go 1.26
