@@ -28,7 +28,7 @@ build: tools ## build every flatnet binary and tool into bin/
 	@ls $(BIN_DIR)
 
 .PHONY: tools
-tools: ## kind, kubectl and ginkgo at the versions pinned in go.mod
+tools: ## kind and ginkgo at the versions pinned in go.mod, kubectl at tools/go.mod's
 	@bash scripts/tools.sh
 
 .PHONY: engine

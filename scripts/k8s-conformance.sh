@@ -36,7 +36,7 @@ STAGING_VERSION="v0.${KUBERNETES_VERSION#v1.}"
 # the test's dependencies too).
 e2e_module() {
 	local kdir key
-	key=$(cat "$REPO_ROOT/go.mod" "$0" | sha256sum | cut -c1-16)
+	key=$(cat "$REPO_ROOT/tools/go.mod" "$0" | sha256sum | cut -c1-16)
 	mkdir -p "$E2E_SRC"
 	[ -f "$E2E_SRC/go.sum" ] && [ "$(cat "$E2E_SRC/.tidy" 2>/dev/null)" = "$key" ] && return 0
 	rm -f "$E2E_SRC/go.mod" "$E2E_SRC/go.sum" "$E2E_SRC/.tidy"
@@ -51,11 +51,11 @@ e2e_module() {
 		echo
 		echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
 		echo
-		# The versions flatnet's go.mod selects (the cluster's own binaries are built
+		# The versions flatnet's tools/go.mod selects (the cluster's own binaries are built
 		# with them), so e2e.test shares the Go build cache with the node image; ginkgo
 		# and gomega stay at what this Kubernetes release tests with.
 		echo "require ("
-		awk '/^require \(/ {f = 1; next} f && /^\)/ {f = 0} f && NF >= 2 {print "\t" $1 " " $2}' "$REPO_ROOT/go.mod" |
+		awk '/^require \(/ {f = 1; next} f && /^\)/ {f = 0} f && NF >= 2 {print "\t" $1 " " $2}' "$REPO_ROOT/tools/go.mod" |
 			grep -vE '^\s(k8s\.io/kubernetes|github\.com/onsi/(ginkgo/v2|gomega)) '
 		echo ")"
 		echo

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the node's binaries from the Go module proxy into the flatnet cache, each
 # once: Kubernetes' own (version ldflags, from the k8s.io/kubernetes module pinned in
-# go.mod), etcd, CoreDNS and crictl at the versions in versions.env, and a pause of
+# tools/go.mod), etcd, CoreDNS and crictl at the versions in versions.env, and a pause of
 # our own. Prints the directory as the last line of stdout.
 #
 #   node-bin.sh                        every binary (scripts/node-image.sh)
@@ -28,7 +28,7 @@ for cmd in $K8S_CMDS; do
 		continue
 	fi
 	info "[$n/7] $cmd $KUBERNETES_VERSION: building (the first one takes longest)"
-	(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$BIN/build.log" go build -trimpath \
+	(cd "$REPO_ROOT/tools" && CGO_ENABLED=0 run_logged "$BIN/build.log" go build -trimpath \
 		-ldflags "$(k8s_ldflags)" -o "$BIN/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd")
 	mv "$BIN/$cmd.tmp" "$BIN/$cmd"
 done

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds flatnet's kind node image with no registry:
-#   Kubernetes binaries (version ldflags) from the k8s.io/kubernetes module pinned in go.mod,
+#   Kubernetes binaries (version ldflags) from the k8s.io/kubernetes module pinned in tools/go.mod,
 #   etcd, CoreDNS and crictl from the module proxy, a pause of our own, a Debian
 #   rootfs from debootstrap, and control-plane images FROM scratch (kube-proxy on a
 #   small Debian rootfs: it runs iptables/nft) preloaded into the node's containerd.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# `make test`: every Go test of the module on the real kernel (netns, veth, BPF
-# programs, nftables), as root. Privileged tests may not skip here
-# (FLATNET_REQUIRE_PRIVILEGED), so a green run always means they ran.
+# `make test`: every Go test of flatnet's module (tools/ holds no code) on the real
+# kernel (netns, veth, BPF programs, nftables), as root, after go vet and the checks
+# that committed files are current (go.mod/go.sum, bpf2go output). Privileged tests
+# may not skip here (FLATNET_REQUIRE_PRIVILEGED), so a green run always means they ran.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 [ "$(id -u)" -eq 0 ] || die "make test needs root: its tests create network namespaces, veth pairs and BPF programs" \
@@ -23,6 +24,8 @@ cd "$REPO_ROOT"
 step "go vet"
 go vet ./...
 go vet -tags e2e ./suites/...
+step "Go modules: go.mod and tools/go.mod tidy, at the versions of versions.env"
+bash scripts/check-modules.sh
 if [ -f scripts/check-bpf-generated.sh ]; then
 	step "BPF objects: committed output matches a fresh bpf2go run"
 	bash scripts/check-bpf-generated.sh

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Builds the tools pinned in go.mod (kind, kubectl, ginkgo) into bin/.
+# Builds the tools into bin/: kind and ginkgo from the main module (go.mod `tool`
+# lines, so the ginkgo CLI is the version of the library the suites import and kind
+# the version of the library they drive), kubectl from the tools module
+# (tools/go.mod: k8s.io/kubernetes and its staging modules).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-build_tool() { # NAME PKG [go build args]
-	local name=$1 pkg=$2
-	shift 2
+build_tool() { # NAME MODULE-DIR PKG [go build args]
+	local name=$1 dir=$2 pkg=$3
+	shift 3
 	info "tool $name: building $pkg"
-	(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$OUT_DIR/tools.log" go build -trimpath -o "$BIN_DIR/$name" "$@" "$pkg")
+	(cd "$dir" && CGO_ENABLED=0 run_logged "$OUT_DIR/tools.log" go build -trimpath -o "$BIN_DIR/$name" "$@" "$pkg")
 }
-build_tool kind sigs.k8s.io/kind -ldflags "-s -w"
-build_tool kubectl k8s.io/kubernetes/cmd/kubectl -ldflags "$(k8s_ldflags)"
-build_tool ginkgo github.com/onsi/ginkgo/v2/ginkgo -ldflags "-s -w"
+build_tool kind "$REPO_ROOT" sigs.k8s.io/kind -ldflags "-s -w"
+build_tool kubectl "$REPO_ROOT/tools" k8s.io/kubernetes/cmd/kubectl -ldflags "$(k8s_ldflags)"
+build_tool ginkgo "$REPO_ROOT" github.com/onsi/ginkgo/v2/ginkgo -ldflags "-s -w"
 info "tools: $("$BIN_DIR/kind" version | cut -d' ' -f1-2), kubectl $("$BIN_DIR/kubectl" version --client -o json | grep -m1 gitVersion | tr -d ' ",' | cut -d: -f2), ginkgo $("$BIN_DIR/ginkgo" version | awk '{print $NF}')"

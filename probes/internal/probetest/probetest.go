@@ -1,6 +1,6 @@
 // Package probetest builds the binaries probe tests run: flatnet's probe (also
 // linked as "agnhost", so it answers as agnhost does) and upstream agnhost, built
-// from the k8s.io/kubernetes module pinned in go.mod for side-by-side comparison.
+// from the k8s.io/kubernetes module pinned in tools/go.mod for side-by-side comparison.
 package probetest
 
 import (
@@ -54,8 +54,8 @@ func (b *Binaries) ProbeAsAgnhost(t testing.TB) string {
 	return filepath.Join(filepath.Dir(b.Probe(t)), "agnhost")
 }
 
-// Agnhost returns upstream agnhost, built from the module graph of this repository
-// into bin/agnhost-upstream and rebuilt only when go.sum or the Go version changed.
+// Agnhost returns upstream agnhost, built in the repository's tools module into
+// bin/agnhost-upstream and rebuilt only when tools/go.sum or the Go version changed.
 func (b *Binaries) Agnhost(t testing.TB) string {
 	t.Helper()
 	b.agOnce.Do(func() { b.agnhost, b.agErr = buildAgnhost() })
@@ -71,7 +71,8 @@ func buildAgnhost() (string, error) {
 		return "", err
 	}
 	root := filepath.Dir(strings.TrimSpace(string(gomod)))
-	sum, err := os.ReadFile(filepath.Join(root, "go.sum"))
+	tools := filepath.Join(root, "tools")
+	sum, err := os.ReadFile(filepath.Join(tools, "go.sum"))
 	if err != nil {
 		return "", err
 	}
@@ -88,7 +89,7 @@ func buildAgnhost() (string, error) {
 		}
 	}
 	cmd := exec.Command("go", "build", "-o", out, "k8s.io/kubernetes/test/images/agnhost")
-	cmd.Dir = root
+	cmd.Dir = tools
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		return "", &buildError{what: "agnhost", out: string(msg), err: err}
 	}
