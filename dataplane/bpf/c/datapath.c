@@ -5,14 +5,9 @@
 // Every lookup is a hash or LPM lookup with a bounded key: the cost per packet does
 // not depend on the number of rules.
 
-#include <linux/bpf.h>
-#include <linux/if_ether.h>
-#include <linux/in.h>
-#include <linux/ip.h>
-#include <linux/tcp.h>
-#include <linux/udp.h>
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_endian.h>
+#include <uapi.h>
+#include <bpf_helpers.h>
+#include <bpf_endian.h>
 
 #include "datapath.h"
 
