@@ -63,13 +63,13 @@ static __always_inline int handle_arp(struct __sk_buff *skb, __u8 dir, __u32 ifi
 		struct endpoint_info *ep = bpf_map_lookup_elem(&fn_endpoints, &ifindex);
 		if (!ep) {
 			code = DROP_NO_ENDPOINT;
-			goto drop;
+			goto refuse;
 		}
 		local_id = ep->identity;
 		__u32 addr = ep->addr;
 		if (p->saddr != addr) {
 			code = DROP_INVALID_SOURCE;
-			goto drop;
+			goto refuse;
 		}
 		struct local_ep *le = bpf_map_lookup_elem(&fn_local_ips, &addr);
 		struct ethhdr *eth = (void *)(long)skb->data;
@@ -83,116 +83,90 @@ static __always_inline int handle_arp(struct __sk_buff *skb, __u8 dir, __u32 ifi
 				diff |= (eth->h_source[i] ^ le->pod_mac[i]) | (arp->sha[i] ^ le->pod_mac[i]);
 			if (diff) {
 				code = DROP_INVALID_SRC_MAC;
-				goto drop;
+				goto refuse;
 			}
 		}
 	}
 	count(ifindex, dir, code, skb->len);
 	return TCX_NEXT;
-drop:
-	count(ifindex, dir, code, skb->len);
-	emit(ifindex, dir, p, VERDICT_DROP, code, 0, 0, local_id);
-	return TCX_DROP;
+refuse:
+	return drop(ifindex, dir, p, skb->len, code, 0, 0, local_id);
 }
 
-// handle judges a packet of the endpoint on host veth ifindex going in direction dir,
-// counts it, reports it, and returns the tcx verdict.
-static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 ifindex)
+// drop_unparsed drops a frame parse refused (r: -1 for headers cut short or
+// malformed, else its drop code).
+static __always_inline int drop_unparsed(struct __sk_buff *skb, __u8 dir, __u32 ifindex, struct pkt *p, int r)
 {
-	struct pkt p = {};
-	int r = parse(skb, &p, ifindex);
-	if (r < 0 && skb->len > skb->data_end - skb->data) {
-		// Headers beyond the linear part of a non-linear skb: pull them in, retry.
-		__u32 want = skb->len < MAX_HEADERS ? skb->len : MAX_HEADERS;
-		if (!bpf_skb_pull_data(skb, want))
-			r = parse(skb, &p, ifindex);
+	__u8 code = r < 0 ? DROP_MALFORMED : r;
+	struct endpoint_info *ep = bpf_map_lookup_elem(&fn_endpoints, &ifindex);
+	if (ep && (code == DROP_UNKNOWN_L3 || code == DROP_UNSUPPORTED_L2)) {
+		// No IPv4 addresses in the frame: the pod's own names it in the event.
+		if (dir == DIR_EGRESS)
+			p->saddr = ep->addr;
+		else
+			p->daddr = ep->addr;
 	}
-	if (r == PARSE_ARP)
-		return handle_arp(skb, dir, ifindex, &p);
-	if (r != 0) {
-		__u8 code = r < 0 ? DROP_MALFORMED : r;
-		struct endpoint_info *ep = bpf_map_lookup_elem(&fn_endpoints, &ifindex);
-		if (ep && (code == DROP_UNKNOWN_L3 || code == DROP_UNSUPPORTED_L2)) {
-			// No IPv4 addresses in the frame: the pod's own names it in the event.
-			if (dir == DIR_EGRESS)
-				p.saddr = ep->addr;
-			else
-				p.daddr = ep->addr;
-		}
-		count(ifindex, dir, code, skb->len);
-		emit(ifindex, dir, &p, VERDICT_DROP, code, 0, 0, ep ? ep->identity : 0);
-		return TCX_DROP;
-	}
-	__u64 now = bpf_ktime_get_ns();
-	if (p.related && related(skb, &p, ifindex, dir, now))
-		return TCX_NEXT;
-	// Connection tracking: one entry per connection and endpoint, keyed from the pod's
-	// side, remembering which direction opened it. Entries are only made with the
-	// endpoint's own address as the pod's: a packet that matches one has a valid
-	// source, and the endpoint lookup is left to packets that need it.
-	struct ct_key ck = {.ifindex = ifindex, .proto = p.proto};
-	if (dir == DIR_EGRESS) {
-		ck.pod_addr = p.saddr;
-		ck.peer_addr = p.daddr;
-		ck.pod_port = p.sport;
-		ck.peer_port = p.dport;
-	} else {
-		ck.pod_addr = p.daddr;
-		ck.peer_addr = p.saddr;
-		ck.pod_port = p.dport;
-		ck.peer_port = p.sport;
-	}
-	struct ct_val ctv;
-	int where = ct_get(ifindex, &ck, now, &ctv);
-	struct ct_val *ct = where ? &ctv : NULL;
-	if (ct && ct->expires_ns < now)
-		ct = NULL;
+	return drop(ifindex, dir, p, skb->len, code, 0, 0, ep ? ep->identity : 0);
+}
+
+// A packet's connection: its conntrack key, from the pod's side, and the tracked
+// entry the packet continues, if any.
+struct conn {
+	struct ct_key key;
+	struct ct_val entry;
+	int where; // where ct_get found entry (CT_IN_*); 0: the packet opens a connection
+};
+
+// lookup_connection decides which tracked connection p continues: it fills c and
+// returns 1, or returns 0 when p opens a new one (none tracked, expired, or a SYN
+// on the tuple of a closing connection).
+//
+// Connection tracking: one entry per connection and endpoint, keyed from the pod's
+// side, remembering which direction opened it. Entries are only made with the
+// endpoint's own address as the pod's: a packet that matches one has a valid
+// source, and the endpoint lookup is left to packets that need it.
+static __always_inline int lookup_connection(const struct pkt *p, __u8 dir, __u32 ifindex, __u64 now, struct conn *c)
+{
+	c->key = ct_key_of(ifindex, p->proto, dir == DIR_EGRESS, p->saddr, p->daddr, p->sport, p->dport);
+	c->where = ct_get(ifindex, &c->key, now, &c->entry);
+	if (c->where && c->entry.expires_ns < now)
+		c->where = 0;
 	// A SYN on the tuple of a closing connection opens a new one (port reuse within
 	// the closing lifetime): judge it afresh, in whichever direction it comes, and
 	// never as a reply of the old one.
-	if (ct && (ct->flags & CT_F_CLOSING) && p.proto == IPPROTO_TCP &&
-	    (p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
-		ct = NULL;
-	__u8 closing = (p.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) ? CT_F_CLOSING : 0;
-	if (ct && ct->origin_dir != dir) {
-		// A reply of a connection this endpoint's policy (or its peer) let through.
-		return pass_tracked(skb, ct, where, &ck, ct->flags | CT_F_SEEN_REPLY | closing, now, &p, ifindex, dir,
-				    FORWARD_REPLY);
-	}
+	if (c->where && (c->entry.flags & CT_F_CLOSING) && p->proto == IPPROTO_TCP &&
+	    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+		c->where = 0;
+	return c->where != 0;
+}
 
-	struct endpoint_info *ep = NULL;
-	__u32 local_id = 0;
-	if (!ct) {
-		ep = bpf_map_lookup_elem(&fn_endpoints, &ifindex);
-		if (!ep) {
-			// Attached but not (or no longer) known: fail closed.
-			count(ifindex, dir, DROP_NO_ENDPOINT, skb->len);
-			emit(ifindex, dir, &p, VERDICT_DROP, DROP_NO_ENDPOINT, 0, 0, 0);
-			return TCX_DROP;
-		}
-		local_id = ep->identity;
-		if (dir == DIR_EGRESS && p.saddr != ep->addr) {
-			count(ifindex, dir, DROP_INVALID_SOURCE, skb->len);
-			emit(ifindex, dir, &p, VERDICT_DROP, DROP_INVALID_SOURCE, 0, 0, local_id);
-			return TCX_DROP;
-		}
-		// The node's loopback (127/8) and 0/8 are no destination for a pod: with
-		// route_localnet=1 (kube-proxy) the host answers them from its loopback-only
-		// services (the agent's API) unless a firewall rule says otherwise.
-		__u8 first = bpf_ntohl(p.daddr) >> 24;
-		if (dir == DIR_EGRESS && (first == 127 || first == 0)) {
-			count(ifindex, dir, DROP_UNROUTABLE, skb->len);
-			emit(ifindex, dir, &p, VERDICT_DROP, DROP_UNROUTABLE, 0, 0, local_id);
-			return TCX_DROP;
-		}
-	}
+// judge_source decides whether the endpoint ep may open a connection with p: from
+// the pod, only from its own address and not to the node's loopback or 0/8.
+// Returns 0, or the drop code.
+static __always_inline __u8 judge_source(__u8 dir, const struct endpoint_info *ep, const struct pkt *p)
+{
+	if (dir != DIR_EGRESS)
+		return 0;
+	if (p->saddr != ep->addr)
+		return DROP_INVALID_SOURCE;
+	// The node's loopback (127/8) and 0/8 are no destination for a pod: with
+	// route_localnet=1 (kube-proxy) the host answers them from its loopback-only
+	// services (the agent's API) unless a firewall rule says otherwise.
+	__u8 first = bpf_ntohl(p->daddr) >> 24;
+	if (first == 127 || first == 0)
+		return DROP_UNROUTABLE;
+	return 0;
+}
 
-	__u32 peer_addr = ck.peer_addr;
+// judge_peer decides whether the endpoint on ifindex may exchange p in dir with the
+// peer at peer_addr, filling d; it returns the peer's identity. Its own node is
+// always allowed; from the pod, Service addresses and the node's own pass marked, to
+// be judged on the backend; every other peer by the endpoint's policy.
+static __always_inline __u32 judge_peer(struct __sk_buff *skb, __u8 dir, __u32 ifindex, __u32 peer_addr,
+					const struct pkt *p, struct decision *d)
+{
 	__u32 ipc_flags = 0;
-	__u32 remote_id = lookup_ip(&fn_ipcache, peer_addr, &ipc_flags);
-	if (!remote_id)
-		remote_id = IDENTITY_WORLD;
-	struct decision d = {};
+	__u32 remote_id = remote_identity(peer_addr, &ipc_flags);
 	if (dir == DIR_EGRESS && (ipc_flags & IPCACHE_F_SERVICE || remote_id == IDENTITY_HOST)) {
 		// A Service address (ClusterIP), or the node's own address (a NodePort):
 		// kube-proxy may DNAT it after this hook, so the egress decision is made on
@@ -201,56 +175,100 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 ifindex
 		// connection is tracked here under the address the pod used, which is what
 		// the un-DNATed replies carry.
 		skb->mark |= SERVICE_MARK;
-		d.allow = 1;
-		d.code = remote_id == IDENTITY_HOST ? FORWARD_HOST : FORWARD_SERVICE;
+		d->allow = 1;
+		d->code = remote_id == IDENTITY_HOST ? FORWARD_HOST : FORWARD_SERVICE;
 	} else if (remote_id == IDENTITY_HOST) {
 		// Own node -> pod (kubelet probes) is always allowed.
-		d.allow = 1;
-		d.code = FORWARD_HOST;
+		d->allow = 1;
+		d->code = FORWARD_HOST;
 	} else {
-		void *pol = bpf_map_lookup_elem(&fn_policy, &ifindex);
-		if (!pol) {
-			count(ifindex, dir, DROP_NO_POLICY, skb->len);
-			emit(ifindex, dir, &p, VERDICT_DROP, DROP_NO_POLICY, 0, remote_id, endpoint_identity(ifindex, local_id));
-			return TCX_DROP;
-		}
-		__u32 cidr_id = lookup_ip(&fn_cidrcache, peer_addr, NULL);
-		decide(pol, dir, remote_id, cidr_id, &p, &d);
+		policy_verdict(ifindex, dir, remote_id, peer_addr, p, d);
 	}
-	if (!d.allow) {
-		count(ifindex, dir, d.code, skb->len);
-		emit(ifindex, dir, &p, VERDICT_DROP, d.code, d.rule_id, remote_id, endpoint_identity(ifindex, local_id));
-		return TCX_DROP;
-	}
-	if (ct)
-		return pass_tracked(skb, ct, where, &ck, ct->flags | closing, now, &p, ifindex, dir, FORWARD_ESTABLISHED);
+	return remote_id;
+}
+
+// create_connection tracks the connection p opens, which judge_peer allowed (d),
+// and forwards p: counted, reported, and from a pod handed straight to a local pod
+// when the connection qualifies for direct delivery.
+static __always_inline int create_connection(struct __sk_buff *skb, __u8 dir, __u32 ifindex, const struct pkt *p,
+					     const struct ct_key *ck, const struct endpoint_info *ep,
+					     const struct decision *d, __u32 remote_id, __u32 local_id, __u8 closing,
+					     __u64 now)
+{
 	struct ct_val nv = {
 		.origin_dir = dir,
 		.flags = closing,
-		.rule_id = d.rule_id,
+		.rule_id = d->rule_id,
 	};
 	struct local_ep *le = NULL;
 	if (dir == DIR_EGRESS) {
 		// Only the opening packet of a connection starts direct delivery: a lost
 		// entry re-created mid-connection may belong to a NATed one.
-		if (d.code == FORWARD_POLICY &&
-		    (p.proto == IPPROTO_UDP || (p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN))
-			le = local_target(skb, &p);
+		if (d->code == FORWARD_POLICY &&
+		    (p->proto == IPPROTO_UDP || (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN))
+			le = local_target(skb, p);
 		if (le)
 			nv.flags |= CT_F_DIRECT;
 	} else if (skb->mark & DIRECT_MARK) {
 		nv.flags |= CT_F_DIRECT;
 	}
-	nv.expires_ns = now + ct_lifetime(&p, closing);
-	// Only under the endpoint's own address (see above); a packet to another address
-	// routed out of this veth passes untracked.
-	if (ep && ck.pod_addr == ep->addr)
-		bpf_map_update_elem(&fn_ct, &ck, &nv, BPF_ANY);
-	count(ifindex, dir, d.code, skb->len);
-	emit(ifindex, dir, &p, VERDICT_FORWARD, d.code, d.rule_id, remote_id, local_id);
+	nv.expires_ns = now + ct_lifetime(p, closing);
+	// Only under the endpoint's own address (see lookup_connection); a packet to
+	// another address routed out of this veth passes untracked.
+	if (ep && ck->pod_addr == ep->addr)
+		bpf_map_update_elem(&fn_ct, ck, &nv, BPF_ANY);
+	count(ifindex, dir, d->code, skb->len);
+	emit(ifindex, dir, p, VERDICT_FORWARD, d->code, d->rule_id, remote_id, local_id);
 	if (le)
 		return deliver_local(skb, le);
 	return TCX_NEXT;
+}
+
+// handle judges a packet of the endpoint on host veth ifindex going in direction dir,
+// counts it, reports it, and returns the tcx verdict: a reply of a tracked connection
+// passes; a packet opening a connection (or continuing one in its opening direction)
+// is judged by its source and its peer, and a new connection is created.
+static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 ifindex)
+{
+	struct pkt p = {};
+	int r = parse_skb(skb, &p, ifindex);
+	if (r == PARSE_ARP)
+		return handle_arp(skb, dir, ifindex, &p);
+	if (r != 0)
+		return drop_unparsed(skb, dir, ifindex, &p, r);
+	__u64 now = bpf_ktime_get_ns();
+	if (p.related && related(skb, &p, ifindex, dir, now))
+		return TCX_NEXT;
+
+	struct conn c;
+	int tracked = lookup_connection(&p, dir, ifindex, now, &c);
+	__u8 closing = (p.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) ? CT_F_CLOSING : 0;
+	if (tracked && c.entry.origin_dir != dir) {
+		// A reply of a connection this endpoint's policy (or its peer) let through.
+		return pass_tracked(skb, &c.entry, c.where, &c.key, c.entry.flags | CT_F_SEEN_REPLY | closing, now, &p,
+				    ifindex, dir, FORWARD_REPLY);
+	}
+
+	struct endpoint_info *ep = NULL;
+	__u32 local_id = 0;
+	if (!tracked) {
+		ep = bpf_map_lookup_elem(&fn_endpoints, &ifindex);
+		if (!ep) // attached but not (or no longer) known: fail closed
+			return drop(ifindex, dir, &p, skb->len, DROP_NO_ENDPOINT, 0, 0, 0);
+		local_id = ep->identity;
+		__u8 code = judge_source(dir, ep, &p);
+		if (code)
+			return drop(ifindex, dir, &p, skb->len, code, 0, 0, local_id);
+	}
+
+	struct decision d = {};
+	__u32 remote_id = judge_peer(skb, dir, ifindex, c.key.peer_addr, &p, &d);
+	if (!d.allow)
+		return drop(ifindex, dir, &p, skb->len, d.code, d.rule_id, remote_id, endpoint_identity(ifindex, local_id));
+	if (tracked)
+		return pass_tracked(skb, &c.entry, c.where, &c.key, c.entry.flags | closing, now, &p, ifindex, dir,
+				    FORWARD_ESTABLISHED);
+	return create_connection(skb, dir, ifindex, &p, &c.key, ep, &d, remote_id, local_id, closing, now);
 }
 
 SEC("tcx/ingress")
@@ -304,23 +322,13 @@ int deliver_to_pod(struct __sk_buff *skb)
 // dir against remote addr; drops are counted and reported as from_pod/to_pod would.
 static __always_inline int nf_judge(__u32 ifindex, __u8 dir, __u32 addr, __u32 local_id, const struct pkt *p)
 {
-	__u32 remote_id = lookup_ip(&fn_ipcache, addr, NULL);
-	if (!remote_id)
-		remote_id = IDENTITY_WORLD;
+	__u32 remote_id = remote_identity(addr, NULL);
 	if (remote_id == IDENTITY_HOST)
 		return 1;
 	struct decision d = {};
-	void *pol = bpf_map_lookup_elem(&fn_policy, &ifindex);
-	if (!pol) {
-		d.code = DROP_NO_POLICY;
-	} else {
-		__u32 cidr_id = lookup_ip(&fn_cidrcache, addr, NULL);
-		decide(pol, dir, remote_id, cidr_id, p, &d);
-	}
-	if (!d.allow) {
-		count(ifindex, dir, d.code, p->len);
-		emit(ifindex, dir, p, VERDICT_DROP, d.code, d.rule_id, remote_id, local_id);
-	}
+	policy_verdict(ifindex, dir, remote_id, addr, p, &d);
+	if (!d.allow)
+		drop(ifindex, dir, p, p->len, d.code, d.rule_id, remote_id, local_id);
 	return d.allow;
 }
 

@@ -19,6 +19,26 @@ static __always_inline __u64 ct_lifetime(const struct pkt *p, __u8 flags)
 	return CT_LIFETIME_TCP_NS;
 }
 
+// ct_key_of is the key of a tuple on the endpoint on ifindex, seen from the pod's
+// side: the pod is the tuple's source when pod_is_source, else its destination.
+static __always_inline struct ct_key ct_key_of(__u32 ifindex, __u8 proto, int pod_is_source, __u32 saddr, __u32 daddr,
+						__u16 sport, __u16 dport)
+{
+	struct ct_key k = {.ifindex = ifindex, .proto = proto};
+	if (pod_is_source) {
+		k.pod_addr = saddr;
+		k.peer_addr = daddr;
+		k.pod_port = sport;
+		k.peer_port = dport;
+	} else {
+		k.pod_addr = daddr;
+		k.peer_addr = saddr;
+		k.pod_port = dport;
+		k.peer_port = sport;
+	}
+	return k;
+}
+
 #define CT_IN_SHARED 1
 #define CT_IN_EST 2
 // How stale a refreshed lifetime may be left, to save a write per packet.
@@ -94,21 +114,9 @@ __attribute__((noinline)) int ct_set(__u32 ifindex, const struct ct_key *k, int 
 // packet went the other way: out of the pod when the error comes in, and back.
 static __always_inline int related(struct __sk_buff *skb, const struct pkt *p, __u32 ifindex, __u8 dir, __u64 now)
 {
-	struct ct_key k = {.ifindex = ifindex, .proto = p->rel_proto};
-	__u32 pod_side;
-	if (dir == DIR_EGRESS) {
-		k.pod_addr = p->rel_daddr;
-		k.peer_addr = p->rel_saddr;
-		k.pod_port = p->rel_dport;
-		k.peer_port = p->rel_sport;
-		pod_side = p->saddr;
-	} else {
-		k.pod_addr = p->rel_saddr;
-		k.peer_addr = p->rel_daddr;
-		k.pod_port = p->rel_sport;
-		k.peer_port = p->rel_dport;
-		pod_side = p->daddr;
-	}
+	struct ct_key k = ct_key_of(ifindex, p->rel_proto, dir == DIR_INGRESS, p->rel_saddr, p->rel_daddr, p->rel_sport,
+				    p->rel_dport);
+	__u32 pod_side = dir == DIR_EGRESS ? p->saddr : p->daddr;
 	// Entries are made only under the endpoint's own address: the error must be
 	// from (to) that address too, which is the source check for it.
 	if (pod_side != k.pod_addr)

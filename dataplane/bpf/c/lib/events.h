@@ -77,6 +77,16 @@ static __always_inline void emit(__u32 ifindex, __u8 dir, const struct pkt *p, _
 	bpf_ringbuf_submit(e, wake);
 }
 
+// drop counts and reports a dropped packet of the endpoint on ifindex (bytes long);
+// it returns the tcx verdict that drops it.
+static __always_inline int drop(__u32 ifindex, __u8 dir, const struct pkt *p, __u32 bytes, __u8 code, __u32 rule_id,
+				__u32 remote_id, __u32 local_id)
+{
+	count(ifindex, dir, code, bytes);
+	emit(ifindex, dir, p, VERDICT_DROP, code, rule_id, remote_id, local_id);
+	return TCX_DROP;
+}
+
 // endpoint_identity is the identity of the endpoint on ifindex, for events of packets
 // that did not need the endpoint looked up (known: id, when it was).
 static __always_inline __u32 endpoint_identity(__u32 ifindex, __u32 id)

@@ -201,6 +201,19 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p, __u32 ifi
 	return 0;
 }
 
+// parse_skb is parse, with the headers a non-linear skb holds beyond its linear part
+// pulled in when parse finds them cut short there.
+static __always_inline int parse_skb(struct __sk_buff *skb, struct pkt *p, __u32 ifindex)
+{
+	int r = parse(skb, p, ifindex);
+	if (r < 0 && skb->len > skb->data_end - skb->data) {
+		__u32 want = skb->len < MAX_HEADERS ? skb->len : MAX_HEADERS;
+		if (!bpf_skb_pull_data(skb, want))
+			r = parse(skb, p, ifindex);
+	}
+	return r;
+}
+
 // ipv4 is the packet's IPv4 header (parse has checked the frame is IPv4), or NULL.
 static __always_inline struct iphdr *ipv4(struct __sk_buff *skb)
 {

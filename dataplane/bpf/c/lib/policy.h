@@ -6,6 +6,27 @@
 #include "maps.h"
 #include "parse.h"
 
+// lookup_ip is the identity of addr's longest prefix in map (fn_ipcache or
+// fn_cidrcache), 0 when none, and the entry's flags in *flags (unless NULL).
+static __always_inline __u32 lookup_ip(void *map, __u32 addr, __u32 *flags)
+{
+	struct ipcache_key k = {.prefixlen = 32, .addr = addr};
+	struct ipcache_val *v = bpf_map_lookup_elem(map, &k);
+	if (!v)
+		return 0;
+	if (flags)
+		*flags = v->flags;
+	return v->identity;
+}
+
+// remote_identity is the identity the IP cache gives addr, world when it has none,
+// and the entry's flags in *flags (unless NULL).
+static __always_inline __u32 remote_identity(__u32 addr, __u32 *flags)
+{
+	__u32 id = lookup_ip(&fn_ipcache, addr, flags);
+	return id ? id : IDENTITY_WORLD;
+}
+
 // lookup_one returns the entry of the longest port prefix for one remote identity,
 // else its any-protocol entry, else NULL.
 static __always_inline struct policy_val *lookup_one(void *pol, __u8 dir, __u32 id, __u8 proto, __u16 port,
@@ -89,14 +110,19 @@ deny_a:
 	d->rule_id = a->rule_id;
 }
 
-static __always_inline __u32 lookup_ip(void *map, __u32 addr, __u32 *flags)
+// policy_verdict decides by the policy map of the endpoint on ifindex whether it may
+// exchange p in dir with the remote at addr (identity remote_id): an endpoint without
+// a policy map drops everything (DROP_NO_POLICY).
+static __always_inline void policy_verdict(__u32 ifindex, __u8 dir, __u32 remote_id, __u32 addr, const struct pkt *p,
+					   struct decision *d)
 {
-	struct ipcache_key k = {.prefixlen = 32, .addr = addr};
-	struct ipcache_val *v = bpf_map_lookup_elem(map, &k);
-	if (!v)
-		return 0;
-	if (flags)
-		*flags = v->flags;
-	return v->identity;
+	void *pol = bpf_map_lookup_elem(&fn_policy, &ifindex);
+	if (!pol) {
+		d->allow = 0;
+		d->code = DROP_NO_POLICY;
+		d->rule_id = 0;
+		return;
+	}
+	__u32 cidr_id = lookup_ip(&fn_cidrcache, addr, NULL);
+	decide(pol, dir, remote_id, cidr_id, p, d);
 }
-
