@@ -155,18 +155,11 @@ type PrefixEntry struct {
 // wants).
 func (d *Datapath) IPCache(_ context.Context) (map[ipv4.Prefix]PrefixEntry, error) {
 	out := map[ipv4.Prefix]PrefixEntry{}
-	var k datapathIpcacheKey
-	var v datapathIpcacheVal
-	it := d.objs.FnIpcache.Iterate()
-	for it.Next(&k, &v) {
-		p, err := ipv4.From4(addrFromBE(k.Addr).As4(), int(k.Prefixlen))
-		if err != nil {
-			return nil, fmt.Errorf("reading the IP cache: a key of %d bits: %w", k.Prefixlen, err)
-		}
+	err := readPrefixes(d.objs.FnIpcache, "the IP cache", func(p ipv4.Prefix, v datapathIpcacheVal) {
 		out[p] = PrefixEntry{Identity: identity.ID(v.Identity), Service: v.Flags&ipcacheFlagService != 0}
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("reading the IP cache: %w", err)
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -174,18 +167,30 @@ func (d *Datapath) IPCache(_ context.Context) (map[ipv4.Prefix]PrefixEntry, erro
 // CIDRs returns the CIDR-rule prefixes as stored.
 func (d *Datapath) CIDRs(_ context.Context) (map[ipv4.Prefix]identity.ID, error) {
 	out := map[ipv4.Prefix]identity.ID{}
+	err := readPrefixes(d.objs.FnCidrcache, "the CIDR prefixes", func(p ipv4.Prefix, v datapathIpcacheVal) {
+		out[p] = identity.ID(v.Identity)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// readPrefixes calls fn for each entry of m, an LPM map of the IP cache's layout
+// (fn_ipcache, fn_cidrcache); what names m in errors.
+func readPrefixes(m *ebpf.Map, what string, fn func(ipv4.Prefix, datapathIpcacheVal)) error {
 	var k datapathIpcacheKey
 	var v datapathIpcacheVal
-	it := d.objs.FnCidrcache.Iterate()
+	it := m.Iterate()
 	for it.Next(&k, &v) {
 		p, err := ipv4.From4(addrFromBE(k.Addr).As4(), int(k.Prefixlen))
 		if err != nil {
-			return nil, fmt.Errorf("reading the CIDR prefixes: a key of %d bits: %w", k.Prefixlen, err)
+			return fmt.Errorf("reading %s: a key of %d bits: %w", what, k.Prefixlen, err)
 		}
-		out[p] = identity.ID(v.Identity)
+		fn(p, v)
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("reading the CIDR prefixes: %w", err)
+		return fmt.Errorf("reading %s: %w", what, err)
 	}
-	return out, nil
+	return nil
 }

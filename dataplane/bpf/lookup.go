@@ -46,7 +46,7 @@ func (d *Datapath) Lookup(_ context.Context, ifindex int, dir policy.Direction, 
 	case err != nil && !errors.Is(err, ebpf.ErrKeyNotExist):
 		return out, fmt.Errorf("looking up %s in the IP cache: %w", remote, err)
 	}
-	if dir == policy.Egress && (ipc.Flags&1 != 0 || out.RemoteIdentity == identity.Host) {
+	if dir == policy.Egress && (ipc.Flags&ipcacheFlagService != 0 || out.RemoteIdentity == identity.Host) {
 		out.Deferred, out.Allowed = true, true
 		return out, nil
 	}
