@@ -8,6 +8,7 @@
 #include "parse.h"
 #include "events.h"
 
+// ct_lifetime is how long from now an entry with flags lives, for p's protocol.
 static __always_inline __u64 ct_lifetime(const struct pkt *p, __u8 flags)
 {
 	if (p->proto != IPPROTO_TCP)

@@ -7,6 +7,7 @@
 #include "maps.h"
 #include "parse.h"
 
+// count adds a packet (bytes long) to the endpoint's counter of code in dir.
 static __always_inline void count(__u32 ifindex, __u8 dir, __u8 code, __u32 bytes)
 {
 	struct counter_key k = {.ifindex = ifindex, .dir = dir, .code = code};
@@ -20,6 +21,8 @@ static __always_inline void count(__u32 ifindex, __u8 dir, __u8 code, __u32 byte
 	bpf_map_update_elem(&fn_counters, &k, &nv, BPF_NOEXIST);
 }
 
+// emit writes p's flow event into the ring, unless events are off (DP_F_NO_EVENTS);
+// one the CPU's budget or a full ring has no room for is counted lost.
 static __always_inline void emit(__u32 ifindex, __u8 dir, const struct pkt *p, __u8 verdict, __u8 code,
 				 __u32 rule_id, __u32 remote_id, __u32 local_id)
 {
