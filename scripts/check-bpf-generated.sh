@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Regenerates dataplane/bpf's bpf2go output into a temp dir, with the exact
 # //go:generate line of dataplane/bpf/doc.go, and fails if the committed files differ.
-# Needs clang (apt-get install -y clang llvm libbpf-dev).
+# Needs clang (apt-get install -y clang llvm); the headers it compiles against are
+# vendored in dataplane/bpf/c/include.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 pkg="$root/dataplane/bpf"
-command -v clang >/dev/null || { echo "check-bpf-generated: clang missing (apt-get install -y clang llvm libbpf-dev)" >&2; exit 1; }
+command -v clang >/dev/null || { echo "check-bpf-generated: clang missing (apt-get install -y clang llvm)" >&2; exit 1; }
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

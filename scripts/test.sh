@@ -10,7 +10,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # What the tests drive besides the kernel: nft for drop rules, ip for debugging
 # output, clang/llvm to prove the committed BPF objects are current, chromium to
 # render the HTML report.
-apt_install nftables iproute2 clang llvm libbpf-dev chromium
+apt_install nftables iproute2 clang llvm chromium
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 modprobe -q nf_tables 2>/dev/null || true
 

@@ -46,7 +46,7 @@ func (d *Datapath) Lookup(_ context.Context, ifindex int, dir policy.Direction, 
 	case err != nil && !errors.Is(err, ebpf.ErrKeyNotExist):
 		return out, fmt.Errorf("looking up %s in the IP cache: %w", remote, err)
 	}
-	if dir == policy.Egress && (ipc.Flags&1 != 0 || out.RemoteIdentity == identity.Host) {
+	if dir == policy.Egress && (ipc.Flags&ipcacheFlagService != 0 || out.RemoteIdentity == identity.Host) {
 		out.Deferred, out.Allowed = true, true
 		return out, nil
 	}
@@ -70,42 +70,4 @@ func (d *Datapath) Lookup(_ context.Context, ifindex int, dir policy.Direction, 
 	// statement (which the programs are held to by the differential test).
 	out.Decision = pol.Decide(dir, out.RemoteIdentity, out.CIDRIdentity, proto, port)
 	return out, nil
-}
-
-// readPolicy reads the policy map of the endpoint on ifindex back into the
-// compiler's form: its entries, and per direction whether it is enforced (a
-// direction without a meta entry drops what nothing matches, as in the programs).
-func (d *Datapath) readPolicy(ifindex int) (*compile.EndpointPolicy, error) {
-	var innerID uint32
-	if err := d.objs.FnPolicy.Lookup(uint32(ifindex), &innerID); err != nil {
-		return nil, fmt.Errorf("endpoint %d has no policy map in the datapath (its packets drop): %w", ifindex, err)
-	}
-	m, err := ebpf.NewMapFromID(ebpf.MapID(innerID))
-	if err != nil {
-		return nil, fmt.Errorf("opening the policy map of endpoint %d: %w", ifindex, err)
-	}
-	defer m.Close()
-	pol := &compile.EndpointPolicy{Enforce: [2]bool{true, true}, Entries: map[compile.Key]compile.Verdict{}}
-	var key datapathPolicyKey
-	var val datapathPolicyVal
-	it := m.Iterate()
-	for it.Next(&key, &val) {
-		dir := policy.Ingress
-		if key.Dir == dirEgress {
-			dir = policy.Egress
-		}
-		if key.Identity == policyMetaIdentity {
-			pol.Enforce[dir] = val.DefaultAllow == 0
-			continue
-		}
-		k := compile.Key{Direction: dir, Identity: identity.ID(key.Identity)}
-		if key.Proto != 0 {
-			k.Protocol, k.Port, k.PortPrefixLen = policy.Protocol(key.Proto), htons(key.Dport), key.Plen
-		}
-		pol.Entries[k] = compile.Verdict{Deny: val.Deny != 0, RuleID: compile.RuleID(val.RuleId)}
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("reading the policy map of endpoint %d: %w", ifindex, err)
-	}
-	return pol, nil
 }

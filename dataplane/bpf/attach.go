@@ -1,0 +1,283 @@
+package bpf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+
+	"github.com/flatnet/flatnet/dataplane/compile"
+	"github.com/flatnet/flatnet/dataplane/identity"
+)
+
+func (d *Datapath) linkPin(ifindex int, dir int) string {
+	name := "ingress"
+	if dir == dirEgress {
+		name = "egress"
+	}
+	return filepath.Join(d.pinDir, "links", fmt.Sprintf("%d-%s", ifindex, name))
+}
+
+// resumeLinks points every pinned link at the programs just loaded. A link whose
+// interface is gone (pod deleted while no agent ran) is unpinned.
+func (d *Datapath) resumeLinks(ctx context.Context) error {
+	entries, err := os.ReadDir(filepath.Join(d.pinDir, "links"))
+	if err != nil {
+		return fmt.Errorf("listing pinned links: %w", err)
+	}
+	for _, e := range entries {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		path := filepath.Join(d.pinDir, "links", e.Name())
+		if e.Name() == filepath.Base(d.servicePin()) {
+			continue // AttachServiceHook replaces it
+		}
+		ifs, side, ok := strings.Cut(e.Name(), "-")
+		ifindex, convErr := strconv.Atoi(ifs)
+		if !ok || convErr != nil || (side != "ingress" && side != "egress") {
+			continue
+		}
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			return fmt.Errorf("opening pinned link %s: %w", path, err)
+		}
+		info, err := l.Info()
+		if err != nil || info.TCX() == nil || info.TCX().Ifindex != uint32(ifindex) {
+			// Detached: its interface went away while no agent ran.
+			_ = l.Unpin()
+			l.Close()
+			if side == "ingress" {
+				if err := d.forget(ifindex); err != nil {
+					return fmt.Errorf("forgetting the endpoint of vanished interface %d: %w", ifindex, err)
+				}
+			}
+			continue
+		}
+		if d.up != nil && d.up.runsPrevious(l) {
+			// An upgrade: the previous programs keep this endpoint until
+			// AttachEndpoint has written it into the new maps.
+			d.up.pending[ifindex] = true
+			l.Close()
+			continue
+		}
+		prog := d.objs.ToPod
+		if side == "egress" {
+			prog = d.objs.FromPod
+		}
+		err = l.Update(prog)
+		l.Close()
+		if err != nil {
+			return fmt.Errorf("moving pinned link %s to the new program: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// AttachEndpoint makes an endpoint enforce pol: its identity and policy are written
+// first, then the programs are attached to its host veth in both directions, so the
+// first packet the pod sends is already under policy. Calling it again for an
+// attached endpoint updates it in place.
+func (d *Datapath) AttachEndpoint(ctx context.Context, ep Endpoint, pol *compile.EndpointPolicy) error {
+	if ep.IfIndex <= 0 || !ep.IP.Is4() {
+		return fmt.Errorf("attaching endpoint: need an interface index and an IPv4 address, got %d and %v", ep.IfIndex, ep.IP)
+	}
+	if pol == nil {
+		return fmt.Errorf("attaching endpoint %d: a policy is required (an empty one allows everything)", ep.IfIndex)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.syncPolicy(ep.IfIndex, pol); err != nil {
+		return err
+	}
+	if err := d.ensureEstTable(ep.IfIndex); err != nil {
+		return err
+	}
+	info := datapathEndpointInfo{Addr: addrBE(ep.IP), Identity: uint32(ep.Identity)}
+	if err := d.objs.FnEndpoints.Put(uint32(ep.IfIndex), &info); err != nil {
+		return fmt.Errorf("writing endpoint %d: %w", ep.IfIndex, err)
+	}
+	for _, dir := range []int{dirIngress, dirEgress} {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := d.attach(ep.IfIndex, dir); err != nil {
+			return err
+		}
+	}
+	if err := d.movedEndpoint(ep.IfIndex, addrBE(ep.IP)); err != nil {
+		return err
+	}
+	// Last: other pods' traffic is delivered here directly from now on, and only
+	// an endpoint whose programs judge it may receive it that way (to_pod runs on
+	// the veth the packets are handed to).
+	if err := d.objs.FnLocalIps.Put(addrBE(ep.IP), localEndpoint(ep)); err != nil {
+		return fmt.Errorf("writing local address of endpoint %d: %w", ep.IfIndex, err)
+	}
+	return nil
+}
+
+// localEndpoint is ep's entry for direct delivery. The MACs are left zero (delivery
+// through the host veth) unless both are known: the pod's, and its host veth's,
+// read from the interface in the current netns (the node's).
+func localEndpoint(ep Endpoint) *datapathLocalEp {
+	le := &datapathLocalEp{Ifindex: uint32(ep.IfIndex)}
+	if len(ep.MAC) != 6 {
+		return le
+	}
+	l, err := netlink.LinkByIndex(ep.IfIndex)
+	if err != nil || len(l.Attrs().HardwareAddr) != 6 {
+		return le
+	}
+	copy(le.PodMac[:], ep.MAC)
+	copy(le.HostMac[:], l.Attrs().HardwareAddr)
+	return le
+}
+
+func (d *Datapath) attach(ifindex, dir int) error {
+	prog, at := d.objs.ToPod, ebpf.AttachTCXEgress
+	if dir == dirEgress {
+		prog, at = d.objs.FromPod, ebpf.AttachTCXIngress
+	}
+	pin := d.linkPin(ifindex, dir)
+	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
+		info, ierr := l.Info()
+		if ierr == nil && info.TCX() != nil && info.TCX().Ifindex == uint32(ifindex) {
+			err = l.Update(prog)
+			l.Close()
+			if err != nil {
+				return fmt.Errorf("updating link %s: %w", pin, err)
+			}
+			return nil
+		}
+		// A stale pin of an interface that went away and whose index was reused.
+		_ = l.Unpin()
+		l.Close()
+	}
+	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: at})
+	if err != nil {
+		return fmt.Errorf("attaching %s to interface %d: %w", prog, ifindex, err)
+	}
+	defer l.Close()
+	if err := l.Pin(pin); err != nil {
+		return fmt.Errorf("pinning link of interface %d: %w", ifindex, err)
+	}
+	return nil
+}
+
+// DetachEndpoint removes the programs from an endpoint's veth and forgets it; an
+// unknown endpoint is not an error.
+func (d *Datapath) DetachEndpoint(ctx context.Context, ifindex int) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	for _, dir := range []int{dirIngress, dirEgress} {
+		pin := d.linkPin(ifindex, dir)
+		l, err := link.LoadPinnedLink(pin, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("opening link %s: %w", pin, err))
+			continue
+		}
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("unpinning %s: %w", pin, err))
+		}
+		l.Close() // the last reference: the kernel detaches the program
+	}
+	if err := d.forget(ifindex); err != nil {
+		errs = append(errs, err)
+	}
+	if d.up != nil {
+		delete(d.up.pending, ifindex)
+		if err := d.finishUpgrade(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// forget removes everything the maps hold for an interface index.
+func (d *Datapath) forget(ifindex int) error {
+	var errs []error
+	key := uint32(ifindex)
+	// First: no more traffic delivered directly to an interface being forgotten.
+	var info datapathEndpointInfo
+	if err := d.objs.FnEndpoints.Lookup(key, &info); err == nil {
+		var owner datapathLocalEp
+		if err := d.objs.FnLocalIps.Lookup(info.Addr, &owner); err == nil && owner.Ifindex == key {
+			if err := d.objs.FnLocalIps.Delete(info.Addr); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				errs = append(errs, fmt.Errorf("deleting local address of endpoint %d: %w", ifindex, err))
+			}
+		}
+	}
+	if err := d.objs.FnEndpoints.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("deleting endpoint %d: %w", ifindex, err))
+	}
+	if err := d.objs.FnPolicy.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("deleting policy of endpoint %d: %w", ifindex, err))
+	}
+	// Counters and tracked connections of the interface index must not carry over to
+	// the next pod that gets it.
+	if err := deleteWhere(d.objs.FnCounters, func(k *datapathCounterKey) bool { return k.Ifindex == key }); err != nil {
+		errs = append(errs, fmt.Errorf("deleting counters of endpoint %d: %w", ifindex, err))
+	}
+	if err := d.objs.FnCtEst.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		errs = append(errs, fmt.Errorf("deleting the connection table of endpoint %d: %w", ifindex, err))
+	}
+	if err := deleteWhere(d.objs.FnCt, func(k *datapathCtKey) bool { return k.Ifindex == key }); err != nil {
+		errs = append(errs, fmt.Errorf("deleting connections of endpoint %d: %w", ifindex, err))
+	}
+	return errors.Join(errs...)
+}
+
+// deleteWhere deletes the keys of m that match.
+func deleteWhere[K any](m *ebpf.Map, match func(*K) bool) error {
+	var victims []K
+	var cur, next K
+	var prev any // nil: start from the first key
+	for {
+		err := m.NextKey(prev, &next)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if match(&next) {
+			victims = append(victims, next)
+		}
+		cur = next
+		prev = &cur
+	}
+	for i := range victims {
+		if err := m.Delete(&victims[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+// Endpoints returns the endpoints the datapath enforces (a restarted agent matches them
+// to pods by IP), by host interface index.
+func (d *Datapath) Endpoints(_ context.Context) (map[int]Endpoint, error) {
+	out := map[int]Endpoint{}
+	var k uint32
+	var v datapathEndpointInfo
+	it := d.objs.FnEndpoints.Iterate()
+	for it.Next(&k, &v) {
+		out[int(k)] = Endpoint{IfIndex: int(k), IP: addrFromBE(v.Addr), Identity: identity.ID(v.Identity)}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading endpoints: %w", err)
+	}
+	return out, nil
+}

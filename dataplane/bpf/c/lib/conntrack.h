@@ -1,0 +1,130 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// Connection tracking: entries keyed from the pod's side in the shared table of new
+// and closing connections (fn_ct) and the endpoint's table of established ones
+// (fn_ct_est), their lifetimes, and ICMP errors related to a tracked connection.
+#pragma once
+
+#include "maps.h"
+#include "parse.h"
+#include "events.h"
+
+// ct_lifetime is how long from now an entry with flags lives, for p's protocol.
+static __always_inline __u64 ct_lifetime(const struct pkt *p, __u8 flags)
+{
+	if (p->proto != IPPROTO_TCP)
+		return CT_LIFETIME_NONTCP_NS;
+	if (flags & CT_F_CLOSING)
+		return CT_LIFETIME_CLOSE_NS;
+	if (!(flags & CT_F_SEEN_REPLY))
+		return CT_LIFETIME_SYN_NS;
+	return CT_LIFETIME_TCP_NS;
+}
+
+// ct_key_of is the key of a tuple on the endpoint on ifindex, seen from the pod's
+// side: the pod is the tuple's source when pod_is_source, else its destination.
+static __always_inline struct ct_key ct_key_of(__u32 ifindex, __u8 proto, int pod_is_source, __u32 saddr, __u32 daddr,
+						__u16 sport, __u16 dport)
+{
+	struct ct_key k = {.ifindex = ifindex, .proto = proto};
+	if (pod_is_source) {
+		k.pod_addr = saddr;
+		k.peer_addr = daddr;
+		k.pod_port = sport;
+		k.peer_port = dport;
+	} else {
+		k.pod_addr = daddr;
+		k.peer_addr = saddr;
+		k.pod_port = dport;
+		k.peer_port = sport;
+	}
+	return k;
+}
+
+#define CT_IN_SHARED 1
+#define CT_IN_EST 2
+// How stale a refreshed lifetime may be left, to save a write per packet.
+#define CT_REFRESH_NS 1000000000ULL
+
+// ct_get copies the connection of k into *v and says where it is: CT_IN_EST (the
+// endpoint's table of established ones), CT_IN_SHARED, or 0 (not tracked). An
+// expired established entry is deleted on the way, so that it never hides a newer
+// entry of the tuple in the shared table. Global functions (ct_get, ct_set) are
+// verified once, not once per path of handle(): the verifier's budget is tight.
+__attribute__((noinline)) int ct_get(__u32 ifindex, const struct ct_key *k, __u64 now, struct ct_val *v)
+{
+	if (!k || !v)
+		return 0;
+	void *t = bpf_map_lookup_elem(&fn_ct_est, &ifindex);
+	if (t) {
+		struct ct_val *e = bpf_map_lookup_elem(t, k);
+		if (e && e->expires_ns >= now) {
+			*v = *e;
+			return CT_IN_EST;
+		}
+		if (e)
+			bpf_map_delete_elem(t, k);
+	}
+	struct ct_val *s = bpf_map_lookup_elem(&fn_ct, k);
+	if (!s)
+		return 0;
+	*v = *s;
+	return CT_IN_SHARED;
+}
+
+// ct_set stores a tracked connection's new state (nv; it was old, where ct_get
+// found it). An established connection (a reply seen, not closing) moves into the
+// endpoint's table, unless that is full (it then stays shared); a closing one moves
+// back out, so closed connections take no room there.
+__attribute__((noinline)) int ct_set(__u32 ifindex, const struct ct_key *k, int where, const struct ct_val *old,
+				     const struct ct_val *nv)
+{
+	if (!k || !old || !nv)
+		return 0;
+	int est = (nv->flags & (CT_F_SEEN_REPLY | CT_F_CLOSING)) == CT_F_SEEN_REPLY;
+	if (est == (where == CT_IN_EST) && nv->flags == old->flags && nv->expires_ns < old->expires_ns + CT_REFRESH_NS)
+		return 0; // the common case: nothing worth a write
+	void *t = bpf_map_lookup_elem(&fn_ct_est, &ifindex);
+	struct ct_val *e;
+	if (est == (where == CT_IN_EST)) {
+		if (where == CT_IN_EST)
+			e = t ? bpf_map_lookup_elem(t, k) : NULL;
+		else
+			e = bpf_map_lookup_elem(&fn_ct, k);
+		if (e) {
+			e->flags = nv->flags;
+			e->expires_ns = nv->expires_ns;
+		}
+		return 0;
+	}
+	if (!t)
+		return 0;
+	if (est) {
+		if (bpf_map_update_elem(t, k, nv, BPF_NOEXIST) == 0)
+			bpf_map_delete_elem(&fn_ct, k);
+		else
+			bpf_map_update_elem(&fn_ct, k, nv, BPF_ANY);
+	} else {
+		bpf_map_update_elem(&fn_ct, k, nv, BPF_ANY);
+		bpf_map_delete_elem(t, k);
+	}
+	return 0;
+}
+
+// related passes an ICMP error about a connection tracked for this endpoint, in
+// either direction (as conntrack's RELATED): returns 1 when it did. The embedded
+// packet went the other way: out of the pod when the error comes in, and back.
+static __always_inline int related(struct __sk_buff *skb, const struct pkt *p, __u32 ifindex, __u8 dir, __u64 now)
+{
+	struct ct_key k = ct_key_of(ifindex, p->rel_proto, dir == DIR_INGRESS, p->rel_saddr, p->rel_daddr, p->rel_sport,
+				    p->rel_dport);
+	__u32 pod_side = dir == DIR_EGRESS ? p->saddr : p->daddr;
+	// Entries are made only under the endpoint's own address: the error must be
+	// from (to) that address too, which is the source check for it.
+	if (pod_side != k.pod_addr)
+		return 0;
+	struct ct_val ctv;
+	if (!ct_get(ifindex, &k, now, &ctv) || ctv.expires_ns < now)
+		return 0;
+	count(ifindex, dir, FORWARD_RELATED, skb->len);
+	return 1;
+}
