@@ -51,12 +51,33 @@ type publisher struct {
 
 // Snapshot returns the last published snapshot, empty before the first Flush.
 // Unlike the compiler's other methods it is safe to call from any goroutine.
-func (c *Compiler) Snapshot() *Snapshot {
-	if s := c.published.current.Load(); s != nil {
+func (c *Compiler) Snapshot() *Snapshot { return c.Latest().Snapshot() }
+
+// Latest returns the getters of c's latest snapshot (see Latest).
+func (c *Compiler) Latest() Latest { return Latest{&c.published} }
+
+// Latest reads the last published snapshot anew at each call: the getters of a
+// reader that lives across flushes (the flow enricher). Safe from any goroutine.
+type Latest struct{ p *publisher }
+
+// Snapshot returns the last published snapshot, empty before the first Flush.
+func (l Latest) Snapshot() *Snapshot {
+	if s := l.p.current.Load(); s != nil {
 		return s
 	}
 	return &Snapshot{peers: iradix.New[Peer](), rules: iradix.New[RuleInfo](),
 		endpoints: iradix.New[*flushedEndpoint](), cidrs: iradix.New[identity.ID]()}
+}
+
+// PeerOf is Snapshot().PeerOf.
+func (l Latest) PeerOf(ip netip.Addr) (Peer, bool) { return l.Snapshot().PeerOf(ip) }
+
+// RuleName is Snapshot().RuleName.
+func (l Latest) RuleName(id RuleID) (RuleInfo, bool) { return l.Snapshot().RuleName(id) }
+
+// DefaultDenyBy is Snapshot().DefaultDenyBy.
+func (l Latest) DefaultDenyBy(namespace, name string, dir policy.Direction) []policy.Ref {
+	return l.Snapshot().DefaultDenyBy(namespace, name, dir)
 }
 
 // rulesChanging notes, before UpsertPolicy or DeletePolicy changes key's rules,

@@ -28,6 +28,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -87,6 +88,10 @@ type Enforcer struct {
 	getPod   func(ctx context.Context, namespace, name string) (*corev1.Pod, error)
 
 	metrics *Metrics
+
+	// ifindexes is attached's host interfaces, republished at each change for
+	// readers that must not wait for mu (flows.go).
+	ifindexes atomic.Pointer[map[string]int]
 }
 
 // New loads (or adopts) the pinned datapath and restores the identity numbers it uses.
@@ -173,17 +178,6 @@ func (m *Metrics) Collectors() []prometheus.Collector {
 
 // Metrics are the enforcer's compile and map-sync latency histograms.
 func (e *Enforcer) Metrics() *Metrics { return e.metrics }
-
-// LocalPods names the attached endpoints: "namespace/name" by host ifindex.
-func (e *Enforcer) LocalPods() map[int]string {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	out := make(map[int]string, len(e.attached))
-	for key, ep := range e.attached {
-		out[ep.HostIfIndex] = key
-	}
-	return out
-}
 
 // Datapath gives access to counters and flow events.
 func (e *Enforcer) Datapath() *bpf.Datapath { return e.d }
@@ -483,6 +477,7 @@ func (e *Enforcer) Attach(ctx context.Context, ep endpointapi.Endpoint) error {
 	}
 	e.attached[key] = ep
 	e.byCID[ep.ContainerID] = key
+	e.publishIfindexesLocked()
 	return nil
 }
 
@@ -494,6 +489,7 @@ func (e *Enforcer) evictLocked(ctx context.Context, key string, stale endpointap
 		"pod", key, "containerID", stale.ContainerID, "ip", stale.IP)
 	delete(e.attached, key)
 	delete(e.byCID, stale.ContainerID)
+	e.publishIfindexesLocked()
 	if stale.HostIfIndex > 0 {
 		if err := e.d.DetachEndpoint(ctx, stale.HostIfIndex); err != nil {
 			return fmt.Errorf("detaching the stale endpoint of %s: %w", key, err)
@@ -564,6 +560,7 @@ func (e *Enforcer) Detach(ctx context.Context, ep endpointapi.Endpoint) error {
 	delete(e.attached, key)
 	delete(e.byCID, ep.ContainerID)
 	delete(e.epFail, key)
+	e.publishIfindexesLocked()
 	if att.HostIfIndex > 0 {
 		if err := e.d.DetachEndpoint(ctx, att.HostIfIndex); err != nil {
 			return fmt.Errorf("detaching %s: %w", key, err)
@@ -801,40 +798,4 @@ func (e *Enforcer) Rejected() []error {
 		out[i] = e.rejected[k]
 	}
 	return out
-}
-
-// Explain decides a new connection for a local pod as the datapath would.
-func (e *Enforcer) Explain(namespace, name string, dir policy.Direction, remote netip.Addr, proto policy.Protocol, port uint16) (compile.Decision, compile.RuleInfo, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	d, err := e.c.Explain(namespace, name, dir, remote, proto, port)
-	if err != nil {
-		return d, compile.RuleInfo{}, err
-	}
-	ri, _ := e.c.Rule(d.RuleID)
-	return d, ri, nil
-}
-
-// LookupMaps reads what the datapath's maps hold for a new connection of a local
-// pod (bpf.Datapath.Lookup), with the rule its entry names.
-func (e *Enforcer) LookupMaps(namespace, name string, dir policy.Direction, remote netip.Addr, proto policy.Protocol, port uint16) (bpf.MapDecision, compile.RuleInfo, error) {
-	e.mu.Lock()
-	ifindex, ok := e.ifindexOf(namespace, name)
-	e.mu.Unlock()
-	if !ok {
-		return bpf.MapDecision{}, compile.RuleInfo{}, fmt.Errorf("%s/%s has no interface attached on this node", namespace, name)
-	}
-	md, err := e.d.Lookup(context.Background(), ifindex, dir, remote, proto, port)
-	if err != nil {
-		return md, compile.RuleInfo{}, err
-	}
-	ri, _ := e.RuleName(md.RuleID)
-	return md, ri, nil
-}
-
-// RuleName names the rule of a flow event.
-func (e *Enforcer) RuleName(id compile.RuleID) (compile.RuleInfo, bool) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.c.Rule(id)
 }

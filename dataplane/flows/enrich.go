@@ -15,11 +15,31 @@ import (
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
 
-// Source is the policy state flows are named from (enforce.Enforcer implements it).
-type Source interface {
-	RuleName(id compile.RuleID) (compile.RuleInfo, bool)
+// The enricher names flows through small getters, as Hubble's parser does
+// (pkg/hubble/parser/getters), not through the enforcer: compile.Latest
+// implements them over the compiler's published snapshots, and none of them
+// waits for the policy lock.
+
+// PeerGetter names the owner of an address.
+type PeerGetter interface {
 	PeerOf(ip netip.Addr) (compile.Peer, bool)
+}
+
+// RuleGetter names the rule a flow event carries.
+type RuleGetter interface {
+	RuleName(id compile.RuleID) (compile.RuleInfo, bool)
+}
+
+// DefaultDenyGetter lists the policies putting a local pod in default deny.
+type DefaultDenyGetter interface {
 	DefaultDenyBy(namespace, name string, dir policy.Direction) []policy.Ref
+}
+
+// Source is the getters flows are named with.
+type Source interface {
+	PeerGetter
+	RuleGetter
+	DefaultDenyGetter
 }
 
 // Enricher turns datapath events into flow records.

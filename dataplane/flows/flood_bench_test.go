@@ -202,7 +202,7 @@ func newFloodNode(b *testing.B) *floodNode {
 	// The agent's pipeline, counting what it takes in.
 	rd, err := f.enf.Datapath().NewFlowReader()
 	must(b, err)
-	en, err := NewEnricher("self", f.enf)
+	en, err := NewEnricher("self", f.enf.Snapshots())
 	must(b, err)
 	store := NewStore(DefaultCapacity)
 	runCtx, stop := context.WithCancel(ctx)

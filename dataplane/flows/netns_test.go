@@ -187,7 +187,7 @@ func TestDeniedSYNIsOneDroppedFlowNamingThePolicy(t *testing.T) {
 	rd, err := enf.Datapath().NewFlowReader()
 	must(t, err)
 	t.Cleanup(func() { rd.Close() })
-	en, err := NewEnricher("self", enf)
+	en, err := NewEnricher("self", enf.Snapshots())
 	must(t, err)
 	store := NewStore(100)
 	runCtx, stopRun := context.WithCancel(ctx)

@@ -123,7 +123,7 @@ func command() *cobra.Command {
 			}
 			drops := flows.NewPolicyDrops()
 			registerPolicyMetrics(a.Metrics(), enf.Datapath(), enf, enf.Metrics(), drops)
-			enricher, err := flows.NewEnricher(cfg.NodeName, enf)
+			enricher, err := flows.NewEnricher(cfg.NodeName, enf.Snapshots())
 			if err != nil {
 				return err
 			}
