@@ -75,12 +75,19 @@ var dropReasons = map[bpf.Code]string{
 	bpf.DropNoPolicy:      "POLICY_DENIED",
 }
 
+// DropReason is Cilium's name of a drop code; false for a code it has no name
+// for (and for forwards).
+func DropReason(c bpf.Code) (string, bool) {
+	s, ok := dropReasons[c]
+	return s, ok
+}
+
 // DropReasonDesc is the drop_reason_desc of a code ("" for forwards).
 func DropReasonDesc(c bpf.Code) string {
 	if !c.Dropped() {
 		return ""
 	}
-	if s, ok := dropReasons[c]; ok {
+	if s, ok := DropReason(c); ok {
 		return s
 	}
 	return "DROP_REASON_UNKNOWN"

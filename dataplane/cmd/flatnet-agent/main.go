@@ -25,6 +25,7 @@ import (
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/flows"
 	"github.com/flatnet/flatnet/dataplane/ipv4"
+	"github.com/flatnet/flatnet/dataplane/metrics"
 )
 
 // DefaultAPIAddr is where the flows and explain API listen: the host's loopback,
@@ -179,8 +180,8 @@ func command() *cobra.Command {
 
 // registerPolicyMetrics adds the policy datapath's metrics to the agent's (the
 // dashboard test builds the same set with a fake datapath).
-func registerPolicyMetrics(m *agent.Metrics, dp flows.CounterSource, pods flows.PodNamer, em *enforce.Metrics, drops *flows.PolicyDrops) {
-	m.MustRegister(flows.NewCollector(dp).WithPods(pods), drops.Collector())
+func registerPolicyMetrics(m *agent.Metrics, dp metrics.CounterSource, pods metrics.PodNamer, em *enforce.Metrics, drops *flows.PolicyDrops) {
+	m.MustRegister(metrics.NewCollector(dp).WithPods(pods), drops.Collector())
 	m.MustRegister(em.Collectors()...)
 }
 
