@@ -135,13 +135,13 @@ func (e *Enricher) Flow(ev bpf.FlowEvent) *Flow {
 	var pols []*Policy
 	if ev.RuleID != 0 {
 		if ri, ok := e.src.RuleName(ev.RuleID); ok {
-			pols = []*Policy{policyOf(ri.Policy)}
+			pols = []*Policy{PolicyOf(ri.Policy)}
 			f.Rule = ri.Rule
 		}
 	} else if ev.Code == bpf.DropPolicy && localEP.PodName != "" {
 		// No rule matched: the policies enforcing default deny decided.
 		for _, r := range e.src.DefaultDenyBy(localEP.Namespace, localEP.PodName, ev.Direction) {
-			pols = append(pols, policyOf(r))
+			pols = append(pols, PolicyOf(r))
 		}
 	}
 	switch {
@@ -187,7 +187,8 @@ func LabelStrings(l map[string]string) []string {
 	return out
 }
 
-func policyOf(r policy.Ref) *Policy {
+// PolicyOf is a policy as flows (and explanations) name it, with Cilium's labels.
+func PolicyOf(r policy.Ref) *Policy {
 	p := &Policy{Name: r.Name, Namespace: r.Namespace, Kind: string(r.Kind)}
 	p.Labels = []string{
 		"k8s:io.cilium.k8s.policy.derived-from=" + string(r.Kind),

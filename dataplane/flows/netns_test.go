@@ -27,6 +27,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 
+	"github.com/flatnet/flatnet/dataplane/agent"
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/flows"
@@ -306,17 +307,17 @@ func checkMetrics(t *testing.T, enf *enforce.Enforcer, syns int) {
 // checkExplain asks /v1/explain what the enforcer would decide for the same SYN.
 func checkExplain(t *testing.T, enf *enforce.Enforcer, client netip.Addr) {
 	t.Helper()
-	srv := httptest.NewServer(flows.Handler(flows.NewStore(1), enf, "self"))
+	srv := httptest.NewServer(agent.ExplainHandler(enf, "self"))
 	defer srv.Close()
 	get := func(q string) (int, string) {
-		resp, err := http.Get(srv.URL + flows.ExplainPath + "?" + q)
+		resp, err := http.Get(srv.URL + agent.ExplainPath + "?" + q)
 		must(t, err)
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
 	code, body := get("namespace=default&pod=server&direction=INGRESS&protocol=TCP&port=80&remote=" + client.String())
-	var e flows.Explanation
+	var e agent.Explanation
 	if code != http.StatusOK || json.Unmarshal([]byte(body), &e) != nil {
 		t.Fatalf("explain: %d %s", code, body)
 	}

@@ -116,7 +116,8 @@ func command() *cobra.Command {
 			store := flows.NewStore(flowHistory)
 			api := http.NewServeMux()
 			api.Handle("GET "+enforce.RejectedPath, enf.RejectedHandler())
-			api.Handle("/", flows.Handler(store, enf, cfg.NodeName))
+			api.Handle(agent.ExplainPath, agent.ExplainHandler(enf, cfg.NodeName))
+			api.Handle("/", flows.Handler(store))
 			cfg.API = api
 			a, err := agent.New(cfg, log, kube, dyn)
 			if err != nil {
