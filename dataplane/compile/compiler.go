@@ -870,6 +870,7 @@ func (c *Compiler) Flush() Update {
 		if err != nil {
 			continue // addIPOwner keeps non-IPv4 addresses out
 		}
+		c.published.peerChanged(ip)
 		want, ok := c.resolveIP(ip)
 		old, had := c.emitIP[ip]
 		switch {
@@ -900,7 +901,7 @@ func (c *Compiler) Flush() Update {
 	clear(c.identUps)
 	sortPrefixUpdates(up.IPCache)
 	sortPrefixUpdates(up.CIDRs)
-	c.publish()
+	c.publish(keys, up.CIDRs)
 	clear(c.dirtyIDs)
 	clear(c.dirtyPods)
 	clear(c.dirtyIPs)

@@ -1,16 +1,16 @@
 package compile
 
 import (
-	"encoding/binary"
 	"fmt"
+	"hash/maphash"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
 	"sync/atomic"
 
-	iradix "github.com/hashicorp/go-immutable-radix/v2"
-
 	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/ipv4"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
 
@@ -23,14 +23,14 @@ import (
 // are small getters, as Hubble's parser has them, so a flow never waits for policy
 // compilation.
 //
-// The tables are persistent radix trees: a new snapshot shares every node the
-// Flush did not touch with the previous one, so publishing costs what changed, not
-// the size of the cluster.
+// Its tables are copy-on-write maps (cowMap): a new snapshot shares every shard
+// the Flush did not touch with the previous one, so publishing costs what changed,
+// not the size of the cluster.
 type Snapshot struct {
-	peers     *iradix.Tree[Peer]             // by IPv4 address (4 bytes)
-	rules     *iradix.Tree[RuleInfo]         // by RuleID (4 bytes, big endian)
-	endpoints *iradix.Tree[*flushedEndpoint] // local endpoints by "namespace/name"
-	cidrs     *iradix.Tree[identity.ID]      // CIDR-rule prefixes: 4 address bytes, then the length
+	peers     *cowMap[[4]byte, *Peer] // pointers: a shard copies in a few words per address
+	rules     *cowMap[RuleID, RuleInfo]
+	endpoints *cowMap[string, *flushedEndpoint] // local endpoints by "namespace/name"
+	cidrs     *cowMap[ipv4.Prefix, identity.ID]
 }
 
 // flushedEndpoint is a local endpoint as the Flush emitted it.
@@ -39,15 +39,23 @@ type flushedEndpoint struct {
 	defaultDeny [2][]policy.Ref // by direction: see DefaultDenyBy
 }
 
-// publisher keeps the last snapshot and what the next one must redo that Flush's
-// own dirty sets do not say: which policies' rules changed.
+// publisher keeps the last snapshot and what the next one must redo.
 type publisher struct {
 	current atomic.Pointer[Snapshot]
+	// peers are the addresses whose owners Flush saw change (peerChanged): the
+	// compiler's dirty set of addresses keeps its largest size ever, too costly
+	// to walk twice per Flush.
+	peers []netip.Addr
 	// rulesChanged are the policy keys upserted or deleted since the last publish;
-	// oldRules the rule IDs they held before (renamed or gone now).
+	// oldRules the rule IDs they held before (renamed or gone now). Rule names
+	// have no dirty set of their own.
 	rulesChanged map[string]struct{}
 	oldRules     map[RuleID]struct{}
 }
+
+// peerChanged notes, as Flush walks the addresses whose owners changed, one for
+// the next publish.
+func (p *publisher) peerChanged(ip netip.Addr) { p.peers = append(p.peers, ip) }
 
 // Snapshot returns the last published snapshot, empty before the first Flush.
 // Unlike the compiler's other methods it is safe to call from any goroutine.
@@ -65,8 +73,8 @@ func (l Latest) Snapshot() *Snapshot {
 	if s := l.p.current.Load(); s != nil {
 		return s
 	}
-	return &Snapshot{peers: iradix.New[Peer](), rules: iradix.New[RuleInfo](),
-		endpoints: iradix.New[*flushedEndpoint](), cidrs: iradix.New[identity.ID]()}
+	return &Snapshot{peers: newCOWMap[[4]byte, *Peer](), rules: newCOWMap[RuleID, RuleInfo](),
+		endpoints: newCOWMap[string, *flushedEndpoint](), cidrs: newCOWMap[ipv4.Prefix, identity.ID]()}
 }
 
 // PeerOf is Snapshot().PeerOf.
@@ -93,24 +101,29 @@ func (c *Compiler) rulesChanging(key string) {
 	}
 }
 
-// publish makes the next snapshot from the last one and what this Flush changed.
-// Flush calls it last, while its dirty sets still say what that was.
-func (c *Compiler) publish() {
+// publish makes the next snapshot from the last one and what this Flush changed:
+// the addresses it noted (peerChanged), the local pods it looked at (flushed:
+// their emitted policy or default-deny owners may have changed, as a policy
+// change marks the identities it selects dirty), the CIDR-rule prefixes it
+// emitted, and the policies upserted or deleted since the last publish.
+func (c *Compiler) publish(flushed []string, cidrs []PrefixUpdate) {
 	prev := c.Snapshot()
 	next := *prev
-	if len(c.dirtyIPs) > 0 {
-		txn := prev.peers.Txn()
-		for ip := range c.dirtyIPs {
-			if !ip.Is4() {
-				continue // never owned: addIPOwner keeps them out
-			}
-			if p, ok := c.PeerOf(ip); ok {
-				txn.Insert(addrKey(ip), p)
+	if p := &c.published; len(p.peers) > 0 {
+		w := prev.peers.write()
+		for _, ip := range p.peers {
+			if peer, ok := c.PeerOf(ip); ok {
+				// A Peer's labels are its identity's, which never change.
+				if old, had := w.get(ip.As4()); !had || old.Namespace != peer.Namespace || old.Name != peer.Name ||
+					old.Node != peer.Node || old.Identity != peer.Identity {
+					w.set(ip.As4(), &peer)
+				}
 			} else {
-				txn.Delete(addrKey(ip))
+				w.delete(ip.As4())
 			}
 		}
-		next.peers = txn.CommitOnly()
+		next.peers = w.done()
+		p.peers = nil // the first Flush notes every address: do not keep that much
 	}
 	if p := &c.published; len(p.rulesChanged) > 0 {
 		for key := range p.rulesChanged {
@@ -118,72 +131,55 @@ func (c *Compiler) publish() {
 				p.oldRules[id] = struct{}{}
 			}
 		}
-		txn := prev.rules.Txn()
+		w := prev.rules.write()
 		for id := range p.oldRules {
 			if ri, ok := c.rules[id]; ok {
-				txn.Insert(ruleKey(id), ri)
+				if old, had := w.get(id); !had || old != ri {
+					w.set(id, ri)
+				}
 			} else {
-				txn.Delete(ruleKey(id))
+				w.delete(id)
 			}
 		}
-		next.rules = txn.CommitOnly()
-		clear(p.rulesChanged)
-		clear(p.oldRules)
+		next.rules = w.done()
+		// Dropped, not cleared: the first Flush fills them with every policy,
+		// and clearing a map costs its largest size ever.
+		p.rulesChanged, p.oldRules = nil, nil
 	}
-	if keys := c.flushedEndpoints(); len(keys) > 0 {
-		txn := prev.endpoints.Txn()
-		for k := range keys {
+	if len(flushed) > 0 {
+		w := prev.endpoints.write()
+		for _, k := range flushed {
 			pol := c.emitted[k]
 			if pol == nil {
-				txn.Delete([]byte(k))
+				w.delete(k)
 				continue
 			}
 			ns, name, _ := strings.Cut(k, "/")
-			txn.Insert([]byte(k), &flushedEndpoint{policy: pol, defaultDeny: [2][]policy.Ref{
+			ep := &flushedEndpoint{policy: pol, defaultDeny: [2][]policy.Ref{
 				policy.Ingress: c.DefaultDenyBy(ns, name, policy.Ingress),
 				policy.Egress:  c.DefaultDenyBy(ns, name, policy.Egress),
-			}})
-		}
-		next.endpoints = txn.CommitOnly()
-	}
-	if len(c.dirtyPfx) > 0 {
-		txn := prev.cidrs.Txn()
-		for p := range c.dirtyPfx {
-			a := p.Addr4()
-			key := append(a[:], byte(p.Bits()))
-			if st, ok := c.cidrs[p]; ok {
-				txn.Insert(key, st.id)
-			} else {
-				txn.Delete(key)
+			}}
+			if old, had := w.get(k); !had || old.policy != ep.policy ||
+				!slices.Equal(old.defaultDeny[policy.Ingress], ep.defaultDeny[policy.Ingress]) ||
+				!slices.Equal(old.defaultDeny[policy.Egress], ep.defaultDeny[policy.Egress]) {
+				w.set(k, ep)
 			}
 		}
-		next.cidrs = txn.CommitOnly()
+		next.endpoints = w.done()
+	}
+	if len(cidrs) > 0 {
+		w := prev.cidrs.write()
+		for _, u := range cidrs {
+			if u.Delete {
+				w.delete(u.Prefix)
+			} else {
+				w.set(u.Prefix, u.Identity)
+			}
+		}
+		next.cidrs = w.done()
 	}
 	c.published.current.Store(&next)
 }
-
-// flushedEndpoints are the local pods whose emitted policy or default-deny owners
-// this Flush may have changed: the pods it looked at (a policy change marks the
-// identities it selects dirty).
-func (c *Compiler) flushedEndpoints() map[string]struct{} {
-	keys := make(map[string]struct{}, len(c.dirtyPods))
-	for k := range c.dirtyPods {
-		keys[k] = struct{}{}
-	}
-	for id := range c.dirtyIDs {
-		for k := range c.localByID[id] {
-			keys[k] = struct{}{}
-		}
-	}
-	return keys
-}
-
-func addrKey(ip netip.Addr) []byte {
-	a := ip.As4()
-	return a[:]
-}
-
-func ruleKey(id RuleID) []byte { return binary.BigEndian.AppendUint32(nil, uint32(id)) }
 
 // PeerOf names the owner of an address as the datapath resolves it (see
 // Compiler.PeerOf).
@@ -191,16 +187,20 @@ func (s *Snapshot) PeerOf(ip netip.Addr) (Peer, bool) {
 	if !ip.Is4() {
 		return Peer{}, false
 	}
-	return s.peers.Get(addrKey(ip))
+	p, ok := s.peers.get(ip.As4())
+	if !ok {
+		return Peer{}, false
+	}
+	return *p, true
 }
 
 // RuleName names the rule of a flow event or an explanation.
-func (s *Snapshot) RuleName(id RuleID) (RuleInfo, bool) { return s.rules.Get(ruleKey(id)) }
+func (s *Snapshot) RuleName(id RuleID) (RuleInfo, bool) { return s.rules.get(id) }
 
 // DefaultDenyBy lists the policies putting a local endpoint in default deny for dir
 // (see Compiler.DefaultDenyBy); nil for a pod that is not a local endpoint.
 func (s *Snapshot) DefaultDenyBy(namespace, name string, dir policy.Direction) []policy.Ref {
-	ep, ok := s.endpoints.Get([]byte(namespace + "/" + name))
+	ep, ok := s.endpoints.get(namespace + "/" + name)
 	if !ok {
 		return nil
 	}
@@ -210,7 +210,7 @@ func (s *Snapshot) DefaultDenyBy(namespace, name string, dir policy.Direction) [
 // Explain decides a new connection between a local endpoint and a remote address as
 // the datapath does with what this snapshot's Flush emitted (see Compiler.Explain).
 func (s *Snapshot) Explain(namespace, name string, dir policy.Direction, remote netip.Addr, proto policy.Protocol, port uint16) (Decision, error) {
-	ep, ok := s.endpoints.Get([]byte(namespace + "/" + name))
+	ep, ok := s.endpoints.get(namespace + "/" + name)
 	if !ok {
 		return Decision{}, notEmitted(namespace, name)
 	}
@@ -223,13 +223,12 @@ func (s *Snapshot) Explain(namespace, name string, dir policy.Direction, remote 
 
 // cidrIdentity returns the identity of the longest CIDR-rule prefix holding a, or 0.
 func (s *Snapshot) cidrIdentity(a netip.Addr) identity.ID {
-	if !a.Is4() {
-		return 0
-	}
 	for bits := 32; bits >= 0; bits-- {
-		p := netip.PrefixFrom(a, bits).Masked()
-		key := append(p.Addr().AsSlice(), byte(bits))
-		if id, ok := s.cidrs.Get(key); ok {
+		p, err := ipv4.From4(a.As4(), bits)
+		if err != nil {
+			return 0 // not IPv4: no CIDR rule holds it
+		}
+		if id, ok := s.cidrs.get(p); ok {
 			return id
 		}
 	}
@@ -238,4 +237,76 @@ func (s *Snapshot) cidrIdentity(a netip.Addr) identity.ID {
 
 func notEmitted(namespace, name string) error {
 	return fmt.Errorf("explaining %s/%s: not a local endpoint with a compiled policy (Flush first)", namespace, name)
+}
+
+// cowShards is how many shards a cowMap has: a change copies about 1/cowShards
+// of the map.
+const cowShards = 1024
+
+// cowMap is an immutable map: a new version (write, then done) shares with the
+// old every shard it did not change, so a small change of a large map copies a
+// small part of it and readers of the old version are never disturbed.
+type cowMap[K comparable, V any] struct {
+	seed   maphash.Seed
+	shards [cowShards]map[K]V // nil: empty
+}
+
+func newCOWMap[K comparable, V any]() *cowMap[K, V] {
+	return &cowMap[K, V]{seed: maphash.MakeSeed()}
+}
+
+func (m *cowMap[K, V]) shard(k K) int { return int(maphash.Comparable(m.seed, k) % cowShards) }
+
+func (m *cowMap[K, V]) get(k K) (V, bool) {
+	v, ok := m.shards[m.shard(k)][k]
+	return v, ok
+}
+
+// write starts the next version of m.
+func (m *cowMap[K, V]) write() *cowWriter[K, V] { return &cowWriter[K, V]{base: m} }
+
+// cowWriter builds the next version of a cowMap: it copies the map's shard table
+// at the first change, and each shard once, at its first change.
+type cowWriter[K comparable, V any] struct {
+	base, next *cowMap[K, V] // next is nil until something changes
+	copied     [cowShards]bool
+}
+
+func (w *cowWriter[K, V]) get(k K) (V, bool) {
+	if w.next != nil {
+		return w.next.get(k)
+	}
+	return w.base.get(k)
+}
+
+func (w *cowWriter[K, V]) writable(i int) map[K]V {
+	if w.next == nil {
+		next := *w.base
+		w.next = &next
+	}
+	if !w.copied[i] {
+		w.next.shards[i] = maps.Clone(w.next.shards[i])
+		if w.next.shards[i] == nil {
+			w.next.shards[i] = map[K]V{}
+		}
+		w.copied[i] = true
+	}
+	return w.next.shards[i]
+}
+
+func (w *cowWriter[K, V]) set(k K, v V) { w.writable(w.base.shard(k))[k] = v }
+
+func (w *cowWriter[K, V]) delete(k K) {
+	if _, ok := w.get(k); ok {
+		delete(w.writable(w.base.shard(k)), k)
+	}
+}
+
+// done returns the new version (m itself when nothing changed); w must not be
+// used after.
+func (w *cowWriter[K, V]) done() *cowMap[K, V] {
+	if w.next == nil {
+		return w.base
+	}
+	return w.next
 }

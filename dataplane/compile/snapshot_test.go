@@ -71,81 +71,33 @@ func snapAnswers(w *world, maxRule RuleID, s *Snapshot) snapshotAnswers {
 	return answers(w, maxRule, s.PeerOf, s.RuleName, s.DefaultDenyBy, s.Explain)
 }
 
-// randomStep applies one random change to w and c, as TestIncrementalMatchesFullCompile does.
-func randomStep(t *testing.T, w *world, c *Compiler) {
-	t.Helper()
-	switch op := w.r.Intn(10); {
-	case op < 3:
-		name := fmt.Sprintf("pod%d", w.r.Intn(12))
-		if old, ok := w.pods[name]; ok {
-			c.DeletePod(old.Namespace, old.Name)
-			delete(w.pods, name)
-			if w.r.Intn(3) == 0 {
-				return
-			}
-		}
-		p := w.randomPod(name)
-		w.pods[name] = p
-		mustDo(t, c.UpsertPod(p))
-	case op < 5:
-		name := fmt.Sprintf("ns%d", w.r.Intn(4))
-		l := map[string]string{"env": []string{"prod", "dev"}[w.r.Intn(2)]}
-		w.ns[name] = l
-		mustDo(t, c.UpsertNamespace(Namespace{Name: name, Labels: l}))
-	case op < 9:
-		key := fmt.Sprintf("pol%d", w.r.Intn(8))
-		if _, ok := w.policies[key]; ok && w.r.Intn(3) == 0 {
-			c.DeletePolicy(key)
-			delete(w.policies, key)
-			return
-		}
-		w.policies[key] = w.randomPolicy(key)
-		mustDo(t, c.UpsertPolicy(key, w.policies[key]))
-	default:
-		c.UpsertNode("peer", []netip.Addr{netip.AddrFrom4([4]byte{10, 0, byte(w.r.Intn(4)), byte(1 + w.r.Intn(250))})}, false)
-	}
+// snapshotCheck compares, after each Flush of a test driving a compiler through
+// random changes, the published snapshot with the compiler's own answers, and
+// the snapshot before it with what it answered then: a snapshot never changes.
+type snapshotCheck struct {
+	prev        *Snapshot
+	prevWant    snapshotAnswers
+	prevW       *world
+	prevMaxRule RuleID
 }
 
-// TestSnapshotMatchesCompiler: after every Flush the published snapshot answers
-// exactly as the compiler itself does (peers, rule names, default-deny owners of
-// local endpoints, explain), and a snapshot once taken never changes afterwards.
-func TestSnapshotMatchesCompiler(t *testing.T) {
-	for seed := int64(1); seed <= 6; seed++ {
-		w := &world{r: rand.New(rand.NewSource(seed)), ns: map[string]map[string]string{}, pods: map[string]Pod{}, policies: map[string][]*policy.Policy{}}
-		c := New(identity.NewAllocator())
-		c.UpsertNode("self", []netip.Addr{netip.MustParseAddr("10.0.9.1")}, true)
-		type taken struct {
-			s       *Snapshot
-			want    snapshotAnswers
-			w       *world
-			maxRule RuleID
-		}
-		var kept []taken
-		for step := 0; step < 120; step++ {
-			randomStep(t, w, c)
-			if w.r.Intn(3) != 0 {
-				continue // let changes pile up between flushes too
-			}
-			c.Flush()
-			s := c.Snapshot()
-			want := liveAnswers(w, c)
-			if got := snapAnswers(w, c.nextRule+1, s); !reflect.DeepEqual(got, want) {
-				t.Fatalf("seed %d step %d: the snapshot answers differently from the compiler:\n%s", seed, step, diffAnswers(got, want))
-			}
-			if step%20 == 0 {
-				frozen := &world{pods: map[string]Pod{}}
-				for k, p := range w.pods {
-					frozen.pods[k] = p
-				}
-				kept = append(kept, taken{s: s, want: want, w: frozen, maxRule: c.nextRule + 1})
-			}
-		}
-		for i, k := range kept {
-			if got := snapAnswers(k.w, k.maxRule, k.s); !reflect.DeepEqual(got, k.want) {
-				t.Fatalf("seed %d: snapshot %d changed after later flushes:\n%s", seed, i, diffAnswers(got, k.want))
-			}
+func (sc *snapshotCheck) check(t *testing.T, where string, w *world, c *Compiler) {
+	t.Helper()
+	if sc.prev != nil {
+		if got := snapAnswers(sc.prevW, sc.prevMaxRule, sc.prev); !reflect.DeepEqual(got, sc.prevWant) {
+			t.Fatalf("%s: the previous snapshot changed with this Flush:\n%s", where, diffAnswers(got, sc.prevWant))
 		}
 	}
+	s, maxRule := c.Snapshot(), c.nextRule+1
+	want := liveAnswers(w, c)
+	if got := snapAnswers(w, maxRule, s); !reflect.DeepEqual(got, want) {
+		t.Fatalf("%s: the snapshot answers differently from the compiler:\n%s", where, diffAnswers(got, want))
+	}
+	frozen := &world{pods: map[string]Pod{}}
+	for k, p := range w.pods {
+		frozen.pods[k] = p
+	}
+	sc.prev, sc.prevWant, sc.prevW, sc.prevMaxRule = s, want, frozen, maxRule
 }
 
 func diffAnswers(got, want snapshotAnswers) string {
@@ -222,9 +174,44 @@ func TestSnapshotPublishRace(t *testing.T) {
 		}()
 	}
 	for step := 0; step < 300; step++ {
-		randomStep(t, w, c)
+		name, key := fmt.Sprintf("pod%d", step%12), fmt.Sprintf("pol%d", step%8)
+		mustDo(t, c.UpsertPod(w.randomPod(name)))
+		mustDo(t, c.UpsertPolicy(key, w.randomPolicy(key)))
 		c.Flush()
 	}
 	close(done)
 	wg.Wait()
+}
+
+// TestSnapshotFollowsNodeOwners: node addresses, the API server's and a pod
+// sharing a node's address resolve in the snapshot as in the compiler, through
+// every change of owner.
+func TestSnapshotFollowsNodeOwners(t *testing.T) {
+	c := New(identity.NewAllocator())
+	n1, n2 := netip.MustParseAddr("10.224.0.2"), netip.MustParseAddr("10.224.0.3")
+	same := func(what string) {
+		t.Helper()
+		c.Flush()
+		for _, ip := range []netip.Addr{n1, n2} {
+			want, wok := c.PeerOf(ip)
+			got, gok := c.Snapshot().PeerOf(ip)
+			if fmt.Sprint(got, gok) != fmt.Sprint(want, wok) {
+				t.Errorf("%s: snapshot PeerOf(%v) = %+v, %v; the compiler says %+v, %v", what, ip, got, gok, want, wok)
+			}
+		}
+	}
+	c.UpsertNode("n1", []netip.Addr{n1}, true)
+	c.UpsertNode("n2", []netip.Addr{n2}, false)
+	same("two nodes")
+	c.SetAPIServer([]netip.Addr{n2})
+	same("the API server on n2")
+	mustDo(t, c.UpsertPod(Pod{Namespace: "ns", Name: "hostnet", IP: n1, HostNetwork: true, Local: true}))
+	mustDo(t, c.UpsertPod(Pod{Namespace: "ns", Name: "stale", IP: n2}))
+	same("pods on the nodes' addresses")
+	c.DeleteNode("n2")
+	same("n2 gone")
+	c.SetAPIServer(nil)
+	same("no API server")
+	c.DeletePod("ns", "stale")
+	same("the stale pod gone")
 }
