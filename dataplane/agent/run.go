@@ -15,6 +15,7 @@ import (
 
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/flows"
+	"github.com/flatnet/flatnet/dataplane/metrics"
 )
 
 // RunConfig is everything the flatnet-agent command is told.
@@ -86,7 +87,8 @@ func runWithPolicy(ctx context.Context, cfg RunConfig, log *slog.Logger, kube ku
 	store := flows.NewStore(cfg.FlowHistory)
 	api := http.NewServeMux()
 	api.Handle("GET "+enforce.RejectedPath, enf.RejectedHandler())
-	api.Handle("/", flows.Handler(store, enf, cfg.NodeName))
+	api.Handle(ExplainPath, ExplainHandler(enf, cfg.NodeName))
+	api.Handle("/", flows.Handler(store))
 	cfg.Hook, cfg.API = enf, api
 	a, err := New(cfg.Config, log, kube, dyn, factory)
 	if err != nil {
@@ -94,7 +96,7 @@ func runWithPolicy(ctx context.Context, cfg RunConfig, log *slog.Logger, kube ku
 	}
 	drops := flows.NewPolicyDrops()
 	registerPolicyMetrics(a.Metrics(), enf.Datapath(), enf, enf.Metrics(), drops)
-	enricher, err := flows.NewEnricher(cfg.NodeName, enf)
+	enricher, err := flows.NewEnricher(cfg.NodeName, enf.Snapshots())
 	if err != nil {
 		return err
 	}
@@ -126,8 +128,8 @@ func runWithPolicy(ctx context.Context, cfg RunConfig, log *slog.Logger, kube ku
 
 // registerPolicyMetrics adds the policy datapath's metrics to the agent's (the
 // dashboard test builds the same set with a fake datapath).
-func registerPolicyMetrics(m *Metrics, dp flows.CounterSource, pods flows.PodNamer, em *enforce.Metrics, drops *flows.PolicyDrops) {
-	m.MustRegister(flows.NewCollector(dp).WithPods(pods), drops.Collector())
+func registerPolicyMetrics(m *Metrics, dp metrics.CounterSource, pods metrics.PodNamer, em *enforce.Metrics, drops *flows.PolicyDrops) {
+	m.MustRegister(metrics.NewCollector(dp).WithPods(pods), drops.Collector())
 	m.MustRegister(em.Collectors()...)
 }
 

@@ -45,7 +45,7 @@ func apiTestAgent(t *testing.T, cfg Config) *Agent {
 	cfg.Gateway = netip.MustParseAddr("10.224.0.1")
 	cfg.DockerRange = netip.MustParsePrefix("10.224.0.0/27")
 	cfg.StateDir = t.TempDir()
-	cfg.API = flows.Handler(store, nil, "node-a")
+	cfg.API = flows.Handler(store)
 	kube := fake.NewClientset()
 	a, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), kube, dynfake.NewSimpleDynamicClient(runtime.NewScheme()), informers.NewSharedInformerFactory(kube, 0))
 	if err != nil {
@@ -96,7 +96,7 @@ func TestTCPPortServesOnlyHealthAndMetrics(t *testing.T) {
 	if code, _ := status(t, base+"/healthz"); code != http.StatusOK {
 		t.Errorf("GET /healthz: %d, want 200 (the kubelet's liveness probe)", code)
 	}
-	for _, path := range []string{flows.FlowsPath, flows.FlowsPath + "?follow=true&last=1", flows.ExplainPath + "?namespace=a&pod=b&direction=INGRESS&remote=10.0.0.1&port=80"} {
+	for _, path := range []string{flows.FlowsPath, flows.FlowsPath + "?follow=true&last=1", ExplainPath + "?namespace=a&pod=b&direction=INGRESS&remote=10.0.0.1&port=80"} {
 		code, body := status(t, base+path)
 		if code != 0 && code != http.StatusNotFound && code != http.StatusForbidden {
 			t.Errorf("GET %s on the TCP port without credentials: %d %q; want 403, 404 or connection refused", path, code, firstLine(body))

@@ -212,6 +212,7 @@ func TestIncrementalMatchesFullCompile(t *testing.T) {
 		inc.UpsertNode("self", []netip.Addr{netip.MustParseAddr("10.0.9.1")}, true)
 		ipcache := map[ipv4.Prefix]identity.ID{}
 		stored := map[identity.Sum]identity.ID{} // what the agent would persist
+		snapshots := &snapshotCheck{}
 		for step := 0; step < 120; step++ {
 			switch op := w.r.Intn(10); {
 			case op < 3:
@@ -265,6 +266,7 @@ func TestIncrementalMatchesFullCompile(t *testing.T) {
 			}
 			full := w.build(t)
 			comparePolicies(t, fmt.Sprintf("seed %d step %d", seed, step), w, inc, full, ipcache)
+			snapshots.check(t, fmt.Sprintf("seed %d step %d", seed, step), w, inc)
 		}
 	}
 }

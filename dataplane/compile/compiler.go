@@ -55,6 +55,8 @@ type Compiler struct {
 	localByID map[identity.ID]map[string]*podState       // local pods by identity
 	emitIP    map[netip.Addr]identity.ID
 	emitPfx   map[ipv4.Prefix]identity.ID
+
+	published publisher // the snapshot of the last Flush (snapshot.go)
 }
 
 type podState struct {
@@ -502,6 +504,7 @@ func bump(m map[NamedPort]int, k NamedPort, sign int) bool {
 // replaces whatever the key held; a rejected object should be passed to DeletePolicy
 // or kept at its last good version by the caller.
 func (c *Compiler) UpsertPolicy(key string, pols []*policy.Policy) error {
+	c.rulesChanging(key)
 	c.removePolicy(key)
 	var entries []*polEntry
 	used := map[string]bool{}
@@ -590,6 +593,7 @@ func (c *Compiler) UpsertPolicy(key string, pols []*policy.Policy) error {
 
 // DeletePolicy removes everything a key held.
 func (c *Compiler) DeletePolicy(key string) {
+	c.rulesChanging(key)
 	c.removePolicy(key)
 	for _, id := range c.ruleIDs[key] {
 		delete(c.rules, id)
@@ -866,6 +870,7 @@ func (c *Compiler) Flush() Update {
 		if err != nil {
 			continue // addIPOwner keeps non-IPv4 addresses out
 		}
+		c.published.peerChanged(ip)
 		want, ok := c.resolveIP(ip)
 		old, had := c.emitIP[ip]
 		switch {
@@ -896,6 +901,7 @@ func (c *Compiler) Flush() Update {
 	clear(c.identUps)
 	sortPrefixUpdates(up.IPCache)
 	sortPrefixUpdates(up.CIDRs)
+	c.publish(keys, up.CIDRs)
 	clear(c.dirtyIDs)
 	clear(c.dirtyPods)
 	clear(c.dirtyIPs)

@@ -1,7 +1,6 @@
 package compile
 
 import (
-	"fmt"
 	"net/netip"
 
 	"github.com/flatnet/flatnet/dataplane/identity"
@@ -83,7 +82,7 @@ func (p *EndpointPolicy) longest(dir policy.Direction, id identity.ID, proto pol
 func (c *Compiler) Explain(namespace, name string, dir policy.Direction, remote netip.Addr, proto policy.Protocol, port uint16) (Decision, error) {
 	pol := c.emitted[namespace+"/"+name]
 	if pol == nil {
-		return Decision{}, fmt.Errorf("explaining %s/%s: not a local endpoint with a compiled policy (Flush first)", namespace, name)
+		return Decision{}, notEmitted(namespace, name)
 	}
 	id, ok := c.resolveIP(remote)
 	if !ok {

@@ -101,6 +101,7 @@ func (e *Enforcer) Attach(ctx context.Context, ep endpointapi.Endpoint) error {
 	}
 	e.attached[key] = ep
 	e.byCID[ep.ContainerID] = key
+	e.publishIfindexesLocked()
 	return nil
 }
 
@@ -112,6 +113,7 @@ func (e *Enforcer) evictLocked(ctx context.Context, key string, stale endpointap
 		"pod", key, "containerID", stale.ContainerID, "ip", stale.IP)
 	delete(e.attached, key)
 	delete(e.byCID, stale.ContainerID)
+	e.publishIfindexesLocked()
 	if stale.HostIfIndex > 0 {
 		if err := e.d.DetachEndpoint(ctx, stale.HostIfIndex); err != nil {
 			return fmt.Errorf("detaching the stale endpoint of %s: %w", key, err)
@@ -182,6 +184,7 @@ func (e *Enforcer) Detach(ctx context.Context, ep endpointapi.Endpoint) error {
 	delete(e.attached, key)
 	delete(e.byCID, ep.ContainerID)
 	delete(e.epFail, key)
+	e.publishIfindexesLocked()
 	if att.HostIfIndex > 0 {
 		if err := e.d.DetachEndpoint(ctx, att.HostIfIndex); err != nil {
 			return fmt.Errorf("detaching %s: %w", key, err)

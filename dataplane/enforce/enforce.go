@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -83,6 +84,10 @@ type Enforcer struct {
 	}
 
 	metrics *Metrics
+
+	// ifindexes is attached's host interfaces, republished at each change for
+	// readers that must not wait for mu (flows.go).
+	ifindexes atomic.Pointer[map[string]int]
 }
 
 // New loads (or adopts) the pinned datapath and restores the identity numbers it uses.
@@ -137,17 +142,6 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Enforcer, error) {
 
 // Metrics are the enforcer's compile and map-sync latency histograms.
 func (e *Enforcer) Metrics() *Metrics { return e.metrics }
-
-// LocalPods names the attached endpoints: "namespace/name" by host ifindex.
-func (e *Enforcer) LocalPods() map[int]string {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	out := make(map[int]string, len(e.attached))
-	for key, ep := range e.attached {
-		out[ep.HostIfIndex] = key
-	}
-	return out
-}
 
 // Datapath gives access to counters and flow events.
 func (e *Enforcer) Datapath() *bpf.Datapath { return e.d }

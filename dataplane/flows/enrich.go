@@ -15,11 +15,31 @@ import (
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
 
-// Source is the policy state flows are named from (enforce.Enforcer implements it).
-type Source interface {
-	RuleName(id compile.RuleID) (compile.RuleInfo, bool)
+// The enricher names flows through small getters, as Hubble's parser does
+// (pkg/hubble/parser/getters), not through the enforcer: compile.Latest
+// implements them over the compiler's published snapshots, and none of them
+// waits for the policy lock.
+
+// PeerGetter names the owner of an address.
+type PeerGetter interface {
 	PeerOf(ip netip.Addr) (compile.Peer, bool)
+}
+
+// RuleGetter names the rule a flow event carries.
+type RuleGetter interface {
+	RuleName(id compile.RuleID) (compile.RuleInfo, bool)
+}
+
+// DefaultDenyGetter lists the policies putting a local pod in default deny.
+type DefaultDenyGetter interface {
 	DefaultDenyBy(namespace, name string, dir policy.Direction) []policy.Ref
+}
+
+// Source is the getters flows are named with.
+type Source interface {
+	PeerGetter
+	RuleGetter
+	DefaultDenyGetter
 }
 
 // Enricher turns datapath events into flow records.
@@ -55,12 +75,19 @@ var dropReasons = map[bpf.Code]string{
 	bpf.DropNoPolicy:      "POLICY_DENIED",
 }
 
+// DropReason is Cilium's name of a drop code; false for a code it has no name
+// for (and for forwards).
+func DropReason(c bpf.Code) (string, bool) {
+	s, ok := dropReasons[c]
+	return s, ok
+}
+
 // DropReasonDesc is the drop_reason_desc of a code ("" for forwards).
 func DropReasonDesc(c bpf.Code) string {
 	if !c.Dropped() {
 		return ""
 	}
-	if s, ok := dropReasons[c]; ok {
+	if s, ok := DropReason(c); ok {
 		return s
 	}
 	return "DROP_REASON_UNKNOWN"
@@ -108,13 +135,13 @@ func (e *Enricher) Flow(ev bpf.FlowEvent) *Flow {
 	var pols []*Policy
 	if ev.RuleID != 0 {
 		if ri, ok := e.src.RuleName(ev.RuleID); ok {
-			pols = []*Policy{policyOf(ri.Policy)}
+			pols = []*Policy{PolicyOf(ri.Policy)}
 			f.Rule = ri.Rule
 		}
 	} else if ev.Code == bpf.DropPolicy && localEP.PodName != "" {
 		// No rule matched: the policies enforcing default deny decided.
 		for _, r := range e.src.DefaultDenyBy(localEP.Namespace, localEP.PodName, ev.Direction) {
-			pols = append(pols, policyOf(r))
+			pols = append(pols, PolicyOf(r))
 		}
 	}
 	switch {
@@ -160,7 +187,8 @@ func LabelStrings(l map[string]string) []string {
 	return out
 }
 
-func policyOf(r policy.Ref) *Policy {
+// PolicyOf is a policy as flows (and explanations) name it, with Cilium's labels.
+func PolicyOf(r policy.Ref) *Policy {
 	p := &Policy{Name: r.Name, Namespace: r.Namespace, Kind: string(r.Kind)}
 	p.Labels = []string{
 		"k8s:io.cilium.k8s.policy.derived-from=" + string(r.Kind),

@@ -32,7 +32,7 @@ func FuzzFlowQuery(f *testing.F) {
 	for _, r := range flowsOf {
 		store.Add(r)
 	}
-	h := Handler(store, nil, "node-a")
+	h := Handler(store)
 	params := map[string]bool{ParamNamespace: true, ParamPod: true, ParamLabel: true, ParamVerdict: true, ParamPort: true,
 		ParamProtocol: true, ParamSince: true, ParamLast: true, ParamFollow: true}
 	f.Fuzz(func(t *testing.T, raw string) {

@@ -1,4 +1,4 @@
-package flows
+package flows_test
 
 import (
 	"context"
@@ -26,6 +26,7 @@ import (
 	"github.com/flatnet/flatnet/dataplane/bpf"
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/enforce"
+	"github.com/flatnet/flatnet/dataplane/flows"
 	"github.com/flatnet/flatnet/internal/testenv"
 )
 
@@ -202,12 +203,12 @@ func newFloodNode(b *testing.B) *floodNode {
 	// The agent's pipeline, counting what it takes in.
 	rd, err := f.enf.Datapath().NewFlowReader()
 	must(b, err)
-	en, err := NewEnricher("self", f.enf)
+	en, err := flows.NewEnricher("self", f.enf.Snapshots())
 	must(b, err)
-	store := NewStore(DefaultCapacity)
+	store := flows.NewStore(flows.DefaultCapacity)
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- Run(runCtx, &countingReader{rd: rd, f: f}, en, store) }()
+	go func() { done <- flows.Run(runCtx, &countingReader{rd: rd, f: f}, en, store) }()
 	b.Cleanup(func() { stop(); <-done; rd.Close() })
 
 	// The flood's socket: raw frames out of the client's eth0 to the host veth's MAC.

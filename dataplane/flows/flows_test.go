@@ -16,13 +16,16 @@ import (
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
 
-// compilerSource names flows from a bare compiler (the enforcer adds only locking).
+// compilerSource names flows from a bare compiler's published snapshot (as the
+// enforcer's Snapshots do).
 type compilerSource struct{ c *compile.Compiler }
 
-func (s compilerSource) RuleName(id compile.RuleID) (compile.RuleInfo, bool) { return s.c.Rule(id) }
-func (s compilerSource) PeerOf(ip netip.Addr) (compile.Peer, bool)           { return s.c.PeerOf(ip) }
+func (s compilerSource) RuleName(id compile.RuleID) (compile.RuleInfo, bool) {
+	return s.c.Snapshot().RuleName(id)
+}
+func (s compilerSource) PeerOf(ip netip.Addr) (compile.Peer, bool) { return s.c.Snapshot().PeerOf(ip) }
 func (s compilerSource) DefaultDenyBy(ns, name string, d policy.Direction) []policy.Ref {
-	return s.c.DefaultDenyBy(ns, name, d)
+	return s.c.Snapshot().DefaultDenyBy(ns, name, d)
 }
 
 var (

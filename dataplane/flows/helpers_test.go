@@ -3,7 +3,15 @@ package flows
 import (
 	"encoding/json"
 	"strings"
+	"testing"
 )
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
 
 func dump(rs []*Response) string {
 	var b strings.Builder

@@ -1,4 +1,4 @@
-package flows
+package flows_test
 
 import (
 	"context"
@@ -27,8 +27,11 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 
+	"github.com/flatnet/flatnet/dataplane/agent"
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/enforce"
+	"github.com/flatnet/flatnet/dataplane/flows"
+	"github.com/flatnet/flatnet/dataplane/metrics"
 	"github.com/flatnet/flatnet/internal/testenv"
 )
 
@@ -46,15 +49,10 @@ spec:
 
 var gateway = net.IPv4(169, 254, 1, 1)
 
+var must, dump = flows.Must, flows.Dump
+
 func ipNet(a netip.Addr) *net.IPNet {
 	return &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(32, 32)}
-}
-
-func must(t testing.TB, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
 }
 
 // wirePod makes a pod netns with flatnet's node-subnet wiring (host /32 route and
@@ -187,12 +185,12 @@ func TestDeniedSYNIsOneDroppedFlowNamingThePolicy(t *testing.T) {
 	rd, err := enf.Datapath().NewFlowReader()
 	must(t, err)
 	t.Cleanup(func() { rd.Close() })
-	en, err := NewEnricher("self", enf)
+	en, err := flows.NewEnricher("self", enf.Snapshots())
 	must(t, err)
-	store := NewStore(100)
+	store := flows.NewStore(100)
 	runCtx, stopRun := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- Run(runCtx, rd, en, store) }()
+	go func() { done <- flows.Run(runCtx, rd, en, store) }()
 
 	// 700 ms is below the kernel's first SYN retransmission (1 s), so normally one SYN
 	// leaves; on a loaded machine the socket may close late and a retransmission
@@ -222,7 +220,7 @@ func TestDeniedSYNIsOneDroppedFlowNamingThePolicy(t *testing.T) {
 	}
 	// Let the reader drain the ring: wait for the drops, then a little more for extras.
 	// Only TCP: the pods' own IPv6 chatter (DAD, router solicitations) is dropped too.
-	tcpDrops := Filter{Verdict: VerdictDropped, Protocol: "TCP"}
+	tcpDrops := flows.Filter{Verdict: flows.VerdictDropped, Protocol: "TCP"}
 	for deadline := time.Now().Add(5 * time.Second); len(store.Recent(tcpDrops, 0)) < synsSent && time.Now().Before(deadline); {
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -239,7 +237,7 @@ func TestDeniedSYNIsOneDroppedFlowNamingThePolicy(t *testing.T) {
 	}
 	f := dropped[0].Flow
 	switch {
-	case f.TrafficDirection != Ingress || f.DropReasonDesc != "POLICY_DENIED" || f.NodeName != "self":
+	case f.TrafficDirection != flows.Ingress || f.DropReasonDesc != "POLICY_DENIED" || f.NodeName != "self":
 		t.Errorf("flow %s: want an INGRESS POLICY_DENIED drop on node self", dump(dropped))
 	case f.Source == nil || f.Source.PodName != "client" || f.Destination == nil || f.Destination.PodName != "server":
 		t.Errorf("flow %s: want source pod client, destination pod server", dump(dropped))
@@ -258,8 +256,8 @@ func TestDeniedSYNIsOneDroppedFlowNamingThePolicy(t *testing.T) {
 	checkMetrics(t, enf, synsSent)
 	checkExplain(t, enf, clientIP)
 	// The client is not selected: its egress SYN was forwarded, with no policy named.
-	fwd := store.Recent(Filter{Verdict: VerdictForwarded, Pod: "default/client"}, 0)
-	if len(fwd) == 0 || fwd[0].Flow.TrafficDirection != Egress || len(fwd[0].Flow.EgressAllowedBy) != 0 {
+	fwd := store.Recent(flows.Filter{Verdict: flows.VerdictForwarded, Pod: "default/client"}, 0)
+	if len(fwd) == 0 || fwd[0].Flow.TrafficDirection != flows.Egress || len(fwd[0].Flow.EgressAllowedBy) != 0 {
 		t.Errorf("forwarded flows %s: want the client's egress SYN, allowed by no policy", dump(fwd))
 	}
 }
@@ -278,7 +276,7 @@ func contains(l []string, s string) bool {
 func checkMetrics(t *testing.T, enf *enforce.Enforcer, syns int) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(NewCollector(enf.Datapath()))
+	reg.MustRegister(metrics.NewCollector(enf.Datapath()))
 	mfs, err := reg.Gather()
 	must(t, err)
 	var dropped, ids float64 = -1, -1
@@ -289,7 +287,7 @@ func checkMetrics(t *testing.T, enf *enforce.Enforcer, syns int) {
 				l[lp.GetName()] = lp.GetValue()
 			}
 			switch {
-			case mf.GetName() == "flatnet_datapath_packets_total" && l["direction"] == Ingress && l["verdict"] == VerdictDropped && l["reason"] == "POLICY_DENIED":
+			case mf.GetName() == "flatnet_datapath_packets_total" && l["direction"] == flows.Ingress && l["verdict"] == flows.VerdictDropped && l["reason"] == "POLICY_DENIED":
 				dropped = m.GetCounter().GetValue()
 			case mf.GetName() == "flatnet_identities":
 				ids = m.GetGauge().GetValue()
@@ -309,25 +307,25 @@ func checkMetrics(t *testing.T, enf *enforce.Enforcer, syns int) {
 // checkExplain asks /v1/explain what the enforcer would decide for the same SYN.
 func checkExplain(t *testing.T, enf *enforce.Enforcer, client netip.Addr) {
 	t.Helper()
-	srv := httptest.NewServer(Handler(NewStore(1), enf, "self"))
+	srv := httptest.NewServer(agent.ExplainHandler(enf, "self"))
 	defer srv.Close()
 	get := func(q string) (int, string) {
-		resp, err := http.Get(srv.URL + ExplainPath + "?" + q)
+		resp, err := http.Get(srv.URL + agent.ExplainPath + "?" + q)
 		must(t, err)
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
 	code, body := get("namespace=default&pod=server&direction=INGRESS&protocol=TCP&port=80&remote=" + client.String())
-	var e Explanation
+	var e agent.Explanation
 	if code != http.StatusOK || json.Unmarshal([]byte(body), &e) != nil {
 		t.Fatalf("explain: %d %s", code, body)
 	}
-	if e.Verdict != VerdictDropped || len(e.Policies) != 1 || e.Policies[0].Name != "default-deny" {
+	if e.Verdict != flows.VerdictDropped || len(e.Policies) != 1 || e.Policies[0].Name != "default-deny" {
 		t.Errorf("explain %s: want DROPPED by default-deny", body)
 	}
 	// The maps read back: the same verdict, from the endpoint's real policy map.
-	if dp := e.Datapath; dp == nil || dp.Error != "" || dp.Verdict != VerdictDropped || !dp.Enforced || !e.Agrees || dp.RemoteIdentity < 256 {
+	if dp := e.Datapath; dp == nil || dp.Error != "" || dp.Verdict != flows.VerdictDropped || !dp.Enforced || !e.Agrees || dp.RemoteIdentity < 256 {
 		t.Errorf("explain %s: want the datapath's maps to say DROPPED (enforced, the client's identity) and agree", body)
 	}
 	if code, body := get("namespace=default&pod=ghost&direction=INGRESS&port=80&remote=" + client.String()); code != http.StatusNotFound || !strings.Contains(body, "default/ghost") {

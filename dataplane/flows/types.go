@@ -1,6 +1,9 @@
 // Package flows turns the datapath's flow events into records in the shape of
 // Cilium's flow API (what `hubble observe -o json` prints), keeps a bounded recent
-// history of them, filters them, and serves them and policy explanations over HTTP.
+// history of them, filters them, and serves them over HTTP. It names flows through
+// small getters (Source), not through the enforcer: their implementation reads the
+// policy compiler's published snapshot and takes no lock. The datapath's counters
+// are exported by package metrics, explanations by the agent's API.
 //
 // The types are our own, with Cilium's JSON field names: importing
 // github.com/cilium/cilium for api/v1/flow would pull in most of Cilium's tree for a

@@ -15,6 +15,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/flatnet/flatnet/dataplane/agent"
 	"github.com/flatnet/flatnet/dataplane/flows"
 )
 
@@ -39,7 +40,7 @@ func parseTarget(arg, defaultNS, what string, wantPort bool) (target, error) {
 		}
 		t.port = uint16(n)
 		if hasProto {
-			p, err := flows.ParseProtocol(proto)
+			p, err := agent.ParseProtocol(proto)
 			if err != nil {
 				return t, fmt.Errorf("%s %q: %w", what, arg, err)
 			}
@@ -62,8 +63,8 @@ func parseTarget(arg, defaultNS, what string, wantPort bool) (target, error) {
 // explainResult is -o json of explain.
 type explainResult struct {
 	Verdict string             `json:"verdict"`
-	Egress  *flows.Explanation `json:"egress,omitempty"`
-	Ingress *flows.Explanation `json:"ingress,omitempty"`
+	Egress  *agent.Explanation `json:"egress,omitempty"`
+	Ingress *agent.Explanation `json:"ingress,omitempty"`
 	Errors  []string           `json:"errors,omitempty"`
 }
 
@@ -113,7 +114,7 @@ decide. The connection passes only if both directions forward it.`,
 				return err
 			}
 			res := explainResult{Verdict: flows.VerdictForwarded}
-			ask := func(local *corev1.Pod, dir string, remote string) *flows.Explanation {
+			ask := func(local *corev1.Pod, dir string, remote string) *agent.Explanation {
 				if local.Spec.HostNetwork {
 					res.Errors = append(res.Errors, fmt.Sprintf("%s %s/%s uses the host network: flatnet enforces no policy on it", strings.ToLower(dir), local.Namespace, local.Name))
 					return nil
@@ -172,26 +173,26 @@ func getPod(ctx context.Context, ag agents, t target, what string) (*corev1.Pod,
 	return p, nil
 }
 
-func explainOn(ctx context.Context, ag agents, local *corev1.Pod, dir, remote string, dst target) (*flows.Explanation, error) {
-	agent, err := ag.onNode(ctx, local.Spec.NodeName)
+func explainOn(ctx context.Context, ag agents, local *corev1.Pod, dir, remote string, dst target) (*agent.Explanation, error) {
+	agentPod, err := ag.onNode(ctx, local.Spec.NodeName)
 	if err != nil {
 		return nil, fmt.Errorf("%s of %s/%s: %w", strings.ToLower(dir), local.Namespace, local.Name, err)
 	}
 	q := url.Values{}
 	q.Set(flows.ParamNamespace, local.Namespace)
 	q.Set(flows.ParamPod, local.Name)
-	q.Set(flows.ParamDirection, dir)
-	q.Set(flows.ParamRemote, remote)
+	q.Set(agent.ParamDirection, dir)
+	q.Set(agent.ParamRemote, remote)
 	q.Set(flows.ParamProtocol, dst.proto)
 	q.Set(flows.ParamPort, strconv.Itoa(int(dst.port)))
-	body, err := ag.get(ctx, agent, flows.ExplainPath, q)
+	body, err := ag.get(ctx, agentPod, agent.ExplainPath, q)
 	if err != nil {
 		return nil, fmt.Errorf("%s of %s/%s: %w", strings.ToLower(dir), local.Namespace, local.Name, err)
 	}
 	defer body.Close()
-	var e flows.Explanation
+	var e agent.Explanation
 	if err := json.NewDecoder(body).Decode(&e); err != nil {
-		return nil, fmt.Errorf("%s of %s/%s: decoding agent %s's answer: %w", strings.ToLower(dir), local.Namespace, local.Name, agent.Name, err)
+		return nil, fmt.Errorf("%s of %s/%s: decoding agent %s's answer: %w", strings.ToLower(dir), local.Namespace, local.Name, agentPod.Name, err)
 	}
 	return &e, nil
 }
@@ -199,7 +200,7 @@ func explainOn(ctx context.Context, ag agents, local *corev1.Pod, dir, remote st
 func printExplain(w io.Writer, src, dst target, srcPod, dstPod *corev1.Pod, res explainResult) {
 	fmt.Fprintf(w, "%s/%s (%s, node %s) -> %s/%s:%d/%s (%s, node %s)\n", src.namespace, src.pod, srcPod.Status.PodIP,
 		srcPod.Spec.NodeName, dst.namespace, dst.pod, dst.port, dst.proto, dstPod.Status.PodIP, dstPod.Spec.NodeName)
-	line := func(label string, e *flows.Explanation) {
+	line := func(label string, e *agent.Explanation) {
 		if e == nil {
 			fmt.Fprintf(w, "  %-8s unknown\n", label)
 			return

@@ -112,7 +112,7 @@ func TestGatherShowsTheOtherNodesWhenOneAgentIsDown(t *testing.T) {
 	add(1, t0)
 	add(3, t0.Add(-time.Hour)) // before --since
 	var gotQuery string
-	h := flows.Handler(store, nil, "node-a")
+	h := flows.Handler(store)
 	api := agentAPI(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		gotQuery = r.URL.RawQuery
 		h.ServeHTTP(w, r)

@@ -1,14 +1,18 @@
-package flows
+// Package metrics holds the agent's Prometheus collectors of the policy
+// datapath: its counters, map fill and identities, read from the maps at each
+// scrape. Labels spell directions, verdicts and drop reasons as flows do
+// (Cilium's names).
+package metrics
 
 import (
 	"context"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flatnet/flatnet/dataplane/bpf"
+	"github.com/flatnet/flatnet/dataplane/flows"
 	"github.com/flatnet/flatnet/dataplane/identity"
 )
 
@@ -115,12 +119,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			names = c.pods.LocalPods()
 		}
 		for _, k := range counters {
-			key := counterKey{dir: Ingress, verdict: VerdictForwarded, reason: reasonLabel(k.Code)}
+			key := counterKey{dir: flows.Ingress, verdict: flows.VerdictForwarded, reason: reasonLabel(k.Code)}
 			if k.Direction != 0 {
-				key.dir = Egress
+				key.dir = flows.Egress
 			}
 			if k.Code.Dropped() {
-				key.verdict = VerdictDropped
+				key.verdict = flows.VerdictDropped
 			}
 			s := sums[key]
 			s[0] += k.Packets
@@ -167,7 +171,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 // reasonLabel keeps the label set bounded: a code outside the known list is "other".
 func reasonLabel(code bpf.Code) string {
 	if code.Dropped() {
-		if s, ok := dropReasons[code]; ok {
+		if s, ok := flows.DropReason(code); ok {
 			return s
 		}
 		return "other"
@@ -191,58 +195,4 @@ func reasonLabel(code bpf.Code) string {
 		return "SERVICE_BACKEND"
 	}
 	return "other"
-}
-
-// maxPolicyLabels bounds the policies PolicyDrops names; drops decided by any
-// further policy are counted under policy="other".
-const maxPolicyLabels = 200
-
-// PolicyDrops counts dropped flow events by the policy that decided them. It sees
-// the flow events, not every packet: events are rate limited per CPU
-// (flatnet_flow_events_lost_total counts the ones that were not emitted), so it
-// tells which policies drop, and in what proportion, rather than exact packet counts.
-type PolicyDrops struct {
-	vec   *prometheus.CounterVec
-	mu    sync.Mutex
-	known map[string]bool
-}
-
-// NewPolicyDrops makes the counter; register it with Collector().
-func NewPolicyDrops() *PolicyDrops {
-	return &PolicyDrops{known: map[string]bool{}, vec: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "flatnet_policy_drop_events_total",
-		Help: "Dropped flow events by deciding policy (kind, namespace, name; \"none\" when no policy is known), from the rate-limited flow events.",
-	}, []string{"direction", "kind", "namespace", "policy"})}
-}
-
-// Collector is the counter to register.
-func (p *PolicyDrops) Collector() prometheus.Collector { return p.vec }
-
-// Observe counts f if it was dropped: once per deciding policy.
-func (p *PolicyDrops) Observe(f *Flow) {
-	if f.Verdict != VerdictDropped {
-		return
-	}
-	pols := f.IngressDeniedBy
-	if f.TrafficDirection == Egress {
-		pols = f.EgressDeniedBy
-	}
-	if len(pols) == 0 {
-		p.vec.WithLabelValues(f.TrafficDirection, "none", "", "none").Inc()
-		return
-	}
-	for _, pol := range pols {
-		kind, ns, name := pol.Kind, pol.Namespace, pol.Name
-		key := kind + "/" + ns + "/" + name
-		p.mu.Lock()
-		if !p.known[key] {
-			if len(p.known) >= maxPolicyLabels {
-				kind, ns, name = "other", "", "other"
-			} else {
-				p.known[key] = true
-			}
-		}
-		p.mu.Unlock()
-		p.vec.WithLabelValues(f.TrafficDirection, kind, ns, name).Inc()
-	}
 }
