@@ -113,7 +113,7 @@ func BenchmarkFullCompile(b *testing.B) {
 				b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/(1<<20), "MiB-retained")
 				b.ReportMetric(float64(len(up.Endpoints)), "endpoints")
 				b.ReportMetric(float64(entries), "entries")
-				b.ReportMetric(float64(comp.alloc.Len()), "identities")
+				b.ReportMetric(float64(comp.ids.alloc.Len()), "identities")
 				runtime.KeepAlive(comp)
 			}
 		})

@@ -283,12 +283,12 @@ func comparePolicies(t *testing.T, where string, w *world, inc, full *Compiler, 
 	addrProbe := func(what string, a netip.Addr) {
 		ids := func(c *Compiler) []identity.ID {
 			var out []identity.ID
-			id, ok := c.resolveIP(a)
+			id, ok := c.ipc.resolve(a)
 			if !ok {
 				id = identity.World
 			}
 			out = append(out, id)
-			if cid := c.cidrIdentity(a); cid != 0 {
+			if cid := c.pfx.identityOf(a); cid != 0 {
 				out = append(out, cid)
 			}
 			return out
@@ -307,7 +307,7 @@ func comparePolicies(t *testing.T, where string, w *world, inc, full *Compiler, 
 	for name, p := range w.pods {
 		want, _ := inc.IdentityOf(p.Namespace, p.Name)
 		got := ipcache[v4(netip.PrefixFrom(p.IP, 32))]
-		if owner, _ := inc.resolveIP(p.IP); owner != want {
+		if owner, _ := inc.ipc.resolve(p.IP); owner != want {
 			continue // two pods share the address; resolveIP picked the other
 		}
 		if got != want {
@@ -351,15 +351,15 @@ func comparePolicies(t *testing.T, where string, w *world, inc, full *Compiler, 
 func checkStoredIdentities(t *testing.T, where string, c *Compiler, stored map[identity.Sum]identity.ID) {
 	t.Helper()
 	live := 0
-	for id := range c.idents {
-		s, ok := c.alloc.SumOf(id)
+	for id := range c.ids.byID {
+		s, ok := c.ids.alloc.SumOf(id)
 		if !ok || stored[s] != id {
 			t.Fatalf("%s: live identity %v not persisted", where, id)
 		}
 		live++
 	}
-	for _, st := range c.cidrs {
-		s, ok := c.alloc.SumOf(st.id)
+	for _, st := range c.pfx.byPrefix {
+		s, ok := c.ids.alloc.SumOf(st.id)
 		if !ok || stored[s] != st.id {
 			t.Fatalf("%s: CIDR identity %v not persisted", where, st.id)
 		}
@@ -443,8 +443,8 @@ func TestInvalidateReemitsEverything(t *testing.T) {
 		ips[p.IP] = true
 	}
 	ips[netip.MustParseAddr("10.0.9.1")] = true
-	if len(up.Endpoints) != locals || len(up.IPCache) != len(ips) || len(up.CIDRs) != len(c.cidrs) || len(up.Identities) != len(c.idents)+len(c.cidrs) {
+	if len(up.Endpoints) != locals || len(up.IPCache) != len(ips) || len(up.CIDRs) != len(c.pfx.byPrefix) || len(up.Identities) != len(c.ids.byID)+len(c.pfx.byPrefix) {
 		t.Fatalf("after Invalidate: %d endpoints (want %d), %d ipcache (want %d), %d CIDRs (want %d), %d identities (want %d)",
-			len(up.Endpoints), locals, len(up.IPCache), len(ips), len(up.CIDRs), len(c.cidrs), len(up.Identities), len(c.idents)+len(c.cidrs))
+			len(up.Endpoints), locals, len(up.IPCache), len(ips), len(up.CIDRs), len(c.pfx.byPrefix), len(up.Identities), len(c.ids.byID)+len(c.pfx.byPrefix))
 	}
 }

@@ -1,8 +1,6 @@
 package compile
 
 import (
-	"sort"
-
 	"github.com/flatnet/flatnet/dataplane/identity"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
@@ -10,24 +8,11 @@ import (
 // compute builds the policy of one endpoint from every policy selecting its identity.
 func (c *Compiler) compute(ps *podState) *EndpointPolicy {
 	ep := &EndpointPolicy{Entries: map[Key]Verdict{}}
-	is := c.idents[ps.id]
+	is := c.ids.byID[ps.id]
 	if is == nil {
 		return ep
 	}
-	// Visit selecting policies in a fixed order so rule IDs chosen on ties are stable.
-	var entries []*polEntry
-	for s := range is.sels {
-		for e := range s.subjectOf {
-			entries = append(entries, e)
-		}
-	}
-	sort.Slice(entries, func(i, j int) bool {
-		if entries[i].key != entries[j].key {
-			return entries[i].key < entries[j].key
-		}
-		return entries[i].pol.Spec < entries[j].pol.Spec
-	})
-	for _, e := range entries {
+	for _, e := range c.repo.selecting(is) {
 		for d := range ep.Enforce {
 			ep.Enforce[d] = ep.Enforce[d] || e.pol.DefaultDeny[d]
 		}
@@ -76,21 +61,21 @@ type peerSet struct {
 
 func (c *Compiler) peers(r policy.Rule) []peerSet {
 	if r.AnyPeer {
-		return []peerSet{{id: identity.Any, named: c.globalNamed}}
+		return []peerSet{{id: identity.Any, named: c.ids.named}}
 	}
 	var out []peerSet
 	for _, p := range r.Peers {
 		switch {
 		case p.Endpoints != nil:
-			s := c.selectors[p.Endpoints.String()]
+			s := c.sels.lookup(*p.Endpoints)
 			if s == nil {
 				continue
 			}
 			for id := range s.ids {
-				out = append(out, peerSet{id: id, named: c.idents[id].named})
+				out = append(out, peerSet{id: id, named: c.ids.byID[id].named})
 			}
 		case p.CIDR != nil:
-			cp := c.cidrPeers[cidrKey(*p.CIDR)]
+			cp := c.pfx.lookupPeer(*p.CIDR)
 			if cp == nil {
 				continue
 			}
@@ -98,11 +83,11 @@ func (c *Compiler) peers(r policy.Rule) []peerSet {
 				if p.CIDR.WorldOnly {
 					id = WorldCIDR(id)
 				}
-				out = append(out, peerSet{id: id, named: c.globalNamed})
+				out = append(out, peerSet{id: id, named: c.ids.named})
 			}
 		default:
 			for _, id := range entityIDs(p.Entity, c) {
-				out = append(out, peerSet{id: id, named: c.globalNamed})
+				out = append(out, peerSet{id: id, named: c.ids.named})
 			}
 		}
 	}
@@ -123,7 +108,7 @@ func entityIDs(e policy.Entity, c *Compiler) []identity.ID {
 		return []identity.ID{identity.KubeAPIServer}
 	case policy.EntityCluster:
 		ids := []identity.ID{identity.Host, identity.RemoteNode, identity.KubeAPIServer, identity.Unmanaged}
-		for id := range c.idents {
+		for id := range c.ids.byID {
 			ids = append(ids, id)
 		}
 		return ids

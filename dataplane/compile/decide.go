@@ -80,24 +80,13 @@ func (p *EndpointPolicy) longest(dir policy.Direction, id identity.ID, proto pol
 // Explain decides a new connection between a local pod and a remote address as the
 // datapath would now (for `flatnetctl explain` and tests).
 func (c *Compiler) Explain(namespace, name string, dir policy.Direction, remote netip.Addr, proto policy.Protocol, port uint16) (Decision, error) {
-	pol := c.emitted[namespace+"/"+name]
+	pol := c.emit.emitted[namespace+"/"+name]
 	if pol == nil {
 		return Decision{}, notEmitted(namespace, name)
 	}
-	id, ok := c.resolveIP(remote)
+	id, ok := c.ipc.resolve(remote)
 	if !ok {
 		id = identity.World
 	}
-	return pol.Decide(dir, id, c.cidrIdentity(remote), proto, port), nil
-}
-
-// cidrIdentity returns the identity of the longest CIDR-rule prefix holding a, or 0.
-func (c *Compiler) cidrIdentity(a netip.Addr) identity.ID {
-	best, bits := identity.ID(0), -1
-	for p, st := range c.cidrs {
-		if p.Bits() > bits && p.Contains(a) {
-			best, bits = st.id, p.Bits()
-		}
-	}
-	return best
+	return pol.Decide(dir, id, c.pfx.identityOf(remote), proto, port), nil
 }

@@ -1,10 +1,8 @@
 package compile
 
 import (
-	"sort"
-	"strings"
-
 	"net/netip"
+	"sort"
 
 	"github.com/flatnet/flatnet/dataplane/identity"
 	"github.com/flatnet/flatnet/dataplane/policy"
@@ -23,30 +21,13 @@ type Peer struct {
 // PeerOf names the owner of an address as the datapath resolves it; false when the
 // compiler knows no owner (the datapath then sees reserved:world or a CIDR).
 func (c *Compiler) PeerOf(ip netip.Addr) (Peer, bool) {
-	id, ok := c.resolveIP(ip)
+	id, ok := c.ipc.resolve(ip)
 	if !ok {
 		return Peer{}, false
 	}
 	p := Peer{Identity: id}
-	// The owner that won resolveIP carries this identity; prefer a pod's name.
-	var owners []string
-	for o, oid := range c.ipOwner[ip] {
-		if oid == id {
-			owners = append(owners, o)
-		}
-	}
-	sort.Strings(owners)
-	for _, o := range owners {
-		switch {
-		case strings.HasPrefix(o, "node/"):
-			p.Node = strings.TrimPrefix(o, "node/")
-		case strings.HasPrefix(o, "pod/") && p.Name == "":
-			if ns, name, ok := strings.Cut(strings.TrimPrefix(o, "pod/"), "/"); ok {
-				p.Namespace, p.Name = ns, name
-			}
-		}
-	}
-	if is := c.idents[id]; is != nil {
+	p.Node, p.Namespace, p.Name = c.ipc.owner(ip, id)
+	if is := c.ids.byID[id]; is != nil {
 		p.Labels = is.labels
 	}
 	return p, true
@@ -59,18 +40,16 @@ func (c *Compiler) DefaultDenyBy(namespace, name string, dir policy.Direction) [
 	if !ok || !ps.hasI {
 		return nil
 	}
-	is := c.idents[ps.id]
+	is := c.ids.byID[ps.id]
 	if is == nil {
 		return nil
 	}
 	seen := map[policy.Ref]bool{}
 	var out []policy.Ref
-	for s := range is.sels {
-		for e := range s.subjectOf {
-			if e.pol.DefaultDeny[dir] && !seen[e.pol.Ref] {
-				seen[e.pol.Ref] = true
-				out = append(out, e.pol.Ref)
-			}
+	for _, e := range c.repo.selecting(is) {
+		if e.pol.DefaultDeny[dir] && !seen[e.pol.Ref] {
+			seen[e.pol.Ref] = true
+			out = append(out, e.pol.Ref)
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })

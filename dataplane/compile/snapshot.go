@@ -96,7 +96,7 @@ func (c *Compiler) rulesChanging(key string) {
 		p.rulesChanged, p.oldRules = map[string]struct{}{}, map[RuleID]struct{}{}
 	}
 	p.rulesChanged[key] = struct{}{}
-	for _, id := range c.ruleIDs[key] {
+	for _, id := range c.repo.ruleIDs[key] {
 		p.oldRules[id] = struct{}{}
 	}
 }
@@ -127,13 +127,13 @@ func (c *Compiler) publish(flushed []string, cidrs []PrefixUpdate) {
 	}
 	if p := &c.published; len(p.rulesChanged) > 0 {
 		for key := range p.rulesChanged {
-			for _, id := range c.ruleIDs[key] {
+			for _, id := range c.repo.ruleIDs[key] {
 				p.oldRules[id] = struct{}{}
 			}
 		}
 		w := prev.rules.write()
 		for id := range p.oldRules {
-			if ri, ok := c.rules[id]; ok {
+			if ri, ok := c.repo.rules[id]; ok {
 				if old, had := w.get(id); !had || old != ri {
 					w.set(id, ri)
 				}
@@ -149,7 +149,7 @@ func (c *Compiler) publish(flushed []string, cidrs []PrefixUpdate) {
 	if len(flushed) > 0 {
 		w := prev.endpoints.write()
 		for _, k := range flushed {
-			pol := c.emitted[k]
+			pol := c.emit.emitted[k]
 			if pol == nil {
 				w.delete(k)
 				continue

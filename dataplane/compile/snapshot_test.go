@@ -64,7 +64,7 @@ func answers(w *world, maxRule RuleID, peerOf func(netip.Addr) (Peer, bool), rul
 }
 
 func liveAnswers(w *world, c *Compiler) snapshotAnswers {
-	return answers(w, c.nextRule+1, c.PeerOf, c.Rule, c.DefaultDenyBy, c.Explain)
+	return answers(w, c.repo.nextRule+1, c.PeerOf, c.Rule, c.DefaultDenyBy, c.Explain)
 }
 
 func snapAnswers(w *world, maxRule RuleID, s *Snapshot) snapshotAnswers {
@@ -88,7 +88,7 @@ func (sc *snapshotCheck) check(t *testing.T, where string, w *world, c *Compiler
 			t.Fatalf("%s: the previous snapshot changed with this Flush:\n%s", where, diffAnswers(got, sc.prevWant))
 		}
 	}
-	s, maxRule := c.Snapshot(), c.nextRule+1
+	s, maxRule := c.Snapshot(), c.repo.nextRule+1
 	want := liveAnswers(w, c)
 	if got := snapAnswers(w, maxRule, s); !reflect.DeepEqual(got, want) {
 		t.Fatalf("%s: the snapshot answers differently from the compiler:\n%s", where, diffAnswers(got, want))

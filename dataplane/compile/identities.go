@@ -1,0 +1,162 @@
+package compile
+
+import (
+	"fmt"
+	"sort"
+
+	"github.com/flatnet/flatnet/dataplane/identity"
+)
+
+// identities owns the numbers given to label sets: the allocator's references, the
+// label set, namespace and named ports of every live pod identity, and the
+// persistence records (Update.Identities) waiting for the next Flush.
+//
+// Invariants: a pod identity is in byID (and byNS) exactly while some pod holds it,
+// and the allocator holds one reference per holder (a pod, or a CIDR prefix through
+// acquireLocal). Every identity's record is queued when it is created and, as a
+// delete, before its last reference is released: the allocator forgets its Sum with
+// it. named counts, per identity and cluster-wide, the named ports of the pods
+// holding it.
+type identities struct {
+	alloc   *identity.Allocator
+	byID    map[identity.ID]*identState
+	byNS    map[string]map[identity.ID]*identState
+	named   map[NamedPort]int // named ports of every pod in the cluster
+	pending map[identity.Sum]IdentityUpdate
+}
+
+type identState struct {
+	id     identity.ID
+	labels map[string]string
+	ns     string
+	pods   int
+	named  map[NamedPort]int
+	sels   map[*selState]struct{} // selectors matching this identity, kept by the selector cache
+}
+
+func newIdentities(alloc *identity.Allocator) *identities {
+	return &identities{
+		alloc:   alloc,
+		byID:    map[identity.ID]*identState{},
+		byNS:    map[string]map[identity.ID]*identState{},
+		named:   map[NamedPort]int{},
+		pending: map[identity.Sum]IdentityUpdate{},
+	}
+}
+
+// acquire takes one reference on the identity of a label set for a pod of namespace
+// ns; created (the identity is new) asks the caller to tell the selector cache.
+func (t *identities) acquire(labels map[string]string, ns string) (is *identState, created bool, err error) {
+	id, created, err := t.alloc.Acquire(labels)
+	if err != nil {
+		return nil, false, err
+	}
+	if !created {
+		return t.byID[id], false, nil
+	}
+	is = &identState{id: id, labels: labels, ns: ns, named: map[NamedPort]int{}, sels: map[*selState]struct{}{}}
+	t.byID[id] = is
+	if t.byNS[ns] == nil {
+		t.byNS[ns] = map[identity.ID]*identState{}
+	}
+	t.byNS[ns][id] = is
+	t.record(id, false)
+	return is, true, nil
+}
+
+// unref releases a reference taken by acquire that no pod keeps (the pod already
+// held that identity).
+func (t *identities) unref(id identity.ID) { t.alloc.Release(id) }
+
+// hold counts one more pod on an identity.
+func (t *identities) hold(id identity.ID) { t.byID[id].pods++ }
+
+// drop releases a pod's identity; the returned state, when not nil, is gone and
+// the caller must take it out of the selector cache.
+func (t *identities) drop(id identity.ID) (gone *identState) {
+	is := t.byID[id]
+	if is != nil {
+		is.pods--
+		if is.pods == 0 {
+			t.record(id, true)
+		}
+	}
+	if !t.alloc.Release(id) || is == nil {
+		return nil
+	}
+	delete(t.byID, id)
+	delete(t.byNS[is.ns], id)
+	if len(t.byNS[is.ns]) == 0 {
+		delete(t.byNS, is.ns)
+	}
+	return is
+}
+
+// acquireLocal gives a node-local identity to a name (a CIDR prefix).
+func (t *identities) acquireLocal(name string) (identity.ID, error) {
+	id, _, err := t.alloc.AcquireLocal(name)
+	if err != nil {
+		return 0, fmt.Errorf("allocating a local identity for %s: %w", name, err)
+	}
+	t.record(id, false)
+	return id, nil
+}
+
+// releaseLocal drops a local identity acquireLocal gave.
+func (t *identities) releaseLocal(id identity.ID) {
+	t.record(id, true)
+	t.alloc.Release(id)
+}
+
+// record queues an identity for Update.Identities.
+func (t *identities) record(id identity.ID, del bool) {
+	if s, ok := t.alloc.SumOf(id); ok {
+		t.pending[s] = IdentityUpdate{Sum: s, ID: id, Delete: del}
+	}
+}
+
+// recordAll queues every live pod identity again (after Invalidate).
+func (t *identities) recordAll() {
+	for id := range t.byID {
+		t.record(id, false)
+	}
+}
+
+// flush returns the queued records by identity and forgets them.
+func (t *identities) flush() []IdentityUpdate {
+	var out []IdentityUpdate
+	for _, u := range t.pending {
+		out = append(out, u)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	clear(t.pending)
+	return out
+}
+
+// countNamed adds (sign +1) or removes (-1) a pod's named ports from its identity's
+// and the cluster's counts, and reports which of the two sets changed.
+func (t *identities) countNamed(is *identState, ports []NamedPort, sign int) (changed, clusterChanged bool) {
+	for _, np := range ports {
+		if np.Name == "" {
+			continue
+		}
+		if bump(is.named, np, sign) {
+			changed = true
+		}
+		if bump(t.named, np, sign) {
+			clusterChanged = true
+		}
+	}
+	return changed, clusterChanged
+}
+
+// bump adjusts a count and reports whether the key appeared or disappeared.
+func bump(m map[NamedPort]int, k NamedPort, sign int) bool {
+	n := m[k] + sign
+	if n <= 0 {
+		delete(m, k)
+		return n == 0
+	}
+	m[k] = n
+	return n == 1 && sign > 0
+}

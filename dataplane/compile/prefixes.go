@@ -1,0 +1,177 @@
+package compile
+
+import (
+	"net/netip"
+	"strings"
+
+	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/ipv4"
+	"github.com/flatnet/flatnet/dataplane/policy"
+)
+
+// prefixes owns the CIDR side of policy: one node-local identity per prefix that a
+// rule names (as block or exception), the CIDR peers of rules with the prefix
+// identities each selects, and the CIDR -> identity entries emitted to the datapath.
+//
+// Invariants: a prefix is in byPrefix exactly while some rule names it (refs counts
+// the namings) and its identity was allocated; for every CIDR peer,
+// ids = {identity of p : p in byPrefix, cidrSelects(peer, p)}, and its users are told
+// (changed) when that set changes. A prefix coming or going is touched in out,
+// which follows the datapath's CIDR entries.
+type prefixes struct {
+	ids      *identities
+	byPrefix map[ipv4.Prefix]*cidrState
+	peers    map[string]*cidrPeerState // by cidrKey
+	out      mirror[ipv4.Prefix]
+	changed  func(cp *cidrPeerState) // the identities cp selects changed
+}
+
+type cidrState struct {
+	id   identity.ID
+	refs int
+}
+
+type cidrPeerState struct {
+	key   string
+	cidr  policy.CIDR
+	ids   map[identity.ID]struct{}
+	users map[*polEntry]struct{}
+}
+
+func newPrefixes(ids *identities, changed func(*cidrPeerState)) *prefixes {
+	return &prefixes{
+		ids:      ids,
+		byPrefix: map[ipv4.Prefix]*cidrState{},
+		peers:    map[string]*cidrPeerState{},
+		out:      newMirror(func(p ipv4.Prefix) (ipv4.Prefix, bool) { return p, true }),
+		changed:  changed,
+	}
+}
+
+func cidrKey(c policy.CIDR) string {
+	var b strings.Builder
+	b.WriteString(c.Prefix.String())
+	for _, e := range c.Except {
+		b.WriteString(" -")
+		b.WriteString(e.String())
+	}
+	return b.String()
+}
+
+// addPeerUser registers policy entry e as a user of a CIDR peer.
+func (px *prefixes) addPeerUser(cidr policy.CIDR, e *polEntry) *cidrPeerState {
+	key := cidrKey(cidr)
+	cp, ok := px.peers[key]
+	if !ok {
+		cp = &cidrPeerState{key: key, cidr: cidr, ids: map[identity.ID]struct{}{}, users: map[*polEntry]struct{}{}}
+		for p, st := range px.byPrefix {
+			if cidrSelects(cidr, p) {
+				cp.ids[st.id] = struct{}{}
+			}
+		}
+		px.peers[key] = cp
+	}
+	cp.users[e] = struct{}{}
+	return cp
+}
+
+// removePeerUser undoes addPeerUser; the peer goes with its last user.
+func (px *prefixes) removePeerUser(cp *cidrPeerState, e *polEntry) {
+	delete(cp.users, e)
+	if len(cp.users) == 0 {
+		delete(px.peers, cp.key)
+	}
+}
+
+// lookupPeer returns the CIDR peer of cidr, nil when no policy uses it.
+func (px *prefixes) lookupPeer(cidr policy.CIDR) *cidrPeerState { return px.peers[cidrKey(cidr)] }
+
+// cidrSelects reports whether the CIDR peer selects the identity of prefix p: with
+// every rule prefix in the longest-prefix map, an address falls in the peer exactly
+// when its longest matching prefix lies inside the block and inside no exception.
+func cidrSelects(c policy.CIDR, p ipv4.Prefix) bool {
+	if !p.Within(c.Prefix) {
+		return false
+	}
+	for _, e := range c.Except {
+		if p.Within(e) {
+			return false
+		}
+	}
+	return true
+}
+
+// use counts one more naming of p by a rule.
+func (px *prefixes) use(p ipv4.Prefix) {
+	if st, ok := px.byPrefix[p]; ok {
+		st.refs++
+		return
+	}
+	id, err := px.ids.acquireLocal("cidr:" + p.String())
+	if err != nil {
+		// 2^32-2^24 local identities cannot run out in practice; keep the prefix out
+		// of the map (its addresses then fall to the enclosing prefix).
+		return
+	}
+	px.byPrefix[p] = &cidrState{id: id, refs: 1}
+	px.out.touch(p)
+	for _, cp := range px.peers {
+		if cidrSelects(cp.cidr, p) {
+			cp.ids[id] = struct{}{}
+			px.changed(cp)
+		}
+	}
+}
+
+// drop undoes use; the prefix and its identity go with the last naming.
+func (px *prefixes) drop(p ipv4.Prefix) {
+	st, ok := px.byPrefix[p]
+	if !ok {
+		return
+	}
+	st.refs--
+	if st.refs > 0 {
+		return
+	}
+	delete(px.byPrefix, p)
+	px.ids.releaseLocal(st.id)
+	px.out.touch(p)
+	for _, cp := range px.peers {
+		if _, ok := cp.ids[st.id]; ok {
+			delete(cp.ids, st.id)
+			px.changed(cp)
+		}
+	}
+}
+
+// identityOf returns the identity of the longest rule prefix holding a, or 0.
+func (px *prefixes) identityOf(a netip.Addr) identity.ID {
+	best, bits := identity.ID(0), -1
+	for p, st := range px.byPrefix {
+		if p.Bits() > bits && p.Contains(a) {
+			best, bits = st.id, p.Bits()
+		}
+	}
+	return best
+}
+
+// flush returns the entries that changed since the last flush, sorted by prefix.
+func (px *prefixes) flush() []PrefixUpdate {
+	return px.out.flush(func(p ipv4.Prefix) (identity.ID, bool) {
+		st, ok := px.byPrefix[p]
+		if !ok {
+			return 0, false
+		}
+		return st.id, true
+	}, nil)
+}
+
+// invalidate forgets what was emitted: the next flush emits every prefix, and the
+// next Update records every prefix identity again.
+func (px *prefixes) invalidate() {
+	px.out.forget()
+	for p, st := range px.byPrefix {
+		px.out.touch(p)
+		px.ids.record(st.id, false)
+	}
+}
