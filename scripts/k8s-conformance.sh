@@ -252,7 +252,7 @@ DOCKERFILE
 	info "smoke checks passed: agnhost (curl nc dig getent ip bash, ./agnhost connect), jessie-dnsutils, busybox, nginx"
 
 	# Into the cluster's nodes.
-	if [ -x "$BIN_DIR/kind" ] && "$BIN_DIR/kind" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+	if kind_has_cluster "$CLUSTER"; then
 		step "loading into kind cluster $CLUSTER: ${refs[*]}"
 		run_logged "$OUT_DIR/logs/k8s-conformance-load.log" "$BIN_DIR/kind" load docker-image --name "$CLUSTER" \
 			"${refs[Agnhost]}" "${refs[JessieDnsutils]}" "${refs[Nginx]}" "${refs[BusyBox]}"

@@ -59,6 +59,31 @@ apt_install() {
 	fi
 }
 
+# require_cluster HINT: bin/kubectl exists and the API server of $KUBECONFIG
+# answers; otherwise stop, HINT saying how to create cluster $CLUSTER.
+require_cluster() {
+	[ -x "$BIN_DIR/kubectl" ] || die "no $BIN_DIR/kubectl" "run 'make tools' first"
+	timeout 20 "$BIN_DIR/kubectl" get --raw /readyz >/dev/null 2>&1 ||
+		die "cluster $CLUSTER does not answer (KUBECONFIG=$KUBECONFIG)" "$1"
+}
+
+# kind_has_cluster NAME: whether bin/kind runs a cluster NAME on this machine.
+kind_has_cluster() {
+	[ -x "$BIN_DIR/kind" ] && "$BIN_DIR/kind" get clusters 2>/dev/null | grep -qx "$1"
+}
+
+# kind_load_image WHAT REF LOG: load image REF into kind cluster $CLUSTER when it
+# runs here (output in LOG); WHAT names the image in the progress lines.
+kind_load_image() {
+	local what=$1 ref=$2 log=$3
+	if kind_has_cluster "$CLUSTER"; then
+		step "$what: loading $ref into kind cluster $CLUSTER"
+		run_logged "$log" "$BIN_DIR/kind" load docker-image --name "$CLUSTER" "$ref"
+	else
+		info "no kind cluster $CLUSTER: image not loaded"
+	fi
+}
+
 # debian_mirror: the Debian mirror this machine's apt uses, deb.debian.org if none.
 debian_mirror() {
 	local m
