@@ -24,7 +24,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 
 	"github.com/onsi/ginkgo/v2"
@@ -146,7 +145,7 @@ func New(name string, opts Options) *Framework {
 
 // Run runs the suite's specs under its name; it is the suite's one Go test:
 // `func TestX(t *testing.T) { f.Run(t) }`.
-func (f *Framework) Run(t *testing.T) bool {
+func (f *Framework) Run(t ginkgo.GinkgoTestingT) bool {
 	gomega.RegisterFailHandler(ginkgo.Fail)
 	return ginkgo.RunSpecs(t, f.Name)
 }
