@@ -47,10 +47,5 @@ else
 	info "agent image $REF: $(docker image inspect -f '{{.Size}}' "$REF" | awk '{printf "%.1f MB", $1/1e6}')"
 fi
 
-if [ -x "$BIN_DIR/kind" ] && "$BIN_DIR/kind" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
-	step "agent image: loading $REF into kind cluster $CLUSTER"
-	run_logged "$WORK.load.log" "$BIN_DIR/kind" load docker-image --name "$CLUSTER" "$REF"
-else
-	info "no kind cluster $CLUSTER: image not loaded"
-fi
+kind_load_image "agent image" "$REF" "$WORK.load.log"
 echo "$REF"

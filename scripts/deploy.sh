@@ -10,9 +10,7 @@ export KUBECONFIG="$OUT_DIR/$CLUSTER.kubeconfig"
 MANIFESTS="$REPO_ROOT/dataplane/manifests"
 TIMEOUT=${DEPLOY_TIMEOUT:-240s}
 
-[ -x "$KUBECTL" ] || die "no $KUBECTL" "run 'make tools' first"
-timeout 20 "$KUBECTL" get --raw /readyz >/dev/null 2>&1 ||
-	die "cluster $CLUSTER does not answer (KUBECONFIG=$KUBECONFIG)" "create it with 'make cluster CLUSTER=$CLUSTER'"
+require_cluster "create it with 'make cluster CLUSTER=$CLUSTER'"
 
 # on_failure: what an operator needs to see when a wait times out.
 on_failure() {

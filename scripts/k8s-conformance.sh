@@ -149,36 +149,6 @@ E2E_IMAGES="Agnhost JessieDnsutils Nginx BusyBox"
 # Debian-based images so the nodes store its layer once.
 BASE_PACKAGES="bash curl netcat-openbsd iproute2 bind9-dnsutils procps iputils-ping nginx-light ca-certificates"
 
-debian_mirror() {
-	local m
-	m=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-	[ -n "$m" ] || m=$(awk '$1 == "deb" && $3 ~ /^'"$DEBIAN_SUITE"'$/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-	echo "${m:-http://deb.debian.org/debian}"
-}
-
-# base_rootfs: flatnet/e2e-base:<suite>-<hash of the package list>, a debootstrap minbase.
-base_rootfs() {
-	local key ref dir
-	key=$(echo "$DEBIAN_SUITE $BASE_PACKAGES" | sha256sum | cut -c1-12)
-	ref="flatnet/e2e-base:$DEBIAN_SUITE-$key"
-	if docker image inspect "$ref" >/dev/null 2>&1; then
-		info "e2e base rootfs: cached ($ref)"
-		echo "$ref"
-		return
-	fi
-	apt_install debootstrap
-	dir="$WORK/rootfs"
-	rm -rf "$dir"
-	info "e2e base rootfs: debootstrap $DEBIAN_SUITE from $(debian_mirror) (about a minute)"
-	run_logged "$WORK/debootstrap.log" debootstrap --variant=minbase \
-		--include="$(echo "$BASE_PACKAGES" | tr ' ' ',')" "$DEBIAN_SUITE" "$dir" "$(debian_mirror)"
-	rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/* \
-		"$dir"/usr/share/doc/* "$dir"/usr/share/man/* "$dir"/usr/share/locale/*
-	tar -C "$dir" -c . | docker import - "$ref" >/dev/null
-	rm -rf "$dir"
-	echo "$ref"
-}
-
 # build_image REF CONTEXT: docker build, tagged REF plus a content-hash tag, skipped
 # when REF already carries the same inputs (label flatnet.inputs).
 build_image() {
@@ -211,7 +181,7 @@ images() {
 		go_e2e agnhost k8s.io/kubernetes/test/images/agnhost
 		cp "$E2E_TEST.inputs" "$E2E_DIR/agnhost.inputs"
 	fi
-	base=$(base_rootfs | tail -n 1)
+	base=$(rootfs_image e2e-base flatnet/e2e-base "$BASE_PACKAGES" "$WORK" | tail -n 1)
 
 	# agnhost: upstream's layout (/agnhost entrypoint, pause by default, porter's
 	# TLS pair in /, /uploads for netexec, agnhost-2, the user and group in image).
@@ -282,7 +252,7 @@ DOCKERFILE
 	info "smoke checks passed: agnhost (curl nc dig getent ip bash, ./agnhost connect), jessie-dnsutils, busybox, nginx"
 
 	# Into the cluster's nodes.
-	if [ -x "$BIN_DIR/kind" ] && "$BIN_DIR/kind" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+	if kind_has_cluster "$CLUSTER"; then
 		step "loading into kind cluster $CLUSTER: ${refs[*]}"
 		run_logged "$OUT_DIR/logs/k8s-conformance-load.log" "$BIN_DIR/kind" load docker-image --name "$CLUSTER" \
 			"${refs[Agnhost]}" "${refs[JessieDnsutils]}" "${refs[Nginx]}" "${refs[BusyBox]}"

@@ -59,6 +59,65 @@ apt_install() {
 	fi
 }
 
+# require_cluster HINT: bin/kubectl exists and the API server of $KUBECONFIG
+# answers; otherwise stop, HINT saying how to create cluster $CLUSTER.
+require_cluster() {
+	[ -x "$BIN_DIR/kubectl" ] || die "no $BIN_DIR/kubectl" "run 'make tools' first"
+	timeout 20 "$BIN_DIR/kubectl" get --raw /readyz >/dev/null 2>&1 ||
+		die "cluster $CLUSTER does not answer (KUBECONFIG=$KUBECONFIG)" "$1"
+}
+
+# kind_has_cluster NAME: whether bin/kind runs a cluster NAME on this machine.
+kind_has_cluster() {
+	[ -x "$BIN_DIR/kind" ] && "$BIN_DIR/kind" get clusters 2>/dev/null | grep -qx "$1"
+}
+
+# kind_load_image WHAT REF LOG: load image REF into kind cluster $CLUSTER when it
+# runs here (output in LOG); WHAT names the image in the progress lines.
+kind_load_image() {
+	local what=$1 ref=$2 log=$3
+	if kind_has_cluster "$CLUSTER"; then
+		step "$what: loading $ref into kind cluster $CLUSTER"
+		run_logged "$log" "$BIN_DIR/kind" load docker-image --name "$CLUSTER" "$ref"
+	else
+		info "no kind cluster $CLUSTER: image not loaded"
+	fi
+}
+
+# debian_mirror: the Debian mirror this machine's apt uses, deb.debian.org if none.
+debian_mirror() {
+	local m
+	m=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+	[ -n "$m" ] || m=$(awk '$1 == "deb" && $3 ~ /^'"$DEBIAN_SUITE"'$/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+	echo "${m:-http://deb.debian.org/debian}"
+}
+
+# rootfs_image NAME REPO PACKAGES WORKDIR: prints REPO:<suite>-<hash of the package
+# list>, a docker image of a $DEBIAN_SUITE debootstrap minbase with PACKAGES, built
+# (in WORKDIR) only when no image has that ref yet.
+rootfs_image() {
+	local name=$1 repo=$2 pkgs=$3 work=$4 key ref dir
+	key=$(echo "$DEBIAN_SUITE $pkgs" | sha256sum | cut -c1-12)
+	ref="$repo:$DEBIAN_SUITE-$key"
+	if docker image inspect "$ref" >/dev/null 2>&1; then
+		info "$name rootfs: cached ($ref)"
+		echo "$ref"
+		return
+	fi
+	apt_install debootstrap
+	dir="$work/rootfs-$name"
+	rm -rf "$dir"
+	info "$name rootfs: debootstrap $DEBIAN_SUITE from $(debian_mirror) (about a minute)"
+	run_logged "$work/debootstrap-$name.log" debootstrap --variant=minbase \
+		--include="$(echo "$pkgs" | tr ' ' ',')" "$DEBIAN_SUITE" "$dir" "$(debian_mirror)"
+	# Trim what a container never reads.
+	rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/* \
+		"$dir"/usr/share/doc/* "$dir"/usr/share/man/* "$dir"/usr/share/locale/*
+	tar -C "$dir" -c . | docker import - "$ref" >/dev/null
+	rm -rf "$dir"
+	echo "$ref"
+}
+
 # go_build_pinned NAME MODULE VERSION PKG OUT [go build args...]
 # Builds PKG of MODULE@VERSION (from the module proxy) into OUT, in a scratch module
 # under the cache so upstream's go.mod (with its own replace directives) is respected

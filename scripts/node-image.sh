@@ -56,37 +56,8 @@ mkdir -p "$WORK" "$BIN"
 bash "$REPO_ROOT/scripts/node-bin.sh" >/dev/null
 
 # --- Debian root filesystems (cached by package list) ------------------------------
-debian_mirror() {
-	local m
-	m=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-	[ -n "$m" ] || m=$(awk '$1 == "deb" && $3 ~ /^'"$DEBIAN_SUITE"'$/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-	echo "${m:-http://deb.debian.org/debian}"
-}
-
-# rootfs_image NAME PACKAGES: a docker image of a debootstrap minbase with PACKAGES.
-rootfs_image() {
-	local name=$1 pkgs=$2 key ref dir
-	key=$(echo "$DEBIAN_SUITE $pkgs" | sha256sum | cut -c1-12)
-	ref="flatnet/$name-rootfs:$DEBIAN_SUITE-$key"
-	if docker image inspect "$ref" >/dev/null 2>&1; then
-		info "$name rootfs: cached ($ref)"
-		echo "$ref"
-		return
-	fi
-	apt_install debootstrap
-	dir="$WORK/rootfs-$name"
-	info "$name rootfs: debootstrap $DEBIAN_SUITE from $(debian_mirror) (about a minute)"
-	run_logged "$WORK/debootstrap-$name.log" debootstrap --variant=minbase \
-		--include="$(echo "$pkgs" | tr ' ' ',')" "$DEBIAN_SUITE" "$dir" "$(debian_mirror)"
-	# Trim what a node never reads.
-	rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/* \
-		"$dir"/usr/share/doc/* "$dir"/usr/share/man/* "$dir"/usr/share/locale/*
-	tar -C "$dir" -c . | docker import - "$ref" >/dev/null
-	rm -rf "$dir"
-	echo "$ref"
-}
-NODE_ROOTFS=$(rootfs_image node "$NODE_PACKAGES")
-PROXY_ROOTFS=$(rootfs_image kube-proxy "$PROXY_PACKAGES")
+NODE_ROOTFS=$(rootfs_image node flatnet/node-rootfs "$NODE_PACKAGES" "$WORK")
+PROXY_ROOTFS=$(rootfs_image kube-proxy flatnet/kube-proxy-rootfs "$PROXY_PACKAGES" "$WORK")
 
 # --- control-plane images ----------------------------------------------------------
 # image_from BASE REF BINARY... : an image with the binaries in /usr/local/bin.

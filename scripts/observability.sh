@@ -16,9 +16,7 @@ NS=flatnet-observability
 DIR="$REPO_ROOT/dataplane/manifests/observability"
 TIMEOUT=${OBSERVABILITY_TIMEOUT:-180s}
 
-[ -x "$KUBECTL" ] || die "no $KUBECTL" "run 'make tools' first"
-timeout 20 "$KUBECTL" get --raw /readyz >/dev/null 2>&1 ||
-	die "cluster $CLUSTER does not answer (KUBECONFIG=$KUBECONFIG)" "create it with 'make cluster deploy'"
+require_cluster "create it with 'make cluster deploy'"
 
 # kube ARGS...: kubectl, retried: other suites may restart nodes or the API server.
 kube() {

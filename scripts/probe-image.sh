@@ -104,7 +104,7 @@ docker tag "$ref" "$SEED_REF"
 
 # 5. Into the cluster, when there is one.
 if [ -n "${CLUSTER:-}" ]; then
-	if [ -x "$BIN_DIR/kind" ] && "$BIN_DIR/kind" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+	if kind_has_cluster "$CLUSTER"; then
 		step "loading into kind cluster $CLUSTER"
 		run_logged "$OUT_DIR/logs/probe-image-load.log" "$BIN_DIR/kind" load docker-image --name "$CLUSTER" "$ref" "$IMAGE_REPO:latest" "$SEED_REF"
 		info "loaded $ref, $IMAGE_REPO:latest, $SEED_REF"

@@ -80,10 +80,5 @@ else
 	info "prometheus image $REF: $(head -n1 "$WORK/version"); $(docker image inspect -f '{{.Size}}' "$REF" | awk '{printf "%.1f MB", $1/1e6}')"
 fi
 
-if [ -x "$BIN_DIR/kind" ] && "$BIN_DIR/kind" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
-	step "prometheus image: loading $REF into kind cluster $CLUSTER"
-	run_logged "$WORK.load.log" "$BIN_DIR/kind" load docker-image --name "$CLUSTER" "$REF"
-else
-	info "no kind cluster $CLUSTER: image not loaded"
-fi
+kind_load_image "prometheus image" "$REF" "$WORK.load.log"
 echo "$REF"

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -18,11 +17,7 @@ import (
 
 var bins probetest.Binaries
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	bins.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { bins.Main(m) }
 
 func TestRunLoopback(t *testing.T) {
 	srv, err := serve.Start(serve.Config{TCP: true, UDP: true, Port: 0, Hostname: "batch-host"})

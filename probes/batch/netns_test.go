@@ -2,7 +2,6 @@ package batch_test
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os/exec"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/flatnet/flatnet/probes/batch"
 	"github.com/flatnet/flatnet/probes/internal/netnstest"
+	"github.com/flatnet/flatnet/probes/internal/probetest"
 )
 
 // matrix is a set of targets in the test network: open ports on ServerIP (each
@@ -61,14 +61,7 @@ func runBatch(t testing.TB, n *netnstest.Net, stdin []byte, args ...string) ([]b
 	cmd := exec.Command(bins.Probe(t), append([]string{"batch"}, args...)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(stdin), &stdout, &stderr
 	n.Start(t, cmd)
-	err := cmd.Wait()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
+	code := probetest.ExitCode(t, cmd.Wait())
 	res, err := batch.DecodeResults(&stdout)
 	if err != nil {
 		t.Fatalf("the output breaks the JSON-lines contract: %v\n%s", err, stdout.String())

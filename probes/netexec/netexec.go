@@ -440,17 +440,7 @@ func dialUDP(request string, addr net.Addr) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("udp dial failed. err:%v", err)
 	}
-	defer conn.Close()
-	if _, err := conn.Write([]byte(request)); err != nil {
-		return "", fmt.Errorf("udp connection write failed. err:%v", err)
-	}
-	buf := make([]byte, 2048)
-	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	n, err := conn.Read(buf)
-	if err != nil || n == 0 {
-		return "", fmt.Errorf("reading from udp connection failed. err:'%v'", err)
-	}
-	return string(buf[:n]), nil
+	return exchange(conn, "udp", request, 2048)
 }
 
 func dialSCTP(request string, addr net.Addr) (string, error) {
@@ -458,15 +448,21 @@ func dialSCTP(request string, addr net.Addr) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("sctp dial failed. err:%v", err)
 	}
+	return exchange(conn, "sctp", request, 1024)
+}
+
+// exchange sends request on conn and returns the one reply (at most size
+// bytes, within 5s), closing conn; errors are worded as agnhost's are.
+func exchange(conn net.Conn, proto, request string, size int) (string, error) {
 	defer conn.Close()
 	if _, err := conn.Write([]byte(request)); err != nil {
-		return "", fmt.Errorf("sctp connection write failed. err:%v", err)
+		return "", fmt.Errorf("%s connection write failed. err:%v", proto, err)
 	}
-	buf := make([]byte, 1024)
+	buf := make([]byte, size)
 	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	n, err := conn.Read(buf)
 	if err != nil || n == 0 {
-		return "", fmt.Errorf("reading from sctp connection failed. err:'%v'", err)
+		return "", fmt.Errorf("reading from %s connection failed. err:'%v'", proto, err)
 	}
 	return string(buf[:n]), nil
 }

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -26,11 +25,7 @@ import (
 
 var bins probetest.Binaries
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	bins.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { bins.Main(m) }
 
 func TestCombine(t *testing.T) {
 	r := func(vs ...batch.Verdict) []batch.Result {

@@ -3,9 +3,7 @@ package watch_test
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -17,11 +15,7 @@ import (
 
 var bins probetest.Binaries
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	bins.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { bins.Main(m) }
 
 // startWatch runs `probe watch` in the client namespace and returns once it printed
 // READY; wait collects the CHANGED instant.
@@ -45,14 +39,7 @@ func startWatch(t *testing.T, n *netnstest.Net, args ...string) (wait func() (ti
 		for lines.Scan() {
 			last = lines.Text()
 		}
-		err := cmd.Wait()
-		var ee *exec.ExitError
-		code := 0
-		if errors.As(err, &ee) {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
+		code := probetest.ExitCode(t, cmd.Wait())
 		var at time.Time
 		if f := strings.Fields(last); len(f) >= 2 && f[0] == "CHANGED" {
 			if at, err = time.Parse(time.RFC3339Nano, f[1]); err != nil {
@@ -112,12 +99,7 @@ func TestWatchBadInputAndWrongStart(t *testing.T) {
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		n.Start(t, cmd)
-		err := cmd.Wait()
-		code := 0
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			code = ee.ExitCode()
-		}
+		code := probetest.ExitCode(t, cmd.Wait())
 		if code != c.code || !strings.Contains(stderr.String(), c.names) {
 			t.Errorf("watch %q: exit %d, stderr %q; want exit %d naming %s", c.args, code, stderr.String(), c.code, c.names)
 		}

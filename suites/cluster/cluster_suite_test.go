@@ -19,10 +19,7 @@ import (
 	"github.com/flatnet/flatnet/suites/framework"
 )
 
-func TestCluster(t *testing.T) {
-	RegisterFailHandler(Fail)
-	RunSpecs(t, "cluster")
-}
+func TestCluster(t *testing.T) { cluster.Run(t) }
 
 var cluster = framework.New("cluster", framework.Options{})
 

@@ -61,6 +61,13 @@ const (
 	namespaceDeleteTimeout = 3 * time.Minute
 )
 
+// The agents, as dataplane/manifests/agent.yaml deploys them: the suites that
+// look at the agents themselves find them so.
+const (
+	AgentNamespace = "flatnet-system"
+	AgentSelector  = "app.kubernetes.io/name=flatnet-agent"
+)
+
 // Options say which of the shared parts a suite uses.
 type Options struct {
 	// Settings: the suite reads the run's settings (PROBE_IMAGE and the rest,
@@ -134,6 +141,13 @@ func New(name string, opts Options) *Framework {
 	ginkgo.BeforeSuite(f.beforeSuite)
 	ginkgo.AfterSuite(f.afterSuite)
 	return f
+}
+
+// Run runs the suite's specs under its name; it is the suite's one Go test:
+// `func TestX(t *testing.T) { f.Run(t) }`.
+func (f *Framework) Run(t ginkgo.GinkgoTestingT) bool {
+	gomega.RegisterFailHandler(ginkgo.Fail)
+	return ginkgo.RunSpecs(t, f.Name)
 }
 
 // BeforeSuite adds the suite's own setup, run after the shared one; it

@@ -31,10 +31,7 @@ import (
 	"github.com/flatnet/flatnet/suites/internal/workload"
 )
 
-func TestIPAM(t *testing.T) {
-	RegisterFailHandler(Fail)
-	RunSpecs(t, "ipam")
-}
+func TestIPAM(t *testing.T) { kc.Run(t) }
 
 const ns = "flatnet-ipam"
 
@@ -282,7 +279,7 @@ func agentsReady(ctx context.Context, start time.Time) error {
 	if err != nil {
 		return fmt.Errorf("list nodes: %w", err)
 	}
-	pl, err := kc.Clientset.CoreV1().Pods("flatnet-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=flatnet-agent"})
+	pl, err := kc.Clientset.CoreV1().Pods(framework.AgentNamespace).List(ctx, metav1.ListOptions{LabelSelector: framework.AgentSelector})
 	if err != nil {
 		return fmt.Errorf("list the flatnet agent pods: %w", err)
 	}

@@ -30,6 +30,26 @@ import (
 	"github.com/flatnet/flatnet/suites/reachability"
 )
 
+// benchOnly skips a benchmark unless the label filter selects it: the
+// benchmarks are opt-in.
+func benchOnly() {
+	if f := GinkgoLabelFilter(); f == "" || !Label("bench").MatchesLabelFilter(f) {
+		Skip("benchmark: not run by default; select it with --label-filter=bench")
+	}
+}
+
+// envCount is the positive number in environment variable name, def when it
+// is unset.
+func envCount(name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	Expect(err == nil && n > 0).To(BeTrue(), "%s=%q: must be a positive number", name, v)
+	return n
+}
+
 // The benchmark is opt-in: it spends minutes on one kubectl exec per cell.
 // Run it with
 //
@@ -39,15 +59,8 @@ import (
 // the upstream netpol suite uses 3).
 var _ = Describe("matrix probing benchmark", Label("bench"), Serial, func() {
 	It("probes the 9x9 TCP matrix on 80 and 81 with one batch exec per source and with one kubectl exec per cell", func(ctx SpecContext) {
-		if f := GinkgoLabelFilter(); f == "" || !Label("bench").MatchesLabelFilter(f) {
-			Skip("benchmark: not run by default; select it with --label-filter=bench")
-		}
-		workers := 1
-		if v := os.Getenv("FLATNET_BENCH_WORKERS"); v != "" {
-			n, err := strconv.Atoi(v)
-			Expect(err == nil && n > 0).To(BeTrue(), "FLATNET_BENCH_WORKERS=%q: must be a positive number", v)
-			workers = n
-		}
+		benchOnly()
+		workers := envCount("FLATNET_BENCH_WORKERS", 1)
 		kubectl := kubectlPath()
 		// Default deny + allow, so blocked cells cost a full probe timeout each:
 		// every namespace accepts only its own pods, on port 80.

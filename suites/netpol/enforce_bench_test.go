@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -37,15 +36,8 @@ import (
 // clock, so the instants compare. FLATNET_BENCH_APPLIES sets the rounds (default 50).
 var _ = Describe("apply to enforcement benchmark", Label("bench"), Serial, func() {
 	It("times kubectl apply/delete of a policy to enforcement on every node", func(ctx SpecContext) {
-		if f := GinkgoLabelFilter(); f == "" || !Label("bench").MatchesLabelFilter(f) {
-			Skip("benchmark: not run by default; select it with --label-filter=bench")
-		}
-		rounds := 50
-		if v := os.Getenv("FLATNET_BENCH_APPLIES"); v != "" {
-			n, err := strconv.Atoi(v)
-			Expect(err == nil && n > 0).To(BeTrue(), "FLATNET_BENCH_APPLIES=%q: must be a positive number", v)
-			rounds = n
-		}
+		benchOnly()
+		rounds := envCount("FLATNET_BENCH_APPLIES", 50)
 		_, err := cluster.Policies.Apply(ctx, oracle.PolicySet{})
 		Expect(err).NotTo(HaveOccurred())
 		snap, err := workload.Take(ctx, cluster.Clientset, namespaces())

@@ -46,10 +46,7 @@ import (
 	"github.com/flatnet/flatnet/suites/report"
 )
 
-func TestNetpol(t *testing.T) {
-	RegisterFailHandler(Fail)
-	RunSpecs(t, "netpol")
-}
+func TestNetpol(t *testing.T) { cluster.Run(t) }
 
 // worldCIDR is the outside block CIDR rules name (TEST-NET-1, RFC 5737): no
 // probe is ever sent to it.

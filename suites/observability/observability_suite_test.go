@@ -53,19 +53,14 @@ import (
 	"github.com/flatnet/flatnet/suites/internal/workload"
 )
 
-func TestObservability(t *testing.T) {
-	RegisterFailHandler(Fail)
-	RunSpecs(t, "observability")
-}
+func TestObservability(t *testing.T) { kc.Run(t) }
 
-// The agents, as dataplane/manifests/agent.yaml deploys them: health and
-// metrics on the node's addresses, the flows and explain API on the host's
-// loopback only (--api-addr).
+// The agents' ports, as dataplane/manifests/agent.yaml deploys them: health
+// and metrics on the node's addresses, the flows and explain API on the
+// host's loopback only (--api-addr).
 const (
-	agentNamespace = "flatnet-system"
-	agentSelector  = "app.kubernetes.io/name=flatnet-agent"
-	agentPort      = "9969"
-	agentAPIPort   = "9970"
+	agentPort    = "9969"
+	agentAPIPort = "9970"
 )
 
 var (
@@ -119,12 +114,7 @@ var _ = Describe("flows, metrics and explain [flatnet]", Label("flatnet", "obser
 		}).WithContext(ctx).WithTimeout(10 * time.Second).WithPolling(500 * time.Millisecond).Should(Succeed())
 
 		client := pod(ctx, scenario.Client)
-		Eventually(func(g Gomega) {
-			lines := flows(ctx, g, "--namespace", scenario.Namespace, "--verdict", "DROPPED", "--since", deniedAt.UTC().Format(time.RFC3339Nano))
-			f, ok := find(lines, client, server, "DROPPED")
-			g.Expect(ok).To(BeTrue(), "no DROPPED flow %s -> %s:80/TCP since %s among %d lines", client.Name, server.Name, deniedAt.Format(time.RFC3339Nano), len(lines))
-			denied = f
-		}).WithContext(ctx).WithTimeout(30 * time.Second).WithPolling(time.Second).Should(Succeed())
+		denied = flowInto(ctx, client, server, "DROPPED", deniedAt)
 		fl := denied.Flow
 		Expect(fl.NodeName).To(Equal(server.Spec.NodeName), "the SYN is dropped entering the server, on its node")
 		Expect(fl.TrafficDirection).To(Equal("INGRESS"))
@@ -240,10 +230,10 @@ var _ = Describe("the agents' flows API [flatnet]", Label("flatnet", "observabil
 			Spec: authorizationv1.SubjectAccessReviewSpec{
 				User:               "system:serviceaccount:" + scenario.Namespace + ":" + client.Spec.ServiceAccountName,
 				Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:" + scenario.Namespace, "system:authenticated"},
-				ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: agentNamespace, Verb: "create", Resource: "pods", Subresource: "portforward"},
+				ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: framework.AgentNamespace, Verb: "create", Resource: "pods", Subresource: "portforward"},
 			}}, metav1.CreateOptions{})
 		Expect(err).NotTo(HaveOccurred())
-		Expect(sar.Status.Allowed).To(BeFalse(), "service account %s/%s may create pods/portforward in %s: %s", scenario.Namespace, client.Spec.ServiceAccountName, agentNamespace, sar.Status.Reason)
+		Expect(sar.Status.Allowed).To(BeFalse(), "service account %s/%s may create pods/portforward in %s: %s", scenario.Namespace, client.Spec.ServiceAccountName, framework.AgentNamespace, sar.Status.Reason)
 
 		// The admin kubeconfig still reads them, through pods/portforward.
 		r := run(ctx, "flows", "--namespace", scenario.Namespace, "--last", "5", "-o", "json")
@@ -374,15 +364,22 @@ func forwarded(ctx context.Context) flowLine {
 	since := time.Now()
 	a := connect(ctx, server.Status.PodIP)
 	Expect(a.reachable).To(BeTrue(), "%s", a)
-	var out flowLine
-	Eventually(func(g Gomega) {
-		lines := flows(ctx, g, "--namespace", scenario.Namespace, "--verdict", "FORWARDED", "--since", since.UTC().Format(time.RFC3339Nano))
-		f, ok := find(lines, client, server, "FORWARDED")
-		g.Expect(ok).To(BeTrue(), "no FORWARDED flow %s -> %s:80/TCP entering the server since %s among %d lines", client.Name, server.Name, since.Format(time.RFC3339Nano), len(lines))
-		out = f
-	}).WithContext(ctx).WithTimeout(30 * time.Second).WithPolling(time.Second).Should(Succeed())
+	out := flowInto(ctx, client, server, "FORWARDED", since)
 	Expect(out.Flow.NodeName).To(Equal(server.Spec.NodeName))
 	Expect(out.Flow.IngressDeniedBy).To(BeEmpty())
+	return out
+}
+
+// flowInto waits for `flatnetctl flows` to show the verdict flow client ->
+// server:80/TCP entering the server since the given time, and returns it.
+func flowInto(ctx context.Context, client, server *corev1.Pod, verdict string, since time.Time) flowLine {
+	var out flowLine
+	Eventually(func(g Gomega) {
+		lines := flows(ctx, g, "--namespace", scenario.Namespace, "--verdict", verdict, "--since", since.UTC().Format(time.RFC3339Nano))
+		f, ok := find(lines, client, server, verdict)
+		g.Expect(ok).To(BeTrue(), "no %s flow %s -> %s:80/TCP entering the server since %s among %d lines", verdict, client.Name, server.Name, since.Format(time.RFC3339Nano), len(lines))
+		out = f
+	}).WithContext(ctx).WithTimeout(30 * time.Second).WithPolling(time.Second).Should(Succeed())
 	return out
 }
 
@@ -586,15 +583,15 @@ func checkAgainstOracle(e explanation, v oracle.Verdict) {
 // dropCounter scrapes the agent on node (its metrics port, through the API
 // server's pods/proxy) for the packets its datapath dropped in direction for reason.
 func dropCounter(ctx context.Context, node, direction, reason string) (float64, error) {
-	pl, err := kc.Clientset.CoreV1().Pods(agentNamespace).List(ctx, metav1.ListOptions{LabelSelector: agentSelector, FieldSelector: "spec.nodeName=" + node})
+	pl, err := kc.Clientset.CoreV1().Pods(framework.AgentNamespace).List(ctx, metav1.ListOptions{LabelSelector: framework.AgentSelector, FieldSelector: "spec.nodeName=" + node})
 	if err != nil {
 		return 0, fmt.Errorf("listing the agent of node %s: %w", node, err)
 	}
 	if len(pl.Items) != 1 {
-		return 0, fmt.Errorf("node %s has %d agent pods (-n %s -l %s), want 1", node, len(pl.Items), agentNamespace, agentSelector)
+		return 0, fmt.Errorf("node %s has %d agent pods (-n %s -l %s), want 1", node, len(pl.Items), framework.AgentNamespace, framework.AgentSelector)
 	}
 	agent := pl.Items[0]
-	body, err := kc.Clientset.CoreV1().RESTClient().Get().Namespace(agentNamespace).Resource("pods").
+	body, err := kc.Clientset.CoreV1().RESTClient().Get().Namespace(framework.AgentNamespace).Resource("pods").
 		Name(agent.Name + ":" + agentPort).SubResource("proxy").Suffix("/metrics").DoRaw(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("scraping agent %s on node %s: %w", agent.Name, node, err)

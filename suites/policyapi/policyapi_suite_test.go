@@ -23,10 +23,7 @@ import (
 	"github.com/flatnet/flatnet/suites/framework"
 )
 
-func TestPolicyAPI(t *testing.T) {
-	RegisterFailHandler(Fail)
-	RunSpecs(t, "policyapi")
-}
+func TestPolicyAPI(t *testing.T) { kc.Run(t) }
 
 const ns = "flatnet-policyapi"
 

@@ -51,16 +51,7 @@ import (
 	"github.com/flatnet/flatnet/suites/report"
 )
 
-func TestResilience(t *testing.T) {
-	RegisterFailHandler(Fail)
-	RunSpecs(t, "resilience")
-}
-
-// The agents, as dataplane/manifests/agent.yaml deploys them.
-const (
-	agentNamespace = "flatnet-system"
-	agentSelector  = "app.kubernetes.io/name=flatnet-agent"
-)
+func TestResilience(t *testing.T) { kc.Run(t) }
 
 // churnChanges is how many policy changes the churn applies.
 const churnChanges = 20
@@ -280,7 +271,7 @@ func (wt *watch) stop(expected ...[]*reachability.Table) (problem string, rounds
 
 // agentOn returns the agent pod of node.
 func agentOn(ctx context.Context, node string) (corev1.Pod, error) {
-	pl, err := kc.Clientset.CoreV1().Pods(agentNamespace).List(ctx, metav1.ListOptions{LabelSelector: agentSelector, FieldSelector: "spec.nodeName=" + node})
+	pl, err := kc.Clientset.CoreV1().Pods(framework.AgentNamespace).List(ctx, metav1.ListOptions{LabelSelector: framework.AgentSelector, FieldSelector: "spec.nodeName=" + node})
 	if err != nil {
 		return corev1.Pod{}, fmt.Errorf("listing the agent of node %s: %w", node, err)
 	}
@@ -291,7 +282,7 @@ func agentOn(ctx context.Context, node string) (corev1.Pod, error) {
 		}
 	}
 	if len(live) != 1 {
-		return corev1.Pod{}, fmt.Errorf("node %s has %d live agent pods (-n %s -l %s), want 1", node, len(live), agentNamespace, agentSelector)
+		return corev1.Pod{}, fmt.Errorf("node %s has %d live agent pods (-n %s -l %s), want 1", node, len(live), framework.AgentNamespace, framework.AgentSelector)
 	}
 	return live[0], nil
 }
@@ -329,7 +320,7 @@ var _ = Describe("verdicts while flatnet is disturbed [flatnet]", Label("flatnet
 		wt.awaitRounds(ctx, 2)
 		By(fmt.Sprintf("deleting agent pod %s on node %s while probing", old.Name, node))
 		deleted := time.Now()
-		Expect(kc.Clientset.CoreV1().Pods(agentNamespace).Delete(ctx, old.Name, metav1.DeleteOptions{})).To(Succeed())
+		Expect(kc.Clientset.CoreV1().Pods(framework.AgentNamespace).Delete(ctx, old.Name, metav1.DeleteOptions{})).To(Succeed())
 		var fresh corev1.Pod
 		Eventually(func(g Gomega) {
 			a, err := agentOn(ctx, node)

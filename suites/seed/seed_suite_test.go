@@ -41,10 +41,7 @@ import (
 	"github.com/flatnet/flatnet/suites/report"
 )
 
-func TestSeed(t *testing.T) {
-	RegisterFailHandler(Fail)
-	RunSpecs(t, "seed")
-}
+func TestSeed(t *testing.T) { cluster.Run(t) }
 
 // connectTimeout is the article's --timeout=3s.
 const connectTimeout = "3s"

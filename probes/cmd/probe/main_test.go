@@ -25,11 +25,7 @@ import (
 
 var bins probetest.Binaries
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	bins.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { bins.Main(m) }
 
 type result struct {
 	stdout, stderr string
@@ -53,14 +49,7 @@ func run(t *testing.T, n *netnstest.Net, limit time.Duration, bin string, args .
 		<-done
 		t.Fatalf("%s %q still running after %v", bin, args, limit)
 	}
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("running %s: %v", bin, err)
-	}
-	return result{stdout.String(), stderr.String(), code}
+	return result{stdout.String(), stderr.String(), probetest.ExitCode(t, err)}
 }
 
 // ephemeral hides the client's ephemeral port, the one thing that differs
@@ -315,12 +304,7 @@ func TestPauseMatchesAgnhost(t *testing.T) {
 				time.Sleep(25 * time.Millisecond)
 			}
 			cmd.Process.Signal(sig)
-			err := cmd.Wait()
-			code := 0
-			var ee *exec.ExitError
-			if errors.As(err, &ee) {
-				code = ee.ExitCode()
-			}
+			code := probetest.ExitCode(t, cmd.Wait())
 			got[name] = result{stdout.String(), stderr.String(), code}
 			b, _ := os.ReadFile(term)
 			msgs[name] = string(b)

@@ -6,6 +6,7 @@ package probetest
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -96,11 +97,28 @@ func buildAgnhost() (string, error) {
 	return out, os.WriteFile(out+".inputs", []byte(key), 0o644)
 }
 
-// Cleanup removes the built probe; call it from TestMain after m.Run.
-func (b *Binaries) Cleanup() {
+// Main runs the package's tests and then removes the probe b built; a test
+// package's TestMain is `func TestMain(m *testing.M) { bins.Main(m) }`.
+func (b *Binaries) Main(m *testing.M) {
+	code := m.Run()
 	if b.dir != "" {
 		os.RemoveAll(b.dir)
 	}
+	os.Exit(code)
+}
+
+// ExitCode is the exit status of a command that has finished with err (0 for
+// nil); any error other than a non-zero exit fails t.
+func ExitCode(t testing.TB, err error) int {
+	t.Helper()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		t.Fatalf("waiting for the command: %v", err)
+	}
+	return 0
 }
 
 type buildError struct {
