@@ -4,11 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -18,7 +16,6 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/vishvananda/netlink"
 
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/ipam"
@@ -32,28 +29,10 @@ import (
 var pluginDir string
 
 func TestMain(m *testing.M) {
-	if os.Geteuid() == 0 {
-		dir, err := os.MkdirTemp("", "flatnet-cni-bin-")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		for name, pkg := range map[string]string{
-			"flatnet":  "github.com/flatnet/flatnet/dataplane/cmd/flatnet-cni",
-			"loopback": "github.com/containernetworking/plugins/plugins/main/loopback",
-		} {
-			out, err := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg).CombinedOutput()
-			if err != nil {
-				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, out)
-				os.Exit(1)
-			}
-		}
-		pluginDir = dir
-		code := m.Run()
-		os.RemoveAll(dir)
-		os.Exit(code)
-	}
-	os.Exit(m.Run())
+	os.Exit(podnettest.MainWithBinaries(m, &pluginDir, map[string]string{
+		"flatnet":  "github.com/flatnet/flatnet/dataplane/cmd/flatnet-cni",
+		"loopback": "github.com/containernetworking/plugins/plugins/main/loopback",
+	}))
 }
 
 // node is a network namespace standing in for a kind node: an uplink "eth0"
@@ -76,18 +55,7 @@ func newNode(t testing.TB, name, ip string, block ipam.Block) *node {
 	t.Helper()
 	testenv.RequireRoot(t)
 	n := &node{t: t, name: name, ns: podnettest.NewNS(t), ip: netip.MustParsePrefix(ip), block: block, dataDir: t.TempDir(), cache: t.TempDir()}
-	n.do(func() error {
-		// A veth as the uplink (this kernel has no dummy driver); its peer
-		// stays in the node, up, standing for the docker bridge.
-		up := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "bridge0"}
-		if err := netlink.LinkAdd(up); err != nil {
-			return err
-		}
-		if p, err := netlink.LinkByName("bridge0"); err != nil || netlink.LinkSetUp(p) != nil {
-			return fmt.Errorf("bring up bridge0: %v", err)
-		}
-		return podnettest.AddrUp("eth0", n.ip)
-	})
+	n.do(func() error { return podnettest.AddUplink(n.ip) })
 	return n
 }
 

@@ -5,7 +5,6 @@ import (
 	"testing"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/vishvananda/netlink"
 
 	"github.com/flatnet/flatnet/dataplane/podnet"
 	"github.com/flatnet/flatnet/dataplane/podnet/podnettest"
@@ -34,19 +33,7 @@ func newBareNode(t testing.TB, ip string) *node {
 func newNode(t testing.TB, ip string) *node {
 	t.Helper()
 	n := newBareNode(t, ip)
-	n.do(func() error {
-		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "bridge0"}); err != nil {
-			return err
-		}
-		br, err := netlink.LinkByName("bridge0")
-		if err != nil {
-			return err
-		}
-		if err := netlink.LinkSetUp(br); err != nil {
-			return err
-		}
-		return podnettest.AddrUp("eth0", n.ip)
-	})
+	n.do(func() error { return podnettest.AddUplink(n.ip) })
 	return n
 }
 

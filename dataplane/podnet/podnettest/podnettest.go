@@ -4,8 +4,12 @@
 package podnettest
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -29,6 +33,46 @@ func NewNS(t testing.TB) ns.NetNS {
 		_ = testutils.UnmountNS(n)
 	})
 	return n
+}
+
+// MainWithBinaries runs a package's tests, as root (where they run the real
+// plugins) with the binaries first built into a temporary directory: bins maps
+// a file name to the package built there, *dir is set to the directory.
+func MainWithBinaries(m *testing.M, dir *string, bins map[string]string) int {
+	if os.Geteuid() != 0 {
+		return m.Run()
+	}
+	d, err := os.MkdirTemp("", "flatnet-plugins-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(d)
+	for name, pkg := range bins {
+		if out, err := exec.Command("go", "build", "-o", filepath.Join(d, name), pkg).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, out)
+			return 1
+		}
+	}
+	*dir = d
+	return m.Run()
+}
+
+// AddUplink gives the current netns a kind node's uplink: a veth "eth0"
+// holding ip, up, its peer "bridge0" left in the netns, up, standing for the
+// docker bridge (a veth, as some kernels have no dummy driver).
+func AddUplink(ip netip.Prefix) error {
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "bridge0"}); err != nil {
+		return fmt.Errorf("add uplink veth eth0: %w", err)
+	}
+	br, err := netlink.LinkByName("bridge0")
+	if err != nil {
+		return err
+	}
+	if err := netlink.LinkSetUp(br); err != nil {
+		return fmt.Errorf("bring up bridge0: %w", err)
+	}
+	return AddrUp("eth0", ip)
 }
 
 // AddrUp puts p on the interface of the current netns and sets it up.
