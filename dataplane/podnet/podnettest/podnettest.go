@@ -75,6 +75,27 @@ func AddUplink(ip netip.Prefix) error {
 	return AddrUp("eth0", ip)
 }
 
+// AddVeth adds the veth pair host/peer in netns, brings host up and returns
+// its ifindex: the host side of a pod, for tests attaching the datapath to it.
+func AddVeth(t testing.TB, netns ns.NetNS, host, peer string) int {
+	t.Helper()
+	var ifindex int
+	if err := netns.Do(func(ns.NetNS) error {
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host}, PeerName: peer}); err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName(host)
+		if err != nil {
+			return err
+		}
+		ifindex = l.Attrs().Index
+		return netlink.LinkSetUp(l)
+	}); err != nil {
+		t.Fatalf("add veth %s/%s in %s: %v", host, peer, netns.Path(), err)
+	}
+	return ifindex
+}
+
 // AddrUp puts p on the interface of the current netns and sets it up.
 func AddrUp(ifName string, p netip.Prefix) error {
 	l, err := netlink.LinkByName(ifName)
