@@ -38,11 +38,7 @@ import (
 var pluginSrc string
 
 func TestMain(m *testing.M) {
-	os.Exit(podnettest.MainWithBinaries(m, &pluginSrc, map[string]string{
-		"flatnet":  "github.com/flatnet/flatnet/dataplane/cmd/flatnet-cni",
-		"loopback": "github.com/containernetworking/plugins/plugins/main/loopback",
-		"portmap":  "github.com/containernetworking/plugins/plugins/meta/portmap",
-	}))
+	os.Exit(podnettest.MainWithPlugins(m, &pluginSrc, "flatnet", "loopback", "portmap"))
 }
 
 // testNode is a netns standing in for a kind node, with its uplink, and a

@@ -29,10 +29,7 @@ import (
 var pluginDir string
 
 func TestMain(m *testing.M) {
-	os.Exit(podnettest.MainWithBinaries(m, &pluginDir, map[string]string{
-		"flatnet":  "github.com/flatnet/flatnet/dataplane/cmd/flatnet-cni",
-		"loopback": "github.com/containernetworking/plugins/plugins/main/loopback",
-	}))
+	os.Exit(podnettest.MainWithPlugins(m, &pluginDir, "flatnet", "loopback"))
 }
 
 // node is a network namespace standing in for a kind node: an uplink "eth0"

@@ -35,10 +35,17 @@ func NewNS(t testing.TB) ns.NetNS {
 	return n
 }
 
-// MainWithBinaries runs a package's tests, as root (where they run the real
-// plugins) with the binaries first built into a temporary directory: bins maps
-// a file name to the package built there, *dir is set to the directory.
-func MainWithBinaries(m *testing.M, dir *string, bins map[string]string) int {
+// plugins are the CNI plugins a flatnet node runs, by binary name.
+var plugins = map[string]string{
+	"flatnet":  "github.com/flatnet/flatnet/dataplane/cmd/flatnet-cni",
+	"loopback": "github.com/containernetworking/plugins/plugins/main/loopback",
+	"portmap":  "github.com/containernetworking/plugins/plugins/meta/portmap",
+}
+
+// MainWithPlugins runs a package's tests, as root (where they run the real
+// plugins) with the named plugins (flatnet, loopback, portmap) first built
+// into a temporary directory, which *dir is set to.
+func MainWithPlugins(m *testing.M, dir *string, names ...string) int {
 	if os.Geteuid() != 0 {
 		return m.Run()
 	}
@@ -48,7 +55,12 @@ func MainWithBinaries(m *testing.M, dir *string, bins map[string]string) int {
 		return 1
 	}
 	defer os.RemoveAll(d)
-	for name, pkg := range bins {
+	for _, name := range names {
+		pkg, ok := plugins[name]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "no plugin %q\n", name)
+			return 1
+		}
 		if out, err := exec.Command("go", "build", "-o", filepath.Join(d, name), pkg).CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, out)
 			return 1
