@@ -49,14 +49,7 @@ func newPolicyNode(ctx context.Context, t testing.TB, cnpYAML string) *policyNod
 		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
 			return err
 		}
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		if err := netlink.LinkSetUp(lo); err != nil {
-			return err
-		}
-		return netlink.AddrAdd(lo, &netlink.Addr{IPNet: podnet.HostNet(nodeIP)})
+		return podnettest.AddrUp("lo", netip.PrefixFrom(nodeIP, 32))
 	}))
 	bpffs := testenv.BPFFS(t)
 
