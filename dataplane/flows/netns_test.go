@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -113,7 +114,7 @@ func TestDeniedSYNIsOneDroppedFlowNamingThePolicy(t *testing.T) {
 		f.IngressDeniedBy[0].Namespace != "default" || f.IngressDeniedBy[0].Kind != "CiliumNetworkPolicy":
 		t.Errorf("flow %s: want ingress_denied_by = [CiliumNetworkPolicy default/default-deny]", dump(dropped))
 	}
-	if !contains(f.Destination.Labels, "k8s:app=server") || !contains(f.Source.Labels, "k8s:app=client") {
+	if !slices.Contains(f.Destination.Labels, "k8s:app=server") || !slices.Contains(f.Source.Labels, "k8s:app=client") {
 		t.Errorf("labels %v / %v: want k8s:app=client / k8s:app=server", f.Source.Labels, f.Destination.Labels)
 	}
 	if d := time.Since(f.Time); d < 0 || d > 10*time.Second {
@@ -126,15 +127,6 @@ func TestDeniedSYNIsOneDroppedFlowNamingThePolicy(t *testing.T) {
 	if len(fwd) == 0 || fwd[0].Flow.TrafficDirection != flows.Egress || len(fwd[0].Flow.EgressAllowedBy) != 0 {
 		t.Errorf("forwarded flows %s: want the client's egress SYN, allowed by no policy", dump(fwd))
 	}
-}
-
-func contains(l []string, s string) bool {
-	for _, x := range l {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // checkMetrics scrapes the collector over the real datapath maps: the one denied SYN
