@@ -31,7 +31,6 @@ import (
 	"github.com/flatnet/flatnet/dataplane/ipam/nodealloc"
 	"github.com/flatnet/flatnet/dataplane/podnet"
 	"github.com/flatnet/flatnet/dataplane/podnet/podnettest"
-	"github.com/flatnet/flatnet/internal/testenv"
 )
 
 // pluginSrc holds the real plugin binaries, as the agent image does.
@@ -53,11 +52,7 @@ type testNode struct {
 }
 
 func newTestNode(t *testing.T, maxPods int64, blockSize int) *testNode {
-	testenv.RequireRoot(t)
-	n := podnettest.NewNS(t)
-	if err := n.Do(func(ns.NetNS) error { return podnettest.AddUplink(netip.MustParsePrefix("10.224.0.2/16")) }); err != nil {
-		t.Fatal(err)
-	}
+	n := podnettest.NewNode(t, "10.224.0.2/16").NS
 	node := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: "node-a", UID: "uid-a"},
 		Status: corev1.NodeStatus{

@@ -19,7 +19,41 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flatnet/flatnet/dataplane/podnet"
+	"github.com/flatnet/flatnet/internal/testenv"
 )
+
+// Node is a network namespace standing in for a kind node; podnet and the
+// plugin's processes run in it as on the node.
+type Node struct {
+	T  testing.TB
+	NS ns.NetNS
+	IP netip.Prefix // the node's address, on its uplink eth0
+}
+
+// NewBareNode makes a node with no uplink yet (the test wires it).
+func NewBareNode(t testing.TB, ip string) *Node {
+	t.Helper()
+	testenv.RequireRoot(t)
+	return &Node{T: t, NS: NewNS(t), IP: netip.MustParsePrefix(ip)}
+}
+
+// NewNode makes a node whose uplink eth0 holds ip (e.g. 10.224.0.2/16), as
+// AddUplink leaves it.
+func NewNode(t testing.TB, ip string) *Node {
+	t.Helper()
+	n := NewBareNode(t, ip)
+	n.Do(func() error { return AddUplink(n.IP) })
+	return n
+}
+
+// Do runs fn in the node's netns (processes fn starts inherit it, as
+// containerd's do on a kind node); an error fails the test.
+func (n *Node) Do(fn func() error) {
+	n.T.Helper()
+	if err := n.NS.Do(func(ns.NetNS) error { return fn() }); err != nil {
+		n.T.Fatalf("in node %s: %v", n.IP, err)
+	}
+}
 
 // NewNS creates a network namespace removed when the test ends.
 func NewNS(t testing.TB) ns.NetNS {
