@@ -246,7 +246,7 @@ func (a *Agent) setup(ctx context.Context) error {
 	a.checkMaxPods(ctx, node)
 
 	nodeIP, _ := nodeInternalIP(node)
-	if a.uplink, err = findUplink(a.cfg.Uplink, nodeIP); err != nil {
+	if a.uplink, err = podnet.UplinkName(a.cfg.Uplink, nodeIP); err != nil {
 		return err
 	}
 	if err := podnet.EnsureHostForwarding(a.uplink); err != nil {
@@ -399,30 +399,6 @@ func (a *Agent) reconcile(ctx context.Context) {
 func linkExists(name string) bool {
 	_, err := netlink.LinkByName(name)
 	return err == nil
-}
-
-// findUplink returns the named interface, or the one holding nodeIP.
-func findUplink(name string, nodeIP netip.Addr) (string, error) {
-	if name != "" {
-		if _, err := netlink.LinkByName(name); err != nil {
-			return "", fmt.Errorf("uplink %q: %w; pass --uplink with the node's interface on the node subnet", name, err)
-		}
-		return name, nil
-	}
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
-	if err != nil {
-		return "", fmt.Errorf("list node addresses: %w", err)
-	}
-	for _, ad := range addrs {
-		if ip, ok := netip.AddrFromSlice(ad.IP.To4()); ok && ip == nodeIP {
-			l, err := netlink.LinkByIndex(ad.LinkIndex)
-			if err != nil {
-				return "", fmt.Errorf("look up the interface of %s: %w", nodeIP, err)
-			}
-			return l.Attrs().Name, nil
-		}
-	}
-	return "", fmt.Errorf("no interface holds the node's InternalIP %s; is the agent in the host network namespace (hostNetwork: true)? else pass --uplink", nodeIP)
 }
 
 func addrString(a netip.Addr) string {

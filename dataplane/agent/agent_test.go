@@ -3,14 +3,11 @@ package agent
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http/httptest"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,7 +16,6 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -34,34 +30,14 @@ import (
 	"github.com/flatnet/flatnet/dataplane/ipam/cluster"
 	"github.com/flatnet/flatnet/dataplane/ipam/nodealloc"
 	"github.com/flatnet/flatnet/dataplane/podnet"
-	"github.com/flatnet/flatnet/internal/testenv"
+	"github.com/flatnet/flatnet/dataplane/podnet/podnettest"
 )
 
 // pluginSrc holds the real plugin binaries, as the agent image does.
 var pluginSrc string
 
 func TestMain(m *testing.M) {
-	if os.Geteuid() == 0 {
-		dir, err := os.MkdirTemp("", "flatnet-agent-plugins-")
-		if err != nil {
-			panic(err)
-		}
-		for name, pkg := range map[string]string{
-			"flatnet":  "github.com/flatnet/flatnet/dataplane/cmd/flatnet-cni",
-			"loopback": "github.com/containernetworking/plugins/plugins/main/loopback",
-			"portmap":  "github.com/containernetworking/plugins/plugins/meta/portmap",
-		} {
-			if out, err := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg).CombinedOutput(); err != nil {
-				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, out)
-				os.Exit(1)
-			}
-		}
-		pluginSrc = dir
-		code := m.Run()
-		os.RemoveAll(dir)
-		os.Exit(code)
-	}
-	os.Exit(m.Run())
+	os.Exit(podnettest.MainWithPlugins(m, &pluginSrc, "flatnet", "loopback", "portmap"))
 }
 
 // testNode is a netns standing in for a kind node, with its uplink, and a
@@ -76,27 +52,7 @@ type testNode struct {
 }
 
 func newTestNode(t *testing.T, maxPods int64, blockSize int) *testNode {
-	testenv.RequireRoot(t)
-	n, err := testutils.NewNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close(); testutils.UnmountNS(n) })
-	if err := n.Do(func(ns.NetNS) error {
-		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "bridge0"}); err != nil {
-			return err
-		}
-		for _, name := range []string{"eth0", "bridge0"} {
-			l, _ := netlink.LinkByName(name)
-			if err := netlink.LinkSetUp(l); err != nil {
-				return err
-			}
-		}
-		l, _ := netlink.LinkByName("eth0")
-		return netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(10, 224, 0, 2), Mask: net.CIDRMask(16, 32)}})
-	}); err != nil {
-		t.Fatal(err)
-	}
+	n := podnettest.NewNode(t, "10.224.0.2/16").NS
 	node := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: "node-a", UID: "uid-a"},
 		Status: corev1.NodeStatus{
@@ -181,15 +137,6 @@ func (tn *testNode) metrics() string {
 	return rec.Body.String()
 }
 
-func newPodNS(t *testing.T) ns.NetNS {
-	n, err := testutils.NewNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close(); testutils.UnmountNS(n) })
-	return n
-}
-
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
@@ -232,7 +179,7 @@ func TestAgentInstallsPluginServesEndpointsAndFreesLeaks(t *testing.T) {
 	}
 
 	// A real pod and a ghost: the ghost's pod never appears in the cluster.
-	ip, err := tn.add(list, "c-web", "web-1", newPodNS(t))
+	ip, err := tn.add(list, "c-web", "web-1", podnettest.NewNS(t))
 	if err != nil {
 		t.Fatalf("ADD through the installed plugin: %v", err)
 	}
@@ -244,7 +191,7 @@ func TestAgentInstallsPluginServesEndpointsAndFreesLeaks(t *testing.T) {
 		Spec:       corev1.PodSpec{NodeName: "node-a"},
 		Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip.String(), PodIPs: []corev1.PodIP{{IP: ip.String()}}},
 	}, metav1.CreateOptions{})
-	ghostIP, err := tn.add(list, "c-ghost", "ghost", newPodNS(t))
+	ghostIP, err := tn.add(list, "c-ghost", "ghost", podnettest.NewNS(t))
 	if err != nil {
 		t.Fatal(err)
 	}

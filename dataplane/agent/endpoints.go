@@ -263,23 +263,7 @@ func (e *Endpoints) write(r Record) error {
 	if err != nil {
 		return fmt.Errorf("encode endpoint %s: %w", r.ContainerID, err)
 	}
-	tmp, err := os.CreateTemp(e.dir, r.ContainerID+".tmp-")
-	if err != nil {
-		return fmt.Errorf("create endpoint record for %s: %w", r.ContainerID, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write endpoint record %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("fsync endpoint record %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("close endpoint record %s: %w", tmp.Name(), err)
-	}
-	if err := os.Rename(tmp.Name(), e.path(r.ContainerID)); err != nil {
+	if err := writeAtomic(e.path(r.ContainerID), b, 0o600); err != nil {
 		return fmt.Errorf("store endpoint record %s: %w", r.ContainerID, err)
 	}
 	return nil

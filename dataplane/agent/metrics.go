@@ -43,39 +43,29 @@ func NewMetrics() *Metrics {
 			Name: "flatnet_cni_operations_total",
 			Help: "CNI plugin operations on this node by result.",
 		}, []string{"op", "result"}),
-		allocations: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "flatnet_ipam_allocations_total",
-			Help: "Pod addresses handed out on this node (endpoints registered by the plugin).",
-		}),
-		leaks: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "flatnet_ipam_leaks_released_total",
-			Help: "Addresses released by the agent's reconciler because no pod held them.",
-		}),
-		endpoints: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "flatnet_endpoints",
-			Help: "Pod endpoints the agent knows on this node.",
-		}),
-		blockSize: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "flatnet_ipam_block_size",
-			Help: "Addresses in this node's block.",
-		}),
-		blockUsed: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "flatnet_ipam_block_used",
-			Help: "Addresses of this node's block held by pods.",
-		}),
-		maxPods: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "flatnet_node_max_pods",
-			Help: "The Node's status.capacity.pods (the kubelet's maxPods).",
-		}),
-		mismatch: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "flatnet_block_maxpods_mismatch",
-			Help: "1 when the kubelet's maxPods differs from the block size (above it, the scheduler may place pods the block cannot address).",
-		}),
+		allocations: counter("flatnet_ipam_allocations_total",
+			"Pod addresses handed out on this node (endpoints registered by the plugin)."),
+		leaks: counter("flatnet_ipam_leaks_released_total",
+			"Addresses released by the agent's reconciler because no pod held them."),
+		endpoints: gauge("flatnet_endpoints", "Pod endpoints the agent knows on this node."),
+		blockSize: gauge("flatnet_ipam_block_size", "Addresses in this node's block."),
+		blockUsed: gauge("flatnet_ipam_block_used", "Addresses of this node's block held by pods."),
+		maxPods:   gauge("flatnet_node_max_pods", "The Node's status.capacity.pods (the kubelet's maxPods)."),
+		mismatch: gauge("flatnet_block_maxpods_mismatch",
+			"1 when the kubelet's maxPods differs from the block size (above it, the scheduler may place pods the block cannot address)."),
 	}
 	m.MustRegister(m.cniDuration, m.cniOps, m.allocations, m.leaks, m.endpoints,
 		m.blockSize, m.blockUsed, m.maxPods, m.mismatch,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+func counter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+}
+
+func gauge(name, help string) prometheus.Gauge {
+	return prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: help})
 }
 
 // MustRegister adds collectors (the datapath's) to the agent's registry.

@@ -13,6 +13,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
+	"github.com/flatnet/flatnet/dataplane/podnet/podnettest"
 )
 
 // ipDatapath keeps what a datapath keys by address (the IP cache, the local
@@ -85,20 +86,20 @@ func TestReusedAddressReplacesTheStaleEndpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ipA, err := tn.add(list, "c-a", "a", newPodNS(t))
+	ipA, err := tn.add(list, "c-a", "a", podnettest.NewNS(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var others []string
 	for i := range 9 {
 		id := fmt.Sprintf("c-%d", i)
-		if _, err := tn.add(list, id, fmt.Sprintf("p%d", i), newPodNS(t)); err != nil {
+		if _, err := tn.add(list, id, fmt.Sprintf("p%d", i), podnettest.NewNS(t)); err != nil {
 			t.Fatalf("ADD %s: %v", id, err)
 		}
 		others = append(others, id)
 	}
 	tn.gc(list, others...) // a's DEL never comes; the runtime's GC releases it
-	ipB, err := tn.add(list, "c-b", "b", newPodNS(t))
+	ipB, err := tn.add(list, "c-b", "b", podnettest.NewNS(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,11 +131,11 @@ func TestEndpointWithoutAllocationIsCollected(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ip, err := tn.add(list, "c-a", "a", newPodNS(t))
+	ip, err := tn.add(list, "c-a", "a", podnettest.NewNS(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tn.add(list, "c-keep", "keep", newPodNS(t)); err != nil {
+	if _, err := tn.add(list, "c-keep", "keep", podnettest.NewNS(t)); err != nil {
 		t.Fatal(err)
 	}
 	tn.gc(list, "c-keep")

@@ -28,7 +28,7 @@ func BenchmarkAddDel(b *testing.B) {
 	b.ResetTimer()
 	for i := range b.N {
 		id := fmt.Sprintf("bench-%d", i)
-		err := n.ns.Do(func(ns.NetNS) error {
+		err := n.NS.Do(func(ns.NetNS) error {
 			c := n.cniConfig()
 			start := time.Now()
 			if _, err := c.AddNetworkList(context.Background(), list, rt(id, pod)); err != nil {

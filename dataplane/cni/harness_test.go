@@ -4,11 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -18,13 +16,11 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/vishvananda/netlink"
 
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/ipam"
 	"github.com/flatnet/flatnet/dataplane/ipam/nodealloc"
 	"github.com/flatnet/flatnet/dataplane/podnet/podnettest"
-	"github.com/flatnet/flatnet/internal/testenv"
 )
 
 // pluginDir holds the flatnet and loopback binaries built once for all tests:
@@ -32,37 +28,14 @@ import (
 var pluginDir string
 
 func TestMain(m *testing.M) {
-	if os.Geteuid() == 0 {
-		dir, err := os.MkdirTemp("", "flatnet-cni-bin-")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		for name, pkg := range map[string]string{
-			"flatnet":  "github.com/flatnet/flatnet/dataplane/cmd/flatnet-cni",
-			"loopback": "github.com/containernetworking/plugins/plugins/main/loopback",
-		} {
-			out, err := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg).CombinedOutput()
-			if err != nil {
-				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, out)
-				os.Exit(1)
-			}
-		}
-		pluginDir = dir
-		code := m.Run()
-		os.RemoveAll(dir)
-		os.Exit(code)
-	}
-	os.Exit(m.Run())
+	os.Exit(podnettest.MainWithPlugins(m, &pluginDir, "flatnet", "loopback"))
 }
 
 // node is a network namespace standing in for a kind node: an uplink "eth0"
 // on the node subnet and the plugin's state directory.
 type node struct {
-	t       testing.TB
+	*podnettest.Node
 	name    string
-	ns      ns.NetNS
-	ip      netip.Prefix
 	block   ipam.Block
 	dataDir string
 	socket  string // agent socket, "" for none
@@ -71,33 +44,10 @@ type node struct {
 
 const subnet = "10.224.0.0/16"
 
-// newNode makes a node with a dummy uplink holding ip (e.g. 10.224.0.2/16).
+// newNode makes a node with a veth uplink holding ip (e.g. 10.224.0.2/16).
 func newNode(t testing.TB, name, ip string, block ipam.Block) *node {
 	t.Helper()
-	testenv.RequireRoot(t)
-	n := &node{t: t, name: name, ns: podnettest.NewNS(t), ip: netip.MustParsePrefix(ip), block: block, dataDir: t.TempDir(), cache: t.TempDir()}
-	n.do(func() error {
-		// A veth as the uplink (this kernel has no dummy driver); its peer
-		// stays in the node, up, standing for the docker bridge.
-		up := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "bridge0"}
-		if err := netlink.LinkAdd(up); err != nil {
-			return err
-		}
-		if p, err := netlink.LinkByName("bridge0"); err != nil || netlink.LinkSetUp(p) != nil {
-			return fmt.Errorf("bring up bridge0: %v", err)
-		}
-		return podnettest.AddrUp("eth0", n.ip)
-	})
-	return n
-}
-
-// do runs fn in the node's netns; the plugin processes libcni starts from
-// there inherit it, exactly as containerd's do in a kind node.
-func (n *node) do(fn func() error) {
-	n.t.Helper()
-	if err := n.ns.Do(func(ns.NetNS) error { return fn() }); err != nil {
-		n.t.Fatalf("in node %s: %v", n.name, err)
-	}
+	return &node{Node: podnettest.NewNode(t, ip), name: name, block: block, dataDir: t.TempDir(), cache: t.TempDir()}
 }
 
 func (n *node) netConf() map[string]any {
@@ -116,7 +66,7 @@ func (n *node) netConf() map[string]any {
 // conflist renders the node's conflist the way the agent does, with edit
 // applied to the flatnet plugin's config first.
 func (n *node) conflist(edit func(map[string]any)) *libcni.NetworkConfigList {
-	n.t.Helper()
+	n.T.Helper()
 	c := n.netConf()
 	if edit != nil {
 		edit(c)
@@ -127,7 +77,7 @@ func (n *node) conflist(edit func(map[string]any)) *libcni.NetworkConfigList {
 	})
 	l, err := libcni.NetworkConfFromBytes(b)
 	if err != nil {
-		n.t.Fatalf("conflist: %v", err)
+		n.T.Fatalf("conflist: %v", err)
 	}
 	return l
 }
@@ -147,7 +97,7 @@ func rt(id string, podNS ns.NetNS) *libcni.RuntimeConf {
 func (n *node) add(list *libcni.NetworkConfigList, id string, podNS ns.NetNS) (*current.Result, error) {
 	var res types.Result
 	var err error
-	n.do(func() error {
+	n.Do(func() error {
 		res, err = n.cniConfig().AddNetworkList(context.Background(), list, rt(id, podNS))
 		return nil
 	})
@@ -156,18 +106,18 @@ func (n *node) add(list *libcni.NetworkConfigList, id string, podNS ns.NetNS) (*
 	}
 	r, cerr := current.NewResultFromResult(res)
 	if cerr != nil {
-		n.t.Fatalf("convert result: %v", cerr)
+		n.T.Fatalf("convert result: %v", cerr)
 	}
 	return r, nil
 }
 
 func (n *node) mustAdd(id string, podNS ns.NetNS) netip.Addr {
-	n.t.Helper()
+	n.T.Helper()
 	r, err := n.add(n.conflist(nil), id, podNS)
 	if err != nil {
-		n.t.Fatalf("ADD %s: %v", id, err)
+		n.T.Fatalf("ADD %s: %v", id, err)
 	}
-	return resultIP(n.t, r)
+	return resultIP(n.T, r)
 }
 
 func resultIP(t testing.TB, r *current.Result) netip.Addr {
@@ -184,7 +134,7 @@ func resultIP(t testing.TB, r *current.Result) netip.Addr {
 
 func (n *node) del(id string, netnsPath string) error {
 	var err error
-	n.do(func() error {
+	n.Do(func() error {
 		err = n.cniConfig().DelNetworkList(context.Background(), n.conflist(nil),
 			&libcni.RuntimeConf{ContainerID: id, NetNS: netnsPath, IfName: "eth0"})
 		return nil
@@ -194,7 +144,7 @@ func (n *node) del(id string, netnsPath string) error {
 
 func (n *node) check(id string, podNS ns.NetNS) error {
 	var err error
-	n.do(func() error {
+	n.Do(func() error {
 		err = n.cniConfig().CheckNetworkList(context.Background(), n.conflist(nil), rt(id, podNS))
 		return nil
 	})
@@ -202,26 +152,26 @@ func (n *node) check(id string, podNS ns.NetNS) error {
 }
 
 func (n *node) allocations() []nodealloc.Allocation {
-	n.t.Helper()
+	n.T.Helper()
 	all, err := nodealloc.New(n.dataDir).List(context.Background())
 	if err != nil {
-		n.t.Fatalf("list allocations: %v", err)
+		n.T.Fatalf("list allocations: %v", err)
 	}
 	return all
 }
 
 func (n *node) state() podnettest.HostState {
-	n.t.Helper()
-	return podnettest.ReadHostState(n.t, n.ns, "eth0")
+	n.T.Helper()
+	return podnettest.ReadHostState(n.T, n.NS, "eth0")
 }
 
 func (n *node) requireClean(what string) {
-	n.t.Helper()
+	n.T.Helper()
 	if s := n.state(); len(s.Veths)+len(s.Proxies)+len(s.Routes) > 0 {
-		n.t.Errorf("%s: node %s still has flatnet plumbing: %+v", what, n.name, s)
+		n.T.Errorf("%s: node %s still has flatnet plumbing: %+v", what, n.name, s)
 	}
 	if a := n.allocations(); len(a) > 0 {
-		n.t.Errorf("%s: node %s still holds allocations: %v", what, n.name, a)
+		n.T.Errorf("%s: node %s still holds allocations: %v", what, n.name, a)
 	}
 }
 

@@ -77,7 +77,7 @@ func TestAddCheckDel(t *testing.T) {
 		t.Fatalf("CHECK of a healthy attachment: %v", err)
 	}
 	// CHECK notices when other nodes can no longer reach the pod.
-	n.do(func() error {
+	n.Do(func() error {
 		up, _ := netlink.LinkByName("eth0")
 		return netlink.NeighDel(&netlink.Neigh{LinkIndex: up.Attrs().Index, Family: unix.AF_INET, Flags: netlink.NTF_PROXY, IP: ip.AsSlice()})
 	})
@@ -140,7 +140,7 @@ func TestConcurrentAddsNeverShareAnAddress(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range pods {
 		wg.Go(func() {
-			errs[i] = n.ns.Do(func(ns.NetNS) error {
+			errs[i] = n.NS.Do(func(ns.NetNS) error {
 				res, err := n.cniConfig().AddNetworkList(context.Background(), list, rt(fmt.Sprintf("c%03d", i), netnses[i]))
 				if err != nil {
 					return err
@@ -184,7 +184,7 @@ func TestConcurrentAddsNeverShareAnAddress(t *testing.T) {
 }
 
 func (n *node) delNoFail(id, path string) error {
-	return n.ns.Do(func(ns.NetNS) error {
+	return n.NS.Do(func(ns.NetNS) error {
 		return n.cniConfig().DelNetworkList(context.Background(), n.conflist(nil), &libcni.RuntimeConf{ContainerID: id, NetNS: path, IfName: "eth0"})
 	})
 }
@@ -279,7 +279,7 @@ func TestUnknownCNIVersionIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	var addErr error
-	n.do(func() error {
+	n.Do(func() error {
 		_, addErr = n.cniConfig().AddNetwork(context.Background(), pc, rt("c1", pod))
 		return nil
 	})
@@ -319,7 +319,7 @@ func TestKilledPluginMidAdd(t *testing.T) {
 
 	stdin := mustJSON(t, mergeMap(n.netConf(), map[string]any{"cniVersion": "1.1.0", "name": "flatnet"}))
 	var cmd *exec.Cmd
-	n.do(func() error {
+	n.Do(func() error {
 		cmd = exec.Command(pluginDir + "/flatnet")
 		cmd.Env = []string{"CNI_COMMAND=ADD", "CNI_CONTAINERID=c1", "CNI_NETNS=" + pod.Path(), "CNI_IFNAME=eth0", "CNI_PATH=" + pluginDir}
 		cmd.Stdin = strings.NewReader(string(stdin))
@@ -371,7 +371,7 @@ func TestGCReleasesWhatTheRuntimeNoLongerHas(t *testing.T) {
 	}
 	// An orphan veth of flatnet's naming whose allocation is gone.
 	orphan := podnet.HostVethName("lost", "eth0")
-	n.do(func() error {
+	n.Do(func() error {
 		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: orphan}, PeerName: "lostpeer"})
 	})
 
@@ -379,7 +379,7 @@ func TestGCReleasesWhatTheRuntimeNoLongerHas(t *testing.T) {
 	cache := n.cache
 	n.cache = t.TempDir()
 	var err error
-	n.do(func() error {
+	n.Do(func() error {
 		err = n.cniConfig().GCNetworkList(context.Background(), n.conflist(nil), &libcni.GCArgs{
 			ValidAttachments: []types.GCAttachment{{ContainerID: "c1", IfName: "eth0"}},
 		})
@@ -413,7 +413,7 @@ func TestStatusAndVersion(t *testing.T) {
 	n := newNode(t, "node-a", "10.224.0.2/16", blockA)
 	startAgent(t, n)
 	var err error
-	n.do(func() error {
+	n.Do(func() error {
 		err = n.cniConfig().GetStatusNetworkList(context.Background(), n.conflist(nil))
 		return nil
 	})
@@ -421,7 +421,7 @@ func TestStatusAndVersion(t *testing.T) {
 		t.Fatalf("STATUS with a running agent: %v", err)
 	}
 	os.Remove(n.socket)
-	n.do(func() error {
+	n.Do(func() error {
 		err = n.cniConfig().GetStatusNetworkList(context.Background(), n.conflist(nil))
 		return nil
 	})

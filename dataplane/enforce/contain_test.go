@@ -12,18 +12,24 @@ import (
 	"unicode/utf8"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
+	"github.com/flatnet/flatnet/dataplane/podnet/podnettest"
 	"github.com/flatnet/flatnet/dataplane/policy"
 	"github.com/flatnet/flatnet/internal/testenv"
 )
+
+// newTestNode makes a bpffs of the test's own, returning the enforcer's pin
+// directory on it, and a netns standing in for the node, holding the veths.
+func newTestNode(t *testing.T) (pinDir string, node ns.NetNS) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	return filepath.Join(testenv.BPFFS(t), "flatnet"), podnettest.NewNS(t)
+}
 
 // containEnv is an Enforcer on a private bpffs with veths for pods in a test netns.
 type containEnv struct {
@@ -34,15 +40,9 @@ type containEnv struct {
 }
 
 func newContainEnv(t *testing.T) *containEnv {
-	testenv.RequireRoot(t)
 	ctx := context.Background()
-	mnt := t.TempDir()
-	must(t, unix.Mount("bpf", mnt, "bpf", 0, ""))
-	t.Cleanup(func() { _ = unix.Unmount(mnt, unix.MNT_DETACH) })
-	node, err := testutils.NewNS()
-	must(t, err)
-	t.Cleanup(func() { node.Close(); _ = testutils.UnmountNS(node) })
-	e, err := New(ctx, Config{NodeName: "n1", PinDir: filepath.Join(mnt, "flatnet")}, slog.New(slog.DiscardHandler))
+	pin, node := newTestNode(t)
+	e, err := New(ctx, Config{NodeName: "n1", PinDir: pin}, slog.New(slog.DiscardHandler))
 	must(t, err)
 	t.Cleanup(func() { e.Close() })
 	must(t, e.UpsertNode(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"},
@@ -55,18 +55,7 @@ func (c *containEnv) attach(namespace, name, ip string) error {
 	c.t.Helper()
 	c.n++
 	host := fmt.Sprintf("fnc%d", c.n)
-	var ifindex int
-	must(c.t, c.node.Do(func(ns.NetNS) error {
-		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host}, PeerName: host + "p"}); err != nil {
-			return err
-		}
-		l, err := netlink.LinkByName(host)
-		if err != nil {
-			return err
-		}
-		ifindex = l.Attrs().Index
-		return netlink.LinkSetUp(l)
-	}))
+	ifindex := podnettest.AddVeth(c.t, c.node, host, host+"p")
 	ep := endpointapi.Endpoint{ContainerID: "c-" + name, PodNamespace: namespace, PodName: name, HostIfName: host,
 		HostIfIndex: ifindex, PodIfName: "eth0", IP: netip.MustParseAddr(ip)}
 	return c.node.Do(func(ns.NetNS) error { return c.e.Attach(context.Background(), ep) })

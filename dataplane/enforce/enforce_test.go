@@ -5,18 +5,15 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -26,8 +23,8 @@ import (
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/identity"
 	"github.com/flatnet/flatnet/dataplane/ipv4"
+	"github.com/flatnet/flatnet/dataplane/podnet/podnettest"
 	"github.com/flatnet/flatnet/dataplane/policy"
-	"github.com/flatnet/flatnet/internal/testenv"
 )
 
 func must(t *testing.T, err error) {
@@ -72,29 +69,12 @@ spec:
 // TestEnforcerLifecycle drives the Enforcer as the agent does, against the real
 // datapath in a private bpffs and a test netns with a veth "pod".
 func TestEnforcerLifecycle(t *testing.T) {
-	testenv.RequireRoot(t)
 	ctx := context.Background()
-	mnt := t.TempDir()
-	must(t, unix.Mount("bpf", mnt, "bpf", 0, ""))
-	t.Cleanup(func() { _ = unix.Unmount(mnt, unix.MNT_DETACH) })
-	node, err := testutils.NewNS()
-	must(t, err)
-	t.Cleanup(func() { node.Close(); _ = testutils.UnmountNS(node) })
-	var ifindex int
-	must(t, node.Do(func(ns.NetNS) error {
-		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "fnserver"}, PeerName: "eth0peer"}); err != nil {
-			return err
-		}
-		l, err := netlink.LinkByName("fnserver")
-		if err != nil {
-			return err
-		}
-		ifindex = l.Attrs().Index
-		return netlink.LinkSetUp(l)
-	}))
+	pin, node := newTestNode(t)
+	ifindex := podnettest.AddVeth(t, node, "fnserver", "eth0peer")
 
 	// A previous agent left entries for a pod and a CIDR rule that are gone now.
-	prev, err := bpf.Load(ctx, filepath.Join(mnt, "flatnet"))
+	prev, err := bpf.Load(ctx, pin)
 	must(t, err)
 	stalePod, staleCIDR := netip.MustParseAddr("10.224.3.3"), ipv4.MustParsePrefix("192.168.0.0/16")
 	must(t, prev.UpsertIPIdentity(ctx, stalePod, 300))
@@ -102,7 +82,7 @@ func TestEnforcerLifecycle(t *testing.T) {
 	must(t, prev.Close())
 
 	svc := ipv4.MustParsePrefix("10.96.0.0/16")
-	e, err := New(ctx, Config{NodeName: "n1", PinDir: filepath.Join(mnt, "flatnet"), ServiceCIDRs: []ipv4.Prefix{svc}}, slog.New(slog.DiscardHandler))
+	e, err := New(ctx, Config{NodeName: "n1", PinDir: pin, ServiceCIDRs: []ipv4.Prefix{svc}}, slog.New(slog.DiscardHandler))
 	must(t, err)
 	defer e.Close()
 	ep := endpointapi.Endpoint{ContainerID: "c1", PodNamespace: "default", PodName: "server", HostIfName: "fnserver",
@@ -202,18 +182,7 @@ func TestEnforcerLifecycle(t *testing.T) {
 	// is attached before the kubelet deletes the old one. The old DEL must leave the
 	// new attachment in place.
 	must(t, e.UpsertCiliumPolicy(ctx, cnp(t, denyAll)))
-	var ifindex2 int
-	must(t, node.Do(func(ns.NetNS) error {
-		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "fnserver2"}, PeerName: "eth0peer2"}); err != nil {
-			return err
-		}
-		l, err := netlink.LinkByName("fnserver2")
-		if err != nil {
-			return err
-		}
-		ifindex2 = l.Attrs().Index
-		return netlink.LinkSetUp(l)
-	}))
+	ifindex2 := podnettest.AddVeth(t, node, "fnserver2", "eth0peer2")
 	ep2 := ep
 	ep2.ContainerID, ep2.HostIfName, ep2.HostIfIndex = "c2", "fnserver2", ifindex2
 	must(t, node.Do(func(ns.NetNS) error { return e.Attach(ctx, ep2) }))
@@ -243,15 +212,8 @@ func TestEnforcerLifecycle(t *testing.T) {
 // externalIP that is a node's keeps the node's identity, and a changed or deleted
 // Service's addresses go, also those a previous agent left behind.
 func TestEnforcerServiceAddresses(t *testing.T) {
-	testenv.RequireRoot(t)
 	ctx := context.Background()
-	mnt := t.TempDir()
-	must(t, unix.Mount("bpf", mnt, "bpf", 0, ""))
-	t.Cleanup(func() { _ = unix.Unmount(mnt, unix.MNT_DETACH) })
-	node, err := testutils.NewNS()
-	must(t, err)
-	t.Cleanup(func() { node.Close(); _ = testutils.UnmountNS(node) })
-	pin := filepath.Join(mnt, "flatnet")
+	pin, node := newTestNode(t)
 
 	// A previous agent marked the externalIP of a Service deleted since.
 	prev, err := bpf.Load(ctx, pin)
@@ -313,30 +275,10 @@ func TestEnforcerServiceAddresses(t *testing.T) {
 // When the next pod, b, gets a's address, b must run with b's identity and
 // policy, and a's entries must go: nothing of a may answer for that address.
 func TestStaleEndpointGivesWayToTheNextPodOnItsAddress(t *testing.T) {
-	testenv.RequireRoot(t)
 	ctx := context.Background()
-	mnt := t.TempDir()
-	must(t, unix.Mount("bpf", mnt, "bpf", 0, ""))
-	t.Cleanup(func() { _ = unix.Unmount(mnt, unix.MNT_DETACH) })
-	node, err := testutils.NewNS()
-	must(t, err)
-	t.Cleanup(func() { node.Close(); _ = testutils.UnmountNS(node) })
-	veth := func(name string) int {
-		var idx int
-		must(t, node.Do(func(ns.NetNS) error {
-			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"}); err != nil {
-				return err
-			}
-			l, err := netlink.LinkByName(name)
-			if err != nil {
-				return err
-			}
-			idx = l.Attrs().Index
-			return netlink.LinkSetUp(l)
-		}))
-		return idx
-	}
-	e, err := New(ctx, Config{NodeName: "n1", PinDir: filepath.Join(mnt, "flatnet")}, slog.New(slog.DiscardHandler))
+	pin, node := newTestNode(t)
+	veth := func(name string) int { return podnettest.AddVeth(t, node, name, name+"p") }
+	e, err := New(ctx, Config{NodeName: "n1", PinDir: pin}, slog.New(slog.DiscardHandler))
 	must(t, err)
 	defer e.Close()
 	must(t, e.UpsertNamespace(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}}))

@@ -3,11 +3,8 @@ package flows_test
 import (
 	"context"
 	"encoding/binary"
-	"io"
-	"log/slog"
 	"net"
 	"net/netip"
-	"path/filepath"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -15,19 +12,12 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"sigs.k8s.io/yaml"
 
 	"github.com/flatnet/flatnet/dataplane/bpf"
-	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/flows"
-	"github.com/flatnet/flatnet/internal/testenv"
 )
 
 // BenchmarkFlowEventFlood measures how many flow events per second one agent takes in
@@ -141,64 +131,13 @@ spec:
   - {}
 `
 
-// newFloodNode builds a node netns with a server and a client pod under default deny
-// both ways, the real enforcer and the agent's flow pipeline reading its events.
+// newFloodNode builds a policyNode with both pods under default deny both ways, and
+// the agent's flow pipeline reading its events.
 func newFloodNode(b *testing.B) *floodNode {
-	testenv.RequireRoot(b)
 	ctx := context.Background()
-	node, err := testutils.NewNS()
-	must(b, err)
-	b.Cleanup(func() { node.Close(); _ = testutils.UnmountNS(node) })
-	nodeIP := netip.MustParseAddr("10.224.0.2")
-	serverIP, clientIP := netip.MustParseAddr("10.224.0.40"), netip.MustParseAddr("10.224.0.41")
-	must(b, node.Do(func(ns.NetNS) error {
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		if err := netlink.LinkSetUp(lo); err != nil {
-			return err
-		}
-		return netlink.AddrAdd(lo, &netlink.Addr{IPNet: ipNet(nodeIP)})
-	}))
-	bpffs := b.TempDir()
-	must(b, unix.Mount("bpf", bpffs, "bpf", 0, ""))
-	b.Cleanup(func() { _ = unix.Unmount(bpffs, unix.MNT_DETACH) })
-	_, serverIf := wirePod(b, node, "fsrv", serverIP)
-	clientNS, clientIf := wirePod(b, node, "fcli", clientIP)
-
-	f := &floodNode{}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	must(b, node.Do(func(ns.NetNS) error {
-		f.enf, err = enforce.New(ctx, enforce.Config{NodeName: "self", PinDir: filepath.Join(bpffs, "flatnet")}, log)
-		return err
-	}))
-	b.Cleanup(func() { f.enf.Close() })
-	must(b, f.enf.UpsertNamespace(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default",
-		Labels: map[string]string{"kubernetes.io/metadata.name": "default"}}}))
-	must(b, f.enf.UpsertNode(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "self"},
-		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: nodeIP.String()}}}}))
-	must(b, f.enf.UpsertPod(ctx, corePod("server", serverIP.String(), map[string]string{"app": "server"})))
-	must(b, f.enf.UpsertPod(ctx, corePod("client", clientIP.String(), map[string]string{"app": "client"})))
-	js, err := yaml.YAMLToJSON([]byte(floodDefaultDeny))
-	must(b, err)
-	u := &unstructured.Unstructured{}
-	must(b, u.UnmarshalJSON(js))
-	must(b, f.enf.UpsertCiliumPolicy(ctx, u))
-	must(b, node.Do(func(ns.NetNS) error {
-		if err := f.enf.Synced(ctx); err != nil {
-			return err
-		}
-		for _, ep := range []endpointapi.Endpoint{
-			{ContainerID: "c-server", PodNamespace: "default", PodName: "server", HostIfName: "fsrv", HostIfIndex: serverIf, IP: serverIP},
-			{ContainerID: "c-client", PodNamespace: "default", PodName: "client", HostIfName: "fcli", HostIfIndex: clientIf, IP: clientIP},
-		} {
-			if err := f.enf.Attach(ctx, ep); err != nil {
-				return err
-			}
-		}
-		return nil
-	}))
+	pn := newPolicyNode(ctx, b, floodDefaultDeny)
+	node, clientNS, serverIP, clientIP := pn.node, pn.clientNS, pn.serverIP, pn.clientIP
+	f := &floodNode{enf: pn.enf}
 
 	// The agent's pipeline, counting what it takes in.
 	rd, err := f.enf.Datapath().NewFlowReader()

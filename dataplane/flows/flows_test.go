@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -133,7 +134,7 @@ spec:
 			t.Errorf("%s = %v, want %v", strings.Join(c.path, "."), got, c.want)
 		}
 	}
-	if labels := get(t, v, "flow", "destination", "labels").([]any); !containsAny(labels, "k8s:app=server") || !containsAny(labels, "k8s:io.kubernetes.pod.namespace=default") {
+	if labels := get(t, v, "flow", "destination", "labels").([]any); !slices.Contains(labels, "k8s:app=server") || !slices.Contains(labels, "k8s:io.kubernetes.pod.namespace=default") {
 		t.Errorf("destination labels %v: want k8s:app=server and k8s:io.kubernetes.pod.namespace=default", labels)
 	}
 	if _, err := time.Parse(time.RFC3339Nano, get(t, v, "flow", "time").(string)); err != nil {
@@ -197,15 +198,6 @@ spec:
 	if len(f.EgressAllowedBy) != 1 || f.EgressAllowedBy[0].Name != "to-world" || f.EgressDeniedBy != nil {
 		t.Errorf("egress_allowed_by %v denied_by %v: want [to-world] and none", f.EgressAllowedBy, f.EgressDeniedBy)
 	}
-}
-
-func containsAny(l []any, s string) bool {
-	for _, x := range l {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func resp(verdict, dir, srcNS, srcPod, dstNS, dstPod string, srcLabels []string, proto string, sport, dport uint16, at time.Time) *Response {

@@ -5,34 +5,24 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"os"
-	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"sigs.k8s.io/yaml"
 
 	"github.com/flatnet/flatnet/dataplane/agent"
-	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/flows"
 	"github.com/flatnet/flatnet/dataplane/metrics"
-	"github.com/flatnet/flatnet/internal/testenv"
 )
 
 const seedDefaultDeny = `
@@ -47,140 +37,17 @@ spec:
   - {}
 `
 
-var gateway = net.IPv4(169, 254, 1, 1)
-
 var must, dump = flows.Must, flows.Dump
-
-func ipNet(a netip.Addr) *net.IPNet {
-	return &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(32, 32)}
-}
-
-// wirePod makes a pod netns with flatnet's node-subnet wiring (host /32 route and
-// proxy ARP on the host veth, 169.254.1.1 as the pod's gateway) and returns it with
-// the host veth's ifindex in the node netns.
-func wirePod(t testing.TB, node ns.NetNS, hostIf string, ip netip.Addr) (ns.NetNS, int) {
-	pod, err := testutils.NewNS()
-	must(t, err)
-	t.Cleanup(func() { pod.Close(); _ = testutils.UnmountNS(pod) })
-	var ifindex int
-	var hostMAC net.HardwareAddr
-	must(t, node.Do(func(ns.NetNS) error {
-		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostIf}, PeerName: "eth0",
-			PeerNamespace: netlink.NsFd(int(pod.Fd()))}); err != nil {
-			return fmt.Errorf("veth %s: %w", hostIf, err)
-		}
-		l, err := netlink.LinkByName(hostIf)
-		if err != nil {
-			return err
-		}
-		ifindex, hostMAC = l.Attrs().Index, l.Attrs().HardwareAddr
-		if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+hostIf+"/proxy_arp", []byte("1"), 0o644); err != nil {
-			return err
-		}
-		if err := netlink.LinkSetUp(l); err != nil {
-			return err
-		}
-		return netlink.RouteAdd(&netlink.Route{LinkIndex: ifindex, Dst: ipNet(ip), Scope: netlink.SCOPE_LINK})
-	}))
-	must(t, pod.Do(func(ns.NetNS) error {
-		lo, _ := netlink.LinkByName("lo")
-		_ = netlink.LinkSetUp(lo)
-		eth, err := netlink.LinkByName("eth0")
-		if err != nil {
-			return err
-		}
-		if err := netlink.AddrAdd(eth, &netlink.Addr{IPNet: ipNet(ip)}); err != nil {
-			return err
-		}
-		if err := netlink.LinkSetUp(eth); err != nil {
-			return err
-		}
-		gw := netip.AddrFrom4([4]byte{169, 254, 1, 1})
-		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Dst: ipNet(gw), Scope: netlink.SCOPE_LINK}); err != nil {
-			return err
-		}
-		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: gateway}); err != nil {
-			return err
-		}
-		return netlink.NeighAdd(&netlink.Neigh{LinkIndex: eth.Attrs().Index, IP: gateway, HardwareAddr: hostMAC,
-			State: netlink.NUD_PERMANENT, Family: netlink.FAMILY_V4})
-	}))
-	return pod, ifindex
-}
-
-func corePod(name, ip string, labels map[string]string) *corev1.Pod {
-	return &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name, Labels: labels},
-		Spec:       corev1.PodSpec{NodeName: "self", ServiceAccountName: "default"},
-		Status:     corev1.PodStatus{PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}}},
-	}
-}
 
 // TestDeniedSYNIsOneDroppedFlowNamingThePolicy runs the seed scenario on a netns
 // "node" through the real enforcer and datapath: a client's SYN to a server under
 // the seed's default-deny CNP must become exactly one DROPPED flow, enriched with
 // both pods and naming default-deny in ingress_denied_by.
 func TestDeniedSYNIsOneDroppedFlowNamingThePolicy(t *testing.T) {
-	testenv.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	node, err := testutils.NewNS()
-	must(t, err)
-	t.Cleanup(func() { node.Close(); _ = testutils.UnmountNS(node) })
-	nodeIP := netip.MustParseAddr("10.224.0.2")
-	serverIP, clientIP := netip.MustParseAddr("10.224.0.40"), netip.MustParseAddr("10.224.0.41")
-	must(t, node.Do(func(ns.NetNS) error {
-		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
-			return err
-		}
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		if err := netlink.LinkSetUp(lo); err != nil {
-			return err
-		}
-		return netlink.AddrAdd(lo, &netlink.Addr{IPNet: ipNet(nodeIP)})
-	}))
-	bpffs := t.TempDir()
-	must(t, unix.Mount("bpf", bpffs, "bpf", 0, ""))
-	t.Cleanup(func() { _ = unix.Unmount(bpffs, unix.MNT_DETACH) })
-
-	_, serverIf := wirePod(t, node, "fsrv", serverIP)
-	clientNS, clientIf := wirePod(t, node, "fcli", clientIP)
-
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	var enf *enforce.Enforcer
-	must(t, node.Do(func(ns.NetNS) error {
-		enf, err = enforce.New(ctx, enforce.Config{NodeName: "self", PinDir: filepath.Join(bpffs, "flatnet")}, log)
-		return err
-	}))
-	t.Cleanup(func() { enf.Close() })
-	must(t, enf.UpsertNamespace(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default",
-		Labels: map[string]string{"kubernetes.io/metadata.name": "default"}}}))
-	must(t, enf.UpsertNode(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "self"},
-		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: nodeIP.String()}}}}))
-	must(t, enf.UpsertPod(ctx, corePod("server", serverIP.String(), map[string]string{"app": "server"})))
-	must(t, enf.UpsertPod(ctx, corePod("client", clientIP.String(), map[string]string{"app": "client"})))
-	js, err := yaml.YAMLToJSON([]byte(seedDefaultDeny))
-	must(t, err)
-	u := &unstructured.Unstructured{}
-	must(t, u.UnmarshalJSON(js))
-	must(t, enf.UpsertCiliumPolicy(ctx, u))
-	must(t, node.Do(func(ns.NetNS) error {
-		if err := enf.Synced(ctx); err != nil {
-			return err
-		}
-		for _, ep := range []endpointapi.Endpoint{
-			{ContainerID: "c-server", PodNamespace: "default", PodName: "server", HostIfName: "fsrv", HostIfIndex: serverIf, IP: serverIP},
-			{ContainerID: "c-client", PodNamespace: "default", PodName: "client", HostIfName: "fcli", HostIfIndex: clientIf, IP: clientIP},
-		} {
-			if err := enf.Attach(ctx, ep); err != nil {
-				return err
-			}
-		}
-		return nil
-	}))
+	pn := newPolicyNode(ctx, t, seedDefaultDeny)
+	enf, clientNS, serverIP, clientIP := pn.enf, pn.clientNS, pn.serverIP, pn.clientIP
 
 	rd, err := enf.Datapath().NewFlowReader()
 	must(t, err)
@@ -247,7 +114,7 @@ func TestDeniedSYNIsOneDroppedFlowNamingThePolicy(t *testing.T) {
 		f.IngressDeniedBy[0].Namespace != "default" || f.IngressDeniedBy[0].Kind != "CiliumNetworkPolicy":
 		t.Errorf("flow %s: want ingress_denied_by = [CiliumNetworkPolicy default/default-deny]", dump(dropped))
 	}
-	if !contains(f.Destination.Labels, "k8s:app=server") || !contains(f.Source.Labels, "k8s:app=client") {
+	if !slices.Contains(f.Destination.Labels, "k8s:app=server") || !slices.Contains(f.Source.Labels, "k8s:app=client") {
 		t.Errorf("labels %v / %v: want k8s:app=client / k8s:app=server", f.Source.Labels, f.Destination.Labels)
 	}
 	if d := time.Since(f.Time); d < 0 || d > 10*time.Second {
@@ -260,15 +127,6 @@ func TestDeniedSYNIsOneDroppedFlowNamingThePolicy(t *testing.T) {
 	if len(fwd) == 0 || fwd[0].Flow.TrafficDirection != flows.Egress || len(fwd[0].Flow.EgressAllowedBy) != 0 {
 		t.Errorf("forwarded flows %s: want the client's egress SYN, allowed by no policy", dump(fwd))
 	}
-}
-
-func contains(l []string, s string) bool {
-	for _, x := range l {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // checkMetrics scrapes the collector over the real datapath maps: the one denied SYN

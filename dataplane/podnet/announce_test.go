@@ -22,7 +22,7 @@ func TestSetupAnnouncesThePodAddress(t *testing.T) {
 	n := newNode(t, "10.224.0.2/16")
 	peer := podnettest.NewNS(t) // another node on the segment, holding stale entries
 	var uplinkMAC net.HardwareAddr
-	n.do(func() error {
+	n.Do(func() error {
 		up, err := netlink.LinkByName("eth0")
 		if err != nil {
 			return err

@@ -90,6 +90,32 @@ func FindUplink(name string, subnet netip.Prefix) (*Uplink, error) {
 	return u, nil
 }
 
+// UplinkName picks the uplink the agent hands the plugin: the named interface
+// (checked to exist), else the one holding the node's address nodeIP. The
+// errors name the agent's --uplink flag, the way to override the choice.
+func UplinkName(name string, nodeIP netip.Addr) (string, error) {
+	if name != "" {
+		if _, err := netlinksafe.LinkByName(name); err != nil {
+			return "", fmt.Errorf("uplink %q: %w; pass --uplink with the node's interface on the node subnet", name, err)
+		}
+		return name, nil
+	}
+	addrs, err := netlinksafe.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return "", fmt.Errorf("list node addresses: %w", err)
+	}
+	for _, ad := range addrs {
+		if ip, ok := netip.AddrFromSlice(ad.IP.To4()); ok && ip == nodeIP {
+			l, err := netlink.LinkByIndex(ad.LinkIndex)
+			if err != nil {
+				return "", fmt.Errorf("look up the interface of %s: %w", nodeIP, err)
+			}
+			return l.Attrs().Name, nil
+		}
+	}
+	return "", fmt.Errorf("no interface holds the node's InternalIP %s; is the agent in the host network namespace (hostNetwork: true)? else pass --uplink", nodeIP)
+}
+
 // HostNet is addr as a /32, the prefix a pod holds.
 func HostNet(addr netip.Addr) *net.IPNet {
 	return &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(32, 32)}

@@ -31,7 +31,7 @@ func TestSetupCheckTeardown(t *testing.T) {
 
 	// Pod side, read back from the kernel.
 	var hostMAC net.HardwareAddr
-	n.do(func() error {
+	n.Do(func() error {
 		l, err := netlink.LinkByName(hostVeth)
 		if err != nil {
 			return err
@@ -75,7 +75,7 @@ func TestSetupCheckTeardown(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	n.do(func() error {
+	n.Do(func() error {
 		b, err := os.ReadFile("/proc/sys/net/ipv6/conf/" + hostVeth + "/disable_ipv6")
 		if err != nil || strings.TrimSpace(string(b)) != "1" {
 			return fmt.Errorf("host veth disable_ipv6 = %q (%v), want 1", b, err)
@@ -88,7 +88,7 @@ func TestSetupCheckTeardown(t *testing.T) {
 	if !slices.Equal(s.Veths, []string{hostVeth}) || !slices.Equal(s.Routes, []string{ip.String() + "/32"}) || !slices.Equal(s.Proxies, []netip.Addr{ip}) {
 		t.Fatalf("host state %+v, want veth %s with route %s/32 and a proxy entry for it on eth0", s, hostVeth, ip)
 	}
-	n.do(func() error {
+	n.Do(func() error {
 		for file, want := range map[string]string{
 			"/proc/sys/net/ipv4/ip_forward":                      "1",
 			"/proc/sys/net/ipv4/neigh/eth0/proxy_delay":          "0",
@@ -104,14 +104,14 @@ func TestSetupCheckTeardown(t *testing.T) {
 
 	up := n.uplink()
 	check := func() (err error) {
-		n.do(func() error { err = podnet.Check(pod, "c1", "eth0", ip, up); return nil })
+		n.Do(func() error { err = podnet.Check(pod, "c1", "eth0", ip, up); return nil })
 		return err
 	}
 	if err := check(); err != nil {
 		t.Fatalf("Check of a healthy attachment: %v", err)
 	}
 	// Check notices when other nodes can no longer reach the pod.
-	n.do(func() error {
+	n.Do(func() error {
 		return netlink.NeighDel(&netlink.Neigh{LinkIndex: up.Link.Attrs().Index, Family: unix.AF_INET, Flags: netlink.NTF_PROXY, IP: ip.AsSlice()})
 	})
 	if err := check(); err == nil || !strings.Contains(err.Error(), "proxy neighbour") {
@@ -120,7 +120,7 @@ func TestSetupCheckTeardown(t *testing.T) {
 
 	// Teardown never enters the pod: removing the host veth takes the pod end.
 	for i := range 2 {
-		n.do(func() error { return podnet.Teardown("c1", "eth0", ip, "eth0") })
+		n.Do(func() error { return podnet.Teardown("c1", "eth0", ip, "eth0") })
 		if s := n.state(); len(s.Veths)+len(s.Proxies)+len(s.Routes) > 0 {
 			t.Errorf("after Teardown %d: node still has flatnet plumbing: %+v", i+1, s)
 		}

@@ -20,11 +20,11 @@ import (
 // directly: no routes on the other node, no encapsulation, only proxy ARP.
 func TestCrossNodeTraffic(t *testing.T) {
 	a, b := newBareNode(t, "10.224.0.2/16"), newBareNode(t, "10.224.0.3/16")
-	a.do(func() error {
-		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(b.ns.Fd()))})
+	a.Do(func() error {
+		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(b.NS.Fd()))})
 	})
-	a.do(func() error { return podnettest.AddrUp("eth0", a.ip) })
-	b.do(func() error { return podnettest.AddrUp("eth0", b.ip) })
+	a.Do(func() error { return podnettest.AddrUp("eth0", a.IP) })
+	b.Do(func() error { return podnettest.AddrUp("eth0", b.IP) })
 
 	podA, podA2, podB := podnettest.NewNS(t), podnettest.NewNS(t), podnettest.NewNS(t)
 	ipA, ipA2, ipB := netip.MustParseAddr("10.224.0.32"), netip.MustParseAddr("10.224.0.33"), netip.MustParseAddr("10.224.0.62")
@@ -40,8 +40,8 @@ func TestCrossNodeTraffic(t *testing.T) {
 		{"pod A -> pod B (other node)", podA, podB, ipB},
 		{"pod B -> pod A (other node)", podB, podA, ipA},
 		{"pod A -> pod A2 (same node)", podA, podA2, ipA2},
-		{"node B -> pod A", b.ns, podA, ipA},
-		{"pod A -> node B", podA, b.ns, b.ip.Addr()},
+		{"node B -> pod A", b.NS, podA, ipA},
+		{"pod A -> node B", podA, b.NS, b.IP.Addr()},
 	} {
 		if err := tcpEcho(c.from, c.to, c.dst); err != nil {
 			t.Errorf("%s: %v", c.name, err)
@@ -50,8 +50,8 @@ func TestCrossNodeTraffic(t *testing.T) {
 	// Node B learnt pod A's address by ARP on its uplink, answered by node A:
 	// the neighbour entry carries node A's uplink MAC, and node B has no route for it.
 	var macA string
-	a.do(func() error { l, err := netlink.LinkByName("eth0"); macA = l.Attrs().HardwareAddr.String(); return err })
-	b.do(func() error {
+	a.Do(func() error { l, err := netlink.LinkByName("eth0"); macA = l.Attrs().HardwareAddr.String(); return err })
+	b.Do(func() error {
 		up, _ := netlink.LinkByName("eth0")
 		neighs, _ := netlink.NeighList(up.Attrs().Index, unix.AF_INET)
 		if !slices.ContainsFunc(neighs, func(nb netlink.Neigh) bool { return nb.IP.String() == ipA.String() && nb.HardwareAddr.String() == macA }) {

@@ -4,6 +4,8 @@ package testenv
 import (
 	"os"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // RequireRoot skips t when the process is not root, unless FLATNET_REQUIRE_PRIVILEGED
@@ -18,4 +20,17 @@ func RequireRoot(t testing.TB) {
 		t.Fatalf("this test needs root (netns, veth, BPF); FLATNET_REQUIRE_PRIVILEGED is set, so it may not be skipped")
 	}
 	t.Skip("needs root (netns, veth, BPF); run as root or via `make test`")
+}
+
+// BPFFS mounts a bpffs of the test's own on a temporary directory, unmounted
+// when t ends, and returns the directory: what the test pins there meets no
+// other test's maps nor the host's.
+func BPFFS(t testing.TB) string {
+	t.Helper()
+	mnt := t.TempDir()
+	if err := unix.Mount("bpf", mnt, "bpf", 0, ""); err != nil {
+		t.Fatalf("mount bpffs on %s: %v", mnt, err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(mnt, unix.MNT_DETACH) })
+	return mnt
 }

@@ -2,10 +2,10 @@ package main
 
 import (
 	"context"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -27,6 +27,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
+	"github.com/flatnet/flatnet/dataplane/podnet/podnettest"
 	"github.com/flatnet/flatnet/internal/apiservertest"
 	"github.com/flatnet/flatnet/internal/testenv"
 )
@@ -156,24 +157,7 @@ func isolate(t *testing.T) {
 	if err := netlink.LinkSetUp(lo); err != nil {
 		t.Fatal(err)
 	}
-	// A veth pair stands in for the node's uplink (the kernel may lack dummy links).
-	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "bridge0"}); err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range []string{"eth0", "bridge0"} {
-		l, err := netlink.LinkByName(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := netlink.LinkSetUp(l); err != nil {
-			t.Fatal(err)
-		}
-	}
-	eth0, err := netlink.LinkByName("eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := netlink.AddrAdd(eth0, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(10, 224, 0, 2), Mask: net.CIDRMask(16, 32)}}); err != nil {
+	if err := podnettest.AddUplink(netip.MustParsePrefix("10.224.0.2/16")); err != nil {
 		t.Fatal(err)
 	}
 }

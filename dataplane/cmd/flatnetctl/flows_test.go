@@ -93,6 +93,28 @@ func agentAPI(t *testing.T, h http.Handler) string {
 	return l.Addr().String()
 }
 
+// agentA serves h as the loopback API of the agent pod agent-a, which flatnetctl
+// reaches through a fake API server's pods/portforward; it returns the agents
+// to reach it with and the API's port.
+func agentA(t *testing.T, h http.Handler) (agents, string) {
+	api := agentAPI(t, h)
+	_, port, _ := net.SplitHostPort(api)
+	portN, _ := strconv.Atoi(port)
+	apiserver := fakeAPIServer(t, "flatnet-system", fakeKubelet{t: t, ports: map[string]string{"agent-a:" + port: api}})
+	rc := &rest.Config{Host: apiserver.URL}
+	kube, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return agents{kube: kube, rest: rc, namespace: "flatnet-system", port: portN}, port
+}
+
+// running is the running agent pod name on node.
+func running(name, node string) corev1.Pod {
+	return corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "flatnet-system", Name: name},
+		Spec: corev1.PodSpec{NodeName: node}, Status: corev1.PodStatus{Phase: corev1.PodRunning}}
+}
+
 // flatnetctl reaches agents through pods/portforward to their loopback API: the
 // agent on node-a streams two flows, the one on node-b does not listen (as a
 // crashed agent); flows must print node-a's flows in time order and name
@@ -113,23 +135,10 @@ func TestGatherShowsTheOtherNodesWhenOneAgentIsDown(t *testing.T) {
 	add(3, t0.Add(-time.Hour)) // before --since
 	var gotQuery string
 	h := flows.Handler(store)
-	api := agentAPI(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	ag, port := agentA(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		gotQuery = r.URL.RawQuery
 		h.ServeHTTP(w, r)
 	}))
-	_, port, _ := net.SplitHostPort(api)
-	portN, _ := strconv.Atoi(port)
-	apiserver := fakeAPIServer(t, "flatnet-system", fakeKubelet{t: t, ports: map[string]string{"agent-a:" + port: api}})
-	rc := &rest.Config{Host: apiserver.URL}
-	kube, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ag := agents{kube: kube, rest: rc, namespace: "flatnet-system", port: portN}
-	running := func(name, node string) corev1.Pod {
-		return corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "flatnet-system", Name: name},
-			Spec: corev1.PodSpec{NodeName: node}, Status: corev1.PodStatus{Phase: corev1.PodRunning}}
-	}
 	pending := running("agent-c", "node-c")
 	pending.Status.Phase = corev1.PodPending
 	f, err := flows.ParseFilter("default", "", nil, "DROPPED", "", "", t0.Add(-time.Minute).Format(time.RFC3339), t0)
@@ -159,21 +168,10 @@ func TestGatherShowsTheOtherNodesWhenOneAgentIsDown(t *testing.T) {
 
 // An agent's refusal (a limit, bad input) reaches the user in its own words.
 func TestAgentErrorAnswerIsShown(t *testing.T) {
-	api := agentAPI(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	ag, _ := agentA(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "too many followers (flows --follow) on this agent (limit 16): try again shortly", http.StatusTooManyRequests)
 	}))
-	_, port, _ := net.SplitHostPort(api)
-	portN, _ := strconv.Atoi(port)
-	apiserver := fakeAPIServer(t, "flatnet-system", fakeKubelet{t: t, ports: map[string]string{"agent-a:" + port: api}})
-	rc := &rest.Config{Host: apiserver.URL}
-	kube, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ag := agents{kube: kube, rest: rc, namespace: "flatnet-system", port: portN}
-	pod := corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "flatnet-system", Name: "agent-a"},
-		Spec: corev1.PodSpec{NodeName: "node-a"}, Status: corev1.PodStatus{Phase: corev1.PodRunning}}
-	_, err = ag.get(context.Background(), pod, flows.FlowsPath, nil)
+	_, err := ag.get(context.Background(), running("agent-a", "node-a"), flows.FlowsPath, nil)
 	if err == nil || !strings.Contains(err.Error(), "429") || !strings.Contains(err.Error(), "limit 16") || !strings.Contains(err.Error(), "node-a") {
 		t.Errorf("error %v: want the agent's 429 and its message, naming the node", err)
 	}

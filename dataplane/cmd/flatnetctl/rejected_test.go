@@ -13,7 +13,6 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/policy"
@@ -41,10 +40,6 @@ func TestRejectedPrintsEveryNodesRejections(t *testing.T) {
 			var d net.Dialer
 			return d.DialContext(ctx, "tcp", agentA.Listener.Addr().String())
 		}}
-	running := func(name, node string) corev1.Pod {
-		return corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "flatnet-system", Name: name},
-			Spec: corev1.PodSpec{NodeName: node}, Status: corev1.PodStatus{Phase: corev1.PodRunning}}
-	}
 	var errw, out bytes.Buffer
 	got, failed := gatherRejected(context.Background(), ag, []corev1.Pod{running("agent-a", "node-a"), running("agent-b", "node-b")}, &errw)
 	if failed != 1 || !strings.Contains(errw.String(), "node node-b") {

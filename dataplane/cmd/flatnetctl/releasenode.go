@@ -8,8 +8,6 @@ import (
 	"github.com/spf13/cobra"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/flatnet/flatnet/dataplane/ipam/cluster"
 )
@@ -24,15 +22,7 @@ func releaseNodeCommand() *cobra.Command {
 		Short: "delete the IPBlocks of a node that is gone for good",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			rc, _, err := restConfig(cmd)
-			if err != nil {
-				return err
-			}
-			kube, err := kubernetes.NewForConfig(rc)
-			if err != nil {
-				return err
-			}
-			dyn, err := dynamic.NewForConfig(rc)
+			kube, dyn, _, err := clusterClients(cmd)
 			if err != nil {
 				return err
 			}

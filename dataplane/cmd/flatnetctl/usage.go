@@ -14,8 +14,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/flatnet/flatnet/dataplane/ipam/cluster"
 )
@@ -47,15 +45,7 @@ namespace, name and node.`,
 					return fmt.Errorf("--gateway %q: not an IP address", gateway)
 				}
 			}
-			rc, name, err := restConfig(cmd)
-			if err != nil {
-				return err
-			}
-			kube, err := kubernetes.NewForConfig(rc)
-			if err != nil {
-				return err
-			}
-			dyn, err := dynamic.NewForConfig(rc)
+			kube, dyn, name, err := clusterClients(cmd)
 			if err != nil {
 				return err
 			}
@@ -77,26 +67,6 @@ namespace, name and node.`,
 	cmd.Flags().StringVar(&subnet, "subnet", "10.224.0.0/16", "the node subnet")
 	cmd.Flags().StringVar(&gateway, "gateway", "10.224.0.1", "the subnet's gateway (reserved)")
 	return cmd
-}
-
-// restConfig loads the kubeconfig named by the root flags and returns the
-// context's name (it names the cluster in usage IDs).
-func restConfig(cmd *cobra.Command) (*rest.Config, string, error) {
-	kc, _ := cmd.Flags().GetString("kubeconfig")
-	kctx, _ := cmd.Flags().GetString("context")
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = kc
-	loader := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: kctx})
-	rc, err := loader.ClientConfig()
-	if err != nil {
-		return nil, "", fmt.Errorf("load kubeconfig: %w", err)
-	}
-	name := kctx
-	if name == "" {
-		raw, _ := loader.RawConfig()
-		name = raw.CurrentContext
-	}
-	return rc, name, nil
 }
 
 func report(ctx context.Context, kube kubernetes.Interface, dyn dynamic.Interface, subnet netip.Prefix, gw netip.Addr) (cluster.SubnetReport, error) {

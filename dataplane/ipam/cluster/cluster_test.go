@@ -147,22 +147,7 @@ func TestConcurrentNodesNeverOverlap(t *testing.T) {
 		wg.Go(func() { got[i], _, errs[i] = c.EnsureNodeBlock(ctx, kindLayout, fmt.Sprintf("node-%d", i), nil) })
 	}
 	wg.Wait()
-	var blocks []ipam.Block
-	for i := range nodes {
-		if errs[i] != nil {
-			t.Fatalf("node %d: %v", i, errs[i])
-		}
-		b, err := got[i].Block()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for j, o := range blocks {
-			if b.Overlaps(o) {
-				t.Fatalf("node-%d's block %s overlaps node-%d's %s", i, b, j, o)
-			}
-		}
-		blocks = append(blocks, b)
-	}
+	checkDisjoint(t, got, errs)
 	all, _ := c.List(ctx)
 	if len(all) != nodes {
 		t.Fatalf("%d IPBlocks for %d nodes", len(all), nodes)

@@ -4,8 +4,12 @@
 package podnettest
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -15,7 +19,41 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flatnet/flatnet/dataplane/podnet"
+	"github.com/flatnet/flatnet/internal/testenv"
 )
+
+// Node is a network namespace standing in for a kind node; podnet and the
+// plugin's processes run in it as on the node.
+type Node struct {
+	T  testing.TB
+	NS ns.NetNS
+	IP netip.Prefix // the node's address, on its uplink eth0
+}
+
+// NewBareNode makes a node with no uplink yet (the test wires it).
+func NewBareNode(t testing.TB, ip string) *Node {
+	t.Helper()
+	testenv.RequireRoot(t)
+	return &Node{T: t, NS: NewNS(t), IP: netip.MustParsePrefix(ip)}
+}
+
+// NewNode makes a node whose uplink eth0 holds ip (e.g. 10.224.0.2/16), as
+// AddUplink leaves it.
+func NewNode(t testing.TB, ip string) *Node {
+	t.Helper()
+	n := NewBareNode(t, ip)
+	n.Do(func() error { return AddUplink(n.IP) })
+	return n
+}
+
+// Do runs fn in the node's netns (processes fn starts inherit it, as
+// containerd's do on a kind node); an error fails the test.
+func (n *Node) Do(fn func() error) {
+	n.T.Helper()
+	if err := n.NS.Do(func(ns.NetNS) error { return fn() }); err != nil {
+		n.T.Fatalf("in node %s: %v", n.IP, err)
+	}
+}
 
 // NewNS creates a network namespace removed when the test ends.
 func NewNS(t testing.TB) ns.NetNS {
@@ -29,6 +67,79 @@ func NewNS(t testing.TB) ns.NetNS {
 		_ = testutils.UnmountNS(n)
 	})
 	return n
+}
+
+// plugins are the CNI plugins a flatnet node runs, by binary name.
+var plugins = map[string]string{
+	"flatnet":  "github.com/flatnet/flatnet/dataplane/cmd/flatnet-cni",
+	"loopback": "github.com/containernetworking/plugins/plugins/main/loopback",
+	"portmap":  "github.com/containernetworking/plugins/plugins/meta/portmap",
+}
+
+// MainWithPlugins runs a package's tests, as root (where they run the real
+// plugins) with the named plugins (flatnet, loopback, portmap) first built
+// into a temporary directory, which *dir is set to.
+func MainWithPlugins(m *testing.M, dir *string, names ...string) int {
+	if os.Geteuid() != 0 {
+		return m.Run()
+	}
+	d, err := os.MkdirTemp("", "flatnet-plugins-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(d)
+	for _, name := range names {
+		pkg, ok := plugins[name]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "no plugin %q\n", name)
+			return 1
+		}
+		if out, err := exec.Command("go", "build", "-o", filepath.Join(d, name), pkg).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, out)
+			return 1
+		}
+	}
+	*dir = d
+	return m.Run()
+}
+
+// AddUplink gives the current netns a kind node's uplink: a veth "eth0"
+// holding ip, up, its peer "bridge0" left in the netns, up, standing for the
+// docker bridge (a veth, as some kernels have no dummy driver).
+func AddUplink(ip netip.Prefix) error {
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "bridge0"}); err != nil {
+		return fmt.Errorf("add uplink veth eth0: %w", err)
+	}
+	br, err := netlink.LinkByName("bridge0")
+	if err != nil {
+		return err
+	}
+	if err := netlink.LinkSetUp(br); err != nil {
+		return fmt.Errorf("bring up bridge0: %w", err)
+	}
+	return AddrUp("eth0", ip)
+}
+
+// AddVeth adds the veth pair host/peer in netns, brings host up and returns
+// its ifindex: the host side of a pod, for tests attaching the datapath to it.
+func AddVeth(t testing.TB, netns ns.NetNS, host, peer string) int {
+	t.Helper()
+	var ifindex int
+	if err := netns.Do(func(ns.NetNS) error {
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host}, PeerName: peer}); err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName(host)
+		if err != nil {
+			return err
+		}
+		ifindex = l.Attrs().Index
+		return netlink.LinkSetUp(l)
+	}); err != nil {
+		t.Fatalf("add veth %s/%s in %s: %v", host, peer, netns.Path(), err)
+	}
+	return ifindex
 }
 
 // AddrUp puts p on the interface of the current netns and sets it up.
