@@ -31,7 +31,7 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/flatnet/flatnet/dataplane/cni/netconf"
+	"github.com/flatnet/flatnet/dataplane/cniconf"
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/ipam"
 	"github.com/flatnet/flatnet/dataplane/ipam/cluster"
@@ -262,10 +262,10 @@ func (a *Agent) setup(ctx context.Context) error {
 	if err := a.endpoints.Resync(ctx, linkExists); err != nil {
 		a.log.Warn("re-attach endpoints after restart", "err", err)
 	}
-	conf, err := netconf.Conflist(netconf.NetConf{
+	conf, err := cniconf.Conflist(cniconf.NetConf{
 		NodeName: a.cfg.NodeName, Uplink: a.uplink,
 		Subnet: a.cfg.Subnet.String(), Gateway: addrString(a.cfg.Gateway), DockerRange: prefixString(a.cfg.DockerRange),
-		Block: netconf.BlockConf{First: a.block.Spec.First, Size: a.block.Spec.Size}, MTU: a.cfg.MTU,
+		Block: cniconf.BlockConf{First: a.block.Spec.First, Size: a.block.Spec.Size}, MTU: a.cfg.MTU,
 		DataDir: a.allocDir(), AgentSocket: a.cfg.Socket,
 	})
 	if err != nil {

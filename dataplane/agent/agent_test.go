@@ -26,7 +26,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 
-	"github.com/flatnet/flatnet/dataplane/cni/netconf"
+	"github.com/flatnet/flatnet/dataplane/cniconf"
 	"github.com/flatnet/flatnet/dataplane/ipam/cluster"
 	"github.com/flatnet/flatnet/dataplane/ipam/nodealloc"
 	"github.com/flatnet/flatnet/dataplane/podnet"
@@ -95,7 +95,7 @@ func (tn *testNode) start() []byte {
 			t.Errorf("agent: %v", err)
 		}
 	})
-	path := filepath.Join(tn.cfg.CNIConfDir, netconf.ConflistFile)
+	path := filepath.Join(tn.cfg.CNIConfDir, cniconf.ConflistFile)
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		if b, err := os.ReadFile(path); err == nil {
 			return b
@@ -162,7 +162,7 @@ func TestAgentInstallsPluginServesEndpointsAndFreesLeaks(t *testing.T) {
 	if err != nil {
 		t.Fatalf("installed conflist: %v\n%s", err, raw)
 	}
-	var pc netconf.NetConf
+	var pc cniconf.NetConf
 	json.Unmarshal(list.Plugins[0].Bytes, &pc)
 	if pc.Block.First != blocks[0].Spec.First || pc.Block.Size != 30 || pc.Uplink != "eth0" || pc.AgentSocket != tn.cfg.Socket || len(list.Plugins) != 3 || list.Plugins[1].Network.Type != "portmap" || !list.Plugins[1].Network.Capabilities["portMappings"] || list.Plugins[2].Network.Type != "loopback" {
 		t.Fatalf("conflist plugin config %+v does not match block %+v / detected uplink eth0", pc, blocks[0].Spec)

@@ -7,11 +7,11 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/flatnet/flatnet/dataplane/cni/netconf"
+	"github.com/flatnet/flatnet/dataplane/cniconf"
 )
 
 // PluginBinaries are the CNI binaries the agent image ships and installs.
-var PluginBinaries = []string{netconf.PluginType, "portmap", "loopback"}
+var PluginBinaries = []string{cniconf.PluginType, "portmap", "loopback"}
 
 // InstallPlugins copies each binary of PluginBinaries from srcDir into
 // binDir. A binary is replaced by rename, never rewritten in place, so a
@@ -42,7 +42,7 @@ func InstallConflist(confDir string, conflist []byte) (changed bool, err error) 
 	if err := os.MkdirAll(confDir, 0o755); err != nil {
 		return false, fmt.Errorf("create CNI conf dir %s: %w", confDir, err)
 	}
-	path := filepath.Join(confDir, netconf.ConflistFile)
+	path := filepath.Join(confDir, cniconf.ConflistFile)
 	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, conflist) {
 		return false, nil
 	}

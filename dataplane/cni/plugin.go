@@ -3,7 +3,7 @@
 // veth whose host side routes for them and whose uplink answers ARP for them,
 // so pods on a flat L2 network reach each other with no overlay and no routes
 // on other nodes. The cmd/flatnet-cni binary is a thin skel wrapper around
-// the functions here, which tie together the configuration (cni/netconf), the
+// the functions here, which tie together the configuration (cniconf), the
 // node's allocator (ipam/nodealloc), the plumbing (podnet) and the agent
 // (endpointapi): the same plumbing the agent uses, so the agent never imports
 // this package.
@@ -25,7 +25,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
 
-	"github.com/flatnet/flatnet/dataplane/cni/netconf"
+	"github.com/flatnet/flatnet/dataplane/cniconf"
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/ipam/nodealloc"
 	"github.com/flatnet/flatnet/dataplane/podnet"
@@ -53,7 +53,7 @@ func Funcs() skel.CNIFuncs {
 // Add gives the attachment an address of the node's block and plumbs it.
 func Add(args *skel.CmdArgs) error {
 	start := time.Now()
-	cfg, err := netconf.ParseConfig(args.StdinData)
+	cfg, err := cniconf.ParseConfig(args.StdinData)
 	if err != nil {
 		return err
 	}
@@ -62,7 +62,7 @@ func Add(args *skel.CmdArgs) error {
 	return err
 }
 
-func add(args *skel.CmdArgs, cfg *netconf.Config) (err error) {
+func add(args *skel.CmdArgs, cfg *cniconf.Config) (err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	if args.IfName == "" {
@@ -144,7 +144,7 @@ func add(args *skel.CmdArgs, cfg *netconf.Config) (err error) {
 // same when the netns is already gone.
 func Del(args *skel.CmdArgs) error {
 	start := time.Now()
-	cfg, err := netconf.ParseConfig(args.StdinData)
+	cfg, err := cniconf.ParseConfig(args.StdinData)
 	if err != nil {
 		return err
 	}
@@ -153,7 +153,7 @@ func Del(args *skel.CmdArgs) error {
 	return err
 }
 
-func del(args *skel.CmdArgs, cfg *netconf.Config) error {
+func del(args *skel.CmdArgs, cfg *cniconf.Config) error {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	store := nodealloc.New(cfg.DataDir)
@@ -184,7 +184,7 @@ func del(args *skel.CmdArgs, cfg *netconf.Config) error {
 
 // Check verifies the attachment against the previous result and the node.
 func Check(args *skel.CmdArgs) error {
-	cfg, err := netconf.ParseConfig(args.StdinData)
+	cfg, err := cniconf.ParseConfig(args.StdinData)
 	if err != nil {
 		return err
 	}
@@ -235,7 +235,7 @@ func Check(args *skel.CmdArgs) error {
 // Status reports whether the plugin can take ADDs: config valid, uplink on
 // the subnet, allocator state usable, agent answering.
 func Status(args *skel.CmdArgs) error {
-	cfg, err := netconf.ParseConfig(args.StdinData)
+	cfg, err := cniconf.ParseConfig(args.StdinData)
 	if err != nil {
 		return err
 	}
@@ -258,7 +258,7 @@ func Status(args *skel.CmdArgs) error {
 // GC releases the allocations and host plumbing of every attachment not in
 // the runtime's valid list.
 func GC(args *skel.CmdArgs) error {
-	cfg, err := netconf.ParseConfig(args.StdinData)
+	cfg, err := cniconf.ParseConfig(args.StdinData)
 	if err != nil {
 		return err
 	}

@@ -1,9 +1,9 @@
-// Package netconf is the flatnet plugin's network configuration: the node
+// Package cniconf is the flatnet plugin's network configuration: the node
 // agent renders it into the conflist (Conflist) once it owns the node's
 // block, and the plugin parses and validates it on every call (ParseConfig),
-// with the same checks on both sides. It is the one part of the plugin the
-// agent imports.
-package netconf
+// with the same checks on both sides. It lives beside the plugin, not in it,
+// so that the agent imports nothing of the plugin.
+package cniconf
 
 import (
 	"encoding/json"
