@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"sync/atomic"
@@ -49,8 +50,7 @@ import (
 func BenchmarkNetnsTCP(b *testing.B) {
 	n := newTestNode(b)
 	ctx := context.Background()
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	server, client := n.addServerClient()
 	const port = 5001
 	server.serveBench(b, port)
 	// One connection per op leaves the client's side in TIME_WAIT: reuse those ports
@@ -65,14 +65,12 @@ func BenchmarkNetnsTCP(b *testing.B) {
 	if os.Getenv("FLATNET_BENCH_KUBE_PROXY") != "" {
 		// A node as Kubernetes runs it: kube-proxy's NAT rules make netfilter's
 		// connection tracking and NAT hooks see every forwarded packet.
-		n.iptables("-t", "nat", "-A", "PREROUTING", "-d", "10.96.0.10", "-p", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", server.ip.String()+":80")
-		n.iptables("-t", "nat", "-A", "POSTROUTING", "-m", "mark", "--mark", "0x4000/0x4000", "-j", "MASQUERADE")
+		n.dnatTCP(netip.MustParseAddr("10.96.0.10"), 80, server.ip.String()+":80")
+		n.masqueradeMarked()
 	}
 	// Run time of the programs themselves, while this process holds the fd (the kernel
 	// counts nothing otherwise): what the datapath costs, whatever else runs.
-	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
-	must(b, err)
-	b.Cleanup(func() { stats.Close() })
+	enableRunTimeStats(b)
 
 	rd, err := n.d.NewFlowReader()
 	must(b, err)
@@ -171,6 +169,14 @@ func BenchmarkNetnsTCP(b *testing.B) {
 			})
 		}
 	}
+}
+
+// enableRunTimeStats has the kernel count the programs' run time and runs until the
+// benchmark ends.
+func enableRunTimeStats(b *testing.B) {
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	must(b, err)
+	b.Cleanup(func() { stats.Close() })
 }
 
 // rulesPolicy enforces ingress with rules other ingress rules (each another identity

@@ -15,17 +15,12 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/flatnet/flatnet/dataplane/compile"
-	"github.com/flatnet/flatnet/dataplane/identity"
-	"github.com/flatnet/flatnet/dataplane/policy"
 	"github.com/flatnet/flatnet/internal/testenv"
 )
 
 func TestNetnsPolicyWithRealTraffic(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
-	other := n.addPod("other", "client", "10.224.2.30", map[string]string{"app": "client"})
+	server, client, other := n.addServerClientOther()
 	server.serveTCP(t, 80)
 	server.serveTCP(t, 8080)
 	server.serveUDP(t, 53)
@@ -103,9 +98,7 @@ spec:
 // holding the datapath, and after a new Load moves the pinned links to new programs.
 func TestNetnsAgentRestart(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
-	other := n.addPod("other", "client", "10.224.2.30", map[string]string{"app": "client"})
+	server, client, other := n.addServerClientOther()
 	server.serveTCP(t, 80)
 	n.cnp(allowClient)
 	long, err := client.dial(server.ip, 80)
@@ -118,8 +111,6 @@ func TestNetnsAgentRestart(t *testing.T) {
 
 	d2, err := Load(context.Background(), n.pinDir) // the new agent
 	must(t, err)
-	defer d2.Close()
-	n.d = d2
 	wantWorks(t, "established connection across the restart", echo(long, "still"))
 
 	// The new agent starts from an empty compiler, seeded with the stored identity
@@ -130,18 +121,8 @@ func TestNetnsAgentRestart(t *testing.T) {
 	if len(stored) == 0 {
 		t.Fatalf("no identities stored by the first agent")
 	}
-	alloc := identity.NewAllocator()
-	for s, id := range stored {
-		alloc.Remember(s, id)
-	}
 	old := n.c
-	n.c = compile.New(alloc)
-	must(t, n.c.UpsertNamespace(compile.Namespace{Name: "default"}))
-	must(t, n.c.UpsertNamespace(compile.Namespace{Name: "other"}))
-	n.c.UpsertNode("self", []netip.Addr{n.nodeIP}, true)
-	for _, p := range n.pods {
-		must(t, n.c.UpsertPod(compile.Pod{Namespace: p.namespace, Name: p.name, Labels: p.labels, IP: p.ip, Local: true}))
-	}
+	alloc := n.restartAgent(t, d2) // d2 is the node's datapath from here, closed with it
 	n.cnp(allowClient)
 	for _, p := range n.pods {
 		was, _ := old.IdentityOf(p.namespace, p.name)
@@ -172,12 +153,11 @@ func TestNetnsAgentRestart(t *testing.T) {
 // NodePorts on the node's own address, and the un-DNATed replies must pass.
 func TestNetnsServicesJudgedOnBackend(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	server, client := n.addServerClient()
 	other := n.addPod("other", "web", "10.224.2.30", map[string]string{"app": "web"})
 	server.serveTCP(t, 80)
 	other.serveTCP(t, 80)
-	must(t, n.node.Do(func(ns.NetNS) error { return n.d.AttachServiceHook(context.Background()) }))
+	n.attachServiceHook()
 
 	allowed := netip.MustParseAddr("10.96.0.10") // Service -> server
 	denied := netip.MustParseAddr("10.96.0.11")  // Service -> other
@@ -208,15 +188,7 @@ spec:
 	wantBlocked(t, "the denied backend directly", client.tcpQuick(other.ip, 80))
 
 	// The drop is counted on the client's egress as a policy drop.
-	counters, err := n.d.Counters(context.Background())
-	must(t, err)
-	var drops uint64
-	for _, c := range counters {
-		if c.IfIndex == client.ifindex && c.Direction == policy.Egress && c.Code == DropPolicy {
-			drops += c.Packets
-		}
-	}
-	if drops == 0 {
+	if countsOf(t, n.d, client.ifindex, dirEgress)[DropPolicy] == 0 {
 		t.Errorf("no policy drop counted on the client's egress")
 	}
 }
@@ -226,8 +198,7 @@ spec:
 // that gets its interface index.
 func TestNetnsDetachForgetsEndpoint(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	server, client := n.addServerClient()
 	server.serveTCP(t, 80)
 	wantWorks(t, "client -> server", client.tcpWorks(server.ip, 80))
 	n.cnp(seedDefaultDeny)
@@ -270,14 +241,11 @@ func TestNetnsDetachForgetsEndpoint(t *testing.T) {
 // allowed connection may fail and not one denied connection may succeed.
 func TestNetnsNoWindowAcrossRestarts(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
-	other := n.addPod("other", "client", "10.224.2.30", map[string]string{"app": "client"})
+	server, client, other := n.addServerClientOther()
 	server.serveTCP(t, 80)
 	n.cnp(allowClient)
 
-	stop := make(chan struct{})
-	allowed, denied := probeAllowedDenied(stop, client, other, server, 80)
+	probes := startProbes(client, other, server, 80)
 
 	for i := 0; i < 10; i++ {
 		d2, err := Load(context.Background(), n.pinDir)
@@ -289,15 +257,7 @@ func TestNetnsNoWindowAcrossRestarts(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	close(stop)
-	a, d := <-allowed, <-denied
-	t.Logf("%d allowed and %d denied connection attempts across 10 restarts", a.tries, d.tries)
-	if a.tries < 10 || d.tries < 10 {
-		t.Fatalf("too few attempts to mean anything: allowed %+v denied %+v", a, d)
-	}
-	if a.wrong != 0 || d.wrong != 0 {
-		t.Fatalf("window across restarts: %d allowed connections failed, %d denied ones passed", a.wrong, d.wrong)
-	}
+	probes.haltAndCheck(t, "10 restarts", 10, 10)
 }
 
 // TestNetnsPolicySwapUnderTraffic alternates between two policies that both allow the
@@ -306,9 +266,7 @@ func TestNetnsNoWindowAcrossRestarts(t *testing.T) {
 // differ.
 func TestNetnsPolicySwapUnderTraffic(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
-	other := n.addPod("other", "client", "10.224.2.30", map[string]string{"app": "client"})
+	server, client, other := n.addServerClientOther()
 	server.serveTCP(t, 80)
 	a := `
 apiVersion: cilium.io/v2
@@ -336,8 +294,7 @@ spec:
   - fromEndpoints: [{matchLabels: {app: client, "k8s:io.kubernetes.pod.namespace": other}}]
 `
 	n.cnp(a)
-	stop := make(chan struct{})
-	allowed, denied := probeAllowedDenied(stop, client, other, server, 80)
+	probes := startProbes(client, other, server, 80)
 	for i := 0; i < 40; i++ {
 		if i%2 == 0 {
 			n.cnp(b)
@@ -346,15 +303,7 @@ spec:
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	close(stop)
-	ra, rd := <-allowed, <-denied
-	t.Logf("%d allowed and %d denied attempts across 40 policy swaps", ra.tries, rd.tries)
-	if ra.tries < 10 || rd.tries < 5 {
-		t.Fatalf("too few attempts: allowed %+v denied %+v", ra, rd)
-	}
-	if ra.wrong != 0 || rd.wrong != 0 {
-		t.Fatalf("policy swaps: %d allowed connections failed, %d denied ones passed", ra.wrong, rd.wrong)
-	}
+	probes.haltAndCheck(t, "40 policy swaps", 10, 5)
 }
 
 // TestNetnsVanishedInterfaceForgotten: a pod whose veth disappeared while no agent ran
@@ -416,7 +365,7 @@ func TestEnsureBPFFS(t *testing.T) {
 // very first packet, in both directions.
 func TestNetnsFirstPacketUnderPolicy(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
+	server := n.addServer()
 	server.serveTCP(t, 80)
 	n.cnp(`
 apiVersion: cilium.io/v2
@@ -442,7 +391,7 @@ spec:
 func TestServiceHookSurvivesAgentRestarts(t *testing.T) {
 	n := newTestNode(t)
 	ctx := context.Background()
-	must(t, n.node.Do(func(ns.NetNS) error { return n.d.AttachServiceHook(ctx) }))
+	n.attachServiceHook()
 	for i := 0; i < 3; i++ {
 		next, err := Load(ctx, n.pinDir)
 		must(t, err)

@@ -5,8 +5,6 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/cilium/ebpf"
-	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,20 +17,17 @@ import (
 func BenchmarkNetnsServiceHook(b *testing.B) {
 	n := newTestNode(b)
 	ctx := context.Background()
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	server, client := n.addServerClient()
 	const port = 5001
 	server.serveBench(b, port)
 	must(b, n.d.SetHostRouting(ctx, true))
 	must(b, n.d.SetFlowEvents(ctx, false))
-	must(b, n.node.Do(func(ns.NetNS) error { return n.d.AttachServiceHook(ctx) }))
+	n.attachServiceHook()
 	vip := [4]byte{10, 96, 0, 10}
-	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", "10.96.0.10", "-p", "tcp", "--dport", "5001", "-j", "DNAT", "--to-destination", server.ip.String()+":5001")
-	n.iptables("-t", "nat", "-A", "POSTROUTING", "-m", "mark", "--mark", "0x4000/0x4000", "-j", "MASQUERADE")
+	n.dnatTCP(netip.AddrFrom4(vip), port, server.ip.String()+":5001")
+	n.masqueradeMarked()
 	must(b, n.d.UpsertService(ctx, netip.AddrFrom4(vip)))
-	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
-	must(b, err)
-	b.Cleanup(func() { stats.Close() })
+	enableRunTimeStats(b)
 	for _, dst := range []struct {
 		name string
 		addr [4]byte

@@ -39,17 +39,11 @@ func (n *testNode) addLocalAddr(a netip.Addr) {
 	}))
 }
 
+// drops counts the packets policy dropped on ifindex in dir.
 func (n *testNode) drops(ifindex int, dir policy.Direction) uint64 {
 	n.t.Helper()
-	counters, err := n.d.Counters(context.Background())
-	must(n.t, err)
-	var drops uint64
-	for _, c := range counters {
-		if c.IfIndex == ifindex && c.Direction == dir && (c.Code == DropPolicy || c.Code == DropPolicyDeny) {
-			drops += c.Packets
-		}
-	}
-	return drops
+	c := countsOf(n.t, n.d, ifindex, int(dir))
+	return c[DropPolicy] + c[DropPolicyDeny]
 }
 
 // TestNetnsDNATedEgressJudgedOnBackend: whatever address kube-proxy (or a hostPort)
@@ -59,12 +53,11 @@ func (n *testNode) drops(ifindex int, dir policy.Direction) uint64 {
 // reach in-cluster backends through them.
 func TestNetnsDNATedEgressJudgedOnBackend(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	server, client := n.addServerClient()
 	other := n.addPod("other", "web", "10.224.2.30", map[string]string{"app": "web"})
 	server.serveTCP(t, 80)
 	other.serveTCP(t, 80)
-	must(t, n.node.Do(func(ns.NetNS) error { return n.d.AttachServiceHook(context.Background()) }))
+	n.attachServiceHook()
 
 	externalIP := netip.MustParseAddr("203.0.113.10") // spec.externalIPs
 	lbIP := netip.MustParseAddr("198.51.100.7")       // status.loadBalancer.ingress[].ip
@@ -110,17 +103,17 @@ spec:
 // this node's NodePort, one it admits must.
 func TestNetnsNodePortIngressJudgedBeforeMasquerade(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
+	server := n.addServer()
 	client := n.addRemotePod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
 	intruder := n.addRemotePod("default", "intruder", "10.224.2.30", map[string]string{"app": "intruder"})
 	local := n.addPod("default", "local", "10.224.2.40", map[string]string{"app": "intruder"})
 	server.serveTCP(t, 80)
-	must(t, n.node.Do(func(ns.NetNS) error { return n.d.AttachServiceHook(context.Background()) }))
+	n.attachServiceHook()
 	// kube-proxy's NodePort chain: mark for masquerade (KUBE-MARK-MASQ), DNAT to the
 	// backend, masquerade marked packets on the way out (KUBE-POSTROUTING).
 	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", n.nodeIP.String(), "-p", "tcp", "--dport", "30080", "-j", "MARK", "--set-xmark", "0x4000/0x4000")
 	n.dnatTCP(n.nodeIP, 30080, "10.224.1.10:80")
-	n.iptables("-t", "nat", "-A", "POSTROUTING", "-m", "mark", "--mark", "0x4000/0x4000", "-j", "MASQUERADE")
+	n.masqueradeMarked()
 
 	n.cnp(allowClient)
 	wantWorks(t, "admitted remote pod -> NodePort", client.tcpWorks(n.nodeIP, 30080))
@@ -175,10 +168,9 @@ func TestServiceAddressesOverIdentities(t *testing.T) {
 // marked as a Service's (judged on the backend only, not as world first).
 func TestNetnsExternalIPToAllowedBackend(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	server, client := n.addServerClient()
 	server.serveTCP(t, 80)
-	must(t, n.node.Do(func(ns.NetNS) error { return n.d.AttachServiceHook(context.Background()) }))
+	n.attachServiceHook()
 	externalIP := netip.MustParseAddr("203.0.113.10")
 	n.dnatTCP(externalIP, 80, "10.224.1.10:80")
 	n.cnp(`
