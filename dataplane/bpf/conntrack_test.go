@@ -51,11 +51,7 @@ func TestNetnsCTFloodKeepsOtherPodsConnections(t *testing.T) {
 	c := n.addPod("default", "c", "10.224.1.20", map[string]string{"app": "c"})
 	a := n.addPod("default", "a", "10.224.1.30", map[string]string{"app": "a"})
 	push := b.heldConn(t, c, 80)
-	n.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: b-ingress-deny, namespace: default}
-spec:
+	n.cnp("b-ingress-deny", `
   endpointSelector: {matchLabels: {app: b}}
   ingress: [{}]
 `)

@@ -98,7 +98,7 @@ func TestNetnsDirectLocalDelivery(t *testing.T) {
 	}))
 
 	// The receiver's ingress policy still judges what is delivered directly.
-	n.cnp(seedDefaultDeny)
+	n.cnp("default-deny", seedDefaultDeny)
 	wantBlocked(t, "TCP client -> server under default deny", client.tcpQuick(server.ip, 80))
 	wantBlocked(t, "UDP client -> server under default deny", client.udpQuick(server.ip, 53))
 	n.c.DeletePolicy("cnp/default/default-deny")

@@ -25,11 +25,7 @@ func TestNetnsLargeUDPThroughPortRule(t *testing.T) {
 	server, client := n.addServerClient()
 	server.serveUDPLarge(t, 5353)
 	server.serveUDPLarge(t, 5354)
-	n.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: dns, namespace: default}
-spec:
+	n.cnp("dns", `
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - fromEndpoints: [{matchLabels: {app: client}}]
@@ -94,22 +90,14 @@ func TestNetnsFragNeededReachesSender(t *testing.T) {
 	n := newTestNode(t)
 	server, client := n.addServerClient()
 	server.serveTCP(t, 80)
-	n.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: server, namespace: default}
-spec:
+	n.cnp("server", `
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - fromEndpoints: [{matchLabels: {app: client}}]
     toPorts: [{ports: [{port: "80", protocol: TCP}]}]
   egress: [{}]
 `)
-	n.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: client, namespace: default}
-spec:
+	n.cnp("client", `
   endpointSelector: {matchLabels: {app: client}}
   ingress: [{}]
   egress:

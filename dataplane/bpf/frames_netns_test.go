@@ -96,11 +96,7 @@ func TestNetnsPodRawFrames(t *testing.T) {
 	}
 
 	// From here the client may send nothing (egress default deny).
-	n.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: client-quiet, namespace: default}
-spec:
+	n.cnp("client-quiet", `
   endpointSelector: {matchLabels: {app: client}}
   egress: [{}]
 `)

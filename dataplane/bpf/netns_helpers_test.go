@@ -17,11 +17,9 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
-	"sigs.k8s.io/yaml"
 
 	"github.com/flatnet/flatnet/dataplane/compile"
 	"github.com/flatnet/flatnet/dataplane/identity"
-	"github.com/flatnet/flatnet/dataplane/policy"
 	"github.com/flatnet/flatnet/internal/testenv"
 )
 
@@ -204,15 +202,11 @@ func (n *testNode) flush() {
 	}))
 }
 
-func (n *testNode) cnp(doc string) {
+// cnp upserts the CiliumNetworkPolicy name with spec (ciliumPolicy) and applies the
+// update.
+func (n *testNode) cnp(name, spec string) {
 	n.t.Helper()
-	js, err := yaml.YAMLToJSON([]byte(doc))
-	must(n.t, err)
-	c, err := policy.DecodeCilium(js)
-	must(n.t, err)
-	pols, err := policy.FromCilium(c)
-	must(n.t, err)
-	must(n.t, n.c.UpsertPolicy("cnp/"+c.Namespace+"/"+c.Name, pols))
+	must(n.t, n.c.UpsertPolicy(ciliumPolicy(n.t, name, spec)))
 	n.flush()
 }
 

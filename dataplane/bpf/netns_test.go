@@ -36,18 +36,14 @@ func TestNetnsPolicyWithRealTraffic(t *testing.T) {
 	wantWorks(t, "long connection before policy", echo(long, "one"))
 
 	// The seed scenario.
-	n.cnp(seedDefaultDeny)
+	n.cnp("default-deny", seedDefaultDeny)
 	wantBlocked(t, "client -> server:80 under default deny", client.tcpQuick(server.ip, 80))
 	wantBlocked(t, "server -> client:80 under default deny", server.tcpQuick(client.ip, 80))
 	wantBlocked(t, "udp under default deny", client.udpQuick(server.ip, 53))
 
 	// Allow client:80 and udp/53 in, and the server's 8080 connections; egress stays
 	// default deny, so the replies pass only through connection tracking.
-	n.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: allow-client, namespace: default}
-spec:
+	n.cnp("allow-client", `
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - fromEndpoints: [{matchLabels: {app: client}}]
@@ -84,11 +80,9 @@ spec:
 	wantWorks(t, "other -> server:80 with no policy left", other.tcpWorks(server.ip, 80))
 }
 
+// allowClient is the spec of a policy letting app=client (of namespace default) into
+// app=server.
 const allowClient = `
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: allow-client, namespace: default}
-spec:
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - fromEndpoints: [{matchLabels: {app: client}}]
@@ -100,7 +94,7 @@ func TestNetnsAgentRestart(t *testing.T) {
 	n := newTestNode(t)
 	server, client, other := n.addServerClientOther()
 	server.serveTCP(t, 80)
-	n.cnp(allowClient)
+	n.cnp("allow-client", allowClient)
 	long, err := client.dial(server.ip, 80)
 	must(t, err)
 	defer long.Close()
@@ -123,7 +117,7 @@ func TestNetnsAgentRestart(t *testing.T) {
 	}
 	old := n.c
 	alloc := n.restartAgent(t, d2) // d2 is the node's datapath from here, closed with it
-	n.cnp(allowClient)
+	n.cnp("allow-client", allowClient)
 	for _, p := range n.pods {
 		was, _ := old.IdentityOf(p.namespace, p.name)
 		now, _ := n.c.IdentityOf(p.namespace, p.name)
@@ -171,11 +165,7 @@ func TestNetnsServicesJudgedOnBackend(t *testing.T) {
 
 	wantWorks(t, "ClusterIP -> other without policy", client.tcpWorks(denied, 80))
 
-	n.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: client-egress, namespace: default}
-spec:
+	n.cnp("client-egress", `
   endpointSelector: {matchLabels: {app: client}}
   egress:
   - toEndpoints: [{matchLabels: {app: server}}]
@@ -201,7 +191,7 @@ func TestNetnsDetachForgetsEndpoint(t *testing.T) {
 	server, client := n.addServerClient()
 	server.serveTCP(t, 80)
 	wantWorks(t, "client -> server", client.tcpWorks(server.ip, 80))
-	n.cnp(seedDefaultDeny)
+	n.cnp("default-deny", seedDefaultDeny)
 	wantBlocked(t, "client -> server under default deny", client.tcpQuick(server.ip, 80))
 
 	must(t, n.node.Do(func(ns.NetNS) error { return n.d.DetachEndpoint(context.Background(), server.ifindex) }))
@@ -243,7 +233,7 @@ func TestNetnsNoWindowAcrossRestarts(t *testing.T) {
 	n := newTestNode(t)
 	server, client, other := n.addServerClientOther()
 	server.serveTCP(t, 80)
-	n.cnp(allowClient)
+	n.cnp("allow-client", allowClient)
 
 	probes := startProbes(client, other, server, 80)
 
@@ -251,7 +241,7 @@ func TestNetnsNoWindowAcrossRestarts(t *testing.T) {
 		d2, err := Load(context.Background(), n.pinDir)
 		must(t, err)
 		n.restartAgent(t, d2)
-		n.cnp(allowClient)
+		n.cnp("allow-client", allowClient)
 		for _, p := range n.pods {
 			n.reattach(t, p)
 		}
@@ -269,20 +259,12 @@ func TestNetnsPolicySwapUnderTraffic(t *testing.T) {
 	server, client, other := n.addServerClientOther()
 	server.serveTCP(t, 80)
 	a := `
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: swap, namespace: default}
-spec:
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - fromEndpoints: [{matchLabels: {app: client}}]
     toPorts: [{ports: [{port: "80", protocol: TCP}]}]
 `
 	b := `
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: swap, namespace: default}
-spec:
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - fromEndpoints: [{matchLabels: {app: client}}]
@@ -293,13 +275,13 @@ spec:
     toPorts: [{ports: [{port: "443", protocol: TCP}]}]
   - fromEndpoints: [{matchLabels: {app: client, "k8s:io.kubernetes.pod.namespace": other}}]
 `
-	n.cnp(a)
+	n.cnp("swap", a)
 	probes := startProbes(client, other, server, 80)
 	for i := 0; i < 40; i++ {
 		if i%2 == 0 {
-			n.cnp(b)
+			n.cnp("swap", b)
 		} else {
-			n.cnp(a)
+			n.cnp("swap", a)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -367,11 +349,7 @@ func TestNetnsFirstPacketUnderPolicy(t *testing.T) {
 	n := newTestNode(t)
 	server := n.addServer()
 	server.serveTCP(t, 80)
-	n.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: locked, namespace: default}
-spec:
+	n.cnp("locked", `
   endpointSelector: {matchLabels: {app: locked}}
   ingress: [{}]
   egress: [{}]

@@ -72,11 +72,7 @@ func TestNetnsDNATedEgressJudgedOnBackend(t *testing.T) {
 
 	wantWorks(t, "externalIP -> other without policy", client.tcpWorks(externalIP, 80))
 
-	n.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: client-egress, namespace: default}
-spec:
+	n.cnp("client-egress", `
   endpointSelector: {matchLabels: {app: client}}
   egress:
   - toEntities: [world]
@@ -115,7 +111,7 @@ func TestNetnsNodePortIngressJudgedBeforeMasquerade(t *testing.T) {
 	n.dnatTCP(n.nodeIP, 30080, "10.224.1.10:80")
 	n.masqueradeMarked()
 
-	n.cnp(allowClient)
+	n.cnp("allow-client", allowClient)
 	wantWorks(t, "admitted remote pod -> NodePort", client.tcpWorks(n.nodeIP, 30080))
 	wantBlocked(t, "remote pod the backend does not admit -> NodePort", intruder.tcpQuick(n.nodeIP, 30080))
 	wantBlocked(t, "local pod the backend does not admit -> NodePort", local.tcpQuick(n.nodeIP, 30080))
@@ -173,11 +169,7 @@ func TestNetnsExternalIPToAllowedBackend(t *testing.T) {
 	n.attachServiceHook()
 	externalIP := netip.MustParseAddr("203.0.113.10")
 	n.dnatTCP(externalIP, 80, "10.224.1.10:80")
-	n.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: client-egress, namespace: default}
-spec:
+	n.cnp("client-egress", `
   endpointSelector: {matchLabels: {app: client}}
   egress:
   - toEndpoints: [{matchLabels: {app: server}}]

@@ -88,16 +88,12 @@ func TestNetnsUpgradeFromPreviousLayout(t *testing.T) {
 	server, client, other := n.addServerClientOther()
 	server.serveTCP(t, 80)
 	const serverPolicy = `
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: server, namespace: default}
-spec:
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - fromEndpoints: [{matchLabels: {app: client, "k8s:io.kubernetes.pod.namespace": default}}]
   egress: [{}]
 `
-	n.cnp(serverPolicy)
+	n.cnp("server", serverPolicy)
 	push := client.heldConn(t, server, 8080) // the idle connection
 	wantWorks(t, "the server writes on the idle connection (previous version)", push("before"))
 	wantBlocked(t, "the server opens a connection under egress default deny", server.tcpQuick(client.ip, 80))
@@ -128,7 +124,7 @@ spec:
 	// As the agent does: identities restored, the cluster replayed and written, then
 	// every endpoint re-attached.
 	n.restartAgent(t, d2)
-	n.cnp(serverPolicy)
+	n.cnp("server", serverPolicy)
 	for _, p := range []*testPod{server, client, other} {
 		n.reattach(t, p)
 		time.Sleep(200 * time.Millisecond)
