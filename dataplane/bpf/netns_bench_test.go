@@ -48,11 +48,8 @@ import (
 // variants interleave, and prints the ratios against dp=none. Nothing is asserted
 // about times: a loaded machine only makes the figures noisy.
 func BenchmarkNetnsTCP(b *testing.B) {
-	n := newTestNode(b)
+	n, server, client := newBenchNode(b)
 	ctx := context.Background()
-	server, client := n.addServerClient()
-	const port = 5001
-	server.serveBench(b, port)
 	// One connection per op leaves the client's side in TIME_WAIT: reuse those ports
 	// (timestamps make it safe) and use the whole port range.
 	must(b, client.netns.Do(func(ns.NetNS) error {
@@ -89,7 +86,7 @@ func BenchmarkNetnsTCP(b *testing.B) {
 	b.Cleanup(func() { stopReading(); <-readDone; rd.Close() })
 
 	clientID, _ := n.c.IdentityOf("default", "client")
-	rules1000 := rulesPolicy(clientID, port, 1000)
+	rules1000 := rulesPolicy(clientID, benchPort, 1000)
 	attach := func(p *testPod) {
 		id, _ := n.c.IdentityOf(p.namespace, p.name)
 		must(b, n.node.Do(func(ns.NetNS) error {
@@ -130,7 +127,7 @@ func BenchmarkNetnsTCP(b *testing.B) {
 		k %= len(variants)
 		variants = append(variants[k:], variants[:k]...)
 	}
-	addr := unix.SockaddrInet4{Port: port, Addr: server.ip.As4()}
+	addr := unix.SockaddrInet4{Port: benchPort, Addr: server.ip.As4()}
 	for _, test := range []struct {
 		name string
 		run  func(b *testing.B) error
@@ -169,6 +166,18 @@ func BenchmarkNetnsTCP(b *testing.B) {
 			})
 		}
 	}
+}
+
+// benchPort is where the benchmarks' server answers.
+const benchPort = 5001
+
+// newBenchNode is a node with the two pods the netns benchmarks run between: client,
+// and server answering every byte on benchPort (serveBench).
+func newBenchNode(b *testing.B) (n *testNode, server, client *testPod) {
+	n = newTestNode(b)
+	server, client = n.addServerClient()
+	server.serveBench(b, benchPort)
+	return n, server, client
 }
 
 // enableRunTimeStats has the kernel count the programs' run time and runs until the

@@ -142,47 +142,6 @@ func TestNetnsAgentRestart(t *testing.T) {
 	}
 }
 
-// TestNetnsServicesJudgedOnBackend reproduces kube-proxy's Service DNAT in the node
-// netns: a pod's egress policy must be judged on the backend, for ClusterIPs and for
-// NodePorts on the node's own address, and the un-DNATed replies must pass.
-func TestNetnsServicesJudgedOnBackend(t *testing.T) {
-	n := newTestNode(t)
-	server, client := n.addServerClient()
-	other := n.addPod("other", "web", "10.224.2.30", map[string]string{"app": "web"})
-	server.serveTCP(t, 80)
-	other.serveTCP(t, 80)
-	n.attachServiceHook()
-
-	allowed := netip.MustParseAddr("10.96.0.10") // Service -> server
-	denied := netip.MustParseAddr("10.96.0.11")  // Service -> other
-	n.dnatTCP(allowed, 80, "10.224.1.10:80")
-	n.dnatTCP(denied, 80, "10.224.2.30:80")
-	n.dnatTCP(n.nodeIP, 30080, "10.224.1.10:80")
-	n.dnatTCP(n.nodeIP, 30081, "10.224.2.30:80")
-	for _, vip := range []netip.Addr{allowed, denied} {
-		must(t, n.d.UpsertService(context.Background(), vip))
-	}
-
-	wantWorks(t, "ClusterIP -> other without policy", client.tcpWorks(denied, 80))
-
-	n.cnp("client-egress", `
-  endpointSelector: {matchLabels: {app: client}}
-  egress:
-  - toEndpoints: [{matchLabels: {app: server}}]
-    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
-`)
-	wantWorks(t, "ClusterIP whose backend the egress policy allows", client.tcpWorks(allowed, 80))
-	wantBlocked(t, "ClusterIP whose backend the egress policy denies", client.tcpQuick(denied, 80))
-	wantWorks(t, "NodePort whose backend is allowed", client.tcpWorks(n.nodeIP, 30080))
-	wantBlocked(t, "NodePort whose backend is denied", client.tcpQuick(n.nodeIP, 30081))
-	wantBlocked(t, "the denied backend directly", client.tcpQuick(other.ip, 80))
-
-	// The drop is counted on the client's egress as a policy drop.
-	if countsOf(t, n.d, client.ifindex, dirEgress)[DropPolicy] == 0 {
-		t.Errorf("no policy drop counted on the client's egress")
-	}
-}
-
 // TestNetnsDetachForgetsEndpoint: after DetachEndpoint the veth runs no program and
 // nothing of the endpoint (counters, tracked connections) is left for the next pod
 // that gets its interface index.

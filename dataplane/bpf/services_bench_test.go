@@ -15,16 +15,13 @@ import (
 // recognise as not its business (not marked, not DNATed), dst=service a connection
 // to a ClusterIP it judges on the backend.
 func BenchmarkNetnsServiceHook(b *testing.B) {
-	n := newTestNode(b)
+	n, server, client := newBenchNode(b)
 	ctx := context.Background()
-	server, client := n.addServerClient()
-	const port = 5001
-	server.serveBench(b, port)
 	must(b, n.d.SetHostRouting(ctx, true))
 	must(b, n.d.SetFlowEvents(ctx, false))
 	n.attachServiceHook()
 	vip := [4]byte{10, 96, 0, 10}
-	n.dnatTCP(netip.AddrFrom4(vip), port, server.ip.String()+":5001")
+	n.dnatTCP(netip.AddrFrom4(vip), benchPort, netip.AddrPortFrom(server.ip, benchPort).String())
 	n.masqueradeMarked()
 	must(b, n.d.UpsertService(ctx, netip.AddrFrom4(vip)))
 	enableRunTimeStats(b)
@@ -35,7 +32,7 @@ func BenchmarkNetnsServiceHook(b *testing.B) {
 		b.Run("dst="+dst.name, func(b *testing.B) {
 			s0, err := n.d.objs.ServiceEgress.Stats()
 			must(b, err)
-			addr := unix.SockaddrInet4{Port: port, Addr: dst.addr}
+			addr := unix.SockaddrInet4{Port: benchPort, Addr: dst.addr}
 			b.ResetTimer()
 			if err := client.inNetns(func() error { return rr(b, &addr) }); err != nil {
 				b.Fatal(err)

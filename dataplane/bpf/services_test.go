@@ -46,18 +46,62 @@ func (n *testNode) drops(ifindex int, dir policy.Direction) uint64 {
 	return c[DropPolicy] + c[DropPolicyDeny]
 }
 
+// newServiceNode is a node with the Service hook attached and two pods echoing TCP on
+// 80 as Service backends: server, and web (namespace other, app=web), which the
+// tests' egress policies for client allow and deny.
+func newServiceNode(t *testing.T) (n *testNode, server, client, web *testPod) {
+	n = newTestNode(t)
+	server, client = n.addServerClient()
+	web = n.addPod("other", "web", otherIP.String(), map[string]string{"app": "web"})
+	server.serveTCP(t, 80)
+	web.serveTCP(t, 80)
+	n.attachServiceHook()
+	return n, server, client, web
+}
+
+// TestNetnsServicesJudgedOnBackend reproduces kube-proxy's Service DNAT in the node
+// netns: a pod's egress policy must be judged on the backend, for ClusterIPs and for
+// NodePorts on the node's own address, and the un-DNATed replies must pass.
+func TestNetnsServicesJudgedOnBackend(t *testing.T) {
+	n, _, client, web := newServiceNode(t)
+
+	allowed := netip.MustParseAddr("10.96.0.10") // Service -> server
+	denied := netip.MustParseAddr("10.96.0.11")  // Service -> web
+	n.dnatTCP(allowed, 80, "10.224.1.10:80")
+	n.dnatTCP(denied, 80, "10.224.2.30:80")
+	n.dnatTCP(n.nodeIP, 30080, "10.224.1.10:80")
+	n.dnatTCP(n.nodeIP, 30081, "10.224.2.30:80")
+	for _, vip := range []netip.Addr{allowed, denied} {
+		must(t, n.d.UpsertService(context.Background(), vip))
+	}
+
+	wantWorks(t, "ClusterIP -> other without policy", client.tcpWorks(denied, 80))
+
+	n.cnp("client-egress", `
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: server}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+`)
+	wantWorks(t, "ClusterIP whose backend the egress policy allows", client.tcpWorks(allowed, 80))
+	wantBlocked(t, "ClusterIP whose backend the egress policy denies", client.tcpQuick(denied, 80))
+	wantWorks(t, "NodePort whose backend is allowed", client.tcpWorks(n.nodeIP, 30080))
+	wantBlocked(t, "NodePort whose backend is denied", client.tcpQuick(n.nodeIP, 30081))
+	wantBlocked(t, "the denied backend directly", client.tcpQuick(web.ip, 80))
+
+	// The drop is counted on the client's egress as a policy drop.
+	if countsOf(t, n.d, client.ifindex, dirEgress)[DropPolicy] == 0 {
+		t.Errorf("no policy drop counted on the client's egress")
+	}
+}
+
 // TestNetnsDNATedEgressJudgedOnBackend: whatever address kube-proxy (or a hostPort)
 // DNATs on this node, a pod's egress is judged on the backend, also when the agent was
 // never told the address is a Service's: an externalIP, a LoadBalancer IP, a NodePort
 // on a node address the IP cache does not list. A pod allowed to world only must not
 // reach in-cluster backends through them.
 func TestNetnsDNATedEgressJudgedOnBackend(t *testing.T) {
-	n := newTestNode(t)
-	server, client := n.addServerClient()
-	other := n.addPod("other", "web", "10.224.2.30", map[string]string{"app": "web"})
-	server.serveTCP(t, 80)
-	other.serveTCP(t, 80)
-	n.attachServiceHook()
+	n, _, client, _ := newServiceNode(t)
 
 	externalIP := netip.MustParseAddr("203.0.113.10") // spec.externalIPs
 	lbIP := netip.MustParseAddr("198.51.100.7")       // status.loadBalancer.ingress[].ip
