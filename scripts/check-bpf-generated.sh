@@ -2,7 +2,7 @@
 # Regenerates dataplane/bpf's bpf2go output into a temp dir, with the exact
 # //go:generate line of dataplane/bpf/doc.go, and fails if the committed files differ.
 # Needs clang (apt-get install -y clang llvm); the headers it compiles against are
-# vendored in dataplane/bpf/c/include.
+# vendored in dataplane/bpf/c/third_party.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 pkg="$root/dataplane/bpf"

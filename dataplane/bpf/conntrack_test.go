@@ -1,20 +1,15 @@
 package bpf
 
 import (
-	"bufio"
 	"context"
-	"net"
 	"net/netip"
 	"path/filepath"
-	"strings"
 	"testing"
-	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/sys/unix"
 
 	"github.com/flatnet/flatnet/dataplane/compile"
-	"github.com/flatnet/flatnet/dataplane/policy"
 	"github.com/flatnet/flatnet/internal/testenv"
 )
 
@@ -55,43 +50,11 @@ func TestNetnsCTFloodKeepsOtherPodsConnections(t *testing.T) {
 	b := n.addPod("default", "b", "10.224.1.10", map[string]string{"app": "b"})
 	c := n.addPod("default", "c", "10.224.1.20", map[string]string{"app": "c"})
 	a := n.addPod("default", "a", "10.224.1.30", map[string]string{"app": "a"})
-	accepted := make(chan net.Conn, 1)
-	c.serve(t, 80, func(conn net.Conn) {
-		accepted <- conn
-		<-t.Context().Done()
-	})
-	conn, err := b.dial(c.ip, 80)
-	must(t, err)
-	defer conn.Close()
-	var server net.Conn
-	select {
-	case server = <-accepted:
-	case <-time.After(dialTimeout):
-		t.Fatal("the server did not accept b's connection")
-	}
-	n.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: b-ingress-deny, namespace: default}
-spec:
+	push := b.heldConn(t, c, 80)
+	n.cnp("b-ingress-deny", `
   endpointSelector: {matchLabels: {app: b}}
   ingress: [{}]
 `)
-	push := func(msg string) error {
-		_ = server.SetWriteDeadline(time.Now().Add(dialTimeout))
-		if _, err := server.Write([]byte(msg + "\n")); err != nil {
-			return err
-		}
-		_ = conn.SetReadDeadline(time.Now().Add(dialTimeout))
-		got, err := bufio.NewReader(conn).ReadString('\n')
-		if err != nil {
-			return err
-		}
-		if strings.TrimSpace(got) != msg {
-			t.Fatalf("read %q, want %q", got, msg)
-		}
-		return nil
-	}
 	wantWorks(t, "the peer writes on b's connection before the flood", push("before"))
 	wantBlocked(t, "a new connection into b under default deny", c.tcpQuick(b.ip, 81))
 
@@ -107,15 +70,7 @@ spec:
 	wantWorks(t, "b opens a new connection after a's flood", b.tcpWorks(n.nodeIP, 10250))
 
 	// The flood went through the shared table, many times over.
-	counters, err := n.d.Counters(context.Background())
-	must(t, err)
-	var flood uint64
-	for _, ctr := range counters {
-		if ctr.IfIndex == a.ifindex && ctr.Direction == policy.Egress && ctr.Code == ForwardPolicy {
-			flood += ctr.Packets
-		}
-	}
-	if flood < 8*ctTestEntries {
+	if flood := countsOf(t, n.d, a.ifindex, dirEgress)[ForwardPolicy]; flood < 8*ctTestEntries {
 		t.Errorf("%d new flows of the flooder allowed, want the flood's %d", flood, 80*ctTestEntries)
 	}
 	fill, err := n.d.MapFill(context.Background())

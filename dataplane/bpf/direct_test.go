@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -59,8 +58,7 @@ func (f forwarded) packets(t *testing.T) int {
 func TestNetnsDirectLocalDelivery(t *testing.T) {
 	n := newTestNode(t)
 	ctx := context.Background()
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	server, client := n.addServerClient()
 	server.serveTCP(t, 80)
 	server.serveUDP(t, 53)
 	fwd := n.countForwarded(client, server)
@@ -100,7 +98,7 @@ func TestNetnsDirectLocalDelivery(t *testing.T) {
 	}))
 
 	// The receiver's ingress policy still judges what is delivered directly.
-	n.cnp(seedDefaultDeny)
+	n.cnp("default-deny", seedDefaultDeny)
 	wantBlocked(t, "TCP client -> server under default deny", client.tcpQuick(server.ip, 80))
 	wantBlocked(t, "UDP client -> server under default deny", client.udpQuick(server.ip, 53))
 	n.c.DeletePolicy("cnp/default/default-deny")
@@ -133,16 +131,7 @@ func (n *testNode) txPackets(p *testPod) uint64 {
 // veth) to the pod's own MAC.
 func TestNetnsDirectDeliveryFrames(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
-	var hostMAC net.HardwareAddr
-	must(t, n.node.Do(func(ns.NetNS) error {
-		l, err := netlink.LinkByIndex(server.ifindex)
-		if err == nil {
-			hostMAC = l.Attrs().HardwareAddr
-		}
-		return err
-	}))
+	server, client := n.addServerClient()
 	var sock int
 	must(t, server.netns.Do(func(ns.NetNS) error {
 		eth, err := netlink.LinkByName("eth0")
@@ -178,8 +167,8 @@ func TestNetnsDirectDeliveryFrames(t *testing.T) {
 		if nb < 14+20+8 || f[14+9] != unix.IPPROTO_UDP || binary.BigEndian.Uint16(f[14+20+2:]) != 5353 {
 			continue
 		}
-		if dst, src := net.HardwareAddr(f[0:6]), net.HardwareAddr(f[6:12]); dst.String() != server.mac.String() || src.String() != hostMAC.String() {
-			t.Errorf("frame %s -> %s, want %s (host veth) -> %s (pod)", src, dst, hostMAC, server.mac)
+		if dst, src := net.HardwareAddr(f[0:6]), net.HardwareAddr(f[6:12]); dst.String() != server.mac.String() || src.String() != server.hostMAC.String() {
+			t.Errorf("frame %s -> %s, want %s (host veth) -> %s (pod)", src, dst, server.hostMAC, server.mac)
 		}
 		return
 	}
@@ -190,8 +179,7 @@ func TestNetnsDirectDeliveryFrames(t *testing.T) {
 // stack (which drops it and answers time exceeded) instead of delivered.
 func TestNetnsDirectDeliveryDecrementsTTL(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	server, client := n.addServerClient()
 
 	var srv int
 	must(t, server.netns.Do(func(ns.NetNS) error {
@@ -258,12 +246,8 @@ func TestNetnsDirectDeliveryDecrementsTTL(t *testing.T) {
 // TestLoadReplacesRebuiltMapOfOtherLayout: a map the agent rebuilds at startup, pinned
 // by a version with another layout, is replaced instead of failing the load.
 func TestLoadReplacesRebuiltMapOfOtherLayout(t *testing.T) {
-	pinDir := filepath.Join(mountBPFFS(t), "flatnet")
-	must(t, os.MkdirAll(pinDir, 0o700))
-	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "fn_local_ips", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 4096})
-	must(t, err)
-	must(t, old.Pin(filepath.Join(pinDir, "fn_local_ips")))
-	old.Close()
+	pinDir := pinForeignMap(t, &ebpf.MapSpec{Name: "fn_local_ips", Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 4096},
+		func(*ebpf.Map) {})
 	d, err := Load(context.Background(), pinDir)
 	if err != nil {
 		t.Fatalf("loading over an fn_local_ips of another layout: %v", err)
@@ -279,8 +263,7 @@ func TestLoadReplacesRebuiltMapOfOtherLayout(t *testing.T) {
 // un-DNATed: the receiver's entry follows the way the packets now come.
 func TestNetnsServiceAfterDirectOnSameTuple(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	server, client := n.addServerClient()
 	server.serveUDP(t, 53)
 	vip := netip.MustParseAddr("10.96.0.10")
 	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", vip.String(), "-p", "udp", "--dport", "53", "-j", "DNAT", "--to-destination", server.ip.String()+":53")

@@ -8,6 +8,7 @@ package bpf
 
 // The generated objects are committed; scripts/check-bpf-generated.sh verifies they
 // match the sources. -ffile-prefix-map keeps the checkout path out of BTF line info, and
-// -nostdinc -Ic/include compiles against the vendored headers alone (c/include/README.md),
-// so the same clang gives the same bytes anywhere.
-//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -ffile-prefix-map=${PWD}=. -nostdinc -Ic/include" -target bpfel -no-global-types -type endpoint_info -type local_ep -type ipcache_key -type ipcache_val -type policy_key -type policy_val -type ct_key -type ct_val -type counter_key -type counter_val -type event_budget -type dp_config -type flow_event -type identity_sum datapath c/datapath.c
+// -nostdinc with -I c/third_party/{libbpf,linux} compiles against the vendored
+// third-party headers alone (c/third_party/README.md), so the same clang gives the same
+// bytes anywhere.
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -ffile-prefix-map=${PWD}=. -nostdinc -Ic/third_party/libbpf -Ic/third_party/linux" -target bpfel -no-global-types -type endpoint_info -type local_ep -type ipcache_key -type ipcache_val -type policy_key -type policy_val -type ct_key -type ct_val -type counter_key -type counter_val -type event_budget -type dp_config -type flow_event -type identity_sum datapath c/datapath.c

@@ -12,11 +12,7 @@ import (
 func TestFlowEventsNameTheRuleAndCounters(t *testing.T) {
 	d := loadTest(t)
 	cl := newCluster(t, d)
-	cl.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: deny-client, namespace: default}
-spec:
+	cl.cnp("deny-client", `
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - fromEndpoints: [{}]
@@ -71,7 +67,7 @@ spec:
 func TestFlowEventsRateLimited(t *testing.T) {
 	d := loadTest(t)
 	cl := newCluster(t, d)
-	cl.cnp(seedDefaultDeny)
+	cl.cnp("default-deny", seedDefaultDeny)
 	const rate, flood = 5, 200
 	must(t, d.SetEventRate(context.Background(), rate))
 	rd, err := d.NewFlowReader()
@@ -104,7 +100,7 @@ func TestFlowEventsRateLimited(t *testing.T) {
 func TestFlowEventsOff(t *testing.T) {
 	d := loadTest(t)
 	cl := newCluster(t, d)
-	cl.cnp(seedDefaultDeny)
+	cl.cnp("default-deny", seedDefaultDeny)
 	ctx := context.Background()
 	must(t, d.SetEventRate(ctx, 5))
 	must(t, d.SetFlowEvents(ctx, false))

@@ -15,31 +15,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// udpExchange sends size bytes to addr:port from the pod and waits for the echo.
-func (p *testPod) udpExchange(addr netip.Addr, port, size int, timeout time.Duration) error {
-	return p.netns.Do(func(ns.NetNS) error {
-		c, err := net.Dial("udp4", netip.AddrPortFrom(addr, uint16(port)).String())
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(timeout))
-		msg := bytes.Repeat([]byte("f"), size)
-		if _, err := c.Write(msg); err != nil {
-			return err
-		}
-		buf := make([]byte, 2*size)
-		n, err := c.Read(buf)
-		if err != nil {
-			return err
-		}
-		if !bytes.Equal(buf[:n], msg) {
-			return fmt.Errorf("echo of %d bytes, sent %d", n, size)
-		}
-		return nil
-	})
-}
-
 // serveUDPLarge echoes datagrams of any size on port.
 func (p *testPod) serveUDPLarge(t *testing.T, port int) { p.serveUDPEcho(t, port, 65536) }
 
@@ -47,15 +22,10 @@ func (p *testPod) serveUDPLarge(t *testing.T, port int) { p.serveUDPEcho(t, port
 // answer) crosses a port rule whole, both ways; on a denied port it stays dropped.
 func TestNetnsLargeUDPThroughPortRule(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	server, client := n.addServerClient()
 	server.serveUDPLarge(t, 5353)
 	server.serveUDPLarge(t, 5354)
-	n.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: dns, namespace: default}
-spec:
+	n.cnp("dns", `
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - fromEndpoints: [{matchLabels: {app: client}}]
@@ -118,25 +88,16 @@ func (p *testPod) sniffTCP(t *testing.T, src netip.Addr, start func()) []byte {
 // are under default deny for everything but the connection itself.
 func TestNetnsFragNeededReachesSender(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	server, client := n.addServerClient()
 	server.serveTCP(t, 80)
-	n.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: server, namespace: default}
-spec:
+	n.cnp("server", `
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - fromEndpoints: [{matchLabels: {app: client}}]
     toPorts: [{ports: [{port: "80", protocol: TCP}]}]
   egress: [{}]
 `)
-	n.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: client, namespace: default}
-spec:
+	n.cnp("client", `
   endpointSelector: {matchLabels: {app: client}}
   ingress: [{}]
   egress:

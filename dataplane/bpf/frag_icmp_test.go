@@ -56,11 +56,7 @@ func icmpError(src, dst netip.Addr, typ, code uint8, p pkt) []byte {
 func TestFragmentsTakeFirstFragmentPorts(t *testing.T) {
 	d := loadTest(t)
 	cl := newCluster(t, d)
-	cl.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: dns, namespace: default}
-spec:
+	cl.cnp("dns", `
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - fromEndpoints: [{matchLabels: {app: client}}]
@@ -97,11 +93,7 @@ spec:
 func TestICMPErrorsOfTrackedConnections(t *testing.T) {
 	d := loadTest(t)
 	cl := newCluster(t, d)
-	cl.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: web-only, namespace: default}
-spec:
+	cl.cnp("web-only", `
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - fromEndpoints: [{matchLabels: {app: client}}]

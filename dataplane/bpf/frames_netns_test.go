@@ -63,8 +63,7 @@ func (p *testPod) udpReceiver(t *testing.T, port int) <-chan struct{} {
 // sender's egress policy, and ARP could claim any address.
 func TestNetnsPodRawFrames(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	server, client := n.addServerClient()
 	server.serveTCP(t, 80)
 	received := server.udpReceiver(t, 9999)
 	// The client kernel's own IPv6 chatter (DAD, router solicitations) would be
@@ -97,22 +96,10 @@ func TestNetnsPodRawFrames(t *testing.T) {
 	}
 
 	// From here the client may send nothing (egress default deny).
-	n.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: client-quiet, namespace: default}
-spec:
+	n.cnp("client-quiet", `
   endpointSelector: {matchLabels: {app: client}}
   egress: [{}]
 `)
-	var hostMAC net.HardwareAddr
-	must(t, n.node.Do(func(ns.NetNS) error {
-		l, err := netlink.LinkByName(client.hostIf)
-		if err == nil {
-			hostMAC = l.Attrs().HardwareAddr
-		}
-		return err
-	}))
 	udp := ipv4Packet(client.ip, server.ip, 40000, 9999, []byte("tagged"))
 	other := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x99}
 	for _, c := range []struct {
@@ -122,10 +109,10 @@ spec:
 	}{
 		{"ARP reply claiming the server's address", arpFrame(2, client.mac, client.mac, server.ip, gateway4), DropInvalidSource},
 		{"ARP reply with another MAC", arpFrame(2, other, other, client.ip, gateway4), DropInvalidSrcMAC},
-		{"IPv6", ipv6Frame(client.mac, hostMAC), DropUnknownL3},
-		{"802.1Q-tagged IPv4 (VID 0)", taggedFrame(client.mac, hostMAC, []uint16{0x8100}, 0x0800, udp), DropUnsupportedL2},
-		{"QinQ-tagged IPv4 (VID 0, 0)", taggedFrame(client.mac, hostMAC, []uint16{0x88a8, 0x8100}, 0x0800, udp), DropUnsupportedL2},
-		{"unknown ethertype", pad(ethHeader(hostMAC, client.mac, 0x88b5)), DropUnknownL3},
+		{"IPv6", ipv6Frame(client.mac, client.hostMAC), DropUnknownL3},
+		{"802.1Q-tagged IPv4 (VID 0)", taggedFrame(client.mac, client.hostMAC, []uint16{0x8100}, 0x0800, udp), DropUnsupportedL2},
+		{"QinQ-tagged IPv4 (VID 0, 0)", taggedFrame(client.mac, client.hostMAC, []uint16{0x88a8, 0x8100}, 0x0800, udp), DropUnsupportedL2},
+		{"unknown ethertype", pad(ethHeader(client.hostMAC, client.mac, 0x88b5)), DropUnknownL3},
 	} {
 		before := countsOf(t, n.d, client.ifindex, dirEgress)
 		client.sendFrames(t, c.frame)

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -40,6 +41,21 @@ func mountBPFFS(t testing.TB) string {
 	}
 	t.Cleanup(func() { _ = unix.Unmount(mnt, unix.MNT_DETACH) })
 	return mnt
+}
+
+// pinForeignMap pins in a new pin directory, under spec's name, a map of spec's
+// layout (another version's) holding what fill puts in it, as that version would
+// have left it; it returns the directory.
+func pinForeignMap(t *testing.T, spec *ebpf.MapSpec, fill func(*ebpf.Map)) string {
+	t.Helper()
+	pinDir := filepath.Join(mountBPFFS(t), "flatnet")
+	must(t, os.MkdirAll(pinDir, 0o700))
+	m, err := ebpf.NewMap(spec)
+	must(t, err)
+	defer m.Close()
+	fill(m)
+	must(t, m.Pin(filepath.Join(pinDir, spec.Name)))
+	return pinDir
 }
 
 // pkt describes a crafted IPv4 packet.
@@ -155,11 +171,17 @@ func setEndpoint(t testing.TB, d *Datapath, ip netip.Addr, id uint32, pol *compi
 // probeResult is what a probe loop saw: how many tries, how many went the wrong way.
 type probeResult struct{ tries, wrong int }
 
-// probeAllowedDenied connects client -> server:port (which must work) and
-// other -> server:port (which must not) over and over until stop is closed; each
-// channel then gives what its loop saw. A window while the datapath changes shows
-// as a wrong try.
-func probeAllowedDenied(stop <-chan struct{}, client, other, server *testPod, port int) (allowed, denied <-chan probeResult) {
+// probes are the two loops of startProbes, until halted.
+type probes struct {
+	stop            chan struct{}
+	allowed, denied <-chan probeResult
+}
+
+// startProbes connects client -> server:port (which must work) and
+// other -> server:port (which must not) over and over until the probes are halted.
+// A window while the datapath changes shows as a wrong try.
+func startProbes(client, other, server *testPod, port int) *probes {
+	stop := make(chan struct{})
 	probe := func(try func() bool) <-chan probeResult {
 		done := make(chan probeResult, 1)
 		go func() {
@@ -179,22 +201,42 @@ func probeAllowedDenied(stop <-chan struct{}, client, other, server *testPod, po
 		}()
 		return done
 	}
-	allowed = probe(func() bool { return client.tcpWorks(server.ip, port) == nil })
-	denied = probe(func() bool {
+	allowed := probe(func() bool { return client.tcpWorks(server.ip, port) == nil })
+	denied := probe(func() bool {
 		c, err := other.dialTimeout(server.ip, port, 150*time.Millisecond)
 		if err == nil {
 			c.Close()
 		}
 		return err != nil
 	})
-	return allowed, denied
+	return &probes{stop: stop, allowed: allowed, denied: denied}
+}
+
+// halt stops the loops and returns what each saw.
+func (p *probes) halt() (allowed, denied probeResult) {
+	close(p.stop)
+	return <-p.allowed, <-p.denied
+}
+
+// haltAndCheck halts the probes and fails t unless each loop made at least its
+// minimum of tries and none went the wrong way; across names what happened meanwhile.
+func (p *probes) haltAndCheck(t testing.TB, across string, minAllowed, minDenied int) {
+	t.Helper()
+	a, d := p.halt()
+	t.Logf("%d allowed and %d denied connection attempts across %s", a.tries, d.tries, across)
+	if a.tries < minAllowed || d.tries < minDenied {
+		t.Fatalf("too few attempts across %s to mean anything: allowed %+v denied %+v", across, a, d)
+	}
+	if a.wrong != 0 || d.wrong != 0 {
+		t.Errorf("window across %s: %d allowed connections failed, %d denied ones passed", across, a.wrong, d.wrong)
+	}
 }
 
 // restartAgent makes d the node's datapath as the agent does when it starts over
 // pinned maps: the identities d stored seed a fresh compiler, which is given the
 // namespaces, the node and every pod again. The caller replays its policies and
-// re-attaches the endpoints (reattach).
-func (n *testNode) restartAgent(t testing.TB, d *Datapath) {
+// re-attaches the endpoints (reattach). It returns the fresh compiler's allocator.
+func (n *testNode) restartAgent(t testing.TB, d *Datapath) *identity.Allocator {
 	t.Helper()
 	stored, err := d.Identities(context.Background())
 	must(t, err)
@@ -204,13 +246,8 @@ func (n *testNode) restartAgent(t testing.TB, d *Datapath) {
 	}
 	n.d.Close()
 	n.d, n.attach = d, nil
-	n.c = compile.New(alloc)
-	must(t, n.c.UpsertNamespace(compile.Namespace{Name: "default"}))
-	must(t, n.c.UpsertNamespace(compile.Namespace{Name: "other"}))
-	n.c.UpsertNode("self", []netip.Addr{n.nodeIP}, true)
-	for _, p := range n.pods {
-		must(t, n.c.UpsertPod(compile.Pod{Namespace: p.namespace, Name: p.name, Labels: p.labels, IP: p.ip, Local: true}))
-	}
+	n.newCompiler(alloc)
+	return alloc
 }
 
 // reattach attaches p's endpoint again with the compiler's current policy for it.

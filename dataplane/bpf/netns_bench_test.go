@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"sync/atomic"
@@ -47,12 +48,8 @@ import (
 // variants interleave, and prints the ratios against dp=none. Nothing is asserted
 // about times: a loaded machine only makes the figures noisy.
 func BenchmarkNetnsTCP(b *testing.B) {
-	n := newTestNode(b)
+	n, server, client := newBenchNode(b)
 	ctx := context.Background()
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
-	const port = 5001
-	server.serveBench(b, port)
 	// One connection per op leaves the client's side in TIME_WAIT: reuse those ports
 	// (timestamps make it safe) and use the whole port range.
 	must(b, client.netns.Do(func(ns.NetNS) error {
@@ -65,14 +62,12 @@ func BenchmarkNetnsTCP(b *testing.B) {
 	if os.Getenv("FLATNET_BENCH_KUBE_PROXY") != "" {
 		// A node as Kubernetes runs it: kube-proxy's NAT rules make netfilter's
 		// connection tracking and NAT hooks see every forwarded packet.
-		n.iptables("-t", "nat", "-A", "PREROUTING", "-d", "10.96.0.10", "-p", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", server.ip.String()+":80")
-		n.iptables("-t", "nat", "-A", "POSTROUTING", "-m", "mark", "--mark", "0x4000/0x4000", "-j", "MASQUERADE")
+		n.dnatTCP(netip.MustParseAddr("10.96.0.10"), 80, server.ip.String()+":80")
+		n.masqueradeMarked()
 	}
 	// Run time of the programs themselves, while this process holds the fd (the kernel
 	// counts nothing otherwise): what the datapath costs, whatever else runs.
-	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
-	must(b, err)
-	b.Cleanup(func() { stats.Close() })
+	enableRunTimeStats(b)
 
 	rd, err := n.d.NewFlowReader()
 	must(b, err)
@@ -91,7 +86,7 @@ func BenchmarkNetnsTCP(b *testing.B) {
 	b.Cleanup(func() { stopReading(); <-readDone; rd.Close() })
 
 	clientID, _ := n.c.IdentityOf("default", "client")
-	rules1000 := rulesPolicy(clientID, port, 1000)
+	rules1000 := rulesPolicy(clientID, benchPort, 1000)
 	attach := func(p *testPod) {
 		id, _ := n.c.IdentityOf(p.namespace, p.name)
 		must(b, n.node.Do(func(ns.NetNS) error {
@@ -132,7 +127,7 @@ func BenchmarkNetnsTCP(b *testing.B) {
 		k %= len(variants)
 		variants = append(variants[k:], variants[:k]...)
 	}
-	addr := unix.SockaddrInet4{Port: port, Addr: server.ip.As4()}
+	addr := unix.SockaddrInet4{Port: benchPort, Addr: server.ip.As4()}
 	for _, test := range []struct {
 		name string
 		run  func(b *testing.B) error
@@ -171,6 +166,26 @@ func BenchmarkNetnsTCP(b *testing.B) {
 			})
 		}
 	}
+}
+
+// benchPort is where the benchmarks' server answers.
+const benchPort = 5001
+
+// newBenchNode is a node with the two pods the netns benchmarks run between: client,
+// and server answering every byte on benchPort (serveBench).
+func newBenchNode(b *testing.B) (n *testNode, server, client *testPod) {
+	n = newTestNode(b)
+	server, client = n.addServerClient()
+	server.serveBench(b, benchPort)
+	return n, server, client
+}
+
+// enableRunTimeStats has the kernel count the programs' run time and runs until the
+// benchmark ends.
+func enableRunTimeStats(b *testing.B) {
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	must(b, err)
+	b.Cleanup(func() { stats.Close() })
 }
 
 // rulesPolicy enforces ingress with rules other ingress rules (each another identity

@@ -2,8 +2,8 @@ package bpf
 
 import (
 	"bufio"
+	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -17,11 +17,9 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
-	"sigs.k8s.io/yaml"
 
 	"github.com/flatnet/flatnet/dataplane/compile"
 	"github.com/flatnet/flatnet/dataplane/identity"
-	"github.com/flatnet/flatnet/dataplane/policy"
 	"github.com/flatnet/flatnet/internal/testenv"
 )
 
@@ -48,6 +46,7 @@ type testPod struct {
 	hostIf          string
 	ifindex         int
 	mac             net.HardwareAddr // eth0's, as the CNI plugin reports it
+	hostMAC         net.HardwareAddr // the host veth's: the pod's gateway
 }
 
 func newTestNode(t testing.TB) *testNode { return newTestNodeWith(t, Options{}) }
@@ -62,8 +61,7 @@ func newTestNodeWith(t testing.TB, opts Options) *testNode {
 // newTestNodeFrom is newTestNode with the datapath loaded by load.
 func newTestNodeFrom(t testing.TB, load func(pinDir string) (*Datapath, error)) *testNode {
 	testenv.RequireRoot(t)
-	n := &testNode{t: t, pods: map[string]*testPod{}, nodeIP: netip.MustParseAddr("10.224.0.2"),
-		c: compile.New(identity.NewAllocator())}
+	n := &testNode{t: t, pods: map[string]*testPod{}, nodeIP: netip.MustParseAddr("10.224.0.2")}
 	var err error
 	n.node, err = testutils.NewNS()
 	must(t, err)
@@ -88,10 +86,21 @@ func newTestNodeFrom(t testing.TB, load func(pinDir string) (*Datapath, error)) 
 	n.d, err = load(n.pinDir)
 	must(t, err)
 	t.Cleanup(func() { n.d.Close() })
-	must(t, n.c.UpsertNamespace(compile.Namespace{Name: "default"}))
-	must(t, n.c.UpsertNamespace(compile.Namespace{Name: "other"}))
-	n.c.UpsertNode("self", []netip.Addr{n.nodeIP}, true)
+	n.newCompiler(identity.NewAllocator())
 	return n
+}
+
+// newCompiler gives the node a fresh compiler allocating from alloc, told what the
+// agent tells it at start: the namespaces, the node itself and the node's pods.
+func (n *testNode) newCompiler(alloc *identity.Allocator) {
+	n.t.Helper()
+	n.c = compile.New(alloc)
+	must(n.t, n.c.UpsertNamespace(compile.Namespace{Name: "default"}))
+	must(n.t, n.c.UpsertNamespace(compile.Namespace{Name: "other"}))
+	n.c.UpsertNode("self", []netip.Addr{n.nodeIP}, true)
+	for _, p := range n.pods {
+		must(n.t, n.c.UpsertPod(compile.Pod{Namespace: p.namespace, Name: p.name, Labels: p.labels, IP: p.ip, Local: true}))
+	}
 }
 
 func prefixNet(p netip.Prefix) *net.IPNet {
@@ -110,7 +119,6 @@ func (n *testNode) addPod(namespace, name, ip string, labels map[string]string) 
 	p.netns, err = testutils.NewNS()
 	must(t, err)
 	t.Cleanup(func() { p.netns.Close(); _ = testutils.UnmountNS(p.netns) })
-	var hostMAC net.HardwareAddr
 	must(t, n.node.Do(func(ns.NetNS) error {
 		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: p.hostIf}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(p.netns.Fd()))}
 		if err := netlink.LinkAdd(veth); err != nil {
@@ -121,7 +129,7 @@ func (n *testNode) addPod(namespace, name, ip string, labels map[string]string) 
 			return err
 		}
 		p.ifindex = l.Attrs().Index
-		hostMAC = l.Attrs().HardwareAddr
+		p.hostMAC = l.Attrs().HardwareAddr
 		if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+p.hostIf+"/proxy_arp", []byte("1"), 0o644); err != nil {
 			return err
 		}
@@ -150,7 +158,7 @@ func (n *testNode) addPod(namespace, name, ip string, labels map[string]string) 
 		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: gateway}); err != nil {
 			return err
 		}
-		return netlink.NeighAdd(&netlink.Neigh{LinkIndex: eth.Attrs().Index, IP: gateway, HardwareAddr: hostMAC,
+		return netlink.NeighAdd(&netlink.Neigh{LinkIndex: eth.Attrs().Index, IP: gateway, HardwareAddr: p.hostMAC,
 			State: netlink.NUD_PERMANENT, Family: netlink.FAMILY_V4})
 	}))
 	n.pods[namespace+"/"+name] = p
@@ -167,6 +175,21 @@ func (n *testNode) addPod(namespace, name, ip string, labels map[string]string) 
 	return p
 }
 
+// The pods most tests run between: server (app=server) and client (app=client) in
+// namespace default, and other, a pod with client's labels in namespace other.
+func (n *testNode) addServer() *testPod {
+	return n.addPod("default", "server", serverIP.String(), map[string]string{"app": "server"})
+}
+
+func (n *testNode) addServerClient() (server, client *testPod) {
+	return n.addServer(), n.addPod("default", "client", clientIP.String(), map[string]string{"app": "client"})
+}
+
+func (n *testNode) addServerClientOther() (server, client, other *testPod) {
+	server, client = n.addServerClient()
+	return server, client, n.addPod("other", "client", otherIP.String(), map[string]string{"app": "client"})
+}
+
 func (n *testNode) flush() {
 	n.t.Helper()
 	up := n.c.Flush()
@@ -179,15 +202,11 @@ func (n *testNode) flush() {
 	}))
 }
 
-func (n *testNode) cnp(doc string) {
+// cnp upserts the CiliumNetworkPolicy name with spec (ciliumPolicy) and applies the
+// update.
+func (n *testNode) cnp(name, spec string) {
 	n.t.Helper()
-	js, err := yaml.YAMLToJSON([]byte(doc))
-	must(n.t, err)
-	c, err := policy.DecodeCilium(js)
-	must(n.t, err)
-	pols, err := policy.FromCilium(c)
-	must(n.t, err)
-	must(n.t, n.c.UpsertPolicy("cnp/"+c.Namespace+"/"+c.Name, pols))
+	must(n.t, n.c.UpsertPolicy(ciliumPolicy(n.t, name, spec)))
 	n.flush()
 }
 
@@ -236,6 +255,42 @@ func (p *testPod) serve(t testing.TB, port int, handle func(net.Conn)) {
 	}()
 }
 
+// heldConn opens a TCP connection from p to server:port whose server side stays open,
+// idle, until the test ends; push writes msg from the server's side and checks that p
+// reads it on the connection.
+func (p *testPod) heldConn(t *testing.T, server *testPod, port int) (push func(msg string) error) {
+	t.Helper()
+	accepted := make(chan net.Conn, 1)
+	server.serve(t, port, func(conn net.Conn) {
+		accepted <- conn
+		<-t.Context().Done()
+	})
+	conn, err := p.dial(server.ip, port)
+	must(t, err)
+	t.Cleanup(func() { conn.Close() })
+	var serverSide net.Conn
+	select {
+	case serverSide = <-accepted:
+	case <-time.After(dialTimeout):
+		t.Fatalf("%s did not accept %s's connection", server.name, p.name)
+	}
+	return func(msg string) error {
+		_ = serverSide.SetWriteDeadline(time.Now().Add(dialTimeout))
+		if _, err := serverSide.Write([]byte(msg + "\n")); err != nil {
+			return err
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(dialTimeout))
+		got, err := bufio.NewReader(conn).ReadString('\n')
+		if err != nil {
+			return err
+		}
+		if strings.TrimSpace(got) != msg {
+			return fmt.Errorf("read %q, want %q", got, msg)
+		}
+		return nil
+	}
+}
+
 // serveUDP echoes datagrams of up to one MTU on port.
 func (p *testPod) serveUDP(t *testing.T, port int) { p.serveUDPEcho(t, port, 1500) }
 
@@ -248,10 +303,14 @@ const (
 
 // dial opens a TCP connection from the pod.
 func (p *testPod) dial(addr netip.Addr, port int) (net.Conn, error) {
+	return p.dialTimeout(addr, port, dialTimeout)
+}
+
+func (p *testPod) dialTimeout(addr netip.Addr, port int, timeout time.Duration) (net.Conn, error) {
 	var c net.Conn
 	err := p.netns.Do(func(ns.NetNS) error {
 		var err error
-		d := net.Dialer{Timeout: dialTimeout}
+		d := net.Dialer{Timeout: timeout}
 		c, err = d.Dial("tcp4", netip.AddrPortFrom(addr, uint16(port)).String())
 		return err
 	})
@@ -274,18 +333,16 @@ func echo(c net.Conn, msg string) error {
 	return nil
 }
 
-func (p *testPod) tcpWorks(addr netip.Addr, port int) error {
-	c, err := p.dial(addr, port)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	return echo(c, "hello")
-}
+func (p *testPod) tcpWorks(addr netip.Addr, port int) error { return p.tcpTry(addr, port, dialTimeout) }
 
 // tcpQuick is tcpWorks with the shorter timeout of checks that expect a block.
 func (p *testPod) tcpQuick(addr netip.Addr, port int) error {
-	c, err := p.dialTimeout(addr, port, blockTimeout)
+	return p.tcpTry(addr, port, blockTimeout)
+}
+
+// tcpTry connects to addr:port from the pod and checks a round trip.
+func (p *testPod) tcpTry(addr netip.Addr, port int, timeout time.Duration) error {
+	c, err := p.dialTimeout(addr, port, timeout)
 	if err != nil {
 		return err
 	}
@@ -293,13 +350,16 @@ func (p *testPod) tcpQuick(addr netip.Addr, port int) error {
 	return echo(c, "hello")
 }
 
-func (p *testPod) udpQuick(addr netip.Addr, port int) error {
-	return p.udpTry(addr, port, blockTimeout)
+func (p *testPod) udpWorks(addr netip.Addr, port int) error {
+	return p.udpExchange(addr, port, 4, dialTimeout)
 }
 
-func (p *testPod) udpWorks(addr netip.Addr, port int) error { return p.udpTry(addr, port, dialTimeout) }
+func (p *testPod) udpQuick(addr netip.Addr, port int) error {
+	return p.udpExchange(addr, port, 4, blockTimeout)
+}
 
-func (p *testPod) udpTry(addr netip.Addr, port int, timeout time.Duration) error {
+// udpExchange sends size bytes to addr:port from the pod and waits for the echo.
+func (p *testPod) udpExchange(addr netip.Addr, port, size int, timeout time.Duration) error {
 	return p.netns.Do(func(ns.NetNS) error {
 		c, err := net.Dial("udp4", netip.AddrPortFrom(addr, uint16(port)).String())
 		if err != nil {
@@ -307,16 +367,17 @@ func (p *testPod) udpTry(addr netip.Addr, port int, timeout time.Duration) error
 		}
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(timeout))
-		if _, err := c.Write([]byte("ping")); err != nil {
+		msg := bytes.Repeat([]byte("f"), size)
+		if _, err := c.Write(msg); err != nil {
 			return err
 		}
-		buf := make([]byte, 16)
+		buf := make([]byte, 2*size)
 		n, err := c.Read(buf)
 		if err != nil {
 			return err
 		}
-		if string(buf[:n]) != "ping" {
-			return errors.New("bad udp echo")
+		if !bytes.Equal(buf[:n], msg) {
+			return fmt.Errorf("echo of %d bytes, sent %d", n, size)
 		}
 		return nil
 	})
@@ -336,6 +397,19 @@ func wantBlocked(t *testing.T, what string, err error) {
 	}
 }
 
+// attachServiceHook attaches the Service hook in the node netns, as the agent does.
+func (n *testNode) attachServiceHook() {
+	n.t.Helper()
+	must(n.t, n.node.Do(func(ns.NetNS) error { return n.d.AttachServiceHook(context.Background()) }))
+}
+
+// masqueradeMarked adds kube-proxy's KUBE-POSTROUTING rule: masquerade on the way out
+// what KUBE-MARK-MASQ marked (0x4000).
+func (n *testNode) masqueradeMarked() {
+	n.t.Helper()
+	n.iptables("-t", "nat", "-A", "POSTROUTING", "-m", "mark", "--mark", "0x4000/0x4000", "-j", "MASQUERADE")
+}
+
 // iptables runs iptables in the node netns (standing in for kube-proxy).
 func (n *testNode) iptables(args ...string) {
 	n.t.Helper()
@@ -343,15 +417,4 @@ func (n *testNode) iptables(args ...string) {
 	if err != nil {
 		n.t.Fatalf("iptables %v: %v: %s", args, err, out)
 	}
-}
-
-func (p *testPod) dialTimeout(addr netip.Addr, port int, timeout time.Duration) (net.Conn, error) {
-	var c net.Conn
-	err := p.netns.Do(func(ns.NetNS) error {
-		var err error
-		d := net.Dialer{Timeout: timeout}
-		c, err = d.Dial("tcp4", netip.AddrPortFrom(addr, uint16(port)).String())
-		return err
-	})
-	return c, err
 }

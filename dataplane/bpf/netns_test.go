@@ -15,17 +15,12 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/flatnet/flatnet/dataplane/compile"
-	"github.com/flatnet/flatnet/dataplane/identity"
-	"github.com/flatnet/flatnet/dataplane/policy"
 	"github.com/flatnet/flatnet/internal/testenv"
 )
 
 func TestNetnsPolicyWithRealTraffic(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
-	other := n.addPod("other", "client", "10.224.2.30", map[string]string{"app": "client"})
+	server, client, other := n.addServerClientOther()
 	server.serveTCP(t, 80)
 	server.serveTCP(t, 8080)
 	server.serveUDP(t, 53)
@@ -41,18 +36,14 @@ func TestNetnsPolicyWithRealTraffic(t *testing.T) {
 	wantWorks(t, "long connection before policy", echo(long, "one"))
 
 	// The seed scenario.
-	n.cnp(seedDefaultDeny)
+	n.cnp("default-deny", seedDefaultDeny)
 	wantBlocked(t, "client -> server:80 under default deny", client.tcpQuick(server.ip, 80))
 	wantBlocked(t, "server -> client:80 under default deny", server.tcpQuick(client.ip, 80))
 	wantBlocked(t, "udp under default deny", client.udpQuick(server.ip, 53))
 
 	// Allow client:80 and udp/53 in, and the server's 8080 connections; egress stays
 	// default deny, so the replies pass only through connection tracking.
-	n.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: allow-client, namespace: default}
-spec:
+	n.cnp("allow-client", `
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - fromEndpoints: [{matchLabels: {app: client}}]
@@ -89,11 +80,9 @@ spec:
 	wantWorks(t, "other -> server:80 with no policy left", other.tcpWorks(server.ip, 80))
 }
 
+// allowClient is the spec of a policy letting app=client (of namespace default) into
+// app=server.
 const allowClient = `
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: allow-client, namespace: default}
-spec:
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - fromEndpoints: [{matchLabels: {app: client}}]
@@ -103,11 +92,9 @@ spec:
 // holding the datapath, and after a new Load moves the pinned links to new programs.
 func TestNetnsAgentRestart(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
-	other := n.addPod("other", "client", "10.224.2.30", map[string]string{"app": "client"})
+	server, client, other := n.addServerClientOther()
 	server.serveTCP(t, 80)
-	n.cnp(allowClient)
+	n.cnp("allow-client", allowClient)
 	long, err := client.dial(server.ip, 80)
 	must(t, err)
 	defer long.Close()
@@ -118,8 +105,6 @@ func TestNetnsAgentRestart(t *testing.T) {
 
 	d2, err := Load(context.Background(), n.pinDir) // the new agent
 	must(t, err)
-	defer d2.Close()
-	n.d = d2
 	wantWorks(t, "established connection across the restart", echo(long, "still"))
 
 	// The new agent starts from an empty compiler, seeded with the stored identity
@@ -130,19 +115,9 @@ func TestNetnsAgentRestart(t *testing.T) {
 	if len(stored) == 0 {
 		t.Fatalf("no identities stored by the first agent")
 	}
-	alloc := identity.NewAllocator()
-	for s, id := range stored {
-		alloc.Remember(s, id)
-	}
 	old := n.c
-	n.c = compile.New(alloc)
-	must(t, n.c.UpsertNamespace(compile.Namespace{Name: "default"}))
-	must(t, n.c.UpsertNamespace(compile.Namespace{Name: "other"}))
-	n.c.UpsertNode("self", []netip.Addr{n.nodeIP}, true)
-	for _, p := range n.pods {
-		must(t, n.c.UpsertPod(compile.Pod{Namespace: p.namespace, Name: p.name, Labels: p.labels, IP: p.ip, Local: true}))
-	}
-	n.cnp(allowClient)
+	alloc := n.restartAgent(t, d2) // d2 is the node's datapath from here, closed with it
+	n.cnp("allow-client", allowClient)
 	for _, p := range n.pods {
 		was, _ := old.IdentityOf(p.namespace, p.name)
 		now, _ := n.c.IdentityOf(p.namespace, p.name)
@@ -167,70 +142,15 @@ func TestNetnsAgentRestart(t *testing.T) {
 	}
 }
 
-// TestNetnsServicesJudgedOnBackend reproduces kube-proxy's Service DNAT in the node
-// netns: a pod's egress policy must be judged on the backend, for ClusterIPs and for
-// NodePorts on the node's own address, and the un-DNATed replies must pass.
-func TestNetnsServicesJudgedOnBackend(t *testing.T) {
-	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
-	other := n.addPod("other", "web", "10.224.2.30", map[string]string{"app": "web"})
-	server.serveTCP(t, 80)
-	other.serveTCP(t, 80)
-	must(t, n.node.Do(func(ns.NetNS) error { return n.d.AttachServiceHook(context.Background()) }))
-
-	allowed := netip.MustParseAddr("10.96.0.10") // Service -> server
-	denied := netip.MustParseAddr("10.96.0.11")  // Service -> other
-	n.dnatTCP(allowed, 80, "10.224.1.10:80")
-	n.dnatTCP(denied, 80, "10.224.2.30:80")
-	n.dnatTCP(n.nodeIP, 30080, "10.224.1.10:80")
-	n.dnatTCP(n.nodeIP, 30081, "10.224.2.30:80")
-	for _, vip := range []netip.Addr{allowed, denied} {
-		must(t, n.d.UpsertService(context.Background(), vip))
-	}
-
-	wantWorks(t, "ClusterIP -> other without policy", client.tcpWorks(denied, 80))
-
-	n.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: client-egress, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: client}}
-  egress:
-  - toEndpoints: [{matchLabels: {app: server}}]
-    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
-`)
-	wantWorks(t, "ClusterIP whose backend the egress policy allows", client.tcpWorks(allowed, 80))
-	wantBlocked(t, "ClusterIP whose backend the egress policy denies", client.tcpQuick(denied, 80))
-	wantWorks(t, "NodePort whose backend is allowed", client.tcpWorks(n.nodeIP, 30080))
-	wantBlocked(t, "NodePort whose backend is denied", client.tcpQuick(n.nodeIP, 30081))
-	wantBlocked(t, "the denied backend directly", client.tcpQuick(other.ip, 80))
-
-	// The drop is counted on the client's egress as a policy drop.
-	counters, err := n.d.Counters(context.Background())
-	must(t, err)
-	var drops uint64
-	for _, c := range counters {
-		if c.IfIndex == client.ifindex && c.Direction == policy.Egress && c.Code == DropPolicy {
-			drops += c.Packets
-		}
-	}
-	if drops == 0 {
-		t.Errorf("no policy drop counted on the client's egress")
-	}
-}
-
 // TestNetnsDetachForgetsEndpoint: after DetachEndpoint the veth runs no program and
 // nothing of the endpoint (counters, tracked connections) is left for the next pod
 // that gets its interface index.
 func TestNetnsDetachForgetsEndpoint(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	server, client := n.addServerClient()
 	server.serveTCP(t, 80)
 	wantWorks(t, "client -> server", client.tcpWorks(server.ip, 80))
-	n.cnp(seedDefaultDeny)
+	n.cnp("default-deny", seedDefaultDeny)
 	wantBlocked(t, "client -> server under default deny", client.tcpQuick(server.ip, 80))
 
 	must(t, n.node.Do(func(ns.NetNS) error { return n.d.DetachEndpoint(context.Background(), server.ifindex) }))
@@ -270,34 +190,23 @@ func TestNetnsDetachForgetsEndpoint(t *testing.T) {
 // allowed connection may fail and not one denied connection may succeed.
 func TestNetnsNoWindowAcrossRestarts(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
-	other := n.addPod("other", "client", "10.224.2.30", map[string]string{"app": "client"})
+	server, client, other := n.addServerClientOther()
 	server.serveTCP(t, 80)
-	n.cnp(allowClient)
+	n.cnp("allow-client", allowClient)
 
-	stop := make(chan struct{})
-	allowed, denied := probeAllowedDenied(stop, client, other, server, 80)
+	probes := startProbes(client, other, server, 80)
 
 	for i := 0; i < 10; i++ {
 		d2, err := Load(context.Background(), n.pinDir)
 		must(t, err)
 		n.restartAgent(t, d2)
-		n.cnp(allowClient)
+		n.cnp("allow-client", allowClient)
 		for _, p := range n.pods {
 			n.reattach(t, p)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	close(stop)
-	a, d := <-allowed, <-denied
-	t.Logf("%d allowed and %d denied connection attempts across 10 restarts", a.tries, d.tries)
-	if a.tries < 10 || d.tries < 10 {
-		t.Fatalf("too few attempts to mean anything: allowed %+v denied %+v", a, d)
-	}
-	if a.wrong != 0 || d.wrong != 0 {
-		t.Fatalf("window across restarts: %d allowed connections failed, %d denied ones passed", a.wrong, d.wrong)
-	}
+	probes.haltAndCheck(t, "10 restarts", 10, 10)
 }
 
 // TestNetnsPolicySwapUnderTraffic alternates between two policies that both allow the
@@ -306,25 +215,15 @@ func TestNetnsNoWindowAcrossRestarts(t *testing.T) {
 // differ.
 func TestNetnsPolicySwapUnderTraffic(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
-	other := n.addPod("other", "client", "10.224.2.30", map[string]string{"app": "client"})
+	server, client, other := n.addServerClientOther()
 	server.serveTCP(t, 80)
 	a := `
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: swap, namespace: default}
-spec:
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - fromEndpoints: [{matchLabels: {app: client}}]
     toPorts: [{ports: [{port: "80", protocol: TCP}]}]
 `
 	b := `
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: swap, namespace: default}
-spec:
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - fromEndpoints: [{matchLabels: {app: client}}]
@@ -335,26 +234,17 @@ spec:
     toPorts: [{ports: [{port: "443", protocol: TCP}]}]
   - fromEndpoints: [{matchLabels: {app: client, "k8s:io.kubernetes.pod.namespace": other}}]
 `
-	n.cnp(a)
-	stop := make(chan struct{})
-	allowed, denied := probeAllowedDenied(stop, client, other, server, 80)
+	n.cnp("swap", a)
+	probes := startProbes(client, other, server, 80)
 	for i := 0; i < 40; i++ {
 		if i%2 == 0 {
-			n.cnp(b)
+			n.cnp("swap", b)
 		} else {
-			n.cnp(a)
+			n.cnp("swap", a)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	close(stop)
-	ra, rd := <-allowed, <-denied
-	t.Logf("%d allowed and %d denied attempts across 40 policy swaps", ra.tries, rd.tries)
-	if ra.tries < 10 || rd.tries < 5 {
-		t.Fatalf("too few attempts: allowed %+v denied %+v", ra, rd)
-	}
-	if ra.wrong != 0 || rd.wrong != 0 {
-		t.Fatalf("policy swaps: %d allowed connections failed, %d denied ones passed", ra.wrong, rd.wrong)
-	}
+	probes.haltAndCheck(t, "40 policy swaps", 10, 5)
 }
 
 // TestNetnsVanishedInterfaceForgotten: a pod whose veth disappeared while no agent ran
@@ -416,13 +306,9 @@ func TestEnsureBPFFS(t *testing.T) {
 // very first packet, in both directions.
 func TestNetnsFirstPacketUnderPolicy(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
+	server := n.addServer()
 	server.serveTCP(t, 80)
-	n.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: locked, namespace: default}
-spec:
+	n.cnp("locked", `
   endpointSelector: {matchLabels: {app: locked}}
   ingress: [{}]
   egress: [{}]
@@ -442,7 +328,7 @@ spec:
 func TestServiceHookSurvivesAgentRestarts(t *testing.T) {
 	n := newTestNode(t)
 	ctx := context.Background()
-	must(t, n.node.Do(func(ns.NetNS) error { return n.d.AttachServiceHook(ctx) }))
+	n.attachServiceHook()
 	for i := 0; i < 3; i++ {
 		next, err := Load(ctx, n.pinDir)
 		must(t, err)

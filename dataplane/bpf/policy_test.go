@@ -64,20 +64,34 @@ func (cl *cluster) flush() {
 	must(cl.t, err)
 }
 
-func (cl *cluster) cnp(doc string) {
-	cl.t.Helper()
+// The tests' policies live in namespace default; each is written as its name and its
+// spec, the YAML under "spec:" (indented two spaces).
+
+// ciliumPolicy decodes the CiliumNetworkPolicy name with spec as the agent does, and
+// returns the key the agent upserts it under.
+func ciliumPolicy(t testing.TB, name, spec string) (key string, pols []*policy.Policy) {
+	t.Helper()
+	doc := "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: " + name + ", namespace: default}\nspec:" + spec
 	js, err := yaml.YAMLToJSON([]byte(doc))
-	must(cl.t, err)
+	must(t, err)
 	c, err := policy.DecodeCilium(js)
-	must(cl.t, err)
-	pols, err := policy.FromCilium(c)
-	must(cl.t, err)
-	must(cl.t, cl.c.UpsertPolicy("cnp/"+c.Namespace+"/"+c.Name, pols))
+	must(t, err)
+	pols, err = policy.FromCilium(c)
+	must(t, err)
+	return "cnp/" + c.Namespace + "/" + c.Name, pols
+}
+
+// cnp upserts the CiliumNetworkPolicy name with spec and applies the update.
+func (cl *cluster) cnp(name, spec string) {
+	cl.t.Helper()
+	must(cl.t, cl.c.UpsertPolicy(ciliumPolicy(cl.t, name, spec)))
 	cl.flush()
 }
 
-func (cl *cluster) np(doc string) {
+// np upserts the NetworkPolicy name with spec and applies the update.
+func (cl *cluster) np(name, spec string) {
 	cl.t.Helper()
+	doc := "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: " + name + ", namespace: default}\nspec:" + spec
 	var np networkingv1.NetworkPolicy
 	must(cl.t, yaml.UnmarshalStrict([]byte(doc), &np))
 	p, err := policy.FromNetworkPolicy(&np)
@@ -106,7 +120,7 @@ func TestNoPolicyAllowsAndTracks(t *testing.T) {
 	expect(t, d, "egress without policy", dirEgress, tcp(serverIP, clientIP, 40001, 443, tcpSYN), tcxNext)
 	// The connection was tracked although no policy selected the pod: a default-deny
 	// policy applied now must not cut its replies.
-	cl.cnp(seedDefaultDeny)
+	cl.cnp("default-deny", seedDefaultDeny)
 	expect(t, d, "reply of a connection opened before the policy", dirEgress, syn.reply(tcpSYN|tcpACK), tcxNext)
 	expect(t, d, "new connection after default deny", dirIngress, tcp(clientIP, serverIP, 40002, 80, tcpSYN), tcxDrop)
 	expect(t, d, "new egress after default deny", dirEgress, tcp(serverIP, clientIP, 40003, 443, tcpSYN), tcxDrop)
@@ -114,11 +128,8 @@ func TestNoPolicyAllowsAndTracks(t *testing.T) {
 	expect(t, d, "forward packet of the old connection under the new policy", dirIngress, tcp(clientIP, serverIP, 40000, 80, tcpACK), tcxDrop)
 }
 
+// seedDefaultDeny is the spec of the seed scenario's default-deny of app=server.
 const seedDefaultDeny = `
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: default-deny, namespace: default}
-spec:
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - {}
@@ -129,7 +140,7 @@ spec:
 func TestSeedDefaultDenyAndDelete(t *testing.T) {
 	d := loadTest(t)
 	cl := newCluster(t, d)
-	cl.cnp(seedDefaultDeny)
+	cl.cnp("default-deny", seedDefaultDeny)
 	expect(t, d, "client -> server:80 under default deny", dirIngress, tcp(clientIP, serverIP, 41000, 80, tcpSYN), tcxDrop)
 	expect(t, d, "kubelet probe from the node", dirIngress, tcp(nodeIP, serverIP, 41001, 80, tcpSYN), tcxNext)
 	cl.c.DeletePolicy("cnp/default/default-deny")
@@ -137,13 +148,9 @@ func TestSeedDefaultDenyAndDelete(t *testing.T) {
 	expect(t, d, "client -> server:80 after the cnp is deleted", dirIngress, tcp(clientIP, serverIP, 41002, 80, tcpSYN), tcxNext)
 }
 
-// webPolicy lets app=client into app=server on TCP 80 and puts the server's egress
+// webPolicy (a spec) lets app=client into app=server on TCP 80 and puts the server's egress
 // into default deny (the empty rule), so replies pass only through conntrack.
 const webPolicy = `
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: web, namespace: default}
-spec:
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - fromEndpoints: [{matchLabels: {app: client}}]
@@ -155,7 +162,7 @@ spec:
 func TestAllowByIdentityAndPortWithReplies(t *testing.T) {
 	d := loadTest(t)
 	cl := newCluster(t, d)
-	cl.cnp(webPolicy)
+	cl.cnp("web", webPolicy)
 	syn := tcp(clientIP, serverIP, 42000, 80, tcpSYN)
 	expect(t, d, "client -> :80", dirIngress, syn, tcxAllowed())
 	expect(t, d, "reply under egress default deny", dirEgress, syn.reply(tcpSYN|tcpACK), tcxNext)
@@ -171,7 +178,7 @@ func TestAllowByIdentityAndPortWithReplies(t *testing.T) {
 func TestSYNOnClosingConnectionIsNew(t *testing.T) {
 	d := loadTest(t)
 	cl := newCluster(t, d)
-	cl.cnp(webPolicy)
+	cl.cnp("web", webPolicy)
 	syn := tcp(clientIP, serverIP, 42100, 80, tcpSYN)
 	expect(t, d, "client -> :80", dirIngress, syn, tcxNext)
 	expect(t, d, "reply", dirEgress, syn.reply(tcpSYN|tcpACK), tcxNext)
@@ -188,20 +195,12 @@ func TestPortRangeAndDenyPrecedence(t *testing.T) {
 	d := loadTest(t)
 	cl := newCluster(t, d)
 	// A Kubernetes NetworkPolicy allows a range; a CNP deny inside it wins.
-	cl.np(`
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: range, namespace: default}
-spec:
+	cl.np("range", `
   podSelector: {matchLabels: {app: server}}
   ingress:
   - ports: [{protocol: TCP, port: 8000, endPort: 8100}]
 `)
-	cl.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: deny-8080, namespace: default}
-spec:
+	cl.cnp("deny-8080", `
   endpointSelector: {matchLabels: {app: server}}
   ingressDeny:
   - fromEndpoints: [{matchLabels: {app: client}}]
@@ -220,11 +219,7 @@ spec:
 		expect(t, d, "port "+itoa(int(c.port))+" from "+c.src.String(), dirIngress, tcp(c.src, serverIP, uint16(43000+i), c.port, tcpSYN), c.want)
 	}
 	// A deny of every port of the client beats the allow of the range.
-	cl.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: deny-client, namespace: default}
-spec:
+	cl.cnp("deny-client", `
   endpointSelector: {}
   ingressDeny:
   - fromEndpoints: [{matchLabels: {app: client}}]
@@ -236,11 +231,7 @@ spec:
 func TestCIDRExcept(t *testing.T) {
 	d := loadTest(t)
 	cl := newCluster(t, d)
-	cl.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: cidr, namespace: default}
-spec:
+	cl.cnp("cidr", `
   endpointSelector: {matchLabels: {app: server}}
   egress:
   - toCIDRSet: [{cidr: 192.168.0.0/16, except: [192.168.7.0/24]}]
@@ -254,11 +245,7 @@ spec:
 	expect(t, d, "the /32 inside the exception, other port", dirEgress, tcp(serverIP, ext("192.168.7.7"), 44002, 443, tcpSYN), tcxDrop)
 	expect(t, d, "outside the block", dirEgress, tcp(serverIP, ext("172.16.0.1"), 44003, 443, tcpSYN), tcxDrop)
 	// An ipBlock also matches pod addresses (Kubernetes' e2e tests rely on it).
-	cl.np(`
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: pod-cidr, namespace: default}
-spec:
+	cl.np("pod-cidr", `
   podSelector: {}
   policyTypes: [Egress]
   egress:
@@ -277,11 +264,7 @@ func TestCiliumCIDRSelectsOnlyWorld(t *testing.T) {
 	remoteNode := netip.MustParseAddr("10.224.0.3")
 	cl.c.UpsertNode("other", []netip.Addr{remoteNode}, false)
 	unknown := netip.MustParseAddr("10.224.9.9") // in the subnet, neither pod nor node: world
-	cl.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: subnet, namespace: default}
-spec:
+	cl.cnp("subnet", `
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - fromCIDR: [10.224.0.0/16]
@@ -295,20 +278,12 @@ spec:
 	expect(t, d, "cnp fromCIDR: pod in the block", dirIngress, tcp(clientIP, serverIP, 45004, 80, tcpSYN), tcxDrop)
 
 	// A deny over the block does not deny pods either; an ipBlock allow still does allow them.
-	cl.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: subnet, namespace: default}
-spec:
+	cl.cnp("subnet", `
   endpointSelector: {matchLabels: {app: server}}
   egressDeny:
   - toCIDR: [10.224.0.0/16]
 `)
-	cl.np(`
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: pods, namespace: default}
-spec:
+	cl.np("pods", `
   podSelector: {}
   policyTypes: [Egress]
   egress:
@@ -322,11 +297,7 @@ spec:
 func TestEntitiesAndNamedPorts(t *testing.T) {
 	d := loadTest(t)
 	cl := newCluster(t, d)
-	cl.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: ent, namespace: default}
-spec:
+	cl.cnp("ent", `
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - fromEntities: [world]
@@ -356,7 +327,7 @@ func appendInt(b []byte, i int) []byte {
 func TestServiceAddressDeferredAndRepliesTracked(t *testing.T) {
 	d := loadTest(t)
 	cl := newCluster(t, d)
-	cl.cnp(seedDefaultDeny)
+	cl.cnp("default-deny", seedDefaultDeny)
 	vip := netip.MustParseAddr("10.96.0.10")
 	must(t, d.UpsertService(context.Background(), vip))
 
@@ -371,11 +342,7 @@ func TestServiceAddressDeferredAndRepliesTracked(t *testing.T) {
 func TestUDPAndICMPReplies(t *testing.T) {
 	d := loadTest(t)
 	cl := newCluster(t, d)
-	cl.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: out, namespace: default}
-spec:
+	cl.cnp("out", `
   endpointSelector: {matchLabels: {app: server}}
   ingress: [{}]
   egress:

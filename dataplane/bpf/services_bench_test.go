@@ -5,8 +5,6 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/cilium/ebpf"
-	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/sys/unix"
 )
 
@@ -17,22 +15,16 @@ import (
 // recognise as not its business (not marked, not DNATed), dst=service a connection
 // to a ClusterIP it judges on the backend.
 func BenchmarkNetnsServiceHook(b *testing.B) {
-	n := newTestNode(b)
+	n, server, client := newBenchNode(b)
 	ctx := context.Background()
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
-	const port = 5001
-	server.serveBench(b, port)
 	must(b, n.d.SetHostRouting(ctx, true))
 	must(b, n.d.SetFlowEvents(ctx, false))
-	must(b, n.node.Do(func(ns.NetNS) error { return n.d.AttachServiceHook(ctx) }))
+	n.attachServiceHook()
 	vip := [4]byte{10, 96, 0, 10}
-	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", "10.96.0.10", "-p", "tcp", "--dport", "5001", "-j", "DNAT", "--to-destination", server.ip.String()+":5001")
-	n.iptables("-t", "nat", "-A", "POSTROUTING", "-m", "mark", "--mark", "0x4000/0x4000", "-j", "MASQUERADE")
+	n.dnatTCP(netip.AddrFrom4(vip), benchPort, netip.AddrPortFrom(server.ip, benchPort).String())
+	n.masqueradeMarked()
 	must(b, n.d.UpsertService(ctx, netip.AddrFrom4(vip)))
-	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
-	must(b, err)
-	b.Cleanup(func() { stats.Close() })
+	enableRunTimeStats(b)
 	for _, dst := range []struct {
 		name string
 		addr [4]byte
@@ -40,7 +32,7 @@ func BenchmarkNetnsServiceHook(b *testing.B) {
 		b.Run("dst="+dst.name, func(b *testing.B) {
 			s0, err := n.d.objs.ServiceEgress.Stats()
 			must(b, err)
-			addr := unix.SockaddrInet4{Port: port, Addr: dst.addr}
+			addr := unix.SockaddrInet4{Port: benchPort, Addr: dst.addr}
 			b.ResetTimer()
 			if err := client.inNetns(func() error { return rr(b, &addr) }); err != nil {
 				b.Fatal(err)

@@ -39,17 +39,60 @@ func (n *testNode) addLocalAddr(a netip.Addr) {
 	}))
 }
 
+// drops counts the packets policy dropped on ifindex in dir.
 func (n *testNode) drops(ifindex int, dir policy.Direction) uint64 {
 	n.t.Helper()
-	counters, err := n.d.Counters(context.Background())
-	must(n.t, err)
-	var drops uint64
-	for _, c := range counters {
-		if c.IfIndex == ifindex && c.Direction == dir && (c.Code == DropPolicy || c.Code == DropPolicyDeny) {
-			drops += c.Packets
-		}
+	c := countsOf(n.t, n.d, ifindex, int(dir))
+	return c[DropPolicy] + c[DropPolicyDeny]
+}
+
+// newServiceNode is a node with the Service hook attached and two pods echoing TCP on
+// 80 as Service backends: server, and web (namespace other, app=web), which the
+// tests' egress policies for client allow and deny.
+func newServiceNode(t *testing.T) (n *testNode, server, client, web *testPod) {
+	n = newTestNode(t)
+	server, client = n.addServerClient()
+	web = n.addPod("other", "web", otherIP.String(), map[string]string{"app": "web"})
+	server.serveTCP(t, 80)
+	web.serveTCP(t, 80)
+	n.attachServiceHook()
+	return n, server, client, web
+}
+
+// TestNetnsServicesJudgedOnBackend reproduces kube-proxy's Service DNAT in the node
+// netns: a pod's egress policy must be judged on the backend, for ClusterIPs and for
+// NodePorts on the node's own address, and the un-DNATed replies must pass.
+func TestNetnsServicesJudgedOnBackend(t *testing.T) {
+	n, _, client, web := newServiceNode(t)
+
+	allowed := netip.MustParseAddr("10.96.0.10") // Service -> server
+	denied := netip.MustParseAddr("10.96.0.11")  // Service -> web
+	n.dnatTCP(allowed, 80, "10.224.1.10:80")
+	n.dnatTCP(denied, 80, "10.224.2.30:80")
+	n.dnatTCP(n.nodeIP, 30080, "10.224.1.10:80")
+	n.dnatTCP(n.nodeIP, 30081, "10.224.2.30:80")
+	for _, vip := range []netip.Addr{allowed, denied} {
+		must(t, n.d.UpsertService(context.Background(), vip))
 	}
-	return drops
+
+	wantWorks(t, "ClusterIP -> other without policy", client.tcpWorks(denied, 80))
+
+	n.cnp("client-egress", `
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: server}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+`)
+	wantWorks(t, "ClusterIP whose backend the egress policy allows", client.tcpWorks(allowed, 80))
+	wantBlocked(t, "ClusterIP whose backend the egress policy denies", client.tcpQuick(denied, 80))
+	wantWorks(t, "NodePort whose backend is allowed", client.tcpWorks(n.nodeIP, 30080))
+	wantBlocked(t, "NodePort whose backend is denied", client.tcpQuick(n.nodeIP, 30081))
+	wantBlocked(t, "the denied backend directly", client.tcpQuick(web.ip, 80))
+
+	// The drop is counted on the client's egress as a policy drop.
+	if countsOf(t, n.d, client.ifindex, dirEgress)[DropPolicy] == 0 {
+		t.Errorf("no policy drop counted on the client's egress")
+	}
 }
 
 // TestNetnsDNATedEgressJudgedOnBackend: whatever address kube-proxy (or a hostPort)
@@ -58,13 +101,7 @@ func (n *testNode) drops(ifindex int, dir policy.Direction) uint64 {
 // on a node address the IP cache does not list. A pod allowed to world only must not
 // reach in-cluster backends through them.
 func TestNetnsDNATedEgressJudgedOnBackend(t *testing.T) {
-	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
-	other := n.addPod("other", "web", "10.224.2.30", map[string]string{"app": "web"})
-	server.serveTCP(t, 80)
-	other.serveTCP(t, 80)
-	must(t, n.node.Do(func(ns.NetNS) error { return n.d.AttachServiceHook(context.Background()) }))
+	n, _, client, _ := newServiceNode(t)
 
 	externalIP := netip.MustParseAddr("203.0.113.10") // spec.externalIPs
 	lbIP := netip.MustParseAddr("198.51.100.7")       // status.loadBalancer.ingress[].ip
@@ -79,11 +116,7 @@ func TestNetnsDNATedEgressJudgedOnBackend(t *testing.T) {
 
 	wantWorks(t, "externalIP -> other without policy", client.tcpWorks(externalIP, 80))
 
-	n.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: client-egress, namespace: default}
-spec:
+	n.cnp("client-egress", `
   endpointSelector: {matchLabels: {app: client}}
   egress:
   - toEntities: [world]
@@ -110,19 +143,19 @@ spec:
 // this node's NodePort, one it admits must.
 func TestNetnsNodePortIngressJudgedBeforeMasquerade(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
+	server := n.addServer()
 	client := n.addRemotePod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
 	intruder := n.addRemotePod("default", "intruder", "10.224.2.30", map[string]string{"app": "intruder"})
 	local := n.addPod("default", "local", "10.224.2.40", map[string]string{"app": "intruder"})
 	server.serveTCP(t, 80)
-	must(t, n.node.Do(func(ns.NetNS) error { return n.d.AttachServiceHook(context.Background()) }))
+	n.attachServiceHook()
 	// kube-proxy's NodePort chain: mark for masquerade (KUBE-MARK-MASQ), DNAT to the
 	// backend, masquerade marked packets on the way out (KUBE-POSTROUTING).
 	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", n.nodeIP.String(), "-p", "tcp", "--dport", "30080", "-j", "MARK", "--set-xmark", "0x4000/0x4000")
 	n.dnatTCP(n.nodeIP, 30080, "10.224.1.10:80")
-	n.iptables("-t", "nat", "-A", "POSTROUTING", "-m", "mark", "--mark", "0x4000/0x4000", "-j", "MASQUERADE")
+	n.masqueradeMarked()
 
-	n.cnp(allowClient)
+	n.cnp("allow-client", allowClient)
 	wantWorks(t, "admitted remote pod -> NodePort", client.tcpWorks(n.nodeIP, 30080))
 	wantBlocked(t, "remote pod the backend does not admit -> NodePort", intruder.tcpQuick(n.nodeIP, 30080))
 	wantBlocked(t, "local pod the backend does not admit -> NodePort", local.tcpQuick(n.nodeIP, 30080))
@@ -175,17 +208,12 @@ func TestServiceAddressesOverIdentities(t *testing.T) {
 // marked as a Service's (judged on the backend only, not as world first).
 func TestNetnsExternalIPToAllowedBackend(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
+	server, client := n.addServerClient()
 	server.serveTCP(t, 80)
-	must(t, n.node.Do(func(ns.NetNS) error { return n.d.AttachServiceHook(context.Background()) }))
+	n.attachServiceHook()
 	externalIP := netip.MustParseAddr("203.0.113.10")
 	n.dnatTCP(externalIP, 80, "10.224.1.10:80")
-	n.cnp(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: client-egress, namespace: default}
-spec:
+	n.cnp("client-egress", `
   endpointSelector: {matchLabels: {app: client}}
   egress:
   - toEndpoints: [{matchLabels: {app: server}}]

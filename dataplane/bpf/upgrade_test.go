@@ -1,10 +1,8 @@
 package bpf
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -87,62 +85,27 @@ func TestNetnsUpgradeFromPreviousLayout(t *testing.T) {
 		return d, err
 	})
 	n.attach = attachPrevious
-	server := n.addPod("default", "server", "10.224.1.10", map[string]string{"app": "server"})
-	client := n.addPod("default", "client", "10.224.2.20", map[string]string{"app": "client"})
-	other := n.addPod("other", "client", "10.224.2.30", map[string]string{"app": "client"})
+	server, client, other := n.addServerClientOther()
 	server.serveTCP(t, 80)
-	accepted := make(chan net.Conn, 1)
-	server.serve(t, 8080, func(conn net.Conn) {
-		accepted <- conn
-		<-t.Context().Done()
-	})
 	const serverPolicy = `
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: server, namespace: default}
-spec:
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - fromEndpoints: [{matchLabels: {app: client, "k8s:io.kubernetes.pod.namespace": default}}]
   egress: [{}]
 `
-	n.cnp(serverPolicy)
-	idle, err := client.dial(server.ip, 8080)
-	must(t, err)
-	defer idle.Close()
-	var serverSide net.Conn
-	select {
-	case serverSide = <-accepted:
-	case <-time.After(dialTimeout):
-		t.Fatal("the server did not accept the connection")
-	}
-	push := func(msg string) error {
-		_ = serverSide.SetWriteDeadline(time.Now().Add(dialTimeout))
-		if _, err := serverSide.Write([]byte(msg + "\n")); err != nil {
-			return err
-		}
-		_ = idle.SetReadDeadline(time.Now().Add(dialTimeout))
-		got, err := bufio.NewReader(idle).ReadString('\n')
-		if err != nil {
-			return err
-		}
-		if strings.TrimSpace(got) != msg {
-			return fmt.Errorf("read %q, want %q", got, msg)
-		}
-		return nil
-	}
+	n.cnp("server", serverPolicy)
+	push := client.heldConn(t, server, 8080) // the idle connection
 	wantWorks(t, "the server writes on the idle connection (previous version)", push("before"))
 	wantBlocked(t, "the server opens a connection under egress default deny", server.tcpQuick(client.ip, 80))
 
-	stop := make(chan struct{})
-	allowed, denied := probeAllowedDenied(stop, client, other, server, 80)
+	probes := startProbes(client, other, server, 80)
 	time.Sleep(200 * time.Millisecond)
 
 	// The new version's agent: a shared table of another size than the pinned one.
 	ctx := context.Background()
 	d2, err := LoadWith(ctx, n.pinDir, Options{CTEntries: 4096})
 	if err != nil {
-		close(stop)
+		probes.halt()
 		t.Fatalf("loading over the previous version's pinned maps: %v", err)
 	}
 	defer d2.Close()
@@ -161,20 +124,12 @@ spec:
 	// As the agent does: identities restored, the cluster replayed and written, then
 	// every endpoint re-attached.
 	n.restartAgent(t, d2)
-	n.cnp(serverPolicy)
+	n.cnp("server", serverPolicy)
 	for _, p := range []*testPod{server, client, other} {
 		n.reattach(t, p)
 		time.Sleep(200 * time.Millisecond)
 	}
-	close(stop)
-	a, dn := <-allowed, <-denied
-	t.Logf("%d allowed and %d denied connection attempts across the upgrade", a.tries, dn.tries)
-	if a.tries < 5 || dn.tries < 5 {
-		t.Fatalf("too few attempts to mean anything: allowed %+v denied %+v", a, dn)
-	}
-	if a.wrong != 0 || dn.wrong != 0 {
-		t.Errorf("window during the upgrade: %d allowed connections failed, %d denied ones passed", a.wrong, dn.wrong)
-	}
+	probes.haltAndCheck(t, "the upgrade", 5, 5)
 	if up := d2.Upgrade(); up.Pending != 0 || len(up.Retired) != 0 {
 		t.Errorf("after every endpoint was re-attached: %+v, want the upgrade finished", up)
 	}
@@ -198,17 +153,14 @@ spec:
 // entries have another size cannot be read; Load takes it over anyway and says how
 // many connections it dropped.
 func TestLoadDropsConnectionsOfUnknownLayout(t *testing.T) {
-	pinDir := filepath.Join(mountBPFFS(t), "flatnet")
-	must(t, os.MkdirAll(pinDir, 0o700))
-	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "fn_ct", Type: ebpf.LRUHash, KeySize: 24, ValueSize: 16, MaxEntries: 1024})
-	must(t, err)
-	for i := 0; i < 10; i++ {
-		var k [24]byte
-		k[0] = byte(i)
-		must(t, old.Put(k, [16]byte{}))
-	}
-	must(t, old.Pin(filepath.Join(pinDir, "fn_ct")))
-	old.Close()
+	pinDir := pinForeignMap(t, &ebpf.MapSpec{Name: "fn_ct", Type: ebpf.LRUHash, KeySize: 24, ValueSize: 16, MaxEntries: 1024},
+		func(old *ebpf.Map) {
+			for i := 0; i < 10; i++ {
+				var k [24]byte
+				k[0] = byte(i)
+				must(t, old.Put(k, [16]byte{}))
+			}
+		})
 	d, err := Load(context.Background(), pinDir)
 	if err != nil {
 		t.Fatalf("loading over an fn_ct of another layout: %v", err)

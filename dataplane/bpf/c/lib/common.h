@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 // What every part of the datapath includes: the vendored kernel and libbpf headers
-// (c/include, nothing of the host's), the layouts shared with Go (datapath.h), and
+// (c/third_party, nothing of the host's), the layouts shared with Go (datapath.h), and
 // the tcx verdicts the programs return.
 #pragma once
 
