@@ -88,7 +88,7 @@ func TestNetnsCTFloodKeepsOtherPodsConnections(t *testing.T) {
 // deleted by ExpireConnections and by the lookup that meets them.
 func TestCTEstablishedTable(t *testing.T) {
 	testenv.RequireRoot(t)
-	d, err := LoadWith(context.Background(), filepath.Join(mountBPFFS(t), "flatnet"),
+	d, err := LoadWith(context.Background(), filepath.Join(testenv.BPFFS(t), "flatnet"),
 		Options{CTEntries: 64, CTEstablishedPerEndpoint: 16})
 	must(t, err)
 	t.Cleanup(func() { d.Close() })

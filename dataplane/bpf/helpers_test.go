@@ -13,7 +13,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/containernetworking/plugins/pkg/ns"
-	"golang.org/x/sys/unix"
 
 	"github.com/flatnet/flatnet/dataplane/compile"
 	"github.com/flatnet/flatnet/dataplane/identity"
@@ -24,7 +23,7 @@ import (
 func loadTest(t testing.TB) *Datapath {
 	t.Helper()
 	testenv.RequireRoot(t)
-	mnt := mountBPFFS(t)
+	mnt := testenv.BPFFS(t)
 	d, err := Load(context.Background(), filepath.Join(mnt, "flatnet"))
 	if err != nil {
 		t.Fatalf("Load: %v", err)
@@ -33,22 +32,12 @@ func loadTest(t testing.TB) *Datapath {
 	return d
 }
 
-func mountBPFFS(t testing.TB) string {
-	t.Helper()
-	mnt := t.TempDir()
-	if err := unix.Mount("bpf", mnt, "bpf", 0, ""); err != nil {
-		t.Fatalf("mounting bpffs on %s: %v", mnt, err)
-	}
-	t.Cleanup(func() { _ = unix.Unmount(mnt, unix.MNT_DETACH) })
-	return mnt
-}
-
 // pinForeignMap pins in a new pin directory, under spec's name, a map of spec's
 // layout (another version's) holding what fill puts in it, as that version would
 // have left it; it returns the directory.
 func pinForeignMap(t *testing.T, spec *ebpf.MapSpec, fill func(*ebpf.Map)) string {
 	t.Helper()
-	pinDir := filepath.Join(mountBPFFS(t), "flatnet")
+	pinDir := filepath.Join(testenv.BPFFS(t), "flatnet")
 	must(t, os.MkdirAll(pinDir, 0o700))
 	m, err := ebpf.NewMap(spec)
 	must(t, err)

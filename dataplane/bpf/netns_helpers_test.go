@@ -82,7 +82,7 @@ func newTestNodeFrom(t testing.TB, load func(pinDir string) (*Datapath, error)) 
 		// The node's own address (no dummy driver in this kernel: on lo).
 		return netlink.AddrAdd(lo, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(n.nodeIP, 32))})
 	}))
-	n.pinDir = filepath.Join(mountBPFFS(t), "flatnet")
+	n.pinDir = filepath.Join(testenv.BPFFS(t), "flatnet")
 	n.d, err = load(n.pinDir)
 	must(t, err)
 	t.Cleanup(func() { n.d.Close() })
