@@ -240,36 +240,52 @@ func notEmitted(namespace, name string) error {
 }
 
 // cowShards is how many shards a cowMap has: a change copies about 1/cowShards
-// of the map.
-const cowShards = 1024
+// of the map. They are held in cowGroups groups of cowGroups, so that a change
+// also copies only its group's table of shards (a few hundred bytes), not one
+// table of them all.
+const (
+	cowGroups = 32
+	cowShards = cowGroups * cowGroups
+)
 
 // cowMap is an immutable map: a new version (write, then done) shares with the
-// old every shard it did not change, so a small change of a large map copies a
-// small part of it and readers of the old version are never disturbed.
+// old every shard (and every group of shards) it did not change, so a small change
+// of a large map copies a small part of it and readers of the old version are
+// never disturbed.
 type cowMap[K comparable, V any] struct {
 	seed   maphash.Seed
-	shards [cowShards]map[K]V // nil: empty
+	groups [cowGroups]*[cowGroups]map[K]V // nil: empty
 }
 
 func newCOWMap[K comparable, V any]() *cowMap[K, V] {
 	return &cowMap[K, V]{seed: maphash.MakeSeed()}
 }
 
-func (m *cowMap[K, V]) shard(k K) int { return int(maphash.Comparable(m.seed, k) % cowShards) }
+func (m *cowMap[K, V]) shard(k K) (group, shard int) {
+	i := int(maphash.Comparable(m.seed, k) % cowShards)
+	return i / cowGroups, i % cowGroups
+}
 
 func (m *cowMap[K, V]) get(k K) (V, bool) {
-	v, ok := m.shards[m.shard(k)][k]
+	g, i := m.shard(k)
+	if m.groups[g] == nil {
+		var zero V
+		return zero, false
+	}
+	v, ok := m.groups[g][i][k]
 	return v, ok
 }
 
 // write starts the next version of m.
 func (m *cowMap[K, V]) write() *cowWriter[K, V] { return &cowWriter[K, V]{base: m} }
 
-// cowWriter builds the next version of a cowMap: it copies the map's shard table
-// at the first change, and each shard once, at its first change.
+// cowWriter builds the next version of a cowMap: it copies the map's table of
+// groups at the first change, a group's table of shards at its first change, and
+// each shard once, at its first change.
 type cowWriter[K comparable, V any] struct {
-	base, next *cowMap[K, V] // next is nil until something changes
-	copied     [cowShards]bool
+	base, next  *cowMap[K, V] // next is nil until something changes
+	groupCopied [cowGroups]bool
+	shardCopied [cowShards / 64]uint64 // bit set: the shard is next's own
 }
 
 func (w *cowWriter[K, V]) get(k K) (V, bool) {
@@ -279,19 +295,29 @@ func (w *cowWriter[K, V]) get(k K) (V, bool) {
 	return w.base.get(k)
 }
 
-func (w *cowWriter[K, V]) writable(i int) map[K]V {
+func (w *cowWriter[K, V]) writable(g, i int) map[K]V {
 	if w.next == nil {
 		next := *w.base
 		w.next = &next
 	}
-	if !w.copied[i] {
-		w.next.shards[i] = maps.Clone(w.next.shards[i])
-		if w.next.shards[i] == nil {
-			w.next.shards[i] = map[K]V{}
+	if !w.groupCopied[g] {
+		group := new([cowGroups]map[K]V)
+		if old := w.next.groups[g]; old != nil {
+			*group = *old
 		}
-		w.copied[i] = true
+		w.next.groups[g] = group
+		w.groupCopied[g] = true
 	}
-	return w.next.shards[i]
+	n := g*cowGroups + i
+	if w.shardCopied[n/64]&(1<<(n%64)) == 0 {
+		shard := maps.Clone(w.next.groups[g][i])
+		if shard == nil {
+			shard = map[K]V{}
+		}
+		w.next.groups[g][i] = shard
+		w.shardCopied[n/64] |= 1 << (n % 64)
+	}
+	return w.next.groups[g][i]
 }
 
 func (w *cowWriter[K, V]) set(k K, v V) { w.writable(w.base.shard(k))[k] = v }
