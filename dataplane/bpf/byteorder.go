@@ -17,8 +17,6 @@ func htons(v uint16) uint16 {
 	return binary.NativeEndian.Uint16(b[:])
 }
 
-func ntohs(v uint16) uint16 { return htons(v) }
-
 func addrFromBE(v uint32) netip.Addr {
 	var b [4]byte
 	binary.NativeEndian.PutUint32(b[:], v)

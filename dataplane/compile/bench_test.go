@@ -22,12 +22,6 @@ const (
 	simApps       = 5 // distinct app labels per namespace: 10,000 identities
 )
 
-type sim struct {
-	r        *rand.Rand
-	pods     []Pod
-	policies map[string][]*policy.Policy
-}
-
 func simPod(r *rand.Rand, i int, localEvery int) Pod {
 	ns := i % simNamespaces
 	return Pod{
