@@ -110,7 +110,8 @@ func runWithPolicy(ctx context.Context, cfg RunConfig, log *slog.Logger, kube ku
 	}
 	factory.Start(ctx.Done())
 	// The enforcer must be syncing before the agent re-attaches known endpoints:
-	// Attach waits for its first full sync.
+	// Attach waits for its first full sync. This cancel is deferred last, so when
+	// one part stops the others stop before the flow reader and datapath close.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 3)
