@@ -9,11 +9,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -230,6 +232,9 @@ func (c *Cluster) create(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := checkPortFree(c.cfg.Network.APIServerPort); err != nil {
+		return err
+	}
 	if err := c.ensureNetwork(ctx); err != nil {
 		return err
 	}
@@ -307,7 +312,7 @@ func (c *Cluster) ensureNetwork(ctx context.Context) error {
 		return err
 	}
 	if u, busy := firstConflict(subnet, append(uses, routes...)); busy {
-		hint := "pick a free range: NODE_SUBNET=10.225.0.0/16 NODE_GATEWAY=10.225.0.1 NODE_IP_RANGE=10.225.0.0/27 make cluster"
+		hint := "pick a free range: NODE_SUBNET=10.225.0.0/16 NODE_GATEWAY=10.225.0.1 NODE_IP_RANGE=10.225.0.0/27 API_SERVER_PORT=26444 make cluster"
 		if u.Network {
 			hint = "remove that network, or " + hint
 		}
@@ -322,6 +327,21 @@ func (c *Cluster) ensureNetwork(ctx context.Context) error {
 		return &Problem{What: "could not create docker network " + c.network, Err: err}
 	}
 	return fence(true, subnet)
+}
+
+// checkPortFree refuses, before kind starts anything, an API server port that
+// something on 127.0.0.1 already holds (Docker would fail half-way through).
+func checkPortFree(port uint16) error {
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return &Problem{
+			What:  fmt.Sprintf("the API server port %s is in use", addr),
+			Hints: []string{fmt.Sprintf("pick another below 32768: API_SERVER_PORT=%d make cluster", port+1)},
+			Err:   err,
+		}
+	}
+	return l.Close()
 }
 
 func joinPrefixes(ps []netip.Prefix) string {

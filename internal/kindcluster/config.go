@@ -37,6 +37,8 @@ func Topology(dir, name string, net Network) (*v1alpha4.Cluster, error) {
 	}
 	c.Networking.PodSubnet = net.Subnet.String()
 	c.Networking.ServiceSubnet = net.ServiceSubnet.String()
+	c.Networking.APIServerAddress = "127.0.0.1"
+	c.Networking.APIServerPort = int32(net.APIServerPort)
 	return &c, nil
 }
 

@@ -16,6 +16,7 @@ var testNetwork = Network{
 	Gateway:       netip.MustParseAddr("10.224.0.1"),
 	IPRange:       netip.MustParsePrefix("10.224.0.0/27"),
 	ServiceSubnet: netip.MustParsePrefix("10.96.0.0/16"),
+	APIServerPort: 26443,
 }
 
 func TestTopologyRepoConfigs(t *testing.T) {
@@ -33,7 +34,8 @@ func TestTopologyRepoConfigs(t *testing.T) {
 		}
 		nw := c.Networking
 		if !nw.DisableDefaultCNI || nw.KubeProxyMode != v1alpha4.IPTablesProxyMode ||
-			nw.PodSubnet != "10.224.0.0/16" || nw.ServiceSubnet != "10.96.0.0/16" {
+			nw.PodSubnet != "10.224.0.0/16" || nw.ServiceSubnet != "10.96.0.0/16" ||
+			nw.APIServerAddress != "127.0.0.1" || nw.APIServerPort != 26443 {
 			t.Errorf("%s: networking %+v", name, nw)
 		}
 		patches := strings.Join(c.KubeadmConfigPatches, "\n")

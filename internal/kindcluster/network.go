@@ -6,18 +6,29 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 )
 
 // Network is a cluster's address plan, from kind-configs/network.env: the node
 // subnet (one docker network holding nodes and pods: Azure's node-subnet mode),
-// its gateway, the range Docker may give nodes, and the Service subnet.
+// its gateway, the range Docker may give nodes, the Service subnet, and the
+// host port of the API server.
 type Network struct {
 	Subnet        netip.Prefix
 	Gateway       netip.Addr
 	IPRange       netip.Prefix
 	ServiceSubnet netip.Prefix
+	// APIServerPort is where 127.0.0.1 reaches the API server. Below the
+	// kernel's ephemeral range on purpose: Docker publishes it with a DNAT rule
+	// on 127.0.0.1 that outlives a killed dockerd, and kind's default (a random
+	// ephemeral port) then steals any local listener the kernel gives that port
+	// (a test's 127.0.0.1:0 server got "connection refused").
+	APIServerPort uint16
 }
+
+// ephemeralStart is where Linux's default ip_local_port_range begins.
+const ephemeralStart = 32768
 
 // envDefault matches network.env's only form, NAME=${NAME:-default}: the
 // environment overrides the file, as when the shell sources it.
@@ -72,6 +83,11 @@ func parseNetwork(vals map[string]string) (Network, error) {
 		errs = append(errs, fmt.Sprintf("NODE_GATEWAY=%q is not an IPv4 address", vals["NODE_GATEWAY"]))
 	}
 	n.Gateway = gw
+	port, err := strconv.ParseUint(vals["API_SERVER_PORT"], 10, 16)
+	if err != nil || port < 1024 || port >= ephemeralStart {
+		errs = append(errs, fmt.Sprintf("API_SERVER_PORT=%q: want a port from 1024 to %d, below the ephemeral range (e.g. 26443)", vals["API_SERVER_PORT"], ephemeralStart-1))
+	}
+	n.APIServerPort = uint16(port)
 	if len(errs) > 0 {
 		return Network{}, fmt.Errorf("the address plan (kind-configs/network.env, or the variables overriding it): %s", strings.Join(errs, "; "))
 	}

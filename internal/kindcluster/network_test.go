@@ -20,6 +20,7 @@ func TestLoadNetworkRepoFile(t *testing.T) {
 		Gateway:       netip.MustParseAddr("10.224.0.1"),
 		IPRange:       netip.MustParsePrefix("10.224.0.0/27"),
 		ServiceSubnet: netip.MustParsePrefix("10.96.0.0/16"),
+		APIServerPort: 26443,
 	}
 	if n != want {
 		t.Fatalf("got %+v, want %+v", n, want)
@@ -27,13 +28,13 @@ func TestLoadNetworkRepoFile(t *testing.T) {
 }
 
 func TestLoadNetworkEnvironmentOverrides(t *testing.T) {
-	env := map[string]string{"NODE_SUBNET": "10.225.0.0/16", "NODE_GATEWAY": "10.225.0.1", "NODE_IP_RANGE": "10.225.0.0/27"}
+	env := map[string]string{"NODE_SUBNET": "10.225.0.0/16", "NODE_GATEWAY": "10.225.0.1", "NODE_IP_RANGE": "10.225.0.0/27", "API_SERVER_PORT": "26444"}
 	n, err := LoadNetwork("../../kind-configs/network.env", func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
 	}
 	if n.Subnet.String() != "10.225.0.0/16" || n.Gateway.String() != "10.225.0.1" ||
-		n.IPRange.String() != "10.225.0.0/27" || n.ServiceSubnet.String() != "10.96.0.0/16" {
+		n.IPRange.String() != "10.225.0.0/27" || n.ServiceSubnet.String() != "10.96.0.0/16" || n.APIServerPort != 26444 {
 		t.Fatalf("got %+v", n)
 	}
 }
@@ -46,6 +47,8 @@ func TestLoadNetworkRefuses(t *testing.T) {
 			"NODE_IP_RANGE=${NODE_IP_RANGE:-10.224.0.0/27}\nSERVICE_SUBNET=${SERVICE_SUBNET:-10.96.0.0/16}\n", `NODE_SUBNET="10.224.0.0" is not an IPv4 CIDR`},
 		"IPv6 subnet": {"NODE_SUBNET=${NODE_SUBNET:-fd00::/64}\nNODE_GATEWAY=${NODE_GATEWAY:-10.224.0.1}\n" +
 			"NODE_IP_RANGE=${NODE_IP_RANGE:-10.224.0.0/27}\nSERVICE_SUBNET=${SERVICE_SUBNET:-10.96.0.0/16}\n", `NODE_SUBNET="fd00::/64" is not an IPv4 CIDR`},
+		"ephemeral API server port": {"NODE_SUBNET=${NODE_SUBNET:-10.224.0.0/16}\nNODE_GATEWAY=${NODE_GATEWAY:-10.224.0.1}\n" +
+			"NODE_IP_RANGE=${NODE_IP_RANGE:-10.224.0.0/27}\nSERVICE_SUBNET=${SERVICE_SUBNET:-10.96.0.0/16}\n" + "API_SERVER_PORT=${API_SERVER_PORT:-43307}\n", `API_SERVER_PORT="43307": want a port from 1024 to 32767`},
 		"missing gateway": {"NODE_SUBNET=${NODE_SUBNET:-10.224.0.0/16}\n" +
 			"NODE_IP_RANGE=${NODE_IP_RANGE:-10.224.0.0/27}\nSERVICE_SUBNET=${SERVICE_SUBNET:-10.96.0.0/16}\n", `NODE_GATEWAY="" is not an IPv4 address`},
 	} {
