@@ -75,6 +75,14 @@ conformance: tools ## the policy suites against any cluster: KUBECONFIG=... PROB
 	$(BIN_DIR)/ginkgo --tags e2e --keep-going --label-filter '!flatnet' --junit-report junit.xml \
 		--output-dir $(CURDIR)/_artifacts/conformance ./suites/seed ./suites/netpol
 
+.PHONY: cilium-cluster
+cilium-cluster: ## nightly, not in e2e: kind cluster cilium-ref running Cilium (CILIUM_VERSION) built here; ~25 min cold
+	@bash scripts/cilium-cluster.sh up
+
+.PHONY: cilium-cluster-down
+cilium-cluster-down: ## delete cluster cilium-ref and its docker network
+	@bash scripts/cilium-cluster.sh down
+
 .PHONY: k8s-conformance
 k8s-conformance: tools ## Kubernetes' own [sig-network] [Conformance] e2e specs, offline (KUBECONFIG=, FOCUS=, SKIP=, NODES=)
 	@bash scripts/k8s-conformance.sh

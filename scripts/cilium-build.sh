@@ -40,7 +40,7 @@ inputs_hash() {
 		go env GOVERSION GOARCH
 		echo "$CILIUM_VERSION $LDFLAGS"
 		printf '%s\n' "${PROGRAMS[@]}"
-		sha256sum "$0" "$REPO_ROOT/go.sum"
+		cat "$0" "$REPO_ROOT/go.sum" | sha256sum
 		cd "$MOD" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
 	} | sha256sum | cut -c1-16
 }
