@@ -25,19 +25,26 @@ TREE=$(bash "$REPO_ROOT/scripts/cilium-build.sh" | tail -n1)
 tree_hash=$(basename "$TREE")
 mkdir -p "$WORK"
 
-# The agent.
-ROOTFS=$(rootfs_image cilium flatnet/cilium-rootfs "$AGENT_PACKAGES" "$WORK")
-agent_tag=$(echo "$ROOTFS $tree_hash $(sha256sum <"$0")" | sha256sum | cut -c1-16)
-AGENT="flatnet/cilium:$agent_tag"
-if docker image inspect "$AGENT" >/dev/null 2>&1; then
-	info "cilium agent image $AGENT: up to date"
-else
-	step "cilium agent image: building $AGENT"
-	ctx="$WORK/agent"
-	rm -rf "$ctx" && mkdir -p "$ctx"
-	cp -a "$TREE/." "$ctx/tree"
-	rm -rf "$ctx/tree/operator" "$ctx/tree/.complete"
-	cat >"$ctx/Dockerfile" <<DOCKERFILE
+# ensure_image WHAT REF BUILD: builds REF with the function BUILD (given REF and
+# its build directory) unless the engine has it already.
+ensure_image() {
+	local what=$1 ref=$2 build=$3
+	if docker image inspect "$ref" >/dev/null 2>&1; then
+		info "$what $ref: up to date"
+		return
+	fi
+	step "$what: building $ref"
+	rm -rf "$WORK/ctx" && mkdir -p "$WORK/ctx"
+	"$build" "$ref" "$WORK/ctx"
+	rm -rf "$WORK/ctx"
+	info "$what $ref: $(docker image inspect -f '{{.Size}}' "$ref" | awk '{printf "%.0f MB", $1/1e6}')"
+}
+
+# The agent: the rootfs, then upstream's layout of the programs over it.
+build_agent() { # REF CTX
+	cp -a "$TREE/." "$2/tree"
+	rm -rf "$2/tree/operator" "$2/tree/.complete"
+	cat >"$2/Dockerfile" <<DOCKERFILE
 FROM $ROOTFS
 COPY tree/ /
 # Debian names it clang-19; the agent runs "clang".
@@ -48,31 +55,28 @@ WORKDIR /home/cilium
 CMD ["/usr/bin/cilium-dbg"]
 LABEL org.opencontainers.image.title=cilium org.opencontainers.image.version=$CILIUM_VERSION
 DOCKERFILE
-	run_logged "$WORK/agent-build.log" docker build -t "$AGENT" "$ctx"
-	rm -rf "$ctx"
-	info "cilium agent image $AGENT: $(docker image inspect -f '{{.Size}}' "$AGENT" | awk '{printf "%.0f MB", $1/1e6}')"
-fi
+	run_logged "$WORK/agent-build.log" docker build -t "$1" "$2"
+}
 
-# The operator.
-op_tag=$(echo "$tree_hash $(sha256sum <"$0")" | sha256sum | cut -c1-16)
-OPERATOR="flatnet/cilium-operator:$op_tag"
-if docker image inspect "$OPERATOR" >/dev/null 2>&1; then
-	info "cilium operator image $OPERATOR: up to date"
-else
-	step "cilium operator image: building $OPERATOR"
-	ctx="$WORK/operator"
-	rm -rf "$ctx" && mkdir -p "$ctx/rootfs/tmp"
-	cp -a "$TREE/operator/." "$ctx/rootfs/"
-	chmod 1777 "$ctx/rootfs/tmp"
-	tar -C "$ctx/rootfs" --owner=0 --group=0 --numeric-owner -c . |
+# The operator: one static program and /tmp, FROM scratch.
+build_operator() { # REF CTX
+	mkdir -p "$2/rootfs/tmp"
+	cp -a "$TREE/operator/." "$2/rootfs/"
+	chmod 1777 "$2/rootfs/tmp"
+	tar -C "$2/rootfs" --owner=0 --group=0 --numeric-owner -c . |
 		docker import \
 			--change 'ENV PATH=/usr/bin' \
 			--change 'ENTRYPOINT ["/usr/bin/cilium-operator-generic"]' \
 			--change "LABEL org.opencontainers.image.title=cilium-operator-generic org.opencontainers.image.version=$CILIUM_VERSION" \
-			- "$OPERATOR" >/dev/null || die "docker import of $OPERATOR failed"
-	rm -rf "$ctx"
-	info "cilium operator image $OPERATOR: $(docker image inspect -f '{{.Size}}' "$OPERATOR" | awk '{printf "%.0f MB", $1/1e6}')"
-fi
+			- "$1" >/dev/null || die "docker import of $1 failed"
+}
+
+ROOTFS=$(rootfs_image cilium flatnet/cilium-rootfs "$AGENT_PACKAGES" "$WORK")
+self=$(sha256sum <"$0")
+AGENT="flatnet/cilium:$(echo "$ROOTFS $tree_hash $self" | sha256sum | cut -c1-16)"
+OPERATOR="flatnet/cilium-operator:$(echo "$tree_hash $self" | sha256sum | cut -c1-16)"
+ensure_image "cilium agent image" "$AGENT" build_agent
+ensure_image "cilium operator image" "$OPERATOR" build_operator
 
 kind_load_image "cilium agent image" "$AGENT" "$WORK/load-agent.log"
 kind_load_image "cilium operator image" "$OPERATOR" "$WORK/load-operator.log"
