@@ -15,6 +15,7 @@ import (
 
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/flows"
+	hubblemetrics "github.com/flatnet/flatnet/dataplane/hubble/metrics"
 	"github.com/flatnet/flatnet/dataplane/metrics"
 )
 
@@ -31,6 +32,9 @@ type RunConfig struct {
 	Enforce enforce.Config
 	// FlowHistory is how many recent flows GET /v1/flows keeps.
 	FlowHistory int
+	// HubbleMetrics are the Hubble metrics counted from the flows and served
+	// beside the agent's own (--hubble-metrics); none: off.
+	HubbleMetrics []hubblemetrics.Spec
 }
 
 // Run runs the node agent until ctx ends: the node network (New, Agent.Run) and,
@@ -95,7 +99,11 @@ func runWithPolicy(ctx context.Context, cfg RunConfig, log *slog.Logger, kube ku
 		return err
 	}
 	drops := flows.NewPolicyDrops()
-	registerPolicyMetrics(a.Metrics(), enf.Datapath(), enf, enf.Metrics(), drops)
+	hubble, err := hubblemetrics.New(hubblemetrics.Config{Specs: cfg.HubbleMetrics, Datapath: enf.Datapath()})
+	if err != nil {
+		return fmt.Errorf("--hubble-metrics: %w", err)
+	}
+	registerPolicyMetrics(a.Metrics(), enf.Datapath(), enf, enf.Metrics(), drops, hubble)
 	enricher, err := flows.NewEnricher(cfg.NodeName, enf.Snapshots())
 	if err != nil {
 		return err
@@ -107,6 +115,11 @@ func runWithPolicy(ctx context.Context, cfg RunConfig, log *slog.Logger, kube ku
 	defer events.Close()
 	if err := enf.Watch(ctx, factory, kube, dyn); err != nil {
 		return wrap("policy enforcer", err)
+	}
+	// The enforcer's pod informer (every pod of the cluster: flows name remote pods
+	// too): a deleted pod's Hubble series go, as in Cilium.
+	if _, err := factory.Core().V1().Pods().Informer().AddEventHandler(hubble.PodEvents()); err != nil {
+		return fmt.Errorf("watching pod deletions for the Hubble metrics: %w", err)
 	}
 	factory.Start(ctx.Done())
 	// The enforcer must be syncing before the agent re-attaches known endpoints:
@@ -127,11 +140,12 @@ func runWithPolicy(ctx context.Context, cfg RunConfig, log *slog.Logger, kube ku
 	return <-errc
 }
 
-// registerPolicyMetrics adds the policy datapath's metrics to the agent's (the
-// dashboard test builds the same set with a fake datapath).
-func registerPolicyMetrics(m *Metrics, dp metrics.CounterSource, pods metrics.PodNamer, em *enforce.Metrics, drops *flows.PolicyDrops) {
+// registerPolicyMetrics adds the policy datapath's metrics and the Hubble metrics
+// to the agent's (the dashboard test builds the same set with a fake datapath).
+func registerPolicyMetrics(m *Metrics, dp metrics.CounterSource, pods metrics.PodNamer, em *enforce.Metrics, drops *flows.PolicyDrops, hubble *hubblemetrics.Metrics) {
 	m.MustRegister(metrics.NewCollector(dp).WithPods(pods), drops.Collector())
 	m.MustRegister(em.Collectors()...)
+	m.MustRegister(hubble.Collectors()...)
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {

@@ -18,6 +18,7 @@ import (
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/flows"
+	hubblemetrics "github.com/flatnet/flatnet/dataplane/hubble/metrics"
 	"github.com/flatnet/flatnet/dataplane/ipv4"
 )
 
@@ -36,6 +37,7 @@ func command() *cobra.Command {
 	var (
 		cfg                          agent.RunConfig
 		subnet, gateway, dockerRange string
+		hubbleMetrics                string
 		serviceCIDRs                 []string
 	)
 	cmd := &cobra.Command{
@@ -68,6 +70,9 @@ func command() *cobra.Command {
 					cfg.Enforce.ServiceCIDRs = append(cfg.Enforce.ServiceCIDRs, p)
 				}
 			}
+			if cfg.HubbleMetrics, err = hubblemetrics.ParseSpecs(hubbleMetrics); err != nil {
+				return fmt.Errorf("--hubble-metrics %q: %w", hubbleMetrics, err)
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			return agent.Run(ctx, cfg)
@@ -97,6 +102,7 @@ func command() *cobra.Command {
 	f.DurationVar(&cfg.Enforce.CTGCInterval, "ct-gc-interval", enforce.DefaultCTGCInterval, "how often expired established connections are deleted from the pods' tables")
 	f.BoolVar(&cfg.Policy, "policy", true, "enforce NetworkPolicy and CiliumNetworkPolicy with the eBPF datapath (false: networking only)")
 	f.IntVar(&cfg.FlowHistory, "flow-history", flows.DefaultCapacity, "recent flows kept for GET /v1/flows (flatnetctl flows)")
+	f.StringVar(&hubbleMetrics, "hubble-metrics", hubblemetrics.DefaultSpec, "Hubble metrics counted from the flows and served on --http-addr's /metrics, as Cilium's --hubble-metrics: space-separated, each name[:option;option], e.g. \"flow:sourceContext=namespace;destinationContext=namespace drop tcp policy\"; served: drop, flow, flows-to-world, policy, port-distribution, tcp; empty = none (with --policy only)")
 	f.DurationVar(&cfg.LeakGrace, "leak-grace", 2*time.Minute, "how long an address must belong to no pod before it is freed")
 	return cmd
 }
