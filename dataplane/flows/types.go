@@ -5,13 +5,17 @@
 // policy compiler's published snapshot and takes no lock. The datapath's counters
 // are exported by package metrics, explanations by the agent's API.
 //
-// The types are our own, with Cilium's JSON field names: importing
-// github.com/cilium/cilium for api/v1/flow would pull in most of Cilium's tree for a
-// handful of structs. Only the fields flatnet can fill are defined.
+// The types are our own, with Cilium's JSON field names, plus flatnet's reason and
+// rule fields: what the agent's HTTP API and flatnetctl speak. Proto converts a flow
+// into Hubble's own API type (github.com/cilium/cilium/api/v1/flow), which the gRPC
+// Observer, the exporter and Hubble's metrics use.
 package flows
 
 import (
+	"sync/atomic"
 	"time"
+
+	flowpb "github.com/cilium/cilium/api/v1/flow"
 )
 
 // Response is one line of `hubble observe -o json` (observer.GetFlowsResponse).
@@ -19,6 +23,8 @@ type Response struct {
 	Flow     *Flow     `json:"flow"`
 	NodeName string    `json:"node_name"`
 	Time     time.Time `json:"time"`
+
+	proto atomic.Pointer[flowpb.Flow] // Proto's cache
 }
 
 // Flow is flow.Flow of Cilium's API, restricted to what the datapath reports.
