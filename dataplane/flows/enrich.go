@@ -110,6 +110,10 @@ func (e *Enricher) Flow(ev bpf.FlowEvent) *Flow {
 	if ev.Direction == policy.Egress {
 		local, remote = ev.Src, ev.Dst
 		f.TrafficDirection, f.TraceObservationPoint = Egress, "FROM_ENDPOINT"
+		// A trace's sub_type is its observation point in Cilium's numbering
+		// (TraceFromLxc = 5; TO_ENDPOINT is TraceToLxc = 0): Hubble's flow metric
+		// names it from there.
+		f.EventType.SubType = 5
 	}
 	if ev.Code.Dropped() {
 		f.Verdict = VerdictDropped
