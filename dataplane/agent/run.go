@@ -130,7 +130,7 @@ func runWithPolicy(ctx context.Context, cfg RunConfig, log *slog.Logger, kube ku
 	errc := make(chan error, 3)
 	go func() {
 		// Observability must not take enforcement down with it.
-		if err := flows.Run(ctx, events, enricher, store, drops.Observe); err != nil {
+		if err := flows.Run(ctx, events, enricher, store, drops.Observe, hubble.Observe); err != nil {
 			log.Error("flow reader stopped: no new flows until the agent restarts", "error", err)
 		}
 	}()

@@ -146,6 +146,14 @@ func (c *counter) collector() prometheus.Collector { return c.v }
 // ring); nil when no metric is enabled (Add on nil does nothing).
 func (m *Metrics) LostEvents() *LostEvents { return m.lost }
 
+// Observe counts one flow in every enabled metric; it is a flows.Run observer.
+func (m *Metrics) Observe(r *flows.Response) {
+	if len(m.handlers) == 0 {
+		return
+	}
+	m.process(r.Proto(), r.Flow)
+}
+
 // process counts f, whose flatnet form is native.
 func (m *Metrics) process(f *flowpb.Flow, native *flows.Flow) {
 	var pv policyVerdict
