@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -11,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -93,12 +96,18 @@ func TestEachResourceWatchedOnce(t *testing.T) {
 		}
 	}
 	confDir := filepath.Join(dir, "net.d")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpAddr := l.Addr().String()
+	l.Close()
 	cmd := command()
 	cmd.SetArgs([]string{
 		"--kubeconfig", kubeconfig, "--node-name", "node-a",
 		"--plugin-src-dir", src, "--cni-bin-dir", filepath.Join(dir, "bin"), "--cni-conf-dir", confDir,
 		"--state-dir", filepath.Join(dir, "state"), "--socket", filepath.Join(dir, "agent.sock"),
-		"--http-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0",
+		"--http-addr", httpAddr, "--api-addr", "127.0.0.1:0",
 	})
 	done := make(chan error, 1)
 	go func() { done <- cmd.Execute() }()
@@ -125,6 +134,19 @@ func TestEachResourceWatchedOnce(t *testing.T) {
 			t.Fatalf("after 60s: conflist %v, open watches %v, want all of %v", conflists, watches.snapshot(), want)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	// Hubble's metrics are on the agent's /metrics, the lost events read from
+	// the real datapath (the counters have no series before the first flow).
+	resp, err := http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`hubble_lost_events_total{source="perf_event_ring_buffer"} `, "# HELP hubble_lost_events_total Number of lost events", "flatnet_endpoints "} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("GET /metrics: no %q in\n%s", want, body)
+		}
 	}
 	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
