@@ -142,29 +142,28 @@ func (c *contexts) appendValues(vals []string, f *flowpb.Flow) []string {
 	for _, l := range c.labels {
 		vals = append(vals, labelsContextValue(l, f))
 	}
-	dir := f.GetTrafficDirection()
 	if c.hasSource() {
-		ids := c.source
-		if dir == flowpb.TrafficDirection_INGRESS && c.sourceIngress != nil {
-			ids = c.sourceIngress
-		} else if dir == flowpb.TrafficDirection_EGRESS && c.sourceEgress != nil {
-			ids = c.sourceEgress
-		}
-		vals = append(vals, firstValue(ids, f, true))
+		vals = append(vals, firstValue(f, true, c.source, c.sourceEgress, c.sourceIngress))
 	}
 	if c.hasDestination() {
-		ids := c.destination
-		if dir == flowpb.TrafficDirection_INGRESS && c.destIngress != nil {
-			ids = c.destIngress
-		} else if dir == flowpb.TrafficDirection_EGRESS && c.destEgress != nil {
-			ids = c.destEgress
-		}
-		vals = append(vals, firstValue(ids, f, false))
+		vals = append(vals, firstValue(f, false, c.destination, c.destEgress, c.destIngress))
 	}
 	return vals
 }
 
-func firstValue(ids []contextID, f *flowpb.Flow, source bool) string {
+// firstValue is the first non-empty value of one side of f named by ids, or by
+// the egress or ingress ones for a flow of that direction when they are set.
+func firstValue(f *flowpb.Flow, source bool, ids, egress, ingress []contextID) string {
+	switch f.GetTrafficDirection() {
+	case flowpb.TrafficDirection_INGRESS:
+		if ingress != nil {
+			ids = ingress
+		}
+	case flowpb.TrafficDirection_EGRESS:
+		if egress != nil {
+			ids = egress
+		}
+	}
 	for _, id := range ids {
 		if v := contextValue(id, f, source); v != "" {
 			return v

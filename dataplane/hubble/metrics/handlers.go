@@ -73,13 +73,8 @@ func (c *counter) contexts() *contexts        { return c.ctx }
 func flowProtocol(f *flowpb.Flow) string {
 	switch f.GetEventType().GetType() {
 	case msgAccessLog:
-		switch l7 := f.GetL7(); {
-		case l7.GetDns() != nil:
-			return "DNS"
-		case l7.GetHttp() != nil:
-			return "HTTP"
-		case l7.GetKafka() != nil:
-			return "Kafka"
+		if p := l7Protocol(f); p != "" {
+			return p
 		}
 		return "Unknown L7"
 	case msgDrop, msgTrace, msgPolicyVerdict, msgCapture:
@@ -104,6 +99,19 @@ func flowProtocol(f *flowpb.Flow) string {
 	return "Unknown flow"
 }
 
+// l7Protocol names the L7 record of an access-log flow ("" if none).
+func l7Protocol(f *flowpb.Flow) string {
+	switch l7 := f.GetL7(); {
+	case l7.GetDns() != nil:
+		return "DNS"
+	case l7.GetHttp() != nil:
+		return "HTTP"
+	case l7.GetKafka() != nil:
+		return "Kafka"
+	}
+	return ""
+}
+
 // flowHandler is "flow": hubble_flows_processed_total{protocol,type,subtype,verdict}.
 type flowHandler struct{ *counter }
 
@@ -111,15 +119,7 @@ func (h flowHandler) process(f *flowpb.Flow, _ policyVerdict) {
 	var typ, sub string
 	switch t := f.GetEventType().GetType(); t {
 	case msgAccessLog:
-		typ = "L7"
-		switch l7 := f.GetL7(); {
-		case l7.GetDns() != nil:
-			sub = "DNS"
-		case l7.GetHttp() != nil:
-			sub = "HTTP"
-		case l7.GetKafka() != nil:
-			sub = "Kafka"
-		}
+		typ, sub = "L7", l7Protocol(f)
 	case msgDrop:
 		typ = "Drop"
 	case msgCapture:

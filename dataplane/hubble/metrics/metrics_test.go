@@ -24,17 +24,6 @@ var (
 	worldIP  = netip.MustParseAddr("192.0.2.7")
 )
 
-// snapshots names flows from a compiler's published snapshot, as the enforcer does.
-type snapshots struct{ c *compile.Compiler }
-
-func (s snapshots) RuleName(id compile.RuleID) (compile.RuleInfo, bool) {
-	return s.c.Snapshot().RuleName(id)
-}
-func (s snapshots) PeerOf(ip netip.Addr) (compile.Peer, bool) { return s.c.Snapshot().PeerOf(ip) }
-func (s snapshots) DefaultDenyBy(ns, name string, d policy.Direction) []policy.Ref {
-	return s.c.Snapshot().DefaultDenyBy(ns, name, d)
-}
-
 // eventList is a datapath that reports its events, then io.EOF.
 type eventList []bpf.FlowEvent
 
@@ -94,7 +83,7 @@ spec:
 	}
 	server, _ := c.IdentityOf("default", "server")
 	client, _ := c.IdentityOf("default", "client")
-	en, err := flows.NewEnricher("node-a", snapshots{c})
+	en, err := flows.NewEnricher("node-a", c.Latest())
 	must(t, err)
 	const syn, ack, fin = 0x02, 0x10, 0x01
 	in := func(dport uint16, flags uint8, code bpf.Code, rule compile.RuleID) bpf.FlowEvent {
