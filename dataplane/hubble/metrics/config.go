@@ -74,6 +74,7 @@ func ParseSpecs(s string) ([]Spec, error) {
 		seen[name] = true
 		spec := Spec{Name: name}
 		if hasOpts {
+			given := map[string]bool{}
 			for o := range strings.SplitSeq(opts, ";") {
 				if o == "" {
 					continue
@@ -82,6 +83,10 @@ func ParseSpecs(s string) ([]Spec, error) {
 				if err != nil {
 					return nil, err
 				}
+				if given[strings.ToLower(opt.Name)] {
+					return nil, fmt.Errorf("metric %q: option %q given twice: list its values once, separated by '|'", name, opt.Name)
+				}
+				given[strings.ToLower(opt.Name)] = true
 				spec.Options = append(spec.Options, opt)
 			}
 		}

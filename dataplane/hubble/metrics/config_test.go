@@ -46,20 +46,21 @@ func TestParseSpecs(t *testing.T) {
 // fault, and what would be right.
 func TestParseSpecsErrors(t *testing.T) {
 	for in, want := range map[string][]string{
-		"flows":                                 {`unknown metric "flows"`, "flow, flows-to-world"},
-		"dns":                                   {`metric "dns"`, "DNS visibility", "does not have yet"},
-		"httpV2:exemplars=true":                 {`metric "httpV2"`, "HTTP visibility", "does not have yet"},
-		"http":                                  {`metric "http"`, "HTTP visibility"},
-		"kafka":                                 {`metric "kafka"`, "Kafka"},
-		"icmp":                                  {`metric "icmp"`, "ICMP type and code"},
-		"drop flow drop":                        {`metric "drop" given twice`},
-		"flow:sourcecontext":                    {`metric "flow", option "sourcecontext": needs a value`},
-		"flow:destinationContext=":              {`option "destinationContext": needs a value`},
-		"flow:srcContext=namespace":             {`metric "flow": unknown option "srcContext"`, "sourceContext"},
-		"flow:port":                             {`metric "flow": unknown option "port"`},
-		"flows-to-world:port=80":                {`metric "flows-to-world", option "port": takes no value`},
-		"tcp:sourceContext=namespace|nmespace":  {`metric "tcp", option "sourceContext": unknown context "nmespace"`, "workload-name"},
-		"drop:labelsContext=source_pod,src_pod": {`metric "drop", option "labelsContext": unknown label "src_pod"`, "destination_workload_kind"},
+		"flows":                    {`unknown metric "flows"`, "flow, flows-to-world"},
+		"dns":                      {`metric "dns"`, "DNS visibility", "does not have yet"},
+		"httpV2:exemplars=true":    {`metric "httpV2"`, "HTTP visibility", "does not have yet"},
+		"http":                     {`metric "http"`, "HTTP visibility"},
+		"kafka":                    {`metric "kafka"`, "Kafka"},
+		"icmp":                     {`metric "icmp"`, "ICMP type and code"},
+		"drop flow drop":           {`metric "drop" given twice`},
+		"flow:sourcecontext":       {`metric "flow", option "sourcecontext": needs a value`},
+		"flow:destinationContext=": {`option "destinationContext": needs a value`},
+		"flow:sourceContext=pod;SourceContext=ip": {`metric "flow": option "SourceContext" given twice`},
+		"flow:srcContext=namespace":               {`metric "flow": unknown option "srcContext"`, "sourceContext"},
+		"flow:port":                               {`metric "flow": unknown option "port"`},
+		"flows-to-world:port=80":                  {`metric "flows-to-world", option "port": takes no value`},
+		"tcp:sourceContext=namespace|nmespace":    {`metric "tcp", option "sourceContext": unknown context "nmespace"`, "workload-name"},
+		"drop:labelsContext=source_pod,src_pod":   {`metric "drop", option "labelsContext": unknown label "src_pod"`, "destination_workload_kind"},
 	} {
 		_, err := ParseSpecs(in)
 		if err == nil {
