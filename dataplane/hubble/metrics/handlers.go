@@ -106,6 +106,7 @@ func l7Protocol(f *flowpb.Flow) string {
 		return "DNS"
 	case l7.GetHttp() != nil:
 		return "HTTP"
+	//lint:ignore SA1019 deprecated in the API, still what Hubble's metrics name
 	case l7.GetKafka() != nil:
 		return "Kafka"
 	}
