@@ -44,4 +44,5 @@ var fieldOrder = []field{
 	{"http_path", compileHTTPPath},
 	{"http_url", compileHTTPURL},
 	{"http_header", compileHTTPHeader},
+	{"experimental", compileExperimental},
 }
