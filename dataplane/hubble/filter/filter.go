@@ -4,7 +4,9 @@
 //
 // A list of FlowFilters is an OR: a flow passes an allow list when it matches any of its filters (an empty
 // list lets everything through) and passes a deny list when it matches none of them. Within one FlowFilter
-// every set field must match (AND), and a field matches when any of its values does (OR).
+// every set field must match (AND), and a field matches when any of its values does (OR). A repeated field
+// is set when it has values, as on the wire (Hubble also treats an empty non-nil Go slice as set, matching
+// nothing; no decoded request has one), and a FlowFilter with no field set matches every flow.
 //
 // Everything is validated when the filters are compiled, never while flows are matched: a bad CIDR, label
 // selector, port, regular expression, enum value, an unknown field (from a newer client) or a field flatnet

@@ -136,8 +136,8 @@ func httpL7() *flowpb.Flow {
 	}
 }
 
-// flows are the sample, by name; each case lists the names that pass.
-var flows = map[string]func() *flowpb.Flow{
+// sampleFlows are the sample, by name; each case lists the names that pass.
+var sampleFlows = map[string]func() *flowpb.Flow{
 	"denied": denied, "forwarded": forwarded, "reply": reply, "egressUDP": egressUDP, "icmp": icmp,
 	"dnsL7": dnsL7, "httpL7": httpL7,
 }
@@ -158,12 +158,12 @@ func runMatchCases(t *testing.T, cases []matchCase) {
 			}
 			want := make(map[string]bool)
 			for _, n := range tc.pass {
-				if flows[n] == nil {
+				if sampleFlows[n] == nil {
 					t.Fatalf("no sample flow %q", n)
 				}
 				want[n] = true
 			}
-			for name, f := range flows {
+			for name, f := range sampleFlows {
 				if got := match(f()); got != want[name] {
 					t.Errorf("flow %s: passes = %v, want %v", name, got, want[name])
 				}

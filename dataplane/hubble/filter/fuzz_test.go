@@ -56,8 +56,8 @@ func FuzzCompile(f *testing.F) {
 		}
 		f.Add(uint8(s.field), s.value, wire)
 	}
-	samples := make([]*flowpb.Flow, 0, len(flows))
-	for _, mk := range flows {
+	samples := make([]*flowpb.Flow, 0, len(sampleFlows))
+	for _, mk := range sampleFlows {
 		samples = append(samples, mk())
 	}
 	f.Fuzz(func(t *testing.T, field uint8, value string, wire []byte) {
