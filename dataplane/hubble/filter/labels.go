@@ -68,7 +68,7 @@ func translateSelector(selector string) string {
 	return out.String()
 }
 
-func compileSelectors(path string, selectors []string, labels func(*flowpb.Flow) []string) (Func, error) {
+func compileSelectors(path string, selectors []string, labels func(*flowpb.Flow) k8slabels.Labels) (Func, error) {
 	parsed, err := each(path, selectors, func(path, sel string) (k8slabels.Selector, error) {
 		s, err := k8slabels.Parse(translateSelector(sel))
 		if err != nil {
@@ -81,7 +81,7 @@ func compileSelectors(path string, selectors []string, labels func(*flowpb.Flow)
 		return nil, err
 	}
 	return func(f *flowpb.Flow) bool {
-		ls := flowLabels(labels(f))
+		ls := labels(f)
 		for _, s := range parsed {
 			if s.Matches(ls) {
 				return true
@@ -92,34 +92,46 @@ func compileSelectors(path string, selectors []string, labels func(*flowpb.Flow)
 }
 
 func compileSourceLabel(ff *flowpb.FlowFilter, path string) (Func, error) {
-	return compileSelectors(path, ff.GetSourceLabel(), func(f *flowpb.Flow) []string { return f.GetSource().GetLabels() })
+	return compileSelectors(path, ff.GetSourceLabel(), func(f *flowpb.Flow) k8slabels.Labels {
+		return (*endpointLabels)(f.GetSource())
+	})
 }
 
 func compileDestinationLabel(ff *flowpb.FlowFilter, path string) (Func, error) {
-	return compileSelectors(path, ff.GetDestinationLabel(), func(f *flowpb.Flow) []string { return f.GetDestination().GetLabels() })
+	return compileSelectors(path, ff.GetDestinationLabel(), func(f *flowpb.Flow) k8slabels.Labels {
+		return (*endpointLabels)(f.GetDestination())
+	})
 }
 
 func compileNodeLabels(ff *flowpb.FlowFilter, path string) (Func, error) {
-	return compileSelectors(path, ff.GetNodeLabels(), (*flowpb.Flow).GetNodeLabels)
+	return compileSelectors(path, ff.GetNodeLabels(), func(f *flowpb.Flow) k8slabels.Labels { return (*nodeLabels)(f) })
 }
 
-// flowLabels are a flow's Cilium labels ("source:key=value") seen as Kubernetes labels whose keys are
-// translated selector keys ("source.key"). It parses as it looks up, so matching allocates nothing.
-type flowLabels []string
+// endpointLabels and nodeLabels are an endpoint's and a node's Cilium labels ("source:key=value") seen as
+// Kubernetes labels whose keys are translated selector keys ("source.key"). They are the flow's own
+// structs under another name, so that handing them to a selector allocates nothing; a nil endpoint has no
+// labels.
+type (
+	endpointLabels flowpb.Endpoint
+	nodeLabels     flowpb.Flow
+)
 
-func (ls flowLabels) Has(key string) bool {
-	_, ok := ls.Lookup(key)
-	return ok
+func (e *endpointLabels) Lookup(key string) (string, bool) {
+	return lookupLabel((*flowpb.Endpoint)(e).GetLabels(), key)
 }
+func (e *endpointLabels) Has(key string) bool   { _, ok := e.Lookup(key); return ok }
+func (e *endpointLabels) Get(key string) string { v, _ := e.Lookup(key); return v }
 
-func (ls flowLabels) Get(key string) string {
-	v, _ := ls.Lookup(key)
-	return v
+func (n *nodeLabels) Lookup(key string) (string, bool) {
+	return lookupLabel((*flowpb.Flow)(n).GetNodeLabels(), key)
 }
+func (n *nodeLabels) Has(key string) bool   { _, ok := n.Lookup(key); return ok }
+func (n *nodeLabels) Get(key string) string { v, _ := n.Lookup(key); return v }
 
-// Lookup finds the first label with the selector key's source (any, for "any") and key. Two CIDR labels
-// match when the selector's prefix contains the label's ("cidr.10.0.0.0/8" selects cidr:10.1.0.0/16).
-func (ls flowLabels) Lookup(selectorKey string) (string, bool) {
+// lookupLabel finds the first label with the selector key's source (any, for "any") and key. Two CIDR
+// labels match when the selector's prefix contains the label's ("cidr.10.0.0.0/8" selects
+// cidr:10.1.0.0/16).
+func lookupLabel(ls []string, selectorKey string) (string, bool) {
 	wantSource, wantKey := splitSelectorKey(selectorKey)
 	for _, l := range ls {
 		source, key, value := splitLabel(l)
