@@ -61,11 +61,11 @@ func Compile(allow, deny []*flowpb.FlowFilter) (Func, error) {
 // CompileNamed is Compile for callers whose lists have other names (the exporter's allowList and denyList):
 // the names only prefix the paths of errors.
 func CompileNamed(allowName string, allow []*flowpb.FlowFilter, denyName string, deny []*flowpb.FlowFilter) (Func, error) {
-	allowFs, err := compileList(allowName, allow)
+	allowFs, err := each(allowName, allow, compileFilter)
 	if err != nil {
 		return nil, err
 	}
-	denyFs, err := compileList(denyName, deny)
+	denyFs, err := each(denyName, deny, compileFilter)
 	if err != nil {
 		return nil, err
 	}
@@ -87,18 +87,6 @@ func anyMatch(fs []Func, f *flowpb.Flow) bool {
 		}
 	}
 	return false
-}
-
-func compileList(name string, ffs []*flowpb.FlowFilter) ([]Func, error) {
-	fs := make([]Func, 0, len(ffs))
-	for i, ff := range ffs {
-		match, err := compileFilter(fmt.Sprintf("%s[%d]", name, i), ff)
-		if err != nil {
-			return nil, err
-		}
-		fs = append(fs, match)
-	}
-	return fs, nil
 }
 
 // field compiles one field of a FlowFilter; path is the field's own path ("whitelist[0].source_ip").
