@@ -82,3 +82,29 @@ func BenchmarkMatch(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkCompile is the cost of compiling a GetFlows request's filters, paid once per request.
+func BenchmarkCompile(b *testing.B) {
+	for _, c := range []struct {
+		name  string
+		allow []*flowpb.FlowFilter
+	}{
+		{"namespace-verdict", []*flowpb.FlowFilter{
+			{SourcePod: []string{"seed/"}, Verdict: []flowpb.Verdict{flowpb.Verdict_DROPPED}},
+			{DestinationPod: []string{"seed/"}, Verdict: []flowpb.Verdict{flowpb.Verdict_DROPPED}},
+		}},
+		{"label-node-cidr", []*flowpb.FlowFilter{{SourceLabel: []string{"k8s:app in (a, b), !reserved:world"},
+			NodeName: []string{"kind/kind-worker*"}, DestinationIp: []string{"10.244.0.0/16"}}}},
+		{"cel", []*flowpb.FlowFilter{{Experimental: &flowpb.FlowFilter_Experimental{
+			CelExpression: []string{`_flow.verdict == Verdict.DROPPED`}}}}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := Compile(c.allow, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

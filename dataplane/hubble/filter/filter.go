@@ -95,8 +95,7 @@ type field struct {
 	compile func(ff *flowpb.FlowFilter, path string) (Func, error)
 }
 
-// knownFields are the fields flatnet can compile. Each checks only its own field, so the order is the order
-// of evaluation: cheap comparisons first, label selectors and regular expressions last.
+// knownFields are the names of fieldOrder: any other field set in a FlowFilter is refused.
 var knownFields = func() map[protoreflect.Name]bool {
 	m := make(map[protoreflect.Name]bool)
 	for _, f := range fieldOrder {

@@ -442,3 +442,22 @@ func TestUnknownFieldsAreRefused(t *testing.T) {
 		}
 	}
 }
+
+// Every field of FlowFilter at v1.19.4 is compiled, and fieldOrder names only fields that exist (a
+// misspelt name would never be looked at).
+func TestEveryFieldIsCompiled(t *testing.T) {
+	fields := (&flowpb.FlowFilter{}).ProtoReflect().Descriptor().Fields()
+	for i := 0; i < fields.Len(); i++ {
+		if name := fields.Get(i).Name(); !knownFields[name] {
+			t.Errorf("FlowFilter.%s is not in fieldOrder", name)
+		}
+	}
+	for _, f := range fieldOrder {
+		if fields.ByName(f.name) == nil {
+			t.Errorf("fieldOrder names %q, which FlowFilter does not have", f.name)
+		}
+	}
+	if len(fieldOrder) != fields.Len() {
+		t.Errorf("fieldOrder has %d entries for %d fields", len(fieldOrder), fields.Len())
+	}
+}
