@@ -362,6 +362,7 @@ func TestCompileErrors(t *testing.T) {
 		{"bad port", []*flowpb.FlowFilter{{DestinationPort: []string{"http"}}}, nil, "whitelist[0].destination_port[0]", `"http" is not a port`},
 		{"port too big", []*flowpb.FlowFilter{{SourcePort: []string{"65536"}}}, nil, "whitelist[0].source_port[0]", "0 to 65535"},
 		{"bad selector", []*flowpb.FlowFilter{{SourceLabel: []string{"app in (a"}}}, nil, "whitelist[0].source_label[0]", "not a label selector"},
+		{"blank selector", []*flowpb.FlowFilter{{DestinationLabel: []string{" "}}}, nil, "whitelist[0].destination_label[0]", "not a label selector"},
 		{"bad node selector", []*flowpb.FlowFilter{{NodeLabels: []string{"a=b=c"}}}, nil, "whitelist[0].node_labels[0]", "not a label selector"},
 		{"empty pod", []*flowpb.FlowFilter{{SourcePod: []string{""}}}, nil, "whitelist[0].source_pod[0]", "is empty"},
 		{"pod with two slashes", []*flowpb.FlowFilter{{DestinationPod: []string{"a/b/c"}}}, nil, "whitelist[0].destination_pod[0]", "more than one '/'"},

@@ -29,7 +29,8 @@ func translateSelector(selector string) string {
 		// up to the key
 		i := strings.IndexFunc(s, func(r rune) bool { return !unicode.IsSpace(r) && r != '!' })
 		if i < 0 {
-			out.WriteString(s)
+			// A requirement with no key: Hubble writes an empty key, which the parser refuses.
+			out.WriteString(s + anySource + ".")
 			break
 		}
 		out.WriteString(s[:i])
