@@ -39,12 +39,10 @@ else
 	build "$WORK/rootfs/flatnet/cni/flatnet" ./dataplane/cmd/flatnet-cni
 	build "$WORK/rootfs/flatnet/cni/loopback" github.com/containernetworking/plugins/plugins/main/loopback
 	build "$WORK/rootfs/flatnet/cni/portmap" github.com/containernetworking/plugins/plugins/meta/portmap
-	tar -C "$WORK/rootfs" --owner=0 --group=0 --numeric-owner -c . |
-		docker import \
-			--change 'ENTRYPOINT ["/flatnet-agent"]' \
-			--change "LABEL org.opencontainers.image.title=flatnet-agent org.opencontainers.image.revision=$TAG" \
-			- "$REF" >/dev/null || die "docker import of $REF failed"
-	info "agent image $REF: $(docker image inspect -f '{{.Size}}' "$REF" | awk '{printf "%.1f MB", $1/1e6}')"
+	import_rootfs "$WORK/rootfs" "$REF" \
+		--change 'ENTRYPOINT ["/flatnet-agent"]' \
+		--change "LABEL org.opencontainers.image.title=flatnet-agent org.opencontainers.image.revision=$TAG"
+	info "agent image $REF: $(image_size "$REF")"
 fi
 
 kind_load_image "agent image" "$REF" "$WORK.load.log"
