@@ -61,6 +61,7 @@ type Manager struct {
 	byName   map[string]*fileExporter
 	lastRead []byte // the file's content at the last Reload that read it
 	readOnce bool
+	retry    bool // lastRead is a valid config the node could not apply yet
 }
 
 // NewManager checks opts; the Manager has no exporters until Run or Apply.
@@ -168,8 +169,10 @@ func (m *Manager) reloadLogged() {
 
 // Reload reads the config file and, if it changed since the last read, applies
 // it. An error (unreadable, invalid, a file that cannot be opened) leaves the
-// exporters as they were and is counted as a failed reconfiguration; the same
-// content is not tried again until it changes.
+// exporters as they were and is counted as a failed reconfiguration. A refused
+// config is not read again until it changes; one the node could not apply
+// (its files could not be opened) is retried at every Reload, and reported
+// again only when the config changes.
 func (m *Manager) Reload() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -181,15 +184,20 @@ func (m *Manager) Reload() error {
 		m.metrics.reconfigurations.WithLabelValues("failure").Inc()
 		return fmt.Errorf("reading %s: %w", m.opts.ConfigFile, err)
 	}
-	if m.readOnce && bytes.Equal(data, m.lastRead) {
+	same := m.readOnce && bytes.Equal(data, m.lastRead)
+	if same && !m.retry {
 		return nil
 	}
-	m.lastRead, m.readOnce = data, true
+	m.lastRead, m.readOnce, m.retry = data, true, false
 	cfg, err := Parse(data, m.opts.Dir)
 	if err == nil {
 		err = m.applyLocked(cfg)
+		m.retry = err != nil
 	}
 	if err != nil {
+		if same {
+			return nil // reported when it was first tried
+		}
 		m.metrics.reconfigurations.WithLabelValues("failure").Inc()
 		return fmt.Errorf("%s: %w", m.opts.ConfigFile, err)
 	}

@@ -182,3 +182,32 @@ func TestApplyIsAllOrNothing(t *testing.T) {
 	}
 	m.stopAll()
 }
+
+// A valid config the node cannot apply yet (its file's place is taken) is
+// reported once and applied as soon as it can be, without a change.
+func TestReloadRetriesWhatTheNodeRefused(t *testing.T) {
+	m, _ := newTestManager(t, 0)
+	taken := filepath.Join(m.opts.Dir, "a.log")
+	if err := os.Mkdir(taken, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(m.opts.ConfigFile, []byte("flowLogs: [{name: a, filePath: a.log}]"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Reload(); err == nil || !strings.Contains(err.Error(), `flowLogs[0] ("a"): filePath: opening it to append`) {
+		t.Fatalf("Reload = %v, want a.log refused", err)
+	}
+	if err := m.Reload(); err != nil || len(names(m)) != 0 {
+		t.Fatalf("second Reload = %v, exporters %v; want the same failure, unreported", err, names(m))
+	}
+	if got := counter(m, "", "failure"); got != 1 {
+		t.Errorf("%v failures counted, want 1", got)
+	}
+	if err := os.Remove(taken); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Reload(); err != nil || !slices.Equal(names(m), []string{"a"}) {
+		t.Errorf("Reload once a.log can be written = %v, exporters %v; want [a]", err, names(m))
+	}
+	m.stopAll()
+}
