@@ -23,6 +23,10 @@ const (
 	DefaultFileMaxBackups = 5
 )
 
+// MaxFlowLogs caps the exporters of one config: each holds a queue of flows, a
+// goroutine and a file, so their number bounds the memory flow logs take.
+const MaxFlowLogs = 32
+
 // Config is the dynamic exporter's file, as Cilium's hubble-flowlog-config
 // ConfigMap holds it: `flowLogs: [{name, filePath, ...}]`.
 type Config struct {
@@ -82,6 +86,9 @@ func Parse(data []byte, dir string) (Config, error) {
 		if err := strictJSON(js, &top); err != nil {
 			return Config{}, fmt.Errorf("%w (the file holds one key, flowLogs: a list of exporters)", err)
 		}
+	}
+	if len(top.FlowLogs) > MaxFlowLogs {
+		return Config{}, fmt.Errorf("flowLogs: %d exporters, at most %d; give one exporter several include filters instead", len(top.FlowLogs), MaxFlowLogs)
 	}
 	var (
 		cfg   Config

@@ -1,6 +1,7 @@
 package exporter
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -139,6 +140,18 @@ func TestParseRefuses(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The number of exporters is bounded: each has a queue, a goroutine and a file.
+func TestParseBoundsExporters(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("flowLogs:\n")
+	for i := range MaxFlowLogs + 1 {
+		fmt.Fprintf(&b, "- {name: e%d, filePath: e%d.log}\n", i, i)
+	}
+	if _, err := Parse([]byte(b.String()), "/d"); err == nil || !strings.Contains(err.Error(), "flowLogs: 33 exporters, at most 32") {
+		t.Errorf("Parse of %d exporters = %v, want refused", MaxFlowLogs+1, err)
 	}
 }
 

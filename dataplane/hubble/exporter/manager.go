@@ -115,11 +115,12 @@ func (m *Manager) Observe(r *flows.Response) {
 // logged and counted; the exporters stay as they were.
 func (m *Manager) Run(ctx context.Context) error {
 	defer m.stopAll()
-	m.reloadLogged()
 	// A ConfigMap volume changes by swapping a symlink in the file's directory
-	// (..data), so the directory is watched, not the file.
+	// (..data), so the directory is watched, not the file; from before the
+	// first read, so no change falls between the two.
 	events, stopWatch := m.watch()
 	defer stopWatch()
+	m.reloadLogged()
 	poll := time.NewTicker(m.opts.Poll)
 	defer poll.Stop()
 	var settle <-chan time.Time // a burst of notices makes one reload
@@ -127,7 +128,11 @@ func (m *Manager) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-events:
+		case _, ok := <-events:
+			if !ok {
+				events = nil // the watcher gave up: the poll goes on
+				continue
+			}
 			if settle == nil {
 				settle = time.After(50 * time.Millisecond)
 			}
