@@ -5,9 +5,11 @@ go 1.26
 require (
 	github.com/cilium/cilium v1.19.4
 	github.com/cilium/ebpf v0.22.0
+	github.com/cilium/lumberjack/v2 v2.4.2
 	github.com/containernetworking/cni v1.3.0
 	github.com/containernetworking/plugins v1.7.1
 	github.com/coreos/go-iptables v0.8.0
+	github.com/fsnotify/fsnotify v1.10.1
 	github.com/google/cel-go v0.26.1
 	github.com/google/uuid v1.6.0
 	github.com/ishidawataru/sctp v0.0.0-20250521072954-ae8eb7fa7995

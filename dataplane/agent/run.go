@@ -16,6 +16,7 @@ import (
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/flows"
 	hubblemetrics "github.com/flatnet/flatnet/dataplane/hubble/metrics"
+	"github.com/flatnet/flatnet/dataplane/hubble/exporter"
 	"github.com/flatnet/flatnet/dataplane/metrics"
 )
 
@@ -35,6 +36,9 @@ type RunConfig struct {
 	// HubbleMetrics are the Hubble metrics counted from the flows and served
 	// beside the agent's own (--hubble-metrics); none: off.
 	HubbleMetrics []hubblemetrics.Spec
+	// FlowExport writes flow logs as its config file says (with policy on);
+	// an empty ConfigFile writes none.
+	FlowExport exporter.Options
 }
 
 // Run runs the node agent until ctx ends: the node network (New, Agent.Run) and,
@@ -108,6 +112,15 @@ func runWithPolicy(ctx context.Context, cfg RunConfig, log *slog.Logger, kube ku
 	if err != nil {
 		return err
 	}
+	observers := []func(*flows.Response){drops.Observe, hubble.Observe}
+	var flowLogs *exporter.Manager
+	if cfg.FlowExport.ConfigFile != "" {
+		if flowLogs, err = exporter.NewManager(log, cfg.FlowExport); err != nil {
+			return fmt.Errorf("flow export: %w", err)
+		}
+		a.Metrics().MustRegister(flowLogs.Collectors()...)
+		observers = append(observers, flowLogs.Observe)
+	}
 	events, err := enf.Datapath().NewFlowReader()
 	if err != nil {
 		return err
@@ -125,12 +138,21 @@ func runWithPolicy(ctx context.Context, cfg RunConfig, log *slog.Logger, kube ku
 	// The enforcer must be syncing before the agent re-attaches known endpoints:
 	// Attach waits for its first full sync. This cancel is deferred last, so when
 	// one part stops the others stop before the flow reader and datapath close.
+	// The flow logs are written out after that cancel, before the process ends.
+	logsWritten := make(chan struct{})
+	defer func() { <-logsWritten }()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	go func() {
+		defer close(logsWritten)
+		if flowLogs != nil {
+			_ = flowLogs.Run(ctx) // it logs what it refuses; it stops with ctx
+		}
+	}()
 	errc := make(chan error, 3)
 	go func() {
 		// Observability must not take enforcement down with it.
-		if err := flows.Run(ctx, events, enricher, store, drops.Observe, hubble.Observe); err != nil {
+		if err := flows.Run(ctx, events, enricher, store, observers...); err != nil {
 			log.Error("flow reader stopped: no new flows until the agent restarts", "error", err)
 		}
 	}()

@@ -19,6 +19,7 @@ import (
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/flows"
 	hubblemetrics "github.com/flatnet/flatnet/dataplane/hubble/metrics"
+	"github.com/flatnet/flatnet/dataplane/hubble/exporter"
 	"github.com/flatnet/flatnet/dataplane/ipv4"
 )
 
@@ -103,6 +104,9 @@ func command() *cobra.Command {
 	f.BoolVar(&cfg.Policy, "policy", true, "enforce NetworkPolicy and CiliumNetworkPolicy with the eBPF datapath (false: networking only)")
 	f.IntVar(&cfg.FlowHistory, "flow-history", flows.DefaultCapacity, "recent flows kept for GET /v1/flows (flatnetctl flows)")
 	f.StringVar(&hubbleMetrics, "hubble-metrics", hubblemetrics.DefaultSpec, "Hubble metrics counted from the flows and served on --http-addr's /metrics, as Cilium's --hubble-metrics: space-separated, each name[:option;option], e.g. \"flow:sourceContext=namespace;destinationContext=namespace drop tcp policy\"; served: drop, flow, flows-to-world, policy, port-distribution, tcp; empty = none (with --policy only)")
+	f.StringVar(&cfg.FlowExport.ConfigFile, "flow-export-config", "", "flow log config (Hubble's dynamic exporter format: flowLogs: [...]; a mounted ConfigMap), applied again whenever it changes; empty = no flow logs")
+	f.StringVar(&cfg.FlowExport.Dir, "flow-export-dir", "/var/log/flatnet/flows", "the only directory flow logs may be written to (and under)")
+	f.IntVar(&cfg.FlowExport.QueueLength, "flow-export-queue", exporter.DefaultQueueLength, "flows each flow log exporter holds for its writer; beyond, flows are dropped and counted")
 	f.DurationVar(&cfg.LeakGrace, "leak-grace", 2*time.Minute, "how long an address must belong to no pod before it is freed")
 	return cmd
 }
