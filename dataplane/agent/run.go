@@ -15,8 +15,8 @@ import (
 
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/flows"
-	hubblemetrics "github.com/flatnet/flatnet/dataplane/hubble/metrics"
 	"github.com/flatnet/flatnet/dataplane/hubble/exporter"
+	hubblemetrics "github.com/flatnet/flatnet/dataplane/hubble/metrics"
 	"github.com/flatnet/flatnet/dataplane/metrics"
 )
 

@@ -18,8 +18,8 @@ import (
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/flows"
-	hubblemetrics "github.com/flatnet/flatnet/dataplane/hubble/metrics"
 	"github.com/flatnet/flatnet/dataplane/hubble/exporter"
+	hubblemetrics "github.com/flatnet/flatnet/dataplane/hubble/metrics"
 	"github.com/flatnet/flatnet/dataplane/ipv4"
 )
 
