@@ -68,6 +68,25 @@ const (
 	AgentSelector  = "app.kubernetes.io/name=flatnet-agent"
 )
 
+// AgentOn returns the live (not terminating) agent pod of node; it is an
+// error when there is none or more than one, saying which.
+func (f *Framework) AgentOn(ctx context.Context, node string) (corev1.Pod, error) {
+	pl, err := f.Clientset.CoreV1().Pods(AgentNamespace).List(ctx, metav1.ListOptions{LabelSelector: AgentSelector, FieldSelector: "spec.nodeName=" + node})
+	if err != nil {
+		return corev1.Pod{}, fmt.Errorf("listing the agent of node %s: %w", node, err)
+	}
+	var live []corev1.Pod
+	for _, p := range pl.Items {
+		if p.DeletionTimestamp == nil {
+			live = append(live, p)
+		}
+	}
+	if len(live) != 1 {
+		return corev1.Pod{}, fmt.Errorf("node %s has %d live agent pods (-n %s -l %s), want 1", node, len(live), AgentNamespace, AgentSelector)
+	}
+	return live[0], nil
+}
+
 // Options say which of the shared parts a suite uses.
 type Options struct {
 	// Settings: the suite reads the run's settings (PROBE_IMAGE and the rest,

@@ -270,22 +270,7 @@ func (wt *watch) stop(expected ...[]*reachability.Table) (problem string, rounds
 }
 
 // agentOn returns the agent pod of node.
-func agentOn(ctx context.Context, node string) (corev1.Pod, error) {
-	pl, err := kc.Clientset.CoreV1().Pods(framework.AgentNamespace).List(ctx, metav1.ListOptions{LabelSelector: framework.AgentSelector, FieldSelector: "spec.nodeName=" + node})
-	if err != nil {
-		return corev1.Pod{}, fmt.Errorf("listing the agent of node %s: %w", node, err)
-	}
-	var live []corev1.Pod
-	for _, p := range pl.Items {
-		if p.DeletionTimestamp == nil {
-			live = append(live, p)
-		}
-	}
-	if len(live) != 1 {
-		return corev1.Pod{}, fmt.Errorf("node %s has %d live agent pods (-n %s -l %s), want 1", node, len(live), framework.AgentNamespace, framework.AgentSelector)
-	}
-	return live[0], nil
-}
+func agentOn(ctx context.Context, node string) (corev1.Pod, error) { return kc.AgentOn(ctx, node) }
 
 func ready(p corev1.Pod) bool {
 	return slices.ContainsFunc(p.Status.Conditions, func(c corev1.PodCondition) bool {
