@@ -87,6 +87,25 @@ func (f *Framework) AgentOn(ctx context.Context, node string) (corev1.Pod, error
 	return live[0], nil
 }
 
+// NodesByRole lists the cluster's nodes by name, sorted: the workers, and the
+// control-plane nodes (labelled node-role.kubernetes.io/control-plane).
+func (f *Framework) NodesByRole(ctx context.Context) (workers, controlPlane []string, err error) {
+	nodes, err := f.Clientset.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("listing nodes: %w", err)
+	}
+	for _, n := range nodes.Items {
+		if _, cp := n.Labels["node-role.kubernetes.io/control-plane"]; cp {
+			controlPlane = append(controlPlane, n.Name)
+		} else {
+			workers = append(workers, n.Name)
+		}
+	}
+	slices.Sort(workers)
+	slices.Sort(controlPlane)
+	return workers, controlPlane, nil
+}
+
 // Options say which of the shared parts a suite uses.
 type Options struct {
 	// Settings: the suite reads the run's settings (PROBE_IMAGE and the rest,

@@ -88,7 +88,7 @@ var _ = Describe("bad input to the Hubble API [flatnet]", Label("hubble", "flatn
 	})
 
 	It("keeps the agents healthy and other clients served while a client never reads its follow stream", func(ctx SpecContext) {
-		moveTo(ctx, oracle.PolicySet{})
+		sr.MoveTo(ctx, oracle.PolicySet{})
 		before := map[string]corev1.Pod{}
 		for _, n := range clusterNodes(ctx) {
 			a, err := kc.AgentOn(ctx, n)
@@ -104,7 +104,7 @@ var _ = Describe("bad input to the Hubble API [flatnet]", Label("hubble", "flatn
 			Expect(err).NotTo(HaveOccurred())
 		}
 		By("flooding: 60 connects from the client, to a served and an unserved port")
-		server := pod(ctx, scenario.Server)
+		server := sr.Pod(ctx, scenario.Server)
 		loop := fmt.Sprintf("for i in {1..30}; do ./agnhost connect %[1]s:80 --timeout=1s --protocol=tcp; ./agnhost connect %[1]s:81 --timeout=1s --protocol=tcp; done 2>&1 | sort | uniq -c; true", server.Status.PodIP)
 		var out strings.Builder
 		Expect(kc.Exec.Exec(ctx, podexec.Pod{Namespace: scenario.Namespace, Name: scenario.Client}, []string{"bash", "-c", loop}, nil, &out, &out)).To(Succeed())

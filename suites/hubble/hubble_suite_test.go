@@ -43,13 +43,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/flatnet/flatnet/fixtures/oracle"
-	"github.com/flatnet/flatnet/fixtures/policies"
 	"github.com/flatnet/flatnet/fixtures/topology"
-	"github.com/flatnet/flatnet/probes/podexec"
 	"github.com/flatnet/flatnet/suites/framework"
-	"github.com/flatnet/flatnet/suites/internal/agnhost"
 	"github.com/flatnet/flatnet/suites/internal/hubblecli"
 	"github.com/flatnet/flatnet/suites/internal/portforward"
+	"github.com/flatnet/flatnet/suites/internal/seedrun"
 	"github.com/flatnet/flatnet/suites/internal/workload"
 )
 
@@ -70,7 +68,7 @@ var (
 	cli      hubblecli.CLI
 	relay    *portforward.Forward
 	scenario = topology.DefaultSeed()
-	cases    = map[string]policies.Case{}
+	sr       *seedrun.Run
 	// stopNode is the node whose agent the agent-stop spec stops: neither the
 	// relay's (the port-forward goes through its kubelet) nor one of the
 	// suite's pods' (their execs do); stopWhy says why there is none.
@@ -92,19 +90,9 @@ var _ = kc.BeforeSuite(func(ctx SpecContext) {
 	cli, err = hubblecli.Locate(kc.RepoRoot, relay.Addr(), GinkgoT().TempDir())
 	Expect(err).NotTo(HaveOccurred())
 
-	nodes, err := kc.Clientset.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-	Expect(err).NotTo(HaveOccurred())
 	relayNode := relay.Backend().Pod.Spec.NodeName
-	var workers, others []string
-	for _, n := range nodes.Items {
-		if _, cp := n.Labels["node-role.kubernetes.io/control-plane"]; cp {
-			others = append(others, n.Name)
-		} else {
-			workers = append(workers, n.Name)
-		}
-	}
-	sort.Strings(workers)
-	sort.Strings(others)
+	workers, others, err := kc.NodesByRole(ctx)
+	Expect(err).NotTo(HaveOccurred())
 	// A worker first: the control plane's kubelet runs the API server.
 	candidates := append(workers, others...)
 	if i := slices.IndexFunc(candidates, func(n string) bool { return n != relayNode }); i >= 0 && len(candidates) > 1 {
@@ -115,9 +103,7 @@ var _ = kc.BeforeSuite(func(ctx SpecContext) {
 	hosts := slices.DeleteFunc(slices.Clone(candidates), func(n string) bool { return n == stopNode })
 
 	scenario.Namespace = fmt.Sprintf("flatnet-hubble-%04x", time.Now().UnixNano()&0xffff)
-	for _, c := range policies.SeedCases(scenario) {
-		cases[c.Name] = c
-	}
+	sr = seedrun.New(kc, scenario)
 	server := workload.Prepare(scenario.ServerPod(kc.Settings.ProbeImage))
 	client := workload.Prepare(scenario.ClientPod(kc.Settings.ProbeImage))
 	other := workload.Prepare(scenario.ClientPod(kc.Settings.ProbeImage))
@@ -154,54 +140,6 @@ var _ = kc.AfterSuite(func(ctx SpecContext) {
 })
 
 func podKey(name string) workload.Key { return workload.Key{Namespace: scenario.Namespace, Name: name} }
-
-func pod(ctx context.Context, name string) *corev1.Pod {
-	p, err := kc.Clientset.CoreV1().Pods(scenario.Namespace).Get(ctx, name, metav1.GetOptions{})
-	Expect(err).NotTo(HaveOccurred())
-	return p
-}
-
-func seedStep(name string, i int) policies.Step {
-	c, ok := cases[name]
-	Expect(ok).To(BeTrue(), "fixtures/policies.SeedCases has no case %s", name)
-	Expect(len(c.Steps)).To(BeNumerically(">", i), "case %s", name)
-	return c.Steps[i]
-}
-
-// connect runs the article's `./agnhost connect <ip>:<port> --timeout=3s
-// --protocol=tcp` in pod from.
-func connect(ctx context.Context, from, ip string, port int32) agnhost.Result {
-	r, err := agnhost.Connect(ctx, kc.Exec, podexec.Pod{Namespace: scenario.Namespace, Name: from}, ip, port, "3s")
-	Expect(err).NotTo(HaveOccurred())
-	GinkgoWriter.Printf("  %s# %s\n", from, r)
-	return r
-}
-
-// moveTo applies ps and waits until the client's connect to the server
-// answers as the oracle decides (a blocked one with TIMEOUT, a policy drop);
-// it returns the oracle's verdict.
-func moveTo(ctx context.Context, ps oracle.PolicySet) oracle.Verdict {
-	changed, err := kc.Policies.Apply(ctx, ps)
-	Expect(err).NotTo(HaveOccurred())
-	for _, ch := range changed {
-		GinkgoWriter.Println("  " + ch)
-	}
-	snap, err := workload.Take(ctx, kc.Clientset, []string{scenario.Namespace})
-	Expect(err).NotTo(HaveOccurred())
-	o, err := oracle.New(snap.Cluster, ps)
-	Expect(err).NotTo(HaveOccurred())
-	v, err := o.Decide(oracle.PodPeer(scenario.Namespace, scenario.Client), oracle.PodPeer(scenario.Namespace, scenario.Server), int(scenario.Port.Number), oracle.Protocol(scenario.Port.Protocol))
-	Expect(err).NotTo(HaveOccurred())
-	ip := pod(ctx, scenario.Server).Status.PodIP
-	Eventually(func(g Gomega) {
-		a := connect(ctx, scenario.Client, ip, scenario.Port.Number)
-		g.Expect(a.Reachable).To(Equal(v.Allowed), "%s; the oracle: %s", a, v)
-		if !v.Allowed {
-			g.Expect(a.Word).To(Equal("TIMEOUT"), "a policy drop times out: %s", a)
-		}
-	}).WithContext(ctx).WithTimeout(kc.Settings.EnforceTimeout).WithPolling(250 * time.Millisecond).Should(Succeed())
-	return v
-}
 
 // run runs the CLI with args (and --server).
 func run(ctx context.Context, args ...string) hubblecli.Result {

@@ -63,7 +63,7 @@ var _ = Describe("hubble status and nodes through the relay", Label("hubble"), O
 		Expect(stopNode).NotTo(BeEmpty(), stopWhy)
 		Expect(strings.Fields(os.Getenv("FLATNET_NODES"))).To(ContainElement(stopNode),
 			"FLATNET_NODES (set by scripts/e2e.sh: the kind node containers) must name %s for the suite to stop its agent with docker exec", stopNode)
-		moveTo(ctx, oracle.PolicySet{})
+		sr.MoveTo(ctx, oracle.PolicySet{})
 		names := clusterNodes(ctx)
 		awaitAllConnected(ctx)
 		agent, err := kc.AgentOn(ctx, stopNode)
@@ -98,9 +98,9 @@ var _ = Describe("hubble status and nodes through the relay", Label("hubble"), O
 		}
 
 		By("connecting client -> server (on the other nodes) and looking for its flow through the relay")
-		client, server := pod(ctx, scenario.Client), pod(ctx, scenario.Server)
+		client, server := sr.Pod(ctx, scenario.Client), sr.Pod(ctx, scenario.Server)
 		at := time.Now()
-		Expect(connect(ctx, scenario.Client, server.Status.PodIP, 80).Reachable).To(BeTrue())
+		Expect(sr.Connect(ctx, scenario.Client, server.Status.PodIP, 80).Reachable).To(BeTrue())
 		Eventually(func(g Gomega) {
 			flows, events := observe(ctx, g, "--namespace", scenario.Namespace, "--since", at.UTC().Format(time.RFC3339Nano))
 			i := slices.IndexFunc(flows, into(client, server, 80, flowpb.Verdict_FORWARDED))

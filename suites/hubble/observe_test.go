@@ -24,11 +24,11 @@ var _ = Describe("hubble observe through the relay", Label("hubble"), Ordered, C
 	// the policies that put the pod in default deny too, hence "flatnet".
 	It("shows the seed's denied connect: observe --namespace <ns> --verdict DROPPED -o json has client -> server:80 with ingress_denied_by default-deny", Label("cilium", "flatnet"), func(ctx SpecContext) {
 		Expect(kc.CiliumCRDs).NotTo(HaveOccurred())
-		verdict := moveTo(ctx, seedStep("seed-default-deny", 0).Policies)
+		verdict := sr.MoveTo(ctx, sr.Step("seed-default-deny", 0).Policies)
 		Expect(verdict.Allowed).To(BeFalse(), "the oracle: %s", verdict)
-		client, server := pod(ctx, scenario.Client), pod(ctx, scenario.Server)
+		client, server := sr.Pod(ctx, scenario.Client), sr.Pod(ctx, scenario.Server)
 		at := time.Now()
-		a := connect(ctx, scenario.Client, server.Status.PodIP, scenario.Port.Number)
+		a := sr.Connect(ctx, scenario.Client, server.Status.PodIP, scenario.Port.Number)
 		Expect(a.Word).To(Equal("TIMEOUT"), "a policy drop times out: %s", a)
 
 		f := awaitFlow(ctx, at, "DROPPED flow client -> server:80", into(client, server, 80, flowpb.Verdict_DROPPED),
@@ -42,11 +42,11 @@ var _ = Describe("hubble observe through the relay", Label("hubble"), Ordered, C
 
 	It("shows it FORWARDED after kubectl delete cnp default-deny", Label("cilium"), func(ctx SpecContext) {
 		Expect(kc.CiliumCRDs).NotTo(HaveOccurred())
-		verdict := moveTo(ctx, seedStep("seed-default-deny", 1).Policies)
+		verdict := sr.MoveTo(ctx, sr.Step("seed-default-deny", 1).Policies)
 		Expect(verdict.Allowed).To(BeTrue(), "the oracle: %s", verdict)
-		client, server := pod(ctx, scenario.Client), pod(ctx, scenario.Server)
+		client, server := sr.Pod(ctx, scenario.Client), sr.Pod(ctx, scenario.Server)
 		at := time.Now()
-		a := connect(ctx, scenario.Client, server.Status.PodIP, scenario.Port.Number)
+		a := sr.Connect(ctx, scenario.Client, server.Status.PodIP, scenario.Port.Number)
 		Expect(a.Reachable).To(BeTrue(), "%s", a)
 		f := awaitFlow(ctx, at, "FORWARDED flow client -> server:80", into(client, server, 80, flowpb.Verdict_FORWARDED),
 			"--namespace", scenario.Namespace, "--verdict", "FORWARDED")
@@ -55,27 +55,27 @@ var _ = Describe("hubble observe through the relay", Label("hubble"), Ordered, C
 	})
 
 	It(fmt.Sprintf("streams a new flow to observe --follow within %s of the connect", followBound), func(ctx SpecContext) {
-		moveTo(ctx, oracle.PolicySet{})
+		sr.MoveTo(ctx, oracle.PolicySet{})
 		took := followLatency(ctx)
 		AddReportEntry("observe --follow: datapath to CLI", took.String())
 	})
 
 	It("narrows with --from-pod, --to-port and --since as documented", func(ctx SpecContext) {
-		moveTo(ctx, oracle.PolicySet{})
-		client, other, server := pod(ctx, scenario.Client), pod(ctx, otherClient), pod(ctx, scenario.Server)
+		sr.MoveTo(ctx, oracle.PolicySet{})
+		client, other, server := sr.Pod(ctx, scenario.Client), sr.Pod(ctx, otherClient), sr.Pod(ctx, scenario.Server)
 		ns := scenario.Namespace
 		start := time.Now()
-		Expect(connect(ctx, scenario.Client, server.Status.PodIP, 80).Reachable).To(BeTrue())
-		Expect(connect(ctx, otherClient, server.Status.PodIP, 80).Reachable).To(BeTrue())
+		Expect(sr.Connect(ctx, scenario.Client, server.Status.PodIP, 80).Reachable).To(BeTrue())
+		Expect(sr.Connect(ctx, otherClient, server.Status.PodIP, 80).Reachable).To(BeTrue())
 		// Nothing serves 81: the SYN is forwarded and the server's kernel refuses it.
-		Expect(connect(ctx, scenario.Client, server.Status.PodIP, 81).Word).To(Equal("REFUSED"))
+		Expect(sr.Connect(ctx, scenario.Client, server.Status.PodIP, 81).Word).To(Equal("REFUSED"))
 		since := func(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
 		c80 := awaitFlow(ctx, start, "client -> server:80", into(client, server, 80, flowpb.Verdict_FORWARDED), "--namespace", ns, "--since", since(start))
 		o80 := awaitFlow(ctx, start, "other -> server:80", into(other, server, 80, flowpb.Verdict_FORWARDED), "--namespace", ns, "--since", since(start))
 		c81 := awaitFlow(ctx, start, "client -> server:81", into(client, server, 81, flowpb.Verdict_FORWARDED), "--namespace", ns, "--since", since(start))
 		// After every flow above (the datapath's clock is the host's on kind).
 		mid := time.Now()
-		Expect(connect(ctx, scenario.Client, server.Status.PodIP, 80).Reachable).To(BeTrue())
+		Expect(sr.Connect(ctx, scenario.Client, server.Status.PodIP, 80).Reachable).To(BeTrue())
 		late := awaitFlow(ctx, mid, "client -> server:80 after --since", into(client, server, 80, flowpb.Verdict_FORWARDED), "--namespace", ns, "--since", since(mid))
 
 		for _, c := range []struct {
@@ -125,7 +125,7 @@ var _ = Describe("hubble observe through the relay", Label("hubble"), Ordered, C
 // datapath's timestamp to the CLI's stdout; it fails when that is beyond
 // the bound. The timestamp is the node's clock, the host's on kind.
 func followLatency(ctx context.Context) time.Duration {
-	client, server := pod(ctx, scenario.Client), pod(ctx, scenario.Server)
+	client, server := sr.Pod(ctx, scenario.Client), sr.Pod(ctx, scenario.Server)
 	match := into(client, server, 80, flowpb.Verdict_FORWARDED)
 	stream, err := cli.Start(ctx, "observe", "--follow", "--from-pod", scenario.Namespace+"/"+scenario.Client, "--to-port", "80", "-o", "json")
 	Expect(err).NotTo(HaveOccurred())
@@ -145,7 +145,7 @@ func followLatency(ctx context.Context) time.Duration {
 	warm := time.Now()
 	Eventually(func(g Gomega) {
 		if _, ok := newFlow(g, warm); !ok {
-			connect(ctx, scenario.Client, server.Status.PodIP, 80) // the follow may have started after the last one
+			sr.Connect(ctx, scenario.Client, server.Status.PodIP, 80) // the follow may have started after the last one
 		}
 		_, ok := newFlow(g, warm)
 		g.Expect(ok).To(BeTrue(), "no flow client -> server:80 on observe --follow yet")
@@ -153,7 +153,7 @@ func followLatency(ctx context.Context) time.Duration {
 
 	By("connecting once more and timing its flow to the CLI")
 	started := time.Now()
-	Expect(connect(ctx, scenario.Client, server.Status.PodIP, 80).Reachable).To(BeTrue())
+	Expect(sr.Connect(ctx, scenario.Client, server.Status.PodIP, 80).Reachable).To(BeTrue())
 	var got hubblecli.Line
 	Eventually(func(g Gomega) {
 		l, ok := newFlow(g, started)

@@ -89,17 +89,8 @@ var _ = kc.BeforeSuite(func(ctx SpecContext) {
 	ctl, err = flatnetctl.Build(ctx, kc.RepoRoot, GinkgoT().TempDir(), os.Getenv("KUBECONFIG"))
 	Expect(err).NotTo(HaveOccurred())
 
-	nodes, err := kc.Clientset.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	workers, others, err := kc.NodesByRole(ctx)
 	Expect(err).NotTo(HaveOccurred())
-	var workers, others []string
-	for _, n := range nodes.Items {
-		if _, cp := n.Labels["node-role.kubernetes.io/control-plane"]; cp {
-			others = append(others, n.Name)
-		} else {
-			workers = append(workers, n.Name)
-		}
-	}
-	sort.Strings(workers)
 	Expect(len(workers)).To(BeNumerically(">=", 2), "the suite restarts one worker while pods on the others are probed: it needs two workers (nodes %v)", workers)
 	// a and b on workers (a's agent is deleted, b's node restarted), c on a
 	// third node, so every disruption leaves traffic crossing nodes.
