@@ -3,6 +3,7 @@
 package hubble
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -106,8 +107,8 @@ var _ = Describe("bad input to the Hubble API [flatnet]", Label("hubble", "flatn
 		By("flooding: 60 connects from the client, to a served and an unserved port")
 		server := sr.Pod(ctx, scenario.Server)
 		loop := fmt.Sprintf("for i in {1..30}; do ./agnhost connect %[1]s:80 --timeout=1s --protocol=tcp; ./agnhost connect %[1]s:81 --timeout=1s --protocol=tcp; done 2>&1 | sort | uniq -c; true", server.Status.PodIP)
-		var out strings.Builder
-		Expect(kc.Exec.Exec(ctx, podexec.Pod{Namespace: scenario.Namespace, Name: scenario.Client}, []string{"bash", "-c", loop}, nil, &out, &out)).To(Succeed())
+		var out, errOut bytes.Buffer
+		Expect(kc.Exec.Exec(ctx, podexec.Pod{Namespace: scenario.Namespace, Name: scenario.Client}, []string{"bash", "-c", loop}, nil, &out, &errOut)).To(Succeed(), "%s", errOut.String())
 		GinkgoWriter.Printf("  flood answers (count, answer):\n%s", out.String())
 
 		By("another client still gets new flows, within the issue's bound")
