@@ -96,13 +96,19 @@ var _ = Describe("bad input to the Hubble API [flatnet]", Label("hubble", "flatn
 			Expect(err).NotTo(HaveOccurred())
 			before[n] = a
 		}
+		// Small HTTP/2 windows hold what is unread at the relay (gRPC flow
+		// control, then the relay's own back-pressure on the agents'
+		// streams) rather than in the port-forward, whose one connection
+		// to the relay's pod every client here shares.
 		By("opening 4 follow streams of every flow kept, from connections with 64 KiB windows, never read")
 		stallCtx, stall := context.WithCancel(context.Background())
 		defer stall()
+		var stalled []observerpb.Observer_GetFlowsClient
 		for range 4 {
 			conn := dial(grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))
-			_, err := observerpb.NewObserverClient(conn).GetFlows(stallCtx, &observerpb.GetFlowsRequest{Number: 1 << 20, Follow: true})
+			st, err := observerpb.NewObserverClient(conn).GetFlows(stallCtx, &observerpb.GetFlowsRequest{Number: 1 << 20, Follow: true})
 			Expect(err).NotTo(HaveOccurred())
+			stalled = append(stalled, st)
 		}
 		By("flooding: 60 connects from the client, to a served and an unserved port")
 		server := sr.Pod(ctx, scenario.Server)
@@ -124,6 +130,12 @@ var _ = Describe("bad input to the Hubble API [flatnet]", Label("hubble", "flatn
 			Expect(err).NotTo(HaveOccurred(), "agent %s /healthz: %s", a.Name, body)
 		}
 		awaitAllConnected(ctx)
+		By("the unread streams were served: read at last, each holds a response")
+		for i, st := range stalled {
+			resp, err := st.Recv()
+			Expect(err).NotTo(HaveOccurred(), "unread stream %d ended with nothing to read", i)
+			Expect(resp.GetResponseTypes()).NotTo(BeNil(), "unread stream %d", i)
+		}
 	})
 })
 

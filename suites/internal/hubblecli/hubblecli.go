@@ -48,7 +48,7 @@ type CLI struct {
 	home    string
 }
 
-// Locate finds the CLI (EnvPath, else DefaultPath under repoRoot) and checks,
+// Locate finds the CLI (EnvPath, else DefaultPath; relative to repoRoot) and checks,
 // from its build information, that it is the upstream hubble built from the
 // Cilium release flatnet's go.mod takes Hubble's API from: nothing home-made
 // in its place, no other version. home becomes the CLI's HOME and
@@ -56,7 +56,10 @@ type CLI struct {
 func Locate(repoRoot, server, home string) (CLI, error) {
 	path := os.Getenv(EnvPath)
 	if path == "" {
-		path = filepath.Join(repoRoot, DefaultPath)
+		path = DefaultPath
+	}
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(repoRoot, path) // not the suite package's directory, where ginkgo runs it
 	}
 	abs, err := filepath.Abs(path)
 	if err != nil {

@@ -62,7 +62,10 @@ func realCLI(t *testing.T, root string) CLI {
 	t.Helper()
 	path := os.Getenv(EnvPath)
 	if path == "" {
-		path = filepath.Join(repoRoot, DefaultPath)
+		path = DefaultPath
+	}
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(repoRoot, path)
 	}
 	if _, err := os.Stat(path); err != nil {
 		t.Skipf("no hubble CLI at %s: make tools builds it (or set %s)", path, EnvPath)
