@@ -5,23 +5,17 @@ package hubble
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"regexp"
 	"sort"
 	"strings"
 	"time"
 
 	flowpb "github.com/cilium/cilium/api/v1/flow"
 	observerpb "github.com/cilium/cilium/api/v1/observer"
-	relaypb "github.com/cilium/cilium/api/v1/relay"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -53,7 +47,7 @@ var _ = Describe("bad input to the Hubble API [flatnet]", Label("hubble", "flatn
 		} {
 			r := run(ctx, append(append([]string{"observe"}, c.args...), "-o", "json")...)
 			GinkgoWriter.Printf("  %s\n", r)
-			expectRefused(ctx, "hubble observe "+strings.Join(c.args, " "), cliRefusal(r), c.want...)
+			expectRefused(ctx, "hubble observe "+strings.Join(c.args, " "), r.Refusal(), c.want...)
 		}
 		// Upstream builds the mask before sending (fieldmaskpb.New against
 		// flow.Flow): the request never leaves the CLI.
@@ -79,13 +73,13 @@ var _ = Describe("bad input to the Hubble API [flatnet]", Label("hubble", "flatn
 			{"an unknown field-mask path", &observerpb.GetFlowsRequest{Number: 1, FieldMask: &fieldmaskpb.FieldMask{Paths: []string{"source.no_such_field"}}}, []string{"field_mask", "source.no_such_field"}},
 			{"since after until", &observerpb.GetFlowsRequest{Since: timestamppb.New(now), Until: timestamppb.New(now.Add(-time.Hour))}, []string{"since", "until"}},
 		} {
-			expectRefused(ctx, "GetFlows with "+c.what, grpcRefusal(ctx, client, c.req), c.want...)
+			expectRefused(ctx, "GetFlows with "+c.what, hubblecli.ReadRefusal(ctx, client, c.req), c.want...)
 		}
 		By("a good request still gets flows")
-		ok := grpcRefusal(ctx, client, &observerpb.GetFlowsRequest{Number: 1})
-		Expect(ok.status).To(BeEmpty())
-		Expect(ok.byNode).To(BeEmpty())
-		Expect(ok.flows).To(BeNumerically(">", 0), "GetFlows{number: 1} got no flow: %v", ok.other)
+		ok := hubblecli.ReadRefusal(ctx, client, &observerpb.GetFlowsRequest{Number: 1})
+		Expect(ok.Status).To(BeEmpty())
+		Expect(ok.ByNode).To(BeEmpty())
+		Expect(ok.Flows).To(BeNumerically(">", 0), "GetFlows{number: 1} got no flow: %v", ok.Other)
 	})
 
 	It("keeps the agents healthy and other clients served while a client never reads its follow stream", func(ctx SpecContext) {
@@ -148,114 +142,22 @@ func dial(opts ...grpc.DialOption) *grpc.ClientConn {
 	return conn
 }
 
-// refusal is how a request was answered. A Hubble server refuses it with
-// the call's status; hubble-relay forwards a request to every agent and
-// turns each agent's error into a NODE_ERROR node status event carrying the
-// status's text ("rpc error: code = InvalidArgument desc = ...";
-// pkg/hubble/relay/observer nodeStatusError), then ends the call OK.
-type refusal struct {
-	status string            // the call's own InvalidArgument message
-	byNode map[string]string // node -> its InvalidArgument message, through the relay
-	other  []string          // anything else: flows, other errors, other events
-	flows  int
-}
-
-var (
-	grpcErrorText = regexp.MustCompile(`^rpc error: code = (\w+) desc = (.*)$`)
-	cliErrorText  = regexp.MustCompile(`rpc error: code = InvalidArgument desc = (.*)`)
-)
-
-// event reads one response of a GetFlows stream.
-func (r *refusal) event(resp *observerpb.GetFlowsResponse) {
-	ns := resp.GetNodeStatus()
-	switch {
-	case resp.GetFlow() != nil:
-		r.flows++
-		r.other = append(r.other, "a flow: "+line(resp.GetFlow()))
-	case ns.GetStateChange() == relaypb.NodeState_NODE_ERROR:
-		m := grpcErrorText.FindStringSubmatch(ns.GetMessage())
-		if m == nil || m[1] != codes.InvalidArgument.String() {
-			r.other = append(r.other, fmt.Sprintf("nodes %v: %s (not InvalidArgument)", ns.GetNodeNames(), ns.GetMessage()))
-			return
-		}
-		for _, n := range ns.GetNodeNames() {
-			r.byNode[nodeName(n)] = m[2]
-		}
-	case ns.GetStateChange() == relaypb.NodeState_NODE_UNAVAILABLE:
-		r.other = append(r.other, fmt.Sprintf("nodes %v unavailable", ns.GetNodeNames()))
-	}
-}
-
-// callError reads the error that ended a call.
-func (r *refusal) callError(err error) {
-	if st, ok := status.FromError(err); ok && st.Code() == codes.InvalidArgument {
-		r.status = st.Message()
-		return
-	}
-	r.other = append(r.other, "the call failed: "+err.Error())
-}
-
-// grpcRefusal sends req and reads the stream to its end.
-func grpcRefusal(ctx context.Context, client observerpb.ObserverClient, req *observerpb.GetFlowsRequest) refusal {
-	r := refusal{byNode: map[string]string{}}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	stream, err := client.GetFlows(ctx, req)
-	if err != nil {
-		r.callError(err)
-		return r
-	}
-	for {
-		resp, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return r
-		}
-		if err != nil {
-			r.callError(err)
-			return r
-		}
-		r.event(resp)
-	}
-}
-
-// cliRefusal reads a `hubble observe -o json` run: a call refused outright
-// fails the CLI with the status on stderr; the relay's NODE_ERROR events are
-// JSON lines on stderr, flows on stdout.
-func cliRefusal(cr hubblecli.Result) refusal {
-	r := refusal{byNode: map[string]string{}}
-	if cr.ExitCode != 0 {
-		if m := cliErrorText.FindStringSubmatch(cr.Stderr); m != nil {
-			r.status = m[1]
-		} else {
-			r.other = append(r.other, cr.String())
-		}
-		return r
-	}
-	for _, e := range nodeEvents(cr.Stderr) {
-		r.event(e)
-	}
-	if strings.TrimSpace(cr.Stdout) != "" {
-		r.other = append(r.other, "stdout: "+cr.Stdout)
-	}
-	return r
-}
-
 // expectRefused holds a refusal to the contract: InvalidArgument naming
 // every word of want, from the server itself or from every agent of the
 // cluster through the relay, and nothing else (no flow).
-func expectRefused(ctx context.Context, what string, r refusal, want ...string) {
-	GinkgoWriter.Printf("  %s: status %q, agents %v, other %v\n", what, r.status, r.byNode, r.other)
-	Expect(r.other).To(BeEmpty(), "%s: want only InvalidArgument", what)
-	if r.status != "" {
+func expectRefused(ctx context.Context, what string, r hubblecli.Refusal, want ...string) {
+	GinkgoWriter.Printf("  %s: status %q, agents %v, other %v\n", what, r.Status, r.ByNode, r.Other)
+	Expect(r.Other).To(BeEmpty(), "%s: want only InvalidArgument", what)
+	if r.Status != "" {
 		for _, w := range want {
-			Expect(r.status).To(ContainSubstring(w), "%s: the InvalidArgument message must name %q", what, w)
+			Expect(r.Status).To(ContainSubstring(w), "%s: the InvalidArgument message must name %q", what, w)
 		}
 		return
 	}
-	Expect(r.byNode).NotTo(BeEmpty(), "%s: nothing refused it", what)
+	Expect(r.ByNode).NotTo(BeEmpty(), "%s: nothing refused it", what)
 	var nodes []string
-	for n, msg := range r.byNode {
-		nodes = append(nodes, n)
+	for n, msg := range r.ByNode {
+		nodes = append(nodes, nodeName(n))
 		for _, w := range want {
 			Expect(msg).To(ContainSubstring(w), "%s: node %s's InvalidArgument message must name %q", what, n, w)
 		}

@@ -161,23 +161,7 @@ func observe(ctx context.Context, g Gomega, args ...string) (flows []*flowpb.Flo
 			flows = append(flows, f)
 		}
 	}
-	return flows, nodeEvents(r.Stderr)
-}
-
-// nodeEvents picks the JSON node status events out of the CLI's stderr
-// (which may hold log lines too).
-func nodeEvents(stderr string) []*observerpb.GetFlowsResponse {
-	var out []*observerpb.GetFlowsResponse
-	for _, l := range strings.Split(stderr, "\n") {
-		if !strings.HasPrefix(strings.TrimSpace(l), "{") {
-			continue
-		}
-		rs, err := hubblecli.ParseLines(l)
-		if err == nil && len(rs) == 1 && rs[0].GetNodeStatus() != nil {
-			out = append(out, rs[0])
-		}
-	}
-	return out
+	return flows, hubblecli.NodeEvents(r.Stderr)
 }
 
 // awaitFlow waits until `hubble observe <args> -o json` shows a flow at or

@@ -2,6 +2,9 @@
 // which `make tools` builds into bin/hubble from tools/hubble) against a Hubble
 // server as a user would, and reads its `-o json` output with Hubble's own API
 // types (protojson into observerpb): suites judge what the real tool shows.
+// Refusal reads how a request that should fail was refused, whether through
+// the CLI or a gRPC client, by the server itself or by agents behind
+// hubble-relay.
 package hubblecli
 
 import (
