@@ -31,6 +31,8 @@ type RunConfig struct {
 	Enforce enforce.Config
 	// FlowHistory is how many recent flows GET /v1/flows keeps.
 	FlowHistory int
+	// Hubble is the Hubble API (gRPC on the node's :4244 and a local socket).
+	Hubble HubbleConfig
 }
 
 // Run runs the node agent until ctx ends: the node network (New, Agent.Run) and,
@@ -38,6 +40,9 @@ type RunConfig struct {
 // metrics. Every part that watches the cluster registers on one informer factory,
 // started once all have, so each resource is watched once per process.
 func Run(ctx context.Context, cfg RunConfig) error {
+	if err := cfg.Hubble.Server.Validate(); err != nil {
+		return err
+	}
 	rc, err := restConfig(cfg.Kubeconfig)
 	if err != nil {
 		return err
@@ -63,6 +68,8 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		if err != nil {
 			return err
 		}
+		// No flows without the policy datapath: Peer and health only.
+		defer startHubble(cfg.Hubble, log, factory, nil)()
 		factory.Start(ctx.Done())
 		return a.Run(ctx)
 	}
@@ -108,6 +115,9 @@ func runWithPolicy(ctx context.Context, cfg RunConfig, log *slog.Logger, kube ku
 	if err := enf.Watch(ctx, factory, kube, dyn); err != nil {
 		return wrap("policy enforcer", err)
 	}
+	// The Observer over store plugs in here (dataplane/hubble/observer); until
+	// then Peer and health only.
+	defer startHubble(cfg.Hubble, log, factory, nil)()
 	factory.Start(ctx.Done())
 	// The enforcer must be syncing before the agent re-attaches known endpoints:
 	// Attach waits for its first full sync. This cancel is deferred last, so when

@@ -108,7 +108,7 @@ func load(f TLSFiles) (raw []byte, _ *tls.Config, _ error) {
 	read := func(path string) ([]byte, error) {
 		b, err := os.ReadFile(path)
 		if err != nil {
-			return nil, fmt.Errorf("read %w", err)
+			return nil, fmt.Errorf("TLS file: %w", err)
 		}
 		raw = append(append(raw, b...), 0)
 		return b, nil
