@@ -33,7 +33,7 @@ func internal(ip string) corev1.NodeAddress {
 
 // serve runs the Peer service over kube's node informer on a real TCP socket and
 // returns a client of it (the upstream generated one).
-func serve(t *testing.T, kube kubernetes.Interface, opts peer.Options, dial ...grpc.DialOption) peerpb.PeerClient {
+func serve(t testing.TB, kube kubernetes.Interface, opts peer.Options, dial ...grpc.DialOption) peerpb.PeerClient {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	factory := informers.NewSharedInformerFactory(kube, 0)
@@ -59,7 +59,7 @@ func serve(t *testing.T, kube kubernetes.Interface, opts peer.Options, dial ...g
 	return peerpb.NewPeerClient(conn)
 }
 
-func notify(t *testing.T, c peerpb.PeerClient) peerpb.Peer_NotifyClient {
+func notify(t testing.TB, c peerpb.PeerClient) peerpb.Peer_NotifyClient {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
@@ -75,7 +75,7 @@ func got(cn *peerpb.ChangeNotification) string {
 	return fmt.Sprintf("%s %s %s tls=%q", cn.GetType(), cn.GetName(), cn.GetAddress(), cn.GetTls().GetServerName())
 }
 
-func recv(t *testing.T, s peerpb.Peer_NotifyClient, n int) []string {
+func recv(t testing.TB, s peerpb.Peer_NotifyClient, n int) []string {
 	t.Helper()
 	var out []string
 	for range n {

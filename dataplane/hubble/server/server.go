@@ -41,6 +41,8 @@ const (
 	DefaultMaxConcurrentStreams = 64
 	// DefaultTLSReloadInterval is how often the TLS files are checked for a change.
 	DefaultTLSReloadInterval = 5 * time.Second
+	// DefaultHandshakeTimeout bounds a new connection's TLS and HTTP/2 setup.
+	DefaultHandshakeTimeout = 10 * time.Second
 )
 
 // ObserverServiceName is the service hubble-relay and Cilium ask the health
@@ -68,6 +70,9 @@ type Options struct {
 	MaxConnections       int
 	MaxConcurrentStreams uint32
 	TLSReloadInterval    time.Duration
+	// HandshakeTimeout: a connection that has not finished its setup by then is
+	// closed, giving its slot of MaxConnections back.
+	HandshakeTimeout time.Duration
 }
 
 // Validate checks o before anything listens, naming the flag to fix.
@@ -111,6 +116,9 @@ func Start(o Options, log *slog.Logger) (*Server, error) {
 	}
 	if o.TLSReloadInterval <= 0 {
 		o.TLSReloadInterval = DefaultTLSReloadInterval
+	}
+	if o.HandshakeTimeout <= 0 {
+		o.HandshakeTimeout = DefaultHandshakeTimeout
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{log: log, health: health.NewServer(), cancel: cancel}
@@ -159,8 +167,7 @@ func (s *Server) TCPAddr() net.Addr { return s.tcp }
 func (s *Server) serve(o Options, l net.Listener, creds credentials.TransportCredentials, what string) {
 	opts := []grpc.ServerOption{
 		grpc.MaxConcurrentStreams(o.MaxConcurrentStreams),
-		// A handshake that does not finish gives its connection slot back.
-		grpc.ConnectionTimeout(10 * time.Second),
+		grpc.ConnectionTimeout(o.HandshakeTimeout),
 		// Clients may ping (hubble-relay keeps idle connections to its peers),
 		// but not flood; the server pings quiet clients and drops dead ones, so
 		// a vanished relay's follow streams end.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -45,7 +46,7 @@ type pki struct {
 	ca, server, client certs.KeyPair
 }
 
-func newPKI(t *testing.T, name string) pki {
+func newPKI(t testing.TB, name string) pki {
 	t.Helper()
 	now := time.Now()
 	ca, err := certs.NewCA(name, now, time.Hour)
@@ -65,7 +66,7 @@ func newPKI(t *testing.T, name string) pki {
 
 // writeAtomic replaces path as the kubelet updates a Secret volume: the new
 // content appears whole.
-func writeAtomic(t *testing.T, path string, b []byte) {
+func writeAtomic(t testing.TB, path string, b []byte) {
 	t.Helper()
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
@@ -77,7 +78,7 @@ func writeAtomic(t *testing.T, path string, b []byte) {
 }
 
 // install writes p's server side (certificate, key, client CA) where files says.
-func install(t *testing.T, files server.TLSFiles, p pki) {
+func install(t testing.TB, files server.TLSFiles, p pki) {
 	writeAtomic(t, files.KeyFile, p.server.KeyPEM)
 	writeAtomic(t, files.CertFile, p.server.CertPEM)
 	writeAtomic(t, files.ClientCAFiles[0], p.ca.CertPEM)
@@ -99,7 +100,7 @@ type observer struct {
 
 // start runs a Server with the Peer service over kube's nodes, on 127.0.0.1:0 and
 // a unix socket in a temporary directory, with opts' files and limits.
-func start(t *testing.T, kube kubernetes.Interface, opts server.Options) *server.Server {
+func start(t testing.TB, kube kubernetes.Interface, opts server.Options) *server.Server {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	factory := informers.NewSharedInformerFactory(kube, 0)
@@ -139,7 +140,7 @@ func clientTLS(trust pki, cert *certs.KeyPair, serverName string) *tls.Config {
 	return c
 }
 
-func dial(t *testing.T, target string, creds credentials.TransportCredentials) *grpc.ClientConn {
+func dial(t testing.TB, target string, creds credentials.TransportCredentials) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds))
 	if err != nil {
@@ -410,5 +411,30 @@ func TestLimits(t *testing.T) {
 	first.Close()
 	if st, err := check(second, ""); err != nil || st != healthpb.HealthCheckResponse_SERVING {
 		t.Errorf("the second connection once the first closed: %v %v", st, err)
+	}
+}
+
+// A client that connects and says nothing holds its connection slot only until
+// the handshake timeout: then a real client gets in.
+func TestSilentConnectionGivesItsSlotBack(t *testing.T) {
+	p := newPKI(t, "hubble CA")
+	files := tlsFiles(t.TempDir())
+	install(t, files, p)
+	s := start(t, fake.NewClientset(), server.Options{TLS: files, MaxConnections: 1, HandshakeTimeout: 300 * time.Millisecond})
+	addr := s.TCPAddr().String()
+	silent, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	start := time.Now()
+	_ = silent.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := silent.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("the silent connection: %v, want closed by the server", err)
+	}
+	t.Logf("silent connection closed after %v", time.Since(start).Round(time.Millisecond))
+	relay := dial(t, addr, credentials.NewTLS(clientTLS(p, &p.client, nodeServerName)))
+	if st, err := check(relay, ""); err != nil || st != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("the relay after the silent client: %v %v", st, err)
 	}
 }
