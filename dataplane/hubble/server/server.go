@@ -45,9 +45,10 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 )
 
-// ObserverServiceName is the service hubble-relay and Cilium ask the health
-// service about.
-var ObserverServiceName = observerpb.Observer_ServiceDesc.ServiceName
+// ObserverServiceName is what the hubble CLI (hubble status) and Cilium ask the
+// health service about: Hubble's own name (pkg/hubble/api/v1), not the gRPC
+// service's ("observer.Observer").
+const ObserverServiceName = "hubble.server.Observer"
 
 // Options configure a Server. Zero limits take the defaults.
 type Options struct {

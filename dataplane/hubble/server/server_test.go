@@ -177,7 +177,7 @@ func TestMutualTLS(t *testing.T) {
 	addr := s.TCPAddr().String()
 
 	relay := dial(t, addr, credentials.NewTLS(clientTLS(p, &p.client, nodeServerName)))
-	for _, svc := range []string{"", server.ObserverServiceName} {
+	for _, svc := range []string{"", "hubble.server.Observer"} {
 		if st, err := check(relay, svc); err != nil || st != healthpb.HealthCheckResponse_SERVING {
 			t.Errorf("relay's health check of %q: %v %v, want SERVING", svc, st, err)
 		}
@@ -216,7 +216,7 @@ func TestUnixSocketIsPlaintextAndRootOnly(t *testing.T) {
 		t.Errorf("health over the socket: %v %v", st, err)
 	}
 	// Without an Observer the service is neither served nor reported healthy.
-	if _, err := check(conn, server.ObserverServiceName); status.Code(err) != codes.NotFound {
+	if _, err := check(conn, "hubble.server.Observer"); status.Code(err) != codes.NotFound {
 		t.Errorf("health of the absent Observer: %v, want NotFound", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
