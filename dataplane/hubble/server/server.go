@@ -41,6 +41,9 @@ const (
 	DefaultMaxConcurrentStreams = 64
 	// DefaultTLSReloadInterval is how often the TLS files are checked for a change.
 	DefaultTLSReloadInterval = 5 * time.Second
+	// DefaultMaxRequestBytes bounds one request message: Hubble's requests are
+	// filters, a few KiB even with hundreds of them (gRPC's default is 4 MiB).
+	DefaultMaxRequestBytes = 1 << 20
 	// DefaultHandshakeTimeout bounds a new connection's TLS and HTTP/2 setup.
 	DefaultHandshakeTimeout = 10 * time.Second
 )
@@ -70,6 +73,7 @@ type Options struct {
 
 	MaxConnections       int
 	MaxConcurrentStreams uint32
+	MaxRequestBytes      int
 	TLSReloadInterval    time.Duration
 	// HandshakeTimeout: a connection that has not finished its setup by then is
 	// closed, giving its slot of MaxConnections back.
@@ -117,6 +121,9 @@ func Start(o Options, log *slog.Logger) (*Server, error) {
 	}
 	if o.TLSReloadInterval <= 0 {
 		o.TLSReloadInterval = DefaultTLSReloadInterval
+	}
+	if o.MaxRequestBytes <= 0 {
+		o.MaxRequestBytes = DefaultMaxRequestBytes
 	}
 	if o.HandshakeTimeout <= 0 {
 		o.HandshakeTimeout = DefaultHandshakeTimeout
@@ -168,6 +175,7 @@ func (s *Server) TCPAddr() net.Addr { return s.tcp }
 func (s *Server) serve(o Options, l net.Listener, creds credentials.TransportCredentials, what string) {
 	opts := []grpc.ServerOption{
 		grpc.MaxConcurrentStreams(o.MaxConcurrentStreams),
+		grpc.MaxRecvMsgSize(o.MaxRequestBytes),
 		grpc.ConnectionTimeout(o.HandshakeTimeout),
 		// Clients may ping (hubble-relay keeps idle connections to its peers),
 		// but not flood; the server pings quiet clients and drops dead ones, so

@@ -193,6 +193,13 @@ func TestMutualTLS(t *testing.T) {
 			t.Errorf("%s: %v %v, want refused (Unavailable)", name, st, err)
 		}
 	}
+	// hubble-relay reaches the Peer service through a Service (Cilium's
+	// hubble-peer) under the name hubble-peer.<cluster>.hubble-grpc.cilium.io:
+	// the same certificate serves it.
+	viaService := dial(t, addr, credentials.NewTLS(clientTLS(p, &p.client, "hubble-peer.default.hubble-grpc.cilium.io")))
+	if st, err := check(viaService, ""); err != nil || st != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("relay through the hubble-peer Service name: %v %v", st, err)
+	}
 	// The certificate names every node of the cluster, and only those.
 	if _, err := check(dial(t, addr, credentials.NewTLS(clientTLS(p, &p.client, "kind-worker.other.hubble-grpc.cilium.io"))), ""); status.Code(err) != codes.Unavailable {
 		t.Errorf("another cluster's server name: %v, want the client to refuse the server", err)
@@ -411,6 +418,10 @@ func TestLimits(t *testing.T) {
 	first.Close()
 	if st, err := check(second, ""); err != nil || st != healthpb.HealthCheckResponse_SERVING {
 		t.Errorf("the second connection once the first closed: %v %v", st, err)
+	}
+	// A request larger than MaxRequestBytes (default 1 MiB) is refused unread.
+	if _, err := check(second, strings.Repeat("x", 2<<20)); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("a 2 MiB request: %v, want ResourceExhausted", err)
 	}
 }
 
