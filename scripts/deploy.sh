@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Deploys flatnet onto kind cluster $CLUSTER: builds and loads the agent image
-# and the hubble-relay image, applies the CRDs and the manifests (the agent,
-# hubble-relay), then waits until every node is Ready (the agent installed the
-# CNI plugin there), CoreDNS runs and hubble-relay reaches the agents.
+# and the hubble-relay image, applies the CRDs, creates Hubble's TLS Secrets
+# (flatnet-certgen), applies the manifests (the agent, hubble-relay), then waits
+# until every node is Ready (the agent installed the CNI plugin there), CoreDNS
+# runs and hubble-relay reaches the agents.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 CLUSTER=${CLUSTER:-flatnet}
@@ -30,6 +31,14 @@ RELAY_IMAGE=$(bash "$REPO_ROOT/scripts/relay-image.sh" | tail -n 1)
 step "deploy: CRDs"
 "$KUBECTL" apply --server-side -f "$MANIFESTS/crds/" >&2
 "$KUBECTL" wait --for=condition=Established --timeout=60s -f "$MANIFESTS/crds/" >&2
+
+# Hubble's mutual-TLS Secrets exist before the agents start (the agent manifest's
+# CronJob renews them): flatnet-certgen, built and run here with our kubeconfig.
+step "deploy: Hubble TLS certificates (flatnet-certgen)"
+"$KUBECTL" get namespace flatnet-system >/dev/null 2>&1 || "$KUBECTL" create namespace flatnet-system --save-config >&2
+(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$OUT_DIR/certgen-build.log" nice go build -trimpath -o "$BIN_DIR/flatnet-certgen" ./dataplane/cmd/flatnet-certgen)
+"$BIN_DIR/flatnet-certgen" --kubeconfig "$KUBECONFIG" --namespace flatnet-system --cluster-name default >&2 ||
+	die "flatnet-certgen could not create the Hubble TLS Secrets (output above)"
 
 step "deploy: flatnet agent $IMAGE (subnet $NODE_SUBNET, gateway $NODE_GATEWAY, docker range $NODE_IP_RANGE)"
 for f in "$MANIFESTS"/*.yaml; do

@@ -39,6 +39,8 @@ type RunConfig struct {
 	// FlowExport writes flow logs as its config file says (with policy on);
 	// an empty ConfigFile writes none.
 	FlowExport exporter.Options
+	// Hubble is the Hubble API (gRPC on the node's :4244 and a local socket).
+	Hubble HubbleConfig
 }
 
 // Run runs the node agent until ctx ends: the node network (New, Agent.Run) and,
@@ -46,6 +48,9 @@ type RunConfig struct {
 // metrics. Every part that watches the cluster registers on one informer factory,
 // started once all have, so each resource is watched once per process.
 func Run(ctx context.Context, cfg RunConfig) error {
+	if err := cfg.Hubble.Server.Validate(); err != nil {
+		return err
+	}
 	rc, err := restConfig(cfg.Kubeconfig)
 	if err != nil {
 		return err
@@ -71,6 +76,8 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		if err != nil {
 			return err
 		}
+		// No flows without the policy datapath: Peer and health only.
+		defer startHubble(cfg.Hubble, log, factory, nil)()
 		factory.Start(ctx.Done())
 		return a.Run(ctx)
 	}
@@ -134,6 +141,9 @@ func runWithPolicy(ctx context.Context, cfg RunConfig, log *slog.Logger, kube ku
 	if _, err := factory.Core().V1().Pods().Informer().AddEventHandler(hubble.PodEvents()); err != nil {
 		return fmt.Errorf("watching pod deletions for the Hubble metrics: %w", err)
 	}
+	// The Observer over store plugs in here (dataplane/hubble/observer); until
+	// then Peer and health only.
+	defer startHubble(cfg.Hubble, log, factory, nil)()
 	factory.Start(ctx.Done())
 	// The enforcer must be syncing before the agent re-attaches known endpoints:
 	// Attach waits for its first full sync. This cancel is deferred last, so when

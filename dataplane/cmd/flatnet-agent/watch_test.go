@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -19,8 +20,11 @@ import (
 	"testing"
 	"time"
 
+	peerpb "github.com/cilium/cilium/api/v1/peer"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -108,6 +112,10 @@ func TestEachResourceWatchedOnce(t *testing.T) {
 		"--plugin-src-dir", src, "--cni-bin-dir", filepath.Join(dir, "bin"), "--cni-conf-dir", confDir,
 		"--state-dir", filepath.Join(dir, "state"), "--socket", filepath.Join(dir, "agent.sock"),
 		"--http-addr", httpAddr, "--api-addr", "127.0.0.1:0",
+		// The namespace's own port 4244; no certificate: the TCP side waits for one.
+		"--hubble-socket-path", filepath.Join(dir, "hubble.sock"), "--hubble-listen-address", "127.0.0.1:4244",
+		"--hubble-tls-cert-file", filepath.Join(dir, "tls", "tls.crt"), "--hubble-tls-key-file", filepath.Join(dir, "tls", "tls.key"),
+		"--hubble-tls-client-ca-files", filepath.Join(dir, "tls", "ca.crt"),
 	})
 	done := make(chan error, 1)
 	go func() { done <- cmd.Execute() }()
@@ -148,6 +156,8 @@ func TestEachResourceWatchedOnce(t *testing.T) {
 			t.Errorf("GET /metrics: no %q in\n%s", want, body)
 		}
 	}
+	// The Hubble Peer service, on the same node informer, announces the node.
+	hubblePeers(t, filepath.Join(dir, "hubble.sock"))
 	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -160,6 +170,31 @@ func TestEachResourceWatchedOnce(t *testing.T) {
 		if n > 1 {
 			t.Errorf("%s: %d watches open at once, want one shared by the whole agent", res, n)
 		}
+	}
+}
+
+// hubblePeers asks the agent's Hubble socket for its peers, as hubble-relay
+// does over TCP, and expects node-a at its InternalIP and Hubble's port.
+func hubblePeers(t *testing.T, sock string) {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := peerpb.NewPeerClient(conn).Notify(ctx, &peerpb.NotifyRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cn, err := s.Recv()
+	if err != nil {
+		t.Fatalf("Hubble Peer Notify on the agent's socket: %v", err)
+	}
+	got := fmt.Sprint(cn.GetType(), " ", cn.GetName(), " ", cn.GetAddress(), " ", cn.GetTls().GetServerName())
+	if want := "PEER_ADDED node-a 10.224.0.2:4244 node-a.default.hubble-grpc.cilium.io"; got != want {
+		t.Errorf("Hubble peer: %s, want %s", got, want)
 	}
 }
 
