@@ -52,6 +52,16 @@ func index(f *flowpb.Flow) int {
 	return int(b[1])<<16 | int(b[2])<<8 | int(b[3])
 }
 
+// ipIndex is index for a flow's source address as text.
+func ipIndex(t testing.TB, ip string) int {
+	t.Helper()
+	i := index(&flowpb.Flow{IP: &flowpb.IP{Source: ip}})
+	if i < 0 {
+		t.Fatalf("source address %q is not one newFlow makes", ip)
+	}
+	return i
+}
+
 // serve starts an observer over store on a real loopback gRPC server.
 func serve(t testing.TB, store *flows.Store, cfg observer.Config) (*observer.Observer, observerpb.ObserverClient) {
 	t.Helper()

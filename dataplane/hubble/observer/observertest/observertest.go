@@ -1,5 +1,6 @@
 // Package observertest serves an Observer service in-process on a loopback TCP
-// port and dials it with the upstream generated client, so tests of the
+// port, beside gRPC health reporting it serving, and dials it with the upstream
+// generated client, so tests of the
 // observer, and of what reads from it (a relay, exporters), go through real gRPC
 // on a real socket: flow control, deadlines and status codes as in production.
 package observertest
@@ -11,7 +12,12 @@ import (
 	observerpb "github.com/cilium/cilium/api/v1/observer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
+
+// ObserverServiceName is the service Hubble's health check asks about.
+const ObserverServiceName = "hubble.server.Observer"
 
 // Server is a running test server and a client connected to it.
 type Server struct {
@@ -33,6 +39,10 @@ func Serve(tb testing.TB, srv observerpb.ObserverServer, opts ...grpc.ServerOpti
 	}
 	gs := grpc.NewServer(opts...)
 	observerpb.RegisterObserverServer(gs, srv)
+	// As the agent's server does: `hubble status` checks this before anything.
+	hs := health.NewServer()
+	hs.SetServingStatus(ObserverServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(gs, hs)
 	served := make(chan error, 1)
 	go func() { served <- gs.Serve(lis) }()
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
