@@ -18,8 +18,6 @@ func TestNamespacesForgetAfterAnHour(t *testing.T) {
 		t.Fatalf("70 min on: %v, want a alone (b's last flow is over an hour old)", got)
 	}
 	n.observe("default", "c", t0.Add(3*time.Hour)) // a new namespace prunes
-	n.mu.RLock()
-	defer n.mu.RUnlock()
 	if _, ok := n.lastSeen[namespaceKey{"default", "a"}]; ok || len(n.lastSeen) != 1 {
 		t.Fatalf("after 3 h the set holds %v, want c alone", n.lastSeen)
 	}

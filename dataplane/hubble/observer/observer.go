@@ -114,13 +114,17 @@ func New(store *flows.Store, cfg Config) *Observer {
 }
 
 // Observe records the namespaces r's flow names, for GetNamespaces. It is a
-// flows.Run observer: it takes a read lock and, at most once a minute per
-// namespace, a write lock; it never converts the flow.
+// flows.Run observer and, like every observer there, is called from one
+// goroutine: a namespace already known costs a map lookup, with no lock, and
+// the flow is never converted.
 func (o *Observer) Observe(r *flows.Response) {
-	for _, ep := range []*flows.Endpoint{r.Flow.Source, r.Flow.Destination} {
-		if ep != nil && ep.Namespace != "" {
-			o.namespaces.observe(ep.ClusterName, ep.Namespace, r.Time)
-		}
+	o.observeEndpoint(r.Flow.Source, r.Time)
+	o.observeEndpoint(r.Flow.Destination, r.Time)
+}
+
+func (o *Observer) observeEndpoint(ep *flows.Endpoint, at time.Time) {
+	if ep != nil && ep.Namespace != "" {
+		o.namespaces.observe(ep.ClusterName, ep.Namespace, at)
 	}
 }
 
