@@ -13,6 +13,7 @@ import (
 	observerpb "github.com/cilium/cilium/api/v1/observer"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -49,6 +50,8 @@ func TestGetFlowsNumberAndFirst(t *testing.T) {
 		{"first with number 0 is all", &observerpb.GetFlowsRequest{First: true}, seq(0, 29)},
 		{"--all", &observerpb.GetFlowsRequest{Number: math.MaxUint64}, seq(0, 29)},
 		{"more than kept", &observerpb.GetFlowsRequest{Number: 1000}, seq(0, 29)},
+		// Hubble's server reads extensions only through its plugins' hooks.
+		{"extensions are ignored", &observerpb.GetFlowsRequest{Number: 1, Extensions: mustAny(t, &observerpb.ServerStatusRequest{})}, seq(29, 29)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, lost, err := getFlows(t, c, tc.req)
@@ -57,6 +60,14 @@ func TestGetFlowsNumberAndFirst(t *testing.T) {
 			}
 		})
 	}
+}
+
+func mustAny(t *testing.T, m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }
 
 // TestGetFlowsSinceUntil: since and until bound the flows' time, both ends
