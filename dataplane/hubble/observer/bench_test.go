@@ -30,7 +30,7 @@ func cpuTime(b *testing.B) time.Duration {
 // cpu-ns/op the process's CPU per added flow (the client's decoding included),
 // which a loaded machine skews less than wall time.
 func BenchmarkFollowerUnderFlood(b *testing.B) {
-	for _, rate := range []int{0, 100000} {
+	for _, rate := range []int{0, 100000, 10000} {
 		name := "rate=max"
 		if rate > 0 {
 			name = fmt.Sprintf("rate=%d/s", rate)
