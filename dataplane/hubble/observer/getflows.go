@@ -207,7 +207,7 @@ func (s *flowStream) wait(ctx context.Context, cursor uint64, now time.Time, unt
 	case <-untilC:
 		return errUntil
 	case <-s.out.done:
-		return s.out.err
+		return s.out.ended()
 	case <-ctx.Done():
 		return status.FromContextError(ctx.Err()).Err()
 	}

@@ -80,12 +80,21 @@ func (s *sender) put(ctx context.Context, resp *observerpb.GetFlowsResponse) err
 	case s.queue <- resp:
 		return nil
 	case <-s.done:
-		return s.err
+		return s.ended()
 	case <-ctx.Done():
 		return status.FromContextError(ctx.Err()).Err()
 	case <-t.C:
 		return s.stalled()
 	}
+}
+
+// ended is why the sending goroutine ended before the stream did: Send's
+// error (the client left, or the server stops).
+func (s *sender) ended() error {
+	if s.err == nil {
+		return status.Error(codes.Internal, "GetFlows: the stream's sender stopped early")
+	}
+	return s.err
 }
 
 // finish waits until every queued response is sent, giving up when the client
