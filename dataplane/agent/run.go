@@ -16,8 +16,8 @@ import (
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/flows"
 	"github.com/flatnet/flatnet/dataplane/hubble/exporter"
-	"github.com/flatnet/flatnet/dataplane/hubble/observer"
 	hubblemetrics "github.com/flatnet/flatnet/dataplane/hubble/metrics"
+	"github.com/flatnet/flatnet/dataplane/hubble/observer"
 	"github.com/flatnet/flatnet/dataplane/metrics"
 )
 
