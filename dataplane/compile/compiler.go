@@ -148,6 +148,8 @@ func (c *Compiler) UpsertPod(p Pod) error {
 	ps.pod = p
 	ps.pod.Labels = copyMap(p.Labels)
 	ps.pod.Ports = slices.Clone(p.Ports)
+	// A new slice per upsert, never changed after: snapshots share it.
+	ps.pod.Workloads = slices.Clip(slices.Clone(p.Workloads))
 	ps.sig = portSignature(p.Ports)
 	if err := c.assignIdentity(ps); err != nil {
 		return err

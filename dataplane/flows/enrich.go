@@ -165,7 +165,7 @@ func (e *Enricher) endpoint(ip netip.Addr, id identity.ID) *Endpoint {
 	ep := &Endpoint{Identity: uint32(id)}
 	p, ok := e.src.PeerOf(ip)
 	if ok {
-		ep.Namespace, ep.PodName = p.Namespace, p.Name
+		ep.Namespace, ep.PodName, ep.Workloads = p.Namespace, p.Name, p.Workloads
 		if p.Namespace != "" {
 			ep.ClusterName = policy.ClusterName
 		}

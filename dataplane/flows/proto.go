@@ -85,7 +85,19 @@ func (e *Endpoint) toProto() *flowpb.Endpoint {
 		Namespace:   e.Namespace,
 		Labels:      e.Labels,
 		PodName:     e.PodName,
+		Workloads:   workloadsProto(e.Workloads),
 	}
+}
+
+func workloadsProto(ws []Workload) []*flowpb.Workload {
+	if len(ws) == 0 {
+		return nil
+	}
+	out := make([]*flowpb.Workload, len(ws))
+	for i, w := range ws {
+		out[i] = &flowpb.Workload{Name: w.Name, Kind: w.Kind}
+	}
+	return out
 }
 
 func policiesProto(ps []*Policy) []*flowpb.Policy {
