@@ -32,7 +32,8 @@ type Response struct {
 // Flow is flow.Flow of Cilium's API, restricted to what the datapath reports.
 type Flow struct {
 	Time             time.Time `json:"time"`
-	Verdict          string    `json:"verdict"` // FORWARDED or DROPPED
+	UUID             string    `json:"uuid,omitempty"` // unique per flow, named by the enricher
+	Verdict          string    `json:"verdict"`        // FORWARDED or DROPPED
 	DropReason       uint32    `json:"drop_reason,omitempty"`
 	DropReasonDesc   string    `json:"drop_reason_desc,omitempty"`
 	IP               *IP       `json:"IP,omitempty"`
