@@ -85,3 +85,34 @@ func TestSnapshotPeerWorkloads(t *testing.T) {
 		t.Errorf("after the pod's owner changed: PeerOf = %+v, want %+v", p.Workloads, pod.Workloads)
 	}
 }
+
+// TestWorkloadsShared: a Deployment's replicas share one workload slice (their
+// peers and flows point to it); the table forgets a workload with its last pod,
+// whether the pod is deleted or changes owner.
+func TestWorkloadsShared(t *testing.T) {
+	c := New(identity.NewAllocator())
+	web := []Workload{{Name: "web", Kind: "Deployment"}}
+	for i := range 3 {
+		mustDo(t, c.UpsertPod(Pod{Namespace: "ns", Name: "web-" + string(rune('a'+i)), Labels: map[string]string{"app": "web"},
+			IP: netip.AddrFrom4([4]byte{10, 0, 0, byte(1 + i)}), Workloads: slices.Clone(web)}))
+	}
+	mustDo(t, c.UpsertPod(Pod{Namespace: "ns", Name: "db-0", IP: netip.MustParseAddr("10.0.0.9"),
+		Workloads: []Workload{{Name: "db", Kind: "StatefulSet"}}}))
+	c.Flush()
+	a, _ := c.Snapshot().PeerOf(netip.MustParseAddr("10.0.0.1"))
+	b, _ := c.Snapshot().PeerOf(netip.MustParseAddr("10.0.0.3"))
+	if !slices.Equal(a.Workloads, web) || &a.Workloads[0] != &b.Workloads[0] {
+		t.Errorf("replicas' workloads %v at %p and %v at %p: want web's, one slice", a.Workloads, a.Workloads, b.Workloads, b.Workloads)
+	}
+	if n := c.workloads.shared[web[0]].refs; n != 3 {
+		t.Errorf("web's slice held by %d pods, want 3", n)
+	}
+	c.DeletePod("ns", "web-a")
+	mustDo(t, c.UpsertPod(Pod{Namespace: "ns", Name: "web-b", IP: netip.MustParseAddr("10.0.0.2"),
+		Workloads: []Workload{{Name: "web-canary", Kind: "Deployment"}}}))
+	mustDo(t, c.UpsertPod(Pod{Namespace: "ns", Name: "web-c", IP: netip.MustParseAddr("10.0.0.3")}))
+	c.DeletePod("ns", "db-0")
+	if _, ok := c.workloads.shared[web[0]]; ok || len(c.workloads.shared) != 1 {
+		t.Errorf("after web's pods left it and db-0 went: table %v, want only web-canary", c.workloads.shared)
+	}
+}
