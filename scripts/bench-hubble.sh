@@ -8,14 +8,14 @@
 #     (which merges 3 x 10,000), their ratio, the relay's CPU per flow;
 #   - follow: 1,000 flows/s per agent followed directly and through the relay:
 #     latency from the agent's Add to the client, p50/p99, and the p50 ratio.
-# Each of COUNT rounds is a new process; ratios are taken within a round and
-# summarized as median [min..max]. Raw output and benchstat's view go to
+# Each of COUNT rounds is a new process; ratios are taken within a round, and
+# benchstat gives each figure's median and interval over the rounds. Raw output and benchstat's view go to
 # _output/bench-hubble/. Nothing is asserted.
 #
-#   COUNT=5 HISTORY_OPS=10 FOLLOW_OPS=3000 scripts/bench-hubble.sh
+#   COUNT=6 HISTORY_OPS=10 FOLLOW_OPS=3000 scripts/bench-hubble.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-COUNT=${COUNT:-5}
+COUNT=${COUNT:-6}
 HISTORY_OPS=${HISTORY_OPS:-10}
 FOLLOW_OPS=${FOLLOW_OPS:-3000}
 BENCHSTAT_VERSION=${BENCHSTAT_VERSION:-v0.0.0-20250515181355-8f5f3abfb71a}
@@ -42,37 +42,17 @@ for i in $(seq 1 "$COUNT"); do
 		-test.benchtime "${FOLLOW_OPS}x" -test.count 1) >>"$out/relay.txt" 2>&1 || warn "follow failed in round $i: see $out/relay.txt"
 done
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$out/machine.txt"
-"$FLATNET_CACHE/bin/benchstat" "$out/relay.txt" >"$out/benchstat.txt" 2>&1 || true
+"$FLATNET_CACHE/bin/benchstat" -filter '.unit:(direct-flows/s OR relay-flows/s OR relay/direct OR relay-cpu-ns/flow OR direct-ms/request OR relay-ms/request OR direct-p50-µs OR direct-p99-µs OR relay-p50-µs OR relay-p99-µs OR relay/direct-p50)' \
+	"$out/relay.txt" >"$out/benchstat.txt" 2>&1 || true
 
 {
 	cat "$out/machine.txt"
 	echo
-	awk -v rounds="$COUNT" '
-	function med(a, n,   i, j, t, b) {
-		for (i = 1; i <= n; i++) b[i] = a[i]
-		for (i = 2; i <= n; i++) for (j = i; j > 1 && b[j-1] > b[j]; j--) { t = b[j]; b[j] = b[j-1]; b[j-1] = t }
-		return n % 2 ? b[(n+1)/2] : (b[n/2] + b[n/2+1]) / 2
-	}
-	function lo(a, n,   i, m) { m = a[1]; for (i = 2; i <= n; i++) if (a[i] < m) m = a[i]; return m }
-	function hi(a, n,   i, m) { m = a[1]; for (i = 2; i <= n; i++) if (a[i] > m) m = a[i]; return m }
-	/^Benchmark/ {
-		name = $1; sub(/-[0-9]+$/, "", name); sub(/^BenchmarkRelay\//, "", name)
-		for (k = 3; k < NF; k += 2) { key = name " " $(k+1); n[key]++; v[key, n[key]] = $k; if (!(key in seen)) { seen[key] = 1; keys[++nk] = key } }
-	}
-	END {
-		printf "relay merge at 3 nodes: %d rounds, median [min..max] of the rounds\n\n", rounds
-		for (i = 1; i <= nk; i++) {
-			key = keys[i]; m = n[key]; delete a
-			if (key ~ / ns\/op$/) continue
-			for (j = 1; j <= m; j++) a[j] = v[key, j]
-			printf "  %-32s %12.2f [%.2f..%.2f]\n", key, med(a, m), lo(a, m), hi(a, m)
-		}
-		printf "\nhistory: relay/direct = relay flows/s over direct flows/s of the same round (the relay merges 3 agents'"'"' 10,000 each);\n"
-		printf "follow: relay/direct-p50 = relay p50 latency over direct p50 latency (relay sort buffer 100 flows, drain timeout 1 s)\n"
-	}' "$out/relay.txt"
+	echo "relay merge at 3 nodes, $COUNT rounds (benchstat: median ± 95% interval over the rounds)."
+	echo "history relay/direct: relay flows/s over direct flows/s of the same round (the relay merges 3 agents' 10,000 each);"
+	echo "follow relay/direct-p50: relay p50 latency over direct p50 latency (relay sort buffer 100 flows, drain timeout 1 s)."
 	grep -h -A3 -- '--- FAIL' "$out/relay.txt" || true
 	echo
-	echo "benchstat:"
 	cat "$out/benchstat.txt"
 } | tee "$out/summary.txt"
 info "raw output and summary: $out"
