@@ -3,6 +3,7 @@ package agent
 import (
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"strconv"
 
 	observerpb "github.com/cilium/cilium/api/v1/observer"
@@ -43,4 +44,19 @@ func startHubble(cfg HubbleConfig, log *slog.Logger, factory informers.SharedInf
 		return func() {}
 	}
 	return s.Stop
+}
+
+// version names this build as Hubble's servers name theirs ("cilium
+// v1.19.4+g<commit>"): ServerStatus and GetNodes report it.
+func version() string {
+	v, rev := "(devel)", ""
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		v = bi.Main.Version
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 10 {
+				rev = "+g" + s.Value[:10]
+			}
+		}
+	}
+	return "flatnet " + v + rev
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/flatnet/flatnet/dataplane/flows"
 	"github.com/flatnet/flatnet/dataplane/hubble/exporter"
 	hubblemetrics "github.com/flatnet/flatnet/dataplane/hubble/metrics"
+	"github.com/flatnet/flatnet/dataplane/hubble/observer"
 	"github.com/flatnet/flatnet/dataplane/metrics"
 )
 
@@ -119,7 +120,9 @@ func runWithPolicy(ctx context.Context, cfg RunConfig, log *slog.Logger, kube ku
 	if err != nil {
 		return err
 	}
-	observers := []func(*flows.Response){drops.Observe, hubble.Observe}
+	// Hubble's Observer serves the same history as GET /v1/flows.
+	obs := observer.New(store, observer.Config{NodeName: cfg.NodeName, Version: version(), Log: log})
+	observers := []func(*flows.Response){drops.Observe, hubble.Observe, obs.Observe}
 	var flowLogs *exporter.Manager
 	if cfg.FlowExport.ConfigFile != "" {
 		if flowLogs, err = exporter.NewManager(log, cfg.FlowExport); err != nil {
@@ -141,9 +144,7 @@ func runWithPolicy(ctx context.Context, cfg RunConfig, log *slog.Logger, kube ku
 	if _, err := factory.Core().V1().Pods().Informer().AddEventHandler(hubble.PodEvents()); err != nil {
 		return fmt.Errorf("watching pod deletions for the Hubble metrics: %w", err)
 	}
-	// The Observer over store plugs in here (dataplane/hubble/observer); until
-	// then Peer and health only.
-	defer startHubble(cfg.Hubble, log, factory, nil)()
+	defer startHubble(cfg.Hubble, log, factory, obs)()
 	factory.Start(ctx.Done())
 	// The enforcer must be syncing before the agent re-attaches known endpoints:
 	// Attach waits for its first full sync. This cancel is deferred last, so when

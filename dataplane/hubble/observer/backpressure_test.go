@@ -149,7 +149,27 @@ func TestStalledFollowerHarmsNoOne(t *testing.T) {
 		t.Fatalf("reading follower: %v", r.err)
 	}
 	t.Logf("reading follower: %d delivered, %d reported lost", r.received, r.lost)
+	go func() { // the reading follower goes on reading
+		for {
+			if _, err := healthy.Recv(); err != nil {
+				return
+			}
+		}
+	}()
 
+	// Flows keep coming while the client still reads nothing. What the flood
+	// left it may fit its transport's window (when the ring lapped its reader,
+	// little was sent): it owes nothing yet and is an idle follower, not a
+	// stalled one. Once responses wait for it, the stall bound disconnects it.
+	for i, deadline := n, time.Now().Add(20*time.Second); o.Following() > 1; i++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d streams still follow 20 s after the flood: the stalled one was never disconnected", o.Following())
+		}
+		store.Add(newFlow(i, t0.Add(time.Duration(i))))
+		if i%100 == 0 {
+			time.Sleep(time.Millisecond)
+		}
+	}
 	// The stalled stream ends with ResourceExhausted once the client reads
 	// again: what it had buffered, then the reason.
 	for {

@@ -201,11 +201,21 @@ func (s *flowStream) wait(ctx context.Context, cursor uint64, now time.Time, unt
 		defer t.Stop()
 		lostC = t.C
 	}
+	var stallC <-chan time.Time
+	stall, progress := s.out.stallCheck()
+	if stall != nil {
+		defer stall.Stop()
+		stallC = stall.C
+	}
 	select {
 	case <-s.o.store.Wait(cursor):
 	case <-lostC:
 	case <-untilC:
 		return errUntil
+	case <-stallC:
+		if s.out.stuck(progress) {
+			return s.out.stalled()
+		}
 	case <-s.out.done:
 		return s.out.ended()
 	case <-ctx.Done():

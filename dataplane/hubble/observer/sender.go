@@ -28,7 +28,8 @@ type sender struct {
 	quit   chan struct{} // closed by abort: send nothing more
 	done   chan struct{} // closed when the goroutine ends
 	err    error         // why it ended early; read after done
-	sent   atomic.Uint64 // progress, for finish's stall check
+	sent   atomic.Uint64 // progress, for the stall checks
+	queued atomic.Uint64 // responses put: sent < queued means the client owes reads
 	once   sync.Once
 }
 
@@ -71,6 +72,7 @@ func startSender(stream grpc.ServerStreamingServer[observerpb.GetFlowsResponse],
 func (s *sender) put(ctx context.Context, resp *observerpb.GetFlowsResponse) error {
 	select {
 	case s.queue <- resp:
+		s.queued.Add(1)
 		return nil
 	default:
 	}
@@ -78,6 +80,7 @@ func (s *sender) put(ctx context.Context, resp *observerpb.GetFlowsResponse) err
 	defer t.Stop()
 	select {
 	case s.queue <- resp:
+		s.queued.Add(1)
 		return nil
 	case <-s.done:
 		return s.ended()
@@ -117,6 +120,23 @@ func (s *sender) finish(ctx context.Context) error {
 			t.Reset(s.stall)
 		}
 	}
+}
+
+// stallCheck is for a handler about to wait for new flows while responses may
+// still wait for the client (a quiet follow stream puts nothing, so put alone
+// would never see the stall): a channel that fires after the stall bound when
+// something is owed, nil when nothing is, and the progress to compare then.
+func (s *sender) stallCheck() (*time.Timer, uint64) {
+	sent := s.sent.Load()
+	if sent >= s.queued.Load() {
+		return nil, sent
+	}
+	return time.NewTimer(s.stall), sent
+}
+
+// stuck says whether the client has accepted nothing since progress.
+func (s *sender) stuck(progress uint64) bool {
+	return s.sent.Load() == progress && progress < s.queued.Load()
 }
 
 // abort stops sending; what is queued is dropped. The handler returns next,

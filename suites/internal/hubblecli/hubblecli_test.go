@@ -68,6 +68,9 @@ func realCLI(t *testing.T, root string) CLI {
 		path = filepath.Join(repoRoot, path)
 	}
 	if _, err := os.Stat(path); err != nil {
+		if os.Getenv("FLATNET_REQUIRE_HUBBLE_CLI") == "1" { // make test: it may not skip
+			t.Fatalf("no hubble CLI at %s: make tools builds it (or set %s)", path, EnvPath)
+		}
 		t.Skipf("no hubble CLI at %s: make tools builds it (or set %s)", path, EnvPath)
 	}
 	t.Setenv(EnvPath, path)
