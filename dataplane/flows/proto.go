@@ -24,7 +24,7 @@ func (r *Response) Proto() *flowpb.Flow {
 func (f *Flow) toProto() *flowpb.Flow {
 	p := &flowpb.Flow{
 		Time:                  timestamppb.New(f.Time),
-		Uuid:                  uuid.NewString(),
+		Uuid:                  f.UUID,
 		Verdict:               flowpb.Verdict(flowpb.Verdict_value[f.Verdict]),
 		DropReason:            f.DropReason,
 		DropReasonDesc:        flowpb.DropReason(flowpb.DropReason_value[f.DropReasonDesc]),
@@ -41,6 +41,11 @@ func (f *Flow) toProto() *flowpb.Flow {
 		EgressAllowedBy:       policiesProto(f.EgressAllowedBy),
 		IngressDeniedBy:       policiesProto(f.IngressDeniedBy),
 		EgressDeniedBy:        policiesProto(f.EgressDeniedBy),
+	}
+	if p.Uuid == "" {
+		// A flow no enricher named (built by hand): still unique, at
+		// crypto/rand's price.
+		p.Uuid = uuid.NewString()
 	}
 	if f.IP != nil {
 		p.IP = &flowpb.IP{Source: f.IP.Source, Destination: f.IP.Destination, IpVersion: flowpb.IPVersion_IPv4}
@@ -85,7 +90,19 @@ func (e *Endpoint) toProto() *flowpb.Endpoint {
 		Namespace:   e.Namespace,
 		Labels:      e.Labels,
 		PodName:     e.PodName,
+		Workloads:   workloadsProto(e.Workloads),
 	}
+}
+
+func workloadsProto(ws []Workload) []*flowpb.Workload {
+	if len(ws) == 0 {
+		return nil
+	}
+	out := make([]*flowpb.Workload, len(ws))
+	for i, w := range ws {
+		out[i] = &flowpb.Workload{Name: w.Name, Kind: w.Kind}
+	}
+	return out
 }
 
 func policiesProto(ps []*Policy) []*flowpb.Policy {

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	flowpb "github.com/cilium/cilium/api/v1/flow"
+
+	"github.com/flatnet/flatnet/dataplane/compile"
 )
 
 // Response is one line of `hubble observe -o json` (observer.GetFlowsResponse).
@@ -30,7 +32,8 @@ type Response struct {
 // Flow is flow.Flow of Cilium's API, restricted to what the datapath reports.
 type Flow struct {
 	Time             time.Time `json:"time"`
-	Verdict          string    `json:"verdict"` // FORWARDED or DROPPED
+	UUID             string    `json:"uuid,omitempty"` // unique per flow, named by the enricher
+	Verdict          string    `json:"verdict"`        // FORWARDED or DROPPED
 	DropReason       uint32    `json:"drop_reason,omitempty"`
 	DropReasonDesc   string    `json:"drop_reason_desc,omitempty"`
 	IP               *IP       `json:"IP,omitempty"`
@@ -117,7 +120,14 @@ type Endpoint struct {
 	Namespace   string   `json:"namespace,omitempty"`
 	Labels      []string `json:"labels,omitempty"` // "k8s:app=server", "reserved:world"
 	PodName     string   `json:"pod_name,omitempty"`
+	// Workloads is the pod's controller (compile.WorkloadsOf), shared with the
+	// compiler's snapshot: read-only.
+	Workloads []Workload `json:"workloads,omitempty"`
 }
+
+// Workload is flow.Workload of Cilium's API: {name, kind}. It is the compiler's
+// own type, so that a flow carries the snapshot's slice instead of a copy.
+type Workload = compile.Workload
 
 // Policy names a policy that decided a flow.
 type Policy struct {

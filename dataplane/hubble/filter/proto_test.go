@@ -1,12 +1,18 @@
 package filter
 
 import (
+	"net/netip"
 	"testing"
 
 	flowpb "github.com/cilium/cilium/api/v1/flow"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/flatnet/flatnet/dataplane/bpf"
+	"github.com/flatnet/flatnet/dataplane/compile"
 	"github.com/flatnet/flatnet/dataplane/flows"
 	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/policy"
 )
 
 // The filters work on what flatnet actually serves: flows recorded by package flows, as the enricher
@@ -71,6 +77,59 @@ func TestFlatnetFlows(t *testing.T) {
 				if got := match(r.Proto()); got != want[name] {
 					t.Errorf("flow %s: passes = %v, want %v", name, got, want[name])
 				}
+			}
+		})
+	}
+}
+
+// TestFlatnetWorkloads: a pod created by a Deployment, fed to the compiler as the informer delivers it
+// (owned by the ReplicaSet "web-5d8f7c9b6"), is named in its flows by the Deployment, so that
+// `hubble observe --from-workload web` (source_workload {name: web}) finds them, as do the kind alone and the
+// pair; the ReplicaSet's name does not, as in Hubble, and the destination is no such workload.
+func TestFlatnetWorkloads(t *testing.T) {
+	c := compile.New(identity.NewAllocator())
+	controller := true
+	web := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "seed", Name: "web-5d8f7c9b6-q2x7z", GenerateName: "web-5d8f7c9b6-",
+			Labels: map[string]string{"app": "web", "pod-template-hash": "5d8f7c9b6"},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web-5d8f7c9b6",
+				UID: "3f0c", Controller: &controller}}},
+		Status: corev1.PodStatus{PodIP: "10.244.1.5"},
+	}
+	server := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "seed", Name: "server", Labels: map[string]string{"app": "server"}},
+		Status: corev1.PodStatus{PodIP: "10.244.2.7"}}
+	for _, p := range []*corev1.Pod{web, server} {
+		if err := c.UpsertPod(compile.PodFromCore(p, p == server)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Flush()
+	en, err := flows.NewEnricher("kind-worker", c.Latest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := en.Flow(bpf.FlowEvent{Src: netip.MustParseAddr("10.244.1.5"), Dst: netip.MustParseAddr("10.244.2.7"),
+		SrcPort: 40000, DstPort: 80, Protocol: 6, TCPFlags: 0x02, Direction: policy.Ingress, Code: bpf.ForwardPolicy})
+	flow := (&flows.Response{Flow: f, NodeName: f.NodeName, Time: f.Time}).Proto()
+	for _, tc := range []struct {
+		name string
+		ff   *flowpb.FlowFilter
+		want bool
+	}{
+		{"--from-workload web", &flowpb.FlowFilter{SourceWorkload: []*flowpb.Workload{{Name: "web"}}}, true},
+		{"source_workload kind Deployment", &flowpb.FlowFilter{SourceWorkload: []*flowpb.Workload{{Kind: "Deployment"}}}, true},
+		{"source_workload Deployment/web", &flowpb.FlowFilter{SourceWorkload: []*flowpb.Workload{{Name: "web", Kind: "Deployment"}}}, true},
+		{"--from-workload web-5d8f7c9b6 (the ReplicaSet)", &flowpb.FlowFilter{SourceWorkload: []*flowpb.Workload{{Name: "web-5d8f7c9b6"}}}, false},
+		{"source_workload ReplicaSet/web", &flowpb.FlowFilter{SourceWorkload: []*flowpb.Workload{{Name: "web", Kind: "ReplicaSet"}}}, false},
+		{"--to-workload web", &flowpb.FlowFilter{DestinationWorkload: []*flowpb.Workload{{Name: "web"}}}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			match, err := Compile([]*flowpb.FlowFilter{tc.ff}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := match(flow); got != tc.want {
+				t.Errorf("passes = %v, want %v (source workloads %v)", got, tc.want, flow.GetSource().GetWorkloads())
 			}
 		})
 	}
