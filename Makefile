@@ -28,7 +28,7 @@ build: tools ## build every flatnet binary and tool into bin/
 	@ls $(BIN_DIR)
 
 .PHONY: tools
-tools: ## kind and ginkgo at the versions pinned in go.mod, kubectl at tools/go.mod's
+tools: ## kind and ginkgo at the versions pinned in go.mod, kubectl at tools/go.mod's, hubble at tools/hubble/go.mod's
 	@bash scripts/tools.sh
 
 .PHONY: engine
@@ -56,13 +56,18 @@ e2e: ## setup + cluster + suites + report (FOCUS=, SKIP=, REUSE=1)
 	@bash scripts/e2e.sh
 
 .PHONY: images
-images: ## build the probe and agent images and load them into cluster $(CLUSTER)
+images: ## build the probe, agent and hubble-relay images and load them into cluster $(CLUSTER)
 	@bash scripts/probe-image.sh >/dev/null
 	@bash scripts/agent-image.sh >/dev/null
+	@bash scripts/relay-image.sh >/dev/null
 
 .PHONY: deploy
 deploy: ## install flatnet (CRDs, agent DaemonSet) and wait for Ready nodes and CoreDNS
 	@bash scripts/deploy.sh
+
+.PHONY: hubble
+hubble: tools ## port-forward hubble-relay to localhost:4245 for bin/hubble (HUBBLE_PORT=...), until Ctrl-C
+	@bash scripts/hubble-port-forward.sh
 
 .PHONY: observability
 observability: tools ## Prometheus scraping every agent in namespace flatnet-observability (GRAFANA_IMAGE=... adds Grafana and the dashboard)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the flatnet agent image with no registry: static Go binaries (the
-# agent, the flatnet CNI plugin and CNI's portmap and loopback plugins, which
-# the agent installs on its node) in an image imported from a tarball (FROM
+# agent, flatnet-certgen for the agent manifest's CronJob, the flatnet CNI
+# plugin and CNI's portmap and loopback plugins, which the agent installs on its node) in an image imported from a tarball (FROM
 # scratch, no Dockerfile, no base image to pull). The tag is a hash of every input, so an
 # unchanged tree reuses the image. Loads it into kind cluster $CLUSTER when that
 # cluster exists. The image ref is the last line on stdout.
@@ -36,15 +36,14 @@ else
 		(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$WORK/build.log" nice go build -trimpath -ldflags "-s -w" -o "$1" "$2")
 	}
 	build "$WORK/rootfs/flatnet-agent" ./dataplane/cmd/flatnet-agent
+	build "$WORK/rootfs/flatnet-certgen" ./dataplane/cmd/flatnet-certgen
 	build "$WORK/rootfs/flatnet/cni/flatnet" ./dataplane/cmd/flatnet-cni
 	build "$WORK/rootfs/flatnet/cni/loopback" github.com/containernetworking/plugins/plugins/main/loopback
 	build "$WORK/rootfs/flatnet/cni/portmap" github.com/containernetworking/plugins/plugins/meta/portmap
-	tar -C "$WORK/rootfs" --owner=0 --group=0 --numeric-owner -c . |
-		docker import \
-			--change 'ENTRYPOINT ["/flatnet-agent"]' \
-			--change "LABEL org.opencontainers.image.title=flatnet-agent org.opencontainers.image.revision=$TAG" \
-			- "$REF" >/dev/null || die "docker import of $REF failed"
-	info "agent image $REF: $(docker image inspect -f '{{.Size}}' "$REF" | awk '{printf "%.1f MB", $1/1e6}')"
+	import_rootfs "$WORK/rootfs" "$REF" \
+		--change 'ENTRYPOINT ["/flatnet-agent"]' \
+		--change "LABEL org.opencontainers.image.title=flatnet-agent org.opencontainers.image.revision=$TAG"
+	info "agent image $REF: $(image_size "$REF")"
 fi
 
 kind_load_image "agent image" "$REF" "$WORK.load.log"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Deploys flatnet onto kind cluster $CLUSTER: builds and loads the agent image,
-# applies the CRDs and the agent's manifests, then waits until every node is
-# Ready (the agent installed the CNI plugin there) and CoreDNS runs.
+# Deploys flatnet onto kind cluster $CLUSTER: builds and loads the agent image
+# and the hubble-relay image, applies the CRDs, creates Hubble's TLS Secrets
+# (flatnet-certgen), applies the manifests (the agent, hubble-relay), then waits
+# until every node is Ready (the agent installed the CNI plugin there), CoreDNS
+# runs and hubble-relay reaches the agents.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 CLUSTER=${CLUSTER:-flatnet}
@@ -23,14 +25,24 @@ on_failure() {
 
 IMAGE=$(bash "$REPO_ROOT/scripts/agent-image.sh" | tail -n 1)
 [ -n "$IMAGE" ] || die "agent-image.sh printed no image ref"
+RELAY_IMAGE=$(bash "$REPO_ROOT/scripts/relay-image.sh" | tail -n 1)
+[ -n "$RELAY_IMAGE" ] || die "relay-image.sh printed no image ref"
 
 step "deploy: CRDs"
 "$KUBECTL" apply --server-side -f "$MANIFESTS/crds/" >&2
 "$KUBECTL" wait --for=condition=Established --timeout=60s -f "$MANIFESTS/crds/" >&2
 
+# Hubble's mutual-TLS Secrets exist before the agents start (the agent manifest's
+# CronJob renews them): flatnet-certgen, built and run here with our kubeconfig.
+step "deploy: Hubble TLS certificates (flatnet-certgen)"
+"$KUBECTL" get namespace flatnet-system >/dev/null 2>&1 || "$KUBECTL" create namespace flatnet-system --save-config >&2
+(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$OUT_DIR/certgen-build.log" nice go build -trimpath -o "$BIN_DIR/flatnet-certgen" ./dataplane/cmd/flatnet-certgen)
+"$BIN_DIR/flatnet-certgen" --kubeconfig "$KUBECONFIG" --namespace flatnet-system --cluster-name default >&2 ||
+	die "flatnet-certgen could not create the Hubble TLS Secrets (output above)"
+
 step "deploy: flatnet agent $IMAGE (subnet $NODE_SUBNET, gateway $NODE_GATEWAY, docker range $NODE_IP_RANGE)"
 for f in "$MANIFESTS"/*.yaml; do
-	sed -e "s|@IMAGE@|$IMAGE|g" -e "s|@NODE_SUBNET@|$NODE_SUBNET|g" \
+	sed -e "s|@IMAGE@|$IMAGE|g" -e "s|@RELAY_IMAGE@|$RELAY_IMAGE|g" -e "s|@NODE_SUBNET@|$NODE_SUBNET|g" \
 		-e "s|@NODE_GATEWAY@|$NODE_GATEWAY|g" -e "s|@NODE_IP_RANGE@|$NODE_IP_RANGE|g" \
 		-e "s|@SERVICE_SUBNET@|$SERVICE_SUBNET|g" "$f"
 	echo "---"
@@ -89,10 +101,11 @@ nodes_check() {
 	echo "$have of $want nodes Ready (heartbeat since their node started)"
 	[ "$have" -ge "$want" ]
 }
-coredns_check() {
+# some_pod_check NAMESPACE SELECTOR WHAT: one Ready pod of SELECTOR at least.
+some_pod_check() {
 	local have
-	have=$(fresh_pods kube-system k8s-app=kube-dns | wc -l)
-	echo "$have CoreDNS pods ready since their node started"
+	have=$(fresh_pods "$1" "$2" | wc -l)
+	echo "$have $3 pods ready since their node started"
 	[ "$have" -ge 1 ]
 }
 
@@ -109,9 +122,20 @@ if ! wait_for "nodes" nodes_check; then
 fi
 step "deploy: waiting for CoreDNS"
 if ! "$KUBECTL" -n kube-system rollout status deploy/coredns --timeout="$TIMEOUT" >&2 ||
-	! wait_for "CoreDNS" coredns_check; then
+	! wait_for "CoreDNS" "some_pod_check kube-system k8s-app=kube-dns CoreDNS"; then
 	on_failure
 	die "CoreDNS did not run within $TIMEOUT"
+fi
+# Ready means the relay's gRPC health is SERVING: it reached the hubble-peer
+# Service and at least one agent over mutual TLS.
+step "deploy: waiting for hubble-relay $RELAY_IMAGE"
+if ! "$KUBECTL" -n flatnet-system rollout status deploy/hubble-relay --timeout="$TIMEOUT" >&2 ||
+	! wait_for "hubble-relay" "some_pod_check flatnet-system k8s-app=hubble-relay hubble-relay"; then
+	"$KUBECTL" -n flatnet-system get secret hubble-relay-client-certs >/dev/null 2>&1 ||
+		warn "Secret flatnet-system/hubble-relay-client-certs is missing: the relay cannot start without its client certificate"
+	"$KUBECTL" -n flatnet-system describe pods -l k8s-app=hubble-relay 2>&1 | tail -n 25 >&2 || true
+	"$KUBECTL" -n flatnet-system logs deploy/hubble-relay --tail=20 >&2 || true
+	die "hubble-relay did not become ready within $TIMEOUT"
 fi
 "$KUBECTL" get ipblocks.flatnet.io >&2
 info "flatnet deployed on cluster $CLUSTER"

@@ -34,6 +34,8 @@ export KUBERNETES_VERSION
 FLATNET_NODES=$(bash "$REPO_ROOT/scripts/cluster.sh" nodes | tr '\n' ' ')
 export FLATNET_NODES
 [ -f "$OUT_DIR/probe-image.out" ] && PROBE_IMAGE=$(tail -n 1 "$OUT_DIR/probe-image.out") && export PROBE_IMAGE
+# suites/hubble runs the upstream hubble CLI that `make tools` built (tools/hubble).
+export FLATNET_HUBBLE_CLI="$BIN_DIR/hubble"
 # The suites are the packages with an e2e-tagged suite file; the unit tests of suites/ (report, framework
 # self-test, ...) run in make test, not here, so the e2e JUnit holds only specs run against the cluster.
 mapfile -t suites < <(cd "$REPO_ROOT" && grep -l '^//go:build e2e' suites/*/*_suite_test.go | xargs -n1 dirname | sort -u | sed 's|^|./|')

@@ -84,6 +84,21 @@ kind_load_image() {
 	fi
 }
 
+# import_rootfs DIR REF [--change INSTRUCTION]...: docker image REF of the files
+# under DIR (FROM scratch, no Dockerfile, every file owned by root), its config
+# set by the --change instructions (ENTRYPOINT, USER, LABEL ...).
+import_rootfs() {
+	local dir=$1 ref=$2
+	shift 2
+	tar -C "$dir" --owner=0 --group=0 --numeric-owner -c . | docker import "$@" - "$ref" >/dev/null ||
+		die "docker import of $ref failed"
+}
+
+# image_size REF: the size of image REF as docker reports it, in MB.
+image_size() {
+	docker image inspect -f '{{.Size}}' "$1" | awk '{printf "%.1f MB", $1/1e6}'
+}
+
 # debian_mirror: the Debian mirror this machine's apt uses, deb.debian.org if none.
 debian_mirror() {
 	local m

@@ -69,15 +69,13 @@ else
 	else
 		echo "${versions[0]}" >"$WORK/version"
 	fi
-	tar -C "$r" --owner=0 --group=0 --numeric-owner -c . |
-		docker import \
-			--change 'ENTRYPOINT ["/usr/bin/prometheus"]' \
-			--change 'CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]' \
-			--change 'USER 65534:65534' \
-			--change 'WORKDIR /prometheus' \
-			--change "LABEL org.opencontainers.image.title=prometheus org.opencontainers.image.version=${versions[0]#prometheus=} org.opencontainers.image.revision=$TAG" \
-			- "$REF" >/dev/null || die "docker import of $REF failed"
-	info "prometheus image $REF: $(head -n1 "$WORK/version"); $(docker image inspect -f '{{.Size}}' "$REF" | awk '{printf "%.1f MB", $1/1e6}')"
+	import_rootfs "$r" "$REF" \
+		--change 'ENTRYPOINT ["/usr/bin/prometheus"]' \
+		--change 'CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]' \
+		--change 'USER 65534:65534' \
+		--change 'WORKDIR /prometheus' \
+		--change "LABEL org.opencontainers.image.title=prometheus org.opencontainers.image.version=${versions[0]#prometheus=} org.opencontainers.image.revision=$TAG"
+	info "prometheus image $REF: $(head -n1 "$WORK/version"); $(image_size "$REF")"
 fi
 
 kind_load_image "prometheus image" "$REF" "$WORK.load.log"

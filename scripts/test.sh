@@ -20,6 +20,11 @@ step "kube-apiserver and etcd for the API server tests"
 KUBEBUILDER_ASSETS=$(bash "$REPO_ROOT/scripts/node-bin.sh" kube-apiserver etcd | tail -n 1)
 export KUBEBUILDER_ASSETS FLATNET_REQUIRE_APISERVER=1
 
+# The upstream hubble CLI, which the Observer's tests drive (they may not skip here).
+step "hubble CLI $HUBBLE_VERSION for the Observer tests"
+bash "$REPO_ROOT/scripts/hubble-build.sh" hubble "$BIN_DIR/hubble"
+export FLATNET_HUBBLE_CLI="$BIN_DIR/hubble" FLATNET_REQUIRE_HUBBLE_CLI=1
+
 cd "$REPO_ROOT"
 step "go vet"
 go vet ./...

@@ -2,7 +2,9 @@
 # Builds the tools into bin/: kind and ginkgo from the main module (go.mod `tool`
 # lines, so the ginkgo CLI is the version of the library the suites import and kind
 # the version of the library they drive), kubectl from the tools module
-# (tools/go.mod: k8s.io/kubernetes and its staging modules).
+# (tools/go.mod: k8s.io/kubernetes and its staging modules), the hubble CLI from
+# tools/hubble/go.mod (cilium at HUBBLE_VERSION; scripts/hubble-build.sh, which
+# skips it when its inputs are unchanged).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 build_tool() { # NAME MODULE-DIR PKG [go build args]
@@ -14,4 +16,5 @@ build_tool() { # NAME MODULE-DIR PKG [go build args]
 build_tool kind "$REPO_ROOT" sigs.k8s.io/kind -ldflags "-s -w"
 build_tool kubectl "$REPO_ROOT/tools" k8s.io/kubernetes/cmd/kubectl -ldflags "$(k8s_ldflags)"
 build_tool ginkgo "$REPO_ROOT" github.com/onsi/ginkgo/v2/ginkgo -ldflags "-s -w"
-info "tools: $("$BIN_DIR/kind" version | cut -d' ' -f1-2), kubectl $("$BIN_DIR/kubectl" version --client -o json | grep -m1 gitVersion | tr -d ' ",' | cut -d: -f2), ginkgo $("$BIN_DIR/ginkgo" version | awk '{print $NF}')"
+bash "$REPO_ROOT/scripts/hubble-build.sh" hubble "$BIN_DIR/hubble"
+info "tools: $("$BIN_DIR/kind" version | cut -d' ' -f1-2), kubectl $("$BIN_DIR/kubectl" version --client -o json | grep -m1 gitVersion | tr -d ' ",' | cut -d: -f2), ginkgo $("$BIN_DIR/ginkgo" version | awk '{print $NF}'), hubble $("$BIN_DIR/hubble" version | cut -d' ' -f2)"

@@ -12,6 +12,7 @@ import (
 	"github.com/flatnet/flatnet/dataplane/bpf"
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/flows"
+	hubblemetrics "github.com/flatnet/flatnet/dataplane/hubble/metrics"
 	"github.com/flatnet/flatnet/dataplane/identity"
 )
 
@@ -30,11 +31,25 @@ type noPods struct{}
 
 func (noPods) LocalPods() map[int]string { return nil }
 
+// allHubbleMetrics enables every Hubble metric flatnet serves: the dashboard may
+// show the ones --hubble-metrics leaves off by default (their panels say so).
+func allHubbleMetrics(t *testing.T) *hubblemetrics.Metrics {
+	specs, err := hubblemetrics.ParseSpecs("flow drop tcp policy port-distribution flows-to-world")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hm, err := hubblemetrics.New(hubblemetrics.Config{Specs: specs, Datapath: noDatapath{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hm
+}
+
 // agentMetricNames is every family the agent exports, from the registry Run builds
 // (NewMetrics plus registerPolicyMetrics), described rather than listed here.
 func agentMetricNames(t *testing.T) map[string]bool {
 	m := NewMetrics()
-	registerPolicyMetrics(m, noDatapath{}, noPods{}, enforce.NewMetrics(), flows.NewPolicyDrops())
+	registerPolicyMetrics(m, noDatapath{}, noPods{}, enforce.NewMetrics(), flows.NewPolicyDrops(), allHubbleMetrics(t))
 	names := map[string]bool{}
 	for _, n := range m.Names() {
 		names[n] = true
@@ -262,7 +277,10 @@ func TestDashboard(t *testing.T) {
 	for _, want := range []string{"flatnet_datapath_packets_total", "flatnet_endpoint_packets_total", "flatnet_policy_drop_events_total",
 		"flatnet_cni_operation_duration_seconds_bucket", "flatnet_policy_compile_duration_seconds_bucket",
 		"flatnet_policy_map_sync_duration_seconds_bucket", "flatnet_endpoints", "flatnet_identities",
-		"flatnet_bpf_map_entries", "flatnet_flow_events_lost_total"} {
+		"flatnet_bpf_map_entries", "flatnet_flow_events_lost_total",
+		// Hubble's names, so that Hubble-based dashboards' queries have a model here.
+		"hubble_flows_processed_total", "hubble_drop_total", "hubble_tcp_flags_total", "hubble_policy_verdicts_total",
+		"hubble_port_distribution_total", "hubble_flows_to_world_total", "hubble_lost_events_total"} {
 		if !strings.Contains(string(raw), want) {
 			t.Errorf("the dashboard does not show %s", want)
 		}

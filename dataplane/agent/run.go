@@ -15,6 +15,9 @@ import (
 
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/flows"
+	"github.com/flatnet/flatnet/dataplane/hubble/exporter"
+	hubblemetrics "github.com/flatnet/flatnet/dataplane/hubble/metrics"
+	"github.com/flatnet/flatnet/dataplane/hubble/observer"
 	"github.com/flatnet/flatnet/dataplane/metrics"
 )
 
@@ -31,6 +34,14 @@ type RunConfig struct {
 	Enforce enforce.Config
 	// FlowHistory is how many recent flows GET /v1/flows keeps.
 	FlowHistory int
+	// HubbleMetrics are the Hubble metrics counted from the flows and served
+	// beside the agent's own (--hubble-metrics); none: off.
+	HubbleMetrics []hubblemetrics.Spec
+	// FlowExport writes flow logs as its config file says (with policy on);
+	// an empty ConfigFile writes none.
+	FlowExport exporter.Options
+	// Hubble is the Hubble API (gRPC on the node's :4244 and a local socket).
+	Hubble HubbleConfig
 }
 
 // Run runs the node agent until ctx ends: the node network (New, Agent.Run) and,
@@ -38,6 +49,9 @@ type RunConfig struct {
 // metrics. Every part that watches the cluster registers on one informer factory,
 // started once all have, so each resource is watched once per process.
 func Run(ctx context.Context, cfg RunConfig) error {
+	if err := cfg.Hubble.Server.Validate(); err != nil {
+		return err
+	}
 	rc, err := restConfig(cfg.Kubeconfig)
 	if err != nil {
 		return err
@@ -63,6 +77,8 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		if err != nil {
 			return err
 		}
+		// No flows without the policy datapath: Peer and health only.
+		defer startHubble(cfg.Hubble, log, factory, nil)()
 		factory.Start(ctx.Done())
 		return a.Run(ctx)
 	}
@@ -95,10 +111,25 @@ func runWithPolicy(ctx context.Context, cfg RunConfig, log *slog.Logger, kube ku
 		return err
 	}
 	drops := flows.NewPolicyDrops()
-	registerPolicyMetrics(a.Metrics(), enf.Datapath(), enf, enf.Metrics(), drops)
+	hubble, err := hubblemetrics.New(hubblemetrics.Config{Specs: cfg.HubbleMetrics, Datapath: enf.Datapath()})
+	if err != nil {
+		return fmt.Errorf("--hubble-metrics: %w", err)
+	}
+	registerPolicyMetrics(a.Metrics(), enf.Datapath(), enf, enf.Metrics(), drops, hubble)
 	enricher, err := flows.NewEnricher(cfg.NodeName, enf.Snapshots())
 	if err != nil {
 		return err
+	}
+	// Hubble's Observer serves the same history as GET /v1/flows.
+	obs := observer.New(store, observer.Config{NodeName: cfg.NodeName, Version: version(), Log: log})
+	observers := []func(*flows.Response){drops.Observe, hubble.Observe, obs.Observe}
+	var flowLogs *exporter.Manager
+	if cfg.FlowExport.ConfigFile != "" {
+		if flowLogs, err = exporter.NewManager(log, cfg.FlowExport); err != nil {
+			return fmt.Errorf("flow export: %w", err)
+		}
+		a.Metrics().MustRegister(flowLogs.Collectors()...)
+		observers = append(observers, flowLogs.Observe)
 	}
 	events, err := enf.Datapath().NewFlowReader()
 	if err != nil {
@@ -108,16 +139,31 @@ func runWithPolicy(ctx context.Context, cfg RunConfig, log *slog.Logger, kube ku
 	if err := enf.Watch(ctx, factory, kube, dyn); err != nil {
 		return wrap("policy enforcer", err)
 	}
+	// The enforcer's pod informer (every pod of the cluster: flows name remote pods
+	// too): a deleted pod's Hubble series go, as in Cilium.
+	if _, err := factory.Core().V1().Pods().Informer().AddEventHandler(hubble.PodEvents()); err != nil {
+		return fmt.Errorf("watching pod deletions for the Hubble metrics: %w", err)
+	}
+	defer startHubble(cfg.Hubble, log, factory, obs)()
 	factory.Start(ctx.Done())
 	// The enforcer must be syncing before the agent re-attaches known endpoints:
 	// Attach waits for its first full sync. This cancel is deferred last, so when
 	// one part stops the others stop before the flow reader and datapath close.
+	// The flow logs are written out after that cancel, before the process ends.
+	logsWritten := make(chan struct{})
+	defer func() { <-logsWritten }()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	go func() {
+		defer close(logsWritten)
+		if flowLogs != nil {
+			_ = flowLogs.Run(ctx) // it logs what it refuses; it stops with ctx
+		}
+	}()
 	errc := make(chan error, 3)
 	go func() {
 		// Observability must not take enforcement down with it.
-		if err := flows.Run(ctx, events, enricher, store, drops.Observe); err != nil {
+		if err := flows.Run(ctx, events, enricher, store, observers...); err != nil {
 			log.Error("flow reader stopped: no new flows until the agent restarts", "error", err)
 		}
 	}()
@@ -127,11 +173,12 @@ func runWithPolicy(ctx context.Context, cfg RunConfig, log *slog.Logger, kube ku
 	return <-errc
 }
 
-// registerPolicyMetrics adds the policy datapath's metrics to the agent's (the
-// dashboard test builds the same set with a fake datapath).
-func registerPolicyMetrics(m *Metrics, dp metrics.CounterSource, pods metrics.PodNamer, em *enforce.Metrics, drops *flows.PolicyDrops) {
+// registerPolicyMetrics adds the policy datapath's metrics and the Hubble metrics
+// to the agent's (the dashboard test builds the same set with a fake datapath).
+func registerPolicyMetrics(m *Metrics, dp metrics.CounterSource, pods metrics.PodNamer, em *enforce.Metrics, drops *flows.PolicyDrops, hubble *hubblemetrics.Metrics) {
 	m.MustRegister(metrics.NewCollector(dp).WithPods(pods), drops.Collector())
 	m.MustRegister(em.Collectors()...)
+	m.MustRegister(hubble.Collectors()...)
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {

@@ -30,8 +30,12 @@ func simPod(r *rand.Rand, i int, localEvery int) Pod {
 		IP:     netip.AddrFrom4([4]byte{10, byte(64 + i>>16), byte(i >> 8), byte(i)}),
 		Local:  localEvery > 0 && i%localEvery == 0,
 		Ports:  []NamedPort{{Name: "http", Protocol: policy.ProtoTCP, Port: 8080}},
+		// Every simulated pod has a controller, as most real ones do.
+		Workloads: simWorkloads[(i/simNamespaces)%simApps%len(simWorkloads)],
 	}
 }
+
+var simWorkloads = [][]Workload{{{Name: "web", Kind: "Deployment"}}, {{Name: "db", Kind: "StatefulSet"}}}
 
 func simPolicy(r *rand.Rand, i int) []*policy.Policy {
 	ns := fmt.Sprintf("ns%d", i%simNamespaces)

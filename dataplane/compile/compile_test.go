@@ -182,6 +182,9 @@ func (w *world) randomPod(name string) Pod {
 	if w.r.Intn(2) == 0 {
 		p.Ports = []NamedPort{{Name: "dns", Protocol: policy.ProtoUDP, Port: uint16(53 + w.r.Intn(3))}}
 	}
+	if k := w.r.Intn(3); k > 0 { // the snapshot must follow a pod's workload too
+		p.Workloads = []Workload{{Name: fmt.Sprintf("app%d", k), Kind: []string{"", "Deployment", "StatefulSet"}[k]}}
+	}
 	return p
 }
 

@@ -38,6 +38,7 @@ type Compiler struct {
 	namespaces map[string]map[string]string    // labels by namespace
 	pods       map[string]*podState            // by namespace/name
 	nsPods     map[string]map[string]*podState // by namespace, then namespace/name
+	workloads  *workloadTable                  // the pods' workloads, shared (workloads.go)
 
 	published publisher // the snapshot of the last Flush (snapshot.go)
 }
@@ -67,6 +68,7 @@ func New(alloc *identity.Allocator) *Compiler {
 		namespaces: map[string]map[string]string{},
 		pods:       map[string]*podState{},
 		nsPods:     map[string]map[string]*podState{},
+		workloads:  newWorkloadTable(),
 	}
 }
 
@@ -145,9 +147,12 @@ func (c *Compiler) UpsertPod(p Pod) error {
 	if ps.hasI {
 		c.emit.index(ps, false) // Local may change
 	}
+	ws := c.workloads.acquire(p.Workloads)
+	c.workloads.release(ps.pod.Workloads)
 	ps.pod = p
 	ps.pod.Labels = copyMap(p.Labels)
 	ps.pod.Ports = slices.Clone(p.Ports)
+	ps.pod.Workloads = ws
 	ps.sig = portSignature(p.Ports)
 	if err := c.assignIdentity(ps); err != nil {
 		return err
@@ -172,6 +177,7 @@ func (c *Compiler) DeletePod(namespace, name string) {
 		c.dropIdentity(ps.id)
 		ps.hasI = false
 	}
+	c.workloads.release(ps.pod.Workloads)
 	delete(c.pods, key)
 	delete(c.nsPods[namespace], key)
 	if len(c.nsPods[namespace]) == 0 {

@@ -10,12 +10,14 @@ import (
 
 // Peer is what the compiler knows of an address, for flow records: the owning pod
 // (Namespace/Name empty for a node or an unknown address), its identity and that
-// identity's labels (nil for reserved identities).
+// identity's labels (nil for reserved identities), and the pod's workloads. Labels
+// and Workloads are shared with the compiler and its snapshots: read-only.
 type Peer struct {
 	Namespace, Name string
 	Node            string // set when a node owns the address
 	Identity        identity.ID
 	Labels          map[string]string
+	Workloads       []Workload
 }
 
 // PeerOf names the owner of an address as the datapath resolves it; false when the
@@ -29,6 +31,11 @@ func (c *Compiler) PeerOf(ip netip.Addr) (Peer, bool) {
 	p.Node, p.Namespace, p.Name = c.ipc.owner(ip, id)
 	if is := c.ids.byID[id]; is != nil {
 		p.Labels = is.labels
+	}
+	if p.Name != "" {
+		if ps := c.pods[p.Namespace+"/"+p.Name]; ps != nil {
+			p.Workloads = ps.pod.Workloads
+		}
 	}
 	return p, true
 }

@@ -115,7 +115,7 @@ func (c *Compiler) publish(flushed []string, cidrs []PrefixUpdate) {
 			if peer, ok := c.PeerOf(ip); ok {
 				// A Peer's labels are its identity's, which never change.
 				if old, had := w.get(ip.As4()); !had || old.Namespace != peer.Namespace || old.Name != peer.Name ||
-					old.Node != peer.Node || old.Identity != peer.Identity {
+					old.Node != peer.Node || old.Identity != peer.Identity || !slices.Equal(old.Workloads, peer.Workloads) {
 					w.set(ip.As4(), &peer)
 				}
 			} else {

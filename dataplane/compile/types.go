@@ -47,6 +47,17 @@ type Pod struct {
 	Ports          []NamedPort
 	Local          bool
 	HostNetwork    bool // a host-network pod has the node's identity, not its own
+	// Workloads are the controllers the pod belongs to, as Hubble names them
+	// (WorkloadsOf); flows report them. Not part of policy.
+	Workloads []Workload
+}
+
+// Workload is a pod's controller as Hubble reports it in flow.Endpoint.workloads:
+// the Deployment of a ReplicaSet's pod, the CronJob of a Job's, or the owner itself.
+// The JSON names are Hubble's; flow records share these values, never copy them.
+type Workload struct {
+	Name string `json:"name,omitempty"`
+	Kind string `json:"kind,omitempty"`
 }
 
 // Key is one policy entry: direction, remote identity (identity.Any for every remote),

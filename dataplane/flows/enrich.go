@@ -46,6 +46,7 @@ type Source interface {
 type Enricher struct {
 	node string
 	src  Source
+	ids  *flowIDs
 	// boot is the wall-clock time of CLOCK_MONOTONIC zero: event stamps are monotonic.
 	boot time.Time
 }
@@ -56,7 +57,11 @@ func NewEnricher(node string, src Source) (*Enricher, error) {
 	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
 		return nil, fmt.Errorf("reading CLOCK_MONOTONIC to date flow events: %w", err)
 	}
-	return &Enricher{node: node, src: src, boot: time.Now().Add(-time.Duration(ts.Nano()))}, nil
+	ids, err := newFlowIDs()
+	if err != nil {
+		return nil, err
+	}
+	return &Enricher{node: node, src: src, ids: ids, boot: time.Now().Add(-time.Duration(ts.Nano()))}, nil
 }
 
 // dropReasons gives Cilium's DropReason enum name for each drop code, by meaning
@@ -97,6 +102,7 @@ func DropReasonDesc(c bpf.Code) string {
 func (e *Enricher) Flow(ev bpf.FlowEvent) *Flow {
 	f := &Flow{
 		Time:     e.boot.Add(ev.Monotonic).UTC(),
+		UUID:     e.ids.next(),
 		Verdict:  VerdictForwarded,
 		IP:       &IP{Source: ev.Src.String(), Destination: ev.Dst.String(), IPVersion: "IPv4"},
 		L4:       layer4(ev),
@@ -110,6 +116,10 @@ func (e *Enricher) Flow(ev bpf.FlowEvent) *Flow {
 	if ev.Direction == policy.Egress {
 		local, remote = ev.Src, ev.Dst
 		f.TrafficDirection, f.TraceObservationPoint = Egress, "FROM_ENDPOINT"
+		// A trace's sub_type is its observation point in Cilium's numbering
+		// (TraceFromLxc = 5; TO_ENDPOINT is TraceToLxc = 0): Hubble's flow metric
+		// names it from there.
+		f.EventType.SubType = 5
 	}
 	if ev.Code.Dropped() {
 		f.Verdict = VerdictDropped
@@ -161,7 +171,7 @@ func (e *Enricher) endpoint(ip netip.Addr, id identity.ID) *Endpoint {
 	ep := &Endpoint{Identity: uint32(id)}
 	p, ok := e.src.PeerOf(ip)
 	if ok {
-		ep.Namespace, ep.PodName = p.Namespace, p.Name
+		ep.Namespace, ep.PodName, ep.Workloads = p.Namespace, p.Name, p.Workloads
 		if p.Namespace != "" {
 			ep.ClusterName = policy.ClusterName
 		}

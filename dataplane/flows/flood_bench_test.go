@@ -18,6 +18,7 @@ import (
 	"github.com/flatnet/flatnet/dataplane/bpf"
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/flows"
+	"github.com/flatnet/flatnet/dataplane/hubble/observer"
 )
 
 // BenchmarkFlowEventFlood measures how many flow events per second one agent takes in
@@ -72,10 +73,11 @@ func BenchmarkFlowEventFlood(b *testing.B) {
 
 type floodNode struct {
 	enf       *enforce.Enforcer
-	events    atomic.Uint64 // read by the agent's pipeline
-	lastEvent atomic.Int64  // unix ns of the last one
-	fd        int           // AF_PACKET socket on the client's eth0
-	frame     []byte        // a SYN from the client to the server
+	obs       *observer.Observer // Hubble's Observer over the agent's store, as the agent serves it
+	events    atomic.Uint64      // read by the agent's pipeline
+	lastEvent atomic.Int64       // unix ns of the last one
+	fd        int                // AF_PACKET socket on the client's eth0
+	frame     []byte             // a SYN from the client to the server
 }
 
 func (f *floodNode) lost(b *testing.B) uint64 {
@@ -145,9 +147,10 @@ func newFloodNode(b *testing.B) *floodNode {
 	en, err := flows.NewEnricher("self", f.enf.Snapshots())
 	must(b, err)
 	store := flows.NewStore(flows.DefaultCapacity)
+	f.obs = observer.New(store, observer.Config{NodeName: "self"})
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- flows.Run(runCtx, &countingReader{rd: rd, f: f}, en, store) }()
+	go func() { done <- flows.Run(runCtx, &countingReader{rd: rd, f: f}, en, store, f.obs.Observe) }()
 	b.Cleanup(func() { stop(); <-done; rd.Close() })
 
 	// The flood's socket: raw frames out of the client's eth0 to the host veth's MAC.

@@ -35,7 +35,7 @@ var (
 	worldIP  = netip.MustParseAddr("192.0.2.7")
 )
 
-func newCompiler(t *testing.T, cnps ...string) *compile.Compiler {
+func newCompiler(t testing.TB, cnps ...string) *compile.Compiler {
 	t.Helper()
 	c := compile.New(identity.NewAllocator())
 	must(t, c.UpsertNamespace(compile.Namespace{Name: "default", Labels: map[string]string{"kubernetes.io/metadata.name": "default"}}))

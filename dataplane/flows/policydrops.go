@@ -31,8 +31,12 @@ func NewPolicyDrops() *PolicyDrops {
 // Collector is the counter to register.
 func (p *PolicyDrops) Collector() prometheus.Collector { return p.vec }
 
-// Observe counts f if it was dropped: once per deciding policy.
-func (p *PolicyDrops) Observe(f *Flow) {
+// Observe counts r's flow if it was dropped: once per deciding policy.
+func (p *PolicyDrops) Observe(r *Response) {
+	p.observe(r.Flow)
+}
+
+func (p *PolicyDrops) observe(f *Flow) {
 	if f.Verdict != VerdictDropped {
 		return
 	}

@@ -14,10 +14,10 @@ import (
 func TestPolicyDrops(t *testing.T) {
 	p := NewPolicyDrops()
 	deny := &Policy{Kind: "CiliumNetworkPolicy", Namespace: "default", Name: "default-deny"}
-	p.Observe(&Flow{Verdict: VerdictDropped, TrafficDirection: Ingress, IngressDeniedBy: []*Policy{deny}})
-	p.Observe(&Flow{Verdict: VerdictDropped, TrafficDirection: Ingress, IngressDeniedBy: []*Policy{deny}})
-	p.Observe(&Flow{Verdict: VerdictDropped, TrafficDirection: Egress})
-	p.Observe(&Flow{Verdict: VerdictForwarded, TrafficDirection: Ingress, IngressAllowedBy: []*Policy{deny}})
+	p.Observe(&Response{Flow: &Flow{Verdict: VerdictDropped, TrafficDirection: Ingress, IngressDeniedBy: []*Policy{deny}}})
+	p.Observe(&Response{Flow: &Flow{Verdict: VerdictDropped, TrafficDirection: Ingress, IngressDeniedBy: []*Policy{deny}}})
+	p.Observe(&Response{Flow: &Flow{Verdict: VerdictDropped, TrafficDirection: Egress}})
+	p.Observe(&Response{Flow: &Flow{Verdict: VerdictForwarded, TrafficDirection: Ingress, IngressAllowedBy: []*Policy{deny}}})
 	want := `
 # HELP flatnet_policy_drop_events_total Dropped flow events by deciding policy (kind, namespace, name; "none" when no policy is known), from the rate-limited flow events.
 # TYPE flatnet_policy_drop_events_total counter
@@ -28,8 +28,8 @@ flatnet_policy_drop_events_total{direction="INGRESS",kind="CiliumNetworkPolicy",
 		t.Fatal(err)
 	}
 	for i := range maxPolicyLabels + 50 {
-		p.Observe(&Flow{Verdict: VerdictDropped, TrafficDirection: Egress,
-			EgressDeniedBy: []*Policy{{Kind: "NetworkPolicy", Namespace: "ns", Name: fmt.Sprint("p", i)}}})
+		p.Observe(&Response{Flow: &Flow{Verdict: VerdictDropped, TrafficDirection: Egress,
+			EgressDeniedBy: []*Policy{{Kind: "NetworkPolicy", Namespace: "ns", Name: fmt.Sprint("p", i)}}}})
 	}
 	// 200 named (default-deny among them), "none", and "other".
 	if n := testutil.CollectAndCount(p.Collector()); n != maxPolicyLabels+2 {

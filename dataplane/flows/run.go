@@ -11,9 +11,10 @@ type EventReader interface {
 	Read(ctx context.Context) (bpf.FlowEvent, error)
 }
 
-// Run reads events into store, handing each flow to observe too, until ctx ends; it
-// returns the reader's error otherwise.
-func Run(ctx context.Context, rd EventReader, en *Enricher, store *Store, observe ...func(*Flow)) error {
+// Run reads events into store, handing each flow to observe first (every flow, in
+// order; an observer must not block), until ctx ends; it returns the reader's error
+// otherwise.
+func Run(ctx context.Context, rd EventReader, en *Enricher, store *Store, observe ...func(*Response)) error {
 	for {
 		ev, err := rd.Read(ctx)
 		if err != nil {
@@ -23,9 +24,10 @@ func Run(ctx context.Context, rd EventReader, en *Enricher, store *Store, observ
 			return err
 		}
 		f := en.Flow(ev)
+		r := &Response{Flow: f, NodeName: f.NodeName, Time: f.Time}
 		for _, o := range observe {
-			o(f)
+			o(r)
 		}
-		store.Add(&Response{Flow: f, NodeName: f.NodeName, Time: f.Time})
+		store.Add(r)
 	}
 }

@@ -5,13 +5,19 @@
 // policy compiler's published snapshot and takes no lock. The datapath's counters
 // are exported by package metrics, explanations by the agent's API.
 //
-// The types are our own, with Cilium's JSON field names: importing
-// github.com/cilium/cilium for api/v1/flow would pull in most of Cilium's tree for a
-// handful of structs. Only the fields flatnet can fill are defined.
+// The types are our own, with Cilium's JSON field names, plus flatnet's reason and
+// rule fields: what the agent's HTTP API and flatnetctl speak. Proto converts a flow
+// into Hubble's own API type (github.com/cilium/cilium/api/v1/flow), which the gRPC
+// Observer, the exporter and Hubble's metrics use.
 package flows
 
 import (
+	"sync/atomic"
 	"time"
+
+	flowpb "github.com/cilium/cilium/api/v1/flow"
+
+	"github.com/flatnet/flatnet/dataplane/compile"
 )
 
 // Response is one line of `hubble observe -o json` (observer.GetFlowsResponse).
@@ -19,12 +25,15 @@ type Response struct {
 	Flow     *Flow     `json:"flow"`
 	NodeName string    `json:"node_name"`
 	Time     time.Time `json:"time"`
+
+	proto atomic.Pointer[flowpb.Flow] // Proto's cache
 }
 
 // Flow is flow.Flow of Cilium's API, restricted to what the datapath reports.
 type Flow struct {
 	Time             time.Time `json:"time"`
-	Verdict          string    `json:"verdict"` // FORWARDED or DROPPED
+	UUID             string    `json:"uuid,omitempty"` // unique per flow, named by the enricher
+	Verdict          string    `json:"verdict"`        // FORWARDED or DROPPED
 	DropReason       uint32    `json:"drop_reason,omitempty"`
 	DropReasonDesc   string    `json:"drop_reason_desc,omitempty"`
 	IP               *IP       `json:"IP,omitempty"`
@@ -111,7 +120,14 @@ type Endpoint struct {
 	Namespace   string   `json:"namespace,omitempty"`
 	Labels      []string `json:"labels,omitempty"` // "k8s:app=server", "reserved:world"
 	PodName     string   `json:"pod_name,omitempty"`
+	// Workloads is the pod's controller (compile.WorkloadsOf), shared with the
+	// compiler's snapshot: read-only.
+	Workloads []Workload `json:"workloads,omitempty"`
 }
+
+// Workload is flow.Workload of Cilium's API: {name, kind}. It is the compiler's
+// own type, so that a flow carries the snapshot's slice instead of a copy.
+type Workload = compile.Workload
 
 // Policy names a policy that decided a flow.
 type Policy struct {

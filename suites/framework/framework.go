@@ -68,6 +68,44 @@ const (
 	AgentSelector  = "app.kubernetes.io/name=flatnet-agent"
 )
 
+// AgentOn returns the live (not terminating) agent pod of node; it is an
+// error when there is none or more than one, saying which.
+func (f *Framework) AgentOn(ctx context.Context, node string) (corev1.Pod, error) {
+	pl, err := f.Clientset.CoreV1().Pods(AgentNamespace).List(ctx, metav1.ListOptions{LabelSelector: AgentSelector, FieldSelector: "spec.nodeName=" + node})
+	if err != nil {
+		return corev1.Pod{}, fmt.Errorf("listing the agent of node %s: %w", node, err)
+	}
+	var live []corev1.Pod
+	for _, p := range pl.Items {
+		if p.DeletionTimestamp == nil {
+			live = append(live, p)
+		}
+	}
+	if len(live) != 1 {
+		return corev1.Pod{}, fmt.Errorf("node %s has %d live agent pods (-n %s -l %s), want 1", node, len(live), AgentNamespace, AgentSelector)
+	}
+	return live[0], nil
+}
+
+// NodesByRole lists the cluster's nodes by name, sorted: the workers, and the
+// control-plane nodes (labelled node-role.kubernetes.io/control-plane).
+func (f *Framework) NodesByRole(ctx context.Context) (workers, controlPlane []string, err error) {
+	nodes, err := f.Clientset.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("listing nodes: %w", err)
+	}
+	for _, n := range nodes.Items {
+		if _, cp := n.Labels["node-role.kubernetes.io/control-plane"]; cp {
+			controlPlane = append(controlPlane, n.Name)
+		} else {
+			workers = append(workers, n.Name)
+		}
+	}
+	slices.Sort(workers)
+	slices.Sort(controlPlane)
+	return workers, controlPlane, nil
+}
+
 // Options say which of the shared parts a suite uses.
 type Options struct {
 	// Settings: the suite reads the run's settings (PROBE_IMAGE and the rest,

@@ -3,9 +3,7 @@
 package observability
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -17,11 +15,11 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	clientexec "k8s.io/client-go/util/exec"
 
 	"github.com/flatnet/flatnet/fixtures/topology"
 	"github.com/flatnet/flatnet/probes/podexec"
 	"github.com/flatnet/flatnet/suites/internal/agnhost"
+	"github.com/flatnet/flatnet/suites/internal/seedrun"
 	"github.com/flatnet/flatnet/suites/internal/workload"
 )
 
@@ -82,8 +80,8 @@ var _ = Describe("an odd policy in one namespace [flatnet]", Label("flatnet", "o
 		peerIP := podIP(ctx, oddNS, peer)
 		serverIP := podIP(ctx, okNS, ok.Server)
 		By("before: odd's pod reaches its peer, ok's client reaches its server")
-		Expect(connectIn(ctx, oddNS, victim, peerIP).reachable).To(BeTrue())
-		Expect(connectIn(ctx, okNS, ok.Client, serverIP).reachable).To(BeTrue())
+		Expect(connectIn(ctx, oddNS, victim, peerIP).Reachable).To(BeTrue())
+		Expect(connectIn(ctx, okNS, ok.Client, serverIP).Reachable).To(BeTrue())
 
 		By("applying the oversized CiliumNetworkPolicy " + oddNS + "/" + hugeName + " (accepted by the API server)")
 		_, err := kc.Dynamic.Resource(cnpResource).Namespace(oddNS).Create(ctx, oversizedCNP(oddNS, hugeName), metav1.CreateOptions{})
@@ -116,8 +114,8 @@ var _ = Describe("an odd policy in one namespace [flatnet]", Label("flatnet", "o
 		By("the selected pod fails closed: its egress (no egress rule, so allowed if its policy were in force) is cut")
 		Eventually(func(g Gomega) {
 			a := connectIn(ctx, oddNS, victim, peerIP)
-			g.Expect(a.reachable).To(BeFalse(), "%s", a)
-			g.Expect(a.word).To(Equal("TIMEOUT"), "%s", a)
+			g.Expect(a.Reachable).To(BeFalse(), "%s", a)
+			g.Expect(a.Word).To(Equal("TIMEOUT"), "%s", a)
 		}).WithContext(ctx).WithTimeout(kc.Settings.EnforceTimeout).WithPolling(time.Second).Should(Succeed())
 
 		By("a default-deny applied in " + okNS + " afterwards is enforced on the same node")
@@ -130,8 +128,8 @@ var _ = Describe("an odd policy in one namespace [flatnet]", Label("flatnet", "o
 		Expect(err).NotTo(HaveOccurred())
 		Eventually(func(g Gomega) {
 			a := connectIn(ctx, okNS, ok.Client, serverIP)
-			g.Expect(a.reachable).To(BeFalse(), "%s", a)
-			g.Expect(a.word).To(Equal("TIMEOUT"), "%s", a)
+			g.Expect(a.Reachable).To(BeFalse(), "%s", a)
+			g.Expect(a.Word).To(Equal("TIMEOUT"), "%s", a)
 		}).WithContext(ctx).WithTimeout(kc.Settings.EnforceTimeout).WithPolling(time.Second).Should(Succeed())
 
 		By("a new pod in " + fnNS + " on node " + node + " starts")
@@ -145,7 +143,7 @@ var _ = Describe("an odd policy in one namespace [flatnet]", Label("flatnet", "o
 		Expect(kc.Dynamic.Resource(cnpResource).Namespace(oddNS).Delete(ctx, hugeName, metav1.DeleteOptions{})).To(Succeed())
 		Eventually(func(g Gomega) {
 			a := connectIn(ctx, oddNS, victim, peerIP)
-			g.Expect(a.reachable).To(BeTrue(), "%s", a)
+			g.Expect(a.Reachable).To(BeTrue(), "%s", a)
 		}).WithContext(ctx).WithTimeout(kc.Settings.EnforceTimeout).WithPolling(time.Second).Should(Succeed())
 		r := run(ctx, "rejected", "-n", oddNS)
 		Expect(r.ExitCode).To(Equal(0), "%s", r)
@@ -185,20 +183,9 @@ func podIP(ctx context.Context, ns, name string) string {
 }
 
 // connectIn runs the article's connect from pod ns/name to ip:80.
-func connectIn(ctx context.Context, ns, name, ip string) answer {
-	cmdline := fmt.Sprintf("./agnhost connect %s:80 --timeout=3s --protocol=tcp", ip)
-	var stdout, stderr bytes.Buffer
-	err := kc.Exec.Exec(ctx, podexec.Pod{Namespace: ns, Name: name}, []string{"bash", "-c", cmdline}, nil, &stdout, &stderr)
-	a := answer{cmdline: ns + "/" + name + ": " + cmdline, raw: agnhost.Answer{Stdout: stdout.String(), Stderr: stderr.String()}}
-	var exit clientexec.ExitError
-	if err != nil && !errors.As(err, &exit) {
-		Expect(err).NotTo(HaveOccurred(), "exec %q in %s/%s", cmdline, ns, name)
-	}
-	if err != nil {
-		a.raw.ExitCode = exit.ExitStatus()
-	}
-	a.reachable, a.word, err = agnhost.Judge(a.raw)
-	Expect(err).NotTo(HaveOccurred(), "%s", a.cmdline)
-	GinkgoWriter.Printf("  bash# %s\n", a)
+func connectIn(ctx context.Context, ns, name, ip string) agnhost.Result {
+	a, err := agnhost.Connect(ctx, kc.Exec, podexec.Pod{Namespace: ns, Name: name}, ip, 80, seedrun.ConnectTimeout)
+	Expect(err).NotTo(HaveOccurred())
+	GinkgoWriter.Printf("  %s/%s# %s\n", ns, name, a)
 	return a
 }

@@ -44,12 +44,12 @@ import (
 	clientexec "k8s.io/client-go/util/exec"
 
 	"github.com/flatnet/flatnet/fixtures/oracle"
-	"github.com/flatnet/flatnet/fixtures/policies"
 	"github.com/flatnet/flatnet/fixtures/topology"
 	"github.com/flatnet/flatnet/probes/podexec"
 	"github.com/flatnet/flatnet/suites/framework"
 	"github.com/flatnet/flatnet/suites/internal/agnhost"
 	"github.com/flatnet/flatnet/suites/internal/flatnetctl"
+	"github.com/flatnet/flatnet/suites/internal/seedrun"
 	"github.com/flatnet/flatnet/suites/internal/workload"
 )
 
@@ -67,7 +67,7 @@ var (
 	kc       = framework.New("observability", framework.Options{Settings: true, Policies: true})
 	ctl      flatnetctl.CLI
 	scenario = topology.DefaultSeed()
-	cases    = map[string]policies.Case{}
+	sr       *seedrun.Run
 )
 
 var _ = kc.BeforeSuite(func(ctx SpecContext) {
@@ -77,9 +77,7 @@ var _ = kc.BeforeSuite(func(ctx SpecContext) {
 	Expect(err).NotTo(HaveOccurred())
 
 	scenario.Namespace = fmt.Sprintf("flatnet-obs-%04x", time.Now().UnixNano()&0xffff)
-	for _, c := range policies.SeedCases(scenario) {
-		cases[c.Name] = c
-	}
+	sr = seedrun.New(kc, scenario)
 	By(fmt.Sprintf("creating namespace %s with pods %s (app=server, serve-hostname --tcp on 80) and %s", scenario.Namespace, scenario.Server, scenario.Client))
 	Expect(kc.CreateNamespace(ctx, corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: scenario.Namespace}})).To(Succeed())
 	pods := []corev1.Pod{workload.Prepare(scenario.ServerPod(kc.Settings.ProbeImage)), workload.Prepare(scenario.ClientPod(kc.Settings.ProbeImage))}
@@ -96,16 +94,16 @@ var _ = Describe("flows, metrics and explain [flatnet]", Label("flatnet", "obser
 
 	It("shows the seed's denied connect as a DROPPED flow naming default-deny, counted by the server node's agent", Label("cilium"), func(ctx SpecContext) {
 		Expect(kc.CiliumCRDs).NotTo(HaveOccurred())
-		step := seedStep("seed-default-deny", 0)
-		verdict := moveTo(ctx, step.Policies)
+		step := sr.Step("seed-default-deny", 0)
+		verdict := sr.MoveTo(ctx, step.Policies)
 		Expect(verdict.Allowed).To(BeFalse(), "the oracle: %s", verdict)
-		server := pod(ctx, scenario.Server)
+		server := sr.Pod(ctx, scenario.Server)
 
 		before, err := dropCounter(ctx, server.Spec.NodeName, "INGRESS", "POLICY_DENIED")
 		Expect(err).NotTo(HaveOccurred())
 		deniedAt = time.Now()
 		a := connect(ctx, server.Status.PodIP)
-		Expect(a.word).To(Equal("TIMEOUT"), "a policy drop times out (%s)", a)
+		Expect(a.Word).To(Equal("TIMEOUT"), "a policy drop times out (%s)", a)
 		Eventually(func(g Gomega) {
 			after, err := dropCounter(ctx, server.Spec.NodeName, "INGRESS", "POLICY_DENIED")
 			g.Expect(err).NotTo(HaveOccurred())
@@ -113,7 +111,7 @@ var _ = Describe("flows, metrics and explain [flatnet]", Label("flatnet", "obser
 			GinkgoWriter.Printf("  node %s: dropped ingress packets (POLICY_DENIED) %v -> %v across the connect\n", server.Spec.NodeName, before, after)
 		}).WithContext(ctx).WithTimeout(10 * time.Second).WithPolling(500 * time.Millisecond).Should(Succeed())
 
-		client := pod(ctx, scenario.Client)
+		client := sr.Pod(ctx, scenario.Client)
 		denied = flowInto(ctx, client, server, "DROPPED", deniedAt)
 		fl := denied.Flow
 		Expect(fl.NodeName).To(Equal(server.Spec.NodeName), "the SYN is dropped entering the server, on its node")
@@ -126,7 +124,7 @@ var _ = Describe("flows, metrics and explain [flatnet]", Label("flatnet", "obser
 
 	It("explains the denied connect as the oracle decides it, on the node and with the policies of the datapath's flow", Label("cilium"), func(ctx SpecContext) {
 		Expect(denied.Flow.Verdict).To(Equal("DROPPED"), "needs the DROPPED flow of the spec before")
-		verdict := oracleVerdict(ctx, seedStep("seed-default-deny", 0).Policies)
+		verdict := sr.Verdict(ctx, sr.Step("seed-default-deny", 0).Policies)
 		target := []string{scenario.Namespace + "/" + scenario.Client, scenario.Namespace + "/" + scenario.Server + ":80/tcp"}
 
 		text := run(ctx, append([]string{"explain"}, target...)...)
@@ -146,8 +144,8 @@ var _ = Describe("flows, metrics and explain [flatnet]", Label("flatnet", "obser
 
 	It("shows the connect as a FORWARDED flow once the policy is deleted", Label("cilium"), func(ctx SpecContext) {
 		Expect(kc.CiliumCRDs).NotTo(HaveOccurred())
-		step := seedStep("seed-default-deny", 1)
-		verdict := moveTo(ctx, step.Policies)
+		step := sr.Step("seed-default-deny", 1)
+		verdict := sr.MoveTo(ctx, step.Policies)
 		Expect(verdict.Allowed).To(BeTrue(), "the oracle: %s", verdict)
 		f := forwarded(ctx)
 		Expect(f.Flow.IngressAllowedBy).To(BeEmpty(), "no policy is left to allow it")
@@ -158,9 +156,9 @@ var _ = Describe("flows, metrics and explain [flatnet]", Label("flatnet", "obser
 
 	It("names the allowing policy in ingress_allowed_by when an allow rule lets the client in", Label("cilium"), func(ctx SpecContext) {
 		Expect(kc.CiliumCRDs).NotTo(HaveOccurred())
-		c := cases["seed-allow-client-port"]
+		c := sr.Cases["seed-allow-client-port"]
 		Expect(c.Steps).To(HaveLen(1), "fixtures/policies seed-allow-client-port")
-		verdict := moveTo(ctx, c.Steps[0].Policies)
+		verdict := sr.MoveTo(ctx, c.Steps[0].Policies)
 		Expect(verdict.Allowed).To(BeTrue(), "the oracle: %s", verdict)
 		Expect(verdict.Ingress.AllowedBy).NotTo(BeEmpty())
 		f := forwarded(ctx)
@@ -203,11 +201,11 @@ var _ = Describe("the agents' flows API [flatnet]", Label("flatnet", "observabil
 	// every namespace reads. Only metrics and probes may be there; flows and
 	// explain are on the host's loopback, reached through pods/portforward.
 	It("a pod without credentials cannot read flows", func(ctx SpecContext) {
-		client := pod(ctx, scenario.Client)
+		client := sr.Pod(ctx, scenario.Client)
 		node := client.Status.HostIP
 		Expect(node).NotTo(BeEmpty(), "pod %s has no host IP", client.Name)
 		// The client's own traffic makes sure its node has flows to leak.
-		connect(ctx, pod(ctx, scenario.Server).Status.PodIP)
+		connect(ctx, sr.Pod(ctx, scenario.Server).Status.PodIP)
 		for _, c := range []struct{ url, why string }{
 			{fmt.Sprintf("http://%s:%s/v1/flows", node, agentPort), "the metrics port serves no flows"},
 			{fmt.Sprintf("http://%s:%s/v1/flows?follow=true", node, agentPort), "the metrics port serves no follow stream"},
@@ -249,7 +247,7 @@ var _ = Describe("a pod's own frames [flatnet]", Label("flatnet", "observability
 	// dropped at the pod's veth and counted under Cilium's reason, while the pod's
 	// own traffic keeps flowing.
 	It("drops a spoofed ARP from a pod and counts it as INVALID_SOURCE_IP", func(ctx SpecContext) {
-		client, server := pod(ctx, scenario.Client), pod(ctx, scenario.Server)
+		client, server := sr.Pod(ctx, scenario.Client), sr.Pod(ctx, scenario.Server)
 		// The spoofer holds NET_ADMIN in its own netns (what any pod spec may ask
 		// for where Pod Security allows it): it puts the server's address on its
 		// eth0 and claims it by ARP, which busybox arping then sends as is.
@@ -263,7 +261,7 @@ var _ = Describe("a pod's own frames [flatnet]", Label("flatnet", "observability
 			_ = kc.Clientset.CoreV1().Pods(scenario.Namespace).Delete(ctx, sp.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
 		})
 		Expect(workload.WaitPodsReady(ctx, kc.Clientset, []workload.Key{podKey(sp.Name)}, 2*time.Minute)).To(Succeed())
-		own := pod(ctx, sp.Name).Status.PodIP
+		own := sr.Pod(ctx, sp.Name).Status.PodIP
 		Expect(server.Status.PodIP).NotTo(Equal(own))
 		out, code := podExec(ctx, sp.Name, "ip", "addr", "add", server.Status.PodIP+"/32", "dev", "eth0")
 		Expect(code).To(Equal(0), "ip addr add the server's address in the spoofer: %s", out)
@@ -311,59 +309,13 @@ func podWget(ctx context.Context, pod, url string) (string, int) {
 	return podExec(ctx, pod, "timeout", "10", "wget", "-q", "-O", "-", url)
 }
 
-func seedStep(name string, i int) policies.Step {
-	c, ok := cases[name]
-	Expect(ok).To(BeTrue(), "fixtures/policies.SeedCases has no case %s", name)
-	Expect(len(c.Steps)).To(BeNumerically(">", i), "case %s", name)
-	return c.Steps[i]
-}
-
-func pod(ctx context.Context, name string) *corev1.Pod {
-	p, err := kc.Clientset.CoreV1().Pods(scenario.Namespace).Get(ctx, name, metav1.GetOptions{})
-	Expect(err).NotTo(HaveOccurred())
-	return p
-}
-
-// oracleVerdict is what the oracle decides for client -> server:80/TCP
-// under ps, on the live pods.
-func oracleVerdict(ctx context.Context, ps oracle.PolicySet) oracle.Verdict {
-	snap, err := workload.Take(ctx, kc.Clientset, []string{scenario.Namespace})
-	Expect(err).NotTo(HaveOccurred())
-	o, err := oracle.New(snap.Cluster, ps)
-	Expect(err).NotTo(HaveOccurred())
-	v, err := o.Decide(oracle.PodPeer(scenario.Namespace, scenario.Client), oracle.PodPeer(scenario.Namespace, scenario.Server), int(scenario.Port.Number), oracle.Protocol(scenario.Port.Protocol))
-	Expect(err).NotTo(HaveOccurred())
-	return v
-}
-
-// moveTo applies ps and waits until the client's connect answers as the
-// oracle decides (a blocked one with TIMEOUT, a policy drop), and returns
-// the oracle's verdict.
-func moveTo(ctx context.Context, ps oracle.PolicySet) oracle.Verdict {
-	changed, err := kc.Policies.Apply(ctx, ps)
-	Expect(err).NotTo(HaveOccurred())
-	for _, ch := range changed {
-		GinkgoWriter.Println("  " + ch)
-	}
-	v := oracleVerdict(ctx, ps)
-	ip := pod(ctx, scenario.Server).Status.PodIP
-	Eventually(func(g Gomega) {
-		a := connect(ctx, ip)
-		g.Expect(a.reachable).To(Equal(v.Allowed), "%s; the oracle: %s", a, v)
-		if !v.Allowed {
-			g.Expect(a.word).To(Equal("TIMEOUT"), "a policy drop times out: %s", a)
-		}
-	}).WithContext(ctx).WithTimeout(kc.Settings.EnforceTimeout).WithPolling(250 * time.Millisecond).Should(Succeed())
-	return v
-}
-
 // forwarded runs the client's connect and returns its FORWARDED flow into
 // the server, as `flatnetctl flows` shows it.
 func forwarded(ctx context.Context) flowLine {
-	server, client := pod(ctx, scenario.Server), pod(ctx, scenario.Client)
+	server, client := sr.Pod(ctx, scenario.Server), sr.Pod(ctx, scenario.Client)
 	since := time.Now()
 	a := connect(ctx, server.Status.PodIP)
-	Expect(a.reachable).To(BeTrue(), "%s", a)
+	Expect(a.Reachable).To(BeTrue(), "%s", a)
 	out := flowInto(ctx, client, server, "FORWARDED", since)
 	Expect(out.Flow.NodeName).To(Equal(server.Spec.NodeName))
 	Expect(out.Flow.IngressDeniedBy).To(BeEmpty())
@@ -383,37 +335,9 @@ func flowInto(ctx context.Context, client, server *corev1.Pod, verdict string, s
 	return out
 }
 
-// answer is one `./agnhost connect`, judged by agnhost's contract.
-type answer struct {
-	cmdline, word string
-	reachable     bool
-	raw           agnhost.Answer
-}
-
-func (a answer) String() string {
-	if a.reachable {
-		return a.cmdline + ": connected (no output)"
-	}
-	return fmt.Sprintf("%s: %s (exit %d)", a.cmdline, strings.TrimSpace(a.raw.Stderr+a.raw.Stdout), a.raw.ExitCode)
-}
-
 // connect runs the article's command line in the client's bash.
-func connect(ctx context.Context, ip string) answer {
-	cmdline := fmt.Sprintf("./agnhost connect %s:%d --timeout=3s --protocol=tcp", ip, scenario.Port.Number)
-	var stdout, stderr bytes.Buffer
-	err := kc.Exec.Exec(ctx, podexec.Pod{Namespace: scenario.Namespace, Name: scenario.Client}, []string{"bash", "-c", cmdline}, nil, &stdout, &stderr)
-	a := answer{cmdline: cmdline, raw: agnhost.Answer{Stdout: stdout.String(), Stderr: stderr.String()}}
-	var exit clientexec.ExitError
-	if err != nil && !errors.As(err, &exit) {
-		Expect(err).NotTo(HaveOccurred(), "exec %q in %s/%s", cmdline, scenario.Namespace, scenario.Client)
-	}
-	if err != nil {
-		a.raw.ExitCode = exit.ExitStatus()
-	}
-	a.reachable, a.word, err = agnhost.Judge(a.raw)
-	Expect(err).NotTo(HaveOccurred(), "%s in %s", cmdline, scenario.Client)
-	GinkgoWriter.Printf("  bash# %s\n", a)
-	return a
+func connect(ctx context.Context, ip string) agnhost.Result {
+	return sr.Connect(ctx, scenario.Client, ip, scenario.Port.Number)
 }
 
 func run(ctx context.Context, args ...string) flatnetctl.Result {

@@ -89,17 +89,8 @@ var _ = kc.BeforeSuite(func(ctx SpecContext) {
 	ctl, err = flatnetctl.Build(ctx, kc.RepoRoot, GinkgoT().TempDir(), os.Getenv("KUBECONFIG"))
 	Expect(err).NotTo(HaveOccurred())
 
-	nodes, err := kc.Clientset.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	workers, others, err := kc.NodesByRole(ctx)
 	Expect(err).NotTo(HaveOccurred())
-	var workers, others []string
-	for _, n := range nodes.Items {
-		if _, cp := n.Labels["node-role.kubernetes.io/control-plane"]; cp {
-			others = append(others, n.Name)
-		} else {
-			workers = append(workers, n.Name)
-		}
-	}
-	sort.Strings(workers)
 	Expect(len(workers)).To(BeNumerically(">=", 2), "the suite restarts one worker while pods on the others are probed: it needs two workers (nodes %v)", workers)
 	// a and b on workers (a's agent is deleted, b's node restarted), c on a
 	// third node, so every disruption leaves traffic crossing nodes.
@@ -270,22 +261,7 @@ func (wt *watch) stop(expected ...[]*reachability.Table) (problem string, rounds
 }
 
 // agentOn returns the agent pod of node.
-func agentOn(ctx context.Context, node string) (corev1.Pod, error) {
-	pl, err := kc.Clientset.CoreV1().Pods(framework.AgentNamespace).List(ctx, metav1.ListOptions{LabelSelector: framework.AgentSelector, FieldSelector: "spec.nodeName=" + node})
-	if err != nil {
-		return corev1.Pod{}, fmt.Errorf("listing the agent of node %s: %w", node, err)
-	}
-	var live []corev1.Pod
-	for _, p := range pl.Items {
-		if p.DeletionTimestamp == nil {
-			live = append(live, p)
-		}
-	}
-	if len(live) != 1 {
-		return corev1.Pod{}, fmt.Errorf("node %s has %d live agent pods (-n %s -l %s), want 1", node, len(live), framework.AgentNamespace, framework.AgentSelector)
-	}
-	return live[0], nil
-}
+func agentOn(ctx context.Context, node string) (corev1.Pod, error) { return kc.AgentOn(ctx, node) }
 
 func ready(p corev1.Pod) bool {
 	return slices.ContainsFunc(p.Status.Conditions, func(c corev1.PodCondition) bool {

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -18,8 +19,16 @@ import (
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/flows"
+	"github.com/flatnet/flatnet/dataplane/hubble/exporter"
+	hubblemetrics "github.com/flatnet/flatnet/dataplane/hubble/metrics"
+	"github.com/flatnet/flatnet/dataplane/hubble/peer"
+	hubbleserver "github.com/flatnet/flatnet/dataplane/hubble/server"
 	"github.com/flatnet/flatnet/dataplane/ipv4"
 )
+
+// DefaultHubbleTLSDir is where the DaemonSet mounts the hubble-server-certs
+// Secret (flatnet-certgen writes it).
+const DefaultHubbleTLSDir = "/etc/flatnet/hubble-tls"
 
 // DefaultAPIAddr is where the flows and explain API listen: the host's loopback,
 // which no pod reaches; flatnetctl's --agent-port must name the same port.
@@ -36,6 +45,7 @@ func command() *cobra.Command {
 	var (
 		cfg                          agent.RunConfig
 		subnet, gateway, dockerRange string
+		hubbleMetrics                string
 		serviceCIDRs                 []string
 	)
 	cmd := &cobra.Command{
@@ -68,6 +78,9 @@ func command() *cobra.Command {
 					cfg.Enforce.ServiceCIDRs = append(cfg.Enforce.ServiceCIDRs, p)
 				}
 			}
+			if cfg.HubbleMetrics, err = hubblemetrics.ParseSpecs(hubbleMetrics); err != nil {
+				return fmt.Errorf("--hubble-metrics %q: %w", hubbleMetrics, err)
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			return agent.Run(ctx, cfg)
@@ -97,6 +110,19 @@ func command() *cobra.Command {
 	f.DurationVar(&cfg.Enforce.CTGCInterval, "ct-gc-interval", enforce.DefaultCTGCInterval, "how often expired established connections are deleted from the pods' tables")
 	f.BoolVar(&cfg.Policy, "policy", true, "enforce NetworkPolicy and CiliumNetworkPolicy with the eBPF datapath (false: networking only)")
 	f.IntVar(&cfg.FlowHistory, "flow-history", flows.DefaultCapacity, "recent flows kept for GET /v1/flows (flatnetctl flows)")
+	f.StringVar(&hubbleMetrics, "hubble-metrics", hubblemetrics.DefaultSpec, "Hubble metrics counted from the flows and served on --http-addr's /metrics, as Cilium's --hubble-metrics: space-separated, each name[:option;option], e.g. \"flow:sourceContext=namespace;destinationContext=namespace drop tcp policy\"; served: drop, flow, flows-to-world, policy, port-distribution, tcp; empty = none (with --policy only)")
+	f.StringVar(&cfg.FlowExport.ConfigFile, "flow-export-config", "", "flow log config (Hubble's dynamic exporter format: flowLogs: [...]; a mounted ConfigMap), applied again whenever it changes; empty = no flow logs")
+	f.StringVar(&cfg.FlowExport.Dir, "flow-export-dir", "/var/log/flatnet/flows", "the only directory flow logs may be written to (and under)")
+	f.IntVar(&cfg.FlowExport.QueueLength, "flow-export-queue", exporter.DefaultQueueLength, "flows each flow log exporter holds for its writer; beyond, flows are dropped and counted")
 	f.DurationVar(&cfg.LeakGrace, "leak-grace", 2*time.Minute, "how long an address must belong to no pod before it is freed")
+	// Hubble's API, with the Cilium agent's option names.
+	h := &cfg.Hubble.Server
+	f.StringVar(&h.ListenAddress, "hubble-listen-address", hubbleserver.DefaultListenAddress, "address of the Hubble gRPC API (Observer, Peer, health) that hubble-relay dials, with mutual TLS; empty = off")
+	f.StringVar(&h.SocketPath, "hubble-socket-path", hubbleserver.DefaultSocketPath, "unix socket of the Hubble gRPC API for node-local use (plaintext, root only); empty = off")
+	f.StringVar(&h.TLS.CertFile, "hubble-tls-cert-file", filepath.Join(DefaultHubbleTLSDir, "tls.crt"), "the Hubble server's certificate (PEM), reloaded when it changes")
+	f.StringVar(&h.TLS.KeyFile, "hubble-tls-key-file", filepath.Join(DefaultHubbleTLSDir, "tls.key"), "the Hubble server certificate's key (PEM), reloaded when it changes")
+	f.StringSliceVar(&h.TLS.ClientCAFiles, "hubble-tls-client-ca-files", []string{filepath.Join(DefaultHubbleTLSDir, "ca.crt")}, "CAs (PEM) whose client certificates the Hubble server accepts (mutual TLS), reloaded when they change")
+	f.BoolVar(&h.DisableTLS, "hubble-disable-tls", false, "serve --hubble-listen-address in plaintext, with no client authentication: whoever reaches it reads every namespace's flows")
+	f.StringVar(&cfg.Hubble.ClusterName, "cluster-name", peer.DefaultClusterName, "this cluster's name, in Hubble peer names and TLS server names (<node>.<cluster-name>.hubble-grpc.cilium.io)")
 	return cmd
 }

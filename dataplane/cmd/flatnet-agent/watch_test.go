@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -11,13 +14,17 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	peerpb "github.com/cilium/cilium/api/v1/peer"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -93,12 +100,22 @@ func TestEachResourceWatchedOnce(t *testing.T) {
 		}
 	}
 	confDir := filepath.Join(dir, "net.d")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpAddr := l.Addr().String()
+	l.Close()
 	cmd := command()
 	cmd.SetArgs([]string{
 		"--kubeconfig", kubeconfig, "--node-name", "node-a",
 		"--plugin-src-dir", src, "--cni-bin-dir", filepath.Join(dir, "bin"), "--cni-conf-dir", confDir,
 		"--state-dir", filepath.Join(dir, "state"), "--socket", filepath.Join(dir, "agent.sock"),
-		"--http-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0",
+		"--http-addr", httpAddr, "--api-addr", "127.0.0.1:0",
+		// The namespace's own port 4244; no certificate: the TCP side waits for one.
+		"--hubble-socket-path", filepath.Join(dir, "hubble.sock"), "--hubble-listen-address", "127.0.0.1:4244",
+		"--hubble-tls-cert-file", filepath.Join(dir, "tls", "tls.crt"), "--hubble-tls-key-file", filepath.Join(dir, "tls", "tls.key"),
+		"--hubble-tls-client-ca-files", filepath.Join(dir, "tls", "ca.crt"),
 	})
 	done := make(chan error, 1)
 	go func() { done <- cmd.Execute() }()
@@ -126,6 +143,21 @@ func TestEachResourceWatchedOnce(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	// Hubble's metrics are on the agent's /metrics, the lost events read from
+	// the real datapath (the counters have no series before the first flow).
+	resp, err := http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`hubble_lost_events_total{source="perf_event_ring_buffer"} `, "# HELP hubble_lost_events_total Number of lost events", "flatnet_endpoints "} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("GET /metrics: no %q in\n%s", want, body)
+		}
+	}
+	// The Hubble Peer service, on the same node informer, announces the node.
+	hubblePeers(t, filepath.Join(dir, "hubble.sock"))
 	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -138,6 +170,31 @@ func TestEachResourceWatchedOnce(t *testing.T) {
 		if n > 1 {
 			t.Errorf("%s: %d watches open at once, want one shared by the whole agent", res, n)
 		}
+	}
+}
+
+// hubblePeers asks the agent's Hubble socket for its peers, as hubble-relay
+// does over TCP, and expects node-a at its InternalIP and Hubble's port.
+func hubblePeers(t *testing.T, sock string) {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := peerpb.NewPeerClient(conn).Notify(ctx, &peerpb.NotifyRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cn, err := s.Recv()
+	if err != nil {
+		t.Fatalf("Hubble Peer Notify on the agent's socket: %v", err)
+	}
+	got := fmt.Sprint(cn.GetType(), " ", cn.GetName(), " ", cn.GetAddress(), " ", cn.GetTls().GetServerName())
+	if want := "PEER_ADDED node-a 10.224.0.2:4244 node-a.default.hubble-grpc.cilium.io"; got != want {
+		t.Errorf("Hubble peer: %s, want %s", got, want)
 	}
 }
 

@@ -14,34 +14,8 @@ import (
 // loopback: a listener (success, no output) and a closed port (REFUSED). The
 // TIMEOUT line needs a dropping path, which the probes' own netns tests cover.
 func TestJudgeReadsTheRealProbe(t *testing.T) {
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "agnhost")
-	build := exec.Command("go", "build", "-o", bin, "github.com/flatnet/flatnet/probes/cmd/probe")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the probe: %v\n%s", err, out)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	open := l.Addr().String()
-	closed, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closedAddr := closed.Addr().String()
-	closed.Close()
-	defer l.Close()
+	bin := buildProbe(t)
+	open, closedAddr := loopbackPorts(t)
 
 	for _, c := range []struct {
 		target    string
@@ -64,6 +38,45 @@ func TestJudgeReadsTheRealProbe(t *testing.T) {
 			t.Errorf("connect %s: Judge = %v %q %v, want %v %q (exit %d, stderr %q)", c.target, reachable, word, err, c.reachable, c.word, code, stderr.String())
 		}
 	}
+}
+
+// buildProbe builds the real probe binary as ./agnhost in a directory of its own.
+func buildProbe(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "agnhost")
+	build := exec.Command("go", "build", "-o", bin, "github.com/flatnet/flatnet/probes/cmd/probe")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the probe: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// loopbackPorts returns a loopback address that accepts connections (until
+// the test ends) and one that refuses them.
+func loopbackPorts(t *testing.T) (open, closed string) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	c, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed = c.Addr().String()
+	c.Close()
+	return l.Addr().String(), closed
 }
 
 func TestJudgeRefusesOffContractAnswers(t *testing.T) {
