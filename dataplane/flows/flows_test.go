@@ -9,10 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"sigs.k8s.io/yaml"
-
 	"github.com/flatnet/flatnet/dataplane/bpf"
 	"github.com/flatnet/flatnet/dataplane/compile"
+	"github.com/flatnet/flatnet/dataplane/flows/flowstest"
 	"github.com/flatnet/flatnet/dataplane/identity"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
@@ -29,30 +28,34 @@ func (s compilerSource) DefaultDenyBy(ns, name string, d policy.Direction) []pol
 	return s.c.Snapshot().DefaultDenyBy(ns, name, d)
 }
 
-var (
-	serverIP = netip.MustParseAddr("10.224.0.40")
-	clientIP = netip.MustParseAddr("10.224.0.41")
-	worldIP  = netip.MustParseAddr("192.0.2.7")
-)
+// The addresses of flowstest.Compiler's pods, and one outside the cluster.
+var serverIP, clientIP, worldIP = flowstest.ServerIP, flowstest.ClientIP, flowstest.WorldIP
 
-func newCompiler(t testing.TB, cnps ...string) *compile.Compiler {
-	t.Helper()
-	c := compile.New(identity.NewAllocator())
-	must(t, c.UpsertNamespace(compile.Namespace{Name: "default", Labels: map[string]string{"kubernetes.io/metadata.name": "default"}}))
-	must(t, c.UpsertPod(compile.Pod{Namespace: "default", Name: "server", Labels: map[string]string{"app": "server"}, IP: serverIP, Local: true}))
-	must(t, c.UpsertPod(compile.Pod{Namespace: "default", Name: "client", Labels: map[string]string{"app": "client"}, IP: clientIP, Local: true}))
-	for _, doc := range cnps {
-		js, err := yaml.YAMLToJSON([]byte(doc))
-		must(t, err)
-		cnp, err := policy.DecodeCilium(js)
-		must(t, err)
-		pols, err := policy.FromCilium(cnp)
-		must(t, err)
-		must(t, c.UpsertPolicy(compile.PolicyKey(policy.Ref{Kind: policy.KindCNP, Namespace: cnp.Namespace, Name: cnp.Name}), pols))
-	}
-	c.Flush()
-	return c
-}
+// denyClientCNP lets every pod reach server but client on TCP 80.
+const denyClientCNP = `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: deny-client, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{}]
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+`
+
+// toWorldCNP lets client reach the world on UDP 53.
+const toWorldCNP = `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: to-world, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEntities: [world]
+    toPorts: [{ports: [{port: "53", protocol: UDP}]}]
+`
 
 // get walks a decoded JSON object along a path of keys ("0" indexes a list).
 func get(t *testing.T, v any, path ...string) any {
@@ -79,18 +82,7 @@ func get(t *testing.T, v any, path ...string) any {
 // The field names are those of `hubble observe -o json` (Cilium's flow.Flow in a
 // GetFlowsResponse): scripts written for Hubble read flatnet's flows unchanged.
 func TestDenyRuleFlowHasHubbleFieldNames(t *testing.T) {
-	c := newCompiler(t, `
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: deny-client, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: server}}
-  ingress:
-  - fromEndpoints: [{}]
-  ingressDeny:
-  - fromEndpoints: [{matchLabels: {app: client}}]
-    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
-`)
+	c := flowstest.Compiler(t, denyClientCNP)
 	d, err := c.Explain("default", "server", policy.Ingress, clientIP, policy.ProtoTCP, 80)
 	must(t, err)
 	if !d.Deny || d.RuleID == 0 {
@@ -151,7 +143,7 @@ spec:
 // pod's address on its side and nothing on the other) is a drop of the pod with
 // Cilium's reason, without made-up addresses.
 func TestNonIPv4DropNamesThePod(t *testing.T) {
-	c := newCompiler(t)
+	c := flowstest.Compiler(t)
 	clientID, _ := c.IdentityOf("default", "client")
 	en, err := NewEnricher("n", compilerSource{c})
 	must(t, err)
@@ -166,16 +158,7 @@ func TestNonIPv4DropNamesThePod(t *testing.T) {
 }
 
 func TestEgressToWorldIsReservedWorldAndAllowedByRule(t *testing.T) {
-	c := newCompiler(t, `
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: to-world, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: client}}
-  egress:
-  - toEntities: [world]
-    toPorts: [{ports: [{port: "53", protocol: UDP}]}]
-`)
+	c := flowstest.Compiler(t, toWorldCNP)
 	d, err := c.Explain("default", "client", policy.Egress, worldIP, policy.ProtoUDP, 53)
 	must(t, err)
 	if !d.Allowed || d.RuleID == 0 {

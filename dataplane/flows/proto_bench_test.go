@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/flatnet/flatnet/dataplane/bpf"
+	"github.com/flatnet/flatnet/dataplane/flows/flowstest"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
 
@@ -14,7 +15,7 @@ import (
 // once, as several agents' readers and servers would contend for one source of
 // randomness.
 func BenchmarkFlowToProto(b *testing.B) {
-	c := newCompiler(b)
+	c := flowstest.Compiler(b)
 	en, err := NewEnricher("node-a", c.Latest())
 	if err != nil {
 		b.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/flatnet/flatnet/dataplane/bpf"
+	"github.com/flatnet/flatnet/dataplane/flows/flowstest"
 	"github.com/flatnet/flatnet/dataplane/identity"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
@@ -20,27 +21,7 @@ import (
 // the world and a non-IPv4 drop. flatnet's own fields (flatnet_reason,
 // flatnet_rule) are the only ones Hubble's API has no place for.
 func TestProtoSaysWhatTheJSONSays(t *testing.T) {
-	c := newCompiler(t, `
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: deny-client, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: server}}
-  ingress:
-  - fromEndpoints: [{}]
-  ingressDeny:
-  - fromEndpoints: [{matchLabels: {app: client}}]
-    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
----
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: to-world, namespace: default}
-spec:
-  endpointSelector: {matchLabels: {app: client}}
-  egress:
-  - toEntities: [world]
-    toPorts: [{ports: [{port: "53", protocol: UDP}]}]
-`)
+	c := flowstest.Compiler(t, denyClientCNP, toWorldCNP)
 	deny, err := c.Explain("default", "server", policy.Ingress, clientIP, policy.ProtoTCP, 80)
 	must(t, err)
 	world, err := c.Explain("default", "client", policy.Egress, worldIP, policy.ProtoUDP, 53)

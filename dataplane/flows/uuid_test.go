@@ -7,6 +7,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/flatnet/flatnet/dataplane/bpf"
+	"github.com/flatnet/flatnet/dataplane/flows/flowstest"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
 
@@ -15,7 +16,7 @@ import (
 // no two are equal: not within one enricher, even from goroutines at once, nor
 // across two enrichers (two agents, or one agent's two runs).
 func TestFlowUUIDs(t *testing.T) {
-	c := newCompiler(t)
+	c := flowstest.Compiler(t)
 	ev := bpf.FlowEvent{Src: clientIP, Dst: serverIP, SrcPort: 40000, DstPort: 80, Protocol: 6, Direction: policy.Ingress, Code: bpf.ForwardPolicy}
 	seen := map[string]bool{}
 	var mu sync.Mutex

@@ -12,6 +12,7 @@ import (
 
 	"github.com/flatnet/flatnet/dataplane/bpf"
 	"github.com/flatnet/flatnet/dataplane/compile"
+	"github.com/flatnet/flatnet/dataplane/flows/flowstest"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
 
@@ -21,7 +22,7 @@ import (
 // `hubble observe -o json` prints it): "workloads":[{"name":"web","kind":"Deployment"}].
 // A pod nothing controls has no workloads field.
 func TestFlowNamesTheDeployment(t *testing.T) {
-	c := newCompiler(t)
+	c := flowstest.Compiler(t)
 	webIP := netip.MustParseAddr("10.224.0.42")
 	controller := true
 	web := &corev1.Pod{

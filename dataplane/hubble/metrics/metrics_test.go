@@ -8,33 +8,18 @@ import (
 	"testing"
 	"time"
 
-	"sigs.k8s.io/yaml"
-
 	"github.com/flatnet/flatnet/dataplane/bpf"
 	"github.com/flatnet/flatnet/dataplane/compile"
 	"github.com/flatnet/flatnet/dataplane/flows"
+	"github.com/flatnet/flatnet/dataplane/flows/flowstest"
 	"github.com/flatnet/flatnet/dataplane/identity"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
 
 var (
-	serverIP = netip.MustParseAddr("10.224.0.40")
-	clientIP = netip.MustParseAddr("10.224.0.41")
-	nodeIP   = netip.MustParseAddr("10.224.0.2")
-	worldIP  = netip.MustParseAddr("192.0.2.7")
+	serverIP, clientIP, worldIP = flowstest.ServerIP, flowstest.ClientIP, flowstest.WorldIP
+	nodeIP                      = netip.MustParseAddr("10.224.0.2")
 )
-
-// eventList is a datapath that reports its events, then io.EOF.
-type eventList []bpf.FlowEvent
-
-func (l *eventList) Read(context.Context) (bpf.FlowEvent, error) {
-	if len(*l) == 0 {
-		return bpf.FlowEvent{}, io.EOF
-	}
-	ev := (*l)[0]
-	*l = (*l)[1:]
-	return ev, nil
-}
 
 type lostCount uint64
 
@@ -50,11 +35,7 @@ type scenario struct {
 
 func newScenario(t testing.TB) scenario {
 	t.Helper()
-	c := compile.New(identity.NewAllocator())
-	must(t, c.UpsertNamespace(compile.Namespace{Name: "default", Labels: map[string]string{"kubernetes.io/metadata.name": "default"}}))
-	must(t, c.UpsertPod(compile.Pod{Namespace: "default", Name: "server", Labels: map[string]string{"app": "server"}, IP: serverIP, Local: true}))
-	must(t, c.UpsertPod(compile.Pod{Namespace: "default", Name: "client", Labels: map[string]string{"app": "client"}, IP: clientIP, Local: true}))
-	js, err := yaml.YAMLToJSON([]byte(`
+	c := flowstest.Compiler(t, `
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: web, namespace: default}
@@ -66,14 +47,7 @@ spec:
   ingressDeny:
   - fromEndpoints: [{matchLabels: {app: client}}]
     toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
-`))
-	must(t, err)
-	cnp, err := policy.DecodeCilium(js)
-	must(t, err)
-	pols, err := policy.FromCilium(cnp)
-	must(t, err)
-	must(t, c.UpsertPolicy(compile.PolicyKey(policy.Ref{Kind: policy.KindCNP, Namespace: "default", Name: "web"}), pols))
-	c.Flush()
+`)
 	allow, err := c.Explain("default", "server", policy.Ingress, clientIP, policy.ProtoTCP, 80)
 	must(t, err)
 	deny, err := c.Explain("default", "server", policy.Ingress, clientIP, policy.ProtoTCP, 8080)
@@ -118,7 +92,7 @@ func must(t testing.TB, err error) {
 // run hands the scenario's events to m through the agent's flow reader loop.
 func (s scenario) run(t *testing.T, m *Metrics) {
 	t.Helper()
-	evs := eventList(s.events)
+	evs := flowstest.Events(s.events)
 	err := flows.Run(context.Background(), &evs, s.en, flows.NewStore(100), m.Observe)
 	if !errors.Is(err, io.EOF) {
 		t.Fatalf("flows.Run: %v, want the reader's io.EOF", err)
