@@ -18,7 +18,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/portforward"
-	"k8s.io/client-go/transport/spdy"
+
+	"github.com/flatnet/flatnet/internal/podforward"
 )
 
 // agents reaches the flatnet agents' API, which listens on the host's loopback
@@ -134,16 +135,9 @@ func (a agents) portForward(ctx context.Context, pod corev1.Pod, port int) (io.R
 	if a.rest == nil {
 		return nil, fmt.Errorf("no API server configuration to port-forward with")
 	}
-	u := a.kube.CoreV1().RESTClient().Post().Namespace(pod.Namespace).Resource("pods").Name(pod.Name).SubResource("portforward").URL()
-	transport, upgrader, err := spdy.RoundTripperFor(a.rest)
+	dialer, err := podforward.Dialer(a.kube, a.rest, pod)
 	if err != nil {
-		return nil, fmt.Errorf("port-forward transport: %w", err)
-	}
-	var dialer httpstream.Dialer = spdy.NewDialer(upgrader, &http.Client{Transport: transport}, http.MethodPost, u)
-	if ws, err := portforward.NewSPDYOverWebsocketDialer(u, a.rest); err == nil {
-		dialer = portforward.NewFallbackDialer(ws, dialer, func(err error) bool {
-			return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)
-		})
+		return nil, err
 	}
 	type dialed struct {
 		conn httpstream.Connection

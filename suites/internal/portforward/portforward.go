@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,11 +23,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/httpstream"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/portforward"
-	"k8s.io/client-go/transport/spdy"
+
+	"github.com/flatnet/flatnet/internal/podforward"
 )
 
 // Target is a Service port: namespace/name:port.
@@ -219,7 +218,7 @@ func (f *Forward) once(ctx context.Context, listening func(Backend, int)) error 
 	if err != nil {
 		return err
 	}
-	dialer, err := f.dialer(b.Pod)
+	dialer, err := podforward.Dialer(f.cs, f.rest, b.Pod)
 	if err != nil {
 		return err
 	}
@@ -259,21 +258,4 @@ func (f *Forward) once(ctx context.Context, listening func(Backend, int)) error 
 		<-errc
 		return ctx.Err()
 	}
-}
-
-// dialer upgrades to pods/portforward as kubectl does: WebSocket first,
-// SPDY when the API server does not take it.
-func (f *Forward) dialer(pod corev1.Pod) (httpstream.Dialer, error) {
-	u := f.cs.CoreV1().RESTClient().Post().Namespace(pod.Namespace).Resource("pods").Name(pod.Name).SubResource("portforward").URL()
-	transport, upgrader, err := spdy.RoundTripperFor(f.rest)
-	if err != nil {
-		return nil, fmt.Errorf("port-forward transport: %w", err)
-	}
-	var d httpstream.Dialer = spdy.NewDialer(upgrader, &http.Client{Transport: transport}, http.MethodPost, u)
-	if ws, err := portforward.NewSPDYOverWebsocketDialer(u, f.rest); err == nil {
-		d = portforward.NewFallbackDialer(ws, d, func(err error) bool {
-			return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)
-		})
-	}
-	return d, nil
 }
