@@ -5,12 +5,15 @@ package apiservertest
 
 import (
 	"fmt"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
 
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
 
@@ -83,4 +86,22 @@ func Start(dir string, crdPaths ...string) (dynamic.Interface, func() error, err
 		return nil, nil, fmt.Errorf("dynamic client for the test kube-apiserver: %w", err)
 	}
 	return dyn, env.Stop, nil
+}
+
+// Proxy is a reverse proxy to the API server of cfg that authenticates
+// upstream as cfg's user, for tests that put a front of their own before the
+// API server (counting watches, serving a subresource themselves).
+func Proxy(t testing.TB, cfg *rest.Config) *httputil.ReverseProxy {
+	t.Helper()
+	upstream, err := url.Parse(cfg.Host)
+	if err != nil {
+		t.Fatalf("API server address %q: %v", cfg.Host, err)
+	}
+	tr, err := rest.TransportFor(cfg)
+	if err != nil {
+		t.Fatalf("API server transport: %v", err)
+	}
+	p := httputil.NewSingleHostReverseProxy(upstream)
+	p.Transport = tr
+	return p
 }

@@ -7,9 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httputil"
 	"net/netip"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -271,16 +269,7 @@ func (w *watchCounter) snapshot() map[string]int {
 // countingProxy serves the API server over plain HTTP (it authenticates upstream as
 // the test's admin) and counts the watches going through.
 func countingProxy(t *testing.T, rc *rest.Config, w *watchCounter) string {
-	upstream, err := url.Parse(rc.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := rest.TransportFor(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rp := httputil.NewSingleHostReverseProxy(upstream)
-	rp.Transport = tr
+	rp := apiservertest.Proxy(t, rc)
 	rp.FlushInterval = -1 // watch events as they come
 	srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		if q := r.URL.Query().Get("watch"); q == "true" || q == "1" {

@@ -8,8 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -182,16 +180,7 @@ func TestForwardReachesThePodAndComesBackAfterALoss(t *testing.T) {
 		}
 	}()
 	k := &kubelet{echo: echo.Addr().String()}
-	apiURL, err := url.Parse(cfg.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	apiTransport, err := rest.TransportFor(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := httputil.NewSingleHostReverseProxy(apiURL)
-	proxy.Transport = apiTransport
+	proxy := apiservertest.Proxy(t, cfg)
 	front := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		parts := strings.Split(r.URL.Path, "/")
 		if len(parts) < 2 || parts[len(parts)-1] != "portforward" {
