@@ -7,8 +7,6 @@ import (
 	"testing"
 
 	"google.golang.org/protobuf/encoding/protojson"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/flatnet/flatnet/dataplane/bpf"
 	"github.com/flatnet/flatnet/dataplane/compile"
@@ -24,14 +22,7 @@ import (
 func TestFlowNamesTheDeployment(t *testing.T) {
 	c := flowstest.Compiler(t)
 	webIP := netip.MustParseAddr("10.224.0.42")
-	controller := true
-	web := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web-5d8f7c9b6-q2x7z", GenerateName: "web-5d8f7c9b6-",
-			Labels: map[string]string{"app": "web", "pod-template-hash": "5d8f7c9b6"},
-			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web-5d8f7c9b6",
-				UID: "3f0c", Controller: &controller}}},
-		Status: corev1.PodStatus{PodIP: webIP.String()},
-	}
+	web := flowstest.DeploymentPod("default", webIP)
 	must(t, c.UpsertPod(compile.PodFromCore(web, false)))
 	c.Flush()
 	en, err := NewEnricher("node-a", c.Latest())

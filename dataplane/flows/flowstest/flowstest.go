@@ -1,9 +1,9 @@
 // Package flowstest builds the inputs of flatnet's flow path for tests of the
-// packages that consume flows (flows itself, the Hubble metrics and exporter):
-// a policy compiler holding one node's pods server and client with the
-// CiliumNetworkPolicies a test names, and a datapath that replays a list of
-// flow events. One copy, so that those tests name the same pods, addresses
-// and rules the same way.
+// packages that consume flows (flows itself, the Hubble metrics, exporter and
+// filters): a policy compiler holding one node's pods server and client with
+// the CiliumNetworkPolicies a test names, a Deployment's pod as the informer
+// delivers it, and a datapath that replays a list of flow events. One copy,
+// so that those tests name the same pods, addresses and rules the same way.
 package flowstest
 
 import (
@@ -12,6 +12,8 @@ import (
 	"net/netip"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/flatnet/flatnet/dataplane/bpf"
@@ -47,6 +49,21 @@ func Compiler(t testing.TB, cnps ...string) *compile.Compiler {
 	}
 	c.Flush()
 	return c
+}
+
+// DeploymentPod is a pod of Deployment web in namespace ns at ip, as the
+// informer delivers it: its controller is the ReplicaSet web-5d8f7c9b6 (a
+// pod names its Deployment only through the ReplicaSet's name, from which
+// Hubble's workload, Deployment web, is derived).
+func DeploymentPod(ns string, ip netip.Addr) *corev1.Pod {
+	controller := true
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web-5d8f7c9b6-q2x7z", GenerateName: "web-5d8f7c9b6-",
+			Labels: map[string]string{"app": "web", "pod-template-hash": "5d8f7c9b6"},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web-5d8f7c9b6",
+				UID: "3f0c", Controller: &controller}}},
+		Status: corev1.PodStatus{PodIP: ip.String()},
+	}
 }
 
 // Events is a datapath (flows.EventReader) that reports its events in order,

@@ -11,6 +11,7 @@ import (
 	"github.com/flatnet/flatnet/dataplane/bpf"
 	"github.com/flatnet/flatnet/dataplane/compile"
 	"github.com/flatnet/flatnet/dataplane/flows"
+	"github.com/flatnet/flatnet/dataplane/flows/flowstest"
 	"github.com/flatnet/flatnet/dataplane/identity"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
@@ -88,14 +89,7 @@ func TestFlatnetFlows(t *testing.T) {
 // pair; the ReplicaSet's name does not, as in Hubble, and the destination is no such workload.
 func TestFlatnetWorkloads(t *testing.T) {
 	c := compile.New(identity.NewAllocator())
-	controller := true
-	web := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "seed", Name: "web-5d8f7c9b6-q2x7z", GenerateName: "web-5d8f7c9b6-",
-			Labels: map[string]string{"app": "web", "pod-template-hash": "5d8f7c9b6"},
-			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web-5d8f7c9b6",
-				UID: "3f0c", Controller: &controller}}},
-		Status: corev1.PodStatus{PodIP: "10.244.1.5"},
-	}
+	web := flowstest.DeploymentPod("seed", netip.MustParseAddr("10.244.1.5"))
 	server := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "seed", Name: "server", Labels: map[string]string{"app": "server"}},
 		Status: corev1.PodStatus{PodIP: "10.244.2.7"}}
 	for _, p := range []*corev1.Pod{web, server} {
