@@ -33,12 +33,17 @@ func (noPods) LocalPods() map[int]string { return nil }
 
 // allHubbleMetrics enables every Hubble metric flatnet serves: the dashboard may
 // show the ones --hubble-metrics leaves off by default (their panels say so).
-func allHubbleMetrics(t *testing.T) *hubblemetrics.Metrics {
-	specs, err := hubblemetrics.ParseSpecs("flow drop tcp policy port-distribution flows-to-world")
+const allHubbleMetrics = "flow drop tcp policy port-distribution flows-to-world"
+
+// hubbleMetrics is what --hubble-metrics=specs enables, on a datapath that
+// loses no events.
+func hubbleMetrics(t *testing.T, specs string) *hubblemetrics.Metrics {
+	t.Helper()
+	parsed, err := hubblemetrics.ParseSpecs(specs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hm, err := hubblemetrics.New(hubblemetrics.Config{Specs: specs, Datapath: noDatapath{}})
+	hm, err := hubblemetrics.New(hubblemetrics.Config{Specs: parsed, Datapath: noDatapath{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +54,7 @@ func allHubbleMetrics(t *testing.T) *hubblemetrics.Metrics {
 // (NewMetrics plus registerPolicyMetrics), described rather than listed here.
 func agentMetricNames(t *testing.T) map[string]bool {
 	m := NewMetrics()
-	registerPolicyMetrics(m, noDatapath{}, noPods{}, enforce.NewMetrics(), flows.NewPolicyDrops(), allHubbleMetrics(t))
+	registerPolicyMetrics(m, noDatapath{}, noPods{}, enforce.NewMetrics(), flows.NewPolicyDrops(), hubbleMetrics(t, allHubbleMetrics))
 	names := map[string]bool{}
 	for _, n := range m.Names() {
 		names[n] = true

@@ -12,7 +12,6 @@ import (
 
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/flows"
-	hubblemetrics "github.com/flatnet/flatnet/dataplane/hubble/metrics"
 )
 
 // TestHubbleMetricsServed: the Hubble metrics counted from flows are served by the
@@ -21,14 +20,7 @@ import (
 func TestHubbleMetricsServed(t *testing.T) {
 	addr := freeAddr(t)
 	a := apiTestAgent(t, Config{HTTPAddr: addr, APIAddr: freeAddr(t)})
-	specs, err := hubblemetrics.ParseSpecs("flow:sourceContext=namespace;destinationContext=namespace drop tcp policy")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hm, err := hubblemetrics.New(hubblemetrics.Config{Specs: specs, Datapath: noDatapath{}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	hm := hubbleMetrics(t, "flow:sourceContext=namespace;destinationContext=namespace drop tcp policy")
 	registerPolicyMetrics(a.Metrics(), noDatapath{}, noPods{}, enforce.NewMetrics(), flows.NewPolicyDrops(), hm)
 
 	// A client's SYN to a server that default deny drops, as the enricher names it.
