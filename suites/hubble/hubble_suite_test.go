@@ -125,9 +125,7 @@ var _ = kc.BeforeSuite(func(ctx SpecContext) {
 		AddReportEntry("hubble", n)
 	}
 	By("creating namespace " + scenario.Namespace + " with pods server (serve-hostname --tcp on 80), client and " + otherClient)
-	Expect(kc.CreateNamespace(ctx, corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: scenario.Namespace}})).To(Succeed())
-	Expect(workload.CreatePods(ctx, kc.Clientset, pods)).To(Succeed())
-	Expect(workload.WaitPodsReady(ctx, kc.Clientset, []workload.Key{podKey(scenario.Server), podKey(scenario.Client), podKey(otherClient)}, 3*time.Minute)).To(Succeed())
+	sr.Deploy(ctx, pods...)
 })
 
 var _ = kc.AfterSuite(func(ctx SpecContext) {

@@ -79,10 +79,7 @@ var _ = kc.BeforeSuite(func(ctx SpecContext) {
 	scenario.Namespace = fmt.Sprintf("flatnet-obs-%04x", time.Now().UnixNano()&0xffff)
 	sr = seedrun.New(kc, scenario)
 	By(fmt.Sprintf("creating namespace %s with pods %s (app=server, serve-hostname --tcp on 80) and %s", scenario.Namespace, scenario.Server, scenario.Client))
-	Expect(kc.CreateNamespace(ctx, corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: scenario.Namespace}})).To(Succeed())
-	pods := []corev1.Pod{workload.Prepare(scenario.ServerPod(kc.Settings.ProbeImage)), workload.Prepare(scenario.ClientPod(kc.Settings.ProbeImage))}
-	Expect(workload.CreatePods(ctx, kc.Clientset, pods)).To(Succeed())
-	Expect(workload.WaitPodsReady(ctx, kc.Clientset, []workload.Key{podKey(scenario.Server), podKey(scenario.Client)}, 3*time.Minute)).To(Succeed())
+	sr.Deploy(ctx, workload.Prepare(scenario.ServerPod(kc.Settings.ProbeImage)), workload.Prepare(scenario.ClientPod(kc.Settings.ProbeImage)))
 })
 
 func podKey(name string) workload.Key { return workload.Key{Namespace: scenario.Namespace, Name: name} }

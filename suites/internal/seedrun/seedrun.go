@@ -47,6 +47,19 @@ func New(f *framework.Framework, s topology.Seed) *Run {
 	return r
 }
 
+// Deploy creates the scenario's namespace with pods in it (workload.Prepare'd,
+// in that namespace) and waits until every one is ready.
+func (r *Run) Deploy(ctx context.Context, pods ...corev1.Pod) {
+	ns := r.Scenario.Namespace
+	gomega.Expect(r.F.CreateNamespace(ctx, corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(gomega.Succeed())
+	gomega.Expect(workload.CreatePods(ctx, r.F.Clientset, pods)).To(gomega.Succeed())
+	keys := make([]workload.Key, len(pods))
+	for i, p := range pods {
+		keys[i] = workload.Key{Namespace: p.Namespace, Name: p.Name}
+	}
+	gomega.Expect(workload.WaitPodsReady(ctx, r.F.Clientset, keys, 3*time.Minute)).To(gomega.Succeed())
+}
+
 // Step is step i of case name.
 func (r *Run) Step(name string, i int) policies.Step {
 	c, ok := r.Cases[name]
