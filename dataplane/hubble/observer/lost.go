@@ -29,11 +29,14 @@ func (l *lostCounts) addPerf(cpu uint32, n uint64, now time.Time) {
 }
 
 // oldest is when the longest-waiting unreported loss was noticed; false when
-// none waits.
+// none waits. Called for every batch a stream reads: it allocates nothing.
 func (l *lostCounts) oldest() (time.Time, bool) {
-	var first time.Time
-	for _, c := range l.all() {
-		if c.count > 0 && (first.IsZero() || c.first.Before(first)) {
+	first := l.ring.first
+	if l.ring.count == 0 {
+		first = time.Time{}
+	}
+	for i := range l.perf {
+		if c := &l.perf[i]; c.count > 0 && (first.IsZero() || c.first.Before(first)) {
 			first = c.first
 		}
 	}
@@ -43,16 +46,6 @@ func (l *lostCounts) oldest() (time.Time, bool) {
 func (l *lostCounts) due(now time.Time, every time.Duration) bool {
 	first, ok := l.oldest()
 	return ok && now.Sub(first) >= every
-}
-
-// all is every count, the ring's first.
-func (l *lostCounts) all() []*lostCount {
-	out := make([]*lostCount, 0, 1+len(l.perf))
-	out = append(out, &l.ring)
-	for i := range l.perf {
-		out = append(out, &l.perf[i])
-	}
-	return out
 }
 
 // take returns the LostEvents due by now (every one waiting, with flush) and
