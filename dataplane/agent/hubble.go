@@ -38,6 +38,7 @@ func startHubble(cfg HubbleConfig, log *slog.Logger, factory informers.SharedInf
 	}
 	o.Peer = peer.New(factory.Core().V1().Nodes().Informer(), peer.Options{ClusterName: cfg.ClusterName, Port: port, WithoutTLS: o.DisableTLS})
 	o.Observer = observer
+	o.Version = hubbleAPIVersion
 	s, err := hubbleserver.Start(o, log)
 	if err != nil {
 		log.Error("hubble server not started: no Hubble API on this node until the agent restarts", "error", err)
@@ -60,3 +61,12 @@ func version() string {
 	}
 	return "flatnet " + v + rev
 }
+
+// hubbleAPIVersion is what the Hubble server sends in hubble-server-version:
+// the Cilium release whose Hubble API this build serves (go.mod's
+// github.com/cilium/cilium, which a test holds this to), as a Cilium agent of
+// that release sends its own. The hubble CLI parses the header as a semantic
+// version and warns when it is older than the server: flatnet's own name
+// (version()) would not parse, and no skew would be told. A constant, not the
+// build's module list: test binaries record no modules.
+const hubbleAPIVersion = "1.19.4"

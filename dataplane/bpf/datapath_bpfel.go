@@ -86,7 +86,7 @@ type datapathFlowEvent struct {
 	RuleId         uint32
 	RemoteIdentity uint32
 	LocalIdentity  uint32
-	Pad3           uint32
+	Cpu            uint32
 	LostBefore     uint64
 }
 

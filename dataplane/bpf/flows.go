@@ -104,7 +104,11 @@ type FlowEvent struct {
 	RuleID         compile.RuleID // the matched rule (0 for default deny); name it with compile.Compiler.Rule
 	RemoteIdentity identity.ID
 	LocalIdentity  identity.ID
-	LostBefore     uint64 // events this CPU had lost (rate limit or full ring) when this one was written
+	// LostBefore is the events CPU had lost (rate limit or full ring) when this one
+	// was written, cumulative since the datapath was loaded: it grows by what CPU
+	// lost between two of its events.
+	LostBefore uint64
+	CPU        uint32 // the CPU that wrote the event
 }
 
 // flowPoll bounds how late a flow event reaches the reader.
@@ -172,6 +176,7 @@ func decodeFlow(raw datapathFlowEvent) FlowEvent {
 		RemoteIdentity: identity.ID(raw.RemoteIdentity),
 		LocalIdentity:  identity.ID(raw.LocalIdentity),
 		LostBefore:     raw.LostBefore,
+		CPU:            raw.Cpu,
 	}
 }
 

@@ -135,7 +135,7 @@ spec:
 
 // newFloodNode builds a policyNode with both pods under default deny both ways, and
 // the agent's flow pipeline reading its events.
-func newFloodNode(b *testing.B) *floodNode {
+func newFloodNode(b testing.TB) *floodNode {
 	ctx := context.Background()
 	pn := newPolicyNode(ctx, b, floodDefaultDeny)
 	node, clientNS, serverIP, clientIP := pn.node, pn.clientNS, pn.serverIP, pn.clientIP

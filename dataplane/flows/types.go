@@ -26,6 +26,14 @@ type Response struct {
 	NodeName string    `json:"node_name"`
 	Time     time.Time `json:"time"`
 
+	// DatapathLost is how many flow events the datapath could not hand over on
+	// CPU (its per-CPU rate limit, or a full ring) since the previous event it
+	// wrote there: they happened before this flow, and no record of them exists.
+	// Hubble reports them as a LostEvent from PERF_EVENT_RING_BUFFER with the CPU
+	// (package observer); flows.Run sets them. Not part of the JSON record.
+	DatapathLost uint64 `json:"-"`
+	CPU          uint32 `json:"-"` // the CPU whose datapath wrote this flow's event
+
 	proto atomic.Pointer[flowpb.Flow] // Proto's cache
 }
 

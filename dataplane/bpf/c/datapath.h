@@ -206,6 +206,6 @@ struct flow_event {
 	__u32 rule_id;
 	__u32 remote_identity;
 	__u32 local_identity;
-	__u32 pad3;
+	__u32 cpu;         // the CPU that wrote it: lost_before counts per CPU
 	__u64 lost_before; // events this CPU had lost when this one was written
 };

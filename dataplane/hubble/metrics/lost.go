@@ -14,6 +14,8 @@ const (
 	// LostPerfRing: events the datapath could not hand to user space. flatnet's
 	// datapath counts those its per-CPU rate limit held back and those that found
 	// its ring buffer full (flatnet_flow_events_lost_total, the same number).
+	// GetFlows streams are told of the same events, with the CPU that lost them,
+	// once a later event of that CPU carries them (flows.Response.DatapathLost).
 	LostPerfRing = "perf_event_ring_buffer"
 	// LostObserverQueue: events dropped between the reader and Hubble's observer.
 	// flatnet hands every flow to its observers synchronously (flows.Run), so this

@@ -24,7 +24,9 @@ const readBatch = 256
 // number flows (all with 0), or the oldest with first, or those from since on;
 // then, with follow, every new flow until the client leaves or until passes.
 // Flows the store overwrote before this stream read them are reported as one
-// LostEvent (source HUBBLE_RING_BUFFER) per LostEventSendInterval at most.
+// LostEvent (source HUBBLE_RING_BUFFER) per LostEventSendInterval at most, and
+// so are flow events the datapath lost before the flows the stream reads
+// (PERF_EVENT_RING_BUFFER, one per CPU), whether or not its filters select them.
 func (o *Observer) GetFlows(req *observerpb.GetFlowsRequest, stream grpc.ServerStreamingServer[observerpb.GetFlowsResponse]) error {
 	q, err := parseRequest(req)
 	if err != nil {
@@ -56,7 +58,7 @@ type flowStream struct {
 	o     *Observer
 	q     *query
 	out   *sender
-	lost  lostCount
+	lost  lostCounts
 	limit uint64 // flows to send in all; 0 = no limit
 	sent  uint64
 	buf   [readBatch]*flows.Response
@@ -153,7 +155,7 @@ func (s *flowStream) forward(ctx context.Context, cursor, stop uint64) error {
 		}
 		now := time.Now()
 		if s.lost.due(now, s.o.cfg.LostEventSendInterval) {
-			if err := s.sendLost(ctx, now); err != nil {
+			if err := s.sendLost(ctx, now, false); err != nil {
 				return err
 			}
 		}
@@ -163,9 +165,12 @@ func (s *flowStream) forward(ctx context.Context, cursor, stop uint64) error {
 		}
 		cursor += lost + uint64(n)
 		if lost > 0 {
-			s.lost.add(lost, now)
+			s.lost.addRing(lost, now)
 		}
 		for _, r := range s.buf[:n] {
+			if r.DatapathLost > 0 { // whatever the request selects, as Hubble's lost events
+				s.lost.addPerf(r.CPU, r.DatapathLost, now)
+			}
 			done, err := s.offer(ctx, r)
 			if done || err != nil {
 				clear(s.buf[:n])
@@ -196,8 +201,8 @@ var errUntil = errors.New("until has passed")
 // due, or the stream ends.
 func (s *flowStream) wait(ctx context.Context, cursor uint64, now time.Time, untilC <-chan time.Time) error {
 	var lostC <-chan time.Time
-	if s.lost.count > 0 {
-		t := time.NewTimer(s.lost.first.Add(s.o.cfg.LostEventSendInterval).Sub(now))
+	if first, ok := s.lost.oldest(); ok {
+		t := time.NewTimer(first.Add(s.o.cfg.LostEventSendInterval).Sub(now))
 		defer t.Stop()
 		lostC = t.C
 	}
@@ -258,38 +263,20 @@ func (s *flowStream) flowResponse(f *flowpb.Flow) *observerpb.GetFlowsResponse {
 	}
 }
 
-func (s *flowStream) sendLost(ctx context.Context, now time.Time) error {
-	resp := s.o.lostEvent(s.lost, now)
-	s.lost = lostCount{}
-	return s.out.put(ctx, resp)
+// sendLost sends the LostEvents due by now (all that wait, with flush).
+func (s *flowStream) sendLost(ctx context.Context, now time.Time, flush bool) error {
+	for _, resp := range s.lost.take(s.o, now, flush) {
+		if err := s.out.put(ctx, resp); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // flushLost reports losses not yet reported when the stream ends, which
 // Hubble's observer leaves untold.
 func (s *flowStream) flushLost(ctx context.Context) error {
-	if s.lost.count == 0 {
-		return nil
-	}
-	return s.sendLost(ctx, time.Now())
-}
-
-// lostCount sums the flows a stream missed between two LostEvents, with when
-// it noticed the first and the last, as Hubble's IntervalRangeCounter does.
-type lostCount struct {
-	count       uint64
-	first, last time.Time
-}
-
-func (c *lostCount) add(n uint64, now time.Time) {
-	if c.count == 0 {
-		c.first = now
-	}
-	c.count += n
-	c.last = now
-}
-
-func (c lostCount) due(now time.Time, every time.Duration) bool {
-	return c.count > 0 && now.Sub(c.first) >= every
+	return s.sendLost(ctx, time.Now(), true)
 }
 
 func timestamp(t time.Time) *timestamppb.Timestamp { return timestamppb.New(t) }

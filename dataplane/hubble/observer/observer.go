@@ -21,7 +21,6 @@ import (
 	"sync"
 	"time"
 
-	flowpb "github.com/cilium/cilium/api/v1/flow"
 	observerpb "github.com/cilium/cilium/api/v1/observer"
 	relaypb "github.com/cilium/cilium/api/v1/relay"
 	"google.golang.org/grpc"
@@ -212,18 +211,4 @@ func flowsRate(store *flows.Store, now time.Time) float64 {
 		return float64(count) / d
 	}
 	return 0
-}
-
-// lostEvent is the response that tells a client it missed flows.
-func (o *Observer) lostEvent(c lostCount, now time.Time) *observerpb.GetFlowsResponse {
-	return &observerpb.GetFlowsResponse{
-		Time:     timestamp(now),
-		NodeName: o.cfg.NodeName,
-		ResponseTypes: &observerpb.GetFlowsResponse_LostEvents{LostEvents: &flowpb.LostEvent{
-			Source:        flowpb.LostEventSource_HUBBLE_RING_BUFFER,
-			NumEventsLost: c.count,
-			First:         timestamp(c.first),
-			Last:          timestamp(c.last),
-		}},
-	}
 }

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/reflection"
 
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
@@ -59,6 +60,11 @@ type Options struct {
 	Observer observerpb.ObserverServer
 	// Peer is registered when set.
 	Peer peerpb.PeerServer
+	// Version is sent to every client in the hubble-server-version response
+	// header, as the Cilium agent's Hubble server sends its version: the hubble
+	// CLI reads it, as a semantic version, to warn when it is older than the
+	// server ("" = no header).
+	Version string
 
 	// ListenAddress is the TCP address ("" = none); it serves mutual TLS with
 	// TLS unless DisableTLS.
@@ -186,6 +192,10 @@ func (s *Server) serve(o Options, l net.Listener, creds credentials.TransportCre
 	if creds != nil {
 		opts = append(opts, grpc.Creds(creds))
 	}
+	if o.Version != "" {
+		md := metadata.Pairs(VersionHeader, o.Version)
+		opts = append(opts, grpc.ChainUnaryInterceptor(versionUnary(md)), grpc.ChainStreamInterceptor(versionStream(md)))
+	}
 	g := grpc.NewServer(opts...)
 	healthpb.RegisterHealthServer(g, s.health)
 	if o.Observer != nil {
@@ -204,6 +214,29 @@ func (s *Server) serve(o Options, l net.Listener, creds credentials.TransportCre
 			s.log.Error("hubble server: stopped serving; the agent runs on without it", "address", what, "error", err)
 		}
 	}()
+}
+
+// VersionHeader is the response header naming the server's version (Hubble's
+// defaults.GRPCMetadataServerVersionKey).
+const VersionHeader = "hubble-server-version"
+
+// versionUnary sets md as the response header of a unary call. It is set after
+// the handler, as Cilium does, so that a handler's own headers come first.
+func versionUnary(md metadata.MD) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		resp, err := handler(ctx, req)
+		_ = grpc.SetHeader(ctx, md) // fails only once headers are sent, which a handler here never does
+		return resp, err
+	}
+}
+
+// versionStream sets md as the response header of a stream, sent with its
+// first message (a follower waiting for flows gets it then).
+func versionStream(md metadata.MD) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		_ = ss.SetHeader(md) // fails only once headers are sent: not before the handler runs
+		return handler(srv, ss)
+	}
 }
 
 // Stop reports NOT_SERVING, lets unary calls finish for a moment, then closes

@@ -66,7 +66,7 @@ static __always_inline void emit(__u32 ifindex, __u8 dir, const struct pkt *p, _
 	e->code = code;
 	e->pad = 0;
 	e->pad2 = 0;
-	e->pad3 = 0;
+	e->cpu = bpf_get_smp_processor_id();
 	e->rule_id = rule_id;
 	e->remote_identity = remote_id;
 	e->local_identity = local_id;
