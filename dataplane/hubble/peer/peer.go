@@ -83,8 +83,11 @@ func (s *Service) Notify(_ *peerpb.NotifyRequest, stream peerpb.Peer_NotifyServe
 			if !ok1 || !ok2 {
 				return
 			}
-			// Only what a client sees counts: a status heartbeat is no change.
-			if oc, nc := s.notification(on, 0), s.notification(nn, 0); oc.Address != nc.Address {
+			// Only what a client sees counts: a status heartbeat is no change. The
+			// name (and so the TLS server name) is the same; only the address can differ.
+			oip, _ := NodeIP(on)
+			nip, _ := NodeIP(nn)
+			if oip != nip {
 				q.push(s.notification(nn, peerpb.ChangeNotificationType_PEER_UPDATED))
 			}
 		},
