@@ -63,12 +63,10 @@ build_operator() { # REF CTX
 	mkdir -p "$2/rootfs/tmp"
 	cp -a "$TREE/operator/." "$2/rootfs/"
 	chmod 1777 "$2/rootfs/tmp"
-	tar -C "$2/rootfs" --owner=0 --group=0 --numeric-owner -c . |
-		docker import \
-			--change 'ENV PATH=/usr/bin' \
-			--change 'ENTRYPOINT ["/usr/bin/cilium-operator-generic"]' \
-			--change "LABEL org.opencontainers.image.title=cilium-operator-generic org.opencontainers.image.version=$CILIUM_VERSION" \
-			- "$1" >/dev/null || die "docker import of $1 failed"
+	import_rootfs "$2/rootfs" "$1" \
+		--change 'ENV PATH=/usr/bin' \
+		--change 'ENTRYPOINT ["/usr/bin/cilium-operator-generic"]' \
+		--change "LABEL org.opencontainers.image.title=cilium-operator-generic org.opencontainers.image.version=$CILIUM_VERSION"
 }
 
 ROOTFS=$(rootfs_image cilium flatnet/cilium-rootfs "$AGENT_PACKAGES" "$WORK")

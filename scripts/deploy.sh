@@ -34,10 +34,17 @@ step "deploy: CRDs"
 
 # Hubble's mutual-TLS Secrets exist before the agents start (the agent manifest's
 # CronJob renews them): flatnet-certgen, built and run here with our kubeconfig.
+# Built again only when the agent image's tag changed: that tag hashes every
+# input of dataplane/ (flatnet-certgen's included), so an equal tag is the same binary.
 step "deploy: Hubble TLS certificates (flatnet-certgen)"
 "$KUBECTL" get namespace flatnet-system >/dev/null 2>&1 || "$KUBECTL" create namespace flatnet-system --save-config >&2
-(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$OUT_DIR/certgen-build.log" nice go build -trimpath -o "$BIN_DIR/flatnet-certgen" ./dataplane/cmd/flatnet-certgen)
-"$BIN_DIR/flatnet-certgen" --kubeconfig "$KUBECONFIG" --namespace flatnet-system --cluster-name default >&2 ||
+CERTGEN="$BIN_DIR/flatnet-certgen"
+if ! [ -x "$CERTGEN" ] || [ "$(cat "$CERTGEN.inputs" 2>/dev/null)" != "${IMAGE##*:}" ]; then
+	rm -f "$CERTGEN.inputs"
+	(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$OUT_DIR/certgen-build.log" nice go build -trimpath -o "$CERTGEN" ./dataplane/cmd/flatnet-certgen)
+	echo "${IMAGE##*:}" >"$CERTGEN.inputs"
+fi
+"$CERTGEN" --kubeconfig "$KUBECONFIG" --namespace flatnet-system --cluster-name default >&2 ||
 	die "flatnet-certgen could not create the Hubble TLS Secrets (output above)"
 
 step "deploy: flatnet agent $IMAGE (subnet $NODE_SUBNET, gateway $NODE_GATEWAY, docker range $NODE_IP_RANGE)"

@@ -504,14 +504,10 @@ func checkAgainstOracle(e explanation, v oracle.Verdict) {
 // dropCounter scrapes the agent on node (its metrics port, through the API
 // server's pods/proxy) for the packets its datapath dropped in direction for reason.
 func dropCounter(ctx context.Context, node, direction, reason string) (float64, error) {
-	pl, err := kc.Clientset.CoreV1().Pods(framework.AgentNamespace).List(ctx, metav1.ListOptions{LabelSelector: framework.AgentSelector, FieldSelector: "spec.nodeName=" + node})
+	agent, err := kc.AgentOn(ctx, node)
 	if err != nil {
-		return 0, fmt.Errorf("listing the agent of node %s: %w", node, err)
+		return 0, err
 	}
-	if len(pl.Items) != 1 {
-		return 0, fmt.Errorf("node %s has %d agent pods (-n %s -l %s), want 1", node, len(pl.Items), framework.AgentNamespace, framework.AgentSelector)
-	}
-	agent := pl.Items[0]
 	body, err := kc.Clientset.CoreV1().RESTClient().Get().Namespace(framework.AgentNamespace).Resource("pods").
 		Name(agent.Name + ":" + agentPort).SubResource("proxy").Suffix("/metrics").DoRaw(ctx)
 	if err != nil {
