@@ -155,10 +155,7 @@ func (c *Compiler) publish(flushed []string, cidrs []PrefixUpdate) {
 				continue
 			}
 			ns, name, _ := strings.Cut(k, "/")
-			ep := &flushedEndpoint{policy: pol, defaultDeny: [2][]policy.Ref{
-				policy.Ingress: c.DefaultDenyBy(ns, name, policy.Ingress),
-				policy.Egress:  c.DefaultDenyBy(ns, name, policy.Egress),
-			}}
+			ep := &flushedEndpoint{policy: pol, defaultDeny: c.defaultDeny(ns, name)}
 			if old, had := w.get(k); !had || old.policy != ep.policy ||
 				!slices.Equal(old.defaultDeny[policy.Ingress], ep.defaultDeny[policy.Ingress]) ||
 				!slices.Equal(old.defaultDeny[policy.Egress], ep.defaultDeny[policy.Egress]) {
