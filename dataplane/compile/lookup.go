@@ -43,22 +43,31 @@ func (c *Compiler) PeerOf(ip netip.Addr) (Peer, bool) {
 // DefaultDenyBy lists the policies that put a pod in default deny for a direction:
 // they name a drop that no rule matched (RuleID 0).
 func (c *Compiler) DefaultDenyBy(namespace, name string, dir policy.Direction) []policy.Ref {
+	return c.defaultDeny(namespace, name)[dir]
+}
+
+// defaultDeny is DefaultDenyBy for both directions, from one walk of the policies
+// selecting the pod (publish keeps both for each flushed endpoint).
+func (c *Compiler) defaultDeny(namespace, name string) (out [2][]policy.Ref) {
 	ps, ok := c.pods[namespace+"/"+name]
 	if !ok || !ps.hasI {
-		return nil
+		return out
 	}
 	is := c.ids.byID[ps.id]
 	if is == nil {
-		return nil
+		return out
 	}
-	seen := map[policy.Ref]bool{}
-	var out []policy.Ref
+	seen := [2]map[policy.Ref]bool{{}, {}}
 	for _, e := range c.repo.selecting(is) {
-		if e.pol.DefaultDeny[dir] && !seen[e.pol.Ref] {
-			seen[e.pol.Ref] = true
-			out = append(out, e.pol.Ref)
+		for dir := range out {
+			if e.pol.DefaultDeny[dir] && !seen[dir][e.pol.Ref] {
+				seen[dir][e.pol.Ref] = true
+				out[dir] = append(out[dir], e.pol.Ref)
+			}
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
+	for _, refs := range out {
+		sort.Slice(refs, func(i, j int) bool { return refs[i].String() < refs[j].String() })
+	}
 	return out
 }

@@ -155,10 +155,7 @@ func (c *Compiler) publish(flushed []string, cidrs []PrefixUpdate) {
 				continue
 			}
 			ns, name, _ := strings.Cut(k, "/")
-			ep := &flushedEndpoint{policy: pol, defaultDeny: [2][]policy.Ref{
-				policy.Ingress: c.DefaultDenyBy(ns, name, policy.Ingress),
-				policy.Egress:  c.DefaultDenyBy(ns, name, policy.Egress),
-			}}
+			ep := &flushedEndpoint{policy: pol, defaultDeny: c.defaultDeny(ns, name)}
 			if old, had := w.get(k); !had || old.policy != ep.policy ||
 				!slices.Equal(old.defaultDeny[policy.Ingress], ep.defaultDeny[policy.Ingress]) ||
 				!slices.Equal(old.defaultDeny[policy.Egress], ep.defaultDeny[policy.Egress]) {
@@ -198,13 +195,15 @@ func (s *Snapshot) PeerOf(ip netip.Addr) (Peer, bool) {
 func (s *Snapshot) RuleName(id RuleID) (RuleInfo, bool) { return s.rules.get(id) }
 
 // DefaultDenyBy lists the policies putting a local endpoint in default deny for dir
-// (see Compiler.DefaultDenyBy); nil for a pod that is not a local endpoint.
+// (see Compiler.DefaultDenyBy); nil for a pod that is not a local endpoint. The
+// list is the snapshot's own, shared (it names every dropped flow without a rule):
+// callers must not modify it.
 func (s *Snapshot) DefaultDenyBy(namespace, name string, dir policy.Direction) []policy.Ref {
 	ep, ok := s.endpoints.get(namespace + "/" + name)
 	if !ok {
 		return nil
 	}
-	return slices.Clone(ep.defaultDeny[dir])
+	return ep.defaultDeny[dir]
 }
 
 // Explain decides a new connection between a local endpoint and a remote address as

@@ -16,18 +16,6 @@ import (
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
 
-// compilerSource names flows from a bare compiler's published snapshot (as the
-// enforcer's Snapshots do).
-type compilerSource struct{ c *compile.Compiler }
-
-func (s compilerSource) RuleName(id compile.RuleID) (compile.RuleInfo, bool) {
-	return s.c.Snapshot().RuleName(id)
-}
-func (s compilerSource) PeerOf(ip netip.Addr) (compile.Peer, bool) { return s.c.Snapshot().PeerOf(ip) }
-func (s compilerSource) DefaultDenyBy(ns, name string, d policy.Direction) []policy.Ref {
-	return s.c.Snapshot().DefaultDenyBy(ns, name, d)
-}
-
 // The addresses of flowstest.Compiler's pods, and one outside the cluster.
 var serverIP, clientIP, worldIP = flowstest.ServerIP, flowstest.ClientIP, flowstest.WorldIP
 
@@ -90,7 +78,7 @@ func TestDenyRuleFlowHasHubbleFieldNames(t *testing.T) {
 	}
 	serverID, _ := c.IdentityOf("default", "server")
 	clientID, _ := c.IdentityOf("default", "client")
-	en, err := NewEnricher("node-a", compilerSource{c})
+	en, err := NewEnricher("node-a", c.Latest())
 	must(t, err)
 	f := en.Flow(bpf.FlowEvent{Monotonic: time.Second, Src: clientIP, Dst: serverIP, SrcPort: 41000, DstPort: 80,
 		Protocol: 6, TCPFlags: 0x02, Direction: policy.Ingress, Code: bpf.DropPolicyDeny, RuleID: d.RuleID,
@@ -145,7 +133,7 @@ func TestDenyRuleFlowHasHubbleFieldNames(t *testing.T) {
 func TestNonIPv4DropNamesThePod(t *testing.T) {
 	c := flowstest.Compiler(t)
 	clientID, _ := c.IdentityOf("default", "client")
-	en, err := NewEnricher("n", compilerSource{c})
+	en, err := NewEnricher("n", c.Latest())
 	must(t, err)
 	f := en.Flow(bpf.FlowEvent{Src: clientIP, Dst: netip.IPv4Unspecified(), Direction: policy.Egress,
 		Code: bpf.DropUnknownL3, LocalIdentity: clientID})
@@ -165,7 +153,7 @@ func TestEgressToWorldIsReservedWorldAndAllowedByRule(t *testing.T) {
 		t.Fatalf("decision %+v: want allowed by the rule", d)
 	}
 	clientID, _ := c.IdentityOf("default", "client")
-	en, err := NewEnricher("n", compilerSource{c})
+	en, err := NewEnricher("n", c.Latest())
 	must(t, err)
 	f := en.Flow(bpf.FlowEvent{Src: clientIP, Dst: worldIP, SrcPort: 5353, DstPort: 53, Protocol: 17,
 		Direction: policy.Egress, Code: bpf.ForwardPolicy, RuleID: d.RuleID, LocalIdentity: clientID, RemoteIdentity: identity.World})
@@ -312,7 +300,7 @@ func BenchmarkEnrich(b *testing.B) {
 		}
 	}
 	c.Flush()
-	en, err := NewEnricher("n", compilerSource{c})
+	en, err := NewEnricher("n", c.Latest())
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -28,7 +28,7 @@ func TestProtoSaysWhatTheJSONSays(t *testing.T) {
 	must(t, err)
 	serverID, _ := c.IdentityOf("default", "server")
 	clientID, _ := c.IdentityOf("default", "client")
-	en, err := NewEnricher("node-a", compilerSource{c})
+	en, err := NewEnricher("node-a", c.Latest())
 	must(t, err)
 	for name, ev := range map[string]bpf.FlowEvent{
 		"ingress deny": {Monotonic: time.Second, Src: clientIP, Dst: serverIP, SrcPort: 41000, DstPort: 80,
