@@ -15,11 +15,11 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 
 	"github.com/flatnet/flatnet/dataplane/compile"
 	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/podnet/podnettest"
 	"github.com/flatnet/flatnet/internal/testenv"
 )
 
@@ -62,27 +62,18 @@ func newTestNodeWith(t testing.TB, opts Options) *testNode {
 func newTestNodeFrom(t testing.TB, load func(pinDir string) (*Datapath, error)) *testNode {
 	testenv.RequireRoot(t)
 	n := &testNode{t: t, pods: map[string]*testPod{}, nodeIP: netip.MustParseAddr("10.224.0.2")}
-	var err error
-	n.node, err = testutils.NewNS()
-	must(t, err)
-	t.Cleanup(func() { n.node.Close(); _ = testutils.UnmountNS(n.node) })
+	n.node = podnettest.NewNS(t)
 	must(t, n.node.Do(func(ns.NetNS) error {
 		for _, f := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv4/conf/all/forwarding"} {
 			if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
 				return err
 			}
 		}
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		if err := netlink.LinkSetUp(lo); err != nil {
-			return err
-		}
 		// The node's own address (no dummy driver in this kernel: on lo).
-		return netlink.AddrAdd(lo, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(n.nodeIP, 32))})
+		return podnettest.AddrUp("lo", netip.PrefixFrom(n.nodeIP, 32))
 	}))
 	n.pinDir = filepath.Join(testenv.BPFFS(t), "flatnet")
+	var err error
 	n.d, err = load(n.pinDir)
 	must(t, err)
 	t.Cleanup(func() { n.d.Close() })
@@ -115,10 +106,7 @@ func (n *testNode) addPod(namespace, name, ip string, labels map[string]string) 
 	t := n.t
 	p := &testPod{namespace: namespace, name: name, labels: labels, ip: netip.MustParseAddr(ip),
 		hostIf: fmt.Sprintf("fn%d", len(n.pods))}
-	var err error
-	p.netns, err = testutils.NewNS()
-	must(t, err)
-	t.Cleanup(func() { p.netns.Close(); _ = testutils.UnmountNS(p.netns) })
+	p.netns = podnettest.NewNS(t)
 	must(t, n.node.Do(func(ns.NetNS) error {
 		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: p.hostIf}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(p.netns.Fd()))}
 		if err := netlink.LinkAdd(veth); err != nil {

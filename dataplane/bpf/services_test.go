@@ -6,11 +6,11 @@ import (
 	"testing"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/vishvananda/netlink"
 
 	"github.com/flatnet/flatnet/dataplane/compile"
 	"github.com/flatnet/flatnet/dataplane/identity"
 	"github.com/flatnet/flatnet/dataplane/ipv4"
+	"github.com/flatnet/flatnet/dataplane/podnet/podnettest"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
 
@@ -30,13 +30,7 @@ func (n *testNode) addRemotePod(namespace, name, ip string, labels map[string]st
 // does not know as the node's: kube-proxy's NodePorts answer on every local address.
 func (n *testNode) addLocalAddr(a netip.Addr) {
 	n.t.Helper()
-	must(n.t, n.node.Do(func(ns.NetNS) error {
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		return netlink.AddrAdd(lo, &netlink.Addr{IPNet: prefixNet(netip.PrefixFrom(a, 32))})
-	}))
+	must(n.t, n.node.Do(func(ns.NetNS) error { return podnettest.AddrUp("lo", netip.PrefixFrom(a, 32)) }))
 }
 
 // drops counts the packets policy dropped on ifindex in dir.
