@@ -81,6 +81,15 @@ CGO_ENABLED=0 go_build_pinned dockerd github.com/moby/moby/v2 "$MOBY_VERSION" \
 	-tags "exclude_graphdriver_btrfs exclude_graphdriver_devicemapper no_btrfs" \
 	-ldflags "-X github.com/moby/moby/v2/dockerversion.Version=${MOBY_VERSION#v}"
 
+# Our own dockerd that no longer answers may still be shutting down (stopping its
+# containers after a SIGTERM): a second one would refuse its pid file. Wait for it.
+if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+	info "docker engine: the previous dockerd (pid $(cat "$PIDFILE")) is still stopping; waiting up to 60 s"
+	for _ in $(seq 60); do kill -0 "$(cat "$PIDFILE")" 2>/dev/null || break; sleep 1; done
+	kill -0 "$(cat "$PIDFILE")" 2>/dev/null &&
+		die "flatnet's previous dockerd (pid $(cat "$PIDFILE")) neither answers nor exits" \
+			"stop it (kill $(cat "$PIDFILE")) and re-run; its log: $LOG"
+fi
 # A stale pid file or socket from a previous session (processes are gone, disk stays).
 if [ -f "$PIDFILE" ] && ! kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then rm -f "$PIDFILE"; fi
 [ -S "$SOCK" ] && ! pgrep -x dockerd >/dev/null && rm -f "$SOCK"
