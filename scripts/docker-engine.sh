@@ -83,12 +83,13 @@ CGO_ENABLED=0 go_build_pinned dockerd github.com/moby/moby/v2 "$MOBY_VERSION" \
 
 # Our own dockerd that no longer answers may still be shutting down (stopping its
 # containers after a SIGTERM): a second one would refuse its pid file. Wait for it.
-if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
-	info "docker engine: the previous dockerd (pid $(cat "$PIDFILE")) is still stopping; waiting up to 60 s"
-	for _ in $(seq 60); do kill -0 "$(cat "$PIDFILE")" 2>/dev/null || break; sleep 1; done
-	kill -0 "$(cat "$PIDFILE")" 2>/dev/null &&
-		die "flatnet's previous dockerd (pid $(cat "$PIDFILE")) neither answers nor exits" \
-			"stop it (kill $(cat "$PIDFILE")) and re-run; its log: $LOG"
+old_pid=$(cat "$PIDFILE" 2>/dev/null || true) # dockerd removes the file as it exits
+if [ -n "$old_pid" ] && kill -0 "$old_pid" 2>/dev/null; then
+	info "docker engine: the previous dockerd (pid $old_pid) is still stopping; waiting up to 60 s"
+	for _ in $(seq 60); do kill -0 "$old_pid" 2>/dev/null || break; sleep 1; done
+	kill -0 "$old_pid" 2>/dev/null &&
+		die "flatnet's previous dockerd (pid $old_pid) neither answers nor exits" \
+			"stop it (kill $old_pid) and re-run; its log: $LOG"
 fi
 # A stale pid file or socket from a previous session (processes are gone, disk stays).
 if [ -f "$PIDFILE" ] && ! kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then rm -f "$PIDFILE"; fi
