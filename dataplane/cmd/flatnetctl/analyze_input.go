@@ -139,6 +139,32 @@ func typeOf(doc document) (metav1.TypeMeta, error) {
 	return tm, nil
 }
 
+// readManifests reads a file's documents with every v1 List (what `kubectl
+// get -o yaml` prints) replaced by its items.
+func readManifests(file string) ([]document, error) {
+	docs, err := readDocuments(file)
+	if err != nil {
+		return nil, err
+	}
+	var out []document
+	for _, d := range docs {
+		tm, err := typeOf(d)
+		if err != nil {
+			return nil, err
+		}
+		if tm.APIVersion != "v1" || tm.Kind != "List" {
+			out = append(out, d)
+			continue
+		}
+		items, err := listItems(d)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, items...)
+	}
+	return out, nil
+}
+
 // listItems splits a v1 List (what `kubectl get -o yaml` prints) into
 // documents of its own file position, item by item.
 func listItems(doc document) ([]document, error) {
@@ -207,7 +233,7 @@ func loadPolicyPaths(paths []string) (*loadedPolicies, error) {
 			return nil, fmt.Errorf("-f %s: %w", p, err)
 		}
 		for _, f := range files {
-			docs, err := readDocuments(f)
+			docs, err := readManifests(f)
 			if err != nil {
 				return nil, err
 			}
@@ -254,11 +280,8 @@ func manifestFiles(p string) ([]string, error) {
 	return files, nil
 }
 
-// Kinds analyze reads with -f.
-const (
-	apiNetworking = "networking.k8s.io/v1"
-	kindList      = "List"
-)
+// apiNetworking is NetworkPolicy's group and version.
+const apiNetworking = "networking.k8s.io/v1"
 
 func (l *loadedPolicies) addDocument(d document) error {
 	tm, err := typeOf(d)
@@ -266,17 +289,6 @@ func (l *loadedPolicies) addDocument(d document) error {
 		return err
 	}
 	switch {
-	case tm.Kind == kindList && tm.APIVersion == "v1":
-		items, err := listItems(d)
-		if err != nil {
-			return err
-		}
-		for _, it := range items {
-			if err := l.addDocument(it); err != nil {
-				return err
-			}
-		}
-		return nil
 	case tm.Kind == string(oracle.KindNetworkPolicy) && tm.APIVersion == apiNetworking:
 		var np networkingv1.NetworkPolicy
 		if err := decodeStrict(d, &np); err != nil {

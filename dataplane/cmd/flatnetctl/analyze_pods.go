@@ -67,9 +67,9 @@ type paProbeFile struct {
 // List of them), or a policy-assistant probe file.
 func loadPods(file string) (workload, error) {
 	var w workload
-	docs, err := readDocuments(file)
+	docs, err := readManifests(file)
 	if err != nil {
-		return w, err
+		return w, fmt.Errorf("--pods %w", err)
 	}
 	if len(docs) == 0 {
 		return w, fmt.Errorf("--pods %s: no document in the file", file)
@@ -93,17 +93,6 @@ func (w *workload) addDocument(d document) error {
 	switch {
 	case tm.APIVersion == "" && tm.Kind == "" && strings.Contains(string(d.data), "Resources"):
 		return w.addProbeFile(d)
-	case tm.APIVersion == "v1" && tm.Kind == kindList:
-		items, err := listItems(d)
-		if err != nil {
-			return err
-		}
-		for _, it := range items {
-			if err := w.addDocument(it); err != nil {
-				return err
-			}
-		}
-		return nil
 	case tm.APIVersion == "v1" && tm.Kind == "Pod":
 		var p corev1.Pod
 		if err := decodeStrict(d, &p); err != nil {
