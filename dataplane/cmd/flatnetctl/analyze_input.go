@@ -126,6 +126,15 @@ func decodeStrictJSON(where string, js []byte, v any) error {
 	return nil
 }
 
+// subsetHint says why a Cilium field is unknown: the oracle's types hold
+// only the modelled subset.
+func subsetHint(err error, kind string) error {
+	if strings.Contains(err.Error(), "unknown field") {
+		return fmt.Errorf("%w (only the subset of %s in dataplane/POLICY.md is modelled)", err, kind)
+	}
+	return err
+}
+
 // typeOf reads a document's apiVersion and kind.
 func typeOf(doc document) (metav1.TypeMeta, error) {
 	var tm metav1.TypeMeta
@@ -301,7 +310,7 @@ func (l *loadedPolicies) addDocument(d document) error {
 	case (tm.Kind == string(oracle.KindCNP) || tm.Kind == string(oracle.KindCCNP)) && tm.APIVersion == oracle.CiliumAPIVersion:
 		var cp oracle.CiliumPolicy
 		if err := decodeStrict(d, &cp); err != nil {
-			return fmt.Errorf("%w (only the subset of %s in dataplane/POLICY.md is modelled)", err, tm.Kind)
+			return subsetHint(err, tm.Kind)
 		}
 		if cp.Kind == oracle.KindCNP && cp.Metadata.Namespace == "" {
 			cp.Metadata.Namespace = metav1.NamespaceDefault

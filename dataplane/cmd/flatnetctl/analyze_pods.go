@@ -312,7 +312,7 @@ func readCluster(ctx context.Context, kube kubernetes.Interface, dyn dynamic.Int
 			var cp oracle.CiliumPolicy
 			where := fmt.Sprintf("%s %s", u.GetKind(), strings.TrimPrefix(u.GetNamespace()+"/"+u.GetName(), "/"))
 			if err := decodeStrictJSON(where, data, &cp); err != nil {
-				return oracle.Cluster{}, ps, fmt.Errorf("--cluster: %w (only the subset of %s in dataplane/POLICY.md is modelled)", err, u.GetKind())
+				return oracle.Cluster{}, ps, fmt.Errorf("--cluster: %w", subsetHint(err, u.GetKind()))
 			}
 			ps.CiliumPolicies = append(ps.CiliumPolicies, cp)
 		}

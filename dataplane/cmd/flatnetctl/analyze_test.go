@@ -381,3 +381,46 @@ func TestAnalyzeBadInput(t *testing.T) {
 		})
 	}
 }
+
+// Without --port the table covers the ports the policies name, as the help
+// says: numbers with their protocol (TCP when a NetworkPolicy omits it, TCP
+// for Cilium's ANY), the first port of a range, no named port; 80 when none.
+func TestAnalyzeDefaultsToThePortsPoliciesName(t *testing.T) {
+	pol := writeFile(t, t.TempDir(), "p.yaml", []byte(`apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: np, namespace: x}
+spec:
+  podSelector: {}
+  ingress:
+  - ports: [{port: 81}, {port: 53, protocol: UDP}, {port: serve-80-tcp}, {port: 1000, endPort: 1010}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: cnp, namespace: z}
+spec:
+  endpointSelector: {}
+  egressDeny:
+  - toPorts: [{ports: [{port: "8080", protocol: ANY}, {port: "81", protocol: TCP}]}]
+`))
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"-f", pol}, []string{"53/UDP", "81/TCP", "1000/TCP", "8080/TCP"}},
+		{[]string{"-f", pol, "--protocol", "UDP"}, []string{"53/UDP"}},
+		{[]string{"-f", pol, "--port", "9/SCTP", "--port", "82"}, []string{"9/SCTP", "82/TCP"}},
+		{nil, []string{"80/TCP"}},
+	} {
+		out, err := runCLI(t, append([]string{"analyze", "-o", "json"}, tc.args...)...)
+		if err != nil {
+			t.Fatalf("analyze %v: %v", tc.args, err)
+		}
+		var got tableJSON
+		if err := json.Unmarshal([]byte(out), &got); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got.Ports, tc.want) {
+			t.Errorf("analyze %v: ports %v, want %v", tc.args, got.Ports, tc.want)
+		}
+	}
+}
