@@ -162,6 +162,7 @@ func runAnalyze(cmd *cobra.Command, o analyzeOptions) error {
 		cluster oracle.Cluster
 		ps      = files.set
 		source  string
+		note    string // pods the model leaves out
 	)
 	switch {
 	case o.podsFile != "":
@@ -169,7 +170,7 @@ func runAnalyze(cmd *cobra.Command, o analyzeOptions) error {
 		if err != nil {
 			return err
 		}
-		if cluster, err = w.cluster(); err != nil {
+		if cluster, note, err = w.cluster(); err != nil {
 			return err
 		}
 		if len(ports) == 0 && !cmd.Flags().Changed("protocol") {
@@ -184,7 +185,7 @@ func runAnalyze(cmd *cobra.Command, o analyzeOptions) error {
 		ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 		defer cancel()
 		var live oracle.PolicySet
-		if cluster, live, err = readCluster(ctx, kube, dyn); err != nil {
+		if cluster, live, note, err = readCluster(ctx, kube, dyn); err != nil {
 			return err
 		}
 		ps = files.override(live)
@@ -201,6 +202,9 @@ func runAnalyze(cmd *cobra.Command, o analyzeOptions) error {
 	}
 	if len(ports) == 0 {
 		ports = mentionedPorts(ps, proto, cmd.Flags().Changed("protocol"))
+	}
+	if note != "" {
+		source += "; " + note
 	}
 	a := analysis{oracle: orc, cluster: cluster, policies: ps, fromFiles: len(files.origin), source: source, ports: ports}
 	if o.explain {

@@ -143,6 +143,10 @@ func TestAnalyzeCluster(t *testing.T) {
 		}
 	}
 	check("the cluster's default-deny", step.Policies)
+	// The finished pod is named as left out, not silently missing.
+	if out, err := runCLI(t, "analyze", "--kubeconfig", kubeconfig, "--cluster", "-n", seed.Namespace); err != nil || !strings.Contains(out, "pods left out: 1 finished") {
+		t.Errorf("analyze --cluster: want the finished pod named as left out; got %v\n%s", err, out)
+	}
 
 	// -f adds the seed's allow of the client on the port: the set of the
 	// seed-allow-client-port case.

@@ -164,7 +164,7 @@ func (w *workload) addProbeFile(d document) error {
 // pods without an address get the next free one of syntheticSubnet. Policy
 // only sees addresses through ipBlock/CIDR rules, so for every other rule the
 // table does not depend on them.
-func (w workload) cluster() (oracle.Cluster, error) {
+func (w workload) cluster() (oracle.Cluster, string, error) {
 	used := map[netip.Addr]bool{}
 	for _, p := range w.pods {
 		if a, err := netip.ParseAddr(p.Status.PodIP); err == nil {
@@ -202,7 +202,7 @@ func (w workload) cluster() (oracle.Cluster, error) {
 		if !hasInternalIP(n) {
 			ip, err := alloc()
 			if err != nil {
-				return oracle.Cluster{}, err
+				return oracle.Cluster{}, "", err
 			}
 			nodes[i].Status.Addresses = append(nodes[i].Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: ip})
 		}
@@ -221,7 +221,7 @@ func (w workload) cluster() (oracle.Cluster, error) {
 			hasNode[p.Spec.NodeName] = true
 			ip, err := alloc()
 			if err != nil {
-				return oracle.Cluster{}, err
+				return oracle.Cluster{}, "", err
 			}
 			nodes = append(nodes, corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: p.Spec.NodeName},
 				Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}}}})
@@ -229,7 +229,7 @@ func (w workload) cluster() (oracle.Cluster, error) {
 		if p.Status.PodIP == "" && !p.Spec.HostNetwork {
 			ip, err := alloc()
 			if err != nil {
-				return oracle.Cluster{}, err
+				return oracle.Cluster{}, "", err
 			}
 			p.Status.PodIP = ip
 		}
@@ -237,9 +237,37 @@ func (w workload) cluster() (oracle.Cluster, error) {
 	}
 	c, err := oracle.ClusterFromObjects(namespaces, pods, nodes, nil)
 	if err != nil {
-		return oracle.Cluster{}, fmt.Errorf("--pods: %w", err)
+		return oracle.Cluster{}, "", fmt.Errorf("--pods: %w", err)
 	}
-	return c, nil
+	return c, leftOut(pods, 0), nil
+}
+
+// leftOut says which pods the oracle's model leaves out (oracle.ClusterFromObjects)
+// and why, so the table does not silently miss them; "" when none.
+func leftOut(pods []corev1.Pod, finished int) string {
+	hostNet, noIP := 0, 0
+	for _, p := range pods {
+		switch {
+		case p.Spec.HostNetwork:
+			hostNet++
+		case p.Status.PodIP == "":
+			noIP++
+		}
+	}
+	var parts []string
+	if hostNet > 0 {
+		parts = append(parts, fmt.Sprintf("%d host-network (policy sees them as their node)", hostNet))
+	}
+	if noIP > 0 {
+		parts = append(parts, fmt.Sprintf("%d without an IP yet", noIP))
+	}
+	if finished > 0 {
+		parts = append(parts, fmt.Sprintf("%d finished", finished))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "pods left out: " + strings.Join(parts, ", ")
 }
 
 func hasInternalIP(n corev1.Node) bool {
@@ -268,23 +296,23 @@ var (
 // server. Cilium policies are read strictly into the oracle's types, so a
 // policy in force with a field outside the modelled subset is an error naming
 // it, never a silently different table.
-func readCluster(ctx context.Context, kube kubernetes.Interface, dyn dynamic.Interface) (oracle.Cluster, oracle.PolicySet, error) {
+func readCluster(ctx context.Context, kube kubernetes.Interface, dyn dynamic.Interface) (oracle.Cluster, oracle.PolicySet, string, error) {
 	var ps oracle.PolicySet
 	nss, err := kube.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return oracle.Cluster{}, ps, fmt.Errorf("--cluster: list namespaces: %w", err)
+		return oracle.Cluster{}, ps, "", fmt.Errorf("--cluster: list namespaces: %w", err)
 	}
 	pods, err := kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return oracle.Cluster{}, ps, fmt.Errorf("--cluster: list pods: %w", err)
+		return oracle.Cluster{}, ps, "", fmt.Errorf("--cluster: list pods: %w", err)
 	}
 	nodes, err := kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return oracle.Cluster{}, ps, fmt.Errorf("--cluster: list nodes: %w", err)
+		return oracle.Cluster{}, ps, "", fmt.Errorf("--cluster: list nodes: %w", err)
 	}
 	nps, err := kube.NetworkingV1().NetworkPolicies("").List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return oracle.Cluster{}, ps, fmt.Errorf("--cluster: list NetworkPolicies: %w", err)
+		return oracle.Cluster{}, ps, "", fmt.Errorf("--cluster: list NetworkPolicies: %w", err)
 	}
 	ps.NetworkPolicies = nps.Items
 	for _, gvr := range []schema.GroupVersionResource{cnpResource, ccnpResource} {
@@ -293,7 +321,7 @@ func readCluster(ctx context.Context, kube kubernetes.Interface, dyn dynamic.Int
 			continue // Cilium's CRDs are not installed: no such policies
 		}
 		if err != nil {
-			return oracle.Cluster{}, ps, fmt.Errorf("--cluster: list %s: %w", gvr.Resource, err)
+			return oracle.Cluster{}, ps, "", fmt.Errorf("--cluster: list %s: %w", gvr.Resource, err)
 		}
 		for _, u := range list.Items {
 			// What the API server adds (uid, managedFields, status...) is
@@ -307,12 +335,12 @@ func readCluster(ctx context.Context, kube kubernetes.Interface, dyn dynamic.Int
 			}
 			data, err := json.Marshal(obj)
 			if err != nil {
-				return oracle.Cluster{}, ps, fmt.Errorf("--cluster: %s %s/%s: %w", u.GetKind(), u.GetNamespace(), u.GetName(), err)
+				return oracle.Cluster{}, ps, "", fmt.Errorf("--cluster: %s %s/%s: %w", u.GetKind(), u.GetNamespace(), u.GetName(), err)
 			}
 			var cp oracle.CiliumPolicy
 			where := fmt.Sprintf("%s %s", u.GetKind(), strings.TrimPrefix(u.GetNamespace()+"/"+u.GetName(), "/"))
 			if err := decodeStrictJSON(where, data, &cp); err != nil {
-				return oracle.Cluster{}, ps, fmt.Errorf("--cluster: %w", subsetHint(err, u.GetKind()))
+				return oracle.Cluster{}, ps, "", fmt.Errorf("--cluster: %w", subsetHint(err, u.GetKind()))
 			}
 			ps.CiliumPolicies = append(ps.CiliumPolicies, cp)
 		}
@@ -327,7 +355,7 @@ func readCluster(ctx context.Context, kube kubernetes.Interface, dyn dynamic.Int
 	}
 	c, err := oracle.ClusterFromObjects(nss.Items, live, nodes.Items, nil)
 	if err != nil {
-		return oracle.Cluster{}, ps, fmt.Errorf("--cluster: %w", err)
+		return oracle.Cluster{}, ps, "", fmt.Errorf("--cluster: %w", err)
 	}
-	return c, ps, nil
+	return c, ps, leftOut(live, len(pods.Items)-len(live)), nil
 }
