@@ -12,6 +12,14 @@ import (
 
 func main() {
 	name := commandName(os.Args[0])
+	if err := newRootCommand(name).Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, name+":", err)
+		os.Exit(1)
+	}
+}
+
+// newRootCommand is flatnetctl with every subcommand; name is how it was run.
+func newRootCommand(name string) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "flatnetctl",
 		Short:         "inspect a flatnet cluster",
@@ -21,11 +29,8 @@ func main() {
 	}
 	root.PersistentFlags().String("kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
 	root.PersistentFlags().String("context", "", "kubeconfig context (default: the current one)")
-	root.AddCommand(usageCommand(), releaseNodeCommand(), flowsCommand(), explainCommand(), rejectedCommand())
-	if err := root.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, name+":", err)
-		os.Exit(1)
-	}
+	root.AddCommand(usageCommand(), releaseNodeCommand(), flowsCommand(), explainCommand(), rejectedCommand(), analyzeCommand())
+	return root
 }
 
 // commandName is "kubectl flatnet" when the binary runs as a kubectl plugin (a copy
