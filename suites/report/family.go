@@ -3,7 +3,7 @@ package report
 import (
 	"fmt"
 	"io"
-	"text/tabwriter"
+	"strings"
 )
 
 // FamilyRate is one line of the pass-rate table: a family's cases and how
@@ -65,14 +65,20 @@ func FamilyRates(cases []CaseResult) []FamilyRate {
 }
 
 // WriteFamilyTable prints the pass-rate table of cases, one aligned line per
-// family (as policy-assistant prints its per-tag summary).
+// family (as policy-assistant prints its per-tag summary): names to the
+// left, counts to the right.
 func WriteFamilyTable(w io.Writer, cases []CaseResult) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "family\tcases\tpassed\tfailed\tskipped\tpass %\t")
-	for _, f := range FamilyRates(cases) {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t\n", f.Family, f.Cases, f.Passed, f.Failed, f.Skipped, f.PassText())
+	rates := FamilyRates(cases)
+	width := len("family")
+	for _, f := range rates {
+		width = max(width, len(f.Family))
 	}
-	if err := tw.Flush(); err != nil {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%-*s  %5s  %6s  %6s  %7s  %6s\n", width, "family", "cases", "passed", "failed", "skipped", "pass %")
+	for _, f := range rates {
+		fmt.Fprintf(&b, "%-*s  %5d  %6d  %6d  %7d  %6s\n", width, f.Family, f.Cases, f.Passed, f.Failed, f.Skipped, f.PassText())
+	}
+	if _, err := io.WriteString(w, b.String()); err != nil {
 		return fmt.Errorf("write pass-rate table: %w", err)
 	}
 	return nil
