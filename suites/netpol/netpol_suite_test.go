@@ -98,8 +98,8 @@ var _ = cluster.BeforeSuite(func(ctx SpecContext) {
 	}
 	Expect(workload.CreatePods(ctx, cluster.Clientset, pods)).To(Succeed())
 	Expect(workload.CreateServices(ctx, cluster.Clientset, model.ServiceObjects())).To(Succeed())
-	Expect(workload.WaitPodsReady(ctx, cluster.Clientset, podKeys(), 3*time.Minute)).To(Succeed())
-	Expect(workload.WaitServiceEndpoints(ctx, cluster.Clientset, serviceKeys(), time.Minute)).To(Succeed())
+	Expect(workload.WaitPodsReady(ctx, cluster.Clientset, podKeys(model.AllPods()), 3*time.Minute)).To(Succeed())
+	Expect(workload.WaitServiceEndpoints(ctx, cluster.Clientset, serviceKeys(model.AllPods()), time.Minute)).To(Succeed())
 
 	opts := batch.DefaultOptions()
 	opts.Timeout = cluster.Settings.ProbeTimeout
@@ -115,25 +115,28 @@ var _ = cluster.BeforeSuite(func(ctx SpecContext) {
 // in the report with why, beside what ran.
 var _ = ReportAfterSuite("netpol: the specs not run, in the truth-table report", cluster.AddNotRun)
 
-func namespaces() []string {
+// namespaces are the model's namespaces, by real name.
+func namespaces() []string { return namespacesOf(model.Initial()) }
+
+func namespacesOf(state topology.State) []string {
 	var out []string
-	for _, ns := range model.Namespaces {
+	for _, ns := range state.Namespaces() {
 		out = append(out, model.Namespace(ns))
 	}
 	return out
 }
 
-func podKeys() []workload.Key {
+func podKeys(pods []topology.PodRef) []workload.Key {
 	var out []workload.Key
-	for _, r := range model.AllPods() {
+	for _, r := range pods {
 		out = append(out, workload.Key{Namespace: model.Namespace(r.Namespace), Name: r.Pod})
 	}
 	return out
 }
 
-func serviceKeys() []workload.Key {
+func serviceKeys(pods []topology.PodRef) []workload.Key {
 	var out []workload.Key
-	for _, r := range model.AllPods() {
+	for _, r := range pods {
 		out = append(out, workload.Key{Namespace: model.Namespace(r.Namespace), Name: model.ServiceName(r)})
 	}
 	return out
@@ -239,11 +242,31 @@ var _ = Describe("policy conformance matrix", Serial, func() {
 	})
 })
 
-func record(r report.CaseResult) { cluster.Record(r) }
+// recorded are the cases of this run, for the pass-rate table at the end.
+var recorded []report.CaseResult
 
-// runCase applies each step's policies, probes the matrix until it agrees
-// with the oracle or the enforcement timeout passes, records the tables and
-// fails listing the policies of any step that disagreed.
+func record(r report.CaseResult) {
+	recorded = append(recorded, r)
+	cluster.Record(r)
+}
+
+// The pass-rate table by family, as policy-assistant prints one, straight to
+// the terminal like the seed: it is the run's summary.
+var _ = cluster.AfterSuite(func(SpecContext) {
+	if len(recorded) == 0 {
+		return
+	}
+	var b strings.Builder
+	Expect(report.WriteFamilyTable(&b, recorded)).To(Succeed())
+	fmt.Fprintf(os.Stderr, "netpol: pass rate by family\n%s", b.String())
+	GinkgoWriter.Print(b.String())
+})
+
+// runCase applies each step's policies and identity changes (relabels,
+// namespaces created and deleted), probes the matrix until it agrees with the
+// oracle or the enforcement timeout passes, records the tables and fails
+// listing the policies of any step that disagreed. From the second step on,
+// the matrix is also probed in the background while the step is applied.
 func runCase(ctx context.Context, c policies.Case) {
 	res := report.CaseResult{Name: c.Name, Family: c.Family, Description: c.Description}
 	defer func() { record(res) }()
@@ -258,23 +281,28 @@ func runCase(ctx context.Context, c policies.Case) {
 		_, err := cluster.Policies.Apply(ctx, oracle.PolicySet{})
 		Expect(err).NotTo(HaveOccurred(), "removing the case's policies")
 	})
+	// The workload as the case's changes left it, so far as they were made;
+	// put back as the model made it for the next case.
+	state := model.Initial()
+	DeferCleanup(func(ctx SpecContext) {
+		if back := state.Revert(); len(back) > 0 {
+			Expect(applyChanges(ctx, &state, back)).To(Succeed(), "putting the workload back as the model made it")
+		}
+	})
 	var failures []string
-	var prevExpected []*reachability.Table
+	var policiesBefore oracle.PolicySet
 	for i, step := range c.Steps {
 		started := time.Now()
-		By(fmt.Sprintf("%s step %d/%d %q: %s", c.Name, i+1, len(c.Steps), step.Name, strings.Join(refs(step.Policies), ", ")))
-		plan := modelPlan(c.Name + " / " + step.Name)
-		// With the pods unchanged, the expected tables are known before the
-		// change, so traffic can flow on the paths open before and after it
-		// while it is applied.
-		var snap workload.Snapshot
-		var expected []*reachability.Table
+		By(fmt.Sprintf("%s step %d/%d %q: %s", c.Name, i+1, len(c.Steps), step.Name, strings.Join(append(refs(step.Policies), changeNames(step.Changes)...), ", ")))
+		moments, err := policies.Moments(policiesBefore, state, step)
+		if err != nil {
+			setupFail("%v", err)
+		}
+		// Traffic flows on the paths every moment of the change keeps open
+		// while it is applied (pods that come or go are left out).
 		var watcher *matrix.Watcher
-		if len(step.RecreatePods) == 0 {
-			snap, expected = expect(ctx, step, plan, setupFail)
-			if i > 0 && prevExpected != nil {
-				watcher = matrix.Watch(ctx, watchRunner(), plan, snap, matrix.StillReachable(prevExpected, expected))
-			}
+		if len(step.RecreatePods) == 0 && i > 0 {
+			watcher = startWatch(ctx, c.Name+" / "+step.Name, moments, setupFail)
 		}
 		changed, err := cluster.Policies.Apply(ctx, step.Policies)
 		if err != nil {
@@ -284,18 +312,24 @@ func runCase(ctx context.Context, c policies.Case) {
 		for _, ch := range changed {
 			GinkgoWriter.Println("  " + ch)
 		}
-		if len(step.RecreatePods) > 0 {
-			for _, r := range step.RecreatePods {
-				By(fmt.Sprintf("recreating pod %s under the policy", r))
-				if err := workload.RecreatePod(ctx, cluster.Clientset, workload.Prepare(model.PodObject(r, cluster.Settings.ProbeImage)), 2*time.Minute); err != nil {
-					setupFail("step %q: recreating %s: %v", step.Name, r, err)
-				}
+		for _, r := range step.RecreatePods {
+			By(fmt.Sprintf("recreating pod %s under the policy", r))
+			if err := workload.RecreatePod(ctx, cluster.Clientset, workload.Prepare(state.PodObject(r, cluster.Settings.ProbeImage)), 2*time.Minute); err != nil {
+				stopWatch(watcher)
+				setupFail("step %q: recreating %s: %v", step.Name, r, err)
 			}
-			if err := workload.WaitServiceEndpoints(ctx, cluster.Clientset, serviceKeys(), time.Minute); err != nil {
+		}
+		if err := applyChanges(ctx, &state, step.Changes); err != nil {
+			stopWatch(watcher)
+			setupFail("step %q: %v", step.Name, err)
+		}
+		if len(step.RecreatePods) > 0 {
+			if err := workload.WaitServiceEndpoints(ctx, cluster.Clientset, serviceKeys(state.Pods()), time.Minute); err != nil {
 				setupFail("step %q: %v", step.Name, err)
 			}
-			snap, expected = expect(ctx, step, plan, setupFail)
 		}
+		plan := statePlan(c.Name+" / "+step.Name, state.Pods())
+		snap, expected := expect(ctx, step, state, plan, setupFail)
 		out, err := matrix.Converge(ctx, runner, plan, snap, expected, matrix.Options{
 			Timeout: cluster.Settings.EnforceTimeout, Pause: 250 * time.Millisecond,
 			Progress: func(p matrix.Poll) { GinkgoWriter.Printf("  %s: %s\n", step.Name, p) },
@@ -307,11 +341,11 @@ func runCase(ctx context.Context, c policies.Case) {
 		if werr != nil {
 			setupFail("step %q: probing while the change was applied: %v", step.Name, werr)
 		}
-		prevExpected = expected
+		policiesBefore = step.Policies
 		manifest, _ := policies.Manifests(step.Policies)
 		res.Steps = append(res.Steps, report.StepResult{
 			Name: step.Name, Duration: time.Since(started), Policies: refs(step.Policies),
-			Manifest: string(manifest), Comparisons: out.Comparisons,
+			Manifest: changesComment(step.Changes) + string(manifest), Comparisons: out.Comparisons,
 		})
 		for _, cmp := range out.Comparisons {
 			Expect(report.WriteComparison(GinkgoWriter, cmp)).To(Succeed())
@@ -322,7 +356,7 @@ func runCase(ctx context.Context, c policies.Case) {
 			failures = append(failures, describeFailure(step, out))
 		}
 		if watcher != nil {
-			GinkgoWriter.Printf("  %s: %d background round(s) while the change was applied, %d blocked answer(s) on paths open before and after\n", step.Name, rounds, len(gaps))
+			GinkgoWriter.Printf("  %s: %d background round(s) while the change was applied, %d blocked answer(s) on paths every moment of it keeps open\n", step.Name, rounds, len(gaps))
 		}
 		if len(gaps) > 0 {
 			msg := describeGaps(step, gaps)
@@ -335,13 +369,18 @@ func runCase(ctx context.Context, c policies.Case) {
 	}
 }
 
-// expect snapshots the pods and asks the oracle for the step's tables.
-func expect(ctx context.Context, step policies.Step, plan matrix.Plan, setupFail func(string, ...any)) (workload.Snapshot, []*reachability.Table) {
-	snap, err := workload.Take(ctx, cluster.Clientset, namespaces())
+// expect snapshots the pods of state and asks the oracle for the step's
+// tables, on the cluster as state says it is labelled.
+func expect(ctx context.Context, step policies.Step, state topology.State, plan matrix.Plan, setupFail func(string, ...any)) (workload.Snapshot, []*reachability.Table) {
+	snap, err := workload.Take(ctx, cluster.Clientset, namespacesOf(state))
 	if err != nil {
 		setupFail("step %q: %v", step.Name, err)
 	}
-	o, err := oracle.New(snap.Cluster, step.Policies)
+	c, missing := state.Predict(snap.Cluster)
+	if len(missing) > 0 {
+		setupFail("step %q: pods %v of the case's workload are not running", step.Name, missing)
+	}
+	o, err := oracle.New(c, step.Policies)
 	if err != nil {
 		setupFail("step %q: the oracle refuses the policy set: %v", step.Name, err)
 	}
@@ -372,12 +411,13 @@ func stopWatch(w *matrix.Watcher) ([]matrix.Gap, int, error) {
 	return w.Stop()
 }
 
-// describeGaps lists blocked answers on paths that were open before the
-// change and are open after it: the change broke traffic it should not touch.
+// describeGaps lists blocked answers on paths open before the change, after
+// it and in every mix of its parts: the change broke traffic it should not
+// touch.
 func describeGaps(step policies.Step, gaps []matrix.Gap) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "step %q: %d probe(s) on paths open before and after the change were blocked while it was applied (policies now: %s)\n",
-		step.Name, len(gaps), strings.Join(refs(step.Policies), ", "))
+	fmt.Fprintf(&b, "step %q: %d probe(s) on paths open before and after the change (and in every mix of its parts) were blocked while it was applied (policies now: %s%s)\n",
+		step.Name, len(gaps), strings.Join(refs(step.Policies), ", "), strings.TrimSuffix("; "+strings.Join(changeNames(step.Changes), "; "), "; "))
 	for i, g := range gaps {
 		if i == 10 {
 			fmt.Fprintf(&b, "    ... and %d more\n", len(gaps)-i)
@@ -386,18 +426,6 @@ func describeGaps(step policies.Step, gaps []matrix.Gap) string {
 		fmt.Fprintf(&b, "    +%s %s %s: %s\n", g.At.Round(10*time.Millisecond), g.Table, g.Key, g.Detail)
 	}
 	return b.String()
-}
-
-// modelPlan probes every pod from every pod, by pod IP and through each
-// pod's Service, on every port of the model.
-func modelPlan(title string) matrix.Plan {
-	pods := reachability.ModelEndpoints(model, false)
-	return matrix.Plan{
-		Title: title,
-		From:  pods,
-		Views: []matrix.View{{Name: "pod IP", To: pods}, {Name: "Service", To: reachability.ModelEndpoints(model, true)}},
-		Ports: reachability.ModelPorts(model),
-	}
 }
 
 // checkDocumented holds the oracle to the tables written by hand from the

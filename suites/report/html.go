@@ -36,6 +36,8 @@ type page struct {
 	// NotRun are the skipped cases again, listed at the top with why: what
 	// a run did not check must be as visible as what failed.
 	NotRun []pageCase
+	// Families is the pass-rate table, one line per family and "all".
+	Families []FamilyRate
 }
 
 type pageCase struct {
@@ -77,7 +79,7 @@ type pageCell struct {
 }
 
 func newPage(r *Report) page {
-	p := page{Title: r.Title, Notes: r.Notes, Total: len(r.Cases)}
+	p := page{Title: r.Title, Notes: r.Notes, Total: len(r.Cases), Families: FamilyRates(r.Cases)}
 	if !r.Started.IsZero() {
 		p.Started = r.Started.UTC().Format(time.RFC3339)
 	}
@@ -195,6 +197,11 @@ table.notrun th, table.notrun td { text-align: left; padding: 2px 8px; border-bo
 {{if .Started}}<p class="meta">started {{.Started}}, cases took {{.Duration}} in all</p>{{end}}
 {{range .Notes}}<p class="note">{{.}}</p>{{end}}
 <p class="summary"><span>{{.Total}} cases</span><span class="s-passed">{{.Passed}} passed</span><span class="s-failed">{{.Failed}} failed</span><span class="s-error">{{.Errors}} errors</span><span class="s-skipped">{{.Skipped}} skipped</span></p>
+{{if .Families}}
+<table class="notrun families"><tr><th>family</th><th>cases</th><th>passed</th><th>failed</th><th>skipped</th><th>pass %</th></tr>
+{{range .Families}}<tr><td>{{.Family}}</td><td>{{.Cases}}</td><td>{{.Passed}}</td><td>{{.Failed}}</td><td>{{.Skipped}}</td><td>{{.PassText}}</td></tr>
+{{end}}</table>
+{{end}}
 {{if .NotRun}}
 <details class="notrun" open><summary>not run ({{len .NotRun}}), and why</summary>
 <table class="notrun"><tr><th>case</th><th>why it was not run</th></tr>

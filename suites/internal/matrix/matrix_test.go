@@ -464,3 +464,31 @@ func TestWindowAcceptsWhatWasInForceDuringTheRound(t *testing.T) {
 		t.Fatal("a round begun after the change settled accepts only the new side")
 	}
 }
+
+// TestOpenThroughoutGuardsOnlyWhatEveryMomentOpens: a step that takes y out of
+// a selected set and puts z in passes through a moment with both (or
+// neither) in: only the paths every moment opens are guarded.
+func TestOpenThroughoutGuardsOnlyWhatEveryMomentOpens(t *testing.T) {
+	w := newWorld(t)
+	allOpen := w.expect(t, map[string]bool{"n/a": true, "svc:n/a": true, "n/b": true, "svc:n/b": true})
+	onlyA := w.expect(t, map[string]bool{"n/a": true, "svc:n/a": true})
+	onlyB := w.expect(t, map[string]bool{"n/b": true, "svc:n/b": true})
+	toA := reachability.Key{From: "n/b", To: "n/a", PortProtocol: w.plan.Ports[0]}
+	toB := reachability.Key{From: "n/a", To: "n/b", PortProtocol: w.plan.Ports[0]}
+	if g := OpenThroughout(allOpen, onlyA, allOpen); !g(0, toA) || g(0, toB) {
+		t.Error("n/a is open in every moment and n/b closed in one: only n/a is guarded")
+	}
+	if g := OpenThroughout(onlyA, onlyB); g(0, toA) || g(0, toB) {
+		t.Error("before and after open different paths: nothing is guarded")
+	}
+	if OpenThroughout()(0, toA) {
+		t.Error("no moment guards nothing")
+	}
+	if OpenThroughout(allOpen, allOpen)(2, toA) {
+		t.Error("a view no moment has is not guarded")
+	}
+	missing := w.expect(t, map[string]bool{"n/a": true})
+	if OpenThroughout(allOpen, missing)(0, reachability.Key{From: "n/q", To: "n/a", PortProtocol: w.plan.Ports[0]}) {
+		t.Error("a cell a moment lacks (a pod that comes or goes) is guarded")
+	}
+}

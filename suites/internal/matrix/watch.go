@@ -131,13 +131,26 @@ func (w *Watcher) Stop() ([]Gap, int, error) {
 // StillReachable guards the cells reachable both before and after a change:
 // the ones traffic must keep flowing on while it is applied.
 func StillReachable(before, after []*reachability.Table) func(view int, k reachability.Key) bool {
+	return OpenThroughout(before, after)
+}
+
+// OpenThroughout guards the cells reachable in every moment a change may
+// pass through (each one table per view): with several parts to a change
+// (a policy and labels, seen by agents in any order), a path the oracle
+// closes in some mix of them may be seen blocked; one open in all of them
+// may not. A cell some moment lacks (a pod that comes or goes) is not
+// guarded.
+func OpenThroughout(moments ...[]*reachability.Table) func(view int, k reachability.Key) bool {
 	return func(view int, k reachability.Key) bool {
-		if view >= len(before) || view >= len(after) {
-			return false
+		for _, tables := range moments {
+			if view >= len(tables) {
+				return false
+			}
+			if c, ok := tables[view].Get(k); !ok || !c.Reachable {
+				return false
+			}
 		}
-		b, ok1 := before[view].Get(k)
-		a, ok2 := after[view].Get(k)
-		return ok1 && ok2 && b.Reachable && a.Reachable
+		return len(moments) > 0
 	}
 }
 
