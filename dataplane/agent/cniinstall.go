@@ -10,8 +10,11 @@ import (
 	"github.com/flatnet/flatnet/dataplane/cniconf"
 )
 
-// PluginBinaries are the CNI binaries the agent image ships and installs.
-var PluginBinaries = []string{cniconf.PluginType, "portmap", "loopback"}
+// PluginBinaries are the CNI binaries the agent image ships and installs:
+// flatnet, and CNI's portmap, which flatnet runs for pods with hostPorts.
+// (flatnet sets up the pod's loopback itself; a node upgraded from a release
+// that chained CNI's loopback keeps the binary it installed then.)
+var PluginBinaries = []string{cniconf.PluginType, "portmap"}
 
 // InstallPlugins copies each binary of PluginBinaries from srcDir into
 // binDir. A binary is replaced by rename, never rewritten in place, so a

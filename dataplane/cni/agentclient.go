@@ -14,22 +14,23 @@ import (
 // failed ADD tears the whole sandbox down and costs far more.
 const agentWait = 10 * time.Second
 
-// putEndpoint registers ep, retrying while the agent cannot be reached; an
-// answer from the agent, even a refusal, is final.
-func putEndpoint(ctx context.Context, socket string, ep endpointapi.Endpoint) error {
+// putEndpoint registers ep as the last step of the ADD begun at start,
+// retrying while the agent cannot be reached; an answer from the agent, even
+// a refusal, is final, and it observed the ADD (answered).
+func putEndpoint(ctx context.Context, socket string, ep endpointapi.Endpoint, start time.Time) (answered bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, agentWait)
 	defer cancel()
 	c := endpointapi.NewClient(socket, 0)
 	wait := 50 * time.Millisecond
 	for {
-		err := c.PutEndpoint(ctx, ep)
-		var answered *endpointapi.APIError
-		if err == nil || errors.As(err, &answered) {
-			return err
+		err := c.PutEndpointOfAdd(ctx, ep, start)
+		var refused *endpointapi.APIError
+		if err == nil || errors.As(err, &refused) {
+			return true, err
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w (no answer for %s)", err, agentWait)
+			return false, fmt.Errorf("%w (no answer for %s)", err, agentWait)
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, time.Second)
