@@ -166,8 +166,11 @@ func (e *Endpoints) PutEndpoint(ctx context.Context, ep endpointapi.Endpoint) er
 	if !containerIDRE.MatchString(ep.ContainerID) {
 		return fmt.Errorf("%w: containerID %q: not a container ID", endpointapi.ErrInvalidEndpoint, ep.ContainerID)
 	}
+	t0 := time.Now()
 	e.ops.Lock()
 	defer e.ops.Unlock()
+	t1 := time.Now()
+	e.metrics.register.WithLabelValues("queued").Observe(t1.Sub(t0).Seconds())
 	// The allocator hands an address out again only after its holder's
 	// allocation was released, so another endpoint still recorded with it lost
 	// its DEL (kubelet or runtime crash, agent down): it is detached and
@@ -182,6 +185,9 @@ func (e *Endpoints) PutEndpoint(ctx context.Context, ep endpointapi.Endpoint) er
 	if err := e.hook.Attach(ctx, ep); err != nil {
 		return fmt.Errorf("attach datapath to %s: %w", ep.HostIfName, err)
 	}
+	t2 := time.Now()
+	e.metrics.register.WithLabelValues("attach").Observe(t2.Sub(t1).Seconds())
+	defer func() { e.metrics.register.WithLabelValues("record").Observe(time.Since(t2).Seconds()) }()
 	r := Record{Endpoint: ep, Created: time.Now().UTC()}
 	e.mu.Lock()
 	defer e.mu.Unlock()

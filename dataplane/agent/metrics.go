@@ -21,6 +21,7 @@ type Metrics struct {
 
 	cniDuration *prometheus.HistogramVec
 	cniOps      *prometheus.CounterVec
+	register    *prometheus.HistogramVec
 	allocations prometheus.Counter
 	leaks       prometheus.Counter
 	endpoints   prometheus.Gauge
@@ -44,6 +45,11 @@ func NewMetrics() *Metrics {
 			Name: "flatnet_cni_operations_total",
 			Help: "CNI plugin operations on this node by result.",
 		}, []string{"op", "result"}),
+		register: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "flatnet_endpoint_register_duration_seconds",
+			Help:    "The agent's share of a CNI ADD, by phase: queued behind other endpoint operations, attach (policy and datapath), record (written to disk).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"phase"}),
 		allocations: counter("flatnet_ipam_allocations_total",
 			"Pod addresses handed out on this node (endpoints registered by the plugin)."),
 		leaks: counter("flatnet_ipam_leaks_released_total",
@@ -55,7 +61,7 @@ func NewMetrics() *Metrics {
 		mismatch: gauge("flatnet_block_maxpods_mismatch",
 			"1 when the kubelet's maxPods differs from the block size (above it, the scheduler may place pods the block cannot address)."),
 	}
-	m.MustRegister(m.cniDuration, m.cniOps, m.allocations, m.leaks, m.endpoints,
+	m.MustRegister(m.cniDuration, m.cniOps, m.register, m.allocations, m.leaks, m.endpoints,
 		m.blockSize, m.blockUsed, m.maxPods, m.mismatch,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -212,7 +212,7 @@ type agent struct {
 	eps     map[string]endpointapi.Endpoint
 	deleted []string
 	refuse  error
-	stall   chan struct{} // when set, PUT signals on entered and blocks until ctx ends
+	stall   chan struct{} // when set, PUT signals on entered and blocks until stall is closed or ctx ends
 	entered chan string
 	obs     []endpointapi.Observation
 	calls   []string // every request: "METHOD path", "+started" when a PUT carries the ADD's start
@@ -225,10 +225,10 @@ func (a *agent) PutEndpoint(ctx context.Context, ep endpointapi.Endpoint) error 
 	if stall != nil {
 		a.entered <- ep.ContainerID
 		select {
-		case <-stall:
+		case <-stall: // answers late, as a busy agent does
 		case <-ctx.Done():
+			return errors.New("stalled")
 		}
-		return errors.New("stalled")
 	}
 	if refuse != nil {
 		return refuse

@@ -495,3 +495,40 @@ func TestAddWaitsForARestartingAgent(t *testing.T) {
 		t.Fatal("the agent never got the endpoint")
 	}
 }
+
+// TestAddWaitsForABusyAgent: an agent that accepted the PUT but answers late
+// (attaching a burst of pods) is waited for, longer than an unreachable one
+// would be, and the PUT is not sent again: giving up would throw the agent's
+// work away and fail the ADD into the runtime's back-off.
+func TestAddWaitsForABusyAgent(t *testing.T) {
+	n := newNode(t, "node-a", "10.224.0.2/16", blockA)
+	ag := startAgent(t, n)
+	ag.stall, ag.entered = make(chan struct{}), make(chan string, 1)
+	pod := podnettest.NewNS(t)
+	done := make(chan error, 1)
+	go func() {
+		_, err := n.add(n.conflist(nil), "c1", pod)
+		done <- err
+	}()
+	select {
+	case <-ag.entered:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the plugin never reached the agent")
+	}
+	// Longer than the plugin tries to reach an agent that does not listen.
+	time.Sleep(11 * time.Second)
+	select {
+	case err := <-done:
+		t.Fatalf("ADD returned while the agent was still working on its PUT: %v", err)
+	default:
+	}
+	close(ag.stall)
+	if err := <-done; err != nil {
+		t.Fatalf("ADD answered late by the agent: %v", err)
+	}
+	ag.mu.Lock()
+	defer ag.mu.Unlock()
+	if _, ok := ag.eps["c1"]; !ok || !slices.Equal(ag.calls, []string{"PUT /v1/endpoints/c1 +started"}) {
+		t.Errorf("agent registered c1: %v, calls %q; want it registered by one PUT", ok, ag.calls)
+	}
+}

@@ -100,10 +100,14 @@ func add(args *skel.CmdArgs, cfg *cniconf.Config, start time.Time) (answered boo
 		return false, types.NewError(types.ErrInternal, fmt.Sprintf("allocate an address for %s/%s: %v", args.ContainerID, args.IfName, err), "")
 	}
 	// Undo everything on failure: a failed ADD leaves nothing behind.
-	mapped := false
+	mapped, sent := false, false
 	defer func() {
 		if err == nil {
 			return
+		}
+		if sent && !answered {
+			// The agent may have registered it after all.
+			forgetEndpoint(cfg.AgentSocket, args.ContainerID)
 		}
 		if mapped {
 			if perr := portmapDel(context.Background(), cfg); perr != nil {
@@ -142,6 +146,7 @@ func add(args *skel.CmdArgs, cfg *cniconf.Config, start time.Time) (answered boo
 			Netns: args.Netns, HostIfName: pn.HostVeth, HostIfIndex: pn.HostIf.Index,
 			PodIfName: args.IfName, IP: addr, MAC: pn.PodIf.HardwareAddr.String(),
 		}
+		sent = true
 		if answered, err = putEndpoint(ctx, cfg.AgentSocket, ep, start); err != nil {
 			return answered, types.NewError(types.ErrTryAgainLater, fmt.Sprintf("register endpoint %s with the flatnet agent: %v", args.ContainerID, err), "")
 		}
