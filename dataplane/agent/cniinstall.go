@@ -57,6 +57,14 @@ func InstallConflist(confDir string, conflist []byte) (changed bool, err error) 
 
 // writeAtomic replaces path with data via a synced temp file in the same dir.
 func writeAtomic(path string, data []byte, mode os.FileMode) error {
+	return replaceFile(path, data, mode, true)
+}
+
+// replaceFile replaces path with data via a temp file in the same dir, renamed
+// over it: a process killed at any point leaves the old or the new file.
+// synced also flushes the data to disk before the rename, so that a machine
+// crash cannot leave an empty file either.
+func replaceFile(path string, data []byte, mode os.FileMode, synced bool) error {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-")
 	if err != nil {
@@ -71,9 +79,11 @@ func writeAtomic(path string, data []byte, mode os.FileMode) error {
 		tmp.Close()
 		return fmt.Errorf("chmod %s: %w", tmp.Name(), err)
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("fsync %s: %w", tmp.Name(), err)
+	if synced {
+		if err := tmp.Sync(); err != nil {
+			tmp.Close()
+			return fmt.Errorf("fsync %s: %w", tmp.Name(), err)
+		}
 	}
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("close %s: %w", tmp.Name(), err)
