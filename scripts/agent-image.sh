@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the flatnet agent image with no registry: static Go binaries (the
 # agent, flatnet-certgen for the agent manifest's CronJob, the flatnet CNI
-# plugin and CNI's portmap and loopback plugins, which the agent installs on its node) in an image imported from a tarball (FROM
-# scratch, no Dockerfile, no base image to pull). The tag is a hash of every input, so an
+# plugin and CNI's portmap plugin, which flatnet runs for pods with hostPorts;
+# the agent installs both on its node) in an image imported from a tarball
+# (FROM scratch, no Dockerfile, no base image to pull). The tag is a hash of every input, so an
 # unchanged tree reuses the image. Loads it into kind cluster $CLUSTER when that
 # cluster exists. The image ref is the last line on stdout.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -38,7 +39,6 @@ else
 	build "$WORK/rootfs/flatnet-agent" ./dataplane/cmd/flatnet-agent
 	build "$WORK/rootfs/flatnet-certgen" ./dataplane/cmd/flatnet-certgen
 	build "$WORK/rootfs/flatnet/cni/flatnet" ./dataplane/cmd/flatnet-cni
-	build "$WORK/rootfs/flatnet/cni/loopback" github.com/containernetworking/plugins/plugins/main/loopback
 	build "$WORK/rootfs/flatnet/cni/portmap" github.com/containernetworking/plugins/plugins/meta/portmap
 	import_rootfs "$WORK/rootfs" "$REF" \
 		--change 'ENTRYPOINT ["/flatnet-agent"]' \

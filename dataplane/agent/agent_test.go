@@ -37,7 +37,7 @@ import (
 var pluginSrc string
 
 func TestMain(m *testing.M) {
-	os.Exit(podnettest.MainWithPlugins(m, &pluginSrc, "flatnet", "loopback", "portmap"))
+	os.Exit(podnettest.MainWithPlugins(m, &pluginSrc, "flatnet", "portmap"))
 }
 
 // testNode is a netns standing in for a kind node, with its uplink, and a
@@ -164,7 +164,7 @@ func TestAgentInstallsPluginServesEndpointsAndFreesLeaks(t *testing.T) {
 	}
 	var pc cniconf.NetConf
 	json.Unmarshal(list.Plugins[0].Bytes, &pc)
-	if pc.Block.First != blocks[0].Spec.First || pc.Block.Size != 30 || pc.Uplink != "eth0" || pc.AgentSocket != tn.cfg.Socket || len(list.Plugins) != 3 || list.Plugins[1].Network.Type != "portmap" || !list.Plugins[1].Network.Capabilities["portMappings"] || list.Plugins[2].Network.Type != "loopback" {
+	if pc.Block.First != blocks[0].Spec.First || pc.Block.Size != 30 || pc.Uplink != "eth0" || pc.AgentSocket != tn.cfg.Socket || len(list.Plugins) != 1 || !list.Plugins[0].Network.Capabilities["portMappings"] {
 		t.Fatalf("conflist plugin config %+v does not match block %+v / detected uplink eth0", pc, blocks[0].Spec)
 	}
 	for _, b := range PluginBinaries {

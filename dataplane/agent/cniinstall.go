@@ -10,8 +10,11 @@ import (
 	"github.com/flatnet/flatnet/dataplane/cniconf"
 )
 
-// PluginBinaries are the CNI binaries the agent image ships and installs.
-var PluginBinaries = []string{cniconf.PluginType, "portmap", "loopback"}
+// PluginBinaries are the CNI binaries the agent image ships and installs:
+// flatnet, and CNI's portmap, which flatnet runs for pods with hostPorts.
+// (flatnet sets up the pod's loopback itself; a node upgraded from a release
+// that chained CNI's loopback keeps the binary it installed then.)
+var PluginBinaries = []string{cniconf.PluginType, "portmap"}
 
 // InstallPlugins copies each binary of PluginBinaries from srcDir into
 // binDir. A binary is replaced by rename, never rewritten in place, so a
@@ -54,6 +57,14 @@ func InstallConflist(confDir string, conflist []byte) (changed bool, err error) 
 
 // writeAtomic replaces path with data via a synced temp file in the same dir.
 func writeAtomic(path string, data []byte, mode os.FileMode) error {
+	return replaceFile(path, data, mode, true)
+}
+
+// replaceFile replaces path with data via a temp file in the same dir, renamed
+// over it: a process killed at any point leaves the old or the new file.
+// synced also flushes the data to disk before the rename, so that a machine
+// crash cannot leave an empty file either.
+func replaceFile(path string, data []byte, mode os.FileMode, synced bool) error {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-")
 	if err != nil {
@@ -68,9 +79,11 @@ func writeAtomic(path string, data []byte, mode os.FileMode) error {
 		tmp.Close()
 		return fmt.Errorf("chmod %s: %w", tmp.Name(), err)
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("fsync %s: %w", tmp.Name(), err)
+	if synced {
+		if err := tmp.Sync(); err != nil {
+			tmp.Close()
+			return fmt.Errorf("fsync %s: %w", tmp.Name(), err)
+		}
 	}
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("close %s: %w", tmp.Name(), err)

@@ -105,8 +105,9 @@ func NewEndpoints(dir string, hook EndpointHook, m *Metrics) (*Endpoints, error)
 		}
 		var r Record
 		if err := json.Unmarshal(b, &r); err != nil || r.Validate() != nil {
-			// Written atomically, so this is outside damage: drop it; the
-			// leak reconciler frees its address if no pod has it.
+			// Renamed into place, so this is outside damage or a machine
+			// crash (which took the pod's veth too): drop it; the leak
+			// reconciler frees its address if no pod has it.
 			_ = os.Remove(filepath.Join(dir, ent.Name()))
 			continue
 		}
@@ -166,8 +167,11 @@ func (e *Endpoints) PutEndpoint(ctx context.Context, ep endpointapi.Endpoint) er
 	if !containerIDRE.MatchString(ep.ContainerID) {
 		return fmt.Errorf("%w: containerID %q: not a container ID", endpointapi.ErrInvalidEndpoint, ep.ContainerID)
 	}
+	t0 := time.Now()
 	e.ops.Lock()
 	defer e.ops.Unlock()
+	t1 := time.Now()
+	e.metrics.register.WithLabelValues("queued").Observe(t1.Sub(t0).Seconds())
 	// The allocator hands an address out again only after its holder's
 	// allocation was released, so another endpoint still recorded with it lost
 	// its DEL (kubelet or runtime crash, agent down): it is detached and
@@ -182,6 +186,9 @@ func (e *Endpoints) PutEndpoint(ctx context.Context, ep endpointapi.Endpoint) er
 	if err := e.hook.Attach(ctx, ep); err != nil {
 		return fmt.Errorf("attach datapath to %s: %w", ep.HostIfName, err)
 	}
+	t2 := time.Now()
+	e.metrics.register.WithLabelValues("attach").Observe(t2.Sub(t1).Seconds())
+	defer func() { e.metrics.register.WithLabelValues("record").Observe(time.Since(t2).Seconds()) }()
 	r := Record{Endpoint: ep, Created: time.Now().UTC()}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -263,7 +270,11 @@ func (e *Endpoints) write(r Record) error {
 	if err != nil {
 		return fmt.Errorf("encode endpoint %s: %w", r.ContainerID, err)
 	}
-	if err := writeAtomic(e.path(r.ContainerID), b, 0o600); err != nil {
+	// Not fsynced: it is written inside every ADD, behind the other ADDs of a
+	// burst, and only a machine crash could lose it, which takes the pod's
+	// veth with it (Resync drops records without one). Renamed into place, so
+	// an agent killed mid-write leaves the old record or the new one.
+	if err := replaceFile(e.path(r.ContainerID), b, 0o600, false); err != nil {
 		return fmt.Errorf("store endpoint record %s: %w", r.ContainerID, err)
 	}
 	return nil

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"regexp"
 	"sort"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -20,6 +21,7 @@ type Metrics struct {
 
 	cniDuration *prometheus.HistogramVec
 	cniOps      *prometheus.CounterVec
+	register    *prometheus.HistogramVec
 	allocations prometheus.Counter
 	leaks       prometheus.Counter
 	endpoints   prometheus.Gauge
@@ -35,7 +37,7 @@ func NewMetrics() *Metrics {
 		reg: prometheus.NewRegistry(),
 		cniDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "flatnet_cni_operation_duration_seconds",
-			Help: "Duration of CNI plugin operations on this node, as measured by the plugin (op=ADD|DEL).",
+			Help: "Duration of CNI plugin operations on this node from the plugin's start (op=ADD: until the agent registered the endpoint, its last step; op=DEL: as measured by the plugin).",
 			// 1 ms .. ~16 s: an ADD is tens of milliseconds, a stalled one seconds.
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
 		}, []string{"op"}),
@@ -43,6 +45,11 @@ func NewMetrics() *Metrics {
 			Name: "flatnet_cni_operations_total",
 			Help: "CNI plugin operations on this node by result.",
 		}, []string{"op", "result"}),
+		register: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "flatnet_endpoint_register_duration_seconds",
+			Help:    "The agent's share of a CNI ADD, by phase: queued behind other endpoint operations, attach (policy and datapath), record (written to disk).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}, []string{"phase"}),
 		allocations: counter("flatnet_ipam_allocations_total",
 			"Pod addresses handed out on this node (endpoints registered by the plugin)."),
 		leaks: counter("flatnet_ipam_leaks_released_total",
@@ -54,7 +61,7 @@ func NewMetrics() *Metrics {
 		mismatch: gauge("flatnet_block_maxpods_mismatch",
 			"1 when the kubelet's maxPods differs from the block size (above it, the scheduler may place pods the block cannot address)."),
 	}
-	m.MustRegister(m.cniDuration, m.cniOps, m.allocations, m.leaks, m.endpoints,
+	m.MustRegister(m.cniDuration, m.cniOps, m.register, m.allocations, m.leaks, m.endpoints,
 		m.blockSize, m.blockUsed, m.maxPods, m.mismatch,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -115,6 +122,11 @@ func (m *Metrics) observationHandler(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "body: want {\"op\":\"ADD\"|\"DEL\",\"seconds\":N,\"ok\":bool}", http.StatusBadRequest)
 		return
 	}
+	m.observeCNI(o)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (m *Metrics) observeCNI(o endpointapi.Observation) {
 	result := "ok"
 	if !o.OK {
 		result = "error"
@@ -123,5 +135,31 @@ func (m *Metrics) observationHandler(w http.ResponseWriter, r *http.Request) {
 	if o.OK {
 		m.cniDuration.WithLabelValues(o.Op).Observe(o.Seconds)
 	}
-	w.WriteHeader(http.StatusNoContent)
+}
+
+// observeAdds observes the ADD whose last step is a PUT carrying
+// endpointapi.AddStartedHeader once next has answered it: the plugin posts no
+// Observation for such an ADD.
+func (m *Metrics) observeAdds(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		started, err := time.Parse(time.RFC3339Nano, r.Header.Get(endpointapi.AddStartedHeader))
+		if r.Method != http.MethodPut || err != nil {
+			next.ServeHTTP(w, r)
+			return
+		}
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(sw, r)
+		m.observeCNI(endpointapi.Observation{Op: "ADD", Seconds: max(0, time.Since(started).Seconds()), OK: sw.status/100 == 2})
+	})
+}
+
+// statusWriter remembers the status a handler answered with.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(status int) {
+	w.status = status
+	w.ResponseWriter.WriteHeader(status)
 }

@@ -16,7 +16,7 @@ import (
 // API plus the plugin's timing reports.
 func (a *Agent) SocketHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/", endpointapi.NewHTTPHandler(a.endpoints))
+	mux.Handle("/", a.metrics.observeAdds(endpointapi.NewHTTPHandler(a.endpoints)))
 	mux.HandleFunc("POST "+endpointapi.ObservationPath, a.metrics.observationHandler)
 	return mux
 }

@@ -23,12 +23,14 @@ import (
 	"github.com/flatnet/flatnet/dataplane/podnet/podnettest"
 )
 
-// pluginDir holds the flatnet and loopback binaries built once for all tests:
-// the tests run the real plugin executables through libcni, as a runtime does.
+// pluginDir holds the flatnet, portmap and loopback binaries built once for
+// all tests: the tests run the real plugin executables through libcni, as a
+// runtime does. flatnet runs portmap itself for pods with hostPorts; loopback
+// is there for the conflist of earlier releases (oldConflist).
 var pluginDir string
 
 func TestMain(m *testing.M) {
-	os.Exit(podnettest.MainWithPlugins(m, &pluginDir, "flatnet", "loopback"))
+	os.Exit(podnettest.MainWithPlugins(m, &pluginDir, "flatnet", "portmap", "loopback"))
 }
 
 // node is a network namespace standing in for a kind node: an uplink "eth0"
@@ -63,18 +65,30 @@ func (n *node) netConf() map[string]any {
 	return c
 }
 
-// conflist renders the node's conflist the way the agent does, with edit
-// applied to the flatnet plugin's config first.
+// conflist renders the node's conflist the way the agent does (flatnet
+// alone, with the portMappings capability), with edit applied to the flatnet
+// plugin's config first.
 func (n *node) conflist(edit func(map[string]any)) *libcni.NetworkConfigList {
 	n.T.Helper()
 	c := n.netConf()
+	c["capabilities"] = map[string]bool{"portMappings": true}
 	if edit != nil {
 		edit(c)
 	}
-	b, _ := json.Marshal(map[string]any{
-		"cniVersion": "1.1.0", "name": "flatnet",
-		"plugins": []any{c, map[string]any{"type": "loopback"}},
-	})
+	return n.list(c)
+}
+
+// oldConflist is the conflist agents wrote before flatnet set up loopback and
+// ran portmap itself: portmap and loopback chained after flatnet.
+func (n *node) oldConflist() *libcni.NetworkConfigList {
+	return n.list(n.netConf(),
+		map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}},
+		map[string]any{"type": "loopback"})
+}
+
+func (n *node) list(plugins ...any) *libcni.NetworkConfigList {
+	n.T.Helper()
+	b, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "flatnet", "plugins": plugins})
 	l, err := libcni.NetworkConfFromBytes(b)
 	if err != nil {
 		n.T.Fatalf("conflist: %v", err)
@@ -95,10 +109,15 @@ func rt(id string, podNS ns.NetNS) *libcni.RuntimeConf {
 
 // add runs ADD of list for a new pod netns and returns the result.
 func (n *node) add(list *libcni.NetworkConfigList, id string, podNS ns.NetNS) (*current.Result, error) {
+	return n.addRuntime(list, rt(id, podNS))
+}
+
+// addRuntime is add with the runtime's arguments rc.
+func (n *node) addRuntime(list *libcni.NetworkConfigList, rc *libcni.RuntimeConf) (*current.Result, error) {
 	var res types.Result
 	var err error
 	n.Do(func() error {
-		res, err = n.cniConfig().AddNetworkList(context.Background(), list, rt(id, podNS))
+		res, err = n.cniConfig().AddNetworkList(context.Background(), list, rc)
 		return nil
 	})
 	if err != nil {
@@ -193,9 +212,10 @@ type agent struct {
 	eps     map[string]endpointapi.Endpoint
 	deleted []string
 	refuse  error
-	stall   chan struct{} // when set, PUT signals on entered and blocks until ctx ends
+	stall   chan struct{} // when set, PUT signals on entered and blocks until stall is closed or ctx ends
 	entered chan string
 	obs     []endpointapi.Observation
+	calls   []string // every request: "METHOD path", "+started" when a PUT carries the ADD's start
 }
 
 func (a *agent) PutEndpoint(ctx context.Context, ep endpointapi.Endpoint) error {
@@ -205,10 +225,10 @@ func (a *agent) PutEndpoint(ctx context.Context, ep endpointapi.Endpoint) error 
 	if stall != nil {
 		a.entered <- ep.ContainerID
 		select {
-		case <-stall:
+		case <-stall: // answers late, as a busy agent does
 		case <-ctx.Done():
+			return errors.New("stalled")
 		}
-		return errors.New("stalled")
 	}
 	if refuse != nil {
 		return refuse
@@ -241,8 +261,21 @@ func startAgentAt(t *testing.T, path string) *agent {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/", endpointapi.NewHTTPHandler(a))
+	api := endpointapi.NewHTTPHandler(a)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		call := r.Method + " " + r.URL.Path
+		if _, err := time.Parse(time.RFC3339Nano, r.Header.Get(endpointapi.AddStartedHeader)); err == nil {
+			call += " +started"
+		}
+		a.mu.Lock()
+		a.calls = append(a.calls, call)
+		a.mu.Unlock()
+		api.ServeHTTP(w, r)
+	})
 	mux.HandleFunc("POST "+endpointapi.ObservationPath, func(w http.ResponseWriter, r *http.Request) {
+		a.mu.Lock()
+		a.calls = append(a.calls, r.Method+" "+r.URL.Path)
+		a.mu.Unlock()
 		var o endpointapi.Observation
 		if json.NewDecoder(r.Body).Decode(&o) == nil {
 			a.mu.Lock()

@@ -48,13 +48,13 @@ func TestAddCheckDel(t *testing.T) {
 	}
 
 	// What the plumbing looks like from both ends is podnet's test
-	// (TestSetupCheckTeardown); here: the runtime's loopback ran in the chain,
+	// (TestSetupCheckTeardown); here: the pod's lo is up with no loopback plugin in the list,
 	// and the node holds the attachment's veth, route and proxy entry.
 	hostVeth := podnet.HostVethName("c1", "eth0")
 	if err := pod.Do(func(ns.NetNS) error {
 		lo, err := netlink.LinkByName("lo")
 		if err != nil || lo.Attrs().Flags&net.FlagUp == 0 {
-			return fmt.Errorf("lo is not up in the pod (chained loopback): %v", err)
+			return fmt.Errorf("lo is not up in the pod (flatnet sets it up): %v", err)
 		}
 		return nil
 	}); err != nil {
@@ -65,10 +65,16 @@ func TestAddCheckDel(t *testing.T) {
 		t.Fatalf("host state %+v, want veth %s with route %s/32 and a proxy entry for it on eth0", s, hostVeth, ip)
 	}
 
-	// The agent heard of the endpoint before ADD returned, with the host veth it must attach to.
+	// The agent heard of the endpoint before ADD returned, with the host veth
+	// it must attach to, in the ADD's one call to it, which also carries the
+	// ADD's start for the agent's latency metric.
 	ag.mu.Lock()
 	ep, ok := ag.eps["c1"]
+	addCalls := slices.Clone(ag.calls)
 	ag.mu.Unlock()
+	if want := []string{"PUT /v1/endpoints/c1 +started"}; !slices.Equal(addCalls, want) {
+		t.Errorf("ADD called the agent %q, want only %q", addCalls, want)
+	}
 	if !ok || ep.HostIfName != hostVeth || ep.IP != ip || ep.PodName != "pod-c1" || ep.PodNamespace != "default" || ep.HostIfIndex <= 0 {
 		t.Fatalf("agent got endpoint %+v (registered %v), want %s on %s for default/pod-c1", ep, ok, ip, hostVeth)
 	}
@@ -103,8 +109,8 @@ func TestAddCheckDel(t *testing.T) {
 	if len(ag.eps) != 0 || !slices.Contains(ag.deleted, "c1") {
 		t.Errorf("agent endpoints after DEL: %v (deleted %v)", ag.eps, ag.deleted)
 	}
-	if !slices.ContainsFunc(ag.obs, func(o endpointapi.Observation) bool { return o.Op == "ADD" && o.OK && o.Seconds > 0 }) {
-		t.Errorf("agent got no ADD observation: %+v", ag.obs)
+	if !slices.ContainsFunc(ag.obs, func(o endpointapi.Observation) bool { return o.Op == "DEL" && o.OK && o.Seconds > 0 }) {
+		t.Errorf("agent got no DEL observation: %+v", ag.obs)
 	}
 }
 
@@ -487,5 +493,42 @@ func TestAddWaitsForARestartingAgent(t *testing.T) {
 	defer ag.mu.Unlock()
 	if _, ok := ag.eps["c1"]; !ok {
 		t.Fatal("the agent never got the endpoint")
+	}
+}
+
+// TestAddWaitsForABusyAgent: an agent that accepted the PUT but answers late
+// (attaching a burst of pods) is waited for, longer than an unreachable one
+// would be, and the PUT is not sent again: giving up would throw the agent's
+// work away and fail the ADD into the runtime's back-off.
+func TestAddWaitsForABusyAgent(t *testing.T) {
+	n := newNode(t, "node-a", "10.224.0.2/16", blockA)
+	ag := startAgent(t, n)
+	ag.stall, ag.entered = make(chan struct{}), make(chan string, 1)
+	pod := podnettest.NewNS(t)
+	done := make(chan error, 1)
+	go func() {
+		_, err := n.add(n.conflist(nil), "c1", pod)
+		done <- err
+	}()
+	select {
+	case <-ag.entered:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the plugin never reached the agent")
+	}
+	// Longer than the plugin tries to reach an agent that does not listen.
+	time.Sleep(11 * time.Second)
+	select {
+	case err := <-done:
+		t.Fatalf("ADD returned while the agent was still working on its PUT: %v", err)
+	default:
+	}
+	close(ag.stall)
+	if err := <-done; err != nil {
+		t.Fatalf("ADD answered late by the agent: %v", err)
+	}
+	ag.mu.Lock()
+	defer ag.mu.Unlock()
+	if _, ok := ag.eps["c1"]; !ok || !slices.Equal(ag.calls, []string{"PUT /v1/endpoints/c1 +started"}) {
+		t.Errorf("agent registered c1: %v, calls %q; want it registered by one PUT", ok, ag.calls)
 	}
 }

@@ -50,36 +50,42 @@ func Funcs() skel.CNIFuncs {
 	return skel.CNIFuncs{Add: Add, Del: Del, Check: Check, Status: Status, GC: GC}
 }
 
-// Add gives the attachment an address of the node's block and plumbs it.
+// Add gives the attachment an address of the node's block and plumbs it:
+// the pod's lo and interface, and its hostPorts through CNI's portmap when it
+// has any.
 func Add(args *skel.CmdArgs) error {
 	start := time.Now()
 	cfg, err := cniconf.ParseConfig(args.StdinData)
 	if err != nil {
 		return err
 	}
-	err = add(args, cfg)
-	report(cfg.AgentSocket, "ADD", start, err)
+	answered, err := add(args, cfg, start)
+	if !answered {
+		// The agent observed the ADD when it answered its PUT; else tell it.
+		report(cfg.AgentSocket, "ADD", start, err)
+	}
 	return err
 }
 
-func add(args *skel.CmdArgs, cfg *cniconf.Config) (err error) {
+// add reports whether the agent answered its PUT (and so observed the ADD).
+func add(args *skel.CmdArgs, cfg *cniconf.Config, start time.Time) (answered bool, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	if args.IfName == "" {
-		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_IFNAME: missing", "the runtime must name the pod interface, e.g. eth0")
+		return false, types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_IFNAME: missing", "the runtime must name the pod interface, e.g. eth0")
 	}
 	up, err := podnet.FindUplink(cfg.Uplink, cfg.Layout.Subnet)
 	if err != nil {
-		return types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
+		return false, types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
 	}
 	for _, a := range up.Addrs {
 		if cfg.Block.Contains(a) {
-			return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("block %s: contains the node's own address %s on %s; the agent must give this node another block", cfg.Block, a, cfg.Uplink), "")
+			return false, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("block %s: contains the node's own address %s on %s; the agent must give this node another block", cfg.Block, a, cfg.Uplink), "")
 		}
 	}
 	podNS, err := ns.GetNS(args.Netns)
 	if err != nil {
-		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("open pod netns %q: %v", args.Netns, err), "")
+		return false, types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("open pod netns %q: %v", args.Netns, err), "")
 	}
 	defer podNS.Close()
 
@@ -89,14 +95,24 @@ func add(args *skel.CmdArgs, cfg *cniconf.Config) (err error) {
 	if err != nil {
 		var ex *nodealloc.ExhaustedError
 		if errors.As(err, &ex) {
-			return types.NewError(types.ErrTryAgainLater, err.Error(), "")
+			return false, types.NewError(types.ErrTryAgainLater, err.Error(), "")
 		}
-		return types.NewError(types.ErrInternal, fmt.Sprintf("allocate an address for %s/%s: %v", args.ContainerID, args.IfName, err), "")
+		return false, types.NewError(types.ErrInternal, fmt.Sprintf("allocate an address for %s/%s: %v", args.ContainerID, args.IfName, err), "")
 	}
 	// Undo everything on failure: a failed ADD leaves nothing behind.
+	mapped, sent := false, false
 	defer func() {
 		if err == nil {
 			return
+		}
+		if sent && !answered {
+			// The agent may have registered it after all.
+			forgetEndpoint(cfg.AgentSocket, args.ContainerID)
+		}
+		if mapped {
+			if perr := portmapDel(context.Background(), cfg); perr != nil {
+				err = fmt.Errorf("%w (and undoing it: %v)", err, perr)
+			}
 		}
 		if terr := podnet.Teardown(args.ContainerID, args.IfName, addr, cfg.Uplink); terr != nil {
 			err = fmt.Errorf("%w (and undoing it: %v)", err, terr)
@@ -110,9 +126,19 @@ func add(args *skel.CmdArgs, cfg *cniconf.Config) (err error) {
 
 	pn, err := podnet.Setup(podNS, args.ContainerID, args.IfName, addr, cfg.MTU, up)
 	if err != nil {
-		return types.NewError(types.ErrInternal, fmt.Sprintf("set up pod network for %s: %v", args.ContainerID, err), "")
+		return false, types.NewError(types.ErrInternal, fmt.Sprintf("set up pod network for %s: %v", args.ContainerID, err), "")
 	}
 
+	var res types.Result = result(args, cfg, pn)
+	if len(cfg.PortMappings()) > 0 {
+		if res, err = portmapAdd(ctx, cfg, res); err != nil {
+			return false, types.NewError(types.ErrInternal, fmt.Sprintf("set up pod network for %s: %v", args.ContainerID, err), "")
+		}
+		mapped = true
+	}
+
+	// The endpoint goes to the agent last: once it is registered, the pod is
+	// enforced and the ADD can no longer fail.
 	if cfg.AgentSocket != "" {
 		podNamespace, podName := podArgs(args.Args)
 		ep := endpointapi.Endpoint{
@@ -120,28 +146,34 @@ func add(args *skel.CmdArgs, cfg *cniconf.Config) (err error) {
 			Netns: args.Netns, HostIfName: pn.HostVeth, HostIfIndex: pn.HostIf.Index,
 			PodIfName: args.IfName, IP: addr, MAC: pn.PodIf.HardwareAddr.String(),
 		}
-		if err := putEndpoint(ctx, cfg.AgentSocket, ep); err != nil {
-			return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("register endpoint %s with the flatnet agent: %v", args.ContainerID, err), "")
+		sent = true
+		if answered, err = putEndpoint(ctx, cfg.AgentSocket, ep, start); err != nil {
+			return answered, types.NewError(types.ErrTryAgainLater, fmt.Sprintf("register endpoint %s with the flatnet agent: %v", args.ContainerID, err), "")
 		}
 	}
+	return answered, types.PrintResult(res, cfg.Raw.CNIVersion)
+}
 
+// result is ADD's result: the pod's /32 on its interface, the gateway and the
+// default route through it.
+func result(args *skel.CmdArgs, cfg *cniconf.Config, pn *podnet.Veth) *current.Result {
 	idx := 1
-	res := &current.Result{
+	return &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
 		Interfaces: []*current.Interface{
 			{Name: pn.HostVeth, Mac: pn.HostIf.HardwareAddr.String()},
 			{Name: args.IfName, Mac: pn.PodIf.HardwareAddr.String(), Mtu: pn.PodIf.MTU, Sandbox: args.Netns},
 		},
-		IPs:    []*current.IPConfig{{Interface: &idx, Address: *podnet.HostNet(addr), Gateway: podnet.GatewayIP.AsSlice()}},
+		IPs:    []*current.IPConfig{{Interface: &idx, Address: *podnet.HostNet(pn.IP), Gateway: podnet.GatewayIP.AsSlice()}},
 		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: podnet.GatewayIP.AsSlice()}},
 		DNS:    cfg.Raw.DNS,
 	}
-	return types.PrintResult(res, cfg.Raw.CNIVersion)
 }
 
 // Del removes the attachment. Idempotent, and it never enters the pod's
-// netns: removing the host veth takes the pod side with it, so DEL works the
-// same when the netns is already gone.
+// netns: removing the host veth takes the pod side with it (and its lo with
+// the netns), so DEL works the same when the netns is already gone. The
+// hostPorts go first, as a chained portmap's DEL ran before flatnet's.
 func Del(args *skel.CmdArgs) error {
 	start := time.Now()
 	cfg, err := cniconf.ParseConfig(args.StdinData)
@@ -156,6 +188,11 @@ func Del(args *skel.CmdArgs) error {
 func del(args *skel.CmdArgs, cfg *cniconf.Config) error {
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
+	if len(cfg.PortMappings()) > 0 {
+		if err := portmapDel(ctx, cfg); err != nil {
+			return types.NewError(types.ErrInternal, fmt.Sprintf("tear down pod network for %s: %v", args.ContainerID, err), "")
+		}
+	}
 	store := nodealloc.New(cfg.DataDir)
 	att := nodealloc.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
 	addr, _, err := store.Get(ctx, att)
@@ -228,6 +265,11 @@ func Check(args *skel.CmdArgs) error {
 	defer podNS.Close()
 	if err := podnet.Check(podNS, args.ContainerID, args.IfName, want, up); err != nil {
 		return types.NewError(types.ErrInternal, "check "+args.ContainerID+": "+err.Error(), "")
+	}
+	if len(cfg.PortMappings()) > 0 {
+		if err := portmapCheck(ctx, cfg); err != nil {
+			return types.NewError(types.ErrInternal, "check "+args.ContainerID+": "+err.Error(), "")
+		}
 	}
 	return nil
 }

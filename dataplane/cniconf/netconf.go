@@ -55,6 +55,9 @@ type NetConf struct {
 	// AgentSocket is the agent's endpoint API. Empty means no agent (pods get
 	// networking, nothing enforces policy); the agent always sets it.
 	AgentSocket string `json:"agentSocket,omitempty"`
+
+	// RuntimeConfig is injected by the runtime, never written by the agent.
+	RuntimeConfig *RuntimeConfig `json:"runtimeConfig,omitempty"`
 }
 
 // BlockConf is the node's block as written in the config.
@@ -158,6 +161,9 @@ func validate(nc *NetConf) (*Config, error) {
 	}
 	if nc.AgentSocket != "" && !filepath.IsAbs(nc.AgentSocket) {
 		return nil, fmt.Errorf("agentSocket %q: must be an absolute path, e.g. %s, or empty for no agent", nc.AgentSocket, endpointapi.DefaultSocket)
+	}
+	if err := validatePortMappings(nc.RuntimeConfig); err != nil {
+		return nil, err
 	}
 	return &Config{
 		Raw: nc, Layout: l, Block: b, NodeName: nc.NodeName, Uplink: nc.Uplink,

@@ -59,7 +59,7 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("accepted config does not render as a conflist: %v", err)
 		}
 		var list struct{ Plugins []json.RawMessage }
-		if err := json.Unmarshal(out, &list); err != nil || len(list.Plugins) != 3 {
+		if err := json.Unmarshal(out, &list); err != nil || len(list.Plugins) != 1 {
 			t.Fatalf("conflist %s: %v", out, err)
 		}
 		again, err := ParseConfig(list.Plugins[0])
@@ -103,6 +103,30 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		}
 		if want := field + " "; !strings.Contains(e.Msg, want) && !strings.Contains(e.Msg, field+":") {
 			t.Errorf("%s=%v: message %q does not name the field", field, bad, e.Msg)
+		}
+	}
+}
+
+// TestPortMappingErrorsNameTheField: a hostPort portmap would refuse only
+// after the pod was plumbed is refused by ParseConfig, naming the field.
+func TestPortMappingErrorsNameTheField(t *testing.T) {
+	withMapping := func(pm string) []byte {
+		return []byte(strings.TrimSuffix(validConf, "}") + `,"runtimeConfig":{"portMappings":[` + pm + `]}}`)
+	}
+	c, err := ParseConfig(withMapping(`{"hostPort":8080,"containerPort":80,"protocol":"TCP","hostIP":"10.224.0.2"}`))
+	if err != nil || len(c.PortMappings()) != 1 || c.PortMappings()[0].HostPort != 8080 {
+		t.Fatalf("valid mapping: %+v, %v", c, err)
+	}
+	for field, pm := range map[string]string{
+		"hostPort":      `{"hostPort":0,"containerPort":80}`,
+		"containerPort": `{"hostPort":8080,"containerPort":70000}`,
+		"protocol":      `{"hostPort":8080,"containerPort":80,"protocol":"icmp"}`,
+		"hostIP":        `{"hostPort":8080,"containerPort":80,"hostIP":"node"}`,
+	} {
+		_, err := ParseConfig(withMapping(pm))
+		var e *types.Error
+		if !errors.As(err, &e) || e.Code != types.ErrInvalidNetworkConfig || !strings.Contains(e.Msg, "runtimeConfig.portMappings[0]."+field+" ") {
+			t.Errorf("mapping %s: %v, want an invalid-config error naming runtimeConfig.portMappings[0].%s", pm, err, field)
 		}
 	}
 }

@@ -40,16 +40,27 @@ func NewClient(path string, timeout time.Duration) *Client {
 
 // PutEndpoint registers ep and returns once the agent accepted it.
 func (c *Client) PutEndpoint(ctx context.Context, ep Endpoint) error {
+	return c.PutEndpointOfAdd(ctx, ep, time.Time{})
+}
+
+// PutEndpointOfAdd is PutEndpoint as the last step of an ADD that began at
+// started (zero: not an ADD): the agent observes the ADD's duration from it
+// (AddStartedHeader).
+func (c *Client) PutEndpointOfAdd(ctx context.Context, ep Endpoint, started time.Time) error {
 	body, err := json.Marshal(ep)
 	if err != nil {
 		return fmt.Errorf("encode endpoint %s: %w", ep.ContainerID, err)
 	}
-	return c.do(ctx, http.MethodPut, ep.ContainerID, body)
+	var h http.Header
+	if !started.IsZero() {
+		h = http.Header{AddStartedHeader: {started.Format(time.RFC3339Nano)}}
+	}
+	return c.call(ctx, http.MethodPut, "/v1/endpoints/"+url.PathEscape(ep.ContainerID), body, h)
 }
 
 // DeleteEndpoint tells the agent the endpoint is gone.
 func (c *Client) DeleteEndpoint(ctx context.Context, containerID string) error {
-	return c.do(ctx, http.MethodDelete, containerID, nil)
+	return c.call(ctx, http.MethodDelete, "/v1/endpoints/"+url.PathEscape(containerID), nil, nil)
 }
 
 // PostObservation reports one plugin operation for the agent's metrics.
@@ -58,24 +69,23 @@ func (c *Client) PostObservation(ctx context.Context, o Observation) error {
 	if err != nil {
 		return fmt.Errorf("encode observation: %w", err)
 	}
-	return c.call(ctx, http.MethodPost, ObservationPath, body)
+	return c.call(ctx, http.MethodPost, ObservationPath, body, nil)
 }
 
 // Healthz succeeds when the agent is up and serving.
 func (c *Client) Healthz(ctx context.Context) error {
-	return c.call(ctx, http.MethodGet, "/v1/healthz", nil)
+	return c.call(ctx, http.MethodGet, "/v1/healthz", nil, nil)
 }
 
-func (c *Client) do(ctx context.Context, method, id string, body []byte) error {
-	return c.call(ctx, method, "/v1/endpoints/"+url.PathEscape(id), body)
-}
-
-func (c *Client) call(ctx context.Context, method, path string, body []byte) error {
+func (c *Client) call(ctx context.Context, method, path string, body []byte, header http.Header) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, method, "http://flatnet-agent"+path, bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("build %s %s: %w", method, path, err)
+	}
+	for k, v := range header {
+		req.Header[k] = v
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")

@@ -4,6 +4,7 @@
 // endpoint is gone. JSON over HTTP on a unix socket:
 //
 //	PUT    /v1/endpoints/{containerID}   body: Endpoint          -> 200 Response
+//	       header AddStartedHeader (optional): when the plugin's ADD began
 //	DELETE /v1/endpoints/{containerID}                           -> 200 Response (also when unknown)
 //	GET    /v1/healthz                                           -> 200 (agent up; used by CNI STATUS)
 //	POST   /v1/cni/observations          body: Observation       -> 204 (the agent's CNI metrics)
@@ -87,6 +88,13 @@ type Observation struct {
 
 // ObservationPath is the agent socket route the plugin posts Observations to.
 const ObservationPath = "/v1/cni/observations"
+
+// AddStartedHeader on a PUT carries the time the plugin's ADD began
+// (RFC 3339, nanoseconds). The agent counts the ADD as observed when it
+// answers the PUT, the ADD's last step, so a successful ADD makes one round
+// trip to the agent, not two; an ADD that fails before its PUT posts an
+// Observation instead.
+const AddStartedHeader = "Flatnet-Add-Started"
 
 // ErrInvalidEndpoint wrapped in a Handler's error turns it into a 400 (the
 // request is wrong) instead of a 500 (the agent failed).

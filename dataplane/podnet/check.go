@@ -29,6 +29,13 @@ func Check(podNS ns.NetNS, containerID, ifName string, addr netip.Addr, up *Upli
 	}
 	hostMAC := hl.Attrs().HardwareAddr
 	return podNS.Do(func(ns.NetNS) error {
+		lo, err := netlinksafe.LinkByName("lo")
+		if err != nil {
+			return fmt.Errorf("pod lo: %w", err)
+		}
+		if lo.Attrs().Flags&net.FlagUp == 0 {
+			return fmt.Errorf("pod lo is down")
+		}
 		pl, err := netlinksafe.LinkByName(ifName)
 		if err != nil {
 			return fmt.Errorf("pod interface %s: %w", ifName, err)

@@ -2,7 +2,7 @@
 // plugin (ADD, DEL, CHECK, GC) and the node agent (host forwarding and the
 // gratuitous ARP it sends when it starts, tearing down leaked attachments):
 //
-//	pod:  <ifName> ip/32, default via 169.254.1.1, 169.254.1.1 lladdr <host veth MAC> PERMANENT
+//	pod:  lo up, <ifName> ip/32, default via 169.254.1.1, 169.254.1.1 lladdr <host veth MAC> PERMANENT
 //	host: fn<hash12> up, proxy_arp=1, ip/32 dev fn<hash12>, proxy neighbour ip on the uplink
 //
 // It knows nothing of the plugin's configuration, IPAM or the agent: callers

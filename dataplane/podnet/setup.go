@@ -27,7 +27,7 @@ type Veth struct {
 
 // Setup creates the veth pair and configures both ends:
 //
-//	pod:  <ifName> ip/32, 169.254.1.1 dev <ifName> scope link, default via 169.254.1.1,
+//	pod:  lo up, <ifName> ip/32, 169.254.1.1 dev <ifName> scope link, default via 169.254.1.1,
 //	      169.254.1.1 lladdr <host veth MAC> PERMANENT, no IPv6 on <ifName>
 //	host: <hostVeth> up, proxy_arp=1, ip/32 dev <hostVeth> scope link, no IPv6,
 //	      proxy neighbour ip on the uplink (the node answers ARP for the pod there)
@@ -89,6 +89,9 @@ func Setup(podNS ns.NetNS, containerID, ifName string, addr netip.Addr, mtu int,
 }
 
 func configurePodSide(ifName string, addr netip.Addr, hostMAC net.HardwareAddr) error {
+	if err := loopbackUp(); err != nil {
+		return err
+	}
 	link, err := netlinksafe.LinkByName(ifName)
 	if err != nil {
 		return fmt.Errorf("look up pod interface %s: %w", ifName, err)
@@ -116,6 +119,20 @@ func configurePodSide(ifName string, addr netip.Addr, hostMAC net.HardwareAddr) 
 		IP: gw.IP, HardwareAddr: hostMAC,
 	}); err != nil {
 		return fmt.Errorf("add neighbour %s -> %s in the pod: %w", GatewayIP, hostMAC, err)
+	}
+	return nil
+}
+
+// loopbackUp brings up the pod's lo, as CNI's loopback plugin would: done here
+// it costs one netlink call in a netns already entered, not a process start.
+// The kernel gives lo its 127.0.0.1/8 (and ::1) when it comes up.
+func loopbackUp() error {
+	lo, err := netlinksafe.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("look up the pod's lo: %w", err)
+	}
+	if err := netlink.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("set the pod's lo up: %w", err)
 	}
 	return nil
 }

@@ -40,6 +40,16 @@ func TestSetupCheckTeardown(t *testing.T) {
 		return nil
 	})
 	if err := pod.Do(func(ns.NetNS) error {
+		// lo is up with the address the kernel gives it, as CNI's loopback
+		// plugin would leave it: no plugin of its own runs.
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		loAddrs, _ := netlink.AddrList(lo, netlink.FAMILY_V4)
+		if lo.Attrs().Flags&net.FlagUp == 0 || len(loAddrs) != 1 || loAddrs[0].IPNet.String() != "127.0.0.1/8" {
+			return fmt.Errorf("pod lo flags %v addresses %v, want up with 127.0.0.1/8", lo.Attrs().Flags, loAddrs)
+		}
 		l, err := netlink.LinkByName("eth0")
 		if err != nil {
 			return err
@@ -109,6 +119,27 @@ func TestSetupCheckTeardown(t *testing.T) {
 	}
 	if err := check(); err != nil {
 		t.Fatalf("Check of a healthy attachment: %v", err)
+	}
+	// Check notices a pod whose lo went down, then passes once it is back up.
+	setLo := func(up bool) {
+		pod.Do(func(ns.NetNS) error {
+			lo, err := netlink.LinkByName("lo")
+			if err != nil {
+				return err
+			}
+			if up {
+				return netlink.LinkSetUp(lo)
+			}
+			return netlink.LinkSetDown(lo)
+		})
+	}
+	setLo(false)
+	if err := check(); err == nil || !strings.Contains(err.Error(), "lo is down") {
+		t.Fatalf("Check with the pod's lo down: %v, want an error naming lo", err)
+	}
+	setLo(true)
+	if err := check(); err != nil {
+		t.Fatalf("Check with lo back up: %v", err)
 	}
 	// Check notices when other nodes can no longer reach the pod.
 	n.Do(func() error {
