@@ -24,7 +24,7 @@ type Checker struct {
 	// the source at the backend's ingress).
 	Nodes []netip.Addr
 	// Settle is how long after a window's end the flows are first read: the
-	// agents hand flows over from their rings in batches (default 500ms).
+	// agents read their rings every 50 ms and the relay asks them at query time (default 300ms).
 	Settle time.Duration
 	// Retries are further reads, Settle apart, while some cell still lacks
 	// its proof: a flow may reach the relay late (0: 2, negative: none).
@@ -46,7 +46,7 @@ const slack = 250 * time.Millisecond
 func (c *Checker) Check(ctx context.Context, w Window, probes []Probe) ([]Finding, error) {
 	settle := c.Settle
 	if settle <= 0 {
-		settle = 500 * time.Millisecond
+		settle = 300 * time.Millisecond
 	}
 	retries := c.Retries
 	switch {
