@@ -40,10 +40,21 @@ type Window struct{ Start, End time.Time }
 // flow timestamps (the same kernel clock on kind, so small).
 const slack = 250 * time.Millisecond
 
+// Stats say what the reads of one check saw.
+type Stats struct {
+	Reads int // GetFlows streams
+	Flows int // flows read by the last one
+	// Lost is the flow events the agents reported lost (LostEvents: the
+	// datapath's per-CPU budget, a full ring) during the last read: a cell
+	// without its proof may be one of them.
+	Lost uint64
+}
+
 // Check reads the window's flows (one GetFlows stream per read) and judges
 // every probe. It reads again, up to Retries times, while some cell whose
 // answer is the oracle's lacks its proof.
-func (c *Checker) Check(ctx context.Context, w Window, probes []Probe) ([]Finding, error) {
+func (c *Checker) Check(ctx context.Context, w Window, probes []Probe) ([]Finding, Stats, error) {
+	var st Stats
 	settle := c.Settle
 	if settle <= 0 {
 		settle = 300 * time.Millisecond
@@ -62,15 +73,17 @@ func (c *Checker) Check(ctx context.Context, w Window, probes []Probe) ([]Findin
 	if wait := w.End.Add(settle).Sub(now()); wait > 0 {
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, st, ctx.Err()
 		case <-time.After(wait):
 		}
 	}
 	for attempt := 0; ; attempt++ {
-		flows, err := c.Fetch(ctx, w, probes)
+		flows, lost, err := c.Fetch(ctx, w, probes)
 		if err != nil {
-			return nil, err
+			return nil, st, err
 		}
+		st.Reads++
+		st.Flows, st.Lost = len(flows), lost
 		findings := make([]Finding, len(probes))
 		unproven := 0
 		for i, p := range probes {
@@ -80,19 +93,20 @@ func (c *Checker) Check(ctx context.Context, w Window, probes []Probe) ([]Findin
 			}
 		}
 		if unproven == 0 || attempt >= retries {
-			return findings, nil
+			return findings, st, nil
 		}
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, st, ctx.Err()
 		case <-time.After(settle):
 		}
 	}
 }
 
 // Fetch reads the flows of the window whose source is one of the probes'
-// sources or whose destination one of their backends, in one stream.
-func (c *Checker) Fetch(ctx context.Context, w Window, probes []Probe) ([]*flowpb.Flow, error) {
+// sources or whose destination one of their backends, in one stream, and
+// counts the flow events the agents say were lost.
+func (c *Checker) Fetch(ctx context.Context, w Window, probes []Probe) ([]*flowpb.Flow, uint64, error) {
 	var srcs, dsts []string
 	for _, p := range probes {
 		if !slices.Contains(srcs, p.Source.String()) {
@@ -103,7 +117,7 @@ func (c *Checker) Fetch(ctx context.Context, w Window, probes []Probe) ([]*flowp
 		}
 	}
 	if len(srcs) == 0 {
-		return nil, nil
+		return nil, 0, nil
 	}
 	req := &observerpb.GetFlowsRequest{
 		// Every flow of the window: Hubble's CLI asks ^0 for --all.
@@ -116,20 +130,22 @@ func (c *Checker) Fetch(ctx context.Context, w Window, probes []Probe) ([]*flowp
 	defer cancel()
 	st, err := c.Client.GetFlows(ctx, req)
 	if err != nil {
-		return nil, fmt.Errorf("reading the flows of %s..%s (GetFlows): %w", w.Start.Format(time.RFC3339Nano), w.End.Format(time.RFC3339Nano), err)
+		return nil, 0, fmt.Errorf("reading the flows of %s..%s (GetFlows): %w", w.Start.Format(time.RFC3339Nano), w.End.Format(time.RFC3339Nano), err)
 	}
 	var out []*flowpb.Flow
+	var lost uint64
 	for {
 		resp, err := st.Recv()
 		if errors.Is(err, io.EOF) {
-			return out, nil
+			return out, lost, nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("reading the flows of %s..%s (GetFlows, after %d flows): %w", w.Start.Format(time.RFC3339Nano), w.End.Format(time.RFC3339Nano), len(out), err)
+			return nil, 0, fmt.Errorf("reading the flows of %s..%s (GetFlows, after %d flows): %w", w.Start.Format(time.RFC3339Nano), w.End.Format(time.RFC3339Nano), len(out), err)
 		}
 		if f := resp.GetFlow(); f != nil {
 			out = append(out, f)
 		}
+		lost += resp.GetLostEvents().GetNumEventsLost()
 	}
 }
 

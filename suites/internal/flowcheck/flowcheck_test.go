@@ -201,7 +201,7 @@ func TestDeniedProvenByPolicyDropAtTheOraclesEnd(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := serve(t, append(tc.flows, allowedFlows...)...)
 			cmp := comparison(t, o, false, true)
-			findings, err := c.Check(context.Background(), w, probes(t, cmp))
+			findings, _, err := c.Check(context.Background(), w, probes(t, cmp))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -237,7 +237,7 @@ func TestAllowedNeedsTheOpeningForwardedAtBothEnds(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := serve(t, append(tc.flows, drop)...)
-			findings, err := c.Check(context.Background(), w, probes(t, comparison(t, o, false, true)))
+			findings, _, err := c.Check(context.Background(), w, probes(t, comparison(t, o, false, true)))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -258,7 +258,7 @@ func TestMismatchCarriesFlowsAndWarnFailsNothing(t *testing.T) {
 		flow{at: mid, node: "two", dir: flows.Egress, src: ipB, dst: ipA, sport: 40000, verdict: flows.VerdictForwarded, syn: true},
 	)
 	cmp := comparison(t, o, true, true) // a -> b seen reachable, the oracle denies it
-	findings, err := c.Check(context.Background(), w, probes(t, cmp))
+	findings, _, err := c.Check(context.Background(), w, probes(t, cmp))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -96,19 +96,19 @@ func (c *Checker) Verify(log io.Writer) func(context.Context, matrix.PollWindow)
 		checker := *c
 		checker.Nodes = append(checker.Nodes, NodeAddrs(w.Snapshot)...)
 		t0 := time.Now()
-		findings, err := checker.Check(ctx, Window{Start: w.Start, End: w.End}, probes)
+		findings, st, err := checker.Check(ctx, Window{Start: w.Start, End: w.End}, probes)
 		if err != nil {
 			return fmt.Errorf("flow validation: %w", err)
 		}
-		Summarize(log, findings, time.Since(t0))
+		Summarize(log, findings, st, time.Since(t0))
 		Report(log, c.Mode, Apply(c.Mode, findings, w.Comparisons))
 		return nil
 	}
 }
 
 // Summarize prints one line: how many cells each class has, the flows read
-// and how long the check took.
-func Summarize(log io.Writer, findings []Finding, took time.Duration) {
+// (and reported lost) and how long the check took.
+func Summarize(log io.Writer, findings []Finding, st Stats, took time.Duration) {
 	if log == nil {
 		return
 	}
@@ -118,8 +118,8 @@ func Summarize(log io.Writer, findings []Finding, took time.Duration) {
 		n[f.Class]++
 		flows += len(f.Flows)
 	}
-	fmt.Fprintf(log, "  flows: %d cells proven, %d for the wrong reason, %d mismatched, %d unchecked; %d flows matched (%s)\n",
-		n[Proven], n[WrongReason], n[Mismatched], n[Unchecked], flows, took.Round(10*time.Millisecond))
+	fmt.Fprintf(log, "  flows: %d cells proven, %d for the wrong reason, %d mismatched, %d unchecked; %d flows read (%d cell matches), %d reported lost; %d read(s), %s\n",
+		n[Proven], n[WrongReason], n[Mismatched], n[Unchecked], st.Flows, flows, st.Lost, st.Reads, took.Round(10*time.Millisecond))
 }
 
 // Report prints the cells whose flows do not prove their verdict (at most
@@ -158,11 +158,11 @@ func (c *Checker) Judge(ctx context.Context, log io.Writer, snap workload.Snapsh
 	checker := *c
 	checker.Nodes = append(checker.Nodes, NodeAddrs(snap)...)
 	t0 := time.Now()
-	findings, err := checker.Check(ctx, w, probes)
+	findings, st, err := checker.Check(ctx, w, probes)
 	if err != nil {
 		return fmt.Errorf("flow validation: %w", err)
 	}
-	Summarize(log, findings, time.Since(t0))
+	Summarize(log, findings, st, time.Since(t0))
 	Report(log, c.Mode, Apply(c.Mode, findings, []*reachability.Comparison{cmp}))
 	return nil
 }
