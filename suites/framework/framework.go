@@ -18,6 +18,7 @@ package framework
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -47,6 +48,7 @@ import (
 	"github.com/flatnet/flatnet/fixtures/oracle"
 	"github.com/flatnet/flatnet/probes/podexec"
 	"github.com/flatnet/flatnet/suites/internal/artifacts"
+	"github.com/flatnet/flatnet/suites/internal/flowcheck"
 	"github.com/flatnet/flatnet/suites/internal/notrun"
 	"github.com/flatnet/flatnet/suites/internal/policyset"
 	"github.com/flatnet/flatnet/suites/internal/runenv"
@@ -117,7 +119,14 @@ type Options struct {
 	Policies bool
 	// Report, when set, is the suite's truth-table report.
 	Report *ReportOptions
+	// Flows: the suite checks its verdicts against the datapath's flows
+	// (Framework.Flows), as --flow-validation / FLATNET_FLOW_VALIDATION say.
+	Flows bool
 }
+
+// flowValidation is the suites' --flow-validation (after `--` on the ginkgo
+// command line); FLATNET_FLOW_VALIDATION when not given.
+var flowValidation = flag.String(flowcheck.FlagName, "", "strict, warn or off: check every verdict against the datapath's flows (default: strict when the cluster runs a Hubble relay, else off)")
 
 // ReportOptions name a suite's truth-table report, written after the suite as
 // <ARTIFACTS>/<suite>.html and <suite>.junit.xml.
@@ -156,6 +165,12 @@ type Framework struct {
 	// CiliumNetworkPolicies cannot be applied, nil when they can.
 	Policies   *policyset.Applier
 	CiliumCRDs error
+
+	// Flows checks verdicts against the flows (Options.Flows); nil when flow
+	// validation is off. FlowNote says which mode and why.
+	Flows    *flowcheck.Checker
+	FlowNote string
+	relay    *flowcheck.Relay
 
 	setUps, tearDowns []func(ginkgo.SpecContext)
 
@@ -218,7 +233,20 @@ func readSettings() (string, runenv.Settings, error) {
 
 func (f *Framework) beforeSuite(ctx ginkgo.SpecContext) {
 	gomega.Expect(f.settingsErr).NotTo(gomega.HaveOccurred())
+	var flowMode flowcheck.Mode
+	if f.Options.Flows {
+		var err error
+		flowMode, err = flowcheck.Choose(*flowValidation, os.Getenv(flowcheck.EnvName))
+		gomega.Expect(err).NotTo(gomega.HaveOccurred())
+	}
 	gomega.Expect(f.connect()).To(gomega.Succeed())
+	if f.Options.Flows {
+		var err error
+		f.Flows, f.relay, f.FlowNote, err = flowcheck.Setup(ctx, f.Rest, f.Clientset, flowMode, os.Getenv(flowcheck.RelayEnv), ginkgo.GinkgoWriter)
+		gomega.Expect(err).NotTo(gomega.HaveOccurred())
+		ginkgo.GinkgoWriter.Println(f.FlowNote)
+		ginkgo.DeferCleanup(f.relay.Close)
+	}
 	if f.Options.Policies {
 		f.Policies = policyset.New(f.Clientset, f.Dynamic)
 		f.CiliumCRDs = policyset.CheckCiliumCRDs(f.Clientset.Discovery(), oracle.KindCNP)
@@ -357,6 +385,9 @@ func (f *Framework) Notes(notes ...string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.report.Notes = notes
+	if f.FlowNote != "" {
+		f.report.Notes = append(slices.Clone(notes), f.FlowNote)
+	}
 }
 
 // Record adds a case to the suite's report; specs may call it concurrently.

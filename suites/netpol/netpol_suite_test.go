@@ -56,7 +56,7 @@ var worldCIDR = netip.MustParsePrefix("192.0.2.0/24")
 // seed (the settings are read by framework.New), and the namespaces' prefix
 // makes two runs on one cluster distinct.
 var (
-	cluster = framework.New("netpol", framework.Options{Settings: true, Policies: true, Report: &framework.ReportOptions{
+	cluster = framework.New("netpol", framework.Options{Settings: true, Policies: true, Flows: true, Report: &framework.ReportOptions{
 		Title: "flatnet policy conformance matrix",
 		Entry: "truth-table report",
 	}})
@@ -333,6 +333,7 @@ func runCase(ctx context.Context, c policies.Case) {
 		out, err := matrix.Converge(ctx, runner, plan, snap, expected, matrix.Options{
 			Timeout: cluster.Settings.EnforceTimeout, Pause: 250 * time.Millisecond,
 			Progress: func(p matrix.Poll) { GinkgoWriter.Printf("  %s: %s\n", step.Name, p) },
+			Verify:   cluster.Flows.Verify(GinkgoWriter),
 		})
 		gaps, rounds, werr := stopWatch(watcher)
 		if err != nil {

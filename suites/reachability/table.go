@@ -36,6 +36,12 @@ type Cell struct {
 	Detail string
 	// Policies are the policies that took part (expected cells).
 	Policies []string
+	// Verdict is the oracle's decision (expected cells): which end decides
+	// and by which policies, what a flow must show (suites/internal/flowcheck).
+	Verdict *oracle.Verdict
+	// Backend is the pod and port a Service cell is judged on (expected
+	// cells reached through a Service).
+	Backend *oracle.ServiceBackend
 }
 
 // Table is a truth table: for each source (row), destination (column) and
@@ -129,9 +135,12 @@ func Expected(o *oracle.Oracle, title string, from, to []Endpoint, ports []PortP
 		for _, f := range from {
 			for _, d := range to {
 				var v oracle.Verdict
+				var backend *oracle.ServiceBackend
 				var err error
 				if d.Service != nil {
-					v, _, err = o.DecideService(f.Peer, d.Service.Namespace, d.Service.Name, p.Port, p.Protocol)
+					var b oracle.ServiceBackend
+					v, b, err = o.DecideService(f.Peer, d.Service.Namespace, d.Service.Name, p.Port, p.Protocol)
+					backend = &b
 				} else {
 					v, err = o.Decide(f.Peer, d.Peer, p.Port, p.Protocol)
 				}
@@ -142,7 +151,7 @@ func Expected(o *oracle.Oracle, title string, from, to []Endpoint, ports []PortP
 				for _, r := range v.Policies() {
 					refs = append(refs, r.String())
 				}
-				if err := t.Set(Key{From: f.Label, To: d.Label, PortProtocol: p}, Cell{Reachable: v.Allowed, Detail: v.String(), Policies: refs}); err != nil {
+				if err := t.Set(Key{From: f.Label, To: d.Label, PortProtocol: p}, Cell{Reachable: v.Allowed, Detail: v.String(), Policies: refs, Verdict: &v, Backend: backend}); err != nil {
 					return nil, err
 				}
 			}
@@ -151,13 +160,16 @@ func Expected(o *oracle.Oracle, title string, from, to []Endpoint, ports []PortP
 	return t, nil
 }
 
-// Mismatch is a probe whose observed answer differs from the expected one.
-// Flows is for the caller: the flow lines recorded for that probe.
+// Mismatch is a probe whose observed answer differs from the expected one,
+// or (in Comparison.WrongReason) one whose answer is right but whose flows
+// do not prove it. Flows is for the caller: the flow lines recorded for that
+// probe; Why says what the flows lacked.
 type Mismatch struct {
 	Key
 	Expected Cell
 	Observed Cell
 	Flows    []string
+	Why      string
 }
 
 // Comparison is an expected and an observed table of the same shape.
@@ -169,6 +181,12 @@ type Comparison struct {
 	// Missing are cells expected but never observed (probes that did not
 	// run); they count as failures too.
 	Missing []Key
+	// WrongReason are cells observed as expected whose flows say otherwise:
+	// blocked without a policy drop where the oracle denies (a broken route,
+	// a lost packet), or by another policy, or reachable without the
+	// datapath's forwarded flows. They fail the comparison (flow validation
+	// strict, suites/internal/flowcheck).
+	WrongReason []Mismatch
 }
 
 // Compare checks observed against expected cell by cell.
@@ -193,7 +211,19 @@ func Compare(title string, expected, observed *Table) (*Comparison, error) {
 }
 
 // OK says every cell was observed as expected.
-func (c *Comparison) OK() bool { return len(c.Mismatches) == 0 && len(c.Missing) == 0 }
+func (c *Comparison) OK() bool {
+	return len(c.Mismatches) == 0 && len(c.Missing) == 0 && len(c.WrongReason) == 0
+}
+
+// Wrong returns the WrongReason entry of cell k, if it has one.
+func (c *Comparison) Wrong(k Key) (Mismatch, bool) {
+	for _, m := range c.WrongReason {
+		if m.Key == k {
+			return m, true
+		}
+	}
+	return Mismatch{}, false
+}
 
 // SetFlows attaches flow lines to the mismatch at k.
 func (c *Comparison) SetFlows(k Key, flows []string) bool {
@@ -210,9 +240,12 @@ func (c *Comparison) SetFlows(k Key, flows []string) bool {
 func (c *Comparison) Summary() string {
 	total := len(c.Expected.Keys())
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s: %d/%d probes as expected", c.Title, total-len(c.Mismatches)-len(c.Missing), total)
+	fmt.Fprintf(&b, "%s: %d/%d probes as expected", c.Title, total-len(c.Mismatches)-len(c.Missing)-len(c.WrongReason), total)
 	if n := len(c.Mismatches); n > 0 {
 		fmt.Fprintf(&b, ", %d mismatched", n)
+	}
+	if n := len(c.WrongReason); n > 0 {
+		fmt.Fprintf(&b, ", %d for the wrong reason (flows)", n)
 	}
 	if n := len(c.Missing); n > 0 {
 		fmt.Fprintf(&b, ", %d not probed", n)

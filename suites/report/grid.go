@@ -15,6 +15,11 @@ const (
 	MarkBlocked   = "X"
 	MarkUnknown   = "?" // not probed
 	MarkMismatch  = "!" // appended to the observed mark when it differs from the expected one
+	// MarkWrongReason is appended to an observed mark that equals the
+	// expected one but whose flows do not prove it: blocked without the
+	// policy drop the oracle predicts (a broken route, a lost packet), or
+	// reachable without its forwarded flows (suites/internal/flowcheck).
+	MarkWrongReason = "~"
 )
 
 // WriteGrid prints one port of a table as an aligned grid: rows are sources,
@@ -22,13 +27,26 @@ const (
 // (expected may be nil), observed cells that differ from expected carry '!'.
 // Every line has the same width and every column starts at the same offset.
 func WriteGrid(w io.Writer, t *reachability.Table, expected *reachability.Table, p reachability.PortProtocol) error {
+	return writeGrid(w, t, expected, nil, p)
+}
+
+// writeGrid is WriteGrid marking c's cells for the wrong reason too (c may
+// be nil).
+func writeGrid(w io.Writer, t *reachability.Table, expected *reachability.Table, c *reachability.Comparison, p reachability.PortProtocol) error {
 	header := []string{t.Title + " " + p.String()}
 	header = append(header, t.To...)
 	rows := [][]string{header}
 	for _, f := range t.From {
 		row := []string{f}
 		for _, to := range t.To {
-			row = append(row, mark(t, expected, reachability.Key{From: f, To: to, PortProtocol: p}))
+			k := reachability.Key{From: f, To: to, PortProtocol: p}
+			m := mark(t, expected, k)
+			if c != nil {
+				if _, wrong := c.Wrong(k); wrong {
+					m += MarkWrongReason
+				}
+			}
+			row = append(row, m)
 		}
 		rows = append(rows, row)
 	}
@@ -77,13 +95,13 @@ func mark(t, expected *reachability.Table, k reachability.Key) string {
 // the policies involved, the probe's output and any flow lines.
 func WriteComparison(w io.Writer, c *reachability.Comparison) error {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s\n(rows: from, columns: to; %s reachable, %s blocked, %s not probed, %s observed differs from expected)\n",
-		c.Summary(), MarkReachable, MarkBlocked, MarkUnknown, MarkMismatch)
+	fmt.Fprintf(&b, "%s\n(rows: from, columns: to; %s reachable, %s blocked, %s not probed, %s observed differs from expected, %s as expected but not for the oracle's reason (flows))\n",
+		c.Summary(), MarkReachable, MarkBlocked, MarkUnknown, MarkMismatch, MarkWrongReason)
 	if _, err := io.WriteString(w, b.String()); err != nil {
 		return fmt.Errorf("write comparison %q: %w", c.Title, err)
 	}
 	for _, p := range c.Observed.Ports {
-		if err := WriteGrid(w, c.Observed, c.Expected, p); err != nil {
+		if err := writeGrid(w, c.Observed, c.Expected, c, p); err != nil {
 			return err
 		}
 		if _, err := io.WriteString(w, "\n"); err != nil {
@@ -105,6 +123,19 @@ func WriteComparison(w io.Writer, c *reachability.Comparison) error {
 			} else {
 				b.WriteString("    policies: none select either end\n")
 			}
+			for _, f := range m.Flows {
+				fmt.Fprintf(&b, "    flow: %s\n", f)
+			}
+		}
+	}
+	if len(c.WrongReason) > 0 {
+		fmt.Fprintf(&b, "for the wrong reason (%d), the verdict right but not proven by the flows:\n", len(c.WrongReason))
+		for _, m := range c.WrongReason {
+			fmt.Fprintf(&b, "  %s: %s", m.Key, reachWord(m.Observed.Reachable))
+			if m.Observed.Detail != "" {
+				fmt.Fprintf(&b, " (%s)", m.Observed.Detail)
+			}
+			fmt.Fprintf(&b, "\n    why: %s\n    oracle: %s\n", m.Why, m.Expected.Detail)
 			for _, f := range m.Flows {
 				fmt.Fprintf(&b, "    flow: %s\n", f)
 			}

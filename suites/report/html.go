@@ -61,6 +61,8 @@ type pageComparison struct {
 	Grids      []pageGrid
 	Mismatches []reachability.Mismatch
 	Missing    []reachability.Key
+	// WrongReason: answers as expected whose flows do not prove them.
+	WrongReason []reachability.Mismatch
 }
 
 type pageGrid struct {
@@ -116,7 +118,7 @@ func newPage(r *Report) page {
 }
 
 func newPageComparison(c *reachability.Comparison) pageComparison {
-	pc := pageComparison{Summary: c.Summary(), OK: c.OK(), Mismatches: c.Mismatches, Missing: c.Missing}
+	pc := pageComparison{Summary: c.Summary(), OK: c.OK(), Mismatches: c.Mismatches, Missing: c.Missing, WrongReason: c.WrongReason}
 	for _, port := range c.Observed.Ports {
 		g := pageGrid{Port: port.String(), To: c.Observed.To}
 		for _, f := range c.Observed.From {
@@ -153,6 +155,11 @@ func newPageCell(c *reachability.Comparison, k reachability.Key) pageCell {
 			cell.Class += " mismatch"
 		}
 	}
+	if m, wrong := c.Wrong(k); wrong {
+		cell.Mark += MarkWrongReason
+		cell.Class += " wrongreason"
+		cell.Title += "; flows: " + m.Why
+	}
 	return cell
 }
 
@@ -182,6 +189,7 @@ td.reach { background: #2e9e4f; color: #fff; }
 td.blocked { background: #c8323c; color: #fff; }
 td.unknown { background: #9aa0aa; color: #fff; }
 td.mismatch { outline: 3px solid #f5b800; outline-offset: -3px; }
+td.wrongreason { outline: 3px dashed #7a3fb8; outline-offset: -3px; }
 .legend span { display: inline-block; padding: 0 .5em; margin-right: .5em; color: #fff; font-family: monospace; }
 ul.mismatches li { margin-bottom: .5em; }
 pre { background: #f6f7f9; border: 1px solid #e1e4ea; padding: .5em; overflow-x: auto; font-size: 12px; }
@@ -209,7 +217,7 @@ table.notrun th, table.notrun td { text-align: left; padding: 2px 8px; border-bo
 {{end}}</table>
 </details>
 {{end}}
-<p class="legend"><span style="background:#2e9e4f">. reachable</span><span style="background:#c8323c">X blocked</span><span style="background:#9aa0aa">? not probed</span><span style="background:#fff;color:#1d2330;outline:3px solid #f5b800">! observed differs from expected</span> rows: from, columns: to</p>
+<p class="legend"><span style="background:#2e9e4f">. reachable</span><span style="background:#c8323c">X blocked</span><span style="background:#9aa0aa">? not probed</span><span style="background:#fff;color:#1d2330;outline:3px solid #f5b800">! observed differs from expected</span><span style="background:#fff;color:#1d2330;outline:3px dashed #7a3fb8">~ as expected, not for the oracle's reason (flows)</span> rows: from, columns: to</p>
 {{range .Cases}}
 <details class="case" id="case-{{.Name}}"{{if ne .Status "passed"}} open{{end}}>
 <summary>{{.Name}}<span class="badge s-{{.Status}}">{{.Status}}</span><span class="family">{{.Family}} · {{.Duration}}</span></summary>
@@ -239,6 +247,16 @@ oracle: {{.Expected.Detail}}<br>
 policies: {{if .Expected.Policies}}{{range $i, $p := .Expected.Policies}}{{if $i}}, {{end}}{{$p}}{{end}}{{else}}none select either end{{end}}
 {{if .Flows}}<pre class="flows">{{range .Flows}}{{.}}
 {{end}}</pre>{{else}}<br><span class="meta">no flow lines recorded</span>{{end}}</li>
+{{end}}</ul>
+{{end}}
+{{if .WrongReason}}
+<p class="bad">for the wrong reason ({{len .WrongReason}}): the verdict is the oracle's, the datapath's flows do not prove it:</p>
+<ul class="mismatches">
+{{range .WrongReason}}<li><b>{{.Key}}</b>: observed {{if .Observed.Reachable}}reachable{{else}}blocked{{end}}{{if .Observed.Detail}} ({{.Observed.Detail}}){{end}}<br>
+flows: {{.Why}}<br>
+oracle: {{.Expected.Detail}}
+<pre class="flows">{{range .Flows}}{{.}}
+{{end}}</pre></li>
 {{end}}</ul>
 {{end}}
 {{if .Missing}}<p class="bad">not probed:</p><ul>{{range .Missing}}<li>{{.}}</li>{{end}}</ul>{{end}}

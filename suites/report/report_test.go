@@ -229,3 +229,47 @@ func TestProblemsFailACaseWithMatchingTables(t *testing.T) {
 		t.Error("the HTML page does not show the problem as a failure")
 	}
 }
+
+// A cell right for the wrong reason keeps its observed mark, gains '~' (never
+// '!'), and is listed with why and its flows, in the text and in the HTML.
+func TestWrongReasonIsMarkedApartFromAMismatch(t *testing.T) {
+	s := buildSample(t)
+	cmp := s.report.Cases[0].Steps[0].Comparisons[0]
+	if !cmp.OK() {
+		t.Fatalf("sample case 0 should pass: %s", cmp.Summary())
+	}
+	k := cmp.Expected.Keys()[1]
+	exp, _ := cmp.Expected.Get(k)
+	obs, _ := cmp.Observed.Get(k)
+	cmp.WrongReason = append(cmp.WrongReason, reachability.Mismatch{Key: k, Expected: exp, Observed: obs,
+		Why: "blocked for the wrong reason: no policy drop recorded", Flows: []string{"no flow of this connection recorded in its poll's window"}})
+	var buf bytes.Buffer
+	if err := WriteComparison(&buf, cmp); err != nil {
+		t.Fatal(err)
+	}
+	mark := MarkBlocked
+	if obs.Reachable {
+		mark = MarkReachable
+	}
+	text := buf.String()
+	for _, want := range []string{" " + mark + MarkWrongReason + " ", "for the wrong reason (1)", "why: blocked for the wrong reason", "flow: no flow of this connection"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("text lacks %q:\n%s", want, text)
+		}
+	}
+	if strings.Contains(text, MarkBlocked+MarkMismatch) || strings.Contains(text, MarkReachable+MarkMismatch) || cmp.OK() {
+		t.Errorf("a wrong reason is no mismatch, and fails the comparison: OK=%v\n%s", cmp.OK(), text)
+	}
+	var page bytes.Buffer
+	if err := WriteHTML(&page, s.report); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`class="blocked wrongreason"`, "for the wrong reason (1)", "no flow of this connection recorded"} {
+		if obs.Reachable {
+			want = strings.Replace(want, "blocked wrongreason", "reach wrongreason", 1)
+		}
+		if !strings.Contains(page.String(), want) {
+			t.Errorf("HTML lacks %q", want)
+		}
+	}
+}

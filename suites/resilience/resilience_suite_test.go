@@ -57,7 +57,7 @@ func TestResilience(t *testing.T) { kc.Run(t) }
 const churnChanges = 20
 
 var (
-	kc = framework.New("resilience", framework.Options{Settings: true, Policies: true, Report: &framework.ReportOptions{
+	kc = framework.New("resilience", framework.Options{Settings: true, Policies: true, Flows: true, Report: &framework.ReportOptions{
 		Title: "flatnet resilience: verdicts while agents, nodes and policies change",
 		Entry: "resilience report",
 	}})
@@ -165,7 +165,7 @@ func settle(ctx context.Context, res *report.CaseResult, name string, p matrix.P
 		GinkgoWriter.Println("  " + ch)
 	}
 	snap, expected := expect(ctx, p, ps)
-	out, err := matrix.Converge(ctx, runner, p, snap, expected, matrix.Options{Timeout: kc.Settings.EnforceTimeout, Pause: 250 * time.Millisecond})
+	out, err := matrix.Converge(ctx, runner, p, snap, expected, matrix.Options{Timeout: kc.Settings.EnforceTimeout, Pause: 250 * time.Millisecond, Verify: kc.Flows.Verify(GinkgoWriter)})
 	Expect(err).NotTo(HaveOccurred())
 	record(res, name, started, ps, out)
 	Expect(out.OK()).To(BeTrue(), "%s: the cluster does not agree with the oracle:\n%s", name, grids(out))
@@ -372,7 +372,7 @@ var _ = Describe("verdicts while flatnet is disturbed [flatnet]", Label("flatnet
 		By("probing every pod again, b included, under the same policies")
 		all := plan("node restart: every pod", "")
 		snapAll, after := expect(ctx, all, book.steady())
-		conv, err := matrix.Converge(ctx, runner, all, snapAll, after, matrix.Options{Timeout: kc.Settings.EnforceTimeout, Pause: 250 * time.Millisecond})
+		conv, err := matrix.Converge(ctx, runner, all, snapAll, after, matrix.Options{Timeout: kc.Settings.EnforceTimeout, Pause: 250 * time.Millisecond, Verify: kc.Flows.Verify(GinkgoWriter)})
 		Expect(err).NotTo(HaveOccurred())
 		record(res, "every pod after the restart", started, book.steady(), conv)
 		if !conv.OK() {
@@ -410,7 +410,7 @@ var _ = Describe("verdicts while flatnet is disturbed [flatnet]", Label("flatnet
 			changed, err := kc.Policies.Apply(ctx, to)
 			Expect(err).NotTo(HaveOccurred(), "%s: applying %v", name, refs(to))
 			Expect(changed).To(HaveLen(1), "%s: one object per change (%v -> %v)", name, refs(from), refs(to))
-			out, err := matrix.Converge(ctx, runner, p, snap, after, matrix.Options{Timeout: kc.Settings.EnforceTimeout, Pause: 250 * time.Millisecond})
+			out, err := matrix.Converge(ctx, runner, p, snap, after, matrix.Options{Timeout: kc.Settings.EnforceTimeout, Pause: 250 * time.Millisecond, Verify: kc.Flows.Verify(GinkgoWriter)})
 			Expect(err).NotTo(HaveOccurred(), "%s: probing", name)
 			record(res, name+": "+changed[0], started, to, out)
 			step := fmt.Sprintf("+%s %s %s: converged %v after %d poll(s), %s", started.Sub(wt.started).Round(10*time.Millisecond),

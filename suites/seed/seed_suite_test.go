@@ -35,6 +35,7 @@ import (
 	"github.com/flatnet/flatnet/probes/podexec"
 	"github.com/flatnet/flatnet/suites/framework"
 	"github.com/flatnet/flatnet/suites/internal/agnhost"
+	"github.com/flatnet/flatnet/suites/internal/flowcheck"
 	"github.com/flatnet/flatnet/suites/internal/policyset"
 	"github.com/flatnet/flatnet/suites/internal/workload"
 	"github.com/flatnet/flatnet/suites/reachability"
@@ -52,7 +53,7 @@ const connectTimeout = "3s"
 const articleImage = "k8s.gcr.io/e2e-test-images/agnhost:2.41"
 
 var (
-	cluster = framework.New("seed", framework.Options{Settings: true, Policies: true, Report: &framework.ReportOptions{
+	cluster = framework.New("seed", framework.Options{Settings: true, Policies: true, Flows: true, Report: &framework.ReportOptions{
 		Title:  "flatnet seed scenario",
 		Entry:  "seed report",
 		Always: true,
@@ -326,6 +327,7 @@ func runStep(ctx context.Context, res *report.CaseResult, step policies.Step) st
 	var problems []string
 	deadline := time.Now().Add(cluster.Settings.EnforceTimeout)
 	for attempt := 1; ; attempt++ {
+		began := time.Now()
 		observed, err = reachability.NewTable(title, []string{from[0].Label}, []string{to[0].Label, to[1].Label}, []reachability.PortProtocol{port})
 		Expect(err).NotTo(HaveOccurred())
 		problems = problems[:0]
@@ -350,7 +352,14 @@ func runStep(ctx context.Context, res *report.CaseResult, step policies.Step) st
 		}
 		cmp, err = reachability.Compare(title, expected, observed)
 		Expect(err).NotTo(HaveOccurred())
-		if (cmp.OK() && len(problems) == 0) || time.Now().After(deadline) {
+		last := time.Now().After(deadline)
+		if (cmp.OK() && len(problems) == 0) || last {
+			// The answers are the oracle's (or the last): the datapath's
+			// flows must show why, else the step goes on until they do.
+			w := flowcheck.Window{Start: began, End: time.Now()}
+			Expect(cluster.Flows.Judge(ctx, GinkgoWriter, snap, w, cmp, from[0].Label, snap.PodIPs[client.String()], to)).To(Succeed())
+		}
+		if (cmp.OK() && len(problems) == 0) || last {
 			break
 		}
 		time.Sleep(250 * time.Millisecond)

@@ -226,6 +226,21 @@ type Options struct {
 	Pause time.Duration
 	// Progress, when set, hears about every poll.
 	Progress func(Poll)
+	// Verify, when set, judges a poll by more than its answers (flowcheck:
+	// the datapath's own flows). It is called on a poll whose answers all
+	// agree with the oracle, and on the last poll before the deadline; it may
+	// add WrongReason cells to the comparisons (which keep the step polling)
+	// and attach flows to mismatches.
+	Verify func(context.Context, PollWindow) error
+}
+
+// PollWindow is one poll as Options.Verify sees it: what was probed, from
+// which snapshot, between when, and how its answers compared.
+type PollWindow struct {
+	Plan        Plan
+	Snapshot    workload.Snapshot
+	Start, End  time.Time
+	Comparisons []*reachability.Comparison
 }
 
 // Poll is one round of probes.
@@ -305,9 +320,18 @@ func Converge(ctx context.Context, r *podexec.Runner, p Plan, snap workload.Snap
 				return out, err
 			}
 			out.Comparisons = append(out.Comparisons, c)
+		}
+		last := time.Since(start)+opts.Pause >= opts.Timeout
+		if opts.Verify != nil && (out.OK() || last) {
+			w := PollWindow{Plan: p, Snapshot: snap, Start: t0, End: t0.Add(poll.Took), Comparisons: out.Comparisons}
+			if err := opts.Verify(ctx, w); err != nil {
+				return out, fmt.Errorf("matrix %q: verifying poll %d: %w", p.Title, out.Polls, err)
+			}
+		}
+		for i, c := range out.Comparisons {
 			total := len(expected[i].Keys())
 			poll.Total += total
-			poll.Matched += total - len(c.Mismatches) - len(c.Missing)
+			poll.Matched += total - len(c.Mismatches) - len(c.Missing) - len(c.WrongReason)
 			poll.Detailed = append(poll.Detailed, c.Summary())
 		}
 		if opts.Progress != nil {
@@ -317,7 +341,7 @@ func Converge(ctx context.Context, r *podexec.Runner, p Plan, snap workload.Snap
 			out.Converged = time.Since(start)
 			return out, nil
 		}
-		if time.Since(start)+opts.Pause >= opts.Timeout {
+		if last {
 			hist.annotate(out.Comparisons)
 			return out, nil
 		}

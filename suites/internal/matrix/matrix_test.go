@@ -492,3 +492,42 @@ func TestOpenThroughoutGuardsOnlyWhatEveryMomentOpens(t *testing.T) {
 		t.Error("a cell a moment lacks (a pod that comes or goes) is guarded")
 	}
 }
+
+// Verify sees each agreeing poll with its window; a cell it finds unproven
+// fails the poll, so Converge keeps probing and ends not OK at the deadline,
+// calling Verify on that last poll too.
+func TestConvergeKeepsPollingWhileVerifyFindsAWrongReason(t *testing.T) {
+	w := newWorld(t)
+	w.serve(t, ipA, svcA, ipB, svcB)
+	want := w.expect(t, map[string]bool{"n/a": true, "svc:n/a": true, "n/b": true, "svc:n/b": true})
+	var windows []PollWindow
+	verify := func(wrong bool) func(context.Context, PollWindow) error {
+		return func(_ context.Context, pw PollWindow) error {
+			windows = append(windows, pw)
+			if !pw.End.After(pw.Start) || len(pw.Comparisons) != len(w.plan.Views) || pw.Plan.Title != w.plan.Title {
+				t.Errorf("window %s..%s with %d comparisons", pw.Start, pw.End, len(pw.Comparisons))
+			}
+			if wrong {
+				c := pw.Comparisons[0]
+				k := c.Expected.Keys()[0]
+				c.WrongReason = append(c.WrongReason, reachability.Mismatch{Key: k, Why: "no flow"})
+			}
+			return nil
+		}
+	}
+	out, err := Converge(context.Background(), runner(&localExec{}), w.plan, w.snap, want, Options{Timeout: 10 * time.Second, Pause: 50 * time.Millisecond, Verify: verify(false)})
+	if err != nil || !out.OK() || out.Polls != 1 || len(windows) != 1 {
+		t.Fatalf("proven: OK=%v after %d polls, %d verified, err %v; want one poll, verified once", out.OK(), out.Polls, len(windows), err)
+	}
+	windows = nil
+	out, err = Converge(context.Background(), runner(&localExec{}), w.plan, w.snap, want, Options{Timeout: time.Second, Pause: 50 * time.Millisecond, Verify: verify(true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.OK() || out.Converged != 0 || out.Polls < 2 || len(windows) != out.Polls {
+		t.Fatalf("unproven: OK=%v converged %s after %d polls, %d verified; want every poll verified and no agreement", out.OK(), out.Converged, out.Polls, len(windows))
+	}
+	if c := out.Comparisons[0]; len(c.WrongReason) != 1 || len(c.Mismatches) != 0 || !strings.Contains(c.Summary(), "1 for the wrong reason") {
+		t.Errorf("last poll: %s", c.Summary())
+	}
+}
