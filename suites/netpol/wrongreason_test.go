@@ -55,7 +55,7 @@ var _ = Describe("flow validation", Serial, Label("flatnet", "flow-validation"),
 		to := reachability.Endpoint{Label: server.String(), Peer: model.Peer(server)}
 		plan := matrix.Plan{Title: "broken route", From: []reachability.Endpoint{from}, Views: []matrix.View{{Name: "pod IP", To: []reachability.Endpoint{to}}},
 			Ports: []reachability.PortProtocol{{Port: 80, Protocol: oracle.TCP}}}
-		snap, expected := expect(ctx, policies.Step{Name: "deny y/b ingress", Policies: ps}, plan, func(f string, a ...any) { Fail(fmt.Sprintf(f, a...)) })
+		snap, expected := expect(ctx, policies.Step{Name: "deny y/b ingress", Policies: ps}, model.Initial(), plan, func(f string, a ...any) { Fail(fmt.Sprintf(f, a...)) })
 		k := reachability.Key{From: from.Label, To: to.Label, PortProtocol: plan.Ports[0]}
 		want, _ := expected[0].Get(k)
 		Expect(want.Reachable).To(BeFalse(), "the oracle must deny %s: %s", k, want.Detail)
