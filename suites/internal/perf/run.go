@@ -166,7 +166,7 @@ func (b *Bench) setup(ctx context.Context) error {
 	for i, p := range pods {
 		keys[i] = workload.Key{Namespace: p.Namespace, Name: p.Name}
 	}
-	if err := workload.WaitPodsReady(ctx, b.cs, keys, 3*time.Minute); err != nil {
+	if err := workload.WaitPodsReady(ctx, b.cs, keys, 5*time.Minute); err != nil {
 		b.teardown()
 		return err
 	}
@@ -246,9 +246,10 @@ func (b *Bench) measure(ctx context.Context, path Path, test probeperf.Test) (*p
 	return &r, nil
 }
 
-// applyPolicies creates n policies (8 at a time: 10,000 one by one would take
-// minutes) and waits until they are in force: the outsider is refused by both
-// pod servers, while the client still gets through.
+// applyPolicies creates n policies, the fillers 8 at a time (10,000 one by one
+// would take minutes), then the clients' policy, and waits until they are in
+// force: the outsider refused by both pod servers (the servers are isolated) and
+// the client admitted (so the clients' policy, created last, is in force).
 func (b *Bench) applyPolicies(ctx context.Context, n int) error {
 	nps, err := Policies(b.cfg.Namespace, n, b.cfg.Port, b.report.NodeIPs)
 	if err != nil {
@@ -268,7 +269,7 @@ func (b *Bench) applyPolicies(ctx context.Context, n int) error {
 			}
 		})
 	}
-	for i := range nps {
+	for i := range nps[:len(nps)-1] {
 		work <- i
 		if (i+1)%1000 == 0 {
 			b.progress("  created %d/%d policies", i+1, n)
@@ -280,8 +281,12 @@ func (b *Bench) applyPolicies(ctx context.Context, n int) error {
 	if err := <-errs; err != nil {
 		return err
 	}
-	b.progress("%d policies created in %s; waiting until the outsider is refused", n, time.Since(start).Round(time.Millisecond))
-	if err := b.waitOutsider(ctx, batch.Timeout); err != nil {
+	last := &nps[len(nps)-1]
+	if _, err := b.cs.NetworkingV1().NetworkPolicies(b.cfg.Namespace).Create(ctx, last, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("creating NetworkPolicy %s: %w", last.Name, err)
+	}
+	b.progress("%d policies created in %s; waiting until the outsider is refused and the client admitted", n, time.Since(start).Round(time.Millisecond))
+	if err := b.waitVerdicts(ctx, map[string]batch.Verdict{outsiderPod: batch.Timeout, clientPod: batch.Connected}); err != nil {
 		return err
 	}
 	b.progress("%d policies in force %s after the first create", n, time.Since(start).Round(time.Millisecond))
@@ -291,15 +296,16 @@ func (b *Bench) applyPolicies(ctx context.Context, n int) error {
 func (b *Bench) deletePolicies(ctx context.Context) {
 	err := b.cs.NetworkingV1().NetworkPolicies(b.cfg.Namespace).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
 	if err == nil {
-		err = b.waitOutsider(ctx, batch.Connected)
+		err = b.waitVerdicts(ctx, map[string]batch.Verdict{outsiderPod: batch.Connected})
 	}
 	if err != nil {
 		b.report.Notes = append(b.report.Notes, fmt.Sprintf("removing the policies: %v (later phases may be measured under them)", err))
 	}
 }
 
-// waitOutsider waits until the outsider's verdict at every pod server is want.
-func (b *Bench) waitOutsider(ctx context.Context, want batch.Verdict) error {
+// waitVerdicts waits until the verdict of each pod's connections to every pod
+// server is the one wanted.
+func (b *Bench) waitVerdicts(ctx context.Context, want map[string]batch.Verdict) error {
 	var targets []batch.Target
 	for _, s := range []string{serverAPod, serverBPod} {
 		if ip := b.ips[s]; ip != "" {
@@ -309,22 +315,24 @@ func (b *Bench) waitOutsider(ctx context.Context, want batch.Verdict) error {
 	r := podexec.Runner{Exec: b.exec, Options: batch.Options{Timeout: time.Second}}
 	var last string
 	err := wait.PollUntilContextTimeout(ctx, time.Second, b.cfg.EnforceTimeout, true, func(ctx context.Context) (bool, error) {
-		cells, err := r.Probe(ctx, podexec.Pod{Namespace: b.cfg.Namespace, Name: outsiderPod}, targets)
-		if err != nil {
-			last = err.Error()
-			return false, nil
-		}
 		var off []string
-		for _, c := range cells {
-			if c.Verdict != want {
-				off = append(off, fmt.Sprintf("%s %s", c.Target.Target, c.Verdict))
+		for from, v := range want {
+			cells, err := r.Probe(ctx, podexec.Pod{Namespace: b.cfg.Namespace, Name: from}, targets)
+			if err != nil {
+				off = append(off, err.Error())
+				continue
+			}
+			for _, c := range cells {
+				if c.Verdict != v {
+					off = append(off, fmt.Sprintf("%s → %s %s, want %s", from, c.Target.Target, c.Verdict, v))
+				}
 			}
 		}
-		last = strings.Join(off, ", ")
+		last = strings.Join(off, "; ")
 		return len(off) == 0, nil
 	})
 	if err != nil {
-		return fmt.Errorf("the outsider's connections were not %s within %s (last: %s)", want, b.cfg.EnforceTimeout, last)
+		return fmt.Errorf("not in the expected state within %s: %s", b.cfg.EnforceTimeout, last)
 	}
 	return nil
 }
