@@ -313,14 +313,18 @@ func (b *Bench) waitVerdicts(ctx context.Context, want map[string]batch.Verdict)
 		}
 	}
 	r := podexec.Runner{Exec: b.exec, Options: batch.Options{Timeout: time.Second}}
-	var last string
+	// The last verdicts seen and the last failed exec are kept apart: on a
+	// loaded API server an exec can fail after the verdicts said what is wrong.
+	var seen, execErr string
+	polls := 0
 	err := wait.PollUntilContextTimeout(ctx, time.Second, b.cfg.EnforceTimeout, true, func(ctx context.Context) (bool, error) {
+		polls++
 		var off []string
 		for from, v := range want {
 			cells, err := r.Probe(ctx, podexec.Pod{Namespace: b.cfg.Namespace, Name: from}, targets)
 			if err != nil {
-				off = append(off, err.Error())
-				continue
+				execErr = err.Error()
+				return false, nil
 			}
 			for _, c := range cells {
 				if c.Verdict != v {
@@ -328,11 +332,14 @@ func (b *Bench) waitVerdicts(ctx context.Context, want map[string]batch.Verdict)
 				}
 			}
 		}
-		last = strings.Join(off, "; ")
+		seen = strings.Join(off, "; ")
 		return len(off) == 0, nil
 	})
 	if err != nil {
-		return fmt.Errorf("not in the expected state within %s: %s", b.cfg.EnforceTimeout, last)
+		if seen == "" {
+			seen = "no complete round"
+		}
+		return fmt.Errorf("not in the expected state within %s (%d rounds); last seen: %s; last failed exec: %s", b.cfg.EnforceTimeout, polls, seen, execErr)
 	}
 	return nil
 }
