@@ -149,10 +149,21 @@ func (b *Bench) setup(ctx context.Context) error {
 		}
 	}
 	b.report.NodeIPs = nodeIPs
+	// Two runs at once would measure each other and fight over the host port.
+	others, err := b.cs.CoreV1().Namespaces().List(ctx, metav1.ListOptions{LabelSelector: RunLabel})
+	if err != nil {
+		return fmt.Errorf("looking for other perf runs: %w", err)
+	}
+	for _, o := range others.Items {
+		if o.DeletionTimestamp == nil {
+			return fmt.Errorf("another perf run is measuring this cluster in namespace %s: wait for it to end (or delete that namespace if it is left over)", o.Name)
+		}
+	}
 	b.progress("namespace %s, nodes %s and %s, image %s", b.cfg.Namespace, b.a, b.b, b.cfg.Image)
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: b.cfg.Namespace, Labels: workload.WithManagedBy(map[string]string{
 		// Host-network pods are only admitted at the privileged level.
 		"pod-security.kubernetes.io/enforce": "privileged",
+		RunLabel:                             "true",
 	})}}
 	if _, err := b.cs.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("creating namespace %s: %w", b.cfg.Namespace, err)
