@@ -87,9 +87,13 @@ func summarise(o Options, w window, workers []worker) (Result, error) {
 			acked = wk.acked
 		}
 	}
+	why := ""
+	if r.FirstError != "" {
+		why = ": " + r.FirstError
+	}
 	if o.Test == TCPStream {
 		if r.Bytes == 0 || acked.IsZero() {
-			return r, fmt.Errorf("%s to %s: no data confirmed by the server: %s", o.Test, o.Target, r.FirstError)
+			return r, fmt.Errorf("%s to %s: no data confirmed by the server%s", o.Test, o.Target, why)
 		}
 		// Until the server confirmed it: the drain of the socket buffers counts.
 		r.Seconds = acked.Sub(w.from).Seconds()
@@ -99,8 +103,8 @@ func summarise(o Options, w window, workers []worker) (Result, error) {
 	r.ResponseSize = o.ResponseSize
 	r.Transactions = int64(len(all))
 	if r.Transactions == 0 {
-		return r, fmt.Errorf("%s to %s: no transaction completed in %s (%d lost, %d errors): %s",
-			o.Test, o.Target, o.Duration, r.Lost, r.Errors, r.FirstError)
+		return r, fmt.Errorf("%s to %s: no transaction completed in %s (%d lost, %d errors)%s",
+			o.Test, o.Target, o.Duration, r.Lost, r.Errors, why)
 	}
 	r.TransactionsPerS = float64(r.Transactions) / r.Seconds
 	r.LatencyUS = summariseLatency(all)

@@ -63,7 +63,9 @@ func (p Path) crossesNodes() bool { return p != SameNode }
 // policy selects them; the outsider is the pod no policy allows, used to see
 // that the policies are in force.
 const (
-	RoleLabel     = "perf.flatnet.io/role"
+	RoleLabel = "perf.flatnet.io/role"
+	// RunLabel marks a run's namespace: one run at a time per cluster.
+	RunLabel      = "perf.flatnet.io/run"
 	clientPod     = "client-a"
 	hostClientPod = "hostclient-a"
 	outsiderPod   = "outsider-a"

@@ -19,13 +19,14 @@ const MaxPolicies = 1 << 17
 // filler is the first address of the filler policies' peers.
 var filler = netip.MustParseAddr("198.18.0.0")
 
-// Policies returns n NetworkPolicies in namespace, all selecting the servers
-// (RoleLabel=server) on port, TCP and UDP, each distinct: policy 0 admits the
-// clients (pods with RoleLabel=client, and the node addresses nodeIPs, for the
-// host client), policies 1..n-1 each admit one other /32 of 198.18.0.0/15, where
-// no pod or node lives. So with n policies the servers are isolated, carry n
-// rules, and still admit the clients and nothing else: the outsider is refused.
-// n = 0 is no policy at all.
+// Policies returns n NetworkPolicies in namespace, in the order to create them,
+// all selecting the servers (RoleLabel=server) on port, TCP and UDP, each
+// distinct: n-1 fillers each admitting one /32 of 198.18.0.0/15, where no pod or
+// node lives, then the one admitting the clients (pods with RoleLabel=client,
+// and the node addresses nodeIPs, for the host client). So with n policies the
+// servers are isolated, carry n rules and admit the clients and nothing else;
+// and since the clients' policy comes last, a client admitted while the
+// outsider is refused shows the last policy in force. n = 0 is no policy.
 func Policies(namespace string, n, port int, nodeIPs []string) ([]networkingv1.NetworkPolicy, error) {
 	if n < 0 || n > MaxPolicies {
 		return nil, fmt.Errorf("--policies=%d: must be between 0 and %d", n, MaxPolicies)
@@ -54,12 +55,12 @@ func Policies(namespace string, n, port int, nodeIPs []string) ([]networkingv1.N
 		}
 		allow = append(allow, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: netip.PrefixFrom(a, a.BitLen()).String()}})
 	}
-	out := []networkingv1.NetworkPolicy{mk("perf-allow-clients", allow)}
+	var out []networkingv1.NetworkPolicy
 	base := filler.As4()
 	for i := 1; i < n; i++ {
 		ip := netip.AddrFrom4([4]byte{base[0], base[1] + byte(i>>16), byte(i >> 8), byte(i)})
 		peer := networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: ip.String() + "/32"}}
 		out = append(out, mk(fmt.Sprintf("perf-filler-%05d", i), []networkingv1.NetworkPolicyPeer{peer}))
 	}
-	return out, nil
+	return append(out, mk("perf-allow-clients", allow)), nil
 }

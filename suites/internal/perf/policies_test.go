@@ -46,6 +46,9 @@ func TestPoliciesAdmitTheClientsOnly(t *testing.T) {
 		if len(nps) != n {
 			t.Fatalf("%d policies for n=%d", len(nps), n)
 		}
+		if nps[n-1].Name != "perf-allow-clients" {
+			t.Errorf("n=%d: the last policy is %s: the clients' one must come last (the driver's in-force check relies on it)", n, nps[n-1].Name)
+		}
 		names, cidrs := map[string]bool{}, map[string]bool{}
 		for _, np := range nps {
 			names[np.Name] = true

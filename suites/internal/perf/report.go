@@ -120,12 +120,12 @@ func (r *Report) WriteTable(w io.Writer) error {
 		pw, tw0 = max(pw, utf8.RuneCountInString(string(c.Path))), max(tw0, len(c.Test))
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "%-*s\t%-*s\tpolicies\tp50 µs\tp90 µs\tp99 µs\ttrans/s\tGbit/s\tvs host→host\tload1\t\n", pw, "path", tw0, "test")
+	fmt.Fprintf(tw, "%-*s\t%-*s\tpolicies\tp50 µs\tp90 µs\tp99 µs\ttrans/s\tGbit/s\tvs host→host\tlost/errors\tload1\t\n", pw, "path", tw0, "test")
 	for _, c := range r.Cells {
 		row := []string{fmt.Sprintf("%-*s", pw, c.Path), fmt.Sprintf("%-*s", tw0, c.Test), strconv.Itoa(c.Policies)}
 		switch {
 		case c.Err != nil:
-			row = append(row, "FAILED", "", "", "", "", "", num(c.Load1, 2))
+			row = append(row, "FAILED", "", "", "", "", "", "", num(c.Load1, 2))
 		default:
 			lat := []string{"-", "-", "-"}
 			if l := c.Result.LatencyUS; l != nil {
@@ -139,10 +139,11 @@ func (r *Report) WriteTable(w io.Writer) error {
 			if x := r.Ratio(c); x > 0 {
 				ratio = num(x, 2) + "x"
 			}
+			bad := "-"
 			if c.Result.Errors > 0 || c.Result.Lost > 0 {
-				ratio += fmt.Sprintf(" (%d lost, %d errors)", c.Result.Lost, c.Result.Errors)
+				bad = fmt.Sprintf("%d/%d", c.Result.Lost, c.Result.Errors)
 			}
-			row = append(row, lat[0], lat[1], lat[2], rate, gbit, ratio, num(c.Load1, 2))
+			row = append(row, lat[0], lat[1], lat[2], rate, gbit, ratio, bad, num(c.Load1, 2))
 		}
 		fmt.Fprintln(tw, strings.Join(row, "\t")+"\t")
 	}

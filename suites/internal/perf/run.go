@@ -149,10 +149,21 @@ func (b *Bench) setup(ctx context.Context) error {
 		}
 	}
 	b.report.NodeIPs = nodeIPs
+	// Two runs at once would measure each other and fight over the host port.
+	others, err := b.cs.CoreV1().Namespaces().List(ctx, metav1.ListOptions{LabelSelector: RunLabel})
+	if err != nil {
+		return fmt.Errorf("looking for other perf runs: %w", err)
+	}
+	for _, o := range others.Items {
+		if o.DeletionTimestamp == nil {
+			return fmt.Errorf("another perf run is measuring this cluster in namespace %s: wait for it to end (or delete that namespace if it is left over)", o.Name)
+		}
+	}
 	b.progress("namespace %s, nodes %s and %s, image %s", b.cfg.Namespace, b.a, b.b, b.cfg.Image)
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: b.cfg.Namespace, Labels: workload.WithManagedBy(map[string]string{
 		// Host-network pods are only admitted at the privileged level.
 		"pod-security.kubernetes.io/enforce": "privileged",
+		RunLabel:                             "true",
 	})}}
 	if _, err := b.cs.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("creating namespace %s: %w", b.cfg.Namespace, err)
@@ -166,7 +177,7 @@ func (b *Bench) setup(ctx context.Context) error {
 	for i, p := range pods {
 		keys[i] = workload.Key{Namespace: p.Namespace, Name: p.Name}
 	}
-	if err := workload.WaitPodsReady(ctx, b.cs, keys, 3*time.Minute); err != nil {
+	if err := workload.WaitPodsReady(ctx, b.cs, keys, 5*time.Minute); err != nil {
 		b.teardown()
 		return err
 	}
@@ -246,9 +257,10 @@ func (b *Bench) measure(ctx context.Context, path Path, test probeperf.Test) (*p
 	return &r, nil
 }
 
-// applyPolicies creates n policies (8 at a time: 10,000 one by one would take
-// minutes) and waits until they are in force: the outsider is refused by both
-// pod servers, while the client still gets through.
+// applyPolicies creates n policies, the fillers 8 at a time (10,000 one by one
+// would take minutes), then the clients' policy, and waits until they are in
+// force: the outsider refused by both pod servers (the servers are isolated) and
+// the client admitted (so the clients' policy, created last, is in force).
 func (b *Bench) applyPolicies(ctx context.Context, n int) error {
 	nps, err := Policies(b.cfg.Namespace, n, b.cfg.Port, b.report.NodeIPs)
 	if err != nil {
@@ -268,7 +280,7 @@ func (b *Bench) applyPolicies(ctx context.Context, n int) error {
 			}
 		})
 	}
-	for i := range nps {
+	for i := range nps[:len(nps)-1] {
 		work <- i
 		if (i+1)%1000 == 0 {
 			b.progress("  created %d/%d policies", i+1, n)
@@ -280,8 +292,12 @@ func (b *Bench) applyPolicies(ctx context.Context, n int) error {
 	if err := <-errs; err != nil {
 		return err
 	}
-	b.progress("%d policies created in %s; waiting until the outsider is refused", n, time.Since(start).Round(time.Millisecond))
-	if err := b.waitOutsider(ctx, batch.Timeout); err != nil {
+	last := &nps[len(nps)-1]
+	if _, err := b.cs.NetworkingV1().NetworkPolicies(b.cfg.Namespace).Create(ctx, last, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("creating NetworkPolicy %s: %w", last.Name, err)
+	}
+	b.progress("%d policies created in %s; waiting until the outsider is refused and the client admitted", n, time.Since(start).Round(time.Millisecond))
+	if err := b.waitVerdicts(ctx, map[string]batch.Verdict{outsiderPod: batch.Timeout, clientPod: batch.Connected}); err != nil {
 		return err
 	}
 	b.progress("%d policies in force %s after the first create", n, time.Since(start).Round(time.Millisecond))
@@ -291,15 +307,16 @@ func (b *Bench) applyPolicies(ctx context.Context, n int) error {
 func (b *Bench) deletePolicies(ctx context.Context) {
 	err := b.cs.NetworkingV1().NetworkPolicies(b.cfg.Namespace).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
 	if err == nil {
-		err = b.waitOutsider(ctx, batch.Connected)
+		err = b.waitVerdicts(ctx, map[string]batch.Verdict{outsiderPod: batch.Connected})
 	}
 	if err != nil {
 		b.report.Notes = append(b.report.Notes, fmt.Sprintf("removing the policies: %v (later phases may be measured under them)", err))
 	}
 }
 
-// waitOutsider waits until the outsider's verdict at every pod server is want.
-func (b *Bench) waitOutsider(ctx context.Context, want batch.Verdict) error {
+// waitVerdicts waits until the verdict of each pod's connections to every pod
+// server is the one wanted.
+func (b *Bench) waitVerdicts(ctx context.Context, want map[string]batch.Verdict) error {
 	var targets []batch.Target
 	for _, s := range []string{serverAPod, serverBPod} {
 		if ip := b.ips[s]; ip != "" {
@@ -307,24 +324,33 @@ func (b *Bench) waitOutsider(ctx context.Context, want batch.Verdict) error {
 		}
 	}
 	r := podexec.Runner{Exec: b.exec, Options: batch.Options{Timeout: time.Second}}
-	var last string
+	// The last verdicts seen and the last failed exec are kept apart: on a
+	// loaded API server an exec can fail after the verdicts said what is wrong.
+	var seen, execErr string
+	polls := 0
 	err := wait.PollUntilContextTimeout(ctx, time.Second, b.cfg.EnforceTimeout, true, func(ctx context.Context) (bool, error) {
-		cells, err := r.Probe(ctx, podexec.Pod{Namespace: b.cfg.Namespace, Name: outsiderPod}, targets)
-		if err != nil {
-			last = err.Error()
-			return false, nil
-		}
+		polls++
 		var off []string
-		for _, c := range cells {
-			if c.Verdict != want {
-				off = append(off, fmt.Sprintf("%s %s", c.Target.Target, c.Verdict))
+		for from, v := range want {
+			cells, err := r.Probe(ctx, podexec.Pod{Namespace: b.cfg.Namespace, Name: from}, targets)
+			if err != nil {
+				execErr = err.Error()
+				return false, nil
+			}
+			for _, c := range cells {
+				if c.Verdict != v {
+					off = append(off, fmt.Sprintf("%s → %s %s, want %s", from, c.Target.Target, c.Verdict, v))
+				}
 			}
 		}
-		last = strings.Join(off, ", ")
+		seen = strings.Join(off, "; ")
 		return len(off) == 0, nil
 	})
 	if err != nil {
-		return fmt.Errorf("the outsider's connections were not %s within %s (last: %s)", want, b.cfg.EnforceTimeout, last)
+		if seen == "" {
+			seen = "no complete round"
+		}
+		return fmt.Errorf("not in the expected state within %s (%d rounds); last seen: %s; last failed exec: %s", b.cfg.EnforceTimeout, polls, seen, execErr)
 	}
 	return nil
 }
