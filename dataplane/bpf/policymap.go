@@ -73,6 +73,13 @@ func (d *Datapath) syncPolicies(eps []endpointPolicy) []error {
 			}
 		}
 	}
+	if err := d.bumpRevision(); err != nil {
+		// The maps are in place, but connections may keep the verdicts of the
+		// old ones: fail them all, to be written (and bumped) again.
+		for _, i := range idx {
+			errs[i] = errors.Join(errs[i], err)
+		}
+	}
 	return errs
 }
 
