@@ -157,7 +157,7 @@ struct ct_key {
 };
 
 struct ct_val {
-	__u64 expires_ns; // CLOCK_MONOTONIC
+	__u64 expires_ns; // CLOCK_MONOTONIC (the programs read its coarse variant)
 	__u32 rule_id;
 	__u8 origin_dir;
 	__u8 flags;
