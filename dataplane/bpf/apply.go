@@ -101,28 +101,8 @@ func (d *Datapath) Apply(ctx context.Context, up compile.Update, ifindexOf func(
 			}
 		}
 	}
-	for _, e := range up.Endpoints {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if e.Policy == nil {
-			continue // the endpoint goes away with DetachEndpoint
-		}
-		ifindex, ok := ifindexOf(e.Namespace, e.Name)
-		if !ok {
-			continue
-		}
-		key := e.Namespace + "/" + e.Name
-		if err := d.SyncEndpointPolicy(ctx, ifindex, e.Policy); err != nil {
-			fail.Endpoints[key] = &EndpointWriteError{Err: err, Isolated: d.SyncEndpointPolicy(ctx, ifindex, DenyAll()) == nil}
-		}
-		if e.IP.Is4() {
-			// The identity flows report as the endpoint's (its labels may have changed).
-			info := datapathEndpointInfo{Addr: addrBE(e.IP), Identity: uint32(e.Identity)}
-			if err := d.objs.FnEndpoints.Update(uint32(ifindex), &info, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				fail.Other = append(fail.Other, fmt.Errorf("pod %s: updating endpoint %d: %w", key, ifindex, err))
-			}
-		}
+	if err := d.applyEndpoints(ctx, up.Endpoints, ifindexOf, fail); err != nil {
+		return err
 	}
 	for _, u := range up.IPCache {
 		if !u.Delete {
@@ -142,4 +122,41 @@ func (d *Datapath) Apply(ctx context.Context, up compile.Update, ifindexOf func(
 		return nil
 	}
 	return fail
+}
+
+// applyEndpoints writes the endpoints' policies, all swapped in at once (see
+// syncPolicies), and then their identities; failures go into fail.
+func (d *Datapath) applyEndpoints(ctx context.Context, eps []compile.EndpointUpdate, ifindexOf func(namespace, name string) (int, bool), fail *ApplyError) error {
+	var write []endpointPolicy
+	var written []compile.EndpointUpdate
+	for _, e := range eps {
+		if e.Policy == nil {
+			continue // the endpoint goes away with DetachEndpoint
+		}
+		if ifindex, ok := ifindexOf(e.Namespace, e.Name); ok {
+			write = append(write, endpointPolicy{ifindex, e.Policy})
+			written = append(written, e)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	errs := d.syncPolicies(write)
+	d.mu.Unlock()
+	for i, e := range written {
+		key := e.Namespace + "/" + e.Name
+		ifindex := write[i].ifindex
+		if errs[i] != nil {
+			fail.Endpoints[key] = &EndpointWriteError{Err: errs[i], Isolated: d.SyncEndpointPolicy(ctx, ifindex, DenyAll()) == nil}
+		}
+		if e.IP.Is4() {
+			// The identity flows report as the endpoint's (its labels may have changed).
+			info := datapathEndpointInfo{Addr: addrBE(e.IP), Identity: uint32(e.Identity)}
+			if err := d.objs.FnEndpoints.Update(uint32(ifindex), &info, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				fail.Other = append(fail.Other, fmt.Errorf("pod %s: updating endpoint %d: %w", key, ifindex, err))
+			}
+		}
+	}
+	return nil
 }

@@ -44,6 +44,9 @@ type Datapath struct {
 	ipMu     sync.Mutex
 	ipIDs    map[ipv4.Prefix]identity.ID
 	services map[ipv4.Prefix]bool
+
+	revMu sync.Mutex
+	rev   uint16 // the policy revision last written (revision.go)
 }
 
 // Endpoint is what the datapath needs to know of a local pod's attachment.
@@ -137,6 +140,9 @@ func LoadWith(ctx context.Context, pinDir string, opts Options) (*Datapath, erro
 		return fail(fmt.Errorf("moving established connections into their endpoints' tables: %w", err))
 	}
 	if err := d.finishUpgrade(); err != nil {
+		return fail(err)
+	}
+	if err := d.loadRevision(); err != nil {
 		return fail(err)
 	}
 	return d, nil

@@ -44,7 +44,7 @@ type datapathCtVal struct {
 	RuleId    uint32
 	OriginDir uint8
 	Flags     uint8
-	Pad       uint16
+	PolicyRev uint16
 }
 
 type datapathDpConfig struct {
@@ -125,6 +125,12 @@ type datapathPolicyKey struct {
 	Pad2     uint16
 }
 
+type datapathPolicyRev struct {
+	_   structs.HostLayout
+	Rev uint32
+	Pad uint32
+}
+
 type datapathPolicyVal struct {
 	_            structs.HostLayout
 	RuleId       uint32
@@ -155,6 +161,7 @@ const (
 	datapathMapFnLocalIps      = "fn_local_ips"
 	datapathMapFnPolicy        = "fn_policy"
 	datapathMapFnPolicyProto   = "fn_policy_proto"
+	datapathMapFnPolicyRev     = "fn_policy_rev"
 	datapathProgDeliverToPod   = "deliver_to_pod"
 	datapathProgFromPod        = "from_pod"
 	datapathProgServiceEgress  = "service_egress"
@@ -232,6 +239,7 @@ type datapathMapSpecs struct {
 	FnLocalIps    *ebpf.MapSpec `ebpf:"fn_local_ips"`
 	FnPolicy      *ebpf.MapSpec `ebpf:"fn_policy"`
 	FnPolicyProto *ebpf.MapSpec `ebpf:"fn_policy_proto"`
+	FnPolicyRev   *ebpf.MapSpec `ebpf:"fn_policy_rev"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -279,6 +287,7 @@ type datapathMaps struct {
 	FnLocalIps    *ebpf.Map `ebpf:"fn_local_ips"`
 	FnPolicy      *ebpf.Map `ebpf:"fn_policy"`
 	FnPolicyProto *ebpf.Map `ebpf:"fn_policy_proto"`
+	FnPolicyRev   *ebpf.Map `ebpf:"fn_policy_rev"`
 }
 
 func (m *datapathMaps) Close() error {
@@ -299,6 +308,7 @@ func (m *datapathMaps) Close() error {
 		m.FnLocalIps,
 		m.FnPolicy,
 		m.FnPolicyProto,
+		m.FnPolicyRev,
 	)
 }
 

@@ -11,4 +11,4 @@ package bpf
 // -nostdinc with -I c/third_party/{libbpf,linux} compiles against the vendored
 // third-party headers alone (c/third_party/README.md), so the same clang gives the same
 // bytes anywhere.
-//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -ffile-prefix-map=${PWD}=. -nostdinc -Ic/third_party/libbpf -Ic/third_party/linux" -target bpfel -no-global-types -type endpoint_info -type local_ep -type ipcache_key -type ipcache_val -type policy_key -type policy_val -type ct_key -type ct_val -type counter_key -type counter_val -type event_budget -type dp_config -type flow_event -type identity_sum datapath c/datapath.c
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -ffile-prefix-map=${PWD}=. -nostdinc -Ic/third_party/libbpf -Ic/third_party/linux" -target bpfel -no-global-types -type endpoint_info -type local_ep -type ipcache_key -type ipcache_val -type policy_key -type policy_val -type ct_key -type ct_val -type counter_key -type counter_val -type event_budget -type dp_config -type policy_rev -type flow_event -type identity_sum datapath c/datapath.c

@@ -41,7 +41,7 @@ func (d *Datapath) UpsertPrefix(_ context.Context, p ipv4.Prefix, id identity.ID
 	} else {
 		d.ipIDs[p] = id
 	}
-	return d.writeIPCache(p)
+	return d.written(d.writeIPCache(p))
 }
 
 // UpsertService marks a Service address so that egress to it is judged on the
@@ -82,7 +82,7 @@ func (d *Datapath) SetServices(_ context.Context, prefixes []ipv4.Prefix) error 
 			}
 		}
 	}
-	return errors.Join(errs...)
+	return d.written(errors.Join(errs...))
 }
 
 // DeletePrefix removes a prefix's identity from the IP cache; a Service address
@@ -91,7 +91,7 @@ func (d *Datapath) DeletePrefix(_ context.Context, p ipv4.Prefix) error {
 	d.ipMu.Lock()
 	defer d.ipMu.Unlock()
 	delete(d.ipIDs, p)
-	return d.writeIPCache(p)
+	return d.written(d.writeIPCache(p))
 }
 
 // writeIPCache writes p's entry from both layers. Call with ipMu held.
@@ -126,18 +126,18 @@ func (d *Datapath) UpsertCIDR(_ context.Context, p ipv4.Prefix, id identity.ID) 
 	k := ipcacheKey(p)
 	v := datapathIpcacheVal{Identity: uint32(id)}
 	if err := d.objs.FnCidrcache.Put(&k, &v); err != nil {
-		return fmt.Errorf("writing CIDR %s -> %d: %w", p, id, err)
+		return d.written(fmt.Errorf("writing CIDR %s -> %d: %w", p, id, err))
 	}
-	return nil
+	return d.written(nil)
 }
 
 // DeleteCIDR removes a CIDR-rule prefix.
 func (d *Datapath) DeleteCIDR(_ context.Context, p ipv4.Prefix) error {
 	k := ipcacheKey(p)
 	if err := d.objs.FnCidrcache.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("deleting CIDR %s: %w", p, err)
+		return d.written(fmt.Errorf("deleting CIDR %s: %w", p, err))
 	}
-	return nil
+	return d.written(nil)
 }
 
 // ipcacheKey cannot fail: ipv4.Prefix is a masked IPv4 prefix by construction.

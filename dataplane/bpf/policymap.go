@@ -24,9 +24,73 @@ func (d *Datapath) SyncEndpointPolicy(ctx context.Context, ifindex int, pol *com
 }
 
 func (d *Datapath) syncPolicy(ifindex int, pol *compile.EndpointPolicy) error {
+	return d.syncPolicies([]endpointPolicy{{ifindex, pol}})[0]
+}
+
+// endpointPolicy is one endpoint's policy to write.
+type endpointPolicy struct {
+	ifindex int
+	pol     *compile.EndpointPolicy
+}
+
+// syncPolicies replaces the policies of several endpoints, each atomically (a fresh
+// map filled, then swapped in), and returns each one's error (nil: written). Every
+// swap of a map-in-map value makes the kernel wait for an RCU grace period (running
+// programs to finish) before the syscall returns: milliseconds each on a busy node,
+// which one by one added up to the last endpoint of a change being enforced many
+// grace periods after the first. All swaps go in one batch update instead, with one
+// wait at its end. Call with d.mu held.
+func (d *Datapath) syncPolicies(eps []endpointPolicy) []error {
+	errs := make([]error, len(eps))
+	var keys, fds []uint32
+	var idx []int // eps index of each key
+	var maps []*ebpf.Map
+	defer func() {
+		for _, m := range maps {
+			m.Close()
+		}
+	}()
+	for i, ep := range eps {
+		m, err := d.newPolicyMap(ep.ifindex, ep.pol)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		maps = append(maps, m)
+		keys = append(keys, uint32(ep.ifindex))
+		fds = append(fds, uint32(m.FD()))
+		idx = append(idx, i)
+	}
+	if len(keys) == 0 {
+		return errs
+	}
+	n, err := d.objs.FnPolicy.BatchUpdate(keys, fds, nil)
+	if err != nil {
+		// Not supported, or one entry failed: the rest one by one, each with its error.
+		for j := n; j < len(keys); j++ {
+			if err := d.objs.FnPolicy.Put(keys[j], fds[j]); err != nil {
+				errs[idx[j]] = fmt.Errorf("installing policy map of endpoint %d: %w", keys[j], err)
+			}
+		}
+	}
+	if err := d.bumpRevision(); err != nil {
+		// The maps are in place, but connections may keep the verdicts of the
+		// old ones: fail them all, to be written (and bumped) again.
+		for _, i := range idx {
+			errs[i] = errors.Join(errs[i], err)
+		}
+	}
+	return errs
+}
+
+// newPolicyMap is a new policy map holding pol, for the endpoint on ifindex.
+func (d *Datapath) newPolicyMap(ifindex int, pol *compile.EndpointPolicy) (*ebpf.Map, error) {
+	if pol == nil {
+		return nil, fmt.Errorf("syncing policy of endpoint %d: nil policy", ifindex)
+	}
 	keys, vals := policyEntries(pol)
 	if len(keys) > int(d.inner.MaxEntries) {
-		return fmt.Errorf("endpoint %d: %w: %d entries, the map holds %d", ifindex, ErrPolicyTooLarge, len(keys), d.inner.MaxEntries)
+		return nil, fmt.Errorf("endpoint %d: %w: %d entries, the map holds %d", ifindex, ErrPolicyTooLarge, len(keys), d.inner.MaxEntries)
 	}
 	// Size the map to the policy: the kernel allocates and zeroes a bucket per
 	// possible entry, and at POLICY_MAX that alone took 10 ms per endpoint here,
@@ -35,23 +99,20 @@ func (d *Datapath) syncPolicy(ifindex int, pol *compile.EndpointPolicy) error {
 	spec.MaxEntries = innerMapSize(len(keys), d.inner.MaxEntries)
 	m, err := ebpf.NewMap(spec)
 	if err != nil {
-		return fmt.Errorf("creating policy map of endpoint %d: %w", ifindex, err)
+		return nil, fmt.Errorf("creating policy map of endpoint %d: %w", ifindex, err)
 	}
-	defer m.Close()
 	if len(keys) > 0 {
 		if _, err := m.BatchUpdate(keys, vals, nil); err != nil {
 			// Fall back to one by one where batch updates are not supported.
 			for i := range keys {
 				if err := m.Put(&keys[i], &vals[i]); err != nil {
-					return fmt.Errorf("filling policy map of endpoint %d: %w", ifindex, err)
+					m.Close()
+					return nil, fmt.Errorf("filling policy map of endpoint %d: %w", ifindex, err)
 				}
 			}
 		}
 	}
-	if err := d.objs.FnPolicy.Put(uint32(ifindex), m); err != nil {
-		return fmt.Errorf("installing policy map of endpoint %d: %w", ifindex, err)
-	}
-	return nil
+	return m, nil
 }
 
 // innerMapSize is the capacity of a policy map for n entries: the next power of two

@@ -60,6 +60,7 @@ var mapUpgrades = map[string]struct {
 	datapathMapFnEvents:      {policyReset, "events the previous programs write into their ring until their endpoint moves are not read"},
 	datapathMapFnEventBudget: {policyReset, "the flow-event token buckets refill within a second"},
 	datapathMapFnConfig:      {policyReset, "the agent writes its settings at start (SetHostRouting; flow events default on)"},
+	datapathMapFnPolicyRev:   {policyReset, "connections of the previous layout hold no revision (0): each is judged by policy again once"},
 }
 
 const pendingSuffix = ":pending"

@@ -28,18 +28,20 @@ const struct policy_key *unused_policy_key __attribute__((unused));
 const struct policy_val *unused_policy_val __attribute__((unused));
 
 // pass_tracked lets a packet of a tracked connection through: the entry refreshed
-// with flags, the packet counted under code, and, from a pod, delivered directly
+// with flags and the policy revision rev it is known allowed under, the packet
+// counted under code, and, from a pod, delivered directly
 // when the connection is. Into a pod, the entry's direct flag follows the way the
 // packet came: a Service connection may reuse the tuple a direct one had (a UDP
 // source port reused), and its replies must then go back through netfilter.
 static __always_inline int pass_tracked(struct __sk_buff *skb, const struct ct_val *ct, int where,
-					const struct ct_key *ck, __u8 flags, __u64 now, const struct pkt *p, __u32 ifindex,
-					__u8 dir, __u8 code)
+					const struct ct_key *ck, __u8 flags, __u16 rev, __u64 now, const struct pkt *p,
+					__u32 ifindex, __u8 dir, __u8 code)
 {
 	if (dir == DIR_INGRESS)
 		flags = (flags & ~CT_F_DIRECT) | (skb->mark & DIRECT_MARK ? CT_F_DIRECT : 0);
 	struct ct_val nv = *ct;
 	nv.flags = flags;
+	nv.policy_rev = rev;
 	nv.expires_ns = now + ct_lifetime(p, flags);
 	ct_set(ifindex, ck, where, ct, &nv);
 	count(ifindex, dir, code, skb->len);
@@ -193,12 +195,13 @@ static __always_inline __u32 judge_peer(struct __sk_buff *skb, __u8 dir, __u32 i
 static __always_inline int create_connection(struct __sk_buff *skb, __u8 dir, __u32 ifindex, const struct pkt *p,
 					     const struct ct_key *ck, const struct endpoint_info *ep,
 					     const struct decision *d, __u32 remote_id, __u32 local_id, __u8 closing,
-					     __u64 now)
+					     __u16 rev, __u64 now)
 {
 	struct ct_val nv = {
 		.origin_dir = dir,
 		.flags = closing,
 		.rule_id = d->rule_id,
+		.policy_rev = rev,
 	};
 	struct local_ep *le = NULL;
 	if (dir == DIR_EGRESS) {
@@ -226,8 +229,10 @@ static __always_inline int create_connection(struct __sk_buff *skb, __u8 dir, __
 
 // handle judges a packet of the endpoint on host veth ifindex going in direction dir,
 // counts it, reports it, and returns the tcx verdict: a reply of a tracked connection
-// passes; a packet opening a connection (or continuing one in its opening direction)
-// is judged by its source and its peer, and a new connection is created.
+// passes; a packet continuing one in its opening direction passes when policy allowed
+// the connection under the current policy revision, else is judged by its peer; a
+// packet opening a connection is judged by its source and its peer, and a new
+// connection is created.
 static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 ifindex)
 {
 	struct pkt p = {};
@@ -236,7 +241,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 ifindex
 		return handle_arp(skb, dir, ifindex, &p);
 	if (r != 0)
 		return drop_unparsed(skb, dir, ifindex, &p, r);
-	__u64 now = bpf_ktime_get_ns();
+	// The coarse clock (CLOCK_MONOTONIC as of the last tick) is precise enough for
+	// lifetimes of seconds, and reading the precise one costs every packet a clock
+	// source read (a tenth of the programs' time under TCP_CRR here).
+	__u64 now = bpf_ktime_get_coarse_ns();
 	if (p.related && related(skb, &p, ifindex, dir, now))
 		return TCX_NEXT;
 
@@ -245,8 +253,16 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 ifindex
 	__u8 closing = (p.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) ? CT_F_CLOSING : 0;
 	if (tracked && c.entry.origin_dir != dir) {
 		// A reply of a connection this endpoint's policy (or its peer) let through.
-		return pass_tracked(skb, &c.entry, c.where, &c.key, c.entry.flags | CT_F_SEEN_REPLY | closing, now, &p,
-				    ifindex, dir, FORWARD_REPLY);
+		return pass_tracked(skb, &c.entry, c.where, &c.key, c.entry.flags | CT_F_SEEN_REPLY | closing,
+				    c.entry.policy_rev, now, &p, ifindex, dir, FORWARD_REPLY);
+	}
+	// Read before anything the verdict depends on: a write the agent makes after
+	// this read bumps the revision past it, and the next packet is judged again.
+	__u16 rev = policy_revision();
+	if (tracked && rev && c.entry.policy_rev == rev) {
+		// Allowed by policy under the current revision: nothing it read has changed.
+		return pass_tracked(skb, &c.entry, c.where, &c.key, c.entry.flags | closing, rev, now, &p, ifindex, dir,
+				    FORWARD_ESTABLISHED);
 	}
 
 	struct endpoint_info *ep = NULL;
@@ -265,10 +281,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 ifindex
 	__u32 remote_id = judge_peer(skb, dir, ifindex, c.key.peer_addr, &p, &d);
 	if (!d.allow)
 		return drop(ifindex, dir, &p, skb->len, d.code, d.rule_id, remote_id, endpoint_identity(ifindex, local_id));
+	// Only a verdict of the policy map is remembered: Service and node peers are
+	// judged (and marked) on every packet.
+	if (d.code != FORWARD_POLICY)
+		rev = 0;
 	if (tracked)
-		return pass_tracked(skb, &c.entry, c.where, &c.key, c.entry.flags | closing, now, &p, ifindex, dir,
+		return pass_tracked(skb, &c.entry, c.where, &c.key, c.entry.flags | closing, rev, now, &p, ifindex, dir,
 				    FORWARD_ESTABLISHED);
-	return create_connection(skb, dir, ifindex, &p, &c.key, ep, &d, remote_id, local_id, closing, now);
+	return create_connection(skb, dir, ifindex, &p, &c.key, ep, &d, remote_id, local_id, closing, rev, now);
 }
 
 SEC("tcx/ingress")

@@ -157,11 +157,11 @@ struct ct_key {
 };
 
 struct ct_val {
-	__u64 expires_ns; // CLOCK_MONOTONIC
+	__u64 expires_ns; // CLOCK_MONOTONIC (the programs read its coarse variant)
 	__u32 rule_id;
 	__u8 origin_dir;
 	__u8 flags;
-	__u16 pad;
+	__u16 policy_rev; // fn_policy_rev when policy last allowed its opening direction; 0: judge again
 };
 
 struct counter_key {
@@ -180,6 +180,14 @@ struct event_budget {
 	__u64 tokens_milli;
 	__u64 last_ns;
 	__u64 lost;
+};
+
+// The revision of everything a policy verdict reads (policy maps, IP and CIDR
+// caches): the agent bumps it after each write, never to 0, and clears what
+// connections hold of a range before it comes round again (revision.go).
+struct policy_rev {
+	__u32 rev;
+	__u32 pad;
 };
 
 struct dp_config {

@@ -8,6 +8,14 @@
 #include "parse.h"
 #include "events.h"
 
+// policy_revision is the current policy revision (0 if unreadable: judge again).
+static __always_inline __u16 policy_revision(void)
+{
+	__u32 zero = 0;
+	struct policy_rev *r = bpf_map_lookup_elem(&fn_policy_rev, &zero);
+	return r ? (__u16)r->rev : 0;
+}
+
 // ct_lifetime is how long from now an entry with flags lives, for p's protocol.
 static __always_inline __u64 ct_lifetime(const struct pkt *p, __u8 flags)
 {
@@ -81,7 +89,8 @@ __attribute__((noinline)) int ct_set(__u32 ifindex, const struct ct_key *k, int 
 	if (!k || !old || !nv)
 		return 0;
 	int est = (nv->flags & (CT_F_SEEN_REPLY | CT_F_CLOSING)) == CT_F_SEEN_REPLY;
-	if (est == (where == CT_IN_EST) && nv->flags == old->flags && nv->expires_ns < old->expires_ns + CT_REFRESH_NS)
+	if (est == (where == CT_IN_EST) && nv->flags == old->flags && nv->policy_rev == old->policy_rev &&
+	    nv->expires_ns < old->expires_ns + CT_REFRESH_NS)
 		return 0; // the common case: nothing worth a write
 	void *t = bpf_map_lookup_elem(&fn_ct_est, &ifindex);
 	struct ct_val *e;
@@ -92,6 +101,7 @@ __attribute__((noinline)) int ct_set(__u32 ifindex, const struct ct_key *k, int 
 			e = bpf_map_lookup_elem(&fn_ct, k);
 		if (e) {
 			e->flags = nv->flags;
+			e->policy_rev = nv->policy_rev;
 			e->expires_ns = nv->expires_ns;
 		}
 		return 0;

@@ -148,3 +148,14 @@ struct {
 	__type(value, struct dp_config);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } fn_config SEC(".maps");
+
+// The policy revision (struct policy_rev): a packet continuing a connection in its
+// opening direction skips the policy lookup when the connection was allowed under
+// the current revision.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct policy_rev);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fn_policy_rev SEC(".maps");
