@@ -45,6 +45,7 @@ cluster: tools ## create (or recover) kind cluster $(CLUSTER) with topology CONF
 
 .PHONY: cluster-down
 cluster-down: ## delete cluster $(CLUSTER) and its docker network
+	@bash scripts/test-world.sh down
 	@bash scripts/cluster.sh down
 
 .PHONY: test
