@@ -76,13 +76,18 @@ func TestLowestFreeBlock(t *testing.T) {
 	}
 }
 
-func TestLowestFreeBlockExhausted(t *testing.T) {
-	l := Layout{
+// smallLayout is a /26 of five 10-address blocks.
+func smallLayout() Layout {
+	return Layout{
 		Subnet:      netip.MustParsePrefix("10.250.0.0/26"),
 		Gateway:     netip.MustParseAddr("10.250.0.1"),
 		DockerRange: netip.MustParsePrefix("10.250.0.0/29"),
 		BlockSize:   10,
 	}
+}
+
+func TestLowestFreeBlockExhausted(t *testing.T) {
+	l := smallLayout()
 	// 64 - 8 reserved - broadcast = 55 usable -> 5 blocks.
 	if l.NumBlocks() != 5 {
 		t.Fatalf("NumBlocks = %d, want 5", l.NumBlocks())
@@ -147,12 +152,7 @@ func TestBlockContainsAndOffset(t *testing.T) {
 // subnet never yields one overlapping a reserved range (the test world), and
 // the numbering of the blocks around it does not move.
 func TestLowestFreeBlockNeverHandsOutReserved(t *testing.T) {
-	plain := Layout{
-		Subnet:      netip.MustParsePrefix("10.250.0.0/26"),
-		Gateway:     netip.MustParseAddr("10.250.0.1"),
-		DockerRange: netip.MustParsePrefix("10.250.0.0/29"),
-		BlockSize:   10,
-	}
+	plain := smallLayout()
 	world := netip.MustParsePrefix("10.250.0.28/30") // inside block 2, 10.250.0.28-37
 	l := plain
 	l.Reserved = []netip.Prefix{world}

@@ -192,6 +192,14 @@ func resolveCtx(ctx context.Context, dest string, resolve func() error) error {
 	}
 }
 
+// bindDeadline gives conn ctx's deadline and unblocks its reads when ctx is
+// cancelled for another reason (batch aborted); call the result when done.
+func bindDeadline(ctx context.Context, conn interface{ SetDeadline(time.Time) error }) (stop func() bool) {
+	dl, _ := ctx.Deadline()
+	conn.SetDeadline(dl)
+	return context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+}
+
 func withDeadline(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
 	if timeout > 0 {
 		return context.WithTimeout(ctx, timeout)
@@ -260,11 +268,7 @@ func probeUDP(ctx context.Context, req Request) Outcome {
 		return fail(Other, err)
 	}
 	defer conn.Close()
-	dl, _ := ctx.Deadline()
-	conn.SetDeadline(dl)
-	// Unblock the read when ctx is cancelled for another reason (batch aborted).
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	defer bindDeadline(ctx, conn)()
 
 	if _, err := conn.Write([]byte(req.Payload + "\n")); err != nil {
 		return classifyUDP(err)
