@@ -3,10 +3,14 @@
 package netpol
 
 // North-south and node paths (issue 23 item 2), the family `north-south`: the
-// paths cilium-cli's connectivity tests probe beyond pod to pod (pod-to-world,
-// pod-to-cidr, pod-to-host, host-to-pod, NodePort from pods and from outside,
-// hostPort, ICMP echo, a Service by name), probed here as truth tables judged
-// by the oracle, under each policy step of policies.NorthSouth. It lives in the
+// paths cilium-cli's connectivity tests probe beyond pod to pod, probed here as
+// truth tables judged by the oracle under each policy step of
+// policies.NorthSouth. In cilium-cli's names: pod-to-world and pod-to-cidr (the
+// test world), pod-to-host and host-to-pod (a hostNetwork pod per node, as its
+// host-netns DaemonSet), pod-to-local-nodeport and pod-to-remote-nodeport,
+// node-to-nodeport, outside-to-nodeport (its "node without Cilium" is the test
+// world's client here), pod-to-hostport, pod-to-service by name and ClusterIP,
+// and ICMP echo where it pings. It lives in the
 // matrix suite because it is a matrix family: sources x destinations under a
 // sequence of policy sets, compared with fixtures/oracle until they agree.
 //
