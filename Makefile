@@ -45,6 +45,7 @@ cluster: tools ## create (or recover) kind cluster $(CLUSTER) with topology CONF
 
 .PHONY: cluster-down
 cluster-down: ## delete cluster $(CLUSTER) and its docker network
+	@bash scripts/test-world.sh down
 	@bash scripts/cluster.sh down
 
 .PHONY: test
@@ -64,6 +65,10 @@ images: ## build the probe, agent and hubble-relay images and load them into clu
 .PHONY: deploy
 deploy: ## install flatnet (CRDs, agent DaemonSet) and wait for Ready nodes and CoreDNS
 	@bash scripts/deploy.sh
+
+.PHONY: test-world
+test-world: tools ## the offline test world of cluster $(CLUSTER): servers at TEST_WORLD_CIDR on its node subnet (idempotent; TEST_WORLD=down removes them)
+	@bash scripts/test-world.sh $(or $(TEST_WORLD),up)
 
 .PHONY: hubble
 hubble: tools ## port-forward hubble-relay to localhost:4245 for bin/hubble (HUBBLE_PORT=...), until Ctrl-C

@@ -47,10 +47,11 @@ fi
 "$CERTGEN" --kubeconfig "$KUBECONFIG" --namespace flatnet-system --cluster-name default >&2 ||
 	die "flatnet-certgen could not create the Hubble TLS Secrets (output above)"
 
-step "deploy: flatnet agent $IMAGE (subnet $NODE_SUBNET, gateway $NODE_GATEWAY, docker range $NODE_IP_RANGE)"
+step "deploy: flatnet agent $IMAGE (subnet $NODE_SUBNET, gateway $NODE_GATEWAY, docker range $NODE_IP_RANGE, reserved $TEST_WORLD_CIDR)"
 for f in "$MANIFESTS"/*.yaml; do
 	sed -e "s|@IMAGE@|$IMAGE|g" -e "s|@RELAY_IMAGE@|$RELAY_IMAGE|g" -e "s|@NODE_SUBNET@|$NODE_SUBNET|g" \
 		-e "s|@NODE_GATEWAY@|$NODE_GATEWAY|g" -e "s|@NODE_IP_RANGE@|$NODE_IP_RANGE|g" \
+		-e "s|@TEST_WORLD_CIDR@|$TEST_WORLD_CIDR|g" \
 		-e "s|@SERVICE_SUBNET@|$SERVICE_SUBNET|g" "$f"
 	echo "---"
 done | "$KUBECTL" apply -f - >&2

@@ -26,6 +26,9 @@ phase cluster bash "$REPO_ROOT/scripts/cluster.sh" up
 for s in probe-image deploy; do
 	[ -x "$REPO_ROOT/scripts/$s.sh" ] && phase "$s" bash "$REPO_ROOT/scripts/$s.sh" >"$OUT_DIR/$s.out"
 done
+# The offline world the north-south family probes (TEST_WORLD_CIDR on the node subnet).
+phase test-world bash "$REPO_ROOT/scripts/test-world.sh"
+export FLATNET_TEST_WORLD="$OUT_DIR/$CLUSTER.test-world.env"
 # OBSERVABILITY=1: Prometheus records the suites (make observability); with REUSE=1 it stays to look at.
 [ "${OBSERVABILITY:-0}" = 1 ] && phase observability bash "$REPO_ROOT/scripts/observability.sh"
 
@@ -64,7 +67,7 @@ if [ "$rc" -ne 0 ]; then
 fi
 
 printf '\n  %-12s %s\n' phase seconds >&2
-for k in tools cluster probe-image deploy observability suites; do
+for k in tools cluster probe-image deploy test-world observability suites; do
 	[ -n "${took[$k]:-}" ] && printf '  %-12s %5d\n' "$k" "${took[$k]}" >&2
 done
 printf '  JUnit: %s\n\n' "$ART/junit.xml" >&2
@@ -73,6 +76,7 @@ if [ "$rc" -ne 0 ]; then
 	die "e2e failed (exit $rc); cluster $CLUSTER kept for debugging" "KUBECONFIG=$KUBECONFIG" "logs: $ART/logs"
 fi
 if [ "${REUSE:-0}" != 1 ]; then
+	bash "$REPO_ROOT/scripts/test-world.sh" down
 	bash "$REPO_ROOT/scripts/cluster.sh" down
 else
 	info "REUSE=1: cluster $CLUSTER kept (KUBECONFIG=$KUBECONFIG)"

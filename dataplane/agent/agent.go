@@ -47,6 +47,8 @@ type Config struct {
 	Subnet      netip.Prefix
 	Gateway     netip.Addr
 	DockerRange netip.Prefix
+	// Reserved are ranges of the subnet never handed to a pod (ipam.Layout).
+	Reserved []netip.Prefix
 	// BlockSize forces the block size; 0 takes the Node's capacity.pods.
 	BlockSize int
 	// Uplink is the node's interface on the subnet; "" finds the one holding
@@ -103,7 +105,7 @@ func New(cfg Config, log *slog.Logger, kube kubernetes.Interface, dyn dynamic.In
 	if cfg.NodeName == "" {
 		return nil, errors.New("node name: missing; pass --node-name or set NODE_NAME (the DaemonSet sets it from spec.nodeName)")
 	}
-	l := ipam.Layout{Subnet: cfg.Subnet, Gateway: cfg.Gateway, DockerRange: cfg.DockerRange, BlockSize: ipam.DefaultBlockSize}
+	l := ipam.Layout{Subnet: cfg.Subnet, Gateway: cfg.Gateway, DockerRange: cfg.DockerRange, Reserved: cfg.Reserved, BlockSize: ipam.DefaultBlockSize}
 	if err := l.Validate(); err != nil {
 		return nil, fmt.Errorf("node subnet: %w", err)
 	}
@@ -221,7 +223,7 @@ func (a *Agent) setup(ctx context.Context) error {
 			nodeIPs = append(nodeIPs, ip)
 		}
 	}
-	layout := ipam.Layout{Subnet: a.cfg.Subnet, Gateway: a.cfg.Gateway, DockerRange: a.cfg.DockerRange, BlockSize: size}
+	layout := ipam.Layout{Subnet: a.cfg.Subnet, Gateway: a.cfg.Gateway, DockerRange: a.cfg.DockerRange, Reserved: a.cfg.Reserved, BlockSize: size}
 	for {
 		blk, created, err := a.blocks.EnsureNodeBlock(ctx, layout, a.cfg.NodeName, nodeIPs)
 		if err == nil {

@@ -64,6 +64,10 @@ type Layout struct {
 	// DockerRange is Docker's --ip-range, where Docker places the node
 	// containers themselves, e.g. 10.224.0.0/27. May be invalid (unset).
 	DockerRange netip.Prefix
+	// Reserved are further ranges of the subnet never handed to a pod, e.g.
+	// the test world's (TEST_WORLD_CIDR): a block overlapping one is skipped,
+	// as one holding a node address is, so the block numbering stays the same.
+	Reserved []netip.Prefix
 	// BlockSize is the number of addresses per block (MinBlockSize..MaxBlockSize).
 	BlockSize int
 }
@@ -91,6 +95,11 @@ func (l Layout) Validate() error {
 	if l.DockerRange.IsValid() {
 		if !l.DockerRange.Addr().Is4() || l.DockerRange.Bits() < l.Subnet.Bits() || !l.Subnet.Contains(l.DockerRange.Addr()) {
 			return fmt.Errorf("dockerRange %s: must be a CIDR inside subnet %s (docker network create --ip-range)", l.DockerRange, l.Subnet)
+		}
+	}
+	for _, r := range l.Reserved {
+		if !r.IsValid() || !r.Addr().Is4() || r.Bits() < l.Subnet.Bits() || !l.Subnet.Contains(r.Addr()) {
+			return fmt.Errorf("reserved range %s: must be an IPv4 CIDR inside subnet %s (e.g. TEST_WORLD_CIDR of kind-configs/network.env)", r, l.Subnet)
 		}
 	}
 	if l.NumBlocks() == 0 {
@@ -152,12 +161,17 @@ func (l Layout) reserved(b Block, nodeIPs []netip.Addr) bool {
 			return true
 		}
 	}
+	for _, r := range l.Reserved {
+		if b.Overlaps(Block{First: r.Masked().Addr(), Size: int(diff(r.Masked().Addr(), lastOf(r))) + 1}) {
+			return true
+		}
+	}
 	return slices.ContainsFunc(nodeIPs, b.Contains)
 }
 
 // LowestFreeBlock picks the lowest-index block that overlaps no existing
 // block (whatever its size) and holds no reserved address (network,
-// broadcast, gateway, Docker's range, any node IP). It is pure: the cluster
+// broadcast, gateway, Docker's range, a reserved range, any node IP). It is pure: the cluster
 // record decides who actually gets it (see the cluster package).
 func (l Layout) LowestFreeBlock(existing []Block, nodeIPs []netip.Addr) (Block, error) {
 	if err := l.Validate(); err != nil {

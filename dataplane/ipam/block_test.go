@@ -76,13 +76,18 @@ func TestLowestFreeBlock(t *testing.T) {
 	}
 }
 
-func TestLowestFreeBlockExhausted(t *testing.T) {
-	l := Layout{
+// smallLayout is a /26 of five 10-address blocks.
+func smallLayout() Layout {
+	return Layout{
 		Subnet:      netip.MustParsePrefix("10.250.0.0/26"),
 		Gateway:     netip.MustParseAddr("10.250.0.1"),
 		DockerRange: netip.MustParsePrefix("10.250.0.0/29"),
 		BlockSize:   10,
 	}
+}
+
+func TestLowestFreeBlockExhausted(t *testing.T) {
+	l := smallLayout()
 	// 64 - 8 reserved - broadcast = 55 usable -> 5 blocks.
 	if l.NumBlocks() != 5 {
 		t.Fatalf("NumBlocks = %d, want 5", l.NumBlocks())
@@ -111,13 +116,15 @@ func TestLayoutValidate(t *testing.T) {
 		l     Layout
 		field string
 	}{
-		"size too small":  {kindLayout(9), "blockSize 9"},
-		"size too large":  {kindLayout(251), "blockSize 251"},
-		"host bits":       {Layout{Subnet: netip.MustParsePrefix("10.224.0.5/16"), BlockSize: 30}, "host bits"},
-		"ipv6":            {Layout{Subnet: netip.MustParsePrefix("fd00::/64"), BlockSize: 30}, "IPv4"},
-		"gateway outside": {Layout{Subnet: netip.MustParsePrefix("10.224.0.0/16"), Gateway: netip.MustParseAddr("10.1.0.1"), BlockSize: 30}, "gateway"},
-		"range outside":   {Layout{Subnet: netip.MustParsePrefix("10.224.0.0/16"), DockerRange: netip.MustParsePrefix("10.1.0.0/27"), BlockSize: 30}, "dockerRange"},
-		"no room for one": {Layout{Subnet: netip.MustParsePrefix("10.224.0.0/28"), BlockSize: 30}, "no room"},
+		"size too small":   {kindLayout(9), "blockSize 9"},
+		"size too large":   {kindLayout(251), "blockSize 251"},
+		"host bits":        {Layout{Subnet: netip.MustParsePrefix("10.224.0.5/16"), BlockSize: 30}, "host bits"},
+		"ipv6":             {Layout{Subnet: netip.MustParsePrefix("fd00::/64"), BlockSize: 30}, "IPv4"},
+		"gateway outside":  {Layout{Subnet: netip.MustParsePrefix("10.224.0.0/16"), Gateway: netip.MustParseAddr("10.1.0.1"), BlockSize: 30}, "gateway"},
+		"range outside":    {Layout{Subnet: netip.MustParsePrefix("10.224.0.0/16"), DockerRange: netip.MustParsePrefix("10.1.0.0/27"), BlockSize: 30}, "dockerRange"},
+		"reserved outside": {Layout{Subnet: netip.MustParsePrefix("10.224.0.0/16"), Reserved: []netip.Prefix{netip.MustParsePrefix("10.225.255.0/24")}, BlockSize: 30}, "reserved range 10.225.255.0/24"},
+		"reserved ipv6":    {Layout{Subnet: netip.MustParsePrefix("10.224.0.0/16"), Reserved: []netip.Prefix{netip.MustParsePrefix("fd00::/120")}, BlockSize: 30}, "reserved range"},
+		"no room for one":  {Layout{Subnet: netip.MustParsePrefix("10.224.0.0/28"), BlockSize: 30}, "no room"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			err := tc.l.Validate()
@@ -138,5 +145,43 @@ func TestBlockContainsAndOffset(t *testing.T) {
 	}
 	if b.Nth(29) != netip.MustParseAddr("10.224.0.61") {
 		t.Fatalf("Nth(29) = %s", b.Nth(29))
+	}
+}
+
+// TestLowestFreeBlockNeverHandsOutReserved: claiming every block of a small
+// subnet never yields one overlapping a reserved range (the test world), and
+// the numbering of the blocks around it does not move.
+func TestLowestFreeBlockNeverHandsOutReserved(t *testing.T) {
+	plain := smallLayout()
+	world := netip.MustParsePrefix("10.250.0.28/30") // inside block 2, 10.250.0.28-37
+	l := plain
+	l.Reserved = []netip.Prefix{world}
+	if err := l.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	var taken []Block
+	for {
+		b, err := l.LowestFreeBlock(taken, nil)
+		if errors.Is(err, ErrExhausted) {
+			if !strings.Contains(err.Error(), "1 overlap reserved addresses") {
+				t.Errorf("exhaustion error %q does not count the reserved block", err)
+			}
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for a := b.First; b.Contains(a); a = a.Next() {
+			if world.Contains(a) {
+				t.Fatalf("block %s holds %s of the reserved range %s", b, a, world)
+			}
+		}
+		if pb, _ := plain.Block(b.Index); pb != b {
+			t.Fatalf("block %d is %s with the reservation, %s without: numbering moved", b.Index, b, pb)
+		}
+		taken = append(taken, b)
+	}
+	if len(taken) != plain.NumBlocks()-1 {
+		t.Fatalf("claimed %d blocks, want all %d but the reserved one", len(taken), plain.NumBlocks())
 	}
 }

@@ -312,7 +312,7 @@ func (c *Cluster) ensureNetwork(ctx context.Context) error {
 		return err
 	}
 	if u, busy := firstConflict(subnet, append(uses, routes...)); busy {
-		hint := "pick a free range: NODE_SUBNET=10.225.0.0/16 NODE_GATEWAY=10.225.0.1 NODE_IP_RANGE=10.225.0.0/27 API_SERVER_PORT=26444 make cluster"
+		hint := "pick a free range: NODE_SUBNET=10.225.0.0/16 NODE_GATEWAY=10.225.0.1 NODE_IP_RANGE=10.225.0.0/27 API_SERVER_PORT=26444 TEST_WORLD_CIDR=10.225.255.0/24 make cluster"
 		if u.Network {
 			hint = "remove that network, or " + hint
 		}

@@ -25,6 +25,10 @@ type Network struct {
 	// ephemeral port) then steals any local listener the kernel gives that port
 	// (a test's 127.0.0.1:0 server got "connection refused").
 	APIServerPort uint16
+	// TestWorld is TEST_WORLD_CIDR: the addresses of the offline test world's
+	// containers (scripts/test-world.sh), inside Subnet, never a node's (outside
+	// IPRange) nor a pod's (the agents reserve it). Invalid when the plan has none.
+	TestWorld netip.Prefix
 }
 
 // ephemeralStart is where Linux's default ip_local_port_range begins.
@@ -88,6 +92,11 @@ func parseNetwork(vals map[string]string) (Network, error) {
 		errs = append(errs, fmt.Sprintf("API_SERVER_PORT=%q: want a port from 1024 to %d, below the ephemeral range (e.g. 26443)", vals["API_SERVER_PORT"], ephemeralStart-1))
 	}
 	n.APIServerPort = uint16(port)
+	if v, ok := vals["TEST_WORLD_CIDR"]; ok && len(errs) == 0 {
+		if err := n.setTestWorld(v); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
 	if len(errs) > 0 {
 		return Network{}, fmt.Errorf("the address plan (kind-configs/network.env, or the variables overriding it): %s", strings.Join(errs, "; "))
 	}
@@ -110,4 +119,46 @@ func firstConflict(subnet netip.Prefix, uses []Use) (Use, bool) {
 		}
 	}
 	return Use{}, false
+}
+
+// setTestWorld checks TEST_WORLD_CIDR against the rest of the plan: a test-world
+// address outside the node subnet would not be on the nodes' link (or would
+// leave the machine), one in NODE_IP_RANGE could be given to a node, and the
+// subnet's network and gateway addresses belong to Docker (the broadcast address
+// is never given to a container, so the subnet's last /24 is a fine block).
+func (n *Network) setTestWorld(v string) error {
+	hint := fmt.Sprintf("pick a block of NODE_SUBNET outside NODE_IP_RANGE, e.g. TEST_WORLD_CIDR=%s (the last /24 of NODE_SUBNET)", lastSlash24(n.Subnet))
+	p, err := netip.ParsePrefix(v)
+	switch {
+	case err != nil || !p.Addr().Is4():
+		return fmt.Errorf("TEST_WORLD_CIDR=%q is not an IPv4 CIDR; %s", v, hint)
+	case p != p.Masked():
+		return fmt.Errorf("TEST_WORLD_CIDR=%s has host bits set; write %s", p, p.Masked())
+	case p.Bits() < n.Subnet.Bits() || !n.Subnet.Contains(p.Addr()):
+		return fmt.Errorf("TEST_WORLD_CIDR=%s is not inside NODE_SUBNET=%s: the test world must sit on the nodes' docker network; %s", p, n.Subnet, hint)
+	case p.Overlaps(n.IPRange):
+		return fmt.Errorf("TEST_WORLD_CIDR=%s overlaps NODE_IP_RANGE=%s, where Docker places the nodes; %s", p, n.IPRange, hint)
+	case p.Contains(n.Gateway) || p.Contains(n.Subnet.Addr()):
+		return fmt.Errorf("TEST_WORLD_CIDR=%s holds the network or gateway address (NODE_GATEWAY=%s) of NODE_SUBNET=%s; %s", p, n.Gateway, n.Subnet, hint)
+	}
+	n.TestWorld = p
+	return nil
+}
+
+// lastSlash24 is the /24 holding subnet's last address (a /24 or smaller
+// subnet is returned whole: a suggestion only, which the checks then judge).
+func lastSlash24(subnet netip.Prefix) netip.Prefix {
+	if subnet.Bits() >= 24 {
+		return subnet
+	}
+	p, _ := lastAddr(subnet).Prefix(24)
+	return p
+}
+
+// lastAddr is the last address of p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Masked().Addr().As4()
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	v |= uint32(1)<<(32-p.Bits()) - 1
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }

@@ -21,6 +21,7 @@ func TestLoadNetworkRepoFile(t *testing.T) {
 		IPRange:       netip.MustParsePrefix("10.224.0.0/27"),
 		ServiceSubnet: netip.MustParsePrefix("10.96.0.0/16"),
 		APIServerPort: 26443,
+		TestWorld:     netip.MustParsePrefix("10.224.255.0/24"),
 	}
 	if n != want {
 		t.Fatalf("got %+v, want %+v", n, want)
@@ -28,7 +29,7 @@ func TestLoadNetworkRepoFile(t *testing.T) {
 }
 
 func TestLoadNetworkEnvironmentOverrides(t *testing.T) {
-	env := map[string]string{"NODE_SUBNET": "10.225.0.0/16", "NODE_GATEWAY": "10.225.0.1", "NODE_IP_RANGE": "10.225.0.0/27", "API_SERVER_PORT": "26444"}
+	env := map[string]string{"NODE_SUBNET": "10.225.0.0/16", "NODE_GATEWAY": "10.225.0.1", "NODE_IP_RANGE": "10.225.0.0/27", "API_SERVER_PORT": "26444", "TEST_WORLD_CIDR": "10.225.255.0/24"}
 	n, err := LoadNetwork("../../kind-configs/network.env", func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
@@ -65,6 +66,38 @@ func TestLoadNetworkRefuses(t *testing.T) {
 	}
 }
 
+// TestLoadNetworkRefusesTestWorld: a TEST_WORLD_CIDR off the nodes' link, on
+// Docker's node range or its gateway is refused by name, with the fix.
+func TestLoadNetworkRefusesTestWorld(t *testing.T) {
+	for cidr, want := range map[string]string{
+		"10.224.255.0":    `TEST_WORLD_CIDR="10.224.255.0" is not an IPv4 CIDR`,
+		"10.224.255.7/24": "TEST_WORLD_CIDR=10.224.255.7/24 has host bits set; write 10.224.255.0/24",
+		"10.225.255.0/24": "TEST_WORLD_CIDR=10.225.255.0/24 is not inside NODE_SUBNET=10.224.0.0/16",
+		"10.0.0.0/8":      "TEST_WORLD_CIDR=10.0.0.0/8 is not inside NODE_SUBNET=10.224.0.0/16",
+		"10.224.0.16/28":  "TEST_WORLD_CIDR=10.224.0.16/28 overlaps NODE_IP_RANGE=10.224.0.0/27",
+		"10.224.0.0/16":   "overlaps NODE_IP_RANGE",
+		"10.224.0.0/31":   "overlaps NODE_IP_RANGE",
+	} {
+		t.Run(cidr, func(t *testing.T) {
+			_, err := LoadNetwork("../../kind-configs/network.env", func(k string) string {
+				return map[string]string{"TEST_WORLD_CIDR": cidr}[k]
+			})
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Fatalf("got %v, want an error with %q", err, want)
+			}
+			if !strings.Contains(err.Error(), "TEST_WORLD_CIDR") {
+				t.Fatalf("%v: does not name TEST_WORLD_CIDR", err)
+			}
+		})
+	}
+	// The gateway outside Docker's range: only the gateway check can catch it.
+	env := map[string]string{"NODE_GATEWAY": "10.224.255.254"}
+	_, err := LoadNetwork("../../kind-configs/network.env", func(k string) string { return env[k] })
+	if err == nil || !strings.Contains(err.Error(), "holds the network or gateway address (NODE_GATEWAY=10.224.255.254)") {
+		t.Fatalf("gateway inside the test world: got %v", err)
+	}
+}
+
 func TestFirstConflict(t *testing.T) {
 	subnet := netip.MustParsePrefix("10.224.0.0/16")
 	uses := []Use{
@@ -88,9 +121,9 @@ func TestFirstConflict(t *testing.T) {
 func TestLoadNetworkMatchesShell(t *testing.T) {
 	for _, env := range []map[string]string{
 		{},
-		{"NODE_SUBNET": "10.225.0.0/16", "NODE_GATEWAY": "10.225.0.1", "NODE_IP_RANGE": "10.225.0.0/27", "SERVICE_SUBNET": "10.97.0.0/16"},
+		{"NODE_SUBNET": "10.225.0.0/16", "NODE_GATEWAY": "10.225.0.1", "NODE_IP_RANGE": "10.225.0.0/27", "SERVICE_SUBNET": "10.97.0.0/16", "TEST_WORLD_CIDR": "10.225.255.0/24"},
 	} {
-		cmd := exec.Command("bash", "-c", `source ../../kind-configs/network.env; echo "$NODE_SUBNET $NODE_GATEWAY $NODE_IP_RANGE $SERVICE_SUBNET"`)
+		cmd := exec.Command("bash", "-c", `source ../../kind-configs/network.env; echo "$NODE_SUBNET $NODE_GATEWAY $NODE_IP_RANGE $SERVICE_SUBNET $TEST_WORLD_CIDR"`)
 		cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 		for k, v := range env {
 			cmd.Env = append(cmd.Env, k+"="+v)
@@ -103,7 +136,7 @@ func TestLoadNetworkMatchesShell(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got, want := fmt.Sprintf("%s %s %s %s", n.Subnet, n.Gateway, n.IPRange, n.ServiceSubnet), strings.TrimSpace(string(out)); got != want {
+		if got, want := fmt.Sprintf("%s %s %s %s %s", n.Subnet, n.Gateway, n.IPRange, n.ServiceSubnet, n.TestWorld), strings.TrimSpace(string(out)); got != want {
 			t.Errorf("overrides %v: Go read %q, the shell %q", env, got, want)
 		}
 	}

@@ -34,7 +34,7 @@ const (
 type Target struct {
 	// Target is host:port (IPv6 hosts in brackets).
 	Target string `json:"target"`
-	// Protocol is tcp, udp or sctp; empty means the batch's default.
+	// Protocol is tcp, udp, sctp or icmp (host:0); empty means the batch's default.
 	Protocol connect.Protocol `json:"protocol,omitempty"`
 	// Payload is sent over UDP and SCTP; empty means the batch's default.
 	Payload string `json:"payload,omitempty"`
@@ -95,7 +95,7 @@ func (o Options) Validate() error {
 		return fmt.Errorf("--parallel=%d: must be at least 1", o.Parallel)
 	}
 	if _, err := connect.ParseProtocol(string(o.Protocol)); err != nil {
-		return fmt.Errorf("--protocol=%s: must be tcp, udp or sctp", o.Protocol)
+		return fmt.Errorf("--protocol=%s: must be tcp, udp, sctp or icmp", o.Protocol)
 	}
 	return nil
 }

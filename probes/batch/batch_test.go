@@ -107,6 +107,7 @@ func TestParseTargets(t *testing.T) {
 10.0.0.7:53 udp
   [fd00::7]:8080   sctp
 svc.ns.svc.cluster.local:443
+10.0.0.9:0 icmp
 {"target":"10.0.0.8:81","protocol":"udp","payload":"echo x"}
 `
 	got, err := batch.ParseTargets(strings.NewReader(in))
@@ -118,6 +119,7 @@ svc.ns.svc.cluster.local:443
 		{Target: "10.0.0.7:53", Protocol: connect.UDP},
 		{Target: "[fd00::7]:8080", Protocol: connect.SCTP},
 		{Target: "svc.ns.svc.cluster.local:443"},
+		{Target: "10.0.0.9:0", Protocol: connect.ICMP},
 		{Target: "10.0.0.8:81", Protocol: connect.UDP, Payload: "echo x"},
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
@@ -141,7 +143,8 @@ func TestParseTargetsRejectsBadLines(t *testing.T) {
 		{"10.0.0.7:0", "port"},
 		{"10.0.0.7:65536", "port"},
 		{"10.0.0.7:http", "port"},
-		{"10.0.0.7:80 icmp", "protocol"},
+		{"10.0.0.7:80 quic", "protocol"},
+		{"10.0.0.7:80 icmp", "ICMP has no ports"},
 		{"10.0.0.7:80 tcp extra", "too many fields"},
 		{`{"target":"10.0.0.7:80","proto":"udp"}`, "proto"},
 		{`{"target":"10.0.0.7:80"`, "JSON"},
@@ -169,7 +172,7 @@ func TestOptionsValidate(t *testing.T) {
 		{func(o *batch.Options) { o.Timeout = 0 }, "--timeout"},
 		{func(o *batch.Options) { o.Timeout = -time.Second }, "--timeout"},
 		{func(o *batch.Options) { o.Parallel = 0 }, "--parallel"},
-		{func(o *batch.Options) { o.Protocol = "icmp" }, "--protocol"},
+		{func(o *batch.Options) { o.Protocol = "quic" }, "--protocol"},
 	} {
 		o := batch.DefaultOptions()
 		c.edit(&o)

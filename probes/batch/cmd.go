@@ -55,7 +55,7 @@ Targets come from the arguments, or else one per line from --file or stdin:
 	f := cmd.Flags()
 	f.DurationVar(&opts.Timeout, "timeout", opts.Timeout, "Deadline of each attempt (must be positive)")
 	f.IntVar(&opts.Parallel, "parallel", opts.Parallel, "Maximum attempts in flight")
-	f.StringVar(&protocol, "protocol", protocol, "Protocol for targets that name none: tcp, udp or sctp")
+	f.StringVar(&protocol, "protocol", protocol, "Protocol for targets that name none: tcp, udp, sctp or icmp")
 	f.StringVar(&opts.UDPPayload, "udp-data", opts.UDPPayload, "The UDP payload sent to targets that name none")
 	f.StringVar(&opts.SCTPPayload, "sctp-data", opts.SCTPPayload, "The SCTP payload sent to targets that name none")
 	f.StringVarP(&file, "file", "f", "", `Read targets from this file ("-" or empty: stdin) when no arguments are given`)

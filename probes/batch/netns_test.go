@@ -103,7 +103,7 @@ func TestBatchBadInput(t *testing.T) {
 	}{
 		{"192.0.2.2:80\n", []string{"--timeout=0s"}, "--timeout"},
 		{"192.0.2.2:80\n", []string{"--timeout=-3s"}, "--timeout"},
-		{"192.0.2.2:80\n", []string{"--protocol=icmp"}, "--protocol"},
+		{"192.0.2.2:80\n", []string{"--protocol=quic"}, "--protocol"},
 		{"192.0.2.2:80\n192.0.2.2\n", nil, "line 2"},
 		{"192.0.2.2:99999\n", nil, "port"},
 	} {

@@ -17,6 +17,7 @@ import (
 // ParseTargets reads a batch request: one target per line, either
 //
 //	host:port [tcp|udp|sctp]
+//	host:0 icmp
 //
 // or a JSON Target object ({"target":"10.0.0.7:80","protocol":"udp"}). Blank lines
 // and lines starting with # are skipped. Every line is checked before any is
@@ -53,7 +54,7 @@ func parseLine(line string) (Target, error) {
 	} else {
 		f := strings.Fields(line)
 		if len(f) > 2 {
-			return Target{}, errors.New("too many fields: write host:port, optionally followed by tcp, udp or sctp")
+			return Target{}, errors.New("too many fields: write host:port, optionally followed by tcp, udp or sctp (or host:0 icmp)")
 		}
 		t.Target = f[0]
 		if len(f) == 2 {
@@ -73,14 +74,18 @@ func ValidateTarget(t Target) error {
 	if host == "" {
 		return errors.New("target: empty host: write host:port, e.g. 10.224.0.57:80")
 	}
-	n, err := strconv.Atoi(port)
-	if err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("target: port %q: must be a number from 1 to 65535", port)
-	}
 	if t.Protocol != "" {
 		if _, err := connect.ParseProtocol(string(t.Protocol)); err != nil {
-			return fmt.Errorf("protocol %q: must be tcp, udp or sctp", t.Protocol)
+			return fmt.Errorf("protocol %q: must be tcp, udp, sctp or icmp", t.Protocol)
 		}
+	}
+	n, err := strconv.Atoi(port)
+	switch {
+	case t.Protocol == connect.ICMP && port != "0":
+		return fmt.Errorf("target: port %q: ICMP has no ports: write host:0 icmp", port)
+	case t.Protocol == connect.ICMP:
+	case err != nil || n < 1 || n > 65535:
+		return fmt.Errorf("target: port %q: must be a number from 1 to 65535", port)
 	}
 	return nil
 }

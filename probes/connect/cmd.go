@@ -36,7 +36,7 @@ func NewCommand() *cobra.Command {
 			if err != nil {
 				// agnhost prints "Unsupported protocol\n<value>" and exits 1; the
 				// flag and the allowed values follow on the same line.
-				fmt.Fprintf(stderr, "Unsupported protocol\n%s: --protocol must be tcp, udp or sctp\n", protocol)
+				fmt.Fprintf(stderr, "Unsupported protocol\n%s: --protocol must be tcp, udp, sctp or icmp\n", protocol)
 				return cli.Exit(1)
 			}
 			payload := udpData
@@ -52,6 +52,8 @@ func NewCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().DurationVar(&timeout, "timeout", 0, "Maximum time before returning an error")
+	// Word for word as agnhost's help (the tests compare them); icmp (a host, or
+	// host:0) is this probe's addition.
 	cmd.Flags().StringVar(&protocol, "protocol", "tcp", "The protocol to use to perform the connection, can be tcp, udp or sctp")
 	cmd.Flags().StringVar(&udpData, "udp-data", DefaultPayload, "The UDP payload send to the server")
 	cmd.Flags().StringVar(&sctpData, "sctp-data", DefaultPayload, "The SCTP payload send to the server")

@@ -25,9 +25,12 @@ const (
 	TCP  Protocol = "tcp"
 	UDP  Protocol = "udp"
 	SCTP Protocol = "sctp"
+	// ICMP is one echo request answered by an echo reply (icmp.go). agnhost
+	// connect has no such protocol; cilium-cli's connectivity tests ping.
+	ICMP Protocol = "icmp"
 )
 
-// ParseProtocol accepts what agnhost's --protocol accepts ("" means tcp).
+// ParseProtocol accepts what agnhost's --protocol accepts ("" means tcp), and icmp.
 func ParseProtocol(s string) (Protocol, error) {
 	switch s {
 	case "", "tcp":
@@ -36,8 +39,10 @@ func ParseProtocol(s string) (Protocol, error) {
 		return UDP, nil
 	case "sctp":
 		return SCTP, nil
+	case "icmp":
+		return ICMP, nil
 	}
-	return "", fmt.Errorf("unsupported protocol %q: want tcp, udp or sctp", s)
+	return "", fmt.Errorf("unsupported protocol %q: want tcp, udp, sctp or icmp", s)
 }
 
 // Verdict is the outcome class of one probe.
@@ -131,9 +136,11 @@ func Probe(ctx context.Context, req Request) Outcome {
 		out = probeUDP(ctx, req)
 	case SCTP:
 		out = probeSCTP(ctx, req)
+	case ICMP:
+		out = probeICMP(ctx, req)
 	default:
 		out = Outcome{Verdict: Unknown, Message: fmt.Sprintf("UNKNOWN: unsupported protocol %q", req.Protocol),
-			Detail: fmt.Sprintf("unsupported protocol %q", req.Protocol), Hint: "--protocol must be tcp, udp or sctp"}
+			Detail: fmt.Sprintf("unsupported protocol %q", req.Protocol), Hint: "--protocol must be tcp, udp, sctp or icmp"}
 	}
 	if out.Verdict == Timeout && req.Timeout <= 0 && out.Hint == "" {
 		out.Hint = timeoutHint(req)
@@ -183,6 +190,14 @@ func resolveCtx(ctx context.Context, dest string, resolve func() error) error {
 		}
 		return fmt.Errorf("name resolution did not finish: %w", ctx.Err())
 	}
+}
+
+// bindDeadline gives conn ctx's deadline and unblocks its reads when ctx is
+// cancelled for another reason (batch aborted); call the result when done.
+func bindDeadline(ctx context.Context, conn interface{ SetDeadline(time.Time) error }) (stop func() bool) {
+	dl, _ := ctx.Deadline()
+	conn.SetDeadline(dl)
+	return context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
 }
 
 func withDeadline(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
@@ -253,11 +268,7 @@ func probeUDP(ctx context.Context, req Request) Outcome {
 		return fail(Other, err)
 	}
 	defer conn.Close()
-	dl, _ := ctx.Deadline()
-	conn.SetDeadline(dl)
-	// Unblock the read when ctx is cancelled for another reason (batch aborted).
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	defer bindDeadline(ctx, conn)()
 
 	if _, err := conn.Write([]byte(req.Payload + "\n")); err != nil {
 		return classifyUDP(err)

@@ -87,7 +87,7 @@ func TestLoopbackOutcomes(t *testing.T) {
 			verdict: connect.DNS, message: "DNS: address 127.0.0.1: missing port in address", hint: "host:port"},
 		{name: "tcp port out of range", req: connect.Request{Dest: "127.0.0.1:70000", Timeout: time.Second},
 			verdict: connect.DNS, message: "DNS: address 70000: invalid port", hint: "1 to 65535"},
-		{name: "unknown protocol", req: connect.Request{Dest: tcpOpen, Protocol: "icmp", Timeout: time.Second},
+		{name: "unknown protocol", req: connect.Request{Dest: tcpOpen, Protocol: "quic", Timeout: time.Second},
 			verdict: connect.Unknown, hint: "--protocol"},
 	}
 	for _, c := range cases {

@@ -186,7 +186,7 @@ func TestBadInputMakesNoExec(t *testing.T) {
 		{"no namespace", &podexec.Runner{Exec: ex}, podexec.Pod{Name: "x"}, good, "Namespace"},
 		{"no name", &podexec.Runner{Exec: ex}, podexec.Pod{Namespace: "x"}, good, "Name"},
 		{"bad target", &podexec.Runner{Exec: ex}, pod, []batch.Target{{Target: "192.0.2.2"}}, "targets[0]"},
-		{"bad protocol", &podexec.Runner{Exec: ex}, pod, []batch.Target{{Target: "192.0.2.2:80", Protocol: "icmp"}}, "protocol"},
+		{"bad protocol", &podexec.Runner{Exec: ex}, pod, []batch.Target{{Target: "192.0.2.2:80", Protocol: "quic"}}, "protocol"},
 		{"negative retries", &podexec.Runner{Exec: ex, Retries: -1}, pod, good, "Retries"},
 		{"negative timeout", &podexec.Runner{Exec: ex, Options: batch.Options{Timeout: -time.Second}}, pod, good, "--timeout"},
 		{"negative parallel", &podexec.Runner{Exec: ex, Options: batch.Options{Parallel: -1}}, pod, good, "--parallel"},

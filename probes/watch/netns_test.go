@@ -91,7 +91,7 @@ func TestWatchBadInputAndWrongStart(t *testing.T) {
 		{[]string{target, "--until=closed"}, 1, "--until"},
 		{[]string{target, "--timeout=2s"}, 1, "--timeout"},
 		{[]string{target, "--interval=0s"}, 1, "--interval"},
-		{[]string{target, "--protocol=icmp"}, 1, "--protocol"},
+		{[]string{target, "--protocol=quic"}, 1, "--protocol"},
 		{[]string{target, "--until=blocked", "--timeout=100ms"}, 2, "NOT-open"},
 		{[]string{target, "--until=open", "--timeout=100ms", "--deadline=500ms"}, 3, "UNCHANGED"},
 	} {

@@ -45,6 +45,7 @@ func command() *cobra.Command {
 	var (
 		cfg                          agent.RunConfig
 		subnet, gateway, dockerRange string
+		reserved                     []string
 		hubbleMetrics                string
 		serviceCIDRs                 []string
 	)
@@ -69,6 +70,13 @@ func command() *cobra.Command {
 					return fmt.Errorf("--docker-range %q: not a CIDR", dockerRange)
 				}
 			}
+			for _, r := range reserved {
+				p, err := netip.ParsePrefix(r)
+				if err != nil {
+					return fmt.Errorf("--reserved-range %q: not a CIDR, e.g. 10.224.255.0/24 (TEST_WORLD_CIDR)", r)
+				}
+				cfg.Reserved = append(cfg.Reserved, p)
+			}
 			if cfg.Policy {
 				for _, c := range serviceCIDRs {
 					p, err := ipv4.ParsePrefix(c)
@@ -92,6 +100,7 @@ func command() *cobra.Command {
 	f.StringVar(&subnet, "subnet", "10.224.0.0/16", "node subnet (the kind docker network)")
 	f.StringVar(&gateway, "gateway", "10.224.0.1", "docker's gateway on the node subnet (never handed out)")
 	f.StringVar(&dockerRange, "docker-range", "10.224.0.0/27", "docker's --ip-range for node containers (never handed out)")
+	f.StringSliceVar(&reserved, "reserved-range", nil, "a range of the subnet never handed to a pod (repeatable; the test world's TEST_WORLD_CIDR)")
 	f.IntVar(&cfg.BlockSize, "block-size", 0, "addresses per node, 10..250; 0 = the Node's capacity.pods (the kubelet's maxPods)")
 	f.StringVar(&cfg.Uplink, "uplink", "", "node interface on the subnet; empty = the one holding the Node's InternalIP")
 	f.IntVar(&cfg.MTU, "mtu", 0, "pod interface MTU; 0 = the uplink's")

@@ -180,6 +180,45 @@ func TestNodeIPsAndOtherSizesAreAvoided(t *testing.T) {
 	}
 }
 
+// TestReservedRangeIsNeverClaimed: nodes claiming at once on the API server
+// fill a small subnet to exhaustion and none gets a block overlapping the
+// reserved range (the test world's TEST_WORLD_CIDR).
+func TestReservedRangeIsNeverClaimed(t *testing.T) {
+	ctx := context.Background()
+	c := newClient(t)
+	world := netip.MustParsePrefix("10.9.0.64/28")
+	l := ipam.Layout{Subnet: netip.MustParsePrefix("10.9.0.0/25"), Gateway: netip.MustParseAddr("10.9.0.1"), Reserved: []netip.Prefix{world}, BlockSize: 30}
+	// 10.9.0.2 .. 10.9.0.126: four blocks of 30, the third (.62-.91) holding the reserved range.
+	const nodes = 4
+	got := make([]IPBlock, nodes)
+	errs := make([]error, nodes)
+	var wg sync.WaitGroup
+	for i := range nodes {
+		wg.Go(func() { got[i], _, errs[i] = c.EnsureNodeBlock(ctx, l, fmt.Sprintf("node-%d", i), nil) })
+	}
+	wg.Wait()
+	claimed := 0
+	for i, err := range errs {
+		if errors.Is(err, ipam.ErrExhausted) {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("node-%d: %v", i, err)
+		}
+		claimed++
+		b, err := got[i].Block()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.Contains(world.Addr()) || world.Contains(b.First) {
+			t.Fatalf("node-%d got %s, overlapping the reserved %s", i, b, world)
+		}
+	}
+	if claimed != 3 {
+		t.Fatalf("%d nodes got a block, want 3 (one of the four holds the reserved range): %v", claimed, errs)
+	}
+}
+
 func TestExhaustedSubnet(t *testing.T) {
 	ctx := context.Background()
 	c := newClient(t)

@@ -36,7 +36,7 @@ func run() int {
 	out := flag.String("out", os.Getenv("OUT_DIR"), "where the kubeconfig and logs go (default <repo>/_output)")
 	since := flag.Int64("since", time.Now().Unix(), "unix time the run started, for the [mm:ss] stamps")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: %s [flags] up|down|status|nodes|logs DIR\n", os.Args[0])
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: %s [flags] up|down|status|nodes|network|logs DIR\n", os.Args[0])
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -84,6 +84,10 @@ func run() int {
 				fmt.Println(n)
 			}
 		}
+	case cmd == "network" && flag.NArg() == 1:
+		// The checked address plan, for scripts that must not repeat the checks
+		// (scripts/test-world.sh): reaching here means LoadNetwork accepted it.
+		fmt.Printf("NODE_SUBNET=%s\nNODE_GATEWAY=%s\nNODE_IP_RANGE=%s\nTEST_WORLD_CIDR=%s\n", net.Subnet, net.Gateway, net.IPRange, net.TestWorld)
 	case cmd == "logs" && flag.NArg() == 2:
 		err = c.CollectLogs(flag.Arg(1))
 	default:

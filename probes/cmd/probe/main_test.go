@@ -116,7 +116,7 @@ func TestConnectMatchesAgnhost(t *testing.T) {
 		{name: "malformed target", args: []string{"connect", "192.0.2.2", "--timeout=1s"}, names: "host:port"},
 		{name: "malformed udp target", args: []string{"connect", "192.0.2.2", "--timeout=1s", "--protocol=udp"}, names: "host:port"},
 		{name: "bad port", args: []string{"connect", "192.0.2.2:99999", "--timeout=1s"}, names: "port"},
-		{name: "unknown protocol", args: []string{"connect", open, "--protocol=icmp"}, names: "--protocol"},
+		{name: "unknown protocol", args: []string{"connect", open, "--protocol=quic"}, names: "--protocol"},
 		{name: "negative timeout", args: []string{"connect", open, "--timeout=-1s"}, names: "--timeout"},
 		{name: "zero timeout, sctp", args: []string{"connect", open, "--timeout=0s", "--protocol=sctp"}, names: "--timeout"},
 	}
