@@ -71,6 +71,13 @@ var _ = Describe("apply to enforcement benchmark", Label("bench"), Serial, func(
 			checkOracle(snap.Cluster, set, pairs, false, kind)
 		}
 		ex := cluster.Exec
+		// The rounds start from every path open. Right after the policies of an
+		// earlier spec are deleted they may still be enforced for a while (on
+		// Cilium v1.20.2 lifting a deny took 1-2 s here), and a watch whose first
+		// attempt times out stops as NOT-open: wait for the paths instead.
+		By("waiting until every watched path is open")
+		Eventually(func(ctx context.Context) error { return allOpen(ctx, ex, snap, pairs) }).
+			WithContext(ctx).WithTimeout(cluster.Settings.EnforceTimeout).WithPolling(time.Second).Should(Succeed())
 		By(fmt.Sprintf("%d rounds; %d server pods on %d node(s), each watched from a client", rounds, len(pairs), len(nodes)))
 
 		var applyTimes, deleteTimes []time.Duration
@@ -203,6 +210,20 @@ func checkOracle(c oracle.Cluster, set oracle.PolicySet, pairs []benchPair, open
 		Expect(err).NotTo(HaveOccurred())
 		Expect(v.Allowed).To(Equal(open), "oracle, %s: %s -> %s:80", what, p.client.Ref(), p.server.Ref())
 	}
+}
+
+// allOpen connects once over every pair's path; an error names the first
+// that did not connect.
+func allOpen(ctx context.Context, ex podexec.Executor, snap workload.Snapshot, pairs []benchPair) error {
+	for _, p := range pairs {
+		pod := podexec.Pod{Namespace: p.client.Namespace, Name: p.client.Name, Container: snap.ExecContainers[p.client.Ref()]}
+		var out strings.Builder
+		cmd := []string{"/probe", "connect", fmt.Sprintf("%s:80", p.server.IP), "--timeout=1s"}
+		if err := ex.Exec(ctx, pod, cmd, nil, &out, &out); err != nil {
+			return fmt.Errorf("%s -> %s:80 not open yet: %v %s", p.client.Ref(), p.server.Ref(), err, strings.TrimSpace(out.String()))
+		}
+	}
+	return nil
 }
 
 // timeChange runs one watch per pair until every one is READY, calls change,
