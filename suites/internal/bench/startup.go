@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -146,8 +147,17 @@ func (b Burst) Run(ctx context.Context, cs kubernetes.Interface, label string) (
 		return true, nil
 	})
 	// Resync once: a pod updated before its entry existed is complete in the cache.
+	why := map[string]int{} // what keeps pods from Ready, for the error
 	for _, o := range inf.GetStore().List() {
 		see(o)
+		if p, ok := o.(*corev1.Pod); ok {
+			for _, c := range p.Status.Conditions {
+				if c.Status != corev1.ConditionTrue && (c.Type == corev1.PodScheduled || c.Type == corev1.PodReady) {
+					why[fmt.Sprintf("%s: %s %s", c.Type, c.Reason, c.Message)]++
+					break
+				}
+			}
+		}
 	}
 	out := make([]PodTimes, 0, len(names))
 	mu.Lock()
@@ -174,7 +184,11 @@ func (b Burst) Run(ctx context.Context, cs kubernetes.Interface, label string) (
 		return out, fmt.Errorf("burst: pods %s in %s still there after 2 minutes", sel, b.Namespace)
 	}
 	if waitErr != nil {
-		return out, fmt.Errorf("burst: %d of %d pods Ready after %s", ready, b.Pods, b.Timeout)
+		var reasons []string
+		for w, n := range why {
+			reasons = append(reasons, fmt.Sprintf("%d pods %s", n, w))
+		}
+		return out, fmt.Errorf("burst: %d of %d pods Ready after %s; %s", ready, b.Pods, b.Timeout, strings.Join(reasons, "; "))
 	}
 	return out, nil
 }
