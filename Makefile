@@ -80,6 +80,10 @@ conformance: tools ## the policy suites against any cluster: KUBECONFIG=... PROB
 	$(BIN_DIR)/ginkgo --tags e2e --keep-going --label-filter '!flatnet' --junit-report junit.xml \
 		--output-dir $(CURDIR)/_artifacts/conformance ./suites/seed ./suites/netpol
 
+.PHONY: perf
+perf: ## netperf's tests on pod/host paths with 0 and 1,000 policies, vs host↔host (KUBECONFIG=, PROBE_IMAGE=, PERF_ARGS=) -> _artifacts/perf/<cluster>/
+	@bash scripts/perf.sh
+
 .PHONY: cilium-cluster
 cilium-cluster: ## nightly, not in e2e: kind cluster cilium-ref running Cilium (CILIUM_VERSION) built here; ~25 min cold
 	@bash scripts/cilium-cluster.sh up

@@ -15,6 +15,7 @@ import (
 	"github.com/flatnet/flatnet/probes/internal/cli"
 	"github.com/flatnet/flatnet/probes/netexec"
 	"github.com/flatnet/flatnet/probes/pause"
+	"github.com/flatnet/flatnet/probes/perf"
 	"github.com/flatnet/flatnet/probes/serve"
 	"github.com/flatnet/flatnet/probes/watch"
 )
@@ -40,6 +41,7 @@ func newRoot(argv0 string) *cobra.Command {
 		pause.NewCommand(),
 		batch.NewCommand(),
 		watch.NewCommand(),
+		perf.NewCommand(),
 	)
 	return root
 }
