@@ -4,6 +4,7 @@
 //	bench measure --cni flatnet|cilium --cluster NAME --out R.json   one cluster's figures
 //	bench add-enforce R.json LOG       the enforcement benchmark's figures (ginkgo's output) into R
 //	bench add-datapath R.json SUMMARY  scripts/bench-datapath.sh's netns TCP figures into R
+//	bench add-perf R.json PERF.json    make perf's pod-to-pod TCP_RR/TCP_CRR (perfdash perf.json) into R
 //	bench table [--json F] [--png F] R.json [PEER.json]
 //	                                   one run against its baselines, or two side by side
 //
@@ -40,7 +41,7 @@ func main() {
 
 func command() *cobra.Command {
 	root := &cobra.Command{Use: "bench", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(measureCommand(), addEnforceCommand(), addDatapathCommand(), tableCommand())
+	root.AddCommand(measureCommand(), addEnforceCommand(), addDatapathCommand(), addPerfCommand(), tableCommand())
 	return root
 }
 

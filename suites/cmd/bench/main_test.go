@@ -1,11 +1,13 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/flatnet/flatnet/suites/internal/bench"
+	"github.com/flatnet/flatnet/suites/internal/perf"
 )
 
 func run(t *testing.T, args ...string) error {
@@ -82,5 +84,39 @@ func TestMeasureRejectsBadFlagsBeforeTouchingAnything(t *testing.T) {
 		if err := run(t, args...); err == nil {
 			t.Errorf("%v: want an error", args)
 		}
+	}
+}
+
+func TestAddPerf(t *testing.T) {
+	dir := t.TempDir()
+	res := filepath.Join(dir, "r.json")
+	if err := bench.WriteResult(res, bench.Result{CNI: "cilium", Cluster: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	item := func(test string, path perf.Path, policies string, v float64) perf.DataItem {
+		return perf.DataItem{Unit: "1/s", Data: map[string]float64{"Value": v}, Labels: map[string]string{
+			"Metric": perf.MetricTransactions, "Test": test, "Path": path.Slug(), "Policies": policies}}
+	}
+	d := perf.PerfData{Version: perf.PerfdashVersion, DataItems: []perf.DataItem{
+		item("TCP_CRR", perf.SameNode, "0", 5000), item("TCP_CRR", perf.SameNode, "1000", 4000),
+		item("TCP_CRR", perf.HostToHost, "0", 6000), item("TCP_RR", perf.CrossNode, "1000", 9000),
+		{Unit: "count", Data: map[string]float64{"Value": 1}, Labels: map[string]string{"Metric": perf.MetricFailed, "Test": "TCP_RR", "Path": perf.SameNode.Slug(), "Policies": "0", "Error": "boom"}},
+	}}
+	b, _ := json.Marshal(d)
+	pj := filepath.Join(dir, "perf.json")
+	os.WriteFile(pj, b, 0o644)
+	if err := run(t, "add-perf", res, pj); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := bench.ReadResult(res)
+	f, ok := r.Figure("TCP_CRR " + perf.SameNode.Slug() + ", 0 policies")
+	if !ok || f.Value != 5000 || f.Baseline == nil || *f.Baseline != 6000 {
+		t.Errorf("same-node CRR with 0 policies: %+v (found %v), want 5000 against host->host 6000", f, ok)
+	}
+	if f, ok := r.Figure("TCP_CRR " + perf.SameNode.Slug() + ", 1000 policies"); !ok || f.Value != 4000 || f.Baseline != nil {
+		t.Errorf("with 1000 policies: %+v (found %v), want 4000 and no host->host of that count", f, ok)
+	}
+	if _, ok := r.Figure("TCP_RR " + perf.CrossNode.Slug() + ", 1000 policies"); !ok {
+		t.Error("cross-node RR with 1000 policies is missing")
 	}
 }
