@@ -5,7 +5,7 @@
 # (issue 19), also as JSON and a PNG of the ratios under _artifacts/bench-peers/.
 # Both clusters are recovered or created first. As root, on the machine running kind.
 #
-#   make bench-peers [FLATNET_KUBECONFIG=...] [APPLIES=20] [BACKGROUND=1000] [PODS=30] [ROUNDS=2]
+#   make bench-peers [FLATNET_KUBECONFIG=...] [APPLIES=20] [BACKGROUND=1000] [PODS=30] [ROUNDS=2] [PERF=1]
 #
 # FLATNET_KUBECONFIG: the flatnet cluster to measure (default: cluster $CLUSTER,
 # created with make cluster deploy when it does not answer; a given one is used

@@ -10,13 +10,16 @@
 #     (all three: suites/cmd/bench measure, suites/internal/bench)
 #   - policy apply -> enforced p50/p99 with 1,000 NetworkPolicies present
 #     (suites/netpol's enforcement benchmark, FLATNET_BENCH_BACKGROUND);
+#   - pod-to-pod TCP_RR/TCP_CRR on one node and across nodes with 0, 1,000 and
+#     10,000 policies vs host->host (make perf: scripts/perf.sh; PERF=0 skips it);
 #   - TCP_CRR/TCP_RR through the programs with 1,000 rules vs no program on netns
 #     pods of this machine (scripts/bench-datapath.sh; DATAPATH=0 skips it).
 # Nothing is asserted. Output: _artifacts/bench/<cluster>/ (result.json, table.txt,
 # table.json, ratios.png, logs).
 #
 #   make bench [CLUSTER=flatnet] [KUBECONFIG=...] [CNI=flatnet|cilium] [APPLIES=20]
-#              [BACKGROUND=1000] [PODS=30] [ROUNDS=2] [DATAPATH=1] [MEASURE_ARGS=...]
+#              [BACKGROUND=1000] [PODS=30] [ROUNDS=2] [PERF=1] [PERF_POLICIES=0,1000,10000]
+#              [DATAPATH=1] [MEASURE_ARGS=...] [PERF_ARGS=...]
 # BENCH_NO_TABLE=1 BENCH_OUT=DIR: measure only (scripts/bench-peers.sh).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -26,6 +29,8 @@ BACKGROUND=${BACKGROUND:-1000}
 PODS=${PODS:-30}
 ROUNDS=${ROUNDS:-2}
 DATAPATH=${DATAPATH:-1}
+PERF=${PERF:-1}
+PERF_POLICIES=${PERF_POLICIES:-0,1000,10000}
 export KUBECONFIG=${KUBECONFIG:-$OUT_DIR/$CLUSTER.kubeconfig}
 out=${BENCH_OUT:-$REPO_ROOT/_artifacts/bench/$CLUSTER}
 
@@ -50,11 +55,28 @@ step "bench $CLUSTER ($CNI): start-up, agents, flood (load $(load))"
 
 step "bench $CLUSTER: policy apply -> enforced, $APPLIES rounds with $BACKGROUND policies present (load $(load))"
 subnet=$("$BIN_DIR/kubectl" get nodes -o jsonpath='{.items[0].status.addresses[?(@.type=="InternalIP")].address}' | awk -F. '{print $1"."$2".0.0/16"}')
-(cd "$REPO_ROOT" && FLATNET_BENCH_APPLIES=$APPLIES FLATNET_BENCH_BACKGROUND=$BACKGROUND FLATNET_NODE_SUBNET=${FLATNET_NODE_SUBNET:-$subnet} \
-	nice -n 10 "$BIN_DIR/ginkgo" --tags e2e --label-filter=bench --focus='apply to enforcement' --output-dir "$out" \
-	--junit-report enforce-junit.xml ./suites/netpol >"$out/enforce.log" 2>&1) ||
-	{ tail -n 30 "$out/enforce.log" >&2; die "the enforcement benchmark failed on $CLUSTER" "full log: $out/enforce.log"; }
-"$BIN_DIR/bench" add-enforce "$out/result.json" "$out/enforce.log"
+# A failed benchmark is a finding (e.g. a policy never enforced): said under the
+# table, and the other steps still run.
+if (cd "$REPO_ROOT" && FLATNET_BENCH_APPLIES=$APPLIES FLATNET_BENCH_BACKGROUND=$BACKGROUND FLATNET_NODE_SUBNET=${FLATNET_NODE_SUBNET:-$subnet} \
+	nice -n 10 "$BIN_DIR/ginkgo" --tags e2e --no-color --label-filter=bench --focus='apply to enforcement' --output-dir "$out" \
+	--junit-report enforce-junit.xml ./suites/netpol >"$out/enforce.log" 2>&1); then
+	"$BIN_DIR/bench" add-enforce "$out/result.json" "$out/enforce.log"
+else
+	why=$(grep -m1 -A3 '\[FAILED\]' "$out/enforce.log" | grep -v '^\s*$' | tail -n +2 | tr -s ' \n' ' ' | cut -c1-300)
+	warn "the enforcement benchmark failed on $CLUSTER: ${why:-see $out/enforce.log}"
+	"$BIN_DIR/bench" not-measured "$out/result.json" "policy apply -> enforced with $BACKGROUND policies present" "${why:-the benchmark failed} (log: $out/enforce.log)"
+fi
+
+if [ "$PERF" = 1 ]; then
+	step "bench $CLUSTER: make perf, pod-to-pod TCP_RR/TCP_CRR with $PERF_POLICIES policies vs host->host (load $(load))"
+	if CLUSTER=$CLUSTER PERF_ARGS="--cluster $CLUSTER --out $out/perf --policies $PERF_POLICIES --tests TCP_RR,TCP_CRR --paths pod-pod-same-node,pod-pod-2-nodes,host-host ${PERF_ARGS:-}" \
+		bash "$REPO_ROOT/scripts/perf.sh" >"$out/perf.log" 2>&1; then
+		"$BIN_DIR/bench" add-perf "$out/result.json" "$out/perf/$CLUSTER/perf.json"
+	else
+		warn "make perf failed on $CLUSTER: see $out/perf.log"
+		"$BIN_DIR/bench" not-measured "$out/result.json" "pod-to-pod TCP_RR/TCP_CRR (make perf)" "$(tail -n 1 "$out/perf.log" | cut -c1-300) (log: $out/perf.log)"
+	fi
+fi
 
 if [ "$DATAPATH" = 1 ] && [ -z "${BENCH_NO_TABLE:-}" ]; then
 	step "bench: datapath on netns pods of this machine (scripts/bench-datapath.sh, load $(load))"

@@ -5,6 +5,7 @@
 //	bench add-enforce R.json LOG       the enforcement benchmark's figures (ginkgo's output) into R
 //	bench add-datapath R.json SUMMARY  scripts/bench-datapath.sh's netns TCP figures into R
 //	bench add-perf R.json PERF.json    make perf's pod-to-pod TCP_RR/TCP_CRR (perfdash perf.json) into R
+//	bench not-measured R.json WHAT WHY   a step that gave no figure, said under the table
 //	bench table [--json F] [--png F] R.json [PEER.json]
 //	                                   one run against its baselines, or two side by side
 //
@@ -41,7 +42,7 @@ func main() {
 
 func command() *cobra.Command {
 	root := &cobra.Command{Use: "bench", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(measureCommand(), addEnforceCommand(), addDatapathCommand(), addPerfCommand(), tableCommand())
+	root.AddCommand(measureCommand(), addEnforceCommand(), addDatapathCommand(), addPerfCommand(), notMeasuredCommand(), tableCommand())
 	return root
 }
 
@@ -188,7 +189,7 @@ func tableCommand() *cobra.Command {
 			} else {
 				t = bench.Baselines(a)
 			}
-			t.Notes = notes
+			t.Notes = append(notes, t.Notes...)
 			if err := t.Print(cmd.OutOrStdout()); err != nil {
 				return err
 			}
@@ -211,4 +212,20 @@ func tableCommand() *cobra.Command {
 	cmd.Flags().StringVar(&pngOut, "png", "", "also plot the ratios as a PNG here")
 	cmd.Flags().StringArrayVar(&notes, "note", nil, "a line printed under the table (repeatable)")
 	return cmd
+}
+
+func notMeasuredCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "not-measured R.json WHAT WHY",
+		Short: "record in result R that a step gave no figure and why (printed under the table)",
+		Args:  cobra.ExactArgs(3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r, err := bench.ReadResult(args[0])
+			if err != nil {
+				return err
+			}
+			r.NotMeasured = append(r.NotMeasured, args[1]+": "+strings.TrimSpace(args[2]))
+			return bench.WriteResult(args[0], r)
+		},
+	}
 }

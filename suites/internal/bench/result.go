@@ -72,6 +72,8 @@ type Result struct {
 	Figures   []Figure  `json:"figures"`
 	// Trace is where a burst's start-up time goes, per phase (issue 20).
 	Trace []Phase `json:"trace,omitempty"`
+	// NotMeasured names the figures a step of the run could not give, and why.
+	NotMeasured []string `json:"not_measured,omitempty"`
 }
 
 // Add appends f, replacing a figure of the same name. A figure that could not

@@ -90,6 +90,12 @@ func Peers(a, b Result) Table {
 		}
 		t.Rows = append(t.Rows, row(f.Name, f.Unit, f.Value, bv, f.Better, f.How))
 	}
+	for _, n := range a.NotMeasured {
+		t.Notes = append(t.Notes, fmt.Sprintf("not measured on %s: %s", a.CNI, n))
+	}
+	for _, n := range b.NotMeasured {
+		t.Notes = append(t.Notes, fmt.Sprintf("not measured on %s: %s", b.CNI, n))
+	}
 	for _, g := range b.Figures {
 		if !seen[g.Name] {
 			t.Rows = append(t.Rows, row(g.Name, g.Unit, math.NaN(), g.Value, g.Better, g.How))
@@ -121,6 +127,9 @@ func Baselines(a Result) Table {
 	}
 	for range a.Trace {
 		t.TraceFor = append(t.TraceFor, a.CNI)
+	}
+	for _, n := range a.NotMeasured {
+		t.Notes = append(t.Notes, "not measured: "+n)
 	}
 	return t
 }
