@@ -121,48 +121,46 @@ func addEnforceCommand() *cobra.Command {
 		Short: "add the apply -> enforced figures of the enforcement benchmark's output LOG to result R",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := bench.ReadResult(args[0])
-			if err != nil {
-				return err
-			}
-			f, err := os.Open(args[1])
-			if err != nil {
-				return fmt.Errorf("reading the enforcement benchmark's output: %w", err)
-			}
-			defer f.Close()
-			found := 0
-			sc := bufio.NewScanner(f)
-			for sc.Scan() {
-				m := enforceLine.FindStringSubmatch(strings.TrimSpace(sc.Text()))
-				if m == nil {
-					continue
+			return bench.UpdateResult(args[0], func(r *bench.Result) error {
+				f, err := os.Open(args[1])
+				if err != nil {
+					return fmt.Errorf("reading the enforcement benchmark's output: %w", err)
 				}
-				what := "policy apply -> enforced"
-				if strings.HasPrefix(m[1], "delete") {
-					what = "policy delete -> lifted"
-				}
-				bg := "few"
-				if m[3] != "" {
-					bg = m[3]
-				}
-				for _, q := range []struct{ name, v string }{{"p50", m[4]}, {"p99", m[6]}} {
-					d, err := time.ParseDuration(q.v)
-					if err != nil {
-						return fmt.Errorf("%s: %q: %w", args[1], sc.Text(), err)
+				defer f.Close()
+				found := 0
+				sc := bufio.NewScanner(f)
+				for sc.Scan() {
+					m := enforceLine.FindStringSubmatch(strings.TrimSpace(sc.Text()))
+					if m == nil {
+						continue
 					}
-					r.Add(bench.Figure{Name: fmt.Sprintf("%s %s (%s policies present)", what, q.name, bg), Unit: "ms",
-						Value: float64(d) / float64(time.Millisecond), Better: bench.Lower,
-						How: fmt.Sprintf("suites/netpol enforcement benchmark, %s rounds, probe watch in pods on every node", m[2])})
+					what := "policy apply -> enforced"
+					if strings.HasPrefix(m[1], "delete") {
+						what = "policy delete -> lifted"
+					}
+					bg := "few"
+					if m[3] != "" {
+						bg = m[3]
+					}
+					for _, q := range []struct{ name, v string }{{"p50", m[4]}, {"p99", m[6]}} {
+						d, err := time.ParseDuration(q.v)
+						if err != nil {
+							return fmt.Errorf("%s: %q: %w", args[1], sc.Text(), err)
+						}
+						r.Add(bench.Figure{Name: fmt.Sprintf("%s %s (%s policies present)", what, q.name, bg), Unit: "ms",
+							Value: float64(d) / float64(time.Millisecond), Better: bench.Lower,
+							How: fmt.Sprintf("suites/netpol enforcement benchmark, %s rounds, probe watch in pods on every node", m[2])})
+					}
+					found++
 				}
-				found++
-			}
-			if err := sc.Err(); err != nil {
-				return err
-			}
-			if found == 0 {
-				return fmt.Errorf("%s: no \"apply -> enforced ...\" line: did the enforcement benchmark run? (see the log)", args[1])
-			}
-			return bench.WriteResult(args[0], r)
+				if err := sc.Err(); err != nil {
+					return err
+				}
+				if found == 0 {
+					return fmt.Errorf("%s: no \"apply -> enforced ...\" line: did the enforcement benchmark run? (see the log)", args[1])
+				}
+				return nil
+			})
 		},
 	}
 }
@@ -220,12 +218,10 @@ func notMeasuredCommand() *cobra.Command {
 		Short: "record in result R that a step gave no figure and why (printed under the table)",
 		Args:  cobra.ExactArgs(3),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := bench.ReadResult(args[0])
-			if err != nil {
-				return err
-			}
-			r.NotMeasured = append(r.NotMeasured, args[1]+": "+strings.TrimSpace(args[2]))
-			return bench.WriteResult(args[0], r)
+			return bench.UpdateResult(args[0], func(r *bench.Result) error {
+				r.NotMeasured = append(r.NotMeasured, args[1]+": "+strings.TrimSpace(args[2]))
+				return nil
+			})
 		},
 	}
 }

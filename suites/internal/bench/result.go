@@ -126,6 +126,19 @@ func WriteResult(path string, r Result) error {
 	return nil
 }
 
+// UpdateResult reads the result at path, lets update change it and writes it
+// back; nothing is written when update fails.
+func UpdateResult(path string, update func(*Result) error) error {
+	r, err := ReadResult(path)
+	if err != nil {
+		return err
+	}
+	if err := update(&r); err != nil {
+		return err
+	}
+	return WriteResult(path, r)
+}
+
 // Quantile is the q-quantile (0..1) of ds by the nearest rank; 0 for none.
 func Quantile(ds []time.Duration, q float64) time.Duration {
 	if len(ds) == 0 {
