@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -23,6 +24,13 @@ type Row struct {
 	// there is nothing to compare.
 	Verdict string `json:"verdict"`
 	How     string `json:"how,omitempty"`
+	// AOwn, BOwn are each side's value over its own same-run baseline (pod
+	// over host network, SYNs delivered over sent): comparable across two
+	// clusters under different load. NaN when there is none.
+	AOwn float64 `json:"-"`
+	BOwn float64 `json:"-"`
+	// Baseline names what AOwn and BOwn divide by.
+	Baseline string `json:"baseline,omitempty"`
 }
 
 // MarshalJSON writes a missing value or ratio (NaN) as null.
@@ -39,7 +47,9 @@ func (r Row) MarshalJSON() ([]byte, error) {
 		A     *float64 `json:"a"`
 		B     *float64 `json:"b"`
 		Ratio *float64 `json:"ratio"`
-	}{plain(r), n(r.A), n(r.B), n(r.Ratio)})
+		AOwn  *float64 `json:"a_over_own_baseline"`
+		BOwn  *float64 `json:"b_over_own_baseline"`
+	}{plain(r), n(r.A), n(r.B), n(r.Ratio), n(r.AOwn), n(r.BOwn)})
 }
 
 // Table is a set of rows with its two sides named and the runs' loads.
@@ -58,7 +68,7 @@ type Table struct {
 }
 
 func row(name, unit string, a, b float64, better Better, how string) Row {
-	r := Row{Figure: name, Unit: unit, A: a, B: b, Ratio: a / b, Better: better, How: how}
+	r := Row{Figure: name, Unit: unit, A: a, B: b, Ratio: a / b, Better: better, How: how, AOwn: math.NaN(), BOwn: math.NaN()}
 	if math.IsNaN(a) || math.IsNaN(b) || b == 0 {
 		r.Ratio = math.NaN()
 		return r
@@ -88,7 +98,12 @@ func Peers(a, b Result) Table {
 		if ok {
 			bv = g.Value
 		}
-		t.Rows = append(t.Rows, row(f.Name, f.Unit, f.Value, bv, f.Better, f.How))
+		r := row(f.Name, f.Unit, f.Value, bv, f.Better, f.How)
+		r.AOwn, r.Baseline = overOwn(f), f.BaselineName
+		if ok {
+			r.BOwn = overOwn(g)
+		}
+		t.Rows = append(t.Rows, r)
 	}
 	for _, n := range a.NotMeasured {
 		t.Notes = append(t.Notes, fmt.Sprintf("not measured on %s: %s", a.CNI, n))
@@ -109,6 +124,13 @@ func Peers(a, b Result) Table {
 		t.TraceFor = append(t.TraceFor, b.CNI)
 	}
 	return t
+}
+
+func overOwn(f Figure) float64 {
+	if f.Baseline == nil || *f.Baseline == 0 {
+		return math.NaN()
+	}
+	return f.Value / *f.Baseline
 }
 
 // Baselines is one run against its own baselines (the same figure without the
@@ -139,14 +161,27 @@ func Baselines(a Result) Table {
 func (t Table) Print(w io.Writer) error {
 	fmt.Fprintf(w, "%s, %s\n\n", t.Title, t.Taken.Format(time.RFC3339))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "figure\tunit\t%s\t%s\tratio\t%s is\t\n", t.SideA, t.SideB, t.SideA)
+	own := slices.ContainsFunc(t.Rows, func(r Row) bool { return !math.IsNaN(r.AOwn) || !math.IsNaN(r.BOwn) })
+	if own {
+		fmt.Fprintf(tw, "figure\tunit\t%s\t%s\tratio\t%s is\t%s/own base\t%s/own base\town base\t\n", t.SideA, t.SideB, t.SideA, t.SideA, t.SideB)
+	} else {
+		fmt.Fprintf(tw, "figure\tunit\t%s\t%s\tratio\t%s is\t\n", t.SideA, t.SideB, t.SideA)
+	}
 	for _, r := range t.Rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Figure, r.Unit, num(r.A), num(r.B), ratio(r.Ratio), r.Verdict)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t", r.Figure, r.Unit, num(r.A), num(r.B), ratio(r.Ratio), r.Verdict)
+		if own {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t", ratio(r.AOwn), ratio(r.BOwn), r.Baseline)
+		}
+		fmt.Fprintln(tw)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "(ratio = %s / %s of the same run; \"ahead\" = better by more than 3%%, lower or higher as the figure wants)\n", t.SideA, t.SideB)
+	fmt.Fprintf(w, "(ratio = %s / %s of the same run; \"ahead\" = better by more than 3%%, lower or higher as the figure wants", t.SideA, t.SideB)
+	if own {
+		fmt.Fprintf(w, ";\n /own base = each side over its own baseline of the same run, comparable when the two clusters ran under different load")
+	}
+	fmt.Fprintln(w, ")")
 	for _, l := range t.Loads {
 		fmt.Fprintln(w, l)
 	}
