@@ -97,6 +97,14 @@ cilium-cluster: ## nightly, not in e2e: kind cluster cilium-ref running Cilium (
 cilium-cluster-down: ## delete cluster cilium-ref and its docker network
 	@bash scripts/cilium-cluster.sh down
 
+.PHONY: bench
+bench: tools ## one cluster vs its baselines: start-up vs hostNetwork, CNI ADD, enforcement with 1,000 policies, agent usage, flood, netns TCP (root; CLUSTER=, CNI=)
+	@bash scripts/bench.sh
+
+.PHONY: bench-peers
+bench-peers: tools ## nightly, not in CI: make bench's figures on flatnet and on Cilium (cilium-ref) in one run, one table + PNG in _artifacts/bench-peers
+	@bash scripts/bench-peers.sh
+
 .PHONY: k8s-conformance
 k8s-conformance: tools ## Kubernetes' own [sig-network] [Conformance] e2e specs, offline (KUBECONFIG=, FOCUS=, SKIP=, NODES=)
 	@bash scripts/k8s-conformance.sh
