@@ -3,6 +3,7 @@ package cniconf
 import (
 	"encoding/json"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -63,7 +64,7 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("conflist %s: %v", out, err)
 		}
 		again, err := ParseConfig(list.Plugins[0])
-		if err != nil || again.Block != c.Block || again.Layout != c.Layout {
+		if err != nil || again.Block != c.Block || !reflect.DeepEqual(again.Layout, c.Layout) {
 			t.Fatalf("conflist plugin config parses to %+v, %v; want block %s", again, err, c.Block)
 		}
 	})
