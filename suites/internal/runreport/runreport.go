@@ -6,6 +6,7 @@
 package runreport
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -141,23 +142,33 @@ func Failed(reports []types.Report) bool {
 }
 
 // Summarize prints one line per suite (specs passed, failed, skipped, run
-// time, what failed it) and the slowest specs of the run.
+// time), what failed a suite beyond its specs, and the slowest specs.
 func Summarize(w io.Writer, reports []types.Report, slowest int) {
+	type timed struct {
+		suite string
+		spec  types.SpecReport
+	}
+	var all []timed
+	var reasons []string
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "suite\tspecs\tpassed\tfailed\tskipped\tseconds\t")
-	var all types.SpecReports
 	for _, r := range reports {
 		c := Count(r)
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%.0f\t%s\n", suiteName(r), c.Specs, c.Passed, c.Failed, c.Skipped,
-			r.RunTime.Seconds(), strings.Join(r.SpecialSuiteFailureReasons, "; "))
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%.0f\t\n", suiteName(r), c.Specs, c.Passed, c.Failed, c.Skipped, r.RunTime.Seconds())
+		for _, why := range r.SpecialSuiteFailureReasons {
+			reasons = append(reasons, suiteName(r)+": "+why)
+		}
 		for _, s := range r.SpecReports {
 			if s.State != types.SpecStateSkipped {
-				all = append(all, s)
+				all = append(all, timed{suiteName(r), s})
 			}
 		}
 	}
 	_ = tw.Flush()
-	slices.SortStableFunc(all, func(a, b types.SpecReport) int { return int(b.RunTime - a.RunTime) })
+	for _, why := range reasons {
+		fmt.Fprintln(w, "  "+why)
+	}
+	slices.SortStableFunc(all, func(a, b timed) int { return cmp.Compare(b.spec.RunTime, a.spec.RunTime) })
 	if len(all) > slowest {
 		all = all[:slowest]
 	}
@@ -165,8 +176,8 @@ func Summarize(w io.Writer, reports []types.Report, slowest int) {
 		return
 	}
 	fmt.Fprintln(w, "\nslowest:")
-	for _, s := range all {
-		fmt.Fprintf(w, "  %6.1fs  %-8s %s\n", s.RunTime.Seconds(), suiteOf(reports, s), truncate(specName(s), 110))
+	for _, t := range all {
+		fmt.Fprintf(w, "  %6.1fs  %-14s %s\n", t.spec.RunTime.Seconds(), t.suite, truncate(specName(t.spec), 100))
 	}
 }
 
@@ -196,15 +207,6 @@ func suiteName(r types.Report) string {
 		return filepath.Base(r.SuitePath)
 	}
 	return r.SuiteDescription
-}
-
-func suiteOf(reports []types.Report, s types.SpecReport) string {
-	for _, r := range reports {
-		if r.SuitePath != "" && strings.HasPrefix(s.LeafNodeLocation.FileName, r.SuitePath+string(filepath.Separator)) {
-			return suiteName(r)
-		}
-	}
-	return ""
 }
 
 func specName(s types.SpecReport) string {

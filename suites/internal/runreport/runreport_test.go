@@ -121,7 +121,7 @@ func TestSummarizeAndList(t *testing.T) {
 	var b bytes.Buffer
 	Summarize(&b, merged, 2)
 	out := b.String()
-	for _, want := range []string{"suite", "hubble", "netpol", "slowest:", "80.0s  netpol   suite matrix", "25.0s  hubble   suite stops an agent"} {
+	for _, want := range []string{"suite", "hubble", "netpol", "slowest:", "80.0s  netpol         suite matrix", "25.0s  hubble         suite stops an agent"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("summary lacks %q:\n%s", want, out)
 		}
