@@ -82,22 +82,26 @@ filters() {
 	return 0
 }
 
-rm -rf "$ART"
-mkdir -p "$ART/ginkgo"
-
 if [ "${LIST:-0}" = 1 ]; then
 	build_suites
 	filters
 	# A dry run creates no pod; the suites read the image's name only to build their spec trees.
+	# Its reports go to a directory of its own: the last run's artifacts stay.
 	export PROBE_IMAGE=${PROBE_IMAGE:-flatnet/probe:dry-run}
+	dry="$OUT_DIR/e2e-list"
+	rm -rf "$dry"
+	mkdir -p "$dry"
 	for s in "${suites[@]}"; do
-		(cd "$REPO_ROOT/suites/$s" && "$SUITES_BIN/$s.test" -ginkgo.dry-run "${ginkgo_args[@]}" \
-			-ginkgo.json-report="$ART/ginkgo/$s.json" >"$ART/ginkgo/$s.list.log" 2>&1) ||
-			die "listing the specs of suite $s failed" "log: $ART/ginkgo/$s.list.log"
+		(cd "$REPO_ROOT/suites/$s" && "$SUITES_BIN/$s.test" -ginkgo.dry-run "${ginkgo_args[@]}" -ginkgo.label-filter='!bench' \
+			-ginkgo.json-report="$dry/$s.json" >"$dry/$s.log" 2>&1) ||
+			die "listing the specs of suite $s failed" "log: $dry/$s.log"
 	done
-	"$SUITES_BIN/e2e" list "$ART"/ginkgo/*.json
+	"$SUITES_BIN/e2e" list "$dry"/*.json
 	exit 0
 fi
+
+rm -rf "$ART"
+mkdir -p "$ART/ginkgo"
 
 phase tools bash "$REPO_ROOT/scripts/tools.sh"
 phase cluster bash "$REPO_ROOT/scripts/cluster.sh" up
