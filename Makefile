@@ -53,8 +53,12 @@ test: ## unit and real-kernel tests (root: netns, veth, BPF)
 	@bash scripts/test.sh
 
 .PHONY: e2e
-e2e: ## setup + cluster + suites + report (FOCUS=, SKIP=, REUSE=1)
+e2e: ## setup + cluster + suites + report (FOCUS=, SKIP=, LIST=1, REUSE=1, E2E_CONCURRENCY=4)
 	@bash scripts/e2e.sh
+
+.PHONY: sysdump
+sysdump: tools ## every node's logs and every agent's state of cluster $(CLUSTER) in one tarball (DIR=_artifacts)
+	@bash scripts/sysdump.sh $(or $(DIR),$(CURDIR)/_artifacts)
 
 .PHONY: images
 images: ## build the probe, agent and hubble-relay images and load them into cluster $(CLUSTER)

@@ -19,26 +19,40 @@ for w in $want; do
 done
 wanted() { [[ " $want " == *" $1 "* ]]; }
 
-n=0
+# Kubernetes' commands in one `go build`: one load of the package graph, every
+# package compiled once and the binaries linked side by side.
+missing=()
 for cmd in $K8S_CMDS; do
-	n=$((n + 1))
 	wanted "$cmd" || continue
 	if [ -x "$BIN/$cmd" ]; then
-		info "[$n/7] $cmd $KUBERNETES_VERSION: cached"
-		continue
+		info "$cmd $KUBERNETES_VERSION: cached"
+	else
+		missing+=("$cmd")
 	fi
-	info "[$n/7] $cmd $KUBERNETES_VERSION: building (the first one takes longest)"
-	(cd "$REPO_ROOT/tools" && CGO_ENABLED=0 run_logged "$BIN/build.log" go build -trimpath \
-		-ldflags "$(k8s_ldflags)" -o "$BIN/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd")
-	mv "$BIN/$cmd.tmp" "$BIN/$cmd"
 done
-wanted etcd && CGO_ENABLED=0 go_build_pinned etcd go.etcd.io/etcd/server/v3 "${ETCD_VERSION}" \
-	go.etcd.io/etcd/server/v3 "$BIN/etcd" -ldflags "-s -w"
-wanted coredns && CGO_ENABLED=0 go_build_pinned coredns github.com/coredns/coredns "$COREDNS_VERSION" \
-	github.com/coredns/coredns "$BIN/coredns" -ldflags "-s -w"
-wanted crictl && CGO_ENABLED=0 go_build_pinned crictl sigs.k8s.io/cri-tools "$CRICTL_VERSION" \
-	sigs.k8s.io/cri-tools/cmd/crictl "$BIN/crictl" \
+# etcd, CoreDNS and crictl are modules of their own: resolved (network) and built in
+# the background while Kubernetes compiles.
+pids=()
+pinned() { # go_build_pinned's arguments: built in the background
+	(CGO_ENABLED=0 go_build_pinned "$@") &
+	pids+=("$!:$1")
+}
+wanted etcd && pinned etcd go.etcd.io/etcd/server/v3 "${ETCD_VERSION}" go.etcd.io/etcd/server/v3 "$BIN/etcd" -ldflags "-s -w"
+wanted coredns && pinned coredns github.com/coredns/coredns "$COREDNS_VERSION" github.com/coredns/coredns "$BIN/coredns" -ldflags "-s -w"
+wanted crictl && pinned crictl sigs.k8s.io/cri-tools "$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl "$BIN/crictl" \
 	-ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION"
+if [ ${#missing[@]} -gt 0 ]; then
+	info "${missing[*]} $KUBERNETES_VERSION: building (cold: minutes; cached after)"
+	rm -rf "$BIN/.build"
+	mkdir -p "$BIN/.build"
+	(cd "$REPO_ROOT/tools" && CGO_ENABLED=0 run_logged "$BIN/build.log" go build -trimpath \
+		-ldflags "$(k8s_ldflags)" -o "$BIN/.build/" "${missing[@]/#/k8s.io/kubernetes/cmd/}")
+	mv "$BIN/.build"/* "$BIN/"
+	rmdir "$BIN/.build"
+fi
+for p in "${pids[@]}"; do
+	wait "${p%%:*}" || die "building ${p#*:} failed (output above)"
+done
 if wanted pause; then
 	(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$BIN/pause.log" go build -trimpath -ldflags "-s -w" \
 		-o "$BIN/pause" ./scripts/node-image/pause)

@@ -52,12 +52,22 @@ BIN="$FLATNET_CACHE/node-bin/$KUBERNETES_VERSION-$GOVER"
 rm -rf "$WORK"
 mkdir -p "$WORK" "$BIN"
 
-# --- binaries --------------------------------------------------------------------
+# --- Debian root filesystems (cached by package list) and binaries ------------------
+# debootstrap mostly downloads and unpacks while the Go builds use the CPU: the two
+# root filesystems are made in the background, beside the binaries.
+apt_install debootstrap
+t0=$SECONDS
+rootfs_image node flatnet/node-rootfs "$NODE_PACKAGES" "$WORK" >"$WORK/node-rootfs.ref" &
+node_pid=$!
+rootfs_image kube-proxy flatnet/kube-proxy-rootfs "$PROXY_PACKAGES" "$WORK" >"$WORK/proxy-rootfs.ref" &
+proxy_pid=$!
 bash "$REPO_ROOT/scripts/node-bin.sh" >/dev/null
-
-# --- Debian root filesystems (cached by package list) ------------------------------
-NODE_ROOTFS=$(rootfs_image node flatnet/node-rootfs "$NODE_PACKAGES" "$WORK")
-PROXY_ROOTFS=$(rootfs_image kube-proxy flatnet/kube-proxy-rootfs "$PROXY_PACKAGES" "$WORK")
+wait "$node_pid" || die "the node's root filesystem failed (output above)"
+wait "$proxy_pid" || die "kube-proxy's root filesystem failed (output above)"
+NODE_ROOTFS=$(tail -n 1 "$WORK/node-rootfs.ref")
+PROXY_ROOTFS=$(tail -n 1 "$WORK/proxy-rootfs.ref")
+info "node image: binaries and root filesystems in $((SECONDS - t0))s"
+t0=$SECONDS
 
 # --- control-plane images ----------------------------------------------------------
 # image_from BASE REF BINARY... : an image with the binaries in /usr/local/bin.
@@ -102,6 +112,8 @@ have=$(printf '%s\n' "${CP_IMAGES[@]}" | sort)
 	"kubeadm wants: $(echo $want)" "built:        $(echo $have)" "fix versions.env (ETCD/COREDNS/PAUSE) to what kubeadm $KUBERNETES_VERSION lists"
 info "images: $(echo "$have" | tr '\n' ' ')"
 docker save -o "$WORK/images.tar" "${CP_IMAGES[@]}"
+info "node image: control-plane images in $((SECONDS - t0))s"
+t0=$SECONDS
 
 # --- the node image ----------------------------------------------------------------
 step "node image: assembling"
@@ -152,5 +164,6 @@ docker commit \
 docker rm -f "$cid" >/dev/null
 docker rmi "$IMAGE-stage" >/dev/null
 rm -f "$WORK/images.tar"
+info "node image: assembled and preloaded in $((SECONDS - t0))s"
 info "node image $IMAGE: $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
 echo "$IMAGE"

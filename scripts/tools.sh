@@ -7,11 +7,19 @@
 # skips it when its inputs are unchanged).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-build_tool() { # NAME MODULE-DIR PKG [go build args]
-	local name=$1 dir=$2 pkg=$3
+# build_tool NAME MODULE-DIR PKG [go build args]: skipped when bin/NAME was built from
+# the same module requirements (the tools are pinned modules, not this tree's code).
+build_tool() {
+	local name=$1 dir=$2 pkg=$3 key
 	shift 3
+	key=$({ go env GOVERSION; echo "$pkg $*"; cat "$dir/go.mod" "$dir/go.sum"; } | sha256sum | cut -c1-16)
+	if [ -x "$BIN_DIR/$name" ] && [ "$(cat "$BIN_DIR/$name.inputs" 2>/dev/null)" = "$key" ]; then
+		return 0
+	fi
 	info "tool $name: building $pkg"
+	rm -f "$BIN_DIR/$name.inputs"
 	(cd "$dir" && CGO_ENABLED=0 run_logged "$OUT_DIR/tools.log" go build -trimpath -o "$BIN_DIR/$name" "$@" "$pkg")
+	echo "$key" >"$BIN_DIR/$name.inputs"
 }
 build_tool kind "$REPO_ROOT" sigs.k8s.io/kind -ldflags "-s -w"
 build_tool kubectl "$REPO_ROOT/tools" k8s.io/kubernetes/cmd/kubectl -ldflags "$(k8s_ldflags)"

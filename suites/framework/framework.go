@@ -17,6 +17,7 @@
 package framework
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -122,6 +123,10 @@ type Options struct {
 	// Flows: the suite checks its verdicts against the datapath's flows
 	// (Framework.Flows), as --flow-validation / FLATNET_FLOW_VALIDATION say.
 	Flows bool
+	// PodSecurity is the Pod Security level its namespaces enforce:
+	// PodSecurityRestricted when empty; a suite whose pods need more (host
+	// network, NET_ADMIN) names the level that admits them.
+	PodSecurity string
 }
 
 // flowValidation is the suites' --flow-validation (after `--` on the ginkgo
@@ -153,6 +158,9 @@ type Framework struct {
 
 	// Config is e2e-framework's configuration of the cluster (its klient
 	// client is the one below); Rest, Clientset and Dynamic are client-go's.
+	// The pods Clientset creates get the run's defaults (restricted Pod
+	// Security settings, the placement of FLATNET_NODE_SELECTOR and
+	// FLATNET_TOLERATIONS; see podDefaults).
 	Config    *envconf.Config
 	Rest      *rest.Config
 	Clientset kubernetes.Interface
@@ -269,9 +277,11 @@ func (f *Framework) connect() error {
 	}
 	// Suites issue bursts of execs and watches; client-go's defaults (5 qps) would pace them.
 	restCfg.QPS, restCfg.Burst = 50, 100
-	if f.Clientset, err = kubernetes.NewForConfig(restCfg); err != nil {
+	cs, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
 		return fmt.Errorf("building a clientset from %s: %w", path, err)
 	}
+	f.Clientset = defaultingClientset{Interface: cs, d: podDefaults{placement: f.Settings.Placement}}
 	if f.Dynamic, err = dynamic.NewForConfig(restCfg); err != nil {
 		return fmt.Errorf("building a dynamic client from %s: %w", path, err)
 	}
@@ -315,12 +325,17 @@ func (f *Framework) run(ctx context.Context, funcs ...env.Func) error {
 }
 
 // CreateNamespace creates ns (with its labels, which namespace selectors
-// match, and the suites' managed-by label) through e2e-framework and waits for
+// match, the suites' managed-by label and the suite's Pod Security level
+// unless ns names one) through e2e-framework and waits for
 // its default ServiceAccount: pods created before the controller makes it are
 // refused by admission. The namespace is deleted after the suite, if the suite
 // does not delete it before (DeleteNamespaces).
 func (f *Framework) CreateNamespace(ctx context.Context, ns corev1.Namespace) error {
-	if err := f.run(ctx, envfuncs.CreateNamespace(ns.Name, envfuncs.WithLabels(workload.WithManagedBy(ns.Labels)))); err != nil {
+	labels := workload.WithManagedBy(ns.Labels)
+	if _, set := labels[PodSecurityEnforceLabel]; !set {
+		labels[PodSecurityEnforceLabel] = cmp.Or(f.Options.PodSecurity, PodSecurityRestricted)
+	}
+	if err := f.run(ctx, envfuncs.CreateNamespace(ns.Name, envfuncs.WithLabels(labels))); err != nil {
 		return fmt.Errorf("creating namespace %s: %w", ns.Name, err)
 	}
 	f.mu.Lock()

@@ -57,6 +57,8 @@ func TestFrameworkOnAnAPIServer(t *testing.T) {
 	t.Setenv("PROBE_IMAGE", "flatnet/probe:test")
 	t.Setenv("ARTIFACTS", artifacts)
 	t.Setenv("FLATNET_KEEP", "")
+	t.Setenv("FLATNET_NODE_SELECTOR", "pool=e2e")
+	t.Setenv("FLATNET_TOLERATIONS", "dedicated=e2e:NoSchedule")
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -93,6 +95,30 @@ func TestFrameworkOnAnAPIServer(t *testing.T) {
 			gomega.Expect(err).NotTo(gomega.HaveOccurred())
 			gomega.Expect(f.CiliumCRDs).To(gomega.HaveOccurred(), "envtest has no cilium.io CRDs")
 			f.Record(report.CaseResult{Name: "ran", Family: "selftest"})
+		})
+		ginkgo.It("creates pods that the restricted Pod Security level admits, placed as the run says", func(ctx ginkgo.SpecContext) {
+			got, err := f.Clientset.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+			gomega.Expect(err).NotTo(gomega.HaveOccurred())
+			gomega.Expect(got.Labels).To(gomega.HaveKeyWithValue(PodSecurityEnforceLabel, PodSecurityRestricted))
+			server := func(name string) *corev1.Pod {
+				return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: corev1.PodSpec{
+					Containers: []corev1.Container{{Name: "c", Image: "flatnet/probe:test", Command: []string{"/probe", "serve-hostname", "--port", "80"}}},
+				}}
+			}
+			// The API server's PodSecurity admission judges: a pod as a fixture writes it is refused...
+			_, err = cs.CoreV1().Pods(ns).Create(ctx, server("as-written"), metav1.CreateOptions{})
+			gomega.Expect(err).To(gomega.MatchError(gomega.ContainSubstring(`violates PodSecurity "restricted`)))
+			// ...and admitted once the framework's clientset creates it.
+			p, err := f.Clientset.CoreV1().Pods(ns).Create(ctx, server("defaulted"), metav1.CreateOptions{})
+			gomega.Expect(err).NotTo(gomega.HaveOccurred())
+			gomega.Expect(p.Spec.NodeSelector).To(gomega.Equal(map[string]string{"pool": "e2e"}))
+			gomega.Expect(p.Spec.Tolerations).To(gomega.ContainElement(corev1.Toleration{Key: "dedicated", Operator: corev1.TolerationOpEqual, Value: "e2e", Effect: corev1.TaintEffectNoSchedule}))
+			// A pod pinned to a node keeps its node and gets no selector; one that sets its own security keeps it.
+			own := server("own-security")
+			own.Spec.NodeName = "node-a"
+			own.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_ADMIN"}}}
+			_, err = f.Clientset.CoreV1().Pods(ns).Create(ctx, own, metav1.CreateOptions{})
+			gomega.Expect(err).To(gomega.MatchError(gomega.ContainSubstring(`violates PodSecurity "restricted`)), "NET_ADMIN is the suite's to ask for, in a namespace that admits it")
 		})
 		ginkgo.It("skips itself", func() { ginkgo.Skip("no SCTP in this kernel") })
 	})

@@ -59,7 +59,7 @@ var _ = Describe("hubble status and nodes through the relay", Label("hubble"), O
 	// would hang the relay's ServerStatus rather than show it unavailable.
 	// So the node's kubelet is stopped first, then the agent's containers;
 	// starting the kubelet again restarts them.
-	It("with one agent stopped, hubble status names its node unavailable and the other nodes' flows still come", Label("flatnet"), func(ctx SpecContext) {
+	It("with one agent stopped, hubble status names its node unavailable and the other nodes' flows still come", Label("flatnet", "disruptive"), func(ctx SpecContext) {
 		Expect(stopNode).NotTo(BeEmpty(), stopWhy)
 		Expect(strings.Fields(os.Getenv("FLATNET_NODES"))).To(ContainElement(stopNode),
 			"FLATNET_NODES (set by scripts/e2e.sh: the kind node containers) must name %s for the suite to stop its agent with docker exec", stopNode)

@@ -36,7 +36,8 @@ func TestIPAM(t *testing.T) { kc.Run(t) }
 const ns = "flatnet-ipam"
 
 var (
-	kc    = framework.New("ipam", framework.Options{Settings: true})
+	// Privileged: the host-network client reads its node's routes.
+	kc    = framework.New("ipam", framework.Options{Settings: true, PodSecurity: framework.PodSecurityPrivileged})
 	nodes []corev1.Node
 )
 

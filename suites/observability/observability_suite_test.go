@@ -64,7 +64,8 @@ const (
 )
 
 var (
-	kc       = framework.New("observability", framework.Options{Settings: true, Policies: true})
+	// Privileged: the ARP spoofer holds NET_ADMIN and NET_RAW.
+	kc       = framework.New("observability", framework.Options{Settings: true, Policies: true, PodSecurity: framework.PodSecurityPrivileged})
 	ctl      flatnetctl.CLI
 	scenario = topology.DefaultSeed()
 	sr       *seedrun.Run

@@ -277,7 +277,7 @@ func restarts(p corev1.Pod) int32 {
 	return n
 }
 
-var _ = Describe("verdicts while flatnet is disturbed [flatnet]", Label("flatnet", "resilience", "cilium"), Ordered, func() {
+var _ = Describe("verdicts while flatnet is disturbed [flatnet]", Label("flatnet", "resilience", "cilium", "disruptive"), Ordered, func() {
 	BeforeAll(func() {
 		Expect(kc.CiliumCRDs).NotTo(HaveOccurred(), "the steady policy set has a CiliumNetworkPolicy")
 	})

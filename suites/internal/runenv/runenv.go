@@ -34,6 +34,9 @@ type Settings struct {
 	// NodeSubnet is the flat subnet of nodes and pods used by CIDR cases
 	// (FLATNET_NODE_SUBNET, default NODE_SUBNET of kind-configs/network.env).
 	NodeSubnet netip.Prefix
+	// Placement is where the suites' pods may run (FLATNET_NODE_SELECTOR,
+	// FLATNET_TOLERATIONS).
+	Placement Placement
 }
 
 // Defaults that keep one matrix near one probe timeout and the whole policy
@@ -115,6 +118,9 @@ func Read(lookup Lookup, repoRoot string, now time.Time) (Settings, error) {
 		return Settings{}, fmt.Errorf("%s: node subnet %q: %v: write a CIDR such as 10.224.0.0/16", source, subnet, err)
 	}
 	s.NodeSubnet = p.Masked()
+	if s.Placement, err = ReadPlacement(lookup); err != nil {
+		return Settings{}, err
+	}
 	return s, nil
 }
 
