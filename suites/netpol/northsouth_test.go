@@ -23,6 +23,7 @@ package netpol
 import (
 	"context"
 	"fmt"
+	"github.com/flatnet/flatnet/suites/framework"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -152,7 +153,10 @@ func setUpNorthSouth(ctx context.Context, world paths.TestWorld, setupFail func(
 	}
 	w := nsWorkload{ns: fmt.Sprintf("ns-%04x", time.Now().UnixNano()&0xffff), nodeA: workers[0], nodeB: workers[1], world: world, nodeIPs: map[string]netip.Addr{}}
 	By(fmt.Sprintf("creating namespace %s: server and client-a on %s, client-b on %s, a hostNetwork pod on each", w.ns, w.nodeA, w.nodeB))
-	Expect(cluster.CreateNamespace(ctx, corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: w.ns}})).To(Succeed())
+	// hostNetwork pods (host / remote-node) and a hostPort: Pod Security's privileged level
+	// admits them; the suite's other namespaces stay restricted.
+	Expect(cluster.CreateNamespace(ctx, corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: w.ns,
+		Labels: map[string]string{framework.PodSecurityEnforceLabel: framework.PodSecurityPrivileged}}})).To(Succeed())
 	image := cluster.Settings.ProbeImage
 	pod := func(name, node, app string, hostNet bool, args ...string) corev1.Pod {
 		return workload.Prepare(corev1.Pod{
