@@ -172,10 +172,7 @@ var _ = Describe("node-subnet networking [flatnet]", Label("flatnet", "ipam"), O
 	})
 
 	It("hands out 200 pods in rounds without a duplicate or a leak", func(ctx SpecContext) {
-		// 25 at a time, not 50: make e2e runs other suites beside this one, and two workers
-		// hold 2 x 30 pods (maxPods = the block size); a round that filled them would make
-		// the kubelet refuse (OutOfpods) another suite's pod pinned to a node.
-		const rounds, perRound = 8, 25
+		const rounds, perRound = 4, 50
 		seen := 0
 		for r := range rounds {
 			var batch []corev1.Pod
