@@ -1,37 +1,51 @@
 #!/usr/bin/env bash
 # Builds the node's binaries from the Go module proxy into the flatnet cache, each
-# once: Kubernetes' own (version ldflags, from the k8s.io/kubernetes module pinned in
-# tools/go.mod), etcd, CoreDNS and crictl at the versions in versions.env, and a pause of
-# our own. Prints the directory as the last line of stdout.
+# once: Kubernetes' own at K8S_VERSION (default KUBERNETES_VERSION; version ldflags;
+# from the k8s.io/kubernetes module pinned in tools/go.mod, or for another release a
+# module generated from that release's go.mod, scripts/node-image/release.sh), etcd
+# and CoreDNS at what that release's kubeadm lists (versions.env pins the default's),
+# crictl at CRICTL_VERSION, and a pause of our own. Prints the directory as the last
+# line of stdout.
 #
 #   node-bin.sh                        every binary (scripts/node-image.sh)
 #   node-bin.sh kube-apiserver etcd    only these (make test: the real API server the
 #                                      CRD and IPAM tests run against)
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=node-image/release.sh
+source "$REPO_ROOT/scripts/node-image/release.sh"
 
-BIN="$FLATNET_CACHE/node-bin/$KUBERNETES_VERSION-$(go env GOVERSION)"
-mkdir -p "$BIN"
-K8S_CMDS="kubeadm kubelet kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy"
 ALL="$K8S_CMDS etcd coredns crictl pause"
 want=${*:-$ALL}
 for w in $want; do
 	[[ " $ALL " == *" $w "* ]] || die "node-bin.sh: unknown binary '$w'" "choose from: $ALL"
 done
 wanted() { [[ " $want " == *" $1 "* ]]; }
+[ "$K8S_VERSION" = "$KUBERNETES_VERSION" ] || k8s_release_check
+BIN="$FLATNET_CACHE/node-bin/$K8S_VERSION-$(go env GOVERSION)"
+mkdir -p "$BIN"
+# Another release: its kubeadm names the etcd, CoreDNS and pause it runs with.
+if [ "$K8S_VERSION" != "$KUBERNETES_VERSION" ] && { wanted etcd || wanted coredns || wanted pause; }; then
+	want="kubeadm $want"
+fi
+K8S_MODULE=$(k8s_module_dir)
 
 n=0
 for cmd in $K8S_CMDS; do
 	n=$((n + 1))
 	wanted "$cmd" || continue
 	if [ -x "$BIN/$cmd" ]; then
-		info "[$n/7] $cmd $KUBERNETES_VERSION: cached"
+		info "[$n/7] $cmd $K8S_VERSION: cached"
 		continue
 	fi
-	info "[$n/7] $cmd $KUBERNETES_VERSION: building (the first one takes longest)"
-	(cd "$REPO_ROOT/tools" && CGO_ENABLED=0 run_logged "$BIN/build.log" go build -trimpath \
-		-ldflags "$(k8s_ldflags)" -o "$BIN/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd")
+	info "[$n/7] $cmd $K8S_VERSION: building (the first one takes longest)"
+	(cd "$K8S_MODULE" && CGO_ENABLED=0 run_logged "$BIN/build.log" go build -trimpath \
+		-ldflags "$(KUBERNETES_VERSION=$K8S_VERSION k8s_ldflags)" -o "$BIN/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd")
 	mv "$BIN/$cmd.tmp" "$BIN/$cmd"
 done
+if [ "$K8S_VERSION" != "$KUBERNETES_VERSION" ] && wanted kubeadm; then
+	k8s_release_images "$BIN/kubeadm"
+	info "kubeadm $K8S_VERSION lists etcd $ETCD_VERSION, CoreDNS $COREDNS_VERSION, pause $PAUSE_VERSION"
+fi
 wanted etcd && CGO_ENABLED=0 go_build_pinned etcd go.etcd.io/etcd/server/v3 "${ETCD_VERSION}" \
 	go.etcd.io/etcd/server/v3 "$BIN/etcd" -ldflags "-s -w"
 wanted coredns && CGO_ENABLED=0 go_build_pinned coredns github.com/coredns/coredns "$COREDNS_VERSION" \
