@@ -30,7 +30,8 @@ done
 [ "${OBSERVABILITY:-0}" = 1 ] && phase observability bash "$REPO_ROOT/scripts/observability.sh"
 
 step "suites: ginkgo ${FOCUS:+--focus='$FOCUS' }${SKIP:+--skip='$SKIP' }-> $ART"
-export KUBERNETES_VERSION
+# The release the cluster runs (make e2e K8S_VERSION=...; suites/cluster checks the kubelets).
+export KUBERNETES_VERSION=${K8S_VERSION:-$KUBERNETES_VERSION}
 FLATNET_NODES=$(bash "$REPO_ROOT/scripts/cluster.sh" nodes | tr '\n' ' ')
 export FLATNET_NODES
 [ -f "$OUT_DIR/probe-image.out" ] && PROBE_IMAGE=$(tail -n 1 "$OUT_DIR/probe-image.out") && export PROBE_IMAGE
