@@ -10,8 +10,8 @@ SHELL := /bin/bash
 # K8S_VERSION=vX.Y.Z: the Kubernetes release of the node image and cluster, any the Go
 # module proxy serves (default: KUBERNETES_VERSION of versions.env). Another release
 # gets a cluster of its own beside the default one: flatnet-vX-Y on node subnet
-# 10.(192+Y).0.0/16 with API port 26411+Y (v1.36: 10.228.0.0/16, 26447), unless
-# CLUSTER / NODE_SUBNET ... are given.
+# 10.(192+Y).0.0/16 with API port 26411+Y and test world 10.(192+Y).255.0/24 (v1.36:
+# 10.228.0.0/16, 26447), unless CLUSTER / NODE_SUBNET ... (kind-configs/network.env) are given.
 DEFAULT_K8S_VERSION := $(shell sed -n 's/^KUBERNETES_VERSION=//p' versions.env)
 K8S_VERSION ?= $(DEFAULT_K8S_VERSION)
 ifneq ($(K8S_VERSION),$(DEFAULT_K8S_VERSION))
@@ -22,7 +22,8 @@ NODE_SUBNET     ?= 10.$(shell echo $$((192 + $(K8S_MINOR)))).0.0/16
 NODE_GATEWAY    ?= $(patsubst %.0.0/16,%.0.1,$(NODE_SUBNET))
 NODE_IP_RANGE   ?= $(patsubst %.0.0/16,%.0.0/27,$(NODE_SUBNET))
 API_SERVER_PORT ?= $(shell echo $$((26411 + $(K8S_MINOR))))
-export NODE_SUBNET NODE_GATEWAY NODE_IP_RANGE API_SERVER_PORT
+TEST_WORLD_CIDR ?= $(patsubst %.0.0/16,%.255.0/24,$(NODE_SUBNET))
+export NODE_SUBNET NODE_GATEWAY NODE_IP_RANGE API_SERVER_PORT TEST_WORLD_CIDR
 endif
 # Refuse a release the proxy does not serve before any build or cluster work.
 K8S_CHECK := bash scripts/node-image/release.sh check
