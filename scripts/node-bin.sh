@@ -4,7 +4,8 @@
 # from the k8s.io/kubernetes module pinned in tools/go.mod, or for another release a
 # module generated from that release's go.mod, scripts/node-image/release.sh), etcd
 # and CoreDNS at what that release's kubeadm lists (versions.env pins the default's),
-# crictl at CRICTL_VERSION, and a pause of our own. Prints the directory as the last
+# crictl at CRICTL_VERSION, a pause of our own and CNI's loopback plugin at go.mod's
+# containernetworking/plugins (containerd 1.6's CRI runs it for every pod). Prints the directory as the last
 # line of stdout.
 #
 #   node-bin.sh                        every binary (scripts/node-image.sh)
@@ -14,7 +15,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source=node-image/release.sh
 source "$REPO_ROOT/scripts/node-image/release.sh"
 
-ALL="$K8S_CMDS etcd coredns crictl pause"
+ALL="$K8S_CMDS etcd coredns crictl pause loopback"
 want=${*:-$ALL}
 for w in $want; do
 	[[ " $ALL " == *" $w "* ]] || die "node-bin.sh: unknown binary '$w'" "choose from: $ALL"
@@ -56,5 +57,10 @@ wanted crictl && CGO_ENABLED=0 go_build_pinned crictl sigs.k8s.io/cri-tools "$CR
 if wanted pause; then
 	(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$BIN/pause.log" go build -trimpath -ldflags "-s -w" \
 		-o "$BIN/pause" ./scripts/node-image/pause)
+fi
+# Not cached by file: go build is a no-op lookup when go.mod's version is unchanged.
+if wanted loopback; then
+	(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$BIN/loopback.log" go build -trimpath -ldflags "-s -w" \
+		-o "$BIN/loopback" github.com/containernetworking/plugins/plugins/main/loopback)
 fi
 echo "$BIN"

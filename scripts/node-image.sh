@@ -3,7 +3,7 @@
 # (default KUBERNETES_VERSION of versions.env; any release the Go module proxy serves):
 #   Kubernetes binaries (version ldflags) from the module proxy (scripts/node-bin.sh),
 #   etcd, CoreDNS and crictl from the module proxy at what that release's kubeadm
-#   lists (versions.env pins the default's), a pause of our own, a Debian
+#   lists (versions.env pins the default's), a pause of our own, CNI's loopback, a Debian
 #   rootfs from debootstrap, and control-plane images FROM scratch (kube-proxy on a
 #   small Debian rootfs: it runs iptables/nft) preloaded into the node's containerd.
 # The tag is a hash of every input, so an unchanged rebuild is a lookup. Prints the
@@ -31,6 +31,7 @@ inputs_hash() {
 	{
 		cat "$REPO_ROOT/versions.env" "$0" "$REPO_ROOT/scripts/node-bin.sh"
 		echo "$K8S_VERSION $GOVER $NODE_PACKAGES $PROXY_PACKAGES"
+		grep -F github.com/containernetworking/plugins "$REPO_ROOT/go.mod"
 		(cd "$HERE" && find . -type f | LC_ALL=C sort | xargs sha256sum)
 	} | sha256sum | cut -c1-12
 }
@@ -117,11 +118,16 @@ mkdir -p "$ctx/bin"
 cp -a "$HERE/files" "$ctx/files"
 sed -i "s/@PAUSE_VERSION@/$PAUSE_VERSION/" "$ctx/files/etc/containerd/config.toml"
 echo "$K8S_VERSION" >"$ctx/files/kind/version"
+mkdir -p "$ctx/cni"
 cp "$BIN/kubeadm" "$BIN/kubelet" "$BIN/kubectl" "$BIN/crictl" "$ctx/bin/"
+# containerd 1.6's CRI sets up each pod's lo with CNI's loopback plugin from
+# /opt/cni/bin, whatever the CNI (kind's own node image ships it too).
+cp "$BIN/loopback" "$ctx/cni/"
 cat >"$ctx/Dockerfile" <<DOCKERFILE
 FROM $NODE_ROOTFS
 COPY files/ /
 COPY bin/ /usr/local/bin/
+COPY cni/ /opt/cni/bin/
 # systemd in a container: no gettys, no udev, no time sync, no kernel module loading.
 RUN systemctl mask getty.target console-getty.service systemd-udevd.service \
       systemd-udev-trigger.service systemd-timesyncd.service systemd-modules-load.service \
