@@ -7,6 +7,31 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
+# K8S_VERSION=vX.Y.Z: the Kubernetes release of the node image and cluster, any the Go
+# module proxy serves (default: KUBERNETES_VERSION of versions.env). Another release
+# gets a cluster of its own beside the default one: flatnet-vX-Y on node subnet
+# 10.(192+Y).0.0/16 with API port 26411+Y and test world 10.(192+Y).255.0/24 (v1.36:
+# 10.228.0.0/16, 26447), unless CLUSTER / NODE_SUBNET ... (kind-configs/network.env) are given.
+DEFAULT_K8S_VERSION := $(shell sed -n 's/^KUBERNETES_VERSION=//p' versions.env)
+K8S_VERSION ?= $(DEFAULT_K8S_VERSION)
+ifneq ($(K8S_VERSION),$(DEFAULT_K8S_VERSION))
+K8S_MINOR := $(shell echo '$(K8S_VERSION)' | sed -nE 's/^v1\.([0-9]+)\..*/\1/p')
+ifneq ($(K8S_MINOR),)
+CLUSTER         ?= flatnet-v1-$(K8S_MINOR)
+NODE_SUBNET     ?= 10.$(shell echo $$((192 + $(K8S_MINOR)))).0.0/16
+NODE_GATEWAY    ?= $(patsubst %.0.0/16,%.0.1,$(NODE_SUBNET))
+NODE_IP_RANGE   ?= $(patsubst %.0.0/16,%.0.0/27,$(NODE_SUBNET))
+API_SERVER_PORT ?= $(shell echo $$((26411 + $(K8S_MINOR))))
+TEST_WORLD_CIDR ?= $(patsubst %.0.0/16,%.255.0/24,$(NODE_SUBNET))
+export NODE_SUBNET NODE_GATEWAY NODE_IP_RANGE API_SERVER_PORT TEST_WORLD_CIDR
+endif
+# Refuse a release the proxy does not serve before any build or cluster work.
+K8S_CHECK := bash scripts/node-image/release.sh check
+else
+K8S_CHECK := true
+endif
+export K8S_VERSION
+
 CLUSTER ?= flatnet
 CONFIG  ?= default
 export CLUSTER CONFIG
@@ -35,12 +60,16 @@ tools: ## kind and ginkgo at the versions pinned in go.mod, kubectl at tools/go.
 engine: ## a Docker engine that can run privileged containers (starts one if needed)
 	@bash scripts/docker-engine.sh
 
+.PHONY: k8s-version
+k8s-version: ## check K8S_VERSION is a release the Go module proxy serves (nothing to do for the default)
+	@$(K8S_CHECK)
+
 .PHONY: node-image
-node-image: engine ## the kind node image, built offline (NODE_IMAGE=... skips)
+node-image: k8s-version engine ## the kind node image, built offline (K8S_VERSION=..., NODE_IMAGE=... skips)
 	@bash scripts/node-image.sh >/dev/null
 
 .PHONY: cluster
-cluster: tools ## create (or recover) kind cluster $(CLUSTER) with topology CONFIG=default|large
+cluster: k8s-version tools ## create (or recover) kind cluster $(CLUSTER) with topology CONFIG=default|large (K8S_VERSION=...)
 	@bash scripts/cluster.sh up
 
 .PHONY: cluster-down
@@ -53,7 +82,7 @@ test: ## unit and real-kernel tests (root: netns, veth, BPF)
 	@bash scripts/test.sh
 
 .PHONY: e2e
-e2e: ## setup + cluster + suites + report (FOCUS=, SKIP=, LIST=1, REUSE=1, E2E_CONCURRENCY=4)
+e2e: k8s-version ## setup + cluster + suites + report (FOCUS=, SKIP=, LIST=1, REUSE=1, E2E_CONCURRENCY=4, K8S_VERSION=...)
 	@bash scripts/e2e.sh
 
 .PHONY: sysdump

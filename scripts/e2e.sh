@@ -116,7 +116,8 @@ export FLATNET_TEST_WORLD="$OUT_DIR/$CLUSTER.test-world.env"
 phase build-suites build_suites
 filters
 
-export KUBERNETES_VERSION
+# The release the cluster runs (make e2e K8S_VERSION=...; suites/cluster checks the kubelets).
+export KUBERNETES_VERSION=${K8S_VERSION:-$KUBERNETES_VERSION}
 # The suites read the node subnet from here: a second cluster's NODE_SUBNET=... reaches them.
 export FLATNET_NODE_SUBNET=${FLATNET_NODE_SUBNET:-$NODE_SUBNET}
 FLATNET_NODES=$(bash "$REPO_ROOT/scripts/cluster.sh" nodes | tr '\n' ' ')

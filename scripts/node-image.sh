@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Builds flatnet's kind node image with no registry:
-#   Kubernetes binaries (version ldflags) from the k8s.io/kubernetes module pinned in tools/go.mod,
-#   etcd, CoreDNS and crictl from the module proxy, a pause of our own, a Debian
+# Builds flatnet's kind node image with no registry, for Kubernetes K8S_VERSION
+# (default KUBERNETES_VERSION of versions.env; any release the Go module proxy serves):
+#   Kubernetes binaries (version ldflags) from the module proxy (scripts/node-bin.sh),
+#   etcd, CoreDNS and crictl from the module proxy at what that release's kubeadm
+#   lists (versions.env pins the default's), a pause of our own, CNI's loopback, a Debian
 #   rootfs from debootstrap, and control-plane images FROM scratch (kube-proxy on a
 #   small Debian rootfs: it runs iptables/nft) preloaded into the node's containerd.
 # The tag is a hash of every input, so an unchanged rebuild is a lookup. Prints the
 # image reference as the last line of stdout. NODE_IMAGE=<ref> skips all of it.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=node-image/release.sh
+source "$REPO_ROOT/scripts/node-image/release.sh"
 
 if [ -n "${NODE_IMAGE:-}" ]; then
 	docker image inspect "$NODE_IMAGE" >/dev/null 2>&1 ||
@@ -16,6 +20,7 @@ if [ -n "${NODE_IMAGE:-}" ]; then
 	exit 0
 fi
 
+[ "$K8S_VERSION" = "$KUBERNETES_VERSION" ] || k8s_release_check
 HERE="$REPO_ROOT/scripts/node-image"
 GOVER=$(go env GOVERSION)
 NODE_PACKAGES="systemd systemd-sysv dbus containerd runc iptables nftables iproute2 conntrack ethtool socat ebtables kmod procps ca-certificates libseccomp2 iputils-ping"
@@ -25,11 +30,12 @@ PROXY_PACKAGES="iptables nftables conntrack kmod"
 inputs_hash() {
 	{
 		cat "$REPO_ROOT/versions.env" "$0" "$REPO_ROOT/scripts/node-bin.sh"
-		echo "$GOVER $NODE_PACKAGES $PROXY_PACKAGES"
+		echo "$K8S_VERSION $GOVER $NODE_PACKAGES $PROXY_PACKAGES"
+		grep -F github.com/containernetworking/plugins "$REPO_ROOT/go.mod"
 		(cd "$HERE" && find . -type f | LC_ALL=C sort | xargs sha256sum)
 	} | sha256sum | cut -c1-12
 }
-TAG="$KUBERNETES_VERSION-$(inputs_hash)"
+TAG="$K8S_VERSION-$(inputs_hash)"
 IMAGE="flatnet/node:$TAG"
 if docker image inspect "$IMAGE" >/dev/null 2>&1; then
 	info "node image $IMAGE: up to date"
@@ -47,10 +53,9 @@ for dir in "$FLATNET_CACHE" "$(docker info -f '{{.DockerRootDir}}' 2>/dev/null |
 done
 step "node image $IMAGE: building (cold: ~15 min on 2 idle cores; cached after)"
 
-WORK="$OUT_DIR/node-image"
-BIN="$FLATNET_CACHE/node-bin/$KUBERNETES_VERSION-$GOVER"
+WORK="$OUT_DIR/node-image-$K8S_VERSION"
 rm -rf "$WORK"
-mkdir -p "$WORK" "$BIN"
+mkdir -p "$WORK"
 
 # --- Debian root filesystems (cached by package list) and binaries ------------------
 # debootstrap mostly downloads and unpacks while the Go builds use the CPU: the two
@@ -61,12 +66,15 @@ rootfs_image node flatnet/node-rootfs "$NODE_PACKAGES" "$WORK" >"$WORK/node-root
 node_pid=$!
 rootfs_image kube-proxy flatnet/kube-proxy-rootfs "$PROXY_PACKAGES" "$WORK" >"$WORK/proxy-rootfs.ref" &
 proxy_pid=$!
-bash "$REPO_ROOT/scripts/node-bin.sh" >/dev/null
+BIN=$(bash "$REPO_ROOT/scripts/node-bin.sh" | tail -n 1)
 wait "$node_pid" || die "the node's root filesystem failed (output above)"
 wait "$proxy_pid" || die "kube-proxy's root filesystem failed (output above)"
 NODE_ROOTFS=$(tail -n 1 "$WORK/node-rootfs.ref")
 PROXY_ROOTFS=$(tail -n 1 "$WORK/proxy-rootfs.ref")
 info "node image: binaries and root filesystems in $((SECONDS - t0))s"
+# Another release runs the etcd, CoreDNS and pause its kubeadm lists (node-bin.sh
+# built those); the default's are pinned in versions.env and checked below.
+[ "$K8S_VERSION" = "$KUBERNETES_VERSION" ] || k8s_release_images "$BIN/kubeadm"
 t0=$SECONDS
 
 # --- control-plane images ----------------------------------------------------------
@@ -89,10 +97,10 @@ step "control-plane images"
 R=registry.k8s.io
 CP_IMAGES=()
 for c in kube-apiserver kube-controller-manager kube-scheduler; do
-	image_from scratch "$R/$c:$KUBERNETES_VERSION" "$BIN/$c"
-	CP_IMAGES+=("$R/$c:$KUBERNETES_VERSION")
+	image_from scratch "$R/$c:$K8S_VERSION" "$BIN/$c"
+	CP_IMAGES+=("$R/$c:$K8S_VERSION")
 done
-image_from "$PROXY_ROOTFS" "$R/kube-proxy:$KUBERNETES_VERSION" "$BIN/kube-proxy"
+image_from "$PROXY_ROOTFS" "$R/kube-proxy:$K8S_VERSION" "$BIN/kube-proxy"
 image_from scratch "$R/etcd:${ETCD_VERSION#v}-0" "$BIN/etcd"
 # CoreDNS's Deployment runs /coredns (the image's entrypoint); pause runs /pause.
 mkdir -p "$WORK/ctx-coredns" "$WORK/ctx-pause"
@@ -102,14 +110,14 @@ run_logged "$WORK/build-images.log" docker build -q -t "$R/coredns/coredns:$CORE
 cp "$BIN/pause" "$WORK/ctx-pause/"
 printf 'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\n' >"$WORK/ctx-pause/Dockerfile"
 run_logged "$WORK/build-images.log" docker build -q -t "$R/pause:$PAUSE_VERSION" "$WORK/ctx-pause"
-CP_IMAGES+=("$R/kube-proxy:$KUBERNETES_VERSION" "$R/etcd:${ETCD_VERSION#v}-0"
+CP_IMAGES+=("$R/kube-proxy:$K8S_VERSION" "$R/etcd:${ETCD_VERSION#v}-0"
 	"$R/coredns/coredns:$COREDNS_VERSION" "$R/pause:$PAUSE_VERSION")
 
 # Check the tags are exactly what this kubeadm asks for, before baking them in.
-want=$("$BIN/kubeadm" config images list --kubernetes-version "$KUBERNETES_VERSION" 2>/dev/null | sort)
+want=$("$BIN/kubeadm" config images list --kubernetes-version "$K8S_VERSION" 2>/dev/null | sort)
 have=$(printf '%s\n' "${CP_IMAGES[@]}" | sort)
 [ "$want" = "$have" ] || die "the control-plane images built do not match kubeadm's list" \
-	"kubeadm wants: $(echo $want)" "built:        $(echo $have)" "fix versions.env (ETCD/COREDNS/PAUSE) to what kubeadm $KUBERNETES_VERSION lists"
+	"kubeadm wants: $(echo $want)" "built:        $(echo $have)" "fix versions.env (ETCD/COREDNS/PAUSE) to what kubeadm $K8S_VERSION lists"
 info "images: $(echo "$have" | tr '\n' ' ')"
 docker save -o "$WORK/images.tar" "${CP_IMAGES[@]}"
 info "node image: control-plane images in $((SECONDS - t0))s"
@@ -121,12 +129,17 @@ ctx="$WORK/ctx-node"
 mkdir -p "$ctx/bin"
 cp -a "$HERE/files" "$ctx/files"
 sed -i "s/@PAUSE_VERSION@/$PAUSE_VERSION/" "$ctx/files/etc/containerd/config.toml"
-echo "$KUBERNETES_VERSION" >"$ctx/files/kind/version"
+echo "$K8S_VERSION" >"$ctx/files/kind/version"
+mkdir -p "$ctx/cni"
 cp "$BIN/kubeadm" "$BIN/kubelet" "$BIN/kubectl" "$BIN/crictl" "$ctx/bin/"
+# containerd 1.6's CRI sets up each pod's lo with CNI's loopback plugin from
+# /opt/cni/bin, whatever the CNI (kind's own node image ships it too).
+cp "$BIN/loopback" "$ctx/cni/"
 cat >"$ctx/Dockerfile" <<DOCKERFILE
 FROM $NODE_ROOTFS
 COPY files/ /
 COPY bin/ /usr/local/bin/
+COPY cni/ /opt/cni/bin/
 # systemd in a container: no gettys, no udev, no time sync, no kernel module loading.
 RUN systemctl mask getty.target console-getty.service systemd-udevd.service \
       systemd-udev-trigger.service systemd-timesyncd.service systemd-modules-load.service \

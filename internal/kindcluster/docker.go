@@ -193,11 +193,12 @@ func kindNodeIP(ctx context.Context, node string) (string, error) {
 	return nodeIPOf(conf), nil
 }
 
-var nodeIPLine = regexp.MustCompile(`(?m)node-ip:\s*"?([^"\s]+)`)
+var nodeIPLine = regexp.MustCompile(`(?m)(?:node-ip:|name:\s*"?node-ip"?\s*\n\s*value:)\s*"?([^"\s]+)`)
 
 // nodeIPOf returns the first node-ip kubelet argument of a kubeadm config kind
-// rendered (kubeletExtraArgs is a map in kubeadm v1beta3; quoted in kind's template,
-// bare once kind has applied config patches).
+// rendered (kubeletExtraArgs is a map in kubeadm v1beta3, which kind renders up to
+// Kubernetes v1.35, and a list of name/value pairs in v1beta4, from v1.36; quoted in
+// kind's template, bare once kind has applied config patches).
 func nodeIPOf(kubeadmConf []byte) string {
 	if m := nodeIPLine.FindSubmatch(kubeadmConf); m != nil {
 		return string(m[1])
