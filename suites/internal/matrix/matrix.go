@@ -59,7 +59,9 @@ func (p Plan) Validate() error {
 		}
 	}
 	for _, pp := range p.Ports {
-		if _, err := connect.ParseProtocol(strings.ToLower(string(pp.Protocol))); err != nil {
+		// ICMP has no port to put in a matrix column: the north-south family
+		// (suites/internal/paths) probes it.
+		if proto, err := connect.ParseProtocol(strings.ToLower(string(pp.Protocol))); err != nil || proto == connect.ICMP {
 			return fmt.Errorf("matrix %q: port %s: protocol must be TCP, UDP or SCTP", p.Title, pp)
 		}
 	}
