@@ -120,6 +120,9 @@ filters
 export KUBERNETES_VERSION=${K8S_VERSION:-$KUBERNETES_VERSION}
 # The suites read the node subnet from here: a second cluster's NODE_SUBNET=... reaches them.
 export FLATNET_NODE_SUBNET=${FLATNET_NODE_SUBNET:-$NODE_SUBNET}
+# One seed for the random family in every suite process: the side-by-side phase and the
+# disruptive phase then name the same random cases, and the merged report holds each once.
+export FLATNET_SEED=${FLATNET_SEED:-$(date +%s%N)}
 FLATNET_NODES=$(bash "$REPO_ROOT/scripts/cluster.sh" nodes | tr '\n' ' ')
 export FLATNET_NODES
 [ -f "$OUT_DIR/probe-image.out" ] && PROBE_IMAGE=$(tail -n 1 "$OUT_DIR/probe-image.out") && export PROBE_IMAGE
