@@ -412,6 +412,16 @@ func (f *Framework) Record(c report.CaseResult) {
 	f.report.Cases = append(f.report.Cases, c)
 }
 
+// Cases are the cases recorded so far (nil without a report).
+func (f *Framework) Cases() []report.CaseResult {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.report == nil {
+		return nil
+	}
+	return slices.Clone(f.report.Cases)
+}
+
 func (f *Framework) writeReport() {
 	if f.report == nil || f.settingsErr != nil {
 		return

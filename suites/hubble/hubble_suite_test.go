@@ -45,6 +45,7 @@ import (
 	"github.com/flatnet/flatnet/fixtures/oracle"
 	"github.com/flatnet/flatnet/fixtures/topology"
 	"github.com/flatnet/flatnet/suites/framework"
+	"github.com/flatnet/flatnet/suites/internal/flowcheck"
 	"github.com/flatnet/flatnet/suites/internal/hubblecli"
 	"github.com/flatnet/flatnet/suites/internal/portforward"
 	"github.com/flatnet/flatnet/suites/internal/seedrun"
@@ -52,13 +53,6 @@ import (
 )
 
 func TestHubble(t *testing.T) { kc.Run(t) }
-
-// The relay as the deploy runs it (Cilium's is kube-system/hubble-relay:80);
-// FLATNET_HUBBLE_RELAY names another.
-const (
-	envRelay     = "FLATNET_HUBBLE_RELAY"
-	defaultRelay = "flatnet-system/hubble-relay:80"
-)
 
 // otherClient is a second client pod: flows from it lie outside --from-pod.
 const otherClient = "other"
@@ -76,17 +70,17 @@ var (
 )
 
 var _ = kc.BeforeSuite(func(ctx SpecContext) {
-	spec := os.Getenv(envRelay)
+	spec := os.Getenv(flowcheck.RelayEnv)
 	if spec == "" {
-		spec = defaultRelay
+		spec = flowcheck.DefaultRelay
 	}
 	target, err := portforward.ParseTarget(spec)
-	Expect(err).NotTo(HaveOccurred(), envRelay)
+	Expect(err).NotTo(HaveOccurred(), flowcheck.RelayEnv)
 	By("port-forwarding a local port to the pod behind Service " + target.String() + ", as cilium hubble port-forward does")
 	Eventually(func() error {
 		relay, err = portforward.Start(ctx, kc.Rest, kc.Clientset, target, GinkgoWriter)
 		return err
-	}).WithContext(ctx).WithTimeout(2*time.Minute).WithPolling(2*time.Second).Should(Succeed(), "the relay is deployed by make deploy (%s=<ns>/<service>:<port> names another)", envRelay)
+	}).WithContext(ctx).WithTimeout(2*time.Minute).WithPolling(2*time.Second).Should(Succeed(), "the relay is deployed by make deploy (%s=<ns>/<service>:<port> names another)", flowcheck.RelayEnv)
 	cli, err = hubblecli.Locate(kc.RepoRoot, relay.Addr(), GinkgoT().TempDir())
 	Expect(err).NotTo(HaveOccurred())
 

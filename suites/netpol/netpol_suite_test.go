@@ -242,17 +242,12 @@ var _ = Describe("policy conformance matrix", Serial, func() {
 	})
 })
 
-// recorded are the cases of this run, for the pass-rate table at the end.
-var recorded []report.CaseResult
-
-func record(r report.CaseResult) {
-	recorded = append(recorded, r)
-	cluster.Record(r)
-}
+func record(r report.CaseResult) { cluster.Record(r) }
 
 // The pass-rate table by family, as policy-assistant prints one, straight to
 // the terminal like the seed: it is the run's summary.
 var _ = cluster.AfterSuite(func(SpecContext) {
+	recorded := cluster.Cases()
 	if len(recorded) == 0 {
 		return
 	}
