@@ -137,7 +137,6 @@ type Flood struct {
 
 // FloodResult is what one flood did.
 type FloodResult struct {
-	Wall     time.Duration
 	Verdicts map[batch.Verdict]int
 }
 
@@ -150,7 +149,6 @@ func (f Flood) Run(ctx context.Context, ex podexec.Executor) (FloodResult, error
 	cmd := []string{"/probe", "batch", fmt.Sprintf("--parallel=%d", f.Parallel), "--timeout=" + f.Timeout.String(), "--protocol=tcp"}
 	pr, pw := io.Pipe()
 	var stderr strings.Builder
-	t0 := time.Now()
 	go func() { pw.CloseWithError(ex.Exec(ctx, f.Client, cmd, &in, pw, &stderr)) }()
 	res := FloodResult{Verdicts: map[batch.Verdict]int{}}
 	sc := bufio.NewScanner(pr)
@@ -161,7 +159,6 @@ func (f Flood) Run(ctx context.Context, ex podexec.Executor) (FloodResult, error
 		}
 		res.Verdicts[r.Verdict]++
 	}
-	res.Wall = time.Since(t0)
 	if err := sc.Err(); err != nil {
 		return res, fmt.Errorf("flood from %s to %s: %w: %s", f.Client, f.Target, err, strings.TrimSpace(stderr.String()))
 	}
