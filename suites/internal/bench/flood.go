@@ -1,14 +1,9 @@
 package bench
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"strings"
 	"sync"
 	"time"
 
@@ -19,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/flatnet/flatnet/probes/batch"
+	"github.com/flatnet/flatnet/probes/connect"
 	"github.com/flatnet/flatnet/probes/podexec"
 )
 
@@ -137,33 +133,24 @@ type Flood struct {
 
 // FloodResult is what one flood did.
 type FloodResult struct {
-	Wall     time.Duration
 	Verdicts map[batch.Verdict]int
 }
 
-// Run runs the flood to its end.
+// Run runs the flood to its end: one `probe batch` exec (podexec.Runner, no
+// retries) with the target SYNs times.
 func (f Flood) Run(ctx context.Context, ex podexec.Executor) (FloodResult, error) {
-	var in bytes.Buffer
-	for range f.SYNs {
-		in.WriteString(f.Target + "\n")
+	targets := make([]batch.Target, f.SYNs)
+	for i := range targets {
+		targets[i] = batch.Target{Target: f.Target}
 	}
-	cmd := []string{"/probe", "batch", fmt.Sprintf("--parallel=%d", f.Parallel), "--timeout=" + f.Timeout.String(), "--protocol=tcp"}
-	pr, pw := io.Pipe()
-	var stderr strings.Builder
-	t0 := time.Now()
-	go func() { pw.CloseWithError(ex.Exec(ctx, f.Client, cmd, &in, pw, &stderr)) }()
+	r := podexec.Runner{Exec: ex, Options: batch.Options{Timeout: f.Timeout, Parallel: f.Parallel, Protocol: connect.TCP}}
+	cells, err := r.Probe(ctx, f.Client, targets)
+	if err != nil {
+		return FloodResult{}, fmt.Errorf("flood from %s to %s: %w", f.Client, f.Target, err)
+	}
 	res := FloodResult{Verdicts: map[batch.Verdict]int{}}
-	sc := bufio.NewScanner(pr)
-	for sc.Scan() {
-		var r batch.Result
-		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-			return res, fmt.Errorf("flood: reading probe batch's answer %q: %w", sc.Text(), err)
-		}
-		res.Verdicts[r.Verdict]++
-	}
-	res.Wall = time.Since(t0)
-	if err := sc.Err(); err != nil {
-		return res, fmt.Errorf("flood from %s to %s: %w: %s", f.Client, f.Target, err, strings.TrimSpace(stderr.String()))
+	for _, c := range cells {
+		res.Verdicts[c.Verdict]++
 	}
 	return res, nil
 }
