@@ -11,6 +11,8 @@ import (
 
 	flowpb "github.com/cilium/cilium/api/v1/flow"
 	observerpb "github.com/cilium/cilium/api/v1/observer"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/flatnet/flatnet/suites/reachability"
@@ -126,6 +128,29 @@ func (c *Checker) Fetch(ctx context.Context, w Window, probes []Probe) ([]*flowp
 		Until:     timestamppb.New(w.End.Add(slack)),
 		Whitelist: []*flowpb.FlowFilter{{SourceIp: srcs}, {DestinationIp: dsts}},
 	}
+	// The relay may be moving (its node restarted, as the resilience suite does):
+	// the port-forward reconnects to the new pod on the same local port, so an
+	// unavailable relay is asked again for a while before the check fails.
+	deadline := time.Now().Add(relayMoveTimeout)
+	for {
+		out, lost, err := c.read(ctx, req, w)
+		if status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
+			return out, lost, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, 0, err
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// relayMoveTimeout is how long an unavailable relay is waited for: a
+// rescheduled relay pod is Ready within about a minute on kind.
+const relayMoveTimeout = 2 * time.Minute
+
+// read is one GetFlows stream of req.
+func (c *Checker) read(ctx context.Context, req *observerpb.GetFlowsRequest, w Window) ([]*flowpb.Flow, uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	st, err := c.Client.GetFlows(ctx, req)
