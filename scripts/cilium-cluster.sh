@@ -4,10 +4,11 @@
 # and API server port), running Cilium $CILIUM_VERSION built here from the Go module
 # proxy (scripts/cilium-build.sh, scripts/cilium-image.sh), installed from the
 # manifests its own chart renders with `helm template` (Helm built from the proxy
-# too, tools/helm), with kind-configs/cilium-ref.values.yaml. Waits for every node
-# Ready, every agent's `cilium-dbg status` OK and CoreDNS, and loads the probe image
-# so `make conformance` can judge it. Creates, keeps or recovers the cluster like
-# make cluster does. Takes ~25 min cold (the Cilium build), ~3 min cached.
+# too, tools/helm), with kind-configs/cilium-ref.values.yaml, after CNI's portmap
+# plugin is put on every node (hostPort). Waits for every node Ready, every agent's
+# `cilium-dbg status` OK and CoreDNS, and loads the probe image so `make
+# conformance` can judge it. Creates, keeps or recovers the cluster like make
+# cluster does. Takes ~25 min cold (the Cilium build), ~3 min cached.
 #
 #   cilium-cluster.sh up     (the default) all of the above
 #   cilium-cluster.sh down   remove cluster cilium-ref and its network
@@ -64,6 +65,19 @@ bash "$REPO_ROOT/scripts/cluster.sh" up 2> >(grep -v 'NotReady until the flatnet
 # The images, loaded into the cluster.
 eval "$(bash "$REPO_ROOT/scripts/cilium-image.sh" | tail -n 2)"
 [ -n "${AGENT_IMAGE:-}" ] && [ -n "${OPERATOR_IMAGE:-}" ] || die "cilium-image.sh printed no image refs"
+
+# hostPort: with kube-proxy replacement off, Cilium implements it by chaining CNI's
+# portmap plugin (cni.chainingMode in the values), which it does not ship: "you must
+# install it into /opt/cni/bin/" of each node (its Documentation/installation/
+# cni-chaining-portmap.rst), before the agents write a CNI config that names it.
+TREE=$(bash "$REPO_ROOT/scripts/cilium-build.sh" | tail -n 1)
+nodes=$("$BIN_DIR/kind" get nodes --name "$CLUSTER")
+for node in $nodes; do
+	docker cp "$TREE/node/." "$node:/" >/dev/null || die "cannot copy $TREE/node/ into node $node"
+	docker exec -i -e CNI_COMMAND=VERSION "$node" /opt/cni/bin/portmap </dev/null >/dev/null ||
+		die "the portmap CNI plugin does not run on node $node" "see $TREE/node/opt/cni/bin/portmap"
+done
+info "node plugins: $(cd "$TREE/node" && find . -type f | sed 's|^\.||' | tr '\n' ' ')on $(wc -w <<<"$nodes") nodes"
 
 # The manifests: Cilium's chart from the module zip of the version built.
 helm_bin
