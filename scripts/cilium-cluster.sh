@@ -6,9 +6,10 @@
 # manifests its own chart renders with `helm template` (Helm built from the proxy
 # too, tools/helm), with kind-configs/cilium-ref.values.yaml, after CNI's portmap
 # plugin is put on every node (hostPort). Waits for every node Ready, every agent's
-# `cilium-dbg status` OK and CoreDNS, and loads the probe image so `make
-# conformance` can judge it. Creates, keeps or recovers the cluster like make
-# cluster does. Takes ~25 min cold (the Cilium build), ~3 min cached.
+# `cilium-dbg status` OK and CoreDNS, loads the probe image and starts the test
+# world (scripts/test-world.sh) so `make conformance` can judge it. Creates, keeps
+# or recovers the cluster like make cluster does. Takes ~25 min cold (the Cilium
+# build), ~3 min cached.
 #
 #   cilium-cluster.sh up     (the default) all of the above
 #   cilium-cluster.sh down   remove cluster cilium-ref and its network
@@ -142,6 +143,9 @@ wait_for "nodes" nodes_check || die "not every node became Ready"
 
 # The probe image, so flatnet's suites can run here unchanged.
 PROBE_IMAGE=$(CLUSTER=$CLUSTER bash "$REPO_ROOT/scripts/probe-image.sh" | tail -n 1)
+# The offline world netpol's north-south family probes (outside client, world and
+# CIDR servers), at TEST_WORLD_CIDR of this plan.
+PROBE_IMAGE=$PROBE_IMAGE bash "$REPO_ROOT/scripts/test-world.sh" up
 
 "$KUBECTL" get nodes -o wide >&2
 cat >&2 <<MSG
