@@ -146,6 +146,26 @@ PROBE_IMAGE=$(CLUSTER=$CLUSTER bash "$REPO_ROOT/scripts/probe-image.sh" | tail -
 # The offline world netpol's north-south family probes (outside client, world and
 # CIDR servers), at TEST_WORLD_CIDR of this plan.
 PROBE_IMAGE=$PROBE_IMAGE bash "$REPO_ROOT/scripts/test-world.sh" up
+# Native routing needs "the network connecting the hosts ... capable of forwarding
+# IP traffic using addresses given to pods" (Cilium's Documentation/network/
+# concepts/routing.rst). autoDirectNodeRoutes gives the nodes each other's pod
+# CIDRs; the test world's containers share their docker network with no router
+# between, so they get each node's pod CIDRs via that node here, as an underlay
+# router would have them (flatnet needs none: its pods are on the node subnet).
+# A restarted world container loses them until this script runs again.
+world=$(docker ps -q --filter "label=flatnet.test-world=$CLUSTER")
+routes=0
+while read -r node ip cidrs; do
+	[ -n "$cidrs" ] || die "CiliumNode $node has no pod CIDR yet"
+	for c in $world; do
+		for cidr in $cidrs; do
+			nsenter -t "$(docker inspect -f '{{.State.Pid}}' "$c")" -n ip route replace "$cidr" via "$ip" ||
+				die "cannot route $cidr via $node ($ip) in test world container $c"
+			routes=$((routes + 1))
+		done
+	done
+done < <("$KUBECTL" get ciliumnodes -o jsonpath='{range .items[*]}{.metadata.name} {.spec.addresses[?(@.type=="InternalIP")].ip} {.spec.ipam.podCIDRs[*]}{"\n"}{end}')
+info "test world: $routes routes to the nodes' pod CIDRs in $(wc -w <<<"$world") containers"
 
 "$KUBECTL" get nodes -o wide >&2
 cat >&2 <<MSG
