@@ -12,7 +12,7 @@
 # build), ~3 min cached.
 #
 #   cilium-cluster.sh up     (the default) all of the above
-#   cilium-cluster.sh down   remove cluster cilium-ref and its network
+#   cilium-cluster.sh down   remove cluster cilium-ref, its test world and its network
 #
 # Its address plan, each overridable: CILIUM_NODE_SUBNET (10.225.0.0/16),
 # CILIUM_NODE_GATEWAY, CILIUM_NODE_IP_RANGE (what Docker hands the nodes),
@@ -38,6 +38,8 @@ TIMEOUT=${CILIUM_TIMEOUT:-300}
 NS=kube-system
 
 if [ "${1:-up}" = down ]; then
+	# The test world first: its containers hold the cluster's docker network.
+	bash "$REPO_ROOT/scripts/test-world.sh" down
 	exec bash "$REPO_ROOT/scripts/cluster.sh" down
 fi
 [ "${1:-up}" = up ] || die "usage: $0 [up|down]"
