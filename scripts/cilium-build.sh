@@ -6,32 +6,55 @@
 #   cilium-mount, cilium-sysctlfix (the agent image's programs) and
 #   cilium-operator-generic (tags ipam_provider_operator, as upstream's generic
 #   operator image).
-# Output: $FLATNET_CACHE/cilium/<hash of the inputs>/, laid out as upstream's agent
-# image lays out its files: the programs in /usr/bin (cilium-dbg also as cilium,
-# which the chart's probes run), cilium-cni in /opt/cni/bin, CNI's loopback in
-# /cni (install-plugin.sh copies both to the node), the init containers' scripts
-# in /, and the bpf/ sources of the module zip in /var/lib/cilium/bpf (upstream's
-# install-bpf). The operator goes to operator/usr/bin. Built only when no such
-# directory is complete; prints the directory last.
+# Three cached steps under $FLATNET_CACHE/cilium, each keyed only on its own inputs,
+# so a change to one step never redoes a slower one:
+#   programs/<key>     the Cilium programs (~25 min cold on 2 busy cores). Key: Go's
+#                      version and target, the Cilium version, ldflags, each
+#                      program's package and tags, the build command itself and the
+#                      module tools/cilium.
+#   cni-plugins/<key>  CNI's plugins from flatnet's go.mod (seconds): loopback for the
+#                      agent image, portmap for the nodes (cni.chainingMode=portmap,
+#                      hostPort without kube-proxy replacement). Key: Go's version,
+#                      the plugins module's version and sum, the plugin list, the
+#                      build command.
+#   <key>              the tree the image and the nodes take (hard links, seconds),
+#                      laid out as upstream's agent image lays out its files: the
+#                      programs in /usr/bin (cilium-dbg also as cilium, which the
+#                      chart's probes run), cilium-cni in /opt/cni/bin, loopback in
+#                      /cni (install-plugin.sh copies both to the node), the init
+#                      containers' scripts in /, and the bpf/ sources of the module
+#                      zip in /var/lib/cilium/bpf (upstream's install-bpf). Beside
+#                      it, outside the image: operator/usr/bin (the operator image)
+#                      and node/opt/cni/bin (what goes on each node: portmap).
+#                      Key: both keys above and this script.
+# Prints the tree's directory last.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 MOD="$REPO_ROOT/tools/cilium"
+CACHE="$FLATNET_CACHE/cilium"
 # The module tools/cilium selects must be the one versions.env pins.
 selected=$(cd "$MOD" && go list -m -f '{{.Version}}' github.com/cilium/cilium)
 [ "$selected" = "$CILIUM_VERSION" ] ||
 	die "tools/cilium/go.mod builds github.com/cilium/cilium $selected, versions.env says $CILIUM_VERSION" \
 		"run 'cd tools/cilium && go get github.com/cilium/cilium@$CILIUM_VERSION && go mod tidy'"
 
-# The programs: OUTPUT-NAME PACKAGE EXTRA-TAGS.
+# The programs: OUTPUT-PATH PACKAGE EXTRA-TAGS, the path as upstream's images have it.
 PROGRAMS=(
-	"cilium-agent github.com/cilium/cilium/daemon -"
-	"cilium-dbg github.com/cilium/cilium/cilium-dbg -"
-	"cilium-health github.com/cilium/cilium/cilium-health -"
-	"cilium-health-responder github.com/cilium/cilium/cilium-health/responder -"
-	"cilium-cni github.com/cilium/cilium/plugins/cilium-cni -"
-	"cilium-mount github.com/cilium/cilium/tools/mount -"
-	"cilium-sysctlfix github.com/cilium/cilium/tools/sysctlfix -"
-	"cilium-operator-generic github.com/cilium/cilium/operator ipam_provider_operator"
+	"usr/bin/cilium-agent github.com/cilium/cilium/daemon -"
+	"usr/bin/cilium-dbg github.com/cilium/cilium/cilium-dbg -"
+	"usr/bin/cilium-health github.com/cilium/cilium/cilium-health -"
+	"usr/bin/cilium-health-responder github.com/cilium/cilium/cilium-health/responder -"
+	"opt/cni/bin/cilium-cni github.com/cilium/cilium/plugins/cilium-cni -"
+	"usr/bin/cilium-mount github.com/cilium/cilium/tools/mount -"
+	"usr/bin/cilium-sysctlfix github.com/cilium/cilium/tools/sysctlfix -"
+	"operator/usr/bin/cilium-operator-generic github.com/cilium/cilium/operator ipam_provider_operator"
+)
+# CNI's plugins: OUTPUT-PATH PACKAGE, at the version flatnet's own go.mod pins
+# (upstream's agent image has v1.9.1 of loopback).
+PLUGINS_MOD=github.com/containernetworking/plugins
+PLUGINS=(
+	"cni/loopback $PLUGINS_MOD/plugins/main/loopback"
+	"node/opt/cni/bin/portmap $PLUGINS_MOD/plugins/meta/portmap"
 )
 # Upstream stamps "<version> <git revision> <commit date>" and cilium-dbg status
 # parses those fields; a module zip has no git revision, so the module version
@@ -39,54 +62,88 @@ PROGRAMS=(
 published=$(cd "$MOD" && go list -m -f '{{with .Time}}{{.UTC.Format "2006-01-02T15:04:05Z"}}{{end}}' github.com/cilium/cilium)
 LDFLAGS="-s -w -X 'github.com/cilium/cilium/pkg/version.ciliumVersion=${CILIUM_VERSION#v} $CILIUM_VERSION ${published:-unknown}'"
 
-inputs_hash() {
-	{
-		go env GOVERSION GOARCH
-		echo "$CILIUM_VERSION $LDFLAGS"
-		printf '%s\n' "${PROGRAMS[@]}"
-		sha256sum <"$0"
-		# Only the loopback plugin comes from flatnet's go.mod: its version, not all of
-		# go.sum, so a module added to flatnet does not rebuild Cilium (~25 min).
-		(cd "$REPO_ROOT" && go list -m -f '{{.Path}} {{.Version}} {{.Sum}}' github.com/containernetworking/plugins)
-		cd "$MOD" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
-	} | sha256sum | cut -c1-16
+# build_programs DIR: the Cilium programs into DIR, from tools/cilium.
+build_programs() {
+	local p dst pkg tags
+	for p in "${PROGRAMS[@]}"; do
+		read -r dst pkg tags <<<"$p"
+		tags=osusergo$([ "$tags" = - ] || echo ",$tags")
+		info "cilium: $(basename "$dst") ($pkg, tags $tags)"
+		(cd "$MOD" && CGO_ENABLED=0 run_logged "$1.build.log" \
+			nice -n 10 go build -trimpath -tags "$tags" -ldflags "$LDFLAGS" -o "$1/$dst" "$pkg")
+	done
 }
 
-OUT="$FLATNET_CACHE/cilium/$(inputs_hash)"
+# build_plugins DIR: CNI's plugins into DIR, from flatnet's go.mod.
+build_plugins() {
+	local p dst pkg
+	for p in "${PLUGINS[@]}"; do
+		read -r dst pkg <<<"$p"
+		info "cni plugin: $(basename "$dst") ($pkg)"
+		(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$1.build.log" \
+			nice -n 10 go build -trimpath -ldflags "-s -w" -o "$1/$dst" "$pkg")
+	done
+}
+
+# cached WHAT DIR BUILD: runs BUILD into DIR unless DIR is complete; a failed or
+# interrupted build leaves no complete DIR.
+cached() {
+	local what=$1 dir=$2 build=$3
+	if [ -f "$dir/.complete" ]; then
+		info "$what: cached ($dir)"
+		return
+	fi
+	rm -rf "$dir" && mkdir -p "$dir"
+	"$build" "$dir"
+	touch "$dir/.complete"
+}
+
+key() { sha256sum | cut -c1-16; }
+programs_key=$(
+	go env GOVERSION GOOS GOARCH GOFLAGS
+	echo "$CILIUM_VERSION $LDFLAGS"
+	printf '%s\n' "${PROGRAMS[@]}"
+	declare -f build_programs
+	cd "$MOD" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+) && programs_key=$(key <<<"$programs_key")
+plugins_key=$(
+	go env GOVERSION GOOS GOARCH GOFLAGS
+	cd "$REPO_ROOT" && go list -m -f '{{.Path}} {{.Version}} {{.Sum}}' "$PLUGINS_MOD"
+	printf '%s\n' "${PLUGINS[@]}"
+	declare -f build_plugins
+) && plugins_key=$(key <<<"$plugins_key")
+PROGRAMS_DIR="$CACHE/programs/$programs_key"
+PLUGINS_DIR="$CACHE/cni-plugins/$plugins_key"
+OUT="$CACHE/$(sha256sum <"$0" | cat - <(echo "$programs_key $plugins_key") | key)"
+
 if [ -f "$OUT/.complete" ]; then
-	info "cilium $CILIUM_VERSION binaries: cached ($OUT)"
+	info "cilium $CILIUM_VERSION tree: cached ($OUT)"
 	echo "$OUT"
 	exit 0
 fi
+[ -f "$PROGRAMS_DIR/.complete" ] ||
+	step "cilium $CILIUM_VERSION: building ${#PROGRAMS[@]} programs (cold: ~25 min on 2 busy cores; cached after)"
+cached "cilium $CILIUM_VERSION programs" "$PROGRAMS_DIR" build_programs
+cached "cni plugins ($PLUGINS_MOD)" "$PLUGINS_DIR" build_plugins
 
-step "cilium $CILIUM_VERSION: building ${#PROGRAMS[@]} programs (cold: ~25 min on 2 busy cores; cached after)"
-rm -rf "$OUT" && mkdir -p "$OUT/usr/bin" "$OUT/opt/cni/bin" "$OUT/cni" "$OUT/var/lib/cilium" "$OUT/operator/usr/bin"
-for p in "${PROGRAMS[@]}"; do
-	read -r name pkg tags <<<"$p"
-	tags=osusergo$([ "$tags" = - ] || echo ",$tags")
-	dst="$OUT/usr/bin/$name"
-	case $name in cilium-cni) dst="$OUT/opt/cni/bin/$name" ;; cilium-operator-*) dst="$OUT/operator/usr/bin/$name" ;; esac
-	info "cilium: $name ($pkg, tags $tags)"
-	(cd "$MOD" && CGO_ENABLED=0 run_logged "$OUT.build.log" \
-		nice -n 10 go build -trimpath -tags "$tags" -ldflags "$LDFLAGS" -o "$dst" "$pkg")
-done
-ln -s cilium-dbg "$OUT/usr/bin/cilium"
-# CNI's loopback plugin at the version flatnet's own module pins (upstream's image
-# has v1.9.1 of the same plugin).
-info "cilium: loopback (github.com/containernetworking/plugins, flatnet's go.mod)"
-(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$OUT.build.log" \
-	nice -n 10 go build -trimpath -ldflags "-s -w" -o "$OUT/cni/loopback" github.com/containernetworking/plugins/plugins/main/loopback)
-
-# bpf/: the datapath's C sources, which the agent compiles with clang at run time,
-# at the path it reads them from (upstream's install-bpf leaves out the tests).
-src=$(cd "$MOD" && go list -m -f '{{.Dir}}' github.com/cilium/cilium)
-[ -n "$src" ] && [ -d "$src/bpf" ] || die "no bpf/ in the module of github.com/cilium/cilium@$CILIUM_VERSION ($src)"
-(cd "$src" && find bpf -type f ! -path 'bpf/tests/*' ! -path 'bpf/complexity-tests/*' ! -path 'bpf/custom/*' \
-	! -name Makefile ! -name Makefile.bpf ! -name .gitignore -print0 |
-	xargs -0 -I{} install -D -m 0644 {} "$OUT/var/lib/cilium/{}")
-# The init containers' scripts, where upstream's image has them.
-install -m 0755 "$src/images/cilium/init-container.sh" "$src/plugins/cilium-cni/install-plugin.sh" \
-	"$src/plugins/cilium-cni/cni-uninstall.sh" "$OUT/"
-touch "$OUT/.complete"
+# assemble_tree DIR: the programs and plugins (hard links into the cache), bpf/ and
+# the init containers' scripts, as upstream's image has them.
+assemble_tree() {
+	local src
+	cp -al "$PROGRAMS_DIR/." "$PLUGINS_DIR/." "$1/"
+	rm -f "$1/.complete"
+	ln -s cilium-dbg "$1/usr/bin/cilium"
+	# bpf/: the datapath's C sources, which the agent compiles with clang at run time,
+	# at the path it reads them from (upstream's install-bpf leaves out the tests).
+	src=$(cd "$MOD" && go list -m -f '{{.Dir}}' github.com/cilium/cilium)
+	[ -n "$src" ] && [ -d "$src/bpf" ] || die "no bpf/ in the module of github.com/cilium/cilium@$CILIUM_VERSION ($src)"
+	(cd "$src" && find bpf -type f ! -path 'bpf/tests/*' ! -path 'bpf/complexity-tests/*' ! -path 'bpf/custom/*' \
+		! -name Makefile ! -name Makefile.bpf ! -name .gitignore -print0 |
+		xargs -0 -I{} install -D -m 0644 {} "$1/var/lib/cilium/{}")
+	# The init containers' scripts, where upstream's image has them.
+	install -m 0755 "$src/images/cilium/init-container.sh" "$src/plugins/cilium-cni/install-plugin.sh" \
+		"$src/plugins/cilium-cni/cni-uninstall.sh" "$1/"
+}
+cached "cilium $CILIUM_VERSION tree" "$OUT" assemble_tree
 info "cilium $CILIUM_VERSION: agent's programs $(du -shL "$OUT/usr/bin" | cut -f1), operator $(du -sh "$OUT/operator" | cut -f1), in $OUT"
 echo "$OUT"

@@ -4,13 +4,15 @@
 # and API server port), running Cilium $CILIUM_VERSION built here from the Go module
 # proxy (scripts/cilium-build.sh, scripts/cilium-image.sh), installed from the
 # manifests its own chart renders with `helm template` (Helm built from the proxy
-# too, tools/helm), with kind-configs/cilium-ref.values.yaml. Waits for every node
-# Ready, every agent's `cilium-dbg status` OK and CoreDNS, and loads the probe image
-# so `make conformance` can judge it. Creates, keeps or recovers the cluster like
-# make cluster does. Takes ~25 min cold (the Cilium build), ~3 min cached.
+# too, tools/helm), with kind-configs/cilium-ref.values.yaml, after CNI's portmap
+# plugin is put on every node (hostPort). Waits for every node Ready, every agent's
+# `cilium-dbg status` OK and CoreDNS, loads the probe image and starts the test
+# world (scripts/test-world.sh) so `make conformance` can judge it. Creates, keeps
+# or recovers the cluster like make cluster does. Takes ~25 min cold (the Cilium
+# build), ~3 min cached.
 #
 #   cilium-cluster.sh up     (the default) all of the above
-#   cilium-cluster.sh down   remove cluster cilium-ref and its network
+#   cilium-cluster.sh down   remove cluster cilium-ref, its test world and its network
 #
 # Its address plan, each overridable: CILIUM_NODE_SUBNET (10.225.0.0/16),
 # CILIUM_NODE_GATEWAY, CILIUM_NODE_IP_RANGE (what Docker hands the nodes),
@@ -36,6 +38,8 @@ TIMEOUT=${CILIUM_TIMEOUT:-300}
 NS=kube-system
 
 if [ "${1:-up}" = down ]; then
+	# The test world first: its containers hold the cluster's docker network.
+	bash "$REPO_ROOT/scripts/test-world.sh" down
 	exec bash "$REPO_ROOT/scripts/cluster.sh" down
 fi
 [ "${1:-up}" = up ] || die "usage: $0 [up|down]"
@@ -64,6 +68,19 @@ bash "$REPO_ROOT/scripts/cluster.sh" up 2> >(grep -v 'NotReady until the flatnet
 # The images, loaded into the cluster.
 eval "$(bash "$REPO_ROOT/scripts/cilium-image.sh" | tail -n 2)"
 [ -n "${AGENT_IMAGE:-}" ] && [ -n "${OPERATOR_IMAGE:-}" ] || die "cilium-image.sh printed no image refs"
+
+# hostPort: with kube-proxy replacement off, Cilium implements it by chaining CNI's
+# portmap plugin (cni.chainingMode in the values), which it does not ship: "you must
+# install it into /opt/cni/bin/" of each node (its Documentation/installation/
+# cni-chaining-portmap.rst), before the agents write a CNI config that names it.
+TREE=$(bash "$REPO_ROOT/scripts/cilium-build.sh" | tail -n 1)
+nodes=$("$BIN_DIR/kind" get nodes --name "$CLUSTER")
+for node in $nodes; do
+	docker cp "$TREE/node/." "$node:/" >/dev/null || die "cannot copy $TREE/node/ into node $node"
+	docker exec -i -e CNI_COMMAND=VERSION "$node" /opt/cni/bin/portmap </dev/null >/dev/null ||
+		die "the portmap CNI plugin does not run on node $node" "see $TREE/node/opt/cni/bin/portmap"
+done
+info "node plugins: $(cd "$TREE/node" && find . -type f | sed 's|^\.||' | tr '\n' ' ')on $(wc -w <<<"$nodes") nodes"
 
 # The manifests: Cilium's chart from the module zip of the version built.
 helm_bin
@@ -128,6 +145,29 @@ wait_for "nodes" nodes_check || die "not every node became Ready"
 
 # The probe image, so flatnet's suites can run here unchanged.
 PROBE_IMAGE=$(CLUSTER=$CLUSTER bash "$REPO_ROOT/scripts/probe-image.sh" | tail -n 1)
+# The offline world netpol's north-south family probes (outside client, world and
+# CIDR servers), at TEST_WORLD_CIDR of this plan.
+PROBE_IMAGE=$PROBE_IMAGE bash "$REPO_ROOT/scripts/test-world.sh" up
+# Native routing needs "the network connecting the hosts ... capable of forwarding
+# IP traffic using addresses given to pods" (Cilium's Documentation/network/
+# concepts/routing.rst). autoDirectNodeRoutes gives the nodes each other's pod
+# CIDRs; the test world's containers share their docker network with no router
+# between, so they get each node's pod CIDRs via that node here, as an underlay
+# router would have them (flatnet needs none: its pods are on the node subnet).
+# A restarted world container loses them until this script runs again.
+world=$(docker ps -q --filter "label=flatnet.test-world=$CLUSTER")
+routes=0
+while read -r node ip cidrs; do
+	[ -n "$cidrs" ] || die "CiliumNode $node has no pod CIDR yet"
+	for c in $world; do
+		for cidr in $cidrs; do
+			nsenter -t "$(docker inspect -f '{{.State.Pid}}' "$c")" -n ip route replace "$cidr" via "$ip" ||
+				die "cannot route $cidr via $node ($ip) in test world container $c"
+			routes=$((routes + 1))
+		done
+	done
+done < <("$KUBECTL" get ciliumnodes -o jsonpath='{range .items[*]}{.metadata.name} {.spec.addresses[?(@.type=="InternalIP")].ip} {.spec.ipam.podCIDRs[*]}{"\n"}{end}')
+info "test world: $routes routes to the nodes' pod CIDRs in $(wc -w <<<"$world") containers"
 
 "$KUBECTL" get nodes -o wide >&2
 cat >&2 <<MSG

@@ -6,7 +6,9 @@
 #                                   (it compiles bpf/ at run time and needs clang >= 18
 #                                   as `clang` on PATH), iproute2, iptables (nft, as the
 #                                   kind node's kube-proxy), ipset, kmod; then upstream's
-#                                   layout of programs, CNI plugins, scripts and bpf/.
+#                                   layout of programs, CNI's loopback, scripts and bpf/
+#                                   (the tree's node/, portmap, goes on the nodes:
+#                                   scripts/cilium-cluster.sh).
 #   flatnet/cilium-operator:<hash>  the generic operator, FROM scratch (a static program).
 # Each tag is a hash of its inputs, so unchanged inputs reuse the image. Loads both
 # into kind cluster $CLUSTER (default cilium-ref) when it runs here. The last two
@@ -43,7 +45,7 @@ ensure_image() {
 # The agent: the rootfs, then upstream's layout of the programs over it.
 build_agent() { # REF CTX
 	cp -a "$TREE/." "$2/tree"
-	rm -rf "$2/tree/operator" "$2/tree/.complete"
+	rm -rf "$2/tree/operator" "$2/tree/node" "$2/tree/.complete"
 	cat >"$2/Dockerfile" <<DOCKERFILE
 FROM $ROOTFS
 COPY tree/ /
