@@ -1,0 +1,199 @@
+package bpf
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+
+	"github.com/flatnet/flatnet/dataplane/compile"
+)
+
+// removePod tears p down as a CNI DEL and the pod's deletion do, in either order
+// (informerFirst: the compiler forgets the pod, and its change is written, before the
+// endpoint is detached), and then deletes its veth.
+func (n *testNode) removePod(p *testPod, informerFirst bool) {
+	n.t.Helper()
+	forget := func() {
+		n.c.DeletePod(p.namespace, p.name)
+		n.flush()
+	}
+	if informerFirst {
+		delete(n.pods, p.namespace+"/"+p.name)
+		forget()
+	}
+	must(n.t, n.node.Do(func(ns.NetNS) error { return n.d.DetachEndpoint(context.Background(), p.ifindex) }))
+	if !informerFirst {
+		delete(n.pods, p.namespace+"/"+p.name)
+		forget()
+	}
+	must(n.t, n.node.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByIndex(p.ifindex)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkDel(l)
+	}))
+}
+
+// liveProbes runs connection checks in loops until stopped and keeps every failure.
+type liveProbes struct {
+	stop chan struct{}
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	runs map[string]int
+	fail []string
+}
+
+func newLiveProbes() *liveProbes {
+	return &liveProbes{stop: make(chan struct{}), runs: map[string]int{}}
+}
+
+// loop runs try until halt; a failure is recorded with its time and does not stop it.
+func (lp *liveProbes) loop(name string, try func() error) {
+	lp.wg.Add(1)
+	go func() {
+		defer lp.wg.Done()
+		for {
+			select {
+			case <-lp.stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			err := try()
+			lp.mu.Lock()
+			lp.runs[name]++
+			if err != nil {
+				lp.fail = append(lp.fail, fmt.Sprintf("%s %s: %v", time.Now().Format("15:04:05.000"), name, err))
+			}
+			lp.mu.Unlock()
+		}
+	}()
+}
+
+// held opens one connection with dial and checks a round trip on it in a loop: a
+// connection open before, during and after the churn.
+func (lp *liveProbes) held(t *testing.T, name string, dial func() (net.Conn, error)) {
+	c, err := dial()
+	must(t, err)
+	t.Cleanup(func() { c.Close() })
+	i := 0
+	lp.loop(name, func() error {
+		i++
+		return echo(c, fmt.Sprintf("%s-%d", name, i))
+	})
+}
+
+func (lp *liveProbes) halt() (runs map[string]int, fail []string) {
+	close(lp.stop)
+	lp.wg.Wait()
+	return lp.runs, lp.fail
+}
+
+// TestNetnsTeardownLosesNoLiveConnection: while other pods come and go on the node
+// (attached, detached, their namespace deleted, their addresses handed to pods of
+// other identities) and policies selecting the two ends change, a client keeps
+// talking to a server directly and through a Service address (kube-proxy's DNAT in
+// the node): on connections open throughout and on new ones, every round trip must
+// succeed. Both ends are isolated (the client's ingress by default deny, so the
+// Service's un-DNATed replies pass only through its tracked connection), and the
+// shared connection table holds many other endpoints' connections, as a busy node's
+// does. A pod of another namespace must stay blocked, and each pod that comes must be
+// judged by its own identity on an address the previous one held.
+func TestNetnsTeardownLosesNoLiveConnection(t *testing.T) {
+	n, server, client, _ := newServiceNode(t)
+	other := n.addPod("other", "intruder", "10.224.2.40", map[string]string{"app": "client"})
+	vip := netip.MustParseAddr("10.96.0.10")
+	n.dnatTCP(vip, 81, netip.AddrPortFrom(server.ip, 80).String())
+	must(t, n.d.UpsertService(context.Background(), vip))
+	n.cnp("server-ingress", `
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+`)
+	n.cnp("client", `
+  endpointSelector: {matchLabels: {app: client}}
+  ingress: [{}]
+  egress:
+  - toEndpoints: [{matchLabels: {app: server}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+`)
+	fillCT(t, n.d, 100000)
+
+	lp := newLiveProbes()
+	lp.held(t, "held direct", func() (net.Conn, error) { return client.dial(server.ip, 80) })
+	lp.held(t, "held via Service", func() (net.Conn, error) { return client.dial(vip, 81) })
+	lp.loop("new direct", func() error { return client.tcpWorks(server.ip, 80) })
+	lp.loop("new via Service", func() error { return client.tcpWorks(vip, 81) })
+	lp.loop("other namespace blocked", func() error {
+		c, err := other.dialTimeout(server.ip, 80, 150*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return fmt.Errorf("%s reached the server", other.name)
+		}
+		return nil
+	})
+
+	start := time.Now()
+	const rounds = 12
+	for i := 0; i < rounds; i++ {
+		must(t, n.c.UpsertNamespace(compile.Namespace{Name: "w", Labels: map[string]string{"round": fmt.Sprint(i)}}))
+		// The same two addresses every round, each time to a pod of another identity:
+		// one the server's policy allows (app=client in default), one it does not.
+		allowedIP, deniedIP := "10.224.5.1", "10.224.5.2"
+		if i%2 == 1 {
+			allowedIP, deniedIP = deniedIP, allowedIP
+		}
+		friend := n.addPod("default", fmt.Sprintf("friend-%d", i), allowedIP, map[string]string{"app": "client"})
+		stranger := n.addPod("w", fmt.Sprintf("stranger-%d", i), deniedIP, map[string]string{"app": "client"})
+		stranger2 := n.addPod("w", fmt.Sprintf("web-%d", i), "10.224.5.3", map[string]string{"app": "web"})
+		wantWorks(t, fmt.Sprintf("round %d: a new pod allowed by the server's policy on %s", i, allowedIP),
+			friend.tcpWorks(server.ip, 80))
+		wantBlocked(t, fmt.Sprintf("round %d: a new pod of namespace w on %s", i, deniedIP),
+			stranger.tcpQuick(server.ip, 80))
+
+		// Policies of both live ends change while the pods are there.
+		if i%2 == 0 {
+			n.cnp("server-from-w", `
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": w, app: web}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`)
+		} else {
+			n.c.DeletePolicy("cnp/default/server-from-w")
+			n.flush()
+		}
+		n.cnp("client-extra", fmt.Sprintf(`
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: web}}]
+    toPorts: [{ports: [{port: "%d", protocol: TCP}]}]
+`, 9000+i))
+
+		n.removePod(stranger, i%2 == 0)
+		n.removePod(stranger2, i%2 == 1)
+		n.removePod(friend, i%2 == 1)
+		must(t, n.c.DeleteNamespace("w"))
+		n.flush()
+	}
+	churn := time.Since(start)
+	time.Sleep(200 * time.Millisecond) // the probes run on past the churn
+	runs, fail := lp.halt()
+	t.Logf("%d rounds of churn in %v; probes run: %v", rounds, churn.Round(time.Millisecond), runs)
+	for name, r := range runs {
+		if r < rounds {
+			t.Errorf("probe %q ran %d times across %d rounds: too few to mean anything", name, r, rounds)
+		}
+	}
+	for _, f := range fail {
+		t.Errorf("failed during the churn: %s", f)
+	}
+}
