@@ -62,6 +62,7 @@ func BenchmarkDetachEndpointFullCT(b *testing.B) {
 	ifindex := podnettest.AddVeth(b, n.node, "fnbench", "eth0bench")
 	ep := Endpoint{IfIndex: ifindex, IP: serverIP, Identity: 300}
 	pol := DenyAll()
+	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
 		must(b, n.node.Do(func(ns.NetNS) error { return n.d.AttachEndpoint(ctx, ep, pol) }))
@@ -73,4 +74,29 @@ func BenchmarkDetachEndpointFullCT(b *testing.B) {
 	left, err := countKeys(n.d.objs.FnCt)
 	must(b, err)
 	b.ReportMetric(float64(left), "ct-entries")
+}
+
+// BenchmarkCollectOrphansFullCT measures the other half of a teardown: deleting the
+// 64 connections a detached endpoint left in a full shared table (ExpireConnections,
+// off the lock). Each op detaches a freshly attached endpoint first (untimed).
+func BenchmarkCollectOrphansFullCT(b *testing.B) {
+	n := newTestNode(b)
+	ctx := context.Background()
+	fillCT(b, n.d, DefaultCTEntries)
+	ifindex := podnettest.AddVeth(b, n.node, "fnbench", "eth0bench")
+	ep := Endpoint{IfIndex: ifindex, IP: serverIP, Identity: 300}
+	pol := DenyAll()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		must(b, n.node.Do(func(ns.NetNS) error { return n.d.AttachEndpoint(ctx, ep, pol) }))
+		ctOf(b, n.d, ifindex, 64)
+		must(b, n.node.Do(func(ns.NetNS) error { return n.d.DetachEndpoint(ctx, ifindex) }))
+		b.StartTimer()
+		st, err := n.d.ExpireConnections(ctx)
+		must(b, err)
+		if st.Orphaned != 64 {
+			b.Fatalf("collected %d connections of the detached endpoint, want its 64", st.Orphaned)
+		}
+	}
 }

@@ -5,6 +5,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -90,6 +94,52 @@ func (lp *liveProbes) held(t *testing.T, name string, dial func() (net.Conn, err
 	})
 }
 
+// retransmits reads Tcp RetransSegs of the pod's network namespace: a segment (or SYN,
+// or SYN-ACK) sent again because it or its answer was lost.
+func (p *testPod) retransmits(t *testing.T) int {
+	t.Helper()
+	var n int
+	must(t, p.netns.Do(func(ns.NetNS) error {
+		b, err := os.ReadFile("/proc/thread-self/net/snmp") // self would be the process's netns
+		if err != nil {
+			return err
+		}
+		var names []string
+		for _, l := range strings.Split(string(b), "\n") {
+			if !strings.HasPrefix(l, "Tcp: ") {
+				continue
+			}
+			fields := strings.Fields(l)[1:]
+			if names == nil {
+				names = fields
+				continue
+			}
+			if i := slices.Index(names, "RetransSegs"); i >= 0 && i < len(fields) {
+				n, err = strconv.Atoi(fields[i])
+				return err
+			}
+		}
+		return fmt.Errorf("no Tcp RetransSegs in /proc/thread-self/net/snmp")
+	}))
+	return n
+}
+
+// droppedIPv4 sums what the datapath dropped of the IPv4 packets of the endpoint on
+// ifindex, by code (a pod's interface also sends IPv6 router solicitations when it
+// comes up, which the datapath drops).
+func droppedIPv4(t *testing.T, d *Datapath, ifindex int) map[Code]uint64 {
+	t.Helper()
+	out := map[Code]uint64{}
+	for _, dir := range []int{dirIngress, dirEgress} {
+		for c, n := range countsOf(t, d, ifindex, dir) {
+			if c.Dropped() && c != DropUnknownL3 {
+				out[c] += n
+			}
+		}
+	}
+	return out
+}
+
 func (lp *liveProbes) halt() (runs map[string]int, fail []string) {
 	close(lp.stop)
 	lp.wg.Wait()
@@ -126,6 +176,9 @@ func TestNetnsTeardownLosesNoLiveConnection(t *testing.T) {
     toPorts: [{ports: [{port: "80", protocol: TCP}]}]
 `)
 	fillCT(t, n.d, 100000)
+	// Counted from here: a loss anywhere on the live connections shows as a
+	// retransmission at one end (a probe still succeeds when a retry gets through).
+	retransmitsBefore := client.retransmits(t) + server.retransmits(t)
 
 	lp := newLiveProbes()
 	lp.held(t, "held direct", func() (net.Conn, error) { return client.dial(server.ip, 80) })
@@ -195,5 +248,11 @@ func TestNetnsTeardownLosesNoLiveConnection(t *testing.T) {
 	}
 	for _, f := range fail {
 		t.Errorf("failed during the churn: %s", f)
+	}
+	if r := client.retransmits(t) + server.retransmits(t) - retransmitsBefore; r != 0 {
+		t.Errorf("%d TCP segments retransmitted by the client or the server: packets of live connections were lost", r)
+	}
+	if d := droppedIPv4(t, n.d, client.ifindex); len(d) != 0 {
+		t.Errorf("the datapath dropped packets of the client: %v", d)
 	}
 }
