@@ -15,8 +15,10 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/flatnet/flatnet/dataplane/compile"
+	"github.com/flatnet/flatnet/dataplane/ipv4"
 )
 
 // removePod tears p down as a CNI DEL and the pod's deletion do, in either order
@@ -44,6 +46,25 @@ func (n *testNode) removePod(p *testPod, informerFirst bool) {
 		}
 		return netlink.LinkDel(l)
 	}))
+}
+
+func hostPrefix(t *testing.T, a netip.Addr) ipv4.Prefix {
+	t.Helper()
+	p, err := ipv4.HostPrefix(a)
+	must(t, err)
+	return p
+}
+
+// tcpFromPorts is tcpWorks from a source port the kernel picks in lo..hi.
+func (p *testPod) tcpFromPorts(to netip.AddrPort, lo, hi uint32) error {
+	c, err := p.dialWith(to, nil, func(fd int) error {
+		return unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_LOCAL_PORT_RANGE, int(hi<<16|lo))
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return echo(c, "hello")
 }
 
 // liveProbes runs connection checks in loops until stopped and keeps every failure.
@@ -147,8 +168,8 @@ func (lp *liveProbes) halt() (runs map[string]int, fail []string) {
 }
 
 // TestNetnsTeardownLosesNoLiveConnection: while other pods come and go on the node
-// (attached, detached, their namespace deleted, their addresses handed to pods of
-// other identities) and policies selecting the two ends change, a client keeps
+// (attached, detached, their namespace and its Service deleted, their addresses
+// handed to pods of other identities) and policies selecting the two ends change, a client keeps
 // talking to a server directly and through a Service address (kube-proxy's DNAT in
 // the node): on connections open throughout and on new ones, every round trip must
 // succeed. Both ends are isolated (the client's ingress by default deny, so the
@@ -180,11 +201,19 @@ func TestNetnsTeardownLosesNoLiveConnection(t *testing.T) {
 	// retransmission at one end (a probe still succeeds when a retry gets through).
 	retransmitsBefore := client.retransmits(t) + server.retransmits(t)
 
+	// The connections to the server directly and through the Service never share a
+	// source port: at the server they would be the same tuple. A direct connection
+	// on a Service connection's tuple now takes the host's way and another port
+	// (TestNetnsDirectConnectionSparesServiceConnection), but a Service connection's
+	// SYN on the tuple of a live direct one still resets it: direct delivery skips
+	// the host's conntrack, which cannot move it to another port. Not a teardown's.
 	lp := newLiveProbes()
-	lp.held(t, "held direct", func() (net.Conn, error) { return client.dial(server.ip, 80) })
-	lp.held(t, "held via Service", func() (net.Conn, error) { return client.dial(vip, 81) })
-	lp.loop("new direct", func() error { return client.tcpWorks(server.ip, 80) })
-	lp.loop("new via Service", func() error { return client.tcpWorks(vip, 81) })
+	lp.held(t, "held direct", func() (net.Conn, error) {
+		return client.dialFromPort(20002, netip.AddrPortFrom(server.ip, 80))
+	})
+	lp.held(t, "held via Service", func() (net.Conn, error) { return client.dialFromPort(20003, netip.AddrPortFrom(vip, 81)) })
+	lp.loop("new direct", func() error { return client.tcpFromPorts(netip.AddrPortFrom(server.ip, 80), 40000, 49999) })
+	lp.loop("new via Service", func() error { return client.tcpFromPorts(netip.AddrPortFrom(vip, 81), 50000, 60999) })
 	lp.loop("other namespace blocked", func() error {
 		c, err := other.dialTimeout(server.ip, 80, 150*time.Millisecond)
 		if err == nil {
@@ -207,8 +236,16 @@ func TestNetnsTeardownLosesNoLiveConnection(t *testing.T) {
 		friend := n.addPod("default", fmt.Sprintf("friend-%d", i), allowedIP, map[string]string{"app": "client"})
 		stranger := n.addPod("w", fmt.Sprintf("stranger-%d", i), deniedIP, map[string]string{"app": "client"})
 		stranger2 := n.addPod("w", fmt.Sprintf("web-%d", i), "10.224.5.3", map[string]string{"app": "web"})
+		// A Service of namespace w comes and goes with it, as the enforcer writes them:
+		// the whole set of Service addresses each time.
+		wService := netip.AddrFrom4([4]byte{10, 96, 1, byte(i)})
+		n.dnatTCP(wService, 80, "10.224.5.3:80")
+		must(t, n.d.SetServices(context.Background(), []ipv4.Prefix{hostPrefix(t, vip), hostPrefix(t, wService)}))
 		wantWorks(t, fmt.Sprintf("round %d: a new pod allowed by the server's policy on %s", i, allowedIP),
 			friend.tcpWorks(server.ip, 80))
+		if r := friend.retransmits(t); r != 0 {
+			t.Errorf("round %d: the new pod on %s retransmitted %d TCP segments: its first packets were lost", i, allowedIP, r)
+		}
 		wantBlocked(t, fmt.Sprintf("round %d: a new pod of namespace w on %s", i, deniedIP),
 			stranger.tcpQuick(server.ip, 80))
 
@@ -234,6 +271,7 @@ func TestNetnsTeardownLosesNoLiveConnection(t *testing.T) {
 		n.removePod(stranger, i%2 == 0)
 		n.removePod(stranger2, i%2 == 1)
 		n.removePod(friend, i%2 == 1)
+		must(t, n.d.SetServices(context.Background(), []ipv4.Prefix{hostPrefix(t, vip)}))
 		must(t, n.c.DeleteNamespace("w"))
 		n.flush()
 	}
