@@ -187,14 +187,14 @@ func TestNetnsTeardownLosesNoLiveConnection(t *testing.T) {
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - fromEndpoints: [{matchLabels: {app: client}}]
-    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}, {port: "82", protocol: TCP}, {port: "84", protocol: TCP}]}]
 `)
 	n.cnp("client", `
   endpointSelector: {matchLabels: {app: client}}
   ingress: [{}]
   egress:
   - toEndpoints: [{matchLabels: {app: server}}]
-    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}, {port: "82", protocol: TCP}, {port: "84", protocol: TCP}]}]
 `)
 	fillCT(t, n.d, 100000)
 	// Counted from here: a loss anywhere on the live connections shows as a
@@ -212,6 +212,24 @@ func TestNetnsTeardownLosesNoLiveConnection(t *testing.T) {
 		return client.dialFromPort(20002, netip.AddrPortFrom(server.ip, 80))
 	})
 	lp.held(t, "held via Service", func() (net.Conn, error) { return client.dialFromPort(20003, netip.AddrPortFrom(vip, 81)) })
+	// The server speaks first on these: a packet into the client passes only as a
+	// reply of a connection it tracks (its ingress is default deny).
+	pushDirect := heldConnVia(t, server, 82, func() (net.Conn, error) {
+		return client.dialFromPort(20004, netip.AddrPortFrom(server.ip, 82))
+	})
+	n.dnatTCP(vip, 83, netip.AddrPortFrom(server.ip, 84).String())
+	pushService := heldConnVia(t, server, 84, func() (net.Conn, error) {
+		return client.dialFromPort(20005, netip.AddrPortFrom(vip, 83))
+	})
+	pushedDirect, pushedService := 0, 0
+	lp.loop("held direct, the server speaking", func() error {
+		pushedDirect++
+		return pushDirect(fmt.Sprint("d", pushedDirect))
+	})
+	lp.loop("held via Service, the server speaking", func() error {
+		pushedService++
+		return pushService(fmt.Sprint("s", pushedService))
+	})
 	lp.loop("new direct", func() error { return client.tcpFromPorts(netip.AddrPortFrom(server.ip, 80), 40000, 49999) })
 	lp.loop("new via Service", func() error { return client.tcpFromPorts(netip.AddrPortFrom(vip, 81), 50000, 60999) })
 	lp.loop("other namespace blocked", func() error {
