@@ -51,27 +51,38 @@ func ctOf(t testing.TB, d *Datapath, ifindex, count int) {
 	}
 }
 
-// BenchmarkDetachEndpointFullCT measures what a pod's teardown holds the datapath's
-// (and the enforcer's) lock for: DetachEndpoint of an endpoint with 64 new
-// connections while the shared connection table is full of other endpoints'. Each op
-// detaches a freshly attached endpoint (attach and its connections untimed).
-func BenchmarkDetachEndpointFullCT(b *testing.B) {
+// fullCTEndpoint is a node whose shared connection table is full of other
+// endpoints' connections, and an endpoint on a veth: attach attaches it and gives it
+// 64 new connections, detach detaches it. The timer starts afresh.
+func fullCTEndpoint(b *testing.B) (d *Datapath, attach, detach func()) {
 	n := newTestNode(b)
 	ctx := context.Background()
 	fillCT(b, n.d, DefaultCTEntries)
 	ifindex := podnettest.AddVeth(b, n.node, "fnbench", "eth0bench")
 	ep := Endpoint{IfIndex: ifindex, IP: serverIP, Identity: 300}
-	pol := DenyAll()
+	attach = func() {
+		must(b, n.node.Do(func(ns.NetNS) error { return n.d.AttachEndpoint(ctx, ep, DenyAll()) }))
+		ctOf(b, n.d, ifindex, 64)
+	}
+	detach = func() { must(b, n.node.Do(func(ns.NetNS) error { return n.d.DetachEndpoint(ctx, ifindex) })) }
 	b.ResetTimer()
+	return n.d, attach, detach
+}
+
+// BenchmarkDetachEndpointFullCT measures what a pod's teardown holds the datapath's
+// (and the enforcer's) lock for: DetachEndpoint of an endpoint with 64 new
+// connections while the shared connection table is full of other endpoints'. Each op
+// detaches a freshly attached endpoint (attach and its connections untimed).
+func BenchmarkDetachEndpointFullCT(b *testing.B) {
+	d, attach, detach := fullCTEndpoint(b)
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		must(b, n.node.Do(func(ns.NetNS) error { return n.d.AttachEndpoint(ctx, ep, pol) }))
-		ctOf(b, n.d, ifindex, 64)
+		attach()
 		b.StartTimer()
-		must(b, n.node.Do(func(ns.NetNS) error { return n.d.DetachEndpoint(ctx, ifindex) }))
+		detach()
 	}
 	b.StopTimer()
-	left, err := countKeys(n.d.objs.FnCt)
+	left, err := countKeys(d.objs.FnCt)
 	must(b, err)
 	b.ReportMetric(float64(left), "ct-entries")
 }
@@ -80,20 +91,13 @@ func BenchmarkDetachEndpointFullCT(b *testing.B) {
 // 64 connections a detached endpoint left in a full shared table (ExpireConnections,
 // off the lock). Each op detaches a freshly attached endpoint first (untimed).
 func BenchmarkCollectOrphansFullCT(b *testing.B) {
-	n := newTestNode(b)
-	ctx := context.Background()
-	fillCT(b, n.d, DefaultCTEntries)
-	ifindex := podnettest.AddVeth(b, n.node, "fnbench", "eth0bench")
-	ep := Endpoint{IfIndex: ifindex, IP: serverIP, Identity: 300}
-	pol := DenyAll()
-	b.ResetTimer()
+	d, attach, detach := fullCTEndpoint(b)
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		must(b, n.node.Do(func(ns.NetNS) error { return n.d.AttachEndpoint(ctx, ep, pol) }))
-		ctOf(b, n.d, ifindex, 64)
-		must(b, n.node.Do(func(ns.NetNS) error { return n.d.DetachEndpoint(ctx, ifindex) }))
+		attach()
+		detach()
 		b.StartTimer()
-		st, err := n.d.ExpireConnections(ctx)
+		st, err := d.ExpireConnections(context.Background())
 		must(b, err)
 		if st.Orphaned != 64 {
 			b.Fatalf("collected %d connections of the detached endpoint, want its 64", st.Orphaned)

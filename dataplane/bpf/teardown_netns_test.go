@@ -5,10 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -19,6 +15,7 @@ import (
 
 	"github.com/flatnet/flatnet/dataplane/compile"
 	"github.com/flatnet/flatnet/dataplane/ipv4"
+	"github.com/flatnet/flatnet/dataplane/podnet/podnettest"
 )
 
 // removePod tears p down as a CNI DEL and the pod's deletion do, in either order
@@ -120,27 +117,9 @@ func (lp *liveProbes) held(t *testing.T, name string, dial func() (net.Conn, err
 func (p *testPod) retransmits(t *testing.T) int {
 	t.Helper()
 	var n int
-	must(t, p.netns.Do(func(ns.NetNS) error {
-		b, err := os.ReadFile("/proc/thread-self/net/snmp") // self would be the process's netns
-		if err != nil {
-			return err
-		}
-		var names []string
-		for _, l := range strings.Split(string(b), "\n") {
-			if !strings.HasPrefix(l, "Tcp: ") {
-				continue
-			}
-			fields := strings.Fields(l)[1:]
-			if names == nil {
-				names = fields
-				continue
-			}
-			if i := slices.Index(names, "RetransSegs"); i >= 0 && i < len(fields) {
-				n, err = strconv.Atoi(fields[i])
-				return err
-			}
-		}
-		return fmt.Errorf("no Tcp RetransSegs in /proc/thread-self/net/snmp")
+	must(t, p.netns.Do(func(ns.NetNS) (err error) {
+		n, err = podnettest.TCPCounter("RetransSegs")
+		return err
 	}))
 	return n
 }
