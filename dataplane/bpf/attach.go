@@ -94,6 +94,9 @@ func (d *Datapath) AttachEndpoint(ctx context.Context, ep Endpoint, pol *compile
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if err := d.purgeOrphan(ep.IfIndex); err != nil {
+		return err
+	}
 	if err := d.syncPolicy(ep.IfIndex, pol); err != nil {
 		return err
 	}
@@ -205,7 +208,8 @@ func (d *Datapath) DetachEndpoint(ctx context.Context, ifindex int) error {
 	return errors.Join(errs...)
 }
 
-// forget removes everything the maps hold for an interface index.
+// forget removes everything the maps hold for an interface index. Call with d.mu
+// held (or before d is shared).
 func (d *Datapath) forget(ifindex int) error {
 	var errs []error
 	key := uint32(ifindex)
@@ -233,9 +237,8 @@ func (d *Datapath) forget(ifindex int) error {
 	if err := d.objs.FnCtEst.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		errs = append(errs, fmt.Errorf("deleting the connection table of endpoint %d: %w", ifindex, err))
 	}
-	if err := deleteWhere(d.objs.FnCt, func(k *datapathCtKey) bool { return k.Ifindex == key }); err != nil {
-		errs = append(errs, fmt.Errorf("deleting connections of endpoint %d: %w", ifindex, err))
-	}
+	// Its connections in the shared table are deleted later, off the lock (orphans).
+	d.orphans.add(key)
 	return errors.Join(errs...)
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -182,19 +184,24 @@ func monotonicNow() (uint64, error) {
 
 // CTStats is what one ExpireConnections pass saw.
 type CTStats struct {
-	Tables  int // endpoints' tables walked
-	Entries int // entries left
-	Expired int // entries deleted
+	Tables   int // endpoints' tables walked
+	Entries  int // entries left
+	Expired  int // entries deleted
+	Orphaned int // connections of detached endpoints deleted from the shared table
 }
 
 // ExpireConnections deletes the established connections whose lifetime has passed
 // (idle: 6 h for TCP, 60 s for others) from the endpoints' tables, which evict
-// nothing to make room; the agent runs it periodically. (A lookup of an expired
-// entry deletes it too; the shared LRU table needs no collection.)
+// nothing to make room, and the connections detached endpoints left in the shared
+// table (see orphans); the agent runs it periodically. (A lookup of an expired entry
+// deletes it too; the shared LRU table needs no other collection.)
 func (d *Datapath) ExpireConnections(ctx context.Context) (CTStats, error) {
 	var st CTStats
 	now, err := monotonicNow()
 	if err != nil {
+		return st, err
+	}
+	if st.Orphaned, err = d.purgeOrphans(); err != nil {
 		return st, err
 	}
 	var ifindexes []uint32
@@ -304,4 +311,102 @@ func (d *Datapath) spreadCT(src *ebpf.Map, match func(*datapathCtKey) bool, move
 		_ = src.Delete(&moved[i])
 	}
 	return copied, dropped, err
+}
+
+// orphans are the interface indexes of forgotten endpoints whose connections in the
+// shared table are not deleted yet. Deleting them means walking the whole table
+// (262,144 entries by default: 0.6-0.9 s key by key here), which DetachEndpoint must
+// not do under d.mu, held meanwhile by the enforcer's lock too: every attach and
+// policy write of the node would wait. They are harmless until their interface index
+// is attached again (the kernel hands indexes out cyclically, so rarely), and
+// AttachEndpoint purges them first then; otherwise ExpireConnections does, off the
+// lock. Guarded by Datapath.mu.
+type orphans map[uint32]struct{}
+
+func (o *orphans) add(ifindex uint32) {
+	if *o == nil {
+		*o = orphans{}
+	}
+	(*o)[ifindex] = struct{}{}
+}
+
+// purgeOrphan deletes the connections a forgotten endpoint left on ifindex, about to
+// be attached again, before its programs could take them for its own. Call with d.mu
+// held.
+func (d *Datapath) purgeOrphan(ifindex int) error {
+	key := uint32(ifindex)
+	if _, ok := d.orphans[key]; !ok {
+		return nil
+	}
+	victims, err := orphanedConnections(d.objs.FnCt, orphans{key: {}})
+	if err == nil {
+		err = deleteCT(d.objs.FnCt, victims)
+	}
+	if err != nil {
+		return fmt.Errorf("deleting the connections the previous endpoint on interface %d left: %w", ifindex, err)
+	}
+	delete(d.orphans, key)
+	return nil
+}
+
+// purgeOrphans deletes the connections forgotten endpoints left in the shared table:
+// the walk runs without d.mu, only the deletion holds it. It returns how many it
+// deleted.
+func (d *Datapath) purgeOrphans() (int, error) {
+	d.mu.Lock()
+	gone := maps.Clone(d.orphans)
+	d.mu.Unlock()
+	if len(gone) == 0 {
+		return 0, nil
+	}
+	victims, err := orphanedConnections(d.objs.FnCt, gone)
+	if err != nil {
+		return 0, fmt.Errorf("walking the shared connection table for those of detached endpoints: %w", err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	// An index attached again since (AttachEndpoint purged it) may have connections
+	// of its new endpoint under the same address by now: leave it alone.
+	victims = slices.DeleteFunc(victims, func(k datapathCtKey) bool {
+		_, orphaned := d.orphans[k.Ifindex]
+		return !orphaned
+	})
+	if err := deleteCT(d.objs.FnCt, victims); err != nil {
+		return 0, fmt.Errorf("deleting the connections of detached endpoints: %w", err)
+	}
+	for ifindex := range gone {
+		delete(d.orphans, ifindex)
+	}
+	return len(victims), nil
+}
+
+// orphanedConnections lists the connections of m whose interface index is in gone.
+func orphanedConnections(m *ebpf.Map, gone orphans) ([]datapathCtKey, error) {
+	var victims []datapathCtKey
+	err := walkCT(m, func(k *datapathCtKey, _ *datapathCtVal) error {
+		if _, ok := gone[k.Ifindex]; ok {
+			victims = append(victims, *k)
+		}
+		return nil
+	})
+	return victims, err
+}
+
+// deleteCT deletes keys from a connection table, in batches where the kernel can;
+// a key already gone (evicted, closed) is not an error.
+func deleteCT(m *ebpf.Map, keys []datapathCtKey) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	n, err := m.BatchDelete(keys, nil)
+	if err == nil {
+		return nil
+	}
+	// Not supported, or a key already gone (the batch stops there): the rest one by one.
+	for i := n; i < len(keys); i++ {
+		if err := m.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+	}
+	return nil
 }

@@ -37,6 +37,7 @@ type Datapath struct {
 	mu       sync.Mutex
 	up       *upgrade // pinned maps of another layout being taken over (upgrade.go); nil: none
 	upgraded Upgrade  // what a finished upgrade did
+	orphans  orphans  // forgotten endpoints whose connections are still in fn_ct (conntrack.go)
 
 	// The IP cache is two layers over one map: identities the compiler gives pod and
 	// node addresses, and the Service flag of Service addresses (ClusterIPs,

@@ -248,19 +248,26 @@ func (p *testPod) serve(t testing.TB, port int, handle func(net.Conn)) {
 // reads it on the connection.
 func (p *testPod) heldConn(t *testing.T, server *testPod, port int) (push func(msg string) error) {
 	t.Helper()
+	return heldConnVia(t, server, port, func() (net.Conn, error) { return p.dial(server.ip, port) })
+}
+
+// heldConnVia is heldConn with the connection opened by dial (through a Service
+// address, from a given port), which must reach server on port.
+func heldConnVia(t *testing.T, server *testPod, port int, dial func() (net.Conn, error)) (push func(msg string) error) {
+	t.Helper()
 	accepted := make(chan net.Conn, 1)
 	server.serve(t, port, func(conn net.Conn) {
 		accepted <- conn
 		<-t.Context().Done()
 	})
-	conn, err := p.dial(server.ip, port)
+	conn, err := dial()
 	must(t, err)
 	t.Cleanup(func() { conn.Close() })
 	var serverSide net.Conn
 	select {
 	case serverSide = <-accepted:
 	case <-time.After(dialTimeout):
-		t.Fatalf("%s did not accept %s's connection", server.name, p.name)
+		t.Fatalf("%s did not accept the connection", server.name)
 	}
 	return func(msg string) error {
 		_ = serverSide.SetWriteDeadline(time.Now().Add(dialTimeout))

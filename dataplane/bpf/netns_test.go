@@ -144,7 +144,8 @@ func TestNetnsAgentRestart(t *testing.T) {
 
 // TestNetnsDetachForgetsEndpoint: after DetachEndpoint the veth runs no program and
 // nothing of the endpoint (counters, tracked connections) is left for the next pod
-// that gets its interface index.
+// that gets its interface index: its connections in the shared table go before that
+// pod is attached, or with the next collection (ExpireConnections), whichever first.
 func TestNetnsDetachForgetsEndpoint(t *testing.T) {
 	n := newTestNode(t)
 	server, client := n.addServerClient()
@@ -167,21 +168,39 @@ func TestNetnsDetachForgetsEndpoint(t *testing.T) {
 	if _, ok := eps[server.ifindex]; ok || len(eps) != 1 {
 		t.Errorf("endpoints after detach: %v, want only the client", eps)
 	}
-	var left int
-	var k datapathCtKey
-	var v datapathCtVal
-	it := n.d.objs.FnCt.Iterate()
-	for it.Next(&k, &v) {
-		if int(k.Ifindex) == server.ifindex {
-			left++
-		}
-	}
-	if left != 0 {
-		t.Errorf("%d tracked connections left for the detached endpoint", left)
-	}
 	if ct, err := n.d.estTable(server.ifindex); err != nil || ct != nil {
 		t.Errorf("table of established connections left for the detached endpoint (%v)", err)
 	}
+	// Its connections in the shared table go before its interface index is
+	// attached again (here: the same veth, as the next pod to get the index)...
+	if connectionsOf(t, n.d, server.ifindex) == 0 {
+		t.Fatalf("no connection of the server tracked in the shared table: nothing to check")
+	}
+	n.reattach(t, server)
+	if left := connectionsOf(t, n.d, server.ifindex); left != 0 {
+		t.Errorf("%d tracked connections of the detached endpoint left for the next one on its interface", left)
+	}
+	// ... or with the next collection.
+	must(t, n.node.Do(func(ns.NetNS) error { return n.d.DetachEndpoint(context.Background(), client.ifindex) }))
+	before := connectionsOf(t, n.d, client.ifindex)
+	st, err := n.d.ExpireConnections(context.Background())
+	must(t, err)
+	if left := connectionsOf(t, n.d, client.ifindex); before == 0 || left != 0 || st.Orphaned != before {
+		t.Errorf("collection after the client's detach: %d of its %d connections left, %+v", left, before, st)
+	}
+}
+
+// connectionsOf counts the connections of the endpoint on ifindex in the shared table.
+func connectionsOf(t *testing.T, d *Datapath, ifindex int) int {
+	t.Helper()
+	var n int
+	must(t, walkCT(d.objs.FnCt, func(k *datapathCtKey, _ *datapathCtVal) error {
+		if int(k.Ifindex) == ifindex {
+			n++
+		}
+		return nil
+	}))
+	return n
 }
 
 // TestNetnsNoWindowAcrossRestarts keeps allowed and denied connections going while the

@@ -13,8 +13,8 @@ import (
 // evict them. Once a minute is plenty for lifetimes of minutes to hours.
 const DefaultCTGCInterval = time.Minute
 
-// RunConntrackGC deletes expired established connections every interval until ctx
-// ends (bpf.Datapath.ExpireConnections).
+// RunConntrackGC deletes expired established connections, and those detached
+// endpoints left, every interval until ctx ends (bpf.Datapath.ExpireConnections).
 func (e *Enforcer) RunConntrackGC(ctx context.Context) error {
 	every := e.cfg.CTGCInterval
 	if every <= 0 {
@@ -33,8 +33,9 @@ func (e *Enforcer) RunConntrackGC(ctx context.Context) error {
 			e.log.Error("expiring tracked connections", "error", err)
 			continue
 		}
-		if st.Expired > 0 {
-			e.log.Debug("expired tracked connections", "expired", st.Expired, "left", st.Entries, "tables", st.Tables)
+		if st.Expired > 0 || st.Orphaned > 0 {
+			e.log.Debug("expired tracked connections", "expired", st.Expired, "left", st.Entries, "tables", st.Tables,
+				"ofDetachedEndpoints", st.Orphaned)
 		}
 	}
 }

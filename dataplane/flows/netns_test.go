@@ -3,15 +3,12 @@ package flows_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +20,7 @@ import (
 	"github.com/flatnet/flatnet/dataplane/enforce"
 	"github.com/flatnet/flatnet/dataplane/flows"
 	"github.com/flatnet/flatnet/dataplane/metrics"
+	"github.com/flatnet/flatnet/dataplane/podnet/podnettest"
 )
 
 const seedDefaultDeny = `
@@ -65,7 +63,7 @@ func TestDeniedSYNIsOneDroppedFlowNamingThePolicy(t *testing.T) {
 	var dialErr error
 	var synsSent int
 	must(t, clientNS.Do(func(ns.NetNS) error {
-		before, err := tcpOutSegs()
+		before, err := podnettest.TCPCounter("OutSegs")
 		if err != nil {
 			return err
 		}
@@ -74,7 +72,7 @@ func TestDeniedSYNIsOneDroppedFlowNamingThePolicy(t *testing.T) {
 			c.Close()
 		}
 		dialErr = err
-		after, err := tcpOutSegs()
+		after, err := podnettest.TCPCounter("OutSegs")
 		synsSent = after - before
 		return err
 	}))
@@ -192,29 +190,4 @@ func checkExplain(t *testing.T, enf *enforce.Enforcer, client netip.Addr) {
 	if code, body := get("namespace=default&pod=server&direction=sideways&port=80&remote=" + client.String()); code != http.StatusBadRequest || !strings.HasPrefix(body, "direction") {
 		t.Errorf("explain with a bad direction: %d %q, want 400 naming direction", code, body)
 	}
-}
-
-// tcpOutSegs reads Tcp OutSegs of the calling thread's network namespace.
-func tcpOutSegs() (int, error) {
-	b, err := os.ReadFile("/proc/thread-self/net/snmp")
-	if err != nil {
-		return 0, err
-	}
-	var names []string
-	for _, l := range strings.Split(string(b), "\n") {
-		if !strings.HasPrefix(l, "Tcp: ") {
-			continue
-		}
-		fields := strings.Fields(l)[1:]
-		if names == nil {
-			names = fields
-			continue
-		}
-		for i, n := range names {
-			if n == "OutSegs" && i < len(fields) {
-				return strconv.Atoi(fields[i])
-			}
-		}
-	}
-	return 0, fmt.Errorf("no Tcp OutSegs in /proc/thread-self/net/snmp")
 }

@@ -210,6 +210,10 @@ static __always_inline int create_connection(struct __sk_buff *skb, __u8 dir, __
 		if (d->code == FORWARD_POLICY &&
 		    (p->proto == IPPROTO_UDP || (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN))
 			le = local_target(skb, p);
+		// A tuple the receiver tracks for a NATed connection goes through the host,
+		// whose conntrack moves it to another source port.
+		if (le && ct_clashes(le->ifindex, p, now))
+			le = NULL;
 		if (le)
 			nv.flags |= CT_F_DIRECT;
 	} else if (skb->mark & DIRECT_MARK) {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -219,4 +220,31 @@ func Links(t testing.TB, netns ns.NetNS) []string {
 		t.Fatal(err)
 	}
 	return names
+}
+
+// TCPCounter reads the Tcp counter name of /proc/net/snmp (OutSegs, RetransSegs, ...)
+// of the calling thread's network namespace (/proc/self's would be the process's).
+func TCPCounter(name string) (int, error) {
+	const path = "/proc/thread-self/net/snmp"
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	var names []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(l, "Tcp: ") {
+			continue
+		}
+		fields := strings.Fields(l)[1:]
+		if names == nil {
+			names = fields
+			continue
+		}
+		for i, n := range names {
+			if n == name && i < len(fields) {
+				return strconv.Atoi(fields[i])
+			}
+		}
+	}
+	return 0, fmt.Errorf("no Tcp %s in %s", name, path)
 }

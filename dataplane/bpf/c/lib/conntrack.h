@@ -120,6 +120,20 @@ __attribute__((noinline)) int ct_set(__u32 ifindex, const struct ct_key *k, int 
 	return 0;
 }
 
+// ct_clashes reports whether the pod on ifindex, which p is addressed to, already
+// tracks a connection on p's tuple that did not come directly: one the host's
+// netfilter DNATed to it (the sender's Service connection from the same source
+// port). p delivered directly would skip the host's conntrack, which gives a
+// connection clashing with another a new source port, and the pod's stack would
+// take p for a packet of the other (a SYN answered with an ACK, which the sender
+// answers with a reset that kills the Service connection).
+static __always_inline int ct_clashes(__u32 ifindex, const struct pkt *p, __u64 now)
+{
+	struct ct_key k = ct_key_of(ifindex, p->proto, 0, p->saddr, p->daddr, p->sport, p->dport);
+	struct ct_val v;
+	return ct_get(ifindex, &k, now, &v) && v.expires_ns >= now && !(v.flags & CT_F_DIRECT);
+}
+
 // related passes an ICMP error about a connection tracked for this endpoint, in
 // either direction (as conntrack's RELATED): returns 1 when it did. The embedded
 // packet went the other way: out of the pod when the error comes in, and back.

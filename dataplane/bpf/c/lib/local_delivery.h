@@ -7,7 +7,9 @@
 // destination's ingress. Only traffic no NAT applies to may skip netfilter: a new
 // connection qualifies when it is addressed to a local pod (kube-proxy and hostPort
 // DNAT only Service and node addresses) and starts as a connection does (a TCP SYN,
-// or UDP), unfragmented; its conntrack entries on both pods carry CT_F_DIRECT, and
+// or UDP), unfragmented, on a tuple the receiver does not track for a NATed
+// connection (ct_clashes: the host's conntrack gives it another source port); its
+// conntrack entries on both pods carry CT_F_DIRECT, and
 // only packets of such connections are delivered directly. Everything else, replies
 // of Service connections that netfilter must un-DNAT among them, takes the stack.
 #pragma once
