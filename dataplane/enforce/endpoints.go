@@ -23,6 +23,8 @@ func (e *Enforcer) Attach(ctx context.Context, ep endpointapi.Endpoint) error {
 	if err := e.waitSynced(ctx); err != nil {
 		return err
 	}
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	key := ep.PodNamespace + "/" + ep.PodName
@@ -149,6 +151,8 @@ func (e *Enforcer) remotePod(p *corev1.Pod) compile.Pod {
 
 // Detach implements agent.EndpointHook for CNI DEL.
 func (e *Enforcer) Detach(ctx context.Context, ep endpointapi.Endpoint) error {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	key, ok := e.byCID[ep.ContainerID]
@@ -198,5 +202,8 @@ func (e *Enforcer) Detach(ctx context.Context, ep endpointapi.Endpoint) error {
 	} else {
 		e.c.DeletePod(ep.PodNamespace, ep.PodName)
 	}
-	return e.applyLocked(ctx)
+	if !e.synced {
+		return nil // Synced writes everything
+	}
+	return e.flushApply(ctx)
 }
