@@ -49,6 +49,11 @@ func (e *Enforcer) commit(ctx context.Context, err error) error {
 func (e *Enforcer) writePending(ctx context.Context, retry bool) error {
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
+	return e.writePendingLocked(ctx, retry)
+}
+
+// writePendingLocked is writePending with e.wmu held.
+func (e *Enforcer) writePendingLocked(ctx context.Context, retry bool) error {
 	e.mu.Lock()
 	if !e.synced || (e.pending == 0 && !e.resync && !(retry && len(e.epFail) > 0)) {
 		e.mu.Unlock()
