@@ -86,17 +86,43 @@ func (d *Datapath) resumeLinks(ctx context.Context) error {
 // first packet the pod sends is already under policy. Calling it again for an
 // attached endpoint updates it in place.
 func (d *Datapath) AttachEndpoint(ctx context.Context, ep Endpoint, pol *compile.EndpointPolicy) error {
-	if ep.IfIndex <= 0 || !ep.IP.Is4() {
-		return fmt.Errorf("attaching endpoint: need an interface index and an IPv4 address, got %d and %v", ep.IfIndex, ep.IP)
-	}
-	if pol == nil {
-		return fmt.Errorf("attaching endpoint %d: a policy is required (an empty one allows everything)", ep.IfIndex)
+	return d.AttachEndpoints(ctx, []Endpoint{ep}, []*compile.EndpointPolicy{pol})[0]
+}
+
+// AttachEndpoints attaches several endpoints, eps[i] enforcing pols[i], as
+// AttachEndpoint does each, and returns each one's error. Their policy maps go in
+// with one batch update: one grace period for all of them instead of one each,
+// which a burst of pods starting together would otherwise wait for in turn.
+func (d *Datapath) AttachEndpoints(ctx context.Context, eps []Endpoint, pols []*compile.EndpointPolicy) []error {
+	errs := make([]error, len(eps))
+	var write []endpointPolicy
+	var idx []int // eps index of each write
+	for i, ep := range eps {
+		switch {
+		case ep.IfIndex <= 0 || !ep.IP.Is4():
+			errs[i] = fmt.Errorf("attaching endpoint: need an interface index and an IPv4 address, got %d and %v", ep.IfIndex, ep.IP)
+		case pols[i] == nil:
+			errs[i] = fmt.Errorf("attaching endpoint %d: a policy is required (an empty one allows everything)", ep.IfIndex)
+		default:
+			write = append(write, endpointPolicy{ep.IfIndex, pols[i]})
+			idx = append(idx, i)
+		}
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := d.syncPolicy(ep.IfIndex, pol); err != nil {
-		return err
+	for j, err := range d.syncPolicies(write) {
+		i := idx[j]
+		if err == nil {
+			err = d.attachLocked(ctx, eps[i])
+		}
+		errs[i] = err
 	}
+	return errs
+}
+
+// attachLocked is the rest of attaching ep once its policy is in place. Call with
+// d.mu held.
+func (d *Datapath) attachLocked(ctx context.Context, ep Endpoint) error {
 	if err := d.ensureEstTable(ep.IfIndex); err != nil {
 		return err
 	}

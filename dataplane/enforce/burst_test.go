@@ -229,9 +229,8 @@ func observations(tb testing.TB, h prometheus.Histogram) uint64 {
 // the compiler computes from scratch for the state it was fed (all of it
 // recompiled, not the incremental updates the writes carried), or deny-all where
 // that cannot be written, and the CIDR prefixes exactly the compiler's.
-func (bn *burstNode) inMapsAsCompiled(t *testing.T) {
+func inMapsAsCompiled(t *testing.T, e *Enforcer, attached int) {
 	t.Helper()
-	e := bn.e
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
 	e.mu.Lock()
@@ -259,8 +258,8 @@ func (bn *burstNode) inMapsAsCompiled(t *testing.T) {
 				u.Namespace, u.Name, len(inMap.Entries), inMap.Enforce, len(want.Entries), want.Enforce)
 		}
 	}
-	if compiled != len(bn.local) {
-		t.Errorf("compared %d endpoints, want the %d attached", compiled, len(bn.local))
+	if compiled != attached {
+		t.Errorf("compared %d endpoints, want the %d attached", compiled, attached)
 	}
 	_, wantCIDRs := e.c.Emitted()
 	cidrs, err := e.d.CIDRs(context.Background())
@@ -327,7 +326,7 @@ func TestPolicyBurstEndsInTheFinalState(t *testing.T) {
 	bn.waitInForce(t, fillerPeer(n-1), true)
 	bn.waitInForce(t, fillerPeer(20), false)
 	must(t, bn.e.writePending(ctx, false)) // whatever the informers delivered since
-	bn.inMapsAsCompiled(t)
+	inMapsAsCompiled(t, bn.e, len(bn.local))
 
 	for _, s := range bn.servers {
 		if !bn.admits(t, s, fillerPeer(0)) || !bn.admits(t, s, fillerPeer(249)) || !bn.admits(t, s, fillerPeer(n)) || !bn.admits(t, s, moved) {
@@ -381,7 +380,7 @@ func TestAgentStoppedMidBurst(t *testing.T) {
 	}
 	bn.start(t)
 	// Synced wrote everything before the endpoints were attached again: no wait.
-	bn.inMapsAsCompiled(t)
+	inMapsAsCompiled(t, bn.e, len(bn.local))
 	for _, s := range bn.servers {
 		if !bn.admits(t, s, fillerPeer(0)) || !bn.admits(t, s, fillerPeer(199)) || !bn.admits(t, s, fillerPeer(299)) {
 			t.Errorf("%s refuses a peer of a policy in force after the restart", s)

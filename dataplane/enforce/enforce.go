@@ -66,10 +66,10 @@ type Enforcer struct {
 	// kick wakes the writer (Run) for changes the informers made.
 	kick chan struct{}
 
-	mu      sync.Mutex
-	c       *compile.Compiler
-	pending int // changes of the state not written yet
-
+	mu       sync.Mutex
+	c        *compile.Compiler
+	pending  int              // changes of the state not written yet
+	attachQ  []*attachRequest // Attach calls waiting (endpoints.go)
 	synced   bool
 	resync   bool // the last write failed: rewrite everything next time
 	syncedCh chan struct{}
