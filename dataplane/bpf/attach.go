@@ -8,9 +8,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
 	"github.com/flatnet/flatnet/dataplane/compile"
@@ -90,9 +92,11 @@ func (d *Datapath) AttachEndpoint(ctx context.Context, ep Endpoint, pol *compile
 }
 
 // AttachEndpoints attaches several endpoints, eps[i] enforcing pols[i], as
-// AttachEndpoint does each, and returns each one's error. Their policy maps go in
-// with one batch update: one grace period for all of them instead of one each,
-// which a burst of pods starting together would otherwise wait for in turn.
+// AttachEndpoint does each, and returns each one's error. A burst of pods starting
+// together would otherwise wait for the kernel's grace periods in turn (a policy
+// map and a connection table installed, two tcx links, each waits for one): their
+// policy maps go in with one batch update, and the rest is done for all of them at
+// once, so that their waits overlap.
 func (d *Datapath) AttachEndpoints(ctx context.Context, eps []Endpoint, pols []*compile.EndpointPolicy) []error {
 	errs := make([]error, len(eps))
 	var write []endpointPolicy
@@ -111,18 +115,51 @@ func (d *Datapath) AttachEndpoints(ctx context.Context, eps []Endpoint, pols []*
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for j, err := range d.syncPolicies(write) {
-		i := idx[j]
-		if err == nil {
-			err = d.attachLocked(ctx, eps[i])
+		errs[idx[j]] = err
+	}
+	d.attachAllPrograms(ctx, eps, idx, errs)
+	for _, i := range idx {
+		if errs[i] == nil {
+			errs[i] = d.attachedLocked(eps[i])
 		}
-		errs[i] = err
 	}
 	return errs
 }
 
-// attachLocked is the rest of attaching ep once its policy is in place. Call with
-// d.mu held.
-func (d *Datapath) attachLocked(ctx context.Context, ep Endpoint) error {
+// attachAllPrograms runs attachPrograms for the endpoints eps[idx...] without an
+// error yet, concurrently, each in the caller's network namespace (interface
+// indexes are its). errs gets each one's error.
+func (d *Datapath) attachAllPrograms(ctx context.Context, eps []Endpoint, idx []int, errs []error) {
+	var todo []int
+	for _, i := range idx {
+		if errs[i] == nil {
+			todo = append(todo, i)
+		}
+	}
+	if len(todo) == 1 { // on this thread: it is in the caller's namespace
+		errs[todo[0]] = d.attachPrograms(ctx, eps[todo[0]])
+		return
+	}
+	here, err := ns.GetCurrentNS()
+	if err != nil {
+		err = fmt.Errorf("attaching endpoints: opening the current network namespace: %w", err)
+		for _, i := range todo {
+			errs[i] = err
+		}
+		return
+	}
+	defer here.Close()
+	var wg sync.WaitGroup
+	for _, i := range todo {
+		wg.Go(func() { errs[i] = here.Do(func(ns.NetNS) error { return d.attachPrograms(ctx, eps[i]) }) })
+	}
+	wg.Wait()
+}
+
+// attachPrograms gives ep (its policy in place) its connection table and endpoint
+// entry and attaches the programs. It touches only ep's entries: endpoints are
+// attached concurrently. Call with d.mu held.
+func (d *Datapath) attachPrograms(ctx context.Context, ep Endpoint) error {
 	if err := d.ensureEstTable(ep.IfIndex); err != nil {
 		return err
 	}
@@ -138,6 +175,11 @@ func (d *Datapath) attachLocked(ctx context.Context, ep Endpoint) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// attachedLocked finishes attaching ep once its programs run. Call with d.mu held.
+func (d *Datapath) attachedLocked(ep Endpoint) error {
 	if err := d.movedEndpoint(ep.IfIndex, addrBE(ep.IP)); err != nil {
 		return err
 	}
