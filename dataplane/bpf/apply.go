@@ -160,3 +160,10 @@ func (d *Datapath) applyEndpoints(ctx context.Context, eps []compile.EndpointUpd
 	}
 	return nil
 }
+
+// EndpointPolicy reads back the policy the endpoint on ifindex enforces, from its map.
+func (d *Datapath) EndpointPolicy(_ context.Context, ifindex int) (*compile.EndpointPolicy, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.readPolicy(ifindex)
+}

@@ -8,9 +8,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
 	"github.com/flatnet/flatnet/dataplane/compile"
@@ -86,20 +88,100 @@ func (d *Datapath) resumeLinks(ctx context.Context) error {
 // first packet the pod sends is already under policy. Calling it again for an
 // attached endpoint updates it in place.
 func (d *Datapath) AttachEndpoint(ctx context.Context, ep Endpoint, pol *compile.EndpointPolicy) error {
-	if ep.IfIndex <= 0 || !ep.IP.Is4() {
-		return fmt.Errorf("attaching endpoint: need an interface index and an IPv4 address, got %d and %v", ep.IfIndex, ep.IP)
-	}
-	if pol == nil {
-		return fmt.Errorf("attaching endpoint %d: a policy is required (an empty one allows everything)", ep.IfIndex)
+	return d.AttachEndpoints(ctx, []Endpoint{ep}, []*compile.EndpointPolicy{pol})[0]
+}
+
+// AttachEndpoints attaches several endpoints, eps[i] enforcing pols[i], as
+// AttachEndpoint does each, and returns each one's error. A burst of pods starting
+// together would otherwise wait for the kernel's grace periods in turn (a policy
+// map and a connection table installed, two tcx links, each waits for one): their
+// policy maps go in with one batch update, and the rest is done for all of them at
+// once, so that their waits overlap.
+func (d *Datapath) AttachEndpoints(ctx context.Context, eps []Endpoint, pols []*compile.EndpointPolicy) []error {
+	errs := make([]error, len(eps))
+	var write []endpointPolicy
+	var idx []int // eps index of each write
+	for i, ep := range eps {
+		switch {
+		case ep.IfIndex <= 0 || !ep.IP.Is4():
+			errs[i] = fmt.Errorf("attaching endpoint: need an interface index and an IPv4 address, got %d and %v", ep.IfIndex, ep.IP)
+		case pols[i] == nil:
+			errs[i] = fmt.Errorf("attaching endpoint %d: a policy is required (an empty one allows everything)", ep.IfIndex)
+		default:
+			write = append(write, endpointPolicy{ep.IfIndex, pols[i]})
+			idx = append(idx, i)
+		}
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := d.purgeOrphan(ep.IfIndex); err != nil {
-		return err
+	// An index attached again loses what its previous endpoint left first, before
+	// its programs could take those connections for their own.
+	for j, err := range d.purgeOrphansOf(write) {
+		if err != nil {
+			errs[idx[j]] = err
+		}
 	}
-	if err := d.syncPolicy(ep.IfIndex, pol); err != nil {
-		return err
+	write, idx = keepUnfailed(write, idx, errs)
+	for j, err := range d.syncPolicies(write) {
+		errs[idx[j]] = err
 	}
+	d.attachAllPrograms(ctx, eps, idx, errs)
+	for _, i := range idx {
+		if errs[i] == nil {
+			errs[i] = d.attachedLocked(eps[i])
+		}
+	}
+	return errs
+}
+
+// keepUnfailed drops from write (and idx, its eps indexes) the endpoints that
+// already have an error.
+func keepUnfailed(write []endpointPolicy, idx []int, errs []error) ([]endpointPolicy, []int) {
+	var w []endpointPolicy
+	var k []int
+	for j, e := range write {
+		if errs[idx[j]] == nil {
+			w = append(w, e)
+			k = append(k, idx[j])
+		}
+	}
+	return w, k
+}
+
+// attachAllPrograms runs attachPrograms for the endpoints eps[idx...] without an
+// error yet, concurrently, each in the caller's network namespace (interface
+// indexes are its). errs gets each one's error.
+func (d *Datapath) attachAllPrograms(ctx context.Context, eps []Endpoint, idx []int, errs []error) {
+	var todo []int
+	for _, i := range idx {
+		if errs[i] == nil {
+			todo = append(todo, i)
+		}
+	}
+	if len(todo) == 1 { // on this thread: it is in the caller's namespace
+		errs[todo[0]] = d.attachPrograms(ctx, eps[todo[0]])
+		return
+	}
+	here, err := ns.GetCurrentNS()
+	if err != nil {
+		err = fmt.Errorf("attaching endpoints: opening the current network namespace: %w", err)
+		for _, i := range todo {
+			errs[i] = err
+		}
+		return
+	}
+	defer here.Close()
+	var wg sync.WaitGroup
+	for _, i := range todo {
+		wg.Go(func() { errs[i] = here.Do(func(ns.NetNS) error { return d.attachPrograms(ctx, eps[i]) }) })
+	}
+	wg.Wait()
+}
+
+// attachPrograms gives ep (its policy in place) its connection table and endpoint
+// entry and attaches the programs. It touches only ep's entries: endpoints are
+// attached concurrently. Call with d.mu held.
+func (d *Datapath) attachPrograms(ctx context.Context, ep Endpoint) error {
 	if err := d.ensureEstTable(ep.IfIndex); err != nil {
 		return err
 	}
@@ -115,6 +197,11 @@ func (d *Datapath) AttachEndpoint(ctx context.Context, ep Endpoint, pol *compile
 			return err
 		}
 	}
+	return nil
+}
+
+// attachedLocked finishes attaching ep once its programs run. Call with d.mu held.
+func (d *Datapath) attachedLocked(ep Endpoint) error {
 	if err := d.movedEndpoint(ep.IfIndex, addrBE(ep.IP)); err != nil {
 		return err
 	}

@@ -330,23 +330,36 @@ func (o *orphans) add(ifindex uint32) {
 	(*o)[ifindex] = struct{}{}
 }
 
-// purgeOrphan deletes the connections a forgotten endpoint left on ifindex, about to
-// be attached again, before its programs could take them for its own. Call with d.mu
-// held.
-func (d *Datapath) purgeOrphan(ifindex int) error {
-	key := uint32(ifindex)
-	if _, ok := d.orphans[key]; !ok {
-		return nil
+// purgeOrphansOf deletes the connections forgotten endpoints left on the
+// interfaces of eps, about to be attached again, before their programs could take
+// them for their own: one walk of the shared table for all of them. It returns
+// each one's error. Call with d.mu held.
+func (d *Datapath) purgeOrphansOf(eps []endpointPolicy) []error {
+	errs := make([]error, len(eps))
+	gone := orphans{}
+	for _, ep := range eps {
+		if _, ok := d.orphans[uint32(ep.ifindex)]; ok {
+			gone[uint32(ep.ifindex)] = struct{}{}
+		}
 	}
-	victims, err := orphanedConnections(d.objs.FnCt, orphans{key: {}})
+	if len(gone) == 0 {
+		return errs
+	}
+	victims, err := orphanedConnections(d.objs.FnCt, gone)
 	if err == nil {
 		err = deleteCT(d.objs.FnCt, victims)
 	}
-	if err != nil {
-		return fmt.Errorf("deleting the connections the previous endpoint on interface %d left: %w", ifindex, err)
+	for i, ep := range eps {
+		if _, ok := gone[uint32(ep.ifindex)]; !ok {
+			continue
+		}
+		if err != nil {
+			errs[i] = fmt.Errorf("deleting the connections the previous endpoint on interface %d left: %w", ep.ifindex, err)
+			continue
+		}
+		delete(d.orphans, uint32(ep.ifindex))
 	}
-	delete(d.orphans, key)
-	return nil
+	return errs
 }
 
 // purgeOrphans deletes the connections forgotten endpoints left in the shared table:

@@ -9,8 +9,17 @@ import (
 	"github.com/flatnet/flatnet/dataplane/compile"
 )
 
+// The exported methods here and in policies.go change the policy state and return
+// once the change is in the datapath (commit); the informers' handlers make the
+// same changes and leave the write to the writer (queue), which folds a burst of
+// them into few writes (write.go).
+
 // UpsertPod feeds a pod of any node.
 func (e *Enforcer) UpsertPod(ctx context.Context, p *corev1.Pod) error {
+	return e.commit(ctx, e.upsertPod(p))
+}
+
+func (e *Enforcer) upsertPod(p *corev1.Pod) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	key := p.Namespace + "/" + p.Name
@@ -19,14 +28,16 @@ func (e *Enforcer) UpsertPod(ctx context.Context, p *corev1.Pod) error {
 	if ep, ok := e.attached[key]; ok {
 		cp.Local, cp.IP, cp.HostNetwork = true, ep.IP, false
 	}
-	if err := e.c.UpsertPod(cp); err != nil {
-		return err
-	}
-	return e.applyLocked(ctx)
+	e.changedLocked()
+	return e.c.UpsertPod(cp)
 }
 
 // DeletePod forgets a pod. A still attached endpoint keeps its policy until Detach.
 func (e *Enforcer) DeletePod(ctx context.Context, namespace, name string) error {
+	return e.commit(ctx, e.deletePod(namespace, name))
+}
+
+func (e *Enforcer) deletePod(namespace, name string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	key := namespace + "/" + name
@@ -34,34 +45,41 @@ func (e *Enforcer) DeletePod(ctx context.Context, namespace, name string) error 
 	if _, ok := e.attached[key]; ok {
 		return nil
 	}
+	e.changedLocked()
 	e.c.DeletePod(namespace, name)
-	return e.applyLocked(ctx)
+	return nil
 }
 
 // UpsertNamespace feeds a namespace.
 func (e *Enforcer) UpsertNamespace(ctx context.Context, ns *corev1.Namespace) error {
+	return e.commit(ctx, e.upsertNamespace(ns))
+}
+
+func (e *Enforcer) upsertNamespace(ns *corev1.Namespace) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if err := e.c.UpsertNamespace(compile.NamespaceFromCore(ns)); err != nil {
-		return err
-	}
-	return e.applyLocked(ctx)
+	e.changedLocked()
+	return e.c.UpsertNamespace(compile.NamespaceFromCore(ns))
 }
 
 // DeleteNamespace forgets a namespace's labels.
 func (e *Enforcer) DeleteNamespace(ctx context.Context, name string) error {
+	return e.commit(ctx, e.deleteNamespace(name))
+}
+
+func (e *Enforcer) deleteNamespace(name string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if err := e.c.DeleteNamespace(name); err != nil {
-		return err
-	}
-	return e.applyLocked(ctx)
+	e.changedLocked()
+	return e.c.DeleteNamespace(name)
 }
 
 // UpsertNode feeds a node's InternalIP/ExternalIP addresses.
 func (e *Enforcer) UpsertNode(ctx context.Context, n *corev1.Node) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	return e.commit(ctx, e.upsertNode(n))
+}
+
+func (e *Enforcer) upsertNode(n *corev1.Node) error {
 	var ips []netip.Addr
 	for _, a := range n.Status.Addresses {
 		if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
@@ -71,22 +89,35 @@ func (e *Enforcer) UpsertNode(ctx context.Context, n *corev1.Node) error {
 			ips = append(ips, ip)
 		}
 	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.changedLocked()
 	e.c.UpsertNode(n.Name, ips, n.Name == e.cfg.NodeName)
-	return e.applyLocked(ctx)
+	return nil
 }
 
 // SetAPIServer records the kube-apiserver's addresses (endpoints of default/kubernetes).
 func (e *Enforcer) SetAPIServer(ctx context.Context, ips []netip.Addr) error {
+	return e.commit(ctx, e.setAPIServer(ips))
+}
+
+func (e *Enforcer) setAPIServer(ips []netip.Addr) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.changedLocked()
 	e.c.SetAPIServer(ips)
-	return e.applyLocked(ctx)
+	return nil
 }
 
 // DeleteNode forgets a node.
 func (e *Enforcer) DeleteNode(ctx context.Context, name string) error {
+	return e.commit(ctx, e.deleteNode(name))
+}
+
+func (e *Enforcer) deleteNode(name string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.changedLocked()
 	e.c.DeleteNode(name)
-	return e.applyLocked(ctx)
+	return nil
 }

@@ -25,7 +25,7 @@ import (
 
 // newTestNode makes a bpffs of the test's own, returning the enforcer's pin
 // directory on it, and a netns standing in for the node, holding the veths.
-func newTestNode(t *testing.T) (pinDir string, node ns.NetNS) {
+func newTestNode(t testing.TB) (pinDir string, node ns.NetNS) {
 	t.Helper()
 	testenv.RequireRoot(t)
 	return filepath.Join(testenv.BPFFS(t), "flatnet"), podnettest.NewNS(t)

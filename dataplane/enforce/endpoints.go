@@ -19,12 +19,96 @@ import (
 // Attach implements agent.EndpointHook: compile the pod's policy, write it, then
 // attach the programs to its host veth. It waits for the first sync, so a pod never
 // starts with a policy computed from a partial view.
+//
+// Attaches that arrive together are done together (group commit): each queues its
+// endpoint, and whichever holds the write lock first attaches every queued one, with
+// one write of the policy state and one batch of policy maps (one grace period
+// each) for all of them; the others find theirs done.
 func (e *Enforcer) Attach(ctx context.Context, ep endpointapi.Endpoint) error {
 	if err := e.waitSynced(ctx); err != nil {
 		return err
 	}
+	req := &attachRequest{ctx: ctx, ep: ep}
+	e.mu.Lock()
+	e.attachQ = append(e.attachQ, req)
+	e.mu.Unlock()
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	for !req.done {
+		e.attachQueuedLocked()
+	}
+	return req.err
+}
+
+// attachRequest is an Attach waiting for its endpoint to be attached.
+type attachRequest struct {
+	ctx  context.Context // the caller's: its API lookups
+	ep   endpointapi.Endpoint
+	err  error
+	done bool
+}
+
+// attachQueuedLocked attaches the queued endpoints. One that shares its pod or
+// address with an earlier one stays queued for the next round, where the earlier
+// one is attached already (and is replaced, see prepareAttachLocked). Call with
+// e.wmu and e.mu held.
+func (e *Enforcer) attachQueuedLocked() {
+	batch := e.attachQ
+	e.attachQ = nil
+	// The writes are shared: one caller giving up must not fail the others'.
+	ctx := context.WithoutCancel(batch[0].ctx)
+	var ready []*attachRequest
+	pods, addrs := map[string]bool{}, map[netip.Addr]bool{}
+	for _, r := range batch {
+		key := r.ep.PodNamespace + "/" + r.ep.PodName
+		if pods[key] || addrs[r.ep.IP] {
+			e.attachQ = append(e.attachQ, r)
+			continue
+		}
+		pods[key], addrs[r.ep.IP] = true, true
+		if err := e.prepareAttachLocked(r.ctx, r.ep); err != nil {
+			r.err, r.done = err, true
+			continue
+		}
+		ready = append(ready, r)
+	}
+	if len(ready) == 0 {
+		return
+	}
+	if err := e.flushApply(ctx); err != nil {
+		// Not these pods': other writes failed and are retried. Their own
+		// policies are written below.
+		e.log.Error("datapath write failed; retrying", "attaching", len(ready), "error", err)
+	}
+	var attach []*attachRequest
+	var beps []bpf.Endpoint
+	var pols []*compile.EndpointPolicy
+	for _, r := range ready {
+		id, _ := e.c.IdentityOf(r.ep.PodNamespace, r.ep.PodName)
+		pol := e.c.EndpointPolicy(r.ep.PodNamespace, r.ep.PodName)
+		if pol == nil {
+			r.err, r.done = fmt.Errorf("attaching %s/%s: no policy compiled", r.ep.PodNamespace, r.ep.PodName), true
+			continue
+		}
+		// A missing or malformed MAC only costs direct delivery's fast way in.
+		mac, _ := net.ParseMAC(r.ep.MAC)
+		attach = append(attach, r)
+		beps = append(beps, bpf.Endpoint{IfIndex: r.ep.HostIfIndex, IP: r.ep.IP, Identity: id, MAC: mac})
+		pols = append(pols, pol)
+	}
+	errs := e.d.AttachEndpoints(ctx, beps, pols)
+	for i, r := range attach {
+		r.err, r.done = e.attachedLocked(ctx, r.ep, beps[i], errs[i]), true
+	}
+	e.publishIfindexesLocked()
+}
+
+// prepareAttachLocked puts ep's pod in the compiler as a local endpoint: the pod
+// as the API has it (asked for if the informer has not delivered it yet), on
+// ep's address, which stale holders give up.
+func (e *Enforcer) prepareAttachLocked(ctx context.Context, ep endpointapi.Endpoint) error {
 	key := ep.PodNamespace + "/" + ep.PodName
 	pod := e.pods[key]
 	if pod == nil && e.getPod != nil {
@@ -71,23 +155,15 @@ func (e *Enforcer) Attach(ctx context.Context, ep endpointapi.Endpoint) error {
 	if err := e.c.UpsertPod(cp); err != nil {
 		return fmt.Errorf("attaching %s: %w", key, err)
 	}
-	if err := e.flushApply(ctx); err != nil {
-		// Not this pod's: other writes failed and are retried. Its own policy
-		// is written below.
-		e.log.Error("datapath write failed; retrying", "attaching", key, "error", err)
-	}
-	id, _ := e.c.IdentityOf(ep.PodNamespace, ep.PodName)
-	pol := e.c.EndpointPolicy(ep.PodNamespace, ep.PodName)
-	if pol == nil {
-		return fmt.Errorf("attaching %s: no policy compiled", key)
-	}
-	// A missing or malformed MAC only costs direct delivery's fast way in.
-	mac, _ := net.ParseMAC(ep.MAC)
-	bep := bpf.Endpoint{IfIndex: ep.HostIfIndex, IP: ep.IP, Identity: id, MAC: mac}
-	err := e.d.AttachEndpoint(ctx, bep, pol)
+	return nil
+}
+
+// attachedLocked records ep attached (bep, by bpf.AttachEndpoints with err). A
+// pod whose policy does not fit its map starts isolated (fail closed) and the
+// policy is reported; it gets its policy once the policies selecting it fit.
+func (e *Enforcer) attachedLocked(ctx context.Context, ep endpointapi.Endpoint, bep bpf.Endpoint, err error) error {
+	key := ep.PodNamespace + "/" + ep.PodName
 	if errors.Is(err, bpf.ErrPolicyTooLarge) {
-		// The pod starts isolated (fail closed) and the policy is reported; it
-		// gets its policy once the policies selecting it fit.
 		e.attached[key] = ep
 		f := e.blame(key, err, true)
 		if err := e.d.AttachEndpoint(ctx, bep, bpf.DenyAll()); err != nil {
@@ -101,7 +177,6 @@ func (e *Enforcer) Attach(ctx context.Context, ep endpointapi.Endpoint) error {
 	}
 	e.attached[key] = ep
 	e.byCID[ep.ContainerID] = key
-	e.publishIfindexesLocked()
 	return nil
 }
 
@@ -149,6 +224,8 @@ func (e *Enforcer) remotePod(p *corev1.Pod) compile.Pod {
 
 // Detach implements agent.EndpointHook for CNI DEL.
 func (e *Enforcer) Detach(ctx context.Context, ep endpointapi.Endpoint) error {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	key, ok := e.byCID[ep.ContainerID]
@@ -198,5 +275,8 @@ func (e *Enforcer) Detach(ctx context.Context, ep endpointapi.Endpoint) error {
 	} else {
 		e.c.DeletePod(ep.PodNamespace, ep.PodName)
 	}
-	return e.applyLocked(ctx)
+	if !e.synced {
+		return nil // Synced writes everything
+	}
+	return e.flushApply(ctx)
 }

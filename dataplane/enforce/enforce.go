@@ -61,8 +61,15 @@ type Enforcer struct {
 	d     *bpf.Datapath
 	alloc *identity.Allocator
 
+	// wmu orders datapath writes; taken before mu (write.go).
+	wmu sync.Mutex
+	// kick wakes the writer (Run) for changes the informers made.
+	kick chan struct{}
+
 	mu       sync.Mutex
 	c        *compile.Compiler
+	pending  int              // changes of the state not written yet
+	attachQ  []*attachRequest // Attach calls waiting (endpoints.go)
 	synced   bool
 	resync   bool // the last write failed: rewrite everything next time
 	syncedCh chan struct{}
@@ -128,6 +135,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Enforcer, error) {
 	return &Enforcer{
 		cfg: cfg, log: log, d: d, alloc: alloc, c: compile.New(alloc),
 		syncedCh: make(chan struct{}),
+		kick:     make(chan struct{}, 1),
 		pods:     map[string]*corev1.Pod{},
 		attached: map[string]endpointapi.Endpoint{},
 		byCID:    map[string]string{},

@@ -27,7 +27,7 @@ import (
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)

@@ -33,8 +33,10 @@ var (
 // namespaces, nodes, Services and NetworkPolicies of factory, the informer factory the
 // whole agent shares (every pod's address and labels matter to policy), and on
 // informers of its own for what only it watches (the API server's EndpointSlices,
-// CNPs and CCNPs), which Run starts. ctx bounds the handlers' datapath writes. The
-// caller starts factory once every user has registered, then calls Run.
+// CNPs and CCNPs), which Run starts. The handlers change the policy state and leave
+// its writing to Run, which folds a burst of changes into few writes (write.go); ctx
+// bounds the Service writes they make themselves. The caller starts factory once
+// every user has registered, then calls Run.
 func (e *Enforcer) Watch(ctx context.Context, factory informers.SharedInformerFactory, kube kubernetes.Interface, dyn dynamic.Interface) error {
 	for _, gvr := range []schema.GroupVersionResource{CNPResource, CCNPResource} {
 		if _, err := dyn.Resource(gvr).List(ctx, metav1ListOne); err != nil {
@@ -57,17 +59,20 @@ func (e *Enforcer) Watch(ctx context.Context, factory informers.SharedInformerFa
 		h   cache.ResourceEventHandlerFuncs
 	}{
 		{factory.Core().V1().Pods().Informer(), funcs(
-			func(o any) { p := o.(*corev1.Pod); report("pod "+p.Namespace+"/"+p.Name, e.UpsertPod(ctx, p)) },
+			func(o any) { p := o.(*corev1.Pod); report("pod "+p.Namespace+"/"+p.Name, e.queue(e.upsertPod(p))) },
 			func(o any) {
 				p := o.(*corev1.Pod)
-				report("pod "+p.Namespace+"/"+p.Name, e.DeletePod(ctx, p.Namespace, p.Name))
+				report("pod "+p.Namespace+"/"+p.Name, e.queue(e.deletePod(p.Namespace, p.Name)))
 			})},
 		{factory.Core().V1().Namespaces().Informer(), funcs(
-			func(o any) { n := o.(*corev1.Namespace); report("namespace "+n.Name, e.UpsertNamespace(ctx, n)) },
-			func(o any) { n := o.(*corev1.Namespace); report("namespace "+n.Name, e.DeleteNamespace(ctx, n.Name)) })},
+			func(o any) { n := o.(*corev1.Namespace); report("namespace "+n.Name, e.queue(e.upsertNamespace(n))) },
+			func(o any) {
+				n := o.(*corev1.Namespace)
+				report("namespace "+n.Name, e.queue(e.deleteNamespace(n.Name)))
+			})},
 		{factory.Core().V1().Nodes().Informer(), funcs(
-			func(o any) { n := o.(*corev1.Node); report("node "+n.Name, e.UpsertNode(ctx, n)) },
-			func(o any) { n := o.(*corev1.Node); report("node "+n.Name, e.DeleteNode(ctx, n.Name)) })},
+			func(o any) { n := o.(*corev1.Node); report("node "+n.Name, e.queue(e.upsertNode(n))) },
+			func(o any) { n := o.(*corev1.Node); report("node "+n.Name, e.queue(e.deleteNode(n.Name))) })},
 		{factory.Core().V1().Services().Informer(), funcs(
 			func(o any) {
 				s := o.(*corev1.Service)
@@ -78,16 +83,20 @@ func (e *Enforcer) Watch(ctx context.Context, factory informers.SharedInformerFa
 				report("service "+s.Namespace+"/"+s.Name, e.DeleteService(ctx, s.Namespace, s.Name))
 			})},
 		{factory.Networking().V1().NetworkPolicies().Informer(), funcs(
-			func(o any) { _ = e.UpsertNetworkPolicy(ctx, o.(*networkingv1.NetworkPolicy)) }, // rejections are reported (Events, /v1/rejected)
+			func(o any) { _ = e.queue(e.upsertNetworkPolicy(o.(*networkingv1.NetworkPolicy))) }, // rejections are reported (Events, /v1/rejected)
 			func(o any) {
 				np := o.(*networkingv1.NetworkPolicy)
-				report("networkpolicy", e.DeletePolicy(ctx, policy.Ref{Kind: policy.KindNetworkPolicy, Namespace: np.Namespace, Name: np.Name}))
+				report("networkpolicy", e.queue(e.deletePolicy(policy.Ref{Kind: policy.KindNetworkPolicy, Namespace: np.Namespace, Name: np.Name})))
 			})},
 		{apiSlices.Informer(), funcs(
-			func(any) { report("kube-apiserver endpoints", e.SetAPIServer(ctx, apiServerIPs(apiSlices.Lister()))) },
-			func(any) { report("kube-apiserver endpoints", e.SetAPIServer(ctx, apiServerIPs(apiSlices.Lister()))) })},
-		{df.ForResource(CNPResource).Informer(), ciliumFuncs(ctx, e, policy.KindCNP)},
-		{df.ForResource(CCNPResource).Informer(), ciliumFuncs(ctx, e, policy.KindCCNP)},
+			func(any) {
+				report("kube-apiserver endpoints", e.queue(e.setAPIServer(apiServerIPs(apiSlices.Lister()))))
+			},
+			func(any) {
+				report("kube-apiserver endpoints", e.queue(e.setAPIServer(apiServerIPs(apiSlices.Lister()))))
+			})},
+		{df.ForResource(CNPResource).Informer(), ciliumFuncs(e, policy.KindCNP)},
+		{df.ForResource(CCNPResource).Informer(), ciliumFuncs(e, policy.KindCCNP)},
 	}
 	for _, h := range handlers {
 		if _, err := h.inf.AddEventHandler(h.h); err != nil {
@@ -106,7 +115,8 @@ type ownFactory interface {
 }
 
 // Run starts the Enforcer's own informers, waits until every informer it watches
-// (Watch) has synced, calls Synced, then retries failed datapath writes until ctx
+// (Watch) has synced, calls Synced, then writes the handlers' changes and retries
+// failed datapath writes until ctx
 // ends.
 func (e *Enforcer) Run(ctx context.Context) error {
 	for _, f := range e.watching.own {
@@ -127,6 +137,8 @@ func (e *Enforcer) Run(ctx context.Context) error {
 				f.Shutdown()
 			}
 			return nil
+		case <-e.kick:
+			e.logUpdateFailure("writing the informers' changes", e.writePending(ctx, false))
 		case <-t.C:
 			e.logUpdateFailure("retrying a failed datapath write", e.retry(ctx))
 		}
@@ -176,14 +188,14 @@ func funcs(upsert, del func(any)) cache.ResourceEventHandlerFuncs {
 	}
 }
 
-func ciliumFuncs(ctx context.Context, e *Enforcer, kind policy.Kind) cache.ResourceEventHandlerFuncs {
+func ciliumFuncs(e *Enforcer, kind policy.Kind) cache.ResourceEventHandlerFuncs {
 	return funcs(
 		func(o any) {
 			u := o.(*unstructured.Unstructured)
 			if u.GetKind() == "" { // list items may come without kind
 				u.SetKind(string(kind))
 			}
-			_ = e.UpsertCiliumPolicy(ctx, u) // rejections are reported (Events, /v1/rejected)
+			_ = e.queue(e.upsertCiliumPolicy(u)) // rejections are reported (Events, /v1/rejected)
 		},
 		func(o any) {
 			u := o.(*unstructured.Unstructured)
@@ -191,7 +203,7 @@ func ciliumFuncs(ctx context.Context, e *Enforcer, kind policy.Kind) cache.Resou
 			if kind == policy.KindCCNP {
 				ref.Namespace = ""
 			}
-			if err := e.DeletePolicy(ctx, ref); err != nil {
+			if err := e.queue(e.deletePolicy(ref)); err != nil {
 				e.log.Error("policy state update failed", "policy", ref.String(), "error", err)
 			}
 		})

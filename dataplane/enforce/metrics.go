@@ -7,6 +7,8 @@ import (
 // Metrics are the enforcer's latency histograms and rejected-policy gauge.
 type Metrics struct {
 	Compile, Sync prometheus.Histogram
+	// Batch is how many changes of the policy state each write carried.
+	Batch prometheus.Histogram
 	// Rejected counts the policy objects not (fully) in force, by kind and reason.
 	Rejected *prometheus.GaugeVec
 }
@@ -27,11 +29,17 @@ func NewMetrics() *Metrics {
 			Help:    "Time to write a compiled update into the datapath maps (bpf.Datapath.Apply), failed writes included.",
 			Buckets: b,
 		}),
+		Batch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "flatnet_policy_changes_per_write",
+			Help: "Changes of the policy state (informer events, attaches, detaches) written together in one datapath write; " +
+				"a burst folds into few writes.",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 9),
+		}),
 		Rejected: newRejectedGauge(),
 	}
 }
 
 // Collectors lists the histograms for a registry.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Compile, m.Sync, m.Rejected}
+	return []prometheus.Collector{m.Compile, m.Sync, m.Batch, m.Rejected}
 }

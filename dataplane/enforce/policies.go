@@ -13,17 +13,25 @@ import (
 // UpsertNetworkPolicy feeds a NetworkPolicy. An invalid one is returned as a
 // *policy.Error (and kept in Rejected); its last valid version stays in force.
 func (e *Enforcer) UpsertNetworkPolicy(ctx context.Context, np *networkingv1.NetworkPolicy) error {
+	return e.commit(ctx, e.upsertNetworkPolicy(np))
+}
+
+func (e *Enforcer) upsertNetworkPolicy(np *networkingv1.NetworkPolicy) error {
 	ref := policy.Ref{Kind: policy.KindNetworkPolicy, Namespace: np.Namespace, Name: np.Name}
 	obj := ObjectRef{Ref: ref, APIVersion: "networking.k8s.io/v1", UID: string(np.UID), ResourceVersion: np.ResourceVersion}
 	p, err := policy.FromNetworkPolicy(np)
 	if err != nil {
 		return e.reject(obj, err)
 	}
-	return e.upsertPolicy(ctx, obj, []*policy.Policy{p})
+	return e.upsertPolicy(obj, []*policy.Policy{p})
 }
 
 // UpsertCiliumPolicy feeds a CNP or CCNP as the dynamic informer delivers it.
 func (e *Enforcer) UpsertCiliumPolicy(ctx context.Context, u *unstructured.Unstructured) error {
+	return e.commit(ctx, e.upsertCiliumPolicy(u))
+}
+
+func (e *Enforcer) upsertCiliumPolicy(u *unstructured.Unstructured) error {
 	ref := policy.Ref{Kind: policy.KindCNP, Namespace: u.GetNamespace(), Name: u.GetName()}
 	if u.GetKind() == string(policy.KindCCNP) {
 		ref = policy.Ref{Kind: policy.KindCCNP, Name: u.GetName()}
@@ -37,29 +45,32 @@ func (e *Enforcer) UpsertCiliumPolicy(ctx context.Context, u *unstructured.Unstr
 	if err != nil {
 		return e.reject(obj, err)
 	}
-	return e.upsertPolicy(ctx, obj, pols)
+	return e.upsertPolicy(obj, pols)
 }
 
 // DeletePolicy removes a policy object of any kind.
 func (e *Enforcer) DeletePolicy(ctx context.Context, ref policy.Ref) error {
+	return e.commit(ctx, e.deletePolicy(ref))
+}
+
+func (e *Enforcer) deletePolicy(ref policy.Ref) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	key := compile.PolicyKey(ref)
 	delete(e.rejected, key)
 	delete(e.objects, key)
 	delete(e.reported, key)
+	e.changedLocked()
 	e.c.DeletePolicy(key)
-	return e.applyLocked(ctx)
+	return nil
 }
 
-func (e *Enforcer) upsertPolicy(ctx context.Context, obj ObjectRef, pols []*policy.Policy) error {
+func (e *Enforcer) upsertPolicy(obj ObjectRef, pols []*policy.Policy) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	key := compile.PolicyKey(obj.Ref)
 	delete(e.rejected, key)
 	e.objects[key] = obj
-	if err := e.c.UpsertPolicy(key, pols); err != nil {
-		return err
-	}
-	return e.applyLocked(ctx)
+	e.changedLocked()
+	return e.c.UpsertPolicy(key, pols)
 }

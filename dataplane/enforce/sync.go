@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/flatnet/flatnet/dataplane/bpf"
+	"github.com/flatnet/flatnet/dataplane/compile"
 	"github.com/flatnet/flatnet/dataplane/ipv4"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
@@ -16,6 +17,8 @@ import (
 // the Service hook is attached, the whole state is written, and stored identities no
 // label set claimed are forgotten. Attach calls wait for it.
 func (e *Enforcer) Synced(ctx context.Context) error {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.synced {
@@ -89,31 +92,38 @@ func (e *Enforcer) waitSynced(ctx context.Context) error {
 	}
 }
 
-// applyLocked writes what changed; before the first sync it only compiles (Synced
-// writes everything at once).
-func (e *Enforcer) applyLocked(ctx context.Context) error {
-	if !e.synced {
-		return nil
-	}
-	return e.flushApply(ctx)
+// flushApply writes every pending change, with e.wmu and e.mu held throughout (see
+// writePending for the writer's way, which lets the informers go on meanwhile).
+func (e *Enforcer) flushApply(ctx context.Context) error {
+	up := e.compileLocked()
+	t0 := time.Now()
+	err := e.d.Apply(ctx, up, e.ifindexOf)
+	e.metrics.Sync.Observe(time.Since(t0).Seconds())
+	return e.appliedLocked(ctx, up, err)
 }
 
-// flushApply writes the compiler's changes. A failure is contained to what caused it
-// (bpf.Apply writes everything else): an endpoint whose policy cannot be written is
-// left isolated (deny-all) and retried, and the policy that made it fail is reported
-// rejected for it; an endpoint whose policy names a CIDR prefix that could not be
-// written is isolated the same way. Only identity and IP cache failures, which
-// every endpoint depends on, are returned; the next attempt rewrites everything.
-func (e *Enforcer) flushApply(ctx context.Context) error {
+// compileLocked takes the compiler's changes since the last write: after a failed
+// write that left the datapath behind, all of it. Call with e.wmu and e.mu held.
+func (e *Enforcer) compileLocked() compile.Update {
 	if e.resync {
 		e.c.Invalidate()
 	}
+	e.metrics.Batch.Observe(float64(e.pending))
+	e.pending = 0
 	t0 := time.Now()
 	up := e.c.Flush()
-	t1 := time.Now()
-	err := e.d.Apply(ctx, up, e.ifindexOf)
-	e.metrics.Compile.Observe(t1.Sub(t0).Seconds())
-	e.metrics.Sync.Observe(time.Since(t1).Seconds())
+	e.metrics.Compile.Observe(time.Since(t0).Seconds())
+	return up
+}
+
+// appliedLocked settles what bpf.Apply made of up (err). A failure is contained to
+// what caused it (Apply writes everything else): an endpoint whose policy cannot be
+// written is left isolated (deny-all) and retried, and the policy that made it fail
+// is reported rejected for it; an endpoint whose policy names a CIDR prefix that
+// could not be written is isolated the same way. Only identity and IP cache
+// failures, which every endpoint depends on, are returned; the next attempt
+// rewrites everything. Call with e.wmu and e.mu held.
+func (e *Enforcer) appliedLocked(ctx context.Context, up compile.Update, err error) error {
 	var ae *bpf.ApplyError
 	if err != nil && !errors.As(err, &ae) {
 		e.resync = true
@@ -206,12 +216,7 @@ func (e *Enforcer) blame(key string, err error, isolated bool) endpointFailure {
 // retry writes again what failed last time: everything after an identity or IP
 // cache failure, else the endpoints and prefixes that failed.
 func (e *Enforcer) retry(ctx context.Context) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if !e.synced || (!e.resync && len(e.epFail) == 0) {
-		return nil
-	}
-	return e.flushApply(ctx)
+	return e.writePending(ctx, true)
 }
 
 func (e *Enforcer) ifindexOf(ns, name string) (int, bool) {

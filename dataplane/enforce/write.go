@@ -1,0 +1,78 @@
+package enforce
+
+import (
+	"context"
+	"maps"
+	"time"
+)
+
+// Datapath writes are coalesced the way Cilium folds endpoint regenerations into
+// one trigger run (pkg/trigger): a change of the policy state only updates the
+// compiler and counts as pending; a write takes every pending change at once into
+// one bpf.Apply (one fill per changed endpoint map, one grace period). Each write
+// rewrites every endpoint a change touched, so N informer events written one by
+// one cost N rewrites of maps that grow with N, and N grace periods; folded, a
+// burst costs a write per grace period or so, each carrying whatever arrived while
+// the previous one ran. Nothing waits to fold more: an event on an idle agent is
+// written as soon as the writer wakes.
+//
+// Locks: e.wmu orders the writes (and attaches and detaches, which write too) and
+// is taken before e.mu, which guards the state. The writer (writePending) holds
+// e.mu only to take the changes and to settle the result, not during the kernel's
+// writes, so the informers keep feeding the next write meanwhile.
+
+// changedLocked counts a change of the policy state to be written. Call with e.mu held.
+func (e *Enforcer) changedLocked() { e.pending++ }
+
+// queue has the writer (Run) write a change made by one of the informers' handlers;
+// err is the change's own (an invalid object), returned as is.
+func (e *Enforcer) queue(err error) error {
+	select {
+	case e.kick <- struct{}{}:
+	default: // a write is due already; it takes this change too
+	}
+	return err
+}
+
+// commit writes a change made by an exported method before returning, with every
+// other change pending (a caller that finds its change written by another's write
+// returns at once). err is the change's own: a change that failed is not written.
+func (e *Enforcer) commit(ctx context.Context, err error) error {
+	if err != nil {
+		return err
+	}
+	return e.writePending(ctx, false)
+}
+
+// writePending writes the pending changes; retry also rewrites what failed last
+// time. Before the first sync it writes nothing (Synced writes everything at once).
+func (e *Enforcer) writePending(ctx context.Context, retry bool) error {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	return e.writePendingLocked(ctx, retry)
+}
+
+// writePendingLocked is writePending with e.wmu held.
+func (e *Enforcer) writePendingLocked(ctx context.Context, retry bool) error {
+	e.mu.Lock()
+	if !e.synced || (e.pending == 0 && !e.resync && !(retry && len(e.epFail) > 0)) {
+		e.mu.Unlock()
+		return nil
+	}
+	up := e.compileLocked()
+	// Attaches and detaches hold e.wmu: the endpoints cannot change until the
+	// result is settled.
+	attached := maps.Clone(e.attached)
+	e.mu.Unlock()
+
+	t0 := time.Now()
+	err := e.d.Apply(ctx, up, func(ns, name string) (int, bool) {
+		ep, ok := attached[ns+"/"+name]
+		return ep.HostIfIndex, ok
+	})
+	e.metrics.Sync.Observe(time.Since(t0).Seconds())
+
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.appliedLocked(ctx, up, err)
+}
