@@ -3,9 +3,12 @@
 #   tools -> docker engine -> node image -> kind cluster -> flatnet images + deploy
 #   -> every Ginkgo suite under suites/ -> one JUnit + report in _artifacts/e2e
 # The suites run as separate processes, E2E_CONCURRENCY at once (default 4; 1 runs
-# them one by one), each in namespaces of its own; the specs labelled `disruptive`
+# them one by one), each in namespaces of its own; a suite whose specs carry a
+# `family:` label (netpol) runs as up to E2E_PARTS (default 3) processes, its
+# families balanced by the last run's times; the specs labelled `disruptive`
 # (they restart nodes or stop agents) run after, alone. Their Ginkgo reports are
-# merged into one junit.xml and report.json.
+# merged into one junit.xml and report.json, checked against a dry run of every
+# suite: each spec selected ran exactly once.
 # FOCUS=/SKIP= narrow the specs (Ginkgo regexps); LIST=1 lists every spec (a dry run:
 # no cluster is touched); specs in suites/known-divergences are skipped (reported as
 # skipped, with the reason) unless STRICT=1; REUSE=1 keeps the cluster for the next run
@@ -17,6 +20,8 @@ CLUSTER=${CLUSTER:-flatnet}
 ART=${ARTIFACTS:-$REPO_ROOT/_artifacts/e2e}
 CONCURRENCY=${E2E_CONCURRENCY:-4}
 [[ "$CONCURRENCY" =~ ^[1-9][0-9]*$ ]] || die "E2E_CONCURRENCY=$CONCURRENCY: want how many suites run at once (1 or more)"
+PARTS=${E2E_PARTS:-3}
+[[ "$PARTS" =~ ^[1-9][0-9]*$ ]] || die "E2E_PARTS=$PARTS: want how many processes a suite with family: labels may be split into (1 or more)"
 [[ "${LIST:-0}" =~ ^[01]$ ]] || die "LIST=${LIST}: want 1 (list the specs, run nothing) or 0"
 export KUBECONFIG="$OUT_DIR/$CLUSTER.kubeconfig"
 export ARTIFACTS="$ART"
@@ -82,21 +87,52 @@ filters() {
 	return 0
 }
 
+# The phases' label filters; the benchmarks (label bench) are opt-in: they run
+# only when a label filter selects them.
+SIDE_BY_SIDE='!disruptive && !bench'
+DISRUPTIVE='disruptive && !bench'
+# The last whole run's merged report (no FOCUS or SKIP): each family's time per spec,
+# to balance the parts.
+LAST_REPORT="$OUT_DIR/e2e-last-report.json"
+
+# list_specs DIR: a Ginkgo dry run of every suite under the run's filters into
+# DIR/<suite>.json (no cluster is touched: the suites read the image's name only
+# to build their spec trees).
+list_specs() {
+	local dir=$1 s
+	rm -rf "$dir"
+	mkdir -p "$dir"
+	for s in "${suites[@]}"; do
+		(cd "$REPO_ROOT/suites/$s" && PROBE_IMAGE=${PROBE_IMAGE:-flatnet/probe:dry-run} "$SUITES_BIN/$s.test" -ginkgo.dry-run \
+			"${ginkgo_args[@]}" -ginkgo.label-filter='!bench' -ginkgo.json-report="$dir/$s.json" >"$dir/$s.log" 2>&1) ||
+			die "listing the specs of suite $s failed" "log: $dir/$s.log"
+	done
+}
+
+# plan PHASE-FILTER MAX-PARTS: "<suite> <specs> <est. seconds> <label filter>" per
+# process to run in the phase, from the dry runs in $LISTED (suites/internal/parts;
+# its table of a split suite's parts goes to stderr).
+plan() {
+	local filter=$1 n=$2 s line
+	for s in "${suites[@]}"; do
+		"$SUITES_BIN/e2e" parts -n "$n" --base "$filter" --last "$LAST_REPORT" "$LISTED/$s.json" 2>"$LISTED/$s.parts" |
+			while read -r line; do echo "$s $line"; done
+		[ "${PIPESTATUS[0]}" = 0 ] || die "splitting suite $s into parts failed: $(cat "$LISTED/$s.parts")"
+		if [ "$(grep -c . "$LISTED/$s.parts")" -gt 2 ]; then
+			info "suite $s in parts:"
+			cat "$LISTED/$s.parts" >&2
+		fi
+	done
+}
+
 if [ "${LIST:-0}" = 1 ]; then
 	build_suites
 	filters
-	# A dry run creates no pod; the suites read the image's name only to build their spec trees.
 	# Its reports go to a directory of its own: the last run's artifacts stay.
-	export PROBE_IMAGE=${PROBE_IMAGE:-flatnet/probe:dry-run}
-	dry="$OUT_DIR/e2e-list"
-	rm -rf "$dry"
-	mkdir -p "$dry"
-	for s in "${suites[@]}"; do
-		(cd "$REPO_ROOT/suites/$s" && "$SUITES_BIN/$s.test" -ginkgo.dry-run "${ginkgo_args[@]}" -ginkgo.label-filter='!bench' \
-			-ginkgo.json-report="$dry/$s.json" >"$dry/$s.log" 2>&1) ||
-			die "listing the specs of suite $s failed" "log: $dry/$s.log"
-	done
-	"$SUITES_BIN/e2e" list "$dry"/*.json
+	LISTED="$OUT_DIR/e2e-list"
+	list_specs "$LISTED"
+	"$SUITES_BIN/e2e" list "$LISTED"/*.json
+	plan "$SIDE_BY_SIDE" "$PARTS" >/dev/null
 	exit 0
 fi
 
@@ -145,25 +181,39 @@ on_signal() {
 }
 trap on_signal INT TERM
 
-# start_suite SUITE RUN FILTER: SUITE's specs matching label FILTER, in the background;
-# output in $ART/RUN.log, Ginkgo's JSON report in $ART/ginkgo/RUN.json.
-start_suite() {
-	local s=$1 run=$2 filter=$3
-	(cd "$REPO_ROOT/suites/$s" && exec setsid "$SUITES_BIN/$s.test" -ginkgo.v "${ginkgo_args[@]}" \
+# start_run RUN SUITE FILTER: SUITE's specs matching label FILTER, in the background;
+# output in $ART/RUN.log, Ginkgo's JSON report in $ART/ginkgo/RUN.json. A part of a
+# suite (RUN suite-N) writes its truth-table report under $ART/RUN/.
+start_run() {
+	local run=$1 s=$2 filter=$3 art=$ART
+	[ "$run" = "$s" ] || [ "$run" = "$s-disruptive" ] || art="$ART/$run"
+	(cd "$REPO_ROOT/suites/$s" && ARTIFACTS="$art" exec setsid "$SUITES_BIN/$s.test" -ginkgo.v "${ginkgo_args[@]}" \
 		-ginkgo.label-filter="$filter" -ginkgo.json-report="$ART/ginkgo/$run.json") >"$ART/$run.log" 2>&1 &
 	pid_suite[$!]=$run
 	started[$run]=$SECONDS
 }
 
-# run_suites N FILTER SUFFIX SUITE...: the suites, N at once, longest first by the last
-# run's times; a line as each ends, the running ones every minute.
-run_suites() {
-	local n=$1 filter=$2 suffix=$3 p s code last=$SECONDS
-	shift 3
-	local queue=("$@")
+# run_phase N PHASE-FILTER SUFFIX MAX-PARTS: the phase's processes (plan), N at once,
+# longest first by the last run's times; a line as each ends, the running ones every
+# minute. Suites with nothing to run in the phase start no process, but for the first
+# phase: there every suite runs, so the report lists even the specs a filter leaves out.
+declare -A took_run=() filter_run=()
+run_phase() {
+	local n=$1 phase_filter=$2 suffix=$3 parts=$4 p s run code specs secs filter last=$SECONDS
+	local queue=()
+	plan "$phase_filter" "$parts" >"$LISTED/plan$suffix"
+	while read -r s specs secs filter; do
+		[ "$specs" -gt 0 ] || [ -z "$suffix" ] || continue
+		run=$s$suffix
+		[ -z "$filter" ] || run=$s-$((++part_of[$s]))$suffix
+		filter_run[$run]="$phase_filter${filter:+ && ($filter)}"
+		queue+=("$secs $run $s")
+	done <"$LISTED/plan$suffix"
+	[ ${#queue[@]} = 0 ] || mapfile -t queue < <(printf '%s\n' "${queue[@]}" | sort -k1,1nr -k2,2 | cut -d' ' -f2-)
 	while [ ${#queue[@]} -gt 0 ] || [ ${#pid_suite[@]} -gt 0 ]; do
 		while [ "$interrupted" = 0 ] && [ ${#queue[@]} -gt 0 ] && [ ${#pid_suite[@]} -lt "$n" ]; do
-			start_suite "${queue[0]}" "${queue[0]}$suffix" "$filter"
+			read -r run s <<<"${queue[0]}"
+			start_run "$run" "$s" "${filter_run[$run]}"
 			queue=("${queue[@]:1}")
 		done
 		[ "$interrupted" = 0 ] || queue=()
@@ -172,16 +222,17 @@ run_suites() {
 		wait $! || true
 		for p in "${!pid_suite[@]}"; do
 			kill -0 "$p" 2>/dev/null && continue
-			s=${pid_suite[$p]}
+			run=${pid_suite[$p]}
 			unset "pid_suite[$p]"
 			code=0
 			wait "$p" || code=$?
+			took_run[$run]=$((SECONDS - started[$run]))
 			if [ "$code" = 0 ]; then
-				info "suite $s: passed in $((SECONDS - started[$s]))s"
+				info "$run: passed in ${took_run[$run]}s"
 			else
 				rc=1
-				warn "suite $s: FAILED (exit $code) in $((SECONDS - started[$s]))s; log: $ART/$s.log"
-				grep -E '^\s*\[(FAIL|PANICKED|TIMEDOUT|INTERRUPTED)\]' "$ART/$s.log" | head -n 5 >&2 || true
+				warn "$run: FAILED (exit $code) in ${took_run[$run]}s; log: $ART/$run.log"
+				grep -E '^\s*\[(FAIL|PANICKED|TIMEDOUT|INTERRUPTED)\]' "$ART/$run.log" | head -n 5 >&2 || true
 			fi
 		done
 		if [ $((SECONDS - last)) -ge 60 ] && [ ${#pid_suite[@]} -gt 0 ]; then
@@ -193,28 +244,19 @@ run_suites() {
 	done
 }
 
-# Longest first (the last run's times in $OUT_DIR/e2e-durations): the run is as long
-# as its longest suite plus what waits for a free slot.
-order=()
-if [ -f "$OUT_DIR/e2e-durations" ]; then
-	mapfile -t order < <(awk '{print $2}' "$OUT_DIR/e2e-durations")
-fi
-mapfile -t suites < <(
-	for s in "${suites[@]}"; do
-		i=$(printf '%s\n' "${order[@]}" | grep -nx "$s" | cut -d: -f1) || true
-		echo "${i:-0} $s"
-	done | sort -n | cut -d' ' -f2
-)
-
-step "suites: ${#suites[@]} at most $CONCURRENCY at once${FOCUS:+, --focus='$FOCUS'}${SKIP:+, --skip='$SKIP'} -> $ART"
+# Every suite listed under the run's filters: the parts are split from it, and the
+# merged report is held to it.
+LISTED="$ART/list"
+list_specs "$LISTED"
+declare -A part_of=()
+step "suites: ${#suites[@]}, at most $CONCURRENCY processes at once${FOCUS:+, --focus='$FOCUS'}${SKIP:+, --skip='$SKIP'} -> $ART"
 t0=$SECONDS
-# The benchmarks (label bench) are opt-in: they run only when a label filter selects them.
-run_suites "$CONCURRENCY" '!disruptive && !bench' "" "${suites[@]}"
+run_phase "$CONCURRENCY" "$SIDE_BY_SIDE" "" "$PARTS"
 took[suites]=$((SECONDS - t0))
 if [ "$interrupted" = 0 ]; then
 	step "suites: the disruptive specs (they restart nodes or stop agents), alone"
 	t0=$SECONDS
-	run_suites 1 'disruptive && !bench' "-disruptive" "${suites[@]}"
+	run_phase 1 "$DISRUPTIVE" "-disruptive" 1
 	took[disruptive]=$((SECONDS - t0))
 fi
 trap - INT TERM
@@ -222,14 +264,19 @@ trap - INT TERM
 mapfile -t reports < <(ls "$ART"/ginkgo/*.json 2>/dev/null)
 if [ ${#reports[@]} -gt 0 ]; then
 	echo >&2
-	"$SUITES_BIN/e2e" merge -o "$ART" "${reports[@]}" >&2 || rc=1
-	[ "$interrupted" != 0 ] || "$SUITES_BIN/e2e" durations "$ART/report.json" >"$OUT_DIR/e2e-durations" || true
+	"$SUITES_BIN/e2e" merge -o "$ART" --listed "$LISTED" "${reports[@]}" >&2 || rc=1
+	# Only a whole run's times balance the next: a FOCUS would leave most families unweighed.
+	[ "$interrupted" != 0 ] || [ -n "${FOCUS:-}${SKIP:-}" ] || cp "$ART/report.json" "$LAST_REPORT" 2>/dev/null || true
 else
 	rc=1
 fi
 
 [ "$rc" = 0 ] || FLATNETCTL="$SUITES_BIN/flatnetctl" bash "$REPO_ROOT/scripts/sysdump.sh" "$ART" || true
 
+printf '\n  %-22s %7s  %s\n' process seconds "label filter" >&2
+for run in $(for r in "${!took_run[@]}"; do echo "${took_run[$r]} $r"; done | sort -k1,1nr | cut -d' ' -f2); do
+	printf '  %-22s %7d  %s\n' "$run" "${took_run[$run]}" "${filter_run[$run]}" >&2
+done
 printf '\n  %-13s %s\n' phase seconds >&2
 for k in tools cluster probe-image deploy test-world observability build-suites suites disruptive; do
 	[ -n "${took[$k]:-}" ] && printf '  %-13s %5d\n' "$k" "${took[$k]}" >&2

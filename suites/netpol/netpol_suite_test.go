@@ -23,6 +23,7 @@ package netpol
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"slices"
@@ -53,14 +54,15 @@ func TestNetpol(t *testing.T) { cluster.Run(t) }
 var worldCIDR = netip.MustParsePrefix("192.0.2.0/24")
 
 // Decided while the spec tree is built: the random cases' names carry the
-// seed (the settings are read by framework.New), and the namespaces' prefix
-// makes two runs on one cluster distinct.
+// seed (the settings are read by framework.New), and the namespaces' random
+// prefix makes two runs on one cluster distinct (make e2e runs the suite in
+// several parts at once).
 var (
 	cluster = framework.New("netpol", framework.Options{Settings: true, Policies: true, Flows: true, Report: &framework.ReportOptions{
 		Title: "flatnet policy conformance matrix",
 		Entry: "truth-table report",
 	}})
-	model = topology.Default(fmt.Sprintf("np-%04x-", time.Now().UnixNano()&0xffff), false)
+	model = topology.Default(fmt.Sprintf("np-%06x-", rand.Uint32()&0xffffff), false)
 )
 
 // Set up by BeforeSuite.
@@ -203,7 +205,7 @@ func usesCilium(c policies.Case) bool {
 }
 
 var _ = Describe("policy conformance matrix", Serial, func() {
-	It("with no policy, every pod reaches every pod and Service on every port", Label("baseline"), func(ctx SpecContext) {
+	It("with no policy, every pod reaches every pod and Service on every port", Label("baseline", family("baseline")), func(ctx SpecContext) {
 		runCase(ctx, policies.Case{
 			Name: "baseline-no-policy", Family: "baseline",
 			Description: "No policy in force: the oracle expects every path open; a failure here is the CNI, not policy.",
@@ -211,7 +213,7 @@ var _ = Describe("policy conformance matrix", Serial, func() {
 		})
 	})
 
-	It("gives every pod an address of the node subnet, beside the nodes (node-subnet IPAM)", Label("flatnet"), func(ctx SpecContext) {
+	It("gives every pod an address of the node subnet, beside the nodes (node-subnet IPAM)", Label("flatnet", family("baseline")), func(ctx SpecContext) {
 		snap, err := workload.Take(ctx, cluster.Clientset, namespaces())
 		Expect(err).NotTo(HaveOccurred())
 		Expect(snap.Cluster.Pods).To(HaveLen(len(model.AllPods())))
@@ -224,7 +226,7 @@ var _ = Describe("policy conformance matrix", Serial, func() {
 	})
 
 	for _, c := range plannedCases() {
-		labels := Label(c.Family)
+		labels := Label(c.Family, family(c.Family))
 		if usesCilium(c) {
 			labels = append(labels, "cilium")
 		}
@@ -235,7 +237,7 @@ var _ = Describe("policy conformance matrix", Serial, func() {
 		})
 	}
 
-	It("SCTP on 80 and 81", Label("sctp"), func() {
+	It("SCTP on 80 and 81", Label("sctp", family("sctp")), func() {
 		reason := "SCTP is not probed: this kernel is built without CONFIG_IP_SCTP and the probe image has no SCTP server (agnhost porter); not counted as passing"
 		record(report.CaseResult{Name: "sctp", Family: "sctp", Description: "The model's SCTP ports, as in the upstream suite.", Skipped: reason})
 		Skip(reason)
@@ -243,6 +245,12 @@ var _ = Describe("policy conformance matrix", Serial, func() {
 })
 
 func record(r report.CaseResult) { cluster.Record(r) }
+
+// family is the label set entry naming a spec's family, one per spec:
+// `make e2e` runs the suite in parts by it (`--label-filter='family:
+// containsAny {update, random}'`), each part a process with its own
+// namespaces.
+func family(name string) string { return "family:" + name }
 
 // The pass-rate table by family, as policy-assistant prints one, straight to
 // the terminal like the seed: it is the run's summary.

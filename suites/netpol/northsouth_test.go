@@ -54,7 +54,7 @@ const (
 )
 
 var _ = Describe("north-south and node paths", Serial, func() {
-	It("north-south: pods, nodes and an outside client on NodePort, hostPort, node, Service (ClusterIP and DNS name), world and CIDR paths, TCP and ICMP, judged by the oracle", Label("north-south", "cilium"), func(ctx SpecContext) {
+	It("north-south: pods, nodes and an outside client on NodePort, hostPort, node, Service (ClusterIP and DNS name), world and CIDR paths, TCP and ICMP, judged by the oracle", Label("north-south", "cilium", family("north-south")), func(ctx SpecContext) {
 		runNorthSouth(ctx)
 	})
 })

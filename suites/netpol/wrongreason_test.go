@@ -31,7 +31,7 @@ import (
 // flows; once x/a's route to y/b is broken by hand (a /32 route into its own
 // loopback, so the SYN never leaves the pod), the same TIMEOUT must fail the
 // cell as "blocked for the wrong reason", not pass it.
-var _ = Describe("flow validation", Serial, Label("flatnet", "flow-validation"), func() {
+var _ = Describe("flow validation", Serial, Label("flatnet", "flow-validation", family("flow-validation")), func() {
 	It("fails a denied cell blocked by a broken route as blocked for the wrong reason", func(ctx SpecContext) {
 		Expect(cluster.Flows).NotTo(BeNil(), "this spec needs flow validation on: %s", cluster.FlowNote)
 		x, y := model.Namespace("x"), model.Namespace("y")

@@ -2,21 +2,25 @@
 // own process (several at once, the disruptive specs alone after) with a Ginkgo
 // JSON report each:
 //
-//	e2e merge -o DIR REPORT.json...   one junit.xml and report.json in DIR, a table per suite
-//	e2e list REPORT.json...           every spec of dry-run reports, one a line
-//	e2e durations REPORT.json         "<seconds> <suite>" per suite, longest first
+//	e2e merge -o DIR [--listed DIR] REPORT.json...   one junit.xml and report.json in DIR, a table per suite;
+//	                                                 with the dry runs in --listed, each selected spec must have run once
+//	e2e list REPORT.json...                          every spec of dry-run reports, one a line
+//	e2e parts -n N [--last REPORT.json] DRYRUN.json  a suite's specs in N parts by family: specs, seconds, label filter
 //
-// The logic lives in suites/internal/runreport.
+// The logic lives in suites/internal/runreport and suites/internal/parts.
 package main
 
 import (
-	"cmp"
 	"fmt"
 	"os"
-	"slices"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
 
+	"github.com/onsi/ginkgo/v2/types"
 	"github.com/spf13/cobra"
 
+	"github.com/flatnet/flatnet/suites/internal/parts"
 	"github.com/flatnet/flatnet/suites/internal/runreport"
 )
 
@@ -29,15 +33,15 @@ func main() {
 
 func command() *cobra.Command {
 	root := &cobra.Command{Use: "e2e", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(mergeCommand(), listCommand(), durationsCommand())
+	root.AddCommand(mergeCommand(), listCommand(), partsCommand())
 	return root
 }
 
 func mergeCommand() *cobra.Command {
-	var dir string
+	var dir, listed string
 	var slowest int
 	c := &cobra.Command{
-		Use:   "merge -o DIR REPORT.json...",
+		Use:   "merge -o DIR [--listed DIR] REPORT.json...",
 		Short: "merge the suites' Ginkgo JSON reports into DIR/junit.xml and DIR/report.json, print a table per suite",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -53,15 +57,41 @@ func mergeCommand() *cobra.Command {
 				return err
 			}
 			runreport.Summarize(cmd.OutOrStdout(), merged, slowest)
+			accounted := true
+			if listed != "" {
+				if accounted, err = account(cmd, listed, reports); err != nil {
+					return err
+				}
+			}
 			if runreport.Failed(merged) {
 				return fmt.Errorf("a suite failed (table above)")
+			}
+			if !accounted {
+				return fmt.Errorf("the run's specs do not match its listing in %s (above)", listed)
 			}
 			return nil
 		},
 	}
 	c.Flags().StringVarP(&dir, "output-dir", "o", "", "where junit.xml and report.json go")
 	c.Flags().IntVar(&slowest, "slowest", 8, "how many of the slowest specs to print")
+	c.Flags().StringVar(&listed, "listed", "", "directory of the suites' dry-run reports (*.json) under the run's filters: check each selected spec ran exactly once")
 	return c
+}
+
+// account prints how the run's specs compare with the dry runs in dir.
+func account(cmd *cobra.Command, dir string, ran []types.Report) (bool, error) {
+	paths, err := filepath.Glob(filepath.Join(dir, "*.json"))
+	if err != nil || len(paths) == 0 {
+		return false, fmt.Errorf("merge --listed %s: no dry-run reports (*.json) there", dir)
+	}
+	listed, err := runreport.Read(paths...)
+	if err != nil {
+		return false, err
+	}
+	a := runreport.Account(listed, ran)
+	fmt.Fprintln(cmd.OutOrStdout())
+	a.Print(cmd.OutOrStdout())
+	return a.OK(), nil
 }
 
 func listCommand() *cobra.Command {
@@ -81,26 +111,53 @@ func listCommand() *cobra.Command {
 	}
 }
 
-func durationsCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:   "durations REPORT.json",
-		Short: `print "<seconds> <suite>" for each suite of a report, longest first`,
+func partsCommand() *cobra.Command {
+	var n int
+	var key, base, last string
+	c := &cobra.Command{
+		Use:   "parts -n N [--last REPORT.json] DRYRUN.json",
+		Short: `split a suite's specs (its dry-run report) into at most N parts by a label key, balanced by the last run's times: "<specs> <estimated seconds> <label filter>" a line, a table on stderr`,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			reports, err := runreport.Read(args...)
+			dry, err := runreport.Read(args[0])
 			if err != nil {
 				return err
 			}
-			d := runreport.Durations(reports)
-			names := make([]string, 0, len(d))
-			for n := range d {
-				names = append(names, n)
+			if len(dry) != 1 {
+				return fmt.Errorf("parts: %s holds %d suite reports, want one suite's dry run", args[0], len(dry))
 			}
-			slices.SortFunc(names, func(a, b string) int { return cmp.Or(cmp.Compare(d[b], d[a]), cmp.Compare(a, b)) })
-			for _, n := range names {
-				fmt.Fprintf(cmd.OutOrStdout(), "%.0f %s\n", d[n].Seconds(), n)
+			var history []types.Report
+			if last != "" {
+				if _, err := os.Stat(last); err == nil {
+					if history, err = runreport.Read(last); err != nil {
+						return err
+					}
+				}
 			}
-			return nil
+			ps, err := parts.Split(dry[0], history, parts.Options{Key: key, Parts: n, Base: base})
+			if err != nil {
+				return err
+			}
+			how := "a second per spec: no last run"
+			if history != nil {
+				how = "the last run's times"
+			}
+			tw := tabwriter.NewWriter(cmd.ErrOrStderr(), 0, 0, 2, ' ', 0)
+			fmt.Fprintf(tw, "  part\tspecs\test. s\t%s values (weighed by %s)\n", key, how)
+			for i, p := range ps {
+				fams := strings.Join(p.Families, ", ")
+				if i == len(ps)-1 && len(ps) > 1 {
+					fams += " and the rest"
+				}
+				fmt.Fprintf(tw, "  %d\t%d\t%.0f\t%s\n", i+1, p.Specs, p.Estimate.Seconds(), fams)
+				fmt.Fprintf(cmd.OutOrStdout(), "%d %.0f %s\n", p.Specs, p.Estimate.Seconds(), p.Filter)
+			}
+			return tw.Flush()
 		},
 	}
+	c.Flags().IntVarP(&n, "parts", "n", 1, "how many parts at most")
+	c.Flags().StringVar(&key, "key", "family", "the label set key whose value groups the specs (label key:value)")
+	c.Flags().StringVar(&base, "base", "", "label filter of the phase; specs outside it are not counted")
+	c.Flags().StringVar(&last, "last", "", "the last run's report.json (ignored when missing): each family's time per spec")
+	return c
 }

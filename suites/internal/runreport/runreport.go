@@ -15,7 +15,6 @@ import (
 	"slices"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/onsi/ginkgo/v2/reporters"
 	"github.com/onsi/ginkgo/v2/types"
@@ -223,12 +222,74 @@ func truncate(s string, n int) string {
 	return s[:n-1] + "…"
 }
 
-// Durations are each suite's run time, by name: make e2e starts the longest
-// suites of the last run first.
-func Durations(reports []types.Report) map[string]time.Duration {
-	out := map[string]time.Duration{}
-	for _, r := range reports {
-		out[suiteName(r)] = r.RunTime
+// Accounting compares a run with its listing (the suites' dry runs under the
+// same filters): every spec the listing selects must have run exactly once,
+// across all the run's processes (suites, their parts, the disruptive phase).
+type Accounting struct {
+	Listed, Selected, RanOnce int
+	// Twice ran in two processes, NotRun in none (a failed BeforeSuite, an
+	// interrupt, a part that never started), Unselected ran though the
+	// filters leave them out.
+	Twice, NotRun, Unselected []string
+}
+
+// OK says every selected spec ran once and nothing else ran.
+func (a Accounting) OK() bool {
+	return len(a.Twice)+len(a.NotRun)+len(a.Unselected) == 0
+}
+
+// Account counts, per It of the dry-run reports listed, the unmerged reports
+// of ran in which its body ran (a spec skipped by a filter never starts; one
+// that calls Skip does).
+func Account(listed, ran []types.Report) Accounting {
+	runs := map[string]int{}
+	for _, r := range ran {
+		for _, s := range r.SpecReports.WithLeafNodeType(types.NodeTypeIt) {
+			if s.NumAttempts > 0 {
+				runs[specKey(r, s)]++
+			}
+		}
 	}
-	return out
+	var a Accounting
+	for _, r := range listed {
+		for _, s := range r.SpecReports.WithLeafNodeType(types.NodeTypeIt) {
+			a.Listed++
+			name := suiteName(r) + ": " + s.FullText()
+			n := runs[specKey(r, s)]
+			selected := s.State == types.SpecStatePassed
+			switch {
+			case selected && n == 1:
+				a.Selected++
+				a.RanOnce++
+			case selected && n == 0:
+				a.Selected++
+				a.NotRun = append(a.NotRun, name)
+			case selected:
+				a.Selected++
+				a.Twice = append(a.Twice, fmt.Sprintf("%s (%d times)", name, n))
+			case n > 0:
+				a.Unselected = append(a.Unselected, name)
+			}
+		}
+	}
+	return a
+}
+
+// Print writes the accounting as one line, then each spec that broke it.
+func (a Accounting) Print(w io.Writer) {
+	fmt.Fprintf(w, "specs: %d listed, %d selected by the filters: %d ran once, %d more than once, %d not run, %d ran unselected\n",
+		a.Listed, a.Selected, a.RanOnce, len(a.Twice), len(a.NotRun), len(a.Unselected))
+	for _, l := range []struct {
+		what  string
+		specs []string
+	}{{"ran more than once", a.Twice}, {"not run", a.NotRun}, {"ran unselected", a.Unselected}} {
+		for _, s := range l.specs {
+			fmt.Fprintf(w, "  %s: %s\n", l.what, truncate(s, 140))
+		}
+	}
+}
+
+// specKey names an It across processes of one suite binary.
+func specKey(r types.Report, s types.SpecReport) string {
+	return suiteName(r) + "\x00" + s.LeafNodeLocation.String() + "\x00" + s.FullText()
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/xml"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +16,12 @@ import (
 )
 
 func spec(file string, line int, text string, state types.SpecState, d time.Duration, labels ...string) types.SpecReport {
+	attempts := 1 // a spec skipped by a filter never starts
+	if state == types.SpecStateSkipped {
+		attempts = 0
+	}
 	return types.SpecReport{
+		NumAttempts:  attempts,
 		LeafNodeType: types.NodeTypeIt, LeafNodeText: text, LeafNodeLabels: labels,
 		LeafNodeLocation:        types.CodeLocation{FileName: file, LineNumber: line},
 		ContainerHierarchyTexts: []string{"suite"},
@@ -137,5 +143,51 @@ func TestSummarizeAndList(t *testing.T) {
 	}
 	if !strings.Contains(b.String(), "hubble  skip  suite stops an agent  [disruptive]") {
 		t.Errorf("listing lacks the filtered-out spec with its label:\n%s", b.String())
+	}
+}
+
+// listing is the dry runs of the same suites: every It "passed" when the
+// filters select it.
+func listing() []types.Report {
+	var out []types.Report
+	for _, r := range Merge(runs()) {
+		r.SpecReports = slices.Clone(r.SpecReports)
+		for i := range r.SpecReports {
+			r.SpecReports[i].State, r.SpecReports[i].NumAttempts = types.SpecStatePassed, 0
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func TestAccountEachSelectedSpecRanOnce(t *testing.T) {
+	a := Account(listing(), runs())
+	if !a.OK() || a.Listed != 4 || a.Selected != 4 || a.RanOnce != 4 {
+		t.Errorf("got %+v, want 4 specs listed, selected and run once", a)
+	}
+
+	// A part that never started, and a part run twice.
+	partial := runs()[:2]
+	a = Account(listing(), partial)
+	if a.OK() || len(a.NotRun) != 1 || !strings.Contains(a.NotRun[0], "stops an agent") {
+		t.Errorf("without the disruptive run: %+v, want its spec not run", a)
+	}
+	twice := append(runs(), runs()[2])
+	a = Account(listing(), twice)
+	if a.OK() || len(a.Twice) != 1 || !strings.Contains(a.Twice[0], "stops an agent (2 times)") {
+		t.Errorf("with the disruptive run twice: %+v, want its spec counted twice", a)
+	}
+
+	// A spec the filters leave out (FOCUS) that ran anyway.
+	l := listing()
+	l[0].SpecReports[1].State = types.SpecStateSkipped
+	a = Account(l, runs())
+	if a.OK() || a.Selected != 3 || len(a.Unselected) != 1 {
+		t.Errorf("with hubble's first spec unselected: %+v, want it reported as run unselected", a)
+	}
+	var b bytes.Buffer
+	a.Print(&b)
+	if !strings.Contains(b.String(), "specs: 4 listed, 3 selected by the filters: 3 ran once, 0 more than once, 0 not run, 1 ran unselected") {
+		t.Errorf("accounting line:\n%s", b.String())
 	}
 }
