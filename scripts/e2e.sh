@@ -164,6 +164,8 @@ export FLATNET_NODES
 [ -f "$OUT_DIR/probe-image.out" ] && PROBE_IMAGE=$(tail -n 1 "$OUT_DIR/probe-image.out") && export PROBE_IMAGE
 # suites/hubble runs the upstream hubble CLI that `make tools` built (tools/hubble).
 export FLATNET_HUBBLE_CLI="$BIN_DIR/hubble"
+# resilience and observability run the flatnetctl built with the suites, from this tree.
+export FLATNET_FLATNETCTL="$SUITES_BIN/flatnetctl"
 
 # --- running the suites --------------------------------------------------------------
 # Each suite process has its own session, so a Ctrl-C reaches only this script, which

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -19,9 +20,22 @@ type CLI struct {
 	Kubeconfig string
 }
 
+// PrebuiltEnv names a flatnetctl already built from this tree (make e2e builds
+// one beside the suites' binaries, keyed by the tree's hash): Build uses it
+// instead of compiling again.
+const PrebuiltEnv = "FLATNET_FLATNETCTL"
+
 // Build compiles dataplane/cmd/flatnetctl of the repository at root into
 // dir: the binary under test is always this tree's, never a stale bin/ copy.
+// When $FLATNET_FLATNETCTL names one built from this tree, that one is used.
 func Build(ctx context.Context, root, dir, kubeconfig string) (CLI, error) {
+	if p := os.Getenv(PrebuiltEnv); p != "" {
+		st, err := os.Stat(p)
+		if err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
+			return CLI{}, fmt.Errorf("%s=%s: not an executable flatnetctl (%v); unset it to build one", PrebuiltEnv, p, err)
+		}
+		return CLI{Path: p, Kubeconfig: kubeconfig}, nil
+	}
 	bin := filepath.Join(dir, "flatnetctl")
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./dataplane/cmd/flatnetctl")
 	// The environment as it is: the build then shares the cache of the suite's own.
