@@ -17,7 +17,9 @@ import (
 // the namings) and its identity was allocated; for every CIDR peer,
 // ids = {identity of p : p in byPrefix, cidrSelects(peer, p)}, and its users are told
 // (changed) when that set changes. A prefix coming or going is touched in out,
-// which follows the datapath's CIDR entries.
+// which follows the datapath's CIDR entries. byLen holds what byPrefix holds and
+// byBlock every peer under its block: a prefix or a peer coming or going then
+// meets only the peers or prefixes it can concern (lengthindex.go).
 type prefixes struct {
 	ids      *identities
 	byPrefix map[ipv4.Prefix]*cidrState
