@@ -246,6 +246,7 @@ func (c *Compiler) dropIdentity(id identity.ID) {
 	if is := c.ids.drop(id); is != nil {
 		c.sels.identityRemoved(is)
 		c.emit.forget(id)
+		c.repo.identityGone(id)
 		c.repo.identitiesChanged()
 	}
 }

@@ -2,7 +2,6 @@ package compile
 
 import (
 	"net/netip"
-	"sort"
 
 	"github.com/flatnet/flatnet/dataplane/identity"
 	"github.com/flatnet/flatnet/dataplane/policy"
@@ -57,17 +56,5 @@ func (c *Compiler) defaultDeny(namespace, name string) (out [2][]policy.Ref) {
 	if is == nil {
 		return out
 	}
-	seen := [2]map[policy.Ref]bool{{}, {}}
-	for _, e := range c.repo.selecting(is) {
-		for dir := range out {
-			if e.pol.DefaultDeny[dir] && !seen[dir][e.pol.Ref] {
-				seen[dir][e.pol.Ref] = true
-				out[dir] = append(out[dir], e.pol.Ref)
-			}
-		}
-	}
-	for _, refs := range out {
-		sort.Slice(refs, func(i, j int) bool { return refs[i].String() < refs[j].String() })
-	}
-	return out
+	return c.repo.defaultDeny(is)
 }

@@ -17,11 +17,15 @@ import (
 // the namings) and its identity was allocated; for every CIDR peer,
 // ids = {identity of p : p in byPrefix, cidrSelects(peer, p)}, and its users are told
 // (changed) when that set changes. A prefix coming or going is touched in out,
-// which follows the datapath's CIDR entries.
+// which follows the datapath's CIDR entries. byLen holds what byPrefix holds and
+// byBlock every peer under its block: a prefix or a peer coming or going then
+// meets only the peers or prefixes it can concern (lengthindex.go).
 type prefixes struct {
 	ids      *identities
 	byPrefix map[ipv4.Prefix]*cidrState
-	peers    map[string]*cidrPeerState // by cidrKey
+	byLen    lengthIndex[*cidrState]                  // byPrefix again, for the prefixes inside a block
+	peers    map[string]*cidrPeerState                // by cidrKey
+	byBlock  lengthIndex[map[*cidrPeerState]struct{}] // peers by their block
 	out      mirror[ipv4.Prefix]
 	changed  func(cp *cidrPeerState) // the identities cp selects changed
 }
@@ -64,12 +68,18 @@ func (px *prefixes) addPeerUser(cidr policy.CIDR, e *polEntry) *cidrPeerState {
 	cp, ok := px.peers[key]
 	if !ok {
 		cp = &cidrPeerState{key: key, cidr: cidr, ids: map[identity.ID]struct{}{}, users: map[*polEntry]struct{}{}}
-		for p, st := range px.byPrefix {
+		px.byLen.within(cidr.Prefix, func(p ipv4.Prefix, st *cidrState) {
 			if cidrSelects(cidr, p) {
 				cp.ids[st.id] = struct{}{}
 			}
-		}
+		})
 		px.peers[key] = cp
+		same, _ := px.byBlock.get(cidr.Prefix)
+		if same == nil {
+			same = map[*cidrPeerState]struct{}{}
+			px.byBlock.set(cidr.Prefix, same)
+		}
+		same[cp] = struct{}{}
 	}
 	cp.users[e] = struct{}{}
 	return cp
@@ -80,6 +90,11 @@ func (px *prefixes) removePeerUser(cp *cidrPeerState, e *polEntry) {
 	delete(cp.users, e)
 	if len(cp.users) == 0 {
 		delete(px.peers, cp.key)
+		same, _ := px.byBlock.get(cp.cidr.Prefix)
+		delete(same, cp)
+		if len(same) == 0 {
+			px.byBlock.del(cp.cidr.Prefix)
+		}
 	}
 }
 
@@ -113,14 +128,18 @@ func (px *prefixes) use(p ipv4.Prefix) {
 		// of the map (its addresses then fall to the enclosing prefix).
 		return
 	}
-	px.byPrefix[p] = &cidrState{id: id, refs: 1}
+	st := &cidrState{id: id, refs: 1}
+	px.byPrefix[p] = st
+	px.byLen.set(p, st)
 	px.out.touch(p)
-	for _, cp := range px.peers {
-		if cidrSelects(cp.cidr, p) {
-			cp.ids[id] = struct{}{}
-			px.changed(cp)
+	px.byBlock.covering(p, func(_ ipv4.Prefix, same map[*cidrPeerState]struct{}) {
+		for cp := range same {
+			if cidrSelects(cp.cidr, p) {
+				cp.ids[id] = struct{}{}
+				px.changed(cp)
+			}
 		}
-	}
+	})
 }
 
 // drop undoes use; the prefix and its identity go with the last naming.
@@ -134,25 +153,29 @@ func (px *prefixes) drop(p ipv4.Prefix) {
 		return
 	}
 	delete(px.byPrefix, p)
+	px.byLen.del(p)
 	px.ids.releaseLocal(st.id)
 	px.out.touch(p)
-	for _, cp := range px.peers {
-		if _, ok := cp.ids[st.id]; ok {
-			delete(cp.ids, st.id)
-			px.changed(cp)
+	// Only a peer whose block holds p can have selected it.
+	px.byBlock.covering(p, func(_ ipv4.Prefix, same map[*cidrPeerState]struct{}) {
+		for cp := range same {
+			if _, ok := cp.ids[st.id]; ok {
+				delete(cp.ids, st.id)
+				px.changed(cp)
+			}
 		}
-	}
+	})
 }
 
 // identityOf returns the identity of the longest rule prefix holding a, or 0.
 func (px *prefixes) identityOf(a netip.Addr) identity.ID {
-	best, bits := identity.ID(0), -1
-	for p, st := range px.byPrefix {
-		if p.Bits() > bits && p.Contains(a) {
-			best, bits = st.id, p.Bits()
-		}
+	if !a.Is4() {
+		return 0
 	}
-	return best
+	if st, ok := px.byLen.longest(a.As4()); ok {
+		return st.id
+	}
+	return 0
 }
 
 // flush returns the entries that changed since the last flush, sorted by prefix.

@@ -34,12 +34,24 @@ type repository struct {
 	namedAny     map[*polEntry]struct{} // policies with named egress ports resolved cluster-wide
 
 	dirty map[identity.ID]struct{} // identities whose policy may have changed
+	// byIdentity caches, per identity, what its endpoints' policies are built from;
+	// an identity's entry goes when it turns dirty, so thousands of policies
+	// selecting it are sorted once per change, not once per endpoint and lookup.
+	byIdentity map[identity.ID]*selected
+}
+
+// selected is what the policies selecting one identity say, as selecting and
+// defaultDeny return it.
+type selected struct {
+	entries []*polEntry
+	deny    *[2][]policy.Ref
 }
 
 // polEntry is one policy of an object, with what it registered.
 type polEntry struct {
 	key       string
 	pol       *policy.Policy
+	ref       string // pol.Ref.String(), the order of default-deny lists
 	ruleIDs   []RuleID
 	subject   *selState
 	peerSels  []*selState
@@ -56,6 +68,7 @@ func newRepository() *repository {
 		clusterUsers: map[*polEntry]struct{}{},
 		namedAny:     map[*polEntry]struct{}{},
 		dirty:        map[identity.ID]struct{}{},
+		byIdentity:   map[identity.ID]*selected{},
 	}
 }
 
@@ -70,7 +83,7 @@ func (r *repository) upsert(key string, pols []*policy.Policy) {
 		r.ruleIDs[key] = ids
 	}
 	for si, p := range pols {
-		e := &polEntry{key: key, pol: p}
+		e := &polEntry{key: key, pol: p, ref: p.Ref.String()}
 		for ri, rule := range p.Rules {
 			rk := fmt.Sprintf("%d#%d", si, ri)
 			id, ok := ids[rk]
@@ -178,14 +191,23 @@ func (r *repository) remove(key string) {
 
 func (r *repository) dirtySubjects(e *polEntry) {
 	for id := range e.subject.ids {
-		r.dirty[id] = struct{}{}
+		r.markDirty(id)
 	}
 }
+
+func (r *repository) markDirty(id identity.ID) {
+	r.dirty[id] = struct{}{}
+	delete(r.byIdentity, id)
+}
+
+// identityGone forgets what was cached for an identity that no pod holds now (its
+// number may come back with other labels).
+func (r *repository) identityGone(id identity.ID) { delete(r.byIdentity, id) }
 
 // selectionChanged is the selector cache telling that id entered or left s.
 func (r *repository) selectionChanged(s *selState, id identity.ID) {
 	if len(s.subjectOf) > 0 {
-		r.dirty[id] = struct{}{}
+		r.markDirty(id)
 	}
 	for e := range s.peerOf {
 		r.dirtySubjects(e)
@@ -229,8 +251,47 @@ func (r *repository) namedPortsChanged(is *identState, changed, clusterChanged b
 func (r *repository) flushed() { clear(r.dirty) }
 
 // selecting returns the policies whose subject selects is, in a fixed order (by key,
-// then spec) so that rule IDs chosen on ties are stable.
+// then spec) so that rule IDs chosen on ties are stable. The slice is shared: read-only.
 func (r *repository) selecting(is *identState) []*polEntry {
+	return r.cached(is).entries
+}
+
+// defaultDeny lists, per direction, the policies selecting is that put it in
+// default deny, each once, ordered by Ref.String(). The slices are shared: read-only.
+func (r *repository) defaultDeny(is *identState) [2][]policy.Ref {
+	sel := r.cached(is)
+	if sel.deny != nil {
+		return *sel.deny
+	}
+	var out [2][]policy.Ref
+	for dir := range out {
+		var deny []*polEntry
+		seen := map[policy.Ref]bool{}
+		for _, e := range sel.entries {
+			if e.pol.DefaultDeny[dir] && !seen[e.pol.Ref] {
+				seen[e.pol.Ref] = true
+				deny = append(deny, e)
+			}
+		}
+		sort.Slice(deny, func(i, j int) bool { return deny[i].ref < deny[j].ref })
+		for _, e := range deny {
+			out[dir] = append(out[dir], e.pol.Ref)
+		}
+	}
+	sel.deny = &out
+	return out
+}
+
+func (r *repository) cached(is *identState) *selected {
+	if sel, ok := r.byIdentity[is.id]; ok {
+		return sel
+	}
+	sel := &selected{entries: r.collect(is)}
+	r.byIdentity[is.id] = sel
+	return sel
+}
+
+func (r *repository) collect(is *identState) []*polEntry {
 	var entries []*polEntry
 	for s := range is.sels {
 		for e := range s.subjectOf {
