@@ -95,8 +95,8 @@ func (d *Datapath) AttachEndpoint(ctx context.Context, ep Endpoint, pol *compile
 // AttachEndpoint does each, and returns each one's error. A burst of pods starting
 // together would otherwise wait for the kernel's grace periods in turn (a policy
 // map and a connection table installed, two tcx links, each waits for one): their
-// policy maps go in with one batch update, and the rest is done for all of them at
-// once, so that their waits overlap.
+// policy maps go in with one batch update, their connection tables with another,
+// and the links are attached for all of them at once.
 func (d *Datapath) AttachEndpoints(ctx context.Context, eps []Endpoint, pols []*compile.EndpointPolicy) []error {
 	errs := make([]error, len(eps))
 	var write []endpointPolicy
@@ -123,6 +123,14 @@ func (d *Datapath) AttachEndpoints(ctx context.Context, eps []Endpoint, pols []*
 	}
 	write, idx = keepUnfailed(write, idx, errs)
 	for j, err := range d.syncPolicies(write) {
+		errs[idx[j]] = err
+	}
+	write, idx = keepUnfailed(write, idx, errs)
+	ifindexes := make([]int, len(write))
+	for j, w := range write {
+		ifindexes[j] = w.ifindex
+	}
+	for j, err := range d.ensureEstTables(ifindexes) {
 		errs[idx[j]] = err
 	}
 	d.attachAllPrograms(ctx, eps, idx, errs)
@@ -178,13 +186,10 @@ func (d *Datapath) attachAllPrograms(ctx context.Context, eps []Endpoint, idx []
 	wg.Wait()
 }
 
-// attachPrograms gives ep (its policy in place) its connection table and endpoint
+// attachPrograms gives ep (its policy and connection table in place) its endpoint
 // entry and attaches the programs. It touches only ep's entries: endpoints are
 // attached concurrently. Call with d.mu held.
 func (d *Datapath) attachPrograms(ctx context.Context, ep Endpoint) error {
-	if err := d.ensureEstTable(ep.IfIndex); err != nil {
-		return err
-	}
 	info := datapathEndpointInfo{Addr: addrBE(ep.IP), Identity: uint32(ep.Identity)}
 	if err := d.objs.FnEndpoints.Put(uint32(ep.IfIndex), &info); err != nil {
 		return fmt.Errorf("writing endpoint %d: %w", ep.IfIndex, err)
