@@ -95,8 +95,8 @@ func (d *Datapath) AttachEndpoint(ctx context.Context, ep Endpoint, pol *compile
 // AttachEndpoint does each, and returns each one's error. A burst of pods starting
 // together would otherwise wait for the kernel's grace periods in turn (a policy
 // map and a connection table installed, two tcx links, each waits for one): their
-// policy maps go in with one batch update, their connection tables with another,
-// and the links are attached for all of them at once.
+// policy maps go in with one batch update, their connection tables with another
+// while the links are attached for all of them at once.
 func (d *Datapath) AttachEndpoints(ctx context.Context, eps []Endpoint, pols []*compile.EndpointPolicy) []error {
 	errs := make([]error, len(eps))
 	var write []endpointPolicy
@@ -130,10 +130,17 @@ func (d *Datapath) AttachEndpoints(ctx context.Context, eps []Endpoint, pols []*
 	for j, w := range write {
 		ifindexes[j] = w.ifindex
 	}
-	for j, err := range d.ensureEstTables(ifindexes) {
-		errs[idx[j]] = err
-	}
+	// The tables' batch update waits for a grace period, and so does every tcx
+	// link, one after another under the kernel's rtnl lock: the tables go in
+	// beside the links so that wait overlaps theirs. The programs need no table
+	// (without one, they track in the shared table) and nothing returns before
+	// both are done.
+	estErrs := make(chan []error, 1)
+	go func() { estErrs <- d.ensureEstTables(ifindexes) }()
 	d.attachAllPrograms(ctx, eps, idx, errs)
+	for j, err := range <-estErrs {
+		errs[idx[j]] = errors.Join(errs[idx[j]], err)
+	}
 	for _, i := range idx {
 		if errs[i] == nil {
 			errs[i] = d.attachedLocked(eps[i])
@@ -186,8 +193,8 @@ func (d *Datapath) attachAllPrograms(ctx context.Context, eps []Endpoint, idx []
 	wg.Wait()
 }
 
-// attachPrograms gives ep (its policy and connection table in place) its endpoint
-// entry and attaches the programs. It touches only ep's entries: endpoints are
+// attachPrograms gives ep (its policy in place) its endpoint entry and attaches
+// the programs. It touches only ep's entries: endpoints are
 // attached concurrently. Call with d.mu held.
 func (d *Datapath) attachPrograms(ctx context.Context, ep Endpoint) error {
 	info := datapathEndpointInfo{Addr: addrBE(ep.IP), Identity: uint32(ep.Identity)}
