@@ -2,9 +2,11 @@ package bpf
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -97,4 +99,49 @@ func TestEstTableResizedKeepsConnections(t *testing.T) {
 		expect(t, d, "a reply of a connection established before the resize", dirIngress, conn(i).reply(tcpACK), tcxAllowed())
 	}
 	expect(t, d, "a reply of a connection never opened", dirIngress, conn(open).reply(tcpACK), tcxDrop)
+}
+
+// BenchmarkInstallEstTables measures installing a 30-pod burst's tables of
+// established connections in fn_ct_est (each map-in-map update from user space
+// waits for a grace period): one by one, concurrently as the attach goroutines
+// did, against one batch (ensureEstTables). The tables are deleted between ops
+// (untimed).
+func BenchmarkInstallEstTables(b *testing.B) {
+	testenv.RequireRoot(b)
+	d, err := LoadWith(context.Background(), filepath.Join(testenv.BPFFS(b), "flatnet"), Options{})
+	must(b, err)
+	b.Cleanup(func() { d.Close() })
+	const burst = 30
+	ifindexes := make([]int, burst)
+	keys := make([]uint32, burst)
+	for i := range ifindexes {
+		ifindexes[i] = 1000 + i // no interface needed: only the maps are written
+		keys[i] = uint32(ifindexes[i])
+	}
+	for _, bc := range []struct {
+		name    string
+		install func() error
+	}{
+		{"concurrent", func() error {
+			errs := make([]error, burst)
+			var wg sync.WaitGroup
+			for i, ifindex := range ifindexes {
+				wg.Go(func() { errs[i] = d.ensureEstTable(ifindex) })
+			}
+			wg.Wait()
+			return errors.Join(errs...)
+		}},
+		{"batch", func() error { return errors.Join(d.ensureEstTables(ifindexes)...) }},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			for range b.N {
+				must(b, bc.install())
+				b.StopTimer()
+				if n, err := d.objs.FnCtEst.BatchDelete(keys, nil); err != nil || n != burst {
+					b.Fatalf("deleting the tables: %d of %d, %v", n, burst, err)
+				}
+				b.StartTimer()
+			}
+		})
+	}
 }
