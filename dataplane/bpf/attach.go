@@ -84,7 +84,8 @@ func (d *Datapath) resumeLinks(ctx context.Context) error {
 }
 
 // AttachEndpoint makes an endpoint enforce pol: its identity and policy are written
-// first, then the programs are attached to its host veth in both directions, so the
+// and the programs attached to its host veth in both directions, which drop all of
+// its traffic until its policy is in place; all is done before it returns, so the
 // first packet the pod sends is already under policy. Calling it again for an
 // attached endpoint updates it in place.
 func (d *Datapath) AttachEndpoint(ctx context.Context, ep Endpoint, pol *compile.EndpointPolicy) error {
@@ -95,8 +96,8 @@ func (d *Datapath) AttachEndpoint(ctx context.Context, ep Endpoint, pol *compile
 // AttachEndpoint does each, and returns each one's error. A burst of pods starting
 // together would otherwise wait for the kernel's grace periods in turn (a policy
 // map and a connection table installed, two tcx links, each waits for one): their
-// policy maps go in with one batch update, and the rest is done for all of them at
-// once, so that their waits overlap.
+// policy maps go in with one batch update and their connection tables with
+// another, while the links are attached for all of them at once.
 func (d *Datapath) AttachEndpoints(ctx context.Context, eps []Endpoint, pols []*compile.EndpointPolicy) []error {
 	errs := make([]error, len(eps))
 	var write []endpointPolicy
@@ -122,14 +123,38 @@ func (d *Datapath) AttachEndpoints(ctx context.Context, eps []Endpoint, pols []*
 		}
 	}
 	write, idx = keepUnfailed(write, idx, errs)
-	for j, err := range d.syncPolicies(write) {
-		errs[idx[j]] = err
-	}
+	// The policy maps' and the tables' batch updates each wait for a grace
+	// period, and so does every tcx link, one after another under the kernel's
+	// rtnl lock: the maps go in beside the links so that their waits overlap.
+	// Until its policy is in place the programs drop all of an endpoint's
+	// traffic, and nothing returns before all is done.
+	tables := make(chan []error, 1)
+	go func() { tables <- d.writeTables(write) }()
 	d.attachAllPrograms(ctx, eps, idx, errs)
+	for j, err := range <-tables {
+		errs[idx[j]] = errors.Join(errs[idx[j]], err)
+	}
 	for _, i := range idx {
 		if errs[i] == nil {
 			errs[i] = d.attachedLocked(eps[i])
 		}
+	}
+	return errs
+}
+
+// writeTables installs the policy maps and the connection tables of eps, the two
+// batch updates side by side so that their waits overlap, and returns each one's
+// error. Call with d.mu held.
+func (d *Datapath) writeTables(eps []endpointPolicy) []error {
+	ifindexes := make([]int, len(eps))
+	for j, ep := range eps {
+		ifindexes[j] = ep.ifindex
+	}
+	estErrs := make(chan []error, 1)
+	go func() { estErrs <- d.ensureEstTables(ifindexes) }()
+	errs := d.syncPolicies(eps)
+	for j, err := range <-estErrs {
+		errs[j] = errors.Join(errs[j], err)
 	}
 	return errs
 }
@@ -178,13 +203,9 @@ func (d *Datapath) attachAllPrograms(ctx context.Context, eps []Endpoint, idx []
 	wg.Wait()
 }
 
-// attachPrograms gives ep (its policy in place) its connection table and endpoint
-// entry and attaches the programs. It touches only ep's entries: endpoints are
+// attachPrograms gives ep its endpoint entry and attaches the programs. It touches only ep's entries: endpoints are
 // attached concurrently. Call with d.mu held.
 func (d *Datapath) attachPrograms(ctx context.Context, ep Endpoint) error {
-	if err := d.ensureEstTable(ep.IfIndex); err != nil {
-		return err
-	}
 	info := datapathEndpointInfo{Addr: addrBE(ep.IP), Identity: uint32(ep.Identity)}
 	if err := d.objs.FnEndpoints.Put(uint32(ep.IfIndex), &info); err != nil {
 		return fmt.Errorf("writing endpoint %d: %w", ep.IfIndex, err)

@@ -66,40 +66,98 @@ func (d *Datapath) estTable(ifindex int) (*ebpf.Map, error) {
 }
 
 // ensureEstTable gives an endpoint a table of established connections of the
-// configured size, keeping the one it has (and its connections). A table of another
-// size (changed between agents) is replaced by a copy: copied, swapped in, and
-// copied again for the connections established meanwhile.
+// configured size, as ensureEstTables does.
 func (d *Datapath) ensureEstTable(ifindex int) error {
-	cur, err := d.estTable(ifindex)
-	if err != nil {
-		return err
-	}
-	if cur != nil {
-		defer cur.Close()
-		if cur.MaxEntries() == d.ctEst.MaxEntries {
-			return nil
+	return d.ensureEstTables([]int{ifindex})[0]
+}
+
+// ensureEstTables gives each endpoint a table of established connections of the
+// configured size, keeping the one it has (and its connections), and returns each
+// one's error. A table of another size (changed between agents) is replaced by a
+// copy: copied, swapped in, and copied again for the connections established
+// meanwhile. Every map-in-map update from user space waits for an RCU grace
+// period, which one endpoint after another added up across a pod burst: the new
+// tables go in with one batch update, with one wait at its end.
+func (d *Datapath) ensureEstTables(ifindexes []int) []error {
+	errs := make([]error, len(ifindexes))
+	var keys, fds []uint32
+	var idx []int                // ifindexes index of each key
+	var tables, olds []*ebpf.Map // each key's new table, and the one it replaces (or nil)
+	defer func() {
+		for i := range tables {
+			tables[i].Close()
+			if olds[i] != nil {
+				olds[i].Close()
+			}
 		}
-	}
-	m, err := ebpf.NewMap(d.ctEst)
-	if err != nil {
-		return fmt.Errorf("creating the connection table of endpoint %d: %w", ifindex, err)
-	}
-	defer m.Close()
+	}()
 	all := func(*datapathCtKey) bool { return true }
-	if cur != nil {
-		if _, _, err := copyCT(cur, m, all); err != nil {
-			return fmt.Errorf("copying the connection table of endpoint %d: %w", ifindex, err)
+	for j, ifindex := range ifindexes {
+		m, cur, err := d.newEstTable(ifindex)
+		if err != nil {
+			errs[j] = err
+			continue
+		}
+		if m == nil {
+			continue // it has one of the configured size
+		}
+		tables, olds = append(tables, m), append(olds, cur)
+		keys = append(keys, uint32(ifindex))
+		fds = append(fds, uint32(m.FD()))
+		idx = append(idx, j)
+	}
+	if len(keys) == 0 {
+		return errs
+	}
+	n, err := d.objs.FnCtEst.BatchUpdate(keys, fds, nil)
+	if err != nil {
+		// Not supported, or one entry failed: the rest one by one, each with its error.
+		for k := n; k < len(keys); k++ {
+			if err := d.objs.FnCtEst.Put(keys[k], fds[k]); err != nil {
+				errs[idx[k]] = fmt.Errorf("installing the connection table of endpoint %d: %w", keys[k], err)
+			}
 		}
 	}
-	if err := d.objs.FnCtEst.Put(uint32(ifindex), m); err != nil {
-		return fmt.Errorf("installing the connection table of endpoint %d: %w", ifindex, err)
-	}
-	if cur != nil {
-		if _, _, err := copyCT(cur, m, all); err != nil {
-			return fmt.Errorf("copying the connection table of endpoint %d: %w", ifindex, err)
+	for k, cur := range olds {
+		if cur == nil || errs[idx[k]] != nil {
+			continue
+		}
+		if _, _, err := copyCT(cur, tables[k], all); err != nil {
+			errs[idx[k]] = fmt.Errorf("copying the connection table of endpoint %d: %w", keys[k], err)
 		}
 	}
-	return nil
+	return errs
+}
+
+// newEstTable is a new table of established connections for the endpoint on
+// ifindex holding what its current table (returned too, or nil) holds; nil, nil
+// if it has one of the configured size.
+func (d *Datapath) newEstTable(ifindex int) (m, cur *ebpf.Map, err error) {
+	cur, err = d.estTable(ifindex)
+	if err != nil {
+		return nil, nil, err
+	}
+	if cur != nil && cur.MaxEntries() == d.ctEst.MaxEntries {
+		cur.Close()
+		return nil, nil, nil
+	}
+	fail := func(err error) (*ebpf.Map, *ebpf.Map, error) {
+		if cur != nil {
+			cur.Close()
+		}
+		return nil, nil, err
+	}
+	m, err = ebpf.NewMap(d.ctEst)
+	if err != nil {
+		return fail(fmt.Errorf("creating the connection table of endpoint %d: %w", ifindex, err))
+	}
+	if cur != nil {
+		if _, _, err := copyCT(cur, m, func(*datapathCtKey) bool { return true }); err != nil {
+			m.Close()
+			return fail(fmt.Errorf("copying the connection table of endpoint %d: %w", ifindex, err))
+		}
+	}
+	return m, cur, nil
 }
 
 // copyCT copies the entries of from that match into to, never over an entry to

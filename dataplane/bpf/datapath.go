@@ -2,11 +2,14 @@ package bpf
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	"github.com/cilium/ebpf"
@@ -119,10 +122,8 @@ func LoadWith(ctx context.Context, pinDir string, opts Options) (*Datapath, erro
 	if err != nil {
 		return fail(err)
 	}
-	for ifindex := range eps {
-		if err := d.ensureEstTable(ifindex); err != nil {
-			return fail(err)
-		}
+	if err := errors.Join(d.ensureEstTables(slices.Collect(maps.Keys(eps)))...); err != nil {
+		return fail(err)
 	}
 	if err := d.resumeLinks(ctx); err != nil {
 		return fail(err)
