@@ -44,6 +44,13 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	if err := o.Validate(); err != nil {
 		return Result{}, err
 	}
+	var waited time.Duration
+	if o.Test == TCPCRR {
+		var err error
+		if waited, err = drainTimeWait(ctx, 65*time.Second); err != nil {
+			return Result{}, err
+		}
+	}
 	now := time.Now()
 	w := window{start: now, from: now.Add(o.Warmup), to: now.Add(o.Warmup + o.Duration)}
 	ctx, cancel := context.WithDeadline(ctx, w.to.Add(o.DialTimeout+o.LossTimeout))
@@ -65,7 +72,9 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		})
 	}
 	wg.Wait()
-	return summarise(o, w, workers)
+	r, err := summarise(o, w, workers)
+	r.TimeWaitWaitedS = waited.Seconds()
+	return r, err
 }
 
 func summarise(o Options, w window, workers []worker) (Result, error) {

@@ -189,6 +189,9 @@ type Result struct {
 	Lost       int64   `json:"lost,omitempty"`
 	Errors     int64   `json:"errors,omitempty"`
 	FirstError string  `json:"first_error,omitempty"`
+	// TimeWaitWaitedS is how long TCP_CRR waited, before its warm-up, for the
+	// TIME_WAIT sockets of earlier runs to expire (drainTimeWait).
+	TimeWaitWaitedS float64 `json:"time_wait_waited_s,omitempty"`
 }
 
 // TextHeader and Text print a result as one aligned line of a table; "-"
