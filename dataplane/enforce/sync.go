@@ -96,10 +96,7 @@ func (e *Enforcer) waitSynced(ctx context.Context) error {
 // writePending for the writer's way, which lets the informers go on meanwhile).
 func (e *Enforcer) flushApply(ctx context.Context) error {
 	up := e.compileLocked()
-	t0 := time.Now()
-	err := e.d.Apply(ctx, up, e.ifindexOf)
-	e.metrics.Sync.Observe(time.Since(t0).Seconds())
-	return e.appliedLocked(ctx, up, err)
+	return e.appliedLocked(ctx, up, e.apply(ctx, up, e.attached))
 }
 
 // compileLocked takes the compiler's changes since the last write: after a failed
@@ -217,9 +214,4 @@ func (e *Enforcer) blame(key string, err error, isolated bool) endpointFailure {
 // cache failure, else the endpoints and prefixes that failed.
 func (e *Enforcer) retry(ctx context.Context) error {
 	return e.writePending(ctx, true)
-}
-
-func (e *Enforcer) ifindexOf(ns, name string) (int, bool) {
-	ep, ok := e.attached[ns+"/"+name]
-	return ep.HostIfIndex, ok
 }

@@ -4,6 +4,9 @@ import (
 	"context"
 	"maps"
 	"time"
+
+	"github.com/flatnet/flatnet/dataplane/compile"
+	"github.com/flatnet/flatnet/dataplane/endpointapi"
 )
 
 // Datapath writes are coalesced the way Cilium folds endpoint regenerations into
@@ -65,14 +68,21 @@ func (e *Enforcer) writePendingLocked(ctx context.Context, retry bool) error {
 	attached := maps.Clone(e.attached)
 	e.mu.Unlock()
 
+	err := e.apply(ctx, up, attached)
+
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.appliedLocked(ctx, up, err)
+}
+
+// apply writes up into the datapath, the endpoints' interfaces looked up in
+// attached, and records how long it took.
+func (e *Enforcer) apply(ctx context.Context, up compile.Update, attached map[string]endpointapi.Endpoint) error {
 	t0 := time.Now()
 	err := e.d.Apply(ctx, up, func(ns, name string) (int, bool) {
 		ep, ok := attached[ns+"/"+name]
 		return ep.HostIfIndex, ok
 	})
 	e.metrics.Sync.Observe(time.Since(t0).Seconds())
-
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.appliedLocked(ctx, up, err)
+	return err
 }
