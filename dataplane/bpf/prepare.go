@@ -23,10 +23,42 @@ const PreparedPolicyEntries = 512
 // AttachEndpoints of a prepared interface only writes map entries.
 func (d *Datapath) PrepareInterfaces(ctx context.Context, ifindexes []int) []error {
 	errs := make([]error, len(ifindexes))
+	ifs, idx, maps, perrs := d.prepareMaps(ifindexes, errs)
+	// The links without d.mu: their waits, under the kernel's rtnl lock, must not
+	// hold up the attaches of pods starting meanwhile. Nothing else knows these
+	// interfaces yet.
+	lerrs := make([]error, len(ifs))
+	all := make([]int, len(ifs))
+	for j := range all {
+		all[j] = j
+	}
+	concurrently(all, lerrs, func(j int) error { return d.attachLinks(ctx, ifs[j]) })
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for j, ifindex := range ifs {
+		i := idx[j]
+		if errs[i] = errors.Join(perrs[j], lerrs[j]); errs[i] == nil {
+			if d.prepared == nil {
+				d.prepared = map[int]*ebpf.Map{}
+			}
+			d.prepared[ifindex] = maps[j]
+			continue
+		}
+		if maps[j] != nil {
+			maps[j].Close()
+		}
+		errs[i] = errors.Join(errs[i], d.detachLocked(ifindex))
+	}
+	return errs
+}
+
+// prepareMaps checks the interfaces (errs gets the refused ones' errors) and
+// installs the empty policy maps and connection tables of the others, returned
+// (ifs, with their ifindexes index) with the maps and each one's error.
+func (d *Datapath) prepareMaps(ifindexes []int, errs []error) (ifs, idx []int, maps []*ebpf.Map, perrs []error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var eps []endpointPolicy
-	var idx []int // ifindexes index of each eps
 	for i, ifindex := range ifindexes {
 		var info datapathEndpointInfo
 		switch {
@@ -43,36 +75,18 @@ func (d *Datapath) PrepareInterfaces(ctx context.Context, ifindexes []int) []err
 		errs[idx[j]] = err
 	}
 	eps, idx = keepUnfailed(eps, idx, errs)
-	ifs := make([]int, len(eps))
+	ifs = make([]int, len(eps))
 	for j, ep := range eps {
 		ifs[j] = ep.ifindex
 	}
-	// The three waits overlap: the policy maps' batch, the tables' batch, the links.
+	// The two batches' waits overlap.
 	tables := make(chan []error, 1)
 	go func() { tables <- d.ensureEstTables(ifs) }()
-	maps, perrs := d.installEmptyPolicyMaps(ifs)
-	lerrs := make([]error, len(eps))
-	all := make([]int, len(eps))
-	for j := range all {
-		all[j] = j
+	maps, perrs = d.installEmptyPolicyMaps(ifs)
+	for j, err := range <-tables {
+		perrs[j] = errors.Join(perrs[j], err)
 	}
-	concurrently(all, lerrs, func(j int) error { return d.attachLinks(ctx, ifs[j]) })
-	terrs := <-tables
-	for j, ifindex := range ifs {
-		i := idx[j]
-		if errs[i] = errors.Join(perrs[j], terrs[j], lerrs[j]); errs[i] == nil {
-			if d.prepared == nil {
-				d.prepared = map[int]*ebpf.Map{}
-			}
-			d.prepared[ifindex] = maps[j]
-			continue
-		}
-		if maps[j] != nil {
-			maps[j].Close()
-		}
-		errs[i] = errors.Join(errs[i], d.detachLocked(ifindex))
-	}
-	return errs
+	return ifs, idx, maps, perrs
 }
 
 // installEmptyPolicyMaps gives each interface an empty policy map of
