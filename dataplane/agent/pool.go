@@ -103,9 +103,6 @@ func (p *Pool) ObserveAdd(ifindex int) {
 // Run keeps the pool full until ctx ends, then empties it. Call it in the host
 // network namespace.
 func (p *Pool) Run(ctx context.Context) error {
-	if err := os.MkdirAll(p.dir, 0o700); err != nil {
-		return fmt.Errorf("create the warm pool dir %s: %w", p.dir, err)
-	}
 	// Pairs an earlier agent left: its datapath state is not this one's to reuse.
 	if err := p.Drain(context.WithoutCancel(ctx)); err != nil {
 		p.log.Warn("delete the warm pool an earlier agent left", "err", err)
@@ -162,6 +159,9 @@ func poolLinks() (map[string]int, error) {
 // Refill sweeps the pool (pairs claimed and abandoned, files without pairs) and
 // creates, prepares and publishes pairs up to its size, at most poolBatch.
 func (p *Pool) Refill(ctx context.Context) error {
+	if err := os.MkdirAll(p.dir, 0o700); err != nil {
+		return fmt.Errorf("create the warm pool dir %s: %w", p.dir, err)
+	}
 	links, err := poolLinks()
 	if err != nil {
 		return err
