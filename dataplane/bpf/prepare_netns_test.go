@@ -50,28 +50,6 @@ func policyMapID(t *testing.T, d *Datapath, ifindex int) ebpf.MapID {
 	return id
 }
 
-// TestNetnsPreparedFirstPacketUnderPolicy is TestNetnsFirstPacketUnderPolicy for
-// pods on prepared (warm pool) interfaces.
-func TestNetnsPreparedFirstPacketUnderPolicy(t *testing.T) {
-	n := newTestNode(t)
-	server := n.addServer()
-	server.serveTCP(t, 80)
-	n.attach = prepareThenAttach(t, n)
-	n.cnp("locked", `
-  endpointSelector: {matchLabels: {app: locked}}
-  ingress: [{}]
-  egress: [{}]
-`)
-	locked := n.addPod("default", "locked", "10.224.2.40", map[string]string{"app": "locked"})
-	locked.serveTCP(t, 80)
-	wantBlocked(t, "first connection of a pooled pod born under egress default deny", locked.tcpQuick(server.ip, 80))
-	wantBlocked(t, "first connection to a pooled pod born under ingress default deny", server.tcpQuick(locked.ip, 80))
-	free := n.addPod("default", "free", "10.224.2.41", map[string]string{"app": "free"})
-	free.serveTCP(t, 80)
-	wantWorks(t, "a pooled pod no policy selects", free.tcpWorks(server.ip, 80))
-	wantWorks(t, "to a pooled pod no policy selects", server.tcpWorks(free.ip, 80))
-}
-
 // TestNetnsPreparedInterfacePassesNothing: a prepared interface no endpoint has
 // claimed drops everything both ways, and detaching it leaves no pin behind.
 func TestNetnsPreparedInterfacePassesNothing(t *testing.T) {

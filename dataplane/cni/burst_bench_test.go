@@ -129,16 +129,14 @@ func BenchmarkBurstAdd(b *testing.B) {
 			n, a, pool := burstNode(b, size)
 			list := n.conflist(nil)
 			netnses := make([]ns.NetNS, burstPods)
+			ids := make([]string, burstPods)
 			for i := range netnses {
-				netnses[i] = podnettest.NewNS(b)
+				netnses[i], ids[i] = podnettest.NewNS(b), fmt.Sprintf("b%03d", i)
 			}
 			var adds, bursts []time.Duration
 			for range b.N {
 				b.StopTimer()
 				refill(b, n, pool, size)
-				a.mu.Lock()
-				a.puts = a.puts[:0:0]
-				a.mu.Unlock()
 				walls := make([]time.Duration, burstPods)
 				errs := make([]error, burstPods)
 				var wg sync.WaitGroup
@@ -148,7 +146,7 @@ func BenchmarkBurstAdd(b *testing.B) {
 					wg.Go(func() {
 						errs[i] = n.NS.Do(func(ns.NetNS) error {
 							start := time.Now()
-							_, err := n.cniConfig().AddNetworkList(context.Background(), list, rt(fmt.Sprintf("b%03d", i), netnses[i]))
+							_, err := n.cniConfig().AddNetworkList(context.Background(), list, rt(ids[i], netnses[i]))
 							walls[i] = time.Since(start)
 							return err
 						})
@@ -163,11 +161,7 @@ func BenchmarkBurstAdd(b *testing.B) {
 					}
 				}
 				adds = append(adds, walls...)
-				for i := range burstPods {
-					wg.Go(func() { errs[i] = n.delNoFail(fmt.Sprintf("b%03d", i), netnses[i].Path()) })
-				}
-				wg.Wait()
-				for i, err := range errs {
+				for i, err := range n.delAll(ids, netnses) {
 					if err != nil {
 						b.Fatalf("DEL %d: %v", i, err)
 					}
@@ -178,14 +172,8 @@ func BenchmarkBurstAdd(b *testing.B) {
 			a.mu.Lock()
 			puts := slices.Clone(a.puts)
 			a.mu.Unlock()
-			for _, m := range []struct {
-				name string
-				d    []time.Duration
-			}{{"add", adds}, {"agent", puts}} {
-				slices.Sort(m.d)
-				b.ReportMetric(ms(pct(m.d, 50)), m.name+"-p50-ms")
-				b.ReportMetric(ms(pct(m.d, 99)), m.name+"-p99-ms")
-			}
+			reportPercentiles(b, "add", adds)
+			reportPercentiles(b, "agent", puts)
 			slices.Sort(bursts)
 			b.ReportMetric(ms(pct(bursts, 50)), "burst-ms")
 		})

@@ -3,7 +3,6 @@ package cni_test
 import (
 	"fmt"
 	"net/netip"
-	"os"
 	"sync"
 	"testing"
 
@@ -17,30 +16,22 @@ import (
 // fillPool creates and publishes size warm-pool pairs as the agent does (without
 // the datapath: the agent here is a stand-in) and returns their host indexes.
 func (n *node) fillPool(size int) map[int]string {
-	n.T.Helper()
-	dir := podnet.PoolDir(n.dataDir)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		n.T.Fatal(err)
-	}
 	pool := map[int]string{}
-	n.Do(func() error {
-		for range size {
-			id, err := podnet.NewPoolID()
-			if err != nil {
-				return err
-			}
-			i, err := podnet.CreatePoolPair(id, 0)
-			if err != nil {
-				return err
-			}
-			pool[i] = id
-			if err := podnet.PublishPoolPair(dir, id); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	for id, i := range podnettest.FillPool(n.T, n.NS, podnet.PoolDir(n.dataDir), size, 0) {
+		pool[i] = id
+	}
 	return pool
+}
+
+// delAll DELs pods ids[i] of netnses[i] at once and returns each one's error.
+func (n *node) delAll(ids []string, netnses []ns.NetNS) []error {
+	errs := make([]error, len(ids))
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		wg.Go(func() { errs[i] = n.delNoFail(id, netnses[i].Path()) })
+	}
+	wg.Wait()
+	return errs
 }
 
 // TestConcurrentAddsWithPool: 30 ADDs at once with a pool of 0, 5 and 40 pairs all
@@ -58,10 +49,14 @@ func TestConcurrentAddsWithPool(t *testing.T) {
 			for i := range netnses {
 				netnses[i] = podnettest.NewNS(t)
 			}
+			ids := make([]string, pods)
+			for i := range ids {
+				ids[i] = fmt.Sprintf("c%03d", i)
+			}
 			errs := make([]error, pods)
 			var wg sync.WaitGroup
 			for i := range pods {
-				wg.Go(func() { _, errs[i] = n.add(n.conflist(nil), fmt.Sprintf("c%03d", i), netnses[i]) })
+				wg.Go(func() { _, errs[i] = n.add(n.conflist(nil), ids[i], netnses[i]) })
 			}
 			wg.Wait()
 			for i, err := range errs {
@@ -94,11 +89,7 @@ func TestConcurrentAddsWithPool(t *testing.T) {
 			if pooled != min(pods, size) {
 				t.Errorf("%d pods got a pool pair, want %d", pooled, min(pods, size))
 			}
-			for i := range pods {
-				wg.Go(func() { errs[i] = n.delNoFail(fmt.Sprintf("c%03d", i), netnses[i].Path()) })
-			}
-			wg.Wait()
-			for i, err := range errs {
+			for i, err := range n.delAll(ids, netnses) {
 				if err != nil {
 					t.Errorf("DEL %d: %v", i, err)
 				}

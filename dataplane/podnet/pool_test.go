@@ -18,29 +18,9 @@ import (
 
 // fillPool creates and publishes n pool pairs in the node, as the agent does, and
 // returns the pool directory and the pairs' host indexes by id.
-func (n *node) fillPool(n0 int, mtu int) (string, map[string]int) {
-	n.T.Helper()
+func (n *node) fillPool(size, mtu int) (string, map[string]int) {
 	dir := podnet.PoolDir(n.T.TempDir())
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		n.T.Fatal(err)
-	}
-	idx := map[string]int{}
-	n.Do(func() error {
-		for range n0 {
-			id, err := podnet.NewPoolID()
-			if err != nil {
-				return err
-			}
-			if idx[id], err = podnet.CreatePoolPair(id, mtu); err != nil {
-				return err
-			}
-			if err := podnet.PublishPoolPair(dir, id); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	return dir, idx
+	return dir, podnettest.FillPool(n.T, n.NS, dir, size, mtu)
 }
 
 // setupPooled claims a pair of dir and plumbs attachment id/eth0 of pod on it.
