@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/vishvananda/netlink"
 
 	"github.com/flatnet/flatnet/dataplane/bpf"
@@ -182,5 +184,34 @@ func TestPoolRestartLeaksNothing(t *testing.T) {
 	}
 	if links := podnettest.Links(t, pn.node.NS); !slices.Contains(links, podnet.HostVethName("c-pod", "eth0")) {
 		t.Errorf("the pod's host veth is gone: %v", links)
+	}
+}
+
+// TestPoolRunFillsCountsAndEmpties runs the pool as the agent does: it fills up,
+// counts an ADD on one of its pairs as a claim and one on another interface as a
+// miss, and leaves nothing when it stops.
+func TestPoolRunFillsCountsAndEmpties(t *testing.T) {
+	pn := newPoolNode(t, 4)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- pn.node.NS.Do(func(ns.NetNS) error { return pn.pool.Run(ctx) }) }()
+	for deadline := time.Now().Add(30 * time.Second); len(pn.free()) < 4; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("the pool never filled: %d of 4 published", len(pn.free()))
+		}
+	}
+	pairs := pn.pairs()
+	pn.pool.ObserveAdd(pairs[pn.free()[0]])
+	pn.pool.ObserveAdd(1) // the node's lo: not prepared
+	if c, m := testutil.ToFloat64(pn.pool.claims), testutil.ToFloat64(pn.pool.misses); c != 1 || m != 1 {
+		t.Errorf("claims %v, misses %v: want 1 and 1", c, m)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if free, pairs, pins := pn.free(), pn.pairs(), pn.pinned(); len(free)+len(pairs)+len(pins) > 0 {
+		t.Errorf("after the pool stopped: published %v, pairs %v, pinned links %v", free, pairs, pins)
 	}
 }
