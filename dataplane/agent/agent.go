@@ -74,6 +74,10 @@ type Config struct {
 	Reconcile, LeakGrace time.Duration
 	// Hook receives the node's endpoints; nil means NoPolicy.
 	Hook EndpointHook
+	// PoolSize is how many veth pairs the warm pool keeps ready for pods (0:
+	// none); the pool needs Preparer (the policy datapath) to prepare them.
+	PoolSize int
+	Preparer InterfacePreparer
 	// API, when set, is served on APIAddr (flows and explain).
 	API http.Handler
 }
@@ -95,6 +99,7 @@ type Agent struct {
 	synced []cache.InformerSynced // the pod and node informers'
 	kick   chan struct{}
 	leaks  LeakFinder
+	pool   *Pool // nil: none
 	lastSt *cluster.IPBlockStatus
 	warned string
 }
@@ -112,6 +117,9 @@ func New(cfg Config, log *slog.Logger, kube kubernetes.Interface, dyn dynamic.In
 	if err := checkLoopback(cfg.APIAddr); err != nil {
 		return nil, err
 	}
+	if cfg.PoolSize < 0 {
+		return nil, fmt.Errorf("pool size %d: must be 0 (no warm pool) or more; pass --pool-size", cfg.PoolSize)
+	}
 	if cfg.Reconcile <= 0 {
 		cfg.Reconcile = 30 * time.Second
 	}
@@ -128,6 +136,10 @@ func New(cfg Config, log *slog.Logger, kube kubernetes.Interface, dyn dynamic.In
 		kick: make(chan struct{}, 1), leaks: LeakFinder{Grace: cfg.LeakGrace},
 	}
 	eps.OnChange = a.poke
+	if cfg.PoolSize > 0 && cfg.Preparer != nil {
+		a.pool = NewPool(podnet.PoolDir(a.allocDir()), cfg.PoolSize, cfg.MTU, cfg.Preparer, log, m)
+		eps.pool = a.pool
+	}
 	if err := a.watch(factory); err != nil {
 		return nil, err
 	}
@@ -170,6 +182,20 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.ready.Store(true)
+	if a.pool != nil {
+		if a.pool.mtu == 0 {
+			a.pool.mtu = uplinkMTU(a.uplink)
+		}
+		poolDone := make(chan struct{})
+		go func() {
+			defer close(poolDone)
+			if err := a.pool.Run(ctx); err != nil {
+				a.log.Error("warm pool stopped: pods are attached the slow way", "err", err)
+			}
+		}()
+		// Emptied before Run returns, while the datapath is still open.
+		defer func() { cancel(); <-poolDone }()
+	}
 	a.log.Info("node network ready", "node", a.cfg.NodeName, "block", a.block.Name, "first", a.block.Spec.First, "size", a.block.Spec.Size, "uplink", a.uplink)
 
 	t := time.NewTicker(a.cfg.Reconcile)
@@ -398,6 +424,14 @@ func (a *Agent) reconcile(ctx context.Context) {
 }
 
 // linkExists reports whether the agent's network namespace has the interface.
+// uplinkMTU is the MTU the plugin gives pods when none is configured.
+func uplinkMTU(name string) int {
+	if l, err := netlink.LinkByName(name); err == nil {
+		return l.Attrs().MTU
+	}
+	return 0
+}
+
 func linkExists(name string) bool {
 	_, err := netlink.LinkByName(name)
 	return err == nil

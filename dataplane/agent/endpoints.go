@@ -65,6 +65,7 @@ type Endpoints struct {
 	dir     string
 	hook    EndpointHook
 	metrics *Metrics
+	pool    *Pool // counts claims and misses; nil: no warm pool
 
 	// OnChange, when set, runs after every successful Put or Delete (the
 	// agent refreshes the block's status).
@@ -183,6 +184,7 @@ func (e *Endpoints) PutEndpoint(ctx context.Context, ep endpointapi.Endpoint) er
 			}
 		}
 	}
+	e.pool.ObserveAdd(ep.HostIfIndex)
 	if err := e.hook.Attach(ctx, ep); err != nil {
 		return fmt.Errorf("attach datapath to %s: %w", ep.HostIfName, err)
 	}

@@ -105,7 +105,7 @@ func runWithPolicy(ctx context.Context, cfg RunConfig, log *slog.Logger, kube ku
 	api.Handle("GET "+enforce.RejectedPath, enf.RejectedHandler())
 	api.Handle(ExplainPath, ExplainHandler(enf, cfg.NodeName))
 	api.Handle("/", flows.Handler(store))
-	cfg.Hook, cfg.API = enf, api
+	cfg.Hook, cfg.API, cfg.Preparer = enf, api, enf.Datapath()
 	a, err := New(cfg.Config, log, kube, dyn, factory)
 	if err != nil {
 		return err

@@ -123,6 +123,8 @@ func (d *Datapath) AttachEndpoints(ctx context.Context, eps []Endpoint, pols []*
 		}
 	}
 	write, idx = keepUnfailed(write, idx, errs)
+	// Interfaces of the warm pool have their programs and maps: entries only.
+	write, idx = d.attachPrepared(eps, write, idx, errs)
 	// The policy maps' and the tables' batch updates each wait for a grace
 	// period, and so does every tcx link, one after another under the kernel's
 	// rtnl lock: the maps go in beside the links so that their waits overlap.
@@ -174,8 +176,7 @@ func keepUnfailed(write []endpointPolicy, idx []int, errs []error) ([]endpointPo
 }
 
 // attachAllPrograms runs attachPrograms for the endpoints eps[idx...] without an
-// error yet, concurrently, each in the caller's network namespace (interface
-// indexes are its). errs gets each one's error.
+// error yet, concurrently. errs gets each one's error.
 func (d *Datapath) attachAllPrograms(ctx context.Context, eps []Endpoint, idx []int, errs []error) {
 	var todo []int
 	for _, i := range idx {
@@ -183,8 +184,14 @@ func (d *Datapath) attachAllPrograms(ctx context.Context, eps []Endpoint, idx []
 			todo = append(todo, i)
 		}
 	}
+	concurrently(todo, errs, func(i int) error { return d.attachPrograms(ctx, eps[i]) })
+}
+
+// concurrently runs fn(i) for every i of todo at once, each in the caller's network
+// namespace (interface indexes are its), and sets errs[i] to its error.
+func concurrently(todo []int, errs []error, fn func(i int) error) {
 	if len(todo) == 1 { // on this thread: it is in the caller's namespace
-		errs[todo[0]] = d.attachPrograms(ctx, eps[todo[0]])
+		errs[todo[0]] = fn(todo[0])
 		return
 	}
 	here, err := ns.GetCurrentNS()
@@ -198,7 +205,7 @@ func (d *Datapath) attachAllPrograms(ctx context.Context, eps []Endpoint, idx []
 	defer here.Close()
 	var wg sync.WaitGroup
 	for _, i := range todo {
-		wg.Go(func() { errs[i] = here.Do(func(ns.NetNS) error { return d.attachPrograms(ctx, eps[i]) }) })
+		wg.Go(func() { errs[i] = here.Do(func(ns.NetNS) error { return fn(i) }) })
 	}
 	wg.Wait()
 }
@@ -210,11 +217,16 @@ func (d *Datapath) attachPrograms(ctx context.Context, ep Endpoint) error {
 	if err := d.objs.FnEndpoints.Put(uint32(ep.IfIndex), &info); err != nil {
 		return fmt.Errorf("writing endpoint %d: %w", ep.IfIndex, err)
 	}
+	return d.attachLinks(ctx, ep.IfIndex)
+}
+
+// attachLinks attaches the programs to the interface in both directions.
+func (d *Datapath) attachLinks(ctx context.Context, ifindex int) error {
 	for _, dir := range []int{dirIngress, dirEgress} {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := d.attach(ep.IfIndex, dir); err != nil {
+		if err := d.attach(ifindex, dir); err != nil {
 			return err
 		}
 	}
@@ -288,6 +300,11 @@ func (d *Datapath) attach(ifindex, dir int) error {
 func (d *Datapath) DetachEndpoint(ctx context.Context, ifindex int) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	return d.detachLocked(ifindex)
+}
+
+// detachLocked is DetachEndpoint with d.mu held.
+func (d *Datapath) detachLocked(ifindex int) error {
 	var errs []error
 	for _, dir := range []int{dirIngress, dirEgress} {
 		pin := d.linkPin(ifindex, dir)
@@ -321,6 +338,7 @@ func (d *Datapath) DetachEndpoint(ctx context.Context, ifindex int) error {
 func (d *Datapath) forget(ifindex int) error {
 	var errs []error
 	key := uint32(ifindex)
+	d.unprepare(ifindex)
 	// First: no more traffic delivered directly to an interface being forgotten.
 	var info datapathEndpointInfo
 	if err := d.objs.FnEndpoints.Lookup(key, &info); err == nil {

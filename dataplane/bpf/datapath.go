@@ -38,9 +38,10 @@ type Datapath struct {
 	ctEst  *ebpf.MapSpec // an endpoint's table of established connections, sized by Options
 
 	mu       sync.Mutex
-	up       *upgrade // pinned maps of another layout being taken over (upgrade.go); nil: none
-	upgraded Upgrade  // what a finished upgrade did
-	orphans  orphans  // forgotten endpoints whose connections are still in fn_ct (conntrack.go)
+	up       *upgrade          // pinned maps of another layout being taken over (upgrade.go); nil: none
+	upgraded Upgrade           // what a finished upgrade did
+	orphans  orphans           // forgotten endpoints whose connections are still in fn_ct (conntrack.go)
+	prepared map[int]*ebpf.Map // interfaces of the warm pool, with their empty policy maps (prepare.go)
 
 	// The IP cache is two layers over one map: identities the compiler gives pod and
 	// node addresses, and the Service flag of Service addresses (ClusterIPs,

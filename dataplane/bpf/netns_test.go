@@ -3,6 +3,7 @@ package bpf
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -322,22 +323,32 @@ func TestEnsureBPFFS(t *testing.T) {
 }
 
 // TestNetnsFirstPacketUnderPolicy: a pod created after its policy is under it from its
-// very first packet, in both directions.
+// very first packet, in both directions, on a fresh interface and on one of the warm
+// pool (prepared beforehand, its attach only writes entries: prepareThenAttach).
 func TestNetnsFirstPacketUnderPolicy(t *testing.T) {
-	n := newTestNode(t)
-	server := n.addServer()
-	server.serveTCP(t, 80)
-	n.cnp("locked", `
+	for _, prepared := range []bool{false, true} {
+		t.Run(fmt.Sprintf("prepared=%v", prepared), func(t *testing.T) {
+			n := newTestNode(t)
+			server := n.addServer()
+			server.serveTCP(t, 80)
+			if prepared {
+				n.attach = prepareThenAttach(t, n)
+			}
+			n.cnp("locked", `
   endpointSelector: {matchLabels: {app: locked}}
   ingress: [{}]
   egress: [{}]
 `)
-	locked := n.addPod("default", "locked", "10.224.2.40", map[string]string{"app": "locked"})
-	locked.serveTCP(t, 80)
-	wantBlocked(t, "first connection of a pod born under egress default deny", locked.tcpQuick(server.ip, 80))
-	wantBlocked(t, "first connection to a pod born under ingress default deny", server.tcpQuick(locked.ip, 80))
-	free := n.addPod("default", "free", "10.224.2.41", map[string]string{"app": "free"})
-	wantWorks(t, "a pod no policy selects", free.tcpWorks(server.ip, 80))
+			locked := n.addPod("default", "locked", "10.224.2.40", map[string]string{"app": "locked"})
+			locked.serveTCP(t, 80)
+			wantBlocked(t, "first connection of a pod born under egress default deny", locked.tcpQuick(server.ip, 80))
+			wantBlocked(t, "first connection to a pod born under ingress default deny", server.tcpQuick(locked.ip, 80))
+			free := n.addPod("default", "free", "10.224.2.41", map[string]string{"app": "free"})
+			free.serveTCP(t, 80)
+			wantWorks(t, "a pod no policy selects", free.tcpWorks(server.ip, 80))
+			wantWorks(t, "to a pod no policy selects", server.tcpWorks(free.ip, 80))
+		})
+	}
 }
 
 // TestServiceHookSurvivesAgentRestarts attaches the Service hook as one agent after

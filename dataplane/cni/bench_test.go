@@ -50,14 +50,15 @@ func BenchmarkAddDel(b *testing.B) {
 	// CPU the plugin processes used per ADD+DEL: unlike wall time, it does not
 	// grow with the machine's load.
 	b.ReportMetric(ms(childCPU()-cpu0)/float64(b.N), "plugin-cpu-ms/op")
-	for _, m := range []struct {
-		op string
-		d  []time.Duration
-	}{{"add", adds}, {"del", dels}} {
-		slices.Sort(m.d)
-		b.ReportMetric(ms(pct(m.d, 50)), m.op+"-p50-ms")
-		b.ReportMetric(ms(pct(m.d, 99)), m.op+"-p99-ms")
-	}
+	reportPercentiles(b, "add", adds)
+	reportPercentiles(b, "del", dels)
+}
+
+// reportPercentiles reports d's p50 and p99 as <name>-p50-ms and <name>-p99-ms.
+func reportPercentiles(b *testing.B, name string, d []time.Duration) {
+	slices.Sort(d)
+	b.ReportMetric(ms(pct(d, 50)), name+"-p50-ms")
+	b.ReportMetric(ms(pct(d, 99)), name+"-p99-ms")
 }
 
 func pct(d []time.Duration, p int) time.Duration {

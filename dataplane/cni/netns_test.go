@@ -177,11 +177,11 @@ func TestConcurrentAddsNeverShareAnAddress(t *testing.T) {
 	if a := n.allocations(); len(a) != pods {
 		t.Fatalf("%d allocations for %d pods", len(a), pods)
 	}
-	for i := range pods {
-		wg.Go(func() { errs[i] = n.delNoFail(fmt.Sprintf("c%03d", i), netnses[i].Path()) })
+	ids := make([]string, pods)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("c%03d", i)
 	}
-	wg.Wait()
-	for i, err := range errs {
+	for i, err := range n.delAll(ids, netnses) {
 		if err != nil {
 			t.Errorf("DEL %d: %v", i, err)
 		}

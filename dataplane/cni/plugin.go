@@ -124,7 +124,7 @@ func add(args *skel.CmdArgs, cfg *cniconf.Config, start time.Time) (answered boo
 		}
 	}()
 
-	pn, err := podnet.Setup(podNS, args.ContainerID, args.IfName, addr, cfg.MTU, up)
+	pn, err := setupPod(podNS, args, cfg, addr, up)
 	if err != nil {
 		return false, types.NewError(types.ErrInternal, fmt.Sprintf("set up pod network for %s: %v", args.ContainerID, err), "")
 	}
@@ -152,6 +152,20 @@ func add(args *skel.CmdArgs, cfg *cniconf.Config, start time.Time) (answered boo
 		}
 	}
 	return answered, types.PrintResult(res, cfg.Raw.CNIVersion)
+}
+
+// setupPod plumbs the pod on a pair of the agent's warm pool when one is free: its
+// programs and maps are in place, so the agent's attach only writes entries and
+// the ADD waits for none of the kernel's grace periods. Else (the pool empty, an
+// agent without one, a claimed pair that failed and was deleted) it creates a pair
+// as always.
+func setupPod(podNS ns.NetNS, args *skel.CmdArgs, cfg *cniconf.Config, addr netip.Addr, up *podnet.Uplink) (*podnet.Veth, error) {
+	if id, err := podnet.ClaimPoolPair(podnet.PoolDir(cfg.DataDir), args.ContainerID); err == nil {
+		if pn, err := podnet.SetupPooled(podNS, id, args.ContainerID, args.IfName, addr, cfg.MTU, up); err == nil {
+			return pn, nil
+		}
+	}
+	return podnet.Setup(podNS, args.ContainerID, args.IfName, addr, cfg.MTU, up)
 }
 
 // result is ADD's result: the pod's /32 on its interface, the gateway and the

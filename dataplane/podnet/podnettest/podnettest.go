@@ -248,3 +248,32 @@ func TCPCounter(name string) (int, error) {
 	}
 	return 0, fmt.Errorf("no Tcp %s in %s", name, path)
 }
+
+// FillPool creates n warm-pool pairs with MTU mtu (0: the kernel's) in node and
+// publishes them in poolDir, as the agent does (without the datapath), and
+// returns their host sides' indexes by pair id.
+func FillPool(t testing.TB, node ns.NetNS, poolDir string, n, mtu int) map[string]int {
+	t.Helper()
+	if err := os.MkdirAll(poolDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	pairs := map[string]int{}
+	if err := node.Do(func(ns.NetNS) error {
+		for range n {
+			id, err := podnet.NewPoolID()
+			if err != nil {
+				return err
+			}
+			if pairs[id], err = podnet.CreatePoolPair(id, mtu); err != nil {
+				return err
+			}
+			if err := podnet.PublishPoolPair(poolDir, id); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("fill the warm pool: %v", err)
+	}
+	return pairs
+}
