@@ -80,6 +80,15 @@ var _ = Describe("apply to enforcement benchmark", Label("bench"), Serial, func(
 			WithContext(ctx).WithTimeout(cluster.Settings.EnforceTimeout).WithPolling(time.Second).Should(Succeed())
 		By(fmt.Sprintf("%d rounds; %d server pods on %d node(s), each watched from a client", rounds, len(pairs), len(nodes)))
 
+		events, err := watchPolicy(ctx, cluster.Clientset, cluster.Dynamic, x, "bench-deny")
+		Expect(err).NotTo(HaveOccurred())
+		maps, err := traceMaps(ctx, pairs)
+		Expect(err).NotTo(HaveOccurred())
+		if maps != nil {
+			DeferCleanup(func() { Expect(maps.Stop()).To(Succeed(), "tracing the agents' policy maps") })
+		}
+		applied, deleted := newBreakdown(), newBreakdown()
+
 		var applyTimes, deleteTimes []time.Duration
 		byKind := map[string][]time.Duration{}
 		for i := range rounds {
@@ -87,13 +96,16 @@ var _ = Describe("apply to enforcement benchmark", Label("bench"), Serial, func(
 			if i%2 == 1 {
 				kind = "CiliumNetworkPolicy"
 			}
-			d, err := timeChange(ctx, ex, snap, pairs, "blocked", func() error { _, err := cluster.Policies.Apply(ctx, sets[kind]); return err })
+			r, err := timeChange(ctx, ex, snap, pairs, "blocked", func() error { _, err := cluster.Policies.Apply(ctx, sets[kind]); return err })
 			Expect(err).NotTo(HaveOccurred(), "round %d: applying the %s", i, kind)
+			applied.record(r, events, maps, pairs)
+			d := r.latency()
 			applyTimes = append(applyTimes, d)
 			byKind[kind] = append(byKind[kind], d)
-			d, err = timeChange(ctx, ex, snap, pairs, "open", func() error { _, err := cluster.Policies.Apply(ctx, background); return err })
+			r, err = timeChange(ctx, ex, snap, pairs, "open", func() error { _, err := cluster.Policies.Apply(ctx, background); return err })
 			Expect(err).NotTo(HaveOccurred(), "round %d: deleting the %s", i, kind)
-			deleteTimes = append(deleteTimes, d)
+			deleted.record(r, events, maps, pairs)
+			deleteTimes = append(deleteTimes, r.latency())
 			if (i+1)%10 == 0 {
 				fmt.Fprintf(os.Stderr, "enforcement benchmark: %d/%d rounds\n", i+1, rounds)
 			}
@@ -109,6 +121,7 @@ var _ = Describe("apply to enforcement benchmark", Label("bench"), Serial, func(
 		for _, kind := range []string{"NetworkPolicy", "CiliumNetworkPolicy"} {
 			lines = append(lines, fmt.Sprintf("  %s applies: %s", kind, percentiles(byKind[kind])))
 		}
+		lines = append(lines, applied.table("apply -> enforced"), deleted.table("delete -> lifted"))
 		for _, l := range lines {
 			GinkgoWriter.Println(l)
 			fmt.Fprintln(os.Stderr, l)
@@ -227,13 +240,14 @@ func allOpen(ctx context.Context, ex podexec.Executor, snap workload.Snapshot, p
 }
 
 // timeChange runs one watch per pair until every one is READY, calls change,
-// and returns the latest CHANGED instant minus the instant before the call.
-func timeChange(ctx context.Context, ex podexec.Executor, snap workload.Snapshot, pairs []benchPair, until string, change func() error) (time.Duration, error) {
+// and returns the instants before and after the call and each watch's CHANGED.
+func timeChange(ctx context.Context, ex podexec.Executor, snap workload.Snapshot, pairs []benchPair, until string, change func() error) (roundTimes, error) {
 	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
 	type result struct {
-		at  time.Time
-		err error
+		server string
+		at     time.Time
+		err    error
 	}
 	ready := make(chan error, len(pairs))
 	done := make(chan result, len(pairs))
@@ -265,36 +279,43 @@ func timeChange(ctx context.Context, ex podexec.Executor, snap workload.Snapshot
 				err = fmt.Errorf("watch in %s -> %s:80 (until %s): %v %s", pod, p.server.Ref(), until, serr, strings.TrimSpace(stderr.String()))
 			}
 			signal(err)
-			done <- result{at, err}
+			done <- result{p.server.Ref(), at, err}
 		}()
 	}
 	for range pairs {
 		if err := <-ready; err != nil {
 			cancel()
-			return 0, err
+			return roundTimes{}, err
 		}
 	}
-	t0 := time.Now()
+	r := roundTimes{t0: time.Now(), changed: map[string]time.Time{}}
 	if err := change(); err != nil {
 		cancel()
-		return 0, err
+		return roundTimes{}, err
 	}
-	var latest time.Time
+	r.api = time.Now()
 	for range pairs {
-		r := <-done
-		if r.err != nil {
-			return 0, r.err
+		res := <-done
+		if res.err != nil {
+			return roundTimes{}, res.err
 		}
-		if r.at.After(latest) {
-			latest = r.at
+		// A watch may start its first attempt in the new state a hair before t0
+		// (its packet met the new policy after all); never more than one interval.
+		if res.at.Before(r.t0.Add(-5 * time.Millisecond)) {
+			return roundTimes{}, fmt.Errorf("the path to %s became %s %s before the change was made: something else changed it", res.server, until, r.t0.Sub(res.at))
 		}
+		r.changed[res.server] = res.at
 	}
-	// A watch may start its first attempt in the new state a hair before t0 (its
-	// packet met the new policy after all); never more than one interval.
-	if latest.Before(t0.Add(-5 * time.Millisecond)) {
-		return 0, fmt.Errorf("a path became %s %s before the change was made: something else changed it", until, t0.Sub(latest))
+	return r, nil
+}
+
+// latency is the round's figure: the latest CHANGED minus t0.
+func (r roundTimes) latency() time.Duration {
+	var latest time.Time
+	for _, at := range r.changed {
+		latest = later(latest, at)
 	}
-	return max(latest.Sub(t0), 0), nil
+	return max(latest.Sub(r.t0), 0)
 }
 
 func percentiles(ds []time.Duration) string {
