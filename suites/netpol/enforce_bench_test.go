@@ -41,12 +41,24 @@ import (
 // namespace y, so every agent running a z pod holds N rules beside the ones
 // timed (issue 20: enforced p99 with 1,000 policies present). They are
 // created once before the first round and deleted after the last.
+// FLATNET_BENCH_PODS=N keeps N more pods present (enforce_pods_test.go).
+// FLATNET_BENCH_TRACE=1 breaks each round down to each node's policy map swap
+// (enforce_trace_test.go).
 var _ = Describe("apply to enforcement benchmark", Label("bench"), Serial, func() {
 	It("times kubectl apply/delete of a policy to enforcement on every node", func(ctx SpecContext) {
 		benchOnly()
 		rounds := envCount("FLATNET_BENCH_APPLIES", 50)
 		x, y, z := model.Namespace("x"), model.Namespace("y"), model.Namespace("z")
 		background := backgroundPolicies(z, y, envCountOrZero("FLATNET_BENCH_BACKGROUND"))
+		present := envCountOrZero("FLATNET_BENCH_PODS")
+		if present > 0 {
+			Expect(benchPodsRoom(ctx, cluster.Clientset, present)).To(Succeed())
+			ns := model.Namespace("present")
+			By(fmt.Sprintf("%d pause pods present in %s", present, ns))
+			Expect(cluster.CreateNamespace(ctx, corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(Succeed())
+			DeferCleanup(func(ctx SpecContext) { Expect(cluster.DeleteNamespaces(ctx, ns)).To(Succeed()) })
+			Expect(createBenchPods(ctx, cluster.Clientset, ns, cluster.Settings.ProbeImage, present)).To(Succeed())
+		}
 		if n := len(background.NetworkPolicies); n > 0 {
 			By(fmt.Sprintf("%d background NetworkPolicies in %s", n, z))
 			DeferCleanup(func(ctx SpecContext) {
@@ -110,13 +122,20 @@ var _ = Describe("apply to enforcement benchmark", Label("bench"), Serial, func(
 				fmt.Fprintf(os.Stderr, "enforcement benchmark: %d/%d rounds\n", i+1, rounds)
 			}
 		}
-		present := ""
+		var with []string
 		if n := len(background.NetworkPolicies); n > 0 {
-			present = fmt.Sprintf(" with %d background policies", n)
+			with = append(with, fmt.Sprintf("%d background policies", n))
+		}
+		if present > 0 {
+			with = append(with, fmt.Sprintf("%d more pods", present))
+		}
+		withText := ""
+		if len(with) > 0 {
+			withText = " with " + strings.Join(with, " and ")
 		}
 		lines := []string{
-			fmt.Sprintf("apply -> enforced on %d node(s), %d applies%s: %s", len(nodes), len(applyTimes), present, percentiles(applyTimes)),
-			fmt.Sprintf("delete -> lifted on %d node(s), %d deletes%s: %s", len(nodes), len(deleteTimes), present, percentiles(deleteTimes)),
+			fmt.Sprintf("apply -> enforced on %d node(s), %d applies%s: %s", len(nodes), len(applyTimes), withText, percentiles(applyTimes)),
+			fmt.Sprintf("delete -> lifted on %d node(s), %d deletes%s: %s", len(nodes), len(deleteTimes), withText, percentiles(deleteTimes)),
 		}
 		for _, kind := range []string{"NetworkPolicy", "CiliumNetworkPolicy"} {
 			lines = append(lines, fmt.Sprintf("  %s applies: %s", kind, percentiles(byKind[kind])))
