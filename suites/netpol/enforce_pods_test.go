@@ -13,6 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/flatnet/flatnet/suites/internal/workload"
 )
 
 // FLATNET_BENCH_PODS=N has the enforcement benchmark run with N more pods
@@ -43,7 +45,7 @@ func benchPodsRoom(ctx context.Context, cs kubernetes.Interface, n int) error {
 	room := 0
 	var per []string
 	for _, nd := range nodes.Items {
-		if !schedulable(nd) {
+		if !workload.Schedulable(nd) {
 			continue
 		}
 		maxPods := int(nd.Status.Allocatable.Pods().Value())
@@ -57,19 +59,6 @@ func benchPodsRoom(ctx context.Context, cs kubernetes.Interface, n int) error {
 			n, room, strings.Join(per, ", "))
 	}
 	return nil
-}
-
-// schedulable: the node takes pods that tolerate nothing.
-func schedulable(nd corev1.Node) bool {
-	if nd.Spec.Unschedulable {
-		return false
-	}
-	for _, t := range nd.Spec.Taints {
-		if t.Effect == corev1.TaintEffectNoSchedule || t.Effect == corev1.TaintEffectNoExecute {
-			return false
-		}
-	}
-	return true
 }
 
 // createBenchPods creates n pause pods in ns, spread evenly over the nodes, and
