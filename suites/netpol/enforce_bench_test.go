@@ -151,6 +151,9 @@ var _ = Describe("apply to enforcement benchmark", Label("bench"), Serial, func(
 
 type benchPair struct{ client, server oracle.Pod }
 
+// watchInterval is how often each watch starts a new connection.
+const watchInterval = 5 * time.Millisecond
+
 // envCountOrZero is envCount with 0 when name is unset.
 func envCountOrZero(name string) int {
 	if os.Getenv(name) == "" {
@@ -273,7 +276,7 @@ func timeChange(ctx context.Context, ex podexec.Executor, snap workload.Snapshot
 	for _, p := range pairs {
 		pod := podexec.Pod{Namespace: p.client.Namespace, Name: p.client.Name, Container: snap.ExecContainers[p.client.Ref()]}
 		cmd := []string{"/probe", "watch", fmt.Sprintf("%s:80", p.server.IP), "--until=" + until,
-			"--interval=5ms", "--timeout=300ms", "--confirm=3", "--deadline=60s"}
+			"--interval=" + watchInterval.String(), "--timeout=300ms", "--confirm=3", "--deadline=60s"}
 		go func() {
 			pr, pw := io.Pipe()
 			var stderr strings.Builder
@@ -320,7 +323,7 @@ func timeChange(ctx context.Context, ex podexec.Executor, snap workload.Snapshot
 		}
 		// A watch may start its first attempt in the new state a hair before t0
 		// (its packet met the new policy after all); never more than one interval.
-		if res.at.Before(r.t0.Add(-5 * time.Millisecond)) {
+		if res.at.Before(r.t0.Add(-watchInterval)) {
 			return roundTimes{}, fmt.Errorf("the path to %s became %s %s before the change was made: something else changed it", res.server, until, r.t0.Sub(res.at))
 		}
 		r.changed[res.server] = res.at

@@ -98,8 +98,9 @@ func (l *eventLog) first(t time.Time) (time.Time, bool) {
 type breakdown struct {
 	stages []string
 	values map[string][]time.Duration
-	// lateSwaps counts rounds where a watch saw the change before the poll
-	// saw its node's swap: the poller ran late (a loaded machine).
+	// lateSwaps counts rounds where a watch saw the change more than one
+	// watch interval before the poll saw its node's swap (an attempt started
+	// a hair before the swap may meet it): the poller ran late.
 	lateSwaps int
 }
 
@@ -134,7 +135,7 @@ func (b *breakdown) record(r roundTimes, events *eventLog, maps *mapwatch.Watche
 		b.add(fmt.Sprintf("policy map of pod %s swapped (%s)", p.server.Name, p.server.Node), s.At.Sub(r.t0))
 		lastSwap = later(lastSwap, s.At)
 		probeLag = max(probeLag, changed.Sub(s.At))
-		late = late || changed.Before(s.At)
+		late = late || changed.Before(s.At.Add(-watchInterval))
 	}
 	if late {
 		b.lateSwaps++
@@ -169,8 +170,8 @@ func (b *breakdown) table(title string) string {
 	}
 	tw.Flush()
 	if b.lateSwaps > 0 {
-		fmt.Fprintf(&sb, "note: in %d round(s) a watch's CHANGED came before its node's swap was seen: the poll ran late "+
-			"(machine load), so those swap instants are upper bounds\n", b.lateSwaps)
+		fmt.Fprintf(&sb, "note: in %d round(s) a watch's CHANGED came over %s before its node's swap was seen: the poll ran late "+
+			"(machine load), so those swap instants are upper bounds\n", b.lateSwaps, watchInterval)
 	}
 	return sb.String()
 }
