@@ -9,7 +9,11 @@
 #   - flow events under a denied-SYN flood (Hubble ServerStatus, GetFlows);
 #     (all three: suites/cmd/bench measure, suites/internal/bench)
 #   - policy apply -> enforced p50/p99 with 1,000 NetworkPolicies present
-#     (suites/netpol's enforcement benchmark, FLATNET_BENCH_BACKGROUND);
+#     (suites/netpol's enforcement benchmark, FLATNET_BENCH_BACKGROUND), and
+#     ENFORCE_PODS more pods (FLATNET_BENCH_PODS; default none: the default
+#     topology's nodes admit 30 pods each); on flatnet broken down per round
+#     into the API call, the watch event and each node's policy map swap
+#     (FLATNET_BENCH_TRACE);
 #   - pod-to-pod TCP_RR/TCP_CRR on one node and across nodes with 0, 1,000 and
 #     10,000 policies vs host->host (make perf: scripts/perf.sh; PERF=0 skips it);
 #   - TCP_CRR/TCP_RR through the programs with 1,000 rules vs no program on netns
@@ -18,7 +22,7 @@
 # table.json, ratios.png, logs).
 #
 #   make bench [CLUSTER=flatnet] [KUBECONFIG=...] [CNI=flatnet|cilium] [APPLIES=20]
-#              [BACKGROUND=1000] [PODS=30] [ROUNDS=2] [PERF=1] [PERF_POLICIES=0,1000,10000]
+#              [BACKGROUND=1000] [ENFORCE_PODS=0] [PODS=30] [ROUNDS=2] [PERF=1] [PERF_POLICIES=0,1000,10000]
 #              [DATAPATH=1] [MEASURE_ARGS=...] [PERF_ARGS=...]
 # BENCH_NO_TABLE=1 BENCH_OUT=DIR: measure only (scripts/bench-peers.sh).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -26,6 +30,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 CNI=${CNI:-flatnet}
 APPLIES=${APPLIES:-20}
 BACKGROUND=${BACKGROUND:-1000}
+ENFORCE_PODS=${ENFORCE_PODS:-0}
 PODS=${PODS:-30}
 ROUNDS=${ROUNDS:-2}
 DATAPATH=${DATAPATH:-1}
@@ -35,7 +40,7 @@ export KUBECONFIG=${KUBECONFIG:-$OUT_DIR/$CLUSTER.kubeconfig}
 out=${BENCH_OUT:-$REPO_ROOT/_artifacts/bench/$CLUSTER}
 
 case "$CNI" in flatnet | cilium) ;; *) die "CNI=$CNI: unknown" "use CNI=flatnet or CNI=cilium" ;; esac
-case "$APPLIES$BACKGROUND$PODS$ROUNDS" in *[!0-9]*) die "APPLIES, BACKGROUND, PODS and ROUNDS must be whole numbers" ;; esac
+case "$APPLIES$BACKGROUND$ENFORCE_PODS$PODS$ROUNDS" in *[!0-9]*) die "APPLIES, BACKGROUND, ENFORCE_PODS, PODS and ROUNDS must be whole numbers" ;; esac
 [ "$(id -u)" = 0 ] || die "bench needs root: it reads the agents' cgroups and Hubble sockets under /proc"
 require_cluster "create it with 'make cluster deploy' (or give KUBECONFIG=)"
 if [ -z "${PROBE_IMAGE:-}" ]; then
@@ -53,14 +58,20 @@ step "bench $CLUSTER ($CNI): start-up, agents, flood (load $(load))"
 "$BIN_DIR/bench" measure --cni "$CNI" --cluster "$CLUSTER" --pods "$PODS" --rounds "$ROUNDS" \
 	--out "$out/result.json" ${MEASURE_ARGS:-} 2> >(tee "$out/measure.log" >&2)
 
-step "bench $CLUSTER: policy apply -> enforced, $APPLIES rounds with $BACKGROUND policies present (load $(load))"
+step "bench $CLUSTER: policy apply -> enforced, $APPLIES rounds with $BACKGROUND policies and $ENFORCE_PODS more pods present (load $(load))"
+# The breakdown reads flatnet's pinned maps in the kind nodes: flatnet only.
+trace=0
+[ "$CNI" = flatnet ] && trace=1
 subnet=$("$BIN_DIR/kubectl" get nodes -o jsonpath='{.items[0].status.addresses[?(@.type=="InternalIP")].address}' | awk -F. '{print $1"."$2".0.0/16"}')
 # A failed benchmark is a finding (e.g. a policy never enforced): said under the
 # table, and the other steps still run.
-if (cd "$REPO_ROOT" && FLATNET_BENCH_APPLIES=$APPLIES FLATNET_BENCH_BACKGROUND=$BACKGROUND FLATNET_NODE_SUBNET=${FLATNET_NODE_SUBNET:-$subnet} \
+if (cd "$REPO_ROOT" && FLATNET_BENCH_APPLIES=$APPLIES FLATNET_BENCH_BACKGROUND=$BACKGROUND FLATNET_BENCH_PODS=$ENFORCE_PODS \
+	FLATNET_BENCH_TRACE=$trace FLATNET_NODE_SUBNET=${FLATNET_NODE_SUBNET:-$subnet} \
 	nice -n 10 "$BIN_DIR/ginkgo" --tags e2e --no-color --label-filter=bench --focus='apply to enforcement' --output-dir "$out" \
 	--junit-report enforce-junit.xml ./suites/netpol >"$out/enforce.log" 2>&1); then
 	"$BIN_DIR/bench" add-enforce "$out/result.json" "$out/enforce.log"
+	# Where the time went (enforce_trace_test.go's tables, printed once each).
+	awk '{t=$0; sub(/^ +/, "", t)} t ~ /ms after the instant before the API call:$/ {p = !seen[t]++} p && t == "" {p=0} p' "$out/enforce.log" >&2
 else
 	why=$(grep -m1 -A3 '\[FAILED\]' "$out/enforce.log" | grep -v '^\s*$' | tail -n +2 | tr -s ' \n' ' ' | cut -c1-300)
 	warn "the enforcement benchmark failed on $CLUSTER: ${why:-see $out/enforce.log}"

@@ -69,6 +69,7 @@ type Enforcer struct {
 	mu       sync.Mutex
 	c        *compile.Compiler
 	pending  int              // changes of the state not written yet
+	arrivals []time.Time      // when each pending change arrived (write.go)
 	attachQ  []*attachRequest // Attach calls waiting (endpoints.go)
 	synced   bool
 	resync   bool // the last write failed: rewrite everything next time

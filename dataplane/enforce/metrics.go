@@ -9,6 +9,9 @@ type Metrics struct {
 	Compile, Sync prometheus.Histogram
 	// Batch is how many changes of the policy state each write carried.
 	Batch prometheus.Histogram
+	// EnforceDelay is, per change, the time from its arrival to the end of the
+	// write that put it in force.
+	EnforceDelay prometheus.Histogram
 	// Rejected counts the policy objects not (fully) in force, by kind and reason.
 	Rejected *prometheus.GaugeVec
 }
@@ -35,11 +38,17 @@ func NewMetrics() *Metrics {
 				"a burst folds into few writes.",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 9),
 		}),
+		EnforceDelay: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "flatnet_policy_enforce_delay_seconds",
+			Help: "Time from a change of the policy state reaching the agent (an informer event, an attach, a detach) " +
+				"to the end of the datapath write that put it in force: the agent's share of apply -> enforced.",
+			Buckets: b,
+		}),
 		Rejected: newRejectedGauge(),
 	}
 }
 
 // Collectors lists the histograms for a registry.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Compile, m.Sync, m.Batch, m.Rejected}
+	return []prometheus.Collector{m.Compile, m.Sync, m.Batch, m.EnforceDelay, m.Rejected}
 }

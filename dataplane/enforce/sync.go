@@ -30,6 +30,9 @@ func (e *Enforcer) Synced(ctx context.Context) error {
 	if err := e.d.SetServices(ctx, e.servicePrefixesLocked()); err != nil {
 		return err
 	}
+	// The first write waits for every informer's list, not for the writer: no
+	// change's enforcement delay.
+	e.takeArrivalsLocked()
 	if err := e.flushApply(ctx); err != nil {
 		// Contained to what failed (and retried); failing the sync would keep
 		// every new pod of the node from starting and restart the agent in a loop.
@@ -95,8 +98,13 @@ func (e *Enforcer) waitSynced(ctx context.Context) error {
 // flushApply writes every pending change, with e.wmu and e.mu held throughout (see
 // writePending for the writer's way, which lets the informers go on meanwhile).
 func (e *Enforcer) flushApply(ctx context.Context) error {
+	arrivals := e.takeArrivalsLocked()
 	up := e.compileLocked()
-	return e.appliedLocked(ctx, up, e.apply(ctx, up, e.attached))
+	err := e.apply(ctx, up, e.attached)
+	done := time.Now()
+	err = e.appliedLocked(ctx, up, err)
+	e.enforcedLocked(arrivals, done)
+	return err
 }
 
 // compileLocked takes the compiler's changes since the last write: after a failed

@@ -24,8 +24,41 @@ import (
 // e.mu only to take the changes and to settle the result, not during the kernel's
 // writes, so the informers keep feeding the next write meanwhile.
 
-// changedLocked counts a change of the policy state to be written. Call with e.mu held.
-func (e *Enforcer) changedLocked() { e.pending++ }
+// changedLocked counts a change of the policy state to be written, arrived now
+// (flatnet_policy_enforce_delay_seconds starts here). Call with e.mu held.
+func (e *Enforcer) changedLocked() {
+	e.pending++
+	if len(e.arrivals) < maxArrivals {
+		e.arrivals = append(e.arrivals, time.Now())
+	}
+}
+
+// maxArrivals bounds the arrival instants kept while writes keep failing; the
+// oldest, which the delay is about, are kept.
+const maxArrivals = 1 << 16
+
+// takeArrivalsLocked takes the arrival instants of the changes a write is about
+// to carry. Call with e.mu held.
+func (e *Enforcer) takeArrivalsLocked() []time.Time {
+	a := e.arrivals
+	e.arrivals = nil
+	return a
+}
+
+// enforcedLocked records, for each change a write carried (arrivals), the delay
+// from its arrival to done, the end of the write that put it in force (the
+// kernel swaps each policy map in up to one RCU grace period before that). The
+// changes of a write that failed as a whole (to be rewritten in full) wait for
+// the write that succeeds. Call with e.mu held, after appliedLocked.
+func (e *Enforcer) enforcedLocked(arrivals []time.Time, done time.Time) {
+	if e.resync {
+		e.arrivals = append(arrivals, e.arrivals...)[:min(len(arrivals)+len(e.arrivals), maxArrivals)]
+		return
+	}
+	for _, a := range arrivals {
+		e.metrics.EnforceDelay.Observe(done.Sub(a).Seconds())
+	}
+}
 
 // queue has the writer (Run) write a change made by one of the informers' handlers;
 // err is the change's own (an invalid object), returned as is.
@@ -62,6 +95,7 @@ func (e *Enforcer) writePendingLocked(ctx context.Context, retry bool) error {
 		e.mu.Unlock()
 		return nil
 	}
+	arrivals := e.takeArrivalsLocked()
 	up := e.compileLocked()
 	// Attaches and detaches hold e.wmu: the endpoints cannot change until the
 	// result is settled.
@@ -69,10 +103,13 @@ func (e *Enforcer) writePendingLocked(ctx context.Context, retry bool) error {
 	e.mu.Unlock()
 
 	err := e.apply(ctx, up, attached)
+	done := time.Now()
 
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.appliedLocked(ctx, up, err)
+	err = e.appliedLocked(ctx, up, err)
+	e.enforcedLocked(arrivals, done)
+	return err
 }
 
 // apply writes up into the datapath, the endpoints' interfaces looked up in

@@ -41,12 +41,24 @@ import (
 // namespace y, so every agent running a z pod holds N rules beside the ones
 // timed (issue 20: enforced p99 with 1,000 policies present). They are
 // created once before the first round and deleted after the last.
+// FLATNET_BENCH_PODS=N keeps N more pods present (enforce_pods_test.go).
+// FLATNET_BENCH_TRACE=1 breaks each round down to each node's policy map swap
+// (enforce_trace_test.go).
 var _ = Describe("apply to enforcement benchmark", Label("bench"), Serial, func() {
 	It("times kubectl apply/delete of a policy to enforcement on every node", func(ctx SpecContext) {
 		benchOnly()
 		rounds := envCount("FLATNET_BENCH_APPLIES", 50)
 		x, y, z := model.Namespace("x"), model.Namespace("y"), model.Namespace("z")
 		background := backgroundPolicies(z, y, envCountOrZero("FLATNET_BENCH_BACKGROUND"))
+		present := envCountOrZero("FLATNET_BENCH_PODS")
+		if present > 0 {
+			Expect(benchPodsRoom(ctx, cluster.Clientset, present)).To(Succeed())
+			ns := model.Namespace("present")
+			By(fmt.Sprintf("%d pause pods present in %s", present, ns))
+			Expect(cluster.CreateNamespace(ctx, corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})).To(Succeed())
+			DeferCleanup(func(ctx SpecContext) { Expect(cluster.DeleteNamespaces(ctx, ns)).To(Succeed()) })
+			Expect(createBenchPods(ctx, cluster.Clientset, ns, cluster.Settings.ProbeImage, present)).To(Succeed())
+		}
 		if n := len(background.NetworkPolicies); n > 0 {
 			By(fmt.Sprintf("%d background NetworkPolicies in %s", n, z))
 			DeferCleanup(func(ctx SpecContext) {
@@ -80,6 +92,15 @@ var _ = Describe("apply to enforcement benchmark", Label("bench"), Serial, func(
 			WithContext(ctx).WithTimeout(cluster.Settings.EnforceTimeout).WithPolling(time.Second).Should(Succeed())
 		By(fmt.Sprintf("%d rounds; %d server pods on %d node(s), each watched from a client", rounds, len(pairs), len(nodes)))
 
+		events, err := watchPolicy(ctx, cluster.Clientset, cluster.Dynamic, x, "bench-deny")
+		Expect(err).NotTo(HaveOccurred())
+		maps, err := traceMaps(ctx, pairs)
+		Expect(err).NotTo(HaveOccurred())
+		if maps != nil {
+			DeferCleanup(func() { Expect(maps.Stop()).To(Succeed(), "tracing the agents' policy maps") })
+		}
+		applied, deleted := newBreakdown(), newBreakdown()
+
 		var applyTimes, deleteTimes []time.Duration
 		byKind := map[string][]time.Duration{}
 		for i := range rounds {
@@ -87,28 +108,39 @@ var _ = Describe("apply to enforcement benchmark", Label("bench"), Serial, func(
 			if i%2 == 1 {
 				kind = "CiliumNetworkPolicy"
 			}
-			d, err := timeChange(ctx, ex, snap, pairs, "blocked", func() error { _, err := cluster.Policies.Apply(ctx, sets[kind]); return err })
+			r, err := timeChange(ctx, ex, snap, pairs, "blocked", func() error { _, err := cluster.Policies.Apply(ctx, sets[kind]); return err })
 			Expect(err).NotTo(HaveOccurred(), "round %d: applying the %s", i, kind)
+			applied.record(r, events, maps, pairs)
+			d := r.latency()
 			applyTimes = append(applyTimes, d)
 			byKind[kind] = append(byKind[kind], d)
-			d, err = timeChange(ctx, ex, snap, pairs, "open", func() error { _, err := cluster.Policies.Apply(ctx, background); return err })
+			r, err = timeChange(ctx, ex, snap, pairs, "open", func() error { _, err := cluster.Policies.Apply(ctx, background); return err })
 			Expect(err).NotTo(HaveOccurred(), "round %d: deleting the %s", i, kind)
-			deleteTimes = append(deleteTimes, d)
+			deleted.record(r, events, maps, pairs)
+			deleteTimes = append(deleteTimes, r.latency())
 			if (i+1)%10 == 0 {
 				fmt.Fprintf(os.Stderr, "enforcement benchmark: %d/%d rounds\n", i+1, rounds)
 			}
 		}
-		present := ""
+		var with []string
 		if n := len(background.NetworkPolicies); n > 0 {
-			present = fmt.Sprintf(" with %d background policies", n)
+			with = append(with, fmt.Sprintf("%d background policies", n))
+		}
+		if present > 0 {
+			with = append(with, fmt.Sprintf("%d more pods", present))
+		}
+		withText := ""
+		if len(with) > 0 {
+			withText = " with " + strings.Join(with, " and ")
 		}
 		lines := []string{
-			fmt.Sprintf("apply -> enforced on %d node(s), %d applies%s: %s", len(nodes), len(applyTimes), present, percentiles(applyTimes)),
-			fmt.Sprintf("delete -> lifted on %d node(s), %d deletes%s: %s", len(nodes), len(deleteTimes), present, percentiles(deleteTimes)),
+			fmt.Sprintf("apply -> enforced on %d node(s), %d applies%s: %s", len(nodes), len(applyTimes), withText, percentiles(applyTimes)),
+			fmt.Sprintf("delete -> lifted on %d node(s), %d deletes%s: %s", len(nodes), len(deleteTimes), withText, percentiles(deleteTimes)),
 		}
 		for _, kind := range []string{"NetworkPolicy", "CiliumNetworkPolicy"} {
 			lines = append(lines, fmt.Sprintf("  %s applies: %s", kind, percentiles(byKind[kind])))
 		}
+		lines = append(lines, applied.table("apply -> enforced"), deleted.table("delete -> lifted"))
 		for _, l := range lines {
 			GinkgoWriter.Println(l)
 			fmt.Fprintln(os.Stderr, l)
@@ -118,6 +150,9 @@ var _ = Describe("apply to enforcement benchmark", Label("bench"), Serial, func(
 })
 
 type benchPair struct{ client, server oracle.Pod }
+
+// watchInterval is how often each watch starts a new connection.
+const watchInterval = 5 * time.Millisecond
 
 // envCountOrZero is envCount with 0 when name is unset.
 func envCountOrZero(name string) int {
@@ -227,20 +262,21 @@ func allOpen(ctx context.Context, ex podexec.Executor, snap workload.Snapshot, p
 }
 
 // timeChange runs one watch per pair until every one is READY, calls change,
-// and returns the latest CHANGED instant minus the instant before the call.
-func timeChange(ctx context.Context, ex podexec.Executor, snap workload.Snapshot, pairs []benchPair, until string, change func() error) (time.Duration, error) {
+// and returns the instants before and after the call and each watch's CHANGED.
+func timeChange(ctx context.Context, ex podexec.Executor, snap workload.Snapshot, pairs []benchPair, until string, change func() error) (roundTimes, error) {
 	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
 	type result struct {
-		at  time.Time
-		err error
+		server string
+		at     time.Time
+		err    error
 	}
 	ready := make(chan error, len(pairs))
 	done := make(chan result, len(pairs))
 	for _, p := range pairs {
 		pod := podexec.Pod{Namespace: p.client.Namespace, Name: p.client.Name, Container: snap.ExecContainers[p.client.Ref()]}
 		cmd := []string{"/probe", "watch", fmt.Sprintf("%s:80", p.server.IP), "--until=" + until,
-			"--interval=5ms", "--timeout=300ms", "--confirm=3", "--deadline=60s"}
+			"--interval=" + watchInterval.String(), "--timeout=300ms", "--confirm=3", "--deadline=60s"}
 		go func() {
 			pr, pw := io.Pipe()
 			var stderr strings.Builder
@@ -265,36 +301,43 @@ func timeChange(ctx context.Context, ex podexec.Executor, snap workload.Snapshot
 				err = fmt.Errorf("watch in %s -> %s:80 (until %s): %v %s", pod, p.server.Ref(), until, serr, strings.TrimSpace(stderr.String()))
 			}
 			signal(err)
-			done <- result{at, err}
+			done <- result{p.server.Ref(), at, err}
 		}()
 	}
 	for range pairs {
 		if err := <-ready; err != nil {
 			cancel()
-			return 0, err
+			return roundTimes{}, err
 		}
 	}
-	t0 := time.Now()
+	r := roundTimes{t0: time.Now(), changed: map[string]time.Time{}}
 	if err := change(); err != nil {
 		cancel()
-		return 0, err
+		return roundTimes{}, err
 	}
-	var latest time.Time
+	r.api = time.Now()
 	for range pairs {
-		r := <-done
-		if r.err != nil {
-			return 0, r.err
+		res := <-done
+		if res.err != nil {
+			return roundTimes{}, res.err
 		}
-		if r.at.After(latest) {
-			latest = r.at
+		// A watch may start its first attempt in the new state a hair before t0
+		// (its packet met the new policy after all); never more than one interval.
+		if res.at.Before(r.t0.Add(-watchInterval)) {
+			return roundTimes{}, fmt.Errorf("the path to %s became %s %s before the change was made: something else changed it", res.server, until, r.t0.Sub(res.at))
 		}
+		r.changed[res.server] = res.at
 	}
-	// A watch may start its first attempt in the new state a hair before t0 (its
-	// packet met the new policy after all); never more than one interval.
-	if latest.Before(t0.Add(-5 * time.Millisecond)) {
-		return 0, fmt.Errorf("a path became %s %s before the change was made: something else changed it", until, t0.Sub(latest))
+	return r, nil
+}
+
+// latency is the round's figure: the latest CHANGED minus t0.
+func (r roundTimes) latency() time.Duration {
+	var latest time.Time
+	for _, at := range r.changed {
+		latest = later(latest, at)
 	}
-	return max(latest.Sub(t0), 0), nil
+	return max(latest.Sub(r.t0), 0)
 }
 
 func percentiles(ds []time.Duration) string {

@@ -113,7 +113,8 @@ func measureCommand() *cobra.Command {
 // The enforcement benchmark's lines (suites/netpol/enforce_bench_test.go):
 //
 //	apply -> enforced on 2 node(s), 20 applies: p50 61ms, p90 80ms, p99 95ms, max 95ms
-var enforceLine = regexp.MustCompile(`^(apply -> enforced|delete -> lifted) on \d+ node\(s\), (\d+) \w+(?: with (\d+) background policies)?: p50 (\S+), p90 (\S+), p99 (\S+), max (\S+)$`)
+//	apply -> enforced on 2 node(s), 20 applies with 1000 background policies and 500 more pods: p50 ...
+var enforceLine = regexp.MustCompile(`^(apply -> enforced|delete -> lifted) on \d+ node\(s\), (\d+) \w+(?: with (\d+) background policies)?(?:(?: and| with) (\d+) more pods)?: p50 (\S+), p90 (\S+), p99 (\S+), max (\S+)$`)
 
 func addEnforceCommand() *cobra.Command {
 	return &cobra.Command{
@@ -138,16 +139,19 @@ func addEnforceCommand() *cobra.Command {
 					if strings.HasPrefix(m[1], "delete") {
 						what = "policy delete -> lifted"
 					}
-					bg := "few"
+					present := "few policies"
 					if m[3] != "" {
-						bg = m[3]
+						present = m[3] + " policies"
 					}
-					for _, q := range []struct{ name, v string }{{"p50", m[4]}, {"p99", m[6]}} {
+					if m[4] != "" {
+						present += ", " + m[4] + " more pods"
+					}
+					for _, q := range []struct{ name, v string }{{"p50", m[5]}, {"p99", m[7]}} {
 						d, err := time.ParseDuration(q.v)
 						if err != nil {
 							return fmt.Errorf("%s: %q: %w", args[1], sc.Text(), err)
 						}
-						r.Add(bench.Figure{Name: fmt.Sprintf("%s %s (%s policies present)", what, q.name, bg), Unit: "ms",
+						r.Add(bench.Figure{Name: fmt.Sprintf("%s %s (%s present)", what, q.name, present), Unit: "ms",
 							Value: float64(d) / float64(time.Millisecond), Better: bench.Lower,
 							How: fmt.Sprintf("suites/netpol enforcement benchmark, %s rounds, probe watch in pods on every node", m[2])})
 					}

@@ -89,7 +89,7 @@ var endpoints = map[Path]struct{ client, server string }{
 func Nodes(nodes []corev1.Node) (a, b string, err error) {
 	var ok []string
 	for _, n := range nodes {
-		if schedulable(n) {
+		if workload.Schedulable(n) {
 			ok = append(ok, n.Name)
 		}
 	}
@@ -101,23 +101,6 @@ func Nodes(nodes []corev1.Node) (a, b string, err error) {
 		return ok[0], "", nil
 	}
 	return ok[0], ok[1], nil
-}
-
-func schedulable(n corev1.Node) bool {
-	if n.Spec.Unschedulable {
-		return false
-	}
-	for _, t := range n.Spec.Taints {
-		if t.Effect == corev1.TaintEffectNoSchedule || t.Effect == corev1.TaintEffectNoExecute {
-			return false
-		}
-	}
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 // podSpecs are the run's pods: on node a the pod client, the host client and

@@ -307,3 +307,22 @@ func WithManagedBy(m map[string]string) map[string]string {
 	}
 	return out
 }
+
+// Schedulable says whether a node takes pods that tolerate nothing: Ready, not
+// cordoned, no NoSchedule or NoExecute taint.
+func Schedulable(n corev1.Node) bool {
+	if n.Spec.Unschedulable {
+		return false
+	}
+	for _, t := range n.Spec.Taints {
+		if t.Effect == corev1.TaintEffectNoSchedule || t.Effect == corev1.TaintEffectNoExecute {
+			return false
+		}
+	}
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
