@@ -2,8 +2,10 @@ package flowcheck
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	observerpb "github.com/cilium/cilium/api/v1/observer"
 	"google.golang.org/grpc"
@@ -69,7 +71,7 @@ func Setup(ctx context.Context, cfg *rest.Config, cs kubernetes.Interface, chose
 		}
 		chosen = Strict
 	}
-	fwd, err := portforward.Start(ctx, cfg, cs, target, log)
+	fwd, err := startForward(ctx, cfg, cs, target, log)
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("flow validation %s needs the Hubble relay: %w (%s=<ns>/<service>:<port> names another, --%s=off runs without)", chosen, err, RelayEnv, FlagName)
 	}
@@ -81,4 +83,28 @@ func Setup(ctx context.Context, cfg *rest.Config, cs kubernetes.Interface, chose
 	r := &Relay{Forward: fwd, conn: conn, Client: observerpb.NewObserverClient(conn)}
 	note := fmt.Sprintf("flow validation %s: every cell's verdict checked against its flows, read from the Hubble relay %s", chosen, target)
 	return &Checker{Client: r.Client, Mode: chosen}, r, note, nil
+}
+
+// relayWait bounds the wait for a Ready relay pod: right after the agents were
+// rolled out or a node restarted, the relay reports NOT_SERVING until it has
+// reconnected to the agents (its retry-timeout), and a suite started then
+// should wait for it rather than fail.
+const relayWait = 90 * time.Second
+
+// startForward is portforward.Start, waiting up to relayWait while the Service
+// has no Ready pod.
+func startForward(ctx context.Context, cfg *rest.Config, cs kubernetes.Interface, target portforward.Target, log io.Writer) (*portforward.Forward, error) {
+	deadline := time.Now().Add(relayWait)
+	for {
+		fwd, err := portforward.Start(ctx, cfg, cs, target, log)
+		if err == nil || !errors.Is(err, portforward.ErrNoReadyPod) || time.Now().After(deadline) {
+			return fwd, err
+		}
+		fmt.Fprintf(log, "waiting up to %s for a Ready Hubble relay: %v\n", time.Until(deadline).Round(time.Second), err)
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(2 * time.Second):
+		}
+	}
 }

@@ -106,8 +106,8 @@ func Resolve(ctx context.Context, cs kubernetes.Interface, t Target) (Backend, e
 			return Backend{Pod: *pod, Port: port}, nil
 		}
 	}
-	return Backend{}, fmt.Errorf("Service %s/%s has no Ready pod behind port %d (selector %v): is it deployed and Ready? kubectl -n %s get pods -l %s",
-		t.Namespace, t.Service, t.Port, svc.Spec.Selector, t.Namespace, metav1.FormatLabelSelector(&metav1.LabelSelector{MatchLabels: svc.Spec.Selector}))
+	return Backend{}, fmt.Errorf("Service %s/%s has %w behind port %d (selector %v): is it deployed and Ready? kubectl -n %s get pods -l %s",
+		t.Namespace, t.Service, ErrNoReadyPod, t.Port, svc.Spec.Selector, t.Namespace, metav1.FormatLabelSelector(&metav1.LabelSelector{MatchLabels: svc.Spec.Selector}))
 }
 
 // Forward is a local port forwarded to a Service's pod until Close.
@@ -126,6 +126,10 @@ type Forward struct {
 	backend Backend
 	lost    []string // why earlier connections ended
 }
+
+// ErrNoReadyPod is in the error of a Service with no Ready pod behind the port:
+// a caller may wait for one (a pod restarting), unlike for a missing Service.
+var ErrNoReadyPod = errors.New("no Ready pod")
 
 // Start resolves the Service and forwards a free local port to its pod,
 // returning once the port accepts connections (or ctx ends). Log, if not
