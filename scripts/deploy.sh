@@ -54,7 +54,12 @@ for f in "$MANIFESTS"/*.yaml; do
 		-e "s|@TEST_WORLD_CIDR@|$TEST_WORLD_CIDR|g" \
 		-e "s|@SERVICE_SUBNET@|$SERVICE_SUBNET|g" "$f"
 	echo "---"
-done | "$KUBECTL" apply -f - >&2
+done | "$KUBECTL" apply -f - | tee "$OUT_DIR/deploy-apply.out" >&2
+# The relay reads its ConfigMap only when it starts: a changed one needs a new pod.
+if grep -q '^configmap/hubble-relay-config configured' "$OUT_DIR/deploy-apply.out"; then
+	info "hubble-relay's configuration changed: restarting it"
+	"$KUBECTL" -n flatnet-system rollout restart deploy/hubble-relay >&2
+fi
 
 # After the node containers were stopped and started again (a rebooted laptop, the
 # next CI run), the API server still holds what it knew before: the DaemonSet's
