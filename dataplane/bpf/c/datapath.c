@@ -131,15 +131,14 @@ struct conn {
 static __always_inline int lookup_connection(const struct pkt *p, __u8 dir, __u32 ifindex, __u64 now, struct conn *c)
 {
 	c->key = ct_key_of(ifindex, p->proto, dir == DIR_EGRESS, p->saddr, p->daddr, p->sport, p->dport);
-	c->where = ct_get(ifindex, &c->key, now, &c->entry);
+	c->where = ct_get(ifindex, &c->key, now, &c->entry, opens_tcp(p));
 	c->found = c->where;
 	if (c->where && c->entry.expires_ns < now)
 		c->where = 0;
 	// A SYN on the tuple of a closing connection opens a new one (port reuse within
 	// the closing lifetime): judge it afresh, in whichever direction it comes, and
 	// never as a reply of the old one.
-	if (c->where && (c->entry.flags & CT_F_CLOSING) && p->proto == IPPROTO_TCP &&
-	    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+	if (c->where && (c->entry.flags & CT_F_CLOSING) && opens_tcp(p))
 		c->where = 0;
 	return c->where != 0;
 }
@@ -209,8 +208,7 @@ static __always_inline int create_connection(struct __sk_buff *skb, __u8 dir, __
 	if (dir == DIR_EGRESS) {
 		// Only the opening packet of a connection starts direct delivery: a lost
 		// entry re-created mid-connection may belong to a NATed one.
-		if (d->code == FORWARD_POLICY &&
-		    (p->proto == IPPROTO_UDP || (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN))
+		if (d->code == FORWARD_POLICY && (p->proto == IPPROTO_UDP || opens_tcp(p)))
 			le = local_target(skb, p);
 		// A tuple the receiver tracks for a NATed connection goes through the host,
 		// whose conntrack moves it to another source port.

@@ -58,10 +58,21 @@ static __always_inline struct ct_key ct_key_of(__u32 ifindex, __u8 proto, int po
 // expired established entry is deleted on the way, so that it never hides a newer
 // entry of the tuple in the shared table. Global functions (ct_get, ct_set) are
 // verified once, not once per path of handle(): the verifier's budget is tight.
-__attribute__((noinline)) int ct_get(__u32 ifindex, const struct ct_key *k, __u64 now, struct ct_val *v)
+//
+// For a SYN (syn: a TCP SYN without ACK) the shared table is read first: a SYN
+// mostly comes on a new tuple or on one whose closing entry lingers (a client
+// reusing its ports, as under TCP_CRR), and a live closing entry there settles it
+// without the two lookups of the endpoint's table, which holds no closing
+// connection (ct_set writes one to the shared table, then deletes it there).
+__attribute__((noinline)) int ct_get(__u32 ifindex, const struct ct_key *k, __u64 now, struct ct_val *v, int syn)
 {
 	if (!k || !v)
 		return 0;
+	struct ct_val *s = syn ? bpf_map_lookup_elem(&fn_ct, k) : NULL;
+	if (s && (s->flags & CT_F_CLOSING) && s->expires_ns >= now) {
+		*v = *s;
+		return CT_IN_SHARED;
+	}
 	void *t = bpf_map_lookup_elem(&fn_ct_est, &ifindex);
 	if (t) {
 		struct ct_val *e = bpf_map_lookup_elem(t, k);
@@ -72,11 +83,18 @@ __attribute__((noinline)) int ct_get(__u32 ifindex, const struct ct_key *k, __u6
 		if (e)
 			bpf_map_delete_elem(t, k);
 	}
-	struct ct_val *s = bpf_map_lookup_elem(&fn_ct, k);
+	if (!syn)
+		s = bpf_map_lookup_elem(&fn_ct, k);
 	if (!s)
 		return 0;
 	*v = *s;
 	return CT_IN_SHARED;
+}
+
+// opens_tcp reports whether p is a TCP SYN without ACK, which opens a connection.
+static __always_inline int opens_tcp(const struct pkt *p)
+{
+	return p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 }
 
 // ct_set stores a tracked connection's new state (nv; it was old, where ct_get
@@ -131,7 +149,7 @@ static __always_inline int ct_clashes(__u32 ifindex, const struct pkt *p, __u64 
 {
 	struct ct_key k = ct_key_of(ifindex, p->proto, 0, p->saddr, p->daddr, p->sport, p->dport);
 	struct ct_val v;
-	return ct_get(ifindex, &k, now, &v) && v.expires_ns >= now && !(v.flags & CT_F_DIRECT);
+	return ct_get(ifindex, &k, now, &v, opens_tcp(p)) && v.expires_ns >= now && !(v.flags & CT_F_DIRECT);
 }
 
 // related passes an ICMP error about a connection tracked for this endpoint, in
@@ -147,7 +165,7 @@ static __always_inline int related(struct __sk_buff *skb, const struct pkt *p, _
 	if (pod_side != k.pod_addr)
 		return 0;
 	struct ct_val ctv;
-	if (!ct_get(ifindex, &k, now, &ctv) || ctv.expires_ns < now)
+	if (!ct_get(ifindex, &k, now, &ctv, 0) || ctv.expires_ns < now)
 		return 0;
 	count(ifindex, dir, FORWARD_RELATED, skb->len);
 	return 1;
