@@ -11,49 +11,84 @@
 # interleave and drift hits them alike; ratios are taken within a round (variant
 # ops/s over dp=none ops/s of the same round) and summarized as median [min..max].
 # Raw output and benchstat's view go to _output/bench-datapath/. Nothing is asserted.
+# BASE=<git ref> runs the TCP benchmarks of that commit too (its programs, built from
+# its tree), alternating with this tree's in every round (which goes first alternates
+# too), and prints what this tree changes against it: one run, the same load on both.
 #
-#   COUNT=6 BENCHTIME=1s FLOOD_BENCHTIME=2s scripts/bench-datapath.sh
+#   COUNT=6 BENCHTIME=1s FLOOD_BENCHTIME=2s [BASE=main] scripts/bench-datapath.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 COUNT=${COUNT:-6}
 BENCHTIME=${BENCHTIME:-1s}
 FLOOD_BENCHTIME=${FLOOD_BENCHTIME:-2s}
 BENCHSTAT_VERSION=${BENCHSTAT_VERSION:-v0.0.0-20250515181355-8f5f3abfb71a}
+BASE=${BASE:-}
 [ "$(id -u)" = 0 ] || die "bench-datapath needs root (netns, veth, BPF)"
+[[ "$COUNT" =~ ^[1-9][0-9]*$ ]] || die "COUNT=$COUNT: want a number of rounds, 1 or more" "e.g. COUNT=6"
+base_rev=
+if [ -n "$BASE" ]; then
+	base_rev=$(git -C "$REPO_ROOT" rev-parse --verify --quiet "$BASE^{commit}") ||
+		die "BASE=$BASE: not a commit of $REPO_ROOT" "give a branch, tag or commit to compare with (e.g. BASE=main), or leave BASE unset"
+fi
 export FLATNET_REQUIRE_PRIVILEGED=1 # a benchmark that cannot run fails, never skips
 
 out=$OUT_DIR/bench-datapath
 mkdir -p "$out"
+base_src=$out/base-src
+trap 'rm -rf "$base_src"' EXIT
 # benchstat is not a go.mod tool: adding it would move other modules of go.mod.
 go_build_pinned benchstat golang.org/x/perf "$BENCHSTAT_VERSION" golang.org/x/perf/cmd/benchstat "$FLATNET_CACHE/bin/benchstat"
 step "building the test binaries"
 (cd "$REPO_ROOT" && run_logged "$out/build.log" go test -c -o "$out/bpf.test" ./dataplane/bpf)
 (cd "$REPO_ROOT" && run_logged "$out/build.log" go test -c -o "$out/flows.test" ./dataplane/flows)
+if [ -n "$BASE" ]; then
+	step "building the test binary of BASE=$BASE (${base_rev:0:12})"
+	rm -rf "$base_src" && mkdir -p "$base_src"
+	git -C "$REPO_ROOT" archive "$base_rev" | tar -x -C "$base_src"
+	(cd "$base_src" && run_logged "$out/build.log" go test -c -o "$out/bpf-base.test" ./dataplane/bpf)
+fi
 
 machine() {
 	echo "machine: $(nproc) CPUs, kernel $(uname -r), $(date -u +%FT%TZ)"
 	echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
 }
+# tcp_round ROUND BINARY PKG-DIR SUFFIX: one round of the TCP benchmarks of one test
+# binary into tcp$SUFFIX.txt and tcp-kube-proxy$SUFFIX.txt. A failed variant (e.g. a
+# 3 s stall on a loaded machine) is reported, not fatal: the round's other variants
+# still count.
+tcp_round() {
+	local i=$1 bin=$2 dir=$3 sfx=$4
+	(cd "$dir" && FLATNET_BENCH_ROTATE=$i "$bin" -test.run '^$' -test.bench '^BenchmarkNetnsTCP$' \
+		-test.benchtime "$BENCHTIME" -test.count 1) >>"$out/tcp$sfx.txt" 2>&1 || warn "BenchmarkNetnsTCP ($bin) failed in round $i: see $out/tcp$sfx.txt"
+	# The same on a node as Kubernetes runs it: kube-proxy's NAT rules put netfilter's
+	# connection tracking on every forwarded packet, which direct delivery skips.
+	(cd "$dir" && FLATNET_BENCH_KUBE_PROXY=1 FLATNET_BENCH_ROTATE=$i "$bin" -test.run '^$' \
+		-test.bench '^BenchmarkNetnsTCP$/^test=(CRR|RR)$/^dp=(none|prog\+1000rules|prog\+1000rules\+host-routing)$' \
+		-test.benchtime "$BENCHTIME" -test.count 1) >>"$out/tcp-kube-proxy$sfx.txt" 2>&1 || warn "BenchmarkNetnsTCP (kube-proxy node, $bin) failed in round $i: see $out/tcp-kube-proxy$sfx.txt"
+}
 : >"$out/tcp.txt"
 : >"$out/tcp-kube-proxy.txt"
 : >"$out/flood.txt"
+: >"$out/tcp-base.txt"
+: >"$out/tcp-kube-proxy-base.txt"
 machine | tee "$out/machine.txt" >&2
+[ -z "$BASE" ] || echo "BASE=$BASE ($base_rev) alternating with this tree ($(git -C "$REPO_ROOT" rev-parse --short=12 HEAD)$(git -C "$REPO_ROOT" diff --quiet HEAD -- dataplane || echo ', dataplane/ modified'))" | tee -a "$out/machine.txt" >&2
 for i in $(seq 1 "$COUNT"); do
 	step "round $i/$COUNT (load $(cut -d' ' -f1-3 /proc/loadavg))"
-	echo "# round $i load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/tcp.txt" "$out/tcp-kube-proxy.txt" >>"$out/flood.txt"
-	# A failed variant (e.g. a 3 s stall on a loaded machine) is reported, not fatal:
-	# the round's other variants still count.
-	(cd "$REPO_ROOT/dataplane/bpf" && FLATNET_BENCH_ROTATE=$i "$out/bpf.test" -test.run '^$' -test.bench '^BenchmarkNetnsTCP$' \
-		-test.benchtime "$BENCHTIME" -test.count 1) >>"$out/tcp.txt" 2>&1 || warn "BenchmarkNetnsTCP failed in round $i: see $out/tcp.txt"
-	# The same on a node as Kubernetes runs it: kube-proxy's NAT rules put netfilter's
-	# connection tracking on every forwarded packet, which direct delivery skips.
-	(cd "$REPO_ROOT/dataplane/bpf" && FLATNET_BENCH_KUBE_PROXY=1 FLATNET_BENCH_ROTATE=$i "$out/bpf.test" -test.run '^$' \
-		-test.bench '^BenchmarkNetnsTCP$/^test=(CRR|RR)$/^dp=(none|prog\+1000rules|prog\+1000rules\+host-routing)$' \
-		-test.benchtime "$BENCHTIME" -test.count 1) >>"$out/tcp-kube-proxy.txt" 2>&1 || warn "BenchmarkNetnsTCP (kube-proxy node) failed in round $i: see $out/tcp-kube-proxy.txt"
+	echo "# round $i load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/tcp.txt" "$out/tcp-kube-proxy.txt" "$out/tcp-base.txt" "$out/tcp-kube-proxy-base.txt" >>"$out/flood.txt"
+	if [ -z "$BASE" ]; then
+		tcp_round "$i" "$out/bpf.test" "$REPO_ROOT/dataplane/bpf" ""
+	elif [ $((i % 2)) = 1 ]; then
+		tcp_round "$i" "$out/bpf-base.test" "$base_src/dataplane/bpf" -base
+		tcp_round "$i" "$out/bpf.test" "$REPO_ROOT/dataplane/bpf" ""
+	else
+		tcp_round "$i" "$out/bpf.test" "$REPO_ROOT/dataplane/bpf" ""
+		tcp_round "$i" "$out/bpf-base.test" "$base_src/dataplane/bpf" -base
+	fi
 	(cd "$REPO_ROOT/dataplane/flows" && "$out/flows.test" -test.run '^$' -test.bench '^BenchmarkFlowEventFlood$' \
 		-test.benchtime "$FLOOD_BENCHTIME" -test.count 1) >>"$out/flood.txt" 2>&1 || warn "BenchmarkFlowEventFlood failed in round $i: see $out/flood.txt"
 done
-failures=$(grep -h -A3 -- '--- FAIL' "$out/tcp.txt" "$out/tcp-kube-proxy.txt" "$out/flood.txt" || true)
+failures=$(grep -h -A3 -- '--- FAIL' "$out"/tcp*.txt "$out/flood.txt" || true)
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$out/machine.txt"
 
 "$FLATNET_CACHE/bin/benchstat" -col '/dp@(none prog prog+1000rules prog+1000rules+host-routing prog+events-off prog+events-all)' -filter '.unit:(sec/op OR cpu-ns/op OR prog-ns/op)' "$out/tcp.txt" >"$out/benchstat-tcp.txt" 2>&1 || true
@@ -97,7 +132,7 @@ summary() {
 		for (d in seen_d) dps[++nd] = d
 		printf "\nTCP between two netns pods: %d rounds (each a process running every variant once)\n", rounds
 		printf "wall: ops/s; cpu: the process'"'"'s CPU time per op (client, server, flow reader, programs in softirq)\n"
-		printf "ratio = dp=none ns/op / variant ns/op of the same round (wall: ops/s ratio), median [min..max]; goal >= 0.95\n\n"
+		printf "ratio = dp=none ns/op / variant ns/op of the same round (wall: ops/s ratio), median [min..max]; goal >= 0.97 (issue 20)\n\n"
 		printf "%-4s %-28s %10s %8s %22s %11s %22s\n", "test", "dp", "ns/op", "ops/s", "wall ratio vs none", "cpu-ns/op", "cpu ratio vs none"
 		for (i = 1; i <= nt; i++) {
 			t = tests[i]
@@ -155,6 +190,57 @@ summary() {
 	}' "$1" "$2"
 }
 
+# versus BASE-FILE NEW-FILE: per test and datapath, this tree against BASE over the
+# same rounds: the programs' time per op, and the wall and cpu ratios against dp=none
+# (each binary's own dp=none of the round), medians.
+versus() {
+	awk -v rounds="$COUNT" '
+	function med(a, n,   i, j, t, b) {
+		for (i = 1; i <= n; i++) b[i] = a[i]
+		for (i = 2; i <= n; i++) for (j = i; j > 1 && b[j-1] > b[j]; j--) { t = b[j]; b[j] = b[j-1]; b[j-1] = t }
+		return n % 2 ? b[(n+1)/2] : (b[n/2] + b[n/2+1]) / 2
+	}
+	function unit(u,   k) { for (k = 3; k < NF; k += 2) if ($(k+1) == u) return $k; return "" }
+	# stat F T D WHAT: the median over the rounds of file F (1 base, 2 new).
+	function stat(f, t, d, what,   r, n, x) {
+		n = 0
+		for (r = 1; r <= rounds; r++) {
+			if (ns[f, t, d, r] == "") continue
+			if (what == "prog") x[++n] = pns[f, t, d, r]
+			else if (ns[f, t, "none", r] == "") continue
+			else if (what == "wall") x[++n] = ns[f, t, "none", r] / ns[f, t, d, r]
+			else x[++n] = cpu[f, t, "none", r] / cpu[f, t, d, r]
+		}
+		return n ? med(x, n) : -1
+	}
+	FNR == 1 { file++ }
+	/^# round/ { round[file]++; next }
+	/^Benchmark/ {
+		name = $1; sub(/-[0-9]+$/, "", name); split(name, p, "/")
+		t = p[2]; sub(/test=/, "", t); d = p[3]; sub(/dp=/, "", d)
+		if (!(t in seen_t)) { seen_t[t] = 1; tests[++nt] = t }
+		seen_d[d] = 1
+		r = round[file]
+		ns[file, t, d, r] = unit("ns/op"); cpu[file, t, d, r] = unit("cpu-ns/op"); pns[file, t, d, r] = unit("prog-ns/op")
+	}
+	END {
+		split("prog prog+1000rules prog+1000rules+host-routing prog+events-off prog+events-all", order, " ")
+		printf "%-4s %-28s %10s %10s %9s %9s %9s %9s %9s\n", "test", "dp", "prog-ns/op", "", "", "wall", "ratio", "cpu", "ratio"
+		printf "%-4s %-28s %10s %10s %9s %9s %9s %9s %9s\n", "", "", "base", "new", "new/base", "base", "new", "base", "new"
+		for (i = 1; i <= nt; i++) for (j = 1; j in order; j++) {
+			t = tests[i]; d = order[j]
+			if (!(d in seen_d)) continue
+			pb = stat(1, t, d, "prog"); pn = stat(2, t, d, "prog")
+			if (pb < 0 || pn < 0) continue
+			printf "%-4s %-28s %10.0f %10.0f %9.3f %9.3f %9.3f %9.3f %9.3f\n", t, d, pb, pn, pb ? pn / pb : 0,
+				stat(1, t, d, "wall"), stat(2, t, d, "wall"), stat(1, t, d, "cpu"), stat(2, t, d, "cpu")
+		}
+	}' "$1" "$2"
+}
+if [ -n "$BASE" ]; then
+	"$FLATNET_CACHE/bin/benchstat" -filter '.unit:(cpu-ns/op OR prog-ns/op)' base="$out/tcp-base.txt" new="$out/tcp.txt" >"$out/benchstat-base.txt" 2>&1 || true
+fi
+
 {
 	cat "$out/machine.txt"
 	echo
@@ -163,6 +249,17 @@ summary() {
 	echo
 	echo "== node netns with kube-proxy's NAT rules (as every Kubernetes node): netfilter conntrack on forwarded packets =="
 	summary "$out/tcp-kube-proxy.txt" /dev/null | sed '/^flow events: TCP_CRR/,$d'
+	if [ -n "$BASE" ]; then
+		echo
+		echo "== this tree against BASE=$BASE (${base_rev:0:12}), the same $COUNT rounds (ratio: dp=none ns/op / variant ns/op, median) =="
+		echo "bare node netns:"
+		versus "$out/tcp-base.txt" "$out/tcp.txt"
+		echo "node netns with kube-proxy's NAT rules:"
+		versus "$out/tcp-kube-proxy-base.txt" "$out/tcp-kube-proxy.txt"
+		echo
+		echo "benchstat, bare node netns, BASE against this tree (cpu-ns/op, prog-ns/op):"
+		cat "$out/benchstat-base.txt"
+	fi
 	[ -z "$failures" ] || printf '\nfailed variants (left out above):\n%s\n' "$failures"
 	echo
 	echo "benchstat -col /dp (sec/op, cpu-ns/op, prog-ns/op; vs base = against dp=none):"

@@ -17,7 +17,8 @@ type MapFill struct {
 
 // MapFill counts the entries of the maps that grow with the cluster (policy: the
 // endpoints that have a policy map; the entries of each are bounded by the compiler's
-// check in syncPolicy; ct: the shared table of new and closing connections;
+// check in syncPolicy; ct: the shared table of new and closing connections, and
+// the hidden copies established ones leave behind until the LRU evicts them;
 // ct_established: the established connections in all endpoints' tables, against
 // their summed capacity; ct_established_endpoint_max: the fullest of those tables).
 // Counting walks the keys, one syscall per entry: cheap for the sizes a node has,

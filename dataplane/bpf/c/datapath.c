@@ -117,6 +117,7 @@ struct conn {
 	struct ct_key key;
 	struct ct_val entry;
 	int where; // where ct_get found entry (CT_IN_*); 0: the packet opens a connection
+	int found; // where ct_get found an entry of the tuple, lapsed or closing ones too
 };
 
 // lookup_connection decides which tracked connection p continues: it fills c and
@@ -130,14 +131,14 @@ struct conn {
 static __always_inline int lookup_connection(const struct pkt *p, __u8 dir, __u32 ifindex, __u64 now, struct conn *c)
 {
 	c->key = ct_key_of(ifindex, p->proto, dir == DIR_EGRESS, p->saddr, p->daddr, p->sport, p->dport);
-	c->where = ct_get(ifindex, &c->key, now, &c->entry);
+	c->where = ct_get(ifindex, &c->key, now, &c->entry, opens_tcp(p));
+	c->found = c->where;
 	if (c->where && c->entry.expires_ns < now)
 		c->where = 0;
 	// A SYN on the tuple of a closing connection opens a new one (port reuse within
 	// the closing lifetime): judge it afresh, in whichever direction it comes, and
 	// never as a reply of the old one.
-	if (c->where && (c->entry.flags & CT_F_CLOSING) && p->proto == IPPROTO_TCP &&
-	    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+	if (c->where && (c->entry.flags & CT_F_CLOSING) && opens_tcp(p))
 		c->where = 0;
 	return c->where != 0;
 }
@@ -189,11 +190,11 @@ static __always_inline __u32 judge_peer(struct __sk_buff *skb, __u8 dir, __u32 i
 	return remote_id;
 }
 
-// create_connection tracks the connection p opens, which judge_peer allowed (d),
-// and forwards p: counted, reported, and from a pod handed straight to a local pod
-// when the connection qualifies for direct delivery.
+// create_connection tracks the connection p opens (c: its tuple), which judge_peer
+// allowed (d), and forwards p: counted, reported, and from a pod handed straight to
+// a local pod when the connection qualifies for direct delivery.
 static __always_inline int create_connection(struct __sk_buff *skb, __u8 dir, __u32 ifindex, const struct pkt *p,
-					     const struct ct_key *ck, const struct endpoint_info *ep,
+					     const struct conn *c, const struct endpoint_info *ep,
 					     const struct decision *d, __u32 remote_id, __u32 local_id, __u8 closing,
 					     __u16 rev, __u64 now)
 {
@@ -207,8 +208,7 @@ static __always_inline int create_connection(struct __sk_buff *skb, __u8 dir, __
 	if (dir == DIR_EGRESS) {
 		// Only the opening packet of a connection starts direct delivery: a lost
 		// entry re-created mid-connection may belong to a NATed one.
-		if (d->code == FORWARD_POLICY &&
-		    (p->proto == IPPROTO_UDP || (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN))
+		if (d->code == FORWARD_POLICY && (p->proto == IPPROTO_UDP || opens_tcp(p)))
 			le = local_target(skb, p);
 		// A tuple the receiver tracks for a NATed connection goes through the host,
 		// whose conntrack moves it to another source port.
@@ -221,9 +221,17 @@ static __always_inline int create_connection(struct __sk_buff *skb, __u8 dir, __
 	}
 	nv.expires_ns = now + ct_lifetime(p, closing);
 	// Only under the endpoint's own address (see lookup_connection); a packet to
-	// another address routed out of this veth passes untracked.
-	if (ep && ck->pod_addr == ep->addr)
-		bpf_map_update_elem(&fn_ct, ck, &nv, BPF_ANY);
+	// another address routed out of this veth passes untracked. A tuple used again
+	// while its closing entry lingers (a client reusing its ports, as under TCP_CRR)
+	// is written over in place: an LRU update would take a free entry, evicting a
+	// cold one, and free the old.
+	if (ep && c->key.pod_addr == ep->addr) {
+		struct ct_val *e = c->found == CT_IN_SHARED ? bpf_map_lookup_elem(&fn_ct, &c->key) : NULL;
+		if (e)
+			*e = nv;
+		else
+			bpf_map_update_elem(&fn_ct, &c->key, &nv, BPF_ANY);
+	}
 	count(ifindex, dir, d->code, skb->len);
 	emit(ifindex, dir, p, VERDICT_FORWARD, d->code, d->rule_id, remote_id, local_id);
 	if (le)
@@ -292,7 +300,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 dir, __u32 ifindex
 	if (tracked)
 		return pass_tracked(skb, &c.entry, c.where, &c.key, c.entry.flags | closing, rev, now, &p, ifindex, dir,
 				    FORWARD_ESTABLISHED);
-	return create_connection(skb, dir, ifindex, &p, &c.key, ep, &d, remote_id, local_id, closing, rev, now);
+	return create_connection(skb, dir, ifindex, &p, &c, ep, &d, remote_id, local_id, closing, rev, now);
 }
 
 SEC("tcx/ingress")
@@ -352,7 +360,7 @@ static __always_inline int nf_judge(__u32 ifindex, __u8 dir, __u32 addr, __u32 l
 	struct decision d = {};
 	policy_verdict(ifindex, dir, remote_id, addr, p, &d);
 	if (!d.allow)
-		drop(ifindex, dir, p, p->len, d.code, d.rule_id, remote_id, local_id);
+		drop_clocked(1, ifindex, dir, p, p->len, d.code, d.rule_id, remote_id, local_id);
 	return d.allow;
 }
 

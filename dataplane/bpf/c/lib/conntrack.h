@@ -58,10 +58,21 @@ static __always_inline struct ct_key ct_key_of(__u32 ifindex, __u8 proto, int po
 // expired established entry is deleted on the way, so that it never hides a newer
 // entry of the tuple in the shared table. Global functions (ct_get, ct_set) are
 // verified once, not once per path of handle(): the verifier's budget is tight.
-__attribute__((noinline)) int ct_get(__u32 ifindex, const struct ct_key *k, __u64 now, struct ct_val *v)
+//
+// For a SYN (syn: a TCP SYN without ACK) the shared table is read first: a SYN
+// mostly comes on a new tuple or on one whose closing entry lingers (a client
+// reusing its ports, as under TCP_CRR), and a live closing entry there settles it
+// without the two lookups of the endpoint's table, which holds no closing
+// connection (ct_set writes one to the shared table, then deletes it there).
+__attribute__((noinline)) int ct_get(__u32 ifindex, const struct ct_key *k, __u64 now, struct ct_val *v, int syn)
 {
 	if (!k || !v)
 		return 0;
+	struct ct_val *s = syn ? bpf_map_lookup_elem(&fn_ct, k) : NULL;
+	if (s && (s->flags & CT_F_CLOSING) && s->expires_ns >= now) {
+		*v = *s;
+		return CT_IN_SHARED;
+	}
 	void *t = bpf_map_lookup_elem(&fn_ct_est, &ifindex);
 	if (t) {
 		struct ct_val *e = bpf_map_lookup_elem(t, k);
@@ -72,51 +83,58 @@ __attribute__((noinline)) int ct_get(__u32 ifindex, const struct ct_key *k, __u6
 		if (e)
 			bpf_map_delete_elem(t, k);
 	}
-	struct ct_val *s = bpf_map_lookup_elem(&fn_ct, k);
+	if (!syn)
+		s = bpf_map_lookup_elem(&fn_ct, k);
 	if (!s)
 		return 0;
 	*v = *s;
 	return CT_IN_SHARED;
 }
 
+// opens_tcp reports whether p is a TCP SYN without ACK, which opens a connection.
+static __always_inline int opens_tcp(const struct pkt *p)
+{
+	return p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
+
 // ct_set stores a tracked connection's new state (nv; it was old, where ct_get
 // found it). An established connection (a reply seen, not closing) moves into the
 // endpoint's table, unless that is full (it then stays shared); a closing one moves
 // back out, so closed connections take no room there.
+//
+// Moving in leaves the shared entry behind, hidden: ct_get looks in the endpoint's
+// table first, and the entry left behind lapses no later than the established one
+// (its lifetime was set before the move and is never refreshed after it), so it is
+// never found once the established one is gone, unless the move back out has
+// overwritten it. Moving out writes over it in place when the LRU has not evicted
+// it. A short connection (TCP_CRR) so pays no LRU delete at its reply and no LRU
+// insert at its FIN: each touches cold entries of a table of 262,144 (the pop of a
+// free entry evicts one), where a write in place touches the entry just looked up.
 __attribute__((noinline)) int ct_set(__u32 ifindex, const struct ct_key *k, int where, const struct ct_val *old,
 				     const struct ct_val *nv)
 {
 	if (!k || !old || !nv)
 		return 0;
 	int est = (nv->flags & (CT_F_SEEN_REPLY | CT_F_CLOSING)) == CT_F_SEEN_REPLY;
-	if (est == (where == CT_IN_EST) && nv->flags == old->flags && nv->policy_rev == old->policy_rev &&
+	int in_est = where == CT_IN_EST;
+	if (est == in_est && nv->flags == old->flags && nv->policy_rev == old->policy_rev &&
 	    nv->expires_ns < old->expires_ns + CT_REFRESH_NS)
 		return 0; // the common case: nothing worth a write
 	void *t = bpf_map_lookup_elem(&fn_ct_est, &ifindex);
+	if (est && !in_est && t && bpf_map_update_elem(t, k, nv, BPF_NOEXIST) == 0)
+		return 0; // moved in; the shared entry stays behind, hidden (above)
+	// Staying where it is, moving out, or the endpoint's table full: in place.
 	struct ct_val *e;
-	if (est == (where == CT_IN_EST)) {
-		if (where == CT_IN_EST)
-			e = t ? bpf_map_lookup_elem(t, k) : NULL;
-		else
-			e = bpf_map_lookup_elem(&fn_ct, k);
-		if (e) {
-			e->flags = nv->flags;
-			e->policy_rev = nv->policy_rev;
-			e->expires_ns = nv->expires_ns;
-		}
-		return 0;
-	}
-	if (!t)
-		return 0;
-	if (est) {
-		if (bpf_map_update_elem(t, k, nv, BPF_NOEXIST) == 0)
-			bpf_map_delete_elem(&fn_ct, k);
-		else
-			bpf_map_update_elem(&fn_ct, k, nv, BPF_ANY);
-	} else {
+	if (in_est && est)
+		e = t ? bpf_map_lookup_elem(t, k) : NULL;
+	else
+		e = bpf_map_lookup_elem(&fn_ct, k);
+	if (e)
+		*e = *nv;
+	else if (est != in_est) // the shared entry was evicted meanwhile
 		bpf_map_update_elem(&fn_ct, k, nv, BPF_ANY);
-		bpf_map_delete_elem(t, k);
-	}
+	if (in_est && !est && t)
+		bpf_map_delete_elem(t, k); // after the shared write: a lookup meanwhile finds one of them
 	return 0;
 }
 
@@ -131,7 +149,7 @@ static __always_inline int ct_clashes(__u32 ifindex, const struct pkt *p, __u64 
 {
 	struct ct_key k = ct_key_of(ifindex, p->proto, 0, p->saddr, p->daddr, p->sport, p->dport);
 	struct ct_val v;
-	return ct_get(ifindex, &k, now, &v) && v.expires_ns >= now && !(v.flags & CT_F_DIRECT);
+	return ct_get(ifindex, &k, now, &v, opens_tcp(p)) && v.expires_ns >= now && !(v.flags & CT_F_DIRECT);
 }
 
 // related passes an ICMP error about a connection tracked for this endpoint, in
@@ -147,7 +165,7 @@ static __always_inline int related(struct __sk_buff *skb, const struct pkt *p, _
 	if (pod_side != k.pod_addr)
 		return 0;
 	struct ct_val ctv;
-	if (!ct_get(ifindex, &k, now, &ctv) || ctv.expires_ns < now)
+	if (!ct_get(ifindex, &k, now, &ctv, 0) || ctv.expires_ns < now)
 		return 0;
 	count(ifindex, dir, FORWARD_RELATED, skb->len);
 	return 1;

@@ -21,17 +21,21 @@ static __always_inline void count(__u32 ifindex, __u8 dir, __u8 code, __u32 byte
 	bpf_map_update_elem(&fn_counters, &k, &nv, BPF_NOEXIST);
 }
 
-// emit writes p's flow event into the ring, unless events are off (DP_F_NO_EVENTS);
-// one the CPU's budget or a full ring has no room for is counted lost.
-static __always_inline void emit(__u32 ifindex, __u8 dir, const struct pkt *p, __u8 verdict, __u8 code,
-				 __u32 rule_id, __u32 remote_id, __u32 local_id)
+// emit_clocked writes p's flow event into the ring, unless events are off
+// (DP_F_NO_EVENTS); one the CPU's budget or a full ring has no room for is counted
+// lost. The bucket refills by the coarse clock (a tick is precise enough for a rate
+// per second) unless precise (netfilter programs may not read the coarse one): the
+// precise clock, a clock source read, is read for an event written, and under a
+// flood of new connections most are lost to the bucket.
+static __always_inline void emit_clocked(int precise, __u32 ifindex, __u8 dir, const struct pkt *p, __u8 verdict,
+					 __u8 code, __u32 rule_id, __u32 remote_id, __u32 local_id)
 {
 	__u32 zero = 0;
 	struct event_budget *b = bpf_map_lookup_elem(&fn_event_budget, &zero);
 	struct dp_config *cfg = bpf_map_lookup_elem(&fn_config, &zero);
 	if (!b || !cfg || cfg->flags & DP_F_NO_EVENTS)
 		return;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = precise ? bpf_ktime_get_ns() : bpf_ktime_get_coarse_ns();
 	__u64 rate = cfg->events_per_sec ? cfg->events_per_sec : DEFAULT_EVENTS_PER_SEC;
 	__u64 burst = rate; // one second's worth
 	// Refill: rate tokens per second, capped at burst.
@@ -53,7 +57,7 @@ static __always_inline void emit(__u32 ifindex, __u8 dir, const struct pkt *p, _
 		b->lost++;
 		return;
 	}
-	e->ts_ns = now;
+	e->ts_ns = precise ? now : bpf_ktime_get_ns();
 	e->ifindex = ifindex;
 	e->saddr = p->saddr;
 	e->daddr = p->daddr;
@@ -80,14 +84,28 @@ static __always_inline void emit(__u32 ifindex, __u8 dir, const struct pkt *p, _
 	bpf_ringbuf_submit(e, wake);
 }
 
-// drop counts and reports a dropped packet of the endpoint on ifindex (bytes long);
-// it returns the tcx verdict that drops it.
+// emit is emit_clocked for the tcx programs.
+static __always_inline void emit(__u32 ifindex, __u8 dir, const struct pkt *p, __u8 verdict, __u8 code,
+				 __u32 rule_id, __u32 remote_id, __u32 local_id)
+{
+	emit_clocked(0, ifindex, dir, p, verdict, code, rule_id, remote_id, local_id);
+}
+
+// drop_clocked counts and reports a dropped packet of the endpoint on ifindex (bytes
+// long), as emit_clocked; it returns the tcx verdict that drops it.
+static __always_inline int drop_clocked(int precise, __u32 ifindex, __u8 dir, const struct pkt *p, __u32 bytes,
+					__u8 code, __u32 rule_id, __u32 remote_id, __u32 local_id)
+{
+	count(ifindex, dir, code, bytes);
+	emit_clocked(precise, ifindex, dir, p, VERDICT_DROP, code, rule_id, remote_id, local_id);
+	return TCX_DROP;
+}
+
+// drop is drop_clocked for the tcx programs.
 static __always_inline int drop(__u32 ifindex, __u8 dir, const struct pkt *p, __u32 bytes, __u8 code, __u32 rule_id,
 				__u32 remote_id, __u32 local_id)
 {
-	count(ifindex, dir, code, bytes);
-	emit(ifindex, dir, p, VERDICT_DROP, code, rule_id, remote_id, local_id);
-	return TCX_DROP;
+	return drop_clocked(0, ifindex, dir, p, bytes, code, rule_id, remote_id, local_id);
 }
 
 // endpoint_identity is the identity of the endpoint on ifindex, for events of packets
