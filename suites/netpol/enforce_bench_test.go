@@ -154,9 +154,10 @@ type benchPair struct{ client, server oracle.Pod }
 // watchInterval is how often each watch starts a new connection.
 const watchInterval = 5 * time.Millisecond
 
-// envCountOrZero is envCount with 0 when name is unset.
+// envCountOrZero is envCount with 0 when name is unset or 0 (make bench passes
+// ENFORCE_PODS=0 and BACKGROUND=0 as they are).
 func envCountOrZero(name string) int {
-	if os.Getenv(name) == "" {
+	if v := os.Getenv(name); v == "" || v == "0" {
 		return 0
 	}
 	return envCount(name, 0)
