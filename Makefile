@@ -69,7 +69,7 @@ node-image: k8s-version engine ## the kind node image, built offline (K8S_VERSIO
 	@bash scripts/node-image.sh >/dev/null
 
 .PHONY: cluster
-cluster: k8s-version tools ## create (or recover) kind cluster $(CLUSTER) with topology CONFIG=default|large (K8S_VERSION=...)
+cluster: k8s-version tools ## create (or recover) kind cluster $(CLUSTER) with topology CONFIG=default|large|scale (K8S_VERSION=...)
 	@bash scripts/cluster.sh up
 
 .PHONY: cluster-down

@@ -2,6 +2,7 @@ package kindcluster
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -20,7 +21,8 @@ var testNetwork = Network{
 }
 
 func TestTopologyRepoConfigs(t *testing.T) {
-	for name, workers := range map[string]int{"default": 2, "large": 4} {
+	for name, want := range map[string]struct{ workers, maxPods int }{"default": {2, 30}, "large": {4, 30}, "scale": {3, 250}} {
+		workers := want.workers
 		c, err := Topology("../../kind-configs", name, testNetwork)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -39,9 +41,9 @@ func TestTopologyRepoConfigs(t *testing.T) {
 			t.Errorf("%s: networking %+v", name, nw)
 		}
 		patches := strings.Join(c.KubeadmConfigPatches, "\n")
-		for _, want := range []string{`allocate-node-cidrs: "false"`, "failCgroupV1: false", "maxPods: 30"} {
-			if !strings.Contains(patches, want) {
-				t.Errorf("%s: kubeadm patches lack %q", name, want)
+		for _, line := range []string{`allocate-node-cidrs: "false"`, "failCgroupV1: false", fmt.Sprintf("maxPods: %d", want.maxPods)} {
+			if !strings.Contains(patches, line) {
+				t.Errorf("%s: kubeadm patches lack %q", name, line)
 			}
 		}
 	}

@@ -54,8 +54,8 @@ func benchPodsRoom(ctx context.Context, cs kubernetes.Interface, n int) error {
 	}
 	if n > room {
 		return fmt.Errorf("FLATNET_BENCH_PODS=%d: the schedulable nodes admit %d more pods (pods/maxPods: %s). "+
-			"kind-configs/*.yaml set the kubelet's maxPods to 30, Azure's default, and each agent's address block follows it; "+
-			"run on a cluster whose nodes admit more (maxPods up to 250, the largest block) or lower FLATNET_BENCH_PODS",
+			"kind-configs/default.yaml and large.yaml set the kubelet's maxPods to 30, Azure's default, and each agent's address block follows it; "+
+			"run on a cluster whose nodes admit more (make cluster deploy CONFIG=scale: 3 workers of maxPods 250) or lower FLATNET_BENCH_PODS",
 			n, room, strings.Join(per, ", "))
 	}
 	return nil
