@@ -41,6 +41,8 @@ const (
 	// ADD renames and moves it at once): past the plugin's own bound on an ADD,
 	// the claimer is gone and the pair is deleted.
 	poolClaimTimeout = 45 * time.Second
+	// poolSweep is how often the pool is swept with no ADD to kick it.
+	poolSweep = 10 * time.Second
 )
 
 // Pool keeps the node's warm pool of veth pairs (podnet's pool) full: Size
@@ -112,7 +114,10 @@ func (p *Pool) Run(ctx context.Context) error {
 			p.log.Warn("empty the warm pool", "err", err)
 		}
 	}()
-	t := time.NewTicker(time.Second)
+	// The ticker only sweeps abandoned claims and retries failed refills: claims
+	// kick a refill at once, and a refill short of the size goes on without
+	// waiting (each round lists every link of the node, too much for every second).
+	t := time.NewTicker(poolSweep)
 	defer t.Stop()
 	for {
 		if quiet := time.Since(time.Unix(0, p.lastAdd.Load())); quiet < poolQuiet {
@@ -123,8 +128,11 @@ func (p *Pool) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		if err := p.Refill(ctx); err != nil {
+		short, err := p.refill(ctx)
+		if err != nil {
 			p.log.Warn("refill the warm pool", "err", err)
+		} else if short {
+			continue
 		}
 		select {
 		case <-ctx.Done():
@@ -159,16 +167,22 @@ func poolLinks() (map[string]int, error) {
 // Refill sweeps the pool (pairs claimed and abandoned, files without pairs) and
 // creates, prepares and publishes pairs up to its size, at most poolBatch.
 func (p *Pool) Refill(ctx context.Context) error {
+	_, err := p.refill(ctx)
+	return err
+}
+
+// refill is Refill, also saying whether the pool is still short of its size.
+func (p *Pool) refill(ctx context.Context) (short bool, err error) {
 	if err := os.MkdirAll(p.dir, 0o700); err != nil {
-		return fmt.Errorf("create the warm pool dir %s: %w", p.dir, err)
+		return false, fmt.Errorf("create the warm pool dir %s: %w", p.dir, err)
 	}
 	links, err := poolLinks()
 	if err != nil {
-		return err
+		return false, err
 	}
 	free, err := podnet.FreePoolPairs(p.dir)
 	if err != nil {
-		return err
+		return false, err
 	}
 	var errs []error
 	n := 0
@@ -204,9 +218,10 @@ func (p *Pool) Refill(ctx context.Context) error {
 	if want := min(p.size-n, poolBatch); want > 0 {
 		made, err := p.add(ctx, want)
 		errs = append(errs, err)
-		p.free.Set(float64(n + made))
+		n += made
+		p.free.Set(float64(n))
 	}
-	return errors.Join(errs...)
+	return n < p.size, errors.Join(errs...)
 }
 
 // add creates, prepares (as one group) and publishes k pairs, and returns how

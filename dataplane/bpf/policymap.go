@@ -64,13 +64,9 @@ func (d *Datapath) syncPolicies(eps []endpointPolicy) []error {
 	if len(keys) == 0 {
 		return errs
 	}
-	n, err := d.objs.FnPolicy.BatchUpdate(keys, fds, nil)
-	if err != nil {
-		// Not supported, or one entry failed: the rest one by one, each with its error.
-		for j := n; j < len(keys); j++ {
-			if err := d.objs.FnPolicy.Put(keys[j], fds[j]); err != nil {
-				errs[idx[j]] = fmt.Errorf("installing policy map of endpoint %d: %w", keys[j], err)
-			}
+	for j, err := range d.installPolicyMaps(keys, fds) {
+		if err != nil {
+			errs[idx[j]] = fmt.Errorf("installing policy map of endpoint %d: %w", keys[j], err)
 		}
 	}
 	if err := d.bumpRevision(); err != nil {
@@ -78,6 +74,20 @@ func (d *Datapath) syncPolicies(eps []endpointPolicy) []error {
 		// old ones: fail them all, to be written (and bumped) again.
 		for _, i := range idx {
 			errs[i] = errors.Join(errs[i], err)
+		}
+	}
+	return errs
+}
+
+// installPolicyMaps puts the policy maps fds in force for the interfaces keys, in
+// one batch update (one grace period), and returns each one's error.
+func (d *Datapath) installPolicyMaps(keys, fds []uint32) []error {
+	errs := make([]error, len(keys))
+	n, err := d.objs.FnPolicy.BatchUpdate(keys, fds, nil)
+	if err != nil {
+		// Not supported, or one entry failed: the rest one by one, each with its error.
+		for j := n; j < len(keys); j++ {
+			errs[j] = d.objs.FnPolicy.Put(keys[j], fds[j])
 		}
 	}
 	return errs
@@ -101,18 +111,28 @@ func (d *Datapath) newPolicyMap(ifindex int, pol *compile.EndpointPolicy) (*ebpf
 	if err != nil {
 		return nil, fmt.Errorf("creating policy map of endpoint %d: %w", ifindex, err)
 	}
-	if len(keys) > 0 {
-		if _, err := m.BatchUpdate(keys, vals, nil); err != nil {
-			// Fall back to one by one where batch updates are not supported.
-			for i := range keys {
-				if err := m.Put(&keys[i], &vals[i]); err != nil {
-					m.Close()
-					return nil, fmt.Errorf("filling policy map of endpoint %d: %w", ifindex, err)
-				}
-			}
-		}
+	if err := fillPolicyMap(m, keys, vals); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("filling policy map of endpoint %d: %w", ifindex, err)
 	}
 	return m, nil
+}
+
+// fillPolicyMap writes the entries into m (one batch where the kernel can, else
+// one by one).
+func fillPolicyMap(m *ebpf.Map, keys []datapathPolicyKey, vals []datapathPolicyVal) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	if _, err := m.BatchUpdate(keys, vals, nil); err == nil {
+		return nil
+	}
+	for i := range keys {
+		if err := m.Put(&keys[i], &vals[i]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // innerMapSize is the capacity of a policy map for n entries: the next power of two

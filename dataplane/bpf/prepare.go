@@ -111,11 +111,9 @@ func (d *Datapath) installEmptyPolicyMaps(ifindexes []int) ([]*ebpf.Map, []error
 	if len(keys) == 0 {
 		return maps, errs
 	}
-	if n, err := d.objs.FnPolicy.BatchUpdate(keys, fds, nil); err != nil {
-		for k := n; k < len(keys); k++ {
-			if err := d.objs.FnPolicy.Put(keys[k], fds[k]); err != nil {
-				errs[idx[k]] = fmt.Errorf("installing the policy map of prepared interface %d: %w", keys[k], err)
-			}
+	for k, err := range d.installPolicyMaps(keys, fds) {
+		if err != nil {
+			errs[idx[k]] = fmt.Errorf("installing the policy map of prepared interface %d: %w", keys[k], err)
 		}
 	}
 	return maps, errs
@@ -173,20 +171,4 @@ func (d *Datapath) attachPrepared(eps []Endpoint, write []endpointPolicy, idx []
 		errs[i] = d.attachedLocked(eps[i])
 	}
 	return rest, restIdx
-}
-
-// fillPolicyMap writes the entries into m (one batch where the kernel can).
-func fillPolicyMap(m *ebpf.Map, keys []datapathPolicyKey, vals []datapathPolicyVal) error {
-	if len(keys) == 0 {
-		return nil
-	}
-	if _, err := m.BatchUpdate(keys, vals, nil); err == nil {
-		return nil
-	}
-	for i := range keys {
-		if err := m.Put(&keys[i], &vals[i]); err != nil {
-			return err
-		}
-	}
-	return nil
 }
