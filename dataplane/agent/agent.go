@@ -74,10 +74,10 @@ type Config struct {
 	Reconcile, LeakGrace time.Duration
 	// Hook receives the node's endpoints; nil means NoPolicy.
 	Hook EndpointHook
-	// PoolSize is how many veth pairs the warm pool keeps ready for pods (0:
-	// none); the pool needs Preparer (the policy datapath) to prepare them.
+	// PoolSize is how many host interface indexes the warm pool keeps ready for
+	// pods (0: none); the pool needs Preparer (the policy datapath) to prepare them.
 	PoolSize int
-	Preparer InterfacePreparer
+	Preparer IndexPreparer
 	// API, when set, is served on APIAddr (flows and explain).
 	API http.Handler
 }
@@ -137,7 +137,7 @@ func New(cfg Config, log *slog.Logger, kube kubernetes.Interface, dyn dynamic.In
 	}
 	eps.OnChange = a.poke
 	if cfg.PoolSize > 0 && cfg.Preparer != nil {
-		a.pool = NewPool(podnet.PoolDir(a.allocDir()), cfg.PoolSize, cfg.MTU, cfg.Preparer, log, m)
+		a.pool = NewPool(podnet.PoolDir(a.allocDir()), cfg.PoolSize, cfg.Preparer, log, m)
 		eps.pool = a.pool
 	}
 	if err := a.watch(factory); err != nil {
@@ -183,9 +183,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.ready.Store(true)
 	if a.pool != nil {
-		if a.pool.mtu == 0 {
-			a.pool.mtu = uplinkMTU(a.uplink)
-		}
 		poolDone := make(chan struct{})
 		go func() {
 			defer close(poolDone)
@@ -424,14 +421,6 @@ func (a *Agent) reconcile(ctx context.Context) {
 }
 
 // linkExists reports whether the agent's network namespace has the interface.
-// uplinkMTU is the MTU the plugin gives pods when none is configured.
-func uplinkMTU(name string) int {
-	if l, err := netlink.LinkByName(name); err == nil {
-		return l.Attrs().MTU
-	}
-	return 0
-}
-
 func linkExists(name string) bool {
 	_, err := netlink.LinkByName(name)
 	return err == nil

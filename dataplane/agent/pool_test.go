@@ -2,13 +2,12 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -49,7 +48,7 @@ func (pn *poolNode) load(size int) {
 	})
 	d := pn.d
 	pn.t.Cleanup(func() { d.Close() })
-	pn.pool = NewPool(pn.dir, size, 1400, pn.d, slog.New(slog.DiscardHandler), NewMetrics())
+	pn.pool = NewPool(pn.dir, size, pn.d, slog.New(slog.DiscardHandler), NewMetrics())
 	if err := os.MkdirAll(pn.dir, 0o700); err != nil {
 		pn.t.Fatal(err)
 	}
@@ -60,113 +59,111 @@ func (pn *poolNode) do(fn func(ctx context.Context) error) {
 	pn.node.Do(func() error { return fn(context.Background()) })
 }
 
-// pairs lists the pool interfaces of the node (id -> host index, 0: peer only).
-func (pn *poolNode) pairs() map[string]int {
+// prepared lists the indexes of the pool's range with maps but no endpoint.
+func (pn *poolNode) prepared() []int {
 	pn.t.Helper()
-	var l map[string]int
-	pn.node.Do(func() (err error) { l, err = poolLinks(); return err })
-	return l
-}
-
-// pinned lists the interface indexes with pinned datapath links.
-func (pn *poolNode) pinned() []int {
-	pn.t.Helper()
-	ents, err := os.ReadDir(filepath.Join(pn.pin, "links"))
+	got, err := pn.d.PreparedIndexes(podnet.PoolIndexBase, podnet.PoolIndexBase+podnet.PoolIndexRange)
 	if err != nil {
 		pn.t.Fatal(err)
 	}
-	var out []int
-	for _, e := range ents {
-		if s, ok := strings.CutSuffix(e.Name(), "-ingress"); ok {
-			i, _ := strconv.Atoi(s)
-			out = append(out, i)
-		}
-	}
-	slices.Sort(out)
-	return out
+	return got
 }
 
-func (pn *poolNode) free() []string {
+func (pn *poolNode) free() []int {
 	pn.t.Helper()
-	ids, err := podnet.FreePoolPairs(pn.dir)
+	free, _, err := podnet.FreePoolIndexes(pn.dir)
 	if err != nil {
 		pn.t.Fatal(err)
 	}
-	return ids
+	return free
 }
 
-// TestPoolRestartLeaksNothing fills a pool, has one pair claimed by a pod and one
-// claimed by an ADD that died before touching it, restarts the agent and stops it:
-// no pool interface, file or pinned link is left but the pod's, which keeps its
-// host veth, and the abandoned pair goes once its claim timed out.
+// TestPoolRestartLeaksNothing fills a pool, has one index claimed by a pod (its
+// host veth created on it and attached) and one claimed by an ADD that died
+// before using it, restarts the agent and stops it: no published index and no
+// prepared maps are left but the pod's, which keeps its endpoint and its filters;
+// within one agent, an abandoned claim goes once its claim time is up.
 func TestPoolRestartLeaksNothing(t *testing.T) {
 	pn := newPoolNode(t, 5)
 	pn.do(pn.pool.Refill)
-	free, pairs := pn.free(), pn.pairs()
-	if len(free) != 5 || len(pairs) != 5 {
-		t.Fatalf("after a refill of 5: %d published, %d pairs", len(free), len(pairs))
+	free := pn.free()
+	if len(free) != 5 || !slices.Equal(pn.prepared(), free) {
+		t.Fatalf("after a refill of 5: published %v, prepared %v", free, pn.prepared())
 	}
-	var hosts []int
-	for _, id := range free {
-		pn.node.Do(func() error {
-			l, err := netlink.LinkByIndex(pairs[id])
-			if err == nil && l.Attrs().MTU != 1400 {
-				t.Errorf("pool pair %s has MTU %d, the pool's is 1400", id, l.Attrs().MTU)
-			}
-			return err
-		})
-		if !pn.d.Prepared(pairs[id]) {
-			t.Errorf("published pair %s (host %d) is not prepared", id, pairs[id])
+	for _, i := range free {
+		if !podnet.IsPoolIndex(i) {
+			t.Errorf("published index %d is outside the pool's range", i)
 		}
-		hosts = append(hosts, pairs[id])
-	}
-	slices.Sort(hosts)
-	if got := pn.pinned(); !slices.Equal(got, hosts) {
-		t.Errorf("pinned links of %v, want the pool's %v", got, hosts)
+		pn.node.Do(func() error {
+			if _, err := netlink.LinkByIndex(i); err == nil {
+				t.Errorf("published index %d already has a link", i)
+			}
+			return nil
+		})
 	}
 
-	// A pod claims a pair and is plumbed; another ADD claims one and dies.
+	// A pod claims an index, is plumbed on it and attached; another ADD claims one
+	// and dies.
 	pod := podnettest.NewNS(t)
 	var podIdx int
-	var abandoned string
-	pn.do(func(context.Context) error {
+	pn.do(func(ctx context.Context) error {
 		up, err := podnet.FindUplink("eth0", netip.MustParsePrefix("10.224.0.0/16"))
 		if err != nil {
 			return err
 		}
-		id, err := podnet.ClaimPoolPair(pn.dir, "c-pod")
+		claimed, err := podnet.ClaimPoolIndex(pn.dir, "c-pod")
 		if err != nil {
 			return err
 		}
-		v, err := podnet.SetupPooled(pod, id, "c-pod", "eth0", netip.MustParseAddr("10.224.0.40"), 1400, up)
+		v, err := podnet.Setup(pod, "c-pod", "eth0", netip.MustParseAddr("10.224.0.40"), 1400, up, claimed)
 		if err != nil {
 			return err
 		}
-		podIdx = v.HostIf.Index
-		abandoned, err = podnet.ClaimPoolPair(pn.dir, "c-dead")
+		if podIdx = v.HostIf.Index; podIdx != claimed {
+			return fmt.Errorf("host veth on index %d, claimed %d", podIdx, claimed)
+		}
+		if err := pn.d.AttachEndpoint(ctx, bpf.Endpoint{IfIndex: podIdx, IP: netip.MustParseAddr("10.224.0.40"), Identity: 300}, bpf.DenyAll()); err != nil {
+			return err
+		}
+		_, err = podnet.ClaimPoolIndex(pn.dir, "c-dead")
 		return err
 	})
+	if slices.Contains(pn.prepared(), podIdx) || len(pn.prepared()) != 4 {
+		t.Errorf("prepared after one attach and one dead claim: %v, want 4 without the pod's %d", pn.prepared(), podIdx)
+	}
 
 	// The agent restarts: the new one drains what it can take back.
 	pn.d.Close()
 	pn.load(5)
 	pn.do(pn.pool.Drain)
+	if got, prep := pn.free(), pn.prepared(); len(got)+len(prep) != 0 {
+		t.Errorf("after the restart's drain, published %v, prepared %v", got, prep)
+	}
+	eps, err := pn.d.Endpoints(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := eps[podIdx]; !ok || len(eps) != 1 {
+		t.Errorf("endpoints after the restart: %v, want the pod's %d", eps, podIdx)
+	}
+
+	// A claim abandoned within one agent goes once its claim time is up.
+	pn.pool.size = 2
+	pn.do(pn.pool.Refill)
+	pn.node.Do(func() error {
+		_, err := podnet.ClaimPoolIndex(pn.dir, "c-dead2")
+		return err
+	})
 	pn.pool.size = 0 // sweeps only
 	pn.do(pn.pool.Refill)
-	if got := pn.free(); len(got) != 0 {
-		t.Errorf("after the restart's drain, published pairs %v", got)
-	}
-	if got := pn.pairs(); len(got) != 1 || got[abandoned] == 0 {
-		t.Errorf("after the restart's drain, pool pairs %v: want only the abandoned claim %s, inside its claim time", got, abandoned)
+	if got := pn.prepared(); len(got) != 2 {
+		t.Errorf("inside its claim time the abandoned index must stay prepared: %v", got)
 	}
 	pn.pool.claimTimeout = time.Millisecond
 	time.Sleep(2 * time.Millisecond)
 	pn.do(pn.pool.Refill)
-	if got := pn.pairs(); len(got) != 0 {
-		t.Errorf("after the claim timed out, pool pairs %v", got)
-	}
-	if got := pn.pinned(); !slices.Equal(got, []int{podIdx}) {
-		t.Errorf("pinned links of %v, want only the pod's %d", got, podIdx)
+	if got := pn.prepared(); len(got) != 1 || got[0] != pn.free()[0] {
+		t.Errorf("after the claim timed out, prepared %v, published %v: want only the free one", got, pn.free())
 	}
 
 	// Refilled, then stopped: emptied, the pod untouched.
@@ -176,11 +173,11 @@ func TestPoolRestartLeaksNothing(t *testing.T) {
 		t.Errorf("refilled to %d, want 3", len(got))
 	}
 	pn.do(pn.pool.Drain)
-	if got, pairs := pn.free(), pn.pairs(); len(got)+len(pairs) != 0 {
-		t.Errorf("after the stop, published %v, pairs %v", got, pairs)
+	if got, prep := pn.free(), pn.prepared(); len(got)+len(prep) != 0 {
+		t.Errorf("after the stop, published %v, prepared %v", got, prep)
 	}
-	if got := pn.pinned(); !slices.Equal(got, []int{podIdx}) {
-		t.Errorf("after the stop, pinned links of %v, want only the pod's %d", got, podIdx)
+	if eps, err := pn.d.Endpoints(context.Background()); err != nil || len(eps) != 1 {
+		t.Errorf("after the stop, endpoints %v (%v), want the pod's %d", eps, err, podIdx)
 	}
 	if links := podnettest.Links(t, pn.node.NS); !slices.Contains(links, podnet.HostVethName("c-pod", "eth0")) {
 		t.Errorf("the pod's host veth is gone: %v", links)
@@ -188,8 +185,8 @@ func TestPoolRestartLeaksNothing(t *testing.T) {
 }
 
 // TestPoolRunFillsCountsAndEmpties runs the pool as the agent does: it fills up,
-// counts an ADD on one of its pairs as a claim and one on another interface as a
-// miss, and leaves nothing when it stops.
+// counts an ADD on one of its indexes as a claim and one on another interface as
+// a miss, and leaves nothing when it stops.
 func TestPoolRunFillsCountsAndEmpties(t *testing.T) {
 	pn := newPoolNode(t, 4)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -201,8 +198,7 @@ func TestPoolRunFillsCountsAndEmpties(t *testing.T) {
 			t.Fatalf("the pool never filled: %d of 4 published", len(pn.free()))
 		}
 	}
-	pairs := pn.pairs()
-	pn.pool.ObserveAdd(pairs[pn.free()[0]])
+	pn.pool.ObserveAdd(pn.free()[0])
 	pn.pool.ObserveAdd(1) // the node's lo: not prepared
 	if c, m := testutil.ToFloat64(pn.pool.claims), testutil.ToFloat64(pn.pool.misses); c != 1 || m != 1 {
 		t.Errorf("claims %v, misses %v: want 1 and 1", c, m)
@@ -211,7 +207,7 @@ func TestPoolRunFillsCountsAndEmpties(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if free, pairs, pins := pn.free(), pn.pairs(), pn.pinned(); len(free)+len(pairs)+len(pins) > 0 {
-		t.Errorf("after the pool stopped: published %v, pairs %v, pinned links %v", free, pairs, pins)
+	if free, prep := pn.free(), pn.prepared(); len(free)+len(prep) > 0 {
+		t.Errorf("after the pool stopped: published %v, prepared %v", free, prep)
 	}
 }

@@ -4,14 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
@@ -19,68 +20,102 @@ import (
 	"github.com/flatnet/flatnet/dataplane/identity"
 )
 
-func (d *Datapath) linkPin(ifindex int, dir int) string {
-	name := "ingress"
-	if dir == dirEgress {
-		name = "egress"
-	}
-	return filepath.Join(d.pinDir, "links", fmt.Sprintf("%d-%s", ifindex, name))
-}
+// linkPinPath is the path of a link pinned under the pin directory.
+func (d *Datapath) linkPinPath(name string) string { return filepath.Join(d.pinDir, "links", name) }
 
-// resumeLinks points every pinned link at the programs just loaded. A link whose
-// interface is gone (pod deleted while no agent ran) is unpinned.
+// resumeLinks points every endpoint's hook at the programs just loaded, each in
+// one atomic step. The endpoints are those of the endpoint map (and, in an
+// upgrade, of the previous version's) and those an earlier version attached with
+// tcx links. An endpoint whose interface is gone, or is not the one attached (no
+// datapath filter and no tcx link on it: its index was reused while no agent ran),
+// is forgotten. In an upgrade an endpoint on the previous programs stays there
+// until AttachEndpoint has written it into the new maps.
 func (d *Datapath) resumeLinks(ctx context.Context) error {
-	entries, err := os.ReadDir(filepath.Join(d.pinDir, "links"))
+	ifindexes, err := d.resumable()
 	if err != nil {
-		return fmt.Errorf("listing pinned links: %w", err)
+		return err
 	}
-	for _, e := range entries {
+	for _, ifindex := range ifindexes {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		path := filepath.Join(d.pinDir, "links", e.Name())
-		if e.Name() == filepath.Base(d.servicePin()) {
-			continue // AttachServiceHook replaces it
+		var progs []ebpf.ProgramID
+		gone := false
+		for _, dir := range []int{dirIngress, dirEgress} {
+			id, err := hookProgramID(ifindex, dir)
+			if errors.Is(err, os.ErrNotExist) {
+				gone = true
+				break
+			}
+			if err != nil {
+				return err
+			}
+			if tcx := d.pinnedTCXProgram(ifindex, dir); tcx != 0 {
+				id = tcx // tcx runs first: its program is the one deciding
+			}
+			if id != 0 {
+				progs = append(progs, id)
+			}
 		}
-		ifs, side, ok := strings.Cut(e.Name(), "-")
-		ifindex, convErr := strconv.Atoi(ifs)
-		if !ok || convErr != nil || (side != "ingress" && side != "egress") {
-			continue
-		}
-		l, err := link.LoadPinnedLink(path, nil)
-		if err != nil {
-			return fmt.Errorf("opening pinned link %s: %w", path, err)
-		}
-		info, err := l.Info()
-		if err != nil || info.TCX() == nil || info.TCX().Ifindex != uint32(ifindex) {
-			// Detached: its interface went away while no agent ran.
-			_ = l.Unpin()
-			l.Close()
-			if side == "ingress" {
-				if err := d.forget(ifindex); err != nil {
-					return fmt.Errorf("forgetting the endpoint of vanished interface %d: %w", ifindex, err)
-				}
+		if gone || len(progs) == 0 {
+			for _, dir := range []int{dirIngress, dirEgress} {
+				_ = d.dropTCXLink(ifindex, dir)
+			}
+			if err := d.forget(ifindex); err != nil {
+				return fmt.Errorf("forgetting the endpoint of vanished interface %d: %w", ifindex, err)
 			}
 			continue
 		}
-		if d.up != nil && d.up.runsPrevious(l) {
+		if d.up != nil && slices.ContainsFunc(progs, d.up.runsPrevious) {
 			// An upgrade: the previous programs keep this endpoint until
 			// AttachEndpoint has written it into the new maps.
 			d.up.pending[ifindex] = true
-			l.Close()
 			continue
 		}
-		prog := d.objs.ToPod
-		if side == "egress" {
-			prog = d.objs.FromPod
-		}
-		err = l.Update(prog)
-		l.Close()
-		if err != nil {
-			return fmt.Errorf("moving pinned link %s to the new program: %w", path, err)
+		if err := d.attachLinks(ctx, ifindex); err != nil {
+			return fmt.Errorf("moving endpoint %d to the new programs: %w", ifindex, err)
 		}
 	}
 	return nil
+}
+
+// resumable lists the interface indexes resumeLinks looks at, in order.
+func (d *Datapath) resumable() ([]int, error) {
+	set := map[int]bool{}
+	for _, m := range []*ebpf.Map{d.objs.FnEndpoints, d.retiredEndpoints()} {
+		if m == nil {
+			continue
+		}
+		var k uint32
+		var v datapathEndpointInfo
+		it := m.Iterate()
+		for it.Next(&k, &v) {
+			set[int(k)] = true
+		}
+		if err := it.Err(); err != nil {
+			return nil, fmt.Errorf("listing endpoints to resume: %w", err)
+		}
+	}
+	entries, err := os.ReadDir(filepath.Join(d.pinDir, "links"))
+	if err != nil {
+		return nil, fmt.Errorf("listing pinned links: %w", err)
+	}
+	for _, e := range entries {
+		ifs, side, ok := strings.Cut(e.Name(), "-")
+		ifindex, convErr := strconv.Atoi(ifs)
+		if ok && convErr == nil && (side == "ingress" || side == "egress") {
+			set[ifindex] = true
+		}
+	}
+	return slices.Sorted(maps.Keys(set)), nil
+}
+
+// retiredEndpoints is the previous version's endpoint map in an upgrade, else nil.
+func (d *Datapath) retiredEndpoints() *ebpf.Map {
+	if d.up == nil {
+		return nil
+	}
+	return d.up.retired[datapathMapFnEndpoints]
 }
 
 // AttachEndpoint makes an endpoint enforce pol: its identity and policy are written
@@ -95,9 +130,9 @@ func (d *Datapath) AttachEndpoint(ctx context.Context, ep Endpoint, pol *compile
 // AttachEndpoints attaches several endpoints, eps[i] enforcing pols[i], as
 // AttachEndpoint does each, and returns each one's error. A burst of pods starting
 // together would otherwise wait for the kernel's grace periods in turn (a policy
-// map and a connection table installed, two tcx links, each waits for one): their
-// policy maps go in with one batch update and their connection tables with
-// another, while the links are attached for all of them at once.
+// map and a connection table installed, each waits for one): their policy maps go
+// in with one batch update and their connection tables with another, while the
+// filters go on. Indexes of the warm pool (PrepareIndexes) wait for none.
 func (d *Datapath) AttachEndpoints(ctx context.Context, eps []Endpoint, pols []*compile.EndpointPolicy) []error {
 	errs := make([]error, len(eps))
 	var write []endpointPolicy
@@ -123,13 +158,12 @@ func (d *Datapath) AttachEndpoints(ctx context.Context, eps []Endpoint, pols []*
 		}
 	}
 	write, idx = keepUnfailed(write, idx, errs)
-	// Interfaces of the warm pool have their programs and maps: entries only.
-	write, idx = d.attachPrepared(eps, write, idx, errs)
+	// Interface indexes of the warm pool have their maps: entries and filters only.
+	write, idx = d.attachPrepared(ctx, eps, write, idx, errs)
 	// The policy maps' and the tables' batch updates each wait for a grace
-	// period, and so does every tcx link, one after another under the kernel's
-	// rtnl lock: the maps go in beside the links so that their waits overlap.
-	// Until its policy is in place the programs drop all of an endpoint's
-	// traffic, and nothing returns before all is done.
+	// period: the filters go on meanwhile. Until its policy is in place the
+	// programs drop all of an endpoint's traffic, and nothing returns before all
+	// is done.
 	tables := make(chan []error, 1)
 	go func() { tables <- d.writeTables(write) }()
 	d.attachAllPrograms(ctx, eps, idx, errs)
@@ -264,37 +298,6 @@ func localEndpoint(ep Endpoint) *datapathLocalEp {
 	return le
 }
 
-func (d *Datapath) attach(ifindex, dir int) error {
-	prog, at := d.objs.ToPod, ebpf.AttachTCXEgress
-	if dir == dirEgress {
-		prog, at = d.objs.FromPod, ebpf.AttachTCXIngress
-	}
-	pin := d.linkPin(ifindex, dir)
-	if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-		info, ierr := l.Info()
-		if ierr == nil && info.TCX() != nil && info.TCX().Ifindex == uint32(ifindex) {
-			err = l.Update(prog)
-			l.Close()
-			if err != nil {
-				return fmt.Errorf("updating link %s: %w", pin, err)
-			}
-			return nil
-		}
-		// A stale pin of an interface that went away and whose index was reused.
-		_ = l.Unpin()
-		l.Close()
-	}
-	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: at})
-	if err != nil {
-		return fmt.Errorf("attaching %s to interface %d: %w", prog, ifindex, err)
-	}
-	defer l.Close()
-	if err := l.Pin(pin); err != nil {
-		return fmt.Errorf("pinning link of interface %d: %w", ifindex, err)
-	}
-	return nil
-}
-
 // DetachEndpoint removes the programs from an endpoint's veth and forgets it; an
 // unknown endpoint is not an error.
 func (d *Datapath) DetachEndpoint(ctx context.Context, ifindex int) error {
@@ -307,19 +310,9 @@ func (d *Datapath) DetachEndpoint(ctx context.Context, ifindex int) error {
 func (d *Datapath) detachLocked(ifindex int) error {
 	var errs []error
 	for _, dir := range []int{dirIngress, dirEgress} {
-		pin := d.linkPin(ifindex, dir)
-		l, err := link.LoadPinnedLink(pin, nil)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
+		if err := d.detach(ifindex, dir); err != nil {
+			errs = append(errs, err)
 		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("opening link %s: %w", pin, err))
-			continue
-		}
-		if err := l.Unpin(); err != nil {
-			errs = append(errs, fmt.Errorf("unpinning %s: %w", pin, err))
-		}
-		l.Close() // the last reference: the kernel detaches the program
 	}
 	if err := d.forget(ifindex); err != nil {
 		errs = append(errs, err)

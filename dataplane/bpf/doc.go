@@ -1,8 +1,8 @@
 // Package bpf is flatnet's policy datapath: the C programs in c/, their bpf2go output,
 // and the only code that knows the maps' layouts. Everyone else goes through Datapath:
 // Load pins programs and maps under a bpffs directory, AttachEndpoint fills an
-// endpoint's maps and attaches the programs to its host-side veth (tcx, both
-// directions), Apply writes compiler updates, and the flow reader drains the ring
+// endpoint's maps and attaches the programs to its host-side veth (clsact filters,
+// both directions: hook.go), Apply writes compiler updates, and the flow reader drains the ring
 // buffer of flow events.
 package bpf
 

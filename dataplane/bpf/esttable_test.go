@@ -68,9 +68,16 @@ func TestEstTableResizedKeepsConnections(t *testing.T) {
 	testenv.RequireRoot(t)
 	ctx := context.Background()
 	pinDir := filepath.Join(testenv.BPFFS(t), "flatnet")
-	d, err := LoadWith(ctx, pinDir, Options{CTEntries: 64, CTEstablishedPerEndpoint: 16})
-	must(t, err)
+	// The test endpoint's interface is the lo of a netns of its own: a restarted
+	// agent keeps only endpoints whose interface carries the datapath's filters.
+	node := podnettest.NewNS(t)
+	load := func(opts Options) (d *Datapath) {
+		must(t, node.Do(func(ns.NetNS) (err error) { d, err = LoadWith(ctx, pinDir, opts); return err }))
+		return d
+	}
+	d := load(Options{CTEntries: 64, CTEstablishedPerEndpoint: 16})
 	setEndpoint(t, d, serverIP, 300, &compile.EndpointPolicy{Enforce: [2]bool{true, false}})
+	must(t, node.Do(func(ns.NetNS) error { return d.attachLinks(ctx, testIfindex) }))
 	peer := netip.MustParseAddr("10.224.9.9")
 	conn := func(i int) pkt { return tcp(serverIP, peer, uint16(1000+i), 80, tcpSYN) }
 	const open = 10
@@ -80,8 +87,7 @@ func TestEstTableResizedKeepsConnections(t *testing.T) {
 	}
 	d.Close()
 
-	d, err = LoadWith(ctx, pinDir, Options{CTEntries: 64, CTEstablishedPerEndpoint: 32})
-	must(t, err)
+	d = load(Options{CTEntries: 64, CTEstablishedPerEndpoint: 32})
 	t.Cleanup(func() { d.Close() })
 	est, err := d.estTable(testIfindex)
 	must(t, err)

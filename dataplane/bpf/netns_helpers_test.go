@@ -25,7 +25,7 @@ import (
 
 // A "node" netns with flatnet's node-subnet wiring (host /32 route + proxy ARP on the
 // host veth; in the pod, 169.254.1.1 as gateway) and one netns per "pod". The
-// datapath's programs sit on the host-side veths via tcx, exactly as on a node.
+// datapath's programs sit on the host-side veths (clsact), exactly as on a node.
 type testNode struct {
 	t      testing.TB
 	node   ns.NetNS
@@ -103,12 +103,20 @@ var gateway = net.IPv4(169, 254, 1, 1)
 // addPod wires a pod netns and attaches the datapath as the agent does on CNI ADD:
 // the pod's policy is computed and written before the programs are attached.
 func (n *testNode) addPod(namespace, name, ip string, labels map[string]string) *testPod {
+	return n.addPodIndexed(namespace, name, ip, labels, 0)
+}
+
+// addPodIndexed is addPod with the host veth created with interface index ifindex
+// (0: the kernel's choice), as the CNI plugin creates it on an index the warm pool
+// prepared.
+func (n *testNode) addPodIndexed(namespace, name, ip string, labels map[string]string, ifindex int) *testPod {
 	t := n.t
 	p := &testPod{namespace: namespace, name: name, labels: labels, ip: netip.MustParseAddr(ip),
 		hostIf: fmt.Sprintf("fn%d", len(n.pods))}
 	p.netns = podnettest.NewNS(t)
+	var hostIndex int
 	must(t, n.node.Do(func(ns.NetNS) error {
-		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: p.hostIf}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(p.netns.Fd()))}
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: p.hostIf, Index: ifindex}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(p.netns.Fd()))}
 		if err := netlink.LinkAdd(veth); err != nil {
 			return fmt.Errorf("veth: %w", err)
 		}
@@ -116,7 +124,7 @@ func (n *testNode) addPod(namespace, name, ip string, labels map[string]string) 
 		if err != nil {
 			return err
 		}
-		p.ifindex = l.Attrs().Index
+		hostIndex = l.Attrs().Index
 		p.hostMAC = l.Attrs().HardwareAddr
 		if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+p.hostIf+"/proxy_arp", []byte("1"), 0o644); err != nil {
 			return err
@@ -124,7 +132,7 @@ func (n *testNode) addPod(namespace, name, ip string, labels map[string]string) 
 		if err := netlink.LinkSetUp(l); err != nil {
 			return err
 		}
-		return netlink.RouteAdd(&netlink.Route{LinkIndex: p.ifindex, Dst: prefixNet(netip.PrefixFrom(p.ip, 32)), Scope: netlink.SCOPE_LINK})
+		return netlink.RouteAdd(&netlink.Route{LinkIndex: hostIndex, Dst: prefixNet(netip.PrefixFrom(p.ip, 32)), Scope: netlink.SCOPE_LINK})
 	}))
 	must(t, p.netns.Do(func(ns.NetNS) error {
 		lo, _ := netlink.LinkByName("lo")
@@ -149,17 +157,20 @@ func (n *testNode) addPod(namespace, name, ip string, labels map[string]string) 
 		return netlink.NeighAdd(&netlink.Neigh{LinkIndex: eth.Attrs().Index, IP: gateway, HardwareAddr: p.hostMAC,
 			State: netlink.NUD_PERMANENT, Family: netlink.FAMILY_V4})
 	}))
+	// As in the agent, the pod's endpoint is known by its interface only once
+	// attached: the flush writes its identity, not its policy map.
 	n.pods[namespace+"/"+name] = p
 	must(t, n.c.UpsertPod(compile.Pod{Namespace: namespace, Name: name, Labels: labels, IP: p.ip, Local: true}))
 	n.flush()
 	id, _ := n.c.IdentityOf(namespace, name)
 	must(t, n.node.Do(func(ns.NetNS) error {
-		ep, pol := Endpoint{IfIndex: p.ifindex, IP: p.ip, Identity: id, MAC: p.mac}, n.c.EndpointPolicy(namespace, name)
+		ep, pol := Endpoint{IfIndex: hostIndex, IP: p.ip, Identity: id, MAC: p.mac}, n.c.EndpointPolicy(namespace, name)
 		if n.attach != nil {
 			return n.attach(ep, pol)
 		}
 		return n.d.AttachEndpoint(context.Background(), ep, pol)
 	}))
+	p.ifindex = hostIndex
 	return p
 }
 
@@ -176,6 +187,17 @@ func (n *testNode) addServerClient() (server, client *testPod) {
 func (n *testNode) addServerClientOther() (server, client, other *testPod) {
 	server, client = n.addServerClient()
 	return server, client, n.addPod("other", "client", otherIP.String(), map[string]string{"app": "client"})
+}
+
+// load loads the datapath from n's pins as a restarted agent does, in the node's
+// network namespace (its endpoints' interfaces are resolved there).
+func (n *testNode) load(opts Options) (*Datapath, error) {
+	var d *Datapath
+	err := n.node.Do(func(ns.NetNS) (err error) {
+		d, err = LoadWith(context.Background(), n.pinDir, opts)
+		return err
+	})
+	return d, err
 }
 
 func (n *testNode) flush() {

@@ -2,7 +2,6 @@ package bpf
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -12,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -104,7 +104,7 @@ func TestNetnsAgentRestart(t *testing.T) {
 	wantWorks(t, "allowed while no agent runs", client.tcpWorks(server.ip, 80))
 	wantBlocked(t, "denied while no agent runs", other.tcpQuick(server.ip, 80))
 
-	d2, err := Load(context.Background(), n.pinDir) // the new agent
+	d2, err := n.load(Options{}) // the new agent
 	must(t, err)
 	wantWorks(t, "established connection across the restart", echo(long, "still"))
 
@@ -137,9 +137,36 @@ func TestNetnsAgentRestart(t *testing.T) {
 	n.flush()
 	wantWorks(t, "policy deleted by the new agent", other.tcpWorks(server.ip, 80))
 
+	// Every endpoint's hook runs the new agent's programs, not the first's.
+	for _, p := range []*testPod{server, client} {
+		wantHook(t, n, d2, p.ifindex, true)
+	}
+
 	must(t, n.node.Do(func(ns.NetNS) error { return d2.DetachEndpoint(context.Background(), server.ifindex) }))
-	if _, err := os.Stat(d2.linkPin(server.ifindex, dirIngress)); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("link pin still present after DetachEndpoint: %v", err)
+	wantHook(t, n, d2, server.ifindex, false)
+}
+
+// wantHook checks the datapath's filters on the host veth ifindex of n's node:
+// running d's programs in both directions (attached), or none at all.
+func wantHook(t *testing.T, n *testNode, d *Datapath, ifindex int, attached bool) {
+	t.Helper()
+	for _, dir := range []int{dirIngress, dirEgress} {
+		var got ebpf.ProgramID
+		must(t, n.node.Do(func(ns.NetNS) error {
+			var err error
+			got, err = hookProgramID(ifindex, dir)
+			return err
+		}))
+		var want ebpf.ProgramID
+		if attached {
+			prog, _ := d.hookProgram(dir)
+			info, err := prog.Info()
+			must(t, err)
+			want, _ = info.ID()
+		}
+		if got != want {
+			t.Errorf("interface %d, direction %d: the datapath's filter runs program %d, want %d", ifindex, dir, got, want)
+		}
 	}
 }
 
@@ -217,7 +244,7 @@ func TestNetnsNoWindowAcrossRestarts(t *testing.T) {
 	probes := startProbes(client, other, server, 80)
 
 	for i := 0; i < 10; i++ {
-		d2, err := Load(context.Background(), n.pinDir)
+		d2, err := n.load(Options{})
 		must(t, err)
 		n.restartAgent(t, d2)
 		n.cnp("allow-client", allowClient)
@@ -268,36 +295,41 @@ func TestNetnsPolicySwapUnderTraffic(t *testing.T) {
 }
 
 // TestNetnsVanishedInterfaceForgotten: a pod whose veth disappeared while no agent ran
-// leaves nothing behind once the next agent loads.
+// leaves nothing behind once the next agent loads, nor does one whose interface
+// index another interface took meanwhile (no datapath filter on it).
 func TestNetnsVanishedInterfaceForgotten(t *testing.T) {
 	n := newTestNode(t)
 	gone := n.addPod("default", "gone", "10.224.1.11", map[string]string{"app": "gone"})
+	reused := n.addPod("default", "reused", "10.224.1.13", map[string]string{"app": "reused"})
 	stays := n.addPod("default", "stays", "10.224.1.12", map[string]string{"app": "stays"})
 	must(t, n.d.Close())
 	must(t, n.node.Do(func(ns.NetNS) error {
-		l, err := netlink.LinkByName(gone.hostIf)
-		if err != nil {
-			return err
+		for _, p := range []*testPod{gone, reused} {
+			l, err := netlink.LinkByName(p.hostIf)
+			if err != nil {
+				return err
+			}
+			if err := netlink.LinkDel(l); err != nil {
+				return err
+			}
 		}
-		return netlink.LinkDel(l)
+		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "fnreused", Index: reused.ifindex}, PeerName: "fnreusedp"})
 	}))
-	d2, err := Load(context.Background(), n.pinDir)
+	d2, err := n.load(Options{})
 	must(t, err)
 	defer d2.Close()
 	eps, err := d2.Endpoints(context.Background())
 	must(t, err)
-	if _, ok := eps[gone.ifindex]; ok {
-		t.Errorf("endpoint of the deleted veth %d still in the maps", gone.ifindex)
+	for _, p := range []*testPod{gone, reused} {
+		if _, ok := eps[p.ifindex]; ok {
+			t.Errorf("endpoint %s of interface %d still in the maps", p.name, p.ifindex)
+		}
 	}
 	if _, ok := eps[stays.ifindex]; !ok {
 		t.Errorf("endpoint of the live veth %d was forgotten", stays.ifindex)
 	}
-	if _, err := os.Stat(d2.linkPin(gone.ifindex, dirIngress)); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("link pin of the deleted veth still present: %v", err)
-	}
-	if _, err := os.Stat(d2.linkPin(stays.ifindex, dirIngress)); err != nil {
-		t.Errorf("link pin of the live veth: %v", err)
-	}
+	wantHook(t, n, d2, stays.ifindex, true)
+	wantHook(t, n, d2, reused.ifindex, false)
 }
 
 func TestEnsureBPFFS(t *testing.T) {
@@ -360,7 +392,7 @@ func TestServiceHookSurvivesAgentRestarts(t *testing.T) {
 	ctx := context.Background()
 	n.attachServiceHook()
 	for i := 0; i < 3; i++ {
-		next, err := Load(ctx, n.pinDir)
+		next, err := n.load(Options{})
 		must(t, err)
 		if err := n.node.Do(func(ns.NetNS) error { return next.AttachServiceHook(ctx) }); err != nil {
 			t.Fatalf("restart %d: %v", i+1, err)

@@ -67,7 +67,10 @@ func (d *Datapath) syncPolicies(eps []endpointPolicy) []error {
 	for j, err := range d.installPolicyMaps(keys, fds) {
 		if err != nil {
 			errs[idx[j]] = fmt.Errorf("installing policy map of endpoint %d: %w", keys[j], err)
+			continue
 		}
+		// A prepared index got a map of its own: its prepared one is out of force.
+		d.unprepare(int(keys[j]))
 	}
 	if err := d.bumpRevision(); err != nil {
 		// The maps are in place, but connections may keep the verdicts of the

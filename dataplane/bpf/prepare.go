@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 
 	"github.com/cilium/ebpf"
 )
@@ -13,31 +15,29 @@ import (
 // (the ordinary way, one grace period more).
 const PreparedPolicyEntries = 512
 
-// PrepareInterfaces readies host interfaces of a warm pool before any pod has
-// them: the programs attached (they drop everything of an interface with no
-// endpoint entry, so an unclaimed interface passes nothing), an empty policy map
-// and a table of established connections installed; it returns each one's error,
-// and an interface that failed has nothing of it left. Attaching a tcx link and
-// updating a map-in-map from user space each wait for an RCU grace period (links
-// one after another under the kernel's rtnl lock): paid here, in the background,
-// AttachEndpoints of a prepared interface only writes map entries.
-func (d *Datapath) PrepareInterfaces(ctx context.Context, ifindexes []int) []error {
+// PrepareIndexes readies interface indexes of a warm pool before any interface has
+// them: an empty policy map and a table of established connections installed for
+// each, so that the pod whose host veth is later created with that index (the CNI
+// plugin asks the kernel for it) is attached by writing entries only. Installing a
+// map into a map-in-map from user space waits for an RCU grace period: paid here,
+// in the background, for the whole batch at once. No program runs for an index
+// until AttachEndpoint; it returns each index's error, and an index that failed has
+// nothing of it left.
+func (d *Datapath) PrepareIndexes(ctx context.Context, ifindexes []int) []error {
+	if err := ctx.Err(); err != nil {
+		errs := make([]error, len(ifindexes))
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
+	}
 	errs := make([]error, len(ifindexes))
 	ifs, idx, maps, perrs := d.prepareMaps(ifindexes, errs)
-	// The links without d.mu: their waits, under the kernel's rtnl lock, must not
-	// hold up the attaches of pods starting meanwhile. Nothing else knows these
-	// interfaces yet.
-	lerrs := make([]error, len(ifs))
-	all := make([]int, len(ifs))
-	for j := range all {
-		all[j] = j
-	}
-	concurrently(all, lerrs, func(j int) error { return d.attachLinks(ctx, ifs[j]) })
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for j, ifindex := range ifs {
 		i := idx[j]
-		if errs[i] = errors.Join(perrs[j], lerrs[j]); errs[i] == nil {
+		if errs[i] = perrs[j]; errs[i] == nil {
 			if d.prepared == nil {
 				d.prepared = map[int]*ebpf.Map{}
 			}
@@ -52,7 +52,7 @@ func (d *Datapath) PrepareInterfaces(ctx context.Context, ifindexes []int) []err
 	return errs
 }
 
-// prepareMaps checks the interfaces (errs gets the refused ones' errors) and
+// prepareMaps checks the indexes (errs gets the refused ones' errors) and
 // installs the empty policy maps and connection tables of the others, returned
 // (ifs, with their ifindexes index) with the maps and each one's error.
 func (d *Datapath) prepareMaps(ifindexes []int, errs []error) (ifs, idx []int, maps []*ebpf.Map, perrs []error) {
@@ -63,9 +63,9 @@ func (d *Datapath) prepareMaps(ifindexes []int, errs []error) (ifs, idx []int, m
 		var info datapathEndpointInfo
 		switch {
 		case ifindex <= 0:
-			errs[i] = fmt.Errorf("preparing interface %d: not an interface index", ifindex)
+			errs[i] = fmt.Errorf("preparing interface index %d: not an interface index", ifindex)
 		case d.objs.FnEndpoints.Lookup(uint32(ifindex), &info) == nil:
-			errs[i] = fmt.Errorf("preparing interface %d: an endpoint has it", ifindex)
+			errs[i] = fmt.Errorf("preparing interface index %d: an endpoint has it", ifindex)
 		default:
 			eps = append(eps, endpointPolicy{ifindex: ifindex})
 			idx = append(idx, i)
@@ -136,12 +136,13 @@ func (d *Datapath) unprepare(ifindex int) {
 }
 
 // attachPrepared attaches the endpoints of write (idx: their eps indexes) whose
-// interface is prepared and whose policy fits its map, and returns the others. Its
-// policy entries are written into the installed map, and its endpoint entry last:
-// the programs drop everything of the interface until then, so its first packet
-// is judged by its whole policy. No link is attached and no map-in-map updated.
-// Call with d.mu held.
-func (d *Datapath) attachPrepared(eps []Endpoint, write []endpointPolicy, idx []int, errs []error) ([]endpointPolicy, []int) {
+// interface index is prepared and whose policy fits its map, and returns the
+// others. Its policy entries are written into the installed map, then the programs
+// go on the interface (a clsact filter each way: no grace period), and its endpoint
+// entry last: the programs drop everything of the interface until then, so its
+// first packet is judged by its whole policy. No map-in-map is updated. Call with
+// d.mu held.
+func (d *Datapath) attachPrepared(ctx context.Context, eps []Endpoint, write []endpointPolicy, idx []int, errs []error) ([]endpointPolicy, []int) {
 	var rest []endpointPolicy
 	var restIdx []int
 	for j, w := range write {
@@ -162,6 +163,10 @@ func (d *Datapath) attachPrepared(eps []Endpoint, write []endpointPolicy, idx []
 			errs[i] = fmt.Errorf("writing the policy of endpoint %d: %w", w.ifindex, err)
 			continue
 		}
+		if err := d.attachLinks(ctx, w.ifindex); err != nil {
+			errs[i] = err
+			continue
+		}
 		d.unprepare(w.ifindex)
 		info := datapathEndpointInfo{Addr: addrBE(eps[i].IP), Identity: uint32(eps[i].Identity)}
 		if err := d.objs.FnEndpoints.Put(uint32(w.ifindex), &info); err != nil {
@@ -171,4 +176,55 @@ func (d *Datapath) attachPrepared(eps []Endpoint, write []endpointPolicy, idx []
 		errs[i] = d.attachedLocked(eps[i])
 	}
 	return rest, restIdx
+}
+
+// UnprepareIndexes forgets the indexes of ifindexes that no endpoint has (their
+// policy map, connection table and entries), whether this datapath prepared them
+// or an earlier agent did; an endpoint's index is left alone.
+func (d *Datapath) UnprepareIndexes(ctx context.Context, ifindexes []int) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	for _, ifindex := range ifindexes {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var info datapathEndpointInfo
+		if d.objs.FnEndpoints.Lookup(uint32(ifindex), &info) == nil {
+			continue
+		}
+		if err := d.forget(ifindex); err != nil {
+			errs = append(errs, fmt.Errorf("forgetting prepared index %d: %w", ifindex, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// PreparedIndexes lists the indexes in [lo, hi) with a policy map or a connection
+// table but no endpoint: prepared and not attached, by this agent or an earlier one.
+func (d *Datapath) PreparedIndexes(lo, hi int) ([]int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	set := map[int]bool{}
+	for _, m := range []*ebpf.Map{d.objs.FnPolicy, d.objs.FnCtEst} {
+		var k uint32
+		var v ebpf.MapID
+		it := m.Iterate()
+		for it.Next(&k, &v) {
+			if int(k) >= lo && int(k) < hi {
+				set[int(k)] = true
+			}
+		}
+		if err := it.Err(); err != nil {
+			return nil, fmt.Errorf("listing prepared indexes: %w", err)
+		}
+	}
+	var out []int
+	for _, ifindex := range slices.Sorted(maps.Keys(set)) {
+		var info datapathEndpointInfo
+		if d.objs.FnEndpoints.Lookup(uint32(ifindex), &info) != nil {
+			out = append(out, ifindex)
+		}
+	}
+	return out, nil
 }

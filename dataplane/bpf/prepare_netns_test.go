@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"testing"
 	"time"
 
@@ -15,17 +14,17 @@ import (
 	"github.com/flatnet/flatnet/dataplane/podnet/podnettest"
 )
 
-// prepareThenAttach is the agent's attach of a warm-pool interface: prepared
-// first (programs, empty policy map, connection table), then attached, which
-// must only write entries: the interface keeps the policy map it was prepared
-// with.
+// prepareThenAttach is the agent's attach of an interface whose index the warm
+// pool prepared (empty policy map, connection table), then attached, which must
+// only write entries and put the filters on: the interface keeps the policy map
+// its index was prepared with.
 func prepareThenAttach(t *testing.T, n *testNode) func(Endpoint, *compile.EndpointPolicy) error {
 	return func(ep Endpoint, pol *compile.EndpointPolicy) error {
-		if err := n.d.PrepareInterfaces(context.Background(), []int{ep.IfIndex})[0]; err != nil {
+		if err := n.d.PrepareIndexes(context.Background(), []int{ep.IfIndex})[0]; err != nil {
 			return err
 		}
 		if !n.d.Prepared(ep.IfIndex) {
-			return errors.New("not prepared after PrepareInterfaces")
+			return errors.New("not prepared after PrepareIndexes")
 		}
 		before := policyMapID(t, n.d, ep.IfIndex)
 		if err := n.d.AttachEndpoint(context.Background(), ep, pol); err != nil {
@@ -50,34 +49,55 @@ func policyMapID(t *testing.T, d *Datapath, ifindex int) ebpf.MapID {
 	return id
 }
 
-// TestNetnsPreparedInterfacePassesNothing: a prepared interface no endpoint has
-// claimed drops everything both ways, and detaching it leaves no pin behind.
-func TestNetnsPreparedInterfacePassesNothing(t *testing.T) {
+// TestNetnsPreparedIndex: an index is prepared before any interface has it (its
+// policy map and connection table installed, no program anywhere), the pod's host
+// veth is then created with that index, as the CNI plugin does, and attached: its
+// first packets are judged by its policy, and detaching leaves nothing of the
+// index. An endpoint's index cannot be prepared.
+func TestNetnsPreparedIndex(t *testing.T) {
 	n := newTestNode(t)
-	server := n.addServer()
+	server, client := n.addServerClient()
 	server.serveTCP(t, 80)
-	n.attach = func(ep Endpoint, _ *compile.EndpointPolicy) error {
-		return n.d.PrepareInterfaces(context.Background(), []int{ep.IfIndex})[0]
+	const index = 1 << 30
+	must(t, n.node.Do(func(ns.NetNS) error { return n.d.PrepareIndexes(context.Background(), []int{index})[0] }))
+	if !n.d.Prepared(index) {
+		t.Fatalf("index %d not prepared after PrepareIndexes", index)
 	}
-	idle := n.addPod("default", "idle", "10.224.2.42", map[string]string{"app": "idle"})
-	idle.serveTCP(t, 80)
-	wantBlocked(t, "from an unclaimed prepared interface", idle.tcpQuick(server.ip, 80))
-	wantBlocked(t, "to an unclaimed prepared interface", server.tcpQuick(idle.ip, 80))
-	if err := n.d.PrepareInterfaces(context.Background(), []int{server.ifindex})[0]; err == nil {
-		t.Errorf("preparing an endpoint's interface: want an error")
+	before := policyMapID(t, n.d, index)
+	if ct, err := n.d.estTable(index); err != nil || ct == nil {
+		t.Fatalf("prepared index %d has no table of established connections (%v)", index, err)
 	}
-	must(t, n.node.Do(func(ns.NetNS) error { return n.d.DetachEndpoint(context.Background(), idle.ifindex) }))
-	if n.d.Prepared(idle.ifindex) {
-		t.Errorf("interface %d still prepared after DetachEndpoint", idle.ifindex)
-	}
-	for _, dir := range []int{dirIngress, dirEgress} {
-		if _, err := os.Stat(n.d.linkPin(idle.ifindex, dir)); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("link pin %s after DetachEndpoint: %v", n.d.linkPin(idle.ifindex, dir), err)
+	n.cnp("deny-to-server", seedDefaultDeny)
+	n.attach = func(ep Endpoint, pol *compile.EndpointPolicy) error {
+		if ep.IfIndex != index {
+			return fmt.Errorf("the pod's host veth got index %d, want the prepared %d", ep.IfIndex, index)
 		}
+		return n.d.AttachEndpoint(context.Background(), ep, pol)
+	}
+	late := n.addPodIndexed("default", "late", "10.224.2.42", map[string]string{"app": "late"}, index)
+	if after := policyMapID(t, n.d, index); after != before {
+		t.Errorf("attaching prepared index %d swapped its policy map (%d -> %d): not entries only", index, before, after)
+	}
+	wantHook(t, n, n.d, index, true)
+	late.serveTCP(t, 80)
+	wantWorks(t, "to the pod of the prepared index", client.tcpWorks(late.ip, 80))
+	wantBlocked(t, "from it to a server under default deny", late.tcpQuick(server.ip, 80))
+	if err := n.d.PrepareIndexes(context.Background(), []int{server.ifindex})[0]; err == nil {
+		t.Errorf("preparing an endpoint's interface index: want an error")
+	}
+
+	const unused = 1<<30 + 1
+	must(t, n.node.Do(func(ns.NetNS) error { return n.d.PrepareIndexes(context.Background(), []int{unused})[0] }))
+	must(t, n.node.Do(func(ns.NetNS) error { return n.d.DetachEndpoint(context.Background(), unused) }))
+	if n.d.Prepared(unused) {
+		t.Errorf("index %d still prepared after DetachEndpoint", unused)
 	}
 	var id ebpf.MapID
-	if err := n.d.objs.FnPolicy.Lookup(uint32(idle.ifindex), &id); !errors.Is(err, ebpf.ErrKeyNotExist) {
-		t.Errorf("policy map of interface %d after DetachEndpoint: %v (want none)", idle.ifindex, err)
+	if err := n.d.objs.FnPolicy.Lookup(uint32(unused), &id); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("policy map of index %d after DetachEndpoint: %v (want none)", unused, err)
+	}
+	if ct, err := n.d.estTable(unused); err != nil || ct != nil {
+		t.Errorf("table of established connections left for index %d (%v)", unused, err)
 	}
 }
 
@@ -99,7 +119,7 @@ func BenchmarkAttachPrepared(b *testing.B) {
 			for range b.N {
 				b.StopTimer()
 				if prepared {
-					must(b, n.node.Do(func(ns.NetNS) error { return n.d.PrepareInterfaces(ctx, []int{ifindex})[0] }))
+					must(b, n.node.Do(func(ns.NetNS) error { return n.d.PrepareIndexes(ctx, []int{ifindex})[0] }))
 				}
 				b.StartTimer()
 				t0 := time.Now()

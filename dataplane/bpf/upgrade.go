@@ -8,7 +8,6 @@ import (
 	"sort"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 )
 
 // Upgrades: what Load does when a map pinned by a previous agent has another layout
@@ -262,14 +261,10 @@ func sameEntryLayout(a, b *ebpf.Map) bool {
 	return a.KeySize() == b.KeySize() && a.ValueSize() == b.ValueSize()
 }
 
-// runsPrevious reports whether a pinned link runs a program of the previous version
-// (one that uses a retired map).
-func (u *upgrade) runsPrevious(l link.Link) bool {
-	info, err := l.Info()
-	if err != nil {
-		return false
-	}
-	p, err := ebpf.NewProgramFromID(info.Program)
+// runsPrevious reports whether a program (an endpoint's, by ID) is one of the
+// previous version's: one that uses a retired map.
+func (u *upgrade) runsPrevious(id ebpf.ProgramID) bool {
+	p, err := ebpf.NewProgramFromID(id)
 	if err != nil {
 		return false
 	}

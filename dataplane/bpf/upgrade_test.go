@@ -102,8 +102,7 @@ func TestNetnsUpgradeFromPreviousLayout(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 
 	// The new version's agent: a shared table of another size than the pinned one.
-	ctx := context.Background()
-	d2, err := LoadWith(ctx, n.pinDir, Options{CTEntries: 4096})
+	d2, err := n.load(Options{CTEntries: 4096})
 	if err != nil {
 		probes.halt()
 		t.Fatalf("loading over the previous version's pinned maps: %v", err)

@@ -53,7 +53,7 @@ func (a *nodeAgent) DeleteEndpoint(ctx context.Context, id string) error {
 
 // burstNode is a node with the real agent (endpoint API, policy enforcer synced
 // with burstPods pods of this node, half of them servers admitting the others)
-// and a warm pool of size pairs.
+// and a warm pool of size interface indexes.
 func burstNode(b *testing.B, size int) (*node, *nodeAgent, *flatnetagent.Pool) {
 	testenv.RequireRoot(b)
 	ctx := context.Background()
@@ -93,14 +93,14 @@ func burstNode(b *testing.B, size int) (*node, *nodeAgent, *flatnetagent.Pool) {
 	srv := &http.Server{Handler: endpointapi.NewHTTPHandler(a), ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(l)
 	b.Cleanup(func() { srv.Close() })
-	pool := flatnetagent.NewPool(podnet.PoolDir(n.dataDir), size, 0, e.Datapath(), slog.New(slog.DiscardHandler), flatnetagent.NewMetrics())
+	pool := flatnetagent.NewPool(podnet.PoolDir(n.dataDir), size, e.Datapath(), slog.New(slog.DiscardHandler), flatnetagent.NewMetrics())
 	return n, a, pool
 }
 
 // refill fills the pool to its size, as the agent does between bursts.
 func refill(b *testing.B, n *node, pool *flatnetagent.Pool, size int) {
 	for {
-		free, err := podnet.FreePoolPairs(podnet.PoolDir(n.dataDir))
+		free, _, err := podnet.FreePoolIndexes(podnet.PoolDir(n.dataDir))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -116,7 +116,7 @@ func refill(b *testing.B, n *node, pool *flatnetagent.Pool, size int) {
 // BenchmarkBurstAdd is issue 20's CNI ADD under a 30-pod burst, in process on
 // real netns: 30 ADDs of the real plugin binary started at once against the real
 // agent (endpoint registry, policy enforcer, eBPF datapath), with a warm pool of
-// 0 (every pod's veth created and attached the slow way) or 30 pairs. Reported:
+// 0 (every pod's maps installed on attach) or 30 indexes. Reported:
 // each ADD's wall time (add-p50/p99-ms, from the runtime's call to its return),
 // the agent's share of it (agent-p50/p99-ms, the PUT, queueing included) and the
 // whole burst (burst-ms). The pods are deleted and the pool refilled between ops

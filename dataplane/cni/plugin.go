@@ -154,18 +154,17 @@ func add(args *skel.CmdArgs, cfg *cniconf.Config, start time.Time) (answered boo
 	return answered, types.PrintResult(res, cfg.Raw.CNIVersion)
 }
 
-// setupPod plumbs the pod on a pair of the agent's warm pool when one is free: its
-// programs and maps are in place, so the agent's attach only writes entries and
-// the ADD waits for none of the kernel's grace periods. Else (the pool empty, an
-// agent without one, a claimed pair that failed and was deleted) it creates a pair
-// as always.
+// setupPod plumbs the pod, its host veth on an interface index of the agent's
+// warm pool when one is free: the agent has that index's maps in place, so its
+// attach only writes entries and puts the filters on, and the ADD waits for none
+// of the kernel's grace periods. Else (the pool empty, an agent without one) the
+// kernel picks the index and the agent installs the maps.
 func setupPod(podNS ns.NetNS, args *skel.CmdArgs, cfg *cniconf.Config, addr netip.Addr, up *podnet.Uplink) (*podnet.Veth, error) {
-	if id, err := podnet.ClaimPoolPair(podnet.PoolDir(cfg.DataDir), args.ContainerID); err == nil {
-		if pn, err := podnet.SetupPooled(podNS, id, args.ContainerID, args.IfName, addr, cfg.MTU, up); err == nil {
-			return pn, nil
-		}
+	ifindex, err := podnet.ClaimPoolIndex(podnet.PoolDir(cfg.DataDir), args.ContainerID)
+	if err != nil {
+		ifindex = 0
 	}
-	return podnet.Setup(podNS, args.ContainerID, args.IfName, addr, cfg.MTU, up)
+	return podnet.Setup(podNS, args.ContainerID, args.IfName, addr, cfg.MTU, up, ifindex)
 }
 
 // result is ADD's result: the pod's /32 on its interface, the gateway and the

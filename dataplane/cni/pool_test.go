@@ -13,12 +13,12 @@ import (
 	"github.com/flatnet/flatnet/dataplane/podnet/podnettest"
 )
 
-// fillPool creates and publishes size warm-pool pairs as the agent does (without
-// the datapath: the agent here is a stand-in) and returns their host indexes.
-func (n *node) fillPool(size int) map[int]string {
-	pool := map[int]string{}
-	for id, i := range podnettest.FillPool(n.T, n.NS, podnet.PoolDir(n.dataDir), size, 0) {
-		pool[i] = id
+// fillPool publishes size warm-pool indexes as the agent does (without the
+// datapath: the agent here is a stand-in) and returns them.
+func (n *node) fillPool(size int) map[int]bool {
+	pool := map[int]bool{}
+	for _, i := range podnettest.FillPool(n.T, podnet.PoolDir(n.dataDir), size) {
+		pool[i] = true
 	}
 	return pool
 }
@@ -34,10 +34,10 @@ func (n *node) delAll(ids []string, netnses []ns.NetNS) []error {
 	return errs
 }
 
-// TestConcurrentAddsWithPool: 30 ADDs at once with a pool of 0, 5 and 40 pairs all
-// succeed; no two pods share a pair, min(30, size) pods get one, the others fall
-// back to a pair of their own; every pod passes CHECK; DEL takes all of it and
-// leaves the unclaimed pairs.
+// TestConcurrentAddsWithPool: 30 ADDs at once with a pool of 0, 5 and 40 indexes
+// all succeed; no two pods share an index, min(30, size) pods get a pool index for
+// their host veth, the others the kernel's; every pod passes CHECK; DEL takes all
+// of it and leaves the unclaimed indexes published.
 func TestConcurrentAddsWithPool(t *testing.T) {
 	const pods = 30
 	for _, size := range []int{0, 5, 40} {
@@ -76,8 +76,10 @@ func TestConcurrentAddsWithPool(t *testing.T) {
 					t.Errorf("pods %s and %s share host interface %d", other, id, ep.HostIfIndex)
 				}
 				byIndex[ep.HostIfIndex] = id
-				if _, ok := pool[ep.HostIfIndex]; ok {
+				if pool[ep.HostIfIndex] {
 					pooled++
+				} else if podnet.IsPoolIndex(ep.HostIfIndex) {
+					t.Errorf("pod %s got index %d of the pool's range, not published", id, ep.HostIfIndex)
 				}
 				if ep.HostIfName != podnet.HostVethName(id, "eth0") {
 					t.Errorf("pod %s registered host interface %s, want %s", id, ep.HostIfName, podnet.HostVethName(id, "eth0"))
@@ -87,7 +89,7 @@ func TestConcurrentAddsWithPool(t *testing.T) {
 				}
 			}
 			if pooled != min(pods, size) {
-				t.Errorf("%d pods got a pool pair, want %d", pooled, min(pods, size))
+				t.Errorf("%d pods got a pool index, want %d", pooled, min(pods, size))
 			}
 			for i, err := range n.delAll(ids, netnses) {
 				if err != nil {
@@ -95,14 +97,12 @@ func TestConcurrentAddsWithPool(t *testing.T) {
 				}
 			}
 			n.requireClean("after the DELs")
-			left := 0
-			for _, l := range podnettest.Links(t, n.NS) {
-				if _, ok := podnet.PoolIDOf(l); ok {
-					left++
-				}
+			free, _, err := podnet.FreePoolIndexes(podnet.PoolDir(n.dataDir))
+			if err != nil {
+				t.Fatal(err)
 			}
-			if want := 2 * (size - min(pods, size)); left != want {
-				t.Errorf("%d pool interfaces left, want the %d of the unclaimed pairs", left, want)
+			if want := size - min(pods, size); len(free) != want {
+				t.Errorf("%d pool indexes left published, want the %d unclaimed", len(free), want)
 			}
 		})
 	}

@@ -39,7 +39,7 @@ func (n *node) setup(id string, pod ns.NetNS, addr netip.Addr) *podnet.Veth {
 	up := n.uplink()
 	var v *podnet.Veth
 	n.Do(func() (err error) {
-		v, err = podnet.Setup(pod, id, "eth0", addr, 0, up)
+		v, err = podnet.Setup(pod, id, "eth0", addr, 0, up, 0)
 		return err
 	})
 	return v

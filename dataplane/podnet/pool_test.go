@@ -16,27 +16,28 @@ import (
 	"github.com/flatnet/flatnet/dataplane/podnet/podnettest"
 )
 
-// fillPool creates and publishes n pool pairs in the node, as the agent does, and
-// returns the pool directory and the pairs' host indexes by id.
-func (n *node) fillPool(size, mtu int) (string, map[string]int) {
+// fillPool publishes size pool indexes for the node, as the agent does, and
+// returns the pool directory and the indexes.
+func (n *node) fillPool(size int) (string, []int) {
 	dir := podnet.PoolDir(n.T.TempDir())
-	return dir, podnettest.FillPool(n.T, n.NS, dir, size, mtu)
+	return dir, podnettest.FillPool(n.T, dir, size)
 }
 
-// setupPooled claims a pair of dir and plumbs attachment id/eth0 of pod on it.
-func (n *node) setupPooled(dir, id string, pod ns.NetNS, addr netip.Addr) (*podnet.Veth, string) {
+// setupPooled claims an index of dir and plumbs attachment id/eth0 of pod on it,
+// as the plugin does; it returns the claimed index.
+func (n *node) setupPooled(dir, id string, pod ns.NetNS, addr netip.Addr) (*podnet.Veth, int) {
 	n.T.Helper()
 	up := n.uplink()
 	var v *podnet.Veth
-	var pair string
+	var ifindex int
 	n.Do(func() (err error) {
-		if pair, err = podnet.ClaimPoolPair(dir, id); err != nil {
+		if ifindex, err = podnet.ClaimPoolIndex(dir, id); err != nil {
 			return err
 		}
-		v, err = podnet.SetupPooled(pod, pair, id, "eth0", addr, 0, up)
+		v, err = podnet.Setup(pod, id, "eth0", addr, 0, up, ifindex)
 		return err
 	})
-	return v, pair
+	return v, ifindex
 }
 
 // sysctl reads a sysctl of netns.
@@ -49,22 +50,25 @@ func sysctl(t *testing.T, netns ns.NetNS, name string) string {
 	return string(b)
 }
 
-// TestPooledSetupIsSetup: a pod plumbed on a claimed pool pair has exactly what
-// Setup gives a pod (Check passes, the same host state, IPv6 off on both ends,
-// proxy ARP, MTU), on the pair's own host interface, and traffic flows between it,
-// a pod plumbed by Setup and the node.
-func TestPooledSetupIsSetup(t *testing.T) {
+// TestSetupOnPoolIndex: a pod whose host veth is created on a claimed pool index
+// has that index and exactly what Setup gives any pod (Check passes, the same host
+// state, IPv6 off on both ends, proxy ARP, MTU), and traffic flows between it, a
+// pod on the kernel's index and the node.
+func TestSetupOnPoolIndex(t *testing.T) {
 	n := newNode(t, "10.224.0.2/16")
-	dir, pairs := n.fillPool(1, 1400)
+	dir, indexes := n.fillPool(1)
 	pooled, plain := podnettest.NewNS(t), podnettest.NewNS(t)
 	ipP, ipS := netip.MustParseAddr("10.224.0.40"), netip.MustParseAddr("10.224.0.41")
-	v, pair := n.setupPooled(dir, "c-pooled", pooled, ipP)
-	n.setup("c-plain", plain, ipS)
-	if v.HostIf.Index != pairs[pair] {
-		t.Errorf("pooled pod's host interface has index %d, its pool pair %d", v.HostIf.Index, pairs[pair])
+	v, claimed := n.setupPooled(dir, "c-pooled", pooled, ipP)
+	vs := n.setup("c-plain", plain, ipS)
+	if claimed != indexes[0] || v.HostIf.Index != claimed {
+		t.Errorf("pooled pod's host interface has index %d, claimed %d of the pool's %v", v.HostIf.Index, claimed, indexes)
+	}
+	if podnet.IsPoolIndex(vs.HostIf.Index) {
+		t.Errorf("the pod set up without a claim got pool index %d", vs.HostIf.Index)
 	}
 	if v.HostVeth != podnet.HostVethName("c-pooled", "eth0") || v.PodIf.Name != "eth0" || v.PodIf.MTU != n.uplink().Link.Attrs().MTU {
-		t.Errorf("SetupPooled returned %+v", v)
+		t.Errorf("Setup on a pool index returned %+v", v)
 	}
 	up := n.uplink()
 	n.Do(func() error { return podnet.Check(pooled, "c-pooled", "eth0", ipP, up) })
@@ -77,9 +81,6 @@ func TestPooledSetupIsSetup(t *testing.T) {
 	}
 	if links := podnettest.Links(t, pooled); !slices.Equal(links, []string{"lo", "eth0"}) {
 		t.Errorf("pooled pod has links %v, want lo and eth0", links)
-	}
-	if links := podnettest.Links(t, n.NS); slices.ContainsFunc(links, func(l string) bool { _, ok := podnet.PoolIDOf(l); return ok }) {
-		t.Errorf("node still has pool interfaces after the only pair was claimed: %v", links)
 	}
 	for _, c := range []struct {
 		netns      ns.NetNS
@@ -107,7 +108,7 @@ func TestPooledSetupIsSetup(t *testing.T) {
 			t.Errorf("%s: %v", c.name, err)
 		}
 	}
-	// DEL's teardown takes the pooled pod's plumbing as it takes Setup's.
+	// DEL's teardown takes the pooled pod's plumbing as it takes any pod's.
 	n.Do(func() error {
 		return errors.Join(podnet.Teardown("c-pooled", "eth0", ipP, "eth0"), podnet.Teardown("c-plain", "eth0", ipS, "eth0"))
 	})
@@ -116,26 +117,49 @@ func TestPooledSetupIsSetup(t *testing.T) {
 	}
 }
 
-// TestClaimPoolPairConcurrent: 30 claims at once never get the same pair, and
+// TestSetupOnTakenPoolIndex: a claimed index another link took meanwhile does not
+// fail the ADD: the host veth gets the kernel's index, and the other link is
+// untouched.
+func TestSetupOnTakenPoolIndex(t *testing.T) {
+	n := newNode(t, "10.224.0.2/16")
+	dir, indexes := n.fillPool(1)
+	n.Do(func() error {
+		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "squatter", Index: indexes[0]}, PeerName: "squatterp"})
+	})
+	pod := podnettest.NewNS(t)
+	v, claimed := n.setupPooled(dir, "c1", pod, netip.MustParseAddr("10.224.0.40"))
+	if claimed != indexes[0] || v.HostIf.Index == claimed || podnet.IsPoolIndex(v.HostIf.Index) {
+		t.Errorf("claimed %d (taken), host veth got %d: want the kernel's index", claimed, v.HostIf.Index)
+	}
+	n.Do(func() error {
+		l, err := netlink.LinkByIndex(indexes[0])
+		if err != nil || l.Attrs().Name != "squatter" {
+			return fmt.Errorf("the link on the taken index: %v, %v", l, err)
+		}
+		return nil
+	})
+}
+
+// TestClaimPoolIndexConcurrent: 30 claims at once never get the same index, and
 // exactly min(30, size) get one.
-func TestClaimPoolPairConcurrent(t *testing.T) {
+func TestClaimPoolIndexConcurrent(t *testing.T) {
 	for _, size := range []int{0, 5, 40} {
 		t.Run(fmt.Sprintf("pool=%d", size), func(t *testing.T) {
-			n := newNode(t, "10.224.0.2/16")
-			dir, _ := n.fillPool(size, 0)
+			dir := podnet.PoolDir(t.TempDir())
+			podnettest.FillPool(t, dir, size)
 			var mu sync.Mutex
-			var got []string
+			var got []int
 			var wg sync.WaitGroup
 			for i := range 30 {
 				wg.Go(func() {
-					id, err := podnet.ClaimPoolPair(dir, fmt.Sprintf("c%d", i))
+					ifindex, err := podnet.ClaimPoolIndex(dir, fmt.Sprintf("c%d", i))
 					switch {
 					case errors.Is(err, podnet.ErrPoolEmpty):
 					case err != nil:
 						t.Error(err)
 					default:
 						mu.Lock()
-						got = append(got, id)
+						got = append(got, ifindex)
 						mu.Unlock()
 					}
 				})
@@ -143,7 +167,7 @@ func TestClaimPoolPairConcurrent(t *testing.T) {
 			wg.Wait()
 			slices.Sort(got)
 			if len(slices.Compact(slices.Clone(got))) != len(got) {
-				t.Errorf("a pair was claimed twice: %v", got)
+				t.Errorf("an index was claimed twice: %v", got)
 			}
 			if len(got) != min(30, size) {
 				t.Errorf("%d claims succeeded, want %d", len(got), min(30, size))
@@ -152,38 +176,20 @@ func TestClaimPoolPairConcurrent(t *testing.T) {
 	}
 }
 
-// TestSetupPooledFailureLeavesNothing: a claimed pair whose peer is gone (the
-// agent removed it meanwhile) fails, leaving neither the pair nor the pod's plumbing.
-func TestSetupPooledFailureLeavesNothing(t *testing.T) {
-	n := newNode(t, "10.224.0.2/16")
-	dir, pairs := n.fillPool(1, 0)
-	pod := podnettest.NewNS(t)
-	up := n.uplink()
-	n.Do(func() error {
-		for id := range pairs {
-			if _, err := podnet.ClaimPoolPair(dir, "c1"); err != nil {
-				return err
-			}
-			l, err := netlink.LinkByName(podnet.PoolPeerPrefix + id)
-			if err != nil {
-				return err
-			}
-			if err := netlink.LinkSetNsFd(l, int(pod.Fd())); err != nil { // gone from the node: not found there
-				return err
-			}
-			if _, err := podnet.SetupPooled(pod, id, "c1", "eth0", netip.MustParseAddr("10.224.0.40"), 0, up); err == nil {
-				return errors.New("SetupPooled of a pair without its peer: want an error")
-			}
+// TestFreePoolIndexes: only files named by an index of the pool's range are
+// free indexes; a publish cut short is set aside, anything else ignored.
+func TestFreePoolIndexes(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"1073741824", ".1073741825", "17", "01073741826", "x", "1074790400"} {
+		if err := os.WriteFile(dir+"/"+name, nil, 0o600); err != nil {
+			t.Fatal(err)
 		}
-		return nil
-	})
-	if links := podnettest.Links(t, n.NS); slices.ContainsFunc(links, func(l string) bool {
-		_, pool := podnet.PoolIDOf(l)
-		return pool || l == podnet.HostVethName("c1", "eth0")
-	}) {
-		t.Errorf("node links after a failed SetupPooled: %v", links)
 	}
-	if s := n.state(); len(s.Veths)+len(s.Proxies)+len(s.Routes) > 0 {
-		t.Errorf("after a failed SetupPooled the node has %+v", s)
+	free, aside, err := podnet.FreePoolIndexes(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(free, []int{podnet.PoolIndexBase}) || !slices.Equal(aside, []int{podnet.PoolIndexBase + 1}) {
+		t.Errorf("free %v, aside %v: want [%d] and [%d]", free, aside, podnet.PoolIndexBase, podnet.PoolIndexBase+1)
 	}
 }

@@ -32,6 +32,10 @@ type Veth struct {
 //	host: <hostVeth> up, proxy_arp=1, ip/32 dev <hostVeth> scope link, no IPv6,
 //	      proxy neighbour ip on the uplink (the node answers ARP for the pod there)
 //
+// hostIndex is the host end's interface index: one of the warm pool's (claimed
+// with ClaimPoolIndex: the agent has its datapath maps ready), or 0 for the
+// kernel's choice; a pool index another link took meanwhile falls back to 0.
+//
 // flatnet is IPv4-only and its datapath drops every IPv6 frame on the veth; without
 // IPv6 on either end, neither kernel sends any (DAD, router solicitations, MLD) to
 // be dropped. The pod's lo keeps ::1.
@@ -42,13 +46,8 @@ type Veth struct {
 // (same node) or answers ARP for it on the flat L2 segment (other nodes), so
 // no node needs a route and nothing is encapsulated. On error it removes
 // whatever it created; the caller releases the address.
-func Setup(podNS ns.NetNS, containerID, ifName string, addr netip.Addr, mtu int, up *Uplink) (*Veth, error) {
+func Setup(podNS ns.NetNS, containerID, ifName string, addr netip.Addr, mtu int, up *Uplink, hostIndex int) (*Veth, error) {
 	hostName := HostVethName(containerID, ifName)
-	hostNS, err := ns.GetCurrentNS()
-	if err != nil {
-		return nil, fmt.Errorf("open the host netns: %w", err)
-	}
-	defer hostNS.Close()
 	if mtu == 0 {
 		mtu = up.Link.Attrs().MTU
 	}
@@ -59,19 +58,35 @@ func Setup(podNS ns.NetNS, containerID, ifName string, addr netip.Addr, mtu int,
 	}
 
 	v := &Veth{IP: addr, HostVeth: hostName, PodIfName: ifName}
-	err = podNS.Do(func(ns.NetNS) error {
-		// Made from inside the pod netns with the host end born in hostNS, so
-		// neither end ever exists in the wrong namespace. The host end comes
-		// up with its peer still down: no carrier, so no IPv6 frame leaves it
-		// before IPv6 is off.
-		var err error
-		if v.HostIf, v.PodIf, err = ip.SetupVethWithName(ifName, hostName, mtu, "", hostNS); err != nil {
-			return fmt.Errorf("create veth %s (pod) <-> %s (host): %w", ifName, hostName, err)
-		}
-		return hostNS.Do(func(ns.NetNS) error { return disableIPv6(hostName) })
-	})
+	host, err := createVeth(podNS, hostName, ifName, mtu, hostIndex)
+	if errors.Is(err, unix.EEXIST) && hostIndex != 0 {
+		host, err = createVeth(podNS, hostName, ifName, mtu, 0)
+	}
 	if err == nil {
-		err = podNS.Do(func(ns.NetNS) error { return configurePodSide(ifName, addr, v.HostIf.HardwareAddr) })
+		// Up with its peer still down: no carrier, so no IPv6 frame leaves it
+		// before IPv6 is off.
+		err = disableIPv6(hostName)
+		if err == nil {
+			if err = netlink.LinkSetUp(host); err != nil {
+				err = fmt.Errorf("set host veth %s up: %w", hostName, err)
+			}
+		}
+		a := host.Attrs()
+		v.HostIf = net.Interface{Index: a.Index, MTU: mtu, Name: hostName, HardwareAddr: a.HardwareAddr, Flags: a.Flags | net.FlagUp}
+	}
+	if err == nil {
+		err = podNS.Do(func(ns.NetNS) error {
+			if err := configurePodSide(ifName, addr, v.HostIf.HardwareAddr); err != nil {
+				return err
+			}
+			pod, err := netlinksafe.LinkByName(ifName)
+			if err != nil {
+				return fmt.Errorf("look up pod interface %s: %w", ifName, err)
+			}
+			a := pod.Attrs()
+			v.PodIf = net.Interface{Index: a.Index, MTU: a.MTU, Name: ifName, HardwareAddr: a.HardwareAddr, Flags: a.Flags}
+			return nil
+		})
 	}
 	if err == nil {
 		err = configureHostSide(v, up)
@@ -86,6 +101,24 @@ func Setup(podNS ns.NetNS, containerID, ifName string, addr netip.Addr, mtu int,
 		return nil, err
 	}
 	return v, nil
+}
+
+// createVeth creates the pair from the host netns with the peer born in the pod's
+// (no link ever moves between namespaces: a move waits for grace periods under
+// the kernel's rtnl lock) and returns the host end. hostIndex 0: the kernel picks.
+func createVeth(podNS ns.NetNS, hostName, ifName string, mtu, hostIndex int) (netlink.Link, error) {
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name, attrs.MTU, attrs.Index = hostName, mtu, hostIndex
+	veth := netlink.NewVeth(attrs)
+	veth.PeerName, veth.PeerMTU, veth.PeerNamespace = ifName, uint32(mtu), netlink.NsFd(int(podNS.Fd()))
+	if err := netlink.LinkAdd(veth); err != nil {
+		return nil, fmt.Errorf("create veth %s (pod) <-> %s (host, index %d): %w", ifName, hostName, hostIndex, err)
+	}
+	host, err := netlinksafe.LinkByName(hostName)
+	if err != nil {
+		return nil, fmt.Errorf("look up host veth %s: %w", hostName, err)
+	}
+	return host, nil
 }
 
 func configurePodSide(ifName string, addr netip.Addr, hostMAC net.HardwareAddr) error {

@@ -104,7 +104,7 @@ func command() *cobra.Command {
 	f.IntVar(&cfg.BlockSize, "block-size", 0, "addresses per node, 10..250; 0 = the Node's capacity.pods (the kubelet's maxPods)")
 	f.StringVar(&cfg.Uplink, "uplink", "", "node interface on the subnet; empty = the one holding the Node's InternalIP")
 	f.IntVar(&cfg.MTU, "mtu", 0, "pod interface MTU; 0 = the uplink's")
-	f.IntVar(&cfg.PoolSize, "pool-size", agent.DefaultPoolSize, "veth pairs kept ready for pods with the datapath's programs and maps in place (a CNI ADD claims one instead of waiting for the kernel's attach); 0 = no warm pool (with --policy only)")
+	f.IntVar(&cfg.PoolSize, "pool-size", agent.DefaultPoolSize, "host interface indexes kept ready for pods with the datapath's maps in place (a CNI ADD creates its host veth on one instead of waiting for the kernel to install the maps); 0 = no warm pool (with --policy only)")
 	f.StringVar(&cfg.PluginSrcDir, "plugin-src-dir", "/flatnet/cni", "where the image keeps the CNI binaries to install")
 	f.StringVar(&cfg.CNIBinDir, "cni-bin-dir", "/opt/cni/bin", "node CNI binary dir")
 	f.StringVar(&cfg.CNIConfDir, "cni-conf-dir", "/etc/cni/net.d", "node CNI config dir")

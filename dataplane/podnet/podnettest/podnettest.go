@@ -249,31 +249,21 @@ func TCPCounter(name string) (int, error) {
 	return 0, fmt.Errorf("no Tcp %s in %s", name, path)
 }
 
-// FillPool creates n warm-pool pairs with MTU mtu (0: the kernel's) in node and
-// publishes them in poolDir, as the agent does (without the datapath), and
-// returns their host sides' indexes by pair id.
-func FillPool(t testing.TB, node ns.NetNS, poolDir string, n, mtu int) map[string]int {
+// FillPool publishes n warm-pool interface indexes in poolDir, as the agent does
+// (without the datapath's maps: a pod on one is plumbed exactly as any other),
+// and returns them.
+func FillPool(t testing.TB, poolDir string, n int) []int {
 	t.Helper()
 	if err := os.MkdirAll(poolDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	pairs := map[string]int{}
-	if err := node.Do(func(ns.NetNS) error {
-		for range n {
-			id, err := podnet.NewPoolID()
-			if err != nil {
-				return err
-			}
-			if pairs[id], err = podnet.CreatePoolPair(id, mtu); err != nil {
-				return err
-			}
-			if err := podnet.PublishPoolPair(poolDir, id); err != nil {
-				return err
-			}
+	var idx []int
+	for i := range n {
+		ifindex := podnet.PoolIndexBase + i
+		if err := podnet.PublishPoolIndex(poolDir, ifindex); err != nil {
+			t.Fatalf("fill the warm pool: %v", err)
 		}
-		return nil
-	}); err != nil {
-		t.Fatalf("fill the warm pool: %v", err)
+		idx = append(idx, ifindex)
 	}
-	return pairs
+	return idx
 }
