@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"regexp"
+	"slices"
 	"sort"
 	"time"
 
@@ -20,6 +21,7 @@ type Metrics struct {
 	collectors []prometheus.Collector // every one registered, for Names
 
 	cniDuration *prometheus.HistogramVec
+	addPhase    *prometheus.HistogramVec
 	cniOps      *prometheus.CounterVec
 	register    *prometheus.HistogramVec
 	allocations prometheus.Counter
@@ -41,6 +43,11 @@ func NewMetrics() *Metrics {
 			// 1 ms .. ~16 s: an ADD is tens of milliseconds, a stalled one seconds.
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
 		}, []string{"op"}),
+		addPhase: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "flatnet_cni_add_phase_seconds",
+			Help:    "Where a CNI ADD's time goes, by phase: prepare (config, uplink, netns), ipam (the node's allocation), setup (veth and routes), portmap (hostPorts only), as the plugin measured them, then agent (the PUT, from its arrival to the answer).",
+			Buckets: prometheus.ExponentialBuckets(0.00025, 2, 17),
+		}, []string{"phase"}),
 		cniOps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "flatnet_cni_operations_total",
 			Help: "CNI plugin operations on this node by result.",
@@ -61,7 +68,7 @@ func NewMetrics() *Metrics {
 		mismatch: gauge("flatnet_block_maxpods_mismatch",
 			"1 when the kubelet's maxPods differs from the block size (above it, the scheduler may place pods the block cannot address)."),
 	}
-	m.MustRegister(m.cniDuration, m.cniOps, m.register, m.allocations, m.leaks, m.endpoints,
+	m.MustRegister(m.cniDuration, m.addPhase, m.cniOps, m.register, m.allocations, m.leaks, m.endpoints,
 		m.blockSize, m.blockUsed, m.maxPods, m.mismatch,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -137,6 +144,9 @@ func (m *Metrics) observeCNI(o endpointapi.Observation) {
 	}
 }
 
+// addPhases are the plugin's phases the agent publishes (endpointapi.AddPhasesHeader).
+var addPhases = []string{"prepare", "ipam", "setup", "portmap"}
+
 // observeAdds observes the ADD whose last step is a PUT carrying
 // endpointapi.AddStartedHeader once next has answered it: the plugin posts no
 // Observation for such an ADD.
@@ -147,9 +157,20 @@ func (m *Metrics) observeAdds(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
+		arrived := time.Now()
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		next.ServeHTTP(sw, r)
-		m.observeCNI(endpointapi.Observation{Op: "ADD", Seconds: max(0, time.Since(started).Seconds()), OK: sw.status/100 == 2})
+		ok := sw.status/100 == 2
+		m.observeCNI(endpointapi.Observation{Op: "ADD", Seconds: max(0, time.Since(started).Seconds()), OK: ok})
+		// A malformed header costs the ADD nothing: its phases are not counted.
+		if phases, err := endpointapi.ParseAddPhases(r.Header.Get(endpointapi.AddPhasesHeader)); ok && err == nil && len(phases) > 0 {
+			for _, p := range phases {
+				if slices.Contains(addPhases, p.Name) { // a bounded set of series
+					m.addPhase.WithLabelValues(p.Name).Observe(p.Took.Seconds())
+				}
+			}
+			m.addPhase.WithLabelValues("agent").Observe(time.Since(arrived).Seconds())
+		}
 	})
 }
 

@@ -61,3 +61,45 @@ func TestADDObservedFromItsPut(t *testing.T) {
 		t.Errorf("ADD durations: %d samples summing %.3fs; want the one ok ADD, at least 30ms", n, sum)
 	}
 }
+
+// TestADDPhasesObservedFromItsPut: the phases an answered ADD's PUT carries are
+// observed by name, with the agent's own share; unknown names, a malformed header
+// and a failed PUT's phases are not.
+func TestADDPhasesObservedFromItsPut(t *testing.T) {
+	m := NewMetrics()
+	status := http.StatusOK
+	h := m.observeAdds(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		time.Sleep(2 * time.Millisecond)
+		w.WriteHeader(status)
+	}))
+	put := func(phases string) {
+		r := httptest.NewRequest(http.MethodPut, "/v1/endpoints/c1", nil)
+		r.Header.Set(endpointapi.AddStartedHeader, time.Now().Format(time.RFC3339Nano))
+		r.Header.Set(endpointapi.AddPhasesHeader, phases)
+		h.ServeHTTP(httptest.NewRecorder(), r)
+	}
+	put(endpointapi.FormatAddPhases([]endpointapi.AddPhase{{Name: "prepare", Took: time.Millisecond},
+		{Name: "ipam", Took: 3 * time.Millisecond}, {Name: "setup", Took: 5 * time.Millisecond}, {Name: "nosuch", Took: time.Second}}))
+	put("ipam=x")
+	status = http.StatusInternalServerError
+	put("ipam=0.5")
+
+	samples := func(phase string) (uint64, float64) {
+		var hist dto.Metric
+		if err := m.addPhase.WithLabelValues(phase).(prometheus.Histogram).Write(&hist); err != nil {
+			t.Fatal(err)
+		}
+		return hist.GetHistogram().GetSampleCount(), hist.GetHistogram().GetSampleSum()
+	}
+	for phase, want := range map[string]float64{"prepare": 0.001, "ipam": 0.003, "setup": 0.005} {
+		if n, sum := samples(phase); n != 1 || sum < want*0.99 || sum > want*1.01 {
+			t.Errorf("phase %s: %d samples summing %.4fs; want one of %.3fs", phase, n, sum, want)
+		}
+	}
+	if n, sum := samples("agent"); n != 1 || sum < 0.002 {
+		t.Errorf("phase agent: %d samples summing %.4fs; want one of at least 2ms", n, sum)
+	}
+	if n, _ := samples("nosuch"); n != 0 {
+		t.Errorf("an unknown phase was published (%d samples)", n)
+	}
+}

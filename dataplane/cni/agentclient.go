@@ -16,13 +16,14 @@ import (
 // more.
 const agentWait = 10 * time.Second
 
-// putEndpoint registers ep as the last step of the ADD begun at start. It
+// putEndpoint registers ep as the last step of the ADD begun at start, which
+// went through phases before (the agent publishes them). It
 // retries only while the agent cannot be reached; once the request is sent it
 // waits for the answer until ctx ends: an agent busy attaching a burst of pods
 // answers late, and giving up on it would throw its work away and fail the ADD
 // into the runtime's back-off. An answer, even a refusal, is final, and the
 // agent observed the ADD (answered).
-func putEndpoint(ctx context.Context, socket string, ep endpointapi.Endpoint, start time.Time) (answered bool, err error) {
+func putEndpoint(ctx context.Context, socket string, ep endpointapi.Endpoint, start time.Time, phases []endpointapi.AddPhase) (answered bool, err error) {
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		return false, errors.New("putEndpoint needs a context with a deadline")
@@ -31,7 +32,7 @@ func putEndpoint(ctx context.Context, socket string, ep endpointapi.Endpoint, st
 	giveUp := time.Now().Add(agentWait)
 	wait := 50 * time.Millisecond
 	for {
-		err := c.PutEndpointOfAdd(ctx, ep, start)
+		err := c.PutEndpointOfAdd(ctx, ep, start, phases)
 		var refused *endpointapi.APIError
 		if err == nil || errors.As(err, &refused) {
 			return true, err

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -215,7 +216,7 @@ type agent struct {
 	stall   chan struct{} // when set, PUT signals on entered and blocks until stall is closed or ctx ends
 	entered chan string
 	obs     []endpointapi.Observation
-	calls   []string // every request: "METHOD path", "+started" when a PUT carries the ADD's start
+	calls   []string // every request: "METHOD path", "+started" when a PUT carries the ADD's start, "+phases=a,b" its phases
 }
 
 func (a *agent) PutEndpoint(ctx context.Context, ep endpointapi.Endpoint) error {
@@ -266,6 +267,13 @@ func startAgentAt(t *testing.T, path string) *agent {
 		call := r.Method + " " + r.URL.Path
 		if _, err := time.Parse(time.RFC3339Nano, r.Header.Get(endpointapi.AddStartedHeader)); err == nil {
 			call += " +started"
+		}
+		if phases, err := endpointapi.ParseAddPhases(r.Header.Get(endpointapi.AddPhasesHeader)); err == nil && len(phases) > 0 {
+			var names []string
+			for _, p := range phases {
+				names = append(names, p.Name)
+			}
+			call += " +phases=" + strings.Join(names, ",")
 		}
 		a.mu.Lock()
 		a.calls = append(a.calls, call)

@@ -89,6 +89,16 @@ func add(args *skel.CmdArgs, cfg *cniconf.Config, start time.Time) (answered boo
 	}
 	defer podNS.Close()
 
+	// Each step's time goes to the agent with the PUT (its metrics say where an
+	// ADD's time goes).
+	var phases []endpointapi.AddPhase
+	last := start
+	phase := func(name string) {
+		now := time.Now()
+		phases = append(phases, endpointapi.AddPhase{Name: name, Took: now.Sub(last)})
+		last = now
+	}
+	phase("prepare")
 	store := nodealloc.New(cfg.DataDir)
 	att := nodealloc.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
 	addr, created, err := store.Allocate(ctx, cfg.NodeName, cfg.Block, att)
@@ -124,10 +134,12 @@ func add(args *skel.CmdArgs, cfg *cniconf.Config, start time.Time) (answered boo
 		}
 	}()
 
+	phase("ipam")
 	pn, err := setupPod(podNS, args, cfg, addr, up)
 	if err != nil {
 		return false, types.NewError(types.ErrInternal, fmt.Sprintf("set up pod network for %s: %v", args.ContainerID, err), "")
 	}
+	phase("setup")
 
 	var res types.Result = result(args, cfg, pn)
 	if len(cfg.PortMappings()) > 0 {
@@ -135,6 +147,7 @@ func add(args *skel.CmdArgs, cfg *cniconf.Config, start time.Time) (answered boo
 			return false, types.NewError(types.ErrInternal, fmt.Sprintf("set up pod network for %s: %v", args.ContainerID, err), "")
 		}
 		mapped = true
+		phase("portmap")
 	}
 
 	// The endpoint goes to the agent last: once it is registered, the pod is
@@ -147,7 +160,7 @@ func add(args *skel.CmdArgs, cfg *cniconf.Config, start time.Time) (answered boo
 			PodIfName: args.IfName, IP: addr, MAC: pn.PodIf.HardwareAddr.String(),
 		}
 		sent = true
-		if answered, err = putEndpoint(ctx, cfg.AgentSocket, ep, start); err != nil {
+		if answered, err = putEndpoint(ctx, cfg.AgentSocket, ep, start, phases); err != nil {
 			return answered, types.NewError(types.ErrTryAgainLater, fmt.Sprintf("register endpoint %s with the flatnet agent: %v", args.ContainerID, err), "")
 		}
 	}

@@ -5,6 +5,7 @@
 //
 //	PUT    /v1/endpoints/{containerID}   body: Endpoint          -> 200 Response
 //	       header AddStartedHeader (optional): when the plugin's ADD began
+//	       header AddPhasesHeader (optional): how long its steps before the PUT took
 //	DELETE /v1/endpoints/{containerID}                           -> 200 Response (also when unknown)
 //	GET    /v1/healthz                                           -> 200 (agent up; used by CNI STATUS)
 //	POST   /v1/cni/observations          body: Observation       -> 204 (the agent's CNI metrics)

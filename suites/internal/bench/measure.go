@@ -31,13 +31,19 @@ type CNI struct {
 	CNIMetrics *PodMetrics
 }
 
-// PodMetrics names the pods serving a histogram on /metrics.
-type PodMetrics struct{ Namespace, Selector, Port, Histogram string }
+// PodMetrics names the pods serving a histogram on /metrics, and optionally
+// a histogram of the same operation's phases (label phase) with its phases.
+type PodMetrics struct {
+	Namespace, Selector, Port, Histogram string
+	PhaseHistogram                       string
+	Phases                               []string
+}
 
 // CNIs are the two CNIs the bench knows.
 var CNIs = map[string]CNI{
 	"flatnet": {Name: "flatnet", AgentComm: "flatnet-agent", HubbleSocket: "/run/flatnet/hubble.sock",
-		CNIMetrics: &PodMetrics{Namespace: "flatnet-system", Selector: "app.kubernetes.io/name=flatnet-agent", Port: "9969", Histogram: "flatnet_cni_operation_duration_seconds"}},
+		CNIMetrics: &PodMetrics{Namespace: "flatnet-system", Selector: "app.kubernetes.io/name=flatnet-agent", Port: "9969", Histogram: "flatnet_cni_operation_duration_seconds",
+			PhaseHistogram: "flatnet_cni_add_phase_seconds", Phases: []string{"prepare", "ipam", "setup", "agent"}}},
 	"cilium": {Name: "cilium", AgentComm: "cilium-agent", HubbleSocket: "/run/cilium/hubble.sock"},
 }
 
@@ -173,8 +179,9 @@ func (c Config) startup(ctx context.Context, cs kubernetes.Interface, nodes []st
 		ops    map[string]Histogram // CRI operation -> kubelet's histogram over the bursts
 		sli    Histogram
 		cniAdd Histogram
+		phases map[string]Histogram // the ADD's phases (CNIMetrics.Phases)
 	}
-	vs := []*variant{{name: "pod network", ops: map[string]Histogram{}}, {name: "host network", host: true, ops: map[string]Histogram{}}}
+	vs := []*variant{{name: "pod network", ops: map[string]Histogram{}, phases: map[string]Histogram{}}, {name: "host network", host: true, ops: map[string]Histogram{}}}
 	// The kubelet times each CRI call: RunPodSandbox holds the CNI ADD (the
 	// runtime sets the sandbox's network up before it returns).
 	const opsMetric, sliMetric = "kubelet_runtime_operations_duration_seconds", "kubelet_pod_start_sli_duration_seconds"
@@ -218,6 +225,10 @@ func (c Config) startup(ctx context.Context, cs kubernetes.Interface, nodes []st
 				}
 				add := map[string]string{"op": "ADD"}
 				v.cniAdd = addHist(v.cniAdd, cniAfter.Histogram(m.Histogram, add).Sub(cniBefore.Histogram(m.Histogram, add)))
+				for _, ph := range m.Phases {
+					sel := map[string]string{"phase": ph}
+					v.phases[ph] = addHist(v.phases[ph], cniAfter.Histogram(m.PhaseHistogram, sel).Sub(cniBefore.Histogram(m.PhaseHistogram, sel)))
+				}
 			}
 		}
 	}
@@ -262,6 +273,16 @@ func (c Config) startup(ctx context.Context, cs kubernetes.Interface, nodes []st
 				How: fmt.Sprintf("%s{op=ADD}, %v ADDs, interpolated in 1,2,4,8,16,32 ms.. buckets", c.CNI.CNIMetrics.Histogram, pod.cniAdd.Count)})
 		}
 		r.Add(Figure{Name: "CNI ADD mean (plugin's own histogram)", Unit: "ms", Value: pod.cniAdd.Mean() * 1000, Better: Lower, How: "sum/count of the same histogram"})
+		for _, ph := range c.CNI.CNIMetrics.Phases {
+			h := pod.phases[ph]
+			if h.Count == 0 {
+				continue
+			}
+			for _, p := range []float64{0.5, 0.99} {
+				r.Add(Figure{Name: fmt.Sprintf("CNI ADD phase %s p%.0f", ph, p*100), Unit: "ms", Value: h.Quantile(p) * 1000, Better: Lower,
+					How: fmt.Sprintf("%s{phase=%s}, %v ADDs, interpolated in its buckets (0.25, 0.5, 1, 2 ms ..)", c.CNI.CNIMetrics.PhaseHistogram, ph, h.Count)})
+			}
+		}
 	}
 	return nil
 }
