@@ -8,11 +8,13 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/flatnet/flatnet/dataplane/podnet"
 )
@@ -271,5 +273,39 @@ func (p *Pool) Drain(ctx context.Context) error {
 		err = p.prep.UnprepareIndexes(ctx, prepared)
 	}
 	clear(p.mine)
-	return errors.Join(append(errs, err)...)
+	return errors.Join(append(errs, err, p.drainPairs(ctx))...)
+}
+
+// drainPairs removes what the pool of earlier versions left: veth pairs named
+// fp<id> (host side) and fq<id> (its peer), id 12 hex digits, published as
+// files named <id>, with the host side's maps prepared. A pair a pod claimed was
+// renamed to the pod's own name and is the pod's.
+func (p *Pool) drainPairs(ctx context.Context) error {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return fmt.Errorf("list links for the earlier pool's veth pairs: %w", err)
+	}
+	var errs []error
+	var hosts []int
+	for _, l := range links {
+		name := l.Attrs().Name
+		if len(name) != 14 || (name[:2] != "fp" && name[:2] != "fq") || !isHex(name[2:]) {
+			continue
+		}
+		if name[:2] == "fp" {
+			hosts = append(hosts, l.Attrs().Index)
+		}
+		if err := netlink.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) && !errors.As(err, new(netlink.LinkNotFoundError)) {
+			errs = append(errs, fmt.Errorf("delete the earlier pool's %s: %w", name, err))
+		}
+		_ = os.Remove(filepath.Join(p.dir, name[2:]))
+	}
+	if len(hosts) > 0 {
+		errs = append(errs, p.prep.UnprepareIndexes(ctx, hosts))
+	}
+	return errors.Join(errs...)
+}
+
+func isHex(s string) bool {
+	return strings.Trim(s, "0123456789abcdef") == ""
 }

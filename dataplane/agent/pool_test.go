@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -209,5 +210,62 @@ func TestPoolRunFillsCountsAndEmpties(t *testing.T) {
 	}
 	if free, prep := pn.free(), pn.prepared(); len(free)+len(prep) > 0 {
 		t.Errorf("after the pool stopped: published %v, prepared %v", free, prep)
+	}
+}
+
+// TestPoolDrainsTheEarlierPairPool: what the pool of earlier versions left (veth
+// pairs fp<id>/fq<id> published as files <id>, the host side's maps prepared, and
+// a claimed pair abandoned) is gone after the new agent's drain; a pod's veth is
+// untouched.
+func TestPoolDrainsTheEarlierPairPool(t *testing.T) {
+	pn := newPoolNode(t, 0)
+	var hosts []int
+	pn.node.Do(func() error {
+		for i, id := range []string{"00112233aabb", "ccddeeff0011"} {
+			if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "fp" + id}, PeerName: "fq" + id}); err != nil {
+				return err
+			}
+			l, err := netlink.LinkByName("fp" + id)
+			if err != nil {
+				return err
+			}
+			hosts = append(hosts, l.Attrs().Index)
+			if i == 0 { // published; the other one was claimed and abandoned
+				if err := os.WriteFile(filepath.Join(pn.dir, id), nil, 0o600); err != nil {
+					return err
+				}
+			}
+		}
+		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "fn0123456789ab"}, PeerName: "fq01"})
+	})
+	pn.do(func(ctx context.Context) error {
+		for _, err := range pn.d.PrepareIndexes(ctx, hosts) {
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	pn.do(pn.pool.Drain)
+	links := podnettest.Links(t, pn.node.NS)
+	for _, l := range links {
+		if strings.HasPrefix(l, "fp") || (strings.HasPrefix(l, "fq") && len(l) == 14) {
+			t.Errorf("the earlier pool's %s is left", l)
+		}
+	}
+	if !slices.Contains(links, "fn0123456789ab") || !slices.Contains(links, "fq01") {
+		t.Errorf("links other than the earlier pool's were removed: %v", links)
+	}
+	left, err := pn.d.PreparedIndexes(1, 1<<31-1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range hosts {
+		if pn.d.Prepared(i) || slices.Contains(left, i) {
+			t.Errorf("the earlier pool's index %d still has its maps (unattached indexes with maps: %v)", i, left)
+		}
+	}
+	if ents, _ := os.ReadDir(pn.dir); len(ents) != 0 {
+		t.Errorf("pool files left: %v", ents)
 	}
 }
