@@ -2,6 +2,7 @@ package workload
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -98,5 +99,22 @@ func TestWaitServiceEndpoints(t *testing.T) {
 	}
 	if err := WaitServiceEndpoints(ctx, cs, []Key{{Namespace: "ns", Name: "nope"}}, 300*time.Millisecond); err == nil || !strings.Contains(err.Error(), "ns/nope: Service not found") {
 		t.Errorf("WaitServiceEndpoints of a missing Service: %v", err)
+	}
+}
+
+func TestCreatePods(t *testing.T) {
+	ctx := context.Background()
+	cs := fake.NewClientset(readyPod("ns", "p-7", "", nil)) // already there: its creation fails
+	var pods []corev1.Pod
+	for i := range 20 {
+		pods = append(pods, corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: fmt.Sprintf("p-%d", i)}})
+	}
+	err := CreatePods(ctx, cs, pods)
+	if err == nil || !strings.Contains(err.Error(), "creating pod ns/p-7") {
+		t.Errorf("CreatePods with ns/p-7 present: %v, want an error naming it", err)
+	}
+	pl, err := cs.CoreV1().Pods("ns").List(ctx, metav1.ListOptions{})
+	if err != nil || len(pl.Items) != 20 {
+		t.Errorf("pods after CreatePods: %d (%v), want the 19 new ones beside the one present", len(pl.Items), err)
 	}
 }
