@@ -23,9 +23,20 @@ on_failure() {
 	"$KUBECTL" -n kube-system get pods -l k8s-app=kube-dns -o wide >&2 || true
 }
 
-IMAGE=$(bash "$REPO_ROOT/scripts/agent-image.sh" | tail -n 1)
+# The agent and relay images side by side: when nothing changed each is only a
+# kind load finding its image on every node already, a few seconds each that
+# need not add up.
+images=$(mktemp -d)
+trap 'rm -rf "$images"' EXIT
+bash "$REPO_ROOT/scripts/agent-image.sh" >"$images/agent" &
+agent_pid=$!
+bash "$REPO_ROOT/scripts/relay-image.sh" >"$images/relay" &
+relay_pid=$!
+wait "$agent_pid" || die "building or loading the agent image failed (scripts/agent-image.sh, output above)"
+wait "$relay_pid" || die "building or loading the hubble-relay image failed (scripts/relay-image.sh, output above)"
+IMAGE=$(tail -n 1 "$images/agent")
 [ -n "$IMAGE" ] || die "agent-image.sh printed no image ref"
-RELAY_IMAGE=$(bash "$REPO_ROOT/scripts/relay-image.sh" | tail -n 1)
+RELAY_IMAGE=$(tail -n 1 "$images/relay")
 [ -n "$RELAY_IMAGE" ] || die "relay-image.sh printed no image ref"
 
 step "deploy: CRDs"

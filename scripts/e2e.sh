@@ -185,10 +185,11 @@ trap on_signal INT TERM
 
 # start_run RUN SUITE FILTER: SUITE's specs matching label FILTER, in the background;
 # output in $ART/RUN.log, Ginkgo's JSON report in $ART/ginkgo/RUN.json. A part of a
-# suite (RUN suite-N) writes its truth-table report under $ART/RUN/.
+# suite (RUN suite-N) and a suite's disruptive run (RUN suite-disruptive: resilience
+# has specs in both phases) write their truth-table reports under $ART/RUN/.
 start_run() {
 	local run=$1 s=$2 filter=$3 art=$ART
-	[ "$run" = "$s" ] || [ "$run" = "$s-disruptive" ] || art="$ART/$run"
+	[ "$run" = "$s" ] || art="$ART/$run"
 	(cd "$REPO_ROOT/suites/$s" && ARTIFACTS="$art" exec setsid "$SUITES_BIN/$s.test" -ginkgo.v "${ginkgo_args[@]}" \
 		-ginkgo.label-filter="$filter" -ginkgo.json-report="$ART/ginkgo/$run.json") >"$ART/$run.log" 2>&1 &
 	pid_suite[$!]=$run

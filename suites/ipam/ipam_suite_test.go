@@ -185,11 +185,14 @@ var _ = Describe("node-subnet networking [flatnet]", Label("flatnet", "ipam"), O
 				batch = append(batch, p)
 				keys = append(keys, workload.Key{Namespace: ns, Name: p.Name})
 			}
+			began := time.Now()
 			Expect(workload.CreatePods(ctx, kc.Clientset, batch)).To(Succeed())
 			Expect(workload.WaitPodsReady(ctx, kc.Clientset, keys, 5*time.Minute)).To(Succeed(), "round %d", r)
+			ready := time.Since(began)
 			Expect(podsInTheirBlocks(ctx)).To(Succeed(), "round %d", r)
 			seen += perRound
 			Expect(kc.Clientset.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: "churn=1"})).To(Succeed())
+			// Polled often (one List each time): the next round starts as soon as the last pod is gone.
 			Eventually(func(g Gomega) {
 				pl, err := kc.Clientset.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "churn=1"})
 				g.Expect(err).NotTo(HaveOccurred())
@@ -198,7 +201,8 @@ var _ = Describe("node-subnet networking [flatnet]", Label("flatnet", "ipam"), O
 					left = append(left, p.Name+" on "+p.Spec.NodeName+" ("+string(p.Status.Phase)+")")
 				}
 				g.Expect(left).To(BeEmpty(), "round %d: churn pods still present after their deletion", r)
-			}).WithTimeout(5 * time.Minute).WithPolling(2 * time.Second).Should(Succeed())
+			}).WithTimeout(5 * time.Minute).WithPolling(250 * time.Millisecond).Should(Succeed())
+			GinkgoWriter.Printf("  round %d: %d pods Ready %s after their creation, all gone %s after that\n", r+1, perRound, ready.Round(100*time.Millisecond), (time.Since(began) - ready).Round(100*time.Millisecond))
 		}
 		Expect(seen).To(Equal(200), "pods created over the rounds")
 		// Every block's allocations are exactly the live pods on its node.
@@ -220,7 +224,7 @@ var _ = Describe("node-subnet networking [flatnet]", Label("flatnet", "ipam"), O
 				}
 			}
 			g.Expect(held).To(Equal(live), "addresses held by the blocks vs addresses of live pods")
-		}).WithTimeout(2 * time.Minute).WithPolling(3 * time.Second).Should(Succeed())
+		}).WithTimeout(2 * time.Minute).WithPolling(time.Second).Should(Succeed())
 	})
 })
 

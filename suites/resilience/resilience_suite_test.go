@@ -388,11 +388,17 @@ var _ = Describe("verdicts while flatnet is disturbed [flatnet]", Label("flatnet
 			Fail(strings.Join(res.Problems, "\n"))
 		}
 	})
+})
 
+// The policy churn disturbs no node and no agent: only the policies of the
+// suite's own namespace change. So it is not disruptive and make e2e runs it
+// beside the other suites, not in the phase where nothing else may run.
+var _ = Describe("verdicts while policies churn [flatnet]", Label("flatnet", "resilience", "cilium"), func() {
 	It(fmt.Sprintf("answers as the oracle before or after each of %d policy changes while probing", churnChanges), func(ctx SpecContext) {
 		res := &report.CaseResult{Name: "policy-churn", Family: "resilience",
 			Description: fmt.Sprintf("%d changes, one object each (NetworkPolicy and CiliumNetworkPolicy creations, updates, deletions), one after the other as each converges, with the matrix probed continuously in the background; every answer must be the oracle's for a policy set in force at some time during its round.", churnChanges)}
 		defer save(res)
+		Expect(kc.CiliumCRDs).NotTo(HaveOccurred(), "the churn has a CiliumNetworkPolicy")
 		p := plan("policy churn", "")
 		cycle := book.churn()
 		snap, start := settle(ctx, res, "start: no policy", p, cycle[0])

@@ -60,7 +60,7 @@ func Split(dryRun types.Report, last []types.Report, opts Options) ([]Part, erro
 		return nil, fmt.Errorf("splitting suite %s: the phase's label filter %q: %w", dryRun.SuiteDescription, opts.Base, err)
 	}
 	its := dryRun.SpecReports.WithLeafNodeType(types.NodeTypeIt)
-	perSpec, overhead := history(last, filepath.Base(dryRun.SuitePath), opts.Key)
+	perSpec, overhead := history(last, filepath.Base(dryRun.SuitePath), opts.Key, base)
 	load := map[string]time.Duration{} // per group, of the specs that will run
 	count := map[string]int{}
 	var groups []string
@@ -152,8 +152,10 @@ func anyOf(key string, values []string) string {
 
 // history is, from the last run's reports of the suite (by its directory),
 // the mean time per spec of each group, of all its specs ("*"), and its mean
-// setup and teardown time per process.
-func history(last []types.Report, suite, key string) (map[string]time.Duration, time.Duration) {
+// setup and teardown time per process. Only the specs of the phase (its label
+// filter, base) count: a suite without the key is one group, and its 90 s
+// disruptive spec must not weigh on each of its short side-by-side ones.
+func history(last []types.Report, suite, key string, base types.LabelFilter) (map[string]time.Duration, time.Duration) {
 	sum := map[string]time.Duration{}
 	n := map[string]int{}
 	var setup time.Duration
@@ -169,7 +171,7 @@ func history(last []types.Report, suite, key string) (map[string]time.Duration, 
 				setup += s.RunTime
 			case s.LeafNodeType.Is(types.NodeTypeAfterSuite):
 				setup += s.RunTime
-			case s.LeafNodeType == types.NodeTypeIt && s.NumAttempts > 0:
+			case s.LeafNodeType == types.NodeTypeIt && s.NumAttempts > 0 && base(s.Labels()):
 				g, err := group(s, key)
 				if err != nil {
 					continue

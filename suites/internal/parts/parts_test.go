@@ -48,6 +48,8 @@ func lastRun() []types.Report {
 		it(5, "random-3-000", p, 60*time.Second, "random", "family:random"),
 		it(7, "update-np", p, 30*time.Second, "update", "family:update"),
 		it(8, "flow validation", p, 4*time.Second, "flatnet"),
+		// Of the other phase: it weighs on no estimate of this one.
+		it(9, "restarts a node", p, 300*time.Second, "disruptive"),
 		types.SpecReport{LeafNodeType: types.NodeTypeAfterSuite, RunTime: 10 * time.Second, State: p},
 	)
 	other := types.Report{SuitePath: "/r/suites/seed", SpecReports: types.SpecReports{it(1, "x", p, time.Hour, "family:random")}}
@@ -70,8 +72,8 @@ func TestSplitBalancesFamiliesByTheLastRun(t *testing.T) {
 	if ps[0].Filter != "family: containsAny {random}" {
 		t.Errorf("part 1 filter %q", ps[0].Filter)
 	}
-	if got := strings.Join(ps[1].Families, ","); got != "endport,networkpolicy,update" || ps[1].Specs != 6 {
-		t.Errorf("part 2: %q, %d specs; want the unlabelled, endport, networkpolicy, update and 6 specs", got, ps[1].Specs)
+	if got := strings.Join(ps[1].Families, ","); got != "endport,networkpolicy,update" || ps[1].Specs != 6 || ps[1].Estimate != 103200*time.Millisecond {
+		t.Errorf("part 2: %q, %d specs, %s; want the unlabelled, endport, networkpolicy, update, 6 specs and 103.2s", got, ps[1].Specs, ps[1].Estimate)
 	}
 	if ps[1].Filter != "!(family: containsAny {random})" {
 		t.Errorf("the last part %q must be everything the others do not name", ps[1].Filter)

@@ -12,10 +12,12 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
@@ -47,14 +49,24 @@ func Prepare(p corev1.Pod) corev1.Pod {
 	return p
 }
 
-// CreatePods creates pods (already Prepared).
+// createWorkers is how many pods CreatePods asks for at once: a round trip
+// each, one after the other, cost a 50-pod round a second or two.
+const createWorkers = 8
+
+// CreatePods creates pods (already Prepared), several at once; the first
+// error is returned once the creations under way are done.
 func CreatePods(ctx context.Context, cs kubernetes.Interface, pods []corev1.Pod) error {
+	var g errgroup.Group
+	g.SetLimit(createWorkers)
 	for _, p := range pods {
-		if _, err := cs.CoreV1().Pods(p.Namespace).Create(ctx, &p, metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("creating pod %s/%s: %w", p.Namespace, p.Name, err)
-		}
+		g.Go(func() error {
+			if _, err := cs.CoreV1().Pods(p.Namespace).Create(ctx, &p, metav1.CreateOptions{}); err != nil {
+				return fmt.Errorf("creating pod %s/%s: %w", p.Namespace, p.Name, err)
+			}
+			return nil
+		})
 	}
-	return nil
+	return g.Wait()
 }
 
 // CreateServices creates Services, labelled as the suite's.
@@ -73,19 +85,25 @@ func CreateServices(ctx context.Context, cs kubernetes.Interface, svcs []corev1.
 type Key = types.NamespacedName
 
 // WaitPodsReady waits until every pod is Ready with an IP, and says which are
-// not, and why, when timeout passes.
+// not, and why, when timeout passes. Each poll is one List per namespace, not
+// one Get per pod: a round of 50 pods polled 4 times a second would otherwise
+// ask the API server 200 times a second, on the machine running the kubelets.
 func WaitPodsReady(ctx context.Context, cs kubernetes.Interface, pods []Key, timeout time.Duration) error {
 	var notReady []string
 	err := wait.PollUntilContextTimeout(ctx, poll, timeout, true, func(ctx context.Context) (bool, error) {
 		notReady = notReady[:0]
+		live, errs := podsByKey(ctx, cs, pods)
 		for _, k := range pods {
-			p, err := cs.CoreV1().Pods(k.Namespace).Get(ctx, k.Name, metav1.GetOptions{})
-			if err != nil {
-				notReady = append(notReady, fmt.Sprintf("%s: %v", k, err))
-				continue
-			}
-			if why := notReadyReason(p); why != "" {
-				notReady = append(notReady, k.String()+": "+why)
+			p, ok := live[k]
+			switch {
+			case errs[k.Namespace] != nil:
+				notReady = append(notReady, fmt.Sprintf("%s: %v", k, errs[k.Namespace]))
+			case !ok:
+				notReady = append(notReady, k.String()+": not found")
+			default:
+				if why := notReadyReason(p); why != "" {
+					notReady = append(notReady, k.String()+": "+why)
+				}
 			}
 		}
 		return len(notReady) == 0, nil
@@ -94,6 +112,28 @@ func WaitPodsReady(ctx context.Context, cs kubernetes.Interface, pods []Key, tim
 		return fmt.Errorf("waiting %s for %d pods to be Ready: %w; not ready: %s", timeout, len(pods), err, strings.Join(notReady, "; "))
 	}
 	return nil
+}
+
+// podsByKey lists the pods of each namespace keys name, once each; a
+// namespace that could not be listed has its error in errs.
+func podsByKey(ctx context.Context, cs kubernetes.Interface, keys []Key) (map[Key]*corev1.Pod, map[string]error) {
+	live, errs := map[Key]*corev1.Pod{}, map[string]error{}
+	listed := map[string]bool{}
+	for _, k := range keys {
+		if listed[k.Namespace] {
+			continue
+		}
+		listed[k.Namespace] = true
+		pl, err := cs.CoreV1().Pods(k.Namespace).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			errs[k.Namespace] = err
+			continue
+		}
+		for i := range pl.Items {
+			live[Key{Namespace: k.Namespace, Name: pl.Items[i].Name}] = &pl.Items[i]
+		}
+	}
+	return live, errs
 }
 
 // notReadyReason is why p is not Ready, empty when it is.
@@ -128,15 +168,20 @@ func notReadyReason(p *corev1.Pod) string {
 
 // WaitServiceEndpoints waits until each Service's EndpointSlices list exactly
 // the Ready pods its selector matches, so a probe through it reaches them and
-// not a pod that was just replaced.
+// not a pod that was just replaced. Each poll lists the Services, pods and
+// EndpointSlices of each namespace once, whatever the number of Services.
 func WaitServiceEndpoints(ctx context.Context, cs kubernetes.Interface, svcs []Key, timeout time.Duration) error {
 	var pending []string
 	err := wait.PollUntilContextTimeout(ctx, poll, timeout, true, func(ctx context.Context) (bool, error) {
 		pending = pending[:0]
+		views := map[string]*namespaceView{}
 		for _, k := range svcs {
-			if why, err := endpointsLag(ctx, cs, k); err != nil {
-				pending = append(pending, fmt.Sprintf("%s: %v", k, err))
-			} else if why != "" {
+			v, ok := views[k.Namespace]
+			if !ok {
+				v = listNamespace(ctx, cs, k.Namespace)
+				views[k.Namespace] = v
+			}
+			if why := v.endpointsLag(k.Name); why != "" {
 				pending = append(pending, k.String()+": "+why)
 			}
 		}
@@ -148,28 +193,59 @@ func WaitServiceEndpoints(ctx context.Context, cs kubernetes.Interface, svcs []K
 	return nil
 }
 
-func endpointsLag(ctx context.Context, cs kubernetes.Interface, k Key) (string, error) {
-	svc, err := cs.CoreV1().Services(k.Namespace).Get(ctx, k.Name, metav1.GetOptions{})
+// namespaceView is one namespace's Services, pods and EndpointSlices as
+// listed together, or why they could not be.
+type namespaceView struct {
+	svcs   []corev1.Service
+	pods   []corev1.Pod
+	slices []discoveryv1.EndpointSlice
+	err    error
+}
+
+func listNamespace(ctx context.Context, cs kubernetes.Interface, ns string) *namespaceView {
+	v := &namespaceView{}
+	sl, err := cs.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return "", err
+		v.err = fmt.Errorf("listing Services: %w", err)
+		return v
 	}
-	pods, err := cs.CoreV1().Pods(k.Namespace).List(ctx, metav1.ListOptions{LabelSelector: metav1.FormatLabelSelector(&metav1.LabelSelector{MatchLabels: svc.Spec.Selector})})
+	pl, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return "", err
+		v.err = fmt.Errorf("listing pods: %w", err)
+		return v
 	}
+	el, err := cs.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		v.err = fmt.Errorf("listing EndpointSlices: %w", err)
+		return v
+	}
+	v.svcs, v.pods, v.slices = sl.Items, pl.Items, el.Items
+	return v
+}
+
+// endpointsLag says how Service name's ready endpoints differ from its Ready
+// pods; empty when they are the same.
+func (v *namespaceView) endpointsLag(name string) string {
+	if v.err != nil {
+		return v.err.Error()
+	}
+	i := slices.IndexFunc(v.svcs, func(s corev1.Service) bool { return s.Name == name })
+	if i < 0 {
+		return "Service not found"
+	}
+	sel := labels.SelectorFromSet(v.svcs[i].Spec.Selector)
 	var want []string
-	for _, p := range pods.Items {
-		if notReadyReason(&p) == "" {
+	for _, p := range v.pods {
+		if sel.Matches(labels.Set(p.Labels)) && notReadyReason(&p) == "" {
 			want = append(want, p.Status.PodIP)
 		}
 	}
 	slices.Sort(want)
-	slices_, err := cs.DiscoveryV1().EndpointSlices(k.Namespace).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + k.Name})
-	if err != nil {
-		return "", err
-	}
 	var got []string
-	for _, s := range slices_.Items {
+	for _, s := range v.slices {
+		if s.Labels[discoveryv1.LabelServiceName] != name {
+			continue
+		}
 		for _, e := range s.Endpoints {
 			if e.Conditions.Ready != nil && !*e.Conditions.Ready {
 				continue
@@ -179,12 +255,12 @@ func endpointsLag(ctx context.Context, cs kubernetes.Interface, k Key) (string, 
 	}
 	slices.Sort(got)
 	if len(want) == 0 {
-		return "no Ready pod matches the selector", nil
+		return "no Ready pod matches the selector"
 	}
 	if !slices.Equal(want, got) {
-		return fmt.Sprintf("endpoints %v, Ready pods %v", got, want), nil
+		return fmt.Sprintf("endpoints %v, Ready pods %v", got, want)
 	}
-	return "", nil
+	return ""
 }
 
 // RecreatePod deletes pod and creates it again from spec, waiting until the
