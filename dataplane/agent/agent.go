@@ -284,6 +284,14 @@ func (a *Agent) setup(ctx context.Context) error {
 			a.log.Warn("gratuitous ARP for the node and its pods", "err", err)
 		}
 	}
+	// The pods' addresses are announced here, from one socket, once their
+	// endpoints are registered (the plugin announcing from a socket of its own
+	// waited for a grace period on every ADD).
+	if announce, err := startAnnouncer(ctx, a.uplink, a.log); err != nil {
+		a.log.Warn("no gratuitous ARP for new pods", "err", err)
+	} else {
+		a.endpoints.SetAnnounce(announce)
+	}
 	if err := a.endpoints.Resync(ctx, linkExists); err != nil {
 		a.log.Warn("re-attach endpoints after restart", "err", err)
 	}

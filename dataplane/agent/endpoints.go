@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/flatnet/flatnet/dataplane/endpointapi"
@@ -66,6 +68,10 @@ type Endpoints struct {
 	hook    EndpointHook
 	metrics *Metrics
 	pool    *Pool // counts claims and misses; nil: no warm pool
+	// announce, once set (SetAnnounce), is given the address of every endpoint
+	// put: the agent announces it on the uplink (the plugin does not, see
+	// podnet.Setup).
+	announce atomic.Pointer[func(netip.Addr)]
 
 	// OnChange, when set, runs after every successful Put or Delete (the
 	// agent refreshes the block's status).
@@ -204,8 +210,15 @@ func (e *Endpoints) PutEndpoint(ctx context.Context, ep endpointapi.Endpoint) er
 	e.metrics.endpoints.Set(float64(len(e.byID)))
 	e.metrics.allocations.Inc()
 	e.changed()
+	if f := e.announce.Load(); f != nil {
+		(*f)(ep.IP)
+	}
 	return nil
 }
+
+// SetAnnounce has every endpoint put from now on announced with f, which must
+// not block (the PUT answers an ADD).
+func (e *Endpoints) SetAnnounce(f func(netip.Addr)) { e.announce.Store(&f) }
 
 // DeleteEndpoint implements endpointapi.Handler; unknown IDs are fine.
 func (e *Endpoints) DeleteEndpoint(ctx context.Context, containerID string) error {

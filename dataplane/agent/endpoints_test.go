@@ -156,3 +156,32 @@ func TestInstallConflistOnlyRewritesChanges(t *testing.T) {
 		t.Fatalf("conf dir holds %d files (temp files left?)", len(entries))
 	}
 }
+
+// TestPutAnnouncesOnlyRegisteredEndpoints: every endpoint registered is handed to
+// the announcer with its address; a refused one is not, and neither is any
+// before an announcer is set.
+func TestPutAnnouncesOnlyRegisteredEndpoints(t *testing.T) {
+	ctx := context.Background()
+	dp := &recordingDatapath{attached: map[string]endpointapi.Endpoint{}}
+	e, err := NewEndpoints(t.TempDir(), dp, NewMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := serveEndpoints(t, e)
+	if err := c.PutEndpoint(ctx, ep("a0")); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var got []netip.Addr
+	e.SetAnnounce(func(a netip.Addr) { mu.Lock(); got = append(got, a); mu.Unlock() })
+	if err := c.PutEndpoint(ctx, ep("a1")); err != nil {
+		t.Fatal(err)
+	}
+	dp.refuse = errors.New("maps full")
+	_ = c.PutEndpoint(ctx, ep("b2"))
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []netip.Addr{ep("a1").IP}; !slices.Equal(got, want) {
+		t.Errorf("announced %v, want %v", got, want)
+	}
+}

@@ -139,6 +139,12 @@ func add(args *skel.CmdArgs, cfg *cniconf.Config, start time.Time) (answered boo
 	if err != nil {
 		return false, types.NewError(types.ErrInternal, fmt.Sprintf("set up pod network for %s: %v", args.ContainerID, err), "")
 	}
+	if cfg.AgentSocket == "" {
+		// No agent to announce the address (it does so once the endpoint is registered).
+		if err = podnet.Announce(up.Link, addr); err != nil {
+			return false, types.NewError(types.ErrInternal, fmt.Sprintf("set up pod network for %s: %v", args.ContainerID, err), "")
+		}
+	}
 	phase("setup")
 
 	var res types.Result = result(args, cfg, pn)

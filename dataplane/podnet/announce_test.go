@@ -10,6 +10,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/flatnet/flatnet/dataplane/podnet"
 	"github.com/flatnet/flatnet/dataplane/podnet/podnettest"
 )
 
@@ -17,8 +18,10 @@ import (
 // new one) leaves the other nodes with neighbour entries for its pods' addresses
 // pointing at the old MAC: a new pod on such an address was unreachable from
 // them until those entries failed and re-resolved (seen on kind as TIMEOUTs for
-// ~15 s after a worker's restart). Setup announces the pod's address on the uplink.
-func TestSetupAnnouncesThePodAddress(t *testing.T) {
+// ~15 s after a worker's restart). The pod's address is announced on the uplink
+// once it is set up (by the agent, from an Announcer it keeps), and Setup itself
+// sends nothing: the announcement is the Announcer's.
+func TestAnnouncerUpdatesStaleNeighbours(t *testing.T) {
 	n := newNode(t, "10.224.0.2/16")
 	peer := podnettest.NewNS(t) // another node on the segment, holding stale entries
 	var uplinkMAC net.HardwareAddr
@@ -72,6 +75,19 @@ func TestSetupAnnouncesThePodAddress(t *testing.T) {
 
 	ip := netip.MustParseAddr("10.224.0.40")
 	n.setup("c1", podnettest.NewNS(t), ip)
+	time.Sleep(200 * time.Millisecond)
+	if got := macAtPeer(ip); got.String() != old.String() {
+		t.Fatalf("Setup alone changed the other node's entry for %s to %s: the check below cannot tell the Announcer's work", ip, got)
+	}
+	up := n.uplink()
+	n.Do(func() error {
+		an, err := podnet.NewAnnouncer(up.Link)
+		if err != nil {
+			return err
+		}
+		defer an.Close()
+		return an.Announce(ip)
+	})
 	deadline := time.Now().Add(2 * time.Second)
 	for macAtPeer(ip).String() != uplinkMAC.String() && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)

@@ -32,6 +32,10 @@ type Veth struct {
 //	host: <hostVeth> up, proxy_arp=1, ip/32 dev <hostVeth> scope link, no IPv6,
 //	      proxy neighbour ip on the uplink (the node answers ARP for the pod there)
 //
+// The address may have been a pod's of this node before a restart gave the uplink
+// another MAC: the caller announces it (Announce; the agent does, from a socket
+// it keeps, when the plugin registers the endpoint).
+//
 // hostIndex is the host end's interface index: one of the warm pool's (claimed
 // with ClaimPoolIndex: the agent has its datapath maps ready), or 0 for the
 // kernel's choice; a pool index another link took meanwhile falls back to 0.
@@ -188,9 +192,7 @@ func configureHostSide(v *Veth, up *Uplink) error {
 	if err := netlink.NeighSet(proxyNeigh(up.Link, v.IP)); err != nil {
 		return fmt.Errorf("add proxy neighbour %s on uplink %s: %w", v.IP, up.Link.Attrs().Name, err)
 	}
-	// The address may have been a pod's of this node before a restart gave the
-	// uplink another MAC: tell the nodes that still hold the old one.
-	return Announce(up.Link, v.IP)
+	return nil
 }
 
 // EnsureHostForwarding turns on what the flat network needs on the node:
