@@ -22,7 +22,11 @@ import (
 // long as its device, with no pin: an agent restart finds it on the device and
 // replaces its program in one atomic step (same priority and handle). The verdicts
 // are the same on both hooks (TC_ACT_UNSPEC, tcx's "next", passes when no other
-// filter follows).
+// filter follows). The price is per packet, outside the programs: TCP_CRR with
+// 1,000 rules on a bare node netns runs at 0.94-0.96 of no program against
+// 0.98-1.03 on tcx (bench-datapath.sh BASE=<tcx commit>, two runs of 4 rounds);
+// with kube-proxy's rules on the path the hooks are even. Moving endpoints to
+// tcx in the background, off the ADD path, would take both.
 //
 // Earlier versions attached tcx links pinned under links/<ifindex>-<side>. tcx runs
 // before clsact and its verdict is final, so attaching the filter first and then
