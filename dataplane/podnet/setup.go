@@ -80,15 +80,12 @@ func Setup(podNS ns.NetNS, containerID, ifName string, addr netip.Addr, mtu int,
 	}
 	if err == nil {
 		err = podNS.Do(func(ns.NetNS) error {
-			if err := configurePodSide(ifName, addr, v.HostIf.HardwareAddr); err != nil {
+			pod, err := configurePodSide(ifName, addr, v.HostIf.HardwareAddr)
+			if err != nil {
 				return err
 			}
-			pod, err := netlinksafe.LinkByName(ifName)
-			if err != nil {
-				return fmt.Errorf("look up pod interface %s: %w", ifName, err)
-			}
 			a := pod.Attrs()
-			v.PodIf = net.Interface{Index: a.Index, MTU: a.MTU, Name: ifName, HardwareAddr: a.HardwareAddr, Flags: a.Flags}
+			v.PodIf = net.Interface{Index: a.Index, MTU: a.MTU, Name: ifName, HardwareAddr: a.HardwareAddr, Flags: a.Flags | net.FlagUp}
 			return nil
 		})
 	}
@@ -125,29 +122,30 @@ func createVeth(podNS ns.NetNS, hostName, ifName string, mtu, hostIndex int) (ne
 	return host, nil
 }
 
-func configurePodSide(ifName string, addr netip.Addr, hostMAC net.HardwareAddr) error {
+// configurePodSide configures the pod's side (in its netns) and returns its link.
+func configurePodSide(ifName string, addr netip.Addr, hostMAC net.HardwareAddr) (netlink.Link, error) {
 	if err := loopbackUp(); err != nil {
-		return err
+		return nil, err
 	}
 	link, err := netlinksafe.LinkByName(ifName)
 	if err != nil {
-		return fmt.Errorf("look up pod interface %s: %w", ifName, err)
+		return nil, fmt.Errorf("look up pod interface %s: %w", ifName, err)
 	}
 	if err := disableIPv6(ifName); err != nil {
-		return err
+		return nil, err
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
-		return fmt.Errorf("set pod interface %s up: %w", ifName, err)
+		return nil, fmt.Errorf("set pod interface %s up: %w", ifName, err)
 	}
 	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: HostNet(addr)}); err != nil {
-		return fmt.Errorf("add %s/32 to pod interface %s: %w", addr, ifName, err)
+		return nil, fmt.Errorf("add %s/32 to pod interface %s: %w", addr, ifName, err)
 	}
 	gw := HostNet(GatewayIP)
 	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: gw, Scope: netlink.SCOPE_LINK}); err != nil {
-		return fmt.Errorf("add route %s dev %s in the pod: %w", gw, ifName, err)
+		return nil, fmt.Errorf("add route %s dev %s in the pod: %w", gw, ifName, err)
 	}
 	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw.IP}); err != nil {
-		return fmt.Errorf("add default route via %s in the pod: %w", GatewayIP, err)
+		return nil, fmt.Errorf("add default route via %s in the pod: %w", GatewayIP, err)
 	}
 	// Permanent: the pod never has to ARP for its gateway, and nothing on the
 	// host has to answer for an address the host does not hold.
@@ -155,9 +153,9 @@ func configurePodSide(ifName string, addr netip.Addr, hostMAC net.HardwareAddr) 
 		LinkIndex: link.Attrs().Index, Family: unix.AF_INET, State: netlink.NUD_PERMANENT,
 		IP: gw.IP, HardwareAddr: hostMAC,
 	}); err != nil {
-		return fmt.Errorf("add neighbour %s -> %s in the pod: %w", GatewayIP, hostMAC, err)
+		return nil, fmt.Errorf("add neighbour %s -> %s in the pod: %w", GatewayIP, hostMAC, err)
 	}
-	return nil
+	return link, nil
 }
 
 // loopbackUp brings up the pod's lo, as CNI's loopback plugin would: done here
