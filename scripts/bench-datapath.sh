@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Datapath benchmarks on real netns pods (issues #5 and #6), as root:
 #   - dataplane/bpf BenchmarkNetnsTCP: TCP_CRR and TCP_RR between two pods with no
-#     program, programs with 0 rules, with 1,000 rules (direct local delivery, and
+#     program, programs with 0 rules, with 1,000 rules (on tcx links and, as attached
+#     before the agent moves them there, on clsact filters; direct local delivery, and
 #     through the host stack), and flow events off/all; then no program vs 1,000 rules
 #     again on a node netns with kube-proxy-like NAT rules (netfilter tracking every
 #     forwarded packet, as on a Kubernetes node);
@@ -63,7 +64,7 @@ tcp_round() {
 	# The same on a node as Kubernetes runs it: kube-proxy's NAT rules put netfilter's
 	# connection tracking on every forwarded packet, which direct delivery skips.
 	(cd "$dir" && FLATNET_BENCH_KUBE_PROXY=1 FLATNET_BENCH_ROTATE=$i "$bin" -test.run '^$' \
-		-test.bench '^BenchmarkNetnsTCP$/^test=(CRR|RR)$/^dp=(none|prog\+1000rules|prog\+1000rules\+host-routing)$' \
+		-test.bench '^BenchmarkNetnsTCP$/^test=(CRR|RR)$/^dp=(none|prog\+1000rules|prog\+1000rules\+filters|prog\+1000rules\+host-routing)$' \
 		-test.benchtime "$BENCHTIME" -test.count 1) >>"$out/tcp-kube-proxy$sfx.txt" 2>&1 || warn "BenchmarkNetnsTCP (kube-proxy node, $bin) failed in round $i: see $out/tcp-kube-proxy$sfx.txt"
 }
 : >"$out/tcp.txt"
@@ -91,7 +92,7 @@ done
 failures=$(grep -h -A3 -- '--- FAIL' "$out"/tcp*.txt "$out/flood.txt" || true)
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$out/machine.txt"
 
-"$FLATNET_CACHE/bin/benchstat" -col '/dp@(none prog prog+1000rules prog+1000rules+host-routing prog+events-off prog+events-all)' -filter '.unit:(sec/op OR cpu-ns/op OR prog-ns/op)' "$out/tcp.txt" >"$out/benchstat-tcp.txt" 2>&1 || true
+"$FLATNET_CACHE/bin/benchstat" -col '/dp@(none prog prog+1000rules prog+1000rules+filters prog+1000rules+host-routing prog+events-off prog+events-all)' -filter '.unit:(sec/op OR cpu-ns/op OR prog-ns/op)' "$out/tcp.txt" >"$out/benchstat-tcp.txt" 2>&1 || true
 "$FLATNET_CACHE/bin/benchstat" "$out/flood.txt" >"$out/benchstat-flood.txt" 2>&1 || true
 
 # summary TCP-FILE FLOOD-FILE: the tables, from the raw output.
@@ -126,7 +127,7 @@ summary() {
 	END {
 		rounds = round[1]
 		# Rows in a fixed order (rounds rotate the order variants run in).
-		split("none prog prog+1000rules prog+1000rules+host-routing prog+events-off prog+events-all", order, " ")
+		split("none prog prog+1000rules prog+1000rules+filters prog+1000rules+host-routing prog+events-off prog+events-all", order, " ")
 		nd = 0
 		for (j = 1; j in order; j++) if (order[j] in seen_d) { dps[++nd] = order[j]; delete seen_d[order[j]] }
 		for (d in seen_d) dps[++nd] = d
@@ -224,7 +225,7 @@ versus() {
 		ns[file, t, d, r] = unit("ns/op"); cpu[file, t, d, r] = unit("cpu-ns/op"); pns[file, t, d, r] = unit("prog-ns/op")
 	}
 	END {
-		split("prog prog+1000rules prog+1000rules+host-routing prog+events-off prog+events-all", order, " ")
+		split("prog prog+1000rules prog+1000rules+filters prog+1000rules+host-routing prog+events-off prog+events-all", order, " ")
 		printf "%-4s %-28s %10s %10s %9s %9s %9s %9s %9s\n", "test", "dp", "prog-ns/op", "", "", "wall", "ratio", "cpu", "ratio"
 		printf "%-4s %-28s %10s %10s %9s %9s %9s %9s %9s\n", "", "", "base", "new", "new/base", "base", "new", "base", "new"
 		for (i = 1; i <= nt; i++) for (j = 1; j in order; j++) {

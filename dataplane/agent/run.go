@@ -160,7 +160,7 @@ func runWithPolicy(ctx context.Context, cfg RunConfig, log *slog.Logger, kube ku
 			_ = flowLogs.Run(ctx) // it logs what it refuses; it stops with ctx
 		}
 	}()
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	go func() {
 		// Observability must not take enforcement down with it.
 		if err := flows.Run(ctx, events, enricher, store, observers...); err != nil {
@@ -169,6 +169,7 @@ func runWithPolicy(ctx context.Context, cfg RunConfig, log *slog.Logger, kube ku
 	}()
 	go func() { errc <- wrap("policy enforcer", enf.Run(ctx)) }()
 	go func() { errc <- wrap("conntrack GC", enf.RunConntrackGC(ctx)) }()
+	go func() { errc <- wrap("hook mover", enf.RunHookMover(ctx)) }()
 	go func() { errc <- wrap("agent", a.Run(ctx)) }()
 	return <-errc
 }

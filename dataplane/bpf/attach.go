@@ -25,9 +25,10 @@ func (d *Datapath) linkPinPath(name string) string { return filepath.Join(d.pinD
 
 // resumeLinks points every endpoint's hook at the programs just loaded, each in
 // one atomic step. The endpoints are those of the endpoint map (and, in an
-// upgrade, of the previous version's) and those an earlier version attached with
-// tcx links. An endpoint whose interface is gone, or is not the one attached (no
-// datapath filter and no tcx link on it: its index was reused while no agent ran),
+// upgrade, of the previous version's) and those with a pinned tcx link. Each keeps
+// its hook: a tcx link, or a filter (to be moved later, MoveToTCX). An endpoint
+// whose interface is gone, or is not the one attached (no datapath filter and no
+// tcx link on it: its index was reused while no agent ran),
 // is forgotten. In an upgrade an endpoint on the previous programs stays there
 // until AttachEndpoint has written it into the new maps.
 func (d *Datapath) resumeLinks(ctx context.Context) error {
@@ -42,16 +43,13 @@ func (d *Datapath) resumeLinks(ctx context.Context) error {
 		var progs []ebpf.ProgramID
 		gone := false
 		for _, dir := range []int{dirIngress, dirEgress} {
-			id, err := hookProgramID(ifindex, dir)
+			id, err := d.hookRunning(ifindex, dir)
 			if errors.Is(err, os.ErrNotExist) {
 				gone = true
 				break
 			}
 			if err != nil {
 				return err
-			}
-			if tcx := d.pinnedTCXProgram(ifindex, dir); tcx != 0 {
-				id = tcx // tcx runs first: its program is the one deciding
 			}
 			if id != 0 {
 				progs = append(progs, id)
@@ -260,8 +258,12 @@ func (d *Datapath) attachLinks(ctx context.Context, ifindex int) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := d.attach(ifindex, dir); err != nil {
+		filtered, err := d.attach(ifindex, dir)
+		if err != nil {
 			return err
+		}
+		if filtered {
+			d.setFiltered(ifindex, true)
 		}
 	}
 	return nil
@@ -332,6 +334,7 @@ func (d *Datapath) forget(ifindex int) error {
 	var errs []error
 	key := uint32(ifindex)
 	d.unprepare(ifindex)
+	d.setFiltered(ifindex, false)
 	// First: no more traffic delivered directly to an interface being forgotten.
 	var info datapathEndpointInfo
 	if err := d.objs.FnEndpoints.Lookup(key, &info); err == nil {

@@ -43,6 +43,9 @@ type Datapath struct {
 	orphans  orphans           // forgotten endpoints whose connections are still in fn_ct (conntrack.go)
 	prepared map[int]*ebpf.Map // interfaces of the warm pool, with their empty policy maps (prepare.go)
 
+	hookMu   sync.Mutex
+	filtered map[int]bool // endpoints with a direction on a filter, not yet moved to tcx (hook.go)
+
 	// The IP cache is two layers over one map: identities the compiler gives pod and
 	// node addresses, and the Service flag of Service addresses (ClusterIPs,
 	// externalIPs, LoadBalancer IPs), which may also be a node's or pod's.

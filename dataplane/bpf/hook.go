@@ -1,9 +1,12 @@
 package bpf
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -13,24 +16,28 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The hook: the programs sit on each host veth as cls_bpf filters (direct action)
-// of a clsact qdisc, one per direction, at hookPriority/hookHandle. Not tcx: a tcx
-// link waits for an RCU grace period under the kernel's rtnl lock on every attach
-// (kernel/bpf/tcx.c, tcx_entry_sync), ~12 ms each here, serialised machine-wide,
-// so a burst of pods queued behind each other's attaches (BenchmarkHookAttach:
-// 23.5-25.7 ms per veth with tcx, 0.26-0.28 ms with clsact). A filter lives as
-// long as its device, with no pin: an agent restart finds it on the device and
-// replaces its program in one atomic step (same priority and handle). The verdicts
-// are the same on both hooks (TC_ACT_UNSPEC, tcx's "next", passes when no other
-// filter follows). The price is per packet, outside the programs: TCP_CRR with
-// 1,000 rules on a bare node netns runs at 0.94-0.96 of no program against
-// 0.98-1.03 on tcx (bench-datapath.sh BASE=<tcx commit>, two runs of 4 rounds);
-// with kube-proxy's rules on the path the hooks are even. Moving endpoints to
-// tcx in the background, off the ADD path, would take both.
+// The hooks: an endpoint's programs go on its host veth first as cls_bpf filters
+// (direct action) of a clsact qdisc, one per direction, at hookPriority/hookHandle,
+// and move to tcx links once the node is quiet (MoveToTCX). Both, because each is
+// cheap where the other is dear:
+//   - A tcx link waits for an RCU grace period under the kernel's rtnl lock on every
+//     attach (kernel/bpf/tcx.c, tcx_entry_sync), ~12 ms each here, serialised
+//     machine-wide: a burst of pods would queue behind each other's attaches
+//     (BenchmarkHookAttach: 23.5-25.7 ms per veth with tcx, 0.26-0.28 ms with clsact).
+//   - A filter costs each packet the tc classifier's walk: TCP_CRR with 1,000 rules
+//     on a bare node netns runs at 0.94-0.96 of no program on filters against
+//     0.98-1.03 on tcx (bench-datapath.sh, dp=prog+1000rules+filters vs
+//     dp=prog+1000rules).
 //
-// Earlier versions attached tcx links pinned under links/<ifindex>-<side>. tcx runs
-// before clsact and its verdict is final, so attaching the filter first and then
-// unpinning the link hands an endpoint over without a gap (dropTCXLink).
+// The verdicts are the same on both (TC_ACT_UNSPEC is tcx's "next", and passes when
+// no other filter follows). tcx runs before clsact, so a move attaches the link first
+// and then deletes the filter: no gap, and for the instant both are there a packet
+// tcx lets through is judged twice by the same program, to the same verdict.
+//
+// tcx links are pinned under links/<ifindex>-<side> (they would go with the agent
+// otherwise); filters live as long as their device and need no pin. An agent restart
+// finds both and points each at its new programs in one atomic step: link.Update for
+// a link, a replace of the same priority and handle for a filter.
 const (
 	hookPriority = 1
 	hookHandle   = 1
@@ -60,30 +67,154 @@ func hookFilter(ifindex, dir int) netlink.FilterAttrs {
 		Priority: hookPriority, Protocol: unix.ETH_P_ALL}
 }
 
-// attach puts the direction's program on the interface, or replaces the program
-// there (atomically: the filter keeps its place).
-func (d *Datapath) attach(ifindex, dir int) error {
+// attach points the direction's hook on the interface at its program: a tcx link
+// the endpoint was moved to is updated in place, else the filter is added or
+// replaced (atomically: it keeps its place). Neither waits for a grace period.
+// It returns whether the endpoint is on a filter in that direction.
+func (d *Datapath) attach(ifindex, dir int) (filtered bool, err error) {
 	prog, name := d.hookProgram(dir)
+	if l := d.pinnedTCXLink(ifindex, dir); l != nil {
+		defer l.Close()
+		if err := l.Update(prog); err != nil {
+			return false, fmt.Errorf("pointing the tcx link of interface %d at %s: %w", ifindex, name, err)
+		}
+		// A filter left by a move cut short would run after tcx's "next".
+		return false, delFilter(ifindex, dir)
+	}
 	q := &netlink.GenericQdisc{QdiscType: "clsact", QdiscAttrs: netlink.QdiscAttrs{
 		LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}}
 	if err := netlink.QdiscAdd(q); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("adding the clsact qdisc to interface %d: %w", ifindex, err)
+		return false, fmt.Errorf("adding the clsact qdisc to interface %d: %w", ifindex, err)
 	}
 	f := &netlink.BpfFilter{FilterAttrs: hookFilter(ifindex, dir), Fd: prog.FD(), Name: name, DirectAction: true}
 	if err := netlink.FilterReplace(f); err != nil {
-		return fmt.Errorf("attaching %s to interface %d: %w", name, ifindex, err)
+		return false, fmt.Errorf("attaching %s to interface %d: %w", name, ifindex, err)
 	}
-	return d.dropTCXLink(ifindex, dir)
+	return true, nil
 }
 
 // detach takes the direction's program off the interface; an interface gone or
 // without it is fine.
 func (d *Datapath) detach(ifindex, dir int) error {
+	return errors.Join(delFilter(ifindex, dir), d.dropTCXLink(ifindex, dir))
+}
+
+// delFilter deletes the direction's filter from the interface, if it is there.
+func delFilter(ifindex, dir int) error {
 	err := netlink.FilterDel(&netlink.BpfFilter{FilterAttrs: hookFilter(ifindex, dir)})
 	if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENODEV) && !errors.Is(err, unix.EINVAL) {
-		return fmt.Errorf("detaching the datapath from interface %d: %w", ifindex, err)
+		return fmt.Errorf("deleting the datapath filter of interface %d: %w", ifindex, err)
 	}
-	return d.dropTCXLink(ifindex, dir)
+	return nil
+}
+
+// MoveToTCX moves an endpoint's programs from its filters to tcx links, which cost
+// each packet less. Every link's attach waits for a grace period holding the
+// kernel's rtnl lock, which every pod being set up on the node needs meanwhile, so
+// the agent moves endpoints only while none is being attached (enforce's hook mover),
+// and one direction at a time, holding the datapath's lock for one attach only. An
+// endpoint detached, not attached by these programs (an upgrade's pending one) or
+// moved already is left as it is; one that failed to move stays on its filters. It
+// returns whether it moved a direction. Call it in the node's network namespace.
+func (d *Datapath) MoveToTCX(ctx context.Context, ifindex int) (bool, error) {
+	moved := false
+	for _, dir := range []int{dirIngress, dirEgress} {
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
+		m, err := d.moveDirToTCX(ifindex, dir)
+		if err != nil {
+			return false, err
+		}
+		moved = moved || m
+	}
+	return moved, nil
+}
+
+// moveDirToTCX is MoveToTCX for one direction: whether it moved it. The second
+// direction's call takes the endpoint off the filtered list.
+func (d *Datapath) moveDirToTCX(ifindex, dir int) (bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.isFiltered(ifindex) {
+		return false, nil // detached meanwhile, or moved
+	}
+	moved, err := d.moveDirLocked(ifindex, dir)
+	if err != nil || dir == dirEgress {
+		// Failed: it stays on its filters (same verdicts, dearer packets) until
+		// attached again, rather than failing every time the mover tries.
+		d.setFiltered(ifindex, false)
+	}
+	return moved, err
+}
+
+func (d *Datapath) moveDirLocked(ifindex, dir int) (bool, error) {
+	prog, name := d.hookProgram(dir)
+	running, err := hookProgramID(ifindex, dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil // its interface went away: its DEL follows
+	}
+	if err != nil {
+		return false, err
+	}
+	if own, err := programID(prog); err != nil || running != own {
+		return false, err // no filter (moved), or another program's
+	}
+	at := ebpf.AttachTCXEgress
+	if dir == dirEgress {
+		at = ebpf.AttachTCXIngress
+	}
+	l, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: prog, Attach: at})
+	if err != nil {
+		return false, fmt.Errorf("moving %s of interface %d to tcx: %w", name, ifindex, err)
+	}
+	defer l.Close() // the pin holds it
+	pin := d.tcxLinkPin(ifindex, dir)
+	_ = os.Remove(pin) // a stale pin of an earlier interface of that index
+	if err := l.Pin(pin); err != nil {
+		return false, fmt.Errorf("pinning the tcx link of interface %d (its filter stays): %w", ifindex, err)
+	}
+	// The link decides from now on: the filter can go.
+	if err := delFilter(ifindex, dir); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// FilteredEndpoints lists the endpoints with a direction still on a filter (to move
+// to tcx), in order.
+func (d *Datapath) FilteredEndpoints() []int {
+	d.hookMu.Lock()
+	defer d.hookMu.Unlock()
+	return slices.Sorted(maps.Keys(d.filtered))
+}
+
+func (d *Datapath) setFiltered(ifindex int, on bool) {
+	d.hookMu.Lock()
+	defer d.hookMu.Unlock()
+	if on {
+		if d.filtered == nil {
+			d.filtered = map[int]bool{}
+		}
+		d.filtered[ifindex] = true
+	} else {
+		delete(d.filtered, ifindex)
+	}
+}
+
+func (d *Datapath) isFiltered(ifindex int) bool {
+	d.hookMu.Lock()
+	defer d.hookMu.Unlock()
+	return d.filtered[ifindex]
+}
+
+func programID(p *ebpf.Program) (ebpf.ProgramID, error) {
+	info, err := p.Info()
+	if err != nil {
+		return 0, fmt.Errorf("reading the ID of %s: %w", p, err)
+	}
+	id, _ := info.ID()
+	return id, nil
 }
 
 // hookProgramID returns the ID of the program the datapath's filter runs on the
@@ -114,7 +245,7 @@ func hookProgramID(ifindex, dir int) (ebpf.ProgramID, error) {
 	return 0, nil
 }
 
-// tcxLinkPin is where an earlier version pinned an endpoint's tcx link.
+// tcxLinkPin is where an endpoint's tcx link is pinned.
 func (d *Datapath) tcxLinkPin(ifindex, dir int) string {
 	name := "ingress"
 	if dir == dirEgress {
@@ -123,26 +254,44 @@ func (d *Datapath) tcxLinkPin(ifindex, dir int) string {
 	return d.linkPinPath(fmt.Sprintf("%d-%s", ifindex, name))
 }
 
-// pinnedTCXProgram returns the ID of the program an earlier version's pinned tcx
-// link runs on the interface in that direction (0: none, or its interface gone, in
-// which case the pin is removed).
-func (d *Datapath) pinnedTCXProgram(ifindex, dir int) ebpf.ProgramID {
+// hookRunning returns the ID of the program deciding on the interface's traffic in
+// that direction: its tcx link's if it has one (tcx runs first), else its filter's
+// (0, nil: neither; os.ErrNotExist: no such interface).
+func (d *Datapath) hookRunning(ifindex, dir int) (ebpf.ProgramID, error) {
+	id, err := hookProgramID(ifindex, dir)
+	if err != nil {
+		return 0, err
+	}
+	if l := d.pinnedTCXLink(ifindex, dir); l != nil {
+		defer l.Close()
+		if info, err := l.Info(); err == nil {
+			return info.Program, nil
+		}
+	}
+	return id, nil
+}
+
+// pinnedTCXLink opens the tcx link pinned for the interface in that direction (nil:
+// none; a pin whose link its interface left behind, gone or its index reused, is
+// removed).
+func (d *Datapath) pinnedTCXLink(ifindex, dir int) link.Link {
 	pin := d.tcxLinkPin(ifindex, dir)
 	l, err := link.LoadPinnedLink(pin, nil)
 	if err != nil {
-		return 0
+		return nil
 	}
-	defer l.Close()
 	info, err := l.Info()
 	if err != nil || info.TCX() == nil || info.TCX().Ifindex != uint32(ifindex) {
 		_ = l.Unpin() // detached: its interface went away
-		return 0
+		l.Close()
+		return nil
 	}
-	return info.Program
+	return l
 }
 
-// dropTCXLink detaches an earlier version's tcx link from the interface, if one
-// is pinned: the last reference goes with the pin.
+// dropTCXLink detaches the interface's tcx link, if one is pinned: the last
+// reference goes with the pin. (With the interface still there that waits for a
+// grace period; the plugin's DEL deletes the veth first, which detached it.)
 func (d *Datapath) dropTCXLink(ifindex, dir int) error {
 	pin := d.tcxLinkPin(ifindex, dir)
 	l, err := link.LoadPinnedLink(pin, nil)

@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"context"
 	"errors"
 	"os"
 	"testing"
@@ -9,10 +10,12 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
 )
 
 // attachTCXAsBefore puts p's programs on its host veth the way versions before
-// the clsact hook did: tcx links pinned under links/<ifindex>-<side>, no filter.
+// the clsact hook did: tcx links pinned under links/<ifindex>-<side>, no filter
+// (the way MoveToTCX leaves them too).
 func (n *testNode) attachTCXAsBefore(t *testing.T, p *testPod) {
 	t.Helper()
 	must(t, n.node.Do(func(ns.NetNS) error {
@@ -38,19 +41,184 @@ func (n *testNode) attachTCXAsBefore(t *testing.T, p *testPod) {
 	}))
 }
 
-// TestNetnsTCXEndpointsMoveToClsact is a rollout over an agent of the tcx hook:
-// its endpoints' pinned tcx links are replaced by the new agent's filters at
-// load, the filter first (tcx runs before clsact, so it decides until its link
-// goes), with no allowed connection failing and no denied one passing; no link
-// pin is left, and the new agent's policy writes reach the new filters.
-func TestNetnsTCXEndpointsMoveToClsact(t *testing.T) {
+// hookKind is where an endpoint's programs sit, for wantHookKind.
+type hookKind string
+
+const (
+	onFilter hookKind = "filter"
+	onTCX    hookKind = "tcx"
+	onNone   hookKind = "none"
+)
+
+// wantHookKind checks where d's programs sit on the host veth ifindex of n's node
+// in both directions: on the datapath's filters and no tcx link, on pinned tcx
+// links and no filter, or on neither.
+func wantHookKind(t *testing.T, n *testNode, d *Datapath, ifindex int, want hookKind) {
+	t.Helper()
+	for _, dir := range []int{dirIngress, dirEgress} {
+		var filter, tcx ebpf.ProgramID
+		must(t, n.node.Do(func(ns.NetNS) error {
+			var err error
+			filter, err = hookProgramID(ifindex, dir)
+			if l := d.pinnedTCXLink(ifindex, dir); l != nil {
+				info, ierr := l.Info()
+				l.Close()
+				if ierr != nil {
+					return ierr
+				}
+				tcx = info.Program
+			}
+			return err
+		}))
+		prog, _ := d.hookProgram(dir)
+		own, err := programID(prog)
+		must(t, err)
+		var wantFilter, wantTCX ebpf.ProgramID
+		switch want {
+		case onFilter:
+			wantFilter = own
+		case onTCX:
+			wantTCX = own
+		}
+		if filter != wantFilter || tcx != wantTCX {
+			t.Errorf("interface %d, direction %d: filter runs program %d, tcx link %d; want %s (own program %d)",
+				ifindex, dir, filter, tcx, want, own)
+		}
+	}
+}
+
+// TestNetnsMoveToTCX: endpoints are attached on filters and moved to tcx links
+// while traffic flows, with no allowed connection failing and no denied one
+// passing; once moved they keep their links, and the links run the programs of
+// whatever agent comes next; policy writes reach them; a detach removes the link.
+func TestNetnsMoveToTCX(t *testing.T) {
+	n := newTestNode(t)
+	server, client, other := n.addServerClientOther()
+	server.serveTCP(t, 80)
+	n.cnp("allow-client", allowClient)
+	pods := []*testPod{server, client, other}
+	for _, p := range pods {
+		wantHookKind(t, n, n.d, p.ifindex, onFilter)
+	}
+	if got := n.d.FilteredEndpoints(); len(got) != 3 {
+		t.Fatalf("endpoints listed to move: %v, want the 3 attached", got)
+	}
+
+	probes := startProbes(client, other, server, 80)
+	time.Sleep(200 * time.Millisecond)
+	for _, p := range pods {
+		var moved bool
+		err := n.node.Do(func(ns.NetNS) error {
+			var err error
+			moved, err = n.d.MoveToTCX(context.Background(), p.ifindex)
+			return err
+		})
+		if err != nil || !moved {
+			probes.halt()
+			t.Fatalf("moving interface %d to tcx: moved %v, %v", p.ifindex, moved, err)
+		}
+	}
+	time.Sleep(400 * time.Millisecond)
+	probes.haltAndCheck(t, "the move from filters to tcx", 5, 5)
+	for _, p := range pods {
+		wantHookKind(t, n, n.d, p.ifindex, onTCX)
+	}
+	if got := n.d.FilteredEndpoints(); len(got) != 0 {
+		t.Errorf("endpoints listed to move after the move: %v", got)
+	}
+	must(t, n.node.Do(func(ns.NetNS) error {
+		moved, err := n.d.MoveToTCX(context.Background(), server.ifindex)
+		if moved {
+			t.Errorf("an endpoint on tcx moved again")
+		}
+		return err
+	}))
+	// Attached again (the agent does at every policy change of its pod): it stays.
+	n.reattach(t, server)
+	wantHookKind(t, n, n.d, server.ifindex, onTCX)
+	n.c.DeletePolicy("cnp/default/allow-client")
+	n.flush()
+	wantWorks(t, "policy deleted, on tcx", other.tcpWorks(server.ip, 80))
+	n.cnp("allow-client", allowClient)
+	wantBlocked(t, "policy back, on tcx", other.tcpQuick(server.ip, 80))
+
+	// A new agent: the links stay, each pointed at its programs.
+	probes = startProbes(client, other, server, 80)
+	time.Sleep(200 * time.Millisecond)
+	must(t, n.d.Close())
+	d2, err := n.load(Options{})
+	if err != nil {
+		probes.halt()
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	probes.haltAndCheck(t, "a restart on tcx links", 5, 5)
+	n.restartAgent(t, d2)
+	for _, p := range pods {
+		wantHookKind(t, n, d2, p.ifindex, onTCX)
+	}
+	if got := d2.FilteredEndpoints(); len(got) != 0 {
+		t.Errorf("a restarted agent lists endpoints on tcx to move: %v", got)
+	}
+
+	n.cnp("allow-client", allowClient)
+	wantBlocked(t, "denied by the new agent's policy, on tcx", other.tcpQuick(server.ip, 80))
+	must(t, n.node.Do(func(ns.NetNS) error { return d2.DetachEndpoint(context.Background(), server.ifindex) }))
+	wantHookKind(t, n, d2, server.ifindex, onNone)
+	for _, dir := range []int{dirIngress, dirEgress} {
+		if _, err := os.Stat(d2.tcxLinkPin(server.ifindex, dir)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("tcx link pin of a detached endpoint left: %v", err)
+		}
+	}
+	wantWorks(t, "server detached: no program judges its traffic", other.tcpWorks(server.ip, 80))
+}
+
+// TestNetnsMoveToTCXSkipsWhatIsNotItsToMove: an endpoint detached after it was
+// listed, or whose interface is gone, is not moved and leaves no link behind.
+func TestNetnsMoveToTCXSkipsWhatIsNotItsToMove(t *testing.T) {
+	n := newTestNode(t)
+	server, client := n.addServerClient()
+	must(t, n.node.Do(func(ns.NetNS) error { return n.d.DetachEndpoint(context.Background(), client.ifindex) }))
+	must(t, n.node.Do(func(ns.NetNS) error {
+		moved, err := n.d.MoveToTCX(context.Background(), client.ifindex)
+		if moved {
+			t.Errorf("a detached endpoint was moved")
+		}
+		return err
+	}))
+	wantHookKind(t, n, n.d, client.ifindex, onNone)
+
+	must(t, n.node.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByIndex(server.ifindex)
+		if err != nil {
+			return err
+		}
+		return netlink.LinkDel(l)
+	}))
+	must(t, n.node.Do(func(ns.NetNS) error {
+		moved, err := n.d.MoveToTCX(context.Background(), server.ifindex)
+		if moved {
+			t.Errorf("the endpoint of a deleted interface was moved")
+		}
+		return err
+	}))
+	if _, err := os.Stat(n.d.tcxLinkPin(server.ifindex, dirIngress)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("tcx link pinned for a deleted interface: %v", err)
+	}
+}
+
+// TestNetnsTCXEndpointsKeptOnRollout is a rollout over an agent that attached
+// with tcx links (every earlier version did): the new agent keeps each link and
+// points it at its own programs, with no allowed connection failing and no denied
+// one passing, and its policy writes reach them.
+func TestNetnsTCXEndpointsKeptOnRollout(t *testing.T) {
 	n := newTestNode(t)
 	server, client, other := n.addServerClientOther()
 	server.serveTCP(t, 80)
 	n.cnp("allow-client", allowClient)
 	for _, p := range []*testPod{server, client, other} {
 		n.attachTCXAsBefore(t, p)
-		wantHook(t, n, n.d, p.ifindex, false)
+		wantHookKind(t, n, n.d, p.ifindex, onTCX)
 	}
 	wantWorks(t, "allowed on tcx", client.tcpWorks(server.ip, 80))
 	wantBlocked(t, "denied on tcx", other.tcpQuick(server.ip, 80))
@@ -64,20 +232,15 @@ func TestNetnsTCXEndpointsMoveToClsact(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(200 * time.Millisecond)
-	probes.haltAndCheck(t, "the move from tcx to clsact", 5, 5)
+	probes.haltAndCheck(t, "the rollout", 5, 5)
 
 	n.restartAgent(t, d2)
 	for _, p := range []*testPod{server, client, other} {
-		wantHook(t, n, d2, p.ifindex, true)
-		for _, dir := range []int{dirIngress, dirEgress} {
-			if _, err := os.Stat(d2.tcxLinkPin(p.ifindex, dir)); !errors.Is(err, os.ErrNotExist) {
-				t.Errorf("tcx link pin of interface %d left after the move: %v", p.ifindex, err)
-			}
-		}
+		wantHookKind(t, n, d2, p.ifindex, onTCX)
 	}
 	n.cnp("allow-client", allowClient)
-	wantWorks(t, "allowed after the move", client.tcpWorks(server.ip, 80))
-	wantBlocked(t, "denied after the move", other.tcpQuick(server.ip, 80))
+	wantWorks(t, "allowed after the rollout", client.tcpWorks(server.ip, 80))
+	wantBlocked(t, "denied after the rollout", other.tcpQuick(server.ip, 80))
 	n.c.DeletePolicy("cnp/default/allow-client")
 	n.flush()
 	wantWorks(t, "policy deleted by the new agent", other.tcpWorks(server.ip, 80))

@@ -30,6 +30,9 @@ import (
 //	dp=none             no program on the veths (the baseline)
 //	dp=prog             programs attached, no policy (0 rules), flow events at the default rate
 //	dp=prog+1000rules   the server's ingress allows the client among 1,000 other rules
+//	dp=prog+1000rules+filters  the same with the programs on the clsact filters they are
+//	                    attached with, not yet moved to tcx links (MoveToTCX) as in
+//	                    every other variant
 //	dp=prog+1000rules+host-routing  the same, through the host stack (SetHostRouting):
 //	                    what the policy costs without direct local delivery's saving
 //	dp=prog+events-off  0 rules, flow events switched off (SetFlowEvents)
@@ -97,10 +100,17 @@ func BenchmarkNetnsTCP(b *testing.B) {
 		name string
 		set  func()
 	}
-	attached := func(rate uint32, on bool, serverPol *compile.EndpointPolicy, hostRouting bool) func() {
+	attached := func(rate uint32, on bool, serverPol *compile.EndpointPolicy, hostRouting bool, hook hookKind) func() {
 		return func() {
-			attach(server)
-			attach(client)
+			for _, p := range []*testPod{server, client} {
+				if hook == onFilter { // off tcx, if an earlier variant moved it there
+					must(b, n.node.Do(func(ns.NetNS) error { return n.d.DetachEndpoint(ctx, p.ifindex) }))
+				}
+				attach(p)
+				if hook == onTCX { // as the agent does once the node is quiet
+					must(b, n.node.Do(func(ns.NetNS) error { _, err := n.d.MoveToTCX(ctx, p.ifindex); return err }))
+				}
+			}
 			if serverPol != nil {
 				must(b, n.d.SyncEndpointPolicy(ctx, server.ifindex, serverPol))
 			}
@@ -115,11 +125,12 @@ func BenchmarkNetnsTCP(b *testing.B) {
 				must(b, n.node.Do(func(ns.NetNS) error { return n.d.DetachEndpoint(ctx, p.ifindex) }))
 			}
 		}},
-		{"prog", attached(0, true, nil, false)},
-		{"prog+1000rules", attached(0, true, rules1000, false)},
-		{"prog+1000rules+host-routing", attached(0, true, rules1000, true)},
-		{"prog+events-off", attached(0, false, nil, false)},
-		{"prog+events-all", attached(10_000_000, true, nil, false)},
+		{"prog", attached(0, true, nil, false, onTCX)},
+		{"prog+1000rules", attached(0, true, rules1000, false, onTCX)},
+		{"prog+1000rules+filters", attached(0, true, rules1000, false, onFilter)},
+		{"prog+1000rules+host-routing", attached(0, true, rules1000, true, onTCX)},
+		{"prog+events-off", attached(0, false, nil, false, onTCX)},
+		{"prog+events-all", attached(10_000_000, true, nil, false, onTCX)},
 	}
 	// FLATNET_BENCH_ROTATE=k starts the variants at the k-th (the script passes the
 	// round number) so that no variant always runs first or right after another.

@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -296,12 +297,22 @@ func TestNetnsPolicySwapUnderTraffic(t *testing.T) {
 
 // TestNetnsVanishedInterfaceForgotten: a pod whose veth disappeared while no agent ran
 // leaves nothing behind once the next agent loads, nor does one whose interface
-// index another interface took meanwhile (no datapath filter on it).
+// index another interface took meanwhile (no datapath filter or tcx link on it:
+// its link was detached with its interface).
 func TestNetnsVanishedInterfaceForgotten(t *testing.T) {
 	n := newTestNode(t)
 	gone := n.addPod("default", "gone", "10.224.1.11", map[string]string{"app": "gone"})
 	reused := n.addPod("default", "reused", "10.224.1.13", map[string]string{"app": "reused"})
 	stays := n.addPod("default", "stays", "10.224.1.12", map[string]string{"app": "stays"})
+	// reused and stays on tcx links, gone on its filters: both hooks are found.
+	must(t, n.node.Do(func(ns.NetNS) error {
+		for _, p := range []*testPod{reused, stays} {
+			if _, err := n.d.MoveToTCX(context.Background(), p.ifindex); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
 	must(t, n.d.Close())
 	must(t, n.node.Do(func(ns.NetNS) error {
 		for _, p := range []*testPod{gone, reused} {
@@ -328,8 +339,13 @@ func TestNetnsVanishedInterfaceForgotten(t *testing.T) {
 	if _, ok := eps[stays.ifindex]; !ok {
 		t.Errorf("endpoint of the live veth %d was forgotten", stays.ifindex)
 	}
-	wantHook(t, n, d2, stays.ifindex, true)
-	wantHook(t, n, d2, reused.ifindex, false)
+	wantHookKind(t, n, d2, stays.ifindex, onTCX)
+	wantHookKind(t, n, d2, reused.ifindex, onNone)
+	for _, dir := range []int{dirIngress, dirEgress} {
+		if _, err := os.Stat(d2.tcxLinkPin(reused.ifindex, dir)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the tcx link pin of the vanished interface %d is left: %v", reused.ifindex, err)
+		}
+	}
 }
 
 func TestEnsureBPFFS(t *testing.T) {

@@ -58,7 +58,7 @@ func loadPrevious(pinDir string) (*Datapath, func(Endpoint, *compile.EndpointPol
 			return err
 		}
 		for _, dir := range []int{dirIngress, dirEgress} {
-			if err := d.attach(ep.IfIndex, dir); err != nil {
+			if _, err := d.attach(ep.IfIndex, dir); err != nil {
 				return err
 			}
 		}

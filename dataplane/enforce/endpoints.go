@@ -25,6 +25,7 @@ import (
 // one write of the policy state and one batch of policy maps (one grace period
 // each) for all of them; the others find theirs done.
 func (e *Enforcer) Attach(ctx context.Context, ep endpointapi.Endpoint) error {
+	defer e.attachBegins()()
 	if err := e.waitSynced(ctx); err != nil {
 		return err
 	}

@@ -51,6 +51,10 @@ type Config struct {
 	// DefaultCTGCInterval). See RunConntrackGC.
 	CT           bpf.Options
 	CTGCInterval time.Duration
+	// HookMoveQuiet is how long the node must have attached no endpoint before
+	// endpoints move from filters to tcx links (0: DefaultHookMoveQuiet). See
+	// RunHookMover.
+	HookMoveQuiet time.Duration
 }
 
 // Enforcer is the policy side of the node agent. Its methods are safe for concurrent
@@ -96,6 +100,11 @@ type Enforcer struct {
 	// ifindexes is attached's host interfaces, republished at each change for
 	// readers that must not wait for mu (flows.go).
 	ifindexes atomic.Pointer[map[string]int]
+
+	// Attaches in flight and when the last began or ended (unix ns), for the hook
+	// mover (hooks.go).
+	attaching  atomic.Int32
+	lastAttach atomic.Int64
 }
 
 // New loads (or adopts) the pinned datapath and restores the identity numbers it uses.

@@ -14,6 +14,10 @@ type Metrics struct {
 	EnforceDelay prometheus.Histogram
 	// Rejected counts the policy objects not (fully) in force, by kind and reason.
 	Rejected *prometheus.GaugeVec
+	// OnFilters is how many endpoints have a direction on a filter, waiting to move
+	// to tcx links; HookMoves counts the moves (RunHookMover).
+	OnFilters prometheus.Gauge
+	HookMoves prometheus.Counter
 }
 
 // NewMetrics makes the (unregistered) histograms.
@@ -45,10 +49,19 @@ func NewMetrics() *Metrics {
 			Buckets: b,
 		}),
 		Rejected: newRejectedGauge(),
+		OnFilters: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "flatnet_endpoints_on_filters",
+			Help: "Endpoints whose programs still run as clsact filters (as attached), waiting for a quiet moment " +
+				"to move to tcx links, which cost each packet less.",
+		}),
+		HookMoves: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flatnet_endpoint_hook_moves_total",
+			Help: "Endpoints moved from clsact filters to tcx links.",
+		}),
 	}
 }
 
 // Collectors lists the histograms for a registry.
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.Compile, m.Sync, m.Batch, m.EnforceDelay, m.Rejected}
+	return []prometheus.Collector{m.Compile, m.Sync, m.Batch, m.EnforceDelay, m.Rejected, m.OnFilters, m.HookMoves}
 }

@@ -118,6 +118,7 @@ func command() *cobra.Command {
 	f.IntVar(&cfg.Enforce.CT.CTEntries, "ct-entries", bpf.DefaultCTEntries, "new and closing connections tracked at once on this node (one LRU table shared by all pods)")
 	f.IntVar(&cfg.Enforce.CT.CTEstablishedPerEndpoint, "ct-established-per-endpoint", bpf.DefaultCTEstablishedPerEndpoint, "established connections tracked per pod in its own table, which no other pod's traffic can evict; a pod's further ones are kept in the shared table")
 	f.DurationVar(&cfg.Enforce.CTGCInterval, "ct-gc-interval", enforce.DefaultCTGCInterval, "how often expired established connections are deleted from the pods' tables")
+	f.DurationVar(&cfg.Enforce.HookMoveQuiet, "hook-move-quiet", enforce.DefaultHookMoveQuiet, "endpoints are attached with clsact filters (quick to attach) and moved to tcx links (quicker per packet) once no pod has been attached for this long")
 	f.BoolVar(&cfg.Policy, "policy", true, "enforce NetworkPolicy and CiliumNetworkPolicy with the eBPF datapath (false: networking only)")
 	f.IntVar(&cfg.FlowHistory, "flow-history", flows.DefaultCapacity, "recent flows kept for GET /v1/flows (flatnetctl flows)")
 	f.StringVar(&hubbleMetrics, "hubble-metrics", hubblemetrics.DefaultSpec, "Hubble metrics counted from the flows and served on --http-addr's /metrics, as Cilium's --hubble-metrics: space-separated, each name[:option;option], e.g. \"flow:sourceContext=namespace;destinationContext=namespace drop tcp policy\"; served: drop, flow, flows-to-world, policy, port-distribution, tcp; empty = none (with --policy only)")
