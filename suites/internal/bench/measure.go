@@ -209,7 +209,11 @@ func (c Config) startup(ctx context.Context, cs kubernetes.Interface, nodes []st
 				return err
 			}
 			v.times = append(v.times, ts...)
-			after, err := ScrapeKubelets(ctx, cs, nodes)
+			// The API forgets a pod deleted with no grace period at once; its
+			// sandbox (and the CNI DEL, the netns's teardown) goes later. The next
+			// burst starts once every kubelet is back to the sandboxes it ran
+			// before, so that no burst is measured under another's teardown.
+			after, err := waitSandboxesGone(ctx, cs, nodes, before.Gauge(runningPods, nil))
 			if err != nil {
 				return err
 			}
@@ -285,6 +289,30 @@ func (c Config) startup(ctx context.Context, cs kubernetes.Interface, nodes []st
 		}
 	}
 	return nil
+}
+
+// runningPods is the kubelet's gauge of pods with a running sandbox.
+const runningPods = "kubelet_running_pods"
+
+// waitSandboxesGone waits until the kubelets of nodes run no more than want pod
+// sandboxes in all (2 minutes at most), and returns their last scrape.
+func waitSandboxesGone(ctx context.Context, cs kubernetes.Interface, nodes []string, want float64) (Scrape, error) {
+	var s Scrape
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		var err error
+		if s, err = ScrapeKubelets(ctx, cs, nodes); err != nil {
+			return false, err
+		}
+		if s[runningPods] == nil {
+			return false, fmt.Errorf("the kubelets publish no %s", runningPods)
+		}
+		return s.Gauge(runningPods, nil) <= want, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("waiting for the burst's pod sandboxes to be torn down (%s back to %v; now %v): %w",
+			runningPods, want, s.Gauge(runningPods, nil), err)
+	}
+	return s, nil
 }
 
 func addHist(a, b Histogram) Histogram {

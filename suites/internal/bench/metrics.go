@@ -102,6 +102,21 @@ func (s Scrape) Histogram(name string, match map[string]string) Histogram {
 	return h
 }
 
+// Gauge sums family name's gauges whose labels include match (0: no such family).
+func (s Scrape) Gauge(name string, match map[string]string) float64 {
+	var v float64
+	mf := s[name]
+	if mf == nil {
+		return 0
+	}
+	for _, m := range mf.GetMetric() {
+		if m.GetGauge() != nil && labelsMatch(m, match) {
+			v += m.GetGauge().GetValue()
+		}
+	}
+	return v
+}
+
 func labelsMatch(m *dto.Metric, match map[string]string) bool {
 	got := map[string]string{}
 	for _, l := range m.GetLabel() {

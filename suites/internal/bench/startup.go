@@ -38,8 +38,9 @@ type PodTimes struct {
 
 // Run creates the burst's pods at once (8 create calls in flight, as a
 // controller would), waits until every one is Ready, then deletes them and
-// waits until they are gone, so bursts do not overlap. The times come from a
-// pod informer on the namespace.
+// waits until the API has forgotten them (their sandboxes go later: Measure waits
+// for the kubelets to have torn them down). The times come from a pod informer on
+// the namespace.
 func (b Burst) Run(ctx context.Context, cs kubernetes.Interface, label string) ([]PodTimes, error) {
 	if b.Pods <= 0 || b.Image == "" || b.Namespace == "" {
 		return nil, fmt.Errorf("burst: Pods (%d), Image (%q) and Namespace (%q) must be set", b.Pods, b.Image, b.Namespace)
