@@ -245,3 +245,37 @@ func TestNetnsTCXEndpointsKeptOnRollout(t *testing.T) {
 	n.flush()
 	wantWorks(t, "policy deleted by the new agent", other.tcpWorks(server.ip, 80))
 }
+
+// TestNetnsTCXEndpointOutlivesItsQdisc: whoever deletes a host veth's clsact
+// qdisc (tc qdisc del dev ... clsact: an operator, another tool managing tc)
+// takes an endpoint's filters with it, and its traffic goes unjudged until it is
+// attached again; an endpoint moved to tcx links keeps its programs, which only
+// their link (pinned by the agent) detaches.
+func TestNetnsTCXEndpointOutlivesItsQdisc(t *testing.T) {
+	n := newTestNode(t)
+	server, client, other := n.addServerClientOther()
+	server.serveTCP(t, 80)
+	n.cnp("allow-client", allowClient)
+	// other unattached: its packets reach the server through the host stack and
+	// the server's veth, where only the server's own programs judge them (an
+	// attached sender's programs judge the receiver's ingress too).
+	must(t, n.node.Do(func(ns.NetNS) error { return n.d.DetachEndpoint(context.Background(), other.ifindex) }))
+	wantBlocked(t, "denied on filters", other.tcpQuick(server.ip, 80))
+	delClsact := func() {
+		t.Helper()
+		must(t, n.node.Do(func(ns.NetNS) error {
+			return netlink.QdiscDel(&netlink.GenericQdisc{QdiscType: "clsact", QdiscAttrs: netlink.QdiscAttrs{
+				LinkIndex: server.ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}})
+		}))
+	}
+	delClsact()
+	wantWorks(t, "the filters deleted with their qdisc: nothing judges the server's traffic", other.tcpWorks(server.ip, 80))
+
+	n.reattach(t, server)
+	wantBlocked(t, "denied once attached again", other.tcpQuick(server.ip, 80))
+	must(t, n.node.Do(func(ns.NetNS) error { _, err := n.d.MoveToTCX(context.Background(), server.ifindex); return err }))
+	delClsact()
+	wantHookKind(t, n, n.d, server.ifindex, onTCX)
+	wantBlocked(t, "denied on tcx with the clsact qdisc deleted", other.tcpQuick(server.ip, 80))
+	wantWorks(t, "allowed on tcx with the clsact qdisc deleted", client.tcpWorks(server.ip, 80))
+}

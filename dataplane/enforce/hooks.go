@@ -10,7 +10,7 @@ import (
 const DefaultHookMoveQuiet = time.Second
 
 // RunHookMover moves endpoints from the filters they are attached with to tcx links
-// (bpf.Datapath.MoveToTCX: the same programs, cheaper per packet) until ctx ends,
+// (bpf.Datapath.MoveToTCX: the same programs, on hooks no tc command can delete) until ctx ends,
 // only while the node is quiet: no Attach in flight and none for HookMoveQuiet.
 // Each direction's move holds the kernel's rtnl lock through a grace period (~12 ms
 // here), which a pod being set up meanwhile would wait for, so the mover gives way

@@ -52,7 +52,7 @@ func NewMetrics() *Metrics {
 		OnFilters: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "flatnet_endpoints_on_filters",
 			Help: "Endpoints whose programs still run as clsact filters (as attached), waiting for a quiet moment " +
-				"to move to tcx links, which cost each packet less.",
+				"to move to tcx links, which no tc command can delete.",
 		}),
 		HookMoves: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "flatnet_endpoint_hook_moves_total",
