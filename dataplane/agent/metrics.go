@@ -22,6 +22,7 @@ type Metrics struct {
 
 	cniDuration *prometheus.HistogramVec
 	addPhase    *prometheus.HistogramVec
+	addSched    *prometheus.HistogramVec
 	cniOps      *prometheus.CounterVec
 	register    *prometheus.HistogramVec
 	allocations prometheus.Counter
@@ -48,6 +49,12 @@ func NewMetrics() *Metrics {
 			Help:    "Where a CNI ADD's time goes, by phase: prepare (config, uplink, netns), ipam (the node's allocation), setup (veth and routes), portmap (hostPorts only), as the plugin measured them, then agent (the PUT, from its arrival to the answer).",
 			Buckets: prometheus.ExponentialBuckets(0.00025, 2, 17),
 		}, []string{"phase"}),
+		addSched: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "flatnet_cni_add_sched_seconds",
+			Help: "How a CNI ADD's plugin process was scheduled until its PUT, from the kernel's schedstat of its threads: " +
+				"oncpu (running), runqueue (runnable, waiting for a CPU). The phases' wall times include the runqueue wait.",
+			Buckets: prometheus.ExponentialBuckets(0.00025, 2, 17),
+		}, []string{"state"}),
 		cniOps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "flatnet_cni_operations_total",
 			Help: "CNI plugin operations on this node by result.",
@@ -68,7 +75,7 @@ func NewMetrics() *Metrics {
 		mismatch: gauge("flatnet_block_maxpods_mismatch",
 			"1 when the kubelet's maxPods differs from the block size (above it, the scheduler may place pods the block cannot address)."),
 	}
-	m.MustRegister(m.cniDuration, m.addPhase, m.cniOps, m.register, m.allocations, m.leaks, m.endpoints,
+	m.MustRegister(m.cniDuration, m.addPhase, m.addSched, m.cniOps, m.register, m.allocations, m.leaks, m.endpoints,
 		m.blockSize, m.blockUsed, m.maxPods, m.mismatch,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -147,6 +154,9 @@ func (m *Metrics) observeCNI(o endpointapi.Observation) {
 // addPhases are the plugin's phases the agent publishes (endpointapi.AddPhasesHeader).
 var addPhases = []string{"prepare", "ipam", "setup", "portmap"}
 
+// addSchedStates are the scheduler states the agent publishes (endpointapi.AddSchedHeader).
+var addSchedStates = []string{"oncpu", "runqueue"}
+
 // observeAdds observes the ADD whose last step is a PUT carrying
 // endpointapi.AddStartedHeader once next has answered it: the plugin posts no
 // Observation for such an ADD.
@@ -170,6 +180,13 @@ func (m *Metrics) observeAdds(next http.Handler) http.Handler {
 				}
 			}
 			m.addPhase.WithLabelValues("agent").Observe(time.Since(arrived).Seconds())
+		}
+		if sched, err := endpointapi.ParseAddPhases(r.Header.Get(endpointapi.AddSchedHeader)); ok && err == nil {
+			for _, s := range sched {
+				if slices.Contains(addSchedStates, s.Name) {
+					m.addSched.WithLabelValues(s.Name).Observe(s.Took.Seconds())
+				}
+			}
 		}
 	})
 }

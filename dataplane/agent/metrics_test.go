@@ -103,3 +103,32 @@ func TestADDPhasesObservedFromItsPut(t *testing.T) {
 		t.Errorf("an unknown phase was published (%d samples)", n)
 	}
 }
+
+// TestADDSchedObservedFromItsPut: the scheduler states an answered ADD's PUT
+// carries are observed by name; unknown names and a failed PUT's are not.
+func TestADDSchedObservedFromItsPut(t *testing.T) {
+	m := NewMetrics()
+	status := http.StatusOK
+	h := m.observeAdds(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(status) }))
+	put := func(sched string) {
+		r := httptest.NewRequest(http.MethodPut, "/v1/endpoints/c1", nil)
+		r.Header.Set(endpointapi.AddStartedHeader, time.Now().Format(time.RFC3339Nano))
+		r.Header.Set(endpointapi.AddSchedHeader, sched)
+		h.ServeHTTP(httptest.NewRecorder(), r)
+	}
+	put("oncpu=0.004,runqueue=0.25,nosuch=1")
+	status = http.StatusInternalServerError
+	put("oncpu=0.5,runqueue=0.5")
+	for state, want := range map[string]float64{"oncpu": 0.004, "runqueue": 0.25, "nosuch": 0} {
+		var hist dto.Metric
+		if err := m.addSched.WithLabelValues(state).(prometheus.Histogram).Write(&hist); err != nil {
+			t.Fatal(err)
+		}
+		n, sum := hist.GetHistogram().GetSampleCount(), hist.GetHistogram().GetSampleSum()
+		if want == 0 && n != 0 {
+			t.Errorf("state %s: %d samples, want none published", state, n)
+		} else if want > 0 && (n != 1 || sum < want*0.99 || sum > want*1.01) {
+			t.Errorf("state %s: %d samples summing %.4fs; want one of %.3fs", state, n, sum, want)
+		}
+	}
+}

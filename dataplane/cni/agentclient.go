@@ -23,7 +23,7 @@ const agentWait = 10 * time.Second
 // answers late, and giving up on it would throw its work away and fail the ADD
 // into the runtime's back-off. An answer, even a refusal, is final, and the
 // agent observed the ADD (answered).
-func putEndpoint(ctx context.Context, socket string, ep endpointapi.Endpoint, start time.Time, phases []endpointapi.AddPhase) (answered bool, err error) {
+func putEndpoint(ctx context.Context, socket string, ep endpointapi.Endpoint, start time.Time, phases, sched []endpointapi.AddPhase) (answered bool, err error) {
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		return false, errors.New("putEndpoint needs a context with a deadline")
@@ -32,7 +32,7 @@ func putEndpoint(ctx context.Context, socket string, ep endpointapi.Endpoint, st
 	giveUp := time.Now().Add(agentWait)
 	wait := 50 * time.Millisecond
 	for {
-		err := c.PutEndpointOfAdd(ctx, ep, start, phases)
+		err := c.PutEndpointOfAdd(ctx, ep, start, phases, sched)
 		var refused *endpointapi.APIError
 		if err == nil || errors.As(err, &refused) {
 			return true, err

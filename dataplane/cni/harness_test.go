@@ -216,7 +216,7 @@ type agent struct {
 	stall   chan struct{} // when set, PUT signals on entered and blocks until stall is closed or ctx ends
 	entered chan string
 	obs     []endpointapi.Observation
-	calls   []string // every request: "METHOD path", "+started" when a PUT carries the ADD's start, "+phases=a,b" its phases
+	calls   []string // every request: "METHOD path", "+started" when a PUT carries the ADD's start, "+phases=a,b" its phases, "+sched" its process's scheduling
 }
 
 func (a *agent) PutEndpoint(ctx context.Context, ep endpointapi.Endpoint) error {
@@ -274,6 +274,12 @@ func startAgentAt(t *testing.T, path string) *agent {
 				names = append(names, p.Name)
 			}
 			call += " +phases=" + strings.Join(names, ",")
+		}
+		// The plugin's scheduling as the kernel counted it: time on a CPU, never
+		// none, and time waiting for one.
+		if sched, err := endpointapi.ParseAddPhases(r.Header.Get(endpointapi.AddSchedHeader)); err == nil &&
+			len(sched) == 2 && sched[0].Name == "oncpu" && sched[0].Took > 0 && sched[1].Name == "runqueue" {
+			call += " +sched"
 		}
 		a.mu.Lock()
 		a.calls = append(a.calls, call)

@@ -72,7 +72,7 @@ func TestAddCheckDel(t *testing.T) {
 	ep, ok := ag.eps["c1"]
 	addCalls := slices.Clone(ag.calls)
 	ag.mu.Unlock()
-	if want := []string{"PUT /v1/endpoints/c1 +started +phases=prepare,ipam,setup"}; !slices.Equal(addCalls, want) {
+	if want := []string{"PUT /v1/endpoints/c1 +started +phases=prepare,ipam,setup +sched"}; !slices.Equal(addCalls, want) {
 		t.Errorf("ADD called the agent %q, want only %q", addCalls, want)
 	}
 	if !ok || ep.HostIfName != hostVeth || ep.IP != ip || ep.PodName != "pod-c1" || ep.PodNamespace != "default" || ep.HostIfIndex <= 0 {
@@ -528,7 +528,7 @@ func TestAddWaitsForABusyAgent(t *testing.T) {
 	}
 	ag.mu.Lock()
 	defer ag.mu.Unlock()
-	if _, ok := ag.eps["c1"]; !ok || !slices.Equal(ag.calls, []string{"PUT /v1/endpoints/c1 +started +phases=prepare,ipam,setup"}) {
+	if _, ok := ag.eps["c1"]; !ok || !slices.Equal(ag.calls, []string{"PUT /v1/endpoints/c1 +started +phases=prepare,ipam,setup +sched"}) {
 		t.Errorf("agent registered c1: %v, calls %q; want it registered by one PUT", ok, ag.calls)
 	}
 }

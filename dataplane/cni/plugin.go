@@ -166,7 +166,7 @@ func add(args *skel.CmdArgs, cfg *cniconf.Config, start time.Time) (answered boo
 			PodIfName: args.IfName, IP: addr, MAC: pn.PodIf.HardwareAddr.String(),
 		}
 		sent = true
-		if answered, err = putEndpoint(ctx, cfg.AgentSocket, ep, start, phases); err != nil {
+		if answered, err = putEndpoint(ctx, cfg.AgentSocket, ep, start, phases, schedStats()); err != nil {
 			return answered, types.NewError(types.ErrTryAgainLater, fmt.Sprintf("register endpoint %s with the flatnet agent: %v", args.ContainerID, err), "")
 		}
 	}

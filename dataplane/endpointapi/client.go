@@ -40,13 +40,14 @@ func NewClient(path string, timeout time.Duration) *Client {
 
 // PutEndpoint registers ep and returns once the agent accepted it.
 func (c *Client) PutEndpoint(ctx context.Context, ep Endpoint) error {
-	return c.PutEndpointOfAdd(ctx, ep, time.Time{}, nil)
+	return c.PutEndpointOfAdd(ctx, ep, time.Time{}, nil, nil)
 }
 
 // PutEndpointOfAdd is PutEndpoint as the last step of an ADD that began at
-// started (zero: not an ADD) and went through phases before it: the agent
-// observes the ADD's duration (AddStartedHeader) and its phases (AddPhasesHeader).
-func (c *Client) PutEndpointOfAdd(ctx context.Context, ep Endpoint, started time.Time, phases []AddPhase) error {
+// started (zero: not an ADD) and went through phases before it, its process
+// scheduled as sched says: the agent observes the ADD's duration
+// (AddStartedHeader), its phases (AddPhasesHeader) and sched (AddSchedHeader).
+func (c *Client) PutEndpointOfAdd(ctx context.Context, ep Endpoint, started time.Time, phases, sched []AddPhase) error {
 	body, err := json.Marshal(ep)
 	if err != nil {
 		return fmt.Errorf("encode endpoint %s: %w", ep.ContainerID, err)
@@ -56,6 +57,9 @@ func (c *Client) PutEndpointOfAdd(ctx context.Context, ep Endpoint, started time
 		h = http.Header{AddStartedHeader: {started.Format(time.RFC3339Nano)}}
 		if len(phases) > 0 {
 			h.Set(AddPhasesHeader, FormatAddPhases(phases))
+		}
+		if len(sched) > 0 {
+			h.Set(AddSchedHeader, FormatAddPhases(sched))
 		}
 	}
 	return c.call(ctx, http.MethodPut, "/v1/endpoints/"+url.PathEscape(ep.ContainerID), body, h)

@@ -13,6 +13,13 @@ import (
 // so where an ADD's time goes is read from the node's metrics, not guessed.
 const AddPhasesHeader = "Flatnet-Add-Phases"
 
+// AddSchedHeader on an ADD's PUT carries, in the same format, how the plugin's
+// process spent the ADD until the PUT as the kernel's scheduler counted it:
+// "oncpu" (running) and "runqueue" (runnable, waiting for a CPU). Its phases'
+// times are wall times: on a loaded node the runqueue wait says how much of them
+// was waiting for a CPU, and not for a lock or the kernel.
+const AddSchedHeader = "Flatnet-Add-Sched"
+
 // AddPhase is one step of an ADD and how long it took.
 type AddPhase struct {
 	Name string

@@ -32,18 +32,22 @@ type CNI struct {
 }
 
 // PodMetrics names the pods serving a histogram on /metrics, and optionally
-// a histogram of the same operation's phases (label phase) with its phases.
+// a histogram of the same operation's phases (label phase) with its phases, and
+// one of how its process was scheduled (label state) with its states.
 type PodMetrics struct {
 	Namespace, Selector, Port, Histogram string
 	PhaseHistogram                       string
 	Phases                               []string
+	SchedHistogram                       string
+	SchedStates                          []string
 }
 
 // CNIs are the two CNIs the bench knows.
 var CNIs = map[string]CNI{
 	"flatnet": {Name: "flatnet", AgentComm: "flatnet-agent", HubbleSocket: "/run/flatnet/hubble.sock",
 		CNIMetrics: &PodMetrics{Namespace: "flatnet-system", Selector: "app.kubernetes.io/name=flatnet-agent", Port: "9969", Histogram: "flatnet_cni_operation_duration_seconds",
-			PhaseHistogram: "flatnet_cni_add_phase_seconds", Phases: []string{"prepare", "ipam", "setup", "agent"}}},
+			PhaseHistogram: "flatnet_cni_add_phase_seconds", Phases: []string{"prepare", "ipam", "setup", "agent"},
+			SchedHistogram: "flatnet_cni_add_sched_seconds", SchedStates: []string{"oncpu", "runqueue"}}},
 	"cilium": {Name: "cilium", AgentComm: "cilium-agent", HubbleSocket: "/run/cilium/hubble.sock"},
 }
 
@@ -180,8 +184,10 @@ func (c Config) startup(ctx context.Context, cs kubernetes.Interface, nodes []st
 		sli    Histogram
 		cniAdd Histogram
 		phases map[string]Histogram // the ADD's phases (CNIMetrics.Phases)
+		sched  map[string]Histogram // its plugin process's scheduling (CNIMetrics.SchedStates)
 	}
-	vs := []*variant{{name: "pod network", ops: map[string]Histogram{}, phases: map[string]Histogram{}}, {name: "host network", host: true, ops: map[string]Histogram{}}}
+	vs := []*variant{{name: "pod network", ops: map[string]Histogram{}, phases: map[string]Histogram{}, sched: map[string]Histogram{}},
+		{name: "host network", host: true, ops: map[string]Histogram{}}}
 	// The kubelet times each CRI call: RunPodSandbox holds the CNI ADD (the
 	// runtime sets the sandbox's network up before it returns).
 	const opsMetric, sliMetric = "kubelet_runtime_operations_duration_seconds", "kubelet_pod_start_sli_duration_seconds"
@@ -232,6 +238,10 @@ func (c Config) startup(ctx context.Context, cs kubernetes.Interface, nodes []st
 				for _, ph := range m.Phases {
 					sel := map[string]string{"phase": ph}
 					v.phases[ph] = addHist(v.phases[ph], cniAfter.Histogram(m.PhaseHistogram, sel).Sub(cniBefore.Histogram(m.PhaseHistogram, sel)))
+				}
+				for _, st := range m.SchedStates {
+					sel := map[string]string{"state": st}
+					v.sched[st] = addHist(v.sched[st], cniAfter.Histogram(m.SchedHistogram, sel).Sub(cniBefore.Histogram(m.SchedHistogram, sel)))
 				}
 			}
 		}
@@ -285,6 +295,17 @@ func (c Config) startup(ctx context.Context, cs kubernetes.Interface, nodes []st
 			for _, p := range []float64{0.5, 0.99} {
 				r.Add(Figure{Name: fmt.Sprintf("CNI ADD phase %s p%.0f", ph, p*100), Unit: "ms", Value: h.Quantile(p) * 1000, Better: Lower,
 					How: fmt.Sprintf("%s{phase=%s}, %v ADDs, interpolated in its buckets (0.25, 0.5, 1, 2 ms ..)", c.CNI.CNIMetrics.PhaseHistogram, ph, h.Count)})
+			}
+		}
+		for _, st := range c.CNI.CNIMetrics.SchedStates {
+			h := pod.sched[st]
+			if h.Count == 0 {
+				continue
+			}
+			what := map[string]string{"oncpu": "on a CPU", "runqueue": "waiting for a CPU"}[st]
+			for _, p := range []float64{0.5, 0.99} {
+				r.Add(Figure{Name: fmt.Sprintf("CNI ADD plugin %s p%.0f", what, p*100), Unit: "ms", Value: h.Quantile(p) * 1000, Better: Lower,
+					How: fmt.Sprintf("%s{state=%s}: the plugin's threads' schedstat until its PUT, %v ADDs, interpolated in its buckets", c.CNI.CNIMetrics.SchedHistogram, st, h.Count)})
 			}
 		}
 	}
