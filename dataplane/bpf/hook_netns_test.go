@@ -87,6 +87,25 @@ func wantHookKind(t *testing.T, n *testNode, d *Datapath, ifindex int, want hook
 	}
 }
 
+// restartUnderProbes closes the node's datapath and loads the next agent's, as
+// a restart or rollout does, while client's connections to server on port 80 are
+// probed (allowed) and other's (denied): none may go the wrong way across it.
+func (n *testNode) restartUnderProbes(t *testing.T, client, other, server *testPod, across string) *Datapath {
+	t.Helper()
+	probes := startProbes(client, other, server, 80)
+	time.Sleep(200 * time.Millisecond)
+	must(t, n.d.Close())
+	d2, err := n.load(Options{})
+	if err != nil {
+		probes.halt()
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	probes.haltAndCheck(t, across, 5, 5)
+	n.restartAgent(t, d2)
+	return d2
+}
+
 // TestNetnsMoveToTCX: endpoints are attached on filters and moved to tcx links
 // while traffic flows, with no allowed connection failing and no denied one
 // passing; once moved they keep their links, and the links run the programs of
@@ -143,17 +162,7 @@ func TestNetnsMoveToTCX(t *testing.T) {
 	wantBlocked(t, "policy back, on tcx", other.tcpQuick(server.ip, 80))
 
 	// A new agent: the links stay, each pointed at its programs.
-	probes = startProbes(client, other, server, 80)
-	time.Sleep(200 * time.Millisecond)
-	must(t, n.d.Close())
-	d2, err := n.load(Options{})
-	if err != nil {
-		probes.halt()
-		t.Fatal(err)
-	}
-	time.Sleep(200 * time.Millisecond)
-	probes.haltAndCheck(t, "a restart on tcx links", 5, 5)
-	n.restartAgent(t, d2)
+	d2 := n.restartUnderProbes(t, client, other, server, "a restart on tcx links")
 	for _, p := range pods {
 		wantHookKind(t, n, d2, p.ifindex, onTCX)
 	}
@@ -223,18 +232,7 @@ func TestNetnsTCXEndpointsKeptOnRollout(t *testing.T) {
 	wantWorks(t, "allowed on tcx", client.tcpWorks(server.ip, 80))
 	wantBlocked(t, "denied on tcx", other.tcpQuick(server.ip, 80))
 
-	probes := startProbes(client, other, server, 80)
-	time.Sleep(200 * time.Millisecond)
-	must(t, n.d.Close())
-	d2, err := n.load(Options{})
-	if err != nil {
-		probes.halt()
-		t.Fatal(err)
-	}
-	time.Sleep(200 * time.Millisecond)
-	probes.haltAndCheck(t, "the rollout", 5, 5)
-
-	n.restartAgent(t, d2)
+	d2 := n.restartUnderProbes(t, client, other, server, "the rollout")
 	for _, p := range []*testPod{server, client, other} {
 		wantHookKind(t, n, d2, p.ifindex, onTCX)
 	}

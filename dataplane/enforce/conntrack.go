@@ -20,22 +20,30 @@ func (e *Enforcer) RunConntrackGC(ctx context.Context) error {
 	if every <= 0 {
 		every = DefaultCTGCInterval
 	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
+	tick(ctx, every, func() {
 		st, err := e.d.ExpireConnections(ctx)
 		if err != nil && ctx.Err() == nil {
 			e.log.Error("expiring tracked connections", "error", err)
-			continue
+			return
 		}
 		if st.Expired > 0 || st.Orphaned > 0 {
 			e.log.Debug("expired tracked connections", "expired", st.Expired, "left", st.Entries, "tables", st.Tables,
 				"ofDetachedEndpoints", st.Orphaned)
+		}
+	})
+	return nil
+}
+
+// tick calls fn every interval until ctx ends.
+func tick(ctx context.Context, interval time.Duration, fn func()) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			fn()
 		}
 	}
 }

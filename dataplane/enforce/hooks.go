@@ -20,14 +20,7 @@ func (e *Enforcer) RunHookMover(ctx context.Context) error {
 	if quiet <= 0 {
 		quiet = DefaultHookMoveQuiet
 	}
-	t := time.NewTicker(quiet / 4)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
+	tick(ctx, quiet/4, func() {
 		todo := e.d.FilteredEndpoints()
 		e.metrics.OnFilters.Set(float64(len(todo)))
 		for _, ifindex := range todo {
@@ -44,7 +37,8 @@ func (e *Enforcer) RunHookMover(ctx context.Context) error {
 				e.metrics.HookMoves.Inc()
 			}
 		}
-	}
+	})
+	return nil
 }
 
 // attachQuiet says whether no Attach is in flight and none began within d.
