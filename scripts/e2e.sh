@@ -92,8 +92,10 @@ filters() {
 SIDE_BY_SIDE='!disruptive && !bench'
 DISRUPTIVE='disruptive && !bench'
 # The last whole run's merged report (no FOCUS or SKIP): each family's time per spec,
-# to balance the parts.
-LAST_REPORT="$OUT_DIR/e2e-last-report.json"
+# to balance the parts. Kept in the machine's cache, not the tree's _output: a clean
+# clone (CI's) balances by the last run on this machine instead of by a second per spec.
+LAST_REPORT="$FLATNET_CACHE/e2e-last-report.json"
+mkdir -p "$FLATNET_CACHE"
 
 # list_specs DIR: a Ginkgo dry run of every suite under the run's filters into
 # DIR/<suite>.json (no cluster is touched: the suites read the image's name only
