@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -140,35 +139,11 @@ func TestNetnsAgentRestart(t *testing.T) {
 
 	// Every endpoint's hook runs the new agent's programs, not the first's.
 	for _, p := range []*testPod{server, client} {
-		wantHook(t, n, d2, p.ifindex, true)
+		wantHookKind(t, n, d2, p.ifindex, onFilter)
 	}
 
 	must(t, n.node.Do(func(ns.NetNS) error { return d2.DetachEndpoint(context.Background(), server.ifindex) }))
-	wantHook(t, n, d2, server.ifindex, false)
-}
-
-// wantHook checks the datapath's filters on the host veth ifindex of n's node:
-// running d's programs in both directions (attached), or none at all.
-func wantHook(t *testing.T, n *testNode, d *Datapath, ifindex int, attached bool) {
-	t.Helper()
-	for _, dir := range []int{dirIngress, dirEgress} {
-		var got ebpf.ProgramID
-		must(t, n.node.Do(func(ns.NetNS) error {
-			var err error
-			got, err = hookProgramID(ifindex, dir)
-			return err
-		}))
-		var want ebpf.ProgramID
-		if attached {
-			prog, _ := d.hookProgram(dir)
-			info, err := prog.Info()
-			must(t, err)
-			want, _ = info.ID()
-		}
-		if got != want {
-			t.Errorf("interface %d, direction %d: the datapath's filter runs program %d, want %d", ifindex, dir, got, want)
-		}
-	}
+	wantHookKind(t, n, d2, server.ifindex, onNone)
 }
 
 // TestNetnsDetachForgetsEndpoint: after DetachEndpoint the veth runs no program and

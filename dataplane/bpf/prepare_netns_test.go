@@ -78,7 +78,7 @@ func TestNetnsPreparedIndex(t *testing.T) {
 	if after := policyMapID(t, n.d, index); after != before {
 		t.Errorf("attaching prepared index %d swapped its policy map (%d -> %d): not entries only", index, before, after)
 	}
-	wantHook(t, n, n.d, index, true)
+	wantHookKind(t, n, n.d, index, onFilter)
 	late.serveTCP(t, 80)
 	wantWorks(t, "to the pod of the prepared index", client.tcpWorks(late.ip, 80))
 	wantBlocked(t, "from it to a server under default deny", late.tcpQuick(server.ip, 80))
