@@ -85,9 +85,7 @@ func (d *Datapath) attach(ifindex, dir int) (filtered bool, err error) {
 		// A filter left by a move cut short would run after tcx's "next".
 		return false, delFilter(ifindex, dir)
 	}
-	q := &netlink.GenericQdisc{QdiscType: "clsact", QdiscAttrs: netlink.QdiscAttrs{
-		LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}}
-	if err := netlink.QdiscAdd(q); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := netlink.QdiscAdd(clsactQdisc(ifindex)); err != nil && !errors.Is(err, unix.EEXIST) {
 		return false, fmt.Errorf("adding the clsact qdisc to interface %d: %w", ifindex, err)
 	}
 	f := &netlink.BpfFilter{FilterAttrs: hookFilter(ifindex, dir), Fd: prog.FD(), Name: name, DirectAction: true}
@@ -95,6 +93,12 @@ func (d *Datapath) attach(ifindex, dir int) (filtered bool, err error) {
 		return false, fmt.Errorf("attaching %s to interface %d: %w", name, ifindex, err)
 	}
 	return true, nil
+}
+
+// clsactQdisc is the interface's clsact qdisc, which holds the filters.
+func clsactQdisc(ifindex int) *netlink.GenericQdisc {
+	return &netlink.GenericQdisc{QdiscType: "clsact", QdiscAttrs: netlink.QdiscAttrs{
+		LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}}
 }
 
 // detach takes the direction's program off the interface; an interface gone or
@@ -164,6 +168,12 @@ func (d *Datapath) moveDirLocked(ifindex, dir int) (bool, error) {
 	if own, err := programID(prog); err != nil || running != own {
 		return false, err // no filter (moved), or another program's
 	}
+	if l := d.pinnedTCXLink(ifindex, dir); l != nil {
+		// On a link already (a stale pin is removed by the lookup): the filter
+		// is one a move cut short left behind.
+		l.Close()
+		return false, delFilter(ifindex, dir)
+	}
 	at := ebpf.AttachTCXEgress
 	if dir == dirEgress {
 		at = ebpf.AttachTCXIngress
@@ -173,9 +183,7 @@ func (d *Datapath) moveDirLocked(ifindex, dir int) (bool, error) {
 		return false, fmt.Errorf("moving %s of interface %d to tcx: %w", name, ifindex, err)
 	}
 	defer l.Close() // the pin holds it
-	pin := d.tcxLinkPin(ifindex, dir)
-	_ = os.Remove(pin) // a stale pin of an earlier interface of that index
-	if err := l.Pin(pin); err != nil {
+	if err := l.Pin(d.tcxLinkPin(ifindex, dir)); err != nil {
 		return false, fmt.Errorf("pinning the tcx link of interface %d (its filter stays): %w", ifindex, err)
 	}
 	// The link decides from now on: the filter can go.
@@ -262,17 +270,13 @@ func (d *Datapath) tcxLinkPin(ifindex, dir int) string {
 // that direction: its tcx link's if it has one (tcx runs first), else its filter's
 // (0, nil: neither; os.ErrNotExist: no such interface).
 func (d *Datapath) hookRunning(ifindex, dir int) (ebpf.ProgramID, error) {
-	id, err := hookProgramID(ifindex, dir)
-	if err != nil {
-		return 0, err
-	}
-	if l := d.pinnedTCXLink(ifindex, dir); l != nil {
+	if l := d.pinnedTCXLink(ifindex, dir); l != nil { // attached: its interface is there
 		defer l.Close()
 		if info, err := l.Info(); err == nil {
 			return info.Program, nil
 		}
 	}
-	return id, nil
+	return hookProgramID(ifindex, dir)
 }
 
 // pinnedTCXLink opens the tcx link pinned for the interface in that direction (nil:
@@ -303,11 +307,11 @@ func (d *Datapath) dropTCXLink(ifindex, dir int) error {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("opening the earlier tcx link %s: %w", pin, err)
+		return fmt.Errorf("opening the tcx link %s: %w", pin, err)
 	}
 	defer l.Close()
 	if err := l.Unpin(); err != nil {
-		return fmt.Errorf("unpinning the earlier tcx link %s: %w", pin, err)
+		return fmt.Errorf("unpinning the tcx link %s: %w", pin, err)
 	}
 	return nil
 }

@@ -262,8 +262,7 @@ func TestNetnsTCXEndpointOutlivesItsQdisc(t *testing.T) {
 	delClsact := func() {
 		t.Helper()
 		must(t, n.node.Do(func(ns.NetNS) error {
-			return netlink.QdiscDel(&netlink.GenericQdisc{QdiscType: "clsact", QdiscAttrs: netlink.QdiscAttrs{
-				LinkIndex: server.ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}})
+			return netlink.QdiscDel(clsactQdisc(server.ifindex))
 		}))
 	}
 	delClsact()
