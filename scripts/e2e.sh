@@ -203,8 +203,10 @@ start_run() {
 # minute. Suites with nothing to run in the phase start no process, but for the first
 # phase: there every suite runs, so the report lists even the specs a filter leaves out.
 declare -A took_run=() filter_run=()
+failures=()
 run_phase() {
 	local n=$1 phase_filter=$2 suffix=$3 parts=$4 p s run code specs secs filter last=$SECONDS
+	local lines=() l
 	local queue=()
 	plan "$phase_filter" "$parts" >"$LISTED/plan$suffix"
 	while read -r s specs secs filter; do
@@ -237,7 +239,11 @@ run_phase() {
 			else
 				rc=1
 				warn "$run: FAILED (exit $code) in ${took_run[$run]}s; log: $ART/$run.log"
-				grep -E '^\s*\[(FAIL|PANICKED|TIMEDOUT|INTERRUPTED)\]' "$ART/$run.log" | head -n 5 >&2 || true
+				mapfile -t lines < <(grep -E '^\s*\[(FAIL|PANICKED|TIMEDOUT|INTERRUPTED)\]' "$ART/$run.log" | head -n 5)
+				[ ${#lines[@]} = 0 ] || printf '%s\n' "${lines[@]}" >&2
+				# Said again under the final ERROR: a CI log's tail then names what failed.
+				failures+=("$run: exit $code after ${took_run[$run]}s, log $ART/$run.log")
+				for l in "${lines[@]}"; do failures+=("  ${l#"${l%%[![:space:]]*}"}"); done
 			fi
 		done
 		if [ $((SECONDS - last)) -ge 60 ] && [ ${#pid_suite[@]} -gt 0 ]; then
@@ -269,11 +275,13 @@ trap - INT TERM
 mapfile -t reports < <(ls "$ART"/ginkgo/*.json 2>/dev/null)
 if [ ${#reports[@]} -gt 0 ]; then
 	echo >&2
-	"$SUITES_BIN/e2e" merge -o "$ART" --listed "$LISTED" "${reports[@]}" >&2 || rc=1
+	"$SUITES_BIN/e2e" merge -o "$ART" --listed "$LISTED" "${reports[@]}" >&2 ||
+		{ rc=1; failures+=("the merged report: a spec failed, ran twice or did not run (its table above)"); }
 	# Only a whole run's times balance the next: a FOCUS would leave most families unweighed.
 	[ "$interrupted" != 0 ] || [ -n "${FOCUS:-}${SKIP:-}" ] || cp "$ART/report.json" "$LAST_REPORT" 2>/dev/null || true
 else
 	rc=1
+	failures+=("no suite wrote a Ginkgo report (logs: $ART/*.log)")
 fi
 
 [ "$rc" = 0 ] || FLATNETCTL="$SUITES_BIN/flatnetctl" bash "$REPO_ROOT/scripts/sysdump.sh" "$ART" || true
@@ -291,7 +299,7 @@ printf '  load average: %s\n  JUnit: %s\n\n' "$(cut -d' ' -f1-3 /proc/loadavg)" 
 
 [ "$interrupted" = 0 ] || die "e2e interrupted; cluster $CLUSTER kept" "KUBECONFIG=$KUBECONFIG"
 if [ "$rc" -ne 0 ]; then
-	die "e2e failed; cluster $CLUSTER kept for debugging" "KUBECONFIG=$KUBECONFIG" "sysdump and logs: $ART"
+	die "e2e failed; cluster $CLUSTER kept for debugging" "${failures[@]}" "KUBECONFIG=$KUBECONFIG" "sysdump and logs: $ART"
 fi
 if [ "${REUSE:-0}" != 1 ]; then
 	bash "$REPO_ROOT/scripts/test-world.sh" down
