@@ -277,6 +277,7 @@ if [ ${#reports[@]} -gt 0 ]; then
 	echo >&2
 	"$SUITES_BIN/e2e" merge -o "$ART" --listed "$LISTED" "${reports[@]}" >&2 ||
 		{ rc=1; failures+=("the merged report: a spec failed, ran twice or did not run (its table above)"); }
+	mapfile -t -O "${#failures[@]}" failures < <("$SUITES_BIN/e2e" failures "${reports[@]}" 2>&1)
 	# Only a whole run's times balance the next: a FOCUS would leave most families unweighed.
 	[ "$interrupted" != 0 ] || [ -n "${FOCUS:-}${SKIP:-}" ] || cp "$ART/report.json" "$LAST_REPORT" 2>/dev/null || true
 else

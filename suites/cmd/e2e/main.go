@@ -5,6 +5,7 @@
 //	e2e merge -o DIR [--listed DIR] REPORT.json...   one junit.xml and report.json in DIR, a table per suite;
 //	                                                 with the dry runs in --listed, each selected spec must have run once
 //	e2e list REPORT.json...                          every spec of dry-run reports, one a line
+//	e2e failures REPORT.json...                      each failed spec, a line: suite, spec, message, location
 //	e2e parts -n N [--last REPORT.json] DRYRUN.json  a suite's specs in N parts by family: specs, seconds, label filter
 //
 // The logic lives in suites/internal/runreport and suites/internal/parts.
@@ -33,7 +34,7 @@ func main() {
 
 func command() *cobra.Command {
 	root := &cobra.Command{Use: "e2e", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(mergeCommand(), listCommand(), partsCommand())
+	root.AddCommand(mergeCommand(), listCommand(), failuresCommand(), partsCommand())
 	return root
 }
 
@@ -106,6 +107,24 @@ func listCommand() *cobra.Command {
 			}
 			run, total := runreport.List(cmd.OutOrStdout(), runreport.Merge(reports))
 			fmt.Fprintf(cmd.ErrOrStderr(), "%d specs, %d of them selected by the filters\n", total, run)
+			return nil
+		},
+	}
+}
+
+func failuresCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "failures REPORT.json...",
+		Short: "each failed spec of Ginkgo JSON reports, one a line: suite, spec, state, the message's first line, location",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			reports, err := runreport.Read(args...)
+			if err != nil {
+				return err
+			}
+			for _, l := range runreport.Failures(reports) {
+				fmt.Fprintln(cmd.OutOrStdout(), l)
+			}
 			return nil
 		},
 	}

@@ -140,6 +140,28 @@ func Failed(reports []types.Report) bool {
 	})
 }
 
+// Failures is one line per failed spec or suite node of reports: suite, spec,
+// the failure message on one line (Gomega's first line alone says "Expected")
+// and where it failed, cut to fit, so a log's tail (CI's) says what failed
+// without the whole log.
+func Failures(reports []types.Report) []string {
+	var lines []string
+	for _, r := range reports {
+		for _, s := range r.SpecReports {
+			if !s.State.Is(types.SpecStateFailureStates) {
+				continue
+			}
+			msg := strings.Join(strings.Fields(s.Failure.Message), " ")
+			lines = append(lines, fmt.Sprintf("%s: %s [%s]: %s (%s:%d)", suiteName(r), truncate(specName(s), 90), s.State,
+				truncate(msg, 160), filepath.Base(s.Failure.Location.FileName), s.Failure.Location.LineNumber))
+		}
+		for _, why := range r.SpecialSuiteFailureReasons {
+			lines = append(lines, suiteName(r)+": "+truncate(why, 200))
+		}
+	}
+	return lines
+}
+
 // Summarize prints one line per suite (specs passed, failed, skipped, run
 // time), what failed a suite beyond its specs, and the slowest specs.
 func Summarize(w io.Writer, reports []types.Report, slowest int) {

@@ -191,3 +191,24 @@ func TestAccountEachSelectedSpecRanOnce(t *testing.T) {
 		t.Errorf("accounting line:\n%s", b.String())
 	}
 }
+
+func TestFailuresNameSpecMessageAndPlace(t *testing.T) {
+	reports := runs()
+	failed := &reports[1].SpecReports[0]
+	failed.Failure = types.Failure{
+		Message:  "reachability differs from the oracle\n  x/a -> y/b: want X, got .",
+		Location: types.CodeLocation{FileName: "/r/suites/netpol/steps_test.go", LineNumber: 42},
+	}
+	reports[1].SpecialSuiteFailureReasons = []string{"Interrupted by User"}
+	got := Failures(reports)
+	want := []string{
+		"netpol: suite matrix [failed]: reachability differs from the oracle x/a -> y/b: want X, got . (steps_test.go:42)",
+		"netpol: Interrupted by User",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("Failures:\n got %q\nwant %q", got, want)
+	}
+	if f := Failures(reports[:1]); len(f) != 0 {
+		t.Errorf("Failures of a passed suite: %q, want none", f)
+	}
+}
