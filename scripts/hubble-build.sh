@@ -7,7 +7,8 @@
 # and because Cilium's dependencies stay out of flatnet's module. Static
 # (CGO_ENABLED=0, osusergo), stamped with the version and revision the way
 # Cilium's Makefile stamps them. Skips the build when OUT was built from the same
-# inputs (tools/hubble/go.mod and go.sum, this script, the Go version).
+# inputs (tools/hubble/go.mod and go.sum, this script, the Go version), here or in
+# another clone on this machine (lib.sh's cache_get).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 [ $# -eq 2 ] || die "usage: hubble-build.sh hubble|hubble-relay OUT"
@@ -26,6 +27,10 @@ key=$(cd "$REPO_ROOT" && {
 } | sha256sum | cut -c1-16)
 if [ -x "$out" ] && [ "$(cat "$out.inputs" 2>/dev/null)" = "$key" ]; then
 	info "$name $HUBBLE_VERSION: up to date"
+	exit 0
+fi
+if cache_get "$name" "$key" "$out"; then
+	info "$name $HUBBLE_VERSION: up to date (the machine's copy)"
 	exit 0
 fi
 
@@ -49,4 +54,5 @@ rm -f "$out.inputs"
 (cd "$dir" && CGO_ENABLED=0 run_logged "$OUT_DIR/$name-build.log" nice -n 10 \
 	go build -trimpath -tags osusergo -ldflags "$ldflags" -o "$out" "$pkg")
 echo "$key" >"$out.inputs"
+cache_put "$name" "$key" "$out"
 info "$name $HUBBLE_VERSION: built in $((SECONDS - t0))s, $(du -m "$out" | cut -f1) MB"

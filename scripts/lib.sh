@@ -133,6 +133,25 @@ rootfs_image() {
 	echo "$ref"
 }
 
+# cache_get NAME KEY OUT: OUT from the machine's copy of NAME built from inputs KEY
+# (cache_put), so a fresh clone (CI's) skips a build this machine did; false when
+# there is none. OUT's KEY goes to OUT.inputs, as after a build.
+cache_get() {
+	local name=$1 key=$2 out=$3 c="$FLATNET_CACHE/bin/$1.$2"
+	[ -x "$c" ] || return 1
+	mkdir -p "$(dirname "$out")"
+	cp -f "$c" "$out.tmp" && mv -f "$out.tmp" "$out" && echo "$key" >"$out.inputs"
+}
+
+# cache_put NAME KEY OUT: keep OUT, built from inputs KEY, as the machine's copy of
+# NAME; one a name (an older key's copy goes).
+cache_put() {
+	local name=$1 key=$2 out=$3 d="$FLATNET_CACHE/bin"
+	mkdir -p "$d"
+	rm -f "$d/$name".*
+	cp -f "$out" "$d/$name.$key.tmp" && mv -f "$d/$name.$key.tmp" "$d/$name.$key"
+}
+
 # go_build_pinned NAME MODULE VERSION PKG OUT [go build args...]
 # Builds PKG of MODULE@VERSION (from the module proxy) into OUT, in a scratch module
 # under the cache so upstream's go.mod (with its own replace directives) is respected

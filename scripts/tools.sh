@@ -8,7 +8,8 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # build_tool NAME MODULE-DIR PKG [go build args]: skipped when bin/NAME was built from
-# the same module requirements (the tools are pinned modules, not this tree's code).
+# the same module requirements (the tools are pinned modules, not this tree's code),
+# copied when another clone on this machine built it from them (cache_get).
 build_tool() {
 	local name=$1 dir=$2 pkg=$3 key
 	shift 3
@@ -16,10 +17,12 @@ build_tool() {
 	if [ -x "$BIN_DIR/$name" ] && [ "$(cat "$BIN_DIR/$name.inputs" 2>/dev/null)" = "$key" ]; then
 		return 0
 	fi
+	cache_get "$name" "$key" "$BIN_DIR/$name" && return 0
 	info "tool $name: building $pkg"
 	rm -f "$BIN_DIR/$name.inputs"
 	(cd "$dir" && CGO_ENABLED=0 run_logged "$OUT_DIR/tools.log" go build -trimpath -o "$BIN_DIR/$name" "$@" "$pkg")
 	echo "$key" >"$BIN_DIR/$name.inputs"
+	cache_put "$name" "$key" "$BIN_DIR/$name"
 }
 build_tool kind "$REPO_ROOT" sigs.k8s.io/kind -ldflags "-s -w"
 build_tool kubectl "$REPO_ROOT/tools" k8s.io/kubernetes/cmd/kubectl -ldflags "$(k8s_ldflags)"
