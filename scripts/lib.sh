@@ -144,12 +144,12 @@ cache_get() {
 }
 
 # cache_put NAME KEY OUT: keep OUT, built from inputs KEY, as the machine's copy of
-# NAME; one a name (an older key's copy goes).
+# NAME; one a name (an older key's copy goes). A cache it cannot write costs the next
+# clone a build, not this one its result: it warns.
 cache_put() {
 	local name=$1 key=$2 out=$3 d="$FLATNET_CACHE/bin"
-	mkdir -p "$d"
-	rm -f "$d/$name".*
-	cp -f "$out" "$d/$name.$key.tmp" && mv -f "$d/$name.$key.tmp" "$d/$name.$key"
+	{ mkdir -p "$d" && rm -f "$d/$name".* && cp -f "$out" "$d/$name.$key.tmp" && mv -f "$d/$name.$key.tmp" "$d/$name.$key"; } ||
+		warn "could not keep $name in the machine's cache $d (the next clone builds it again)"
 }
 
 # go_build_pinned NAME MODULE VERSION PKG OUT [go build args...]
