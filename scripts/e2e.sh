@@ -63,9 +63,8 @@ build_suites() {
 		info "suites: test binaries up to date (${#suites[@]} suites, tree $key)"
 		return 0
 	fi
-	if [ "$(cat "$SUITES_CACHE/.inputs" 2>/dev/null)" = "$key" ]; then
-		rm -rf "$SUITES_BIN"
-		link_tree "$SUITES_CACHE" "$SUITES_BIN"
+	if [ "$(cat "$SUITES_CACHE/.inputs" 2>/dev/null)" = "$key" ] &&
+		{ rm -rf "$SUITES_BIN" && link_tree "$SUITES_CACHE" "$SUITES_BIN"; }; then
 		info "suites: test binaries of tree $key from the machine's cache"
 		return 0
 	fi
@@ -77,8 +76,9 @@ build_suites() {
 	(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$OUT_DIR/e2e-build.log" nice -n 5 go build -trimpath \
 		-ldflags "-s -w" -o "$SUITES_BIN/" ./suites/cmd/e2e ./suites/cmd/conformance ./dataplane/cmd/flatnetctl)
 	echo "$key" >"$SUITES_BIN/.inputs"
-	rm -rf "$SUITES_CACHE" "$SUITES_CACHE.new"
-	link_tree "$SUITES_BIN" "$SUITES_CACHE.new" && mv "$SUITES_CACHE.new" "$SUITES_CACHE"
+	{ rm -rf "$SUITES_CACHE" "$SUITES_CACHE.new" && link_tree "$SUITES_BIN" "$SUITES_CACHE.new" &&
+		mv "$SUITES_CACHE.new" "$SUITES_CACHE"; } ||
+		warn "could not keep the suites' test binaries in the machine's cache $SUITES_CACHE (the next clone builds them again)"
 }
 
 # link_tree FROM TO: TO as hard links to FROM's files (~500 MB of binaries: no copy),
