@@ -224,7 +224,6 @@ declare -A took_run=() filter_run=()
 failures=()
 run_phase() {
 	local n=$1 phase_filter=$2 suffix=$3 parts=$4 p s run code specs secs filter last=$SECONDS
-	local lines=() l
 	local queue=()
 	plan "$phase_filter" "$parts" >"$LISTED/plan$suffix"
 	while read -r s specs secs filter; do
@@ -257,11 +256,10 @@ run_phase() {
 			else
 				rc=1
 				warn "$run: FAILED (exit $code) in ${took_run[$run]}s; log: $ART/$run.log"
-				mapfile -t lines < <(grep -E '^\s*\[(FAIL|PANICKED|TIMEDOUT|INTERRUPTED)\]' "$ART/$run.log" | head -n 5)
-				[ ${#lines[@]} = 0 ] || printf '%s\n' "${lines[@]}" >&2
-				# Said again under the final ERROR: a CI log's tail then names what failed.
+				grep -E '^\s*\[(FAIL|PANICKED|TIMEDOUT|INTERRUPTED)\]' "$ART/$run.log" | head -n 5 >&2 || true
+				# Said again under the final ERROR, with each failed spec (e2e failures):
+				# a CI log's tail then names what failed.
 				failures+=("$run: exit $code after ${took_run[$run]}s, log $ART/$run.log")
-				for l in "${lines[@]}"; do failures+=("  ${l#"${l%%[![:space:]]*}"}"); done
 			fi
 		done
 		if [ $((SECONDS - last)) -ge 60 ] && [ ${#pid_suite[@]} -gt 0 ]; then

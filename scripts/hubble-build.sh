@@ -8,7 +8,7 @@
 # (CGO_ENABLED=0, osusergo), stamped with the version and revision the way
 # Cilium's Makefile stamps them. Skips the build when OUT was built from the same
 # inputs (tools/hubble/go.mod and go.sum, this script, the Go version), here or in
-# another clone on this machine (lib.sh's cache_get).
+# another clone on this machine (lib.sh's reuse_build).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 [ $# -eq 2 ] || die "usage: hubble-build.sh hubble|hubble-relay OUT"
@@ -25,12 +25,8 @@ key=$(cd "$REPO_ROOT" && {
 	go env GOVERSION
 	sha256sum tools/hubble/go.mod tools/hubble/go.sum scripts/hubble-build.sh
 } | sha256sum | cut -c1-16)
-if [ -x "$out" ] && [ "$(cat "$out.inputs" 2>/dev/null)" = "$key" ]; then
+if reuse_build "$name" "$key" "$out"; then
 	info "$name $HUBBLE_VERSION: up to date"
-	exit 0
-fi
-if cache_get "$name" "$key" "$out"; then
-	info "$name $HUBBLE_VERSION: up to date (the machine's copy)"
 	exit 0
 fi
 

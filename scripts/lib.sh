@@ -133,11 +133,12 @@ rootfs_image() {
 	echo "$ref"
 }
 
-# cache_get NAME KEY OUT: OUT from the machine's copy of NAME built from inputs KEY
-# (cache_put), so a fresh clone (CI's) skips a build this machine did; false when
-# there is none. OUT's KEY goes to OUT.inputs, as after a build.
-cache_get() {
+# reuse_build NAME KEY OUT: true when OUT was built from inputs KEY (OUT.inputs), or
+# is now a copy of the machine's (cache_put), so a fresh clone (CI's) skips a build
+# this machine did; false when it must be built.
+reuse_build() {
 	local name=$1 key=$2 out=$3 c="$FLATNET_CACHE/bin/$1.$2"
+	[ -x "$out" ] && [ "$(cat "$out.inputs" 2>/dev/null)" = "$key" ] && return 0
 	[ -x "$c" ] || return 1
 	mkdir -p "$(dirname "$out")"
 	cp -f "$c" "$out.tmp" && mv -f "$out.tmp" "$out" && echo "$key" >"$out.inputs"

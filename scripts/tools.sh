@@ -9,15 +9,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # build_tool NAME MODULE-DIR PKG [go build args]: skipped when bin/NAME was built from
 # the same module requirements (the tools are pinned modules, not this tree's code),
-# copied when another clone on this machine built it from them (cache_get).
+# copied when another clone on this machine built it from them (reuse_build).
 build_tool() {
 	local name=$1 dir=$2 pkg=$3 key
 	shift 3
 	key=$({ go env GOVERSION; echo "$pkg $*"; cat "$dir/go.mod" "$dir/go.sum"; } | sha256sum | cut -c1-16)
-	if [ -x "$BIN_DIR/$name" ] && [ "$(cat "$BIN_DIR/$name.inputs" 2>/dev/null)" = "$key" ]; then
-		return 0
-	fi
-	cache_get "$name" "$key" "$BIN_DIR/$name" && return 0
+	reuse_build "$name" "$key" "$BIN_DIR/$name" && return 0
 	info "tool $name: building $pkg"
 	rm -f "$BIN_DIR/$name.inputs"
 	(cd "$dir" && CGO_ENABLED=0 run_logged "$OUT_DIR/tools.log" go build -trimpath -o "$BIN_DIR/$name" "$@" "$pkg")
