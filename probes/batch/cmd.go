@@ -20,6 +20,7 @@ import (
 func NewCommand() *cobra.Command {
 	opts := DefaultOptions()
 	var file string
+	var session bool
 	protocol := string(opts.Protocol)
 	cmd := &cobra.Command{
 		Use:   "batch [host:port ...]",
@@ -30,13 +31,29 @@ Verdicts: connected, refused, timeout, dns, other, unknown (as agnhost connect's
 
 Targets come from the arguments, or else one per line from --file or stdin:
   host:port [tcp|udp|sctp]
-  {"target":"host:port","protocol":"udp","payload":"hostname"}`,
+  {"target":"host:port","protocol":"udp","payload":"hostname"}
+
+With --session it answers many batches, one at a time, until stdin closes: each
+input line is a request {"id","timeout","parallel","protocol","udp_data","sctp_data",
+"targets":[...]} (empty fields: the flags' values), each answered by one line
+{"id","results":[...]} or {"id","error"}. One exec then serves a whole test run.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			stderr := cmd.ErrOrStderr()
 			opts.Protocol = connect.Protocol(protocol)
 			if err := opts.Validate(); err != nil {
 				fmt.Fprintf(stderr, "UNKNOWN: %v\n", err)
 				return cli.Exit(1)
+			}
+			if session {
+				if file != "" || len(args) > 0 {
+					fmt.Fprintf(stderr, "UNKNOWN: --session reads its requests from stdin: drop --file and the targets\n")
+					return cli.Exit(1)
+				}
+				if err := Serve(cmd.Context(), cmd.InOrStdin(), cmd.OutOrStdout(), opts); err != nil {
+					fmt.Fprintf(stderr, "OTHER: %v\n", err)
+					return cli.Exit(1)
+				}
+				return nil
 			}
 			targets, err := readTargets(cmd.InOrStdin(), file, args)
 			if err != nil {
@@ -58,6 +75,7 @@ Targets come from the arguments, or else one per line from --file or stdin:
 	f.StringVar(&protocol, "protocol", protocol, "Protocol for targets that name none: tcp, udp, sctp or icmp")
 	f.StringVar(&opts.UDPPayload, "udp-data", opts.UDPPayload, "The UDP payload sent to targets that name none")
 	f.StringVar(&opts.SCTPPayload, "sctp-data", opts.SCTPPayload, "The SCTP payload sent to targets that name none")
+	f.BoolVar(&session, "session", false, "Answer batch requests (JSON lines) from stdin until it closes, one line each")
 	f.StringVarP(&file, "file", "f", "", `Read targets from this file ("-" or empty: stdin) when no arguments are given`)
 	return cmd
 }
