@@ -63,6 +63,9 @@ type Runner struct {
 	// Retries is how many more attempts an ambiguous target gets. Zero keeps
 	// every first answer.
 	Retries int
+	// Sessions, when set, carries every batch over one long-lived exec per pod
+	// (`probe batch --session`) instead of an exec per batch. The caller closes it.
+	Sessions *Sessions
 }
 
 // Cell is the verdict on one target from one pod.
@@ -169,8 +172,23 @@ func (r *Runner) options() batch.Options {
 	return o
 }
 
-// run makes one exec and checks the answer covers exactly the targets, in order.
+// run probes targets once from pod, over its session or with an exec, and checks
+// the answer covers exactly the targets, in order.
 func (r *Runner) run(ctx context.Context, pod Pod, targets []batch.Target, opts batch.Options) ([]batch.Result, error) {
+	if r.Sessions != nil {
+		results, err := r.Sessions.batch(ctx, r.Exec, r.command(), pod, targets, opts)
+		if !errors.Is(err, errUnsupported) {
+			if err != nil {
+				return nil, err
+			}
+			return results, checkResults(results, targets, "session "+strings.Join(r.command(), " ")+" --session", "")
+		}
+	}
+	return r.exec(ctx, pod, targets, opts)
+}
+
+// exec makes one exec of the batch command for targets.
+func (r *Runner) exec(ctx context.Context, pod Pod, targets []batch.Target, opts batch.Options) ([]batch.Result, error) {
 	var stdin, stdout, stderr bytes.Buffer
 	if err := batch.EncodeTargets(&stdin, targets); err != nil {
 		return nil, err
@@ -190,15 +208,20 @@ func (r *Runner) run(ctx context.Context, pod Pod, targets []batch.Target, opts 
 	if err != nil {
 		return nil, fmt.Errorf("reading the output of %q: %w%s", strings.Join(cmd, " "), err, quoteStderr(&stderr))
 	}
+	return results, checkResults(results, targets, strings.Join(cmd, " "), quoteStderr(&stderr))
+}
+
+// checkResults checks an answer covers exactly the targets, in order.
+func checkResults(results []batch.Result, targets []batch.Target, what, stderr string) error {
 	if len(results) != len(targets) {
-		return nil, fmt.Errorf("%q answered %d results for %d targets%s", strings.Join(cmd, " "), len(results), len(targets), quoteStderr(&stderr))
+		return fmt.Errorf("%q answered %d results for %d targets%s", what, len(results), len(targets), stderr)
 	}
 	for i, res := range results {
 		if res.Target != targets[i].Target {
-			return nil, fmt.Errorf("result %d is for %q, want %q: the probe broke the input-order contract", i, res.Target, targets[i].Target)
+			return fmt.Errorf("result %d is for %q, want %q: the probe broke the input-order contract", i, res.Target, targets[i].Target)
 		}
 	}
-	return results, nil
+	return nil
 }
 
 func (r *Runner) command() []string {

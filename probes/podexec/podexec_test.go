@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -59,33 +60,71 @@ func TestCombine(t *testing.T) {
 }
 
 // netnsExec stands in for the API server's exec: it runs the real command (the
-// probe binary) as a process in the test's client namespace, and records how many
-// targets each call was given.
+// probe binary) as a process in the test's client namespace, streaming stdin to it
+// as the API server does, and records how many lines of input each call carried
+// (targets for a batch, requests for a session).
 type netnsExec struct {
 	t         testing.TB
 	n         *netnstest.Net
 	mu        sync.Mutex
 	calls     []int
+	procs     []*exec.Cmd
 	afterCall func(call int)
 }
 
 func (e *netnsExec) Exec(ctx context.Context, pod podexec.Pod, cmd []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	in, err := io.ReadAll(stdin)
+	in := &lineCounter{r: stdin}
+	// stdin through an OS pipe this fake feeds on its own, as the API server's
+	// exec, which ends when the process does, not when the caller next writes to a
+	// stdin nobody reads (os/exec waits for its own stdin copier).
+	pr, pw, err := os.Pipe()
 	if err != nil {
 		return err
 	}
+	go func() { io.Copy(pw, in); pw.Close() }()
 	c := exec.CommandContext(ctx, cmd[0], cmd[1:]...)
-	c.Stdin, c.Stdout, c.Stderr = bytes.NewReader(in), stdout, stderr
+	c.Stdin, c.Stdout, c.Stderr = pr, stdout, stderr
 	e.n.Start(e.t, c)
-	err = c.Wait()
+	pr.Close()
 	e.mu.Lock()
-	e.calls = append(e.calls, bytes.Count(in, []byte("\n")))
+	e.procs = append(e.procs, c)
+	e.mu.Unlock()
+	err = c.Wait()
+	pw.Close()
+	e.mu.Lock()
+	e.calls = append(e.calls, in.lines())
 	call := len(e.calls)
 	e.mu.Unlock()
 	if e.afterCall != nil {
 		e.afterCall(call)
 	}
 	return err
+}
+
+func (e *netnsExec) started() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.procs)
+}
+
+type lineCounter struct {
+	mu sync.Mutex
+	r  io.Reader
+	n  int
+}
+
+func (l *lineCounter) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	l.mu.Lock()
+	l.n += bytes.Count(p[:n], []byte("\n"))
+	l.mu.Unlock()
+	return n, err
+}
+
+func (l *lineCounter) lines() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.n
 }
 
 // setup returns targets open, refused and dropped (a listener sits behind the drop

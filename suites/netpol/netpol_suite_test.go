@@ -107,7 +107,10 @@ var _ = cluster.BeforeSuite(func(ctx SpecContext) {
 	opts.Timeout = cluster.Settings.ProbeTimeout
 	// Retries stay at zero: Converge polls the whole matrix again instead, and
 	// a retry of every blocked cell would double each table's time.
-	runner = &podexec.Runner{Exec: cluster.Exec, Options: opts}
+	// One exec per source pod for the whole suite, not one per pod and poll.
+	sessions := podexec.NewSessions()
+	DeferCleanup(sessions.Close)
+	runner = &podexec.Runner{Exec: cluster.Exec, Options: opts, Sessions: sessions}
 	if cluster.CiliumCRDs != nil {
 		GinkgoWriter.Printf("every case with a CiliumNetworkPolicy will fail: %v\n", cluster.CiliumCRDs)
 	}

@@ -77,7 +77,12 @@ var (
 var _ = kc.BeforeSuite(func(ctx SpecContext) {
 	opts := batch.DefaultOptions()
 	opts.Timeout = kc.Settings.ProbeTimeout
-	runner = &podexec.Runner{Exec: kc.Exec, Options: opts}
+	// The converging matrices keep one exec per source pod (a session broken by a
+	// restart is replaced); the background rounds make an exec each, so a stream
+	// cut by a restarting node never stalls the rounds that time the disruption.
+	sessions := podexec.NewSessions()
+	DeferCleanup(sessions.Close)
+	runner = &podexec.Runner{Exec: kc.Exec, Options: opts, Sessions: sessions}
 	// A background answer is judged alone: a SYN lost once on a busy machine
 	// (retransmitted after 1 s) must not read as a drop.
 	wopts := opts

@@ -1,0 +1,270 @@
+package podexec
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/flatnet/flatnet/probes/batch"
+)
+
+// Sessions keeps one `probe batch --session` exec open per pod and sends every
+// batch of a Runner over it. An exec is the costly part of a probe round: the API
+// server, the kubelet and the container runtime spend ~90 ms of CPU on each here
+// (a whole matrix poll makes one per source pod), the batch itself a few ms. The
+// streams still go through the exec subresource, never the pod network.
+//
+// A session that breaks (its pod restarted, its node rebooted, the stream cut) is
+// dropped and the batch is tried once more on a new one; a probe image without
+// --session makes the Runner fall back to an exec per batch. Close ends them all.
+type Sessions struct {
+	ctx    context.Context // the sessions' execs live as long as this
+	cancel context.CancelFunc
+
+	mu          sync.Mutex
+	open        map[Pod]*session
+	unsupported bool // the image's probe has no --session: an exec per batch
+	closed      bool
+	nextID      uint64
+}
+
+// NewSessions returns an empty set of sessions; Close it when the probing ends.
+func NewSessions() *Sessions {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Sessions{ctx: ctx, cancel: cancel, open: map[Pod]*session{}}
+}
+
+// Close ends every session: their input closes, the probes exit.
+func (s *Sessions) Close() {
+	s.mu.Lock()
+	open := s.open
+	s.open, s.closed = map[Pod]*session{}, true
+	s.mu.Unlock()
+	for _, ss := range open {
+		ss.end()
+	}
+	s.cancel()
+}
+
+// errUnsupported: the probe in the pod does not know --session.
+var errUnsupported = errors.New("the probe in the pod has no --session")
+
+// batch sends one batch to pod's session, opening one if needed. A session opened
+// earlier that fails is replaced and the batch sent once more: the failed attempt's
+// probes are discarded, never reported.
+func (s *Sessions) batch(ctx context.Context, ex Executor, command []string, pod Pod, targets []batch.Target, opts batch.Options) ([]batch.Result, error) {
+	for attempt := 0; ; attempt++ {
+		ss, fresh, err := s.get(ex, command, pod)
+		if err != nil {
+			return nil, err
+		}
+		res, err := ss.do(ctx, s.id(), targets, opts)
+		var refused requestRefused
+		if err == nil || errors.As(err, &refused) {
+			return res, err // the session is fine either way
+		}
+		s.drop(pod, ss)
+		if ss.refusedFlag() {
+			s.mu.Lock()
+			s.unsupported = true
+			s.mu.Unlock()
+			return nil, errUnsupported
+		}
+		if fresh || attempt > 0 || ctx.Err() != nil {
+			return nil, err
+		}
+	}
+}
+
+func (s *Sessions) id() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.nextID++
+	return s.nextID
+}
+
+// get returns pod's open session, or a new one (fresh).
+func (s *Sessions) get(ex Executor, command []string, pod Pod) (*session, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.unsupported {
+		return nil, false, errUnsupported
+	}
+	if s.closed {
+		return nil, false, errors.New("podexec.Sessions: used after Close")
+	}
+	if ss, ok := s.open[pod]; ok && !ss.dead() {
+		return ss, false, nil
+	}
+	ss := startSession(s.ctx, ex, command, pod)
+	s.open[pod] = ss
+	return ss, true, nil
+}
+
+func (s *Sessions) drop(pod Pod, ss *session) {
+	ss.end()
+	s.mu.Lock()
+	if s.open[pod] == ss {
+		delete(s.open, pod)
+	}
+	s.mu.Unlock()
+}
+
+// session is one exec of `probe batch --session` and its streams.
+type session struct {
+	pod    Pod
+	cmd    string
+	stdin  *io.PipeWriter
+	out    *bufio.Scanner
+	cancel context.CancelFunc
+	exited chan struct{} // closed when the exec returned; err then holds its error
+	err    error
+	stderr limitedBuffer
+
+	mu sync.Mutex // one request at a time
+}
+
+func startSession(parent context.Context, ex Executor, command []string, pod Pod) *session {
+	ctx, cancel := context.WithCancel(parent)
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	cmd := append(append([]string{}, command...), "--session")
+	ss := &session{pod: pod, cmd: strings.Join(cmd, " "), stdin: inW, cancel: cancel, exited: make(chan struct{})}
+	ss.out = bufio.NewScanner(outR)
+	ss.out.Buffer(nil, 64<<20)
+	go func() {
+		err := ex.Exec(ctx, pod, cmd, inR, outW, &ss.stderr)
+		ss.err = err
+		if err == nil {
+			err = io.EOF
+		}
+		outW.CloseWithError(err)
+		inR.CloseWithError(err)
+		close(ss.exited)
+	}()
+	return ss
+}
+
+func (ss *session) dead() bool {
+	select {
+	case <-ss.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// end closes the session's input (the probe exits) and, should the exec not
+// return promptly, cuts its stream.
+func (ss *session) end() {
+	ss.stdin.Close()
+	go func() {
+		select {
+		case <-ss.exited:
+		case <-time.After(10 * time.Second):
+		}
+		ss.cancel()
+	}()
+}
+
+// refusedFlag reports whether the exec ended because the probe refused --session
+// (an older probe image).
+func (ss *session) refusedFlag() bool {
+	select {
+	case <-ss.exited:
+	case <-time.After(5 * time.Second):
+		return false
+	}
+	return strings.Contains(ss.stderr.String(), "unknown flag: --session")
+}
+
+// do sends one request and reads its answer. The answer must come within the
+// batch's own bound (each target's timeout, in waves of Parallel) plus a margin
+// for a loaded node; a stream that stalls past it is cut.
+func (ss *session) do(ctx context.Context, id uint64, targets []batch.Target, opts batch.Options) ([]batch.Result, error) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	line, err := json.Marshal(batch.NewRequest(id, targets, opts))
+	if err != nil {
+		return nil, fmt.Errorf("encoding the request: %w", err)
+	}
+	waves := (len(targets) + opts.Parallel - 1) / max(opts.Parallel, 1)
+	bound := time.Duration(waves+1)*opts.Timeout + 20*time.Second
+	timer := time.AfterFunc(bound, ss.cancel)
+	defer timer.Stop()
+	stop := context.AfterFunc(ctx, ss.cancel)
+	defer stop()
+	if _, err := ss.stdin.Write(append(line, '\n')); err != nil {
+		return nil, ss.failed("writing a request", err)
+	}
+	if !ss.out.Scan() {
+		err := ss.out.Err()
+		if err == nil {
+			err = io.EOF
+		}
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
+		return nil, ss.failed(fmt.Sprintf("reading the answer (within %s)", bound.Round(time.Second)), err)
+	}
+	var resp batch.Response
+	if err := json.Unmarshal(ss.out.Bytes(), &resp); err != nil {
+		return nil, ss.failed("reading the answer", fmt.Errorf("%w: %.200q", err, ss.out.Text()))
+	}
+	switch {
+	case resp.ID != id:
+		return nil, ss.failed("reading the answer", fmt.Errorf("answer to request %d, want %d: the session is out of step", resp.ID, id))
+	case resp.Error != "":
+		return nil, requestRefused{fmt.Errorf("session %q in %s refused the request: %s", ss.cmd, ss.pod, resp.Error)}
+	}
+	return resp.Results, nil
+}
+
+// failed wraps err with what was being done, the exec's own error and its stderr
+// (once it has ended).
+func (ss *session) failed(doing string, err error) error {
+	ss.cancel()
+	<-ss.exited
+	msg := fmt.Sprintf("session %q in %s: %s: %v", ss.cmd, ss.pod, doing, err)
+	if ss.err != nil && !strings.Contains(msg, ss.err.Error()) {
+		msg += "; exec: " + ss.err.Error()
+	}
+	if s := strings.TrimSpace(ss.stderr.String()); s != "" {
+		msg += " (stderr: " + s + ")"
+	}
+	return errors.New(msg)
+}
+
+// requestRefused is a request the session answered with an error: the session
+// itself goes on.
+type requestRefused struct{ error }
+
+func (r requestRefused) Unwrap() error { return r.error }
+
+// limitedBuffer keeps the first 4 KiB written to it (a session's stderr), safe
+// for the exec's goroutine to write while another reads.
+type limitedBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (b *limitedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if room := 4096 - len(b.buf); room > 0 {
+		b.buf = append(b.buf, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
+}
+
+func (b *limitedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return string(b.buf)
+}
