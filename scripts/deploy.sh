@@ -58,11 +58,22 @@ fi
 "$CERTGEN" --kubeconfig "$KUBECONFIG" --namespace flatnet-system --cluster-name default >&2 ||
 	die "flatnet-certgen could not create the Hubble TLS Secrets (output above)"
 
-step "deploy: flatnet agent $IMAGE (subnet $NODE_SUBNET, gateway $NODE_GATEWAY, docker range $NODE_IP_RANGE, reserved $TEST_WORLD_CIDR)"
+# The agents reach the API server at the address it advertises (the EndpointSlice
+# of default/kubernetes), not through the Service's ClusterIP: kube-proxy's rules
+# are not there yet when a restarted node's agent starts.
+api_endpoint=$("$KUBECTL" -n default get endpointslices -l kubernetes.io/service-name=kubernetes \
+	-o jsonpath='{range .items[0]}{.endpoints[0].addresses[0]} {.ports[?(@.name=="https")].port}{end}') || true
+read -r API_SERVER_HOST API_SERVER_PORT <<<"$api_endpoint"
+[[ "${API_SERVER_HOST:-}" =~ ^[0-9.]+$ && "${API_SERVER_PORT:-}" =~ ^[0-9]+$ ]] ||
+	die "the API server's address is not in the EndpointSlice of default/kubernetes (got '$api_endpoint')" \
+		"check '$KUBECTL -n default get endpointslices -l kubernetes.io/service-name=kubernetes -o yaml'"
+
+step "deploy: flatnet agent $IMAGE (subnet $NODE_SUBNET, gateway $NODE_GATEWAY, docker range $NODE_IP_RANGE, reserved $TEST_WORLD_CIDR, API server $API_SERVER_HOST:$API_SERVER_PORT)"
 for f in "$MANIFESTS"/*.yaml; do
 	sed -e "s|@IMAGE@|$IMAGE|g" -e "s|@RELAY_IMAGE@|$RELAY_IMAGE|g" -e "s|@NODE_SUBNET@|$NODE_SUBNET|g" \
 		-e "s|@NODE_GATEWAY@|$NODE_GATEWAY|g" -e "s|@NODE_IP_RANGE@|$NODE_IP_RANGE|g" \
 		-e "s|@TEST_WORLD_CIDR@|$TEST_WORLD_CIDR|g" \
+		-e "s|@API_SERVER_HOST@|$API_SERVER_HOST|g" -e "s|@API_SERVER_PORT@|$API_SERVER_PORT|g" \
 		-e "s|@SERVICE_SUBNET@|$SERVICE_SUBNET|g" "$f"
 	echo "---"
 done | "$KUBECTL" apply -f - | tee "$OUT_DIR/deploy-apply.out" >&2
