@@ -32,6 +32,33 @@ type Sessions struct {
 	unsupported bool // the image's probe has no --session: an exec per batch
 	closed      bool
 	nextID      uint64
+	stats       SessionStats
+}
+
+// SessionStats count what the sessions did, for a suite's log.
+type SessionStats struct {
+	Execs   int // sessions opened (one exec each)
+	Batches int // batches answered over them
+	Broken  int // sessions that broke (a pod restarted, a stream cut) and were dropped
+	// Unsupported: the probe refused --session; batches went one exec each.
+	Unsupported bool
+}
+
+func (st SessionStats) String() string {
+	s := fmt.Sprintf("%d batches over %d session exec(s), %d broken", st.Batches, st.Execs, st.Broken)
+	if st.Unsupported {
+		s += "; the probe has no --session: an exec per batch"
+	}
+	return s
+}
+
+// Stats returns the counts so far.
+func (s *Sessions) Stats() SessionStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stats
+	st.Unsupported = s.unsupported
+	return st
 }
 
 // NewSessions returns an empty set of sessions; Close it when the probing ends.
@@ -67,13 +94,23 @@ func (s *Sessions) batch(ctx context.Context, ex Executor, command []string, pod
 		res, err := ss.do(ctx, s.id(), targets, opts)
 		var refused requestRefused
 		if err == nil || errors.As(err, &refused) {
+			if err == nil {
+				s.mu.Lock()
+				s.stats.Batches++
+				s.mu.Unlock()
+			}
 			return res, err // the session is fine either way
 		}
 		s.drop(pod, ss)
-		if ss.refusedFlag() {
-			s.mu.Lock()
+		unsupported := ss.refusedFlag()
+		s.mu.Lock()
+		if unsupported {
 			s.unsupported = true
-			s.mu.Unlock()
+		} else {
+			s.stats.Broken++
+		}
+		s.mu.Unlock()
+		if unsupported {
 			return nil, errUnsupported
 		}
 		if fresh || attempt > 0 || ctx.Err() != nil {
@@ -104,6 +141,7 @@ func (s *Sessions) get(ex Executor, command []string, pod Pod) (*session, bool, 
 	}
 	ss := startSession(s.ctx, ex, command, pod)
 	s.open[pod] = ss
+	s.stats.Execs++
 	return ss, true, nil
 }
 

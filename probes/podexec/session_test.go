@@ -46,6 +46,9 @@ func TestSessionsOneExecPerPodForManyMatrices(t *testing.T) {
 	if got := ex.started(); got != len(pods) {
 		t.Errorf("%d execs for 3 rounds over %d pods, want one per pod", got, len(pods))
 	}
+	if st := r.Sessions.Stats(); st != (podexec.SessionStats{Execs: 3, Batches: 9}) {
+		t.Errorf("stats %+v, want 3 execs, 9 batches, none broken", st)
+	}
 	r.Sessions.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -93,6 +96,9 @@ func TestSessionBrokenIsReplaced(t *testing.T) {
 	if got := ex.started(); got != 2 {
 		t.Errorf("%d execs, want 2: the first session, then its replacement", got)
 	}
+	if st := r.Sessions.Stats(); st != (podexec.SessionStats{Execs: 2, Batches: 2, Broken: 1}) {
+		t.Errorf("stats %+v, want 2 execs, 2 batches, 1 broken", st)
+	}
 }
 
 // TestSessionsFallBackToAnExecPerBatch: a probe image older than --session (a
@@ -116,5 +122,8 @@ func TestSessionsFallBackToAnExecPerBatch(t *testing.T) {
 	}
 	if got := ex.started(); got != 3 {
 		t.Errorf("%d execs, want 3: the refused session, then one per batch", got)
+	}
+	if st := r.Sessions.Stats(); st != (podexec.SessionStats{Execs: 1, Unsupported: true}) {
+		t.Errorf("stats %+v, want the one refused session exec, unsupported, no batch over a session", st)
 	}
 }

@@ -109,7 +109,10 @@ var _ = cluster.BeforeSuite(func(ctx SpecContext) {
 	// a retry of every blocked cell would double each table's time.
 	// One exec per source pod for the whole suite, not one per pod and poll.
 	sessions := podexec.NewSessions()
-	DeferCleanup(sessions.Close)
+	DeferCleanup(func() {
+		fmt.Fprintf(os.Stderr, "netpol: probe sessions: %s\n", sessions.Stats())
+		sessions.Close()
+	})
 	runner = &podexec.Runner{Exec: cluster.Exec, Options: opts, Sessions: sessions}
 	if cluster.CiliumCRDs != nil {
 		GinkgoWriter.Printf("every case with a CiliumNetworkPolicy will fail: %v\n", cluster.CiliumCRDs)

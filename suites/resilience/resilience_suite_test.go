@@ -81,7 +81,10 @@ var _ = kc.BeforeSuite(func(ctx SpecContext) {
 	// restart is replaced); the background rounds make an exec each, so a stream
 	// cut by a restarting node never stalls the rounds that time the disruption.
 	sessions := podexec.NewSessions()
-	DeferCleanup(sessions.Close)
+	DeferCleanup(func() {
+		fmt.Fprintf(os.Stderr, "resilience: probe sessions: %s\n", sessions.Stats())
+		sessions.Close()
+	})
 	runner = &podexec.Runner{Exec: kc.Exec, Options: opts, Sessions: sessions}
 	// A background answer is judged alone: a SYN lost once on a busy machine
 	// (retransmitted after 1 s) must not read as a drop.
