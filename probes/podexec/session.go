@@ -67,14 +67,15 @@ func NewSessions() *Sessions {
 	return &Sessions{ctx: ctx, cancel: cancel, open: map[Pod]*session{}}
 }
 
-// Close ends every session: their input closes, the probes exit.
+// Close ends every session: their input closes and their streams are cut, so the
+// probes exit.
 func (s *Sessions) Close() {
 	s.mu.Lock()
 	open := s.open
 	s.open, s.closed = map[Pod]*session{}, true
 	s.mu.Unlock()
 	for _, ss := range open {
-		ss.end()
+		ss.stdin.Close()
 	}
 	s.cancel()
 }
@@ -86,12 +87,24 @@ var errUnsupported = errors.New("the probe in the pod has no --session")
 // earlier that fails is replaced and the batch sent once more: the failed attempt's
 // probes are discarded, never reported.
 func (s *Sessions) batch(ctx context.Context, ex Executor, command []string, pod Pod, targets []batch.Target, opts batch.Options) ([]batch.Result, error) {
+	s.mu.Lock()
+	s.nextID++
+	id := s.nextID
+	s.mu.Unlock()
+	line, err := json.Marshal(batch.NewRequest(id, targets, opts))
+	if err != nil {
+		return nil, fmt.Errorf("encoding the request: %w", err)
+	}
+	// The batch's own bound (each target's timeout, in waves of Parallel) plus a
+	// margin for a loaded node: a stream that stalls past it is cut.
+	waves := (len(targets) + opts.Parallel - 1) / max(opts.Parallel, 1)
+	bound := time.Duration(waves+1)*opts.Timeout + 20*time.Second
 	for attempt := 0; ; attempt++ {
 		ss, fresh, err := s.get(ex, command, pod)
 		if err != nil {
 			return nil, err
 		}
-		res, err := ss.do(ctx, s.id(), targets, opts)
+		res, err := ss.do(ctx, id, append(line, '\n'), bound)
 		var refused requestRefused
 		if err == nil || errors.As(err, &refused) {
 			if err == nil {
@@ -101,9 +114,12 @@ func (s *Sessions) batch(ctx context.Context, ex Executor, command []string, pod
 			}
 			return res, err // the session is fine either way
 		}
-		s.drop(pod, ss)
-		unsupported := ss.refusedFlag()
+		// The exec has returned (do's failures wait for it): its stderr is whole.
+		unsupported := strings.Contains(ss.stderr.String(), "unknown flag: --session")
 		s.mu.Lock()
+		if s.open[pod] == ss {
+			delete(s.open, pod)
+		}
 		if unsupported {
 			s.unsupported = true
 		} else {
@@ -117,13 +133,6 @@ func (s *Sessions) batch(ctx context.Context, ex Executor, command []string, pod
 			return nil, err
 		}
 	}
-}
-
-func (s *Sessions) id() uint64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.nextID++
-	return s.nextID
 }
 
 // get returns pod's open session, or a new one (fresh).
@@ -143,15 +152,6 @@ func (s *Sessions) get(ex Executor, command []string, pod Pod) (*session, bool, 
 	s.open[pod] = ss
 	s.stats.Execs++
 	return ss, true, nil
-}
-
-func (s *Sessions) drop(pod Pod, ss *session) {
-	ss.end()
-	s.mu.Lock()
-	if s.open[pod] == ss {
-		delete(s.open, pod)
-	}
-	s.mu.Unlock()
 }
 
 // session is one exec of `probe batch --session` and its streams.
@@ -198,47 +198,17 @@ func (ss *session) dead() bool {
 	}
 }
 
-// end closes the session's input (the probe exits) and, should the exec not
-// return promptly, cuts its stream.
-func (ss *session) end() {
-	ss.stdin.Close()
-	go func() {
-		select {
-		case <-ss.exited:
-		case <-time.After(10 * time.Second):
-		}
-		ss.cancel()
-	}()
-}
-
-// refusedFlag reports whether the exec ended because the probe refused --session
-// (an older probe image).
-func (ss *session) refusedFlag() bool {
-	select {
-	case <-ss.exited:
-	case <-time.After(5 * time.Second):
-		return false
-	}
-	return strings.Contains(ss.stderr.String(), "unknown flag: --session")
-}
-
-// do sends one request and reads its answer. The answer must come within the
-// batch's own bound (each target's timeout, in waves of Parallel) plus a margin
-// for a loaded node; a stream that stalls past it is cut.
-func (ss *session) do(ctx context.Context, id uint64, targets []batch.Target, opts batch.Options) ([]batch.Result, error) {
+// do sends request id (line, newline-terminated) and reads its answer, cutting
+// the stream if none comes within bound or ctx ends. Every error but a refused
+// request ends the session and returns once its exec has.
+func (ss *session) do(ctx context.Context, id uint64, line []byte, bound time.Duration) ([]batch.Result, error) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	line, err := json.Marshal(batch.NewRequest(id, targets, opts))
-	if err != nil {
-		return nil, fmt.Errorf("encoding the request: %w", err)
-	}
-	waves := (len(targets) + opts.Parallel - 1) / max(opts.Parallel, 1)
-	bound := time.Duration(waves+1)*opts.Timeout + 20*time.Second
 	timer := time.AfterFunc(bound, ss.cancel)
 	defer timer.Stop()
 	stop := context.AfterFunc(ctx, ss.cancel)
 	defer stop()
-	if _, err := ss.stdin.Write(append(line, '\n')); err != nil {
+	if _, err := ss.stdin.Write(line); err != nil {
 		return nil, ss.failed("writing a request", err)
 	}
 	if !ss.out.Scan() {

@@ -115,7 +115,7 @@ func listCommand() *cobra.Command {
 func failuresCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "failures REPORT.json...",
-		Short: "each failed spec of Ginkgo JSON reports, one a line: suite, spec, state, the message's first line, location",
+		Short: "each failed spec of Ginkgo JSON reports, one a line: suite, spec, state, the message on one line, location",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			reports, err := runreport.Read(args...)
