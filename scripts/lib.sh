@@ -133,6 +133,14 @@ rootfs_image() {
 	echo "$ref"
 }
 
+# tool_key DIR PKG [go build args...]: the inputs of a tool built from the module in
+# DIR (scripts/tools.sh): Go's version, the package and flags, DIR's go.mod and go.sum.
+tool_key() {
+	local dir=$1 pkg=$2
+	shift 2
+	{ go env GOVERSION; echo "$pkg $*"; cat "$dir/go.mod" "$dir/go.sum"; } | sha256sum | cut -c1-16
+}
+
 # reuse_build NAME KEY OUT: true when OUT was built from inputs KEY (OUT.inputs), or
 # is now a copy of the machine's (cache_put), so a fresh clone (CI's) skips a build
 # this machine did; false when it must be built.
@@ -157,11 +165,14 @@ cache_put() {
 # Builds PKG of MODULE@VERSION (from the module proxy) into OUT, in a scratch module
 # under the cache so upstream's go.mod (with its own replace directives) is respected
 # the way Go resolves dependencies. Skips when OUT exists for the same inputs.
+# PINNED_MAIN=<file.go>: build that main package of ours instead of PKG, in the same
+# scratch module (PKG's dependencies, at MODULE@VERSION's own versions).
 go_build_pinned() {
 	local name=$1 module=$2 version=$3 pkg=$4 out=$5
 	shift 5
-	local key src
-	key=$(printf '%s\n' "$module" "$version" "$pkg" "$*" "${CGO_ENABLED:-}" "$(go env GOVERSION)" | sha256sum | cut -c1-16)
+	local key src target=$pkg main_sum=""
+	[ -z "${PINNED_MAIN:-}" ] || main_sum=$(sha256sum <"$PINNED_MAIN")
+	key=$(printf '%s\n' "$module" "$version" "$pkg" "$*" "${CGO_ENABLED:-}" "$(go env GOVERSION)" "$main_sum" | sha256sum | cut -c1-16)
 	if [ -x "$out" ] && [ "$(cat "$out.inputs" 2>/dev/null)" = "$key" ]; then
 		info "$name $version: up to date"
 		return 0
@@ -174,8 +185,13 @@ go_build_pinned() {
 		info "$name $version: resolving modules"
 		(cd "$src" && run_logged "$src/get.log" go get "$pkg@$version")
 	fi
-	info "$name $version: building $pkg (cold: minutes; cached after)"
-	(cd "$src" && run_logged "$src/build.log" go build -trimpath -o "$out" "$@" "$pkg")
+	rm -f "$src/main.go"
+	if [ -n "${PINNED_MAIN:-}" ]; then
+		cp "$PINNED_MAIN" "$src/main.go"
+		target=.
+	fi
+	info "$name $version: building ${PINNED_MAIN:+$(basename "$(dirname "$PINNED_MAIN")")/$(basename "$PINNED_MAIN") on }$pkg (cold: minutes; cached after)"
+	(cd "$src" && run_logged "$src/build.log" go build -trimpath -o "$out" "$@" "$target")
 	echo "$key" >"$out.inputs"
 }
 

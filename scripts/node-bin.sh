@@ -2,8 +2,10 @@
 # Builds the node's binaries from the Go module proxy into the flatnet cache, each
 # once: Kubernetes' own at K8S_VERSION (default KUBERNETES_VERSION; version ldflags;
 # from the k8s.io/kubernetes module pinned in tools/go.mod, or for another release a
-# module generated from that release's go.mod, scripts/node-image/release.sh), etcd
-# and CoreDNS at what that release's kubeadm lists (versions.env pins the default's),
+# module generated from that release's go.mod, scripts/node-image/release.sh; the
+# default's kubectl is the tools'), etcd and CoreDNS at what that release's kubeadm
+# lists (versions.env pins the default's; CoreDNS with the plugins an offline cluster
+# can use, scripts/node-image/coredns),
 # crictl at CRICTL_VERSION, a pause of our own and CNI's loopback plugin at go.mod's
 # containernetworking/plugins (containerd 1.6's CRI runs it for every pod). Prints the
 # directory as the last line of stdout.
@@ -32,6 +34,12 @@ if [ "$other_release" = 1 ] && { wanted etcd || wanted coredns || wanted pause; 
 fi
 K8S_MODULE=$(k8s_module_dir)
 
+# The default release's kubectl is the tools' (scripts/tools.sh): the same module,
+# flags and Go, so the machine's copy of it is this binary, not another link.
+if [ "$other_release" = 0 ] && wanted kubectl && [ ! -x "$BIN/kubectl" ] &&
+	reuse_build kubectl "$(tool_key "$REPO_ROOT/tools" k8s.io/kubernetes/cmd/kubectl -ldflags "$(k8s_ldflags)")" "$BIN/kubectl"; then
+	info "kubectl $K8S_VERSION: the tools' build"
+fi
 # Kubernetes' commands in one `go build`: one load of the package graph, every
 # package compiled once and the binaries linked side by side.
 missing=()
@@ -53,7 +61,9 @@ pinned() { # go_build_pinned's arguments: built in the background
 }
 etcd_coredns() {
 	wanted etcd && pinned etcd go.etcd.io/etcd/server/v3 "${ETCD_VERSION}" go.etcd.io/etcd/server/v3 "$BIN/etcd" -ldflags "-s -w"
-	wanted coredns && pinned coredns github.com/coredns/coredns "$COREDNS_VERSION" github.com/coredns/coredns "$BIN/coredns" -ldflags "-s -w"
+	# CoreDNS with the plugins an offline cluster can use (scripts/node-image/coredns).
+	wanted coredns && PINNED_MAIN="$REPO_ROOT/scripts/node-image/coredns/main.go" \
+		pinned coredns github.com/coredns/coredns "$COREDNS_VERSION" github.com/coredns/coredns "$BIN/coredns" -ldflags "-s -w"
 	return 0
 }
 [ "$other_release" = 1 ] || etcd_coredns
