@@ -73,13 +73,17 @@ fi
 step "docker engine: none running; setting up dockerd $MOBY_VERSION + runc $RUNC_VERSION"
 apt_install containerd iptables libseccomp-dev pkg-config busybox-static ca-certificates
 mkdir -p "$ENGINE_BIN" /run/flatnet
-CGO_ENABLED=1 go_build_pinned runc github.com/opencontainers/runc "$RUNC_VERSION" \
+# Side by side: one resolves its modules (network) while the other compiles.
+(CGO_ENABLED=1 go_build_pinned runc github.com/opencontainers/runc "$RUNC_VERSION" \
 	github.com/opencontainers/runc "$ENGINE_BIN/runc" -tags seccomp \
-	-ldflags "-X main.version=${RUNC_VERSION#v}"
+	-ldflags "-X main.version=${RUNC_VERSION#v}") &
+runc_pid=$!
 CGO_ENABLED=0 go_build_pinned dockerd github.com/moby/moby/v2 "$MOBY_VERSION" \
 	github.com/moby/moby/v2/cmd/dockerd "$ENGINE_BIN/dockerd" \
 	-tags "exclude_graphdriver_btrfs exclude_graphdriver_devicemapper no_btrfs" \
-	-ldflags "-X github.com/moby/moby/v2/dockerversion.Version=${MOBY_VERSION#v}"
+	-ldflags "-X github.com/moby/moby/v2/dockerversion.Version=${MOBY_VERSION#v}" ||
+	{ wait "$runc_pid"; die "building dockerd failed (output above)"; }
+wait "$runc_pid" || die "building runc failed (output above)"
 
 # Our own dockerd that no longer answers may still be shutting down (stopping its
 # containers after a SIGTERM): a second one would refuse its pid file. Wait for it.
