@@ -2,6 +2,7 @@
 # `make e2e`: everything, on a fresh machine or a warm one.
 #   tools -> docker engine -> node image -> kind cluster -> flatnet images + deploy
 #   -> every Ginkgo suite under suites/ -> one JUnit + report in _artifacts/e2e
+# (the suites' binaries and hubble-relay build beside the first three, at low priority)
 # The suites run as separate processes, E2E_CONCURRENCY at once (default 4; 1 runs
 # them one by one), each in namespaces of its own; a suite whose specs carry a
 # `family:` label (netpol) runs as up to E2E_PARTS (default 3) processes, its
@@ -159,8 +160,49 @@ fi
 rm -rf "$ART"
 mkdir -p "$ART/ginkgo"
 
+# prebuild: the Go builds of the later phases that need no engine nor cluster (the
+# suites' binaries, hubble-relay, the agent image's packages), at low priority beside
+# the tools, the engine and the node image. Their builds are CPU-bound but not
+# always: module downloads, the node image's assembly and kind's start leave a core
+# idle for minutes on a cold machine. What it builds, the later phases reuse (the
+# suites' tree key, hubble-build.sh's key, Go's build cache); a failure here only
+# means they build it themselves, and report it.
+PREBUILD_LOG="$OUT_DIR/e2e-prebuild.log"
+prebuild() {
+	local t0=$SECONDS
+	# Only a machine without a node image has minutes of builds ahead: elsewhere the
+	# agent's packages are compiled only if its image changed, by deploy.
+	if ! docker image ls -q 'flatnet/node' 2>/dev/null | grep -q .; then
+		(cd "$REPO_ROOT" && CGO_ENABLED=0 go build -trimpath ./dataplane/cmd/flatnet-agent ./dataplane/cmd/flatnet-certgen \
+			./dataplane/cmd/flatnet-cni github.com/containernetworking/plugins/plugins/meta/portmap) || return 1
+	fi
+	bash "$REPO_ROOT/scripts/hubble-build.sh" hubble-relay "$BIN_DIR/hubble-relay" || return 1
+	build_suites || return 1
+	echo "prebuild: done in $((SECONDS - t0))s"
+}
+mkdir -p "$OUT_DIR"
+(renice -n 10 "$BASHPID" >/dev/null && prebuild) >"$PREBUILD_LOG" 2>&1 &
+prebuild_pid=$!
+# A run that stops early (a failed phase, Ctrl-C) leaves no build behind.
+kill_tree() {
+	local c
+	for c in $(pgrep -P "$1"); do kill_tree "$c"; done
+	kill "$1" 2>/dev/null || true
+}
+trap '[ -z "${prebuild_pid:-}" ] || kill_tree "$prebuild_pid"' EXIT
+# prebuilt: wait for the pre-build; its products are then used, or rebuilt and reported.
+prebuilt() {
+	[ -n "${prebuild_pid:-}" ] || return 0
+	wait "$prebuild_pid" || warn "the background pre-build failed (log: $PREBUILD_LOG); the phases build what it did not"
+	prebuild_pid=
+	local done
+	done=$(grep -h '^prebuild: done' "$PREBUILD_LOG" || true)
+	[ -z "$done" ] || info "$done (log: $PREBUILD_LOG)"
+}
+
 phase tools bash "$REPO_ROOT/scripts/tools.sh"
 phase cluster bash "$REPO_ROOT/scripts/cluster.sh" up
+phase prebuild prebuilt
 for s in probe-image deploy; do
 	[ -x "$REPO_ROOT/scripts/$s.sh" ] && phase "$s" bash "$REPO_ROOT/scripts/$s.sh" >"$OUT_DIR/$s.out"
 done
@@ -308,7 +350,7 @@ for run in $(for r in "${!took_run[@]}"; do echo "${took_run[$r]} $r"; done | so
 	printf '  %-22s %7d  %s\n' "$run" "${took_run[$run]}" "${filter_run[$run]}" >&2
 done
 printf '\n  %-13s %s\n' phase seconds >&2
-for k in tools cluster probe-image deploy test-world observability build-suites suites disruptive; do
+for k in tools cluster prebuild probe-image deploy test-world observability build-suites suites disruptive; do
 	[ -n "${took[$k]:-}" ] && printf '  %-13s %5d\n' "$k" "${took[$k]}" >&2
 done
 printf '  %-13s %5d\n' total "$(($(date +%s) - _t0))" >&2
