@@ -19,7 +19,7 @@ KUBECONFIG="$OUT_DIR/$CLUSTER.kubeconfig"
 # flatnet_cluster ARGS...: the command, rebuilt only when its sources changed.
 flatnet_cluster() {
 	(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$OUT_DIR/flatnet-cluster.build.log" \
-		go build -trimpath -o "$BIN_DIR/flatnet-cluster" ./internal/cmd/flatnet-cluster)
+		gobuild build -trimpath -o "$BIN_DIR/flatnet-cluster" ./internal/cmd/flatnet-cluster)
 	"$BIN_DIR/flatnet-cluster" -name "$CLUSTER" -config "$CONFIG" -repo "$REPO_ROOT" -out "$OUT_DIR" -since "$_t0" "$@"
 }
 

@@ -72,7 +72,7 @@ build_suites() {
 	step "suites: building the test binaries of ${suites[*]} (tree $key)"
 	rm -rf "$SUITES_BIN"
 	mkdir -p "$SUITES_BIN"
-	(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$OUT_DIR/e2e-build.log" nice -n 5 go test -c -tags e2e -trimpath \
+	(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$OUT_DIR/e2e-build.log" nice -n 5 env GOGC="${GOGC:-400}" GOMEMLIMIT="${GOMEMLIMIT:-1536MiB}" go test -c -tags e2e -trimpath \
 		-ldflags "-s -w" -o "$SUITES_BIN/" "${suites[@]/#/./suites/}")
 	(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$OUT_DIR/e2e-build.log" nice -n 5 go build -trimpath \
 		-ldflags "-s -w" -o "$SUITES_BIN/" ./suites/cmd/e2e ./suites/cmd/conformance ./dataplane/cmd/flatnetctl)
@@ -173,7 +173,7 @@ prebuild() {
 	# Only a machine without a node image has minutes of builds ahead: elsewhere the
 	# agent's packages are compiled only if its image changed, by deploy.
 	if ! docker image ls -q 'flatnet/node' 2>/dev/null | grep -q .; then
-		(cd "$REPO_ROOT" && CGO_ENABLED=0 go build -trimpath ./dataplane/cmd/flatnet-agent ./dataplane/cmd/flatnet-certgen \
+		(cd "$REPO_ROOT" && CGO_ENABLED=0 gobuild build -trimpath ./dataplane/cmd/flatnet-agent ./dataplane/cmd/flatnet-certgen \
 			./dataplane/cmd/flatnet-cni github.com/containernetworking/plugins/plugins/meta/portmap) || return 1
 	fi
 	bash "$REPO_ROOT/scripts/hubble-build.sh" hubble-relay "$BIN_DIR/hubble-relay" || return 1

@@ -133,6 +133,14 @@ rootfs_image() {
 	echo "$ref"
 }
 
+# gobuild ARGS...: `go ARGS` (build, test -c) with the collector of the compiler and
+# linker it runs relaxed: GOGC=400 buys ~6% of a cold build's CPU (CoreDNS on 2 cores:
+# 153 vs 162-165 CPU-s) with memory, and GOMEMLIMIT keeps each process's heap near
+# 1.5 GiB when a package needs more (GOGC and GOMEMLIMIT of the caller win).
+gobuild() {
+	GOGC=${GOGC:-400} GOMEMLIMIT=${GOMEMLIMIT:-1536MiB} go "$@"
+}
+
 # tool_key DIR PKG [go build args...]: the inputs of a tool built from the module in
 # DIR (scripts/tools.sh): Go's version, the package and flags, DIR's go.mod and go.sum.
 tool_key() {
@@ -191,7 +199,7 @@ go_build_pinned() {
 		target=.
 	fi
 	info "$name $version: building ${PINNED_MAIN:+$(basename "$(dirname "$PINNED_MAIN")")/$(basename "$PINNED_MAIN") on }$pkg (cold: minutes; cached after)"
-	(cd "$src" && run_logged "$src/build.log" go build -trimpath -o "$out" "$@" "$target")
+	(cd "$src" && run_logged "$src/build.log" gobuild build -trimpath -o "$out" "$@" "$target")
 	echo "$key" >"$out.inputs"
 }
 

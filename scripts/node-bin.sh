@@ -73,7 +73,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 	info "${missing[*]} $K8S_VERSION: building (cold: minutes; cached after)"
 	rm -rf "$BIN/.build"
 	mkdir -p "$BIN/.build"
-	(cd "$K8S_MODULE" && CGO_ENABLED=0 run_logged "$BIN/build.log" go build -trimpath \
+	(cd "$K8S_MODULE" && CGO_ENABLED=0 run_logged "$BIN/build.log" gobuild build -trimpath \
 		-ldflags "$(KUBERNETES_VERSION=$K8S_VERSION k8s_ldflags)" -o "$BIN/.build/" "${missing[@]/#/k8s.io/kubernetes/cmd/}")
 	mv "$BIN/.build"/* "$BIN/"
 	rmdir "$BIN/.build"

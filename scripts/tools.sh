@@ -17,7 +17,7 @@ build_tool() {
 	reuse_build "$name" "$key" "$BIN_DIR/$name" && return 0
 	info "tool $name: building $pkg"
 	rm -f "$BIN_DIR/$name.inputs"
-	(cd "$dir" && CGO_ENABLED=0 run_logged "$OUT_DIR/tools.log" go build -trimpath -o "$BIN_DIR/$name" "$@" "$pkg")
+	(cd "$dir" && CGO_ENABLED=0 run_logged "$OUT_DIR/tools.log" gobuild build -trimpath -o "$BIN_DIR/$name" "$@" "$pkg")
 	echo "$key" >"$BIN_DIR/$name.inputs"
 	cache_put "$name" "$key" "$BIN_DIR/$name"
 }
