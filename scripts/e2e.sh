@@ -2,7 +2,7 @@
 # `make e2e`: everything, on a fresh machine or a warm one.
 #   tools -> docker engine -> node image -> kind cluster -> flatnet images + deploy
 #   -> every Ginkgo suite under suites/ -> one JUnit + report in _artifacts/e2e
-# (the suites' binaries and hubble-relay build beside the first three, at low priority)
+# (the suites' binaries and hubble-relay build beside engine and node image, at low priority)
 # The suites run as separate processes, E2E_CONCURRENCY at once (default 4; 1 runs
 # them one by one), each in namespaces of its own; a suite whose specs carry a
 # `family:` label (netpol) runs as up to E2E_PARTS (default 3) processes, its
@@ -162,11 +162,13 @@ mkdir -p "$ART/ginkgo"
 
 # prebuild: the Go builds of the later phases that need no engine nor cluster (the
 # suites' binaries, hubble-relay, the agent image's packages), at low priority beside
-# the tools, the engine and the node image. Their builds are CPU-bound but not
-# always: module downloads, the node image's assembly and kind's start leave a core
-# idle for minutes on a cold machine. What it builds, the later phases reuse (the
-# suites' tree key, hubble-build.sh's key, Go's build cache); a failure here only
-# means they build it themselves, and report it.
+# the engine and the node image. Those builds are CPU-bound but not always: module
+# downloads, the node image's assembly and kind's start leave a core idle for
+# minutes on a cold machine. Not beside the tools: kubectl's and the hubble CLI's
+# packages (client-go, cilium's) would be compiled twice at once; after them they
+# are in Go's build cache. What it builds, the later phases reuse (the suites' tree
+# key, hubble-build.sh's key, Go's build cache); a failure here only means they
+# build it themselves, and report it.
 PREBUILD_LOG="$OUT_DIR/e2e-prebuild.log"
 prebuild() {
 	local t0=$SECONDS
@@ -180,9 +182,6 @@ prebuild() {
 	build_suites || return 1
 	echo "prebuild: done in $((SECONDS - t0))s"
 }
-mkdir -p "$OUT_DIR"
-(renice -n 10 "$BASHPID" >/dev/null && prebuild) >"$PREBUILD_LOG" 2>&1 &
-prebuild_pid=$!
 # A run that stops early (a failed phase, Ctrl-C) leaves no build behind.
 kill_tree() {
 	local c
@@ -201,6 +200,9 @@ prebuilt() {
 }
 
 phase tools bash "$REPO_ROOT/scripts/tools.sh"
+mkdir -p "$OUT_DIR"
+(renice -n 10 "$BASHPID" >/dev/null && prebuild) >"$PREBUILD_LOG" 2>&1 &
+prebuild_pid=$!
 phase cluster bash "$REPO_ROOT/scripts/cluster.sh" up
 phase prebuild prebuilt
 for s in probe-image deploy; do
