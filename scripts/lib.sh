@@ -19,7 +19,10 @@ mkdir -p "$FLATNET_CACHE" "$OUT_DIR" "$BIN_DIR"
 # The legacy builder: no buildx plugin is needed, and output is the same everywhere.
 export DOCKER_BUILDKIT=0
 
-_t0=$(date +%s)
+# [mm:ss] counts from the start of the outermost script: the scripts it runs stamp
+# their lines on the same clock, so a log reads in order.
+_t0=${FLATNET_T0:-$(date +%s)}
+export FLATNET_T0=$_t0
 _stamp() { local s=$(( $(date +%s) - _t0 )); printf '%02d:%02d' $((s / 60)) $((s % 60)); }
 step() { printf '\033[1m[%s] ==> %s\033[0m\n' "$(_stamp)" "$*" >&2; }
 info() { printf '[%s]     %s\n' "$(_stamp)" "$*" >&2; }
