@@ -34,7 +34,7 @@ else
 	step "agent image: building $REF"
 	rm -rf "$WORK" && mkdir -p "$WORK/rootfs/flatnet/cni" "$WORK/rootfs/run/flatnet" "$WORK/rootfs/tmp"
 	build() { # OUT PKG
-		(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$WORK/build.log" nice env GOGC="${GOGC:-400}" GOMEMLIMIT="${GOMEMLIMIT:-1536MiB}" go build -trimpath -ldflags "-s -w" -o "$1" "$2")
+		(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$WORK/build.log" nice env "${GOBUILD_ENV[@]}" go build -trimpath -ldflags "-s -w" -o "$1" "$2")
 	}
 	build "$WORK/rootfs/flatnet-agent" ./dataplane/cmd/flatnet-agent
 	build "$WORK/rootfs/flatnet-certgen" ./dataplane/cmd/flatnet-certgen

@@ -72,7 +72,7 @@ build_suites() {
 	step "suites: building the test binaries of ${suites[*]} (tree $key)"
 	rm -rf "$SUITES_BIN"
 	mkdir -p "$SUITES_BIN"
-	(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$OUT_DIR/e2e-build.log" nice -n 5 env GOGC="${GOGC:-400}" GOMEMLIMIT="${GOMEMLIMIT:-1536MiB}" go test -c -tags e2e -trimpath \
+	(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$OUT_DIR/e2e-build.log" nice -n 5 env "${GOBUILD_ENV[@]}" go test -c -tags e2e -trimpath \
 		-ldflags "-s -w" -o "$SUITES_BIN/" "${suites[@]/#/./suites/}")
 	(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$OUT_DIR/e2e-build.log" nice -n 5 go build -trimpath \
 		-ldflags "-s -w" -o "$SUITES_BIN/" ./suites/cmd/e2e ./suites/cmd/conformance ./dataplane/cmd/flatnetctl)

@@ -48,7 +48,7 @@ t0=$SECONDS
 mkdir -p "$(dirname "$out")"
 rm -f "$out.inputs"
 (cd "$dir" && CGO_ENABLED=0 run_logged "$OUT_DIR/$name-build.log" nice -n 10 \
-	env GOGC="${GOGC:-400}" GOMEMLIMIT="${GOMEMLIMIT:-1536MiB}" go build -trimpath -tags osusergo -ldflags "$ldflags" -o "$out" "$pkg")
+	env "${GOBUILD_ENV[@]}" go build -trimpath -tags osusergo -ldflags "$ldflags" -o "$out" "$pkg")
 echo "$key" >"$out.inputs"
 cache_put "$name" "$key" "$out"
 info "$name $HUBBLE_VERSION: built in $((SECONDS - t0))s, $(du -m "$out" | cut -f1) MB"

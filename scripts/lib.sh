@@ -136,12 +136,14 @@ rootfs_image() {
 	echo "$ref"
 }
 
-# gobuild ARGS...: `go ARGS` (build, test -c) with the collector of the compiler and
-# linker it runs relaxed: GOGC=400 buys ~6% of a cold build's CPU (CoreDNS on 2 cores:
-# 153 vs 162-165 CPU-s) with memory, and GOMEMLIMIT keeps each process's heap near
-# 1.5 GiB when a package needs more (GOGC and GOMEMLIMIT of the caller win).
+# GOBUILD_ENV: the environment of our go builds (build, test -c): the collector of
+# the compiler and linker they run relaxed. GOGC=400 buys ~6% of a cold build's CPU
+# (CoreDNS on 2 cores: 153 vs 162-165 CPU-s) with memory; GOMEMLIMIT keeps each
+# process's heap near 1.5 GiB when a package needs more. The caller's values win.
+GOBUILD_ENV=("GOGC=${GOGC:-400}" "GOMEMLIMIT=${GOMEMLIMIT:-1536MiB}")
+# gobuild ARGS...: go ARGS in GOBUILD_ENV (under nice: nice env "${GOBUILD_ENV[@]}" go ...).
 gobuild() {
-	GOGC=${GOGC:-400} GOMEMLIMIT=${GOMEMLIMIT:-1536MiB} go "$@"
+	env "${GOBUILD_ENV[@]}" go "$@"
 }
 
 # tool_key DIR PKG [go build args...]: the inputs of a tool built from the module in
