@@ -21,14 +21,8 @@ build_tool() {
 	echo "$key" >"$BIN_DIR/$name.inputs"
 	cache_put "$name" "$key" "$BIN_DIR/$name"
 }
-# The hubble CLI (cilium's module: the longest cold) builds beside the others, so its
-# modules download while they compile.
-bash "$REPO_ROOT/scripts/hubble-build.sh" hubble "$BIN_DIR/hubble" &
-hubble_pid=$!
-trap 'kill "$hubble_pid" 2>/dev/null || true' EXIT
 build_tool kind "$REPO_ROOT" sigs.k8s.io/kind -ldflags "-s -w"
 build_tool kubectl "$REPO_ROOT/tools" k8s.io/kubernetes/cmd/kubectl -ldflags "$(k8s_ldflags)"
 build_tool ginkgo "$REPO_ROOT" github.com/onsi/ginkgo/v2/ginkgo -ldflags "-s -w"
-wait "$hubble_pid" || die "building the hubble CLI failed (output above)"
-trap - EXIT
+bash "$REPO_ROOT/scripts/hubble-build.sh" hubble "$BIN_DIR/hubble"
 info "tools: $("$BIN_DIR/kind" version | cut -d' ' -f1-2), kubectl $("$BIN_DIR/kubectl" version --client -o json | grep -m1 gitVersion | tr -d ' ",' | cut -d: -f2), ginkgo $("$BIN_DIR/ginkgo" version | awk '{print $NF}'), hubble $("$BIN_DIR/hubble" version | cut -d' ' -f2)"
