@@ -81,8 +81,7 @@ runc_pid=$!
 CGO_ENABLED=0 go_build_pinned dockerd github.com/moby/moby/v2 "$MOBY_VERSION" \
 	github.com/moby/moby/v2/cmd/dockerd "$ENGINE_BIN/dockerd" \
 	-tags "exclude_graphdriver_btrfs exclude_graphdriver_devicemapper no_btrfs" \
-	-ldflags "-X github.com/moby/moby/v2/dockerversion.Version=${MOBY_VERSION#v}" ||
-	{ wait "$runc_pid"; die "building dockerd failed (output above)"; }
+	-ldflags "-X github.com/moby/moby/v2/dockerversion.Version=${MOBY_VERSION#v}"
 wait "$runc_pid" || die "building runc failed (output above)"
 
 # Our own dockerd that no longer answers may still be shutting down (stopping its

@@ -200,7 +200,6 @@ prebuilt() {
 }
 
 phase tools bash "$REPO_ROOT/scripts/tools.sh"
-mkdir -p "$OUT_DIR"
 (renice -n 10 "$BASHPID" >/dev/null && prebuild) >"$PREBUILD_LOG" 2>&1 &
 prebuild_pid=$!
 phase cluster bash "$REPO_ROOT/scripts/cluster.sh" up

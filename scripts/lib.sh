@@ -203,7 +203,7 @@ go_build_pinned() {
 		cp "$PINNED_MAIN" "$src/main.go"
 		target=.
 	fi
-	info "$name $version: building ${PINNED_MAIN:+$(basename "$(dirname "$PINNED_MAIN")")/$(basename "$PINNED_MAIN") on }$pkg (cold: minutes; cached after)"
+	info "$name $version: building ${PINNED_MAIN:+${PINNED_MAIN#"$REPO_ROOT"/} on }$pkg (cold: minutes; cached after)"
 	(cd "$src" && run_logged "$src/build.log" gobuild build -trimpath -o "$out" "$@" "$target")
 	echo "$key" >"$out.inputs"
 }
