@@ -117,7 +117,7 @@ func (c *Compiler) DeleteNamespace(name string) error {
 func (c *Compiler) reassign(ns string) error {
 	for _, ps := range sortedPods(c.nsPods[ns]) {
 		c.namedPorts(ps, -1)
-		err := c.assignIdentity(ps)
+		err := c.assignIdentity(ps, ps.pod.Ports)
 		c.namedPorts(ps, +1)
 		if err != nil {
 			return err
@@ -144,6 +144,7 @@ func (c *Compiler) UpsertPod(p Pod) error {
 		c.setPodIP(ps, netip.Addr{})
 		c.namedPorts(ps, -1)
 	}
+	oldPorts := ps.pod.Ports
 	if ps.hasI {
 		c.emit.index(ps, false) // Local may change
 	}
@@ -154,7 +155,7 @@ func (c *Compiler) UpsertPod(p Pod) error {
 	ps.pod.Ports = slices.Clone(p.Ports)
 	ps.pod.Workloads = ws
 	ps.sig = portSignature(p.Ports)
-	if err := c.assignIdentity(ps); err != nil {
+	if err := c.assignIdentity(ps, oldPorts); err != nil {
 		return err
 	}
 	c.namedPorts(ps, +1)
@@ -174,7 +175,7 @@ func (c *Compiler) DeletePod(namespace, name string) {
 	c.namedPorts(ps, -1)
 	if ps.hasI {
 		c.emit.index(ps, false)
-		c.dropIdentity(ps.id)
+		c.dropIdentity(ps.id, ps.pod.Ports)
 		ps.hasI = false
 	}
 	c.workloads.release(ps.pod.Workloads)
@@ -211,8 +212,9 @@ func (c *Compiler) setPodIP(ps *podState, ip netip.Addr) {
 	}
 }
 
-// assignIdentity (re)computes a pod's label set and moves it to that identity.
-func (c *Compiler) assignIdentity(ps *podState) error {
+// assignIdentity (re)computes a pod's label set and moves it to that identity;
+// oldPorts are the ports it had on its old one (already uncounted).
+func (c *Compiler) assignIdentity(ps *podState, oldPorts []NamedPort) error {
 	labels := policy.IdentityLabels(ps.pod.Namespace, ps.pod.Labels, c.namespaces[ps.pod.Namespace], ps.pod.ServiceAccount)
 	is, created, err := c.ids.acquire(labels, ps.pod.Namespace)
 	if err != nil {
@@ -229,7 +231,7 @@ func (c *Compiler) assignIdentity(ps *podState) error {
 			return nil
 		}
 		c.emit.index(ps, false)
-		c.dropIdentity(ps.id)
+		c.dropIdentity(ps.id, oldPorts)
 	}
 	ps.id, ps.hasI = is.id, true
 	c.ids.hold(is.id)
@@ -241,13 +243,27 @@ func (c *Compiler) assignIdentity(ps *podState) error {
 	return nil
 }
 
-// dropIdentity releases a pod's identity; when it is gone, every part forgets it.
-func (c *Compiler) dropIdentity(id identity.ID) {
-	if is := c.ids.drop(id); is != nil {
-		c.sels.identityRemoved(is)
-		c.emit.forget(id)
-		c.repo.identityGone(id)
-		c.repo.identitiesChanged()
+// dropIdentity releases a pod's identity (ports: the pod's, already uncounted);
+// when it was the last pod, the identity retires: still selected, with those
+// named ports, until Retire.
+func (c *Compiler) dropIdentity(id identity.ID, ports []NamedPort) {
+	if changed := c.ids.drop(id, ports); changed {
+		c.repo.namedPortsChanged(c.ids.byID[id], true, false)
+	}
+}
+
+// Retire forgets identities an Update listed as retiring, once that update is
+// in the datapath (its IP cache moves included); every part forgets them and
+// the next Flush takes them out of the policies. Identities held again since
+// are kept.
+func (c *Compiler) Retire(ids []identity.ID) {
+	for _, id := range ids {
+		if is := c.ids.retire(id); is != nil {
+			c.sels.identityRemoved(is)
+			c.emit.forget(id)
+			c.repo.identityGone(id)
+			c.repo.identitiesChanged()
+		}
 	}
 }
 

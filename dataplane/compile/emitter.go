@@ -149,6 +149,7 @@ func (c *Compiler) Flush() Update {
 	up.IPCache = c.ipc.flush(c.published.peerChanged)
 	up.CIDRs = c.pfx.flush()
 	up.Identities = c.ids.flush()
+	up.Retiring = c.ids.retiringIDs()
 	c.publish(flushed, up.CIDRs)
 	return up
 }

@@ -2,6 +2,7 @@ package compile
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 
 	"github.com/flatnet/flatnet/dataplane/identity"
@@ -11,18 +12,30 @@ import (
 // label set, namespace and named ports of every live pod identity, and the
 // persistence records (Update.Identities) waiting for the next Flush.
 //
-// Invariants: a pod identity is in byID (and byNS) exactly while some pod holds it,
-// and the allocator holds one reference per holder (a pod, or a CIDR prefix through
-// acquireLocal). Every identity's record is queued when it is created and, as a
-// delete, before its last reference is released: the allocator forgets its Sum with
-// it. named counts, per identity and cluster-wide, the named ports of the pods
-// holding it.
+// An identity whose last pod left retires before it is forgotten: the IP cache
+// moves that pod's address (to its new identity, or away) only after the
+// endpoints' policies are written, so until that write is in the datapath
+// packets from the address still carry the old identity, and the policies must
+// still know it. A retiring identity keeps the leaving pod's allocator reference,
+// its selections and its named ports; Retire forgets it once the update that
+// moved its addresses is written (Cilium releases an endpoint's old identity
+// after the IP cache moved the same way). A pod taking the label set again
+// before then simply holds it again.
+//
+// Invariants: a pod identity is in byID (and byNS) exactly while some pod holds it
+// or it is retiring, and the allocator holds one reference per holder (a pod, a
+// retirement, or a CIDR prefix through acquireLocal). Every identity's record is
+// queued when it is created and, as a delete, before its last reference is
+// released: the allocator forgets its Sum with it. named counts, per identity and
+// cluster-wide, the named ports of the pods holding it (a retiring identity keeps
+// its last pod's).
 type identities struct {
-	alloc   *identity.Allocator
-	byID    map[identity.ID]*identState
-	byNS    map[string]map[identity.ID]*identState
-	named   map[NamedPort]int // named ports of every pod in the cluster
-	pending map[identity.Sum]IdentityUpdate
+	alloc    *identity.Allocator
+	byID     map[identity.ID]*identState
+	byNS     map[string]map[identity.ID]*identState
+	named    map[NamedPort]int // named ports of every pod in the cluster
+	pending  map[identity.Sum]IdentityUpdate
+	retiring map[identity.ID]*identState // no pod holds them; see Retire
 }
 
 type identState struct {
@@ -36,11 +49,12 @@ type identState struct {
 
 func newIdentities(alloc *identity.Allocator) *identities {
 	return &identities{
-		alloc:   alloc,
-		byID:    map[identity.ID]*identState{},
-		byNS:    map[string]map[identity.ID]*identState{},
-		named:   map[NamedPort]int{},
-		pending: map[identity.Sum]IdentityUpdate{},
+		alloc:    alloc,
+		byID:     map[identity.ID]*identState{},
+		byNS:     map[string]map[identity.ID]*identState{},
+		named:    map[NamedPort]int{},
+		pending:  map[identity.Sum]IdentityUpdate{},
+		retiring: map[identity.ID]*identState{},
 	}
 }
 
@@ -68,21 +82,54 @@ func (t *identities) acquire(labels map[string]string, ns string) (is *identStat
 // held that identity).
 func (t *identities) unref(id identity.ID) { t.alloc.Release(id) }
 
-// hold counts one more pod on an identity.
-func (t *identities) hold(id identity.ID) { t.byID[id].pods++ }
-
-// drop releases a pod's identity; the returned state, when not nil, is gone and
-// the caller must take it out of the selector cache.
-func (t *identities) drop(id identity.ID) (gone *identState) {
+// hold counts one more pod on an identity; a retiring one is held again and its
+// retirement's reference released (the pod's named ports are counted anew).
+func (t *identities) hold(id identity.ID) {
 	is := t.byID[id]
-	if is != nil {
-		is.pods--
-		if is.pods == 0 {
-			t.record(id, true)
+	is.pods++
+	if t.retiring[id] == is {
+		delete(t.retiring, id)
+		clear(is.named)
+		t.alloc.Release(id)
+	}
+}
+
+// drop releases a pod's identity. When the pod was the identity's last, the
+// identity retires (see identities) instead of going, with the pod's reference
+// and its named ports (ports, already uncounted by the caller) kept; changed
+// says whether that restored a named port, which the caller must tell the
+// repository.
+func (t *identities) drop(id identity.ID, ports []NamedPort) (changed bool) {
+	is := t.byID[id]
+	if is == nil {
+		t.alloc.Release(id)
+		return false
+	}
+	is.pods--
+	if is.pods > 0 {
+		t.alloc.Release(id)
+		return false
+	}
+	t.retiring[id] = is
+	for _, np := range ports {
+		if np.Name != "" && bump(is.named, np, +1) {
+			changed = true
 		}
 	}
-	if !t.alloc.Release(id) || is == nil {
+	return changed
+}
+
+// retire forgets a retiring identity; the returned state, when not nil, is gone
+// and the caller must take it out of the selector cache.
+func (t *identities) retire(id identity.ID) (gone *identState) {
+	is := t.retiring[id]
+	if is == nil {
 		return nil
+	}
+	delete(t.retiring, id)
+	t.record(id, true)
+	if !t.alloc.Release(id) {
+		return nil // not the last reference: cannot happen (see identities)
 	}
 	delete(t.byID, id)
 	delete(t.byNS[is.ns], id)
@@ -90,6 +137,16 @@ func (t *identities) drop(id identity.ID) (gone *identState) {
 		delete(t.byNS, is.ns)
 	}
 	return is
+}
+
+// retiringIDs lists the retiring identities, in order.
+func (t *identities) retiringIDs() []identity.ID {
+	out := make([]identity.ID, 0, len(t.retiring))
+	for id := range t.retiring {
+		out = append(out, id)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // acquireLocal gives a node-local identity to a name (a CIDR prefix).

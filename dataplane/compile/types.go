@@ -144,6 +144,10 @@ type PrefixUpdate struct {
 // that no packet meets an identity its endpoint's policy does not know yet: Identities,
 // deletes of IPCache and CIDRs, then Endpoints, then upserts of IPCache and CIDRs. (Identity
 // numbers are never reused, so a policy briefly naming a gone identity is harmless.)
+//
+// The policies still know the identities the IP cache upserts move addresses off
+// (Retiring): once the update is written, pass them to Compiler.Retire and write
+// the next Flush, which takes them out.
 type Update struct {
 	// Identities to remember (or forget) across agent restarts; see
 	// identity.Allocator.Remember. Write them before anything else.
@@ -151,6 +155,9 @@ type Update struct {
 	Endpoints  []EndpointUpdate
 	IPCache    []PrefixUpdate // pod and node addresses (/32)
 	CIDRs      []PrefixUpdate // prefixes named by CIDR rules, with local identities
+	// Retiring are the identities no pod holds any more, kept in the policies
+	// until this update is in the datapath; not a change to write.
+	Retiring []identity.ID
 }
 
 // IdentityUpdate records that a label set (by Sum) has an identity, or no longer has.

@@ -97,6 +97,9 @@ type Enforcer struct {
 
 	metrics *Metrics
 
+	// wrote, when set (tests), sees each update once it is written, e.mu held.
+	wrote func(compile.Update)
+
 	// ifindexes is attached's host interfaces, republished at each change for
 	// readers that must not wait for mu (flows.go).
 	ifindexes atomic.Pointer[map[string]int]

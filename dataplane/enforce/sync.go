@@ -98,13 +98,17 @@ func (e *Enforcer) waitSynced(ctx context.Context) error {
 // flushApply writes every pending change, with e.wmu and e.mu held throughout (see
 // writePending for the writer's way, which lets the informers go on meanwhile).
 func (e *Enforcer) flushApply(ctx context.Context) error {
-	arrivals := e.takeArrivalsLocked()
-	up := e.compileLocked()
-	err := e.apply(ctx, up, e.attached)
-	done := time.Now()
-	err = e.appliedLocked(ctx, up, err)
-	e.enforcedLocked(arrivals, done)
-	return err
+	for {
+		arrivals := e.takeArrivalsLocked()
+		up := e.compileLocked()
+		err := e.apply(ctx, up, e.attached)
+		done := time.Now()
+		err = e.appliedLocked(ctx, up, err)
+		e.enforcedLocked(arrivals, done)
+		if !e.retireLocked(up, err) {
+			return err
+		}
+	}
 }
 
 // compileLocked takes the compiler's changes since the last write: after a failed

@@ -91,25 +91,44 @@ func (e *Enforcer) writePending(ctx context.Context, retry bool) error {
 // writePendingLocked is writePending with e.wmu held.
 func (e *Enforcer) writePendingLocked(ctx context.Context, retry bool) error {
 	e.mu.Lock()
+	defer e.mu.Unlock()
 	if !e.synced || (e.pending == 0 && !e.resync && !(retry && len(e.epFail) > 0)) {
-		e.mu.Unlock()
 		return nil
 	}
-	arrivals := e.takeArrivalsLocked()
-	up := e.compileLocked()
-	// Attaches and detaches hold e.wmu: the endpoints cannot change until the
-	// result is settled.
-	attached := maps.Clone(e.attached)
-	e.mu.Unlock()
+	for {
+		arrivals := e.takeArrivalsLocked()
+		up := e.compileLocked()
+		// Attaches and detaches hold e.wmu: the endpoints cannot change until the
+		// result is settled.
+		attached := maps.Clone(e.attached)
+		e.mu.Unlock()
 
-	err := e.apply(ctx, up, attached)
-	done := time.Now()
+		err := e.apply(ctx, up, attached)
+		done := time.Now()
 
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	err = e.appliedLocked(ctx, up, err)
-	e.enforcedLocked(arrivals, done)
-	return err
+		e.mu.Lock()
+		err = e.appliedLocked(ctx, up, err)
+		e.enforcedLocked(arrivals, done)
+		if !e.retireLocked(up, err) {
+			return err
+		}
+	}
+}
+
+// retireLocked retires the identities a written update kept in the policies for
+// the addresses it moved off them (see compile.Update) and says whether a write
+// must follow to take them out. Not after a failed write: the rewrite comes
+// first, and retires them. Call with e.wmu and e.mu held.
+func (e *Enforcer) retireLocked(up compile.Update, err error) bool {
+	if e.wrote != nil {
+		e.wrote(up)
+	}
+	if err != nil || e.resync || len(up.Retiring) == 0 {
+		return false
+	}
+	e.c.Retire(up.Retiring)
+	e.pending++
+	return true
 }
 
 // apply writes up into the datapath, the endpoints' interfaces looked up in

@@ -1,0 +1,153 @@
+package compile
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/flatnet/flatnet/dataplane/identity"
+	"github.com/flatnet/flatnet/dataplane/ipv4"
+	"github.com/flatnet/flatnet/dataplane/policy"
+)
+
+// retireWorld: local server x/srv admits namespace z on 80/TCP and may reach
+// z's pods on their named port "web"; z/cli is a remote pod with that port.
+func retireWorld(t *testing.T) *Compiler {
+	t.Helper()
+	c := New(identity.NewAllocator())
+	mustDo(t, c.UpsertNamespace(Namespace{Name: "x"}))
+	mustDo(t, c.UpsertNamespace(Namespace{Name: "z"}))
+	mustDo(t, c.UpsertPod(Pod{Namespace: "x", Name: "srv", Labels: map[string]string{"app": "srv"}, IP: netip.MustParseAddr("10.0.0.1"), Local: true}))
+	mustDo(t, c.UpsertPod(Pod{Namespace: "z", Name: "cli", Labels: map[string]string{"app": "cli"}, IP: netip.MustParseAddr("10.0.0.9"),
+		Ports: []NamedPort{{Name: "web", Protocol: policy.ProtoTCP, Port: 8080}}}))
+	inZ := policy.Selector{}.And(policy.Eq(policy.NamespaceLabel, "z"))
+	mustDo(t, c.UpsertPolicy("p", []*policy.Policy{{
+		Ref: policy.Ref{Kind: policy.KindCNP, Namespace: "x", Name: "p"}, Subject: policy.Selector{}.And(policy.Eq("app", "srv")),
+		DefaultDeny: [2]bool{true, true},
+		Rules: []policy.Rule{
+			{Direction: policy.Ingress, Name: "from-z", Peers: []policy.Peer{{Endpoints: &inZ}}, Ports: []policy.Port{{Protocol: policy.ProtoTCP, Port: 80, EndPort: 80}}},
+			{Direction: policy.Egress, Name: "to-z-web", Peers: []policy.Peer{{Endpoints: &inZ}}, Ports: []policy.Port{{Protocol: policy.ProtoTCP, Name: "web"}}},
+		},
+	}}))
+	if up := c.Flush(); len(up.Retiring) != 0 {
+		t.Fatalf("nothing retires in the first flush, got %v", up.Retiring)
+	}
+	return c
+}
+
+// paths says whether srv admits id on 80/TCP and reaches it on 8080/TCP.
+func paths(c *Compiler, id identity.ID) (in, out bool) {
+	p := c.EndpointPolicy("x", "srv")
+	in, _ = lookup(p, policy.Ingress, []identity.ID{id}, policy.ProtoTCP, 80)
+	out, _ = lookup(p, policy.Egress, []identity.ID{id}, policy.ProtoTCP, 8080)
+	return in, out
+}
+
+func ipcacheMove(up Update, ip string) (identity.ID, bool) {
+	want := ipv4.MustParsePrefix(ip + "/32")
+	for _, u := range up.IPCache {
+		if u.Prefix == want && !u.Delete {
+			return u.Identity, true
+		}
+	}
+	return 0, false
+}
+
+// A relabelled peer's address moves to its new identity only after the
+// endpoints' policies are written (Update's order), so the policies written
+// with the move must still admit the old identity: else every packet in
+// between is dropped (seen in the e2e as UDP probes from a pod whose namespace
+// was relabelled timing out on paths open before and after). The old identity
+// goes in the write after, once Retire says the move is in the datapath.
+func TestRelabelledPeerKeepsOldIdentityUntilRetired(t *testing.T) {
+	c := retireWorld(t)
+	old, _ := c.IdentityOf("z", "cli")
+	if in, out := paths(c, old); !in || !out {
+		t.Fatalf("before the relabel: from z in=%v, to z:web out=%v; want both open", in, out)
+	}
+
+	mustDo(t, c.UpsertNamespace(Namespace{Name: "z", Labels: map[string]string{"team": "b"}}))
+	now, _ := c.IdentityOf("z", "cli")
+	if now == old {
+		t.Fatalf("relabelling the namespace kept identity %d", old)
+	}
+	up := c.Flush()
+	if id, ok := ipcacheMove(up, "10.0.0.9"); !ok || id != now {
+		t.Fatalf("the flush after the relabel must move 10.0.0.9 to %d, IP cache updates %+v", now, up.IPCache)
+	}
+	if !slices.Equal(up.Retiring, []identity.ID{old}) {
+		t.Fatalf("Retiring = %v, want [%d]", up.Retiring, old)
+	}
+	for _, id := range []identity.ID{old, now} {
+		if in, out := paths(c, id); !in || !out {
+			t.Fatalf("written with the move, identity %d: in=%v out=%v; the old and the new one must both be open", id, in, out)
+		}
+	}
+
+	c.Retire(up.Retiring)
+	up = c.Flush()
+	if len(up.Retiring) != 0 {
+		t.Fatalf("after Retire, Retiring = %v", up.Retiring)
+	}
+	if len(up.Endpoints) != 1 {
+		t.Fatalf("retiring a selected identity must rewrite srv, got %d endpoint updates", len(up.Endpoints))
+	}
+	if in, out := paths(c, old); in || out {
+		t.Fatalf("retired identity %d still open: in=%v out=%v", old, in, out)
+	}
+	if in, out := paths(c, now); !in || !out {
+		t.Fatalf("identity %d closed by the retirement: in=%v out=%v", now, in, out)
+	}
+	deleted := false
+	for _, u := range up.Identities {
+		deleted = deleted || (u.ID == old && u.Delete)
+	}
+	if !deleted {
+		t.Fatalf("the retired identity's record must be deleted, identity updates %+v", up.Identities)
+	}
+}
+
+// A label set taken again before its identity retired keeps its number, and
+// Retire of the stale list forgets nothing.
+func TestRetiringIdentityHeldAgain(t *testing.T) {
+	c := retireWorld(t)
+	old, _ := c.IdentityOf("z", "cli")
+	mustDo(t, c.UpsertNamespace(Namespace{Name: "z", Labels: map[string]string{"team": "b"}}))
+	now, _ := c.IdentityOf("z", "cli")
+	up := c.Flush()
+	mustDo(t, c.UpsertNamespace(Namespace{Name: "z"}))
+	if back, _ := c.IdentityOf("z", "cli"); back != old {
+		t.Fatalf("the old label set came back as %d, want its retiring identity %d", back, old)
+	}
+	c.Retire(up.Retiring)
+	up = c.Flush()
+	if !slices.Equal(up.Retiring, []identity.ID{now}) {
+		t.Fatalf("Retiring = %v, want [%d] (the label set left since); %d is held again", up.Retiring, now, old)
+	}
+	c.Retire(up.Retiring)
+	c.Flush()
+	if in, out := paths(c, old); !in || !out {
+		t.Fatalf("identity %d held again: in=%v out=%v, want both open", old, in, out)
+	}
+	if id, ok := c.IdentityOf("z", "cli"); !ok || id != old {
+		t.Fatalf("z/cli has identity %d (%v), want %d", id, ok, old)
+	}
+}
+
+// A deleted pod's identity retires too: the IP cache deletes its address
+// before the policies are written, so nothing carries it meanwhile, and the
+// next write takes it out.
+func TestDeletedPodIdentityRetires(t *testing.T) {
+	c := retireWorld(t)
+	old, _ := c.IdentityOf("z", "cli")
+	c.DeletePod("z", "cli")
+	up := c.Flush()
+	if !slices.Equal(up.Retiring, []identity.ID{old}) {
+		t.Fatalf("Retiring = %v, want [%d]", up.Retiring, old)
+	}
+	c.Retire(up.Retiring)
+	c.Flush()
+	if in, out := paths(c, old); in || out {
+		t.Fatalf("identity %d of the deleted pod still open: in=%v out=%v", old, in, out)
+	}
+}
