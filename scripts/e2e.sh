@@ -112,7 +112,8 @@ SIDE_BY_SIDE='!disruptive && !bench'
 DISRUPTIVE='disruptive && !bench'
 # The last whole run's merged report (no FOCUS or SKIP): each family's time per spec,
 # to balance the parts. Kept in the machine's cache, not the tree's _output: a clean
-# clone (CI's) balances by the last run on this machine instead of by a second per spec.
+# clone (CI's) balances by the last run on this machine; a machine with none by the
+# times committed beside the suite (suites/<suite>/parts-times.tsv, `e2e times`).
 LAST_REPORT="$FLATNET_CACHE/e2e-last-report.json"
 mkdir -p "$FLATNET_CACHE"
 
@@ -136,7 +137,8 @@ list_specs() {
 plan() {
 	local filter=$1 n=$2 s line
 	for s in "${suites[@]}"; do
-		"$SUITES_BIN/e2e" parts -n "$n" --base "$filter" --last "$LAST_REPORT" "$LISTED/$s.json" 2>"$LISTED/$s.parts" |
+		"$SUITES_BIN/e2e" parts -n "$n" --base "$filter" --last "$LAST_REPORT" \
+			--times "$REPO_ROOT/suites/$s/parts-times.tsv" "$LISTED/$s.json" 2>"$LISTED/$s.parts" |
 			while read -r line; do echo "$s $line"; done
 		[ "${PIPESTATUS[0]}" = 0 ] || die "splitting suite $s into parts failed: $(cat "$LISTED/$s.parts")"
 		if [ "$(grep -c . "$LISTED/$s.parts")" -gt 2 ]; then

@@ -6,7 +6,9 @@
 //	                                                 with the dry runs in --listed, each selected spec must have run once
 //	e2e list REPORT.json...                          every spec of dry-run reports, one a line
 //	e2e failures REPORT.json...                      each failed spec, a line: suite, spec, message, location
-//	e2e parts -n N [--last REPORT.json] DRYRUN.json  a suite's specs in N parts by family: specs, seconds, label filter
+//	e2e parts -n N [--last REPORT.json] [--times TIMES.tsv] DRYRUN.json
+//	                                                 a suite's specs in N parts by family: specs, seconds, label filter
+//	e2e times --suite NAME REPORT.json               a suite's times per family in a run, as --times reads them
 //
 // The logic lives in suites/internal/runreport and suites/internal/parts.
 package main
@@ -34,7 +36,7 @@ func main() {
 
 func command() *cobra.Command {
 	root := &cobra.Command{Use: "e2e", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(mergeCommand(), listCommand(), failuresCommand(), partsCommand())
+	root.AddCommand(mergeCommand(), listCommand(), failuresCommand(), partsCommand(), timesCommand())
 	return root
 }
 
@@ -132,9 +134,9 @@ func failuresCommand() *cobra.Command {
 
 func partsCommand() *cobra.Command {
 	var n int
-	var key, base, last string
+	var key, base, last, committed string
 	c := &cobra.Command{
-		Use:   "parts -n N [--last REPORT.json] DRYRUN.json",
+		Use:   "parts -n N [--last REPORT.json] [--times TIMES.tsv] DRYRUN.json",
 		Short: `split a suite's specs (its dry-run report) into at most N parts by a label key, balanced by the last run's times: "<specs> <estimated seconds> <label filter>" a line, a table on stderr`,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -145,21 +147,14 @@ func partsCommand() *cobra.Command {
 			if len(dry) != 1 {
 				return fmt.Errorf("parts: %s holds %d suite reports, want one suite's dry run", args[0], len(dry))
 			}
-			var history []types.Report
-			if last != "" {
-				if _, err := os.Stat(last); err == nil {
-					if history, err = runreport.Read(last); err != nil {
-						return err
-					}
-				}
-			}
-			ps, err := parts.Split(dry[0], history, parts.Options{Key: key, Parts: n, Base: base})
+			opts := parts.Options{Key: key, Parts: n, Base: base}
+			times, how, err := weigh(dry[0], last, committed, opts)
 			if err != nil {
 				return err
 			}
-			how := "a second per spec: no last run"
-			if history != nil {
-				how = "the last run's times"
+			ps, err := parts.Split(dry[0], times, opts)
+			if err != nil {
+				return err
 			}
 			tw := tabwriter.NewWriter(cmd.ErrOrStderr(), 0, 0, 2, ' ', 0)
 			fmt.Fprintf(tw, "  part\tspecs\test. s\t%s values (weighed by %s)\n", key, how)
@@ -178,5 +173,67 @@ func partsCommand() *cobra.Command {
 	c.Flags().StringVar(&key, "key", "family", "the label set key whose value groups the specs (label key:value)")
 	c.Flags().StringVar(&base, "base", "", "label filter of the phase; specs outside it are not counted")
 	c.Flags().StringVar(&last, "last", "", "the last run's report.json (ignored when missing): each family's time per spec")
+	c.Flags().StringVar(&committed, "times", "", "the suite's committed times (e2e times; ignored when missing), used when --last has none of the suite")
+	return c
+}
+
+// weigh picks the times to balance a suite's parts by: the last run's, else
+// the committed ones, else none (a second per spec); how says which.
+func weigh(dry types.Report, last, committed string, opts parts.Options) (parts.Times, string, error) {
+	suite := filepath.Base(dry.SuitePath)
+	if last != "" {
+		if _, err := os.Stat(last); err == nil {
+			history, err := runreport.Read(last)
+			if err != nil {
+				return parts.Times{}, "", err
+			}
+			t, err := parts.History(history, suite, opts)
+			if err != nil || !t.Empty() {
+				return t, "the last run's times", err
+			}
+		}
+	}
+	if committed != "" {
+		f, err := os.Open(committed)
+		if err == nil {
+			defer f.Close()
+			t, err := parts.ReadTimes(f, committed)
+			return t, "the times committed in " + filepath.Base(committed) + ": no last run here", err
+		}
+		if !os.IsNotExist(err) {
+			return parts.Times{}, "", fmt.Errorf("reading the committed times: %w", err)
+		}
+	}
+	return parts.Times{}, "a second per spec: no last run", nil
+}
+
+func timesCommand() *cobra.Command {
+	var key, base, suite string
+	c := &cobra.Command{
+		Use:   "times --suite NAME [--base FILTER] REPORT.json",
+		Short: "a suite's time per spec of each family in a whole run's report.json, in the form make e2e's parts read when no last run is on the machine (suites/<suite>/parts-times.tsv)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			reports, err := runreport.Read(args[0])
+			if err != nil {
+				return err
+			}
+			t, err := parts.History(reports, suite, parts.Options{Key: key, Base: base})
+			if err != nil {
+				return err
+			}
+			if t.Empty() {
+				return fmt.Errorf("times: %s has no spec of suite %s under %q", args[0], suite, base)
+			}
+			return parts.WriteTimes(cmd.OutOrStdout(), t,
+				fmt.Sprintf("seconds per spec of each %s:<value> of suite %s (specs under %q), and its setup per process:", key, suite, base),
+				"what make e2e balances the suite's parts by on a machine with no last run (a fresh one).",
+				fmt.Sprintf("Regenerate after a whole make e2e: e2e times --suite %s --base '%s' $FLATNET_CACHE/e2e-last-report.json", suite, base))
+		},
+	}
+	c.Flags().StringVar(&suite, "suite", "", "the suite (its directory under suites/)")
+	c.Flags().StringVar(&key, "key", "family", "the label set key whose value groups the specs (label key:value)")
+	c.Flags().StringVar(&base, "base", "!disruptive && !bench", "label filter of the phase the times are for")
+	_ = c.MarkFlagRequired("suite")
 	return c
 }

@@ -45,13 +45,14 @@ type Options struct {
 
 // Split divides the Its of dry-run, one suite's Ginkgo dry-run report (every
 // spec, "passed" when the run's filters select it), into at most opts.Parts
-// parts. last, the reports of the last run (those of this suite; specs are
-// matched by their key's value, so renamed or random specs still count),
-// gives each group's time per spec; without it every spec weighs a second. Groups go to
+// parts. times (History of the last run: specs are matched by their key's
+// value, so renamed or random specs still count; or a suite's committed
+// ReadTimes) gives each group's time per spec; a group it lacks weighs its
+// mean, and without any every spec weighs a second. Groups go to
 // the least loaded part, heaviest first; the lightest part takes every value
 // the others do not name (and specs without the key), so a spec is never left
 // out: Split fails if a spec of the report would run in no part or in two.
-func Split(dryRun types.Report, last []types.Report, opts Options) ([]Part, error) {
+func Split(dryRun types.Report, times Times, opts Options) ([]Part, error) {
 	if opts.Key == "" || opts.Parts < 1 {
 		return nil, fmt.Errorf("splitting suite %s: want a label key and 1 or more parts, got key %q and %d parts", dryRun.SuiteDescription, opts.Key, opts.Parts)
 	}
@@ -60,7 +61,7 @@ func Split(dryRun types.Report, last []types.Report, opts Options) ([]Part, erro
 		return nil, fmt.Errorf("splitting suite %s: the phase's label filter %q: %w", dryRun.SuiteDescription, opts.Base, err)
 	}
 	its := dryRun.SpecReports.WithLeafNodeType(types.NodeTypeIt)
-	perSpec, overhead := history(last, filepath.Base(dryRun.SuitePath), opts.Key, base)
+	perSpec, overhead := times.PerSpec, times.Setup
 	load := map[string]time.Duration{} // per group, of the specs that will run
 	count := map[string]int{}
 	var groups []string
@@ -150,12 +151,26 @@ func anyOf(key string, values []string) string {
 	return fmt.Sprintf("%s: containsAny {%s}", key, strings.Join(values, ", "))
 }
 
-// history is, from the last run's reports of the suite (by its directory),
-// the mean time per spec of each group, of all its specs ("*"), and its mean
-// setup and teardown time per process. Only the specs of the phase (its label
-// filter, base) count: a suite without the key is one group, and its 90 s
-// disruptive spec must not weigh on each of its short side-by-side ones.
-func history(last []types.Report, suite, key string, base types.LabelFilter) (map[string]time.Duration, time.Duration) {
+// Times are a suite's mean time per spec of each group (the key's value;
+// "*" all groups, "" the specs without the key) and its mean setup and
+// teardown per process: what Split weighs the groups by.
+type Times struct {
+	PerSpec map[string]time.Duration
+	Setup   time.Duration
+}
+
+// Empty says whether t weighs nothing (no run gave times).
+func (t Times) Empty() bool { return len(t.PerSpec) == 0 }
+
+// History is, from the last run's reports of the suite (by its directory),
+// the Times of the phase's specs (its label filter, opts.Base): a suite
+// without the key is one group, and its 90 s disruptive spec must not weigh
+// on each of its short side-by-side ones.
+func History(last []types.Report, suite string, opts Options) (Times, error) {
+	base, err := types.ParseLabelFilter(opts.Base)
+	if err != nil {
+		return Times{}, fmt.Errorf("weighing suite %s: the phase's label filter %q: %w", suite, opts.Base, err)
+	}
 	sum := map[string]time.Duration{}
 	n := map[string]int{}
 	var setup time.Duration
@@ -172,7 +187,7 @@ func history(last []types.Report, suite, key string, base types.LabelFilter) (ma
 			case s.LeafNodeType.Is(types.NodeTypeAfterSuite):
 				setup += s.RunTime
 			case s.LeafNodeType == types.NodeTypeIt && s.NumAttempts > 0 && base(s.Labels()):
-				g, err := group(s, key)
+				g, err := group(s, opts.Key)
 				if err != nil {
 					continue
 				}
@@ -183,14 +198,14 @@ func history(last []types.Report, suite, key string, base types.LabelFilter) (ma
 			}
 		}
 	}
-	mean := map[string]time.Duration{}
+	t := Times{PerSpec: map[string]time.Duration{}}
 	for k, d := range sum {
-		mean[k] = d / time.Duration(n[k])
+		t.PerSpec[k] = d / time.Duration(n[k])
 	}
-	if processes == 0 {
-		return mean, 0
+	if processes > 0 {
+		t.Setup = setup / time.Duration(processes)
 	}
-	return mean, setup / time.Duration(processes)
+	return t, nil
 }
 
 // check holds the parts to their promise: every It of the dry run (selected

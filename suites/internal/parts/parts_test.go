@@ -1,6 +1,7 @@
 package parts
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -57,7 +58,7 @@ func lastRun() []types.Report {
 }
 
 func TestSplitBalancesFamiliesByTheLastRun(t *testing.T) {
-	ps, err := Split(dryRun(), lastRun(), Options{Key: "family", Parts: 2, Base: "!disruptive && !bench"})
+	ps, err := split(t, dryRun(), lastRun(), Options{Key: "family", Parts: 2, Base: "!disruptive && !bench"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +88,7 @@ func TestSplitNeverMorePartsThanFamiliesWithSpecs(t *testing.T) {
 			d.SpecReports[i].State = types.SpecStateSkipped // FOCUS=random-7
 		}
 	}
-	ps, err := Split(d, nil, Options{Key: "family", Parts: 4, Base: "!disruptive"})
+	ps, err := split(t, d, nil, Options{Key: "family", Parts: 4, Base: "!disruptive"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +96,7 @@ func TestSplitNeverMorePartsThanFamiliesWithSpecs(t *testing.T) {
 		t.Errorf("got %+v; want one part of the whole suite, 2 specs at a second each without history", ps)
 	}
 
-	ps, err = Split(dryRun(), nil, Options{Key: "family", Parts: 3, Base: "disruptive"})
+	ps, err = split(t, dryRun(), nil, Options{Key: "family", Parts: 3, Base: "disruptive"})
 	if err != nil || len(ps) != 1 || ps[0].Specs != 1 {
 		t.Errorf("disruptive phase: %+v, %v; want one part with the one disruptive spec", ps, err)
 	}
@@ -104,7 +105,7 @@ func TestSplitNeverMorePartsThanFamiliesWithSpecs(t *testing.T) {
 func TestSplitRefusesASpecInTwoFamilies(t *testing.T) {
 	d := dryRun()
 	d.SpecReports[0].LeafNodeLabels = append(d.SpecReports[0].LeafNodeLabels, "family:update")
-	_, err := Split(d, nil, Options{Key: "family", Parts: 3})
+	_, err := split(t, d, nil, Options{Key: "family", Parts: 3})
 	if err == nil || !strings.Contains(err.Error(), `"matrix np-a" has 2 family: labels`) {
 		t.Errorf("got %v, want the spec named with its two family labels", err)
 	}
@@ -112,7 +113,7 @@ func TestSplitRefusesASpecInTwoFamilies(t *testing.T) {
 
 func TestSplitRefusesBadOptions(t *testing.T) {
 	for _, o := range []Options{{Key: "", Parts: 2}, {Key: "family", Parts: 0}, {Key: "family", Parts: 2, Base: "(("}} {
-		if _, err := Split(dryRun(), nil, o); err == nil {
+		if _, err := split(t, dryRun(), nil, o); err == nil {
 			t.Errorf("Split accepted %+v", o)
 		}
 	}
@@ -123,7 +124,7 @@ func TestSplitRefusesBadOptions(t *testing.T) {
 func TestEveryPartitionCoversEachSpecOnce(t *testing.T) {
 	d := dryRun()
 	for n := 1; n <= 6; n++ {
-		ps, err := Split(d, lastRun(), Options{Key: "family", Parts: n, Base: "!disruptive && !bench"})
+		ps, err := split(t, d, lastRun(), Options{Key: "family", Parts: n, Base: "!disruptive && !bench"})
 		if err != nil {
 			t.Fatalf("%d parts: %v", n, err)
 		}
@@ -138,5 +139,79 @@ func TestEveryPartitionCoversEachSpecOnce(t *testing.T) {
 				t.Errorf("%d parts: spec %q in %d parts", n, s.LeafNodeText, matched)
 			}
 		}
+	}
+}
+
+// split weighs by the last run's reports, as make e2e does when the machine has them.
+func split(t *testing.T, d types.Report, last []types.Report, o Options) ([]Part, error) {
+	t.Helper()
+	times, err := History(last, "netpol", o)
+	if err != nil {
+		return nil, err
+	}
+	return Split(d, times, o)
+}
+
+// The committed form keeps what the last run weighed, so a machine without
+// one splits the same way: the same parts as from the reports themselves.
+func TestCommittedTimesSplitAsTheRunDid(t *testing.T) {
+	o := Options{Key: "family", Parts: 2, Base: "!disruptive && !bench"}
+	times, err := History(lastRun(), "netpol", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf strings.Builder
+	if err := WriteTimes(&buf, times, "a comment"); err != nil {
+		t.Fatal(err)
+	}
+	read, err := ReadTimes(strings.NewReader(buf.String()), "netpol/parts-times.tsv")
+	if err != nil {
+		t.Fatalf("reading back\n%s: %v", buf.String(), err)
+	}
+	want, err := Split(dryRun(), times, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Split(dryRun(), read, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("from the file %d parts, from the run %d\n%s", len(got), len(want), buf.String())
+	}
+	for i := range want {
+		if got[i].Filter != want[i].Filter || got[i].Estimate.Round(time.Second) != want[i].Estimate.Round(time.Second) {
+			t.Errorf("part %d: from the file %+v, from the run %+v\n%s", i+1, got[i], want[i], buf.String())
+		}
+	}
+	// The weights, not a second per spec: random (60 s a spec) is alone in a part.
+	if !strings.Contains(buf.String(), "random\t60.0\n") || !strings.Contains(buf.String(), "(none)\t4.0\n") {
+		t.Errorf("times file lacks random's 60 s or the specs without a family's 4 s:\n%s", buf.String())
+	}
+}
+
+func TestReadTimesNamesTheBadLine(t *testing.T) {
+	for _, bad := range []string{"random 60\n", "random\tsixty\n", "random\t-1\n"} {
+		_, err := ReadTimes(strings.NewReader("# ok\nsetup\t3\n"+bad), "x.tsv")
+		if err == nil || !strings.Contains(err.Error(), "x.tsv:3:") {
+			t.Errorf("%q: error %v, want one naming x.tsv:3", bad, err)
+		}
+	}
+}
+
+// The committed times of the split suite read, and weigh its families
+// (a family missing from them weighs their mean: never an error).
+func TestCommittedNetpolTimesRead(t *testing.T) {
+	f, err := os.Open("../../netpol/parts-times.tsv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	times, err := ReadTimes(f, f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if times.Setup <= 0 || times.PerSpec["*"] <= 0 || len(times.PerSpec) < 5 {
+		t.Errorf("%s: setup %s, mean %s, %d groups; regenerate it with e2e times", f.Name(), times.Setup, times.PerSpec["*"], len(times.PerSpec))
 	}
 }
