@@ -234,7 +234,9 @@ func (c *Compiler) assignIdentity(ps *podState, oldPorts []NamedPort) error {
 		c.dropIdentity(ps.id, oldPorts)
 	}
 	ps.id, ps.hasI = is.id, true
-	c.ids.hold(is.id)
+	if c.ids.hold(is.id) {
+		c.repo.namedPortsChanged(is, true, false)
+	}
 	c.emit.index(ps, true)
 	if ps.pod.IP.IsValid() && !ps.pod.HostNetwork {
 		c.ipc.add(ps.pod.IP, podOwner(ps.key), is.id)

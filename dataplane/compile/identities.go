@@ -83,15 +83,20 @@ func (t *identities) acquire(labels map[string]string, ns string) (is *identStat
 func (t *identities) unref(id identity.ID) { t.alloc.Release(id) }
 
 // hold counts one more pod on an identity; a retiring one is held again and its
-// retirement's reference released (the pod's named ports are counted anew).
-func (t *identities) hold(id identity.ID) {
+// retirement's reference released. The named ports it kept are dropped (the
+// caller counts the pod's anew); namedGone says some were, which the caller
+// must tell the repository.
+func (t *identities) hold(id identity.ID) (namedGone bool) {
 	is := t.byID[id]
 	is.pods++
-	if t.retiring[id] == is {
-		delete(t.retiring, id)
-		clear(is.named)
-		t.alloc.Release(id)
+	if t.retiring[id] != is {
+		return false
 	}
+	delete(t.retiring, id)
+	t.alloc.Release(id)
+	namedGone = len(is.named) > 0
+	clear(is.named)
+	return namedGone
 }
 
 // drop releases a pod's identity. When the pod was the identity's last, the

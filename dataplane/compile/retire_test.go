@@ -151,3 +151,33 @@ func TestDeletedPodIdentityRetires(t *testing.T) {
 		t.Fatalf("identity %d of the deleted pod still open: in=%v out=%v", old, in, out)
 	}
 }
+
+// A retiring identity keeps its last pod's named ports; a pod without them
+// taking the label set again drops them, and the policies resolving names
+// there follow.
+func TestRetiringIdentityHeldByAPodWithoutNamedPorts(t *testing.T) {
+	c := retireWorld(t)
+	old, _ := c.IdentityOf("z", "cli")
+	// cli moves to another label set; old retires with cli's "web".
+	mustDo(t, c.UpsertPod(Pod{Namespace: "z", Name: "cli", Labels: map[string]string{"app": "other"}, IP: netip.MustParseAddr("10.0.0.9"),
+		Ports: []NamedPort{{Name: "web", Protocol: policy.ProtoTCP, Port: 8080}}}))
+	up := c.Flush()
+	if _, out := paths(c, old); !out {
+		t.Fatalf("retiring identity %d lost its named port web while retiring", old)
+	}
+	// A new pod without ports takes cli's old label set.
+	mustDo(t, c.UpsertPod(Pod{Namespace: "z", Name: "bare", Labels: map[string]string{"app": "cli"}, IP: netip.MustParseAddr("10.0.0.10")}))
+	if id, _ := c.IdentityOf("z", "bare"); id != old {
+		t.Fatalf("z/bare got identity %d, want the retiring %d", id, old)
+	}
+	c.Retire(up.Retiring)
+	c.Flush()
+	if _, out := paths(c, old); out {
+		t.Fatalf("identity %d is held by a pod without named ports, yet srv still reaches it on web (8080)", old)
+	}
+	if now, _ := c.IdentityOf("z", "cli"); now == old {
+		t.Fatalf("z/cli kept identity %d", old)
+	} else if _, out := paths(c, now); !out {
+		t.Fatalf("z/cli's identity %d (it names web) is not reachable on 8080", now)
+	}
+}
