@@ -102,10 +102,7 @@ func (e *Enforcer) flushApply(ctx context.Context) error {
 		arrivals := e.takeArrivalsLocked()
 		up := e.compileLocked()
 		err := e.apply(ctx, up, e.attached)
-		done := time.Now()
-		err = e.appliedLocked(ctx, up, err)
-		e.enforcedLocked(arrivals, done)
-		if !e.retireLocked(up, err) {
+		if again, err := e.settleLocked(ctx, up, err, arrivals, time.Now()); !again {
 			return err
 		}
 	}

@@ -107,28 +107,29 @@ func (e *Enforcer) writePendingLocked(ctx context.Context, retry bool) error {
 		done := time.Now()
 
 		e.mu.Lock()
-		err = e.appliedLocked(ctx, up, err)
-		e.enforcedLocked(arrivals, done)
-		if !e.retireLocked(up, err) {
+		if again, err := e.settleLocked(ctx, up, err, arrivals, done); !again {
 			return err
 		}
 	}
 }
 
-// retireLocked retires the identities a written update kept in the policies for
-// the addresses it moved off them (see compile.Update) and says whether a write
-// must follow to take them out. Not after a failed write: the rewrite comes
-// first, and retires them. Call with e.wmu and e.mu held.
-func (e *Enforcer) retireLocked(up compile.Update, err error) bool {
+// settleLocked settles a write of up that ended at done (appliedLocked,
+// enforcedLocked), then retires the identities up kept in the policies for the
+// addresses it moved off them (see compile.Update): again says a write must
+// follow to take them out. Not after a failed write: its rewrite comes first,
+// and retires them. Call with e.wmu and e.mu held.
+func (e *Enforcer) settleLocked(ctx context.Context, up compile.Update, err error, arrivals []time.Time, done time.Time) (again bool, _ error) {
+	err = e.appliedLocked(ctx, up, err)
+	e.enforcedLocked(arrivals, done)
 	if e.wrote != nil {
 		e.wrote(up)
 	}
 	if err != nil || e.resync || len(up.Retiring) == 0 {
-		return false
+		return false, err
 	}
 	e.c.Retire(up.Retiring)
 	e.pending++
-	return true
+	return true, nil
 }
 
 // apply writes up into the datapath, the endpoints' interfaces looked up in
