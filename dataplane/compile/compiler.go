@@ -254,12 +254,15 @@ func (c *Compiler) dropIdentity(id identity.ID, ports []NamedPort) {
 	}
 }
 
-// Retire forgets identities an Update listed as retiring, once that update is
-// in the datapath (its IP cache moves included); every part forgets them and
-// the next Flush takes them out of the policies. Identities held again since
-// are kept.
+// Retire forgets identities an Update listed as retiring (of pods, or of CIDR
+// prefixes), once that update is in the datapath (its IP cache moves included);
+// every part forgets them and the next Flush takes them out of the policies and
+// the CIDR prefixes. Identities held or named again since are kept.
 func (c *Compiler) Retire(ids []identity.ID) {
 	for _, id := range ids {
+		if c.pfx.retire(id) {
+			continue
+		}
 		if is := c.ids.retire(id); is != nil {
 			c.sels.identityRemoved(is)
 			c.emit.forget(id)

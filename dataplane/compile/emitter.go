@@ -1,6 +1,7 @@
 package compile
 
 import (
+	"slices"
 	"sort"
 	"strings"
 
@@ -149,7 +150,8 @@ func (c *Compiler) Flush() Update {
 	up.IPCache = c.ipc.flush(c.published.peerChanged)
 	up.CIDRs = c.pfx.flush()
 	up.Identities = c.ids.flush()
-	up.Retiring = c.ids.retiringIDs()
+	up.Retiring = append(c.ids.retiringIDs(), c.pfx.retiringIDs()...)
+	slices.Sort(up.Retiring)
 	c.publish(flushed, up.CIDRs)
 	return up
 }

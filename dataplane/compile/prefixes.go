@@ -13,8 +13,16 @@ import (
 // rule names (as block or exception), the CIDR peers of rules with the prefix
 // identities each selects, and the CIDR -> identity entries emitted to the datapath.
 //
+// A prefix no rule names any more retires before it goes, as a pod identity does
+// (identities): its entry stays in the datapath, and the peers whose block holds
+// it keep selecting it, until Retire says the update that dropped it is written.
+// Else an address the prefix served would, between that update's writes, fall to
+// no prefix (world) before a new enclosing prefix is written, and be dropped on a
+// path the old and the new rules both keep open (an ipBlock broadened from
+// 10.1.0.0/16 to 10.0.0.0/8).
+//
 // Invariants: a prefix is in byPrefix exactly while some rule names it (refs counts
-// the namings) and its identity was allocated; for every CIDR peer,
+// the namings) or it is retiring (refs 0), and its identity was allocated; for every CIDR peer,
 // ids = {identity of p : p in byPrefix, cidrSelects(peer, p)}, and its users are told
 // (changed) when that set changes. A prefix coming or going is touched in out,
 // which follows the datapath's CIDR entries. byLen holds what byPrefix holds and
@@ -27,7 +35,8 @@ type prefixes struct {
 	peers    map[string]*cidrPeerState                // by cidrKey
 	byBlock  lengthIndex[map[*cidrPeerState]struct{}] // peers by their block
 	out      mirror[ipv4.Prefix]
-	changed  func(cp *cidrPeerState) // the identities cp selects changed
+	changed  func(cp *cidrPeerState)     // the identities cp selects changed
+	retiring map[identity.ID]ipv4.Prefix // named by no rule; see Retire
 }
 
 type cidrState struct {
@@ -49,6 +58,7 @@ func newPrefixes(ids *identities, changed func(*cidrPeerState)) *prefixes {
 		peers:    map[string]*cidrPeerState{},
 		out:      newMirror(func(p ipv4.Prefix) (ipv4.Prefix, bool) { return p, true }),
 		changed:  changed,
+		retiring: map[identity.ID]ipv4.Prefix{},
 	}
 }
 
@@ -116,10 +126,11 @@ func cidrSelects(c policy.CIDR, p ipv4.Prefix) bool {
 	return true
 }
 
-// use counts one more naming of p by a rule.
+// use counts one more naming of p by a rule (a retiring prefix is named again).
 func (px *prefixes) use(p ipv4.Prefix) {
 	if st, ok := px.byPrefix[p]; ok {
 		st.refs++
+		delete(px.retiring, st.id)
 		return
 	}
 	id, err := px.ids.acquireLocal("cidr:" + p.String())
@@ -142,16 +153,27 @@ func (px *prefixes) use(p ipv4.Prefix) {
 	})
 }
 
-// drop undoes use; the prefix and its identity go with the last naming.
+// drop undoes use; with the last naming the prefix retires (see prefixes).
 func (px *prefixes) drop(p ipv4.Prefix) {
 	st, ok := px.byPrefix[p]
 	if !ok {
 		return
 	}
 	st.refs--
-	if st.refs > 0 {
-		return
+	if st.refs == 0 {
+		px.retiring[st.id] = p
 	}
+}
+
+// retire forgets a retiring prefix by its identity (false: not one): it and its
+// identity go, and the peers that selected it are told.
+func (px *prefixes) retire(id identity.ID) bool {
+	p, ok := px.retiring[id]
+	if !ok {
+		return false
+	}
+	delete(px.retiring, id)
+	st := px.byPrefix[p]
 	delete(px.byPrefix, p)
 	px.byLen.del(p)
 	px.ids.releaseLocal(st.id)
@@ -165,6 +187,16 @@ func (px *prefixes) drop(p ipv4.Prefix) {
 			}
 		}
 	})
+	return true
+}
+
+// retiringIDs lists the identities of the retiring prefixes.
+func (px *prefixes) retiringIDs() []identity.ID {
+	out := make([]identity.ID, 0, len(px.retiring))
+	for id := range px.retiring {
+		out = append(out, id)
+	}
+	return out
 }
 
 // identityOf returns the identity of the longest rule prefix holding a, or 0.

@@ -181,3 +181,63 @@ func TestRetiringIdentityHeldByAPodWithoutNamedPorts(t *testing.T) {
 		t.Fatalf("z/cli's identity %d (it names web) is not reachable on 8080", now)
 	}
 }
+
+// An ipBlock broadened from 10.1.0.0/16 to 10.0.0.0/8: the datapath writes the
+// new prefix after the endpoints' policies and deleted ones before, so were
+// 10.1/16 deleted with the change, 10.1.2.3 would be "world" (no prefix) until
+// 10/8 is in, and dropped by the old and the new policy alike. It retires
+// instead: the new 10/8 peer selects it too, and it goes a write later.
+func TestBroadenedCIDRKeepsTheNarrowPrefixUntilRetired(t *testing.T) {
+	c := New(identity.NewAllocator())
+	mustDo(t, c.UpsertNamespace(Namespace{Name: "x"}))
+	mustDo(t, c.UpsertPod(Pod{Namespace: "x", Name: "srv", Labels: map[string]string{"app": "srv"}, IP: netip.MustParseAddr("10.224.0.10"), Local: true}))
+	egressTo := func(block string) []*policy.Policy {
+		return []*policy.Policy{{
+			Ref: policy.Ref{Kind: policy.KindNetworkPolicy, Namespace: "x", Name: "p"}, Subject: policy.Selector{}.And(policy.Eq("app", "srv")),
+			DefaultDeny: [2]bool{false, true},
+			Rules:       []policy.Rule{{Direction: policy.Egress, Name: "out", Peers: []policy.Peer{{CIDR: &policy.CIDR{Prefix: ipv4.MustParsePrefix(block)}}}}},
+		}}
+	}
+	a := netip.MustParseAddr("10.1.2.3")
+	allowed := func(cidrID identity.ID) bool {
+		ok, _ := lookup(c.EndpointPolicy("x", "srv"), policy.Egress, []identity.ID{identity.World, cidrID}, policy.ProtoTCP, 80)
+		return ok
+	}
+	mustDo(t, c.UpsertPolicy("np/x/p", egressTo("10.1.0.0/16")))
+	c.Flush()
+	narrow := c.pfx.identityOf(a)
+	if narrow == 0 || !allowed(narrow) {
+		t.Fatalf("10.1.2.3 (prefix identity %d) not allowed by the 10.1.0.0/16 rule", narrow)
+	}
+
+	mustDo(t, c.UpsertPolicy("np/x/p", egressTo("10.0.0.0/8")))
+	up := c.Flush()
+	for _, u := range up.CIDRs {
+		if u.Delete {
+			t.Fatalf("the broadening's first write deletes %s: 10.1.2.3 would be world until 10.0.0.0/8 is in", u.Prefix)
+		}
+	}
+	if !slices.Contains(up.Retiring, narrow) {
+		t.Fatalf("Retiring = %v, want 10.1.0.0/16's identity %d", up.Retiring, narrow)
+	}
+	if !allowed(narrow) {
+		t.Fatalf("the 10.0.0.0/8 rule does not admit the retiring 10.1.0.0/16 (identity %d), which 10.1.2.3 still carries", narrow)
+	}
+
+	c.Retire(up.Retiring)
+	up = c.Flush()
+	deleted := false
+	for _, u := range up.CIDRs {
+		deleted = deleted || (u.Delete && u.Prefix == ipv4.MustParsePrefix("10.1.0.0/16"))
+	}
+	if !deleted {
+		t.Fatalf("after Retire the next write must delete 10.1.0.0/16, CIDR updates %+v", up.CIDRs)
+	}
+	wide := c.pfx.identityOf(a)
+	if wide == narrow || !allowed(wide) {
+		t.Fatalf("after the retirement 10.1.2.3 carries %d (was %d), allowed=%v", wide, narrow, allowed(wide))
+	}
+	if allowed(narrow) {
+		t.Fatalf("retired prefix identity %d still in the policy", narrow)
+	}
+}

@@ -155,7 +155,8 @@ type Update struct {
 	Endpoints  []EndpointUpdate
 	IPCache    []PrefixUpdate // pod and node addresses (/32)
 	CIDRs      []PrefixUpdate // prefixes named by CIDR rules, with local identities
-	// Retiring are the identities no pod holds any more, kept in the policies
+	// Retiring are the identities no pod holds and the CIDR prefixes' no rule
+	// names any more, kept in the policies (and the prefixes in the datapath)
 	// until this update is in the datapath; not a change to write.
 	Retiring []identity.ID
 }
