@@ -74,7 +74,7 @@ build_suites() {
 	mkdir -p "$SUITES_BIN"
 	(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$OUT_DIR/e2e-build.log" nice -n 5 env "${GOBUILD_ENV[@]}" go test -c -tags e2e -trimpath \
 		-ldflags "-s -w" -o "$SUITES_BIN/" "${suites[@]/#/./suites/}")
-	(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$OUT_DIR/e2e-build.log" nice -n 5 go build -trimpath \
+	(cd "$REPO_ROOT" && CGO_ENABLED=0 run_logged "$OUT_DIR/e2e-build.log" nice -n 5 env "${GOBUILD_ENV[@]}" go build -trimpath \
 		-ldflags "-s -w" -o "$SUITES_BIN/" ./suites/cmd/e2e ./suites/cmd/conformance ./dataplane/cmd/flatnetctl)
 	echo "$key" >"$SUITES_BIN/.inputs"
 	{ rm -rf "$SUITES_CACHE" "$SUITES_CACHE.new" && link_tree "$SUITES_BIN" "$SUITES_CACHE.new" &&

@@ -2,6 +2,7 @@ package compile
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 
@@ -144,15 +145,8 @@ func (t *identities) retire(id identity.ID) (gone *identState) {
 	return is
 }
 
-// retiringIDs lists the retiring identities, in order.
-func (t *identities) retiringIDs() []identity.ID {
-	out := make([]identity.ID, 0, len(t.retiring))
-	for id := range t.retiring {
-		out = append(out, id)
-	}
-	slices.Sort(out)
-	return out
-}
+// retiringIDs lists the retiring identities (Flush sorts them with the prefixes').
+func (t *identities) retiringIDs() []identity.ID { return slices.Collect(maps.Keys(t.retiring)) }
 
 // acquireLocal gives a node-local identity to a name (a CIDR prefix).
 func (t *identities) acquireLocal(name string) (identity.ID, error) {

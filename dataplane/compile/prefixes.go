@@ -1,7 +1,9 @@
 package compile
 
 import (
+	"maps"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/flatnet/flatnet/dataplane/identity"
@@ -191,13 +193,7 @@ func (px *prefixes) retire(id identity.ID) bool {
 }
 
 // retiringIDs lists the identities of the retiring prefixes.
-func (px *prefixes) retiringIDs() []identity.ID {
-	out := make([]identity.ID, 0, len(px.retiring))
-	for id := range px.retiring {
-		out = append(out, id)
-	}
-	return out
-}
+func (px *prefixes) retiringIDs() []identity.ID { return slices.Collect(maps.Keys(px.retiring)) }
 
 // identityOf returns the identity of the longest rule prefix holding a, or 0.
 func (px *prefixes) identityOf(a netip.Addr) identity.ID {
