@@ -202,14 +202,17 @@ func (n *testNode) load(opts Options) (*Datapath, error) {
 
 func (n *testNode) flush() {
 	n.t.Helper()
-	up := n.c.Flush()
-	must(n.t, n.d.Apply(context.Background(), up, func(ns, name string) (int, bool) {
-		p, ok := n.pods[ns+"/"+name]
-		if !ok || p.ifindex == 0 {
-			return 0, false
-		}
-		return p.ifindex, true
-	}))
+	// Every write the agent would make (a policy naming a new prefix applies a
+	// write after it).
+	for _, up := range n.c.FlushSettled() {
+		must(n.t, n.d.Apply(context.Background(), up, func(ns, name string) (int, bool) {
+			p, ok := n.pods[ns+"/"+name]
+			if !ok || p.ifindex == 0 {
+				return 0, false
+			}
+			return p.ifindex, true
+		}))
+	}
 }
 
 // cnp upserts the CiliumNetworkPolicy name with spec (ciliumPolicy) and applies the

@@ -54,14 +54,17 @@ func must(t testing.TB, err error) {
 // flush applies the compiler's update; the server pod is the test endpoint.
 func (cl *cluster) flush() {
 	cl.t.Helper()
-	up := cl.c.Flush()
-	if pol := cl.c.EndpointPolicy("default", "server"); pol != nil {
-		setEndpoint(cl.t, cl.d, serverIP, uint32(cl.id), pol)
+	// Every write the agent would make (a policy naming a new prefix applies a
+	// write after it).
+	for _, up := range cl.c.FlushSettled() {
+		if pol := cl.c.EndpointPolicy("default", "server"); pol != nil {
+			setEndpoint(cl.t, cl.d, serverIP, uint32(cl.id), pol)
+		}
+		err := cl.d.Apply(context.Background(), up, func(ns, name string) (int, bool) {
+			return testIfindex, ns == "default" && name == "server"
+		})
+		must(cl.t, err)
 	}
-	err := cl.d.Apply(context.Background(), up, func(ns, name string) (int, bool) {
-		return testIfindex, ns == "default" && name == "server"
-	})
-	must(cl.t, err)
 }
 
 // The tests' policies live in namespace default; each is written as its name and its

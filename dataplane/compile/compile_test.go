@@ -200,8 +200,20 @@ func (w *world) build(t *testing.T) *Compiler {
 		mustDo(t, c.UpsertPolicy(k, p))
 	}
 	c.UpsertNode("self", []netip.Addr{netip.MustParseAddr("10.0.9.1")}, true)
-	c.Flush()
+	flushHeld(c)
 	return c
+}
+
+// flushHeld flushes c as the enforcer writes: each update written before the
+// next, until the policy changes held for their prefixes apply; returns every
+// update (what retires is left to ride along with the next).
+func flushHeld(c *Compiler) []Update {
+	ups := []Update{c.Flush()}
+	for ups[len(ups)-1].Held > 0 {
+		c.Written(ups[len(ups)-1])
+		ups = append(ups, c.Flush())
+	}
+	return ups
 }
 
 // TestIncrementalMatchesFullCompile drives one compiler through random changes and,
@@ -251,28 +263,31 @@ func TestIncrementalMatchesFullCompile(t *testing.T) {
 			if w.r.Intn(3) != 0 {
 				continue // let changes pile up between flushes too
 			}
-			up := inc.Flush()
-			for _, u := range up.Identities {
-				if u.Delete {
-					delete(stored, u.Sum)
-				} else {
-					stored[u.Sum] = u.ID
+			ups := flushHeld(inc)
+			for _, up := range ups {
+				for _, u := range up.Identities {
+					if u.Delete {
+						delete(stored, u.Sum)
+					} else {
+						stored[u.Sum] = u.ID
+					}
+				}
+				for _, u := range up.IPCache {
+					if u.Delete {
+						delete(ipcache, u.Prefix)
+					} else {
+						ipcache[u.Prefix] = u.Identity
+					}
 				}
 			}
+			up := ups[len(ups)-1]
 			checkStoredIdentities(t, fmt.Sprintf("seed %d step %d", seed, step), inc, stored)
-			for _, u := range up.IPCache {
-				if u.Delete {
-					delete(ipcache, u.Prefix)
-				} else {
-					ipcache[u.Prefix] = u.Identity
-				}
-			}
 			full := w.build(t)
 			comparePolicies(t, fmt.Sprintf("seed %d step %d", seed, step), w, inc, full, ipcache)
 			snapshots.check(t, fmt.Sprintf("seed %d step %d", seed, step), w, inc)
 			// As the enforcer does once the update is written: what retires
 			// goes in the next Flush, with whatever piles up meanwhile.
-			inc.Retire(up.Retiring)
+			inc.Written(up)
 		}
 	}
 }

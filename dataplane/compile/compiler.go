@@ -41,6 +41,13 @@ type Compiler struct {
 	workloads  *workloadTable                  // the pods' workloads, shared (workloads.go)
 
 	published publisher // the snapshot of the last Flush (snapshot.go)
+
+	// Policy changes held back until the prefixes they name are written (stage.go):
+	// held since the last Flush, ready once a Flush emitted their prefixes; staging
+	// counts the namings of the prefixes they staged.
+	held, ready []heldChange
+	staging     map[ipv4.Prefix]int
+	flushed     bool // a Flush went out: changes meet rules in force
 }
 
 type podState struct {
@@ -69,6 +76,7 @@ func New(alloc *identity.Allocator) *Compiler {
 		pods:       map[string]*podState{},
 		nsPods:     map[string]map[string]*podState{},
 		workloads:  newWorkloadTable(),
+		staging:    map[ipv4.Prefix]int{},
 	}
 }
 
@@ -254,12 +262,14 @@ func (c *Compiler) dropIdentity(id identity.ID, ports []NamedPort) {
 	}
 }
 
-// Retire forgets identities an Update listed as retiring (of pods, or of CIDR
-// prefixes), once that update is in the datapath (its IP cache moves included);
-// every part forgets them and the next Flush takes them out of the policies and
-// the CIDR prefixes. Identities held or named again since are kept.
-func (c *Compiler) Retire(ids []identity.ID) {
-	for _, id := range ids {
+// Written tells the compiler that up, its last Flush, is in the datapath (its IP
+// cache and prefix moves included). The identities up listed as retiring (of pods,
+// or of CIDR prefixes) go: every part forgets them, and the next Flush takes them
+// out of the policies and the CIDR prefixes; identities held or named again since
+// are kept. The policy changes held for the prefixes up staged apply (stage.go).
+// Flush again and write that at once: see Update.Unsettled.
+func (c *Compiler) Written(up Update) {
+	for _, id := range up.Retiring {
 		if c.pfx.retire(id) {
 			continue
 		}
@@ -269,6 +279,9 @@ func (c *Compiler) Retire(ids []identity.ID) {
 			c.repo.identityGone(id)
 			c.repo.identitiesChanged()
 		}
+	}
+	if up.Held > 0 {
+		c.applyReady()
 	}
 }
 
@@ -289,16 +302,32 @@ func (c *Compiler) namedPorts(ps *podState, sign int) {
 // or policy.FromCilium), under a key unique per object such as "cnp/ns/name". It
 // replaces whatever the key held; a rejected object should be passed to DeletePolicy
 // or kept at its last good version by the caller.
+//
+// A change naming a CIDR prefix the datapath does not hold yet applies a write
+// later (stage.go): the Flush after it stages the prefix under the rules in
+// force, and Written applies it.
 func (c *Compiler) UpsertPolicy(key string, pols []*policy.Policy) error {
-	c.rulesChanging(key)
-	c.repo.upsert(key, pols)
+	if !c.stage(heldChange{key: key, pols: pols}) {
+		c.applyRules(key, pols, false)
+	}
 	return nil
 }
 
-// DeletePolicy removes everything a key held.
+// DeletePolicy removes everything a key held (after the key's held changes).
 func (c *Compiler) DeletePolicy(key string) {
+	if !c.stage(heldChange{key: key, del: true}) {
+		c.applyRules(key, nil, true)
+	}
+}
+
+// applyRules sets key's rules to pols, or deletes them, rule IDs included.
+func (c *Compiler) applyRules(key string, pols []*policy.Policy, del bool) {
 	c.rulesChanging(key)
-	c.repo.delete(key)
+	if del {
+		c.repo.delete(key)
+		return
+	}
+	c.repo.upsert(key, pols)
 }
 
 // PrefixUsers names the policies whose CIDR peers use prefix p (as block or

@@ -152,8 +152,25 @@ func (c *Compiler) Flush() Update {
 	up.Identities = c.ids.flush()
 	up.Retiring = append(c.ids.retiringIDs(), c.pfx.retiringIDs()...)
 	slices.Sort(up.Retiring)
+	// The changes held until now have their prefixes in this update.
+	c.ready = append(c.ready, c.held...)
+	c.held = nil
+	up.Held = len(c.ready)
+	c.flushed = true
 	c.publish(flushed, up.CIDRs)
 	return up
+}
+
+// FlushSettled flushes until nothing is held or retiring, for a caller that writes
+// no datapath between flushes (benchmarks, tests, a compile with no node): the
+// updates in order, each to be written before the next.
+func (c *Compiler) FlushSettled() []Update {
+	ups := []Update{c.Flush()}
+	for ups[len(ups)-1].Unsettled() {
+		c.Written(ups[len(ups)-1])
+		ups = append(ups, c.Flush())
+	}
+	return ups
 }
 
 // Emitted returns the IP cache and CIDR prefixes as emitted so far: after the first

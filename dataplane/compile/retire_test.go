@@ -84,7 +84,7 @@ func TestRelabelledPeerKeepsOldIdentityUntilRetired(t *testing.T) {
 		}
 	}
 
-	c.Retire(up.Retiring)
+	c.Written(up)
 	up = c.Flush()
 	if len(up.Retiring) != 0 {
 		t.Fatalf("after Retire, Retiring = %v", up.Retiring)
@@ -119,12 +119,12 @@ func TestRetiringIdentityHeldAgain(t *testing.T) {
 	if back, _ := c.IdentityOf("z", "cli"); back != old {
 		t.Fatalf("the old label set came back as %d, want its retiring identity %d", back, old)
 	}
-	c.Retire(up.Retiring)
+	c.Written(up)
 	up = c.Flush()
 	if !slices.Equal(up.Retiring, []identity.ID{now}) {
 		t.Fatalf("Retiring = %v, want [%d] (the label set left since); %d is held again", up.Retiring, now, old)
 	}
-	c.Retire(up.Retiring)
+	c.Written(up)
 	c.Flush()
 	if in, out := paths(c, old); !in || !out {
 		t.Fatalf("identity %d held again: in=%v out=%v, want both open", old, in, out)
@@ -145,7 +145,7 @@ func TestDeletedPodIdentityRetires(t *testing.T) {
 	if !slices.Equal(up.Retiring, []identity.ID{old}) {
 		t.Fatalf("Retiring = %v, want [%d]", up.Retiring, old)
 	}
-	c.Retire(up.Retiring)
+	c.Written(up)
 	c.Flush()
 	if in, out := paths(c, old); in || out {
 		t.Fatalf("identity %d of the deleted pod still open: in=%v out=%v", old, in, out)
@@ -170,7 +170,7 @@ func TestRetiringIdentityHeldByAPodWithoutNamedPorts(t *testing.T) {
 	if id, _ := c.IdentityOf("z", "bare"); id != old {
 		t.Fatalf("z/bare got identity %d, want the retiring %d", id, old)
 	}
-	c.Retire(up.Retiring)
+	c.Written(up)
 	c.Flush()
 	if _, out := paths(c, old); out {
 		t.Fatalf("identity %d is held by a pod without named ports, yet srv still reaches it on web (8080)", old)
@@ -182,40 +182,66 @@ func TestRetiringIdentityHeldByAPodWithoutNamedPorts(t *testing.T) {
 	}
 }
 
+// cidrWorld is a compiler with one local pod x/srv, and helpers: egressTo(blocks)
+// is a policy letting srv reach only the blocks; allowed(id) says whether srv may
+// reach an address of CIDR identity id on 80/TCP.
+func cidrWorld(t *testing.T) (c *Compiler, egressTo func(blocks ...string) []*policy.Policy, allowed func(identity.ID) bool) {
+	c = New(identity.NewAllocator())
+	mustDo(t, c.UpsertNamespace(Namespace{Name: "x"}))
+	mustDo(t, c.UpsertPod(Pod{Namespace: "x", Name: "srv", Labels: map[string]string{"app": "srv"}, IP: netip.MustParseAddr("10.224.0.10"), Local: true}))
+	egressTo = func(blocks ...string) []*policy.Policy {
+		var peers []policy.Peer
+		for _, b := range blocks {
+			peers = append(peers, policy.Peer{CIDR: &policy.CIDR{Prefix: ipv4.MustParsePrefix(b)}})
+		}
+		return []*policy.Policy{{
+			Ref: policy.Ref{Kind: policy.KindNetworkPolicy, Namespace: "x", Name: "p"}, Subject: policy.Selector{}.And(policy.Eq("app", "srv")),
+			DefaultDeny: [2]bool{false, true},
+			Rules:       []policy.Rule{{Direction: policy.Egress, Name: "out", Peers: peers}},
+		}}
+	}
+	allowed = func(cidrID identity.ID) bool {
+		ok, _ := lookup(c.EndpointPolicy("x", "srv"), policy.Egress, []identity.ID{identity.World, cidrID}, policy.ProtoTCP, 80)
+		return ok
+	}
+	return c, egressTo, allowed
+}
+
+// deletes lists the prefixes an update deletes.
+func deletes(up Update) []ipv4.Prefix {
+	var out []ipv4.Prefix
+	for _, u := range up.CIDRs {
+		if u.Delete {
+			out = append(out, u.Prefix)
+		}
+	}
+	return out
+}
+
 // An ipBlock broadened from 10.1.0.0/16 to 10.0.0.0/8: the datapath writes the
 // new prefix after the endpoints' policies and deleted ones before, so were
 // 10.1/16 deleted with the change, 10.1.2.3 would be "world" (no prefix) until
 // 10/8 is in, and dropped by the old and the new policy alike. It retires
 // instead: the new 10/8 peer selects it too, and it goes a write later.
 func TestBroadenedCIDRKeepsTheNarrowPrefixUntilRetired(t *testing.T) {
-	c := New(identity.NewAllocator())
-	mustDo(t, c.UpsertNamespace(Namespace{Name: "x"}))
-	mustDo(t, c.UpsertPod(Pod{Namespace: "x", Name: "srv", Labels: map[string]string{"app": "srv"}, IP: netip.MustParseAddr("10.224.0.10"), Local: true}))
-	egressTo := func(block string) []*policy.Policy {
-		return []*policy.Policy{{
-			Ref: policy.Ref{Kind: policy.KindNetworkPolicy, Namespace: "x", Name: "p"}, Subject: policy.Selector{}.And(policy.Eq("app", "srv")),
-			DefaultDeny: [2]bool{false, true},
-			Rules:       []policy.Rule{{Direction: policy.Egress, Name: "out", Peers: []policy.Peer{{CIDR: &policy.CIDR{Prefix: ipv4.MustParsePrefix(block)}}}}},
-		}}
-	}
+	c, egressTo, allowed := cidrWorld(t)
 	a := netip.MustParseAddr("10.1.2.3")
-	allowed := func(cidrID identity.ID) bool {
-		ok, _ := lookup(c.EndpointPolicy("x", "srv"), policy.Egress, []identity.ID{identity.World, cidrID}, policy.ProtoTCP, 80)
-		return ok
-	}
 	mustDo(t, c.UpsertPolicy("np/x/p", egressTo("10.1.0.0/16")))
-	c.Flush()
+	flushHeld(c)
 	narrow := c.pfx.identityOf(a)
 	if narrow == 0 || !allowed(narrow) {
 		t.Fatalf("10.1.2.3 (prefix identity %d) not allowed by the 10.1.0.0/16 rule", narrow)
 	}
 
 	mustDo(t, c.UpsertPolicy("np/x/p", egressTo("10.0.0.0/8")))
-	up := c.Flush()
-	for _, u := range up.CIDRs {
-		if u.Delete {
-			t.Fatalf("the broadening's first write deletes %s: 10.1.2.3 would be world until 10.0.0.0/8 is in", u.Prefix)
-		}
+	up := c.Flush() // stages 10/8 under the old rule
+	if up.Held != 1 || len(deletes(up)) != 0 || !allowed(narrow) {
+		t.Fatalf("the staging write: held %d, deletes %v, 10.1/16 allowed %v; want the change held, nothing deleted, 10.1/16 allowed", up.Held, deletes(up), allowed(narrow))
+	}
+	c.Written(up)
+	up = c.Flush() // the rule changes
+	if d := deletes(up); len(d) != 0 {
+		t.Fatalf("the broadening's write deletes %v: 10.1.2.3 would be world until 10.0.0.0/8 is in", d)
 	}
 	if !slices.Contains(up.Retiring, narrow) {
 		t.Fatalf("Retiring = %v, want 10.1.0.0/16's identity %d", up.Retiring, narrow)
@@ -224,14 +250,10 @@ func TestBroadenedCIDRKeepsTheNarrowPrefixUntilRetired(t *testing.T) {
 		t.Fatalf("the 10.0.0.0/8 rule does not admit the retiring 10.1.0.0/16 (identity %d), which 10.1.2.3 still carries", narrow)
 	}
 
-	c.Retire(up.Retiring)
+	c.Written(up)
 	up = c.Flush()
-	deleted := false
-	for _, u := range up.CIDRs {
-		deleted = deleted || (u.Delete && u.Prefix == ipv4.MustParsePrefix("10.1.0.0/16"))
-	}
-	if !deleted {
-		t.Fatalf("after Retire the next write must delete 10.1.0.0/16, CIDR updates %+v", up.CIDRs)
+	if d := deletes(up); !slices.Equal(d, []ipv4.Prefix{ipv4.MustParsePrefix("10.1.0.0/16")}) {
+		t.Fatalf("after the retirement the next write must delete 10.1.0.0/16, deletes %v", d)
 	}
 	wide := c.pfx.identityOf(a)
 	if wide == narrow || !allowed(wide) {
@@ -239,5 +261,81 @@ func TestBroadenedCIDRKeepsTheNarrowPrefixUntilRetired(t *testing.T) {
 	}
 	if allowed(narrow) {
 		t.Fatalf("retired prefix identity %d still in the policy", narrow)
+	}
+}
+
+// An ipBlock narrowed from 10.0.0.0/8 to 10.1.0.0/16: in one write the new rule
+// (written first) would not admit 10/8's identity, which 10.1.2.3 carries until
+// 10.1/16 is upserted after it. Staged, 10.1/16 is written first under the old
+// rule, which admits it (its block holds it); the rule changes a write later,
+// when 10.1.2.3 carries it already.
+func TestNarrowedCIDRStagesTheNarrowPrefixUnderTheOldRule(t *testing.T) {
+	c, egressTo, allowed := cidrWorld(t)
+	a, out := netip.MustParseAddr("10.1.2.3"), netip.MustParseAddr("10.2.0.1")
+	mustDo(t, c.UpsertPolicy("np/x/p", egressTo("10.0.0.0/8")))
+	flushHeld(c)
+	wide := c.pfx.identityOf(a)
+	if wide == 0 || !allowed(wide) {
+		t.Fatalf("10.1.2.3 (prefix identity %d) not allowed by the 10.0.0.0/8 rule", wide)
+	}
+
+	mustDo(t, c.UpsertPolicy("np/x/p", egressTo("10.1.0.0/16")))
+	up := c.Flush()
+	narrow := c.pfx.identityOf(a)
+	// Written in this order: the policies, then 10.1/16; 10.1.2.3 carries 10/8's
+	// identity, then 10.1/16's: the policy must admit both.
+	if !allowed(wide) || !allowed(narrow) {
+		t.Fatalf("the write that upserts 10.1/16 must admit 10/8's identity %d (%v), which 10.1.2.3 carries until then, and 10.1/16's %d (%v)", wide, allowed(wide), narrow, allowed(narrow))
+	}
+	if up.Held != 1 || narrow == wide || len(deletes(up)) != 0 {
+		t.Fatalf("the staging write: held %d, 10.1.2.3's identity %d (10/8's %d), deletes %v; want the change held and 10.1/16 staged", up.Held, narrow, wide, deletes(up))
+	}
+	if !slices.ContainsFunc(up.CIDRs, func(u PrefixUpdate) bool {
+		return !u.Delete && u.Prefix == ipv4.MustParsePrefix("10.1.0.0/16") && u.Identity == narrow
+	}) {
+		t.Fatalf("the staging write does not upsert 10.1.0.0/16: %+v", up.CIDRs)
+	}
+
+	c.Written(up)
+	up = c.Flush()
+	if up.Held != 0 || !allowed(narrow) || allowed(wide) || !slices.Contains(up.Retiring, wide) || len(deletes(up)) != 0 {
+		t.Fatalf("the rule's write: held %d, 10.1/16 allowed %v, 10/8 allowed %v, retiring %v, deletes %v; want only 10.1/16 admitted, 10/8 retiring and kept",
+			up.Held, allowed(narrow), allowed(wide), up.Retiring, deletes(up))
+	}
+	if c.pfx.identityOf(out) != wide {
+		t.Fatalf("10.2.0.1 carries %d, want the retiring 10/8's %d until it goes", c.pfx.identityOf(out), wide)
+	}
+	c.Written(up)
+	if up = c.Flush(); !slices.Equal(deletes(up), []ipv4.Prefix{ipv4.MustParsePrefix("10.0.0.0/8")}) || up.Unsettled() {
+		t.Fatalf("after the retirement: deletes %v, unsettled %v; want 10.0.0.0/8 deleted and nothing more", deletes(up), up.Unsettled())
+	}
+}
+
+// A first policy isolating srv to 10.1.0.0/16 while no rule names a prefix holding
+// 10.1.2.3: in one write srv would be isolated before 10.1.2.3 leaves world. The
+// prefix is staged while srv is still open to all; then srv is isolated.
+// A later change of the same key waits behind the held one.
+func TestNewCIDRPolicyIsHeldUntilItsPrefixIsWritten(t *testing.T) {
+	c, egressTo, allowed := cidrWorld(t)
+	flushHeld(c)
+	mustDo(t, c.UpsertPolicy("np/x/p", egressTo("10.1.0.0/16")))
+	mustDo(t, c.UpsertPolicy("np/x/p", egressTo("10.1.0.0/16", "192.168.0.0/16")))
+	up := c.Flush()
+	narrow := c.pfx.identityOf(netip.MustParseAddr("10.1.2.3"))
+	if !allowed(identity.World) {
+		t.Fatalf("the write that upserts 10.1/16 isolates srv: 10.1.2.3 is world until then, and dropped")
+	}
+	if up.Held != 2 || narrow == 0 || !allowed(narrow) {
+		t.Fatalf("the staging write: held %d, 10.1/16's identity %d: want both changes held, srv still open to all", up.Held, narrow)
+	}
+	c.Written(up)
+	up = c.Flush()
+	other := c.pfx.identityOf(netip.MustParseAddr("192.168.1.1"))
+	if up.Unsettled() || allowed(identity.World) || !allowed(narrow) || !allowed(other) {
+		t.Fatalf("after the staging write: unsettled %v, world allowed %v, 10.1/16 %v, 192.168/16 %v: want the last change in force",
+			up.Unsettled(), allowed(identity.World), allowed(narrow), allowed(other))
+	}
+	if up = c.Flush(); !up.Empty() || up.Unsettled() {
+		t.Fatalf("a settled compiler flushed %+v", up)
 	}
 }

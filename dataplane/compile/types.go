@@ -146,8 +146,10 @@ type PrefixUpdate struct {
 // numbers are never reused, so a policy briefly naming a gone identity is harmless.)
 //
 // The policies still know the identities the IP cache upserts move addresses off
-// (Retiring): once the update is written, pass them to Compiler.Retire and write
-// the next Flush, which takes them out.
+// (Retiring), and policy changes that name new CIDR prefixes wait for them to be
+// written (Held): once an Unsettled update is written, pass it to Compiler.Written
+// and write the next Flush at once, which takes the retired identities out and
+// applies the held changes.
 type Update struct {
 	// Identities to remember (or forget) across agent restarts; see
 	// identity.Allocator.Remember. Write them before anything else.
@@ -159,7 +161,14 @@ type Update struct {
 	// names any more, kept in the policies (and the prefixes in the datapath)
 	// until this update is in the datapath; not a change to write.
 	Retiring []identity.ID
+	// Held counts the policy changes held until this update, which stages the
+	// prefixes they name, is written (stage.go); not a change to write.
+	Held int
 }
+
+// Unsettled reports whether the compiler has more to write once u is written:
+// identities to retire or policy changes held for it (Compiler.Written).
+func (u Update) Unsettled() bool { return len(u.Retiring) > 0 || u.Held > 0 }
 
 // IdentityUpdate records that a label set (by Sum) has an identity, or no longer has.
 type IdentityUpdate struct {

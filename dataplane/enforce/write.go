@@ -52,12 +52,18 @@ func (e *Enforcer) takeArrivalsLocked() []time.Time {
 // the write that succeeds. Call with e.mu held, after appliedLocked.
 func (e *Enforcer) enforcedLocked(arrivals []time.Time, done time.Time) {
 	if e.resync {
-		e.arrivals = append(arrivals, e.arrivals...)[:min(len(arrivals)+len(e.arrivals), maxArrivals)]
+		e.requeueArrivalsLocked(arrivals)
 		return
 	}
 	for _, a := range arrivals {
 		e.metrics.EnforceDelay.Observe(done.Sub(a).Seconds())
 	}
+}
+
+// requeueArrivalsLocked hands the arrivals of changes a write did not put in
+// force to the next write.
+func (e *Enforcer) requeueArrivalsLocked(arrivals []time.Time) {
+	e.arrivals = append(arrivals, e.arrivals...)[:min(len(arrivals)+len(e.arrivals), maxArrivals)]
 }
 
 // queue has the writer (Run) write a change made by one of the informers' handlers;
@@ -114,20 +120,26 @@ func (e *Enforcer) writePendingLocked(ctx context.Context, retry bool) error {
 }
 
 // settleLocked settles a write of up that ended at done (appliedLocked,
-// enforcedLocked), then retires the identities up kept in the policies for the
-// addresses it moved off them (see compile.Update): again says a write must
-// follow to take them out. Not after a failed write: its rewrite comes first,
-// and retires them. Call with e.wmu and e.mu held.
+// enforcedLocked). An unsettled update (see compile.Update) is then passed to the
+// compiler as written: the identities it kept in the policies for the addresses it
+// moved off them retire, and the policy changes held for the prefixes it staged
+// apply; again says a write must follow. Not after a failed write: its rewrite
+// comes first. The changes such a write carried are in force only after the
+// write that follows (their delays are taken then). Call with e.wmu and e.mu held.
 func (e *Enforcer) settleLocked(ctx context.Context, up compile.Update, err error, arrivals []time.Time, done time.Time) (again bool, _ error) {
 	err = e.appliedLocked(ctx, up, err)
-	e.enforcedLocked(arrivals, done)
+	if up.Held > 0 && err == nil && !e.resync {
+		e.requeueArrivalsLocked(arrivals)
+	} else {
+		e.enforcedLocked(arrivals, done)
+	}
 	if e.wrote != nil {
 		e.wrote(up)
 	}
-	if err != nil || e.resync || len(up.Retiring) == 0 {
+	if err != nil || e.resync || !up.Unsettled() {
 		return false, err
 	}
-	e.c.Retire(up.Retiring)
+	e.c.Written(up)
 	e.pending++
 	return true, nil
 }
