@@ -77,9 +77,15 @@ type Endpoints struct {
 	// agent refreshes the block's status).
 	OnChange func()
 
-	// ops runs one Put or Delete at a time, so an endpoint replacing a stale
-	// one (see PutEndpoint) is never interleaved with another change.
-	ops sync.Mutex
+	// ops orders the changes: a Put checks for and replaces a stale endpoint of
+	// its address, and a Delete detaches, under it. A Put's attach runs outside
+	// it, so the attaches of a burst of ADDs meet in the datapath's queue and are
+	// done together (one write, one grace period: enforce's group commit); no
+	// change touches an endpoint or an address whose attach is under way
+	// (attaching; inFlight signals the end of one).
+	ops       sync.Mutex
+	inFlight  *sync.Cond // on ops
+	attaching map[string]netip.Addr // container ID -> address, attaches under way
 
 	mu   sync.Mutex
 	byID map[string]Record
@@ -96,7 +102,8 @@ func NewEndpoints(dir string, hook EndpointHook, m *Metrics) (*Endpoints, error)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create endpoint dir %s: %w", dir, err)
 	}
-	e := &Endpoints{dir: dir, hook: hook, metrics: m, byID: map[string]Record{}}
+	e := &Endpoints{dir: dir, hook: hook, metrics: m, byID: map[string]Record{}, attaching: map[string]netip.Addr{}}
+	e.inFlight = sync.NewCond(&e.ops)
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("read endpoint dir %s: %w", dir, err)
@@ -176,7 +183,9 @@ func (e *Endpoints) PutEndpoint(ctx context.Context, ep endpointapi.Endpoint) er
 	}
 	t0 := time.Now()
 	e.ops.Lock()
-	defer e.ops.Unlock()
+	for e.busyLocked(ep.ContainerID, ep.IP) {
+		e.inFlight.Wait()
+	}
 	t1 := time.Now()
 	e.metrics.register.WithLabelValues("queued").Observe(t1.Sub(t0).Seconds())
 	// The allocator hands an address out again only after its holder's
@@ -186,10 +195,19 @@ func (e *Endpoints) PutEndpoint(ctx context.Context, ep endpointapi.Endpoint) er
 	for _, stale := range e.List() {
 		if stale.ContainerID != ep.ContainerID && stale.IP == ep.IP {
 			if err := e.deleteLocked(ctx, stale.ContainerID); err != nil {
+				e.ops.Unlock()
 				return fmt.Errorf("replace stale endpoint %s holding %s: %w", stale.ContainerID, ep.IP, err)
 			}
 		}
 	}
+	e.attaching[ep.ContainerID] = ep.IP
+	e.ops.Unlock()
+	defer func() {
+		e.ops.Lock()
+		delete(e.attaching, ep.ContainerID)
+		e.inFlight.Broadcast()
+		e.ops.Unlock()
+	}()
 	e.pool.ObserveAdd(ep.HostIfIndex)
 	if err := e.hook.Attach(ctx, ep); err != nil {
 		return fmt.Errorf("attach datapath to %s: %w", ep.HostIfName, err)
@@ -227,7 +245,26 @@ func (e *Endpoints) DeleteEndpoint(ctx context.Context, containerID string) erro
 	}
 	e.ops.Lock()
 	defer e.ops.Unlock()
+	for e.busyLocked(containerID, netip.Addr{}) {
+		e.inFlight.Wait()
+	}
 	return e.deleteLocked(ctx, containerID)
+}
+
+// busyLocked reports whether an attach under way holds the container or the
+// address (invalid: none). Call with e.ops held.
+func (e *Endpoints) busyLocked(containerID string, addr netip.Addr) bool {
+	if _, ok := e.attaching[containerID]; ok {
+		return true
+	}
+	if addr.IsValid() {
+		for _, a := range e.attaching {
+			if a == addr {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // deleteLocked detaches and forgets an endpoint; e.ops is held.

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/netip"
 	"os"
@@ -183,5 +184,114 @@ func TestPutAnnouncesOnlyRegisteredEndpoints(t *testing.T) {
 	defer mu.Unlock()
 	if want := []netip.Addr{ep("a1").IP}; !slices.Equal(got, want) {
 		t.Errorf("announced %v, want %v", got, want)
+	}
+}
+
+// gatedDatapath holds every Attach until release is closed, counting how many
+// are under way at once, and records the order of attaches and detaches.
+type gatedDatapath struct {
+	mu        sync.Mutex
+	now, most int
+	arrived   chan string
+	release   chan struct{}
+	log       []string
+}
+
+func newGated() *gatedDatapath {
+	return &gatedDatapath{arrived: make(chan string, 64), release: make(chan struct{})}
+}
+
+func (d *gatedDatapath) Attach(_ context.Context, ep endpointapi.Endpoint) error {
+	d.mu.Lock()
+	d.now++
+	d.most = max(d.most, d.now)
+	d.mu.Unlock()
+	d.arrived <- ep.ContainerID
+	<-d.release
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.now--
+	d.log = append(d.log, "attach "+ep.ContainerID)
+	return nil
+}
+
+func (d *gatedDatapath) Detach(_ context.Context, ep endpointapi.Endpoint) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.log = append(d.log, "detach "+ep.ContainerID)
+	return nil
+}
+
+// A burst of ADDs reaches the datapath together, where enforce's group commit
+// attaches them with one write: the agent does not run them one at a time.
+func TestConcurrentPutsAttachTogether(t *testing.T) {
+	dp := newGated()
+	e, err := NewEndpoints(t.TempDir(), dp, NewMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 8
+	errs := make(chan error, n)
+	for i := range n {
+		go func() { errs <- e.PutEndpoint(context.Background(), ep(fmt.Sprintf("c%d", i))) }()
+	}
+	for i := range n {
+		select {
+		case <-dp.arrived:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%d of %d attaches reached the datapath while the first was under way: the agent runs them one at a time", i, n)
+		}
+	}
+	close(dp.release)
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if dp.most != n || len(e.List()) != n {
+		t.Fatalf("%d attaches at once (want %d), %d endpoints recorded", dp.most, n, len(e.List()))
+	}
+}
+
+// No change touches an endpoint or an address whose attach is under way: a
+// Delete of the container and a Put of another container given the same
+// address (its first endpoint then stale) wait for it, and then see it.
+func TestChangesWaitForAnAttachOfTheirEndpointOrAddress(t *testing.T) {
+	dp := newGated()
+	e, err := NewEndpoints(t.TempDir(), dp, NewMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := ep("a")
+	again := ep("b")
+	again.IP = first.IP
+	type result struct {
+		what string
+		err  error
+	}
+	done := make(chan result, 3)
+	ctx := context.Background()
+	go func() { done <- result{"put a", e.PutEndpoint(ctx, first)} }()
+	<-dp.arrived
+	go func() { done <- result{"delete a", e.DeleteEndpoint(ctx, "a")} }()
+	go func() { done <- result{"put b", e.PutEndpoint(ctx, again)} }()
+	select {
+	case r := <-done:
+		t.Fatalf("%s finished (%v) while a's attach was under way", r.what, r.err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(dp.release)
+	for range 3 {
+		if r := <-done; r.err != nil {
+			t.Fatalf("%s: %v", r.what, r.err)
+		}
+	}
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	if dp.log[0] != "attach a" || !slices.Contains(dp.log, "detach a") || !slices.Contains(dp.log, "attach b") {
+		t.Fatalf("datapath calls %v: want a attached first, then a detached and b attached", dp.log)
+	}
+	if l := e.List(); len(l) != 1 || l[0].ContainerID != "b" {
+		t.Fatalf("endpoints %v, want b alone", l)
 	}
 }
