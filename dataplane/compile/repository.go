@@ -105,17 +105,9 @@ func (r *repository) upsert(key string, pols []*policy.Policy) {
 	}
 	// Prefixes last: a new prefix re-evaluates the CIDR peers registered above.
 	for _, e := range entries {
-		for _, rule := range e.pol.Rules {
-			for _, peer := range rule.Peers {
-				if peer.CIDR != nil {
-					r.pfx.use(peer.CIDR.Prefix)
-					e.prefixes = append(e.prefixes, peer.CIDR.Prefix)
-					for _, ex := range peer.CIDR.Except {
-						r.pfx.use(ex)
-						e.prefixes = append(e.prefixes, ex)
-					}
-				}
-			}
+		e.prefixes = namedPrefixes([]*policy.Policy{e.pol})
+		for _, p := range e.prefixes {
+			r.pfx.use(p)
 		}
 	}
 	r.byKey[key] = entries
