@@ -84,7 +84,7 @@ type Endpoints struct {
 	// change touches an endpoint or an address whose attach is under way
 	// (attaching; inFlight signals the end of one).
 	ops       sync.Mutex
-	inFlight  *sync.Cond // on ops
+	inFlight  *sync.Cond            // on ops
 	attaching map[string]netip.Addr // container ID -> address, attaches under way
 
 	mu   sync.Mutex

@@ -43,10 +43,8 @@ type Compiler struct {
 	published publisher // the snapshot of the last Flush (snapshot.go)
 
 	// Policy changes held back until the prefixes they name are written (stage.go):
-	// held since the last Flush, ready once a Flush emitted their prefixes; staging
-	// counts the namings of the prefixes they staged.
+	// held since the last Flush, ready once a Flush emitted their prefixes.
 	held, ready []heldChange
-	staging     map[ipv4.Prefix]int
 	flushed     bool // a Flush went out: changes meet rules in force
 }
 
@@ -76,7 +74,6 @@ func New(alloc *identity.Allocator) *Compiler {
 		pods:       map[string]*podState{},
 		nsPods:     map[string]map[string]*podState{},
 		workloads:  newWorkloadTable(),
-		staging:    map[ipv4.Prefix]int{},
 	}
 }
 
@@ -255,7 +252,7 @@ func (c *Compiler) assignIdentity(ps *podState, oldPorts []NamedPort) error {
 
 // dropIdentity releases a pod's identity (ports: the pod's, already uncounted);
 // when it was the last pod, the identity retires: still selected, with those
-// named ports, until Retire.
+// named ports, until Written.
 func (c *Compiler) dropIdentity(id identity.ID, ports []NamedPort) {
 	if changed := c.ids.drop(id, ports); changed {
 		c.repo.namedPortsChanged(c.ids.byID[id], true, false)

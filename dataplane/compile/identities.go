@@ -18,7 +18,7 @@ import (
 // endpoints' policies are written, so until that write is in the datapath
 // packets from the address still carry the old identity, and the policies must
 // still know it. A retiring identity keeps the leaving pod's allocator reference,
-// its selections and its named ports; Retire forgets it once the update that
+// its selections and its named ports; Written forgets it once the update that
 // moved its addresses is written (Cilium releases an endpoint's old identity
 // after the IP cache moved the same way). A pod taking the label set again
 // before then simply holds it again.
@@ -36,7 +36,7 @@ type identities struct {
 	byNS     map[string]map[identity.ID]*identState
 	named    map[NamedPort]int // named ports of every pod in the cluster
 	pending  map[identity.Sum]IdentityUpdate
-	retiring map[identity.ID]*identState // no pod holds them; see Retire
+	retiring map[identity.ID]*identState // no pod holds them; see Written
 }
 
 type identState struct {

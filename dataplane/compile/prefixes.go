@@ -17,7 +17,7 @@ import (
 //
 // A prefix no rule names any more retires before it goes, as a pod identity does
 // (identities): its entry stays in the datapath, and the peers whose block holds
-// it keep selecting it, until Retire says the update that dropped it is written.
+// it keep selecting it, until Written says the update that dropped it is in.
 // Else an address the prefix served would, between that update's writes, fall to
 // no prefix (world) before a new enclosing prefix is written, and be dropped on a
 // path the old and the new rules both keep open (an ipBlock broadened from
@@ -38,7 +38,7 @@ type prefixes struct {
 	byBlock  lengthIndex[map[*cidrPeerState]struct{}] // peers by their block
 	out      mirror[ipv4.Prefix]
 	changed  func(cp *cidrPeerState)     // the identities cp selects changed
-	retiring map[identity.ID]ipv4.Prefix // named by no rule; see Retire
+	retiring map[identity.ID]ipv4.Prefix // named by no rule; see Written
 }
 
 type cidrState struct {

@@ -58,7 +58,7 @@ func ipcacheMove(up Update, ip string) (identity.ID, bool) {
 // with the move must still admit the old identity: else every packet in
 // between is dropped (seen in the e2e as UDP probes from a pod whose namespace
 // was relabelled timing out on paths open before and after). The old identity
-// goes in the write after, once Retire says the move is in the datapath.
+// goes in the write after, once Written says the move is in the datapath.
 func TestRelabelledPeerKeepsOldIdentityUntilRetired(t *testing.T) {
 	c := retireWorld(t)
 	old, _ := c.IdentityOf("z", "cli")
@@ -87,7 +87,7 @@ func TestRelabelledPeerKeepsOldIdentityUntilRetired(t *testing.T) {
 	c.Written(up)
 	up = c.Flush()
 	if len(up.Retiring) != 0 {
-		t.Fatalf("after Retire, Retiring = %v", up.Retiring)
+		t.Fatalf("after Written, Retiring = %v", up.Retiring)
 	}
 	if len(up.Endpoints) != 1 {
 		t.Fatalf("retiring a selected identity must rewrite srv, got %d endpoint updates", len(up.Endpoints))
@@ -108,7 +108,7 @@ func TestRelabelledPeerKeepsOldIdentityUntilRetired(t *testing.T) {
 }
 
 // A label set taken again before its identity retired keeps its number, and
-// Retire of the stale list forgets nothing.
+// Written with the stale list forgets nothing.
 func TestRetiringIdentityHeldAgain(t *testing.T) {
 	c := retireWorld(t)
 	old, _ := c.IdentityOf("z", "cli")

@@ -1,6 +1,8 @@
 package compile
 
 import (
+	"slices"
+
 	"github.com/flatnet/flatnet/dataplane/ipv4"
 	"github.com/flatnet/flatnet/dataplane/policy"
 )
@@ -40,31 +42,31 @@ func (c *Compiler) stage(h heldChange) bool {
 	if !c.flushed {
 		return false
 	}
+	named := namedPrefixes(h.pols)
 	var fresh []ipv4.Prefix
-	pending := c.pendingKey(h.key)
-	for _, p := range namedPrefixes(h.pols) {
+	for _, p := range named {
 		if _, ok := c.pfx.byPrefix[p]; !ok {
 			fresh = append(fresh, p)
-		} else if c.staging[p] > 0 {
-			pending = true // staged for another change and not written yet
 		}
 	}
-	if len(fresh) == 0 && !pending {
+	if len(fresh) == 0 && !c.waitsBehind(h.key, named) {
 		return false
 	}
 	for _, p := range fresh {
 		c.pfx.use(p)
-		c.staging[p]++
 	}
 	h.staged = fresh
 	c.held = append(c.held, h)
 	return true
 }
 
-func (c *Compiler) pendingKey(key string) bool {
+// waitsBehind reports whether a change of key naming the prefixes named must
+// follow a held change: one of the same key, or one whose staged prefixes (not
+// written yet) it names.
+func (c *Compiler) waitsBehind(key string, named []ipv4.Prefix) bool {
 	for _, hs := range [2][]heldChange{c.held, c.ready} {
 		for _, h := range hs {
-			if h.key == key {
+			if h.key == key || slices.ContainsFunc(h.staged, func(p ipv4.Prefix) bool { return slices.Contains(named, p) }) {
 				return true
 			}
 		}
@@ -82,9 +84,6 @@ func (c *Compiler) applyReady() {
 	}
 	for _, h := range ready {
 		for _, p := range h.staged {
-			if c.staging[p]--; c.staging[p] == 0 {
-				delete(c.staging, p)
-			}
 			c.pfx.drop(p)
 		}
 	}
