@@ -65,8 +65,9 @@ var (
 	model = topology.Default(fmt.Sprintf("np-%06x-", rand.Uint32()&0xffffff), false)
 )
 
-// Set up by BeforeSuite.
-var runner *podexec.Runner
+// Set up by BeforeSuite: runner probes the matrices, watchRunner the
+// background rounds while a step is applied.
+var runner, watchRunner *podexec.Runner
 
 var _ = cluster.BeforeSuite(func(ctx SpecContext) {
 	Expect(model.Validate()).To(Succeed())
@@ -114,6 +115,22 @@ var _ = cluster.BeforeSuite(func(ctx SpecContext) {
 		sessions.Close()
 	})
 	runner = &podexec.Runner{Exec: cluster.Exec, Options: opts, Sessions: sessions}
+	// The background rounds get sessions of their own: a session answers one
+	// request at a time, so on shared ones each poll of a step waited for the
+	// watch's batch in every pod (a 3 s timeout) and the watch's next round
+	// then waited for the poll: 8 s a watched step where 3 do.
+	watchSessions := podexec.NewSessions()
+	DeferCleanup(func() {
+		fmt.Fprintf(os.Stderr, "netpol: background probe sessions: %s\n", watchSessions.Stats())
+		watchSessions.Close()
+	})
+	// A longer timeout than the matrices': a gap must be a path that stayed
+	// shut, not a probe starved of CPU on a busy node or one lost SYN
+	// (retransmitted after 1 s). Rounds take longer for it, and only cells
+	// open before and after the change are judged.
+	watchOpts := opts
+	watchOpts.Timeout = max(3*time.Second, 2*cluster.Settings.ProbeTimeout)
+	watchRunner = &podexec.Runner{Exec: cluster.Exec, Options: watchOpts, Sessions: watchSessions}
 	if cluster.CiliumCRDs != nil {
 		GinkgoWriter.Printf("every case with a CiliumNetworkPolicy will fail: %v\n", cluster.CiliumCRDs)
 	}
@@ -402,16 +419,6 @@ func expect(ctx context.Context, step policies.Step, state topology.State, plan 
 		setupFail("step %q: expected tables: %v", step.Name, err)
 	}
 	return snap, expected
-}
-
-// watchRunner probes with a longer timeout than the matrices: a gap must be
-// a path that stayed shut, not a probe starved of CPU on a busy node or one
-// lost SYN (retransmitted after 1 s). Rounds take longer for it, and only
-// cells open before and after the change are judged.
-func watchRunner() *podexec.Runner {
-	r := *runner
-	r.Options.Timeout = max(3*time.Second, 2*cluster.Settings.ProbeTimeout)
-	return &r
 }
 
 func stopWatch(w *matrix.Watcher) ([]matrix.Gap, int, error) {

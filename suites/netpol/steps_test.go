@@ -146,7 +146,7 @@ func startWatch(ctx context.Context, title string, moments []policies.Moment, se
 		}
 	}
 	GinkgoWriter.Printf("  background probes of %d pods through %d moment(s) of the step: %d path(s) open in every one are guarded\n", len(pods), len(moments), guarded)
-	return matrix.Watch(ctx, watchRunner(), plan, snap, guard)
+	return matrix.Watch(ctx, watchRunner, plan, snap, guard)
 }
 
 // statePlan probes every pod of pods from every one, by pod IP and through
