@@ -45,6 +45,10 @@ const errPluginNotAvailable uint = 50
 // opTimeout bounds one plugin invocation's waits (lock, agent).
 const opTimeout = 30 * time.Second
 
+// releaseWait bounds an ADD's wait, on a full block, for DELs under way to
+// release addresses (leaving the rest of opTimeout to the setup and the agent).
+const releaseWait = 15 * time.Second
+
 // Funcs returns the plugin's commands for skel.PluginMainFuncs.
 func Funcs() skel.CNIFuncs {
 	return skel.CNIFuncs{Add: Add, Del: Del, Check: Check, Status: Status, GC: GC}
@@ -101,7 +105,9 @@ func add(args *skel.CmdArgs, cfg *cniconf.Config, start time.Time) (answered boo
 	phase("prepare")
 	store := nodealloc.New(cfg.DataDir)
 	att := nodealloc.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
-	addr, created, err := store.Allocate(ctx, cfg.NodeName, cfg.Block, att)
+	// A full block waits for the addresses of pods being deleted (their DELs
+	// under way), which the kubelet no longer counts against maxPods.
+	addr, created, _, err := store.AllocateWaiting(ctx, cfg.NodeName, cfg.Block, att, releaseWait)
 	if err != nil {
 		var ex *nodealloc.ExhaustedError
 		if errors.As(err, &ex) {
@@ -227,6 +233,9 @@ func del(args *skel.CmdArgs, cfg *cniconf.Config) error {
 	}
 	store := nodealloc.New(cfg.DataDir)
 	att := nodealloc.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
+	// From here until the release, an ADD finding the block full waits for
+	// this address rather than failing.
+	defer store.BeginRelease(att)()
 	addr, _, err := store.Get(ctx, att)
 	if err != nil {
 		return types.NewError(types.ErrInternal, fmt.Sprintf("look up the address of %s/%s: %v", args.ContainerID, args.IfName, err), "")

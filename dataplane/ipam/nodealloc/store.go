@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -63,11 +64,19 @@ type state struct {
 type ExhaustedError struct {
 	Node  string
 	Block ipam.Block
+	// Waited is how long AllocateWaiting waited for releases under way;
+	// UnderWay how many were still under way when it stopped.
+	Waited   time.Duration
+	UnderWay int
 }
 
 func (e *ExhaustedError) Error() string {
-	return fmt.Sprintf("node %q: all %d addresses of its block %s are in use; raise the flatnet agent's blockSize setting (%d..%d; it also sets the kubelet's maxPods, so the scheduler stops placing pods here first) or delete pods on this node",
-		e.Node, e.Block.Size, e.Block, ipam.MinBlockSize, ipam.MaxBlockSize)
+	waited := ""
+	if e.Waited > 0 {
+		waited = fmt.Sprintf(" (after waiting %s for pods being deleted to release theirs; %d release(s) still under way)", e.Waited.Round(time.Millisecond), e.UnderWay)
+	}
+	return fmt.Sprintf("node %q: all %d addresses of its block %s are in use%s; raise the flatnet agent's blockSize setting (%d..%d; it also sets the kubelet's maxPods, so the scheduler stops placing pods here first) or delete pods on this node",
+		e.Node, e.Block.Size, e.Block, waited, ipam.MinBlockSize, ipam.MaxBlockSize)
 }
 
 // Store is the allocator over one data directory. It holds no state in memory
