@@ -230,6 +230,36 @@ func TestExhaustionNamesNodeBlockSizeAndFix(t *testing.T) {
 	}
 }
 
+// The kubelet admits a pod in the slot of a deleted one before the runtime's
+// DEL has released its address: the ADD on the full block waits for that
+// address instead of failing into the kubelet's back-off.
+func TestAddOnAFullBlockTakesTheAddressOfAPodBeingDeleted(t *testing.T) {
+	block := ipam.Block{Index: -1, First: netip.MustParseAddr("10.224.0.32"), Size: 10}
+	n := newNode(t, "node-x", "10.224.0.2/16", block)
+	var leaving netip.Addr
+	for i := range block.Size {
+		ip := n.mustAdd(fmt.Sprintf("c%d", i), podnettest.NewNS(t))
+		if i == 6 {
+			leaving = ip
+		}
+	}
+	deleted := make(chan error, 1)
+	go func() {
+		time.Sleep(500 * time.Millisecond) // the ADD below finds the block full first
+		deleted <- n.del("c6", "")
+	}()
+	r, err := n.add(n.conflist(nil), "in-c6s-slot", podnettest.NewNS(t))
+	if derr := <-deleted; derr != nil {
+		t.Fatalf("DEL c6: %v", derr)
+	}
+	if err != nil {
+		t.Fatalf("ADD while c6 is being deleted: %v", err)
+	}
+	if got := resultIP(t, r); got != leaving {
+		t.Fatalf("ADD got %s, want c6's released %s", got, leaving)
+	}
+}
+
 func TestBadConfigLeavesNothingBehind(t *testing.T) {
 	n := newNode(t, "node-a", "10.224.0.40/16", ipam.Block{Index: -1, First: netip.MustParseAddr("10.224.0.62"), Size: 30})
 	for _, c := range []struct {

@@ -45,9 +45,11 @@ const errPluginNotAvailable uint = 50
 // opTimeout bounds one plugin invocation's waits (lock, agent).
 const opTimeout = 30 * time.Second
 
-// releaseWait bounds an ADD's wait, on a full block, for DELs under way to
-// release addresses (leaving the rest of opTimeout to the setup and the agent).
-const releaseWait = 15 * time.Second
+// releaseWait bounds an ADD's wait on a full block for deleted pods' DELs to
+// release addresses: 15 s in all (the rest of opTimeout is the setup's and the
+// agent's), 5 s of them with no DEL under way (the kubelet admits a pod in the
+// slot of one whose sandbox its runtime has yet to tear down).
+var releaseWait = nodealloc.Wait{Bound: 15 * time.Second, Quiet: 5 * time.Second}
 
 // Funcs returns the plugin's commands for skel.PluginMainFuncs.
 func Funcs() skel.CNIFuncs {
@@ -105,8 +107,8 @@ func add(args *skel.CmdArgs, cfg *cniconf.Config, start time.Time) (answered boo
 	phase("prepare")
 	store := nodealloc.New(cfg.DataDir)
 	att := nodealloc.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
-	// A full block waits for the addresses of pods being deleted (their DELs
-	// under way), which the kubelet no longer counts against maxPods.
+	// A full block waits for the addresses of deleted pods, which the kubelet
+	// no longer counts against maxPods while their DELs have yet to run.
 	addr, created, _, err := store.AllocateWaiting(ctx, cfg.NodeName, cfg.Block, att, releaseWait)
 	if err != nil {
 		var ex *nodealloc.ExhaustedError

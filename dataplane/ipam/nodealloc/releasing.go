@@ -20,7 +20,8 @@ import (
 // block full: its ADD failed and the kubelet retried it after a back-off of
 // seconds, while the address it needed was being freed. So a DEL marks its
 // release under way for its whole run (a file under releasingDir), and an ADD
-// that finds the block full waits while some release is under way.
+// that finds the block full waits while some release is under way, and a
+// little while for one to begin.
 const (
 	releasingDir = "releasing"
 	// releaseMarkMaxAge: a mark older than this is of a DEL that died (one
@@ -78,29 +79,43 @@ func (s *Store) releasesUnderWay(now time.Time) int {
 	return n
 }
 
-// AllocateWaiting is Allocate, except that a full block with releases under
-// way (BeginRelease) is waited on, up to bound, for one of them to free an
-// address. A full block with none under way fails at once: nothing would come
-// free. waited is how long it waited.
-func (s *Store) AllocateWaiting(ctx context.Context, node string, block ipam.Block, att Attachment, bound time.Duration) (ip netip.Addr, created bool, waited time.Duration, err error) {
+// Wait bounds AllocateWaiting's wait for addresses on a full block.
+type Wait struct {
+	// Bound is the longest wait in all.
+	Bound time.Duration
+	// Quiet is how long a full block is waited on with no release under way:
+	// the kubelet frees a deleted pod's slot as its containers stop, and its
+	// runtime's DEL begins seconds later. Zero fails at once then.
+	Quiet time.Duration
+}
+
+// AllocateWaiting is Allocate, except that a full block is waited on for an
+// address to come free: while releases are under way (BeginRelease), and for
+// w.Quiet when none is, up to w.Bound in all. waited is how long it waited.
+func (s *Store) AllocateWaiting(ctx context.Context, node string, block ipam.Block, att Attachment, w Wait) (ip netip.Addr, created bool, waited time.Duration, err error) {
 	start := time.Now()
+	lastUnderWay := start // when a release was last seen under way
 	for try := 0; ; try++ {
 		ip, created, err = s.Allocate(ctx, node, block, att)
+		now := time.Now()
 		if try > 0 {
-			waited = time.Since(start)
+			waited = now.Sub(start)
 		}
 		var ex *ExhaustedError
 		if !errors.As(err, &ex) {
 			return ip, created, waited, err
 		}
-		under := s.releasesUnderWay(time.Now())
-		if under == 0 || waited >= bound {
+		under := s.releasesUnderWay(now)
+		if under > 0 {
+			lastUnderWay = now
+		}
+		if waited >= w.Bound || (under == 0 && now.Sub(lastUnderWay) >= w.Quiet) {
 			ex.Waited, ex.UnderWay = waited, under
 			return ip, created, waited, err
 		}
 		select {
 		case <-ctx.Done():
-			return ip, created, waited, fmt.Errorf("%w (stopped waiting for %d release(s) under way: %w)", err, under, ctx.Err())
+			return ip, created, waited, fmt.Errorf("%w (stopped waiting for an address to come free: %w)", err, ctx.Err())
 		case <-time.After(waitPoll):
 		}
 	}

@@ -38,7 +38,7 @@ func TestFullBlockWaitsForAReleaseUnderWay(t *testing.T) {
 		done()
 		released <- err
 	}()
-	ip, created, _, err := s.AllocateWaiting(ctx, "node-a", block, att(99), time.Minute)
+	ip, created, _, err := s.AllocateWaiting(ctx, "node-a", block, att(99), Wait{Bound: time.Minute})
 	if err != nil {
 		t.Fatalf("ADD on a full block with a release under way: %v", err)
 	}
@@ -53,14 +53,43 @@ func TestFullBlockWaitsForAReleaseUnderWay(t *testing.T) {
 	}
 }
 
-// With no DEL under way nothing will come free: the ADD fails at once, as
-// the runtime must hear (it would otherwise wait out the bound).
-func TestFullBlockWithNoReleaseUnderWayFailsAtOnce(t *testing.T) {
+// A DEL that begins while the ADD waits (the kubelet freed the slot before
+// the runtime tore the sandbox down) is waited for too.
+func TestFullBlockWaitsForAReleaseToBegin(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s := New(t.TempDir())
+	fill(t, s)
+	freed, _, _ := s.Get(ctx, att(4))
+	released := make(chan error, 1)
+	go func() {
+		time.Sleep(200 * time.Millisecond) // the runtime gets to the DEL
+		done := s.BeginRelease(att(4))
+		time.Sleep(200 * time.Millisecond) // the teardown
+		_, _, err := s.Release(ctx, att(4))
+		done()
+		released <- err
+	}()
+	ip, _, waited, err := s.AllocateWaiting(ctx, "node-a", block, att(99), Wait{Bound: time.Minute, Quiet: time.Minute})
+	if err != nil {
+		t.Fatalf("ADD on a full block whose release began later: %v", err)
+	}
+	if err := <-released; err != nil {
+		t.Fatal(err)
+	}
+	if ip != freed || waited == 0 {
+		t.Fatalf("got %s after waiting %s, want the released %s after a wait", ip, waited, freed)
+	}
+}
+
+// With no DEL under way, and none beginning within Quiet, nothing will come
+// free: the ADD fails, as the runtime must hear (not after the whole bound).
+func TestFullBlockWithNoReleaseUnderWayFailsAfterQuiet(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	s := New(t.TempDir())
 	fill(t, s)
-	_, _, _, err := s.AllocateWaiting(ctx, "node-a", block, att(99), time.Hour)
+	_, _, _, err := s.AllocateWaiting(ctx, "node-a", block, att(99), Wait{Bound: time.Hour, Quiet: 0})
 	var ex *ExhaustedError
 	if !errors.As(err, &ex) || errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err = %v, want an ExhaustedError without waiting", err)
@@ -82,7 +111,7 @@ func TestStaleReleaseMarkIsIgnoredAndRemoved(t *testing.T) {
 	if err := os.Chtimes(mark, old, old); err != nil {
 		t.Fatal(err)
 	}
-	_, _, _, err := s.AllocateWaiting(ctx, "node-a", block, att(99), time.Hour)
+	_, _, _, err := s.AllocateWaiting(ctx, "node-a", block, att(99), Wait{Bound: time.Hour})
 	var ex *ExhaustedError
 	if !errors.As(err, &ex) || errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err = %v, want an ExhaustedError without waiting on the stale mark", err)
@@ -100,7 +129,7 @@ func TestWaitForReleasesIsBounded(t *testing.T) {
 	s := New(t.TempDir())
 	fill(t, s)
 	defer s.BeginRelease(att(7))()
-	_, _, waited, err := s.AllocateWaiting(ctx, "node-a", block, att(99), 200*time.Millisecond)
+	_, _, waited, err := s.AllocateWaiting(ctx, "node-a", block, att(99), Wait{Bound: 200 * time.Millisecond, Quiet: time.Hour})
 	var ex *ExhaustedError
 	if !errors.As(err, &ex) || errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err = %v, want an ExhaustedError once the bound passed", err)

@@ -73,7 +73,7 @@ type ExhaustedError struct {
 func (e *ExhaustedError) Error() string {
 	waited := ""
 	if e.Waited > 0 {
-		waited = fmt.Sprintf(" (after waiting %s for pods being deleted to release theirs; %d release(s) still under way)", e.Waited.Round(time.Millisecond), e.UnderWay)
+		waited = fmt.Sprintf(" (after waiting %s for deleted pods to release theirs; %d release(s) still under way)", e.Waited.Round(time.Millisecond), e.UnderWay)
 	}
 	return fmt.Sprintf("node %q: all %d addresses of its block %s are in use%s; raise the flatnet agent's blockSize setting (%d..%d; it also sets the kubelet's maxPods, so the scheduler stops placing pods here first) or delete pods on this node",
 		e.Node, e.Block.Size, e.Block, waited, ipam.MinBlockSize, ipam.MaxBlockSize)
