@@ -303,24 +303,36 @@ func localEndpoint(ep Endpoint) *datapathLocalEp {
 // DetachEndpoint removes the programs from an endpoint's veth and forgets it; an
 // unknown endpoint is not an error.
 func (d *Datapath) DetachEndpoint(ctx context.Context, ifindex int) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.detachLocked(ifindex)
+	return d.DetachEndpoints(ctx, []int{ifindex})
 }
 
-// detachLocked is DetachEndpoint with d.mu held.
-func (d *Datapath) detachLocked(ifindex int) error {
+// DetachEndpoints is DetachEndpoint for the endpoints of a burst of pod
+// deletions at once: each map-in-map's entries go in one batch (one grace
+// period for the burst, where one at a time took two per pod) and the counters
+// are read once.
+func (d *Datapath) DetachEndpoints(ctx context.Context, ifindexes []int) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.detachLocked(ifindexes)
+}
+
+// detachLocked is DetachEndpoints with d.mu held.
+func (d *Datapath) detachLocked(ifindexes []int) error {
 	var errs []error
-	for _, dir := range []int{dirIngress, dirEgress} {
-		if err := d.detach(ifindex, dir); err != nil {
-			errs = append(errs, err)
+	for _, ifindex := range ifindexes {
+		for _, dir := range []int{dirIngress, dirEgress} {
+			if err := d.detach(ifindex, dir); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
-	if err := d.forget(ifindex); err != nil {
+	if err := d.forget(ifindexes...); err != nil {
 		errs = append(errs, err)
 	}
 	if d.up != nil {
-		delete(d.up.pending, ifindex)
+		for _, ifindex := range ifindexes {
+			delete(d.up.pending, ifindex)
+		}
 		if err := d.finishUpgrade(); err != nil {
 			errs = append(errs, err)
 		}
@@ -328,40 +340,72 @@ func (d *Datapath) detachLocked(ifindex int) error {
 	return errors.Join(errs...)
 }
 
-// forget removes everything the maps hold for an interface index. Call with d.mu
-// held (or before d is shared).
-func (d *Datapath) forget(ifindex int) error {
+// forget removes everything the maps hold for the interface indexes. Call with
+// d.mu held (or before d is shared).
+func (d *Datapath) forget(ifindexes ...int) error {
 	var errs []error
-	key := uint32(ifindex)
-	d.unprepare(ifindex)
-	d.setFiltered(ifindex, false)
-	// First: no more traffic delivered directly to an interface being forgotten.
-	var info datapathEndpointInfo
-	if err := d.objs.FnEndpoints.Lookup(key, &info); err == nil {
-		var owner datapathLocalEp
-		if err := d.objs.FnLocalIps.Lookup(info.Addr, &owner); err == nil && owner.Ifindex == key {
-			if err := d.objs.FnLocalIps.Delete(info.Addr); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				errs = append(errs, fmt.Errorf("deleting local address of endpoint %d: %w", ifindex, err))
+	keys := make([]uint32, 0, len(ifindexes))
+	gone := make(map[uint32]bool, len(ifindexes))
+	for _, ifindex := range ifindexes {
+		key := uint32(ifindex)
+		keys = append(keys, key)
+		gone[key] = true
+		d.unprepare(ifindex)
+		d.setFiltered(ifindex, false)
+		// First: no more traffic delivered directly to an interface being forgotten.
+		var info datapathEndpointInfo
+		if err := d.objs.FnEndpoints.Lookup(key, &info); err == nil {
+			var owner datapathLocalEp
+			if err := d.objs.FnLocalIps.Lookup(info.Addr, &owner); err == nil && owner.Ifindex == key {
+				if err := d.objs.FnLocalIps.Delete(info.Addr); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+					errs = append(errs, fmt.Errorf("deleting local address of endpoint %d: %w", ifindex, err))
+				}
 			}
 		}
+		if err := d.objs.FnEndpoints.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("deleting endpoint %d: %w", ifindex, err))
+		}
 	}
-	if err := d.objs.FnEndpoints.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		errs = append(errs, fmt.Errorf("deleting endpoint %d: %w", ifindex, err))
+	if err := deleteKeys(d.objs.FnPolicy, keys); err != nil {
+		errs = append(errs, fmt.Errorf("deleting the policies of endpoints %v: %w", ifindexes, err))
 	}
-	if err := d.objs.FnPolicy.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		errs = append(errs, fmt.Errorf("deleting policy of endpoint %d: %w", ifindex, err))
+	// Counters and tracked connections of the interface indexes must not carry
+	// over to the next pods that get them.
+	if err := deleteWhere(d.objs.FnCounters, func(k *datapathCounterKey) bool { return gone[k.Ifindex] }); err != nil {
+		errs = append(errs, fmt.Errorf("deleting counters of endpoints %v: %w", ifindexes, err))
 	}
-	// Counters and tracked connections of the interface index must not carry over to
-	// the next pod that gets it.
-	if err := deleteWhere(d.objs.FnCounters, func(k *datapathCounterKey) bool { return k.Ifindex == key }); err != nil {
-		errs = append(errs, fmt.Errorf("deleting counters of endpoint %d: %w", ifindex, err))
+	if err := deleteKeys(d.objs.FnCtEst, keys); err != nil {
+		errs = append(errs, fmt.Errorf("deleting the connection tables of endpoints %v: %w", ifindexes, err))
 	}
-	if err := d.objs.FnCtEst.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		errs = append(errs, fmt.Errorf("deleting the connection table of endpoint %d: %w", ifindex, err))
+	// Their connections in the shared table are deleted later, off the lock (orphans).
+	for _, key := range keys {
+		d.orphans.add(key)
 	}
-	// Its connections in the shared table are deleted later, off the lock (orphans).
-	d.orphans.add(key)
 	return errors.Join(errs...)
+}
+
+// deleteKeys deletes keys from m in batches (a map-in-map waits for one grace
+// period per batch, not per key); a key already gone is skipped.
+func deleteKeys[K any](m *ebpf.Map, keys []K) error {
+	for len(keys) > 0 {
+		n, err := m.BatchDelete(keys, nil)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			keys = keys[n+1:] // the batch stopped at key n, which is gone
+		case errors.Is(err, ebpf.ErrNotSupported):
+			for i := range keys {
+				if err := m.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+					return err
+				}
+			}
+			return nil
+		default:
+			return err
+		}
+	}
+	return nil
 }
 
 // deleteWhere deletes the keys of m that match.

@@ -47,7 +47,7 @@ func (d *Datapath) PrepareIndexes(ctx context.Context, ifindexes []int) []error 
 		if maps[j] != nil {
 			maps[j].Close()
 		}
-		errs[i] = errors.Join(errs[i], d.detachLocked(ifindex))
+		errs[i] = errors.Join(errs[i], d.detachLocked([]int{ifindex}))
 	}
 	return errs
 }
