@@ -78,14 +78,15 @@ type Endpoints struct {
 	OnChange func()
 
 	// ops orders the changes: a Put checks for and replaces a stale endpoint of
-	// its address, and a Delete detaches, under it. A Put's attach runs outside
-	// it, so the attaches of a burst of ADDs meet in the datapath's queue and are
-	// done together (one write, one grace period: enforce's group commit); no
-	// change touches an endpoint or an address whose attach is under way
-	// (attaching; inFlight signals the end of one).
-	ops       sync.Mutex
-	inFlight  *sync.Cond            // on ops
-	attaching map[string]netip.Addr // container ID -> address, attaches under way
+	// its address under it. A Put's attach and a Delete's detach run outside
+	// it, so the attaches of a burst of ADDs, and the detaches of a burst of
+	// DELs, meet in the datapath's queue and are done together (one write, one
+	// grace period: enforce's group commit); no change touches an endpoint or
+	// an address whose attach or detach is under way (busy; inFlight signals
+	// the end of one).
+	ops      sync.Mutex
+	inFlight *sync.Cond            // on ops
+	busy     map[string]netip.Addr // container ID -> address, attaches and detaches under way
 
 	mu   sync.Mutex
 	byID map[string]Record
@@ -102,7 +103,7 @@ func NewEndpoints(dir string, hook EndpointHook, m *Metrics) (*Endpoints, error)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create endpoint dir %s: %w", dir, err)
 	}
-	e := &Endpoints{dir: dir, hook: hook, metrics: m, byID: map[string]Record{}, attaching: map[string]netip.Addr{}}
+	e := &Endpoints{dir: dir, hook: hook, metrics: m, byID: map[string]Record{}, busy: map[string]netip.Addr{}}
 	e.inFlight = sync.NewCond(&e.ops)
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -183,7 +184,7 @@ func (e *Endpoints) PutEndpoint(ctx context.Context, ep endpointapi.Endpoint) er
 	}
 	t0 := time.Now()
 	e.ops.Lock()
-	for e.busyLocked(ep.ContainerID, ep.IP) {
+	for e.inFlightLocked(ep.ContainerID, ep.IP) {
 		e.inFlight.Wait()
 	}
 	t1 := time.Now()
@@ -194,20 +195,13 @@ func (e *Endpoints) PutEndpoint(ctx context.Context, ep endpointapi.Endpoint) er
 	// forgotten before ep takes the address, never left to answer for it.
 	for _, stale := range e.List() {
 		if stale.ContainerID != ep.ContainerID && stale.IP == ep.IP {
-			if err := e.deleteLocked(ctx, stale.ContainerID); err != nil {
+			if err := e.forget(ctx, stale.ContainerID); err != nil {
 				e.ops.Unlock()
 				return fmt.Errorf("replace stale endpoint %s holding %s: %w", stale.ContainerID, ep.IP, err)
 			}
 		}
 	}
-	e.attaching[ep.ContainerID] = ep.IP
-	e.ops.Unlock()
-	defer func() {
-		e.ops.Lock()
-		delete(e.attaching, ep.ContainerID)
-		e.inFlight.Broadcast()
-		e.ops.Unlock()
-	}()
+	defer e.busyLocked(ep.ContainerID, ep.IP)()
 	e.pool.ObserveAdd(ep.HostIfIndex)
 	if err := e.hook.Attach(ctx, ep); err != nil {
 		return fmt.Errorf("attach datapath to %s: %w", ep.HostIfName, err)
@@ -244,21 +238,37 @@ func (e *Endpoints) DeleteEndpoint(ctx context.Context, containerID string) erro
 		return fmt.Errorf("%w: containerID %q: not a container ID", endpointapi.ErrInvalidEndpoint, containerID)
 	}
 	e.ops.Lock()
-	defer e.ops.Unlock()
-	for e.busyLocked(containerID, netip.Addr{}) {
+	for e.inFlightLocked(containerID, netip.Addr{}) {
 		e.inFlight.Wait()
 	}
-	return e.deleteLocked(ctx, containerID)
+	e.mu.Lock()
+	r := e.byID[containerID]
+	e.mu.Unlock()
+	defer e.busyLocked(containerID, r.IP)()
+	return e.forget(ctx, containerID)
 }
 
-// busyLocked reports whether an attach under way holds the container or the
-// address (invalid: none). Call with e.ops held.
-func (e *Endpoints) busyLocked(containerID string, addr netip.Addr) bool {
-	if _, ok := e.attaching[containerID]; ok {
+// busyLocked marks an attach or a detach of the container and address under
+// way and drops e.ops; the func it returns ends it. Call with e.ops held.
+func (e *Endpoints) busyLocked(containerID string, addr netip.Addr) func() {
+	e.busy[containerID] = addr
+	e.ops.Unlock()
+	return func() {
+		e.ops.Lock()
+		delete(e.busy, containerID)
+		e.inFlight.Broadcast()
+		e.ops.Unlock()
+	}
+}
+
+// inFlightLocked reports whether an attach or a detach under way holds the
+// container or the address (invalid: none). Call with e.ops held.
+func (e *Endpoints) inFlightLocked(containerID string, addr netip.Addr) bool {
+	if _, ok := e.busy[containerID]; ok {
 		return true
 	}
 	if addr.IsValid() {
-		for _, a := range e.attaching {
+		for _, a := range e.busy {
 			if a == addr {
 				return true
 			}
@@ -267,8 +277,9 @@ func (e *Endpoints) busyLocked(containerID string, addr netip.Addr) bool {
 	return false
 }
 
-// deleteLocked detaches and forgets an endpoint; e.ops is held.
-func (e *Endpoints) deleteLocked(ctx context.Context, containerID string) error {
+// forget detaches and forgets an endpoint; the caller holds e.ops, or has
+// marked the endpoint busy.
+func (e *Endpoints) forget(ctx context.Context, containerID string) error {
 	e.mu.Lock()
 	r, ok := e.byID[containerID]
 	e.mu.Unlock()

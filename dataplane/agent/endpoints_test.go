@@ -187,14 +187,16 @@ func TestPutAnnouncesOnlyRegisteredEndpoints(t *testing.T) {
 	}
 }
 
-// gatedDatapath holds every Attach until release is closed, counting how many
-// are under way at once, and records the order of attaches and detaches.
+// gatedDatapath holds every Attach (and, with gateDetach, every Detach) until
+// release is closed, counting how many are under way at once, and records the
+// order of attaches and detaches.
 type gatedDatapath struct {
-	mu        sync.Mutex
-	now, most int
-	arrived   chan string
-	release   chan struct{}
-	log       []string
+	mu         sync.Mutex
+	now, most  int
+	arrived    chan string
+	release    chan struct{}
+	log        []string
+	gateDetach bool
 }
 
 func newGated() *gatedDatapath {
@@ -216,10 +218,82 @@ func (d *gatedDatapath) Attach(_ context.Context, ep endpointapi.Endpoint) error
 }
 
 func (d *gatedDatapath) Detach(_ context.Context, ep endpointapi.Endpoint) error {
+	if d.gateDetach {
+		d.mu.Lock()
+		d.now++
+		d.most = max(d.most, d.now)
+		d.mu.Unlock()
+		d.arrived <- ep.ContainerID
+		<-d.release
+		d.mu.Lock()
+		d.now--
+		d.mu.Unlock()
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.log = append(d.log, "detach "+ep.ContainerID)
 	return nil
+}
+
+// A burst of DELs reaches the datapath together, where enforce's group commit
+// detaches them with one write and one batch of map deletions; a Put of an
+// address being detached waits for the detach.
+func TestConcurrentDeletesDetachTogether(t *testing.T) {
+	e, err := NewEndpoints(t.TempDir(), NoPolicy{}, NewMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 8
+	ctx := context.Background()
+	for i := range n {
+		if err := e.PutEndpoint(ctx, ep(fmt.Sprintf("c%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dp := newGated()
+	dp.gateDetach = true
+	e.hook = dp
+	errs := make(chan error, n)
+	for i := range n {
+		go func() { errs <- e.DeleteEndpoint(ctx, fmt.Sprintf("c%d", i)) }()
+	}
+	for i := range n {
+		select {
+		case <-dp.arrived:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%d of %d detaches reached the datapath while the first was under way: the agent runs them one at a time", i, n)
+		}
+	}
+	// c3's address, handed to a new pod while c3's detach is under way.
+	next := ep("new")
+	next.IP = ep("c3").IP
+	put := make(chan error, 1)
+	go func() { put <- e.PutEndpoint(ctx, next) }()
+	select {
+	case err := <-put:
+		t.Fatalf("a Put of c3's address finished (%v) while c3's detach was under way", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(dp.release)
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-put; err != nil {
+		t.Fatal(err)
+	}
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	if dp.most != n {
+		t.Fatalf("%d detaches at once, want %d", dp.most, n)
+	}
+	if i := slices.Index(dp.log, "attach new"); i < 0 || !slices.Contains(dp.log[:i], "detach c3") {
+		t.Fatalf("datapath calls %v: want c3 detached before its address is attached again", dp.log)
+	}
+	if l := e.List(); len(l) != 1 || l[0].ContainerID != "new" {
+		t.Fatalf("endpoints %v, want the new one alone", l)
+	}
 }
 
 // A burst of ADDs reaches the datapath together, where enforce's group commit

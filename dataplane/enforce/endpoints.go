@@ -223,18 +223,76 @@ func (e *Enforcer) remotePod(p *corev1.Pod) compile.Pod {
 	return cp
 }
 
-// Detach implements agent.EndpointHook for CNI DEL.
+// Detach implements agent.EndpointHook for CNI DEL. Detaches that arrive
+// together are done together, as attaches are: whichever holds the write lock
+// first forgets every queued endpoint, takes their entries out of the maps in
+// one batch and writes the policy state once; the others find theirs done.
 func (e *Enforcer) Detach(ctx context.Context, ep endpointapi.Endpoint) error {
+	req := &detachRequest{ep: ep}
+	e.mu.Lock()
+	e.detachQ = append(e.detachQ, req)
+	e.mu.Unlock()
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if !req.done {
+		// The writes are shared: one caller giving up must not fail the others'.
+		e.detachQueuedLocked(context.WithoutCancel(ctx))
+	}
+	return req.err
+}
+
+// detachRequest is a Detach waiting for its endpoint to be forgotten.
+type detachRequest struct {
+	ep   endpointapi.Endpoint
+	err  error
+	done bool
+}
+
+// detachQueuedLocked detaches the queued endpoints. Call with e.wmu and e.mu
+// held.
+func (e *Enforcer) detachQueuedLocked(ctx context.Context) {
+	batch := e.detachQ
+	e.detachQ = nil
+	var ifindexes []int
+	flush := false
+	for _, r := range batch {
+		ifindex, changed, err := e.forgetEndpointLocked(r.ep)
+		r.err, r.done = err, true
+		if ifindex > 0 {
+			ifindexes = append(ifindexes, ifindex)
+		}
+		flush = flush || changed
+	}
+	e.publishIfindexesLocked()
+	if len(ifindexes) > 0 {
+		if err := e.d.DetachEndpoints(ctx, ifindexes); err != nil {
+			for _, r := range batch {
+				r.err = errors.Join(r.err, fmt.Errorf("detaching endpoints %v: %w", ifindexes, err))
+			}
+		}
+	}
+	if !flush || !e.synced {
+		return // Synced writes everything
+	}
+	if err := e.flushApply(ctx); err != nil {
+		for _, r := range batch {
+			r.err = errors.Join(r.err, err)
+		}
+	}
+}
+
+// forgetEndpointLocked takes ep's endpoint out of the enforcer's state and
+// returns the interface index whose datapath entries must go (0: none) and
+// whether the policy state changed. Call with e.mu held.
+func (e *Enforcer) forgetEndpointLocked(ep endpointapi.Endpoint) (int, bool, error) {
 	key, ok := e.byCID[ep.ContainerID]
 	if !ok && ep.PodName != "" {
 		key, ok = ep.PodNamespace+"/"+ep.PodName, true
 	}
 	if !ok {
-		return nil
+		return 0, false, nil
 	}
 	att, had := e.attached[key]
 	if had && ep.ContainerID != "" && att.ContainerID != ep.ContainerID {
@@ -243,11 +301,9 @@ func (e *Enforcer) Detach(ctx context.Context, ep endpointapi.Endpoint) error {
 		// new attachment (and its policy) must stay; only the old veth's entries go.
 		delete(e.byCID, ep.ContainerID)
 		if ep.HostIfIndex > 0 && ep.HostIfIndex != att.HostIfIndex {
-			if err := e.d.DetachEndpoint(ctx, ep.HostIfIndex); err != nil {
-				return fmt.Errorf("detaching the old sandbox of %s: %w", key, err)
-			}
+			return ep.HostIfIndex, false, nil
 		}
-		return nil
+		return 0, false, nil
 	}
 	if !had {
 		att = ep
@@ -262,22 +318,13 @@ func (e *Enforcer) Detach(ctx context.Context, ep endpointapi.Endpoint) error {
 	delete(e.attached, key)
 	delete(e.byCID, ep.ContainerID)
 	delete(e.epFail, key)
-	e.publishIfindexesLocked()
-	if att.HostIfIndex > 0 {
-		if err := e.d.DetachEndpoint(ctx, att.HostIfIndex); err != nil {
-			return fmt.Errorf("detaching %s: %w", key, err)
-		}
-	}
 	// The pod object may live on (restarting sandbox); it is no longer local.
 	if p := e.pods[key]; p != nil {
 		if err := e.c.UpsertPod(e.remotePod(p)); err != nil {
-			return err
+			return att.HostIfIndex, true, err
 		}
 	} else {
 		e.c.DeletePod(ep.PodNamespace, ep.PodName)
 	}
-	if !e.synced {
-		return nil // Synced writes everything
-	}
-	return e.flushApply(ctx)
+	return att.HostIfIndex, true, nil
 }

@@ -75,6 +75,7 @@ type Enforcer struct {
 	pending  int              // changes of the state not written yet
 	arrivals []time.Time      // when each pending change arrived (write.go)
 	attachQ  []*attachRequest // Attach calls waiting (endpoints.go)
+	detachQ  []*detachRequest // Detach calls waiting (endpoints.go)
 	synced   bool
 	resync   bool // the last write failed: rewrite everything next time
 	syncedCh chan struct{}
