@@ -203,7 +203,8 @@ func newGated() *gatedDatapath {
 	return &gatedDatapath{arrived: make(chan string, 64), release: make(chan struct{})}
 }
 
-func (d *gatedDatapath) Attach(_ context.Context, ep endpointapi.Endpoint) error {
+// hold counts ep's call under way, says it arrived and waits for release.
+func (d *gatedDatapath) hold(ep endpointapi.Endpoint) {
 	d.mu.Lock()
 	d.now++
 	d.most = max(d.most, d.now)
@@ -211,23 +212,21 @@ func (d *gatedDatapath) Attach(_ context.Context, ep endpointapi.Endpoint) error
 	d.arrived <- ep.ContainerID
 	<-d.release
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	d.now--
+	d.mu.Unlock()
+}
+
+func (d *gatedDatapath) Attach(_ context.Context, ep endpointapi.Endpoint) error {
+	d.hold(ep)
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	d.log = append(d.log, "attach "+ep.ContainerID)
 	return nil
 }
 
 func (d *gatedDatapath) Detach(_ context.Context, ep endpointapi.Endpoint) error {
 	if d.gateDetach {
-		d.mu.Lock()
-		d.now++
-		d.most = max(d.most, d.now)
-		d.mu.Unlock()
-		d.arrived <- ep.ContainerID
-		<-d.release
-		d.mu.Lock()
-		d.now--
-		d.mu.Unlock()
+		d.hold(ep)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()

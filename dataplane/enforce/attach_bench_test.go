@@ -48,30 +48,24 @@ func attachNode(tb testing.TB, n int) (*Enforcer, ns.NetNS, []endpointapi.Endpoi
 // attachAll attaches eps concurrently, as a burst of CNI ADDs does, and returns
 // each call's wall time.
 func attachAll(tb testing.TB, e *Enforcer, node ns.NetNS, eps []endpointapi.Endpoint) []time.Duration {
-	took := make([]time.Duration, len(eps))
-	var wg sync.WaitGroup
-	for i, ep := range eps {
-		wg.Go(func() {
-			t0 := time.Now()
-			if err := node.Do(func(ns.NetNS) error { return e.Attach(context.Background(), ep) }); err != nil {
-				tb.Error(err)
-			}
-			took[i] = time.Since(t0)
-		})
-	}
-	wg.Wait()
-	return took
+	return concurrently(tb, node, eps, e.Attach)
 }
 
 // detachAll detaches eps concurrently, as a burst of CNI DELs does, and returns
 // each call's wall time.
 func detachAll(tb testing.TB, e *Enforcer, node ns.NetNS, eps []endpointapi.Endpoint) []time.Duration {
+	return concurrently(tb, node, eps, e.Detach)
+}
+
+// concurrently calls op for every endpoint at once in node's netns and
+// returns each call's wall time.
+func concurrently(tb testing.TB, node ns.NetNS, eps []endpointapi.Endpoint, op func(context.Context, endpointapi.Endpoint) error) []time.Duration {
 	took := make([]time.Duration, len(eps))
 	var wg sync.WaitGroup
 	for i, ep := range eps {
 		wg.Go(func() {
 			t0 := time.Now()
-			if err := node.Do(func(ns.NetNS) error { return e.Detach(context.Background(), ep) }); err != nil {
+			if err := node.Do(func(ns.NetNS) error { return op(context.Background(), ep) }); err != nil {
 				tb.Error(err)
 			}
 			took[i] = time.Since(t0)
