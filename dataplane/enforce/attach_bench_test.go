@@ -82,6 +82,7 @@ func concurrently(tb testing.TB, node ns.NetNS, eps []endpointapi.Endpoint, op f
 func BenchmarkConcurrentDetach(b *testing.B) {
 	e, node, eps := attachNode(b, 30)
 	var walls []time.Duration
+	b.ResetTimer()
 	for range b.N {
 		b.StopTimer()
 		attachAll(b, e, node, eps)
