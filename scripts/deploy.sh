@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Deploys flatnet onto kind cluster $CLUSTER: builds and loads the agent image
 # and the hubble-relay image, applies the CRDs, creates Hubble's TLS Secrets
-# (flatnet-certgen), applies the manifests (the agent, hubble-relay), then waits
-# until every node is Ready (the agent installed the CNI plugin there), CoreDNS
-# runs and hubble-relay reaches the agents.
+# (flatnet-certgen), applies the agent's manifests, waits until every node is
+# Ready (the agent installed the CNI plugin there) and CoreDNS runs, then applies
+# hubble-relay's and waits until it reaches the agents.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 CLUSTER=${CLUSTER:-flatnet}
@@ -69,19 +69,21 @@ read -r API_SERVER_HOST API_SERVER_PORT <<<"$api_endpoint"
 		"check '$KUBECTL -n default get endpointslices -l kubernetes.io/service-name=kubernetes -o yaml'"
 
 step "deploy: flatnet agent $IMAGE (subnet $NODE_SUBNET, gateway $NODE_GATEWAY, docker range $NODE_IP_RANGE, reserved $TEST_WORLD_CIDR, API server $API_SERVER_HOST:$API_SERVER_PORT)"
-for f in "$MANIFESTS"/*.yaml; do
+render() { # MANIFEST: the manifest with every placeholder filled in
 	sed -e "s|@IMAGE@|$IMAGE|g" -e "s|@RELAY_IMAGE@|$RELAY_IMAGE|g" -e "s|@NODE_SUBNET@|$NODE_SUBNET|g" \
 		-e "s|@NODE_GATEWAY@|$NODE_GATEWAY|g" -e "s|@NODE_IP_RANGE@|$NODE_IP_RANGE|g" \
 		-e "s|@TEST_WORLD_CIDR@|$TEST_WORLD_CIDR|g" \
 		-e "s|@API_SERVER_HOST@|$API_SERVER_HOST|g" -e "s|@API_SERVER_PORT@|$API_SERVER_PORT|g" \
-		-e "s|@SERVICE_SUBNET@|$SERVICE_SUBNET|g" "$f"
+		-e "s|@SERVICE_SUBNET@|$SERVICE_SUBNET|g" "$1"
 	echo "---"
+}
+# hubble-relay.yaml goes on once the agents run (below): the relay must run
+# beside an agent and prefers a control-plane node, and scheduled before that
+# node's agent existed it settled on a worker, which tests restart.
+RELAY_MANIFEST="$MANIFESTS/hubble-relay.yaml"
+for f in "$MANIFESTS"/*.yaml; do
+	[ "$f" = "$RELAY_MANIFEST" ] || render "$f"
 done | "$KUBECTL" apply -f - | tee "$OUT_DIR/deploy-apply.out" >&2
-# The relay reads its ConfigMap only when it starts: a changed one needs a new pod.
-if grep -q '^configmap/hubble-relay-config configured' "$OUT_DIR/deploy-apply.out"; then
-	info "hubble-relay's configuration changed: restarting it"
-	"$KUBECTL" -n flatnet-system rollout restart deploy/hubble-relay >&2
-fi
 
 # After the node containers were stopped and started again (a rebooted laptop, the
 # next CI run), the API server still holds what it knew before: the DaemonSet's
@@ -160,6 +162,13 @@ if ! "$KUBECTL" -n kube-system rollout status deploy/coredns --timeout="$TIMEOUT
 	! wait_for "CoreDNS" "some_pod_check kube-system k8s-app=kube-dns CoreDNS"; then
 	on_failure
 	die "CoreDNS did not run within $TIMEOUT"
+fi
+step "deploy: hubble-relay beside the agents"
+render "$RELAY_MANIFEST" | "$KUBECTL" apply -f - | tee -a "$OUT_DIR/deploy-apply.out" >&2
+# The relay reads its ConfigMap only when it starts: a changed one needs a new pod.
+if grep -q '^configmap/hubble-relay-config configured' "$OUT_DIR/deploy-apply.out"; then
+	info "hubble-relay's configuration changed: restarting it"
+	"$KUBECTL" -n flatnet-system rollout restart deploy/hubble-relay >&2
 fi
 # Ready means the relay's gRPC health is SERVING: it reached the hubble-peer
 # Service and at least one agent over mutual TLS.
