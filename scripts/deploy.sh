@@ -61,9 +61,20 @@ fi
 # The agents reach the API server at the address it advertises (the EndpointSlice
 # of default/kubernetes), not through the Service's ClusterIP: kube-proxy's rules
 # are not there yet when a restarted node's agent starts.
-api_endpoint=$("$KUBECTL" -n default get endpointslices -l kubernetes.io/service-name=kubernetes \
-	-o jsonpath='{range .items[0]}{.endpoints[0].addresses[0]} {.ports[?(@.name=="https")].port}{end}') || true
-read -r API_SERVER_HOST API_SERVER_PORT <<<"$api_endpoint"
+# After a recovery the EndpointSlice can still name an address the control plane
+# held while Docker had the nodes shuffled (another node's, now): it is read until
+# it names a control-plane node's InternalIP, for a minute at most (a cluster
+# without the control-plane role label is taken as it is).
+cp_ips=" $("$KUBECTL" get nodes -l node-role.kubernetes.io/control-plane \
+	-o jsonpath='{range .items[*]}{.status.addresses[?(@.type=="InternalIP")].address}{" "}{end}' 2>/dev/null) "
+for try in $(seq 30); do
+	api_endpoint=$("$KUBECTL" -n default get endpointslices -l kubernetes.io/service-name=kubernetes \
+		-o jsonpath='{range .items[0]}{.endpoints[0].addresses[0]} {.ports[?(@.name=="https")].port}{end}') || true
+	read -r API_SERVER_HOST API_SERVER_PORT <<<"$api_endpoint"
+	[ -z "${cp_ips// /}" ] || [[ "$cp_ips" == *" ${API_SERVER_HOST:-none} "* ]] && break
+	[ "$try" = 1 ] && info "the kubernetes EndpointSlice names ${API_SERVER_HOST:-nothing}, no control-plane node's address (${cp_ips# }): waiting for the API server to update it"
+	sleep 2
+done
 [[ "${API_SERVER_HOST:-}" =~ ^[0-9.]+$ && "${API_SERVER_PORT:-}" =~ ^[0-9]+$ ]] ||
 	die "the API server's address is not in the EndpointSlice of default/kubernetes (got '$api_endpoint')" \
 		"check '$KUBECTL -n default get endpointslices -l kubernetes.io/service-name=kubernetes -o yaml'"
