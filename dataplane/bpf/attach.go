@@ -384,8 +384,9 @@ func (d *Datapath) forget(ifindexes ...int) error {
 	return errors.Join(errs...)
 }
 
-// deleteKeys deletes keys from m in batches (a map-in-map waits for one grace
-// period per batch, not per key); a key already gone is skipped.
+// deleteKeys deletes keys from m in batches where the kernel can (a map-in-map
+// waits for one grace period per batch, not per key); a key already gone
+// (evicted, closed, never written) is skipped.
 func deleteKeys[K any](m *ebpf.Map, keys []K) error {
 	for len(keys) > 0 {
 		n, err := m.BatchDelete(keys, nil)

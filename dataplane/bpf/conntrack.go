@@ -405,7 +405,7 @@ func (d *Datapath) purgeOrphansOf(eps []endpointPolicy) []error {
 	}
 	victims, err := orphanedConnections(d.objs.FnCt, gone)
 	if err == nil {
-		err = deleteCT(d.objs.FnCt, victims)
+		err = deleteKeys(d.objs.FnCt, victims)
 	}
 	for i, ep := range eps {
 		if _, ok := gone[uint32(ep.ifindex)]; !ok {
@@ -442,7 +442,7 @@ func (d *Datapath) purgeOrphans() (int, error) {
 		_, orphaned := d.orphans[k.Ifindex]
 		return !orphaned
 	})
-	if err := deleteCT(d.objs.FnCt, victims); err != nil {
+	if err := deleteKeys(d.objs.FnCt, victims); err != nil {
 		return 0, fmt.Errorf("deleting the connections of detached endpoints: %w", err)
 	}
 	for ifindex := range gone {
@@ -461,23 +461,4 @@ func orphanedConnections(m *ebpf.Map, gone orphans) ([]datapathCtKey, error) {
 		return nil
 	})
 	return victims, err
-}
-
-// deleteCT deletes keys from a connection table, in batches where the kernel can;
-// a key already gone (evicted, closed) is not an error.
-func deleteCT(m *ebpf.Map, keys []datapathCtKey) error {
-	if len(keys) == 0 {
-		return nil
-	}
-	n, err := m.BatchDelete(keys, nil)
-	if err == nil {
-		return nil
-	}
-	// Not supported, or a key already gone (the batch stops there): the rest one by one.
-	for i := n; i < len(keys); i++ {
-		if err := m.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return err
-		}
-	}
-	return nil
 }

@@ -33,8 +33,8 @@ const (
 
 // BeginRelease marks att's release under way until done is called (after
 // Release, or when the DEL gives up). The mark is best effort: without it an
-// ADD finding the block full fails at once, as it would with nothing to wait
-// for.
+// ADD finding the block full waits only AllocateWaiting's Quiet for the
+// address.
 func (s *Store) BeginRelease(att Attachment) (done func()) {
 	dir := filepath.Join(s.dir, releasingDir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
