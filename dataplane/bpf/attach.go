@@ -370,9 +370,9 @@ func (d *Datapath) forget(ifindexes ...int) error {
 		errs = append(errs, fmt.Errorf("deleting the policies of endpoints %v: %w", ifindexes, err))
 	}
 	// Counters and tracked connections of the interface indexes must not carry
-	// over to the next pods that get them.
-	if err := deleteWhere(d.objs.FnCounters, func(k *datapathCounterKey) bool { return gone[k.Ifindex] }); err != nil {
-		errs = append(errs, fmt.Errorf("deleting counters of endpoints %v: %w", ifindexes, err))
+	// over to the next pods that get them; the node's sums keep the counts.
+	if err := d.retireCounters(gone); err != nil {
+		errs = append(errs, fmt.Errorf("retiring the counters of endpoints %v: %w", ifindexes, err))
 	}
 	if err := deleteKeys(d.objs.FnCtEst, keys); err != nil {
 		errs = append(errs, fmt.Errorf("deleting the connection tables of endpoints %v: %w", ifindexes, err))
@@ -382,6 +382,56 @@ func (d *Datapath) forget(ifindexes ...int) error {
 		d.orphans.add(key)
 	}
 	return errors.Join(errs...)
+}
+
+// retireCounters moves the counters of the gone interface indexes onto
+// RetiredIfIndex's, so that the node's sums (Prometheus counters) never go back
+// when a pod is deleted. Call with d.mu held and the endpoints' programs
+// detached: nothing else writes RetiredIfIndex's keys or the gone ones then.
+func (d *Datapath) retireCounters(gone map[uint32]bool) error {
+	type sum struct{ packets, bytes uint64 }
+	moved := map[datapathCounterKey]sum{}
+	var victims []datapathCounterKey
+	var k datapathCounterKey
+	var per []datapathCounterVal
+	it := d.objs.FnCounters.Iterate()
+	for it.Next(&k, &per) {
+		if !gone[k.Ifindex] {
+			continue
+		}
+		victims = append(victims, k)
+		rk := datapathCounterKey{Ifindex: RetiredIfIndex, Dir: k.Dir, Code: k.Code}
+		s := moved[rk]
+		for _, v := range per {
+			s.packets += v.Packets
+			s.bytes += v.Bytes
+		}
+		moved[rk] = s
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading counters: %w", err)
+	}
+	// Added before the endpoints' keys go: a failure in between counts twice
+	// rather than losing counts (a counter may not go back).
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return fmt.Errorf("counting the possible CPUs: %w", err)
+	}
+	for rk, s := range moved {
+		if err := d.objs.FnCounters.Lookup(&rk, &per); err != nil {
+			if !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("reading the retired counter %+v: %w", rk, err)
+			}
+			per = make([]datapathCounterVal, ncpu)
+		}
+		// Per-CPU values: the sum goes on the first CPU's (readers add them up).
+		per[0].Packets += s.packets
+		per[0].Bytes += s.bytes
+		if err := d.objs.FnCounters.Put(&rk, per); err != nil {
+			return fmt.Errorf("writing the retired counter %+v: %w", rk, err)
+		}
+	}
+	return deleteKeys(d.objs.FnCounters, victims)
 }
 
 // deleteKeys deletes keys from m in batches where the kernel can (a map-in-map

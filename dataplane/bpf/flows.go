@@ -251,7 +251,12 @@ func (d *Datapath) EventsLost(_ context.Context) (uint64, error) {
 	return n, nil
 }
 
-// Counter is the packets and bytes of one verdict code on one endpoint direction.
+// RetiredIfIndex is the interface index (none is 0) under which the counters of
+// removed endpoints are kept, so that the node's sums never go back.
+const RetiredIfIndex = 0
+
+// Counter is the packets and bytes of one verdict code on one endpoint direction
+// (IfIndex RetiredIfIndex: of the endpoints removed so far).
 type Counter struct {
 	IfIndex   int
 	Direction policy.Direction

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/flatnet/flatnet/dataplane/policy"
 	"github.com/flatnet/flatnet/internal/testenv"
 )
 
@@ -158,8 +160,11 @@ func TestNetnsDetachForgetsEndpoint(t *testing.T) {
 	n.cnp("default-deny", seedDefaultDeny)
 	wantBlocked(t, "client -> server under default deny", client.tcpQuick(server.ip, 80))
 
+	sums := nodeSums(t, n.d)
+	if sums[counterKey{policy.Ingress, DropPolicy}] == 0 {
+		t.Fatalf("no policy drop counted before the detach: nothing to check (%v)", sums)
+	}
 	must(t, n.node.Do(func(ns.NetNS) error { return n.d.DetachEndpoint(context.Background(), server.ifindex) }))
-	wantWorks(t, "client -> server once the server's programs are detached", client.tcpWorks(server.ip, 80))
 	counters, err := n.d.Counters(context.Background())
 	must(t, err)
 	for _, c := range counters {
@@ -167,6 +172,11 @@ func TestNetnsDetachForgetsEndpoint(t *testing.T) {
 			t.Errorf("counter left for the detached endpoint: %+v", c)
 		}
 	}
+	// The node's sums are Prometheus counters: a pod's deletion may not take them back.
+	if after := nodeSums(t, n.d); !maps.Equal(after, sums) {
+		t.Errorf("node counters across the server's detach:\n before %v\n after  %v", sums, after)
+	}
+	wantWorks(t, "client -> server once the server's programs are detached", client.tcpWorks(server.ip, 80))
 	eps, err := n.d.Endpoints(context.Background())
 	must(t, err)
 	if _, ok := eps[server.ifindex]; ok || len(eps) != 1 {
@@ -192,6 +202,23 @@ func TestNetnsDetachForgetsEndpoint(t *testing.T) {
 	if left := connectionsOf(t, n.d, client.ifindex); before == 0 || left != 0 || st.Orphaned != before {
 		t.Errorf("collection after the client's detach: %d of its %d connections left, %+v", left, before, st)
 	}
+}
+
+type counterKey struct {
+	dir  policy.Direction
+	code Code
+}
+
+// nodeSums is the node's packet counters by direction and code, over endpoints.
+func nodeSums(t *testing.T, d *Datapath) map[counterKey]uint64 {
+	t.Helper()
+	counters, err := d.Counters(context.Background())
+	must(t, err)
+	out := map[counterKey]uint64{}
+	for _, c := range counters {
+		out[counterKey{c.Direction, c.Code}] += c.Packets
+	}
+	return out
 }
 
 // connectionsOf counts the connections of the endpoint on ifindex in the shared table.

@@ -36,9 +36,10 @@ type PodNamer interface {
 
 // Collector exports the datapath's counters, read from its maps at each scrape.
 // Labels are bounded: direction (2) x verdict (2) x reason (the fixed code list),
-// summed over endpoints; an endpoint's counters leave the sums when it is removed,
-// which Prometheus sees as a counter reset. Per pod (WithPods) the reason is left
-// out: namespace/pod (at most the node's block of addresses) x direction x verdict.
+// summed over endpoints, those removed included (the datapath keeps their counts
+// under bpf.RetiredIfIndex): a pod's deletion never takes a node's counter back.
+// Per pod (WithPods) the reason is left out: namespace/pod (at most the node's
+// block of addresses) x direction x verdict; a pod's series ends with the pod.
 type Collector struct {
 	src                  CounterSource
 	pods                 PodNamer
