@@ -190,7 +190,7 @@ func (e *Enforcer) evictLocked(ctx context.Context, key string, stale endpointap
 	delete(e.attached, key)
 	delete(e.byCID, stale.ContainerID)
 	e.publishIfindexesLocked()
-	if stale.HostIfIndex > 0 {
+	if stale.HostIfIndex > 0 && !e.ifindexAttachedLocked(stale.HostIfIndex) {
 		if err := e.d.DetachEndpoint(ctx, stale.HostIfIndex); err != nil {
 			return fmt.Errorf("detaching the stale endpoint of %s: %w", key, err)
 		}
@@ -300,7 +300,7 @@ func (e *Enforcer) forgetEndpointLocked(ep endpointapi.Endpoint) (int, bool, err
 		// down after the new one is attached. This DEL is the old sandbox's; the
 		// new attachment (and its policy) must stay; only the old veth's entries go.
 		delete(e.byCID, ep.ContainerID)
-		if ep.HostIfIndex > 0 && ep.HostIfIndex != att.HostIfIndex {
+		if ep.HostIfIndex > 0 && !e.ifindexAttachedLocked(ep.HostIfIndex) {
 			return ep.HostIfIndex, false, nil
 		}
 		return 0, false, nil
@@ -309,10 +309,8 @@ func (e *Enforcer) forgetEndpointLocked(ep endpointapi.Endpoint) (int, bool, err
 		att = ep
 		// A late DEL of an endpoint already evicted: its interface index
 		// may have been reused by an endpoint attached since.
-		for _, other := range e.attached {
-			if other.HostIfIndex == att.HostIfIndex {
-				att.HostIfIndex = 0
-			}
+		if e.ifindexAttachedLocked(att.HostIfIndex) {
+			att.HostIfIndex = 0
 		}
 	}
 	delete(e.attached, key)
@@ -327,4 +325,19 @@ func (e *Enforcer) forgetEndpointLocked(ep endpointapi.Endpoint) (int, bool, err
 		e.c.DeletePod(ep.PodNamespace, ep.PodName)
 	}
 	return att.HostIfIndex, true, nil
+}
+
+// ifindexAttachedLocked reports whether an attached endpoint has the interface
+// index. A stale endpoint's index is not
+// always its own any more: the kernel hands indexes out again, and after a node
+// restart (a fresh network namespace) it counts from the start, so an old
+// sandbox's late DEL, or the agent forgetting a vanished veth's endpoint, may
+// name the veth of another pod attached since. Call with e.mu held.
+func (e *Enforcer) ifindexAttachedLocked(ifindex int) bool {
+	for _, other := range e.attached {
+		if other.HostIfIndex == ifindex {
+			return true
+		}
+	}
+	return false
 }

@@ -378,3 +378,69 @@ func TestStaleEndpointGivesWayToTheNextPodOnItsAddress(t *testing.T) {
 		t.Errorf("c detached, still in the API with %s, d attached with it: identity %d, want d's %d", ip2, got.Identity, idD)
 	}
 }
+
+// TestLateDELNamingAnotherPodsInterfaceLeavesItEnforced: after a node restart the
+// kernel counts interface indexes from the start again, so the DEL of a sandbox
+// from before it (late, or replayed by the agent forgetting a vanished veth) may
+// name the index of another pod's veth attached since. That pod must keep its
+// programs and its policy, whether the DEL's pod was recreated (attached again
+// elsewhere) or is gone.
+func TestLateDELNamingAnotherPodsInterfaceLeavesItEnforced(t *testing.T) {
+	ctx := context.Background()
+	pin, node := newTestNode(t)
+	veth := func(name string) int { return podnettest.AddVeth(t, node, name, name+"p") }
+	e, err := New(ctx, Config{NodeName: "n1", PinDir: pin}, slog.New(slog.DiscardHandler))
+	must(t, err)
+	defer e.Close()
+	must(t, e.UpsertNamespace(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}}))
+	must(t, e.UpsertPod(ctx, pod("default", "server", "", "n1", map[string]string{"app": "server"})))
+	must(t, e.UpsertPod(ctx, pod("default", "other", "", "n1", map[string]string{"app": "other"})))
+	must(t, e.UpsertPod(ctx, pod("default", "client", "10.224.2.20", "n2", map[string]string{"app": "client"})))
+	must(t, e.UpsertCiliumPolicy(ctx, cnp(t, denyAll))) // server (app=server) denies all ingress
+	must(t, node.Do(func(ns.NetNS) error { return e.Synced(ctx) }))
+
+	serverIP, otherIP := netip.MustParseAddr("10.224.1.10"), netip.MustParseAddr("10.224.1.11")
+	ifServer, ifOther := veth("fnsrv"), veth("fnoth")
+	must(t, node.Do(func(ns.NetNS) error {
+		return e.Attach(ctx, endpointapi.Endpoint{ContainerID: "srv2", PodNamespace: "default", PodName: "server", HostIfName: "fnsrv", HostIfIndex: ifServer, PodIfName: "eth0", IP: serverIP})
+	}))
+	must(t, node.Do(func(ns.NetNS) error {
+		return e.Attach(ctx, endpointapi.Endpoint{ContainerID: "oth2", PodNamespace: "default", PodName: "other", HostIfName: "fnoth", HostIfIndex: ifOther, PodIfName: "eth0", IP: otherIP})
+	}))
+	enforced := func(when string) {
+		t.Helper()
+		eps, err := e.Datapath().Endpoints(ctx)
+		must(t, err)
+		if got, ok := eps[ifServer]; !ok || got.IP != serverIP {
+			t.Fatalf("%s: datapath endpoints %v, want the server on %d", when, eps, ifServer)
+		}
+		if got := e.LocalPods(); got[ifServer] != "default/server" {
+			t.Fatalf("%s: LocalPods = %v, want %d: default/server", when, got, ifServer)
+		}
+		pol, err := e.Datapath().EndpointPolicy(ctx, ifServer)
+		must(t, err)
+		if pol == nil {
+			t.Fatalf("%s: no policy map for the server's interface %d", when, ifServer)
+		}
+		d, _, err := e.Explain("default", "server", policy.Ingress, netip.MustParseAddr("10.224.2.20"), policy.ProtoTCP, 80)
+		must(t, err)
+		if d.Allowed {
+			t.Fatalf("%s: client -> server allowed under the deny policy", when)
+		}
+	}
+	enforced("attached")
+
+	// The old sandbox of "other" (recreated on ifOther) had the server's index before the restart.
+	must(t, node.Do(func(ns.NetNS) error {
+		return e.Detach(ctx, endpointapi.Endpoint{ContainerID: "oth1", PodNamespace: "default", PodName: "other", HostIfIndex: ifServer, IP: otherIP})
+	}))
+	enforced("after the late DEL of a recreated pod's old sandbox")
+	// A pod gone for good had it.
+	must(t, node.Do(func(ns.NetNS) error {
+		return e.Detach(ctx, endpointapi.Endpoint{ContainerID: "gone1", PodNamespace: "default", PodName: "gone", HostIfIndex: ifServer, IP: netip.MustParseAddr("10.224.1.12")})
+	}))
+	enforced("after the late DEL of a gone pod")
+	if got := e.LocalPods(); got[ifOther] != "default/other" {
+		t.Fatalf("LocalPods = %v, want %d: default/other still attached", got, ifOther)
+	}
+}
