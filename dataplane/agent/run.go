@@ -2,10 +2,12 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
+	"time"
 
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
@@ -160,7 +162,8 @@ func runWithPolicy(ctx context.Context, cfg RunConfig, log *slog.Logger, kube ku
 			_ = flowLogs.Run(ctx) // it logs what it refuses; it stops with ctx
 		}
 	}()
-	errc := make(chan error, 4)
+	const parts = 4 // the goroutines below that send on errc
+	errc := make(chan error, parts)
 	go func() {
 		// Observability must not take enforcement down with it.
 		if err := flows.Run(ctx, events, enricher, store, observers...); err != nil {
@@ -171,7 +174,33 @@ func runWithPolicy(ctx context.Context, cfg RunConfig, log *slog.Logger, kube ku
 	go func() { errc <- wrap("conntrack GC", enf.RunConntrackGC(ctx)) }()
 	go func() { errc <- wrap("hook mover", enf.RunHookMover(ctx)) }()
 	go func() { errc <- wrap("agent", a.Run(ctx)) }()
-	return <-errc
+	return stopParts(cancel, errc, parts, partsStopTimeout)
+}
+
+// partsStopTimeout bounds the wait for the agent's parts once one has stopped:
+// within the kubelet's grace period, which ends in SIGKILL.
+const partsStopTimeout = 15 * time.Second
+
+// stopParts waits for the first of n parts to stop (its error on errc), stops
+// the others (cancel) and waits for them, for timeout at most, before the
+// caller's deferred closes run: the agent's Run empties the warm pool on its
+// way out, through the datapath's maps, and failed with "bad file descriptor"
+// when the datapath closed under it. It returns the first error.
+func stopParts(cancel context.CancelFunc, errc <-chan error, n int, timeout time.Duration) error {
+	first := <-errc
+	cancel()
+	deadline := time.After(timeout)
+	for range n - 1 {
+		select {
+		case err := <-errc:
+			if first == nil {
+				first = err
+			}
+		case <-deadline:
+			return errors.Join(first, fmt.Errorf("the agent's parts did not stop within %s", timeout))
+		}
+	}
+	return first
 }
 
 // registerPolicyMetrics adds the policy datapath's metrics and the Hubble metrics
