@@ -89,6 +89,7 @@ func TestSetupOnPoolIndex(t *testing.T) {
 		{pooled, "net/ipv6/conf/eth0/disable_ipv6", "1\n"},
 		{n.NS, "net/ipv6/conf/" + v.HostVeth + "/disable_ipv6", "1\n"},
 		{n.NS, "net/ipv4/conf/" + v.HostVeth + "/proxy_arp", "1\n"},
+		{n.NS, "net/ipv4/neigh/" + v.HostVeth + "/proxy_delay", "0\n"},
 	} {
 		if got := sysctl(t, c.netns, c.name); got != c.want {
 			t.Errorf("%s = %q, want %q as Setup sets it", c.name, got, c.want)

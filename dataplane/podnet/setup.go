@@ -29,7 +29,7 @@ type Veth struct {
 //
 //	pod:  lo up, <ifName> ip/32, 169.254.1.1 dev <ifName> scope link, default via 169.254.1.1,
 //	      169.254.1.1 lladdr <host veth MAC> PERMANENT, no IPv6 on <ifName>
-//	host: <hostVeth> up, proxy_arp=1, ip/32 dev <hostVeth> scope link, no IPv6,
+//	host: <hostVeth> up, proxy_arp=1 (proxy_delay=0), ip/32 dev <hostVeth> scope link, no IPv6,
 //	      proxy neighbour ip on the uplink (the node answers ARP for the pod there)
 //
 // The address may have been a pod's of this node before a restart gave the uplink
@@ -177,8 +177,13 @@ func configureHostSide(v *Veth, up *Uplink) error {
 	if err != nil {
 		return fmt.Errorf("look up host veth %s: %w", v.HostVeth, err)
 	}
-	// Answers the pod's ARP for 169.254.1.1 should its permanent entry be flushed.
+	// Answers the pod's ARP for 169.254.1.1 should its permanent entry be flushed:
+	// at once, as on the uplink (the kernel otherwise answers a broadcast request
+	// after a random delay of up to 0.8 s, from a timer).
 	if err := writeSysctl("net/ipv4/conf/"+v.HostVeth+"/proxy_arp", "1"); err != nil {
+		return err
+	}
+	if err := writeSysctl("net/ipv4/neigh/"+v.HostVeth+"/proxy_delay", "0"); err != nil {
 		return err
 	}
 	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: HostNet(v.IP), Scope: netlink.SCOPE_LINK}); err != nil {

@@ -100,9 +100,10 @@ func TestSetupCheckTeardown(t *testing.T) {
 	}
 	n.Do(func() error {
 		for file, want := range map[string]string{
-			"/proc/sys/net/ipv4/ip_forward":                      "1",
-			"/proc/sys/net/ipv4/neigh/eth0/proxy_delay":          "0",
-			"/proc/sys/net/ipv4/conf/" + hostVeth + "/proxy_arp": "1",
+			"/proc/sys/net/ipv4/ip_forward":                         "1",
+			"/proc/sys/net/ipv4/neigh/eth0/proxy_delay":             "0",
+			"/proc/sys/net/ipv4/conf/" + hostVeth + "/proxy_arp":    "1",
+			"/proc/sys/net/ipv4/neigh/" + hostVeth + "/proxy_delay": "0",
 		} {
 			b, err := os.ReadFile(file)
 			if err != nil || strings.TrimSpace(string(b)) != want {
