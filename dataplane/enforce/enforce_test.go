@@ -276,17 +276,7 @@ func TestEnforcerServiceAddresses(t *testing.T) {
 // policy, and a's entries must go: nothing of a may answer for that address.
 func TestStaleEndpointGivesWayToTheNextPodOnItsAddress(t *testing.T) {
 	ctx := context.Background()
-	pin, node := newTestNode(t)
-	veth := func(name string) int { return podnettest.AddVeth(t, node, name, name+"p") }
-	e, err := New(ctx, Config{NodeName: "n1", PinDir: pin}, slog.New(slog.DiscardHandler))
-	must(t, err)
-	defer e.Close()
-	must(t, e.UpsertNamespace(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}}))
-	must(t, e.UpsertPod(ctx, pod("default", "a", "", "n1", map[string]string{"app": "server"})))
-	must(t, e.UpsertPod(ctx, pod("default", "b", "", "n1", map[string]string{"app": "other"})))
-	must(t, e.UpsertPod(ctx, pod("default", "client", "10.224.2.20", "n2", map[string]string{"app": "client"})))
-	must(t, e.UpsertCiliumPolicy(ctx, cnp(t, denyAll))) // a (app=server) denies all ingress; b is unrestricted
-	must(t, node.Do(func(ns.NetNS) error { return e.Synced(ctx) }))
+	e, node, veth := newDenyAllNode(t, "a", "b") // a (app=server) denies all ingress; b is unrestricted
 
 	ip := netip.MustParseAddr("10.224.1.10")
 	ifa := veth("fna")
@@ -387,17 +377,7 @@ func TestStaleEndpointGivesWayToTheNextPodOnItsAddress(t *testing.T) {
 // elsewhere) or is gone.
 func TestLateDELNamingAnotherPodsInterfaceLeavesItEnforced(t *testing.T) {
 	ctx := context.Background()
-	pin, node := newTestNode(t)
-	veth := func(name string) int { return podnettest.AddVeth(t, node, name, name+"p") }
-	e, err := New(ctx, Config{NodeName: "n1", PinDir: pin}, slog.New(slog.DiscardHandler))
-	must(t, err)
-	defer e.Close()
-	must(t, e.UpsertNamespace(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}}))
-	must(t, e.UpsertPod(ctx, pod("default", "server", "", "n1", map[string]string{"app": "server"})))
-	must(t, e.UpsertPod(ctx, pod("default", "other", "", "n1", map[string]string{"app": "other"})))
-	must(t, e.UpsertPod(ctx, pod("default", "client", "10.224.2.20", "n2", map[string]string{"app": "client"})))
-	must(t, e.UpsertCiliumPolicy(ctx, cnp(t, denyAll))) // server (app=server) denies all ingress
-	must(t, node.Do(func(ns.NetNS) error { return e.Synced(ctx) }))
+	e, node, veth := newDenyAllNode(t, "server", "other") // server (app=server) denies all ingress
 
 	serverIP, otherIP := netip.MustParseAddr("10.224.1.10"), netip.MustParseAddr("10.224.1.11")
 	ifServer, ifOther := veth("fnsrv"), veth("fnoth")
@@ -443,4 +423,24 @@ func TestLateDELNamingAnotherPodsInterfaceLeavesItEnforced(t *testing.T) {
 	if got := e.LocalPods(); got[ifOther] != "default/other" {
 		t.Fatalf("LocalPods = %v, want %d: default/other still attached", got, ifOther)
 	}
+}
+
+// newDenyAllNode is a synced enforcer on a test node (n1) whose pod server
+// (app=server) the deny-all CNP isolates, beside the unrestricted pod other and
+// a client on node n2, all in namespace default; veth adds a host veth to the
+// node and returns its index.
+func newDenyAllNode(t *testing.T, server, other string) (e *Enforcer, node ns.NetNS, veth func(name string) int) {
+	t.Helper()
+	ctx := context.Background()
+	pin, node := newTestNode(t)
+	e, err := New(ctx, Config{NodeName: "n1", PinDir: pin}, slog.New(slog.DiscardHandler))
+	must(t, err)
+	t.Cleanup(func() { e.Close() })
+	must(t, e.UpsertNamespace(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default"}}))
+	must(t, e.UpsertPod(ctx, pod("default", server, "", "n1", map[string]string{"app": "server"})))
+	must(t, e.UpsertPod(ctx, pod("default", other, "", "n1", map[string]string{"app": "other"})))
+	must(t, e.UpsertPod(ctx, pod("default", "client", "10.224.2.20", "n2", map[string]string{"app": "client"})))
+	must(t, e.UpsertCiliumPolicy(ctx, cnp(t, denyAll)))
+	must(t, node.Do(func(ns.NetNS) error { return e.Synced(ctx) }))
+	return e, node, func(name string) int { return podnettest.AddVeth(t, node, name, name+"p") }
 }
