@@ -459,33 +459,6 @@ func deleteKeys[K any](m *ebpf.Map, keys []K) error {
 	return nil
 }
 
-// deleteWhere deletes the keys of m that match.
-func deleteWhere[K any](m *ebpf.Map, match func(*K) bool) error {
-	var victims []K
-	var cur, next K
-	var prev any // nil: start from the first key
-	for {
-		err := m.NextKey(prev, &next)
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			break
-		}
-		if err != nil {
-			return err
-		}
-		if match(&next) {
-			victims = append(victims, next)
-		}
-		cur = next
-		prev = &cur
-	}
-	for i := range victims {
-		if err := m.Delete(&victims[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return err
-		}
-	}
-	return nil
-}
-
 // Endpoints returns the endpoints the datapath enforces (a restarted agent matches them
 // to pods by IP), by host interface index.
 func (d *Datapath) Endpoints(_ context.Context) (map[int]Endpoint, error) {

@@ -3,6 +3,7 @@ package bpf
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"net"
 	"net/netip"
 	"os"
@@ -276,4 +277,31 @@ func (p *testPod) serveUDPEcho(t testing.TB, port, size int) {
 func (n *testNode) dnatTCP(dst netip.Addr, port int, backend string) {
 	n.t.Helper()
 	n.iptables("-t", "nat", "-A", "PREROUTING", "-d", dst.String(), "-p", "tcp", "--dport", strconv.Itoa(port), "-j", "DNAT", "--to-destination", backend)
+}
+
+// deleteWhere deletes the keys of m that match (tests: emptying maps).
+func deleteWhere[K any](m *ebpf.Map, match func(*K) bool) error {
+	var victims []K
+	var cur, next K
+	var prev any // nil: start from the first key
+	for {
+		err := m.NextKey(prev, &next)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		if match(&next) {
+			victims = append(victims, next)
+		}
+		cur = next
+		prev = &cur
+	}
+	for i := range victims {
+		if err := m.Delete(&victims[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+	}
+	return nil
 }

@@ -328,11 +328,11 @@ func (e *Enforcer) forgetEndpointLocked(ep endpointapi.Endpoint) (int, bool, err
 }
 
 // ifindexAttachedLocked reports whether an attached endpoint has the interface
-// index. A stale endpoint's index is not
-// always its own any more: the kernel hands indexes out again, and after a node
-// restart (a fresh network namespace) it counts from the start, so an old
-// sandbox's late DEL, or the agent forgetting a vanished veth's endpoint, may
-// name the veth of another pod attached since. Call with e.mu held.
+// index. A stale endpoint's index is not always its own any more: the kernel
+// hands indexes out again, and after a node restart (a fresh network namespace)
+// it counts from the start, so an old sandbox's late DEL, or the agent
+// forgetting a vanished veth's endpoint, may name the veth of another pod
+// attached since. Call with e.mu held.
 func (e *Enforcer) ifindexAttachedLocked(ifindex int) bool {
 	for _, other := range e.attached {
 		if other.HostIfIndex == ifindex {
