@@ -389,8 +389,7 @@ func (d *Datapath) forget(ifindexes ...int) error {
 // when a pod is deleted. Call with d.mu held and the endpoints' programs
 // detached: nothing else writes RetiredIfIndex's keys or the gone ones then.
 func (d *Datapath) retireCounters(gone map[uint32]bool) error {
-	type sum struct{ packets, bytes uint64 }
-	moved := map[datapathCounterKey]sum{}
+	moved := map[datapathCounterKey]datapathCounterVal{} // summed over CPUs
 	var victims []datapathCounterKey
 	var k datapathCounterKey
 	var per []datapathCounterVal
@@ -403,8 +402,8 @@ func (d *Datapath) retireCounters(gone map[uint32]bool) error {
 		rk := datapathCounterKey{Ifindex: RetiredIfIndex, Dir: k.Dir, Code: k.Code}
 		s := moved[rk]
 		for _, v := range per {
-			s.packets += v.Packets
-			s.bytes += v.Bytes
+			s.Packets += v.Packets
+			s.Bytes += v.Bytes
 		}
 		moved[rk] = s
 	}
@@ -425,8 +424,8 @@ func (d *Datapath) retireCounters(gone map[uint32]bool) error {
 			per = make([]datapathCounterVal, ncpu)
 		}
 		// Per-CPU values: the sum goes on the first CPU's (readers add them up).
-		per[0].Packets += s.packets
-		per[0].Bytes += s.bytes
+		per[0].Packets += s.Packets
+		per[0].Bytes += s.Bytes
 		if err := d.objs.FnCounters.Put(&rk, per); err != nil {
 			return fmt.Errorf("writing the retired counter %+v: %w", rk, err)
 		}
