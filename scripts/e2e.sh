@@ -107,9 +107,13 @@ filters() {
 }
 
 # The phases' label filters; the benchmarks (label bench) are opt-in: they run
-# only when a label filter selects them.
+# only when a label filter selects them. On a cluster with a disruptive lane node
+# (kind-configs/default.yaml) the specs that hold every node to be up and
+# undisturbed (label every-node) run in the lane with the disruptive ones.
 SIDE_BY_SIDE='!disruptive && !bench'
 DISRUPTIVE='disruptive && !bench'
+LANE_SIDE_BY_SIDE='!disruptive && !every-node && !bench'
+LANE='(disruptive || every-node) && !bench'
 # The last whole run's merged report (no FOCUS or SKIP): each family's time per spec,
 # to balance the parts. Kept in the machine's cache, not the tree's _output: a clean
 # clone (CI's) balances by the last run on this machine; a machine with none by the
@@ -261,29 +265,46 @@ start_run() {
 	started[$run]=$SECONDS
 }
 
-# run_phase N PHASE-FILTER SUFFIX MAX-PARTS: the phase's processes (plan), N at once,
-# longest first by the last run's times; a line as each ends, the running ones every
-# minute. Suites with nothing to run in the phase start no process, but for the first
-# phase: there every suite runs, so the report lists even the specs a filter leaves out.
-declare -A took_run=() filter_run=()
+# queue_phase LANE N PHASE-FILTER SUFFIX MAX-PARTS: the phase's processes (plan)
+# onto the run queue, to run in LANE, N of that lane at once, longest first by the
+# last run's times. Suites with nothing to run in the phase start no process, but
+# for the first phase: there every suite runs, so the report lists even the specs
+# a filter leaves out.
+declare -A took_run=() filter_run=() lane_run=() lane_cap=() lane_busy=()
 failures=()
-run_phase() {
-	local n=$1 phase_filter=$2 suffix=$3 parts=$4 p s run code specs secs filter last=$SECONDS
-	local queue=()
+queue=()
+queue_phase() {
+	local lane=$1 n=$2 phase_filter=$3 suffix=$4 parts=$5 s run specs secs filter
+	local q=()
+	lane_cap[$lane]=$n
+	lane_busy[$lane]=0
 	plan "$phase_filter" "$parts" >"$LISTED/plan$suffix"
 	while read -r s specs secs filter; do
 		[ "$specs" -gt 0 ] || [ -z "$suffix" ] || continue
 		run=$s$suffix
 		[ -z "$filter" ] || run=$s-$((++part_of[$s]))$suffix
 		filter_run[$run]="$phase_filter${filter:+ && ($filter)}"
-		queue+=("$secs $run $s")
+		lane_run[$run]=$lane
+		q+=("$secs $run $s")
 	done <"$LISTED/plan$suffix"
-	[ ${#queue[@]} = 0 ] || mapfile -t queue < <(printf '%s\n' "${queue[@]}" | sort -k1,1nr -k2,2 | cut -d' ' -f2-)
+	[ ${#q[@]} = 0 ] || mapfile -t -O "${#queue[@]}" queue < <(printf '%s\n' "${q[@]}" | sort -k1,1nr -k2,2 | cut -d' ' -f2-)
+}
+
+# run_queue: the queued processes, each as soon as its lane has room; a line as
+# each ends, the running ones every minute.
+run_queue() {
+	local p s run code i last=$SECONDS
 	while [ ${#queue[@]} -gt 0 ] || [ ${#pid_suite[@]} -gt 0 ]; do
-		while [ "$interrupted" = 0 ] && [ ${#queue[@]} -gt 0 ] && [ ${#pid_suite[@]} -lt "$n" ]; do
-			read -r run s <<<"${queue[0]}"
-			start_run "$run" "$s" "${filter_run[$run]}"
-			queue=("${queue[@]:1}")
+		i=0
+		while [ "$interrupted" = 0 ] && [ "$i" -lt ${#queue[@]} ]; do
+			read -r run s <<<"${queue[$i]}"
+			if [ "${lane_busy[${lane_run[$run]}]}" -lt "${lane_cap[${lane_run[$run]}]}" ]; then
+				start_run "$run" "$s" "${filter_run[$run]}"
+				lane_busy[${lane_run[$run]}]=$((lane_busy[${lane_run[$run]}] + 1))
+				queue=("${queue[@]:0:i}" "${queue[@]:i+1}")
+			else
+				i=$((i + 1))
+			fi
 		done
 		[ "$interrupted" = 0 ] || queue=()
 		# A wait the trap interrupts at once (a foreground sleep would hold it back).
@@ -293,6 +314,7 @@ run_phase() {
 			kill -0 "$p" 2>/dev/null && continue
 			run=${pid_suite[$p]}
 			unset "pid_suite[$p]"
+			lane_busy[${lane_run[$run]}]=$((lane_busy[${lane_run[$run]}] - 1))
 			code=0
 			wait "$p" || code=$?
 			took_run[$run]=$((SECONDS - started[$run]))
@@ -321,15 +343,31 @@ run_phase() {
 LISTED="$ART/list"
 list_specs "$LISTED"
 declare -A part_of=()
-step "suites: ${#suites[@]}, at most $CONCURRENCY processes at once${FOCUS:+, --focus='$FOCUS'}${SKIP:+, --skip='$SKIP'} -> $ART"
+# The disruptive specs restart a node, stop an agent or fill a node's pod capacity.
+# On a cluster that keeps a node for them (its lane), they do it there, one process
+# at a time beside the other suites, which have nothing on that node; elsewhere they
+# run after the others, alone.
+lane_node=$("$BIN_DIR/kubectl" get nodes -l flatnet.io/e2e-lane=disruptive -o jsonpath='{.items[*].metadata.name}') ||
+	die "could not list the cluster's nodes" "KUBECONFIG=$KUBECONFIG"
 t0=$SECONDS
-run_phase "$CONCURRENCY" "$SIDE_BY_SIDE" "" "$PARTS"
-took[suites]=$((SECONDS - t0))
-if [ "$interrupted" = 0 ]; then
-	step "suites: the disruptive specs (they restart nodes or stop agents), alone"
-	t0=$SECONDS
-	run_phase 1 "$DISRUPTIVE" "-disruptive" 1
-	took[disruptive]=$((SECONDS - t0))
+if [ -n "$lane_node" ]; then
+	step "suites: ${#suites[@]}, at most $CONCURRENCY processes at once, and the disruptive specs one process at a time beside them on node $lane_node${FOCUS:+, --focus='$FOCUS'}${SKIP:+, --skip='$SKIP'} -> $ART"
+	queue_phase side "$CONCURRENCY" "$LANE_SIDE_BY_SIDE" "" "$PARTS"
+	queue_phase lane 1 "$LANE" "-disruptive" 1
+	run_queue
+	took[suites]=$((SECONDS - t0))
+else
+	step "suites: ${#suites[@]}, at most $CONCURRENCY processes at once${FOCUS:+, --focus='$FOCUS'}${SKIP:+, --skip='$SKIP'} -> $ART"
+	queue_phase side "$CONCURRENCY" "$SIDE_BY_SIDE" "" "$PARTS"
+	run_queue
+	took[suites]=$((SECONDS - t0))
+	if [ "$interrupted" = 0 ]; then
+		step "suites: the disruptive specs (they restart nodes or stop agents), alone"
+		t0=$SECONDS
+		queue_phase alone 1 "$DISRUPTIVE" "-disruptive" 1
+		run_queue
+		took[disruptive]=$((SECONDS - t0))
+	fi
 fi
 trap - INT TERM
 

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/wait"
+	"sigs.k8s.io/kind/pkg/apis/config/v1alpha4"
 	"sigs.k8s.io/kind/pkg/cluster"
 	kindexec "sigs.k8s.io/kind/pkg/exec"
 	"sigs.k8s.io/yaml"
@@ -75,6 +76,17 @@ func (c *Cluster) Up(ctx context.Context) error {
 	exists, err := c.exists()
 	if err != nil {
 		return err
+	}
+	if exists {
+		if why, err := c.otherTopology(); err != nil {
+			return err
+		} else if why != "" {
+			c.progress.Warn("cluster %s %s; recreating it", c.cfg.Name, why)
+			if err := c.kind.Delete(c.cfg.Name, c.cfg.Kubeconfig); err != nil {
+				return fmt.Errorf("deleting cluster %s: %w", c.cfg.Name, err)
+			}
+			exists = false
+		}
 	}
 	if exists {
 		_ = c.writeKubeconfig()
@@ -179,6 +191,42 @@ func (c *Cluster) CollectLogs(dir string) error {
 		return fmt.Errorf("collecting the logs of cluster %s: %w", c.cfg.Name, err)
 	}
 	return nil
+}
+
+// otherTopology says how the existing cluster's nodes differ from its topology's
+// ("" when they do not): a cluster made from another config (make cluster
+// CONFIG=scale, or an older default) is not what the caller asked for.
+func (c *Cluster) otherTopology() (string, error) {
+	cfg, err := Topology(c.cfg.ConfigDir, c.cfg.Topology, c.cfg.Network)
+	if err != nil {
+		return "", err
+	}
+	nodes, err := c.Nodes()
+	if err != nil {
+		return "", err
+	}
+	return nodesDiffer(nodes, cfg), nil
+}
+
+// nodesDiffer compares a cluster's node containers (kind names them
+// <cluster>-control-plane[N] and <cluster>-worker[N]) with cfg's nodes, role by role.
+func nodesDiffer(nodes []string, cfg *v1alpha4.Cluster) string {
+	var haveCP, wantCP int
+	for _, n := range nodes {
+		if strings.Contains(n, "-control-plane") {
+			haveCP++
+		}
+	}
+	for _, n := range cfg.Nodes {
+		if n.Role == v1alpha4.ControlPlaneRole {
+			wantCP++
+		}
+	}
+	if haveCP == wantCP && len(nodes)-haveCP == len(cfg.Nodes)-wantCP {
+		return ""
+	}
+	return fmt.Sprintf("has %d control-plane and %d worker node(s), its topology %d and %d",
+		haveCP, len(nodes)-haveCP, wantCP, len(cfg.Nodes)-wantCP)
 }
 
 func (c *Cluster) exists() (bool, error) {

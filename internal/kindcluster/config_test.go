@@ -21,7 +21,7 @@ var testNetwork = Network{
 }
 
 func TestTopologyRepoConfigs(t *testing.T) {
-	for name, want := range map[string]struct{ workers, maxPods int }{"default": {2, 30}, "large": {4, 30}, "scale": {3, 250}} {
+	for name, want := range map[string]struct{ workers, maxPods int }{"default": {3, 30}, "large": {4, 30}, "scale": {3, 250}} {
 		workers := want.workers
 		c, err := Topology("../../kind-configs", name, testNetwork)
 		if err != nil {
@@ -45,6 +45,48 @@ func TestTopologyRepoConfigs(t *testing.T) {
 			if !strings.Contains(patches, line) {
 				t.Errorf("%s: kubeadm patches lack %q", name, line)
 			}
+		}
+	}
+}
+
+// The default topology keeps one worker for the disruptive e2e specs: labelled
+// and tainted, so that only what tolerates the taint runs there.
+func TestTopologyDefaultHasTheDisruptiveLane(t *testing.T) {
+	c, err := Topology("../../kind-configs", "default", testNetwork)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lane []v1alpha4.Node
+	for _, n := range c.Nodes {
+		if n.Labels["flatnet.io/e2e-lane"] == "disruptive" {
+			lane = append(lane, n)
+		}
+	}
+	if len(lane) != 1 || lane[0].Role != v1alpha4.WorkerRole {
+		t.Fatalf("nodes labelled flatnet.io/e2e-lane=disruptive: %+v, want one worker", lane)
+	}
+	patches := strings.Join(lane[0].KubeadmConfigPatches, "\n")
+	for _, line := range []string{"kind: JoinConfiguration", "key: flatnet.io/e2e-lane", "value: disruptive", "effect: NoSchedule"} {
+		if !strings.Contains(patches, line) {
+			t.Errorf("the lane node's kubeadm patches lack %q:\n%s", line, patches)
+		}
+	}
+}
+
+func TestNodesDiffer(t *testing.T) {
+	c, err := Topology("../../kind-configs", "default", testNetwork)
+	if err != nil {
+		t.Fatal(err)
+	}
+	same := []string{"flatnet-control-plane", "flatnet-worker", "flatnet-worker2", "flatnet-worker3"}
+	if why := nodesDiffer(same, c); why != "" {
+		t.Errorf("the topology's own nodes differ: %s", why)
+	}
+	for _, nodes := range [][]string{same[:3], append(same, "flatnet-worker4"), {"flatnet-control-plane", "flatnet-control-plane2", "flatnet-worker", "flatnet-worker2"}} {
+		if why := nodesDiffer(nodes, c); why == "" {
+			t.Errorf("nodes %v: no difference found with 1 control-plane and 3 workers", nodes)
+		} else if !strings.Contains(why, "its topology 1 and 3") {
+			t.Errorf("nodes %v: %q does not say what the topology wants", nodes, why)
 		}
 	}
 }

@@ -93,14 +93,28 @@ func (f *Framework) AgentOn(ctx context.Context, node string) (corev1.Pod, error
 	return live[0], nil
 }
 
+// LaneLabel, with the value DisruptiveLane, marks the node a cluster keeps for
+// the disruptive specs (kind-configs/default.yaml): they restart it, stop its
+// agent and fill its pod capacity there while the other suites run on the other
+// nodes. The node is tainted with the same key and value (NoSchedule).
+const (
+	LaneLabel      = "flatnet.io/e2e-lane"
+	DisruptiveLane = "disruptive"
+)
+
 // NodesByRole lists the cluster's nodes by name, sorted: the workers, and the
-// control-plane nodes (labelled node-role.kubernetes.io/control-plane).
+// control-plane nodes (labelled node-role.kubernetes.io/control-plane). The
+// disruptive lane's node is neither (DisruptiveNode): what other suites place
+// there may be disturbed at any time.
 func (f *Framework) NodesByRole(ctx context.Context) (workers, controlPlane []string, err error) {
 	nodes, err := f.Clientset.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, nil, fmt.Errorf("listing nodes: %w", err)
 	}
 	for _, n := range nodes.Items {
+		if n.Labels[LaneLabel] == DisruptiveLane {
+			continue
+		}
 		if _, cp := n.Labels["node-role.kubernetes.io/control-plane"]; cp {
 			controlPlane = append(controlPlane, n.Name)
 		} else {
@@ -110,6 +124,33 @@ func (f *Framework) NodesByRole(ctx context.Context) (workers, controlPlane []st
 	slices.Sort(workers)
 	slices.Sort(controlPlane)
 	return workers, controlPlane, nil
+}
+
+// DisruptiveNode is the node the cluster keeps for the disruptive specs, ""
+// when it has none (a cluster not made from kind-configs/default.yaml: the
+// disruptive specs then use the other nodes, and make e2e runs them alone).
+func (f *Framework) DisruptiveNode(ctx context.Context) (string, error) {
+	nodes, err := f.Clientset.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: LaneLabel + "=" + DisruptiveLane})
+	if err != nil {
+		return "", fmt.Errorf("listing the nodes labelled %s=%s: %w", LaneLabel, DisruptiveLane, err)
+	}
+	var names []string
+	for _, n := range nodes.Items {
+		names = append(names, n.Name)
+	}
+	slices.Sort(names)
+	if len(names) > 1 {
+		return "", fmt.Errorf("nodes %v are all labelled %s=%s: want one", names, LaneLabel, DisruptiveLane)
+	}
+	if len(names) == 0 {
+		return "", nil
+	}
+	return names[0], nil
+}
+
+// LaneToleration lets a pod onto the disruptive lane's node.
+func LaneToleration() corev1.Toleration {
+	return corev1.Toleration{Key: LaneLabel, Operator: corev1.TolerationOpEqual, Value: DisruptiveLane, Effect: corev1.TaintEffectNoSchedule}
 }
 
 // Options say which of the shared parts a suite uses.

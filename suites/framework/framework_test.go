@@ -120,6 +120,35 @@ func TestFrameworkOnAnAPIServer(t *testing.T) {
 			_, err = f.Clientset.CoreV1().Pods(ns).Create(ctx, own, metav1.CreateOptions{})
 			gomega.Expect(err).To(gomega.MatchError(gomega.ContainSubstring(`violates PodSecurity "restricted`)), "NET_ADMIN is the suite's to ask for, in a namespace that admits it")
 		})
+		ginkgo.It("keeps the disruptive lane's node out of the nodes by role, and names it", func(ctx ginkgo.SpecContext) {
+			node := func(name string, labels map[string]string) *corev1.Node {
+				return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}
+			}
+			lone, err := f.DisruptiveNode(ctx)
+			gomega.Expect(err).NotTo(gomega.HaveOccurred())
+			gomega.Expect(lone).To(gomega.BeEmpty(), "a cluster without a lane node")
+			for _, n := range []*corev1.Node{
+				node("n-cp", map[string]string{"node-role.kubernetes.io/control-plane": ""}),
+				node("n-w2", nil), node("n-w1", nil),
+				node("n-lane", map[string]string{LaneLabel: DisruptiveLane}),
+			} {
+				_, err := cs.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{})
+				gomega.Expect(err).NotTo(gomega.HaveOccurred())
+				ginkgo.DeferCleanup(cs.CoreV1().Nodes().Delete, n.Name, metav1.DeleteOptions{})
+			}
+			workers, cp, err := f.NodesByRole(ctx)
+			gomega.Expect(err).NotTo(gomega.HaveOccurred())
+			gomega.Expect(workers).To(gomega.Equal([]string{"n-w1", "n-w2"}))
+			gomega.Expect(cp).To(gomega.Equal([]string{"n-cp"}))
+			lane, err := f.DisruptiveNode(ctx)
+			gomega.Expect(err).NotTo(gomega.HaveOccurred())
+			gomega.Expect(lane).To(gomega.Equal("n-lane"))
+			_, err = cs.CoreV1().Nodes().Create(ctx, node("n-lane2", map[string]string{LaneLabel: DisruptiveLane}), metav1.CreateOptions{})
+			gomega.Expect(err).NotTo(gomega.HaveOccurred())
+			ginkgo.DeferCleanup(cs.CoreV1().Nodes().Delete, "n-lane2", metav1.DeleteOptions{})
+			_, err = f.DisruptiveNode(ctx)
+			gomega.Expect(err).To(gomega.MatchError(gomega.ContainSubstring("want one")))
+		})
 		ginkgo.It("skips itself", func() { ginkgo.Skip("no SCTP in this kernel") })
 	})
 	ginkgo.ReportAfterSuite("selftest: the specs not run", f.AddNotRun)

@@ -31,8 +31,9 @@ import (
 const agentHealthPort = "9969"
 
 // The error contract (InvalidArgument, naming the field) and the agents'
-// /healthz are flatnet's, hence "flatnet".
-var _ = Describe("bad input to the Hubble API [flatnet]", Label("hubble", "flatnet"), Ordered, func() {
+// /healthz are flatnet's, hence "flatnet". every-node: it holds every node's
+// agent connected and unreplaced (make e2e runs it in the disruptive lane).
+var _ = Describe("bad input to the Hubble API [flatnet]", Label("hubble", "flatnet", "every-node"), Ordered, func() {
 	BeforeAll(func(ctx SpecContext) { awaitAllConnected(ctx) })
 
 	It("refuses a malformed filter and a since after until from the CLI with InvalidArgument naming the field; the CLI itself refuses an unknown field-mask path", func(ctx SpecContext) {

@@ -87,9 +87,15 @@ var _ = kc.BeforeSuite(func(ctx SpecContext) {
 	relayNode := relay.Backend().Pod.Spec.NodeName
 	workers, others, err := kc.NodesByRole(ctx)
 	Expect(err).NotTo(HaveOccurred())
-	// A worker first: the control plane's kubelet runs the API server.
+	// The disruptive lane's node when the cluster has one (nothing of the other
+	// suites runs there); else a worker first: the control plane's kubelet runs
+	// the API server.
 	candidates := append(workers, others...)
-	if i := slices.IndexFunc(candidates, func(n string) bool { return n != relayNode }); i >= 0 && len(candidates) > 1 {
+	lane, err := kc.DisruptiveNode(ctx)
+	Expect(err).NotTo(HaveOccurred())
+	if lane != "" && lane != relayNode {
+		stopNode = lane
+	} else if i := slices.IndexFunc(candidates, func(n string) bool { return n != relayNode }); i >= 0 && len(candidates) > 1 {
 		stopNode = candidates[i]
 	} else {
 		stopWhy = fmt.Sprintf("nodes %v: the agent-stop spec needs a node that hosts neither the relay (on %s) nor the suite's pods", candidates, relayNode)

@@ -25,7 +25,9 @@ import (
 	"github.com/flatnet/flatnet/suites/framework"
 )
 
-var _ = Describe("hubble status and nodes through the relay", Label("hubble"), Ordered, func() {
+// every-node: it holds every node connected (make e2e runs it in the disruptive
+// lane, beside no disruption).
+var _ = Describe("hubble status and nodes through the relay", Label("hubble", "every-node"), Ordered, func() {
 	It("hubble status shows every node connected and hubble list nodes lists them", func(ctx SpecContext) {
 		names := clusterNodes(ctx)
 		st := awaitAllConnected(ctx)

@@ -72,6 +72,10 @@ var (
 	}
 	book      = newPolicyBook(model.Namespace("r"))
 	placement = map[string]string{} // pod -> node
+	// ipamScope is the node whose IPBlocks are held to its live pods: the lane
+	// node when b is there (other suites create and delete pods elsewhere
+	// meanwhile), "" (every node) when the disruptive specs run alone.
+	ipamScope string
 )
 
 var _ = kc.BeforeSuite(func(ctx SpecContext) {
@@ -100,11 +104,21 @@ var _ = kc.BeforeSuite(func(ctx SpecContext) {
 	workers, others, err := kc.NodesByRole(ctx)
 	Expect(err).NotTo(HaveOccurred())
 	Expect(len(workers)).To(BeNumerically(">=", 2), "the suite restarts one worker while pods on the others are probed: it needs two workers (nodes %v)", workers)
-	// a and b on workers (a's agent is deleted, b's node restarted), c on a
-	// third node, so every disruption leaves traffic crossing nodes.
-	third := append(workers[2:], others...)
-	Expect(third).NotTo(BeEmpty(), "the suite needs a third node for pod c")
-	placement["a"], placement["b"], placement["c"] = workers[0], workers[1], third[0]
+	// a, b and c each on a node of its own, b on the one disturbed (its agent
+	// deleted, then the node restarted), so every disruption leaves traffic
+	// crossing nodes. A process that runs the disruptive specs puts b on the
+	// cluster's disruptive lane node when it has one: the other suites, running
+	// meanwhile, have nothing there.
+	lane, err := kc.DisruptiveNode(ctx)
+	Expect(err).NotTo(HaveOccurred())
+	if lane != "" && Label("disruptive").MatchesLabelFilter(GinkgoLabelFilter()) {
+		placement["a"], placement["b"], placement["c"] = workers[0], lane, workers[1]
+		ipamScope = lane
+	} else {
+		third := append(workers[2:], others...)
+		Expect(third).NotTo(BeEmpty(), "the suite needs a third node for pod c")
+		placement["a"], placement["b"], placement["c"] = workers[0], workers[1], third[0]
+	}
 	notes := []string{
 		fmt.Sprintf("API server %s; probe image %s; namespace %s", kc.Rest.Host, kc.Settings.ProbeImage, model.Namespace("r")),
 		fmt.Sprintf("pods: a on %s, b on %s, c on %s; ports TCP 80, 81 by pod IP", placement["a"], placement["b"], placement["c"]),
@@ -121,7 +135,7 @@ var _ = kc.BeforeSuite(func(ctx SpecContext) {
 	for _, r := range model.AllPods() {
 		p := workload.Prepare(model.PodObject(r, kc.Settings.ProbeImage))
 		p.Spec.NodeName = placement[r.Pod]
-		// The control plane's NoSchedule taint: c may sit there.
+		// The control plane's and the lane's NoSchedule taints: c or b may sit there.
 		p.Spec.Tolerations = []corev1.Toleration{{Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule}}
 		pods = append(pods, p)
 	}
@@ -292,9 +306,9 @@ var _ = Describe("verdicts while flatnet is disturbed [flatnet]", Label("flatnet
 
 	It("keeps every verdict while the agent of a probed pod's node is deleted and recreated", func(ctx SpecContext) {
 		res := &report.CaseResult{Name: "agent-restart", Family: "resilience",
-			Description: "The agent on " + placement["a"] + " (pod a's node) is deleted; the DaemonSet recreates it. The datapath stays pinned in bpffs: no answer may differ from the oracle's table, before, during or after."}
+			Description: "The agent on " + placement["b"] + " (pod b's node) is deleted; the DaemonSet recreates it. The datapath stays pinned in bpffs: no answer may differ from the oracle's table, before, during or after."}
 		defer save(res)
-		node := placement["a"]
+		node := placement["b"]
 		p := plan("agent restart", "")
 		snap, expected := settle(ctx, res, "steady policies", p, book.steady())
 		old, err := agentOn(ctx, node)
@@ -334,7 +348,7 @@ var _ = Describe("verdicts while flatnet is disturbed [flatnet]", Label("flatnet
 		Expect(strings.Fields(os.Getenv("FLATNET_NODES"))).To(ContainElement(node),
 			"FLATNET_NODES (set by scripts/e2e.sh: the kind node containers) must name %s for the suite to restart it with docker", node)
 		usageBefore := usage(ctx)
-		Eventually(ipamAgrees).WithContext(ctx).WithTimeout(time.Minute).WithPolling(2*time.Second).Should(Succeed(), "before the restart")
+		Eventually(ipamAgrees).WithArguments(ipamScope).WithContext(ctx).WithTimeout(time.Minute).WithPolling(2*time.Second).Should(Succeed(), "before the restart")
 		b, err := kc.Clientset.CoreV1().Pods(model.Namespace("r")).Get(ctx, "b", metav1.GetOptions{})
 		Expect(err).NotTo(HaveOccurred())
 		agent, err := agentOn(ctx, node)
@@ -390,7 +404,7 @@ var _ = Describe("verdicts while flatnet is disturbed [flatnet]", Label("flatnet
 		}
 
 		By("checking the IPBlocks hold exactly the live pods' addresses")
-		Eventually(ipamAgrees).WithContext(ctx).WithTimeout(2*time.Minute).WithPolling(2*time.Second).Should(Succeed(), "after the restart")
+		Eventually(ipamAgrees).WithArguments(ipamScope).WithContext(ctx).WithTimeout(2*time.Minute).WithPolling(2*time.Second).Should(Succeed(), "after the restart")
 		Expect(usage(ctx)).To(Equal(usageBefore), "flatnetctl usage: the restarted node must not claim another block")
 		if len(res.Problems) > 0 {
 			Fail(strings.Join(res.Problems, "\n"))
@@ -458,20 +472,24 @@ var _ = Describe("verdicts while policies churn [flatnet]", Label("flatnet", "re
 })
 
 // ipamAgrees says whether every address the IPBlocks hold is a live pod's
-// on the block's node, and every live pod's address is held, once each.
-func ipamAgrees(ctx context.Context) error {
+// on the block's node, and every live pod's address is held, once each: on
+// node only, when node is not "" (no address is held twice on any).
+func ipamAgrees(ctx context.Context, node string) error {
 	blocks, err := cluster.New(kc.Dynamic).List(ctx)
 	if err != nil {
 		return err
 	}
-	held := map[string]string{} // ip -> node: owner
+	held, anywhere := map[string]string{}, map[string]string{} // ip -> node: owner
 	for _, b := range blocks {
 		for _, a := range b.Status.Allocations {
 			who := fmt.Sprintf("%s: %s/%s", b.Spec.Node, a.PodNamespace, a.PodName)
-			if prev, dup := held[a.IP]; dup {
+			if prev, dup := anywhere[a.IP]; dup {
 				return fmt.Errorf("address %s is held twice: %s and %s", a.IP, prev, who)
 			}
-			held[a.IP] = who
+			anywhere[a.IP] = who
+			if node == "" || b.Spec.Node == node {
+				held[a.IP] = who
+			}
 		}
 	}
 	pl, err := kc.Clientset.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
@@ -480,7 +498,8 @@ func ipamAgrees(ctx context.Context) error {
 	}
 	live := map[string]string{}
 	for _, p := range pl.Items {
-		if p.Spec.HostNetwork || p.Status.PodIP == "" || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		if p.Spec.HostNetwork || p.Status.PodIP == "" || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed ||
+			(node != "" && p.Spec.NodeName != node) {
 			continue
 		}
 		who := fmt.Sprintf("%s: %s/%s", p.Spec.NodeName, p.Namespace, p.Name)
