@@ -7,7 +7,9 @@
 # them one by one), each in namespaces of its own; a suite whose specs carry a
 # `family:` label (netpol) runs as up to E2E_PARTS (default 3) processes, its
 # families balanced by the last run's times; the specs labelled `disruptive`
-# (they restart nodes or stop agents) run after, alone. Their Ginkgo reports are
+# (they restart a node, stop an agent or fill a node) run one process at a time: on
+# a cluster that keeps a node for them (label flatnet.io/e2e-lane=disruptive), there,
+# beside the others; elsewhere after them, alone. Their Ginkgo reports are
 # merged into one junit.xml and report.json, checked against a dry run of every
 # suite: each spec selected ran exactly once.
 # FOCUS=/SKIP= narrow the specs (Ginkgo regexps); LIST=1 lists every spec (a dry run:

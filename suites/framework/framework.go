@@ -148,11 +148,6 @@ func (f *Framework) DisruptiveNode(ctx context.Context) (string, error) {
 	return names[0], nil
 }
 
-// LaneToleration lets a pod onto the disruptive lane's node.
-func LaneToleration() corev1.Toleration {
-	return corev1.Toleration{Key: LaneLabel, Operator: corev1.TolerationOpEqual, Value: DisruptiveLane, Effect: corev1.TaintEffectNoSchedule}
-}
-
 // Options say which of the shared parts a suite uses.
 type Options struct {
 	// Settings: the suite reads the run's settings (PROBE_IMAGE and the rest,

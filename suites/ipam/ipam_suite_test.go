@@ -33,7 +33,9 @@ import (
 
 func TestIPAM(t *testing.T) { kc.Run(t) }
 
-const ns = "flatnet-ipam"
+// ns is the process's own namespace: make e2e runs the disruptive spec in a
+// process of its own, beside the others.
+var ns = fmt.Sprintf("flatnet-ipam-%04x", time.Now().UnixNano()&0xffff)
 
 var (
 	// Privileged: the host-network client reads its node's routes.

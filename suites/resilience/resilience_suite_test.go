@@ -17,6 +17,10 @@
 //     converged, under one continuous watch: every answer is the oracle's
 //     for a set in force at some time during its round (before or after the
 //     change in flight).
+//
+// On a cluster with a disruptive lane node (kind-configs/default.yaml), the
+// process that runs the disruptive specs puts b there and disturbs only that
+// node, while the other suites run on the others (suites/README.md).
 package resilience
 
 import (
