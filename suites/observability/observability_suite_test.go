@@ -325,15 +325,53 @@ func forwarded(ctx context.Context) flowLine {
 
 // flowInto waits for `flatnetctl flows` to show the verdict flow client ->
 // server:80/TCP entering the server since the given time, and returns it.
+// When it is not found, the spec fails with every flow of the two addresses the
+// agents kept from shortly before (flowsBetween), to tell a flow never recorded
+// from one recorded otherwise.
 func flowInto(ctx context.Context, client, server *corev1.Pod, verdict string, since time.Time) flowLine {
 	var out flowLine
-	Eventually(func(g Gomega) {
+	var failure string
+	g := NewGomega(func(message string, _ ...int) { failure = message })
+	g.Eventually(func(g Gomega) {
 		lines := flows(ctx, g, "--namespace", scenario.Namespace, "--verdict", verdict, "--since", since.UTC().Format(time.RFC3339Nano))
 		f, ok := find(lines, client, server, verdict)
 		g.Expect(ok).To(BeTrue(), "no %s flow %s -> %s:80/TCP entering the server since %s among %d lines", verdict, client.Name, server.Name, since.Format(time.RFC3339Nano), len(lines))
 		out = f
 	}).WithContext(ctx).WithTimeout(30 * time.Second).WithPolling(time.Second).Should(Succeed())
+	if failure != "" {
+		Fail(failure + "\n" + flowsBetween(ctx, client.Status.PodIP, server.Status.PodIP, since.Add(-5*time.Second)))
+	}
 	return out
+}
+
+// flowsBetween lists, one line each, the flows from or to either address that
+// every agent kept since the given time, whatever their verdict or metadata.
+func flowsBetween(ctx context.Context, a, b string, since time.Time) string {
+	r := run(ctx, "flows", "-o", "json", "--since", since.UTC().Format(time.RFC3339Nano))
+	var lines []string
+	sc := bufio.NewScanner(strings.NewReader(r.Stdout))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var l flowLine
+		if json.Unmarshal(sc.Bytes(), &l) != nil {
+			continue
+		}
+		f := l.Flow
+		if f.IP.Source != a && f.IP.Source != b && f.IP.Destination != a && f.IP.Destination != b {
+			continue
+		}
+		port := uint16(0)
+		if f.L4.TCP != nil {
+			port = f.L4.TCP.DestinationPort
+		}
+		lines = append(lines, fmt.Sprintf("  %s %-22s %-7s %-9s %s -> %s:%d (%s -> %s)", f.Time.UTC().Format("15:04:05.000"), f.NodeName,
+			f.TrafficDirection, f.Verdict, f.IP.Source, f.IP.Destination, port, f.Source.ref(), f.Destination.ref()))
+	}
+	head := fmt.Sprintf("flows from or to %s or %s since %s (flatnetctl flows: exit %d, %d lines; stderr %q):", a, b, since.UTC().Format("15:04:05.000"), r.ExitCode, len(lines), r.Stderr)
+	if len(lines) > 60 {
+		lines = append(lines[:60], fmt.Sprintf("  ... and %d more", len(lines)-60))
+	}
+	return strings.Join(append([]string{head}, lines...), "\n")
 }
 
 // connect runs the article's command line in the client's bash.
@@ -372,6 +410,7 @@ type flowLine struct {
 		IngressDeniedBy  []policyRef `json:"ingress_denied_by"`
 		EgressDeniedBy   []policyRef `json:"egress_denied_by"`
 		Rule             string      `json:"flatnet_rule"`
+		Time             time.Time   `json:"time"`
 	} `json:"flow"`
 	NodeName string    `json:"node_name"`
 	Time     time.Time `json:"time"`
@@ -380,6 +419,14 @@ type flowLine struct {
 type endpoint struct {
 	Namespace string `json:"namespace"`
 	PodName   string `json:"pod_name"`
+}
+
+// ref is the endpoint as namespace/pod, "?" when the flow names none.
+func (e *endpoint) ref() string {
+	if e == nil || e.PodName == "" {
+		return "?"
+	}
+	return e.Namespace + "/" + e.PodName
 }
 
 type policyRef struct {
