@@ -100,6 +100,8 @@ var _ = Describe("flows, metrics and explain [flatnet]", Label("flatnet", "obser
 		before, err := dropCounter(ctx, server.Spec.NodeName, "INGRESS", "POLICY_DENIED")
 		Expect(err).NotTo(HaveOccurred())
 		deniedAt = time.Now()
+		fw := followFlows(ctx, "DROPPED", deniedAt)
+		defer fw.Stop()
 		a := connect(ctx, server.Status.PodIP)
 		Expect(a.Word).To(Equal("TIMEOUT"), "a policy drop times out (%s)", a)
 		Eventually(func(g Gomega) {
@@ -110,7 +112,7 @@ var _ = Describe("flows, metrics and explain [flatnet]", Label("flatnet", "obser
 		}).WithContext(ctx).WithTimeout(10 * time.Second).WithPolling(500 * time.Millisecond).Should(Succeed())
 
 		client := sr.Pod(ctx, scenario.Client)
-		denied = flowInto(ctx, client, server, "DROPPED", deniedAt)
+		denied = flowInto(ctx, fw, client, server, "DROPPED", deniedAt)
 		fl := denied.Flow
 		Expect(fl.NodeName).To(Equal(server.Spec.NodeName), "the SYN is dropped entering the server, on its node")
 		Expect(fl.TrafficDirection).To(Equal("INGRESS"))
@@ -315,33 +317,55 @@ func podWget(ctx context.Context, pod, url string) (string, int) {
 func forwarded(ctx context.Context) flowLine {
 	server, client := sr.Pod(ctx, scenario.Server), sr.Pod(ctx, scenario.Client)
 	since := time.Now()
+	fw := followFlows(ctx, "FORWARDED", since)
+	defer fw.Stop()
 	a := connect(ctx, server.Status.PodIP)
 	Expect(a.Reachable).To(BeTrue(), "%s", a)
-	out := flowInto(ctx, client, server, "FORWARDED", since)
+	out := flowInto(ctx, fw, client, server, "FORWARDED", since)
 	Expect(out.Flow.NodeName).To(Equal(server.Spec.NodeName))
 	Expect(out.Flow.IngressDeniedBy).To(BeEmpty())
 	return out
 }
 
-// flowInto waits for `flatnetctl flows` to show the verdict flow client ->
-// server:80/TCP entering the server since the given time, and returns it.
-// When it is not found, the spec fails with every flow of the two addresses the
-// agents kept from shortly before (flowsBetween), to tell a flow never recorded
-// from one recorded otherwise.
-func flowInto(ctx context.Context, client, server *corev1.Pod, verdict string, since time.Time) flowLine {
-	var out flowLine
-	var failure string
-	g := NewGomega(func(message string, _ ...int) { failure = message })
-	g.Eventually(func(g Gomega) {
-		lines := flows(ctx, g, "--namespace", scenario.Namespace, "--verdict", verdict, "--since", since.UTC().Format(time.RFC3339Nano))
-		f, ok := find(lines, client, server, verdict)
-		g.Expect(ok).To(BeTrue(), "no %s flow %s -> %s:80/TCP entering the server since %s among %d lines", verdict, client.Name, server.Name, since.Format(time.RFC3339Nano), len(lines))
-		out = f
-	}).WithContext(ctx).WithTimeout(30 * time.Second).WithPolling(time.Second).Should(Succeed())
-	if failure != "" {
-		Fail(failure + "\n" + flowsBetween(ctx, client.Status.PodIP, server.Status.PodIP, since.Add(-5*time.Second)))
+// followFlows starts `flatnetctl flows --follow` for the scenario's namespace and
+// verdict since the given time, before the connect it is to show: an agent keeps
+// its last 10,000 flows, a few seconds' worth while other suites probe its pods,
+// so a flow looked for by polling may be gone before a poll reads it.
+func followFlows(ctx context.Context, verdict string, since time.Time) *flatnetctl.Stream {
+	s, err := ctl.Start(ctx, "flows", "--follow", "-o", "json", "--namespace", scenario.Namespace, "--verdict", verdict,
+		"--since", since.UTC().Format(time.RFC3339Nano))
+	Expect(err).NotTo(HaveOccurred())
+	return s
+}
+
+// flowInto reads the followed flows (followFlows, started before the connect)
+// until the verdict flow client -> server:80/TCP entering the server comes, and
+// returns it. When it does not come within 30 s, the spec fails with every flow
+// of the two addresses the agents still keep (flowsBetween), to tell a flow
+// never recorded from one recorded otherwise.
+func flowInto(ctx context.Context, fw *flatnetctl.Stream, client, server *corev1.Pod, verdict string, since time.Time) flowLine {
+	timeout := time.After(30 * time.Second)
+	seen := 0
+	for {
+		select {
+		case line, ok := <-fw.Lines:
+			if !ok {
+				Fail(fmt.Sprintf("flatnetctl flows --follow ended after %d lines: %s", seen, fw.Stop()))
+			}
+			seen++
+			var l flowLine
+			Expect(json.Unmarshal([]byte(line), &l)).To(Succeed(), "line %q", line)
+			if f, ok := find([]flowLine{l}, client, server, verdict); ok {
+				return f
+			}
+		case <-timeout:
+			Fail(fmt.Sprintf("no %s flow %s -> %s:80/TCP entering the server since %s among %d followed lines (flatnetctl stderr: %q)\n%s",
+				verdict, client.Name, server.Name, since.UTC().Format(time.RFC3339Nano), seen, fw.Stop(),
+				flowsBetween(ctx, client.Status.PodIP, server.Status.PodIP, since.Add(-5*time.Second))))
+		case <-ctx.Done():
+			Fail("interrupted while following flows: " + ctx.Err().Error())
+		}
 	}
-	return out
 }
 
 // flowsBetween lists, one line each, the flows from or to either address that
@@ -448,22 +472,6 @@ func refNames(rs []oracle.PolicyRef) []string {
 	out := []string{}
 	for _, r := range rs {
 		out = append(out, r.String())
-	}
-	return out
-}
-
-// flows runs `flatnetctl flows ... -o json` and decodes every line.
-func flows(ctx context.Context, g Gomega, args ...string) []flowLine {
-	r := run(ctx, append([]string{"flows", "-o", "json"}, args...)...)
-	g.Expect(r.ExitCode).To(Equal(0), "%s", r)
-	g.Expect(r.Stderr).To(BeEmpty(), "every agent answers: %s", r)
-	var out []flowLine
-	sc := bufio.NewScanner(strings.NewReader(r.Stdout))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		var l flowLine
-		g.Expect(json.Unmarshal(sc.Bytes(), &l)).To(Succeed(), "line %q", sc.Text())
-		out = append(out, l)
 	}
 	return out
 }
