@@ -162,6 +162,42 @@ func observe(ctx context.Context, g Gomega, args ...string) (flows []*flowpb.Flo
 	return flows, hubblecli.NodeEvents(r.Stderr)
 }
 
+// followFlows starts `hubble observe --follow --since <since> <args> -o json`,
+// before the connect whose flow it is to show: each agent keeps its last 10,000
+// flows, 7-15 s' worth while other suites probe its pods, so a flow looked for
+// by polling (awaitFlow) may be gone before a poll reads it.
+func followFlows(ctx context.Context, since time.Time, args ...string) *hubblecli.Stream {
+	s, err := cli.Start(ctx, append(append([]string{"observe", "--follow", "--since", since.UTC().Format(time.RFC3339Nano)}, args...), "-o", "json")...)
+	Expect(err).NotTo(HaveOccurred())
+	return s
+}
+
+// awaitFollowed waits until the followed flows (followFlows) hold one at or after
+// since that match accepts, and returns it.
+func awaitFollowed(ctx context.Context, s *hubblecli.Stream, since time.Time, what string, match func(*flowpb.Flow) bool) *flowpb.Flow {
+	var found *flowpb.Flow
+	Eventually(func(g Gomega) {
+		lines, err := s.Lines()
+		g.Expect(err).NotTo(HaveOccurred())
+		var seen []string
+		for _, l := range lines {
+			f := l.Resp.GetFlow()
+			if f == nil || f.GetTime().AsTime().Before(since) {
+				continue
+			}
+			seen = append(seen, line(f))
+			if match(f) {
+				found = f
+				return
+			}
+		}
+		g.Expect(found).NotTo(BeNil(), "hubble %s: no %s since %s among %d flows:\n  %s",
+			strings.Join(s.Args, " "), what, since.Format(time.RFC3339Nano), len(seen), strings.Join(seen, "\n  "))
+	}).WithContext(ctx).WithTimeout(30 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
+	GinkgoWriter.Printf("  %s: %s\n", what, line(found))
+	return found
+}
+
 // awaitFlow waits until `hubble observe <args> -o json` shows a flow at or
 // after since that match accepts, and returns it.
 func awaitFlow(ctx context.Context, since time.Time, what string, match func(*flowpb.Flow) bool, args ...string) *flowpb.Flow {

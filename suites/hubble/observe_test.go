@@ -28,11 +28,12 @@ var _ = Describe("hubble observe through the relay", Label("hubble"), Ordered, C
 		Expect(verdict.Allowed).To(BeFalse(), "the oracle: %s", verdict)
 		client, server := sr.Pod(ctx, scenario.Client), sr.Pod(ctx, scenario.Server)
 		at := time.Now()
+		fw := followFlows(ctx, at, "--namespace", scenario.Namespace, "--verdict", "DROPPED")
+		defer fw.Stop()
 		a := sr.Connect(ctx, scenario.Client, server.Status.PodIP, scenario.Port.Number)
 		Expect(a.Word).To(Equal("TIMEOUT"), "a policy drop times out: %s", a)
 
-		f := awaitFlow(ctx, at, "DROPPED flow client -> server:80", into(client, server, 80, flowpb.Verdict_DROPPED),
-			"--namespace", scenario.Namespace, "--verdict", "DROPPED")
+		f := awaitFollowed(ctx, fw, at, "DROPPED flow client -> server:80", into(client, server, 80, flowpb.Verdict_DROPPED))
 		Expect(nodeName(f.GetNodeName())).To(Equal(server.Spec.NodeName), "the SYN is dropped entering the server, on its node")
 		Expect(f.GetDropReasonDesc()).To(Equal(flowpb.DropReason_POLICY_DENIED))
 		Expect(f.GetEgressDeniedBy()).To(BeEmpty())
@@ -46,10 +47,11 @@ var _ = Describe("hubble observe through the relay", Label("hubble"), Ordered, C
 		Expect(verdict.Allowed).To(BeTrue(), "the oracle: %s", verdict)
 		client, server := sr.Pod(ctx, scenario.Client), sr.Pod(ctx, scenario.Server)
 		at := time.Now()
+		fw := followFlows(ctx, at, "--namespace", scenario.Namespace, "--verdict", "FORWARDED")
+		defer fw.Stop()
 		a := sr.Connect(ctx, scenario.Client, server.Status.PodIP, scenario.Port.Number)
 		Expect(a.Reachable).To(BeTrue(), "%s", a)
-		f := awaitFlow(ctx, at, "FORWARDED flow client -> server:80", into(client, server, 80, flowpb.Verdict_FORWARDED),
-			"--namespace", scenario.Namespace, "--verdict", "FORWARDED")
+		f := awaitFollowed(ctx, fw, at, "FORWARDED flow client -> server:80", into(client, server, 80, flowpb.Verdict_FORWARDED))
 		Expect(nodeName(f.GetNodeName())).To(Equal(server.Spec.NodeName))
 		Expect(f.GetIngressDeniedBy()).To(BeEmpty())
 	})
