@@ -48,6 +48,7 @@ import (
 	"github.com/flatnet/flatnet/probes/podexec"
 	"github.com/flatnet/flatnet/suites/framework"
 	"github.com/flatnet/flatnet/suites/internal/agnhost"
+	"github.com/flatnet/flatnet/suites/internal/cmdstream"
 	"github.com/flatnet/flatnet/suites/internal/flatnetctl"
 	"github.com/flatnet/flatnet/suites/internal/seedrun"
 	"github.com/flatnet/flatnet/suites/internal/workload"
@@ -331,7 +332,7 @@ func forwarded(ctx context.Context) flowLine {
 // verdict since the given time, before the connect it is to show: an agent keeps
 // its last 10,000 flows, a few seconds' worth while other suites probe its pods,
 // so a flow looked for by polling may be gone before a poll reads it.
-func followFlows(ctx context.Context, verdict string, since time.Time) *flatnetctl.Stream {
+func followFlows(ctx context.Context, verdict string, since time.Time) *cmdstream.Stream {
 	s, err := ctl.Start(ctx, "flows", "--follow", "-o", "json", "--namespace", scenario.Namespace, "--verdict", verdict,
 		"--since", since.UTC().Format(time.RFC3339Nano))
 	Expect(err).NotTo(HaveOccurred())
@@ -343,18 +344,18 @@ func followFlows(ctx context.Context, verdict string, since time.Time) *flatnetc
 // returns it. When it does not come within 30 s, the spec fails with every flow
 // of the two addresses the agents still keep (flowsBetween), to tell a flow
 // never recorded from one recorded otherwise.
-func flowInto(ctx context.Context, fw *flatnetctl.Stream, client, server *corev1.Pod, verdict string, since time.Time) flowLine {
+func flowInto(ctx context.Context, fw *cmdstream.Stream, client, server *corev1.Pod, verdict string, since time.Time) flowLine {
 	timeout := time.After(30 * time.Second)
 	seen := 0
 	for {
 		select {
 		case line, ok := <-fw.Lines:
 			if !ok {
-				Fail(fmt.Sprintf("flatnetctl flows --follow ended after %d lines: %s", seen, fw.Stop()))
+				Fail(fmt.Sprintf("flatnetctl flows --follow ended (%s) after %d lines: %s", fw.Ended(), seen, fw.Stop()))
 			}
 			seen++
 			var l flowLine
-			Expect(json.Unmarshal([]byte(line), &l)).To(Succeed(), "line %q", line)
+			Expect(json.Unmarshal([]byte(line.Text), &l)).To(Succeed(), "line %q", line.Text)
 			if f, ok := find([]flowLine{l}, client, server, verdict); ok {
 				return f
 			}

@@ -4,7 +4,6 @@
 package flatnetctl
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -13,7 +12,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
+
+	"github.com/flatnet/flatnet/suites/internal/cmdstream"
 )
 
 // CLI is a built flatnetctl and the kubeconfig it is run with.
@@ -80,64 +80,9 @@ func (c CLI) Run(ctx context.Context, args ...string) (Result, error) {
 	return r, nil
 }
 
-// Stream is a flatnetctl that keeps printing (flows --follow): its output
-// lines as they come, until Stop.
-type Stream struct {
-	// Lines has each line of standard output; it is closed when the command ends.
-	Lines  <-chan string
-	cancel context.CancelFunc
-	done   chan struct{}
-	mu     sync.Mutex
-	stderr bytes.Buffer
-}
-
-// Start runs flatnetctl args with --kubeconfig in the background.
-func (c CLI) Start(ctx context.Context, args ...string) (*Stream, error) {
-	ctx, cancel := context.WithCancel(ctx)
+// Start runs flatnetctl args with --kubeconfig in the background (a command
+// that keeps printing: flows --follow).
+func (c CLI) Start(ctx context.Context, args ...string) (*cmdstream.Stream, error) {
 	full := append([]string{"--kubeconfig", c.Kubeconfig}, args...)
-	cmd := exec.CommandContext(ctx, c.Path, full...)
-	s := &Stream{cancel: cancel, done: make(chan struct{})}
-	cmd.Stderr = stderrOf{s}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("flatnetctl %s: %w", strings.Join(args, " "), err)
-	}
-	if err := cmd.Start(); err != nil {
-		cancel()
-		return nil, fmt.Errorf("starting flatnetctl %s: %w", strings.Join(args, " "), err)
-	}
-	lines := make(chan string, 1024)
-	s.Lines = lines
-	go func() {
-		defer close(s.done)
-		defer close(lines)
-		sc := bufio.NewScanner(out)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			select {
-			case lines <- sc.Text():
-			case <-ctx.Done():
-			}
-		}
-		_ = cmd.Wait() // its end is Stop's or ctx's; what it said is on stderr
-	}()
-	return s, nil
-}
-
-// Stop ends the command and says what it printed on standard error.
-func (s *Stream) Stop() string {
-	s.cancel()
-	<-s.done
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.stderr.String()
-}
-
-type stderrOf struct{ s *Stream }
-
-func (w stderrOf) Write(p []byte) (int, error) {
-	w.s.mu.Lock()
-	defer w.s.mu.Unlock()
-	return w.s.stderr.Write(p)
+	return cmdstream.Start(ctx, func(ctx context.Context) *exec.Cmd { return exec.CommandContext(ctx, c.Path, full...) })
 }

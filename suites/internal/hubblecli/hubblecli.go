@@ -14,7 +14,6 @@ import (
 	"debug/buildinfo"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,6 +25,8 @@ import (
 	observerpb "github.com/cilium/cilium/api/v1/observer"
 	"golang.org/x/mod/modfile"
 	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/flatnet/flatnet/suites/internal/cmdstream"
 )
 
 // EnvPath names the variable holding the CLI's path (scripts/e2e.sh sets it);
@@ -203,58 +204,45 @@ type Line struct {
 // Stream is a CLI left running (`observe --follow -o json`), its stdout read
 // line by line as it comes.
 type Stream struct {
-	Args   []string
-	cmd    *exec.Cmd
-	cancel context.CancelFunc
-	done   chan struct{}
-	stderr bytes.Buffer
+	Args []string
+	out  *cmdstream.Stream
+	done chan struct{}
 
 	mu    sync.Mutex
 	lines []Line
-	err   error // a line that did not parse, or the read's end
+	err   error // a line that was no GetFlowsResponse
 }
 
 // Start starts the CLI with args and reads its stdout in the background
 // until Stop.
 func (c CLI) Start(ctx context.Context, args ...string) (*Stream, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	cmd, full := c.command(ctx, args)
-	s := &Stream{Args: full, cmd: cmd, cancel: cancel, done: make(chan struct{})}
-	cmd.Stderr = &syncWriter{mu: &s.mu, w: &s.stderr}
-	stdout, err := cmd.StdoutPipe()
+	var full []string
+	out, err := cmdstream.Start(ctx, func(ctx context.Context) *exec.Cmd {
+		cmd, f := c.command(ctx, args)
+		full = f
+		return cmd
+	})
 	if err != nil {
-		cancel()
-		return nil, err
+		return nil, fmt.Errorf("hubble %s: %w", strings.Join(args, " "), err)
 	}
-	if err := cmd.Start(); err != nil {
-		cancel()
-		return nil, fmt.Errorf("starting hubble %s: %w", strings.Join(full, " "), err)
-	}
-	go s.read(stdout)
+	s := &Stream{Args: full, out: out, done: make(chan struct{})}
+	go s.read()
 	return s, nil
 }
 
-func (s *Stream) read(stdout io.Reader) {
+func (s *Stream) read() {
 	defer close(s.done)
-	sc := bufio.NewScanner(stdout)
-	sc.Buffer(make([]byte, 64<<10), stdoutMaxLine)
-	for sc.Scan() {
-		at := time.Now()
-		line := bytes.TrimSpace(sc.Bytes())
-		if len(line) == 0 {
-			continue
-		}
+	for l := range s.out.Lines {
 		r := &observerpb.GetFlowsResponse{}
-		err := protojson.Unmarshal(line, r)
+		err := protojson.Unmarshal([]byte(l.Text), r)
 		s.mu.Lock()
 		if err != nil && s.err == nil {
-			s.err = fmt.Errorf("hubble %s printed a line that is no GetFlowsResponse (%v): %s", strings.Join(s.Args, " "), err, clip(string(line)))
+			s.err = fmt.Errorf("hubble %s printed a line that is no GetFlowsResponse (%v): %s", strings.Join(s.Args, " "), err, clip(l.Text))
 		} else if err == nil {
-			s.lines = append(s.lines, Line{At: at, Resp: r})
+			s.lines = append(s.lines, Line{At: l.At, Resp: r})
 		}
 		s.mu.Unlock()
 	}
-	_ = s.cmd.Wait()
 }
 
 // Lines is what the CLI printed so far; the error is for a line that was no
@@ -267,8 +255,8 @@ func (s *Stream) Lines() ([]Line, error) {
 		return out, s.err
 	}
 	select {
-	case <-s.done:
-		return out, fmt.Errorf("hubble %s ended (%v); stderr: %s", strings.Join(s.Args, " "), s.cmd.ProcessState, clip(s.stderr.String()))
+	case <-s.done: // every line it printed is in out
+		return out, fmt.Errorf("hubble %s ended (%s); stderr: %s", strings.Join(s.Args, " "), s.out.Ended(), clip(s.out.Stderr()))
 	default:
 	}
 	return out, nil
@@ -276,20 +264,7 @@ func (s *Stream) Lines() ([]Line, error) {
 
 // Stop ends the CLI and returns what it wrote to stderr.
 func (s *Stream) Stop() string {
-	s.cancel()
+	stderr := s.out.Stop()
 	<-s.done
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.stderr.String()
-}
-
-type syncWriter struct {
-	mu *sync.Mutex
-	w  io.Writer
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.w.Write(p)
+	return stderr
 }
