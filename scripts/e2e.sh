@@ -4,8 +4,9 @@
 #   -> every Ginkgo suite under suites/ -> one JUnit + report in _artifacts/e2e
 # (the suites' binaries and hubble-relay build beside engine and node image, at low priority)
 # The suites run as separate processes, E2E_CONCURRENCY at once (default 4; 1 runs
-# them one by one), each in namespaces of its own; a suite whose specs carry a
-# `family:` label (netpol) runs as up to E2E_PARTS (default 3) processes, its
+# them one by one, beside the disruptive lane's one if the cluster has it), each in
+# namespaces of its own; a suite whose specs carry a `family:` label (netpol) runs
+# as up to E2E_PARTS (default 3) processes, its
 # families balanced by the last run's times; the specs labelled `disruptive`
 # (they restart a node, stop an agent or fill a node) run one process at a time: on
 # a cluster that keeps a node for them (label flatnet.io/e2e-lane=disruptive), there,
