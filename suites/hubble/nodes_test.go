@@ -23,6 +23,7 @@ import (
 
 	"github.com/flatnet/flatnet/fixtures/oracle"
 	"github.com/flatnet/flatnet/suites/framework"
+	"github.com/flatnet/flatnet/suites/internal/hubblecli"
 )
 
 // every-node: it holds every node connected (make e2e runs it in the disruptive
@@ -105,18 +106,16 @@ var _ = Describe("hubble status and nodes through the relay", Label("hubble", "e
 			}
 		}
 
-		By("connecting client -> server (on the other nodes) and looking for its flow through the relay")
+		By("connecting client -> server (on the other nodes) and following its flow through the relay")
 		client, server := sr.Pod(ctx, scenario.Client), sr.Pod(ctx, scenario.Server)
 		at := time.Now()
+		fw := followFlows(ctx, at, "--namespace", scenario.Namespace)
 		Expect(sr.Connect(ctx, scenario.Client, server.Status.PodIP, 80).Reachable).To(BeTrue())
-		Eventually(func(g Gomega) {
-			flows, events := observe(ctx, g, "--namespace", scenario.Namespace, "--since", at.UTC().Format(time.RFC3339Nano))
-			i := slices.IndexFunc(flows, into(client, server, 80, flowpb.Verdict_FORWARDED))
-			g.Expect(i).To(BeNumerically(">=", 0), "no flow client -> server:80 since the connect among %d", len(flows))
-			g.Expect(nodeName(flows[i].GetNodeName())).To(Equal(server.Spec.NodeName))
-			// The relay tells the client which node it could not ask.
-			g.Expect(missingNodes(events)).To(ContainElement(stopNode), "node status events on stderr: %v", events)
-		}).WithContext(ctx).WithTimeout(30 * time.Second).WithPolling(time.Second).Should(Succeed())
+		f := awaitFollowed(ctx, fw, at, "flow client -> server:80", into(client, server, 80, flowpb.Verdict_FORWARDED))
+		Expect(nodeName(f.GetNodeName())).To(Equal(server.Spec.NodeName))
+		// The relay tells the client which node it could not ask.
+		events := hubblecli.NodeEvents(fw.Stop())
+		Expect(missingNodes(events)).To(ContainElement(stopNode), "node status events on stderr: %v", events)
 	})
 })
 
