@@ -201,32 +201,45 @@ func (c *Cluster) otherTopology() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	nodes, err := c.Nodes()
+	nodes, err := c.kind.ListNodes(c.cfg.Name)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("listing the nodes of cluster %s: %w", c.cfg.Name, err)
 	}
-	return nodesDiffer(nodes, cfg), nil
+	roles := make([]v1alpha4.NodeRole, 0, len(nodes))
+	for _, n := range nodes {
+		r, err := n.Role()
+		if err != nil {
+			return "", fmt.Errorf("reading the role of node %s: %w", n, err)
+		}
+		roles = append(roles, v1alpha4.NodeRole(r))
+	}
+	return nodesDiffer(roles, cfg), nil
 }
 
-// nodesDiffer compares a cluster's node containers (kind names them
-// <cluster>-control-plane[N] and <cluster>-worker[N]) with cfg's nodes, role by role.
-func nodesDiffer(nodes []string, cfg *v1alpha4.Cluster) string {
-	var haveCP, wantCP int
-	for _, n := range nodes {
-		if strings.Contains(n, "-control-plane") {
-			haveCP++
+// nodesDiffer compares the roles of a cluster's nodes (as kind labels its node
+// containers) with cfg's nodes, role by role.
+func nodesDiffer(roles []v1alpha4.NodeRole, cfg *v1alpha4.Cluster) string {
+	count := func(roles []v1alpha4.NodeRole) (cp, workers int) {
+		for _, r := range roles {
+			switch r {
+			case v1alpha4.ControlPlaneRole:
+				cp++
+			case v1alpha4.WorkerRole:
+				workers++
+			} // kind's own load balancer of several control planes is no topology node
 		}
+		return cp, workers
 	}
+	want := make([]v1alpha4.NodeRole, 0, len(cfg.Nodes))
 	for _, n := range cfg.Nodes {
-		if n.Role == v1alpha4.ControlPlaneRole {
-			wantCP++
-		}
+		want = append(want, n.Role)
 	}
-	if haveCP == wantCP && len(nodes)-haveCP == len(cfg.Nodes)-wantCP {
+	haveCP, haveW := count(roles)
+	wantCP, wantW := count(want)
+	if haveCP == wantCP && haveW == wantW {
 		return ""
 	}
-	return fmt.Sprintf("has %d control-plane and %d worker node(s), its topology %d and %d",
-		haveCP, len(nodes)-haveCP, wantCP, len(cfg.Nodes)-wantCP)
+	return fmt.Sprintf("has %d control-plane and %d worker node(s), its topology %d and %d", haveCP, haveW, wantCP, wantW)
 }
 
 func (c *Cluster) exists() (bool, error) {

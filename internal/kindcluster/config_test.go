@@ -78,11 +78,12 @@ func TestNodesDiffer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	same := []string{"flatnet-control-plane", "flatnet-worker", "flatnet-worker2", "flatnet-worker3"}
+	cp, w := v1alpha4.ControlPlaneRole, v1alpha4.WorkerRole
+	same := []v1alpha4.NodeRole{cp, w, w, w}
 	if why := nodesDiffer(same, c); why != "" {
 		t.Errorf("the topology's own nodes differ: %s", why)
 	}
-	for _, nodes := range [][]string{same[:3], append(same, "flatnet-worker4"), {"flatnet-control-plane", "flatnet-control-plane2", "flatnet-worker", "flatnet-worker2"}} {
+	for _, nodes := range [][]v1alpha4.NodeRole{same[:3], append(same, w), {cp, cp, w, w}} {
 		if why := nodesDiffer(nodes, c); why == "" {
 			t.Errorf("nodes %v: no difference found with 1 control-plane and 3 workers", nodes)
 		} else if !strings.Contains(why, "its topology 1 and 3") {

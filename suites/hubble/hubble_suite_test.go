@@ -175,14 +175,36 @@ func followFlows(ctx context.Context, since time.Time, args ...string) *hubblecl
 // awaitFollowed waits until the followed flows (followFlows) hold one at or after
 // since that match accepts, and returns it.
 func awaitFollowed(ctx context.Context, s *hubblecli.Stream, since time.Time, what string, match func(*flowpb.Flow) bool) *flowpb.Flow {
-	var found *flowpb.Flow
-	Eventually(func(g Gomega) {
+	return await(ctx, 200*time.Millisecond, since, what, match, "hubble "+strings.Join(s.Args, " "), func(g Gomega) []*flowpb.Flow {
 		lines, err := s.Lines()
 		g.Expect(err).NotTo(HaveOccurred())
-		var seen []string
+		var flows []*flowpb.Flow
 		for _, l := range lines {
-			f := l.Resp.GetFlow()
-			if f == nil || f.GetTime().AsTime().Before(since) {
+			if f := l.Resp.GetFlow(); f != nil {
+				flows = append(flows, f)
+			}
+		}
+		return flows
+	})
+}
+
+// awaitFlow waits until `hubble observe <args> -o json` shows a flow at or
+// after since that match accepts, and returns it.
+func awaitFlow(ctx context.Context, since time.Time, what string, match func(*flowpb.Flow) bool, args ...string) *flowpb.Flow {
+	return await(ctx, time.Second, since, what, match, "hubble observe "+strings.Join(args, " "), func(g Gomega) []*flowpb.Flow {
+		flows, _ := observe(ctx, g, args...)
+		return flows
+	})
+}
+
+// await polls read, named source, until it returns a flow at or after since
+// that match accepts (30 s), and returns it.
+func await(ctx context.Context, poll time.Duration, since time.Time, what string, match func(*flowpb.Flow) bool, source string, read func(Gomega) []*flowpb.Flow) *flowpb.Flow {
+	var found *flowpb.Flow
+	Eventually(func(g Gomega) {
+		var seen []string
+		for _, f := range read(g) {
+			if f.GetTime().AsTime().Before(since) {
 				continue
 			}
 			seen = append(seen, line(f))
@@ -191,32 +213,9 @@ func awaitFollowed(ctx context.Context, s *hubblecli.Stream, since time.Time, wh
 				return
 			}
 		}
-		g.Expect(found).NotTo(BeNil(), "hubble %s: no %s since %s among %d flows:\n  %s",
-			strings.Join(s.Args, " "), what, since.Format(time.RFC3339Nano), len(seen), strings.Join(seen, "\n  "))
-	}).WithContext(ctx).WithTimeout(30 * time.Second).WithPolling(200 * time.Millisecond).Should(Succeed())
-	GinkgoWriter.Printf("  %s: %s\n", what, line(found))
-	return found
-}
-
-// awaitFlow waits until `hubble observe <args> -o json` shows a flow at or
-// after since that match accepts, and returns it.
-func awaitFlow(ctx context.Context, since time.Time, what string, match func(*flowpb.Flow) bool, args ...string) *flowpb.Flow {
-	var found *flowpb.Flow
-	Eventually(func(g Gomega) {
-		flows, _ := observe(ctx, g, args...)
-		var seen []string
-		for _, f := range flows {
-			if !f.GetTime().AsTime().Before(since) {
-				seen = append(seen, line(f))
-				if match(f) {
-					found = f
-					return
-				}
-			}
-		}
-		g.Expect(found).NotTo(BeNil(), "hubble observe %s: no %s since %s among %d flows:\n  %s",
-			strings.Join(args, " "), what, since.Format(time.RFC3339Nano), len(seen), strings.Join(seen, "\n  "))
-	}).WithContext(ctx).WithTimeout(30 * time.Second).WithPolling(time.Second).Should(Succeed())
+		g.Expect(found).NotTo(BeNil(), "%s: no %s since %s among %d flows:\n  %s",
+			source, what, since.Format(time.RFC3339Nano), len(seen), strings.Join(seen, "\n  "))
+	}).WithContext(ctx).WithTimeout(30 * time.Second).WithPolling(poll).Should(Succeed())
 	GinkgoWriter.Printf("  %s: %s\n", what, line(found))
 	return found
 }

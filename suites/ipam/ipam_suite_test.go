@@ -184,7 +184,11 @@ var _ = Describe("node-subnet networking [flatnet]", Label("flatnet", "ipam"), O
 		Expect(err).NotTo(HaveOccurred())
 		perRound := 50
 		if lane != "" {
-			perRound = freePods(ctx, lane)
+			rooms, err := workload.PodRoom(ctx, kc.Clientset)
+			Expect(err).NotTo(HaveOccurred())
+			i := slices.IndexFunc(rooms, func(r workload.NodeRoom) bool { return r.Node.Name == lane })
+			Expect(i).To(BeNumerically(">=", 0), "node %s is not listed", lane)
+			perRound = rooms[i].Free()
 			Expect(perRound).To(BeNumerically(">=", 10), "node %s has room for %d pods only", lane, perRound)
 			GinkgoWriter.Printf("  rounds of %d pods on node %s (its free pod capacity)\n", perRound, lane)
 		}
@@ -338,22 +342,6 @@ func agentsReady(ctx context.Context, start time.Time) error {
 		return fmt.Errorf("agents ready on %d of %d nodes after %s: %s", ready, len(nl.Items), time.Since(start).Round(time.Second), strings.Join(states, "; "))
 	}
 	return nil
-}
-
-// freePods is how many more pods node has room for: its pod capacity (maxPods,
-// which its block's size follows) less the pods on it that hold a place.
-func freePods(ctx context.Context, node string) int {
-	n, err := kc.Clientset.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
-	Expect(err).NotTo(HaveOccurred())
-	pl, err := kc.Clientset.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
-	Expect(err).NotTo(HaveOccurred())
-	used := 0
-	for _, p := range pl.Items {
-		if p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
-			used++
-		}
-	}
-	return int(n.Status.Allocatable.Pods().Value()) - used
 }
 
 // containerStates names the waiting or terminated containers of p and their restarts.

@@ -28,29 +28,18 @@ import (
 // naming the knob and what limits it when n do not fit, before anything is
 // created.
 func benchPodsRoom(ctx context.Context, cs kubernetes.Interface, n int) error {
-	nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	rooms, err := workload.PodRoom(ctx, cs)
 	if err != nil {
-		return fmt.Errorf("FLATNET_BENCH_PODS: listing the nodes: %w", err)
-	}
-	pods, err := cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return fmt.Errorf("FLATNET_BENCH_PODS: listing the pods: %w", err)
-	}
-	running := map[string]int{}
-	for _, p := range pods.Items {
-		if p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
-			running[p.Spec.NodeName]++
-		}
+		return fmt.Errorf("FLATNET_BENCH_PODS: %w", err)
 	}
 	room := 0
 	var per []string
-	for _, nd := range nodes.Items {
-		if !workload.Schedulable(nd) {
+	for _, r := range rooms {
+		if !workload.Schedulable(r.Node) {
 			continue
 		}
-		maxPods := int(nd.Status.Allocatable.Pods().Value())
-		room += max(0, maxPods-running[nd.Name])
-		per = append(per, fmt.Sprintf("%s %d/%d", nd.Name, running[nd.Name], maxPods))
+		room += r.Free()
+		per = append(per, fmt.Sprintf("%s %d/%d", r.Node.Name, r.Running, r.MaxPods))
 	}
 	if n > room {
 		return fmt.Errorf("FLATNET_BENCH_PODS=%d: the schedulable nodes admit %d more pods (pods/maxPods: %s). "+

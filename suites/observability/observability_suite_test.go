@@ -29,7 +29,6 @@ import (
 	"fmt"
 	"os"
 	"regexp"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -330,8 +329,8 @@ func forwarded(ctx context.Context) flowLine {
 
 // followFlows starts `flatnetctl flows --follow` for the scenario's namespace and
 // verdict since the given time, before the connect it is to show: an agent keeps
-// its last 10,000 flows, a few seconds' worth while other suites probe its pods,
-// so a flow looked for by polling may be gone before a poll reads it.
+// its last 10,000 flows, 7-15 s' worth while other suites probe its pods, so a
+// flow looked for by polling may be gone before a poll reads it.
 func followFlows(ctx context.Context, verdict string, since time.Time) *cmdstream.Stream {
 	s, err := ctl.Start(ctx, "flows", "--follow", "-o", "json", "--namespace", scenario.Namespace, "--verdict", verdict,
 		"--since", since.UTC().Format(time.RFC3339Nano))
@@ -356,8 +355,9 @@ func flowInto(ctx context.Context, fw *cmdstream.Stream, client, server *corev1.
 			seen++
 			var l flowLine
 			Expect(json.Unmarshal([]byte(line.Text), &l)).To(Succeed(), "line %q", line.Text)
-			if f, ok := find([]flowLine{l}, client, server, verdict); ok {
-				return f
+			if into(l, client, server, verdict) {
+				GinkgoWriter.Printf("  flow: %+v\n", l.Flow)
+				return l
 			}
 		case <-timeout:
 			Fail(fmt.Sprintf("no %s flow %s -> %s:80/TCP entering the server since %s among %d followed lines (flatnetctl stderr: %q)\n%s",
@@ -477,22 +477,15 @@ func refNames(rs []oracle.PolicyRef) []string {
 	return out
 }
 
-// find picks the flow of client -> server:80/TCP entering the server with
-// the verdict.
-func find(lines []flowLine, client, server *corev1.Pod, verdict string) (flowLine, bool) {
-	i := slices.IndexFunc(lines, func(l flowLine) bool {
-		f := l.Flow
-		return f.Verdict == verdict && f.TrafficDirection == "INGRESS" &&
-			f.IP.Source == client.Status.PodIP && f.IP.Destination == server.Status.PodIP &&
-			f.L4.TCP != nil && f.L4.TCP.DestinationPort == uint16(scenario.Port.Number) &&
-			f.Source != nil && f.Source.Namespace == client.Namespace && f.Source.PodName == client.Name &&
-			f.Destination != nil && f.Destination.Namespace == server.Namespace && f.Destination.PodName == server.Name
-	})
-	if i < 0 {
-		return flowLine{}, false
-	}
-	GinkgoWriter.Printf("  flow: %+v\n", lines[i].Flow)
-	return lines[i], true
+// into says whether l is the flow of client -> server:80/TCP entering the
+// server with the verdict.
+func into(l flowLine, client, server *corev1.Pod, verdict string) bool {
+	f := l.Flow
+	return f.Verdict == verdict && f.TrafficDirection == "INGRESS" &&
+		f.IP.Source == client.Status.PodIP && f.IP.Destination == server.Status.PodIP &&
+		f.L4.TCP != nil && f.L4.TCP.DestinationPort == uint16(scenario.Port.Number) &&
+		f.Source != nil && f.Source.Namespace == client.Namespace && f.Source.PodName == client.Name &&
+		f.Destination != nil && f.Destination.Namespace == server.Namespace && f.Destination.PodName == server.Name
 }
 
 // explanation is `flatnetctl explain -o json`, read with its own field names.

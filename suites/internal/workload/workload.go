@@ -402,3 +402,37 @@ func Schedulable(n corev1.Node) bool {
 	}
 	return false
 }
+
+// NodeRoom is a node's pod capacity (its allocatable pods: the kubelet's maxPods,
+// which flatnet's block size follows) and the pods on it that hold a place.
+type NodeRoom struct {
+	Node    corev1.Node
+	MaxPods int
+	Running int // pods neither Succeeded nor Failed
+}
+
+// Free is how many more pods the node admits.
+func (r NodeRoom) Free() int { return max(0, r.MaxPods-r.Running) }
+
+// PodRoom is every node's room, in the API's order.
+func PodRoom(ctx context.Context, cs kubernetes.Interface) ([]NodeRoom, error) {
+	nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("listing the nodes: %w", err)
+	}
+	pods, err := cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("listing the pods: %w", err)
+	}
+	running := map[string]int{}
+	for _, p := range pods.Items {
+		if p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
+			running[p.Spec.NodeName]++
+		}
+	}
+	out := make([]NodeRoom, 0, len(nodes.Items))
+	for _, n := range nodes.Items {
+		out = append(out, NodeRoom{Node: n, MaxPods: int(n.Status.Allocatable.Pods().Value()), Running: running[n.Name]})
+	}
+	return out, nil
+}

@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 )
@@ -116,5 +117,30 @@ func TestCreatePods(t *testing.T) {
 	pl, err := cs.CoreV1().Pods("ns").List(ctx, metav1.ListOptions{})
 	if err != nil || len(pl.Items) != 20 {
 		t.Errorf("pods after CreatePods: %d (%v), want the 19 new ones beside the one present", len(pl.Items), err)
+	}
+}
+
+func TestPodRoom(t *testing.T) {
+	node := func(name string, maxPods int64) *corev1.Node {
+		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name},
+			Status: corev1.NodeStatus{Allocatable: corev1.ResourceList{corev1.ResourcePods: *resource.NewQuantity(maxPods, resource.DecimalSI)}}}
+	}
+	onNode := func(name, n string, phase corev1.PodPhase) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name}, Spec: corev1.PodSpec{NodeName: n}, Status: corev1.PodStatus{Phase: phase}}
+	}
+	cs := fake.NewClientset(node("a", 30), node("b", 2),
+		onNode("p1", "a", corev1.PodRunning), onNode("p2", "a", corev1.PodPending), onNode("done", "a", corev1.PodSucceeded),
+		onNode("p3", "b", corev1.PodRunning), onNode("p4", "b", corev1.PodRunning), onNode("p5", "b", corev1.PodRunning))
+	rooms, err := PodRoom(context.Background(), cs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][3]int{}
+	for _, r := range rooms {
+		got[r.Node.Name] = [3]int{r.MaxPods, r.Running, r.Free()}
+	}
+	// A finished pod holds no place; a node over its room (b) has none left, not less.
+	if want := map[string][3]int{"a": {30, 2, 28}, "b": {2, 3, 0}}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("PodRoom = %v, want %v (maxPods, running, free)", got, want)
 	}
 }
